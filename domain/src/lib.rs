@@ -1,0 +1,11 @@
+//! Imprint's pure domain: validated names, selectors and labels, and the resolution
+//! rule of DESIGN.md. No I/O here, so it compiles to wasm and is tested in isolation.
+#![forbid(unsafe_code)]
+
+mod names;
+mod resolve;
+mod selector;
+
+pub use names::{TopicName, TopicNameError};
+pub use resolve::{is_update, CurrentIndex, PinEntry, Resolution, ScopeEntry, TopicHistory, VersionEntry};
+pub use selector::{Labels, Selector, SelectorError};
