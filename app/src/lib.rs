@@ -1,1 +1,77 @@
-//! placeholder
+//! Imprint's web console: Leptos pages and their server functions. Server-rendered, then
+//! hydrated by the `hydrate()` entry when JavaScript runs; every page works without it.
+#![forbid(unsafe_code)]
+
+mod topics;
+
+use leptos::prelude::*;
+use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
+use leptos_router::components::{Route, Router, Routes, A};
+use leptos_router::path;
+
+/// The HTML document around the app (server side only).
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <link rel="icon" href="data:,"/>
+                <AutoReload options=options.clone()/>
+                <HydrationScripts options/>
+                <MetaTags/>
+            </head>
+            <body>
+                <App/>
+            </body>
+        </html>
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    view! {
+        <Stylesheet id="leptos" href="/pkg/imprint.css"/>
+        <Title formatter=|t: String| if t.is_empty() { "Imprint".to_owned() } else { format!("{t} · Imprint") }/>
+        <Router>
+            <header class="topbar">
+                <A href="/" attr:class="brand">"Imprint"</A>
+                <nav>
+                    <A href="/">"Topics"</A>
+                    <a href="/api/v1/openapi.json">"API"</a>
+                </nav>
+            </header>
+            <main>
+                <Routes fallback=|| view! { <NotFound/> }>
+                    <Route path=path!("/") view=topics::TopicsPage/>
+                </Routes>
+            </main>
+        </Router>
+    }
+}
+
+#[component]
+fn NotFound() -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    {
+        if let Some(resp) = use_context::<leptos_axum::ResponseOptions>() {
+            resp.set_status(http::StatusCode::NOT_FOUND);
+        }
+    }
+    view! {
+        <Title text="Not found"/>
+        <section class="empty">
+            <h1>"Page not found"</h1>
+            <p><a href="/">"Back to the topics"</a></p>
+        </section>
+    }
+}
+
+#[cfg(feature = "hydrate")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    leptos::mount::hydrate_body(App);
+}

@@ -142,6 +142,19 @@ impl CurrentIndex {
     pub fn active_pins(&self) -> usize {
         self.pins.len()
     }
+
+    /// Every version `resolve` can return now (each once): the ones worth keeping hot.
+    pub fn versions(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.pins.iter().chain(&self.best_by_selector).map(|(_, v)| *v).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The active pins as (selector, version), highest precedence first.
+    pub fn pins(&self) -> &[(Selector, u64)] {
+        &self.pins
+    }
 }
 
 #[cfg(test)]

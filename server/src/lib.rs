@@ -1,1 +1,77 @@
-//! placeholder
+//! The Imprint server: the `/api/v1` router, operations endpoints, the console, and the
+//! process lifecycle (migrations, background jobs, graceful shutdown).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod error;
+pub mod openapi;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use imprint_service::Imprint;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// The process-wide Prometheus recorder (installed once, also when tests start many apps).
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0])
+            .and_then(|b| b.install_recorder())
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "metrics recorder not installed");
+                PrometheusBuilder::new().build_recorder().handle()
+            })
+    })
+}
+
+async fn metrics_endpoint() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_handle().render()).into_response()
+}
+
+/// Counts requests by route and status, and times them.
+async fn track(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "other".into());
+    let method = req.method().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("imprint_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("imprint_http_request_seconds", "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// The API and operations endpoints (no console): what consumers, publishers and
+/// monitoring talk to.
+pub fn api_router(imprint: Imprint) -> Router {
+    metrics_handle();
+    Router::new()
+        .merge(api::routes())
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(metrics_endpoint))
+        .route_layer(axum::middleware::from_fn(track))
+        .with_state(imprint)
+}
+
+/// Everything: the API plus the Leptos console (pages, server functions, static files).
+pub fn full_router(imprint: Imprint, leptos_options: leptos::config::LeptosOptions) -> Router {
+    use imprint_app::{shell, App};
+    use leptos::prelude::provide_context;
+    use leptos_axum::{generate_route_list, LeptosRoutes};
+
+    let routes = generate_route_list(App);
+    let ctx = imprint.clone();
+    let console = Router::new()
+        .leptos_routes_with_context(&leptos_options, routes, move || provide_context(ctx.clone()), {
+            let options = leptos_options.clone();
+            move || shell(options.clone())
+        })
+        .fallback(leptos_axum::file_and_error_handler(shell))
+        .with_state(leptos_options);
+    api_router(imprint).merge(console)
+}

@@ -1,1 +1,167 @@
-//! placeholder
+//! Imprint's stateful core behind one `Imprint` handle: Postgres storage, the in-memory
+//! serving state, and every operation (with its authorization) that the HTTP API and the
+//! console call. Nothing above this crate talks to Postgres directly.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod error;
+pub mod model;
+pub mod poll;
+pub mod serving;
+mod pins;
+mod topics;
+mod versions;
+
+pub use auth::Caller;
+pub use error::{Error, Result};
+pub use pins::PinInput;
+pub use poll::{PollRequest, PollResponse};
+pub use topics::{NewTopic, TopicPatch};
+pub use versions::{Payload, PublishInput};
+
+use serving::ServingState;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How often the whole serving state is reloaded as a safety net behind NOTIFY.
+    pub full_reload_every: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { full_reload_every: Duration::from_secs(30) }
+    }
+}
+
+/// The handle everything goes through. Cheap to clone.
+#[derive(Clone)]
+pub struct Imprint {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    state: Arc<ServingState>,
+    config: Config,
+    stop: watch::Sender<bool>,
+}
+
+/// A pool that fails fast when Postgres is away, so requests get a 503 instead of hanging.
+pub fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new().max_connections(16).min_connections(0).acquire_timeout(Duration::from_secs(3))
+}
+
+impl Imprint {
+    /// Connects lazily (the server starts and serves from memory even if Postgres is not up yet).
+    pub fn connect_lazy(database_url: &str, config: Config) -> Result<Self> {
+        let pool = pool_options().connect_lazy(database_url).map_err(|e| Error::invalid(format!("DATABASE_URL: {e}")))?;
+        Ok(Self::with_pool(pool, config))
+    }
+
+    pub fn with_pool(pool: PgPool, config: Config) -> Self {
+        Self { inner: Arc::new(Inner { pool, state: Arc::new(ServingState::default()), config, stop: watch::channel(false).0 }) }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    pub fn state(&self) -> &Arc<ServingState> {
+        &self.inner.state
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(self.pool()).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
+            e => Error::Internal(format!("migration failed: {e}")),
+        })
+    }
+
+    /// Loads the serving state once and starts following changes in the background.
+    pub async fn start_background(&self) -> Result<()> {
+        self.state().reload(self.pool(), None).await?;
+        tokio::spawn(serving::follow_changes(
+            self.state().clone(),
+            self.pool().clone(),
+            self.inner.config.full_reload_every,
+            self.inner.stop.subscribe(),
+        ));
+        Ok(())
+    }
+
+    /// Stops background work and wakes every waiting long poll.
+    pub fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+    }
+
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.inner.stop.subscribe()
+    }
+
+    /// Is Postgres reachable right now?
+    pub async fn ready(&self) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(self.pool())).await,
+            Ok(Ok(_))
+        )
+    }
+
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Caller> {
+        match bearer {
+            None => Ok(Caller::Anonymous),
+            Some(t) => auth::authenticate(self.pool(), t).await,
+        }
+    }
+
+    /// Applies a committed change to this server's memory at once (other servers learn
+    /// it through NOTIFY), so a caller reads its own writes.
+    async fn refresh_topic(&self, topic_id: i64) {
+        if let Err(e) = self.state().reload(self.pool(), Some(topic_id)).await {
+            tracing::warn!(error = %e, topic_id, "could not refresh the serving state after a write");
+        }
+    }
+}
+
+/// Announces a change of `topic_id` to every server, inside the writing transaction.
+async fn notify(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, topic_id: i64) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(serving::CHANGE_CHANNEL)
+        .bind(topic_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Opaque cursors for newest-first lists: the key the next page starts below.
+pub(crate) mod cursor {
+    use base64::Engine;
+    const ENGINE: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    pub fn encode(n: i64) -> String {
+        ENGINE.encode(format!("c{n}"))
+    }
+
+    pub fn decode(s: &str) -> crate::Result<i64> {
+        ENGINE
+            .decode(s)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.strip_prefix('c').and_then(|n| n.parse().ok()))
+            .ok_or_else(|| crate::Error::invalid("cursor is not one this server returned"))
+    }
+
+    pub fn limit(l: Option<u32>) -> crate::Result<i64> {
+        match l {
+            None => Ok(50),
+            Some(l @ 1..=500) => Ok(i64::from(l)),
+            Some(l) => Err(crate::Error::invalid(format!("limit must be between 1 and 500, not {l}"))),
+        }
+    }
+}

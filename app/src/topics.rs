@@ -1,0 +1,103 @@
+//! The topic list: search, owner, latest version, last publish, active pins.
+use leptos::prelude::*;
+use leptos_meta::Title;
+use leptos_router::hooks::use_query_map;
+use serde::{Deserialize, Serialize};
+
+/// One row of the topic list, as the page shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopicRow {
+    pub name: String,
+    pub description: String,
+    pub owner: String,
+    pub latest_version: u64,
+    pub last_published_at: Option<String>,
+    pub active_pins: u64,
+}
+
+/// Lists topics. Reading is open to every caller (API.md: GETs are open unless a topic
+/// is restricted); writes go through functions that authorize the caller.
+#[server(prefix = "/console/fn")]
+pub async fn list_topics(q: Option<String>) -> Result<Vec<TopicRow>, ServerFnError> {
+    let imprint = expect_context::<imprint_service::Imprint>();
+    let page = imprint.list_topics(q.as_deref(), None, Some(500), None).await.map_err(|e| {
+        tracing::warn!(error = %e, "listing topics for the console failed");
+        ServerFnError::new(e.to_string())
+    })?;
+    Ok(page
+        .items
+        .into_iter()
+        .map(|t| TopicRow {
+            name: t.name,
+            description: t.description,
+            owner: t.owner,
+            latest_version: t.latest_version,
+            last_published_at: t.last_published_at.map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+            active_pins: t.active_pins,
+        })
+        .collect())
+}
+
+#[component]
+pub fn TopicsPage() -> impl IntoView {
+    let query = use_query_map();
+    let q = move || query.read().get("q").filter(|q| !q.is_empty());
+    let topics = Resource::new(q, list_topics);
+    view! {
+        <Title text="Topics"/>
+        <section class="page-head">
+            <h1>"Topics"</h1>
+            <form method="get" action="/" class="search" role="search">
+                <input type="search" name="q" placeholder="Search name, description, owner" value=q aria-label="Search topics"/>
+                <button type="submit">"Search"</button>
+            </form>
+        </section>
+        <Transition fallback=|| view! { <p class="muted">"Loading topics…"</p> }>
+            {move || Suspend::new(async move {
+                match topics.await {
+                    Err(e) => view! { <p class="error" role="alert">{format!("Could not load topics: {e}")}</p> }.into_any(),
+                    Ok(rows) if rows.is_empty() => view! {
+                        <div class="empty">
+                            <p>"No topics yet."</p>
+                            <p class="muted">"Create one with " <code>"POST /api/v1/topics"</code> "."</p>
+                        </div>
+                    }.into_any(),
+                    Ok(rows) => view! { <TopicTable rows/> }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn TopicTable(rows: Vec<TopicRow>) -> impl IntoView {
+    view! {
+        <table class="topics">
+            <thead>
+                <tr>
+                    <th>"Topic"</th>
+                    <th>"Owner"</th>
+                    <th class="num">"Latest"</th>
+                    <th>"Last publish"</th>
+                    <th>"Pins"</th>
+                </tr>
+            </thead>
+            <tbody>
+                {rows.into_iter().map(|t| view! {
+                    <tr>
+                        <td>
+                            <span class="topic-name">{t.name.clone()}</span>
+                            <div class="muted small">{t.description.clone()}</div>
+                        </td>
+                        <td>{if t.owner.is_empty() { "—".to_owned() } else { t.owner.clone() }}</td>
+                        <td class="num latest">{if t.latest_version == 0 { "—".to_owned() } else { t.latest_version.to_string() }}</td>
+                        <td class="muted">{t.last_published_at.clone().unwrap_or_else(|| "never".to_owned())}</td>
+                        <td>{(t.active_pins > 0).then(|| view! {
+                            <span class="badge pin">{format!("{} pinned", t.active_pins)}</span>
+                        })}</td>
+                    </tr>
+                }).collect_view()}
+            </tbody>
+        </table>
+    }
+}

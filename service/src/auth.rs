@@ -1,0 +1,212 @@
+//! Who is calling, and what they may do. Every write operation takes a `Caller` and
+//! checks it here, so the HTTP API and the console share one set of rules.
+use crate::error::{Error, Result};
+use crate::model::ApiToken;
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use std::fmt;
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// No credentials: may read and poll, never write.
+    Anonymous,
+    /// An API token. Admin tokens may do everything; others act on their team's topics.
+    Token { name: String, admin: bool, team: Option<String> },
+    /// The server itself (background jobs, start-up).
+    System,
+}
+
+impl fmt::Debug for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.who())
+    }
+}
+
+impl Caller {
+    /// The name recorded as `created_by`/`added_by`.
+    pub fn who(&self) -> String {
+        match self {
+            Caller::Anonymous => "anonymous".into(),
+            Caller::Token { name, .. } => format!("token:{name}"),
+            Caller::System => "system".into(),
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::System | Caller::Token { admin: true, .. })
+    }
+
+    /// The team a topic created by this caller belongs to when none is named.
+    pub fn default_owner(&self) -> Option<&str> {
+        match self {
+            Caller::Token { team: Some(t), .. } => Some(t),
+            _ => None,
+        }
+    }
+
+    /// May this caller publish, scope, pin or change settings on a topic owned by `owner`?
+    pub fn require_write(&self, topic: &str, owner: &str) -> Result<()> {
+        match self {
+            Caller::Anonymous => Err(Error::Unauthorized("this operation needs a bearer token".into())),
+            c if c.is_admin() => Ok(()),
+            Caller::Token { team: Some(t), .. } if !owner.is_empty() && t == owner => Ok(()),
+            Caller::Token { name, .. } => {
+                Err(Error::Forbidden(format!("token {name:?} has no rights on topic {topic:?} (owned by {owner:?})")))
+            }
+            Caller::System => Ok(()),
+        }
+    }
+
+    /// May this caller create a topic owned by `owner`?
+    pub fn require_create(&self, owner: &str) -> Result<()> {
+        match self {
+            Caller::Anonymous => Err(Error::Unauthorized("creating a topic needs a bearer token".into())),
+            c if c.is_admin() => Ok(()),
+            Caller::Token { team: Some(t), .. } if t == owner => Ok(()),
+            Caller::Token { name, .. } => {
+                Err(Error::Forbidden(format!("token {name:?} may only create topics owned by its own team")))
+            }
+            Caller::System => Ok(()),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<()> {
+        match self {
+            Caller::Anonymous => Err(Error::Unauthorized("this operation needs a bearer token".into())),
+            c if c.is_admin() => Ok(()),
+            _ => Err(Error::Forbidden("this operation needs an admin token".into())),
+        }
+    }
+}
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A new random token: `imp_` and 256 bits, hex encoded.
+pub fn generate_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("imp_{}", hex::encode(bytes))
+}
+
+/// Looks up a presented bearer token. Unknown or revoked → 401.
+pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Caller> {
+    let row: Option<(String, bool, Option<String>)> = sqlx::query_as(
+        "UPDATE api_tokens SET last_used_at = now() WHERE token_hash = $1 AND revoked_at IS NULL
+         RETURNING name, is_admin, team",
+    )
+    .bind(hash_token(token))
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        Some((name, admin, team)) => Ok(Caller::Token { name, admin, team }),
+        None => Err(Error::Unauthorized("unknown or revoked token".into())),
+    }
+}
+
+/// Makes `token` a valid admin token named `bootstrap` (IMPRINT_BOOTSTRAP_TOKEN). A
+/// previous bootstrap token with another value is revoked.
+pub async fn ensure_bootstrap_token(pool: &PgPool, token: &str) -> Result<()> {
+    let hash = hash_token(token);
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE name = 'bootstrap' AND revoked_at IS NULL AND token_hash <> $1")
+        .bind(&hash)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO api_tokens (name, token_hash, is_admin, created_by) VALUES ('bootstrap', $1, true, 'IMPRINT_BOOTSTRAP_TOKEN')
+         ON CONFLICT (token_hash) DO UPDATE SET revoked_at = NULL, is_admin = true",
+    )
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn check_token_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(Error::invalid("a token name is 1-64 characters of letters, digits, '.', '_' or '-'"));
+    }
+    Ok(())
+}
+
+/// Creates a named token and returns its secret value (shown once, stored hashed).
+pub async fn create_token(pool: &PgPool, caller: &Caller, name: &str, admin: bool, team: Option<&str>) -> Result<String> {
+    caller.require_admin()?;
+    check_token_name(name)?;
+    let token = generate_token();
+    let res = sqlx::query("INSERT INTO api_tokens (name, token_hash, is_admin, team, created_by) VALUES ($1, $2, $3, $4, $5)")
+        .bind(name)
+        .bind(hash_token(&token))
+        .bind(admin)
+        .bind(team)
+        .bind(caller.who())
+        .execute(pool)
+        .await;
+    match res {
+        Ok(_) => Ok(token),
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("api_tokens_active_name") => {
+            Err(Error::InvalidState(format!("an active token named {name:?} exists already")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn revoke_token(pool: &PgPool, caller: &Caller, name: &str) -> Result<()> {
+    caller.require_admin()?;
+    let done = sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL")
+        .bind(name)
+        .execute(pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::InvalidState(format!("no active token named {name:?}")));
+    }
+    Ok(())
+}
+
+pub async fn list_tokens(pool: &PgPool, caller: &Caller) -> Result<Vec<ApiToken>> {
+    caller.require_admin()?;
+    let rows: Vec<(String, bool, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT name, is_admin, team, created_at, last_used_at FROM api_tokens WHERE revoked_at IS NULL ORDER BY created_at DESC",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, is_admin, team, created_at, last_used_at)| ApiToken { name, is_admin, team, created_at, last_used_at })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rights() {
+        let admin = Caller::Token { name: "a".into(), admin: true, team: None };
+        let team = Caller::Token { name: "t".into(), admin: false, team: Some("payments".into()) };
+        let none = Caller::Token { name: "n".into(), admin: false, team: None };
+        assert!(admin.require_write("x", "payments").is_ok());
+        assert!(team.require_write("x", "payments").is_ok());
+        assert!(matches!(team.require_write("x", "search"), Err(Error::Forbidden(_))));
+        assert!(matches!(team.require_write("x", ""), Err(Error::Forbidden(_))));
+        assert!(matches!(none.require_write("x", "payments"), Err(Error::Forbidden(_))));
+        assert!(matches!(Caller::Anonymous.require_write("x", "payments"), Err(Error::Unauthorized(_))));
+        assert!(team.require_create("payments").is_ok());
+        assert!(matches!(team.require_create("search"), Err(Error::Forbidden(_))));
+        assert!(matches!(team.require_admin(), Err(Error::Forbidden(_))));
+    }
+
+    #[test]
+    fn tokens_are_random_and_hashed() {
+        let (a, b) = (generate_token(), generate_token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 4 + 64);
+        assert_eq!(hash_token(&a).len(), 64);
+        assert_ne!(hash_token(&a), hash_token(&b));
+    }
+}

@@ -1,0 +1,100 @@
+//! The shapes operations return: they serialise to the JSON of API.md as they are.
+use chrono::{DateTime, Utc};
+use imprint_domain::Selector;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Retention {
+    /// Keep at most this many newest versions.
+    pub max_versions: Option<u32>,
+    /// Keep versions younger than this many days.
+    pub max_age_days: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Topic {
+    pub name: String,
+    pub description: String,
+    pub owner: String,
+    pub retention: Retention,
+    pub inline_limit_bytes: u64,
+    pub content_type: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub json_schema: Option<serde_json::Value>,
+    /// Highest committed version number (0: nothing published yet).
+    pub latest_version: u64,
+    pub last_published_at: Option<DateTime<Utc>>,
+    pub active_pins: u64,
+    /// State of the newest rollout, if any.
+    pub rollout_state: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Scope {
+    #[schema(value_type = Object)]
+    pub selector: Selector,
+    pub added_at: DateTime<Utc>,
+    pub added_by: String,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Version {
+    pub topic: String,
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub size: u64,
+    pub sha256: String,
+    pub content_type: String,
+    pub metadata: BTreeMap<String, String>,
+    pub message: String,
+    /// `inline` (bytes in Postgres) or `object` (object store).
+    pub storage: String,
+    pub scopes: Vec<Scope>,
+    pub purged: bool,
+    pub purged_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Published {
+    pub topic: String,
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub size: u64,
+    pub sha256: String,
+    pub content_type: String,
+    pub scopes: Vec<Scope>,
+    pub storage: String,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Pin {
+    #[schema(value_type = Object)]
+    pub selector: Selector,
+    pub version: u64,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub removed_at: Option<DateTime<Utc>>,
+    pub removed_by: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ApiToken {
+    pub name: String,
+    pub is_admin: bool,
+    pub team: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// A page of a newest-first list and the cursor of the next page.
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}

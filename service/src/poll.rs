@@ -1,0 +1,162 @@
+//! The consumer poll: answered from the in-memory state only (no SQL), optionally held
+//! open until an update exists for this consumer (long polling).
+use crate::error::{Error, Result};
+use crate::serving::{ServedVersion, ServingState};
+use crate::Imprint;
+use base64::Engine;
+use imprint_domain::{is_update, Labels, TopicName};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use utoipa::ToSchema;
+
+pub const MAX_WAIT_MS: u64 = 60_000;
+const MAX_TOPICS_PER_POLL: usize = 2_000;
+/// Suggested pause before the next short poll.
+const SHORT_POLL_AFTER_MS: u64 = 30_000;
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct Consumer {
+    pub instance: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct Applied {
+    pub version: u64,
+    pub ok: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct PollRequest {
+    pub consumer: Consumer,
+    /// Each subscribed topic and the version held (`null`: none yet).
+    pub topics: BTreeMap<String, Option<u64>>,
+    #[serde(default)]
+    pub applied: BTreeMap<String, Applied>,
+    /// Hold the request up to this long (0-60000 ms) until an update exists.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Update {
+    pub version: u64,
+    pub pinned: bool,
+    pub metadata: BTreeMap<String, String>,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+    /// The payload, for small payloads (at most 64 KiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    pub data_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PollResponse {
+    pub updates: BTreeMap<String, Update>,
+    /// Topics with nothing to give: `topic_not_found`, `no_version_in_scope`, `forbidden`.
+    pub missing: BTreeMap<String, String>,
+    pub poll_after_ms: u64,
+}
+
+impl PollRequest {
+    pub fn validate(&self) -> Result<()> {
+        if self.wait_ms > MAX_WAIT_MS {
+            return Err(Error::invalid(format!("wait_ms must be between 0 and {MAX_WAIT_MS}, not {}", self.wait_ms)));
+        }
+        let inst = &self.consumer.instance;
+        if inst.is_empty() || inst.len() > 256 || inst.chars().any(char::is_control) {
+            return Err(Error::invalid("consumer.instance must be 1-256 characters without control characters"));
+        }
+        if self.topics.len() > MAX_TOPICS_PER_POLL {
+            return Err(Error::invalid(format!("a poll asks about at most {MAX_TOPICS_PER_POLL} topics")));
+        }
+        if self.topics.values().any(|v| *v == Some(0)) {
+            return Err(Error::invalid("versions start at 1; send null for a topic you hold no version of"));
+        }
+        Ok(())
+    }
+}
+
+fn update_of(topic: &str, v: &ServedVersion, pinned: bool) -> Update {
+    Update {
+        version: v.version,
+        pinned,
+        metadata: v.metadata.clone(),
+        content_type: v.content_type.clone(),
+        size: v.size,
+        sha256: v.sha256.clone(),
+        data_base64: v.payload.as_ref().map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
+        data_url: format!("/api/v1/topics/{topic}/versions/{}/data", v.version),
+    }
+}
+
+/// One pass over the request's topics against the current state.
+pub fn compute(state: &ServingState, req: &PollRequest) -> (BTreeMap<String, Update>, BTreeMap<String, String>) {
+    let mut updates = BTreeMap::new();
+    let mut missing = BTreeMap::new();
+    for (name, held) in &req.topics {
+        let topic = TopicName::parse(name).ok().and_then(|n| state.get(n.as_str()));
+        let Some(topic) = topic else {
+            missing.insert(name.clone(), "topic_not_found".to_owned());
+            continue;
+        };
+        match topic.index.resolve(&req.consumer.labels) {
+            None => {
+                missing.insert(name.clone(), "no_version_in_scope".to_owned());
+            }
+            Some(r) if is_update(*held, r) => {
+                if let Some(v) = topic.served.get(&r.version) {
+                    updates.insert(name.clone(), update_of(name, v, r.pinned));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    (updates, missing)
+}
+
+impl Imprint {
+    pub async fn poll(&self, req: PollRequest) -> Result<PollResponse> {
+        req.validate()?;
+        let started = std::time::Instant::now();
+        let state: &Arc<ServingState> = self.state();
+        // Subscribe before the first look, so no change slips between look and wait.
+        let mut changes = state.subscribe();
+        let mut stopping = self.stopping();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms);
+        let (updates, missing) = loop {
+            changes.borrow_and_update();
+            let (updates, missing) = compute(state, &req);
+            if !updates.is_empty() || req.wait_ms == 0 || *stopping.borrow() {
+                break (updates, missing);
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break (updates, missing) },
+                _ = tokio::time::sleep_until(deadline) => break (updates, missing),
+                _ = stopping.changed() => break (updates, missing),
+            }
+        };
+        metrics::counter!("imprint_polls_total", "long" => if req.wait_ms > 0 { "true" } else { "false" }).increment(1);
+        metrics::counter!("imprint_poll_updates_total").increment(updates.len() as u64);
+        metrics::histogram!("imprint_poll_seconds").record(started.elapsed().as_secs_f64());
+        let poll_after_ms = if req.wait_ms > 0 { 0 } else { SHORT_POLL_AFTER_MS };
+        Ok(PollResponse { updates, missing, poll_after_ms })
+    }
+
+    /// The resolved version of one topic for `labels`, with its payload when in memory.
+    pub fn latest(&self, topic: &str, labels: &Labels) -> Result<(Arc<ServedVersion>, bool)> {
+        let name = TopicName::parse(topic)?;
+        let t = self.state().get(name.as_str()).ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        let r = t.index.resolve(labels).ok_or_else(|| Error::NoVersionInScope(name.to_string()))?;
+        let v = t.served.get(&r.version).cloned().ok_or_else(|| Error::Internal("resolved version not loaded".into()))?;
+        Ok((v, r.pinned))
+    }
+}

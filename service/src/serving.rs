@@ -1,0 +1,282 @@
+//! The in-memory serving state: every topic's versions, scopes and pins, so polls and
+//! resolution never touch Postgres. Kept current by LISTEN/NOTIFY and a periodic full
+//! reload; readers take an `Arc` snapshot of a topic and never block writers for long.
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use imprint_domain::{CurrentIndex, PinEntry, ScopeEntry, Selector, TopicHistory, TopicName, VersionEntry};
+use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+/// The NOTIFY channel every change is announced on; the payload is the topic id.
+pub const CHANGE_CHANNEL: &str = "imprint_change";
+
+/// Payloads up to this size are held in memory and sent inline in poll answers.
+pub const INLINE_POLL_BYTES: u64 = 64 * 1024;
+
+/// What the poll path needs of one version.
+#[derive(Debug)]
+pub struct ServedVersion {
+    pub version: u64,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+    pub metadata: BTreeMap<String, String>,
+    /// Present for small inline payloads of versions some consumer can resolve to now.
+    pub payload: Option<Bytes>,
+}
+
+#[derive(Debug)]
+pub struct ServingTopic {
+    pub id: i64,
+    pub name: TopicName,
+    pub history: TopicHistory,
+    pub index: CurrentIndex,
+    /// The versions that resolution can return now (pinned or best per selector).
+    pub served: HashMap<u64, Arc<ServedVersion>>,
+}
+
+pub struct ServingState {
+    topics: RwLock<HashMap<String, Arc<ServingTopic>>>,
+    generation: watch::Sender<u64>,
+    loaded_once: watch::Sender<bool>,
+}
+
+impl Default for ServingState {
+    fn default() -> Self {
+        Self { topics: RwLock::new(HashMap::new()), generation: watch::channel(0).0, loaded_once: watch::channel(false).0 }
+    }
+}
+
+impl ServingState {
+    pub fn get(&self, name: &str) -> Option<Arc<ServingTopic>> {
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// A receiver that changes whenever any topic changes: long polls wait on it.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        *self.loaded_once.borrow()
+    }
+
+    fn install(&self, loaded: Vec<ServingTopic>, full: bool) {
+        {
+            let mut map = self.topics.write().unwrap_or_else(|e| e.into_inner());
+            if full {
+                let keep: HashSet<String> = loaded.iter().map(|t| t.name.to_string()).collect();
+                map.retain(|k, _| keep.contains(k));
+            }
+            for t in loaded {
+                map.insert(t.name.to_string(), Arc::new(t));
+            }
+            metrics::gauge!("imprint_topics_loaded").set(map.len() as f64);
+        }
+        if full {
+            self.loaded_once.send_replace(true);
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn cached_payloads(&self) -> HashMap<(i64, u64), Bytes> {
+        let map = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .flat_map(|t| t.served.values().filter_map(move |v| v.payload.clone().map(|p| ((t.id, v.version), p))))
+            .collect()
+    }
+
+    /// Reloads one topic (`Some(id)`) or everything (`None`) from Postgres.
+    pub async fn reload(&self, pool: &PgPool, topic_id: Option<i64>) -> Result<(), sqlx::Error> {
+        let started = std::time::Instant::now();
+        let cache = self.cached_payloads();
+        let mut tx = pool.begin().await?;
+        // One consistent snapshot across the four tables.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        let loaded = load(&mut tx, topic_id, &cache).await?;
+        tx.commit().await?;
+        self.install(loaded, topic_id.is_none());
+        metrics::counter!("imprint_state_reloads_total", "kind" => if topic_id.is_none() { "full" } else { "topic" }).increment(1);
+        metrics::histogram!("imprint_state_reload_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+type VersionRow = (i64, i64, DateTime<Utc>, Option<DateTime<Utc>>, String, i64, String, sqlx::types::Json<BTreeMap<String, String>>);
+
+async fn load(
+    tx: &mut Transaction<'_, Postgres>,
+    topic_id: Option<i64>,
+    cache: &HashMap<(i64, u64), Bytes>,
+) -> Result<Vec<ServingTopic>, sqlx::Error> {
+    let topics: Vec<(i64, String)> = sqlx::query_as("SELECT id, name FROM topics WHERE ($1::bigint IS NULL OR id = $1)")
+        .bind(topic_id)
+        .fetch_all(&mut **tx)
+        .await?;
+    let versions: Vec<VersionRow> = sqlx::query_as(
+        "SELECT topic_id, version, created_at, purged_at, content_type, size, sha256, metadata
+         FROM versions WHERE ($1::bigint IS NULL OR topic_id = $1)",
+    )
+    .bind(topic_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let scopes: Vec<(i64, i64, String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT topic_id, version, selector_key, added_at FROM scopes WHERE ($1::bigint IS NULL OR topic_id = $1)")
+            .bind(topic_id)
+            .fetch_all(&mut **tx)
+            .await?;
+    let pins: Vec<(i64, i64, String, i64, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT id, topic_id, selector_key, version, created_at, removed_at FROM pins WHERE ($1::bigint IS NULL OR topic_id = $1)",
+    )
+    .bind(topic_id)
+    .fetch_all(&mut **tx)
+    .await?;
+
+    let mut histories: HashMap<i64, TopicHistory> = topics.iter().map(|(id, _)| (*id, TopicHistory::default())).collect();
+    let mut meta: HashMap<(i64, u64), VersionRow> = HashMap::new();
+    for row in versions {
+        let (tid, v, created_at, purged_at) = (row.0, row.1 as u64, row.2, row.3);
+        if let Some(h) = histories.get_mut(&tid) {
+            h.versions.insert(v, VersionEntry { version: v, created_at, purged_at });
+        }
+        meta.insert((tid, v), row);
+    }
+    for (tid, v, key, added_at) in scopes {
+        if let (Some(h), Ok(selector)) = (histories.get_mut(&tid), Selector::parse(&key)) {
+            h.scopes.push(ScopeEntry { version: v as u64, selector, added_at });
+        }
+    }
+    for (id, tid, key, v, created_at, removed_at) in pins {
+        if let (Some(h), Ok(selector)) = (histories.get_mut(&tid), Selector::parse(&key)) {
+            h.pins.push(PinEntry { id, selector, version: v as u64, created_at, removed_at });
+        }
+    }
+
+    // Which versions can be served now, and which of their payloads we still need.
+    let mut out = Vec::with_capacity(topics.len());
+    let mut wanted: Vec<(i64, i64)> = Vec::new();
+    for (id, name) in topics {
+        let Ok(name) = TopicName::parse(&name) else { continue };
+        let history = histories.remove(&id).unwrap_or_default();
+        let index = history.current_index();
+        let mut served = HashMap::new();
+        for v in index.versions() {
+            if let Some(row) = meta.get(&(id, v)) {
+                let size = row.5 as u64;
+                let payload = cache.get(&(id, v)).cloned();
+                if payload.is_none() && size <= INLINE_POLL_BYTES && row.3.is_none() {
+                    wanted.push((id, v as i64));
+                }
+                served.insert(
+                    v,
+                    ServedVersion { version: v, content_type: row.4.clone(), size, sha256: row.6.clone(), metadata: row.7 .0.clone(), payload },
+                );
+            }
+        }
+        out.push((id, name, history, index, served));
+    }
+    let mut payloads: HashMap<(i64, u64), Bytes> = HashMap::new();
+    if !wanted.is_empty() {
+        let (tids, vs): (Vec<i64>, Vec<i64>) = wanted.into_iter().unzip();
+        let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT v.topic_id, v.version, v.inline_data FROM versions v
+             JOIN UNNEST($1::bigint[], $2::bigint[]) AS w(topic_id, version) USING (topic_id, version)
+             WHERE v.storage = 'inline' AND v.inline_data IS NOT NULL",
+        )
+        .bind(&tids)
+        .bind(&vs)
+        .fetch_all(&mut **tx)
+        .await?;
+        payloads.extend(rows.into_iter().map(|(t, v, d)| ((t, v as u64), Bytes::from(d))));
+    }
+    Ok(out
+        .into_iter()
+        .map(|(id, name, history, index, served)| {
+            let served = served
+                .into_iter()
+                .map(|(v, mut sv)| {
+                    if sv.payload.is_none() {
+                        sv.payload = payloads.remove(&(id, v));
+                    }
+                    (v, Arc::new(sv))
+                })
+                .collect();
+            ServingTopic { id, name, history, index, served }
+        })
+        .collect())
+}
+
+/// Keeps the state current: LISTEN for changes, reload what changed, and reload
+/// everything periodically and after every reconnect (notifications may have been missed).
+pub async fn follow_changes(state: Arc<ServingState>, pool: PgPool, full_every: std::time::Duration, mut stop: watch::Receiver<bool>) {
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(mut l) => match l.listen(CHANGE_CHANNEL).await {
+                Ok(()) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; retrying");
+                    sleep_or_stop(&mut stop, backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    continue;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect to Postgres to follow changes; serving from memory, retrying");
+                sleep_or_stop(&mut stop, backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                continue;
+            }
+        };
+        // Listening now: a full reload catches up with anything missed before.
+        if let Err(e) = state.reload(&pool, None).await {
+            tracing::warn!(error = %e, "full reload failed; retrying");
+            sleep_or_stop(&mut stop, backoff).await;
+            continue;
+        }
+        backoff = std::time::Duration::from_millis(200);
+        tracing::info!(topics = state.topic_count(), "serving state loaded; following changes");
+        let mut tick = tokio::time::interval(full_every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = state.reload(&pool, None).await {
+                        tracing::warn!(error = %e, "periodic reload failed");
+                    }
+                }
+                n = listener.try_recv() => match n {
+                    Ok(Some(n)) => {
+                        metrics::counter!("imprint_notifications_total").increment(1);
+                        let id = n.payload().parse::<i64>().ok();
+                        if let Err(e) = state.reload(&pool, id).await {
+                            tracing::warn!(error = %e, "reload after notification failed");
+                        }
+                    }
+                    // Connection lost: notifications in between are lost, so start over.
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("lost the LISTEN connection; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, d: std::time::Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stop.changed() => {}
+    }
+}
