@@ -1,0 +1,7 @@
+//! HTTP API tests: each test gets a fresh database (`#[sqlx::test]`) and a real server on
+//! a free port, and talks to it over HTTP like any client would.
+mod helpers;
+mod poll;
+mod publish;
+mod resilience;
+mod topics;

@@ -1,0 +1,104 @@
+//! Postgres going away and coming back, simulated with a TCP proxy the test can cut.
+use crate::helpers::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+
+/// Forwards connections to Postgres while `up`; `cut()` drops every connection and
+/// refuses new ones until `restore()`.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    kill: broadcast::Sender<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let (kill, _) = broadcast::channel(4);
+        let (up2, kill2) = (up.clone(), kill.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let mut killed = kill2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = killed.recv() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, up, kill }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        let _ = self.kill.send(());
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn polls_survive_postgres_outage_and_publishing_recovers(pool: sqlx::PgPool) {
+    let opts = (*pool.connect_options()).clone();
+    let target = format!("{}:{}", opts.get_host(), opts.get_port());
+    assert!(!opts.get_host().starts_with('/'), "this test needs Postgres over TCP, not a unix socket");
+    let proxy = Proxy::start(target).await;
+    let serving = imprint_service::pool_options().connect_lazy_with(opts.host("127.0.0.1").port(proxy.port));
+    let app = spawn_app_with(serving, pool).await;
+    app.create_topic("resilient").await;
+    app.publish("resilient", json!({"data": "before"})).await;
+
+    proxy.cut();
+    // Polls are answered from memory.
+    let r = app.poll(json!({"consumer": {"instance": "i", "labels": {}}, "topics": {"resilient": null}})).await;
+    assert_eq!(r["updates"]["resilient"]["version"], 1);
+    let r = app.req(Method::GET, "/api/v1/topics/resilient/latest").send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "before");
+    // Publishing fails cleanly, and readiness says why.
+    let r = app.admin(Method::POST, "/api/v1/topics/resilient/versions").json(&json!({"data": "during"})).send().await.unwrap();
+    assert_error(r, 503, "storage_unavailable").await;
+    let r = app.req(Method::GET, "/readyz").send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(app.req(Method::GET, "/healthz").send().await.unwrap().status(), 200);
+
+    proxy.restore();
+    // The server recovers by itself: ready again, publishing works, changes flow.
+    let mut ready = false;
+    for _ in 0..100 {
+        if app.req(Method::GET, "/readyz").send().await.unwrap().status() == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "ready again after Postgres returned");
+    let p = app.publish("resilient", json!({"data": "after"})).await;
+    assert_eq!(p["version"], 2, "the failed publish used no number");
+    // A change made behind this server's back arrives through the re-established LISTEN.
+    let waiting = {
+        let body = json!({"consumer": {"instance": "i", "labels": {}}, "topics": {"resilient": 2}, "wait_ms": 30000});
+        let req = app.req(Method::POST, "/api/v1/poll").json(&body);
+        tokio::spawn(async move { req.send().await.unwrap().json::<Value>().await.unwrap() })
+    };
+    let other = spawn_app(app.pool.clone()).await;
+    other.publish("resilient", json!({"data": "elsewhere"})).await;
+    let r = tokio::time::timeout(Duration::from_secs(40), waiting).await.expect("change seen after recovery").unwrap();
+    assert_eq!(r["updates"]["resilient"]["version"], 3, "{r}");
+}

@@ -1,0 +1,145 @@
+//! Topics, tokens and rights.
+use crate::helpers::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn create_get_list_and_patch_topics(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    let t = app
+        .create_topic_with(json!({"name": "payments.methods", "description": "supported methods", "owner": "payments",
+                                  "retention": {"max_versions": 10}, "content_type": "application/json"}))
+        .await;
+    assert_eq!(t["name"], "payments.methods");
+    assert_eq!(t["latest_version"], 0);
+    assert_eq!(t["inline_limit_bytes"], 1048576);
+    assert_eq!(t["retention"]["max_versions"], 10);
+    assert_eq!(t["active_pins"], 0);
+    assert_eq!(t["created_by"], "token:bootstrap");
+    for i in 0..3 {
+        app.create_topic(&format!("other.{i}")).await;
+    }
+
+    let got: Value = app.req(Method::GET, "/api/v1/topics/payments.methods").send().await.unwrap().json().await.unwrap();
+    assert_eq!(got["description"], "supported methods");
+
+    let list: Value = app.req(Method::GET, "/api/v1/topics?q=methods").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["topics"].as_array().unwrap().len(), 1);
+
+    // Pagination: newest first, two pages of 2.
+    let p1: Value = app.req(Method::GET, "/api/v1/topics?limit=2").send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = p1["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["other.2", "other.1"]);
+    let next = p1["next"].as_str().expect("a next cursor");
+    let p2: Value = app.req(Method::GET, &format!("/api/v1/topics?limit=2&cursor={next}")).send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = p2["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["other.0", "payments.methods"]);
+    assert!(p2["next"].is_null());
+
+    let r = app
+        .admin(Method::PATCH, "/api/v1/topics/payments.methods")
+        .json(&json!({"description": "changed", "inline_limit_bytes": 2048, "content_type": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["description"], "changed");
+    assert_eq!(t["inline_limit_bytes"], 2048);
+    assert!(t["content_type"].is_null());
+    assert_eq!(t["retention"]["max_versions"], 10, "untouched fields stay");
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn topic_errors(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_topic("dup").await;
+    let post = |body: Value| app.admin(Method::POST, "/api/v1/topics").json(&body).send();
+    assert_error(post(json!({"name": "dup"})).await.unwrap(), 409, "topic_exists").await;
+    assert_error(post(json!({"name": "Bad Name"})).await.unwrap(), 400, "invalid_topic_name").await;
+    assert_error(post(json!({"name": ".x"})).await.unwrap(), 400, "invalid_topic_name").await;
+    assert_error(post(json!({"name": "ok", "retention": {"max_versions": 0}})).await.unwrap(), 400, "invalid_request").await;
+    assert_error(post(json!({"name": "ok", "inline_limit_bytes": 0})).await.unwrap(), 400, "invalid_request").await;
+    assert_error(post(json!({"name": "ok", "json_schema": {"type": 12}})).await.unwrap(), 400, "invalid_request").await;
+    assert_error(post(json!({"name": "ok", "surprise": 1})).await.unwrap(), 400, "invalid_request").await;
+    let r = app.admin(Method::POST, "/api/v1/topics").header("content-type", "application/json").body("{nope").send().await.unwrap();
+    assert_error(r, 400, "invalid_request").await;
+    let r = app.req(Method::GET, "/api/v1/topics/missing").send().await.unwrap();
+    assert_error(r, 404, "topic_not_found").await;
+    let r = app.req(Method::GET, "/api/v1/topics?limit=501").send().await.unwrap();
+    assert_error(r, 400, "invalid_request").await;
+    let r = app.req(Method::GET, "/api/v1/topics?cursor=garbage").send().await.unwrap();
+    assert_error(r, 400, "invalid_request").await;
+    let r = app.req(Method::GET, "/api/v1/nothing-here").send().await.unwrap();
+    assert_error(r, 404, "not_found").await;
+    // None of the rejected requests created anything.
+    let list: Value = app.req(Method::GET, "/api/v1/topics").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["topics"].as_array().unwrap().len(), 1);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn tokens_and_rights(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_topic_with(json!({"name": "search.cfg", "owner": "search"})).await;
+    let payments = app.token("payments-ci", Some("payments")).await;
+
+    // No token / unknown token / malformed header → 401.
+    let r = app.req(Method::POST, "/api/v1/topics").json(&json!({"name": "x"})).send().await.unwrap();
+    assert_error(r, 401, "unauthorized").await;
+    let r = app.req(Method::POST, "/api/v1/topics").bearer_auth("nope").json(&json!({"name": "x"})).send().await.unwrap();
+    assert_error(r, 401, "unauthorized").await;
+    let r = app.req(Method::POST, "/api/v1/topics").header("authorization", "Basic abc").json(&json!({"name": "x"})).send().await.unwrap();
+    assert_error(r, 401, "unauthorized").await;
+    let r = app.req(Method::POST, "/api/v1/topics/search.cfg/versions").json(&json!({"data": "x"})).send().await.unwrap();
+    assert_error(r, 401, "unauthorized").await;
+
+    // A team token writes its own team's topics only.
+    let r = app
+        .req(Method::POST, "/api/v1/topics")
+        .bearer_auth(&payments)
+        .json(&json!({"name": "payments.fx"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["owner"], "payments", "owner defaults to the token's team");
+    let r = app.req(Method::POST, "/api/v1/topics/payments.fx/versions").bearer_auth(&payments).json(&json!({"data": "1"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = app.req(Method::POST, "/api/v1/topics/search.cfg/versions").bearer_auth(&payments).json(&json!({"data": "1"})).send().await.unwrap();
+    assert_error(r, 403, "forbidden").await;
+    let r = app
+        .req(Method::PUT, "/api/v1/topics/search.cfg/pins")
+        .bearer_auth(&payments)
+        .json(&json!({"selector": {}, "version": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+    let r = app.req(Method::POST, "/api/v1/topics").bearer_auth(&payments).json(&json!({"name": "x", "owner": "search"})).send().await.unwrap();
+    assert_error(r, 403, "forbidden").await;
+    assert_eq!(app.versions_in_db("search.cfg").await, 0);
+
+    // Revoked tokens stop working.
+    imprint_service::auth::revoke_token(&app.pool, &imprint_service::Caller::System, "payments-ci").await.unwrap();
+    let r = app.req(Method::POST, "/api/v1/topics/payments.fx/versions").bearer_auth(&payments).json(&json!({"data": "1"})).send().await.unwrap();
+    assert_error(r, 401, "unauthorized").await;
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn operations_endpoints(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    assert_eq!(app.req(Method::GET, "/healthz").send().await.unwrap().status(), 200);
+    let r = app.req(Method::GET, "/readyz").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    app.create_topic("m").await;
+    app.publish("m", json!({"data": "x"})).await;
+    app.poll(json!({"consumer": {"instance": "i-1", "labels": {}}, "topics": {"m": null}})).await;
+    let metrics = app.req(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("imprint_publishes_total"), "{metrics}");
+    assert!(metrics.contains("imprint_polls_total"), "{metrics}");
+    assert!(metrics.contains("imprint_http_requests_total"), "{metrics}");
+    let doc: Value = app.req(Method::GET, "/api/v1/openapi.json").send().await.unwrap().json().await.unwrap();
+    assert!(doc["paths"]["/api/v1/poll"]["post"].is_object(), "{doc}");
+    assert!(doc["paths"]["/api/v1/topics/{topic}/versions"]["post"].is_object());
+}
