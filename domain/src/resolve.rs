@@ -80,11 +80,8 @@ pub struct TopicHistory {
 impl TopicHistory {
     /// What a consumer with `labels` saw at time `at`.
     pub fn resolve_at(&self, labels: &Labels, at: DateTime<Utc>) -> Option<Resolution> {
-        let pin = self
-            .pins
-            .iter()
-            .filter(|p| p.active_at(at) && p.selector.matches(labels))
-            .max_by_key(|p| p.precedence());
+        let pin =
+            self.pins.iter().filter(|p| p.active_at(at) && p.selector.matches(labels)).max_by_key(|p| p.precedence());
         if let Some(p) = pin {
             return Some(Resolution { version: p.version, pinned: true });
         }
@@ -194,7 +191,13 @@ mod tests {
             self
         }
         fn pin(mut self, id: i64, s: &str, v: u64, at: i64, removed: Option<i64>) -> Self {
-            self.0.pins.push(PinEntry { id, selector: sel(s), version: v, created_at: t(at), removed_at: removed.map(t) });
+            self.0.pins.push(PinEntry {
+                id,
+                selector: sel(s),
+                version: v,
+                created_at: t(at),
+                removed_at: removed.map(t),
+            });
             self
         }
         fn now(&self, l: &str) -> Option<Resolution> {
@@ -273,12 +276,24 @@ mod tests {
         assert_eq!(h.now("region=eu,app=search"), pinned(1));
         assert_eq!(h.now("region=us,app=checkout"), pinned(3));
         // Same specificity: the most recently created wins.
-        let h = H::default().version(1, &["*"]).version(2, &["*"]).pin(1, "region=eu", 1, 40, None).pin(2, "app=x", 2, 45, None);
+        let h = H::default()
+            .version(1, &["*"])
+            .version(2, &["*"])
+            .pin(1, "region=eu", 1, 40, None)
+            .pin(2, "app=x", 2, 45, None);
         assert_eq!(h.now("region=eu,app=x"), pinned(2));
-        let h = H::default().version(1, &["*"]).version(2, &["*"]).pin(1, "region=eu", 1, 45, None).pin(2, "app=x", 2, 40, None);
+        let h = H::default()
+            .version(1, &["*"])
+            .version(2, &["*"])
+            .pin(1, "region=eu", 1, 45, None)
+            .pin(2, "app=x", 2, 40, None);
         assert_eq!(h.now("region=eu,app=x"), pinned(1));
         // Same instant: the later id is the newer pin.
-        let h = H::default().version(1, &["*"]).version(2, &["*"]).pin(7, "region=eu", 1, 45, None).pin(8, "app=x", 2, 45, None);
+        let h = H::default()
+            .version(1, &["*"])
+            .version(2, &["*"])
+            .pin(7, "region=eu", 1, 45, None)
+            .pin(8, "app=x", 2, 45, None);
         assert_eq!(h.now("region=eu,app=x"), pinned(2));
     }
 

@@ -162,7 +162,9 @@ impl Selector {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::Value::Object(self.0.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect())
+        serde_json::Value::Object(
+            self.0.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+        )
     }
 }
 

@@ -11,7 +11,9 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use imprint_domain::{Labels, Selector};
 use imprint_service::model::{Pin, Published, Scope, Topic, Version};
-use imprint_service::{Caller, Error, Imprint, NewTopic, Payload, PinInput, PollRequest, PollResponse, PublishInput, TopicPatch};
+use imprint_service::{
+    Caller, Error, Imprint, NewTopic, Payload, PinInput, PollRequest, PollResponse, PublishInput, TopicPatch,
+};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -64,7 +66,9 @@ pub async fn caller(imprint: &Imprint, headers: &HeaderMap) -> ApiResult<Caller>
 
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError(Error::PayloadTooLarge { size: MAX_BODY_BYTES as u64 + 1, limit: MAX_BODY_BYTES as u64 }),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError(Error::PayloadTooLarge { size: MAX_BODY_BYTES as u64 + 1, limit: MAX_BODY_BYTES as u64 })
+        }
         _ => ApiError::invalid(format!("could not read the request body: {e}")),
     })
 }
@@ -83,12 +87,18 @@ fn query_one<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 
 fn parse_limit(pairs: &[(String, String)]) -> ApiResult<Option<u32>> {
     query_one(pairs, "limit")
-        .map(|l| l.parse::<u32>().map_err(|_| ApiError::invalid(format!("limit must be a number between 1 and 500, not {l:?}"))))
+        .map(|l| {
+            l.parse::<u32>()
+                .map_err(|_| ApiError::invalid(format!("limit must be a number between 1 and 500, not {l:?}")))
+        })
         .transpose()
 }
 
 fn parse_version(n: &str) -> ApiResult<u64> {
-    n.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| ApiError::invalid(format!("{n:?} is not a version number (1, 2, 3, …)")))
+    n.parse::<u64>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| ApiError::invalid(format!("{n:?} is not a version number (1, 2, 3, …)")))
 }
 
 fn parse_time(s: &str) -> ApiResult<DateTime<Utc>> {
@@ -142,7 +152,11 @@ pub struct Resolved {
 
 #[utoipa::path(post, path = "/api/v1/topics", request_body = NewTopic, tag = "topics",
     responses((status = 201, body = Topic), (status = 400), (status = 401), (status = 403), (status = 409)))]
-pub async fn create_topic(State(imprint): State<Imprint>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+pub async fn create_topic(
+    State(imprint): State<Imprint>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
     let caller = caller(&imprint, &headers).await?;
     let body = body_bytes(body)?;
     let input: NewTopic = parse_json(&body)?;
@@ -157,7 +171,12 @@ pub async fn create_topic(State(imprint): State<Imprint>, headers: HeaderMap, bo
 pub async fn list_topics(State(imprint): State<Imprint>, RawQuery(q): RawQuery) -> ApiResult<Json<TopicList>> {
     let pairs = query_pairs(&q);
     let page = imprint
-        .list_topics(query_one(&pairs, "q"), query_one(&pairs, "owner"), parse_limit(&pairs)?, query_one(&pairs, "cursor"))
+        .list_topics(
+            query_one(&pairs, "q"),
+            query_one(&pairs, "owner"),
+            parse_limit(&pairs)?,
+            query_one(&pairs, "cursor"),
+        )
         .await?;
     Ok(Json(TopicList { topics: page.items, next: page.next }))
 }
@@ -197,7 +216,9 @@ pub async fn publish(
 ) -> ApiResult<Response> {
     let caller = caller(&imprint, &headers).await?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let is_json = content_type.as_deref().is_some_and(|c| c.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    let is_json = content_type
+        .as_deref()
+        .is_some_and(|c| c.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
     let body = body_bytes(body)?;
     let input = if is_json { json_publish(&body)? } else { raw_publish(&q, content_type, body)? };
     let published = imprint.publish(&caller, &topic, input).await?;
@@ -208,7 +229,8 @@ fn json_publish(body: &[u8]) -> ApiResult<PublishInput> {
     let v: Value = parse_json(body)?;
     let obj = v.as_object().ok_or_else(|| ApiError::invalid("the body must be a JSON object"))?;
     for key in obj.keys() {
-        if !["data", "data_base64", "metadata", "scopes", "message", "content_type", "rollout"].contains(&key.as_str()) {
+        if !["data", "data_base64", "metadata", "scopes", "message", "content_type", "rollout"].contains(&key.as_str())
+        {
             return Err(ApiError::invalid(format!("unknown field {key:?}")));
         }
     }
@@ -225,15 +247,20 @@ fn json_publish(body: &[u8]) -> ApiResult<PublishInput> {
     };
     let metadata = match field(obj, "metadata") {
         None => BTreeMap::new(),
-        Some(m) => serde_json::from_value(m.clone()).map_err(|_| ApiError::invalid("metadata must be an object of string values"))?,
+        Some(m) => serde_json::from_value(m.clone())
+            .map_err(|_| ApiError::invalid("metadata must be an object of string values"))?,
     };
     let scopes = match field(obj, "scopes") {
         None => None,
         Some(Value::Array(items)) => Some(items.iter().map(selector_json).collect::<ApiResult<Vec<_>>>()?),
-        Some(_) => return Err(ApiError::invalid("scopes must be an array of selectors such as [{\"region\": \"eu-west-1\"}]")),
+        Some(_) => {
+            return Err(ApiError::invalid("scopes must be an array of selectors such as [{\"region\": \"eu-west-1\"}]"))
+        }
     };
     if field(obj, "rollout").is_some() {
-        return Err(ApiError(Error::InvalidState("rollouts are not available on this server yet; publish with scopes".into())));
+        return Err(ApiError(Error::InvalidState(
+            "rollouts are not available on this server yet; publish with scopes".into(),
+        )));
     }
     Ok(PublishInput {
         payload,
@@ -256,7 +283,9 @@ fn raw_publish(q: &Option<String>, content_type: Option<String>, body: Bytes) ->
         } else if k == "message" {
             message = v;
         } else {
-            return Err(ApiError::invalid(format!("unknown query parameter {k:?} (use scope=, meta.<key>=, message=)")));
+            return Err(ApiError::invalid(format!(
+                "unknown query parameter {k:?} (use scope=, meta.<key>=, message=)"
+            )));
         }
     }
     // curl's default for --data is form encoding, which is never what a payload is.
@@ -273,21 +302,32 @@ fn raw_publish(q: &Option<String>, content_type: Option<String>, body: Bytes) ->
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/versions", tag = "versions",
     params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = VersionList), (status = 404)))]
-pub async fn list_versions(State(imprint): State<Imprint>, Path(topic): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Json<VersionList>> {
+pub async fn list_versions(
+    State(imprint): State<Imprint>,
+    Path(topic): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<VersionList>> {
     let pairs = query_pairs(&q);
     let page = imprint.list_versions(&topic, parse_limit(&pairs)?, query_one(&pairs, "cursor")).await?;
     Ok(Json(VersionList { versions: page.items, next: page.next }))
 }
 
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/versions/{n}", tag = "versions", responses((status = 200, body = Version), (status = 404)))]
-pub async fn get_version(State(imprint): State<Imprint>, Path((topic, n)): Path<(String, String)>) -> ApiResult<Json<Version>> {
+pub async fn get_version(
+    State(imprint): State<Imprint>,
+    Path((topic, n)): Path<(String, String)>,
+) -> ApiResult<Json<Version>> {
     Ok(Json(imprint.version(&topic, parse_version(&n)?).await?))
 }
 
 /// The payload bytes, with `ETag: "<sha256>"`, single `Range` requests and `If-None-Match`.
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/versions/{n}/data", tag = "versions",
     responses((status = 200, description = "payload bytes"), (status = 206), (status = 304), (status = 404), (status = 410), (status = 416)))]
-pub async fn version_data(State(imprint): State<Imprint>, Path((topic, n)): Path<(String, String)>, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn version_data(
+    State(imprint): State<Imprint>,
+    Path((topic, n)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let n = parse_version(&n)?;
     let (data, content_type, sha) = imprint.version_data(&topic, n).await?;
     let etag = format!("\"{sha}\"");
@@ -295,7 +335,14 @@ pub async fn version_data(State(imprint): State<Imprint>, Path((topic, n)): Path
 }
 
 /// Builds a payload response honouring `If-None-Match` and a single-range `Range`.
-fn payload_response(data: Bytes, content_type: &str, etag: &str, version: u64, pinned: Option<bool>, headers: &HeaderMap) -> Response {
+fn payload_response(
+    data: Bytes,
+    content_type: &str,
+    etag: &str,
+    version: u64,
+    pinned: Option<bool>,
+    headers: &HeaderMap,
+) -> Response {
     let mut builder = Response::builder()
         .header(header::ETAG, etag)
         .header("X-Imprint-Version", version.to_string())
@@ -311,7 +358,10 @@ fn payload_response(data: Bytes, content_type: &str, etag: &str, version: u64, p
     if matches_etag {
         return builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).unwrap_or_default();
     }
-    builder = builder.header(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+    builder = builder.header(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
     let len = data.len() as u64;
     if let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         return match parse_range(range, len) {
@@ -321,7 +371,11 @@ fn payload_response(data: Bytes, content_type: &str, etag: &str, version: u64, p
                 .body(Body::from(data.slice(start as usize..=end as usize)))
                 .unwrap_or_default(),
             None => {
-                let mut r = ApiError::with_code(StatusCode::RANGE_NOT_SATISFIABLE, "invalid_range", "the Range header is not a satisfiable single byte range");
+                let mut r = ApiError::with_code(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "invalid_range",
+                    "the Range header is not a satisfiable single byte range",
+                );
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                     r.headers_mut().insert(header::CONTENT_RANGE, v);
                 }
@@ -379,7 +433,11 @@ pub async fn add_scope(
     params(("labels" = Option<String>, Query, description = "region=eu-west-1,app=checkout"),
            ("at" = Option<String>, Query, description = "RFC 3339 time: resolve as things stood then")),
     responses((status = 200, body = Resolved), (status = 400), (status = 404)))]
-pub async fn resolve(State(imprint): State<Imprint>, Path(topic): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Json<Resolved>> {
+pub async fn resolve(
+    State(imprint): State<Imprint>,
+    Path(topic): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Resolved>> {
     let pairs = query_pairs(&q);
     let labels = Labels::parse(query_one(&pairs, "labels").unwrap_or("")).map_err(Error::from)?;
     let at = query_one(&pairs, "at").map(parse_time).transpose()?;
@@ -401,7 +459,9 @@ pub async fn put_pin(
     let caller = caller(&imprint, &headers).await?;
     let v: Value = parse_json(&body_bytes(body)?)?;
     let obj = v.as_object().ok_or_else(|| ApiError::invalid("the body must be a JSON object"))?;
-    let selector = selector_json(field(obj, "selector").ok_or_else(|| ApiError::invalid("selector is required ({} pins everyone)"))?)?;
+    let selector = selector_json(
+        field(obj, "selector").ok_or_else(|| ApiError::invalid("selector is required ({} pins everyone)"))?,
+    )?;
     let version = field(obj, "version")
         .and_then(Value::as_u64)
         .filter(|n| *n >= 1)
@@ -413,10 +473,16 @@ pub async fn put_pin(
 #[utoipa::path(delete, path = "/api/v1/topics/{topic}/pins", tag = "pins",
     params(("selector" = String, Query, description = "the pin's selector, `*` for everyone")),
     responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404)))]
-pub async fn delete_pin(State(imprint): State<Imprint>, Path(topic): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult<StatusCode> {
+pub async fn delete_pin(
+    State(imprint): State<Imprint>,
+    Path(topic): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
     let caller = caller(&imprint, &headers).await?;
     let pairs = query_pairs(&q);
-    let selector = query_one(&pairs, "selector").ok_or_else(|| ApiError::invalid("?selector= is required (`*` for everyone)"))?;
+    let selector =
+        query_one(&pairs, "selector").ok_or_else(|| ApiError::invalid("?selector= is required (`*` for everyone)"))?;
     let selector = Selector::parse(selector).map_err(Error::from)?;
     imprint.unpin(&caller, &topic, &selector).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -425,7 +491,11 @@ pub async fn delete_pin(State(imprint): State<Imprint>, Path(topic): Path<String
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/pins", tag = "pins",
     params(("all" = Option<bool>, Query, description = "include removed pins")),
     responses((status = 200, body = PinList), (status = 404)))]
-pub async fn list_pins(State(imprint): State<Imprint>, Path(topic): Path<String>, RawQuery(q): RawQuery) -> ApiResult<Json<PinList>> {
+pub async fn list_pins(
+    State(imprint): State<Imprint>,
+    Path(topic): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<PinList>> {
     let pairs = query_pairs(&q);
     let all = match query_one(&pairs, "all") {
         None | Some("false") | Some("0") => false,
@@ -439,7 +509,10 @@ pub async fn list_pins(State(imprint): State<Imprint>, Path(topic): Path<String>
 
 #[utoipa::path(post, path = "/api/v1/poll", tag = "consumers", request_body = PollRequest,
     responses((status = 200, body = PollResponse), (status = 400)))]
-pub async fn poll(State(imprint): State<Imprint>, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<PollResponse>> {
+pub async fn poll(
+    State(imprint): State<Imprint>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<PollResponse>> {
     let req: PollRequest = parse_json(&body_bytes(body)?)?;
     Ok(Json(imprint.poll(req).await?))
 }
@@ -449,14 +522,21 @@ pub async fn poll(State(imprint): State<Imprint>, body: Result<Bytes, BytesRejec
     params(("labels" = Option<String>, Query, description = "region=eu-west-1,app=checkout")),
     responses((status = 200, description = "payload bytes with X-Imprint-Version, X-Imprint-Pinned, ETag \"v<n>\""),
               (status = 304), (status = 404)))]
-pub async fn latest(State(imprint): State<Imprint>, Path(topic): Path<String>, RawQuery(q): RawQuery, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn latest(
+    State(imprint): State<Imprint>,
+    Path(topic): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let pairs = query_pairs(&q);
     let labels = Labels::parse(query_one(&pairs, "labels").unwrap_or("")).map_err(Error::from)?;
     let (v, pinned) = imprint.latest(&topic, &labels)?;
     let etag = format!("\"v{}\"", v.version);
     let data = match &v.payload {
         Some(p) => p.clone(),
-        None if headers.get(header::IF_NONE_MATCH).is_some_and(|h| h.to_str().is_ok_and(|h| h.contains(&etag))) => Bytes::new(),
+        None if headers.get(header::IF_NONE_MATCH).is_some_and(|h| h.to_str().is_ok_and(|h| h.contains(&etag))) => {
+            Bytes::new()
+        }
         None => imprint.version_data(&topic, v.version).await?.0,
     };
     Ok(payload_response(data, &v.content_type, &etag, v.version, Some(pinned), &headers))

@@ -41,7 +41,8 @@ async fn track(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
     metrics::counter!("imprint_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("imprint_http_request_seconds", "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("imprint_http_request_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
     resp
 }
 

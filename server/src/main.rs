@@ -70,7 +70,8 @@ enum TokenCommand {
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=info".into()),
         )
         .init();
     let cli = Cli::parse();
@@ -103,9 +104,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             match command {
                 TokenCommand::Create { name, admin, team } => {
                     if !admin && team.is_none() {
-                        return Err("a token needs --admin or --team <team> (the team whose topics it may write)".into());
+                        return Err(
+                            "a token needs --admin or --team <team> (the team whose topics it may write)".into()
+                        );
                     }
-                    let token = auth::create_token(pool, &Caller::System, &name, admin, team.as_deref()).await.map_err(|e| e.to_string())?;
+                    let token = auth::create_token(pool, &Caller::System, &name, admin, team.as_deref())
+                        .await
+                        .map_err(|e| e.to_string())?;
                     eprintln!("token {name:?} created; it is shown once, store it now:");
                     println!("{token}");
                 }
@@ -115,7 +120,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
                 TokenCommand::List => {
                     for t in auth::list_tokens(pool, &Caller::System).await.map_err(|e| e.to_string())? {
-                        let rights = if t.is_admin { "admin".to_owned() } else { format!("team {}", t.team.unwrap_or_default()) };
+                        let rights = if t.is_admin {
+                            "admin".to_owned()
+                        } else {
+                            format!("team {}", t.team.unwrap_or_default())
+                        };
                         let used = t.last_used_at.map(|d| d.to_rfc3339()).unwrap_or_else(|| "never".into());
                         println!("{}\t{}\tcreated {}\tlast used {}", t.name, rights, t.created_at.to_rfc3339(), used);
                     }
@@ -140,7 +149,10 @@ impl ServeArgs {
 async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
     let addr = args.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)));
     if let Some(store) = &args.object_store {
-        tracing::warn!(store, "IMPRINT_OBJECT_STORE is set, but payloads are stored inline in Postgres in this version");
+        tracing::warn!(
+            store,
+            "IMPRINT_OBJECT_STORE is set, but payloads are stored inline in Postgres in this version"
+        );
     }
     tracing::debug!(home = ?args.home, "state directory");
     let config = Config { full_reload_every: Duration::from_secs(args.full_reload_secs.max(1)) };
@@ -164,7 +176,8 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
     }
     imprint.start_background().await.map_err(|e| format!("loading the serving state: {e}"))?;
 
-    let mut leptos_options = leptos::config::get_configuration(None).map_err(|e| format!("leptos configuration: {e}"))?.leptos_options;
+    let mut leptos_options =
+        leptos::config::get_configuration(None).map_err(|e| format!("leptos configuration: {e}"))?.leptos_options;
     leptos_options.site_addr = addr;
     let app = imprint_server::full_router(imprint.clone(), leptos_options);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;

@@ -112,10 +112,12 @@ pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Caller> {
 pub async fn ensure_bootstrap_token(pool: &PgPool, token: &str) -> Result<()> {
     let hash = hash_token(token);
     let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE name = 'bootstrap' AND revoked_at IS NULL AND token_hash <> $1")
-        .bind(&hash)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now() WHERE name = 'bootstrap' AND revoked_at IS NULL AND token_hash <> $1",
+    )
+    .bind(&hash)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "INSERT INTO api_tokens (name, token_hash, is_admin, created_by) VALUES ('bootstrap', $1, true, 'IMPRINT_BOOTSTRAP_TOKEN')
          ON CONFLICT (token_hash) DO UPDATE SET revoked_at = NULL, is_admin = true",
@@ -128,25 +130,36 @@ pub async fn ensure_bootstrap_token(pool: &PgPool, token: &str) -> Result<()> {
 }
 
 fn check_token_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
         return Err(Error::invalid("a token name is 1-64 characters of letters, digits, '.', '_' or '-'"));
     }
     Ok(())
 }
 
 /// Creates a named token and returns its secret value (shown once, stored hashed).
-pub async fn create_token(pool: &PgPool, caller: &Caller, name: &str, admin: bool, team: Option<&str>) -> Result<String> {
+pub async fn create_token(
+    pool: &PgPool,
+    caller: &Caller,
+    name: &str,
+    admin: bool,
+    team: Option<&str>,
+) -> Result<String> {
     caller.require_admin()?;
     check_token_name(name)?;
     let token = generate_token();
-    let res = sqlx::query("INSERT INTO api_tokens (name, token_hash, is_admin, team, created_by) VALUES ($1, $2, $3, $4, $5)")
-        .bind(name)
-        .bind(hash_token(&token))
-        .bind(admin)
-        .bind(team)
-        .bind(caller.who())
-        .execute(pool)
-        .await;
+    let res = sqlx::query(
+        "INSERT INTO api_tokens (name, token_hash, is_admin, team, created_by) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(name)
+    .bind(hash_token(&token))
+    .bind(admin)
+    .bind(team)
+    .bind(caller.who())
+    .execute(pool)
+    .await;
     match res {
         Ok(_) => Ok(token),
         Err(sqlx::Error::Database(e)) if e.constraint() == Some("api_tokens_active_name") => {
@@ -177,7 +190,13 @@ pub async fn list_tokens(pool: &PgPool, caller: &Caller) -> Result<Vec<ApiToken>
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(name, is_admin, team, created_at, last_used_at)| ApiToken { name, is_admin, team, created_at, last_used_at })
+        .map(|(name, is_admin, team, created_at, last_used_at)| ApiToken {
+            name,
+            is_admin,
+            team,
+            created_at,
+            last_used_at,
+        })
         .collect())
 }
 

@@ -64,7 +64,10 @@ impl Error {
             Error::InvalidTopicName(_) | Error::InvalidSelector(_) | Error::InvalidRequest(_) => 400,
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
-            Error::TopicNotFound(_) | Error::VersionNotFound { .. } | Error::PinNotFound { .. } | Error::NoVersionInScope(_) => 404,
+            Error::TopicNotFound(_)
+            | Error::VersionNotFound { .. }
+            | Error::PinNotFound { .. }
+            | Error::NoVersionInScope(_) => 404,
             Error::TopicExists(_) | Error::InvalidState(_) => 409,
             Error::VersionPurged { .. } => 410,
             Error::PayloadTooLarge { .. } => 413,
@@ -90,9 +93,8 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::WorkerCrashed => Error::StorageUnavailable(e),
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 // admin_shutdown, crash_shutdown, cannot_connect_now, too many connections
-                Some("57P01") | Some("57P02") | Some("57P03") | Some("53300") | Some("08006") | Some("08003") | Some("08001") => {
-                    Error::StorageUnavailable(e)
-                }
+                Some("57P01") | Some("57P02") | Some("57P03") | Some("53300") | Some("08006") | Some("08003")
+                | Some("08001") => Error::StorageUnavailable(e),
                 _ => Error::Internal(e.to_string()),
             },
             _ => Error::Internal(e.to_string()),

@@ -6,9 +6,9 @@
 pub mod auth;
 pub mod error;
 pub mod model;
+mod pins;
 pub mod poll;
 pub mod serving;
-mod pins;
 mod topics;
 mod versions;
 
@@ -61,12 +61,20 @@ pub fn pool_options() -> PgPoolOptions {
 impl Imprint {
     /// Connects lazily (the server starts and serves from memory even if Postgres is not up yet).
     pub fn connect_lazy(database_url: &str, config: Config) -> Result<Self> {
-        let pool = pool_options().connect_lazy(database_url).map_err(|e| Error::invalid(format!("DATABASE_URL: {e}")))?;
+        let pool =
+            pool_options().connect_lazy(database_url).map_err(|e| Error::invalid(format!("DATABASE_URL: {e}")))?;
         Ok(Self::with_pool(pool, config))
     }
 
     pub fn with_pool(pool: PgPool, config: Config) -> Self {
-        Self { inner: Arc::new(Inner { pool, state: Arc::new(ServingState::default()), config, stop: watch::channel(false).0 }) }
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                state: Arc::new(ServingState::default()),
+                config,
+                stop: watch::channel(false).0,
+            }),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -156,7 +156,8 @@ impl Imprint {
         let name = TopicName::parse(topic)?;
         let t = self.state().get(name.as_str()).ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         let r = t.index.resolve(labels).ok_or_else(|| Error::NoVersionInScope(name.to_string()))?;
-        let v = t.served.get(&r.version).cloned().ok_or_else(|| Error::Internal("resolved version not loaded".into()))?;
+        let v =
+            t.served.get(&r.version).cloned().ok_or_else(|| Error::Internal("resolved version not loaded".into()))?;
         Ok((v, r.pinned))
     }
 }

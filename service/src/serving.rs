@@ -45,7 +45,11 @@ pub struct ServingState {
 
 impl Default for ServingState {
     fn default() -> Self {
-        Self { topics: RwLock::new(HashMap::new()), generation: watch::channel(0).0, loaded_once: watch::channel(false).0 }
+        Self {
+            topics: RwLock::new(HashMap::new()),
+            generation: watch::channel(0).0,
+            loaded_once: watch::channel(false).0,
+        }
     }
 }
 
@@ -102,23 +106,26 @@ impl ServingState {
         let loaded = load(&mut tx, topic_id, &cache).await?;
         tx.commit().await?;
         self.install(loaded, topic_id.is_none());
-        metrics::counter!("imprint_state_reloads_total", "kind" => if topic_id.is_none() { "full" } else { "topic" }).increment(1);
+        metrics::counter!("imprint_state_reloads_total", "kind" => if topic_id.is_none() { "full" } else { "topic" })
+            .increment(1);
         metrics::histogram!("imprint_state_reload_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
     }
 }
 
-type VersionRow = (i64, i64, DateTime<Utc>, Option<DateTime<Utc>>, String, i64, String, sqlx::types::Json<BTreeMap<String, String>>);
+type VersionRow =
+    (i64, i64, DateTime<Utc>, Option<DateTime<Utc>>, String, i64, String, sqlx::types::Json<BTreeMap<String, String>>);
 
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
     topic_id: Option<i64>,
     cache: &HashMap<(i64, u64), Bytes>,
 ) -> Result<Vec<ServingTopic>, sqlx::Error> {
-    let topics: Vec<(i64, String)> = sqlx::query_as("SELECT id, name FROM topics WHERE ($1::bigint IS NULL OR id = $1)")
-        .bind(topic_id)
-        .fetch_all(&mut **tx)
-        .await?;
+    let topics: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, name FROM topics WHERE ($1::bigint IS NULL OR id = $1)")
+            .bind(topic_id)
+            .fetch_all(&mut **tx)
+            .await?;
     let versions: Vec<VersionRow> = sqlx::query_as(
         "SELECT topic_id, version, created_at, purged_at, content_type, size, sha256, metadata
          FROM versions WHERE ($1::bigint IS NULL OR topic_id = $1)",
@@ -126,11 +133,12 @@ async fn load(
     .bind(topic_id)
     .fetch_all(&mut **tx)
     .await?;
-    let scopes: Vec<(i64, i64, String, DateTime<Utc>)> =
-        sqlx::query_as("SELECT topic_id, version, selector_key, added_at FROM scopes WHERE ($1::bigint IS NULL OR topic_id = $1)")
-            .bind(topic_id)
-            .fetch_all(&mut **tx)
-            .await?;
+    let scopes: Vec<(i64, i64, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT topic_id, version, selector_key, added_at FROM scopes WHERE ($1::bigint IS NULL OR topic_id = $1)",
+    )
+    .bind(topic_id)
+    .fetch_all(&mut **tx)
+    .await?;
     let pins: Vec<(i64, i64, String, i64, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT id, topic_id, selector_key, version, created_at, removed_at FROM pins WHERE ($1::bigint IS NULL OR topic_id = $1)",
     )
@@ -138,7 +146,8 @@ async fn load(
     .fetch_all(&mut **tx)
     .await?;
 
-    let mut histories: HashMap<i64, TopicHistory> = topics.iter().map(|(id, _)| (*id, TopicHistory::default())).collect();
+    let mut histories: HashMap<i64, TopicHistory> =
+        topics.iter().map(|(id, _)| (*id, TopicHistory::default())).collect();
     let mut meta: HashMap<(i64, u64), VersionRow> = HashMap::new();
     for row in versions {
         let (tid, v, created_at, purged_at) = (row.0, row.1 as u64, row.2, row.3);
@@ -175,7 +184,14 @@ async fn load(
                 }
                 served.insert(
                     v,
-                    ServedVersion { version: v, content_type: row.4.clone(), size, sha256: row.6.clone(), metadata: row.7 .0.clone(), payload },
+                    ServedVersion {
+                        version: v,
+                        content_type: row.4.clone(),
+                        size,
+                        sha256: row.6.clone(),
+                        metadata: row.7 .0.clone(),
+                        payload,
+                    },
                 );
             }
         }
@@ -214,7 +230,12 @@ async fn load(
 
 /// Keeps the state current: LISTEN for changes, reload what changed, and reload
 /// everything periodically and after every reconnect (notifications may have been missed).
-pub async fn follow_changes(state: Arc<ServingState>, pool: PgPool, full_every: std::time::Duration, mut stop: watch::Receiver<bool>) {
+pub async fn follow_changes(
+    state: Arc<ServingState>,
+    pool: PgPool,
+    full_every: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = std::time::Duration::from_millis(200);
     loop {
         if *stop.borrow() {

@@ -91,7 +91,9 @@ pub(crate) fn check_content_type(ct: &str) -> Result<()> {
 }
 
 pub(crate) fn check_schema(schema: &serde_json::Value) -> Result<()> {
-    jsonschema::validator_for(schema).map(|_| ()).map_err(|e| Error::invalid(format!("json_schema is not a valid JSON Schema: {e}")))
+    jsonschema::validator_for(schema)
+        .map(|_| ())
+        .map_err(|e| Error::invalid(format!("json_schema is not a valid JSON Schema: {e}")))
 }
 
 type TopicRow = (
@@ -146,11 +148,12 @@ pub(crate) struct TopicRef {
 impl Imprint {
     pub(crate) async fn topic_ref<'e, E: sqlx::PgExecutor<'e>>(&self, ex: E, name: &str) -> Result<TopicRef> {
         let name = TopicName::parse(name)?;
-        let row: Option<(i64, String, String, i64, Option<String>, Option<serde_json::Value>)> =
-            sqlx::query_as("SELECT id, name, owner, inline_limit_bytes, content_type, json_schema FROM topics WHERE name = $1")
-                .bind(name.as_str())
-                .fetch_optional(ex)
-                .await?;
+        let row: Option<(i64, String, String, i64, Option<String>, Option<serde_json::Value>)> = sqlx::query_as(
+            "SELECT id, name, owner, inline_limit_bytes, content_type, json_schema FROM topics WHERE name = $1",
+        )
+        .bind(name.as_str())
+        .fetch_optional(ex)
+        .await?;
         let r = row.ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         Ok(TopicRef { id: r.0, name: r.1, owner: r.2, inline_limit: r.3 as u64, content_type: r.4, json_schema: r.5 })
     }
@@ -218,10 +221,18 @@ impl Imprint {
     }
 
     /// Topics newest first; `q` matches name, description or owner (case-insensitive).
-    pub async fn list_topics(&self, q: Option<&str>, owner: Option<&str>, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Topic>> {
+    pub async fn list_topics(
+        &self,
+        q: Option<&str>,
+        owner: Option<&str>,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<Page<Topic>> {
         let limit = cursor::limit(limit)?;
         let before = cursor.map(cursor::decode).transpose()?;
-        let pattern = q.filter(|q| !q.is_empty()).map(|q| format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+        let pattern = q
+            .filter(|q| !q.is_empty())
+            .map(|q| format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
         let rows: Vec<TopicRow> = sqlx::query_as(&format!(
             "SELECT {TOPIC_COLUMNS} FROM topics t
              WHERE ($1::text IS NULL OR t.name ILIKE $1 OR t.description ILIKE $1 OR t.owner ILIKE $1)

@@ -39,7 +39,9 @@ fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
     }
     for (k, v) in m {
         if k.is_empty() || k.len() > 128 || k.chars().any(char::is_control) {
-            return Err(Error::invalid(format!("metadata key {k:?} must be 1-128 characters without control characters")));
+            return Err(Error::invalid(format!(
+                "metadata key {k:?} must be 1-128 characters without control characters"
+            )));
         }
         if v.len() > 4096 {
             return Err(Error::invalid(format!("metadata value of {k:?} has more than 4096 bytes")));
@@ -48,8 +50,20 @@ fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-type VersionRow = (i64, DateTime<Utc>, String, String, sqlx::types::Json<BTreeMap<String, String>>, String, i64, String, String, Option<DateTime<Utc>>);
-const VERSION_COLUMNS: &str = "version, created_at, created_by, message, metadata, content_type, size, sha256, storage, purged_at";
+type VersionRow = (
+    i64,
+    DateTime<Utc>,
+    String,
+    String,
+    sqlx::types::Json<BTreeMap<String, String>>,
+    String,
+    i64,
+    String,
+    String,
+    Option<DateTime<Utc>>,
+);
+const VERSION_COLUMNS: &str =
+    "version, created_at, created_by, message, metadata, content_type, size, sha256, storage, purged_at";
 
 impl Imprint {
     #[tracing::instrument(skip(self, input), fields(size = input.payload.len()))]
@@ -132,7 +146,10 @@ impl Imprint {
             size,
             sha256,
             content_type,
-            scopes: scopes.into_iter().map(|selector| Scope { selector, added_at: created_at, added_by: who.clone() }).collect(),
+            scopes: scopes
+                .into_iter()
+                .map(|selector| Scope { selector, added_at: created_at, added_by: who.clone() })
+                .collect(),
             storage: "inline".into(),
         })
     }
@@ -167,11 +184,12 @@ impl Imprint {
 
     pub async fn version(&self, topic: &str, version: u64) -> Result<Version> {
         let t = self.topic_ref(self.pool(), topic).await?;
-        let row: Option<VersionRow> = sqlx::query_as(&format!("SELECT {VERSION_COLUMNS} FROM versions WHERE topic_id = $1 AND version = $2"))
-            .bind(t.id)
-            .bind(version as i64)
-            .fetch_optional(self.pool())
-            .await?;
+        let row: Option<VersionRow> =
+            sqlx::query_as(&format!("SELECT {VERSION_COLUMNS} FROM versions WHERE topic_id = $1 AND version = $2"))
+                .bind(t.id)
+                .bind(version as i64)
+                .fetch_optional(self.pool())
+                .await?;
         let row = row.ok_or_else(|| Error::VersionNotFound { topic: t.name.clone(), version })?;
         let mut scopes = self.scopes_of(t.id, &[row.0]).await?;
         Ok(version_from_row(&t.name, row, scopes.remove(&(version as i64)).unwrap_or_default()))
@@ -188,7 +206,8 @@ impl Imprint {
         .await?;
         let mut out: std::collections::HashMap<i64, Vec<Scope>> = std::collections::HashMap::new();
         for (v, key, added_at, added_by) in rows {
-            let selector = Selector::parse(&key).map_err(|e| Error::Internal(format!("stored selector {key:?}: {e}")))?;
+            let selector =
+                Selector::parse(&key).map_err(|e| Error::Internal(format!("stored selector {key:?}: {e}")))?;
             out.entry(v).or_default().push(Scope { selector, added_at, added_by });
         }
         Ok(out)
@@ -197,12 +216,13 @@ impl Imprint {
     /// The payload of a version (with its content type and checksum).
     pub async fn version_data(&self, topic: &str, version: u64) -> Result<(Bytes, String, String)> {
         let t = self.topic_ref(self.pool(), topic).await?;
-        let row: Option<(Option<Vec<u8>>, String, String, Option<DateTime<Utc>>)> =
-            sqlx::query_as("SELECT inline_data, content_type, sha256, purged_at FROM versions WHERE topic_id = $1 AND version = $2")
-                .bind(t.id)
-                .bind(version as i64)
-                .fetch_optional(self.pool())
-                .await?;
+        let row: Option<(Option<Vec<u8>>, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT inline_data, content_type, sha256, purged_at FROM versions WHERE topic_id = $1 AND version = $2",
+        )
+        .bind(t.id)
+        .bind(version as i64)
+        .fetch_optional(self.pool())
+        .await?;
         match row {
             None => Err(Error::VersionNotFound { topic: t.name, version }),
             Some((_, _, _, Some(_))) => Err(Error::VersionPurged { topic: t.name, version }),
@@ -214,7 +234,13 @@ impl Imprint {
     /// Adds a scope to a version. Returns the scope and whether it was new (adding a
     /// scope the version already has changes nothing).
     #[tracing::instrument(skip(self))]
-    pub async fn add_scope(&self, caller: &Caller, topic: &str, version: u64, selector: Selector) -> Result<(Scope, bool)> {
+    pub async fn add_scope(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        version: u64,
+        selector: Selector,
+    ) -> Result<(Scope, bool)> {
         let mut tx = self.pool().begin().await?;
         let t = self.topic_ref(&mut *tx, topic).await?;
         caller.require_write(&t.name, &t.owner)?;
@@ -234,13 +260,14 @@ impl Imprint {
         let added = insert_scopes(&mut tx, t.id, version as i64, std::slice::from_ref(&selector), now, &who).await?;
         if added == 0 {
             tx.rollback().await?;
-            let existing: (DateTime<Utc>, String) =
-                sqlx::query_as("SELECT added_at, added_by FROM scopes WHERE topic_id = $1 AND version = $2 AND selector_key = $3")
-                    .bind(t.id)
-                    .bind(version as i64)
-                    .bind(selector.to_string())
-                    .fetch_one(self.pool())
-                    .await?;
+            let existing: (DateTime<Utc>, String) = sqlx::query_as(
+                "SELECT added_at, added_by FROM scopes WHERE topic_id = $1 AND version = $2 AND selector_key = $3",
+            )
+            .bind(t.id)
+            .bind(version as i64)
+            .bind(selector.to_string())
+            .fetch_one(self.pool())
+            .await?;
             return Ok((Scope { selector, added_at: existing.0, added_by: existing.1 }, false));
         }
         notify(&mut tx, t.id).await?;
@@ -296,8 +323,10 @@ fn validate_against(schema: &serde_json::Value, payload: &Payload) -> Result<()>
         Payload::Binary(b) => serde_json::from_slice(b),
     }
     .map_err(|e| Error::SchemaViolation(format!("the topic has a JSON Schema and the payload is not JSON: {e}")))?;
-    let validator = jsonschema::validator_for(schema).map_err(|e| Error::Internal(format!("stored schema does not compile: {e}")))?;
-    let errors: Vec<String> = validator.iter_errors(&parsed).take(5).map(|e| format!("{} (at {})", e, e.instance_path)).collect();
+    let validator = jsonschema::validator_for(schema)
+        .map_err(|e| Error::Internal(format!("stored schema does not compile: {e}")))?;
+    let errors: Vec<String> =
+        validator.iter_errors(&parsed).take(5).map(|e| format!("{} (at {})", e, e.instance_path)).collect();
     if errors.is_empty() {
         Ok(())
     } else {

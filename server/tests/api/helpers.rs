@@ -56,13 +56,20 @@ impl TestApp {
     }
 
     pub async fn publish(&self, topic: &str, body: Value) -> Value {
-        let r = self.admin(Method::POST, &format!("/api/v1/topics/{topic}/versions")).json(&body).send().await.expect("send");
+        let r = self
+            .admin(Method::POST, &format!("/api/v1/topics/{topic}/versions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
         assert_eq!(r.status(), 201, "publish to {topic}: {body}");
         r.json().await.expect("json")
     }
 
     pub async fn token(&self, name: &str, team: Option<&str>) -> String {
-        auth::create_token(&self.pool, &imprint_service::Caller::System, name, team.is_none(), team).await.expect("token")
+        auth::create_token(&self.pool, &imprint_service::Caller::System, name, team.is_none(), team)
+            .await
+            .expect("token")
     }
 
     pub async fn poll(&self, body: Value) -> Value {

@@ -24,7 +24,10 @@ async fn batch_poll_follows_the_update_rule(pool: sqlx::PgPool) {
     assert_eq!(u["pinned"], false);
     assert_eq!(u["content_type"], "application/json");
     assert_eq!(u["size"], 7);
-    assert_eq!(base64::engine::general_purpose::STANDARD.decode(u["data_base64"].as_str().unwrap()).unwrap(), b"{\"v\":2}");
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD.decode(u["data_base64"].as_str().unwrap()).unwrap(),
+        b"{\"v\":2}"
+    );
     assert_eq!(u["data_url"], "/api/v1/topics/a/versions/2/data");
     assert!(r["updates"].get("b").is_none());
     assert_eq!(r["missing"], json!({"b": "no_version_in_scope", "nope": "topic_not_found", "Bad!": "topic_not_found"}));
@@ -38,7 +41,11 @@ async fn batch_poll_follows_the_update_rule(pool: sqlx::PgPool) {
     assert_eq!(r["updates"]["a"]["metadata"], json!({}));
 
     // A pin moves consumers back, and only those it matches.
-    app.admin(Method::PUT, "/api/v1/topics/a/pins").json(&json!({"selector": {"region": "eu"}, "version": 1})).send().await.unwrap();
+    app.admin(Method::PUT, "/api/v1/topics/a/pins")
+        .json(&json!({"selector": {"region": "eu"}, "version": 1}))
+        .send()
+        .await
+        .unwrap();
     let r = app.poll(consumer(json!({"region": "eu"}), json!({"a": 2}))).await;
     assert_eq!(r["updates"]["a"]["version"], 1);
     assert_eq!(r["updates"]["a"]["pinned"], true);
@@ -67,10 +74,21 @@ async fn poll_input_errors(pool: sqlx::PgPool) {
     assert_error(post(body).await.unwrap(), 400, "invalid_request").await;
     assert_error(post(json!({"topics": {}})).await.unwrap(), 400, "invalid_request").await;
     assert_error(post(consumer(json!({"region": 5}), json!({}))).await.unwrap(), 400, "invalid_request").await;
-    assert_error(post(json!({"consumer": {"instance": "", "labels": {}}, "topics": {}})).await.unwrap(), 400, "invalid_request").await;
+    assert_error(
+        post(json!({"consumer": {"instance": "", "labels": {}}, "topics": {}})).await.unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
     assert_error(post(consumer(json!({}), json!({"a": "one"}))).await.unwrap(), 400, "invalid_request").await;
     assert_error(post(consumer(json!({}), json!({"a": 0}))).await.unwrap(), 400, "invalid_request").await;
-    let r = app.req(Method::POST, "/api/v1/poll").header("content-type", "application/json").body("[").send().await.unwrap();
+    let r = app
+        .req(Method::POST, "/api/v1/poll")
+        .header("content-type", "application/json")
+        .body("[")
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 400, "invalid_request").await;
 }
 
@@ -109,17 +127,28 @@ async fn long_poll_wakes_on_publish_scope_and_pin(pool: sqlx::PgPool) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "v3 is not released to region=eu");
     // Adding the scope that releases v3 to region=eu does.
-    app.admin(Method::POST, "/api/v1/topics/lp/versions/3/scopes").json(&json!({"selector": {"region": "eu"}})).send().await.unwrap();
+    app.admin(Method::POST, "/api/v1/topics/lp/versions/3/scopes")
+        .json(&json!({"selector": {"region": "eu"}}))
+        .send()
+        .await
+        .unwrap();
     let r = tokio::time::timeout(Duration::from_secs(20), waiting).await.expect("woken by the scope").unwrap();
     assert_eq!(r["updates"]["lp"]["version"], 3);
 
     // So does a pin.
     let waiting = long_poll(&app, json!({"region": "eu"}), json!({"lp": 3}), 50_000);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    app.admin(Method::PUT, "/api/v1/topics/lp/pins").json(&json!({"selector": {"region": "eu"}, "version": 1})).send().await.unwrap();
+    app.admin(Method::PUT, "/api/v1/topics/lp/pins")
+        .json(&json!({"selector": {"region": "eu"}, "version": 1}))
+        .send()
+        .await
+        .unwrap();
     let r = tokio::time::timeout(Duration::from_secs(20), waiting).await.expect("woken by the pin").unwrap();
-    assert_eq!(r["updates"]["lp"], json!({"version": 1, "pinned": true, "metadata": {}, "content_type": "application/json",
-        "size": 1, "sha256": r["updates"]["lp"]["sha256"], "data_base64": "MQ==", "data_url": "/api/v1/topics/lp/versions/1/data"}));
+    assert_eq!(
+        r["updates"]["lp"],
+        json!({"version": 1, "pinned": true, "metadata": {}, "content_type": "application/json",
+        "size": 1, "sha256": r["updates"]["lp"]["sha256"], "data_base64": "MQ==", "data_url": "/api/v1/topics/lp/versions/1/data"})
+    );
 }
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
@@ -139,12 +168,27 @@ async fn latest_serves_the_resolved_payload(pool: sqlx::PgPool) {
     let r = app.req(Method::GET, "/api/v1/topics/l/latest?labels=env=staging").send().await.unwrap();
     assert_eq!(r.headers()["content-type"], "text/plain");
     assert_eq!(r.text().await.unwrap(), "two");
-    let r = app.req(Method::GET, "/api/v1/topics/l/latest?labels=env=prod").header("if-none-match", "\"v1\"").send().await.unwrap();
+    let r = app
+        .req(Method::GET, "/api/v1/topics/l/latest?labels=env=prod")
+        .header("if-none-match", "\"v1\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
-    let r = app.req(Method::GET, "/api/v1/topics/l/latest?labels=env=staging").header("if-none-match", "\"v1\"").send().await.unwrap();
+    let r = app
+        .req(Method::GET, "/api/v1/topics/l/latest?labels=env=staging")
+        .header("if-none-match", "\"v1\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_error(app.req(Method::GET, "/api/v1/topics/zz/latest").send().await.unwrap(), 404, "topic_not_found").await;
-    assert_error(app.req(Method::GET, "/api/v1/topics/l/latest?labels=env").send().await.unwrap(), 400, "invalid_selector").await;
+    assert_error(
+        app.req(Method::GET, "/api/v1/topics/l/latest?labels=env").send().await.unwrap(),
+        400,
+        "invalid_selector",
+    )
+    .await;
 }
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
@@ -160,7 +204,11 @@ async fn two_servers_on_one_database_converge(pool: sqlx::PgPool) {
     // And the other way round, with a pin.
     b.publish("shared", json!({"data": "from b"})).await;
     let waiting = long_poll(&a, json!({}), json!({"shared": 2}), 30_000);
-    b.admin(Method::PUT, "/api/v1/topics/shared/pins").json(&json!({"selector": {}, "version": 1})).send().await.unwrap();
+    b.admin(Method::PUT, "/api/v1/topics/shared/pins")
+        .json(&json!({"selector": {}, "version": 1}))
+        .send()
+        .await
+        .unwrap();
     let r = tokio::time::timeout(Duration::from_secs(20), waiting).await.expect("a sees b's pin").unwrap();
     assert_eq!(r["updates"]["shared"]["version"], 1);
     assert_eq!(r["updates"]["shared"]["pinned"], true);

@@ -47,11 +47,19 @@ async fn publish_and_read_back(pool: sqlx::PgPool) {
     assert!(sels.contains(&json!({"region": "us"})) && sels.contains(&json!({"cluster": "c1"})), "{v3}");
     assert_eq!(v3["metadata"]["owner"], "ops");
 
-    let list: Value = app.req(Method::GET, "/api/v1/topics/cfg/versions?limit=2").send().await.unwrap().json().await.unwrap();
+    let list: Value =
+        app.req(Method::GET, "/api/v1/topics/cfg/versions?limit=2").send().await.unwrap().json().await.unwrap();
     let ns: Vec<u64> = list["versions"].as_array().unwrap().iter().map(|v| v["version"].as_u64().unwrap()).collect();
     assert_eq!(ns, [3, 2]);
     let next = list["next"].as_str().unwrap();
-    let list: Value = app.req(Method::GET, &format!("/api/v1/topics/cfg/versions?cursor={next}")).send().await.unwrap().json().await.unwrap();
+    let list: Value = app
+        .req(Method::GET, &format!("/api/v1/topics/cfg/versions?cursor={next}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["versions"][0]["version"], 1);
     assert!(list["next"].is_null());
 
@@ -67,18 +75,29 @@ async fn publish_and_read_back(pool: sqlx::PgPool) {
     assert_eq!(r.headers()["x-imprint-version"], "2");
     assert_eq!(r.headers()["content-type"], "application/octet-stream");
     assert_eq!(r.bytes().await.unwrap().as_ref(), bin);
-    let r = app.req(Method::GET, "/api/v1/topics/cfg/versions/2/data").header("if-none-match", &etag).send().await.unwrap();
+    let r =
+        app.req(Method::GET, "/api/v1/topics/cfg/versions/2/data").header("if-none-match", &etag).send().await.unwrap();
     assert_eq!(r.status(), 304);
-    let r = app.req(Method::GET, "/api/v1/topics/cfg/versions/2/data").header("range", "bytes=1-2").send().await.unwrap();
+    let r =
+        app.req(Method::GET, "/api/v1/topics/cfg/versions/2/data").header("range", "bytes=1-2").send().await.unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 1-2/5");
     assert_eq!(r.bytes().await.unwrap().as_ref(), &bin[1..=2]);
-    let r = app.req(Method::GET, "/api/v1/topics/cfg/versions/2/data").header("range", "bytes=9-").send().await.unwrap();
+    let r =
+        app.req(Method::GET, "/api/v1/topics/cfg/versions/2/data").header("range", "bytes=9-").send().await.unwrap();
     assert_eq!(r.status(), 416);
-    assert_error(app.req(Method::GET, "/api/v1/topics/cfg/versions/9/data").send().await.unwrap(), 404, "version_not_found").await;
-    assert_error(app.req(Method::GET, "/api/v1/topics/cfg/versions/x").send().await.unwrap(), 400, "invalid_request").await;
-    assert_error(app.req(Method::GET, "/api/v1/topics/cfg/versions/0").send().await.unwrap(), 400, "invalid_request").await;
-    assert_error(app.req(Method::GET, "/api/v1/topics/nope/versions").send().await.unwrap(), 404, "topic_not_found").await;
+    assert_error(
+        app.req(Method::GET, "/api/v1/topics/cfg/versions/9/data").send().await.unwrap(),
+        404,
+        "version_not_found",
+    )
+    .await;
+    assert_error(app.req(Method::GET, "/api/v1/topics/cfg/versions/x").send().await.unwrap(), 400, "invalid_request")
+        .await;
+    assert_error(app.req(Method::GET, "/api/v1/topics/cfg/versions/0").send().await.unwrap(), 400, "invalid_request")
+        .await;
+    assert_error(app.req(Method::GET, "/api/v1/topics/nope/versions").send().await.unwrap(), 404, "topic_not_found")
+        .await;
 }
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
@@ -88,13 +107,31 @@ async fn purged_versions_answer_410(pool: sqlx::PgPool) {
     app.publish("old", json!({"data": "1"})).await;
     app.publish("old", json!({"data": "2"})).await;
     // What the janitor does: drop the payload, keep a tombstone.
-    sqlx::query("UPDATE versions SET purged_at = now(), inline_data = NULL WHERE version = 1").execute(&app.pool).await.unwrap();
-    assert_error(app.req(Method::GET, "/api/v1/topics/old/versions/1/data").send().await.unwrap(), 410, "version_purged").await;
+    sqlx::query("UPDATE versions SET purged_at = now(), inline_data = NULL WHERE version = 1")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_error(
+        app.req(Method::GET, "/api/v1/topics/old/versions/1/data").send().await.unwrap(),
+        410,
+        "version_purged",
+    )
+    .await;
     let v: Value = app.req(Method::GET, "/api/v1/topics/old/versions/1").send().await.unwrap().json().await.unwrap();
     assert_eq!(v["purged"], true);
-    let r = app.admin(Method::POST, "/api/v1/topics/old/versions/1/scopes").json(&json!({"selector": {"a": "b"}})).send().await.unwrap();
+    let r = app
+        .admin(Method::POST, "/api/v1/topics/old/versions/1/scopes")
+        .json(&json!({"selector": {"a": "b"}}))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 410, "version_purged").await;
-    let r = app.admin(Method::PUT, "/api/v1/topics/old/pins").json(&json!({"selector": {}, "version": 1})).send().await.unwrap();
+    let r = app
+        .admin(Method::PUT, "/api/v1/topics/old/pins")
+        .json(&json!({"selector": {}, "version": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 410, "version_purged").await;
 }
 
@@ -105,30 +142,75 @@ async fn rejected_publishes_store_nothing(pool: sqlx::PgPool) {
     app.create_topic_with(json!({"name": "typed", "owner": "payments",
         "json_schema": {"type": "object", "required": ["rate"], "properties": {"rate": {"type": "number"}}}}))
         .await;
-    let publish = |topic: &str, body: Value| app.admin(Method::POST, &format!("/api/v1/topics/{topic}/versions")).json(&body).send();
+    let publish = |topic: &str, body: Value| {
+        app.admin(Method::POST, &format!("/api/v1/topics/{topic}/versions")).json(&body).send()
+    };
     assert_error(publish("small", json!({"data": "x".repeat(17)})).await.unwrap(), 413, "payload_too_large").await;
     let big = base64::engine::general_purpose::STANDARD.encode([7u8; 17]);
     assert_error(publish("small", json!({"data_base64": big})).await.unwrap(), 413, "payload_too_large").await;
-    let r = app.admin(Method::POST, "/api/v1/topics/small/versions").header("content-type", "application/octet-stream").body(vec![1u8; 17]).send().await.unwrap();
+    let r = app
+        .admin(Method::POST, "/api/v1/topics/small/versions")
+        .header("content-type", "application/octet-stream")
+        .body(vec![1u8; 17])
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 413, "payload_too_large").await;
     // Beyond any topic's limit the body itself is refused.
-    let r = app.admin(Method::POST, "/api/v1/topics/small/versions").header("content-type", "application/octet-stream").body(vec![1u8; 13 * 1024 * 1024]).send().await.unwrap();
+    let r = app
+        .admin(Method::POST, "/api/v1/topics/small/versions")
+        .header("content-type", "application/octet-stream")
+        .body(vec![1u8; 13 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 413, "payload_too_large").await;
-    assert_error(publish("small", json!({"data_base64": "%%%not base64"})).await.unwrap(), 400, "invalid_request").await;
-    assert_error(publish("small", json!({"data": "a", "data_base64": "YQ=="})).await.unwrap(), 400, "invalid_request").await;
+    assert_error(publish("small", json!({"data_base64": "%%%not base64"})).await.unwrap(), 400, "invalid_request")
+        .await;
+    assert_error(publish("small", json!({"data": "a", "data_base64": "YQ=="})).await.unwrap(), 400, "invalid_request")
+        .await;
     assert_error(publish("small", json!({"message": "no payload"})).await.unwrap(), 400, "invalid_request").await;
     assert_error(publish("small", json!({"data": 12})).await.unwrap(), 400, "invalid_request").await;
-    assert_error(publish("small", json!({"data": "a", "metadata": {"k": 1}})).await.unwrap(), 400, "invalid_request").await;
-    assert_error(publish("small", json!({"data": "a", "scopes": [{"region": ""}]})).await.unwrap(), 400, "invalid_selector").await;
-    assert_error(publish("small", json!({"data": "a", "scopes": {"region": "eu"}})).await.unwrap(), 400, "invalid_request").await;
-    assert_error(publish("small", json!({"data": "a", "scopes": ["region=eu"]})).await.unwrap(), 400, "invalid_selector").await;
-    let r = app.admin(Method::POST, "/api/v1/topics/small/versions?scope=region").header("content-type", "text/plain").body("a").send().await.unwrap();
+    assert_error(publish("small", json!({"data": "a", "metadata": {"k": 1}})).await.unwrap(), 400, "invalid_request")
+        .await;
+    assert_error(
+        publish("small", json!({"data": "a", "scopes": [{"region": ""}]})).await.unwrap(),
+        400,
+        "invalid_selector",
+    )
+    .await;
+    assert_error(
+        publish("small", json!({"data": "a", "scopes": {"region": "eu"}})).await.unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_error(
+        publish("small", json!({"data": "a", "scopes": ["region=eu"]})).await.unwrap(),
+        400,
+        "invalid_selector",
+    )
+    .await;
+    let r = app
+        .admin(Method::POST, "/api/v1/topics/small/versions?scope=region")
+        .header("content-type", "text/plain")
+        .body("a")
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 400, "invalid_selector").await;
-    let r = app.admin(Method::POST, "/api/v1/topics/small/versions").header("content-type", "application/json").body("{\"data\": ").send().await.unwrap();
+    let r = app
+        .admin(Method::POST, "/api/v1/topics/small/versions")
+        .header("content-type", "application/json")
+        .body("{\"data\": ")
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 400, "invalid_request").await;
     assert_error(publish("missing", json!({"data": "a"})).await.unwrap(), 404, "topic_not_found").await;
     assert_error(publish("Bad!", json!({"data": "a"})).await.unwrap(), 400, "invalid_topic_name").await;
-    assert_error(publish("typed", json!({"data": "{\"rate\": \"high\"}"})).await.unwrap(), 422, "schema_violation").await;
+    assert_error(publish("typed", json!({"data": "{\"rate\": \"high\"}"})).await.unwrap(), 422, "schema_violation")
+        .await;
     assert_error(publish("typed", json!({"data": "not json"})).await.unwrap(), 422, "schema_violation").await;
     assert_eq!(app.versions_in_db("small").await, 0);
     assert_eq!(app.versions_in_db("typed").await, 0);
@@ -148,7 +230,13 @@ async fn concurrent_publishes_get_gap_free_numbers(pool: sqlx::PgPool) {
     for i in 0..n {
         let (client, url) = (app.client.clone(), app.url("/api/v1/topics/busy/versions"));
         tasks.push(tokio::spawn(async move {
-            let r = client.post(url).bearer_auth(ADMIN_TOKEN).json(&json!({"data": format!("payload {i}")})).send().await.unwrap();
+            let r = client
+                .post(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({"data": format!("payload {i}")}))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 201);
             r.json::<Value>().await.unwrap()["version"].as_u64().unwrap()
         }));
@@ -159,7 +247,8 @@ async fn concurrent_publishes_get_gap_free_numbers(pool: sqlx::PgPool) {
     }
     got.sort_unstable();
     assert_eq!(got, (1..=n).collect::<Vec<u64>>(), "every publish got its own number, 1..N without gaps");
-    let stored: Vec<i64> = sqlx::query_scalar("SELECT version FROM versions ORDER BY version").fetch_all(&app.pool).await.unwrap();
+    let stored: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM versions ORDER BY version").fetch_all(&app.pool).await.unwrap();
     assert_eq!(stored, (1..=n as i64).collect::<Vec<_>>());
 }
 
@@ -180,7 +269,11 @@ async fn scopes_resolution_and_time_travel(pool: sqlx::PgPool) {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
 
     // Widen v2 to region=eu: 201, then the same again is a no-op 200.
-    let add = || app.admin(Method::POST, "/api/v1/topics/ab/versions/2/scopes").json(&json!({"selector": {"region": "eu"}})).send();
+    let add = || {
+        app.admin(Method::POST, "/api/v1/topics/ab/versions/2/scopes")
+            .json(&json!({"selector": {"region": "eu"}}))
+            .send()
+    };
     let r = add().await.unwrap();
     assert_eq!(r.status(), 201);
     let s: Value = r.json().await.unwrap();
@@ -191,9 +284,23 @@ async fn scopes_resolution_and_time_travel(pool: sqlx::PgPool) {
 
     // Time travel: before the scope was added, region=eu saw v1.
     let at = before.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let r: Value = app.req(Method::GET, &format!("/api/v1/topics/ab/resolve?labels=region=eu&at={}", at.replace('+', "%2B"))).send().await.unwrap().json().await.unwrap();
+    let r: Value = app
+        .req(Method::GET, &format!("/api/v1/topics/ab/resolve?labels=region=eu&at={}", at.replace('+', "%2B")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(r["version"], 1, "{r}");
-    let r: Value = app.req(Method::GET, "/api/v1/topics/ab/resolve?labels=region=eu&at=2000-01-01T00:00:00Z").send().await.unwrap().json().await.unwrap();
+    let r: Value = app
+        .req(Method::GET, "/api/v1/topics/ab/resolve?labels=region=eu&at=2000-01-01T00:00:00Z")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(r["version"].is_null());
 
     // Errors.
@@ -203,13 +310,28 @@ async fn scopes_resolution_and_time_travel(pool: sqlx::PgPool) {
     assert_error(r, 400, "invalid_request").await;
     let r = app.req(Method::GET, "/api/v1/topics/none/resolve").send().await.unwrap();
     assert_error(r, 404, "topic_not_found").await;
-    let r = app.admin(Method::POST, "/api/v1/topics/ab/versions/7/scopes").json(&json!({"selector": {}})).send().await.unwrap();
+    let r = app
+        .admin(Method::POST, "/api/v1/topics/ab/versions/7/scopes")
+        .json(&json!({"selector": {}}))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 404, "version_not_found").await;
-    let r = app.admin(Method::POST, "/api/v1/topics/ab/versions/1/scopes").json(&json!({"selector": {"bad key": "x"}})).send().await.unwrap();
+    let r = app
+        .admin(Method::POST, "/api/v1/topics/ab/versions/1/scopes")
+        .json(&json!({"selector": {"bad key": "x"}}))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 400, "invalid_selector").await;
     let r = app.admin(Method::POST, "/api/v1/topics/ab/versions/1/scopes").json(&json!({})).send().await.unwrap();
     assert_error(r, 400, "invalid_request").await;
-    let r = app.req(Method::POST, "/api/v1/topics/ab/versions/1/scopes").json(&json!({"selector": {}})).send().await.unwrap();
+    let r = app
+        .req(Method::POST, "/api/v1/topics/ab/versions/1/scopes")
+        .json(&json!({"selector": {}}))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 401, "unauthorized").await;
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM scopes").fetch_one(&app.pool).await.unwrap();
     assert_eq!(count, 3, "v1 *, v2 canary, v2 region=eu");
@@ -266,8 +388,14 @@ async fn pins_override_and_unpin_moves_forward(pool: sqlx::PgPool) {
     assert_error(pin(json!({"version": 1})).await.unwrap(), 400, "invalid_request").await;
     let r = app.admin(Method::DELETE, "/api/v1/topics/p/pins").send().await.unwrap();
     assert_error(r, 400, "invalid_request").await;
-    let r = app.admin(Method::PUT, "/api/v1/topics/nope/pins").json(&json!({"selector": {}, "version": 1})).send().await.unwrap();
+    let r = app
+        .admin(Method::PUT, "/api/v1/topics/nope/pins")
+        .json(&json!({"selector": {}, "version": 1}))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 404, "topic_not_found").await;
-    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM pins WHERE removed_at IS NULL").fetch_one(&app.pool).await.unwrap();
+    let active: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pins WHERE removed_at IS NULL").fetch_one(&app.pool).await.unwrap();
     assert_eq!(active, 1);
 }

@@ -72,7 +72,12 @@ async fn polls_survive_postgres_outage_and_publishing_recovers(pool: sqlx::PgPoo
     let r = app.req(Method::GET, "/api/v1/topics/resilient/latest").send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "before");
     // Publishing fails cleanly, and readiness says why.
-    let r = app.admin(Method::POST, "/api/v1/topics/resilient/versions").json(&json!({"data": "during"})).send().await.unwrap();
+    let r = app
+        .admin(Method::POST, "/api/v1/topics/resilient/versions")
+        .json(&json!({"data": "during"}))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 503, "storage_unavailable").await;
     let r = app.req(Method::GET, "/readyz").send().await.unwrap();
     assert_eq!(r.status(), 503);

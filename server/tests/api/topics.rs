@@ -20,7 +20,8 @@ async fn create_get_list_and_patch_topics(pool: sqlx::PgPool) {
         app.create_topic(&format!("other.{i}")).await;
     }
 
-    let got: Value = app.req(Method::GET, "/api/v1/topics/payments.methods").send().await.unwrap().json().await.unwrap();
+    let got: Value =
+        app.req(Method::GET, "/api/v1/topics/payments.methods").send().await.unwrap().json().await.unwrap();
     assert_eq!(got["description"], "supported methods");
 
     let list: Value = app.req(Method::GET, "/api/v1/topics?q=methods").send().await.unwrap().json().await.unwrap();
@@ -31,7 +32,14 @@ async fn create_get_list_and_patch_topics(pool: sqlx::PgPool) {
     let names: Vec<&str> = p1["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["other.2", "other.1"]);
     let next = p1["next"].as_str().expect("a next cursor");
-    let p2: Value = app.req(Method::GET, &format!("/api/v1/topics?limit=2&cursor={next}")).send().await.unwrap().json().await.unwrap();
+    let p2: Value = app
+        .req(Method::GET, &format!("/api/v1/topics?limit=2&cursor={next}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let names: Vec<&str> = p2["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["other.0", "payments.methods"]);
     assert!(p2["next"].is_null());
@@ -58,11 +66,18 @@ async fn topic_errors(pool: sqlx::PgPool) {
     assert_error(post(json!({"name": "dup"})).await.unwrap(), 409, "topic_exists").await;
     assert_error(post(json!({"name": "Bad Name"})).await.unwrap(), 400, "invalid_topic_name").await;
     assert_error(post(json!({"name": ".x"})).await.unwrap(), 400, "invalid_topic_name").await;
-    assert_error(post(json!({"name": "ok", "retention": {"max_versions": 0}})).await.unwrap(), 400, "invalid_request").await;
+    assert_error(post(json!({"name": "ok", "retention": {"max_versions": 0}})).await.unwrap(), 400, "invalid_request")
+        .await;
     assert_error(post(json!({"name": "ok", "inline_limit_bytes": 0})).await.unwrap(), 400, "invalid_request").await;
     assert_error(post(json!({"name": "ok", "json_schema": {"type": 12}})).await.unwrap(), 400, "invalid_request").await;
     assert_error(post(json!({"name": "ok", "surprise": 1})).await.unwrap(), 400, "invalid_request").await;
-    let r = app.admin(Method::POST, "/api/v1/topics").header("content-type", "application/json").body("{nope").send().await.unwrap();
+    let r = app
+        .admin(Method::POST, "/api/v1/topics")
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 400, "invalid_request").await;
     let r = app.req(Method::GET, "/api/v1/topics/missing").send().await.unwrap();
     assert_error(r, 404, "topic_not_found").await;
@@ -86,11 +101,19 @@ async fn tokens_and_rights(pool: sqlx::PgPool) {
     // No token / unknown token / malformed header → 401.
     let r = app.req(Method::POST, "/api/v1/topics").json(&json!({"name": "x"})).send().await.unwrap();
     assert_error(r, 401, "unauthorized").await;
-    let r = app.req(Method::POST, "/api/v1/topics").bearer_auth("nope").json(&json!({"name": "x"})).send().await.unwrap();
+    let r =
+        app.req(Method::POST, "/api/v1/topics").bearer_auth("nope").json(&json!({"name": "x"})).send().await.unwrap();
     assert_error(r, 401, "unauthorized").await;
-    let r = app.req(Method::POST, "/api/v1/topics").header("authorization", "Basic abc").json(&json!({"name": "x"})).send().await.unwrap();
+    let r = app
+        .req(Method::POST, "/api/v1/topics")
+        .header("authorization", "Basic abc")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 401, "unauthorized").await;
-    let r = app.req(Method::POST, "/api/v1/topics/search.cfg/versions").json(&json!({"data": "x"})).send().await.unwrap();
+    let r =
+        app.req(Method::POST, "/api/v1/topics/search.cfg/versions").json(&json!({"data": "x"})).send().await.unwrap();
     assert_error(r, 401, "unauthorized").await;
 
     // A team token writes its own team's topics only.
@@ -104,9 +127,21 @@ async fn tokens_and_rights(pool: sqlx::PgPool) {
     assert_eq!(r.status(), 201);
     let t: Value = r.json().await.unwrap();
     assert_eq!(t["owner"], "payments", "owner defaults to the token's team");
-    let r = app.req(Method::POST, "/api/v1/topics/payments.fx/versions").bearer_auth(&payments).json(&json!({"data": "1"})).send().await.unwrap();
+    let r = app
+        .req(Method::POST, "/api/v1/topics/payments.fx/versions")
+        .bearer_auth(&payments)
+        .json(&json!({"data": "1"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
-    let r = app.req(Method::POST, "/api/v1/topics/search.cfg/versions").bearer_auth(&payments).json(&json!({"data": "1"})).send().await.unwrap();
+    let r = app
+        .req(Method::POST, "/api/v1/topics/search.cfg/versions")
+        .bearer_auth(&payments)
+        .json(&json!({"data": "1"}))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 403, "forbidden").await;
     let r = app
         .req(Method::PUT, "/api/v1/topics/search.cfg/pins")
@@ -116,13 +151,25 @@ async fn tokens_and_rights(pool: sqlx::PgPool) {
         .await
         .unwrap();
     assert_error(r, 403, "forbidden").await;
-    let r = app.req(Method::POST, "/api/v1/topics").bearer_auth(&payments).json(&json!({"name": "x", "owner": "search"})).send().await.unwrap();
+    let r = app
+        .req(Method::POST, "/api/v1/topics")
+        .bearer_auth(&payments)
+        .json(&json!({"name": "x", "owner": "search"}))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 403, "forbidden").await;
     assert_eq!(app.versions_in_db("search.cfg").await, 0);
 
     // Revoked tokens stop working.
     imprint_service::auth::revoke_token(&app.pool, &imprint_service::Caller::System, "payments-ci").await.unwrap();
-    let r = app.req(Method::POST, "/api/v1/topics/payments.fx/versions").bearer_auth(&payments).json(&json!({"data": "1"})).send().await.unwrap();
+    let r = app
+        .req(Method::POST, "/api/v1/topics/payments.fx/versions")
+        .bearer_auth(&payments)
+        .json(&json!({"data": "1"}))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 401, "unauthorized").await;
 }
 
