@@ -4,8 +4,13 @@
 
 mod names;
 mod resolve;
+mod rollout;
 mod selector;
 
 pub use names::{TopicName, TopicNameError};
 pub use resolve::{is_update, CurrentIndex, PinEntry, Resolution, ScopeEntry, TopicHistory, VersionEntry};
+pub use rollout::{
+    Effect, Gate, GateError, GateReading, Plan, PlanError, RecordError, Rollout, RolloutAction, RolloutError,
+    RolloutRecord, RolloutState, RolloutView, Stage, StageState, StageView,
+};
 pub use selector::{Labels, Selector, SelectorError};

@@ -33,6 +33,7 @@ pub fn routes() -> Router<Imprint> {
         .route("/api/v1/topics/{topic}/resolve", get(resolve))
         .route("/api/v1/topics/{topic}/pins", get(list_pins).put(put_pin).delete(delete_pin))
         .route("/api/v1/topics/{topic}/latest", get(latest))
+        .route("/api/v1/topics/{topic}/consumers", get(consumers))
         .route("/api/v1/poll", post(poll))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/{*rest}", axum::routing::any(api_not_found))
@@ -138,6 +139,14 @@ pub struct VersionList {
 #[derive(Serialize, ToSchema)]
 pub struct PinList {
     pub pins: Vec<Pin>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ConsumerList {
+    pub consumers: Vec<imprint_service::model::ConsumerInfo>,
+    /// Number of consumers (matching the label filter) per version held; `none` for no version.
+    pub by_version: BTreeMap<String, u64>,
+    pub total: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -497,11 +506,7 @@ pub async fn list_pins(
     RawQuery(q): RawQuery,
 ) -> ApiResult<Json<PinList>> {
     let pairs = query_pairs(&q);
-    let all = match query_one(&pairs, "all") {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") => true,
-        Some(v) => return Err(ApiError::invalid(format!("all must be true or false, not {v:?}"))),
-    };
+    let all = parse_bool(&pairs, "all")?;
     Ok(Json(PinList { pins: imprint.pins(&topic, all).await? }))
 }
 
@@ -540,6 +545,34 @@ pub async fn latest(
         None => imprint.version_data(&topic, v.version).await?.0,
     };
     Ok(payload_response(data, &v.content_type, &etag, v.version, Some(pinned), &headers))
+}
+
+/// Who consumes a topic: per instance the version held and the version it should hold.
+#[utoipa::path(get, path = "/api/v1/topics/{topic}/consumers", tag = "consumers",
+    params(("labels" = Option<String>, Query, description = "only consumers with these labels, e.g. region=eu-west-1"),
+           ("version" = Option<u64>, Query, description = "only consumers holding this version"),
+           ("lagging" = Option<bool>, Query, description = "only consumers lagging behind their expected version")),
+    responses((status = 200, body = ConsumerList), (status = 400), (status = 404)))]
+pub async fn consumers(
+    State(imprint): State<Imprint>,
+    Path(topic): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<ConsumerList>> {
+    let pairs = query_pairs(&q);
+    let labels = query_one(&pairs, "labels").map(Selector::parse).transpose().map_err(Error::from)?;
+    let version = query_one(&pairs, "version").map(parse_version).transpose()?;
+    let lagging_only = parse_bool(&pairs, "lagging")?;
+    let filter = imprint_service::audit::ConsumerFilter { labels, version, lagging_only };
+    let list = imprint.consumers(&topic, &filter).await?;
+    Ok(Json(ConsumerList { consumers: list.consumers, by_version: list.by_version, total: list.total }))
+}
+
+fn parse_bool(pairs: &[(String, String)], key: &str) -> ApiResult<bool> {
+    match query_one(pairs, key) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(v) => Err(ApiError::invalid(format!("{key} must be true or false, not {v:?}"))),
+    }
 }
 
 /// `GET /healthz`: the process is up.

@@ -46,6 +46,9 @@ struct ServeArgs {
     /// Seconds between full reloads of the serving state (the safety net behind NOTIFY).
     #[arg(long, env = "IMPRINT_FULL_RELOAD_SECS", default_value_t = 30)]
     full_reload_secs: u64,
+    /// Consumers not seen for this many hours are forgotten by the audit.
+    #[arg(long, env = "IMPRINT_CONSUMER_EXPIRY_HOURS", default_value_t = 168)]
+    consumer_expiry_hours: u64,
 }
 
 #[derive(Subcommand)]
@@ -155,7 +158,11 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
         );
     }
     tracing::debug!(home = ?args.home, "state directory");
-    let config = Config { full_reload_every: Duration::from_secs(args.full_reload_secs.max(1)) };
+    let config = Config {
+        full_reload_every: Duration::from_secs(args.full_reload_secs.max(1)),
+        consumer_expiry: Duration::from_secs(args.consumer_expiry_hours.max(1) * 3600),
+        ..Config::default()
+    };
     let imprint = Imprint::connect_lazy(url, config).map_err(|e| e.to_string())?;
 
     // Postgres may still be starting: wait for it, then migrate and load.

@@ -3,6 +3,7 @@
 //! console call. Nothing above this crate talks to Postgres directly.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod model;
@@ -32,11 +33,25 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct Config {
     /// How often the whole serving state is reloaded as a safety net behind NOTIFY.
     pub full_reload_every: Duration,
+    /// How often buffered consumer observations are written.
+    pub audit_flush_every: Duration,
+    /// Consumers not seen for this long are forgotten.
+    pub consumer_expiry: Duration,
+    /// At most this many distinct (topic, instance) observations wait in memory.
+    pub audit_max_entries: u64,
+    /// How long a node may hold another version than expected before it counts as lagging.
+    pub lag_grace: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { full_reload_every: Duration::from_secs(30) }
+        Self {
+            full_reload_every: Duration::from_secs(30),
+            audit_flush_every: Duration::from_secs(1),
+            consumer_expiry: Duration::from_secs(7 * 24 * 3600),
+            audit_max_entries: 1_000_000,
+            lag_grace: Duration::from_secs(60),
+        }
     }
 }
 
@@ -49,6 +64,7 @@ pub struct Imprint {
 struct Inner {
     pool: PgPool,
     state: Arc<ServingState>,
+    audit: audit::AuditBuffer,
     config: Config,
     stop: watch::Sender<bool>,
 }
@@ -67,10 +83,12 @@ impl Imprint {
     }
 
     pub fn with_pool(pool: PgPool, config: Config) -> Self {
+        let audit = audit::AuditBuffer::new(config.audit_max_entries);
         Self {
             inner: Arc::new(Inner {
                 pool,
                 state: Arc::new(ServingState::default()),
+                audit,
                 config,
                 stop: watch::channel(false).0,
             }),
@@ -83,6 +101,14 @@ impl Imprint {
 
     pub fn state(&self) -> &Arc<ServingState> {
         &self.inner.state
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn audit(&self) -> &audit::AuditBuffer {
+        &self.inner.audit
     }
 
     pub async fn migrate(&self) -> Result<()> {
@@ -101,7 +127,40 @@ impl Imprint {
             self.inner.config.full_reload_every,
             self.inner.stop.subscribe(),
         ));
+        tokio::spawn(self.clone().audit_loop());
         Ok(())
+    }
+
+    /// Flushes the consumer audit every interval (and once more at shutdown), and
+    /// expires consumers not seen for a long time.
+    async fn audit_loop(self) {
+        let mut stop = self.stopping();
+        let mut tick = tokio::time::interval(self.inner.config.audit_flush_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_expiry = tokio::time::Instant::now();
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.changed() => true,
+            };
+            metrics::gauge!("imprint_audit_buffered").set(self.audit().len() as f64);
+            if let Err(e) = self.flush_audit().await {
+                tracing::warn!(error = %e, buffered = self.audit().len(), "audit flush failed; keeping observations for the next try");
+            }
+            if stopping {
+                return;
+            }
+            if last_expiry.elapsed() > Duration::from_secs(600) {
+                last_expiry = tokio::time::Instant::now();
+                let expiry =
+                    chrono::Duration::from_std(self.inner.config.consumer_expiry).unwrap_or(chrono::Duration::days(7));
+                match self.expire_consumers(expiry).await {
+                    Ok(n) if n > 0 => tracing::info!(expired = n, "expired consumers not seen recently"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "expiring consumers failed"),
+                }
+            }
+        }
     }
 
     /// Stops background work and wakes every waiting long poll.

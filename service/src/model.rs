@@ -98,3 +98,24 @@ pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<String>,
 }
+
+/// One consumer of a topic, as the audit knows it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ConsumerInfo {
+    pub instance: String,
+    pub labels: BTreeMap<String, String>,
+    /// The version the instance reported holding at its last poll.
+    pub version: Option<u64>,
+    /// What its labels resolve to now.
+    pub expected_version: Option<u64>,
+    /// Holds another version than expected, and has for longer than the grace period.
+    pub lagging: bool,
+    pub version_since: Option<DateTime<Utc>>,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub last_applied_version: Option<u64>,
+    pub last_applied_ok: Option<bool>,
+    /// Message of the last failed apply; null after a success.
+    pub last_error: Option<String>,
+    pub last_applied_at: Option<DateTime<Utc>>,
+}

@@ -128,6 +128,7 @@ impl Imprint {
         req.validate()?;
         let started = std::time::Instant::now();
         let state: &Arc<ServingState> = self.state();
+        self.record_poll(state, &req);
         // Subscribe before the first look, so no change slips between look and wait.
         let mut changes = state.subscribe();
         let mut stopping = self.stopping();
@@ -149,6 +150,34 @@ impl Imprint {
         metrics::histogram!("imprint_poll_seconds").record(started.elapsed().as_secs_f64());
         let poll_after_ms = if req.wait_ms > 0 { 0 } else { SHORT_POLL_AFTER_MS };
         Ok(PollResponse { updates, missing, poll_after_ms })
+    }
+
+    /// Notes what this poll says about each known topic in the audit buffer (memory only).
+    fn record_poll(&self, state: &ServingState, req: &PollRequest) {
+        let now = chrono::Utc::now();
+        for (name, held) in &req.topics {
+            let Some(topic) = TopicName::parse(name).ok().and_then(|n| state.get(n.as_str())) else { continue };
+            let expected = topic.index.resolve(&req.consumer.labels).map(|r| r.version);
+            let applied = req.applied.get(name).map(|a| crate::audit::Applied {
+                version: a.version,
+                ok: a.ok,
+                error: a.error.as_ref().map(|e| e.chars().take(2000).collect()),
+                at: now,
+            });
+            self.audit().record(
+                topic.id,
+                &req.consumer.instance,
+                crate::audit::Observation {
+                    labels: req.consumer.labels.pairs().clone(),
+                    version: *held,
+                    version_since: now,
+                    expected,
+                    first_seen: now,
+                    last_seen: now,
+                    applied,
+                },
+            );
+        }
     }
 
     /// The resolved version of one topic for `labels`, with its payload when in memory.

@@ -21,7 +21,14 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 /// `serving_pool` is what the server uses; `admin_pool` always reaches the database
 /// (tests use it to look behind the server's back).
 pub async fn spawn_app_with(serving_pool: PgPool, admin_pool: PgPool) -> TestApp {
-    let imprint = Imprint::with_pool(serving_pool, Config { full_reload_every: Duration::from_secs(30) });
+    let imprint = Imprint::with_pool(
+        serving_pool,
+        Config {
+            audit_flush_every: Duration::from_millis(200),
+            lag_grace: Duration::from_secs(2),
+            ..Config::default()
+        },
+    );
     auth::ensure_bootstrap_token(&admin_pool, ADMIN_TOKEN).await.expect("bootstrap token");
     imprint.start_background().await.expect("state loads");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

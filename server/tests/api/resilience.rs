@@ -71,6 +71,10 @@ async fn polls_survive_postgres_outage_and_publishing_recovers(pool: sqlx::PgPoo
     assert_eq!(r["updates"]["resilient"]["version"], 1);
     let r = app.req(Method::GET, "/api/v1/topics/resilient/latest").send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "before");
+    app.poll(
+        json!({"consumer": {"instance": "seen-during-outage", "labels": {"az": "b"}}, "topics": {"resilient": 1}}),
+    )
+    .await;
     // Publishing fails cleanly, and readiness says why.
     let r = app
         .admin(Method::POST, "/api/v1/topics/resilient/versions")
@@ -94,6 +98,18 @@ async fn polls_survive_postgres_outage_and_publishing_recovers(pool: sqlx::PgPoo
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "ready again after Postgres returned");
+    // The audit catches up: the instance seen during the outage is recorded.
+    let mut recorded = Value::Null;
+    for _ in 0..100 {
+        recorded =
+            app.req(Method::GET, "/api/v1/topics/resilient/consumers").send().await.unwrap().json().await.unwrap();
+        if recorded["total"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(recorded["consumers"][0]["instance"], "seen-during-outage", "{recorded}");
+    assert_eq!(recorded["consumers"][0]["labels"], json!({"az": "b"}));
     let p = app.publish("resilient", json!({"data": "after"})).await;
     assert_eq!(p["version"], 2, "the failed publish used no number");
     // A change made behind this server's back arrives through the re-established LISTEN.

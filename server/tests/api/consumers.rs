@@ -1,0 +1,112 @@
+//! The consumer audit: many simulated instances, filters, lag and apply failures.
+use crate::helpers::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Polls the consumer list until `pred` holds (the audit is written in batches).
+async fn consumers_until(app: &TestApp, query: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = app
+            .req(Method::GET, &format!("/api/v1/topics/fleet/consumers{query}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if pred(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("consumer list never matched; last: {last}");
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn audit_records_every_instance(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_topic("fleet").await;
+    app.publish("fleet", json!({"data": "v1"})).await;
+    app.publish("fleet", json!({"data": "v2", "scopes": [{"region": "eu"}]})).await;
+
+    // 30 instances: eu nodes should hold 2, us nodes 1. Some hold what they should,
+    // some are behind, some failed to apply.
+    for i in 0..30 {
+        let region = if i % 2 == 0 { "eu" } else { "us" };
+        let held = match i % 5 {
+            0 => Value::Null,
+            1 | 2 => json!(1),
+            _ => json!(if region == "eu" { 2 } else { 1 }),
+        };
+        let mut body = json!({"consumer": {"instance": format!("node-{i:02}"), "labels": {"region": region, "app": "checkout"}},
+                              "topics": {"fleet": held}});
+        if i % 5 == 1 && region == "eu" {
+            body["applied"] = json!({"fleet": {"version": 2, "ok": false, "error": "schema mismatch"}});
+        }
+        app.poll(body).await;
+    }
+    let all = consumers_until(&app, "", |v| v["total"] == 30).await;
+    let list = all["consumers"].as_array().unwrap();
+    let node =
+        |name: &str| list.iter().find(|c| c["instance"] == name).unwrap_or_else(|| panic!("{name} in {all}")).clone();
+    // node-00: eu, held nothing, should hold 2.
+    let n0 = node("node-00");
+    assert_eq!(n0["labels"], json!({"region": "eu", "app": "checkout"}));
+    assert!(n0["version"].is_null());
+    assert_eq!(n0["expected_version"], 2);
+    // node-06: eu, i%5==1 → held 1 and reported a failed apply of 2.
+    let n6 = node("node-06");
+    assert_eq!((n6["version"].clone(), n6["expected_version"].clone()), (json!(1), json!(2)));
+    assert_eq!(n6["last_error"], "schema mismatch");
+    assert_eq!(n6["last_applied_ok"], false);
+    // node-03: us, holds 1 as it should.
+    let n3 = node("node-03");
+    assert_eq!(
+        (n3["version"].clone(), n3["expected_version"].clone(), n3["lagging"].clone()),
+        (json!(1), json!(1), json!(false))
+    );
+    assert!(n3["last_error"].is_null());
+    // Counts by version: i%5==0 → none (6 nodes); eu with i%5 in 3,4 → 2; the rest → 1.
+    let eu_on_2 = (0..30).filter(|i| i % 2 == 0 && (i % 5 == 3 || i % 5 == 4)).count();
+    assert_eq!(all["by_version"]["none"], 6);
+    assert_eq!(all["by_version"]["2"], eu_on_2);
+    assert_eq!(all["by_version"]["1"], 30 - 6 - eu_on_2);
+
+    // Filters.
+    let eu = consumers_until(&app, "?labels=region=eu", |v| v["total"] == 15).await;
+    assert!(eu["consumers"].as_array().unwrap().iter().all(|c| c["labels"]["region"] == "eu"));
+    let on2 = consumers_until(&app, "?version=2", |v| v["total"].as_u64().is_some()).await;
+    assert_eq!(on2["total"], eu_on_2);
+    // Lagging needs the expected version to have been out for the grace period (2 s in tests).
+    let lagging_now = consumers_until(&app, "?lagging=true", |v| v["total"].as_u64().is_some()).await;
+    assert_eq!(lagging_now["total"], 0, "v2 was published moments ago: nobody lags yet");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let lagging = consumers_until(&app, "?lagging=true", |v| v["total"].as_u64().is_some()).await;
+    let expected_lagging = (0..30).filter(|i| i % 5 == 0 || (i % 2 == 0 && (i % 5 == 1 || i % 5 == 2))).count();
+    assert_eq!(lagging["total"], expected_lagging, "{lagging}");
+
+    // A later successful apply clears the error; the instance moves to 2.
+    app.poll(json!({"consumer": {"instance": "node-06", "labels": {"region": "eu", "app": "checkout"}},
+                    "topics": {"fleet": 2}, "applied": {"fleet": {"version": 2, "ok": true}}}))
+        .await;
+    let after = consumers_until(&app, "?labels=region=eu&version=2", |v| {
+        v["consumers"].as_array().unwrap().iter().any(|c| c["instance"] == "node-06")
+    })
+    .await;
+    let n6 = after["consumers"].as_array().unwrap().iter().find(|c| c["instance"] == "node-06").unwrap().clone();
+    assert!(n6["last_error"].is_null(), "{n6}");
+    assert_eq!(n6["last_applied_ok"], true);
+    assert_eq!(n6["lagging"], false);
+
+    // Bad input.
+    let r = app.req(Method::GET, "/api/v1/topics/fleet/consumers?labels=region").send().await.unwrap();
+    assert_error(r, 400, "invalid_selector").await;
+    let r = app.req(Method::GET, "/api/v1/topics/fleet/consumers?version=x").send().await.unwrap();
+    assert_error(r, 400, "invalid_request").await;
+    let r = app.req(Method::GET, "/api/v1/topics/fleet/consumers?lagging=maybe").send().await.unwrap();
+    assert_error(r, 400, "invalid_request").await;
+    let r = app.req(Method::GET, "/api/v1/topics/ghost/consumers").send().await.unwrap();
+    assert_error(r, 404, "topic_not_found").await;
+}
