@@ -9,10 +9,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use imprint_domain::{Labels, Selector};
+use imprint_domain::{Labels, Plan, RolloutAction, Selector};
 use imprint_service::model::{Pin, Published, Scope, Topic, Version};
 use imprint_service::{
-    Caller, Error, Imprint, NewTopic, Payload, PinInput, PollRequest, PollResponse, PublishInput, TopicPatch,
+    Caller, Error, Imprint, NewTopic, Payload, PinInput, PlanChoice, PollRequest, PollResponse, PublishInput,
+    RolloutInfo, RolloutRequest, TopicPatch,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -34,6 +35,9 @@ pub fn routes() -> Router<Imprint> {
         .route("/api/v1/topics/{topic}/pins", get(list_pins).put(put_pin).delete(delete_pin))
         .route("/api/v1/topics/{topic}/latest", get(latest))
         .route("/api/v1/topics/{topic}/consumers", get(consumers))
+        .route("/api/v1/topics/{topic}/rollouts", post(start_rollout).get(list_rollouts))
+        .route("/api/v1/topics/{topic}/rollouts/{id}", get(get_rollout))
+        .route("/api/v1/topics/{topic}/rollouts/{id}/{action}", post(rollout_action))
         .route("/api/v1/poll", post(poll))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/{*rest}", axum::routing::any(api_not_found))
@@ -266,24 +270,33 @@ fn json_publish(body: &[u8]) -> ApiResult<PublishInput> {
             return Err(ApiError::invalid("scopes must be an array of selectors such as [{\"region\": \"eu-west-1\"}]"))
         }
     };
-    if field(obj, "rollout").is_some() {
-        return Err(ApiError(Error::InvalidState(
-            "rollouts are not available on this server yet; publish with scopes".into(),
-        )));
-    }
+    let rollout = match obj.get("rollout") {
+        None => RolloutRequest::TopicDefault,
+        Some(Value::Null) => RolloutRequest::None,
+        Some(Value::String(name)) if name == "none" => RolloutRequest::None,
+        Some(Value::String(name)) => RolloutRequest::Plan(PlanChoice::Named(name.clone())),
+        Some(plan @ Value::Object(_)) => RolloutRequest::Plan(PlanChoice::Inline(parse_plan(plan)?)),
+        Some(_) => return Err(ApiError::invalid("rollout must be a plan ({\"stages\": [...]}), a plan name, or null")),
+    };
     Ok(PublishInput {
         payload,
         content_type: string_field(obj, "content_type")?,
         metadata,
         scopes,
         message: string_field(obj, "message")?.unwrap_or_default(),
+        rollout,
     })
+}
+
+fn parse_plan(v: &Value) -> ApiResult<Plan> {
+    serde_json::from_value(v.clone()).map_err(|e| ApiError::invalid(format!("invalid rollout plan: {e}")))
 }
 
 fn raw_publish(q: &Option<String>, content_type: Option<String>, body: Bytes) -> ApiResult<PublishInput> {
     let mut scopes = Vec::new();
     let mut metadata = BTreeMap::new();
     let mut message = String::new();
+    let mut rollout = RolloutRequest::TopicDefault;
     for (k, v) in query_pairs(q) {
         if k == "scope" {
             scopes.push(Selector::parse(&v).map_err(Error::from)?);
@@ -291,9 +304,11 @@ fn raw_publish(q: &Option<String>, content_type: Option<String>, body: Bytes) ->
             metadata.insert(key.to_owned(), v);
         } else if k == "message" {
             message = v;
+        } else if k == "rollout" {
+            rollout = if v == "none" { RolloutRequest::None } else { RolloutRequest::Plan(PlanChoice::Named(v)) };
         } else {
             return Err(ApiError::invalid(format!(
-                "unknown query parameter {k:?} (use scope=, meta.<key>=, message=)"
+                "unknown query parameter {k:?} (use scope=, meta.<key>=, message=, rollout=)"
             )));
         }
     }
@@ -305,6 +320,7 @@ fn raw_publish(q: &Option<String>, content_type: Option<String>, body: Bytes) ->
         metadata,
         scopes: if scopes.is_empty() { None } else { Some(scopes) },
         message,
+        rollout,
     })
 }
 
@@ -573,6 +589,100 @@ fn parse_bool(pairs: &[(String, String)], key: &str) -> ApiResult<bool> {
         Some("true") | Some("1") | Some("") => Ok(true),
         Some(v) => Err(ApiError::invalid(format!("{key} must be true or false, not {v:?}"))),
     }
+}
+
+// ---- rollouts ----
+
+#[derive(Serialize, ToSchema)]
+pub struct RolloutList {
+    pub rollouts: Vec<RolloutInfo>,
+}
+
+/// Starts a rollout of the topic's newest version: `{"version", "stages": [...]}` or
+/// `{"version", "plan": "<name of one of the topic's plans>"}`. Stage 1's scope is added at once.
+#[utoipa::path(post, path = "/api/v1/topics/{topic}/rollouts", tag = "rollouts",
+    request_body(content = Object, description = "{\"version\": n, \"stages\": [{\"selector\": {...}, \"wait_s\": 600, \"gate\"?: {\"min_applied_ratio\"?: 0.9, \"max_failure_ratio\"?: 0.05}}]} or {\"version\": n, \"plan\": \"name\"}"),
+    responses((status = 201, body = RolloutInfo), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409)))]
+pub async fn start_rollout(
+    State(imprint): State<Imprint>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let caller = caller(&imprint, &headers).await?;
+    let v: Value = parse_json(&body_bytes(body)?)?;
+    let obj = v.as_object().ok_or_else(|| ApiError::invalid("the body must be a JSON object"))?;
+    let version = field(obj, "version")
+        .and_then(Value::as_u64)
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| ApiError::invalid("version must be a version number (1, 2, 3, …)"))?;
+    let choice = match (field(obj, "stages"), string_field(obj, "plan")?) {
+        (Some(stages), None) => PlanChoice::Inline(parse_plan(&json!({"stages": stages}))?),
+        (None, Some(name)) => PlanChoice::Named(name),
+        _ => return Err(ApiError::invalid("give either stages or the name of a plan")),
+    };
+    let info = imprint.start_rollout(&caller, &topic, version, choice).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/topics/{topic}/rollouts", tag = "rollouts",
+    responses((status = 200, body = RolloutList), (status = 404)))]
+pub async fn list_rollouts(State(imprint): State<Imprint>, Path(topic): Path<String>) -> ApiResult<Json<RolloutList>> {
+    Ok(Json(RolloutList { rollouts: imprint.rollouts(&topic).await? }))
+}
+
+fn parse_id(id: &str) -> ApiResult<i64> {
+    id.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| ApiError::invalid(format!("{id:?} is not a rollout id")))
+}
+
+#[utoipa::path(get, path = "/api/v1/topics/{topic}/rollouts/{id}", tag = "rollouts",
+    responses((status = 200, body = RolloutInfo), (status = 404)))]
+pub async fn get_rollout(
+    State(imprint): State<Imprint>,
+    Path((topic, id)): Path<(String, String)>,
+) -> ApiResult<Json<RolloutInfo>> {
+    Ok(Json(imprint.rollout(&topic, parse_id(&id)?).await?))
+}
+
+/// `pause`, `resume`, `advance` (next stage now), `complete` (all stages now), `cancel`
+/// (body `{"rollback": true}` pins each reached stage's selector to what it resolved to
+/// before the rollout).
+#[utoipa::path(post, path = "/api/v1/topics/{topic}/rollouts/{id}/{action}", tag = "rollouts",
+    request_body(content = Option<Object>, description = "cancel only: {\"rollback\": true}"),
+    responses((status = 200, body = RolloutInfo), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409)))]
+pub async fn rollout_action(
+    State(imprint): State<Imprint>,
+    Path((topic, id, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<RolloutInfo>> {
+    let caller = caller(&imprint, &headers).await?;
+    let id = parse_id(&id)?;
+    let action = match action.as_str() {
+        "pause" => RolloutAction::Pause,
+        "resume" => RolloutAction::Resume,
+        "advance" => RolloutAction::Advance,
+        "complete" => RolloutAction::Complete,
+        "cancel" => RolloutAction::Cancel,
+        other => {
+            return Err(ApiError::invalid(format!(
+                "unknown rollout action {other:?}: pause, resume, advance, complete or cancel"
+            )))
+        }
+    };
+    let body = body_bytes(body)?;
+    let rollback = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        let v: Value = parse_json(&body)?;
+        match v.get("rollback") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) if action == RolloutAction::Cancel => *b,
+            Some(Value::Bool(_)) => return Err(ApiError::invalid("rollback applies to cancel only")),
+            Some(_) => return Err(ApiError::invalid("rollback must be true or false")),
+        }
+    };
+    Ok(Json(imprint.rollout_action(&caller, &topic, id, action, rollback).await?))
 }
 
 /// `GET /healthz`: the process is up.

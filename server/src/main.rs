@@ -49,6 +49,9 @@ struct ServeArgs {
     /// Consumers not seen for this many hours are forgotten by the audit.
     #[arg(long, env = "IMPRINT_CONSUMER_EXPIRY_HOURS", default_value_t = 168)]
     consumer_expiry_hours: u64,
+    /// Record consumers' polls for the audit (turn off only to measure its cost).
+    #[arg(long, env = "IMPRINT_AUDIT", default_value_t = true, action = clap::ArgAction::Set)]
+    audit: bool,
 }
 
 #[derive(Subcommand)]
@@ -161,6 +164,7 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
     let config = Config {
         full_reload_every: Duration::from_secs(args.full_reload_secs.max(1)),
         consumer_expiry: Duration::from_secs(args.consumer_expiry_hours.max(1) * 3600),
+        audit_enabled: args.audit,
         ..Config::default()
     };
     let imprint = Imprint::connect_lazy(url, config).map_err(|e| e.to_string())?;

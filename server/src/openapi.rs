@@ -24,9 +24,10 @@ impl Modify for BearerAuth {
                         answer with poll_after_ms = 0: poll again at once."),
     paths(api::create_topic, api::list_topics, api::get_topic, api::patch_topic, api::publish, api::list_versions,
           api::get_version, api::version_data, api::add_scope, api::resolve, api::put_pin, api::delete_pin, api::list_pins,
-          api::poll, api::latest, api::consumers),
+          api::poll, api::latest, api::consumers, api::start_rollout, api::list_rollouts, api::get_rollout,
+          api::rollout_action),
     components(schemas(Topic, Retention, NewTopic, TopicPatch, Version, Scope, Published, Pin, PollRequest, PollResponse,
-                       Consumer, Applied, Update, api::TopicList, api::VersionList, api::PinList, api::Resolved, api::ConsumerList,
+                       Consumer, Applied, Update, api::TopicList, api::VersionList, api::PinList, api::Resolved, api::ConsumerList, api::RolloutList, imprint_service::RolloutInfo,
                        imprint_service::model::ConsumerInfo)),
     modifiers(&BearerAuth)
 )]

@@ -15,6 +15,8 @@ pub enum Error {
     VersionPurged { topic: String, version: u64 },
     #[error("topic {topic:?} has no active pin on selector {selector}")]
     PinNotFound { topic: String, selector: String },
+    #[error("topic {topic:?} has no rollout {id}")]
+    RolloutNotFound { topic: String, id: i64 },
     #[error("topic {0:?} already exists")]
     TopicExists(String),
     #[error("{0}")]
@@ -46,6 +48,7 @@ impl Error {
             Error::VersionNotFound { .. } => "version_not_found",
             Error::VersionPurged { .. } => "version_purged",
             Error::PinNotFound { .. } => "pin_not_found",
+            Error::RolloutNotFound { .. } => "rollout_not_found",
             Error::TopicExists(_) => "topic_exists",
             Error::InvalidState(_) => "invalid_state",
             Error::PayloadTooLarge { .. } => "payload_too_large",
@@ -67,6 +70,7 @@ impl Error {
             Error::TopicNotFound(_)
             | Error::VersionNotFound { .. }
             | Error::PinNotFound { .. }
+            | Error::RolloutNotFound { .. }
             | Error::NoVersionInScope(_) => 404,
             Error::TopicExists(_) | Error::InvalidState(_) => 409,
             Error::VersionPurged { .. } => 410,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod model;
 mod pins;
 pub mod poll;
+pub mod rollouts;
 pub mod serving;
 mod topics;
 mod versions;
@@ -17,8 +18,9 @@ pub use auth::Caller;
 pub use error::{Error, Result};
 pub use pins::PinInput;
 pub use poll::{PollRequest, PollResponse};
+pub use rollouts::{PlanChoice, RolloutInfo};
 pub use topics::{NewTopic, TopicPatch};
-pub use versions::{Payload, PublishInput};
+pub use versions::{Payload, PublishInput, RolloutRequest};
 
 use serving::ServingState;
 use sqlx::postgres::PgPoolOptions;
@@ -41,6 +43,10 @@ pub struct Config {
     pub audit_max_entries: u64,
     /// How long a node may hold another version than expected before it counts as lagging.
     pub lag_grace: Duration,
+    /// Record what polls report (on by default; off only to measure its cost).
+    pub audit_enabled: bool,
+    /// How often the rollout scheduler looks for due stages.
+    pub rollout_tick_every: Duration,
 }
 
 impl Default for Config {
@@ -51,6 +57,8 @@ impl Default for Config {
             consumer_expiry: Duration::from_secs(7 * 24 * 3600),
             audit_max_entries: 1_000_000,
             lag_grace: Duration::from_secs(60),
+            audit_enabled: true,
+            rollout_tick_every: Duration::from_millis(500),
         }
     }
 }
@@ -128,6 +136,7 @@ impl Imprint {
             self.inner.stop.subscribe(),
         ));
         tokio::spawn(self.clone().audit_loop());
+        tokio::spawn(self.clone().rollout_loop(self.inner.config.rollout_tick_every));
         Ok(())
     }
 

@@ -29,6 +29,11 @@ pub struct Topic {
     pub active_pins: u64,
     /// State of the newest rollout, if any.
     pub rollout_state: Option<String>,
+    /// Named rollout plans.
+    #[schema(value_type = Object)]
+    pub plans: BTreeMap<String, imprint_domain::Plan>,
+    /// The plan a publish uses when it names none.
+    pub default_plan: Option<String>,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
 }
@@ -69,6 +74,9 @@ pub struct Published {
     pub content_type: String,
     pub scopes: Vec<Scope>,
     pub storage: String,
+    /// The rollout this publish started, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollouts::RolloutInfo>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

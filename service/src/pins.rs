@@ -48,29 +48,9 @@ impl Imprint {
             Some(Some(_)) => return Err(Error::VersionPurged { topic: t.name, version: input.version }),
             Some(None) => {}
         }
-        let key = input.selector.to_string();
         let who = caller.who();
         let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
-        sqlx::query("UPDATE pins SET removed_at = $3, removed_by = $4 WHERE topic_id = $1 AND selector_key = $2 AND removed_at IS NULL")
-            .bind(t.id)
-            .bind(&key)
-            .bind(now)
-            .bind(&who)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO pins (topic_id, selector, selector_key, version, reason, created_at, created_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(t.id)
-        .bind(input.selector.to_json())
-        .bind(&key)
-        .bind(input.version as i64)
-        .bind(&input.reason)
-        .bind(now)
-        .bind(&who)
-        .execute(&mut *tx)
-        .await?;
+        replace_pin(&mut tx, t.id, &input.selector, input.version, &input.reason, &who, now).await?;
         notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
@@ -122,4 +102,40 @@ impl Imprint {
         .await?;
         rows.into_iter().map(pin_from_row).collect()
     }
+}
+
+/// Sets a pin inside the caller's transaction, replacing an active pin on the same selector.
+pub(crate) async fn replace_pin(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    topic_id: i64,
+    selector: &Selector,
+    version: u64,
+    reason: &str,
+    who: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let key = selector.to_string();
+    sqlx::query(
+        "UPDATE pins SET removed_at = $3, removed_by = $4 WHERE topic_id = $1 AND selector_key = $2 AND removed_at IS NULL",
+    )
+    .bind(topic_id)
+    .bind(&key)
+    .bind(now)
+    .bind(who)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO pins (topic_id, selector, selector_key, version, reason, created_at, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(topic_id)
+    .bind(selector.to_json())
+    .bind(&key)
+    .bind(version as i64)
+    .bind(reason)
+    .bind(now)
+    .bind(who)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -128,7 +128,9 @@ impl Imprint {
         req.validate()?;
         let started = std::time::Instant::now();
         let state: &Arc<ServingState> = self.state();
-        self.record_poll(state, &req);
+        if self.config().audit_enabled {
+            self.record_poll(state, &req);
+        }
         // Subscribe before the first look, so no change slips between look and wait.
         let mut changes = state.subscribe();
         let mut stopping = self.stopping();

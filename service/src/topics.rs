@@ -3,8 +3,9 @@ use crate::error::{Error, Result};
 use crate::model::{Page, Retention, Topic};
 use crate::{cursor, notify, Caller, Imprint};
 use chrono::{DateTime, Utc};
-use imprint_domain::TopicName;
+use imprint_domain::{Plan, TopicName};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 /// Inline payloads can be at most this large, whatever a topic asks for.
@@ -28,6 +29,13 @@ pub struct NewTopic {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub json_schema: Option<serde_json::Value>,
+    /// Named rollout plans: `{"canary-first": {"stages": [...]}}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub plans: Option<BTreeMap<String, Plan>>,
+    /// The plan a publish uses when it names none.
+    #[serde(default)]
+    pub default_plan: Option<String>,
 }
 
 /// Settings to change; absent fields stay as they are, `null` clears the optional ones.
@@ -48,6 +56,12 @@ pub struct TopicPatch {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<Object>)]
     pub json_schema: Option<Option<serde_json::Value>>,
+    /// Replaces the named plans.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub plans: Option<BTreeMap<String, Plan>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub default_plan: Option<Option<String>>,
 }
 
 fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
@@ -82,6 +96,26 @@ fn check_inline_limit(l: u64) -> Result<()> {
     Ok(())
 }
 
+fn check_plans(plans: &BTreeMap<String, Plan>, default: Option<&str>) -> Result<()> {
+    if plans.len() > 32 {
+        return Err(Error::invalid("a topic has at most 32 named plans"));
+    }
+    for name in plans.keys() {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(Error::invalid(format!("plan name {name:?}: 1-64 letters, digits, '.', '_' or '-'")));
+        }
+    }
+    if let Some(d) = default {
+        if !plans.contains_key(d) {
+            return Err(Error::invalid(format!("default_plan {d:?} is not one of the topic's plans")));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn check_content_type(ct: &str) -> Result<()> {
     let ok = ct.len() <= 255 && ct.contains('/') && ct.chars().all(|c| c.is_ascii_graphic() || c == ' ');
     if !ok {
@@ -96,42 +130,53 @@ pub(crate) fn check_schema(schema: &serde_json::Value) -> Result<()> {
         .map_err(|e| Error::invalid(format!("json_schema is not a valid JSON Schema: {e}")))
 }
 
-type TopicRow = (
-    i64,
-    String,
-    String,
-    String,
-    Option<i32>,
-    Option<i32>,
-    i64,
-    Option<String>,
-    Option<serde_json::Value>,
-    i64,
-    Option<DateTime<Utc>>,
-    DateTime<Utc>,
-    String,
-    i64,
-);
+#[derive(sqlx::FromRow)]
+struct TopicRow {
+    id: i64,
+    name: String,
+    description: String,
+    owner: String,
+    retention_max_versions: Option<i32>,
+    retention_max_age_days: Option<i32>,
+    inline_limit_bytes: i64,
+    content_type: Option<String>,
+    json_schema: Option<serde_json::Value>,
+    latest_version: i64,
+    last_published_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    created_by: String,
+    active_pins: i64,
+    rollout_state: Option<String>,
+    plans: sqlx::types::Json<BTreeMap<String, Plan>>,
+    default_plan: Option<String>,
+}
 
 const TOPIC_COLUMNS: &str = "t.id, t.name, t.description, t.owner, t.retention_max_versions, t.retention_max_age_days,
     t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version, t.last_published_at, t.created_at, t.created_by,
-    (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL)";
+    (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS active_pins,
+    (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
+    t.plans, t.default_plan";
 
 fn topic_from_row(r: TopicRow) -> Topic {
     Topic {
-        name: r.1,
-        description: r.2,
-        owner: r.3,
-        retention: Retention { max_versions: r.4.map(|v| v as u32), max_age_days: r.5.map(|v| v as u32) },
-        inline_limit_bytes: r.6 as u64,
-        content_type: r.7,
-        json_schema: r.8,
-        latest_version: r.9 as u64,
-        last_published_at: r.10,
-        created_at: r.11,
-        created_by: r.12,
-        active_pins: r.13 as u64,
-        rollout_state: None,
+        name: r.name,
+        description: r.description,
+        owner: r.owner,
+        retention: Retention {
+            max_versions: r.retention_max_versions.map(|v| v as u32),
+            max_age_days: r.retention_max_age_days.map(|v| v as u32),
+        },
+        inline_limit_bytes: r.inline_limit_bytes as u64,
+        content_type: r.content_type,
+        json_schema: r.json_schema,
+        latest_version: r.latest_version as u64,
+        last_published_at: r.last_published_at,
+        created_at: r.created_at,
+        created_by: r.created_by,
+        active_pins: r.active_pins as u64,
+        rollout_state: r.rollout_state,
+        plans: r.plans.0,
+        default_plan: r.default_plan,
     }
 }
 
@@ -143,19 +188,28 @@ pub(crate) struct TopicRef {
     pub inline_limit: u64,
     pub content_type: Option<String>,
     pub json_schema: Option<serde_json::Value>,
+    pub default_plan: Option<String>,
 }
 
 impl Imprint {
     pub(crate) async fn topic_ref<'e, E: sqlx::PgExecutor<'e>>(&self, ex: E, name: &str) -> Result<TopicRef> {
         let name = TopicName::parse(name)?;
-        let row: Option<(i64, String, String, i64, Option<String>, Option<serde_json::Value>)> = sqlx::query_as(
-            "SELECT id, name, owner, inline_limit_bytes, content_type, json_schema FROM topics WHERE name = $1",
+        let row: Option<(i64, String, String, i64, Option<String>, Option<serde_json::Value>, Option<String>)> = sqlx::query_as(
+            "SELECT id, name, owner, inline_limit_bytes, content_type, json_schema, default_plan FROM topics WHERE name = $1",
         )
         .bind(name.as_str())
         .fetch_optional(ex)
         .await?;
         let r = row.ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
-        Ok(TopicRef { id: r.0, name: r.1, owner: r.2, inline_limit: r.3 as u64, content_type: r.4, json_schema: r.5 })
+        Ok(TopicRef {
+            id: r.0,
+            name: r.1,
+            owner: r.2,
+            inline_limit: r.3 as u64,
+            content_type: r.4,
+            json_schema: r.5,
+            default_plan: r.6,
+        })
     }
 
     #[tracing::instrument(skip(self, input), fields(topic = %input.name))]
@@ -176,10 +230,12 @@ impl Imprint {
         if let Some(s) = &input.json_schema {
             check_schema(s)?;
         }
+        let plans = input.plans.clone().unwrap_or_default();
+        check_plans(&plans, input.default_plan.as_deref())?;
         let res = sqlx::query(
             "INSERT INTO topics (name, description, owner, retention_max_versions, retention_max_age_days,
-                                 inline_limit_bytes, content_type, json_schema, created_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                 inline_limit_bytes, content_type, json_schema, created_by, plans, default_plan)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(name.as_str())
         .bind(&description)
@@ -190,6 +246,8 @@ impl Imprint {
         .bind(&input.content_type)
         .bind(&input.json_schema)
         .bind(caller.who())
+        .bind(sqlx::types::Json(&plans))
+        .bind(&input.default_plan)
         .execute(self.pool())
         .await;
         match res {
@@ -246,7 +304,7 @@ impl Imprint {
         .bind(limit + 1)
         .fetch_all(self.pool())
         .await?;
-        let mut ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let mut ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let more = rows.len() as i64 > limit;
         let items: Vec<Topic> = rows.into_iter().take(limit as usize).map(topic_from_row).collect();
         ids.truncate(items.len());
@@ -279,6 +337,16 @@ impl Imprint {
         if let Some(Some(s)) = &patch.json_schema {
             check_schema(s)?;
         }
+        if patch.plans.is_some() || patch.default_plan.is_some() {
+            let current: (sqlx::types::Json<BTreeMap<String, Plan>>, Option<String>) =
+                sqlx::query_as("SELECT plans, default_plan FROM topics WHERE id = $1")
+                    .bind(t.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let plans = patch.plans.clone().unwrap_or(current.0 .0);
+            let default = patch.default_plan.clone().unwrap_or(current.1);
+            check_plans(&plans, default.as_deref())?;
+        }
         sqlx::query(
             "UPDATE topics SET
                 description = COALESCE($2, description),
@@ -288,6 +356,8 @@ impl Imprint {
                 inline_limit_bytes = COALESCE($7, inline_limit_bytes),
                 content_type = CASE WHEN $8 THEN $9 ELSE content_type END,
                 json_schema = CASE WHEN $10 THEN $11 ELSE json_schema END,
+                plans = COALESCE($12, plans),
+                default_plan = CASE WHEN $13 THEN $14 ELSE default_plan END,
                 updated_at = now()
              WHERE id = $1",
         )
@@ -302,6 +372,9 @@ impl Imprint {
         .bind(patch.content_type.clone().flatten())
         .bind(patch.json_schema.is_some())
         .bind(patch.json_schema.clone().flatten())
+        .bind(patch.plans.as_ref().map(sqlx::types::Json))
+        .bind(patch.default_plan.is_some())
+        .bind(patch.default_plan.clone().flatten())
         .execute(&mut *tx)
         .await?;
         notify(&mut tx, t.id).await?;

@@ -1,6 +1,7 @@
 //! Publishing immutable versions, reading them back, widening their scopes, resolving.
 use crate::error::{Error, Result};
 use crate::model::{Page, Published, Scope, Version};
+use crate::rollouts::{supersede_active, PlanChoice};
 use crate::topics::check_content_type;
 use crate::{cursor, notify, Caller, Imprint};
 use bytes::Bytes;
@@ -16,6 +17,18 @@ pub struct PublishInput {
     /// `None`: the default, released to everyone (`*`). `Some(vec![])`: released to nobody.
     pub scopes: Option<Vec<Selector>>,
     pub message: String,
+    pub rollout: RolloutRequest,
+}
+
+/// Whether a publish starts a rollout.
+#[derive(Clone, Debug, Default)]
+pub enum RolloutRequest {
+    /// The topic's default plan, if it has one.
+    #[default]
+    TopicDefault,
+    /// No rollout, whatever the topic's default.
+    None,
+    Plan(PlanChoice),
 }
 
 /// The payload as the publisher sent it; the kind decides the default content type.
@@ -79,15 +92,21 @@ impl Imprint {
         if let Some(ct) = &input.content_type {
             check_content_type(ct)?;
         }
+        let mut tx = self.pool().begin().await?;
+        let t = self.topic_ref(&mut *tx, topic).await?;
+        caller.require_write(&t.name, &t.owner)?;
+        let plan = match input.rollout {
+            RolloutRequest::None => None,
+            RolloutRequest::Plan(p) => Some(p),
+            RolloutRequest::TopicDefault => t.default_plan.clone().map(PlanChoice::Named),
+        };
+        // With a rollout, the plan decides who gets the version; otherwise everyone does.
         let scopes: Vec<Selector> = match input.scopes {
+            None if plan.is_some() => vec![],
             None => vec![Selector::all()],
             Some(s) if s.len() > 64 => return Err(Error::invalid("at most 64 scopes per publish")),
             Some(s) => s.into_iter().collect::<BTreeSet<_>>().into_iter().collect(),
         };
-
-        let mut tx = self.pool().begin().await?;
-        let t = self.topic_ref(&mut *tx, topic).await?;
-        caller.require_write(&t.name, &t.owner)?;
         let size = input.payload.len() as u64;
         if size > t.inline_limit {
             return Err(Error::PayloadTooLarge { size, limit: t.inline_limit });
@@ -133,9 +152,25 @@ impl Imprint {
         .await?;
         let who = caller.who();
         insert_scopes(&mut tx, t.id, version, &scopes, created_at, &who).await?;
+        // A newer version supersedes any rollout of an older one.
+        supersede_active(&mut tx, t.id, created_at).await?;
+        let rollout_id = match plan {
+            Some(p) => Some(self.start_rollout_tx(&mut tx, t.id, version as u64, p, &who, created_at).await?),
+            None => None,
+        };
         notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
+        let rollout = match rollout_id {
+            Some(id) => Some(self.rollout(&t.name, id).await?),
+            None => None,
+        };
+        let mut scopes = scopes;
+        if let Some(r) = &rollout {
+            scopes.extend(r.view.stages.iter().filter(|s| s.reached_at.is_some()).map(|s| s.selector.clone()));
+            scopes.sort();
+            scopes.dedup();
+        }
         metrics::counter!("imprint_publishes_total").increment(1);
         metrics::histogram!("imprint_publish_seconds").record(started.elapsed().as_secs_f64());
         tracing::info!(topic = %t.name, version, size, "published");
@@ -151,6 +186,7 @@ impl Imprint {
                 .map(|selector| Scope { selector, added_at: created_at, added_by: who.clone() })
                 .collect(),
             storage: "inline".into(),
+            rollout,
         })
     }
 
@@ -288,7 +324,7 @@ impl Imprint {
     }
 }
 
-async fn insert_scopes(
+pub(crate) async fn insert_scopes(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     topic_id: i64,
     version: i64,

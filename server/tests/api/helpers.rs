@@ -12,6 +12,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: Client,
     pub pool: PgPool,
+    imprint: Imprint,
 }
 
 pub async fn spawn_app(pool: PgPool) -> TestApp {
@@ -35,10 +36,16 @@ pub async fn spawn_app_with(serving_pool: PgPool, admin_pool: PgPool) -> TestApp
     let addr = listener.local_addr().expect("addr");
     let app = imprint_server::api_router(imprint.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-    TestApp { addr, client: Client::new(), pool: admin_pool }
+    TestApp { addr, client: Client::new(), pool: admin_pool, imprint }
 }
 
 impl TestApp {
+    /// Stops this server's background work (scheduler, audit, change following), as a
+    /// shutdown would; its HTTP listener keeps answering from memory.
+    pub fn imprint_shutdown(&self) {
+        self.imprint.shutdown();
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -5,4 +5,5 @@ mod helpers;
 mod poll;
 mod publish;
 mod resilience;
+mod rollouts;
 mod topics;
