@@ -7,7 +7,7 @@ mod topics;
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Route, Router, Routes, A};
-use leptos_router::path;
+use leptos_router::{path, SsrMode};
 
 /// The HTML document around the app (server side only).
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -45,7 +45,9 @@ pub fn App() -> impl IntoView {
             </header>
             <main>
                 <Routes fallback=|| view! { <NotFound/> }>
-                    <Route path=path!("/") view=topics::TopicsPage/>
+                    // Async: the server waits for the page's data before sending it, so every page
+                    // is complete without JavaScript (no streamed fallbacks to swap in).
+                    <Route path=path!("/") view=topics::TopicsPage ssr=SsrMode::Async/>
                 </Routes>
             </main>
         </Router>
