@@ -2,7 +2,16 @@
 //! hydrated by the `hydrate()` entry when JavaScript runs; every page works without it.
 #![forbid(unsafe_code)]
 
+mod admin;
+mod audit;
+mod auth;
+mod common;
+mod settings;
+#[cfg(feature = "ssr")]
+mod ssr;
+mod topic;
 mod topics;
+mod version;
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
@@ -40,14 +49,25 @@ pub fn App() -> impl IntoView {
                 <A href="/" attr:class="brand">"Imprint"</A>
                 <nav>
                     <A href="/">"Topics"</A>
+                    <A href="/audit">"Audit log"</A>
+                    <A href="/admin">"Admin"</A>
                     <a href="/api/v1/openapi.json">"API"</a>
                 </nav>
+                <auth::UserMenu/>
             </header>
             <main>
                 <Routes fallback=|| view! { <NotFound/> }>
                     // Async: the server waits for the page's data before sending it, so every page
                     // is complete without JavaScript (no streamed fallbacks to swap in).
                     <Route path=path!("/") view=topics::TopicsPage ssr=SsrMode::Async/>
+                    <Route path=path!("/login") view=auth::LoginPage ssr=SsrMode::Async/>
+                    <Route path=path!("/topics/:name") view=topic::TopicPageView ssr=SsrMode::Async/>
+                    <Route path=path!("/topics/:name/publish") view=topic::PublishPage ssr=SsrMode::Async/>
+                    <Route path=path!("/topics/:name/matrix") view=topic::MatrixPage ssr=SsrMode::Async/>
+                    <Route path=path!("/topics/:name/settings") view=settings::SettingsPage ssr=SsrMode::Async/>
+                    <Route path=path!("/topics/:name/versions/:n") view=version::VersionPage ssr=SsrMode::Async/>
+                    <Route path=path!("/audit") view=audit::AuditPage ssr=SsrMode::Async/>
+                    <Route path=path!("/admin") view=admin::AdminPage ssr=SsrMode::Async/>
                 </Routes>
             </main>
         </Router>

@@ -15,54 +15,67 @@ pub struct TopicRow {
     pub active_pins: u64,
 }
 
-/// Lists topics. Reading is open to every caller (API.md: GETs are open unless a topic
-/// is restricted); writes go through functions that authorize the caller.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopicList {
+    pub rows: Vec<TopicRow>,
+    pub owners: Vec<String>,
+}
+
+/// Lists topics for a signed-in user (every signed-in user may read every topic).
 #[server(prefix = "/console/fn")]
-pub async fn list_topics(q: Option<String>) -> Result<Vec<TopicRow>, ServerFnError> {
-    let imprint = expect_context::<imprint_service::Imprint>();
-    let page = imprint.list_topics(q.as_deref(), None, Some(500), None).await.map_err(|e| {
-        tracing::warn!(error = %e, "listing topics for the console failed");
-        ServerFnError::new(e.to_string())
-    })?;
-    Ok(page
-        .items
-        .into_iter()
-        .map(|t| TopicRow {
-            name: t.name,
-            description: t.description,
-            owner: t.owner,
-            latest_version: t.latest_version,
-            last_published_at: t.last_published_at.map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
-            active_pins: t.active_pins,
-        })
-        .collect())
+pub async fn list_topics(q: Option<String>, owner: Option<String>) -> Result<TopicList, ServerFnError> {
+    use crate::ssr::{imprint, load, require_user};
+    require_user().await?;
+    let imprint = imprint()?;
+    let page = load(imprint.list_topics(q.as_deref(), owner.as_deref(), Some(500), None).await)?;
+    let owners = load(imprint.teams().await)?.into_iter().map(|t| t.name).collect();
+    Ok(TopicList {
+        owners,
+        rows: page
+            .items
+            .into_iter()
+            .map(|t| TopicRow {
+                name: t.name,
+                description: t.description,
+                owner: t.owner,
+                latest_version: t.latest_version,
+                last_published_at: t.last_published_at.map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+                active_pins: t.active_pins,
+            })
+            .collect(),
+    })
 }
 
 #[component]
 pub fn TopicsPage() -> impl IntoView {
     let query = use_query_map();
     let q = move || query.read().get("q").filter(|q| !q.is_empty());
-    let topics = Resource::new(q, list_topics);
+    let owner = move || query.read().get("owner").filter(|o| !o.is_empty());
+    let topics = Resource::new(move || (q(), owner()), |(q, o)| list_topics(q, o));
     view! {
         <Title text="Topics"/>
         <section class="page-head">
             <h1>"Topics"</h1>
             <form method="get" action="/" class="search" role="search">
                 <input type="search" name="q" placeholder="Search name, description, owner" value=q aria-label="Search topics"/>
+                <input type="text" name="owner" placeholder="owner team" value=owner aria-label="Owner" list="owners"/>
                 <button type="submit">"Search"</button>
             </form>
         </section>
         <Transition fallback=|| view! { <p class="muted">"Loading topics…"</p> }>
             {move || Suspend::new(async move {
                 match topics.await {
-                    Err(e) => view! { <p class="error" role="alert">{format!("Could not load topics: {e}")}</p> }.into_any(),
-                    Ok(rows) if rows.is_empty() => view! {
+                    Err(e) => view! { <p class="flash error" role="alert">{format!("Could not load topics: {}", crate::common::error_text(&e))}</p> }.into_any(),
+                    Ok(list) if list.rows.is_empty() => view! {
                         <div class="empty">
                             <p>"No topics yet."</p>
                             <p class="muted">"Create one with " <code>"POST /api/v1/topics"</code> "."</p>
                         </div>
                     }.into_any(),
-                    Ok(rows) => view! { <TopicTable rows/> }.into_any(),
+                    Ok(list) => view! {
+                        <datalist id="owners">{list.owners.iter().map(|o| view! { <option value=o.clone()/> }).collect_view()}</datalist>
+                        <TopicTable rows=list.rows/>
+                    }.into_any(),
                 }
             })}
         </Transition>
@@ -86,7 +99,7 @@ fn TopicTable(rows: Vec<TopicRow>) -> impl IntoView {
                 {rows.into_iter().map(|t| view! {
                     <tr>
                         <td>
-                            <span class="topic-name">{t.name.clone()}</span>
+                            <a class="topic-name" href=format!("/topics/{}", t.name)>{t.name.clone()}</a>
                             <div class="muted small">{t.description.clone()}</div>
                         </td>
                         <td>{if t.owner.is_empty() { "—".to_owned() } else { t.owner.clone() }}</td>

@@ -2,11 +2,13 @@
 //! rule of DESIGN.md. No I/O here, so it compiles to wasm and is tested in isolation.
 #![forbid(unsafe_code)]
 
+mod diff;
 mod names;
 mod resolve;
 mod rollout;
 mod selector;
 
+pub use diff::{diff_lines, render_payload, DiffLine, Rendered};
 pub use names::{TopicName, TopicNameError};
 pub use resolve::{is_update, CurrentIndex, PinEntry, Resolution, ScopeEntry, TopicHistory, VersionEntry};
 pub use rollout::{

@@ -59,8 +59,65 @@ pub fn api_router(imprint: Imprint) -> Router {
         .with_state(imprint)
 }
 
+/// Refuses cross-site requests to the console's server functions (CSRF): the browser
+/// says where a request comes from in `Origin` or `Sec-Fetch-Site`; only this site may post.
+async fn same_origin_only(req: Request, next: Next) -> Response {
+    use axum::http::{header, Method};
+    if req.method() != Method::GET && req.uri().path().starts_with("/console/fn/") {
+        let h = req.headers();
+        let host = h.get("x-forwarded-host").or_else(|| h.get(header::HOST)).and_then(|v| v.to_str().ok());
+        let same = match (
+            h.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+            h.get("sec-fetch-site").and_then(|v| v.to_str().ok()),
+        ) {
+            (Some(origin), _) => {
+                let origin_host = origin.split_once("://").map(|(_, rest)| rest.trim_end_matches('/'));
+                origin_host.is_some() && origin_host == host
+            }
+            (None, Some(site)) => site == "same-origin" || site == "none",
+            (None, None) => false,
+        };
+        if !same {
+            metrics::counter!("imprint_csrf_refused_total").increment(1);
+            return crate::error::ApiError::with_code(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "cross-site request refused: console actions must come from the console itself",
+            );
+        }
+    }
+    next.run(req).await
+}
+
+/// Session cookies stored in Postgres (tower-sessions): HttpOnly, SameSite=Lax, Secure
+/// when the console is served over HTTPS, expiring after 12 hours of inactivity.
+pub async fn session_layer(
+    imprint: &Imprint,
+    secure: bool,
+) -> Result<tower_sessions::SessionManagerLayer<tower_sessions_sqlx_store::PostgresStore>, String> {
+    use tower_sessions::cookie::{time::Duration, SameSite};
+    use tower_sessions::{Expiry, SessionManagerLayer};
+    let store = tower_sessions_sqlx_store::PostgresStore::new(imprint.pool().clone());
+    store.migrate().await.map_err(|e| format!("session store: {e}"))?;
+    let cleanup = store.clone();
+    tokio::spawn(async move {
+        use tower_sessions::ExpiredDeletion;
+        let _ = cleanup.continuously_delete_expired(std::time::Duration::from_secs(3600)).await;
+    });
+    Ok(SessionManagerLayer::new(store)
+        .with_name("imprint_session")
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(secure)
+        .with_expiry(Expiry::OnInactivity(Duration::hours(12))))
+}
+
 /// Everything: the API plus the Leptos console (pages, server functions, static files).
-pub fn full_router(imprint: Imprint, leptos_options: leptos::config::LeptosOptions) -> Router {
+pub fn full_router(
+    imprint: Imprint,
+    leptos_options: leptos::config::LeptosOptions,
+    sessions: tower_sessions::SessionManagerLayer<tower_sessions_sqlx_store::PostgresStore>,
+) -> Router {
     use imprint_app::{shell, App};
     use leptos::prelude::provide_context;
     use leptos_axum::{generate_route_list, LeptosRoutes};
@@ -73,6 +130,8 @@ pub fn full_router(imprint: Imprint, leptos_options: leptos::config::LeptosOptio
             move || shell(options.clone())
         })
         .fallback(leptos_axum::file_and_error_handler(shell))
-        .with_state(leptos_options);
+        .with_state(leptos_options)
+        .layer(axum::middleware::from_fn(same_origin_only))
+        .layer(sessions);
     api_router(imprint).merge(console)
 }

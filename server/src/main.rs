@@ -43,6 +43,12 @@ struct ServeArgs {
     /// An admin API token with exactly this value exists while set.
     #[arg(long, env = "IMPRINT_BOOTSTRAP_TOKEN", hide_env_values = true)]
     bootstrap_token: Option<String>,
+    /// Password of the `admin` console user created on the first start (else generated and printed).
+    #[arg(long, env = "IMPRINT_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+    /// The console's public URL; `https://…` makes session cookies Secure.
+    #[arg(long, env = "IMPRINT_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Seconds between full reloads of the serving state (the safety net behind NOTIFY).
     #[arg(long, env = "IMPRINT_FULL_RELOAD_SECS", default_value_t = 30)]
     full_reload_secs: u64,
@@ -185,16 +191,25 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
     if let Some(token) = &args.bootstrap_token {
         auth::ensure_bootstrap_token(imprint.pool(), token).await.map_err(|e| format!("bootstrap token: {e}"))?;
     }
+    match imprint.ensure_admin_user(args.admin_password.as_deref()).await.map_err(|e| format!("admin user: {e}"))? {
+        Some(generated) => {
+            // Printed once, on the first start only: the hash is all that is stored.
+            println!("\n  Console user `admin` created with password: {generated}\n  (shown once; set IMPRINT_ADMIN_PASSWORD to choose it)\n");
+        }
+        None => tracing::debug!("admin user exists"),
+    }
     imprint.start_background().await.map_err(|e| format!("loading the serving state: {e}"))?;
+    let secure = args.public_url.as_deref().is_some_and(|u| u.starts_with("https://"));
+    let sessions = imprint_server::session_layer(&imprint, secure).await?;
 
     let mut leptos_options =
         leptos::config::get_configuration(None).map_err(|e| format!("leptos configuration: {e}"))?.leptos_options;
     leptos_options.site_addr = addr;
-    let app = imprint_server::full_router(imprint.clone(), leptos_options);
+    let app = imprint_server::full_router(imprint.clone(), leptos_options, sessions);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!("Imprint listening on http://{addr}");
     let stopper = imprint.clone();
-    axum::serve(listener, app)
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!("shutting down: finishing requests in flight");

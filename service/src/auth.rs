@@ -1,9 +1,11 @@
 //! Who is calling, and what they may do. Every write operation takes a `Caller` and
 //! checks it here, so the HTTP API and the console share one set of rules.
+use crate::audit_log::audit;
 use crate::error::{Error, Result};
 use crate::model::ApiToken;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::fmt;
@@ -14,6 +16,9 @@ pub enum Caller {
     Anonymous,
     /// An API token. Admin tokens may do everything; others act on their team's topics.
     Token { name: String, admin: bool, team: Option<String> },
+    /// A signed-in console user. Admins may do everything; others act on the topics of
+    /// the teams they belong to (`teams`, read when the session was checked).
+    User { id: i64, name: String, admin: bool, teams: Vec<String> },
     /// The server itself (background jobs, start-up).
     System,
 }
@@ -30,18 +35,21 @@ impl Caller {
         match self {
             Caller::Anonymous => "anonymous".into(),
             Caller::Token { name, .. } => format!("token:{name}"),
+            Caller::User { name, .. } => format!("user:{name}"),
             Caller::System => "system".into(),
         }
     }
 
     pub fn is_admin(&self) -> bool {
-        matches!(self, Caller::System | Caller::Token { admin: true, .. })
+        matches!(self, Caller::System | Caller::Token { admin: true, .. } | Caller::User { admin: true, .. })
     }
 
-    /// The team a topic created by this caller belongs to when none is named.
+    /// The team a topic created by this caller belongs to when none is named. A user in
+    /// several teams has no default: which one would be a guess.
     pub fn default_owner(&self) -> Option<&str> {
         match self {
             Caller::Token { team: Some(t), .. } => Some(t),
+            Caller::User { teams, .. } if teams.len() == 1 => teams.first().map(String::as_str),
             _ => None,
         }
     }
@@ -55,6 +63,11 @@ impl Caller {
             Caller::Token { name, .. } => {
                 Err(Error::Forbidden(format!("token {name:?} has no rights on topic {topic:?} (owned by {owner:?})")))
             }
+            // A topic without an owner belongs to nobody but the admins.
+            Caller::User { teams, .. } if !owner.is_empty() && teams.iter().any(|t| t == owner) => Ok(()),
+            Caller::User { name, .. } => Err(Error::Forbidden(format!(
+                "user {name:?} has no rights on topic {topic:?}: it is owned by {owner:?}, a team they are not in"
+            ))),
             Caller::System => Ok(()),
         }
     }
@@ -68,6 +81,10 @@ impl Caller {
             Caller::Token { name, .. } => {
                 Err(Error::Forbidden(format!("token {name:?} may only create topics owned by its own team")))
             }
+            Caller::User { teams, .. } if !owner.is_empty() && teams.iter().any(|t| t == owner) => Ok(()),
+            Caller::User { name, .. } => {
+                Err(Error::Forbidden(format!("user {name:?} may only give topics to teams they are in")))
+            }
             Caller::System => Ok(()),
         }
     }
@@ -76,6 +93,7 @@ impl Caller {
         match self {
             Caller::Anonymous => Err(Error::Unauthorized("this operation needs a bearer token".into())),
             c if c.is_admin() => Ok(()),
+            Caller::User { .. } => Err(Error::Forbidden("this operation needs an administrator".into())),
             _ => Err(Error::Forbidden("this operation needs an admin token".into())),
         }
     }
@@ -108,23 +126,34 @@ pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Caller> {
 }
 
 /// Makes `token` a valid admin token named `bootstrap` (IMPRINT_BOOTSTRAP_TOKEN). A
-/// previous bootstrap token with another value is revoked.
+/// previous bootstrap token with another value is revoked. Audited only when something
+/// changes, so restarts with the same value add nothing to the log.
 pub async fn ensure_bootstrap_token(pool: &PgPool, token: &str) -> Result<()> {
     let hash = hash_token(token);
+    let who = Caller::System.who();
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    let revoked = sqlx::query(
         "UPDATE api_tokens SET revoked_at = now() WHERE name = 'bootstrap' AND revoked_at IS NULL AND token_hash <> $1",
     )
     .bind(&hash)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
+    if revoked.rows_affected() > 0 {
+        audit(&mut tx, &who, "token.revoke", None, json!({"name": "bootstrap", "replaced": true})).await?;
+    }
+    let created: Option<i64> = sqlx::query_scalar(
         "INSERT INTO api_tokens (name, token_hash, is_admin, created_by) VALUES ('bootstrap', $1, true, 'IMPRINT_BOOTSTRAP_TOKEN')
-         ON CONFLICT (token_hash) DO UPDATE SET revoked_at = NULL, is_admin = true",
+         ON CONFLICT (token_hash) DO UPDATE SET revoked_at = NULL, is_admin = true
+           WHERE api_tokens.revoked_at IS NOT NULL OR NOT api_tokens.is_admin
+         RETURNING id",
     )
     .bind(&hash)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    if created.is_some() {
+        let details = json!({"name": "bootstrap", "admin": true, "team": null, "source": "IMPRINT_BOOTSTRAP_TOKEN"});
+        audit(&mut tx, &who, "token.create", None, details).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -150,6 +179,8 @@ pub async fn create_token(
     caller.require_admin()?;
     check_token_name(name)?;
     let token = generate_token();
+    let who = caller.who();
+    let mut tx = pool.begin().await?;
     let res = sqlx::query(
         "INSERT INTO api_tokens (name, token_hash, is_admin, team, created_by) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -157,27 +188,34 @@ pub async fn create_token(
     .bind(hash_token(&token))
     .bind(admin)
     .bind(team)
-    .bind(caller.who())
-    .execute(pool)
+    .bind(&who)
+    .execute(&mut *tx)
     .await;
     match res {
-        Ok(_) => Ok(token),
+        Ok(_) => {}
         Err(sqlx::Error::Database(e)) if e.constraint() == Some("api_tokens_active_name") => {
-            Err(Error::InvalidState(format!("an active token named {name:?} exists already")))
+            return Err(Error::InvalidState(format!("an active token named {name:?} exists already")))
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
     }
+    // Never the secret itself, nor its hash: the log is readable by every signed-in user.
+    audit(&mut tx, &who, "token.create", None, json!({"name": name, "admin": admin, "team": team})).await?;
+    tx.commit().await?;
+    Ok(token)
 }
 
 pub async fn revoke_token(pool: &PgPool, caller: &Caller, name: &str) -> Result<()> {
     caller.require_admin()?;
+    let mut tx = pool.begin().await?;
     let done = sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL")
         .bind(name)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
         return Err(Error::InvalidState(format!("no active token named {name:?}")));
     }
+    audit(&mut tx, &caller.who(), "token.revoke", None, json!({"name": name})).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -218,6 +256,53 @@ mod tests {
         assert!(team.require_create("payments").is_ok());
         assert!(matches!(team.require_create("search"), Err(Error::Forbidden(_))));
         assert!(matches!(team.require_admin(), Err(Error::Forbidden(_))));
+    }
+
+    #[test]
+    fn user_rights() {
+        let user = |admin: bool, teams: &[&str]| Caller::User {
+            id: 1,
+            name: "alice".into(),
+            admin,
+            teams: teams.iter().map(|t| t.to_string()).collect(),
+        };
+        let member = user(false, &["payments", "search"]);
+        let loner = user(false, &[]);
+        let admin = user(true, &[]);
+        assert_eq!(member.who(), "user:alice");
+        assert!(!member.is_admin() && admin.is_admin());
+
+        assert!(member.require_write("x", "payments").is_ok());
+        assert!(member.require_write("x", "search").is_ok());
+        assert!(matches!(member.require_write("x", "billing"), Err(Error::Forbidden(_))));
+        assert!(matches!(member.require_write("x", ""), Err(Error::Forbidden(_))), "ownerless topics are admins' only");
+        assert!(matches!(loner.require_write("x", "payments"), Err(Error::Forbidden(_))));
+        assert!(admin.require_write("x", "").is_ok());
+        assert!(admin.require_write("x", "billing").is_ok());
+
+        assert!(member.require_create("search").is_ok());
+        assert!(matches!(member.require_create("billing"), Err(Error::Forbidden(_))));
+        assert!(matches!(member.require_create(""), Err(Error::Forbidden(_))));
+        assert!(admin.require_create("").is_ok());
+
+        assert!(matches!(member.require_admin(), Err(Error::Forbidden(_))));
+        assert!(admin.require_admin().is_ok());
+
+        // A default owner only when it is not a guess.
+        assert_eq!(user(false, &["payments"]).default_owner(), Some("payments"));
+        assert_eq!(member.default_owner(), None);
+        assert_eq!(loner.default_owner(), None);
+    }
+
+    #[test]
+    fn token_callers_are_unchanged() {
+        let t = Caller::Token { name: "ci".into(), admin: false, team: Some("payments".into()) };
+        assert_eq!(t.who(), "token:ci");
+        assert_eq!(t.default_owner(), Some("payments"));
+        assert_eq!(Caller::System.who(), "system");
+        assert!(Caller::System.require_admin().is_ok());
+        assert!(matches!(Caller::Anonymous.require_admin(), Err(Error::Unauthorized(_))));
+        assert!(matches!(Caller::Anonymous.require_create("payments"), Err(Error::Unauthorized(_))));
     }
 
     #[test]

@@ -33,6 +33,17 @@ pub enum Error {
     Forbidden(String),
     #[error("storage is unavailable; try again later")]
     StorageUnavailable(#[source] sqlx::Error),
+    #[error("a user named {0:?} exists already")]
+    UserExists(String),
+    #[error("a team named {0:?} exists already")]
+    TeamExists(String),
+    #[error("user {0:?} does not exist")]
+    UserNotFound(String),
+    #[error("team {0:?} does not exist")]
+    TeamNotFound(String),
+    /// Sign-in throttling: too many failed attempts for this username or client.
+    #[error("too many failed sign-in attempts; try again in {retry_after_s} s")]
+    TooManyAttempts { retry_after_s: u64 },
     #[error("no version of topic {0:?} is released to these labels")]
     NoVersionInScope(String),
     #[error("internal error")]
@@ -58,6 +69,11 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::StorageUnavailable(_) => "storage_unavailable",
             Error::NoVersionInScope(_) => "no_version_in_scope",
+            Error::UserExists(_) => "user_exists",
+            Error::TeamExists(_) => "team_exists",
+            Error::UserNotFound(_) => "user_not_found",
+            Error::TeamNotFound(_) => "team_not_found",
+            Error::TooManyAttempts { .. } => "too_many_attempts",
             Error::Internal(_) => "internal",
         }
     }
@@ -71,11 +87,14 @@ impl Error {
             | Error::VersionNotFound { .. }
             | Error::PinNotFound { .. }
             | Error::RolloutNotFound { .. }
-            | Error::NoVersionInScope(_) => 404,
-            Error::TopicExists(_) | Error::InvalidState(_) => 409,
+            | Error::NoVersionInScope(_)
+            | Error::UserNotFound(_)
+            | Error::TeamNotFound(_) => 404,
+            Error::TopicExists(_) | Error::InvalidState(_) | Error::UserExists(_) | Error::TeamExists(_) => 409,
             Error::VersionPurged { .. } => 410,
             Error::PayloadTooLarge { .. } => 413,
             Error::SchemaViolation(_) => 422,
+            Error::TooManyAttempts { .. } => 429,
             Error::StorageUnavailable(_) => 503,
             Error::Internal(_) => 500,
         }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+mod audit_log;
 pub mod auth;
 pub mod error;
 pub mod model;
@@ -12,6 +13,7 @@ pub mod poll;
 pub mod rollouts;
 pub mod serving;
 mod topics;
+mod users;
 mod versions;
 
 pub use auth::Caller;
@@ -20,6 +22,7 @@ pub use pins::PinInput;
 pub use poll::{PollRequest, PollResponse};
 pub use rollouts::{PlanChoice, RolloutInfo};
 pub use topics::{NewTopic, TopicPatch};
+pub use users::{ADMIN_USERNAME, MIN_PASSWORD_CHARS};
 pub use versions::{Payload, PublishInput, RolloutRequest};
 
 use serving::ServingState;
@@ -75,6 +78,10 @@ struct Inner {
     audit: audit::AuditBuffer,
     config: Config,
     stop: watch::Sender<bool>,
+    /// Failed sign-ins per username and client address.
+    sign_in: users::SignInThrottle,
+    /// Bounds concurrent argon2 work (CPU and ~19 MiB of memory each).
+    hashing: tokio::sync::Semaphore,
 }
 
 /// A pool that fails fast when Postgres is away, so requests get a 503 instead of hanging.
@@ -99,6 +106,10 @@ impl Imprint {
                 audit,
                 config,
                 stop: watch::channel(false).0,
+                sign_in: users::SignInThrottle::default(),
+                hashing: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(2),
+                ),
             }),
         }
     }
@@ -207,6 +218,10 @@ impl Imprint {
 
 /// Announces a change of `topic_id` to every server, inside the writing transaction.
 async fn notify(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, topic_id: i64) -> Result<()> {
+    sqlx::query("UPDATE topics SET change_seq = change_seq + 1 WHERE id = $1")
+        .bind(topic_id)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(serving::CHANGE_CHANNEL)
         .bind(topic_id.to_string())

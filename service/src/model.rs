@@ -127,3 +127,56 @@ pub struct ConsumerInfo {
     pub last_error: Option<String>,
     pub last_applied_at: Option<DateTime<Utc>>,
 }
+
+/// A console user. The password hash never leaves the service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub is_admin: bool,
+    /// Names of the teams the user belongs to, sorted.
+    pub teams: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub disabled: bool,
+}
+
+/// A team: topics it owns may be changed by its members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Team {
+    pub name: String,
+    pub description: String,
+    /// Usernames of the members, sorted.
+    pub members: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One operator action as the audit log recorded it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// Who acted: `user:<name>`, `token:<name>`, `system` or `anonymous`.
+    pub actor: String,
+    /// What was done, `<object>.<verb>`: `version.publish`, `pin.set`, `user.create`, …
+    pub action: String,
+    pub topic: Option<String>,
+    /// What changed; the shape depends on the action.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+/// Which audit entries to list; every field is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct AuditFilter {
+    /// Only entries about this topic.
+    pub topic: Option<String>,
+    /// Only entries by this actor (exact, e.g. `user:alice`).
+    pub actor: Option<String>,
+    /// Only actions starting with this (`pin.` matches `pin.set` and `pin.remove`).
+    pub action: Option<String>,
+    /// 1–500, default 50.
+    pub limit: Option<u32>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+}

@@ -1,9 +1,11 @@
 //! Pins: force consumers matching a selector onto a version until the pin is removed.
+use crate::audit_log::audit;
 use crate::error::{Error, Result};
 use crate::model::Pin;
 use crate::{notify, Caller, Imprint};
 use chrono::{DateTime, Utc};
 use imprint_domain::Selector;
+use serde_json::json;
 
 pub struct PinInput {
     pub selector: Selector,
@@ -50,7 +52,14 @@ impl Imprint {
         }
         let who = caller.who();
         let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
-        replace_pin(&mut tx, t.id, &input.selector, input.version, &input.reason, &who, now).await?;
+        let replaced = replace_pin(&mut tx, t.id, &input.selector, input.version, &input.reason, &who, now).await?;
+        let details = json!({
+            "selector": input.selector.to_string(),
+            "version": input.version,
+            "reason": input.reason,
+            "replaced": replaced,
+        });
+        audit(&mut tx, &who, "pin.set", Some(&t.name), details).await?;
         notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
@@ -71,17 +80,27 @@ impl Imprint {
         let mut tx = self.pool().begin().await?;
         let t = self.topic_ref(&mut *tx, topic).await?;
         caller.require_write(&t.name, &t.owner)?;
-        let done = sqlx::query(
-            "UPDATE pins SET removed_at = now(), removed_by = $3 WHERE topic_id = $1 AND selector_key = $2 AND removed_at IS NULL",
+        let who = caller.who();
+        let removed: Option<i64> = sqlx::query_scalar(
+            "UPDATE pins SET removed_at = now(), removed_by = $3 WHERE topic_id = $1 AND selector_key = $2 AND removed_at IS NULL
+             RETURNING version",
         )
         .bind(t.id)
         .bind(selector.to_string())
-        .bind(caller.who())
-        .execute(&mut *tx)
+        .bind(&who)
+        .fetch_optional(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
+        let Some(version) = removed else {
             return Err(Error::PinNotFound { topic: t.name, selector: selector.to_string() });
-        }
+        };
+        audit(
+            &mut tx,
+            &who,
+            "pin.remove",
+            Some(&t.name),
+            json!({"selector": selector.to_string(), "version": version}),
+        )
+        .await?;
         notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
@@ -104,7 +123,9 @@ impl Imprint {
     }
 }
 
-/// Sets a pin inside the caller's transaction, replacing an active pin on the same selector.
+/// Sets a pin inside the caller's transaction, replacing an active pin on the same
+/// selector. Returns the version the replaced pin held, if there was one (the audit
+/// records it).
 pub(crate) async fn replace_pin(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     topic_id: i64,
@@ -113,16 +134,17 @@ pub(crate) async fn replace_pin(
     reason: &str,
     who: &str,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<Option<u64>> {
     let key = selector.to_string();
-    sqlx::query(
-        "UPDATE pins SET removed_at = $3, removed_by = $4 WHERE topic_id = $1 AND selector_key = $2 AND removed_at IS NULL",
+    let replaced: Option<i64> = sqlx::query_scalar(
+        "UPDATE pins SET removed_at = $3, removed_by = $4 WHERE topic_id = $1 AND selector_key = $2 AND removed_at IS NULL
+         RETURNING version",
     )
     .bind(topic_id)
     .bind(&key)
     .bind(now)
     .bind(who)
-    .execute(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?;
     sqlx::query(
         "INSERT INTO pins (topic_id, selector, selector_key, version, reason, created_at, created_by)
@@ -137,5 +159,5 @@ pub(crate) async fn replace_pin(
     .bind(who)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(replaced.map(|v| v as u64))
 }

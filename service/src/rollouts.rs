@@ -2,15 +2,17 @@
 //! adds each stage's scope when it is due. The state machine itself is pure
 //! (`imprint_domain::Rollout`); this module stores it, applies its effects in the same
 //! transaction, and feeds health gates from the consumer audit.
+use crate::audit_log::audit;
 use crate::error::{Error, Result};
 use crate::pins::replace_pin;
 use crate::versions::insert_scopes;
 use crate::{notify, Caller, Imprint};
 use chrono::{DateTime, Duration, Utc};
 use imprint_domain::{
-    Effect, GateReading, Plan, Rollout, RolloutAction, RolloutError, RolloutRecord, RolloutView, Selector,
+    Effect, GateReading, Plan, Rollout, RolloutAction, RolloutError, RolloutRecord, RolloutState, RolloutView, Selector,
 };
 use serde::Serialize;
+use serde_json::json;
 use sqlx::{Postgres, Transaction};
 use utoipa::ToSchema;
 
@@ -104,37 +106,71 @@ async fn store(tx: &mut Transaction<'_, Postgres>, id: i64, r: &Rollout, now: Da
     Ok(())
 }
 
+/// Where a rollout's effects are applied and by whom: `who` stamps the scopes and pins
+/// (`added_by`, `created_by`), `actor` is the audit log's actor.
+struct EffectCtx<'a> {
+    topic_id: i64,
+    topic: &'a str,
+    rollout_id: i64,
+    who: &'a str,
+    actor: &'a str,
+    now: DateTime<Utc>,
+}
+
 /// Applies what the state machine asked for, in the transaction that stores its state:
-/// reaching a stage is adding a scope, exactly like an operator would.
+/// reaching a stage is adding a scope, exactly like an operator would, and each effect
+/// is audited like the operator action it stands for. `r` is the rollout after the step.
 async fn apply_effects(
     tx: &mut Transaction<'_, Postgres>,
-    topic_id: i64,
-    rollout_id: i64,
+    cx: &EffectCtx<'_>,
     effects: &[Effect],
-    who: &str,
-    now: DateTime<Utc>,
+    r: &Rollout,
 ) -> Result<()> {
+    let rollout_id = cx.rollout_id;
     for e in effects {
         match e {
             Effect::AddScope { selector, version, stage } => {
-                insert_scopes(tx, topic_id, *version as i64, std::slice::from_ref(selector), now, who).await?;
+                let added =
+                    insert_scopes(tx, cx.topic_id, *version as i64, std::slice::from_ref(selector), cx.now, cx.who)
+                        .await?;
+                let details = json!({
+                    "id": rollout_id,
+                    "version": version,
+                    "stage": stage + 1,
+                    "selector": selector.to_string(),
+                    // false: the version had this scope already (e.g. from its publish)
+                    "scope_added": added > 0,
+                    "state": r.state().as_str(),
+                });
+                audit(tx, cx.actor, "rollout.stage", Some(cx.topic), details).await?;
                 metrics::counter!("imprint_rollout_stages_total").increment(1);
                 tracing::info!(rollout_id, stage = stage + 1, %selector, version, "rollout stage reached");
             }
             Effect::Pin { selector, version, stage } => {
                 let reason = format!("rollback of rollout #{rollout_id} (stage {})", stage + 1);
-                replace_pin(tx, topic_id, selector, *version, &reason, who, now).await?;
+                let replaced = replace_pin(tx, cx.topic_id, selector, *version, &reason, cx.who, cx.now).await?;
+                let details = json!({
+                    "selector": selector.to_string(),
+                    "version": version,
+                    "reason": reason,
+                    "replaced": replaced,
+                    "rollout": rollout_id,
+                });
+                audit(tx, cx.actor, "pin.set", Some(cx.topic), details).await?;
             }
         }
     }
     Ok(())
 }
 
-/// Supersedes any active rollout of the topic (a newer version is being published).
+/// Supersedes any active rollout of the topic: version `by_version` is being published.
 pub(crate) async fn supersede_active(
     tx: &mut Transaction<'_, Postgres>,
     topic_id: i64,
+    topic: &str,
+    by_version: u64,
     now: DateTime<Utc>,
+    who: &str,
 ) -> Result<()> {
     let rows: Vec<RolloutRow> = sqlx::query_as(&format!(
         "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE topic_id = $1 AND state IN ('running', 'paused') FOR UPDATE"
@@ -146,6 +182,9 @@ pub(crate) async fn supersede_active(
         let mut r = rollout_of(&row)?;
         r.supersede(now)?;
         store(tx, row.0, &r, now).await?;
+        let details =
+            json!({"id": row.0, "version": r.version(), "by_version": by_version, "state": r.state().as_str()});
+        audit(tx, who, "rollout.supersede", Some(topic), details).await?;
     }
     Ok(())
 }
@@ -169,17 +208,20 @@ impl Imprint {
     }
 
     /// Starts a rollout inside a transaction that holds the topic row lock. Returns its id.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start_rollout_tx(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         topic_id: i64,
+        topic: &str,
         version: u64,
         choice: PlanChoice,
         who: &str,
         now: DateTime<Utc>,
     ) -> Result<i64> {
         let plan = self.plan_for(tx, topic_id, choice).await?;
-        supersede_active(tx, topic_id, now).await?;
+        supersede_active(tx, topic_id, topic, version, now, who).await?;
+        let stages = serde_json::to_value(plan.stages()).map_err(|e| Error::Internal(format!("plan as JSON: {e}")))?;
         let (rollout, effects) = Rollout::start(version, plan, now);
         let rec = rollout.to_record();
         let id: i64 = sqlx::query_scalar(
@@ -201,7 +243,9 @@ impl Imprint {
         .bind(now)
         .fetch_one(&mut **tx)
         .await?;
-        apply_effects(tx, topic_id, id, &effects, who, now).await?;
+        audit(tx, who, "rollout.start", Some(topic), json!({"id": id, "version": version, "stages": stages})).await?;
+        let cx = EffectCtx { topic_id, topic, rollout_id: id, who, actor: who, now };
+        apply_effects(tx, &cx, &effects, &rollout).await?;
         metrics::counter!("imprint_rollouts_started_total").increment(1);
         Ok(id)
     }
@@ -250,7 +294,7 @@ impl Imprint {
             return Err(Error::InvalidState(format!("version {version} of {} is being rolled out already", t.name)));
         }
         let now = db_now(&mut tx).await?;
-        let id = self.start_rollout_tx(&mut tx, t.id, version, choice, &caller.who(), now).await?;
+        let id = self.start_rollout_tx(&mut tx, t.id, &t.name, version, choice, &caller.who(), now).await?;
         notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
@@ -319,8 +363,17 @@ impl Imprint {
             }
             RolloutAction::Supersede => return Err(Error::invalid("supersede is not an operator action")),
         };
-        apply_effects(&mut tx, t.id, id, &effects, &who, now).await?;
+        let cx = EffectCtx { topic_id: t.id, topic: &t.name, rollout_id: id, who: &who, actor: &who, now };
+        apply_effects(&mut tx, &cx, &effects, &r).await?;
         store(&mut tx, id, &r, now).await?;
+        let details = json!({
+            "id": id,
+            "version": r.version(),
+            "rollback": rollback && action == RolloutAction::Cancel,
+            "state": r.state().as_str(),
+            "reached": r.reached(),
+        });
+        audit(&mut tx, &who, &format!("rollout.{}", action.as_str()), Some(&t.name), details).await?;
         notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
@@ -374,8 +427,24 @@ impl Imprint {
         if r == before {
             return Ok(0);
         }
-        apply_effects(&mut tx, topic_id, id, &effects, &format!("rollout #{id}"), now).await?;
+        let topic: String =
+            sqlx::query_scalar("SELECT name FROM topics WHERE id = $1").bind(topic_id).fetch_one(&mut *tx).await?;
+        // Scopes say which rollout added them; the audit says the server did it.
+        let stamp = format!("rollout #{id}");
+        let actor = Caller::System.who();
+        let cx = EffectCtx { topic_id, topic: &topic, rollout_id: id, who: &stamp, actor: &actor, now };
+        apply_effects(&mut tx, &cx, &effects, &r).await?;
         store(&mut tx, id, &r, now).await?;
+        if before.state() == RolloutState::Running && r.state() == RolloutState::Paused {
+            let details = json!({
+                "id": id,
+                "version": r.version(),
+                "stage": r.current_stage() + 1,
+                "reason": r.pause_reason(),
+                "state": r.state().as_str(),
+            });
+            audit(&mut tx, &actor, "rollout.auto_pause", Some(&topic), details).await?;
+        }
         notify(&mut tx, topic_id).await?;
         tx.commit().await?;
         if let Some(reason) = r.pause_reason() {

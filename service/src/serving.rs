@@ -5,7 +5,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use imprint_domain::{CurrentIndex, PinEntry, ScopeEntry, Selector, TopicHistory, TopicName, VersionEntry};
 use sqlx::{PgPool, Postgres, Transaction};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
@@ -31,6 +31,8 @@ pub struct ServedVersion {
 pub struct ServingTopic {
     pub id: i64,
     pub name: TopicName,
+    /// The topic's change counter at the snapshot this was loaded from.
+    pub change_seq: i64,
     pub history: TopicHistory,
     pub index: CurrentIndex,
     /// The versions that resolution can return now (pinned or best per selector).
@@ -74,12 +76,17 @@ impl ServingState {
     fn install(&self, loaded: Vec<ServingTopic>, full: bool) {
         {
             let mut map = self.topics.write().unwrap_or_else(|e| e.into_inner());
-            if full {
-                let keep: HashSet<String> = loaded.iter().map(|t| t.name.to_string()).collect();
-                map.retain(|k, _| keep.contains(k));
-            }
+            // Topics are never deleted, so a full reload only adds and refreshes. A snapshot
+            // older than what is held (a reload that raced a newer change) is dropped.
             for t in loaded {
-                map.insert(t.name.to_string(), Arc::new(t));
+                match map.get(t.name.as_str()) {
+                    Some(held) if held.change_seq > t.change_seq => {
+                        metrics::counter!("imprint_state_stale_reloads_total").increment(1);
+                    }
+                    _ => {
+                        map.insert(t.name.to_string(), Arc::new(t));
+                    }
+                }
             }
             metrics::gauge!("imprint_topics_loaded").set(map.len() as f64);
         }
@@ -121,8 +128,8 @@ async fn load(
     topic_id: Option<i64>,
     cache: &HashMap<(i64, u64), Bytes>,
 ) -> Result<Vec<ServingTopic>, sqlx::Error> {
-    let topics: Vec<(i64, String)> =
-        sqlx::query_as("SELECT id, name FROM topics WHERE ($1::bigint IS NULL OR id = $1)")
+    let topics: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT id, name, change_seq FROM topics WHERE ($1::bigint IS NULL OR id = $1)")
             .bind(topic_id)
             .fetch_all(&mut **tx)
             .await?;
@@ -147,7 +154,7 @@ async fn load(
     .await?;
 
     let mut histories: HashMap<i64, TopicHistory> =
-        topics.iter().map(|(id, _)| (*id, TopicHistory::default())).collect();
+        topics.iter().map(|(id, _, _)| (*id, TopicHistory::default())).collect();
     let mut meta: HashMap<(i64, u64), VersionRow> = HashMap::new();
     for row in versions {
         let (tid, v, created_at, purged_at) = (row.0, row.1 as u64, row.2, row.3);
@@ -170,7 +177,7 @@ async fn load(
     // Which versions can be served now, and which of their payloads we still need.
     let mut out = Vec::with_capacity(topics.len());
     let mut wanted: Vec<(i64, i64)> = Vec::new();
-    for (id, name) in topics {
+    for (id, name, change_seq) in topics {
         let Ok(name) = TopicName::parse(&name) else { continue };
         let history = histories.remove(&id).unwrap_or_default();
         let index = history.current_index();
@@ -195,7 +202,7 @@ async fn load(
                 );
             }
         }
-        out.push((id, name, history, index, served));
+        out.push((id, name, change_seq, history, index, served));
     }
     let mut payloads: HashMap<(i64, u64), Bytes> = HashMap::new();
     if !wanted.is_empty() {
@@ -213,7 +220,7 @@ async fn load(
     }
     Ok(out
         .into_iter()
-        .map(|(id, name, history, index, served)| {
+        .map(|(id, name, change_seq, history, index, served)| {
             let served = served
                 .into_iter()
                 .map(|(v, mut sv)| {
@@ -223,7 +230,7 @@ async fn load(
                     (v, Arc::new(sv))
                 })
                 .collect();
-            ServingTopic { id, name, history, index, served }
+            ServingTopic { id, name, change_seq, history, index, served }
         })
         .collect())
 }

@@ -1,4 +1,5 @@
 //! Topic administration: create, read, list, change settings.
+use crate::audit_log::{audit, changes};
 use crate::error::{Error, Result};
 use crate::model::{Page, Retention, Topic};
 use crate::{cursor, notify, Caller, Imprint};
@@ -180,6 +181,21 @@ fn topic_from_row(r: TopicRow) -> Topic {
     }
 }
 
+/// A topic's settings as one JSON object, as the audit log records them; locks the row.
+async fn settings_of(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id: i64) -> Result<serde_json::Value> {
+    Ok(sqlx::query_scalar(
+        "SELECT jsonb_build_object(
+            'description', description, 'owner', owner,
+            'retention', jsonb_build_object('max_versions', retention_max_versions, 'max_age_days', retention_max_age_days),
+            'inline_limit_bytes', inline_limit_bytes, 'content_type', content_type, 'json_schema', json_schema,
+            'plans', plans, 'default_plan', default_plan)
+         FROM topics WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
 /// The row of a topic needed by write operations.
 pub(crate) struct TopicRef {
     pub id: i64,
@@ -232,10 +248,12 @@ impl Imprint {
         }
         let plans = input.plans.clone().unwrap_or_default();
         check_plans(&plans, input.default_plan.as_deref())?;
-        let res = sqlx::query(
+        let who = caller.who();
+        let mut tx = self.pool().begin().await?;
+        let res: std::result::Result<i64, sqlx::Error> = sqlx::query_scalar(
             "INSERT INTO topics (name, description, owner, retention_max_versions, retention_max_age_days,
                                  inline_limit_bytes, content_type, json_schema, created_by, plans, default_plan)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(name.as_str())
         .bind(&description)
@@ -245,28 +263,26 @@ impl Imprint {
         .bind(inline_limit as i64)
         .bind(&input.content_type)
         .bind(&input.json_schema)
-        .bind(caller.who())
+        .bind(&who)
         .bind(sqlx::types::Json(&plans))
         .bind(&input.default_plan)
-        .execute(self.pool())
+        .fetch_one(&mut *tx)
         .await;
-        match res {
-            Ok(_) => {}
+        let id = match res {
+            Ok(id) => id,
             Err(sqlx::Error::Database(e)) if e.constraint() == Some("topics_name_key") => {
                 return Err(Error::TopicExists(name.to_string()))
             }
             Err(e) => return Err(e.into()),
-        }
+        };
+        let settings = settings_of(&mut tx, id).await?;
+        audit(&mut tx, &who, "topic.create", Some(name.as_str()), settings).await?;
+        notify(&mut tx, id).await?;
+        tx.commit().await?;
         let topic = self.topic(name.as_str()).await?;
-        if let Some(t) = self.topic_id(name.as_str()).await? {
-            self.refresh_topic(t).await;
-        }
+        self.refresh_topic(id).await;
         metrics::counter!("imprint_topics_created_total").increment(1);
         Ok(topic)
-    }
-
-    async fn topic_id(&self, name: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar("SELECT id FROM topics WHERE name = $1").bind(name).fetch_optional(self.pool()).await?)
     }
 
     pub async fn topic(&self, name: &str) -> Result<Topic> {
@@ -317,6 +333,8 @@ impl Imprint {
         let mut tx = self.pool().begin().await?;
         let t = self.topic_ref(&mut *tx, name).await?;
         caller.require_write(&t.name, &t.owner)?;
+        // Locks the row, so `before` is what this update changes.
+        let before = settings_of(&mut tx, t.id).await?;
         if let Some(d) = &patch.description {
             check_text("description", d, 4096)?;
         }
@@ -377,6 +395,11 @@ impl Imprint {
         .bind(patch.default_plan.clone().flatten())
         .execute(&mut *tx)
         .await?;
+        let after = settings_of(&mut tx, t.id).await?;
+        let changed = changes(&before, &after);
+        if !changed.is_empty() {
+            audit(&mut tx, &caller.who(), "topic.update", Some(&t.name), serde_json::Value::Object(changed)).await?;
+        }
         notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.topic(&t.name).await

@@ -1,4 +1,5 @@
 //! Publishing immutable versions, reading them back, widening their scopes, resolving.
+use crate::audit_log::audit;
 use crate::error::{Error, Result};
 use crate::model::{Page, Published, Scope, Version};
 use crate::rollouts::{supersede_active, PlanChoice};
@@ -7,6 +8,7 @@ use crate::{cursor, notify, Caller, Imprint};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use imprint_domain::{Labels, Resolution, Selector};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -153,11 +155,28 @@ impl Imprint {
         let who = caller.who();
         insert_scopes(&mut tx, t.id, version, &scopes, created_at, &who).await?;
         // A newer version supersedes any rollout of an older one.
-        supersede_active(&mut tx, t.id, created_at).await?;
+        supersede_active(&mut tx, t.id, &t.name, version as u64, created_at, &who).await?;
         let rollout_id = match plan {
-            Some(p) => Some(self.start_rollout_tx(&mut tx, t.id, version as u64, p, &who, created_at).await?),
+            Some(p) => Some(self.start_rollout_tx(&mut tx, t.id, &t.name, version as u64, p, &who, created_at).await?),
             None => None,
         };
+        let scope_keys: Vec<String> = scopes.iter().map(ToString::to_string).collect();
+        audit(
+            &mut tx,
+            &who,
+            "version.publish",
+            Some(&t.name),
+            json!({
+                "version": version,
+                "size": size,
+                "sha256": sha256,
+                "content_type": content_type,
+                "scopes": scope_keys,
+                "message": input.message,
+                "rollout": rollout_id,
+            }),
+        )
+        .await?;
         notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
@@ -306,6 +325,8 @@ impl Imprint {
             .await?;
             return Ok((Scope { selector, added_at: existing.0, added_by: existing.1 }, false));
         }
+        audit(&mut tx, &who, "scope.add", Some(&t.name), json!({"version": version, "selector": selector.to_string()}))
+            .await?;
         notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;

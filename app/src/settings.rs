@@ -1,0 +1,152 @@
+//! Topic settings: description, owner, retention, inline limit, content type, JSON
+//! Schema and rollout plans.
+use crate::common::{error_text, ActionResult};
+use crate::topic::{TopicHead, TopicHeader};
+use leptos::form::ActionForm;
+use leptos::prelude::*;
+use leptos_router::hooks::use_params_map;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub head: TopicHead,
+    pub description: String,
+    pub owner: String,
+    pub max_versions: Option<u32>,
+    pub max_age_days: Option<u32>,
+    pub inline_limit_bytes: u64,
+    pub content_type: String,
+    pub json_schema: String,
+    pub plans: String,
+    pub default_plan: String,
+    pub teams: Vec<String>,
+}
+
+#[server(prefix = "/console/fn")]
+pub async fn load_settings(name: String) -> Result<Settings, ServerFnError> {
+    use crate::ssr::{imprint, load, require_user};
+    let (_, caller) = require_user().await?;
+    let imprint = imprint()?;
+    let t = load(imprint.topic(&name).await)?;
+    let teams = load(imprint.teams().await)?.into_iter().map(|t| t.name).collect();
+    Ok(Settings {
+        head: crate::topic::head_of(&t, &caller),
+        description: t.description.clone(),
+        owner: t.owner.clone(),
+        max_versions: t.retention.max_versions,
+        max_age_days: t.retention.max_age_days,
+        inline_limit_bytes: t.inline_limit_bytes,
+        content_type: t.content_type.clone().unwrap_or_default(),
+        json_schema: t.json_schema.as_ref().and_then(|s| serde_json::to_string_pretty(s).ok()).unwrap_or_default(),
+        plans: if t.plans.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string_pretty(&t.plans).unwrap_or_default()
+        },
+        default_plan: t.default_plan.clone().unwrap_or_default(),
+        teams,
+    })
+}
+
+#[server(prefix = "/console/fn")]
+#[allow(clippy::too_many_arguments)]
+pub async fn save_settings(
+    topic: String,
+    description: String,
+    owner: String,
+    max_versions: String,
+    max_age_days: String,
+    inline_limit_bytes: String,
+    content_type: String,
+    json_schema: String,
+    plans: String,
+    default_plan: String,
+) -> Result<(), ServerFnError> {
+    use crate::ssr::{finish, imprint, require_user};
+    use imprint_service::model::Retention;
+    use imprint_service::{Error, TopicPatch};
+    let (_, caller) = require_user().await?;
+    let imprint = imprint()?;
+    let patch = (|| -> Result<TopicPatch, Error> {
+        let num = |field: &str, s: &str| -> Result<Option<u64>, Error> {
+            let s = s.trim();
+            if s.is_empty() {
+                return Ok(None);
+            }
+            s.parse::<u64>().map(Some).map_err(|_| Error::invalid(format!("{field} must be a whole number")))
+        };
+        let json = |field: &str, s: &str| -> Result<Option<serde_json::Value>, Error> {
+            let s = s.trim();
+            if s.is_empty() {
+                return Ok(None);
+            }
+            serde_json::from_str(s).map(Some).map_err(|e| Error::invalid(format!("{field} is not valid JSON: {e}")))
+        };
+        let plans = match json("plans", &plans)? {
+            None => Some(Default::default()),
+            Some(v) => Some(serde_json::from_value(v).map_err(|e| Error::invalid(format!("plans: {e}")))?),
+        };
+        Ok(TopicPatch {
+            description: Some(description.trim().to_owned()),
+            owner: Some(owner.trim().to_owned()),
+            retention: Some(Retention {
+                max_versions: num("max versions", &max_versions)?.map(|v| v.min(u32::MAX as u64) as u32),
+                max_age_days: num("max age", &max_age_days)?.map(|v| v.min(u32::MAX as u64) as u32),
+            }),
+            inline_limit_bytes: num("inline limit", &inline_limit_bytes)?,
+            content_type: Some(Some(content_type.trim().to_owned()).filter(|c| !c.is_empty())),
+            json_schema: Some(json("JSON Schema", &json_schema)?),
+            plans,
+            default_plan: Some(Some(default_plan.trim().to_owned()).filter(|d| !d.is_empty())),
+        })
+    })();
+    let result = match patch {
+        Ok(p) => imprint.update_topic(&caller, &topic, p).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    finish(result, None, Some("Settings saved"))
+}
+
+#[component]
+pub fn SettingsPage() -> impl IntoView {
+    let params = use_params_map();
+    let action = ServerAction::<SaveSettings>::new();
+    let page = Resource::new(
+        move || (params.read().get("name").unwrap_or_default(), action.version().get()),
+        |(n, _)| load_settings(n),
+    );
+    view! {
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match page.await {
+                    Err(e) => view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any(),
+                    Ok(s) => view! {
+                        <TopicHeader head=s.head.clone() active="settings"/>
+                        <ActionResult value=move || action.value().get() ok="Settings saved"/>
+                        <ActionForm action=action attr:class="stack settings" attr:id="settings-form">
+                            <input type="hidden" name="topic" value=s.head.name.clone()/>
+                            <label>"Description" <input type="text" name="description" value=s.description.clone()/></label>
+                            <label>"Owner team"
+                                <select name="owner">
+                                    <option value="" selected=s.owner.is_empty()>"— none (admins only) —"</option>
+                                    {s.teams.iter().map(|t| view! { <option value=t.clone() selected=*t == s.owner>{t.clone()}</option> }).collect_view()}
+                                </select>
+                            </label>
+                            <fieldset class="row">
+                                <legend>"Retention"</legend>
+                                <label>"Keep newest versions" <input type="number" min="1" name="max_versions" value=s.max_versions.map(|v| v.to_string())/></label>
+                                <label>"Keep versions younger than (days)" <input type="number" min="1" name="max_age_days" value=s.max_age_days.map(|v| v.to_string())/></label>
+                            </fieldset>
+                            <label>"Inline limit (bytes)" <input type="number" min="1" name="inline_limit_bytes" value=s.inline_limit_bytes.to_string()/></label>
+                            <label>"Content type" <input type="text" name="content_type" placeholder="application/json" value=s.content_type.clone()/></label>
+                            <label>"JSON Schema (publishes must satisfy it; empty: none)" <textarea name="json_schema" rows="8" class="mono">{s.json_schema.clone()}</textarea></label>
+                            <label>"Rollout plans (JSON: {\"name\": {\"stages\": [{\"selector\": {...}, \"wait_s\": 600}]}})" <textarea name="plans" rows="6" class="mono">{s.plans.clone()}</textarea></label>
+                            <label>"Default plan" <input type="text" name="default_plan" value=s.default_plan.clone()/></label>
+                            <button type="submit">"Save settings"</button>
+                        </ActionForm>
+                    }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}

@@ -1,0 +1,124 @@
+//! Server-side helpers for server functions: the service handle, the signed-in caller,
+//! and answers that work both for hydrated calls and for plain HTML form posts.
+use http::header::{ACCEPT, REFERER};
+use imprint_service::model::User;
+use imprint_service::{Caller, Error, Imprint};
+use leptos::prelude::*;
+use tower_sessions::Session;
+
+/// The session key holding the signed-in user's id.
+pub const USER_KEY: &str = "user_id";
+
+pub fn imprint() -> Result<Imprint, ServerFnError> {
+    use_context::<Imprint>().ok_or_else(|| ServerFnError::new("the console is not connected to the service"))
+}
+
+pub async fn session() -> Result<Session, ServerFnError> {
+    leptos_axum::extract::<Session>().await.map_err(|e| ServerFnError::new(format!("no session: {e}")))
+}
+
+/// The signed-in user and their caller identity, if any.
+pub async fn signed_in() -> Result<Option<(User, Caller)>, ServerFnError> {
+    let session = session().await?;
+    let id: Option<i64> = session.get(USER_KEY).await.map_err(|e| ServerFnError::new(format!("session: {e}")))?;
+    let Some(id) = id else { return Ok(None) };
+    imprint()?.user_caller(id).await.map_err(|e| ServerFnError::new(e.to_string()))
+}
+
+/// The signed-in caller; without one, the browser is sent to the sign-in page.
+pub async fn require_user() -> Result<(User, Caller), ServerFnError> {
+    match signed_in().await? {
+        Some(u) => Ok(u),
+        None => {
+            let back = current_path().unwrap_or_else(|| "/".into());
+            leptos_axum::redirect(&format!("/login?next={}", urlencoding::encode(&back)));
+            Err(ServerFnError::new("sign in to continue"))
+        }
+    }
+}
+
+fn parts() -> Option<http::request::Parts> {
+    use_context::<http::request::Parts>()
+}
+
+/// The page the request came from (for server functions) or is for (for pages).
+fn current_path() -> Option<String> {
+    let p = parts()?;
+    if p.uri.path().starts_with("/console/fn/") {
+        referer_path()
+    } else {
+        Some(p.uri.path_and_query().map(|pq| pq.to_string()).unwrap_or_else(|| "/".into()))
+    }
+}
+
+fn referer_path() -> Option<String> {
+    let p = parts()?;
+    let r = p.headers.get(REFERER)?.to_str().ok()?;
+    let uri: http::Uri = r.parse().ok()?;
+    Some(uri.path_and_query().map(|pq| pq.to_string()).unwrap_or_else(|| "/".into()))
+}
+
+/// A plain HTML form post (no JavaScript): the answer must be a page, not data.
+pub fn is_form_post() -> bool {
+    parts()
+        .and_then(|p| p.headers.get(ACCEPT).and_then(|a| a.to_str().ok()).map(|a| a.contains("text/html")))
+        .unwrap_or(false)
+}
+
+/// `path` with `key=value` set in its query (other `error`/`notice` messages dropped).
+pub fn with_param(path: &str, key: &str, value: &str) -> String {
+    let (base, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut pairs: Vec<String> = query
+        .split('&')
+        .filter(|p| {
+            !p.is_empty() && !p.starts_with("error=") && !p.starts_with("notice=") && !p.starts_with(&format!("{key}="))
+        })
+        .map(str::to_owned)
+        .collect();
+    pairs.push(format!("{key}={}", urlencoding::encode(value)));
+    format!("{base}?{}", pairs.join("&"))
+}
+
+/// Ends a server function. Errors become a readable message: returned to a hydrated page,
+/// or, for a plain form post, shown on the page it came from (`?error=`). On success a
+/// plain form post goes to `then` (with a `notice`), or back where it came from.
+pub fn finish<T>(result: Result<T, Error>, then: Option<String>, notice: Option<&str>) -> Result<T, ServerFnError> {
+    match result {
+        Ok(v) => {
+            if is_form_post() || then.is_some() {
+                let to = then.or_else(referer_path).unwrap_or_else(|| "/".into());
+                let to = match notice {
+                    Some(n) => with_param(&to, "notice", n),
+                    None => to,
+                };
+                leptos_axum::redirect(&to);
+            }
+            Ok(v)
+        }
+        Err(e) => {
+            let message = match &e {
+                Error::Internal(detail) => {
+                    tracing::error!(detail, "internal error in a console action");
+                    "internal error; see the server log".to_owned()
+                }
+                e => e.to_string(),
+            };
+            if is_form_post() {
+                let back = referer_path().unwrap_or_else(|| "/".into());
+                leptos_axum::redirect(&with_param(&back, "error", &message));
+            }
+            Err(ServerFnError::new(message))
+        }
+    }
+}
+
+/// Maps a service error for a loader (pages): the message, readable.
+pub fn load<T>(result: Result<T, Error>) -> Result<T, ServerFnError> {
+    result.map_err(|e| match e {
+        Error::Internal(detail) => {
+            tracing::error!(detail, "internal error loading a console page");
+            ServerFnError::new("internal error; see the server log")
+        }
+        e => ServerFnError::new(e.to_string()),
+    })
+}

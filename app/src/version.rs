@@ -1,0 +1,150 @@
+//! One version: its payload shown readably, and a diff against the previous or any version.
+use crate::common::{error_text, human_size, short_time};
+use crate::topic::{TopicHead, TopicHeader, VersionRow};
+use imprint_domain::{DiffLine, Rendered};
+use leptos::prelude::*;
+use leptos_router::hooks::{use_params_map, use_query_map};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionDetail {
+    pub head: TopicHead,
+    pub version: VersionRow,
+    pub rendered: Option<Rendered>,
+    pub against: Option<u64>,
+    /// The diff against `against`; None when there is nothing to compare.
+    pub diff: Option<Result<Vec<DiffLine>, String>>,
+    pub others: Vec<u64>,
+}
+
+const MAX_DIFF_LINES: usize = 5000;
+
+#[server(prefix = "/console/fn")]
+pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<VersionDetail, ServerFnError> {
+    use crate::ssr::{imprint, load, require_user};
+    use imprint_domain::{diff_lines, render_payload};
+    let (_, caller) = require_user().await?;
+    let imprint = imprint()?;
+    let topic = load(imprint.topic(&name).await)?;
+    let pins: Vec<crate::topic::PinView> =
+        load(imprint.pins(&name, false).await)?.into_iter().map(crate::topic::pin_of).collect();
+    let v = load(imprint.version(&name, n).await)?;
+    let others: Vec<u64> = load(imprint.list_versions(&name, Some(500), None).await)?
+        .items
+        .iter()
+        .filter(|o| !o.purged && o.version != n)
+        .map(|o| o.version)
+        .collect();
+    let payload = |k: u64| {
+        let imprint = imprint.clone();
+        let name = name.clone();
+        async move { imprint.version_data(&name, k).await.map(|(bytes, _, _)| render_payload(&bytes, 512)) }
+    };
+    let rendered = if v.purged { None } else { Some(load(payload(n).await)?) };
+    // Default comparison: the previous live version.
+    let against = against.or_else(|| others.iter().copied().filter(|o| *o < n).max());
+    let diff = match (against, &rendered) {
+        (Some(a), Some(r)) => Some(match payload(a).await {
+            Err(e) => Err(e.to_string()),
+            Ok(other) => match (other.text(), r.text()) {
+                (Some(old), Some(new)) => diff_lines(old, new, MAX_DIFF_LINES)
+                    .ok_or_else(|| format!("too large to compare (more than {MAX_DIFF_LINES} lines)")),
+                _ => Err("binary payloads cannot be compared line by line".to_owned()),
+            },
+        }),
+        _ => None,
+    };
+    Ok(VersionDetail {
+        head: crate::topic::head_of(&topic, &caller),
+        version: crate::topic::version_of(v, &pins),
+        rendered,
+        against,
+        diff,
+        others,
+    })
+}
+
+#[component]
+pub fn VersionPage() -> impl IntoView {
+    let params = use_params_map();
+    let query = use_query_map();
+    let page = Resource::new(
+        move || {
+            (
+                params.read().get("name").unwrap_or_default(),
+                params.read().get("n").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0),
+                query.read().get("against").and_then(|a| a.parse::<u64>().ok()),
+            )
+        },
+        |(name, n, against)| load_version(name, n, against),
+    );
+    view! {
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match page.await {
+                    Err(e) => view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any(),
+                    Ok(d) => {
+                        let v = d.version.clone();
+                        let base = format!("/topics/{}/versions/{}", d.head.name, v.version);
+                        view! {
+                            <TopicHeader head=d.head.clone() active="versions"/>
+                            <section class="card version-detail">
+                                <h2>{format!("Version {}", v.version)}
+                                    {v.purged.then(|| view! { <span class="badge purged">"purged"</span> })}
+                                    {v.pinned_by.iter().map(|s| view! { <span class="badge pin">{format!("pinned: {s}")}</span> }).collect_view()}
+                                </h2>
+                                <dl class="grid">
+                                    <dt>"Published"</dt><dd>{format!("{} by {}", short_time(&v.created_at), v.created_by)}</dd>
+                                    <dt>"Size"</dt><dd>{human_size(v.size)}</dd>
+                                    <dt>"Content type"</dt><dd>{v.content_type.clone()}</dd>
+                                    <dt>"SHA-256"</dt><dd><code class="small">{v.sha256.clone()}</code></dd>
+                                    <dt>"Message"</dt><dd>{if v.message.is_empty() { "—".to_owned() } else { v.message.clone() }}</dd>
+                                    <dt>"Metadata"</dt><dd>{if v.metadata.is_empty() { "—".to_owned() } else { v.metadata.iter().map(|(k, x)| format!("{k}={x}")).collect::<Vec<_>>().join(", ") }}</dd>
+                                    <dt>"Scopes"</dt><dd>{if v.scopes.is_empty() { "none".to_owned() } else { v.scopes.iter().map(|s| s.selector.clone()).collect::<Vec<_>>().join(", ") }}</dd>
+                                </dl>
+                            </section>
+                            <section class="card">
+                                <h2>"Payload"</h2>
+                                {match d.rendered.clone() {
+                                    None => view! { <p class="muted">"The payload was deleted by retention."</p> }.into_any(),
+                                    Some(Rendered::Json(s)) => view! { <pre class="payload json">{s}</pre> }.into_any(),
+                                    Some(Rendered::Text(s)) => view! { <pre class="payload text">{s}</pre> }.into_any(),
+                                    Some(Rendered::Binary { size, hex_preview }) => view! {
+                                        <p class="muted">{format!("Binary, {}; first bytes:", human_size(size))}</p>
+                                        <pre class="payload hex">{hex_preview}</pre>
+                                    }.into_any(),
+                                }}
+                            </section>
+                            <section class="card diff-card">
+                                <h2>"Compare"</h2>
+                                <form method="get" action=base.clone() class="inline">
+                                    <label>"Against version"
+                                        <select name="against">
+                                            {d.others.iter().map(|o| view! { <option value=o.to_string() selected=Some(*o) == d.against>{format!("v{o}")}</option> }).collect_view()}
+                                        </select>
+                                    </label>
+                                    <button type="submit">"Show diff"</button>
+                                </form>
+                                {match (d.against, d.diff.clone()) {
+                                    (None, _) | (_, None) => view! { <p class="muted">"No other version to compare with."</p> }.into_any(),
+                                    (Some(a), Some(Err(e))) => view! { <p class="muted">{format!("v{a} → v{}: {e}", v.version)}</p> }.into_any(),
+                                    (Some(a), Some(Ok(lines))) => {
+                                        let changed = lines.iter().filter(|l| !matches!(l, DiffLine::Same(_))).count();
+                                        view! {
+                                            <p class="muted">{if changed == 0 { format!("v{a} → v{}: identical", v.version) } else { format!("v{a} → v{}: {changed} changed lines", v.version) }}</p>
+                                            <pre class="diff">{lines.into_iter().map(|l| match l {
+                                                DiffLine::Same(s) => view! { <span class="same">{format!("  {s}\n")}</span> }.into_any(),
+                                                DiffLine::Added(s) => view! { <ins class="added">{format!("+ {s}\n")}</ins> }.into_any(),
+                                                DiffLine::Removed(s) => view! { <del class="removed">{format!("- {s}\n")}</del> }.into_any(),
+                                            }).collect_view()}</pre>
+                                        }.into_any()
+                                    }
+                                }}
+                            </section>
+                        }.into_any()
+                    }
+                }
+            })}
+        </Transition>
+    }
+}
