@@ -24,6 +24,7 @@ pub async fn whoami() -> Result<Option<CurrentUser>, ServerFnError> {
 }
 
 /// Only a local path: never send the browser elsewhere after signing in.
+#[cfg(feature = "ssr")]
 fn safe_next(next: Option<String>) -> String {
     next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\')).unwrap_or_else(|| "/".into())
 }

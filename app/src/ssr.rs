@@ -67,6 +67,10 @@ pub fn is_form_post() -> bool {
 
 /// `path` with `key=value` set in its query (other `error`/`notice` messages dropped).
 pub fn with_param(path: &str, key: &str, value: &str) -> String {
+    let (path, fragment) = match path.split_once('#') {
+        Some((p, f)) => (p, format!("#{f}")),
+        None => (path, String::new()),
+    };
     let (base, query) = path.split_once('?').unwrap_or((path, ""));
     let mut pairs: Vec<String> = query
         .split('&')
@@ -76,7 +80,17 @@ pub fn with_param(path: &str, key: &str, value: &str) -> String {
         .map(str::to_owned)
         .collect();
     pairs.push(format!("{key}={}", urlencoding::encode(value)));
-    format!("{base}?{}", pairs.join("&"))
+    format!("{base}?{}{fragment}", pairs.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn with_param_keeps_fragment_and_replaces_messages() {
+        assert_eq!(super::with_param("/t/x#v2", "notice", "Published v2"), "/t/x?notice=Published%20v2#v2");
+        assert_eq!(super::with_param("/a?q=1&error=old", "error", "new"), "/a?q=1&error=new");
+        assert_eq!(super::with_param("/a?notice=x", "error", "e"), "/a?error=e");
+    }
 }
 
 /// Ends a server function. Errors become a readable message: returned to a hydrated page,

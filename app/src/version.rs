@@ -17,6 +17,7 @@ pub struct VersionDetail {
     pub others: Vec<u64>,
 }
 
+#[cfg(feature = "ssr")]
 const MAX_DIFF_LINES: usize = 5000;
 
 #[server(prefix = "/console/fn")]

@@ -50,6 +50,13 @@ test("a published topic is listed on the console's topic page", async ({
       })
     : null;
 
+  // The console needs a signed-in user.
+  await page.goto("/login");
+  if (hydrated) await expect(page.locator("body")).toHaveAttribute("data-hydrated", "true");
+  await page.getByLabel("Username").fill("admin");
+  await page.getByLabel("Password").fill(process.env.IMPRINT_ADMIN_PASSWORD ?? "e2e-admin-password");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page.getByRole("heading", { name: "Topics" })).toBeVisible();
   await page.goto("/");
 
   const row = page.locator("table tbody tr", { hasText: name });

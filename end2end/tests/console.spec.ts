@@ -1,0 +1,245 @@
+import * as path from "node:path";
+import { expect, Page, test } from "@playwright/test";
+
+/**
+ * The console end to end, as an operator uses it: sign-in, admin pages, publishing,
+ * diffs, pins, the scope matrix, settings, the audit log and a forbidden action by a
+ * non-owner. Runs in both projects: hydrated, and with JavaScript disabled (plain HTML
+ * forms and server-side redirects).
+ */
+
+test.describe.configure({ mode: "serial" });
+
+const token = process.env.IMPRINT_TOKEN ?? "";
+const adminPassword = process.env.IMPRINT_ADMIN_PASSWORD ?? "e2e-admin-password";
+const shots = path.join(__dirname, "..", "screenshots");
+const auth = { Authorization: `Bearer ${token}` };
+
+let sfx = "";
+let team = "";
+let topic = "";
+const userPassword = "correct-horse-battery";
+
+async function shot(page: Page, name: string) {
+  await page.screenshot({ path: path.join(shots, `${test.info().project.name}-${name}.png`), fullPage: true });
+}
+
+/** In the hydrated project, wait until the page is interactive before using forms. */
+async function ready(page: Page) {
+  if (test.info().project.name === "hydrated") {
+    await expect(page.locator("body")).toHaveAttribute("data-hydrated", "true");
+  }
+}
+
+async function signIn(page: Page, user: string, password: string, expectOk = true) {
+  await page.goto("/login");
+  await ready(page);
+  await page.getByLabel("Username").fill(user);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  if (expectOk) await expect(page).not.toHaveURL(/\/login/);
+}
+
+async function signOut(page: Page) {
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await expect(page).toHaveURL(/\/login/);
+}
+
+test.beforeAll(async ({}, testInfo) => {
+  sfx = `${testInfo.project.name.replace(/[^a-z]/g, "")}${Date.now().toString(36)}`;
+  team = `team-${sfx}`;
+  topic = `console.${sfx}`;
+});
+
+test("sign-in refuses a wrong password and protects pages", async ({ page }) => {
+  await page.goto("/");
+  await expect(page).toHaveURL(/\/login\?next=/);
+  await shot(page, "login");
+  await signIn(page, "admin", "not-the-password", false);
+  await expect(page.getByRole("alert")).toContainText("wrong username or password");
+  await signIn(page, "admin", adminPassword);
+  await expect(page.getByRole("heading", { name: "Topics" })).toBeVisible();
+});
+
+test("admin creates a team, users and a token", async ({ page }) => {
+  await signIn(page, "admin", adminPassword);
+  await page.goto("/admin");
+  await ready(page);
+  const teamForm = page.locator("#create-team");
+  await teamForm.getByLabel("New team").fill(team);
+  await teamForm.getByLabel("Team description").fill("end-to-end owners");
+  await teamForm.getByRole("button", { name: "Create team" }).click();
+  await expect(page.getByRole("status").filter({ hasText: "Team created" })).toBeVisible();
+  for (const user of [`alice-${sfx}`, `bob-${sfx}`]) {
+    const f = page.locator("#create-user");
+    await f.getByLabel("New username").fill(user);
+    await f.getByLabel("New password").fill(userPassword);
+    await f.getByRole("button", { name: "Create user" }).click();
+    await expect(page.locator("table.users tbody tr", { hasText: user })).toBeVisible();
+  }
+  const add = page.locator("#add-member");
+  await add.getByLabel("Team").selectOption(team);
+  await add.getByLabel("Member username").fill(`alice-${sfx}`);
+  await add.getByRole("button", { name: "Add member" }).click();
+  await expect(page.locator("table.teams tbody tr", { hasText: team })).toContainText(`alice-${sfx}`);
+  // A too-short password is refused with a readable message, and nothing is created.
+  const f = page.locator("#create-user");
+  await f.getByLabel("New username").fill(`carol-${sfx}`);
+  await f.getByLabel("New password").fill("short");
+  await f.getByRole("button", { name: "Create user" }).click();
+  await expect(page.getByRole("alert")).toContainText(/at least 10/);
+  await expect(page.locator("table.users tbody tr", { hasText: `carol-${sfx}` })).toHaveCount(0);
+  // Tokens are shown once.
+  const t = page.locator("#create-token");
+  await t.getByLabel("Token name").fill(`ci-${sfx}`);
+  await t.getByLabel("Token rights").selectOption(team);
+  await t.getByRole("button", { name: "Create token" }).click();
+  await expect(page.locator(".token code.secret")).toContainText(/^imp_[0-9a-f]{64}$/);
+  await expect(page.locator("table.tokens tbody tr", { hasText: `ci-${sfx}` })).toContainText(`team ${team}`);
+  await shot(page, "admin");
+});
+
+test("publish, timeline, version detail and diff", async ({ page, request }) => {
+  const created = await request.post("/api/v1/topics", { headers: auth, data: { name: topic, owner: team, description: "console test" } });
+  expect(created.status(), await created.text()).toBe(201);
+  const v1 = await request.post(`/api/v1/topics/${topic}/versions`, {
+    headers: auth,
+    data: { data: JSON.stringify({ rate: 1, currency: "EUR" }), message: "first", metadata: { build: "1" } },
+  });
+  expect(v1.status()).toBe(201);
+
+  await signIn(page, "admin", adminPassword);
+  await page.goto(`/topics/${topic}/publish`);
+  await ready(page);
+  await shot(page, "publish");
+  await page.getByLabel("Payload").fill(JSON.stringify({ rate: 2, currency: "EUR" }));
+  await page.getByLabel("Message").fill("raise the rate");
+  await page.getByLabel(/Metadata/).fill("build=2");
+  await page.getByRole("button", { name: "Publish" }).click();
+  await expect(page).toHaveURL(new RegExp(`/topics/${topic.replace(".", "\\.")}`));
+  await expect(page.getByRole("status").filter({ hasText: "Published v2" })).toBeVisible();
+  const v2 = page.locator("li.version#v2");
+  await expect(v2).toContainText("raise the rate");
+  await expect(v2).toContainText("build=2");
+  await expect(page.locator("li.version#v1")).toContainText("first");
+  await shot(page, "topic");
+
+  // Invalid JSON never gets stored: refused before sending (hydrated) or by the server.
+  await page.goto(`/topics/${topic}/publish`);
+  await ready(page);
+  await page.getByLabel("Payload").fill("{not json");
+  if (test.info().project.name === "hydrated") {
+    await expect(page.getByRole("alert")).toContainText("Not valid JSON");
+    await expect(page.getByRole("button", { name: "Publish" })).toBeDisabled();
+  } else {
+    await page.getByRole("button", { name: "Publish" }).click();
+    await expect(page.getByRole("alert")).toContainText("not valid JSON");
+  }
+  const versions = await (await request.get(`/api/v1/topics/${topic}/versions`)).json();
+  expect(versions.versions.length).toBe(2);
+
+  await page.goto(`/topics/${topic}/versions/2`);
+  await expect(page.locator("pre.payload.json")).toContainText('"rate": 2');
+  await expect(page.locator("pre.diff del")).toContainText('"rate": 1');
+  await expect(page.locator("pre.diff ins")).toContainText('"rate": 2');
+  await expect(page.getByText("v1 → v2: 2 changed lines")).toBeVisible();
+  await shot(page, "version");
+});
+
+test("pin, scope matrix, what-does-a-consumer-see, unpin", async ({ page }) => {
+  await signIn(page, "admin", adminPassword);
+  await page.goto(`/topics/${topic}`);
+  await ready(page);
+  const pin = page.locator("#pin-form");
+  await pin.getByLabel("Selector").fill("region=eu");
+  await pin.getByLabel("Version").fill("1");
+  await pin.getByLabel("Reason").fill("v2 breaks eu");
+  await pin.getByRole("button", { name: "Pin" }).click();
+  await expect(page.getByRole("status").filter({ hasText: "Pinned" })).toBeVisible();
+  const row = page.locator("table.pins tbody tr", { hasText: "region=eu" });
+  await expect(row).toContainText("v1");
+  await expect(row).toContainText("v2 breaks eu");
+  await expect(page.locator("li.version#v1 .badge.pin")).toContainText("region=eu");
+
+  // A bad selector is refused readably.
+  await pin.getByLabel("Selector").fill("region");
+  await pin.getByRole("button", { name: "Pin" }).click();
+  await expect(page.getByRole("alert")).toContainText("key=value");
+
+  await page.goto(`/topics/${topic}/matrix`);
+  const eu = page.locator("table.matrix tbody tr", { hasText: "region=eu" });
+  await expect(eu.locator("td.now")).toHaveText("v1 (pinned)");
+  const all = page.locator("table.matrix tbody tr", { hasText: "*" }).first();
+  await expect(all.locator("td.now")).toHaveText("v2");
+  await page.getByLabel("Labels").fill("region=eu,app=checkout");
+  await page.getByRole("button", { name: "Resolve" }).click();
+  await expect(page.locator("p.answer")).toContainText("v1 (pinned)");
+  await page.getByLabel("Labels").fill("region=us");
+  await page.getByRole("button", { name: "Resolve" }).click();
+  await expect(page.locator("p.answer")).toContainText("v2");
+  await shot(page, "matrix");
+
+  await page.goto(`/topics/${topic}`);
+  await ready(page);
+  await page.locator("table.pins tbody tr", { hasText: "region=eu" }).getByRole("button", { name: "Unpin" }).click();
+  await expect(page.getByRole("status").filter({ hasText: "Pin removed" })).toBeVisible();
+  await expect(page.locator("table.pins")).toHaveCount(0);
+});
+
+test("settings are saved, and bad settings refused", async ({ page, request }) => {
+  await signIn(page, "admin", adminPassword);
+  await page.goto(`/topics/${topic}/settings`);
+  await ready(page);
+  await page.getByLabel("Description").fill("changed in the console");
+  await page.getByLabel("Keep newest versions").fill("20");
+  await page.getByRole("button", { name: "Save settings" }).click();
+  await expect(page.getByRole("status").filter({ hasText: "Settings saved" })).toBeVisible();
+  const t = await (await request.get(`/api/v1/topics/${topic}`)).json();
+  expect(t.description).toBe("changed in the console");
+  expect(t.retention.max_versions).toBe(20);
+  await page.getByLabel(/JSON Schema/).fill("{broken");
+  await page.getByRole("button", { name: "Save settings" }).click();
+  await expect(page.getByRole("alert")).toContainText("not valid JSON");
+  await shot(page, "settings");
+});
+
+test("the audit log shows who did what", async ({ page }) => {
+  await signIn(page, "admin", adminPassword);
+  await page.goto(`/audit?topic=${topic}`);
+  await expect(page.locator("table.audit tbody tr", { hasText: "pin.set" })).toContainText("user:admin");
+  await expect(page.locator("table.audit tbody tr", { hasText: "pin.remove" })).toBeVisible();
+  await expect(page.locator("table.audit tbody tr", { hasText: "version.publish" }).first()).toBeVisible();
+  await expect(page.locator("table.audit tbody tr", { hasText: "topic.update" })).toContainText("changed in the console");
+  await page.getByLabel("Action").fill("pin.");
+  await page.getByRole("button", { name: "Filter" }).click();
+  await expect(page.locator("table.audit tbody tr")).toHaveCount(2);
+  await shot(page, "audit");
+});
+
+test("a non-owner can read but not change; an owner can", async ({ page, request }) => {
+  await signIn(page, `bob-${sfx}`, userPassword);
+  await page.goto(`/topics/${topic}/publish`);
+  await ready(page);
+  await expect(page.locator(".flash.readonly")).toContainText(team);
+  await page.getByLabel("Payload").fill(JSON.stringify({ rate: 3 }));
+  await page.getByRole("button", { name: "Publish" }).click();
+  await expect(page.getByRole("alert")).toContainText("no rights");
+  await shot(page, "forbidden");
+  let versions = await (await request.get(`/api/v1/topics/${topic}/versions`)).json();
+  expect(versions.versions.length).toBe(2);
+  await page.goto("/admin");
+  await expect(page.getByRole("alert")).toContainText("admin");
+  await signOut(page);
+
+  await signIn(page, `alice-${sfx}`, userPassword);
+  await page.goto(`/topics/${topic}/publish`);
+  await ready(page);
+  await page.getByLabel("Payload").fill(JSON.stringify({ rate: 3 }));
+  await page.getByRole("button", { name: "Publish" }).click();
+  await expect(page.getByRole("status").filter({ hasText: "Published v3" })).toBeVisible();
+  versions = await (await request.get(`/api/v1/topics/${topic}/versions`)).json();
+  expect(versions.versions[0].created_by).toBe(`user:alice-${sfx}`);
+  await signOut(page);
+  await page.goto("/");
+  await expect(page).toHaveURL(/\/login/);
+});
