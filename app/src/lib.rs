@@ -6,6 +6,8 @@ mod admin;
 mod audit;
 mod auth;
 mod common;
+mod consumers;
+mod rollouts;
 mod settings;
 #[cfg(feature = "ssr")]
 mod ssr;
@@ -64,6 +66,8 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/topics/:name") view=topic::TopicPageView ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/publish") view=topic::PublishPage ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/matrix") view=topic::MatrixPage ssr=SsrMode::Async/>
+                    <Route path=path!("/topics/:name/rollouts") view=rollouts::RolloutsPageView ssr=SsrMode::Async/>
+                    <Route path=path!("/topics/:name/consumers") view=consumers::ConsumersPageView ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/settings") view=settings::SettingsPage ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/versions/:n") view=version::VersionPage ssr=SsrMode::Async/>
                     <Route path=path!("/audit") view=audit::AuditPage ssr=SsrMode::Async/>

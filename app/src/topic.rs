@@ -181,7 +181,14 @@ pub async fn add_scope(topic: String, version: u64, selector: String) -> Result<
 /// The tabs of a topic.
 #[component]
 pub fn TopicTabs(name: String, active: &'static str) -> impl IntoView {
-    let tabs = [("versions", ""), ("publish", "/publish"), ("matrix", "/matrix"), ("settings", "/settings")];
+    let tabs = [
+        ("versions", ""),
+        ("publish", "/publish"),
+        ("matrix", "/matrix"),
+        ("rollouts", "/rollouts"),
+        ("consumers", "/consumers"),
+        ("settings", "/settings"),
+    ];
     view! {
         <nav class="tabs" aria-label="Topic">
             {tabs.into_iter().map(|(label, suffix)| {

@@ -216,6 +216,65 @@ test("the audit log shows who did what", async ({ page }) => {
   await shot(page, "audit");
 });
 
+test("rollout panel: start, pause, resume, advance, cancel and roll back", async ({ page, request }) => {
+  const ro = `rollout.${sfx}`;
+  expect((await request.post("/api/v1/topics", { headers: auth, data: { name: ro, owner: team } })).status()).toBe(201);
+  await request.post(`/api/v1/topics/${ro}/versions`, { headers: auth, data: { data: "1" } });
+  await request.post(`/api/v1/topics/${ro}/versions`, { headers: auth, data: { data: "2", scopes: [] } });
+  await signIn(page, "admin", adminPassword);
+  await page.goto(`/topics/${ro}/rollouts`);
+  await ready(page);
+  await page.getByLabel(/Stages/).fill("cluster=canary 3600 min_applied=0.9\nregion=eu 3600\n*");
+  await page.getByRole("button", { name: "Start rollout" }).click();
+  const card = page.locator("section.rollout").first();
+  await expect(card.locator(".badge").first()).toHaveText("running");
+  await expect(card.locator("li.stage").nth(0)).toContainText("reached");
+  await expect(card.locator("li.stage").nth(0)).toContainText("gate: ≥90% applied");
+  await expect(card.locator("li.stage").nth(1)).toContainText(/due in 59m|due in 1h/);
+  await shot(page, "rollouts");
+
+  await card.getByRole("button", { name: "Pause" }).click();
+  await expect(card.locator(".badge").first()).toHaveText("paused");
+  await expect(card).toContainText("Paused with");
+  await card.getByRole("button", { name: "Resume" }).click();
+  await expect(card.locator(".badge").first()).toHaveText("running");
+  await card.getByRole("button", { name: "Advance" }).click();
+  await expect(card.locator("li.stage").nth(1)).toContainText("reached");
+  await card.getByRole("button", { name: "Cancel and roll back" }).click();
+  await expect(card.locator(".badge").first()).toHaveText("cancelled");
+  await expect(card).toContainText("rolled back");
+  await expect(card.locator("li.stage").nth(2)).toHaveClass(/skipped/);
+  const eu = await (await request.get(`/api/v1/topics/${ro}/resolve?labels=region=eu`)).json();
+  expect(eu).toMatchObject({ version: 1, pinned: true });
+  // A finished rollout offers no actions; a bad plan is refused readably.
+  await expect(card.getByRole("button")).toHaveCount(0);
+  await page.getByLabel(/Stages/).fill("region 60");
+  await page.getByRole("button", { name: "Start rollout" }).click();
+  await expect(page.getByRole("alert")).toContainText("key=value");
+});
+
+test("consumers tab: who holds which version, and failures", async ({ page, request }) => {
+  const poll = (instance: string, held: number | null, labels: object, applied?: object) =>
+    request.post("/api/v1/poll", { data: { consumer: { instance, labels }, topics: { [topic]: held }, ...(applied ? { applied: { [topic]: applied } } : {}) } });
+  expect((await poll("node-a", 2, { region: "eu" })).status()).toBe(200);
+  expect((await poll("node-b", 1, { region: "us" }, { version: 2, ok: false, error: "parse error at line 3" })).status()).toBe(200);
+  expect((await poll("node-c", null, { region: "us" })).status()).toBe(200);
+  await signIn(page, "admin", adminPassword);
+  await expect.poll(async () => {
+    await page.goto(`/topics/${topic}/consumers`);
+    return page.locator("table.consumers tbody tr").count();
+  }, { timeout: 15_000 }).toBe(3);
+  const b = page.locator("table.consumers tbody tr", { hasText: "node-b" });
+  await expect(b.locator("td.held")).toHaveText("v1");
+  await expect(b).toContainText("parse error at line 3");
+  await expect(page.locator("p.counts")).toContainText("v2 1 node");
+  await expect(page.locator("p.counts")).toContainText("v1 1 node");
+  await page.getByLabel("Labels").fill("region=us");
+  await page.getByRole("button", { name: "Filter" }).click();
+  await expect(page.locator("table.consumers tbody tr")).toHaveCount(2);
+  await shot(page, "consumers");
+});
+
 test("a non-owner can read but not change; an owner can", async ({ page, request }) => {
   await signIn(page, `bob-${sfx}`, userPassword);
   await page.goto(`/topics/${topic}/publish`);

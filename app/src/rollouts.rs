@@ -1,0 +1,289 @@
+//! The rollout panel of a topic: running and past rollouts as stage pipelines with their
+//! countdowns and gates, the operator's buttons, and a form to start one.
+use crate::common::{error_text, short_time, ActionResult};
+use crate::topic::{TopicHead, TopicHeader};
+use leptos::form::ActionForm;
+use leptos::prelude::*;
+use leptos_router::hooks::use_params_map;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageRow {
+    pub selector: String,
+    pub wait_s: u64,
+    pub gate: Option<String>,
+    pub state: String,
+    pub reached_at: Option<String>,
+    pub due_in_s: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutRow {
+    pub id: i64,
+    pub version: u64,
+    pub state: String,
+    pub stages: Vec<StageRow>,
+    pub pause_reason: Option<String>,
+    pub remaining_wait_s: Option<u64>,
+    pub rolled_back: bool,
+    pub created_by: String,
+    pub created_at: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutsPage {
+    pub head: TopicHead,
+    pub rollouts: Vec<RolloutRow>,
+}
+
+#[server(prefix = "/console/fn")]
+pub async fn load_rollouts(name: String) -> Result<RolloutsPage, ServerFnError> {
+    use crate::ssr::{imprint, load, require_user};
+    let (_, caller) = require_user().await?;
+    let imprint = imprint()?;
+    let topic = load(imprint.topic(&name).await)?;
+    let now = chrono::Utc::now();
+    let rollouts = load(imprint.rollouts(&name).await)?
+        .into_iter()
+        .map(|r| RolloutRow {
+            id: r.id,
+            version: r.view.version,
+            state: r.view.state.to_string(),
+            stages: r
+                .view
+                .stages
+                .iter()
+                .map(|s| StageRow {
+                    selector: s.selector.to_string(),
+                    wait_s: s.wait_s,
+                    gate: s.gate.as_ref().map(|g| {
+                        let mut parts = vec![];
+                        if let Some(a) = g.min_applied_ratio() {
+                            parts.push(format!("≥{:.0}% applied", a * 100.0));
+                        }
+                        if let Some(f) = g.max_failure_ratio() {
+                            parts.push(format!("≤{:.0}% failed", f * 100.0));
+                        }
+                        parts.join(", ")
+                    }),
+                    state: serde_json::to_value(s.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    reached_at: s.reached_at.map(|t| t.to_rfc3339()),
+                    due_in_s: s.due_at.map(|d| (d - now).num_seconds().max(0)),
+                })
+                .collect(),
+            pause_reason: r.view.pause_reason.clone(),
+            remaining_wait_s: r.view.remaining_wait_s,
+            rolled_back: r.view.rolled_back,
+            created_by: r.created_by,
+            created_at: r.created_at.to_rfc3339(),
+        })
+        .collect();
+    Ok(RolloutsPage { head: crate::topic::head_of(&topic, &caller), rollouts })
+}
+
+/// Parses stage lines: `<selector> <wait seconds> [min_applied=0.9] [max_failure=0.05]`.
+#[cfg(feature = "ssr")]
+fn parse_stages(text: &str) -> Result<imprint_domain::Plan, imprint_service::Error> {
+    use imprint_domain::{Gate, Plan, Selector, Stage};
+    use imprint_service::Error;
+    let mut stages = Vec::new();
+    for (i, line) in text.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
+        let mut words = line.split_whitespace();
+        let selector = Selector::parse(words.next().unwrap_or("*"))?;
+        let wait_s = match words.next() {
+            None => 0,
+            Some(w) => w
+                .trim_end_matches('s')
+                .parse::<u64>()
+                .map_err(|_| Error::invalid(format!("stage {}: the wait {w:?} is not a number of seconds", i + 1)))?,
+        };
+        let (mut applied, mut failure) = (None, None);
+        for w in words {
+            let (k, v) =
+                w.split_once('=').ok_or_else(|| Error::invalid(format!("stage {}: {w:?} is not key=value", i + 1)))?;
+            let v: f64 = v.parse().map_err(|_| Error::invalid(format!("stage {}: {v:?} is not a ratio", i + 1)))?;
+            match k {
+                "min_applied" => applied = Some(v),
+                "max_failure" => failure = Some(v),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "stage {}: unknown gate {k:?} (min_applied, max_failure)",
+                        i + 1
+                    )))
+                }
+            }
+        }
+        let gate = if applied.is_some() || failure.is_some() {
+            Some(Gate::new(applied, failure).map_err(|e| Error::invalid(format!("stage {}: {e}", i + 1)))?)
+        } else {
+            None
+        };
+        stages.push(Stage { selector, wait_s, gate });
+    }
+    Plan::new(stages).map_err(|e| Error::invalid(format!("plan: {e}")))
+}
+
+#[server(prefix = "/console/fn")]
+pub async fn start_rollout(topic: String, version: u64, stages: String) -> Result<(), ServerFnError> {
+    use crate::ssr::{finish, imprint, require_user};
+    let (_, caller) = require_user().await?;
+    let imprint = imprint()?;
+    let result = match parse_stages(&stages) {
+        Ok(plan) => {
+            imprint.start_rollout(&caller, &topic, version, imprint_service::PlanChoice::Inline(plan)).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    };
+    finish(result, None, Some("Rollout started"))
+}
+
+#[server(prefix = "/console/fn")]
+pub async fn rollout_act(
+    topic: String,
+    id: i64,
+    action: String,
+    rollback: Option<String>,
+) -> Result<(), ServerFnError> {
+    use crate::ssr::{finish, imprint, require_user};
+    use imprint_domain::RolloutAction;
+    let (_, caller) = require_user().await?;
+    let imprint = imprint()?;
+    let action = match action.as_str() {
+        "pause" => Ok(RolloutAction::Pause),
+        "resume" => Ok(RolloutAction::Resume),
+        "advance" => Ok(RolloutAction::Advance),
+        "complete" => Ok(RolloutAction::Complete),
+        "cancel" => Ok(RolloutAction::Cancel),
+        other => Err(imprint_service::Error::invalid(format!("unknown rollout action {other:?}"))),
+    };
+    let result = match action {
+        Ok(a) => {
+            imprint.rollout_action(&caller, &topic, id, a, rollback.is_some_and(|r| r == "true")).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    };
+    finish(result, None, Some("Rollout updated"))
+}
+
+fn countdown(s: i64) -> String {
+    match s {
+        0 => "due now".to_owned(),
+        s if s < 120 => format!("in {s}s"),
+        s if s < 7200 => format!("in {}m {}s", s / 60, s % 60),
+        s => format!("in {}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[component]
+pub fn RolloutsPageView() -> impl IntoView {
+    let params = use_params_map();
+    let start = ServerAction::<StartRollout>::new();
+    let act = ServerAction::<RolloutAct>::new();
+    let page = Resource::new(
+        move || (params.read().get("name").unwrap_or_default(), start.version().get(), act.version().get()),
+        |(n, ..)| load_rollouts(n),
+    );
+    view! {
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match page.await {
+                    Err(e) => view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any(),
+                    Ok(p) => {
+                        let topic = p.head.name.clone();
+                        let latest = p.head.latest_version;
+                        let t_form = topic.clone();
+                        view! {
+                            <TopicHeader head=p.head.clone() active="rollouts"/>
+                            <ActionResult value=move || start.value().get() ok="Rollout started"/>
+                            <ActionResult value=move || act.value().get() ok="Rollout updated"/>
+                            {if p.rollouts.is_empty() {
+                                view! { <p class="empty">"No rollouts yet."</p> }.into_any()
+                            } else {
+                                p.rollouts.into_iter().map(move |r| { let topic = topic.clone(); view! { <RolloutCard topic r act/> } }).collect_view().into_any()
+                            }}
+                            <section class="card" aria-label="Start a rollout">
+                                <h2>"Roll out the newest version"</h2>
+                                <ActionForm action=start attr:class="stack" attr:id="rollout-form">
+                                    <input type="hidden" name="topic" value=t_form/>
+                                    <label>"Version" <input type="number" name="version" min="1" value=latest.max(1).to_string() required/></label>
+                                    <label>"Stages, one per line: selector, wait in seconds, optional gates"
+                                        <textarea name="stages" rows="4" class="mono" required
+                                            placeholder="cluster=api-canary 600 min_applied=0.9 max_failure=0.05\nregion=us-east-1 1800\n*"></textarea>
+                                    </label>
+                                    <button type="submit">"Start rollout"</button>
+                                </ActionForm>
+                            </section>
+                        }.into_any()
+                    }
+                }
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn RolloutCard(topic: String, r: RolloutRow, act: ServerAction<RolloutAct>) -> impl IntoView {
+    let active = r.state == "running" || r.state == "paused";
+    let id = r.id.to_string();
+    let buttons: Vec<(&'static str, &'static str, bool)> = match r.state.as_str() {
+        "running" => vec![
+            ("pause", "Pause", false),
+            ("advance", "Advance", false),
+            ("complete", "Complete", false),
+            ("cancel", "Cancel", false),
+            ("cancel", "Cancel and roll back", true),
+        ],
+        "paused" => vec![
+            ("resume", "Resume", false),
+            ("advance", "Advance", false),
+            ("complete", "Complete", false),
+            ("cancel", "Cancel", false),
+            ("cancel", "Cancel and roll back", true),
+        ],
+        _ => vec![],
+    };
+    view! {
+        <section class=format!("card rollout rollout-{}", r.state) id=format!("rollout-{}", r.id) aria-label=format!("Rollout {}", r.id)>
+            <h2>
+                {format!("Rollout #{} of v{}", r.id, r.version)}
+                " " <span class=format!("badge rollout-{}", r.state)>{r.state.clone()}</span>
+                {r.rolled_back.then(|| view! { " " <span class="badge pin">"rolled back"</span> })}
+            </h2>
+            <p class="muted small">{format!("started {} by {}", short_time(&r.created_at), r.created_by)}</p>
+            {r.pause_reason.clone().map(|why| view! { <p class="flash readonly pause-reason">{why}</p> })}
+            <ol class="pipeline">
+                {r.stages.iter().enumerate().map(|(i, s)| view! {
+                    <li class=format!("stage {}", s.state)>
+                        <div class="stage-n">{format!("Stage {}", i + 1)}</div>
+                        <code>{s.selector.clone()}</code>
+                        <div class="small">{match (&s.reached_at, s.due_in_s) {
+                            (Some(at), _) => format!("reached {}", short_time(at)),
+                            (None, Some(d)) => format!("due {}", countdown(d)),
+                            (None, None) if s.state == "skipped" => "skipped".to_owned(),
+                            (None, None) => "waiting".to_owned(),
+                        }}</div>
+                        {(i + 1 < r.stages.len()).then(|| view! { <div class="muted small">{format!("then wait {}s", s.wait_s)}</div> })}
+                        {s.gate.clone().map(|g| view! { <div class="small gate">{format!("gate: {g}")}</div> })}
+                    </li>
+                }).collect_view()}
+            </ol>
+            {r.remaining_wait_s.map(|s| view! { <p class="muted small">{format!("Paused with {s}s left before the next stage.")}</p> })}
+            {active.then(|| view! {
+                <div class="actions">
+                    {buttons.into_iter().map(move |(action, label, rollback)| { let (topic, id) = (topic.clone(), id.clone()); view! {
+                        <ActionForm action=act>
+                            <input type="hidden" name="topic" value=topic/>
+                            <input type="hidden" name="id" value=id/>
+                            <input type="hidden" name="action" value=action/>
+                            {rollback.then(|| view! { <input type="hidden" name="rollback" value="true"/> })}
+                            <button type="submit" class=if action == "cancel" { "danger" } else { "secondary" }>{label}</button>
+                        </ActionForm>
+                    }}).collect_view()}
+                </div>
+            })}
+        </section>
+    }
+}
