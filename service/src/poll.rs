@@ -123,6 +123,22 @@ pub fn compute(state: &ServingState, req: &PollRequest) -> (BTreeMap<String, Upd
     (updates, missing)
 }
 
+/// Keeps `imprint_long_polls_open` right however a long poll ends.
+struct OpenLongPoll;
+
+impl OpenLongPoll {
+    fn new() -> Self {
+        metrics::gauge!("imprint_long_polls_open").increment(1.0);
+        OpenLongPoll
+    }
+}
+
+impl Drop for OpenLongPoll {
+    fn drop(&mut self) {
+        metrics::gauge!("imprint_long_polls_open").decrement(1.0);
+    }
+}
+
 impl Imprint {
     pub async fn poll(&self, req: PollRequest) -> Result<PollResponse> {
         req.validate()?;
@@ -135,6 +151,8 @@ impl Imprint {
         let mut changes = state.subscribe();
         let mut stopping = self.stopping();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms);
+        // Counts this request among the open long polls until it answers (also if dropped).
+        let _open = (req.wait_ms > 0).then(OpenLongPoll::new);
         let (updates, missing) = loop {
             changes.borrow_and_update();
             let (updates, missing) = compute(state, &req);

@@ -191,6 +191,7 @@ impl Imprint {
             scopes.dedup();
         }
         metrics::counter!("imprint_publishes_total").increment(1);
+        metrics::counter!("imprint_published_bytes_total").increment(size);
         metrics::histogram!("imprint_publish_seconds").record(started.elapsed().as_secs_f64());
         tracing::info!(topic = %t.name, version, size, "published");
         Ok(Published {

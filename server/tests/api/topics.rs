@@ -186,6 +186,8 @@ async fn operations_endpoints(pool: sqlx::PgPool) {
     assert!(metrics.contains("imprint_publishes_total"), "{metrics}");
     assert!(metrics.contains("imprint_polls_total"), "{metrics}");
     assert!(metrics.contains("imprint_http_requests_total"), "{metrics}");
+    assert!(metrics.contains("imprint_published_bytes_total"), "{metrics}");
+    assert!(metrics.contains("imprint_poll_seconds_bucket"), "{metrics}");
     let doc: Value = app.req(Method::GET, "/api/v1/openapi.json").send().await.unwrap().json().await.unwrap();
     assert!(doc["paths"]["/api/v1/poll"]["post"].is_object(), "{doc}");
     assert!(doc["paths"]["/api/v1/topics/{topic}/versions"]["post"].is_object());
