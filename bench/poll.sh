@@ -3,7 +3,9 @@
 #
 #   bench/poll.sh [seconds] [connections]
 #
-# Builds the release server, starts it against a fresh database on the embedded
+# Uses the release server built by `./dev run` (or `cargo leptos build --release`; a
+# plain `cargo build --release` would rebuild everything with other flags), starts it
+# against a fresh database on the embedded
 # Postgres, creates 10 topics with 3 versions each (one scoped to a region), then runs
 # wrk with bench/poll.lua: batch polls of 10 topics from 10,000 simulated instances.
 # Prints a Markdown table row per mode; paste them into BENCHMARKS.md.
@@ -17,7 +19,7 @@ TOKEN=bench-token
 command -v wrk >/dev/null || { echo "installing wrk …" >&2; apt-get install -y wrk >/dev/null; }
 eval "$(./dev pg-start)"
 BASE=${DATABASE_URL%/*}
-cargo build --release -p imprint-server --bin imprint >&2
+[[ -x target/release/imprint ]] || { echo "build it first: cargo leptos build --release (or ./dev run)" >&2; exit 1; }
 
 run_mode() {
   local audit=$1

@@ -51,6 +51,7 @@ pub fn App() -> impl IntoView {
                 <A href="/" attr:class="brand">"Imprint"</A>
                 <nav>
                     <A href="/">"Topics"</A>
+                    <A href="/unused">"Unused"</A>
                     <A href="/audit">"Audit log"</A>
                     <A href="/admin">"Admin"</A>
                     <a href="/api/v1/openapi.json">"API"</a>
@@ -70,6 +71,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/topics/:name/consumers") view=consumers::ConsumersPageView ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/settings") view=settings::SettingsPage ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/versions/:n") view=version::VersionPage ssr=SsrMode::Async/>
+                    <Route path=path!("/unused") view=topics::UnusedPage ssr=SsrMode::Async/>
                     <Route path=path!("/audit") view=audit::AuditPage ssr=SsrMode::Async/>
                     <Route path=path!("/admin") view=admin::AdminPage ssr=SsrMode::Async/>
                 </Routes>

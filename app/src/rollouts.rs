@@ -12,6 +12,8 @@ pub struct StageRow {
     pub selector: String,
     pub wait_s: u64,
     pub gate: Option<String>,
+    /// For the current stage of an active rollout: what its consumers report.
+    pub health: Option<String>,
     pub state: String,
     pub reached_at: Option<String>,
     pub due_in_s: Option<i64>,
@@ -43,9 +45,21 @@ pub async fn load_rollouts(name: String) -> Result<RolloutsPage, ServerFnError> 
     let imprint = imprint()?;
     let topic = load(imprint.topic(&name).await)?;
     let now = chrono::Utc::now();
-    let rollouts = load(imprint.rollouts(&name).await)?
-        .into_iter()
-        .map(|r| RolloutRow {
+    let mut rollouts: Vec<RolloutRow> = Vec::new();
+    for r in load(imprint.rollouts(&name).await)? {
+        let active = r.view.state.is_active();
+        let current = r.view.current_stage;
+        let health = match r.view.stages.get(current) {
+            Some(s) if active => {
+                let g = load(imprint.stage_health(&name, &s.selector, r.view.version).await)?;
+                Some(format!(
+                    "{} of {} matching nodes applied v{}, {} failed",
+                    g.applied, g.matching, r.view.version, g.failed
+                ))
+            }
+            _ => None,
+        };
+        rollouts.push(RolloutRow {
             id: r.id,
             version: r.view.version,
             state: r.view.state.to_string(),
@@ -53,7 +67,9 @@ pub async fn load_rollouts(name: String) -> Result<RolloutsPage, ServerFnError> 
                 .view
                 .stages
                 .iter()
-                .map(|s| StageRow {
+                .enumerate()
+                .map(|(i, s)| StageRow {
+                    health: if i == current { health.clone() } else { None },
                     selector: s.selector.to_string(),
                     wait_s: s.wait_s,
                     gate: s.gate.as_ref().map(|g| {
@@ -79,8 +95,8 @@ pub async fn load_rollouts(name: String) -> Result<RolloutsPage, ServerFnError> 
             rolled_back: r.view.rolled_back,
             created_by: r.created_by,
             created_at: r.created_at.to_rfc3339(),
-        })
-        .collect();
+        });
+    }
     Ok(RolloutsPage { head: crate::topic::head_of(&topic, &caller), rollouts })
 }
 
@@ -267,6 +283,7 @@ fn RolloutCard(topic: String, r: RolloutRow, act: ServerAction<RolloutAct>) -> i
                         }}</div>
                         {(i + 1 < r.stages.len()).then(|| view! { <div class="muted small">{format!("then wait {}s", s.wait_s)}</div> })}
                         {s.gate.clone().map(|g| view! { <div class="small gate">{format!("gate: {g}")}</div> })}
+                        {s.health.clone().map(|h| view! { <div class="small health">{h}</div> })}
                     </li>
                 }).collect_view()}
             </ol>

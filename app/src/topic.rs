@@ -357,6 +357,7 @@ pub async fn publish_form(
     message: String,
     metadata: String,
     scopes: String,
+    rollout: Option<String>,
 ) -> Result<u64, ServerFnError> {
     use crate::ssr::{finish, imprint, require_user};
     use imprint_service::{Error, Payload, PublishInput, RolloutRequest};
@@ -389,7 +390,11 @@ pub async fn publish_form(
             metadata: meta,
             scopes,
             message,
-            rollout: RolloutRequest::TopicDefault,
+            rollout: match rollout.as_deref().map(str::trim).unwrap_or("") {
+                "" => RolloutRequest::TopicDefault,
+                "none" => RolloutRequest::None,
+                name => RolloutRequest::Plan(imprint_service::PlanChoice::Named(name.to_owned())),
+            },
         })
     })();
     let result = match parsed {
@@ -442,6 +447,9 @@ pub fn PublishPage() -> impl IntoView {
                             <label>"Metadata (one key=value per line)" <textarea name="metadata" rows="3" class="mono" placeholder="build=1234"></textarea></label>
                             <label>"Scopes (one selector per line; empty: everyone, or the topic's default rollout plan; none: nobody yet)"
                                 <textarea name="scopes" rows="3" class="mono" placeholder="*"></textarea>
+                            </label>
+                            <label>"Rollout plan (a plan name from the settings; empty: the topic's default plan; none: no rollout)"
+                                <input type="text" name="rollout" placeholder="canary-first"/>
                             </label>
                             <button type="submit" disabled=move || json_error.get().is_some()>"Publish"</button>
                         </ActionForm>

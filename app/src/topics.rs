@@ -13,6 +13,8 @@ pub struct TopicRow {
     pub latest_version: u64,
     pub last_published_at: Option<String>,
     pub active_pins: u64,
+    pub consumers: u64,
+    pub last_polled_at: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,6 +43,8 @@ pub async fn list_topics(q: Option<String>, owner: Option<String>) -> Result<Top
                 latest_version: t.latest_version,
                 last_published_at: t.last_published_at.map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
                 active_pins: t.active_pins,
+                consumers: t.consumers,
+                last_polled_at: t.last_polled_at.map(|d| d.to_rfc3339()),
             })
             .collect(),
     })
@@ -92,6 +96,7 @@ fn TopicTable(rows: Vec<TopicRow>) -> impl IntoView {
                     <th>"Owner"</th>
                     <th class="num">"Latest"</th>
                     <th>"Last publish"</th>
+                    <th class="num">"Consumers"</th>
                     <th>"Pins"</th>
                 </tr>
             </thead>
@@ -105,6 +110,7 @@ fn TopicTable(rows: Vec<TopicRow>) -> impl IntoView {
                         <td>{if t.owner.is_empty() { "—".to_owned() } else { t.owner.clone() }}</td>
                         <td class="num latest">{if t.latest_version == 0 { "—".to_owned() } else { t.latest_version.to_string() }}</td>
                         <td class="muted">{t.last_published_at.clone().unwrap_or_else(|| "never".to_owned())}</td>
+                        <td class="num consumers">{t.consumers}</td>
                         <td>{(t.active_pins > 0).then(|| view! {
                             <span class="badge pin">{format!("{} pinned", t.active_pins)}</span>
                         })}</td>
@@ -112,5 +118,65 @@ fn TopicTable(rows: Vec<TopicRow>) -> impl IntoView {
                 }).collect_view()}
             </tbody>
         </table>
+    }
+}
+
+/// Topics nobody polled for N days (or ever).
+#[server(prefix = "/console/fn")]
+pub async fn list_unused(days: u32) -> Result<Vec<TopicRow>, ServerFnError> {
+    use crate::ssr::{imprint, load, require_user};
+    require_user().await?;
+    Ok(load(imprint()?.unused_topics(days).await)?
+        .into_iter()
+        .map(|t| TopicRow {
+            name: t.name,
+            description: t.description,
+            owner: t.owner,
+            latest_version: t.latest_version,
+            last_published_at: t.last_published_at.map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+            active_pins: t.active_pins,
+            consumers: t.consumers,
+            last_polled_at: t.last_polled_at.map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string()),
+        })
+        .collect())
+}
+
+#[component]
+pub fn UnusedPage() -> impl IntoView {
+    let query = use_query_map();
+    let days = move || query.read().get("days").and_then(|d| d.parse::<u32>().ok()).unwrap_or(7);
+    let rows = Resource::new(days, list_unused);
+    view! {
+        <Title text="Unused topics"/>
+        <section class="page-head">
+            <h1>"Unused topics"</h1>
+            <form method="get" action="/unused" class="inline">
+                <label>"Not polled for (days)" <input type="number" name="days" min="1" value=move || days().to_string()/></label>
+                <button type="submit">"Show"</button>
+            </form>
+        </section>
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match rows.await {
+                    Err(e) => view! { <p class="flash error" role="alert">{crate::common::error_text(&e)}</p> }.into_any(),
+                    Ok(rows) if rows.is_empty() => view! { <p class="empty">"Every topic was polled recently."</p> }.into_any(),
+                    Ok(rows) => view! {
+                        <table class="unused">
+                            <thead><tr><th>"Topic"</th><th>"Owner"</th><th>"Last polled"</th><th>"Last publish"</th></tr></thead>
+                            <tbody>
+                                {rows.into_iter().map(|t| view! {
+                                    <tr>
+                                        <td><a class="topic-name" href=format!("/topics/{}", t.name)>{t.name.clone()}</a></td>
+                                        <td>{t.owner.clone()}</td>
+                                        <td class="last-polled">{t.last_polled_at.clone().unwrap_or_else(|| "never".into())}</td>
+                                        <td class="muted">{t.last_published_at.clone().unwrap_or_else(|| "never".into())}</td>
+                                    </tr>
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                    }.into_any(),
+                }
+            })}
+        </Transition>
     }
 }

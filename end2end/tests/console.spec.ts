@@ -231,6 +231,7 @@ test("rollout panel: start, pause, resume, advance, cancel and roll back", async
   await expect(card.locator("li.stage").nth(0)).toContainText("reached");
   await expect(card.locator("li.stage").nth(0)).toContainText("gate: ≥90% applied");
   await expect(card.locator("li.stage").nth(1)).toContainText(/due in 59m|due in 1h/);
+  await expect(card.locator("li.stage").nth(0).locator(".health")).toHaveText("0 of 0 matching nodes applied v2, 0 failed");
   await shot(page, "rollouts");
 
   await card.getByRole("button", { name: "Pause" }).click();
@@ -251,6 +252,34 @@ test("rollout panel: start, pause, resume, advance, cancel and roll back", async
   await page.getByLabel(/Stages/).fill("region 60");
   await page.getByRole("button", { name: "Start rollout" }).click();
   await expect(page.getByRole("alert")).toContainText("key=value");
+
+  // Publishing from the console with one of the topic's plans starts a rollout; Complete finishes it.
+  const patched = await request.patch(`/api/v1/topics/${ro}`, {
+    headers: auth,
+    data: { plans: { "canary-first": { stages: [{ selector: { cluster: "canary" }, wait_s: 3600 }, { selector: {}, wait_s: 0 }] } } },
+  });
+  expect(patched.status(), await patched.text()).toBe(200);
+  await page.goto(`/topics/${ro}/publish`);
+  await ready(page);
+  await page.getByLabel("Payload").fill("3");
+  await page.getByLabel(/Rollout plan/).fill("canary-first");
+  await page.getByRole("button", { name: "Publish" }).click();
+  await expect(page.getByRole("status").filter({ hasText: "Published v3" })).toBeVisible();
+  await page.goto(`/topics/${ro}/rollouts`);
+  await ready(page);
+  const newest = page.locator("section.rollout").first();
+  await expect(newest).toContainText("of v3");
+  await expect(newest.locator(".badge").first()).toHaveText("running");
+  await newest.getByRole("button", { name: "Complete" }).click();
+  await expect(newest.locator(".badge").first()).toHaveText("completed");
+  const us = await (await request.get(`/api/v1/topics/${ro}/resolve?labels=region=us`)).json();
+  expect(us).toMatchObject({ version: 3, pinned: false });
+
+  // Every rollout action is in the audit log.
+  await page.goto(`/audit?topic=${ro}&action=rollout.`);
+  for (const action of ["rollout.start", "rollout.pause", "rollout.resume", "rollout.advance", "rollout.cancel", "rollout.complete"]) {
+    await expect(page.locator("table.audit tbody tr", { hasText: action }).first()).toContainText("user:admin");
+  }
 });
 
 test("consumers tab: who holds which version, and failures", async ({ page, request }) => {
@@ -273,6 +302,13 @@ test("consumers tab: who holds which version, and failures", async ({ page, requ
   await page.getByRole("button", { name: "Filter" }).click();
   await expect(page.locator("table.consumers tbody tr")).toHaveCount(2);
   await shot(page, "consumers");
+  // The topics list counts them; a topic nobody polls is listed as unused.
+  await page.goto(`/?q=${topic}`);
+  await expect(page.locator("table.topics tbody tr", { hasText: topic }).locator("td.consumers")).toHaveText("3");
+  await page.goto("/unused?days=1");
+  await expect(page.locator("table.unused tbody tr", { hasText: `rollout.${sfx}` })).toContainText("never");
+  await expect(page.locator("table.unused tbody tr", { hasText: topic })).toHaveCount(0);
+  await shot(page, "unused");
 });
 
 test("a non-owner can read but not change; an owner can", async ({ page, request }) => {

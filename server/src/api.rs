@@ -179,10 +179,17 @@ pub async fn create_topic(
 
 #[utoipa::path(get, path = "/api/v1/topics", tag = "topics",
     params(("q" = Option<String>, Query, description = "search name, description, owner"),
-           ("owner" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+           ("owner" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query),
+    ("unused_days" = Option<u32>, Query, description = "only topics nobody polled for this many days (or ever); not paginated")),
     responses((status = 200, body = TopicList)))]
 pub async fn list_topics(State(imprint): State<Imprint>, RawQuery(q): RawQuery) -> ApiResult<Json<TopicList>> {
     let pairs = query_pairs(&q);
+    if let Some(days) = query_one(&pairs, "unused_days") {
+        let days = days
+            .parse::<u32>()
+            .map_err(|_| ApiError::invalid(format!("unused_days must be a number of days, not {days:?}")))?;
+        return Ok(Json(TopicList { topics: imprint.unused_topics(days).await?, next: None }));
+    }
     let page = imprint
         .list_topics(
             query_one(&pairs, "q"),

@@ -24,7 +24,7 @@ pub struct Applied {
 /// What one poll told us about one (topic, instance).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observation {
-    pub labels: BTreeMap<String, String>,
+    pub labels: std::sync::Arc<BTreeMap<String, String>>,
     pub version: Option<u64>,
     pub version_since: DateTime<Utc>,
     pub expected: Option<u64>,
@@ -57,11 +57,41 @@ impl Observation {
 
 type Key = (i64, String);
 
+/// An unchanged node's `last_seen` is written at most this often (changes go out at once).
+const REFRESH_SECS: i64 = 30;
+/// Written entries not seen for this long are dropped from memory (they are in Postgres).
+const FORGET_SECS: i64 = 300;
+
+struct Entry {
+    obs: Observation,
+    /// Holds something Postgres does not have yet.
+    dirty: bool,
+    /// The `last_seen` last written.
+    written_seen: Option<DateTime<Utc>>,
+}
+
+/// Per shard: instance → topic id → entry. A poll is one instance, so recording all its
+/// topics takes one lock and no allocation for nodes already known.
+type Shard = HashMap<String, HashMap<i64, Entry>>;
+
 pub struct AuditBuffer {
-    shards: Vec<Mutex<HashMap<Key, Observation>>>,
+    shards: Vec<Mutex<Shard>>,
     len: AtomicU64,
+    dirty: AtomicU64,
     max_entries: u64,
     dropped: AtomicU64,
+}
+
+impl Observation {
+    /// Does `newer` say something the stored observation does not (beyond `last_seen`)?
+    fn differs(&self, newer: &Observation) -> bool {
+        self.version != newer.version
+            || self.expected != newer.expected
+            || self.labels != newer.labels
+            || newer.applied.as_ref().is_some_and(|a| {
+                self.applied.as_ref().is_none_or(|b| (b.version, b.ok, &b.error) != (a.version, a.ok, &a.error))
+            })
+    }
 }
 
 impl AuditBuffer {
@@ -69,66 +99,109 @@ impl AuditBuffer {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             len: AtomicU64::new(0),
+            dirty: AtomicU64::new(0),
             max_entries,
             dropped: AtomicU64::new(0),
         }
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, Observation>> {
+    fn shard(&self, instance: &str) -> &Mutex<Shard> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
+        instance.hash(&mut h);
         &self.shards[(h.finish() as usize) % SHARDS]
     }
 
-    /// Records an observation. Memory is bounded: past `max_entries` distinct keys, new
-    /// keys are counted as dropped (known keys are always updated in place).
-    pub fn record(&self, topic_id: i64, instance: &str, obs: Observation) {
-        let key = (topic_id, instance.to_owned());
-        let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
-        match shard.get_mut(&key) {
-            Some(existing) => existing.merge(obs),
-            None => {
-                if self.len.load(Ordering::Relaxed) >= self.max_entries {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("imprint_audit_dropped_total").increment(1);
-                    return;
+    /// Records what one poll said about each of its topics. Memory is bounded: past
+    /// `max_entries` (topic, instance) pairs, new pairs are counted as dropped.
+    pub fn record(&self, instance: &str, observations: impl IntoIterator<Item = (i64, Observation)>) {
+        let mut shard = self.shard(instance).lock().unwrap_or_else(|e| e.into_inner());
+        if !shard.contains_key(instance) {
+            shard.insert(instance.to_owned(), HashMap::new());
+        }
+        let Some(topics) = shard.get_mut(instance) else { return };
+        for (topic_id, obs) in observations {
+            match topics.get_mut(&topic_id) {
+                Some(e) => {
+                    let changed = e.obs.differs(&obs);
+                    e.obs.merge(obs);
+                    let stale = e.written_seen.is_none_or(|w| (e.obs.last_seen - w).num_seconds() >= REFRESH_SECS);
+                    if (changed || stale) && !e.dirty {
+                        e.dirty = true;
+                        self.dirty.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                self.len.fetch_add(1, Ordering::Relaxed);
-                shard.insert(key, obs);
+                None => {
+                    if self.len.load(Ordering::Relaxed) >= self.max_entries {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("imprint_audit_dropped_total").increment(1);
+                        continue;
+                    }
+                    self.len.fetch_add(1, Ordering::Relaxed);
+                    self.dirty.fetch_add(1, Ordering::Relaxed);
+                    topics.insert(topic_id, Entry { obs, dirty: true, written_seen: None });
+                }
             }
         }
     }
 
-    /// Takes everything recorded so far.
+    /// Takes what Postgres does not have yet (marking it written), and forgets written
+    /// entries not seen for a while.
     pub fn drain(&self) -> Vec<(Key, Observation)> {
+        let now = Utc::now();
         let mut out = Vec::new();
         for s in &self.shards {
-            let taken = std::mem::take(&mut *s.lock().unwrap_or_else(|e| e.into_inner()));
-            self.len.fetch_sub(taken.len() as u64, Ordering::Relaxed);
-            out.extend(taken);
+            let mut shard = s.lock().unwrap_or_else(|e| e.into_inner());
+            shard.retain(|instance, topics| {
+                topics.retain(|topic_id, e| {
+                    if e.dirty {
+                        out.push(((*topic_id, instance.clone()), e.obs.clone()));
+                        e.dirty = false;
+                        e.written_seen = Some(e.obs.last_seen);
+                        self.dirty.fetch_sub(1, Ordering::Relaxed);
+                        true
+                    } else if (now - e.obs.last_seen).num_seconds() > FORGET_SECS {
+                        self.len.fetch_sub(1, Ordering::Relaxed);
+                        false
+                    } else {
+                        true
+                    }
+                });
+                !topics.is_empty()
+            });
         }
         out
     }
 
     /// Puts back what could not be written, under anything recorded since (which is newer).
     pub fn restore(&self, entries: Vec<(Key, Observation)>) {
-        for (key, mut older) in entries {
-            let mut shard = self.shard(&key).lock().unwrap_or_else(|e| e.into_inner());
-            match shard.remove(&key) {
+        for ((topic_id, instance), mut older) in entries {
+            let mut shard = self.shard(&instance).lock().unwrap_or_else(|e| e.into_inner());
+            let topics = shard.entry(instance).or_default();
+            match topics.remove(&topic_id) {
                 Some(newer) => {
-                    older.merge(newer);
-                    shard.insert(key, older);
+                    if !newer.dirty {
+                        self.dirty.fetch_add(1, Ordering::Relaxed);
+                    }
+                    older.merge(newer.obs);
+                    topics.insert(topic_id, Entry { obs: older, dirty: true, written_seen: None });
                 }
                 None => {
                     self.len.fetch_add(1, Ordering::Relaxed);
-                    shard.insert(key, older);
+                    self.dirty.fetch_add(1, Ordering::Relaxed);
+                    topics.insert(topic_id, Entry { obs: older, dirty: true, written_seen: None });
                 }
             }
         }
     }
 
+    /// (topic, instance) pairs held in memory.
     pub fn len(&self) -> u64 {
         self.len.load(Ordering::Relaxed)
+    }
+
+    /// Pairs with something not yet written.
+    pub fn pending(&self) -> u64 {
+        self.dirty.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -263,7 +336,7 @@ async fn write_observations(pool: &sqlx::PgPool, entries: &[(Key, Observation)])
     for ((tid, inst), o) in entries {
         topic_ids.push(*tid);
         instances.push(inst.clone());
-        labels.push(serde_json::to_value(&o.labels).unwrap_or_default());
+        labels.push(serde_json::to_value(&*o.labels).unwrap_or_default());
         versions.push(o.version.map(|v| v as i64));
         since.push(o.version_since);
         expected.push(o.expected.map(|v| v as i64));
@@ -319,6 +392,18 @@ async fn write_observations(pool: &sqlx::PgPool, entries: &[(Key, Observation)])
     .bind(&a_at)
     .execute(&mut *tx)
     .await?;
+    // When each topic was last polled (for "unused topics"), kept to the minute so that
+    // busy topics do not rewrite their row on every flush.
+    sqlx::query(
+        "UPDATE topics t SET last_polled_at = x.seen
+         FROM (SELECT topic_id, max(seen) AS seen FROM UNNEST($1::bigint[], $2::timestamptz[]) AS u(topic_id, seen)
+               GROUP BY topic_id ORDER BY topic_id) x
+         WHERE t.id = x.topic_id AND (t.last_polled_at IS NULL OR t.last_polled_at < x.seen - interval '60 seconds')",
+    )
+    .bind(&topic_ids)
+    .bind(&last)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -334,7 +419,7 @@ mod tests {
 
     fn obs(version: Option<u64>, at: i64, applied: Option<(u64, bool, i64)>) -> Observation {
         Observation {
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             version,
             version_since: t(at),
             expected: Some(2),
@@ -367,20 +452,37 @@ mod tests {
     #[test]
     fn buffer_is_bounded_and_restores_under_newer() {
         let b = AuditBuffer::new(2);
-        b.record(1, "a", obs(Some(1), 1, None));
-        b.record(1, "b", obs(Some(1), 1, None));
-        b.record(1, "c", obs(Some(1), 1, None));
+        b.record("a", [(1, obs(Some(1), 1, None))]);
+        b.record("b", [(1, obs(Some(1), 1, None))]);
+        b.record("c", [(1, obs(Some(1), 1, None))]);
         assert_eq!(b.len(), 2);
         assert_eq!(b.dropped.load(Ordering::Relaxed), 1);
-        b.record(1, "a", obs(Some(2), 5, None));
+        b.record("a", [(1, obs(Some(2), 5, None))]);
         assert_eq!(b.len(), 2, "known keys are updated in place");
         let drained = b.drain();
-        assert_eq!((drained.len(), b.len()), (2, 0));
-        b.record(1, "a", obs(Some(3), 9, None));
+        assert_eq!((drained.len(), b.pending()), (2, 0));
+        b.record("a", [(1, obs(Some(3), 9, None))]);
         b.restore(drained);
-        assert_eq!(b.len(), 2);
+        assert_eq!(b.pending(), 2);
         let again: HashMap<Key, Observation> = b.drain().into_iter().collect();
         let a = &again[&(1, "a".to_owned())];
         assert_eq!((a.version, a.first_seen, a.last_seen), (Some(3), t(1), t(9)));
+    }
+
+    #[test]
+    fn unchanged_nodes_are_rewritten_only_now_and_then() {
+        let b = AuditBuffer::new(10);
+        b.record("a", [(1, obs(Some(1), 100, None))]);
+        assert_eq!(b.drain().len(), 1);
+        b.record("a", [(1, obs(Some(1), 110, None))]);
+        assert!(b.drain().is_empty(), "nothing new 10 s later");
+        b.record("a", [(1, obs(Some(1), 131, None))]);
+        assert_eq!(b.drain().len(), 1, "last_seen refreshed after 30 s");
+        b.record("a", [(1, obs(Some(2), 132, None))]);
+        assert_eq!(b.drain().len(), 1, "a new version goes out at once");
+        b.record("a", [(1, obs(Some(2), 133, Some((2, false, 133))))]);
+        assert_eq!(b.drain().len(), 1, "so does an apply report");
+        b.record("a", [(1, obs(Some(2), 134, Some((2, false, 134))))]);
+        assert!(b.drain().is_empty(), "the same report again is nothing new");
     }
 }

@@ -34,6 +34,10 @@ pub struct Topic {
     pub plans: BTreeMap<String, imprint_domain::Plan>,
     /// The plan a publish uses when it names none.
     pub default_plan: Option<String>,
+    /// Consumers recorded by the audit (not yet expired).
+    pub consumers: u64,
+    /// When a consumer last polled this topic (to the minute); null: never.
+    pub last_polled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
 }

@@ -175,8 +175,9 @@ impl Imprint {
     /// Notes what this poll says about each known topic in the audit buffer (memory only).
     fn record_poll(&self, state: &ServingState, req: &PollRequest) {
         let now = chrono::Utc::now();
-        for (name, held) in &req.topics {
-            let Some(topic) = TopicName::parse(name).ok().and_then(|n| state.get(n.as_str())) else { continue };
+        let labels = std::sync::Arc::new(req.consumer.labels.pairs().clone());
+        let observations = req.topics.iter().filter_map(|(name, held)| {
+            let topic = TopicName::parse(name).ok().and_then(|n| state.get(n.as_str()))?;
             let expected = topic.index.resolve(&req.consumer.labels).map(|r| r.version);
             let applied = req.applied.get(name).map(|a| crate::audit::Applied {
                 version: a.version,
@@ -184,11 +185,10 @@ impl Imprint {
                 error: a.error.as_ref().map(|e| e.chars().take(2000).collect()),
                 at: now,
             });
-            self.audit().record(
+            Some((
                 topic.id,
-                &req.consumer.instance,
                 crate::audit::Observation {
-                    labels: req.consumer.labels.pairs().clone(),
+                    labels: labels.clone(),
                     version: *held,
                     version_since: now,
                     expected,
@@ -196,8 +196,9 @@ impl Imprint {
                     last_seen: now,
                     applied,
                 },
-            );
-        }
+            ))
+        });
+        self.audit().record(&req.consumer.instance, observations);
     }
 
     /// The resolved version of one topic for `labels`, with its payload when in memory.

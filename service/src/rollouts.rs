@@ -324,6 +324,12 @@ impl Imprint {
         Ok(info_of(&t.name, &row, &rollout_of(&row)?))
     }
 
+    /// How the consumers matching a stage are doing with a version (what its gate reads).
+    pub async fn stage_health(&self, topic: &str, selector: &Selector, version: u64) -> Result<GateReading> {
+        let t = self.topic_ref(self.pool(), topic).await?;
+        gate_reading(self.pool(), t.id, selector, version, Utc::now()).await
+    }
+
     /// An operator action: pause, resume, advance, complete or cancel (optionally rolling back).
     #[tracing::instrument(skip(self))]
     pub async fn rollout_action(
@@ -418,7 +424,7 @@ impl Imprint {
         let reading = match r.gated_stage() {
             Some(stage) => {
                 let selector = r.plan().stages()[stage].selector.clone();
-                Some((stage, gate_reading(&mut tx, topic_id, &selector, r.version(), now).await?))
+                Some((stage, gate_reading(&mut *tx, topic_id, &selector, r.version(), now).await?))
             }
             None => None,
         };
@@ -474,8 +480,8 @@ impl Imprint {
 
 /// Health of a stage from the consumer audit: consumers matching the stage's selector
 /// seen recently, how many hold (or applied) the version, how many failed to apply it.
-async fn gate_reading(
-    tx: &mut Transaction<'_, Postgres>,
+async fn gate_reading<'e, E: sqlx::PgExecutor<'e>>(
+    ex: E,
     topic_id: i64,
     selector: &Selector,
     version: u64,
@@ -491,7 +497,7 @@ async fn gate_reading(
     .bind(selector.to_json())
     .bind(version as i64)
     .bind(now - Duration::seconds(GATE_WINDOW_SECS))
-    .fetch_one(&mut **tx)
+    .fetch_one(ex)
     .await?;
     Ok(GateReading { matching: matching as u64, applied: applied as u64, failed: failed as u64 })
 }

@@ -150,13 +150,16 @@ struct TopicRow {
     rollout_state: Option<String>,
     plans: sqlx::types::Json<BTreeMap<String, Plan>>,
     default_plan: Option<String>,
+    consumers: i64,
+    last_polled_at: Option<DateTime<Utc>>,
 }
 
 const TOPIC_COLUMNS: &str = "t.id, t.name, t.description, t.owner, t.retention_max_versions, t.retention_max_age_days,
     t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version, t.last_published_at, t.created_at, t.created_by,
     (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS active_pins,
     (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
-    t.plans, t.default_plan";
+    t.plans, t.default_plan,
+    (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS consumers, t.last_polled_at";
 
 fn topic_from_row(r: TopicRow) -> Topic {
     Topic {
@@ -178,6 +181,8 @@ fn topic_from_row(r: TopicRow) -> Topic {
         rollout_state: r.rollout_state,
         plans: r.plans.0,
         default_plan: r.default_plan,
+        consumers: r.consumers as u64,
+        last_polled_at: r.last_polled_at,
     }
 }
 
@@ -326,6 +331,22 @@ impl Imprint {
         ids.truncate(items.len());
         let next = if more { ids.last().map(|id| cursor::encode(*id)) } else { None };
         Ok(Page { items, next })
+    }
+
+    /// Topics nobody has polled for `days` days (or ever), oldest poll first.
+    pub async fn unused_topics(&self, days: u32) -> Result<Vec<Topic>> {
+        if days == 0 || days > 3650 {
+            return Err(Error::invalid("days must be between 1 and 3650"));
+        }
+        let rows: Vec<TopicRow> = sqlx::query_as(&format!(
+            "SELECT {TOPIC_COLUMNS} FROM topics t
+             WHERE t.last_polled_at IS NULL OR t.last_polled_at < now() - make_interval(days => $1)
+             ORDER BY t.last_polled_at NULLS FIRST, t.name LIMIT 1000"
+        ))
+        .bind(days as i32)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(topic_from_row).collect())
     }
 
     #[tracing::instrument(skip(self, patch))]

@@ -100,6 +100,18 @@ async fn audit_records_every_instance(pool: sqlx::PgPool) {
     assert_eq!(n6["last_applied_ok"], true);
     assert_eq!(n6["lagging"], false);
 
+    // Counts on the topic, and "unused topics": fleet is polled, the new one never was.
+    app.create_topic("nobody-reads-this").await;
+    let t: Value = app.req(Method::GET, "/api/v1/topics/fleet").send().await.unwrap().json().await.unwrap();
+    assert_eq!(t["consumers"], 30);
+    assert!(t["last_polled_at"].is_string(), "{t}");
+    let unused: Value =
+        app.req(Method::GET, "/api/v1/topics?unused_days=1").send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> = unused["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["nobody-reads-this"]);
+    let r = app.req(Method::GET, "/api/v1/topics?unused_days=0").send().await.unwrap();
+    assert_error(r, 400, "invalid_request").await;
+
     // Bad input.
     let r = app.req(Method::GET, "/api/v1/topics/fleet/consumers?labels=region").send().await.unwrap();
     assert_error(r, 400, "invalid_selector").await;
