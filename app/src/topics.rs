@@ -31,23 +31,21 @@ pub async fn list_topics(q: Option<String>, owner: Option<String>) -> Result<Top
     let imprint = imprint()?;
     let page = load(imprint.list_topics(q.as_deref(), owner.as_deref(), Some(500), None).await)?;
     let owners = load(imprint.teams().await)?.into_iter().map(|t| t.name).collect();
-    Ok(TopicList {
-        owners,
-        rows: page
-            .items
-            .into_iter()
-            .map(|t| TopicRow {
-                name: t.name,
-                description: t.description,
-                owner: t.owner,
-                latest_version: t.latest_version,
-                last_published_at: t.last_published_at.map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
-                active_pins: t.active_pins,
-                consumers: t.consumers,
-                last_polled_at: t.last_polled_at.map(|d| d.to_rfc3339()),
-            })
-            .collect(),
-    })
+    Ok(TopicList { owners, rows: page.items.into_iter().map(row_of).collect() })
+}
+
+#[cfg(feature = "ssr")]
+fn row_of(t: imprint_service::model::Topic) -> TopicRow {
+    TopicRow {
+        name: t.name,
+        description: t.description,
+        owner: t.owner,
+        latest_version: t.latest_version,
+        last_published_at: t.last_published_at.map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+        active_pins: t.active_pins,
+        consumers: t.consumers,
+        last_polled_at: t.last_polled_at.map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string()),
+    }
 }
 
 #[component]
@@ -126,19 +124,7 @@ fn TopicTable(rows: Vec<TopicRow>) -> impl IntoView {
 pub async fn list_unused(days: u32) -> Result<Vec<TopicRow>, ServerFnError> {
     use crate::ssr::{imprint, load, require_user};
     require_user().await?;
-    Ok(load(imprint()?.unused_topics(days).await)?
-        .into_iter()
-        .map(|t| TopicRow {
-            name: t.name,
-            description: t.description,
-            owner: t.owner,
-            latest_version: t.latest_version,
-            last_published_at: t.last_published_at.map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
-            active_pins: t.active_pins,
-            consumers: t.consumers,
-            last_polled_at: t.last_polled_at.map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string()),
-        })
-        .collect())
+    Ok(load(imprint()?.unused_topics(days).await)?.into_iter().map(row_of).collect())
 }
 
 #[component]

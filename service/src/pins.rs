@@ -2,6 +2,7 @@
 use crate::audit_log::audit;
 use crate::error::{Error, Result};
 use crate::model::Pin;
+use crate::topics::require_live_version;
 use crate::{notify, Caller, Imprint};
 use chrono::{DateTime, Utc};
 use imprint_domain::Selector;
@@ -39,17 +40,7 @@ impl Imprint {
         caller.require_write(&t.name, &t.owner)?;
         // Lock the topic row: pins on one topic are set one at a time.
         sqlx::query("SELECT 1 FROM topics WHERE id = $1 FOR UPDATE").bind(t.id).execute(&mut *tx).await?;
-        let purged: Option<Option<DateTime<Utc>>> =
-            sqlx::query_scalar("SELECT purged_at FROM versions WHERE topic_id = $1 AND version = $2")
-                .bind(t.id)
-                .bind(input.version as i64)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match purged {
-            None => return Err(Error::VersionNotFound { topic: t.name, version: input.version }),
-            Some(Some(_)) => return Err(Error::VersionPurged { topic: t.name, version: input.version }),
-            Some(None) => {}
-        }
+        require_live_version(&mut tx, &t, input.version).await?;
         let who = caller.who();
         let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
         let replaced = replace_pin(&mut tx, t.id, &input.selector, input.version, &input.reason, &who, now).await?;

@@ -99,16 +99,25 @@ fn update_of(topic: &str, v: &ServedVersion, pinned: bool) -> Update {
 }
 
 /// One pass over the request's topics against the current state.
-pub fn compute(state: &ServingState, req: &PollRequest) -> (BTreeMap<String, Update>, BTreeMap<String, String>) {
+/// Each known topic of the request, with what it resolves to for this consumer now.
+type Seen<'a> = Vec<(&'a str, i64, Option<u64>)>;
+
+pub fn compute<'a>(
+    state: &ServingState,
+    req: &'a PollRequest,
+) -> (BTreeMap<String, Update>, BTreeMap<String, String>, Seen<'a>) {
     let mut updates = BTreeMap::new();
     let mut missing = BTreeMap::new();
+    let mut seen = Vec::with_capacity(req.topics.len());
     for (name, held) in &req.topics {
         let topic = TopicName::parse(name).ok().and_then(|n| state.get(n.as_str()));
         let Some(topic) = topic else {
             missing.insert(name.clone(), "topic_not_found".to_owned());
             continue;
         };
-        match topic.index.resolve(&req.consumer.labels) {
+        let resolved = topic.index.resolve(&req.consumer.labels);
+        seen.push((name.as_str(), topic.id, resolved.map(|r| r.version)));
+        match resolved {
             None => {
                 missing.insert(name.clone(), "no_version_in_scope".to_owned());
             }
@@ -120,7 +129,7 @@ pub fn compute(state: &ServingState, req: &PollRequest) -> (BTreeMap<String, Upd
             Some(_) => {}
         }
     }
-    (updates, missing)
+    (updates, missing, seen)
 }
 
 /// Keeps `imprint_long_polls_open` right however a long poll ends.
@@ -144,18 +153,21 @@ impl Imprint {
         req.validate()?;
         let started = std::time::Instant::now();
         let state: &Arc<ServingState> = self.state();
-        if self.config().audit_enabled {
-            self.record_poll(state, &req);
-        }
         // Subscribe before the first look, so no change slips between look and wait.
         let mut changes = state.subscribe();
         let mut stopping = self.stopping();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms);
         // Counts this request among the open long polls until it answers (also if dropped).
         let _open = (req.wait_ms > 0).then(OpenLongPoll::new);
+        let mut recorded = !self.config().audit_enabled;
         let (updates, missing) = loop {
             changes.borrow_and_update();
-            let (updates, missing) = compute(state, &req);
+            let (updates, missing, seen) = compute(state, &req);
+            if !recorded {
+                // What the node holds and should hold, as of its arrival.
+                self.record_poll(&req, seen);
+                recorded = true;
+            }
             if !updates.is_empty() || req.wait_ms == 0 || *stopping.borrow() {
                 break (updates, missing);
             }
@@ -173,30 +185,29 @@ impl Imprint {
     }
 
     /// Notes what this poll says about each known topic in the audit buffer (memory only).
-    fn record_poll(&self, state: &ServingState, req: &PollRequest) {
+    fn record_poll(&self, req: &PollRequest, seen: Seen<'_>) {
         let now = chrono::Utc::now();
         let labels = std::sync::Arc::new(req.consumer.labels.pairs().clone());
-        let observations = req.topics.iter().filter_map(|(name, held)| {
-            let topic = TopicName::parse(name).ok().and_then(|n| state.get(n.as_str()))?;
-            let expected = topic.index.resolve(&req.consumer.labels).map(|r| r.version);
+        let observations = seen.into_iter().map(|(name, topic_id, expected)| {
             let applied = req.applied.get(name).map(|a| crate::audit::Applied {
                 version: a.version,
                 ok: a.ok,
                 error: a.error.as_ref().map(|e| e.chars().take(2000).collect()),
                 at: now,
             });
-            Some((
-                topic.id,
+            let held = req.topics.get(name).copied().flatten();
+            (
+                topic_id,
                 crate::audit::Observation {
                     labels: labels.clone(),
-                    version: *held,
+                    version: held,
                     version_since: now,
                     expected,
                     first_seen: now,
                     last_seen: now,
                     applied,
                 },
-            ))
+            )
         });
         self.audit().record(&req.consumer.instance, observations);
     }

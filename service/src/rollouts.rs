@@ -5,6 +5,7 @@
 use crate::audit_log::audit;
 use crate::error::{Error, Result};
 use crate::pins::replace_pin;
+use crate::topics::require_live_version;
 use crate::versions::insert_scopes;
 use crate::{notify, Caller, Imprint};
 use chrono::{DateTime, Duration, Utc};
@@ -266,17 +267,7 @@ impl Imprint {
             .bind(t.id)
             .fetch_one(&mut *tx)
             .await?;
-        let purged: Option<Option<DateTime<Utc>>> =
-            sqlx::query_scalar("SELECT purged_at FROM versions WHERE topic_id = $1 AND version = $2")
-                .bind(t.id)
-                .bind(version as i64)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match purged {
-            None => return Err(Error::VersionNotFound { topic: t.name, version }),
-            Some(Some(_)) => return Err(Error::VersionPurged { topic: t.name, version }),
-            Some(None) => {}
-        }
+        require_live_version(&mut tx, &t, version).await?;
         if version as i64 != latest {
             return Err(Error::InvalidState(format!(
                 "only the newest version ({latest}) of {} can be rolled out, not {version}",

@@ -426,3 +426,22 @@ impl Imprint {
         self.topic(&t.name).await
     }
 }
+
+/// The version exists and its payload has not been purged; otherwise the matching error.
+pub(crate) async fn require_live_version(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    t: &TopicRef,
+    version: u64,
+) -> Result<()> {
+    let purged: Option<Option<DateTime<Utc>>> =
+        sqlx::query_scalar("SELECT purged_at FROM versions WHERE topic_id = $1 AND version = $2")
+            .bind(t.id)
+            .bind(version as i64)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match purged {
+        None => Err(Error::VersionNotFound { topic: t.name.clone(), version }),
+        Some(Some(_)) => Err(Error::VersionPurged { topic: t.name.clone(), version }),
+        Some(None) => Ok(()),
+    }
+}

@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use crate::model::{Page, Published, Scope, Version};
 use crate::rollouts::{supersede_active, PlanChoice};
 use crate::topics::check_content_type;
+use crate::topics::require_live_version;
 use crate::{cursor, notify, Caller, Imprint};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -300,17 +301,7 @@ impl Imprint {
         let mut tx = self.pool().begin().await?;
         let t = self.topic_ref(&mut *tx, topic).await?;
         caller.require_write(&t.name, &t.owner)?;
-        let purged: Option<Option<DateTime<Utc>>> =
-            sqlx::query_scalar("SELECT purged_at FROM versions WHERE topic_id = $1 AND version = $2")
-                .bind(t.id)
-                .bind(version as i64)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match purged {
-            None => return Err(Error::VersionNotFound { topic: t.name, version }),
-            Some(Some(_)) => return Err(Error::VersionPurged { topic: t.name, version }),
-            Some(None) => {}
-        }
+        require_live_version(&mut tx, &t, version).await?;
         let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
         let who = caller.who();
         let added = insert_scopes(&mut tx, t.id, version as i64, std::slice::from_ref(&selector), now, &who).await?;
