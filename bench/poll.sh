@@ -59,7 +59,7 @@ run_mode() {
 
 echo "| mode | polls/s | p50 | p99 | consumer rows written |"
 echo "|---|---|---|---|---|"
-run_mode true
-run_mode false
-run_mode true
-run_mode false
+for _ in $(seq 1 "${ROUNDS:-3}"); do
+  run_mode true
+  run_mode false
+done

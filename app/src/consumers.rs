@@ -16,9 +16,18 @@ pub struct NodeRow {
     pub last_error: Option<String>,
 }
 
+/// How the newest version spread over its nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PropagationView {
+    pub version: u64,
+    pub total: u64,
+    pub seconds_to_reach: Vec<f64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConsumersPage {
     pub head: TopicHead,
+    pub propagation: Option<PropagationView>,
     pub nodes: Vec<NodeRow>,
     pub by_version: Vec<(String, u64)>,
     pub total: u64,
@@ -46,7 +55,15 @@ pub async fn load_consumers(
     let list = load(imprint.consumers(&name, &filter).await)?;
     let mut by_version: Vec<(String, u64)> = list.by_version.into_iter().collect();
     by_version.sort_by(|a, b| b.1.cmp(&a.1));
+    let propagation = match topic.latest_version {
+        0 => None,
+        v => {
+            let p = load(imprint.propagation(&name, v).await)?;
+            Some(PropagationView { version: p.version, total: p.total, seconds_to_reach: p.seconds_to_reach })
+        }
+    };
     Ok(ConsumersPage {
+        propagation,
         head: crate::topic::head_of(&topic, &caller),
         total: list.total,
         by_version,
@@ -93,6 +110,7 @@ pub fn ConsumersPageView() -> impl IntoView {
                                 }).collect_view()}</p> }.into_any()
                             }}
                         </section>
+                        {p.propagation.clone().map(|pr| view! { <PropagationChart p=pr/> })}
                         <form method="get" action=format!("/topics/{}/consumers", p.head.name) class="inline">
                             <label>"Labels" <input type="text" name="labels" placeholder="region=eu-west-1"/></label>
                             <label class="check"><input type="checkbox" name="lagging" value="true"/>" lagging only"</label>
@@ -118,5 +136,62 @@ pub fn ConsumersPageView() -> impl IntoView {
                 }
             })}
         </Transition>
+    }
+}
+
+fn human_secs(s: f64) -> String {
+    match s {
+        s if s < 1.0 => format!("{:.0} ms", s * 1000.0),
+        s if s < 120.0 => format!("{s:.1} s"),
+        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+        s => format!("{:.1} h", s / 3600.0),
+    }
+}
+
+/// A server-rendered SVG: the share of the version's nodes holding it, over time since publish.
+#[component]
+fn PropagationChart(p: PropagationView) -> impl IntoView {
+    const W: f64 = 640.0;
+    const H: f64 = 160.0;
+    let n = p.seconds_to_reach.len();
+    let total = p.total.max(1) as f64;
+    let span = p.seconds_to_reach.last().copied().unwrap_or(0.0).max(1.0);
+    // A step line: at each node's arrival the share rises by one node.
+    let mut points = vec![format!("0,{H}")];
+    for (i, s) in p.seconds_to_reach.iter().enumerate() {
+        let x = s / span * W;
+        points.push(format!("{x:.1},{:.1}", H - (i as f64) / total * H));
+        points.push(format!("{x:.1},{:.1}", H - ((i + 1) as f64) / total * H));
+    }
+    points.push(format!("{W},{:.1}", H - (n as f64) / total * H));
+    let at = |q: f64| -> Option<String> {
+        let need = (q * total).ceil() as usize;
+        (need >= 1 && need <= n).then(|| human_secs(p.seconds_to_reach[need - 1]))
+    };
+    let summary = format!(
+        "v{}: {} of {} nodes ({:.0}%) hold it{}{}",
+        p.version,
+        n,
+        p.total,
+        n as f64 / total * 100.0,
+        at(0.5).map(|t| format!(" · 50% after {t}")).unwrap_or_default(),
+        at(0.9).map(|t| format!(" · 90% after {t}")).unwrap_or_default(),
+    );
+    view! {
+        <section class="card propagation" aria-label="Propagation">
+            <h2>"Propagation of the newest version"</h2>
+            <p class="summary">{summary}</p>
+            {(n > 0).then(|| view! {
+                <svg viewBox=format!("-40 -10 {} {}", W + 60.0, H + 40.0) class="chart" role="img" aria-label="share of nodes holding the version over time">
+                    <line x1="0" y1=H.to_string() x2=W.to_string() y2=H.to_string() class="axis"/>
+                    <line x1="0" y1="0" x2="0" y2=H.to_string() class="axis"/>
+                    <text x="-6" y="4" class="tick" text-anchor="end">"100%"</text>
+                    <text x="-6" y=(H + 4.0).to_string() class="tick" text-anchor="end">"0%"</text>
+                    <text x="0" y=(H + 18.0).to_string() class="tick">"publish"</text>
+                    <text x=W.to_string() y=(H + 18.0).to_string() class="tick" text-anchor="end">{format!("+{}", human_secs(span))}</text>
+                    <polyline points=points.join(" ") class="line"/>
+                </svg>
+            })}
+        </section>
     }
 }

@@ -298,6 +298,9 @@ test("consumers tab: who holds which version, and failures", async ({ page, requ
   await expect(b).toContainText("parse error at line 3");
   await expect(page.locator("p.counts")).toContainText("v2 1 node");
   await expect(page.locator("p.counts")).toContainText("v1 1 node");
+  // node-a holds the newest version (v2); node-b and node-c should: 1 of 3.
+  await expect(page.locator(".propagation .summary")).toContainText("v2: 1 of 3 nodes (33%) hold it");
+  await expect(page.locator(".propagation svg polyline")).toHaveCount(1);
   await page.getByLabel("Labels").fill("region=us");
   await page.getByRole("button", { name: "Filter" }).click();
   await expect(page.locator("table.consumers tbody tr")).toHaveCount(2);

@@ -31,6 +31,8 @@ pub struct Observation {
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     pub applied: Option<Applied>,
+    /// When the held version was published (for the propagation metric; not stored).
+    pub published_at: Option<DateTime<Utc>>,
 }
 
 impl Observation {
@@ -122,6 +124,13 @@ impl AuditBuffer {
         for (topic_id, obs) in observations {
             match topics.get_mut(&topic_id) {
                 Some(e) => {
+                    // A node that moved to the version it should hold: how long that took.
+                    if e.obs.version != obs.version && obs.version.is_some() && obs.version == obs.expected {
+                        if let Some(p) = obs.published_at {
+                            let secs = (obs.last_seen - p).num_milliseconds().max(0) as f64 / 1000.0;
+                            metrics::histogram!("imprint_propagation_seconds").record(secs);
+                        }
+                    }
                     let changed = e.obs.differs(&obs);
                     e.obs.merge(obs);
                     let stale = e.written_seen.is_none_or(|w| (e.obs.last_seen - w).num_seconds() >= REFRESH_SECS);
@@ -209,6 +218,17 @@ impl AuditBuffer {
     }
 }
 
+/// How a version reached its consumers (see [`Imprint::propagation`]).
+#[derive(Clone, Debug)]
+pub struct Propagation {
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    /// Nodes that hold the version or should hold it.
+    pub total: u64,
+    /// For each node holding it, seconds from the publish until the audit saw it there, sorted.
+    pub seconds_to_reach: Vec<f64>,
+}
+
 /// Filters for the consumer list.
 #[derive(Clone, Debug, Default)]
 pub struct ConsumerFilter {
@@ -256,6 +276,50 @@ impl Imprint {
                 Err(e)
             }
         }
+    }
+
+    /// Sets `imprint_lagging_nodes{topic}`: nodes seen in the last 5 minutes whose last
+    /// poll held another version than they should have.
+    pub async fn update_lag_gauges(&self) -> Result<()> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT t.name, count(c.instance) FILTER (WHERE c.version IS DISTINCT FROM c.expected_version
+                                                      AND c.last_seen > now() - interval '5 minutes')
+             FROM topics t LEFT JOIN consumers c ON c.topic_id = t.id GROUP BY t.name",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        for (topic, n) in rows {
+            metrics::gauge!("imprint_lagging_nodes", "topic" => topic).set(n as f64);
+        }
+        Ok(())
+    }
+
+    /// How a version spread: for each node holding it, how long after the publish the
+    /// audit first saw it there; `total` counts the nodes that hold or should hold it.
+    pub async fn propagation(&self, topic: &str, version: u64) -> Result<Propagation> {
+        let t = self.topic_ref(self.pool(), topic).await?;
+        let created_at: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT created_at FROM versions WHERE topic_id = $1 AND version = $2")
+                .bind(t.id)
+                .bind(version as i64)
+                .fetch_optional(self.pool())
+                .await?;
+        let created_at = created_at.ok_or(Error::VersionNotFound { topic: t.name.clone(), version })?;
+        let rows: Vec<(Option<i64>, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT version, version_since FROM consumers WHERE topic_id = $1 AND (version = $2 OR expected_version = $2)",
+        )
+        .bind(t.id)
+        .bind(version as i64)
+        .fetch_all(self.pool())
+        .await?;
+        let mut after: Vec<f64> = rows
+            .iter()
+            .filter(|(v, _)| *v == Some(version as i64))
+            .filter_map(|(_, since)| *since)
+            .map(|s| (s - created_at).num_milliseconds().max(0) as f64 / 1000.0)
+            .collect();
+        after.sort_by(|a, b| a.total_cmp(b));
+        Ok(Propagation { version, created_at, total: rows.len() as u64, seconds_to_reach: after })
     }
 
     /// Deletes consumers not seen for `older_than`.

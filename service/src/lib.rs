@@ -158,6 +158,7 @@ impl Imprint {
         let mut tick = tokio::time::interval(self.inner.config.audit_flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_expiry = tokio::time::Instant::now();
+        let mut last_lag = tokio::time::Instant::now();
         loop {
             let stopping = tokio::select! {
                 _ = tick.tick() => false,
@@ -169,6 +170,12 @@ impl Imprint {
             }
             if stopping {
                 return;
+            }
+            if last_lag.elapsed() > Duration::from_secs(30) {
+                last_lag = tokio::time::Instant::now();
+                if let Err(e) = self.update_lag_gauges().await {
+                    tracing::debug!(error = %e, "lag gauges not updated");
+                }
             }
             if last_expiry.elapsed() > Duration::from_secs(600) {
                 last_expiry = tokio::time::Instant::now();

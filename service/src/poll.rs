@@ -100,7 +100,8 @@ fn update_of(topic: &str, v: &ServedVersion, pinned: bool) -> Update {
 
 /// One pass over the request's topics against the current state.
 /// Each known topic of the request, with what it resolves to for this consumer now.
-type Seen<'a> = Vec<(&'a str, i64, Option<u64>)>;
+/// (name, topic id, resolved version, publish time of the held version)
+type Seen<'a> = Vec<(&'a str, i64, Option<u64>, Option<chrono::DateTime<chrono::Utc>>)>;
 
 pub fn compute<'a>(
     state: &ServingState,
@@ -116,7 +117,8 @@ pub fn compute<'a>(
             continue;
         };
         let resolved = topic.index.resolve(&req.consumer.labels);
-        seen.push((name.as_str(), topic.id, resolved.map(|r| r.version)));
+        let held_published = held.and_then(|h| topic.history.versions.get(&h)).map(|v| v.created_at);
+        seen.push((name.as_str(), topic.id, resolved.map(|r| r.version), held_published));
         match resolved {
             None => {
                 missing.insert(name.clone(), "no_version_in_scope".to_owned());
@@ -188,7 +190,7 @@ impl Imprint {
     fn record_poll(&self, req: &PollRequest, seen: Seen<'_>) {
         let now = chrono::Utc::now();
         let labels = std::sync::Arc::new(req.consumer.labels.pairs().clone());
-        let observations = seen.into_iter().map(|(name, topic_id, expected)| {
+        let observations = seen.into_iter().map(|(name, topic_id, expected, published_at)| {
             let applied = req.applied.get(name).map(|a| crate::audit::Applied {
                 version: a.version,
                 ok: a.ok,
@@ -206,6 +208,7 @@ impl Imprint {
                     first_seen: now,
                     last_seen: now,
                     applied,
+                    published_at,
                 },
             )
         });
