@@ -495,6 +495,7 @@ mod tests {
                 error: (!ok).then(|| "boom".into()),
                 at: t(at),
             }),
+            published_at: None,
         }
     }
 
