@@ -112,8 +112,8 @@ pub fn ConsumersPageView() -> impl IntoView {
                         </section>
                         {p.propagation.clone().map(|pr| view! { <PropagationChart p=pr/> })}
                         <form method="get" action=format!("/topics/{}/consumers", p.head.name) class="inline">
-                            <label>"Labels" <input type="text" name="labels" placeholder="region=eu-west-1"/></label>
-                            <label class="check"><input type="checkbox" name="lagging" value="true"/>" lagging only"</label>
+                            <label>"Labels" <input type="text" name="labels" placeholder="region=eu-west-1" value=move || q.read().get("labels")/></label>
+                            <label class="check"><input type="checkbox" name="lagging" value="true" checked=move || q.read().get("lagging").is_some()/>" lagging only"</label>
                             <button type="submit">"Filter"</button>
                         </form>
                         <table class="consumers">
