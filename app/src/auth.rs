@@ -78,7 +78,9 @@ pub fn LoginPage() -> impl IntoView {
 /// The signed-in user in the top bar, with the sign-out button.
 #[component]
 pub fn UserMenu() -> impl IntoView {
-    let user = Resource::new(|| (), |_| whoami());
+    // Asked again on every navigation: signing in or out changes the answer.
+    let location = leptos_router::hooks::use_location();
+    let user = Resource::new(move || location.pathname.get(), |_| whoami());
     let sign_out = ServerAction::<SignOut>::new();
     view! {
         <Transition fallback=|| ()>

@@ -59,6 +59,7 @@ test("sign-in refuses a wrong password and protects pages", async ({ page }) => 
   await expect(page.getByRole("alert")).toContainText("wrong username or password");
   await signIn(page, "admin", adminPassword);
   await expect(page.getByRole("heading", { name: "Topics" })).toBeVisible();
+  await expect(page.locator(".usermenu .whoami")).toHaveText("admin");
 });
 
 test("admin creates a team, users and a token", async ({ page }) => {
