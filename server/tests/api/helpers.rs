@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The lag grace period of test servers: long enough that a slow machine still sees
+/// "nobody lags yet" right after a publish.
+pub const LAG_GRACE_SECS: u64 = 5;
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -26,7 +29,7 @@ pub async fn spawn_app_with(serving_pool: PgPool, admin_pool: PgPool) -> TestApp
         serving_pool,
         Config {
             audit_flush_every: Duration::from_millis(200),
-            lag_grace: Duration::from_secs(2),
+            lag_grace: Duration::from_secs(LAG_GRACE_SECS),
             ..Config::default()
         },
     );
