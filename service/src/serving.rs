@@ -96,9 +96,11 @@ impl ServingState {
         self.generation.send_modify(|g| *g += 1);
     }
 
-    fn cached_payloads(&self) -> HashMap<(i64, u64), Bytes> {
+    /// Payloads already in memory (of one topic, or of all), so a reload fetches only new ones.
+    fn cached_payloads(&self, topic_id: Option<i64>) -> HashMap<(i64, u64), Bytes> {
         let map = self.topics.read().unwrap_or_else(|e| e.into_inner());
         map.values()
+            .filter(|t| topic_id.is_none_or(|id| t.id == id))
             .flat_map(|t| t.served.values().filter_map(move |v| v.payload.clone().map(|p| ((t.id, v.version), p))))
             .collect()
     }
@@ -106,7 +108,7 @@ impl ServingState {
     /// Reloads one topic (`Some(id)`) or everything (`None`) from Postgres.
     pub async fn reload(&self, pool: &PgPool, topic_id: Option<i64>) -> Result<(), sqlx::Error> {
         let started = std::time::Instant::now();
-        let cache = self.cached_payloads();
+        let cache = self.cached_payloads(topic_id);
         let mut tx = pool.begin().await?;
         // One consistent snapshot across the four tables.
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
