@@ -49,7 +49,7 @@ pub async fn load_admin() -> Result<AdminData, ServerFnError> {
         .into_iter()
         .map(|u| UserRow { username: u.username, is_admin: u.is_admin, teams: u.teams, disabled: u.disabled })
         .collect();
-    let teams = load(imprint.teams().await)?
+    let teams = load(imprint.teams(&caller).await)?
         .into_iter()
         .map(|t| TeamRow { name: t.name, description: t.description, members: t.members })
         .collect();

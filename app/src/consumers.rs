@@ -42,23 +42,23 @@ pub async fn load_consumers(
     use crate::ssr::{imprint, load, require_user};
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
-    let topic = load(imprint.topic(&name).await)?;
+    let topic = load(imprint.topic(&caller, &name).await)?;
     let labels = match labels.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
         None => None,
         Some(l) => Some(imprint_domain::Selector::parse(l).map_err(|e| ServerFnError::new(format!("labels: {e}")))?),
     };
-    let filter = imprint_service::audit::ConsumerFilter {
+    let filter = imprint_service::model::ConsumerFilter {
         labels,
         version: None,
         lagging_only: lagging.is_some_and(|l| l == "true" || l == "on"),
     };
-    let list = load(imprint.consumers(&name, &filter).await)?;
+    let list = load(imprint.consumers(&caller, &name, &filter).await)?;
     let mut by_version: Vec<(String, u64)> = list.by_version.into_iter().collect();
     by_version.sort_by(|a, b| b.1.cmp(&a.1));
     let propagation = match topic.latest_version {
         0 => None,
         v => {
-            let p = load(imprint.propagation(&name, v).await)?;
+            let p = load(imprint.propagation(&caller, &name, v).await)?;
             Some(PropagationView { version: p.version, total: p.total, seconds_to_reach: p.seconds_to_reach })
         }
     };

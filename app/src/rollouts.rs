@@ -43,15 +43,15 @@ pub async fn load_rollouts(name: String) -> Result<RolloutsPage, ServerFnError> 
     use crate::ssr::{imprint, load, require_user};
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
-    let topic = load(imprint.topic(&name).await)?;
+    let topic = load(imprint.topic(&caller, &name).await)?;
     let now = chrono::Utc::now();
     let mut rollouts: Vec<RolloutRow> = Vec::new();
-    for r in load(imprint.rollouts(&name).await)? {
+    for r in load(imprint.rollouts(&caller, &name).await)? {
         let active = r.view.state.is_active();
         let current = r.view.current_stage;
         let health = match r.view.stages.get(current) {
             Some(s) if active => {
-                let g = load(imprint.stage_health(&name, &s.selector, r.view.version).await)?;
+                let g = load(imprint.stage_health(&caller, &name, &s.selector, r.view.version).await)?;
                 Some(format!(
                     "{} of {} matching nodes applied v{}, {} failed",
                     g.applied, g.matching, r.view.version, g.failed

@@ -27,8 +27,8 @@ pub async fn load_settings(name: String) -> Result<Settings, ServerFnError> {
     use crate::ssr::{imprint, load, require_user};
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
-    let t = load(imprint.topic(&name).await)?;
-    let teams = load(imprint.teams().await)?.into_iter().map(|t| t.name).collect();
+    let t = load(imprint.topic(&caller, &name).await)?;
+    let teams = load(imprint.teams(&caller).await)?.into_iter().map(|t| t.name).collect();
     Ok(Settings {
         head: crate::topic::head_of(&t, &caller),
         description: t.description.clone(),

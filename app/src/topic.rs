@@ -129,9 +129,9 @@ pub async fn load_topic(name: String) -> Result<TopicPage, ServerFnError> {
     use crate::ssr::{imprint, load, require_user};
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
-    let topic = load(imprint.topic(&name).await)?;
-    let pins: Vec<PinView> = load(imprint.pins(&name, false).await)?.into_iter().map(convert::pin).collect();
-    let versions = load(imprint.list_versions(&name, Some(100), None).await)?;
+    let topic = load(imprint.topic(&caller, &name).await)?;
+    let pins: Vec<PinView> = load(imprint.pins(&caller, &name, false).await)?.into_iter().map(convert::pin).collect();
+    let versions = load(imprint.list_versions(&caller, &name, Some(100), None).await)?;
     Ok(TopicPage {
         head: convert::head(&topic, &caller),
         versions: versions.items.into_iter().map(|v| convert::version(v, &pins)).collect(),
@@ -500,7 +500,7 @@ pub async fn load_matrix(name: String, labels: Option<String>, at: Option<String
     use imprint_domain::{Labels, Selector};
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
-    let topic = load(imprint.topic(&name).await)?;
+    let topic = load(imprint.topic(&caller, &name).await)?;
     let serving =
         imprint.state().get(&topic.name).ok_or_else(|| ServerFnError::new("topic not loaded yet; try again"))?;
     let h = &serving.history;
@@ -541,7 +541,7 @@ pub async fn load_matrix(name: String, labels: Option<String>, at: Option<String
                         .ok_or_else(|| ServerFnError::new(format!("{a:?} is not a time such as 2026-11-22 03:12")))?,
                 ),
             };
-            let r = load(imprint.resolve(&topic.name, &parsed, at_time))?;
+            let r = load(imprint.resolve(&caller, &topic.name, &parsed, at_time))?;
             Some(Answer {
                 labels: parsed.to_string(),
                 at: at_time.map(|t| t.to_rfc3339()),

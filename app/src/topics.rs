@@ -27,10 +27,10 @@ pub struct TopicList {
 #[server(prefix = "/console/fn")]
 pub async fn list_topics(q: Option<String>, owner: Option<String>) -> Result<TopicList, ServerFnError> {
     use crate::ssr::{imprint, load, require_user};
-    require_user().await?;
+    let (_, caller) = require_user().await?;
     let imprint = imprint()?;
-    let page = load(imprint.list_topics(q.as_deref(), owner.as_deref(), Some(500), None).await)?;
-    let owners = load(imprint.teams().await)?.into_iter().map(|t| t.name).collect();
+    let page = load(imprint.list_topics(&caller, q.as_deref(), owner.as_deref(), Some(500), None).await)?;
+    let owners = load(imprint.teams(&caller).await)?.into_iter().map(|t| t.name).collect();
     Ok(TopicList { owners, rows: page.items.into_iter().map(row_of).collect() })
 }
 
@@ -123,8 +123,8 @@ fn TopicTable(rows: Vec<TopicRow>) -> impl IntoView {
 #[server(prefix = "/console/fn")]
 pub async fn list_unused(days: u32) -> Result<Vec<TopicRow>, ServerFnError> {
     use crate::ssr::{imprint, load, require_user};
-    require_user().await?;
-    Ok(load(imprint()?.unused_topics(days).await)?.into_iter().map(row_of).collect())
+    let (_, caller) = require_user().await?;
+    Ok(load(imprint()?.unused_topics(&caller, days).await)?.into_iter().map(row_of).collect())
 }
 
 #[component]

@@ -26,11 +26,11 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
     use imprint_domain::{diff_lines, render_payload};
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
-    let topic = load(imprint.topic(&name).await)?;
+    let topic = load(imprint.topic(&caller, &name).await)?;
     let pins: Vec<crate::topic::PinView> =
-        load(imprint.pins(&name, false).await)?.into_iter().map(crate::topic::pin_of).collect();
-    let v = load(imprint.version(&name, n).await)?;
-    let others: Vec<u64> = load(imprint.list_versions(&name, Some(500), None).await)?
+        load(imprint.pins(&caller, &name, false).await)?.into_iter().map(crate::topic::pin_of).collect();
+    let v = load(imprint.version(&caller, &name, n).await)?;
+    let others: Vec<u64> = load(imprint.list_versions(&caller, &name, Some(500), None).await)?
         .items
         .iter()
         .filter(|o| !o.purged && o.version != n)
@@ -39,7 +39,8 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
     let payload = |k: u64| {
         let imprint = imprint.clone();
         let name = name.clone();
-        async move { imprint.version_data(&name, k).await.map(|(bytes, _, _)| render_payload(&bytes, 512)) }
+        let caller = caller.clone();
+        async move { imprint.version_data(&caller, &name, k).await.map(|(bytes, _, _)| render_payload(&bytes, 512)) }
     };
     let rendered = if v.purged { None } else { Some(load(payload(n).await)?) };
     // Default comparison: the previous live version.

@@ -1,109 +1,205 @@
-//! The `/api/v1` handlers: parse the request, call the service, map the result.
-use crate::error::{ApiError, ApiResult};
+//! The `/api/v1` handlers: typed request parts in (see `extract`), a service call, the
+//! answer out. Routes are registered through `utoipa_axum`, so every route is in the
+//! OpenAPI document by construction.
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{
+    body_bytes, parse_json, ActionPath, ApiJson, ApiQuery, Auth, OptionalJson, RolloutPath, TopicPath, VersionPath,
+    MAX_BODY_BYTES,
+};
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use imprint_domain::{Labels, Plan, RolloutAction, Selector};
-use imprint_service::model::{Pin, Published, Scope, Topic, Version};
+use imprint_service::model::{ConsumerFilter, Pin, Published, Scope, Topic, Version};
 use imprint_service::{
-    Caller, Error, Imprint, NewTopic, Payload, PinInput, PlanChoice, PollRequest, PollResponse, PublishInput,
-    RolloutInfo, RolloutRequest, TopicPatch,
+    Error, Imprint, NewTopic, Payload, PinInput, PlanChoice, PollRequest, PollResponse, PublishInput, RolloutInfo,
+    RolloutRequest, TopicPatch,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// Largest request body accepted (base64 of the largest inline payload, with room to spare).
-pub const MAX_BODY_BYTES: usize = 12 * 1024 * 1024;
-
-pub fn routes() -> Router<Imprint> {
-    Router::new()
-        .route("/api/v1/topics", post(create_topic).get(list_topics))
-        .route("/api/v1/topics/{topic}", get(get_topic).patch(patch_topic))
-        .route("/api/v1/topics/{topic}/versions", post(publish).get(list_versions))
-        .route("/api/v1/topics/{topic}/versions/{n}", get(get_version))
-        .route("/api/v1/topics/{topic}/versions/{n}/data", get(version_data))
-        .route("/api/v1/topics/{topic}/versions/{n}/scopes", post(add_scope))
-        .route("/api/v1/topics/{topic}/resolve", get(resolve))
-        .route("/api/v1/topics/{topic}/pins", get(list_pins).put(put_pin).delete(delete_pin))
-        .route("/api/v1/topics/{topic}/latest", get(latest))
-        .route("/api/v1/topics/{topic}/consumers", get(consumers))
-        .route("/api/v1/topics/{topic}/rollouts", post(start_rollout).get(list_rollouts))
-        .route("/api/v1/topics/{topic}/rollouts/{id}", get(get_rollout))
-        .route("/api/v1/topics/{topic}/rollouts/{id}/{action}", post(rollout_action))
-        .route("/api/v1/poll", post(poll))
-        .route("/api/v1/openapi.json", get(openapi))
+/// The API routes and the OpenAPI document describing exactly them.
+pub fn routes_and_doc() -> (axum::Router<Imprint>, utoipa::openapi::OpenApi) {
+    let (router, doc) = OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(create_topic, list_topics))
+        .routes(routes!(get_topic, patch_topic))
+        .routes(routes!(publish, list_versions))
+        .routes(routes!(get_version))
+        .routes(routes!(version_data))
+        .routes(routes!(add_scope))
+        .routes(routes!(resolve))
+        .routes(routes!(list_pins, put_pin, delete_pin))
+        .routes(routes!(latest))
+        .routes(routes!(consumers))
+        .routes(routes!(start_rollout, list_rollouts))
+        .routes(routes!(get_rollout))
+        .routes(routes!(rollout_action))
+        .routes(routes!(poll))
+        .routes(routes!(openapi))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .split_for_parts();
+    let router = router
         .route("/api/v1/{*rest}", axum::routing::any(api_not_found))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
+    (router, doc)
+}
+
+pub fn routes() -> axum::Router<Imprint> {
+    routes_and_doc().0
 }
 
 async fn api_not_found() -> Response {
     ApiError::with_code(StatusCode::NOT_FOUND, "not_found", "no such API endpoint; see /api/v1/openapi.json")
 }
 
-async fn openapi() -> Response {
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "the OpenAPI 3.1 document of this API", content_type = "application/json")))]
+pub async fn openapi() -> Response {
     Json(crate::openapi::document()).into_response()
 }
 
-// ---- request helpers ----
+// ---- request bodies (unknown fields are refused, naming the field) ----
 
-/// The caller named by `Authorization: Bearer …` (anonymous without the header).
-pub async fn caller(imprint: &Imprint, headers: &HeaderMap) -> ApiResult<Caller> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Ok(Caller::Anonymous);
-    };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError(Error::Unauthorized("the Authorization header must be `Bearer <token>`".into())))?;
-    Ok(imprint.authenticate(Some(token)).await?)
+fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
-    body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError(Error::PayloadTooLarge { size: MAX_BODY_BYTES as u64 + 1, limit: MAX_BODY_BYTES as u64 })
-        }
-        _ => ApiError::invalid(format!("could not read the request body: {e}")),
-    })
+/// The JSON form of a publish.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    /// The payload as UTF-8 text (give this or `data_base64`).
+    #[serde(default)]
+    pub data: Option<String>,
+    /// The payload, base64.
+    #[serde(default)]
+    pub data_base64: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Selectors the version is released to; default `[{}]` (everyone), or none with a rollout.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub scopes: Option<Vec<Value>>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// A plan (`{"stages": [...]}`), a plan name, `"none"` or `null` (no rollout); absent:
+    /// the topic's default plan.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Object>)]
+    pub rollout: Option<Option<Value>>,
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed JSON body: {e}")))
+fn selector_json(v: &Value) -> ApiResult<Selector> {
+    Ok(Selector::from_json(v).map_err(Error::from)?)
 }
 
-fn query_pairs(raw: &Option<String>) -> Vec<(String, String)> {
-    raw.as_deref().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+fn parse_plan(v: &Value) -> ApiResult<Plan> {
+    serde_json::from_value(v.clone()).map_err(|e| ApiError::invalid(format!("invalid rollout plan: {e}")))
 }
 
-fn query_one<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+impl PublishBody {
+    fn into_input(self) -> ApiResult<PublishInput> {
+        let payload = match (self.data, self.data_base64) {
+            (Some(d), None) => Payload::Text(d),
+            (None, Some(b)) => Payload::Binary(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .map_err(|e| ApiError::invalid(format!("data_base64 is not valid base64: {e}")))?
+                    .into(),
+            ),
+            (Some(_), Some(_)) => return Err(ApiError::invalid("send either data or data_base64, not both")),
+            (None, None) => {
+                return Err(ApiError::invalid("the payload is missing: send data (UTF-8 text) or data_base64"))
+            }
+        };
+        let scopes = self.scopes.map(|items| items.iter().map(selector_json).collect::<ApiResult<Vec<_>>>()).transpose()?;
+        let rollout = match self.rollout {
+            None => RolloutRequest::TopicDefault,
+            Some(None) => RolloutRequest::None,
+            Some(Some(Value::String(name))) if name == "none" => RolloutRequest::None,
+            Some(Some(Value::String(name))) => RolloutRequest::Plan(PlanChoice::Named(name)),
+            Some(Some(plan @ Value::Object(_))) => RolloutRequest::Plan(PlanChoice::Inline(parse_plan(&plan)?)),
+            Some(Some(_)) => {
+                return Err(ApiError::invalid("rollout must be a plan ({\"stages\": [...]}), a plan name, or null"))
+            }
+        };
+        Ok(PublishInput {
+            payload,
+            content_type: self.content_type,
+            metadata: self.metadata.unwrap_or_default(),
+            scopes,
+            message: self.message.unwrap_or_default(),
+            rollout,
+        })
+    }
 }
 
-fn parse_limit(pairs: &[(String, String)]) -> ApiResult<Option<u32>> {
-    query_one(pairs, "limit")
+/// `POST …/versions/{n}/scopes`
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeBody {
+    /// `{"region": "eu-west-1"}`; `{}` is everyone.
+    #[schema(value_type = Object)]
+    pub selector: Value,
+}
+
+/// `PUT …/pins`
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PinBody {
+    /// The consumers pinned: `{"region": "eu-west-1"}`; `{}` pins everyone.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub selector: Option<Value>,
+    pub version: u64,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST …/rollouts`: stages inline, or the name of one of the topic's plans.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutBody {
+    pub version: u64,
+    /// `[{"selector": {...}, "wait_s": 600, "gate"?: {"min_applied_ratio"?: 0.9, "max_failure_ratio"?: 0.05}}]`
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub stages: Option<Value>,
+    #[serde(default)]
+    pub plan: Option<String>,
+}
+
+/// `POST …/rollouts/{id}/{action}` (optional body).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutActionBody {
+    /// Cancel only: pin each reached stage's selector to what it resolved to before the rollout.
+    #[serde(default)]
+    pub rollback: Option<bool>,
+}
+
+// ---- query strings ----
+
+fn parse_limit(l: &Option<String>) -> ApiResult<Option<u32>> {
+    l.as_deref()
         .map(|l| {
             l.parse::<u32>()
                 .map_err(|_| ApiError::invalid(format!("limit must be a number between 1 and 500, not {l:?}")))
         })
         .transpose()
-}
-
-fn parse_version(n: &str) -> ApiResult<u64> {
-    n.parse::<u64>()
-        .ok()
-        .filter(|n| *n >= 1)
-        .ok_or_else(|| ApiError::invalid(format!("{n:?} is not a version number (1, 2, 3, …)")))
 }
 
 fn parse_time(s: &str) -> ApiResult<DateTime<Utc>> {
@@ -112,21 +208,62 @@ fn parse_time(s: &str) -> ApiResult<DateTime<Utc>> {
         .map_err(|_| ApiError::invalid(format!("{s:?} is not an RFC 3339 time such as 2026-11-22T03:12:00Z")))
 }
 
-fn selector_json(v: &Value) -> ApiResult<Selector> {
-    Ok(Selector::from_json(v).map_err(Error::from)?)
-}
-
-fn field<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).filter(|v| !v.is_null())
-}
-
-fn string_field(obj: &serde_json::Map<String, Value>, key: &str) -> ApiResult<Option<String>> {
-    match field(obj, key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::invalid(format!("{key} must be a string"))),
+fn parse_bool(v: &Option<String>, key: &str) -> ApiResult<bool> {
+    match v.as_deref() {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(v) => Err(ApiError::invalid(format!("{key} must be true or false, not {v:?}"))),
     }
 }
+
+fn parse_labels(v: &Option<String>) -> ApiResult<Labels> {
+    Ok(Labels::parse(v.as_deref().unwrap_or("")).map_err(Error::from)?)
+}
+
+#[derive(Deserialize)]
+pub struct TopicsQuery {
+    q: Option<String>,
+    owner: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+    unused_days: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct PageQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct ResolveQuery {
+    labels: Option<String>,
+    at: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct LabelsQuery {
+    labels: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct SelectorQuery {
+    selector: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct AllQuery {
+    all: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct ConsumersQuery {
+    labels: Option<String>,
+    version: Option<String>,
+    lagging: Option<String>,
+}
+
+// ---- responses ----
 
 #[derive(Serialize, ToSchema)]
 pub struct TopicList {
@@ -161,18 +298,34 @@ pub struct Resolved {
     pub at: Option<DateTime<Utc>>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct RolloutList {
+    pub rollouts: Vec<RolloutInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    pub postgres: bool,
+    pub state_loaded: bool,
+}
+
 // ---- topics ----
 
 #[utoipa::path(post, path = "/api/v1/topics", request_body = NewTopic, tag = "topics",
-    responses((status = 201, body = Topic), (status = 400), (status = 401), (status = 403), (status = 409)))]
+    responses((status = 201, body = Topic), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create_topic(
     State(imprint): State<Imprint>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Auth(caller): Auth,
+    ApiJson(input): ApiJson<NewTopic>,
 ) -> ApiResult<Response> {
-    let caller = caller(&imprint, &headers).await?;
-    let body = body_bytes(body)?;
-    let input: NewTopic = parse_json(&body)?;
     let topic = imprint.create_topic(&caller, input).await?;
     Ok((StatusCode::CREATED, Json(topic)).into_response())
 }
@@ -181,130 +334,86 @@ pub async fn create_topic(
     params(("q" = Option<String>, Query, description = "search name, description, owner"),
            ("owner" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query),
     ("unused_days" = Option<u32>, Query, description = "only topics nobody polled for this many days (or ever); not paginated")),
-    responses((status = 200, body = TopicList)))]
-pub async fn list_topics(State(imprint): State<Imprint>, RawQuery(q): RawQuery) -> ApiResult<Json<TopicList>> {
-    let pairs = query_pairs(&q);
-    if let Some(days) = query_one(&pairs, "unused_days") {
+    responses((status = 200, body = TopicList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn list_topics(
+    State(imprint): State<Imprint>,
+    Auth(caller): Auth,
+    ApiQuery(q): ApiQuery<TopicsQuery>,
+) -> ApiResult<Json<TopicList>> {
+    if let Some(days) = &q.unused_days {
         let days = days
             .parse::<u32>()
             .map_err(|_| ApiError::invalid(format!("unused_days must be a number of days, not {days:?}")))?;
-        return Ok(Json(TopicList { topics: imprint.unused_topics(days).await?, next: None }));
+        return Ok(Json(TopicList { topics: imprint.unused_topics(&caller, days).await?, next: None }));
     }
     let page = imprint
-        .list_topics(
-            query_one(&pairs, "q"),
-            query_one(&pairs, "owner"),
-            parse_limit(&pairs)?,
-            query_one(&pairs, "cursor"),
-        )
+        .list_topics(&caller, q.q.as_deref(), q.owner.as_deref(), parse_limit(&q.limit)?, q.cursor.as_deref())
         .await?;
     Ok(Json(TopicList { topics: page.items, next: page.next }))
 }
 
-#[utoipa::path(get, path = "/api/v1/topics/{topic}", tag = "topics", responses((status = 200, body = Topic), (status = 404)))]
-pub async fn get_topic(State(imprint): State<Imprint>, Path(topic): Path<String>) -> ApiResult<Json<Topic>> {
-    Ok(Json(imprint.topic(&topic).await?))
+#[utoipa::path(get, path = "/api/v1/topics/{topic}", tag = "topics", params(("topic" = String, Path)),
+    responses((status = 200, body = Topic), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_topic(
+    State(imprint): State<Imprint>,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+) -> ApiResult<Json<Topic>> {
+    Ok(Json(imprint.topic(&caller, topic.as_str()).await?))
 }
 
 #[utoipa::path(patch, path = "/api/v1/topics/{topic}", request_body = TopicPatch, tag = "topics",
-    responses((status = 200, body = Topic), (status = 400), (status = 401), (status = 403), (status = 404)))]
+    params(("topic" = String, Path)),
+    responses((status = 200, body = Topic), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn patch_topic(
     State(imprint): State<Imprint>,
-    Path(topic): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+    ApiJson(patch): ApiJson<TopicPatch>,
 ) -> ApiResult<Json<Topic>> {
-    let caller = caller(&imprint, &headers).await?;
-    let patch: TopicPatch = parse_json(&body_bytes(body)?)?;
-    Ok(Json(imprint.update_topic(&caller, &topic, patch).await?))
+    Ok(Json(imprint.update_topic(&caller, topic.as_str(), patch).await?))
 }
 
 // ---- versions ----
 
-/// Publish. `application/json` bodies carry `data` or `data_base64`; any other content
-/// type is the payload itself, with scopes, metadata and message in the query string.
-#[utoipa::path(post, path = "/api/v1/topics/{topic}/versions", tag = "versions",
-    request_body(content = Object, description = "JSON form: {data | data_base64, metadata?, scopes?, message?, content_type?}; or a raw body with ?scope=&meta.k=&message="),
-    responses((status = 201, body = Published), (status = 400), (status = 401), (status = 403), (status = 404),
-              (status = 413), (status = 422), (status = 503)))]
+/// Publish. `application/json` bodies are a `PublishBody`; any other content type is the
+/// payload itself, with scopes, metadata and message in the query string
+/// (`?scope=region=eu&meta.k=v&message=…&rollout=<plan>|none`).
+#[utoipa::path(post, path = "/api/v1/topics/{topic}/versions", tag = "versions", params(("topic" = String, Path)),
+    request_body(content(
+        (PublishBody = "application/json"),
+        (Vec<u8> = "application/octet-stream", description = "the raw payload (any content type but JSON); see the query parameters"))),
+    responses((status = 201, body = Published), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn publish(
     State(imprint): State<Imprint>,
-    Path(topic): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+    req: Request,
 ) -> ApiResult<Response> {
-    let caller = caller(&imprint, &headers).await?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let query = req.uri().query().map(str::to_owned);
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let is_json = content_type
         .as_deref()
         .is_some_and(|c| c.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
-    let body = body_bytes(body)?;
-    let input = if is_json { json_publish(&body)? } else { raw_publish(&q, content_type, body)? };
-    let published = imprint.publish(&caller, &topic, input).await?;
+    let body = body_bytes(req).await?;
+    let input = if is_json {
+        parse_json::<PublishBody>(&body)?.into_input()?
+    } else {
+        raw_publish(query.as_deref(), content_type, body)?
+    };
+    let published = imprint.publish(&caller, topic.as_str(), input).await?;
     Ok((StatusCode::CREATED, Json(published)).into_response())
 }
 
-fn json_publish(body: &[u8]) -> ApiResult<PublishInput> {
-    let v: Value = parse_json(body)?;
-    let obj = v.as_object().ok_or_else(|| ApiError::invalid("the body must be a JSON object"))?;
-    for key in obj.keys() {
-        if !["data", "data_base64", "metadata", "scopes", "message", "content_type", "rollout"].contains(&key.as_str())
-        {
-            return Err(ApiError::invalid(format!("unknown field {key:?}")));
-        }
-    }
-    let payload = match (string_field(obj, "data")?, string_field(obj, "data_base64")?) {
-        (Some(d), None) => Payload::Text(d),
-        (None, Some(b)) => Payload::Binary(
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .map_err(|e| ApiError::invalid(format!("data_base64 is not valid base64: {e}")))?
-                .into(),
-        ),
-        (Some(_), Some(_)) => return Err(ApiError::invalid("send either data or data_base64, not both")),
-        (None, None) => return Err(ApiError::invalid("the payload is missing: send data (UTF-8 text) or data_base64")),
-    };
-    let metadata = match field(obj, "metadata") {
-        None => BTreeMap::new(),
-        Some(m) => serde_json::from_value(m.clone())
-            .map_err(|_| ApiError::invalid("metadata must be an object of string values"))?,
-    };
-    let scopes = match field(obj, "scopes") {
-        None => None,
-        Some(Value::Array(items)) => Some(items.iter().map(selector_json).collect::<ApiResult<Vec<_>>>()?),
-        Some(_) => {
-            return Err(ApiError::invalid("scopes must be an array of selectors such as [{\"region\": \"eu-west-1\"}]"))
-        }
-    };
-    let rollout = match obj.get("rollout") {
-        None => RolloutRequest::TopicDefault,
-        Some(Value::Null) => RolloutRequest::None,
-        Some(Value::String(name)) if name == "none" => RolloutRequest::None,
-        Some(Value::String(name)) => RolloutRequest::Plan(PlanChoice::Named(name.clone())),
-        Some(plan @ Value::Object(_)) => RolloutRequest::Plan(PlanChoice::Inline(parse_plan(plan)?)),
-        Some(_) => return Err(ApiError::invalid("rollout must be a plan ({\"stages\": [...]}), a plan name, or null")),
-    };
-    Ok(PublishInput {
-        payload,
-        content_type: string_field(obj, "content_type")?,
-        metadata,
-        scopes,
-        message: string_field(obj, "message")?.unwrap_or_default(),
-        rollout,
-    })
-}
-
-fn parse_plan(v: &Value) -> ApiResult<Plan> {
-    serde_json::from_value(v.clone()).map_err(|e| ApiError::invalid(format!("invalid rollout plan: {e}")))
-}
-
-fn raw_publish(q: &Option<String>, content_type: Option<String>, body: Bytes) -> ApiResult<PublishInput> {
+fn raw_publish(q: Option<&str>, content_type: Option<String>, body: Bytes) -> ApiResult<PublishInput> {
     let mut scopes = Vec::new();
     let mut metadata = BTreeMap::new();
     let mut message = String::new();
     let mut rollout = RolloutRequest::TopicDefault;
-    for (k, v) in query_pairs(q) {
+    for (k, v) in form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned() {
         if k == "scope" {
             scopes.push(Selector::parse(&v).map_err(Error::from)?);
         } else if let Some(key) = k.strip_prefix("meta.") {
@@ -332,36 +441,43 @@ fn raw_publish(q: &Option<String>, content_type: Option<String>, body: Bytes) ->
 }
 
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/versions", tag = "versions",
-    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = VersionList), (status = 404)))]
+    params(("topic" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = VersionList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_versions(
     State(imprint): State<Imprint>,
-    Path(topic): Path<String>,
-    RawQuery(q): RawQuery,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<VersionList>> {
-    let pairs = query_pairs(&q);
-    let page = imprint.list_versions(&topic, parse_limit(&pairs)?, query_one(&pairs, "cursor")).await?;
+    let page = imprint.list_versions(&caller, topic.as_str(), parse_limit(&q.limit)?, q.cursor.as_deref()).await?;
     Ok(Json(VersionList { versions: page.items, next: page.next }))
 }
 
-#[utoipa::path(get, path = "/api/v1/topics/{topic}/versions/{n}", tag = "versions", responses((status = 200, body = Version), (status = 404)))]
+#[utoipa::path(get, path = "/api/v1/topics/{topic}/versions/{n}", tag = "versions",
+    params(("topic" = String, Path), ("n" = u64, Path)),
+    responses((status = 200, body = Version), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_version(
     State(imprint): State<Imprint>,
-    Path((topic, n)): Path<(String, String)>,
+    Auth(caller): Auth,
+    VersionPath(topic, n): VersionPath,
 ) -> ApiResult<Json<Version>> {
-    Ok(Json(imprint.version(&topic, parse_version(&n)?).await?))
+    Ok(Json(imprint.version(&caller, topic.as_str(), n).await?))
 }
 
 /// The payload bytes, with `ETag: "<sha256>"`, single `Range` requests and `If-None-Match`.
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/versions/{n}/data", tag = "versions",
-    responses((status = 200, description = "payload bytes"), (status = 206), (status = 304), (status = 404), (status = 410), (status = 416)))]
+    params(("topic" = String, Path), ("n" = u64, Path)),
+    responses((status = 200, description = "payload bytes", body = Vec<u8>, content_type = "application/octet-stream"),
+              (status = 206, description = "the requested range"), (status = 304, description = "not modified"),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),
+              (status = 416, body = ErrorBody)))]
 pub async fn version_data(
     State(imprint): State<Imprint>,
-    Path((topic, n)): Path<(String, String)>,
+    Auth(caller): Auth,
+    VersionPath(topic, n): VersionPath,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let n = parse_version(&n)?;
-    let (data, content_type, sha) = imprint.version_data(&topic, n).await?;
+    let (data, content_type, sha) = imprint.version_data(&caller, topic.as_str(), n).await?;
     let etag = format!("\"{sha}\"");
     Ok(payload_response(data, &content_type, &etag, n, None, &headers))
 }
@@ -441,230 +557,219 @@ fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
 }
 
 #[utoipa::path(post, path = "/api/v1/topics/{topic}/versions/{n}/scopes", tag = "versions",
-    request_body(content = Object, description = "{\"selector\": {\"region\": \"eu-west-1\"}}"),
+    params(("topic" = String, Path), ("n" = u64, Path)), request_body = ScopeBody,
     responses((status = 201, body = Scope), (status = 200, body = Scope, description = "the version had this scope already"),
-              (status = 400), (status = 401), (status = 403), (status = 404), (status = 410)))]
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub async fn add_scope(
     State(imprint): State<Imprint>,
-    Path((topic, n)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Auth(caller): Auth,
+    VersionPath(topic, n): VersionPath,
+    ApiJson(body): ApiJson<ScopeBody>,
 ) -> ApiResult<Response> {
-    let caller = caller(&imprint, &headers).await?;
-    let n = parse_version(&n)?;
-    let v: Value = parse_json(&body_bytes(body)?)?;
-    let selector = v.get("selector").ok_or_else(|| ApiError::invalid("the body must be {\"selector\": {...}}"))?;
-    let selector = selector_json(selector)?;
-    let (scope, added) = imprint.add_scope(&caller, &topic, n, selector).await?;
+    let selector = selector_json(&body.selector)?;
+    let (scope, added) = imprint.add_scope(&caller, topic.as_str(), n, selector).await?;
     Ok((if added { StatusCode::CREATED } else { StatusCode::OK }, Json(scope)).into_response())
 }
 
 // ---- resolution ----
 
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/resolve", tag = "resolution",
-    params(("labels" = Option<String>, Query, description = "region=eu-west-1,app=checkout"),
+    params(("topic" = String, Path), ("labels" = Option<String>, Query, description = "region=eu-west-1,app=checkout"),
            ("at" = Option<String>, Query, description = "RFC 3339 time: resolve as things stood then")),
-    responses((status = 200, body = Resolved), (status = 400), (status = 404)))]
+    responses((status = 200, body = Resolved), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn resolve(
     State(imprint): State<Imprint>,
-    Path(topic): Path<String>,
-    RawQuery(q): RawQuery,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+    ApiQuery(q): ApiQuery<ResolveQuery>,
 ) -> ApiResult<Json<Resolved>> {
-    let pairs = query_pairs(&q);
-    let labels = Labels::parse(query_one(&pairs, "labels").unwrap_or("")).map_err(Error::from)?;
-    let at = query_one(&pairs, "at").map(parse_time).transpose()?;
-    let r = imprint.resolve(&topic, &labels, at)?;
-    Ok(Json(Resolved { topic, version: r.map(|r| r.version), pinned: r.is_some_and(|r| r.pinned), at }))
+    let labels = parse_labels(&q.labels)?;
+    let at = q.at.as_deref().map(parse_time).transpose()?;
+    let r = imprint.resolve(&caller, topic.as_str(), &labels, at)?;
+    Ok(Json(Resolved {
+        topic: topic.to_string(),
+        version: r.map(|r| r.version),
+        pinned: r.is_some_and(|r| r.pinned),
+        at,
+    }))
 }
 
 // ---- pins ----
 
-#[utoipa::path(put, path = "/api/v1/topics/{topic}/pins", tag = "pins",
-    request_body(content = Object, description = "{\"selector\": {...}, \"version\": n, \"reason\": \"…\"}"),
-    responses((status = 200, body = Pin), (status = 400), (status = 401), (status = 403), (status = 404), (status = 410)))]
+#[utoipa::path(put, path = "/api/v1/topics/{topic}/pins", tag = "pins", params(("topic" = String, Path)),
+    request_body = PinBody,
+    responses((status = 200, body = Pin), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 410, body = ErrorBody)))]
 pub async fn put_pin(
     State(imprint): State<Imprint>,
-    Path(topic): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+    ApiJson(body): ApiJson<PinBody>,
 ) -> ApiResult<Json<Pin>> {
-    let caller = caller(&imprint, &headers).await?;
-    let v: Value = parse_json(&body_bytes(body)?)?;
-    let obj = v.as_object().ok_or_else(|| ApiError::invalid("the body must be a JSON object"))?;
-    let selector = selector_json(
-        field(obj, "selector").ok_or_else(|| ApiError::invalid("selector is required ({} pins everyone)"))?,
-    )?;
-    let version = field(obj, "version")
-        .and_then(Value::as_u64)
-        .filter(|n| *n >= 1)
-        .ok_or_else(|| ApiError::invalid("version must be a version number (1, 2, 3, …)"))?;
-    let reason = string_field(obj, "reason")?.unwrap_or_default();
-    Ok(Json(imprint.pin(&caller, &topic, PinInput { selector, version, reason }).await?))
+    let selector = match &body.selector {
+        None | Some(Value::Null) => return Err(ApiError::invalid("selector is required ({} pins everyone)")),
+        Some(v) => selector_json(v)?,
+    };
+    if body.version == 0 {
+        return Err(ApiError::invalid("version must be a version number (1, 2, 3, …)"));
+    }
+    let input = PinInput { selector, version: body.version, reason: body.reason.unwrap_or_default() };
+    Ok(Json(imprint.pin(&caller, topic.as_str(), input).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/topics/{topic}/pins", tag = "pins",
-    params(("selector" = String, Query, description = "the pin's selector, `*` for everyone")),
-    responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404)))]
+    params(("topic" = String, Path), ("selector" = String, Query, description = "the pin's selector, `*` for everyone")),
+    responses((status = 204, description = "removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_pin(
     State(imprint): State<Imprint>,
-    Path(topic): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+    ApiQuery(q): ApiQuery<SelectorQuery>,
 ) -> ApiResult<StatusCode> {
-    let caller = caller(&imprint, &headers).await?;
-    let pairs = query_pairs(&q);
-    let selector =
-        query_one(&pairs, "selector").ok_or_else(|| ApiError::invalid("?selector= is required (`*` for everyone)"))?;
-    let selector = Selector::parse(selector).map_err(Error::from)?;
-    imprint.unpin(&caller, &topic, &selector).await?;
+    let selector = q.selector.ok_or_else(|| ApiError::invalid("?selector= is required (`*` for everyone)"))?;
+    let selector = Selector::parse(&selector).map_err(Error::from)?;
+    imprint.unpin(&caller, topic.as_str(), &selector).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/pins", tag = "pins",
-    params(("all" = Option<bool>, Query, description = "include removed pins")),
-    responses((status = 200, body = PinList), (status = 404)))]
+    params(("topic" = String, Path), ("all" = Option<bool>, Query, description = "include removed pins")),
+    responses((status = 200, body = PinList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_pins(
     State(imprint): State<Imprint>,
-    Path(topic): Path<String>,
-    RawQuery(q): RawQuery,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+    ApiQuery(q): ApiQuery<AllQuery>,
 ) -> ApiResult<Json<PinList>> {
-    let pairs = query_pairs(&q);
-    let all = parse_bool(&pairs, "all")?;
-    Ok(Json(PinList { pins: imprint.pins(&topic, all).await? }))
+    let all = parse_bool(&q.all, "all")?;
+    Ok(Json(PinList { pins: imprint.pins(&caller, topic.as_str(), all).await? }))
 }
 
 // ---- consumers ----
 
 #[utoipa::path(post, path = "/api/v1/poll", tag = "consumers", request_body = PollRequest,
-    responses((status = 200, body = PollResponse), (status = 400)))]
+    responses((status = 200, body = PollResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 413, body = ErrorBody)))]
 pub async fn poll(
     State(imprint): State<Imprint>,
-    body: Result<Bytes, BytesRejection>,
+    Auth(caller): Auth,
+    ApiJson(req): ApiJson<PollRequest>,
 ) -> ApiResult<Json<PollResponse>> {
-    let req: PollRequest = parse_json(&body_bytes(body)?)?;
-    Ok(Json(imprint.poll(req).await?))
+    Ok(Json(imprint.poll(&caller, req).await?))
 }
 
 /// The resolved payload of one topic: the curl-friendly way to consume.
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/latest", tag = "consumers",
-    params(("labels" = Option<String>, Query, description = "region=eu-west-1,app=checkout")),
-    responses((status = 200, description = "payload bytes with X-Imprint-Version, X-Imprint-Pinned, ETag \"v<n>\""),
-              (status = 304), (status = 404)))]
+    params(("topic" = String, Path), ("labels" = Option<String>, Query, description = "region=eu-west-1,app=checkout")),
+    responses((status = 200, description = "payload bytes with X-Imprint-Version, X-Imprint-Pinned, ETag \"v<n>\"",
+               body = Vec<u8>, content_type = "application/octet-stream"),
+              (status = 304, description = "not modified"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn latest(
     State(imprint): State<Imprint>,
-    Path(topic): Path<String>,
-    RawQuery(q): RawQuery,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+    ApiQuery(q): ApiQuery<LabelsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let pairs = query_pairs(&q);
-    let labels = Labels::parse(query_one(&pairs, "labels").unwrap_or("")).map_err(Error::from)?;
-    let (v, pinned) = imprint.latest(&topic, &labels)?;
+    let labels = parse_labels(&q.labels)?;
+    let (v, pinned) = imprint.latest(&caller, topic.as_str(), &labels)?;
     let etag = format!("\"v{}\"", v.version);
     let data = match &v.payload {
         Some(p) => p.clone(),
         None if headers.get(header::IF_NONE_MATCH).is_some_and(|h| h.to_str().is_ok_and(|h| h.contains(&etag))) => {
             Bytes::new()
         }
-        None => imprint.version_data(&topic, v.version).await?.0,
+        None => imprint.version_data(&caller, topic.as_str(), v.version).await?.0,
     };
     Ok(payload_response(data, &v.content_type, &etag, v.version, Some(pinned), &headers))
 }
 
 /// Who consumes a topic: per instance the version held and the version it should hold.
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/consumers", tag = "consumers",
-    params(("labels" = Option<String>, Query, description = "only consumers with these labels, e.g. region=eu-west-1"),
+    params(("topic" = String, Path),
+           ("labels" = Option<String>, Query, description = "only consumers with these labels, e.g. region=eu-west-1"),
            ("version" = Option<u64>, Query, description = "only consumers holding this version"),
            ("lagging" = Option<bool>, Query, description = "only consumers lagging behind their expected version")),
-    responses((status = 200, body = ConsumerList), (status = 400), (status = 404)))]
+    responses((status = 200, body = ConsumerList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn consumers(
     State(imprint): State<Imprint>,
-    Path(topic): Path<String>,
-    RawQuery(q): RawQuery,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+    ApiQuery(q): ApiQuery<ConsumersQuery>,
 ) -> ApiResult<Json<ConsumerList>> {
-    let pairs = query_pairs(&q);
-    let labels = query_one(&pairs, "labels").map(Selector::parse).transpose().map_err(Error::from)?;
-    let version = query_one(&pairs, "version").map(parse_version).transpose()?;
-    let lagging_only = parse_bool(&pairs, "lagging")?;
-    let filter = imprint_service::audit::ConsumerFilter { labels, version, lagging_only };
-    let list = imprint.consumers(&topic, &filter).await?;
+    let labels = q.labels.as_deref().map(Selector::parse).transpose().map_err(Error::from)?;
+    let version = q.version.as_deref().map(crate::extract::parse_version).transpose()?;
+    let lagging_only = parse_bool(&q.lagging, "lagging")?;
+    let filter = ConsumerFilter { labels, version, lagging_only };
+    let list = imprint.consumers(&caller, topic.as_str(), &filter).await?;
     Ok(Json(ConsumerList { consumers: list.consumers, by_version: list.by_version, total: list.total }))
-}
-
-fn parse_bool(pairs: &[(String, String)], key: &str) -> ApiResult<bool> {
-    match query_one(pairs, key) {
-        None | Some("false") | Some("0") => Ok(false),
-        Some("true") | Some("1") | Some("") => Ok(true),
-        Some(v) => Err(ApiError::invalid(format!("{key} must be true or false, not {v:?}"))),
-    }
 }
 
 // ---- rollouts ----
 
-#[derive(Serialize, ToSchema)]
-pub struct RolloutList {
-    pub rollouts: Vec<RolloutInfo>,
-}
-
-/// Starts a rollout of the topic's newest version: `{"version", "stages": [...]}` or
-/// `{"version", "plan": "<name of one of the topic's plans>"}`. Stage 1's scope is added at once.
-#[utoipa::path(post, path = "/api/v1/topics/{topic}/rollouts", tag = "rollouts",
-    request_body(content = Object, description = "{\"version\": n, \"stages\": [{\"selector\": {...}, \"wait_s\": 600, \"gate\"?: {\"min_applied_ratio\"?: 0.9, \"max_failure_ratio\"?: 0.05}}]} or {\"version\": n, \"plan\": \"name\"}"),
-    responses((status = 201, body = RolloutInfo), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409)))]
+/// Starts a rollout of the topic's newest version. Stage 1's scope is added at once.
+#[utoipa::path(post, path = "/api/v1/topics/{topic}/rollouts", tag = "rollouts", params(("topic" = String, Path)),
+    request_body = RolloutBody,
+    responses((status = 201, body = RolloutInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn start_rollout(
     State(imprint): State<Imprint>,
-    Path(topic): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+    ApiJson(body): ApiJson<RolloutBody>,
 ) -> ApiResult<Response> {
-    let caller = caller(&imprint, &headers).await?;
-    let v: Value = parse_json(&body_bytes(body)?)?;
-    let obj = v.as_object().ok_or_else(|| ApiError::invalid("the body must be a JSON object"))?;
-    let version = field(obj, "version")
-        .and_then(Value::as_u64)
-        .filter(|n| *n >= 1)
-        .ok_or_else(|| ApiError::invalid("version must be a version number (1, 2, 3, …)"))?;
-    let choice = match (field(obj, "stages"), string_field(obj, "plan")?) {
+    if body.version == 0 {
+        return Err(ApiError::invalid("version must be a version number (1, 2, 3, …)"));
+    }
+    let choice = match (body.stages.filter(|s| !s.is_null()), body.plan) {
         (Some(stages), None) => PlanChoice::Inline(parse_plan(&json!({"stages": stages}))?),
         (None, Some(name)) => PlanChoice::Named(name),
         _ => return Err(ApiError::invalid("give either stages or the name of a plan")),
     };
-    let info = imprint.start_rollout(&caller, &topic, version, choice).await?;
+    let info = imprint.start_rollout(&caller, topic.as_str(), body.version, choice).await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/topics/{topic}/rollouts", tag = "rollouts",
-    responses((status = 200, body = RolloutList), (status = 404)))]
-pub async fn list_rollouts(State(imprint): State<Imprint>, Path(topic): Path<String>) -> ApiResult<Json<RolloutList>> {
-    Ok(Json(RolloutList { rollouts: imprint.rollouts(&topic).await? }))
-}
-
-fn parse_id(id: &str) -> ApiResult<i64> {
-    id.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| ApiError::invalid(format!("{id:?} is not a rollout id")))
+#[utoipa::path(get, path = "/api/v1/topics/{topic}/rollouts", tag = "rollouts", params(("topic" = String, Path)),
+    responses((status = 200, body = RolloutList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_rollouts(
+    State(imprint): State<Imprint>,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+) -> ApiResult<Json<RolloutList>> {
+    Ok(Json(RolloutList { rollouts: imprint.rollouts(&caller, topic.as_str()).await? }))
 }
 
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/rollouts/{id}", tag = "rollouts",
-    responses((status = 200, body = RolloutInfo), (status = 404)))]
+    params(("topic" = String, Path), ("id" = i64, Path)),
+    responses((status = 200, body = RolloutInfo), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_rollout(
     State(imprint): State<Imprint>,
-    Path((topic, id)): Path<(String, String)>,
+    Auth(caller): Auth,
+    RolloutPath(topic, id): RolloutPath,
 ) -> ApiResult<Json<RolloutInfo>> {
-    Ok(Json(imprint.rollout(&topic, parse_id(&id)?).await?))
+    Ok(Json(imprint.rollout(&caller, topic.as_str(), id).await?))
 }
 
 /// `pause`, `resume`, `advance` (next stage now), `complete` (all stages now), `cancel`
 /// (body `{"rollback": true}` pins each reached stage's selector to what it resolved to
 /// before the rollout).
 #[utoipa::path(post, path = "/api/v1/topics/{topic}/rollouts/{id}/{action}", tag = "rollouts",
-    request_body(content = Option<Object>, description = "cancel only: {\"rollback\": true}"),
-    responses((status = 200, body = RolloutInfo), (status = 400), (status = 401), (status = 403), (status = 404), (status = 409)))]
+    params(("topic" = String, Path), ("id" = i64, Path),
+           ("action" = String, Path, description = "pause, resume, advance, complete or cancel")),
+    request_body(content = Option<RolloutActionBody>, description = "cancel only: {\"rollback\": true}"),
+    responses((status = 200, body = RolloutInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn rollout_action(
     State(imprint): State<Imprint>,
-    Path((topic, id, action)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Auth(caller): Auth,
+    RolloutPath(topic, id): RolloutPath,
+    ActionPath(action): ActionPath,
+    OptionalJson(body): OptionalJson<RolloutActionBody>,
 ) -> ApiResult<Json<RolloutInfo>> {
-    let caller = caller(&imprint, &headers).await?;
-    let id = parse_id(&id)?;
     let action = match action.as_str() {
         "pause" => RolloutAction::Pause,
         "resume" => RolloutAction::Resume,
@@ -677,33 +782,42 @@ pub async fn rollout_action(
             )))
         }
     };
-    let body = body_bytes(body)?;
-    let rollback = if body.iter().all(u8::is_ascii_whitespace) {
-        false
-    } else {
-        let v: Value = parse_json(&body)?;
-        match v.get("rollback") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) if action == RolloutAction::Cancel => *b,
-            Some(Value::Bool(_)) => return Err(ApiError::invalid("rollback applies to cancel only")),
-            Some(_) => return Err(ApiError::invalid("rollback must be true or false")),
-        }
+    let rollback = match body.and_then(|b| b.rollback) {
+        None => false,
+        Some(b) if action == RolloutAction::Cancel => b,
+        Some(_) => return Err(ApiError::invalid("rollback applies to cancel only")),
     };
-    Ok(Json(imprint.rollout_action(&caller, &topic, id, action, rollback).await?))
+    Ok(Json(imprint.rollout_action(&caller, topic.as_str(), id, action, rollback).await?))
 }
 
-/// `GET /healthz`: the process is up.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+// ---- operations ----
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "metrics in the Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics_handle().render()).into_response()
 }
 
-/// `GET /readyz`: Postgres is reachable and the serving state is loaded.
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+/// Postgres is reachable and the serving state is loaded.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(imprint): State<Imprint>) -> Response {
     let db = imprint.ready().await;
     let loaded = imprint.state().is_loaded();
     let status = if db && loaded { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"status": if status == StatusCode::OK { "ready" } else { "not_ready" }, "postgres": db, "state_loaded": loaded})))
-        .into_response()
+    let body = Readiness {
+        status: if status == StatusCode::OK { "ready" } else { "not_ready" }.into(),
+        postgres: db,
+        state_loaded: loaded,
+    };
+    (status, Json(body)).into_response()
 }
 
 #[cfg(test)]

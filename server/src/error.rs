@@ -1,9 +1,12 @@
-//! The one HTTP error type: API.md's `{"error": {"code", "message"}}` with the right status.
+//! The one HTTP error type: API.md's `{"error": {"code", "message"}}` with the right
+//! status. What a service error means in HTTP is decided here, and only here.
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use imprint_service::Error;
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 #[derive(Debug)]
 pub struct ApiError(pub Error);
@@ -11,6 +14,49 @@ pub struct ApiError(pub Error);
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         ApiError(e)
+    }
+}
+
+/// The error body of every failed API request.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code: `invalid_request`, `topic_not_found`, …
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// The HTTP status and API error code of a service error.
+pub fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
+    match e {
+        Error::InvalidTopicName(_) => (StatusCode::BAD_REQUEST, "invalid_topic_name"),
+        Error::InvalidSelector(_) => (StatusCode::BAD_REQUEST, "invalid_selector"),
+        Error::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        Error::TopicNotFound(_) => (StatusCode::NOT_FOUND, "topic_not_found"),
+        Error::VersionNotFound { .. } => (StatusCode::NOT_FOUND, "version_not_found"),
+        Error::PinNotFound { .. } => (StatusCode::NOT_FOUND, "pin_not_found"),
+        Error::RolloutNotFound { .. } => (StatusCode::NOT_FOUND, "rollout_not_found"),
+        Error::NoVersionInScope(_) => (StatusCode::NOT_FOUND, "no_version_in_scope"),
+        Error::UserNotFound(_) => (StatusCode::NOT_FOUND, "user_not_found"),
+        Error::TeamNotFound(_) => (StatusCode::NOT_FOUND, "team_not_found"),
+        Error::TopicExists(_) => (StatusCode::CONFLICT, "topic_exists"),
+        Error::InvalidState(_) => (StatusCode::CONFLICT, "invalid_state"),
+        Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        Error::UserExists(_) => (StatusCode::CONFLICT, "user_exists"),
+        Error::TeamExists(_) => (StatusCode::CONFLICT, "team_exists"),
+        Error::VersionPurged { .. } => (StatusCode::GONE, "version_purged"),
+        Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        Error::SchemaViolation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "schema_violation"),
+        Error::TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
+        Error::StorageUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+        Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 
@@ -26,7 +72,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let (status, code) = status_and_code(&self.0);
         // Internal details are logged, never shown to clients.
         let message = match &self.0 {
             Error::Internal(detail) => {
@@ -39,7 +85,7 @@ impl IntoResponse for ApiError {
             }
             e => e.to_string(),
         };
-        let mut resp = ApiError::with_code(status, self.0.code(), &message);
+        let mut resp = ApiError::with_code(status, code, &message);
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));

@@ -4,12 +4,12 @@
 
 pub mod api;
 pub mod error;
+pub mod extract;
 pub mod openapi;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::response::Response;
 use axum::Router;
 use imprint_service::Imprint;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -27,10 +27,6 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
                 PrometheusBuilder::new().build_recorder().handle()
             })
     })
-}
-
-async fn metrics_endpoint() -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_handle().render()).into_response()
 }
 
 /// Counts requests by route and status, and times them.
@@ -52,9 +48,6 @@ pub fn api_router(imprint: Imprint) -> Router {
     metrics_handle();
     Router::new()
         .merge(api::routes())
-        .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
-        .route("/metrics", get(metrics_endpoint))
         .route_layer(axum::middleware::from_fn(track))
         .with_state(imprint)
 }

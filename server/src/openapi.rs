@@ -1,8 +1,10 @@
-//! The served OpenAPI document (`GET /api/v1/openapi.json`).
-use crate::api;
+//! The served OpenAPI document (`GET /api/v1/openapi.json`): the info and shared
+//! components here, every path from the router itself (`api::routes_and_doc`).
+use crate::error::{ErrorBody, ErrorDetail};
 use imprint_service::model::{Pin, Published, Retention, Scope, Topic, Version};
 use imprint_service::poll::{Applied, Consumer, PollRequest, PollResponse, Update};
 use imprint_service::{NewTopic, TopicPatch};
+use std::sync::OnceLock;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -18,21 +20,25 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Imprint API", version = "1",
-         description = "Publish versioned datasets to many consumers. Errors are {\"error\": {\"code\", \"message\"}}. \
-                        Writes need `Authorization: Bearer <token>`; polling and GETs are open. Lists are newest first \
-                        with ?limit= (1-500, default 50) and an opaque ?cursor= from `next`. Long polls (`wait_ms` > 0) \
-                        answer with poll_after_ms = 0: poll again at once."),
-    paths(api::create_topic, api::list_topics, api::get_topic, api::patch_topic, api::publish, api::list_versions,
-          api::get_version, api::version_data, api::add_scope, api::resolve, api::put_pin, api::delete_pin, api::list_pins,
-          api::poll, api::latest, api::consumers, api::start_rollout, api::list_rollouts, api::get_rollout,
-          api::rollout_action),
+         description = "Publish versioned datasets to many consumers. Errors are {\"error\": {\"code\", \"message\"}} \
+                        (ErrorBody). Writes need `Authorization: Bearer <token>`; polling and GETs are open. Request \
+                        bodies refuse unknown fields. Lists are newest first with ?limit= (1-500, default 50) and an \
+                        opaque ?cursor= from `next`. Long polls (`wait_ms` > 0) answer with poll_after_ms = 0: poll \
+                        again at once."),
     components(schemas(Topic, Retention, NewTopic, TopicPatch, Version, Scope, Published, Pin, PollRequest, PollResponse,
-                       Consumer, Applied, Update, api::TopicList, api::VersionList, api::PinList, api::Resolved, api::ConsumerList, api::RolloutList, imprint_service::RolloutInfo,
+                       Consumer, Applied, Update, ErrorBody, ErrorDetail, imprint_service::RolloutInfo,
                        imprint_service::model::ConsumerInfo)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
 
-pub fn document() -> utoipa::openapi::OpenApi {
+/// The document without paths (the router adds them).
+pub fn base() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+/// The whole document, built once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOC.get_or_init(|| crate::api::routes_and_doc().1)
 }

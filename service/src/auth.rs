@@ -1,9 +1,9 @@
-//! Who is calling, and what they may do. Every write operation takes a `Caller` and
-//! checks it here, so the HTTP API and the console share one set of rules.
-use crate::audit_log::audit;
+//! Who is calling, and what they may do. Every operation, reads included, takes a
+//! `Caller` and checks it here, so the HTTP API and the console share one set of rules.
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::model::ApiToken;
-use chrono::{DateTime, Utc};
+use crate::store;
 use rand::RngCore;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -89,6 +89,21 @@ impl Caller {
         }
     }
 
+    /// May this caller read a topic (its settings, versions, pins, rollouts, consumers)
+    /// and poll it? Every topic is readable by everyone today; restricted topics will
+    /// narrow this, which is why every read passes its caller.
+    pub fn require_read(&self, _topic: &str, _owner: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Reads that are not about one topic but need someone signed in (teams, audit log).
+    pub fn require_known(&self, what: &str) -> Result<()> {
+        match self {
+            Caller::Anonymous => Err(Error::Unauthorized(format!("{what} needs a bearer token or a signed-in user"))),
+            _ => Ok(()),
+        }
+    }
+
     pub fn require_admin(&self) -> Result<()> {
         match self {
             Caller::Anonymous => Err(Error::Unauthorized("this operation needs a bearer token".into())),
@@ -112,15 +127,8 @@ pub fn generate_token() -> String {
 
 /// Looks up a presented bearer token. Unknown or revoked → 401.
 pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Caller> {
-    let row: Option<(String, bool, Option<String>)> = sqlx::query_as(
-        "UPDATE api_tokens SET last_used_at = now() WHERE token_hash = $1 AND revoked_at IS NULL
-         RETURNING name, is_admin, team",
-    )
-    .bind(hash_token(token))
-    .fetch_optional(pool)
-    .await?;
-    match row {
-        Some((name, admin, team)) => Ok(Caller::Token { name, admin, team }),
+    match store::tokens::use_token(pool, &hash_token(token), SystemClock.now()).await? {
+        Some(t) => Ok(Caller::Token { name: t.name, admin: t.is_admin, team: t.team }),
         None => Err(Error::Unauthorized("unknown or revoked token".into())),
     }
 }
@@ -131,28 +139,14 @@ pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Caller> {
 pub async fn ensure_bootstrap_token(pool: &PgPool, token: &str) -> Result<()> {
     let hash = hash_token(token);
     let who = Caller::System.who();
+    let now = SystemClock.now();
     let mut tx = pool.begin().await?;
-    let revoked = sqlx::query(
-        "UPDATE api_tokens SET revoked_at = now() WHERE name = 'bootstrap' AND revoked_at IS NULL AND token_hash <> $1",
-    )
-    .bind(&hash)
-    .execute(&mut *tx)
-    .await?;
-    if revoked.rows_affected() > 0 {
-        audit(&mut tx, &who, "token.revoke", None, json!({"name": "bootstrap", "replaced": true})).await?;
+    if store::tokens::revoke_other_bootstrap(&mut tx, &hash, now).await? {
+        store::audit(&mut tx, now, &who, "token.revoke", None, json!({"name": "bootstrap", "replaced": true})).await?;
     }
-    let created: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO api_tokens (name, token_hash, is_admin, created_by) VALUES ('bootstrap', $1, true, 'IMPRINT_BOOTSTRAP_TOKEN')
-         ON CONFLICT (token_hash) DO UPDATE SET revoked_at = NULL, is_admin = true
-           WHERE api_tokens.revoked_at IS NOT NULL OR NOT api_tokens.is_admin
-         RETURNING id",
-    )
-    .bind(&hash)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if created.is_some() {
+    if store::tokens::upsert_bootstrap(&mut tx, &hash, now).await? {
         let details = json!({"name": "bootstrap", "admin": true, "team": null, "source": "IMPRINT_BOOTSTRAP_TOKEN"});
-        audit(&mut tx, &who, "token.create", None, details).await?;
+        store::audit(&mut tx, now, &who, "token.create", None, details).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -180,60 +174,40 @@ pub async fn create_token(
     check_token_name(name)?;
     let token = generate_token();
     let who = caller.who();
+    let now = SystemClock.now();
     let mut tx = pool.begin().await?;
-    let res = sqlx::query(
-        "INSERT INTO api_tokens (name, token_hash, is_admin, team, created_by) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(name)
-    .bind(hash_token(&token))
-    .bind(admin)
-    .bind(team)
-    .bind(&who)
-    .execute(&mut *tx)
-    .await;
-    match res {
-        Ok(_) => {}
-        Err(sqlx::Error::Database(e)) if e.constraint() == Some("api_tokens_active_name") => {
-            return Err(Error::InvalidState(format!("an active token named {name:?} exists already")))
-        }
-        Err(e) => return Err(e.into()),
+    if !store::tokens::insert(&mut tx, name, &hash_token(&token), admin, team, &who, now).await? {
+        return Err(Error::InvalidState(format!("an active token named {name:?} exists already")));
     }
     // Never the secret itself, nor its hash: the log is readable by every signed-in user.
-    audit(&mut tx, &who, "token.create", None, json!({"name": name, "admin": admin, "team": team})).await?;
+    store::audit(&mut tx, now, &who, "token.create", None, json!({"name": name, "admin": admin, "team": team})).await?;
     tx.commit().await?;
     Ok(token)
 }
 
 pub async fn revoke_token(pool: &PgPool, caller: &Caller, name: &str) -> Result<()> {
     caller.require_admin()?;
+    let now = SystemClock.now();
     let mut tx = pool.begin().await?;
-    let done = sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-    if done.rows_affected() == 0 {
+    if !store::tokens::revoke(&mut tx, name, now).await? {
         return Err(Error::InvalidState(format!("no active token named {name:?}")));
     }
-    audit(&mut tx, &caller.who(), "token.revoke", None, json!({"name": name})).await?;
+    store::audit(&mut tx, now, &caller.who(), "token.revoke", None, json!({"name": name})).await?;
     tx.commit().await?;
     Ok(())
 }
 
 pub async fn list_tokens(pool: &PgPool, caller: &Caller) -> Result<Vec<ApiToken>> {
     caller.require_admin()?;
-    let rows: Vec<(String, bool, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT name, is_admin, team, created_at, last_used_at FROM api_tokens WHERE revoked_at IS NULL ORDER BY created_at DESC",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
+    Ok(store::tokens::list_active(pool)
+        .await?
         .into_iter()
-        .map(|(name, is_admin, team, created_at, last_used_at)| ApiToken {
-            name,
-            is_admin,
-            team,
-            created_at,
-            last_used_at,
+        .map(|t| ApiToken {
+            name: t.name,
+            is_admin: t.is_admin,
+            team: t.team,
+            created_at: t.created_at,
+            last_used_at: t.last_used_at,
         })
         .collect())
 }

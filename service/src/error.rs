@@ -1,4 +1,5 @@
-//! The errors an operation can end with, each with the API's error code and status.
+//! The errors an operation can end with, in the service's terms. What they mean in HTTP
+//! (status and error code) is decided by the server crate.
 use imprint_domain::{SelectorError, TopicNameError};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,9 @@ pub enum Error {
     TopicExists(String),
     #[error("{0}")]
     InvalidState(String),
+    /// A concurrent change got there first (a unique or foreign key constraint said no).
+    #[error("{0}")]
+    Conflict(String),
     #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
     PayloadTooLarge { size: u64, limit: u64 },
     #[error("payload does not satisfy the topic's JSON Schema: {0}")]
@@ -51,57 +55,14 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Error::InvalidTopicName(_) => "invalid_topic_name",
-            Error::InvalidSelector(_) => "invalid_selector",
-            Error::TopicNotFound(_) => "topic_not_found",
-            Error::VersionNotFound { .. } => "version_not_found",
-            Error::VersionPurged { .. } => "version_purged",
-            Error::PinNotFound { .. } => "pin_not_found",
-            Error::RolloutNotFound { .. } => "rollout_not_found",
-            Error::TopicExists(_) => "topic_exists",
-            Error::InvalidState(_) => "invalid_state",
-            Error::PayloadTooLarge { .. } => "payload_too_large",
-            Error::SchemaViolation(_) => "schema_violation",
-            Error::InvalidRequest(_) => "invalid_request",
-            Error::Unauthorized(_) => "unauthorized",
-            Error::Forbidden(_) => "forbidden",
-            Error::StorageUnavailable(_) => "storage_unavailable",
-            Error::NoVersionInScope(_) => "no_version_in_scope",
-            Error::UserExists(_) => "user_exists",
-            Error::TeamExists(_) => "team_exists",
-            Error::UserNotFound(_) => "user_not_found",
-            Error::TeamNotFound(_) => "team_not_found",
-            Error::TooManyAttempts { .. } => "too_many_attempts",
-            Error::Internal(_) => "internal",
-        }
-    }
-
-    pub fn status(&self) -> u16 {
-        match self {
-            Error::InvalidTopicName(_) | Error::InvalidSelector(_) | Error::InvalidRequest(_) => 400,
-            Error::Unauthorized(_) => 401,
-            Error::Forbidden(_) => 403,
-            Error::TopicNotFound(_)
-            | Error::VersionNotFound { .. }
-            | Error::PinNotFound { .. }
-            | Error::RolloutNotFound { .. }
-            | Error::NoVersionInScope(_)
-            | Error::UserNotFound(_)
-            | Error::TeamNotFound(_) => 404,
-            Error::TopicExists(_) | Error::InvalidState(_) | Error::UserExists(_) | Error::TeamExists(_) => 409,
-            Error::VersionPurged { .. } => 410,
-            Error::PayloadTooLarge { .. } => 413,
-            Error::SchemaViolation(_) => 422,
-            Error::TooManyAttempts { .. } => 429,
-            Error::StorageUnavailable(_) => 503,
-            Error::Internal(_) => 500,
-        }
-    }
-
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidRequest(msg.into())
+    }
+}
+
+impl From<imprint_domain::RolloutError> for Error {
+    fn from(e: imprint_domain::RolloutError) -> Self {
+        Error::InvalidState(e.to_string())
     }
 }
 
@@ -118,9 +79,56 @@ impl From<sqlx::Error> for Error {
                 // admin_shutdown, crash_shutdown, cannot_connect_now, too many connections
                 Some("57P01") | Some("57P02") | Some("57P03") | Some("53300") | Some("08006") | Some("08003")
                 | Some("08001") => Error::StorageUnavailable(e),
-                _ => Error::Internal(e.to_string()),
+                _ => match db.constraint().and_then(|c| constraint_error(c, db.message())) {
+                    Some(mapped) => mapped,
+                    None => Error::Internal(e.to_string()),
+                },
             },
             _ => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// What a violated constraint means, in the service's terms. Every constraint and unique
+/// index of the schema is named here (a test compares this list with the database), so
+/// no violation ends up as an internal error.
+pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> {
+    let conflict = |m: &str| Some(Error::Conflict(m.to_owned()));
+    let invalid = |m: &str| Some(Error::InvalidRequest(m.to_owned()));
+    match constraint {
+        "topics_name_key" => conflict("a topic with this name exists already"),
+        "topics_pkey" | "versions_pkey" | "pins_pkey" | "api_tokens_pkey" | "rollouts_pkey" | "users_pkey"
+        | "teams_pkey" | "audit_log_pkey" => conflict("the row was created concurrently; try again"),
+        "scopes_pkey" => conflict("the version has this scope already"),
+        "team_members_pkey" => conflict("the user is in the team already"),
+        "consumers_pkey" => conflict("the consumer was recorded concurrently; try again"),
+        "pins_one_active" => conflict("another pin on this selector was set at the same time; try again"),
+        "rollouts_one_active" => conflict("another rollout of this topic is active"),
+        "api_tokens_active_name" => conflict("an active token with this name exists already"),
+        "api_tokens_token_hash_key" => conflict("this token value is in use already"),
+        "users_username_key" => conflict("a user with this name exists already"),
+        "teams_name_key" => conflict("a team with this name exists already"),
+        "topics_retention_max_versions_check" => invalid("retention.max_versions must be at least 1"),
+        "topics_retention_max_age_days_check" => invalid("retention.max_age_days must be at least 1"),
+        "topics_inline_limit_bytes_check" => invalid("inline_limit_bytes must be at least 1"),
+        "versions_version_check" => invalid("versions start at 1"),
+        "versions_size_check" => invalid("a size cannot be negative"),
+        "versions_sha256_check" => invalid("sha256 must be 64 lowercase hex digits"),
+        "versions_storage_check" | "versions_check" => invalid("a payload is stored inline or in the object store"),
+        "rollouts_state_check" => invalid("not a rollout state"),
+        "users_username_check" => invalid("not a valid username"),
+        "teams_name_check" => invalid("not a valid team name"),
+        "versions_topic_id_fkey" | "pins_topic_id_fkey" | "consumers_topic_id_fkey" => {
+            conflict("the topic does not exist (any more)")
+        }
+        "scopes_topic_id_version_fkey" | "pins_topic_id_version_fkey" | "rollouts_topic_id_version_fkey" => {
+            conflict("the version does not exist (any more)")
+        }
+        "team_members_team_id_fkey" => conflict("the team does not exist (any more)"),
+        "team_members_user_id_fkey" => conflict("the user does not exist (any more)"),
+        _ => {
+            tracing::warn!(constraint, detail, "unmapped constraint violation");
+            None
         }
     }
 }

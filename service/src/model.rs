@@ -1,6 +1,6 @@
 //! The shapes operations return: they serialise to the JSON of API.md as they are.
 use chrono::{DateTime, Utc};
-use imprint_domain::Selector;
+use imprint_domain::{Plan, RolloutView, Selector};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -80,7 +80,7 @@ pub struct Published {
     pub storage: String,
     /// The rollout this publish started, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<crate::rollouts::RolloutInfo>,
+    pub rollout: Option<RolloutInfo>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -183,4 +183,59 @@ pub struct AuditFilter {
     pub limit: Option<u32>,
     /// The `next` of the previous page.
     pub cursor: Option<String>,
+}
+
+/// A rollout as the API returns it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct RolloutInfo {
+    pub id: i64,
+    pub topic: String,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub view: RolloutView,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How a rollout is asked for: an inline plan or the name of one of the topic's plans.
+#[derive(Clone, Debug)]
+pub enum PlanChoice {
+    Inline(Plan),
+    Named(String),
+}
+
+/// Whether a publish starts a rollout.
+#[derive(Clone, Debug, Default)]
+pub enum RolloutRequest {
+    /// The topic's default plan, if it has one.
+    #[default]
+    TopicDefault,
+    /// No rollout, whatever the topic's default.
+    None,
+    Plan(PlanChoice),
+}
+
+/// How a version reached its consumers (see `Imprint::propagation`).
+#[derive(Clone, Debug)]
+pub struct Propagation {
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    /// Nodes that hold the version or should hold it.
+    pub total: u64,
+    /// For each node holding it, seconds from the publish until the audit saw it there, sorted.
+    pub seconds_to_reach: Vec<f64>,
+}
+
+/// Filters for the consumer list.
+#[derive(Clone, Debug, Default)]
+pub struct ConsumerFilter {
+    pub labels: Option<Selector>,
+    pub version: Option<u64>,
+    pub lagging_only: bool,
+}
+
+pub struct ConsumerList {
+    pub consumers: Vec<ConsumerInfo>,
+    pub by_version: BTreeMap<String, u64>,
+    pub total: u64,
 }

@@ -2,7 +2,8 @@
 //! open until an update exists for this consumer (long polling).
 use crate::error::{Error, Result};
 use crate::serving::{ServedVersion, ServingState};
-use crate::Imprint;
+use crate::auth::Caller;
+use crate::handle::Imprint;
 use base64::Engine;
 use imprint_domain::{is_update, Labels, TopicName};
 use serde::{Deserialize, Serialize};
@@ -151,7 +152,9 @@ impl Drop for OpenLongPoll {
 }
 
 impl Imprint {
-    pub async fn poll(&self, req: PollRequest) -> Result<PollResponse> {
+    /// Answers a consumer's poll from memory. Only the topics `caller` may read are
+    /// answered; the others are `missing` as `forbidden`.
+    pub async fn poll(&self, caller: &Caller, req: PollRequest) -> Result<PollResponse> {
         req.validate()?;
         let started = std::time::Instant::now();
         let state: &Arc<ServingState> = self.state();
@@ -164,7 +167,13 @@ impl Imprint {
         let mut recorded = !self.config().audit_enabled;
         let (updates, missing) = loop {
             changes.borrow_and_update();
-            let (updates, missing, seen) = compute(state, &req);
+            let (mut updates, mut missing, seen) = compute(state, &req);
+            for name in req.topics.keys() {
+                if caller.require_read(name, "").is_err() {
+                    updates.remove(name);
+                    missing.insert(name.clone(), "forbidden".to_owned());
+                }
+            }
             if !recorded {
                 // What the node holds and should hold, as of its arrival.
                 self.record_poll(&req, seen);
@@ -188,7 +197,7 @@ impl Imprint {
 
     /// Notes what this poll says about each known topic in the audit buffer (memory only).
     fn record_poll(&self, req: &PollRequest, seen: Seen<'_>) {
-        let now = chrono::Utc::now();
+        let now = self.now();
         let labels = std::sync::Arc::new(req.consumer.labels.pairs().clone());
         let observations = seen.into_iter().map(|(name, topic_id, expected, published_at)| {
             let applied = req.applied.get(name).map(|a| crate::audit::Applied {
@@ -216,8 +225,9 @@ impl Imprint {
     }
 
     /// The resolved version of one topic for `labels`, with its payload when in memory.
-    pub fn latest(&self, topic: &str, labels: &Labels) -> Result<(Arc<ServedVersion>, bool)> {
+    pub fn latest(&self, caller: &Caller, topic: &str, labels: &Labels) -> Result<(Arc<ServedVersion>, bool)> {
         let name = TopicName::parse(topic)?;
+        caller.require_read(name.as_str(), "")?;
         let t = self.state().get(name.as_str()).ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         let r = t.index.resolve(labels).ok_or_else(|| Error::NoVersionInScope(name.to_string()))?;
         let v =

@@ -2,109 +2,28 @@
 //! adds each stage's scope when it is due. The state machine itself is pure
 //! (`imprint_domain::Rollout`); this module stores it, applies its effects in the same
 //! transaction, and feeds health gates from the consumer audit.
-use crate::audit_log::audit;
+use crate::auth::Caller;
 use crate::error::{Error, Result};
-use crate::pins::replace_pin;
-use crate::topics::require_live_version;
-use crate::versions::insert_scopes;
-use crate::{notify, Caller, Imprint};
+use crate::handle::Imprint;
+use crate::model::{PlanChoice, RolloutInfo};
+use crate::store;
+use crate::store::rollouts::RolloutRow;
 use chrono::{DateTime, Duration, Utc};
-use imprint_domain::{
-    Effect, GateReading, Plan, Rollout, RolloutAction, RolloutError, RolloutRecord, RolloutState, RolloutView, Selector,
-};
-use serde::Serialize;
+use imprint_domain::{Effect, GateReading, Plan, Rollout, RolloutAction, RolloutState, Selector};
 use serde_json::json;
-use sqlx::{Postgres, Transaction};
-use utoipa::ToSchema;
-
-/// A rollout as the API returns it.
-#[derive(Clone, Debug, Serialize, ToSchema)]
-pub struct RolloutInfo {
-    pub id: i64,
-    pub topic: String,
-    #[serde(flatten)]
-    #[schema(value_type = Object)]
-    pub view: RolloutView,
-    pub created_by: String,
-    pub created_at: DateTime<Utc>,
-}
-
-/// How a rollout is asked for: an inline plan or the name of one of the topic's plans.
-#[derive(Clone, Debug)]
-pub enum PlanChoice {
-    Inline(Plan),
-    Named(String),
-}
+use sqlx::PgConnection;
 
 /// Consumers seen within this window count for health gates.
 const GATE_WINDOW_SECS: i64 = 300;
 
-type RolloutRow = (
-    i64,
-    i64,
-    sqlx::types::Json<Plan>,
-    String,
-    Vec<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    Option<i64>,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    bool,
-    String,
-    DateTime<Utc>,
-    i64,
-);
-const ROLLOUT_COLUMNS: &str = "id, version, plan, state, reached_at, next_due, remaining_ms, pause_reason, ended_at,
-    rolled_back, created_by, created_at, topic_id";
-
-fn rollout_of(r: &RolloutRow) -> Result<Rollout> {
-    let record = RolloutRecord {
-        version: r.1 as u64,
-        plan: r.2 .0.clone(),
-        state: r.3.parse().map_err(|e| Error::Internal(format!("rollout {}: {e}", r.0)))?,
-        reached_at: r.4.clone(),
-        next_due: r.5,
-        remaining_ms: r.6,
-        pause_reason: r.7.clone(),
-        ended_at: r.8,
-        rolled_back: r.9,
-    };
-    Rollout::from_record(record).map_err(|e| Error::Internal(format!("rollout {}: {e}", r.0)))
-}
-
 fn info_of(topic: &str, r: &RolloutRow, rollout: &Rollout) -> RolloutInfo {
-    RolloutInfo { id: r.0, topic: topic.to_owned(), view: rollout.view(), created_by: r.10.clone(), created_at: r.11 }
-}
-
-impl From<RolloutError> for Error {
-    fn from(e: RolloutError) -> Self {
-        Error::InvalidState(e.to_string())
+    RolloutInfo {
+        id: r.id,
+        topic: topic.to_owned(),
+        view: rollout.view(),
+        created_by: r.created_by.clone(),
+        created_at: r.created_at,
     }
-}
-
-async fn db_now(tx: &mut Transaction<'_, Postgres>) -> Result<DateTime<Utc>> {
-    Ok(sqlx::query_scalar("SELECT now()").fetch_one(&mut **tx).await?)
-}
-
-/// Stores the rollout's state (after an action or tick).
-async fn store(tx: &mut Transaction<'_, Postgres>, id: i64, r: &Rollout, now: DateTime<Utc>) -> Result<()> {
-    let rec = r.to_record();
-    sqlx::query(
-        "UPDATE rollouts SET state = $2, reached_at = $3, next_due = $4, remaining_ms = $5, pause_reason = $6,
-                ended_at = $7, rolled_back = $8, updated_at = $9 WHERE id = $1",
-    )
-    .bind(id)
-    .bind(rec.state.as_str())
-    .bind(&rec.reached_at)
-    .bind(rec.next_due)
-    .bind(rec.remaining_ms)
-    .bind(&rec.pause_reason)
-    .bind(rec.ended_at)
-    .bind(rec.rolled_back)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// Where a rollout's effects are applied and by whom: `who` stamps the scopes and pins
@@ -121,19 +40,20 @@ struct EffectCtx<'a> {
 /// Applies what the state machine asked for, in the transaction that stores its state:
 /// reaching a stage is adding a scope, exactly like an operator would, and each effect
 /// is audited like the operator action it stands for. `r` is the rollout after the step.
-async fn apply_effects(
-    tx: &mut Transaction<'_, Postgres>,
-    cx: &EffectCtx<'_>,
-    effects: &[Effect],
-    r: &Rollout,
-) -> Result<()> {
+async fn apply_effects(conn: &mut PgConnection, cx: &EffectCtx<'_>, effects: &[Effect], r: &Rollout) -> Result<()> {
     let rollout_id = cx.rollout_id;
     for e in effects {
         match e {
             Effect::AddScope { selector, version, stage } => {
-                let added =
-                    insert_scopes(tx, cx.topic_id, *version as i64, std::slice::from_ref(selector), cx.now, cx.who)
-                        .await?;
+                let added = store::versions::insert_scopes(
+                    conn,
+                    cx.topic_id,
+                    *version as i64,
+                    std::slice::from_ref(selector),
+                    cx.now,
+                    cx.who,
+                )
+                .await?;
                 let details = json!({
                     "id": rollout_id,
                     "version": version,
@@ -143,13 +63,16 @@ async fn apply_effects(
                     "scope_added": added > 0,
                     "state": r.state().as_str(),
                 });
-                audit(tx, cx.actor, "rollout.stage", Some(cx.topic), details).await?;
+                store::audit(conn, cx.now, cx.actor, "rollout.stage", Some(cx.topic), details).await?;
                 metrics::counter!("imprint_rollout_stages_total").increment(1);
                 tracing::info!(rollout_id, stage = stage + 1, %selector, version, "rollout stage reached");
             }
             Effect::Pin { selector, version, stage } => {
+                // The same path as an operator's pin: the topic row is locked by the
+                // caller, and the replaced pin is recorded.
                 let reason = format!("rollback of rollout #{rollout_id} (stage {})", stage + 1);
-                let replaced = replace_pin(tx, cx.topic_id, selector, *version, &reason, cx.who, cx.now).await?;
+                let replaced =
+                    store::pins::replace(conn, cx.topic_id, selector, *version as i64, &reason, cx.who, cx.now).await?;
                 let details = json!({
                     "selector": selector.to_string(),
                     "version": version,
@@ -157,7 +80,7 @@ async fn apply_effects(
                     "replaced": replaced,
                     "rollout": rollout_id,
                 });
-                audit(tx, cx.actor, "pin.set", Some(cx.topic), details).await?;
+                store::audit(conn, cx.now, cx.actor, "pin.set", Some(cx.topic), details).await?;
             }
         }
     }
@@ -166,91 +89,62 @@ async fn apply_effects(
 
 /// Supersedes any active rollout of the topic: version `by_version` is being published.
 pub(crate) async fn supersede_active(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     topic_id: i64,
     topic: &str,
     by_version: u64,
     now: DateTime<Utc>,
     who: &str,
 ) -> Result<()> {
-    let rows: Vec<RolloutRow> = sqlx::query_as(&format!(
-        "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE topic_id = $1 AND state IN ('running', 'paused') FOR UPDATE"
-    ))
-    .bind(topic_id)
-    .fetch_all(&mut **tx)
-    .await?;
-    for row in rows {
-        let mut r = rollout_of(&row)?;
+    for row in store::rollouts::active_for_update(conn, topic_id).await? {
+        let mut r = row.rollout()?;
         r.supersede(now)?;
-        store(tx, row.0, &r, now).await?;
+        store::rollouts::update(conn, row.id, &r, now).await?;
         let details =
-            json!({"id": row.0, "version": r.version(), "by_version": by_version, "state": r.state().as_str()});
-        audit(tx, who, "rollout.supersede", Some(topic), details).await?;
+            json!({"id": row.id, "version": r.version(), "by_version": by_version, "state": r.state().as_str()});
+        store::audit(conn, now, who, "rollout.supersede", Some(topic), details).await?;
     }
     Ok(())
 }
 
-impl Imprint {
-    /// Resolves a plan choice against the topic's named plans.
-    async fn plan_for(&self, tx: &mut Transaction<'_, Postgres>, topic_id: i64, choice: PlanChoice) -> Result<Plan> {
-        match choice {
-            PlanChoice::Inline(p) => Ok(p),
-            PlanChoice::Named(name) => {
-                let plan: Option<serde_json::Value> =
-                    sqlx::query_scalar("SELECT plans -> $2 FROM topics WHERE id = $1")
-                        .bind(topic_id)
-                        .bind(&name)
-                        .fetch_one(&mut **tx)
-                        .await?;
-                let plan = plan.ok_or_else(|| Error::invalid(format!("the topic has no plan named {name:?}")))?;
-                serde_json::from_value(plan).map_err(|e| Error::Internal(format!("stored plan {name:?}: {e}")))
-            }
+/// Resolves a plan choice against the topic's named plans.
+async fn plan_for(conn: &mut PgConnection, topic_id: i64, choice: PlanChoice) -> Result<Plan> {
+    match choice {
+        PlanChoice::Inline(p) => Ok(p),
+        PlanChoice::Named(name) => {
+            let plan = store::topics::plan(conn, topic_id, &name)
+                .await?
+                .ok_or_else(|| Error::invalid(format!("the topic has no plan named {name:?}")))?;
+            serde_json::from_value(plan).map_err(|e| Error::Internal(format!("stored plan {name:?}: {e}")))
         }
     }
+}
 
-    /// Starts a rollout inside a transaction that holds the topic row lock. Returns its id.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn start_rollout_tx(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        topic_id: i64,
-        topic: &str,
-        version: u64,
-        choice: PlanChoice,
-        who: &str,
-        now: DateTime<Utc>,
-    ) -> Result<i64> {
-        let plan = self.plan_for(tx, topic_id, choice).await?;
-        supersede_active(tx, topic_id, topic, version, now, who).await?;
-        let stages = serde_json::to_value(plan.stages()).map_err(|e| Error::Internal(format!("plan as JSON: {e}")))?;
-        let (rollout, effects) = Rollout::start(version, plan, now);
-        let rec = rollout.to_record();
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO rollouts (topic_id, version, plan, state, reached_at, next_due, remaining_ms, pause_reason, ended_at,
-                                   rolled_back, created_by, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) RETURNING id",
-        )
-        .bind(topic_id)
-        .bind(version as i64)
-        .bind(sqlx::types::Json(&rec.plan))
-        .bind(rec.state.as_str())
-        .bind(&rec.reached_at)
-        .bind(rec.next_due)
-        .bind(rec.remaining_ms)
-        .bind(&rec.pause_reason)
-        .bind(rec.ended_at)
-        .bind(rec.rolled_back)
-        .bind(who)
-        .bind(now)
-        .fetch_one(&mut **tx)
+/// Starts a rollout inside a transaction that holds the topic row lock. Returns its id.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn start_tx(
+    conn: &mut PgConnection,
+    topic_id: i64,
+    topic: &str,
+    version: u64,
+    choice: PlanChoice,
+    who: &str,
+    now: DateTime<Utc>,
+) -> Result<i64> {
+    let plan = plan_for(conn, topic_id, choice).await?;
+    supersede_active(conn, topic_id, topic, version, now, who).await?;
+    let stages = serde_json::to_value(plan.stages()).map_err(|e| Error::Internal(format!("plan as JSON: {e}")))?;
+    let (rollout, effects) = Rollout::start(version, plan, now);
+    let id = store::rollouts::insert(conn, topic_id, &rollout, who, now).await?;
+    store::audit(conn, now, who, "rollout.start", Some(topic), json!({"id": id, "version": version, "stages": stages}))
         .await?;
-        audit(tx, who, "rollout.start", Some(topic), json!({"id": id, "version": version, "stages": stages})).await?;
-        let cx = EffectCtx { topic_id, topic, rollout_id: id, who, actor: who, now };
-        apply_effects(tx, &cx, &effects, &rollout).await?;
-        metrics::counter!("imprint_rollouts_started_total").increment(1);
-        Ok(id)
-    }
+    let cx = EffectCtx { topic_id, topic, rollout_id: id, who, actor: who, now };
+    apply_effects(conn, &cx, &effects, &rollout).await?;
+    metrics::counter!("imprint_rollouts_started_total").increment(1);
+    Ok(id)
+}
 
+impl Imprint {
     /// Rolls out the topic's newest version with the given plan.
     #[tracing::instrument(skip(self, choice))]
     pub async fn start_rollout(
@@ -261,64 +155,58 @@ impl Imprint {
         choice: PlanChoice,
     ) -> Result<RolloutInfo> {
         let mut tx = self.pool().begin().await?;
-        let t = self.topic_ref(&mut *tx, topic).await?;
+        let t = store::topics::require(&mut tx, topic, true).await?;
         caller.require_write(&t.name, &t.owner)?;
-        let latest: i64 = sqlx::query_scalar("SELECT latest_version FROM topics WHERE id = $1 FOR UPDATE")
-            .bind(t.id)
-            .fetch_one(&mut *tx)
-            .await?;
-        require_live_version(&mut tx, &t, version).await?;
-        if version as i64 != latest {
+        store::versions::require_live(&mut tx, &t, version).await?;
+        if version as i64 != t.latest_version {
             return Err(Error::InvalidState(format!(
-                "only the newest version ({latest}) of {} can be rolled out, not {version}",
-                t.name
+                "only the newest version ({}) of {} can be rolled out, not {version}",
+                t.latest_version, t.name
             )));
         }
-        let active: Option<i64> = sqlx::query_scalar(
-            "SELECT version FROM rollouts WHERE topic_id = $1 AND state IN ('running', 'paused') AND version = $2",
-        )
-        .bind(t.id)
-        .bind(version as i64)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if active.is_some() {
+        if store::rollouts::version_active(&mut tx, t.id, version as i64).await? {
             return Err(Error::InvalidState(format!("version {version} of {} is being rolled out already", t.name)));
         }
-        let now = db_now(&mut tx).await?;
-        let id = self.start_rollout_tx(&mut tx, t.id, &t.name, version, choice, &caller.who(), now).await?;
-        notify(&mut tx, t.id).await?;
+        let now = self.now();
+        let id = start_tx(&mut tx, t.id, &t.name, version, choice, &caller.who(), now).await?;
+        store::notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
-        self.rollout(&t.name, id).await
+        self.rollout(caller, &t.name, id).await
     }
 
-    pub async fn rollouts(&self, topic: &str) -> Result<Vec<RolloutInfo>> {
-        let t = self.topic_ref(self.pool(), topic).await?;
-        let rows: Vec<RolloutRow> = sqlx::query_as(&format!(
-            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE topic_id = $1 ORDER BY id DESC LIMIT 500"
-        ))
-        .bind(t.id)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(|r| Ok(info_of(&t.name, r, &rollout_of(r)?))).collect()
+    /// A topic the caller may read, by name.
+    async fn readable_topic(&self, caller: &Caller, topic: &str) -> Result<store::topics::TopicRef> {
+        let mut conn = self.pool().acquire().await?;
+        let t = store::topics::require(&mut conn, topic, false).await?;
+        caller.require_read(&t.name, &t.owner)?;
+        Ok(t)
     }
 
-    pub async fn rollout(&self, topic: &str, id: i64) -> Result<RolloutInfo> {
-        let t = self.topic_ref(self.pool(), topic).await?;
-        let row: Option<RolloutRow> =
-            sqlx::query_as(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE topic_id = $1 AND id = $2"))
-                .bind(t.id)
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await?;
-        let row = row.ok_or_else(|| Error::RolloutNotFound { topic: t.name.clone(), id })?;
-        Ok(info_of(&t.name, &row, &rollout_of(&row)?))
+    pub async fn rollouts(&self, caller: &Caller, topic: &str) -> Result<Vec<RolloutInfo>> {
+        let t = self.readable_topic(caller, topic).await?;
+        let rows = store::rollouts::list(self.pool(), t.id, 500).await?;
+        rows.iter().map(|r| Ok(info_of(&t.name, r, &r.rollout()?))).collect()
+    }
+
+    pub async fn rollout(&self, caller: &Caller, topic: &str, id: i64) -> Result<RolloutInfo> {
+        let t = self.readable_topic(caller, topic).await?;
+        let row = store::rollouts::get(self.pool(), t.id, id)
+            .await?
+            .ok_or_else(|| Error::RolloutNotFound { topic: t.name.clone(), id })?;
+        Ok(info_of(&t.name, &row, &row.rollout()?))
     }
 
     /// How the consumers matching a stage are doing with a version (what its gate reads).
-    pub async fn stage_health(&self, topic: &str, selector: &Selector, version: u64) -> Result<GateReading> {
-        let t = self.topic_ref(self.pool(), topic).await?;
-        gate_reading(self.pool(), t.id, selector, version, Utc::now()).await
+    pub async fn stage_health(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        selector: &Selector,
+        version: u64,
+    ) -> Result<GateReading> {
+        let t = self.readable_topic(caller, topic).await?;
+        gate_reading(self.pool(), t.id, selector, version, self.now()).await
     }
 
     /// An operator action: pause, resume, advance, complete or cancel (optionally rolling back).
@@ -332,18 +220,14 @@ impl Imprint {
         rollback: bool,
     ) -> Result<RolloutInfo> {
         let mut tx = self.pool().begin().await?;
-        let t = self.topic_ref(&mut *tx, topic).await?;
+        // The topic row lock first (as publish and pin take it), then the rollout's.
+        let t = store::topics::require(&mut tx, topic, true).await?;
         caller.require_write(&t.name, &t.owner)?;
-        let row: Option<RolloutRow> = sqlx::query_as(&format!(
-            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE topic_id = $1 AND id = $2 FOR UPDATE"
-        ))
-        .bind(t.id)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let row = row.ok_or_else(|| Error::RolloutNotFound { topic: t.name.clone(), id })?;
-        let mut r = rollout_of(&row)?;
-        let now = db_now(&mut tx).await?;
+        let row = store::rollouts::get_for_update(&mut tx, t.id, id)
+            .await?
+            .ok_or_else(|| Error::RolloutNotFound { topic: t.name.clone(), id })?;
+        let mut r = row.rollout()?;
+        let now = self.now();
         let who = caller.who();
         let effects = match action {
             RolloutAction::Pause => r.pause(now, Some(format!("paused by {who}")))?,
@@ -362,7 +246,7 @@ impl Imprint {
         };
         let cx = EffectCtx { topic_id: t.id, topic: &t.name, rollout_id: id, who: &who, actor: &who, now };
         apply_effects(&mut tx, &cx, &effects, &r).await?;
-        store(&mut tx, id, &r, now).await?;
+        store::rollouts::update(&mut tx, id, &r, now).await?;
         let details = json!({
             "id": id,
             "version": r.version(),
@@ -370,8 +254,8 @@ impl Imprint {
             "state": r.state().as_str(),
             "reached": r.reached(),
         });
-        audit(&mut tx, &who, &format!("rollout.{}", action.as_str()), Some(&t.name), details).await?;
-        notify(&mut tx, t.id).await?;
+        store::audit(&mut tx, now, &who, &format!("rollout.{}", action.as_str()), Some(&t.name), details).await?;
+        store::notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
         metrics::counter!("imprint_rollout_actions_total", "action" => action.as_str()).increment(1);
@@ -383,13 +267,7 @@ impl Imprint {
     /// new state is stored with the scopes it adds, so several schedulers never add a
     /// stage twice. Returns the number of stages reached.
     pub async fn tick_rollouts(&self) -> Result<usize> {
-        let candidates: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM rollouts WHERE state = 'running'
-               AND (next_due <= now() OR jsonb_path_exists(plan, '$.stages[*].gate ? (@ != null)'))
-             ORDER BY next_due LIMIT 1000",
-        )
-        .fetch_all(self.pool())
-        .await?;
+        let candidates = store::rollouts::due(self.pool(), self.now()).await?;
         let mut reached = 0;
         for id in candidates {
             match self.tick_one(id).await {
@@ -402,16 +280,14 @@ impl Imprint {
 
     async fn tick_one(&self, id: i64) -> Result<usize> {
         let mut tx = self.pool().begin().await?;
-        let row: Option<RolloutRow> = sqlx::query_as(&format!(
-            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1 AND state = 'running' FOR UPDATE SKIP LOCKED"
-        ))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(0) };
-        let topic_id = row.12;
-        let mut r = rollout_of(&row)?;
-        let now = db_now(&mut tx).await?;
+        let Some(row) = store::rollouts::claim_running(&mut tx, id).await? else { return Ok(0) };
+        let topic_id = row.topic_id;
+        if !store::topics::try_lock(&mut tx, topic_id).await? {
+            // A publish or an operator is changing the topic: next pass.
+            return Ok(0);
+        }
+        let mut r = row.rollout()?;
+        let now = self.now();
         let reading = match r.gated_stage() {
             Some(stage) => {
                 let selector = r.plan().stages()[stage].selector.clone();
@@ -424,14 +300,13 @@ impl Imprint {
         if r == before {
             return Ok(0);
         }
-        let topic: String =
-            sqlx::query_scalar("SELECT name FROM topics WHERE id = $1").bind(topic_id).fetch_one(&mut *tx).await?;
+        let topic = store::topics::name_of(&mut tx, topic_id).await?;
         // Scopes say which rollout added them; the audit says the server did it.
         let stamp = format!("rollout #{id}");
         let actor = Caller::System.who();
         let cx = EffectCtx { topic_id, topic: &topic, rollout_id: id, who: &stamp, actor: &actor, now };
         apply_effects(&mut tx, &cx, &effects, &r).await?;
-        store(&mut tx, id, &r, now).await?;
+        store::rollouts::update(&mut tx, id, &r, now).await?;
         if before.state() == RolloutState::Running && r.state() == RolloutState::Paused {
             let details = json!({
                 "id": id,
@@ -440,9 +315,9 @@ impl Imprint {
                 "reason": r.pause_reason(),
                 "state": r.state().as_str(),
             });
-            audit(&mut tx, &actor, "rollout.auto_pause", Some(&topic), details).await?;
+            store::audit(&mut tx, now, &actor, "rollout.auto_pause", Some(&topic), details).await?;
         }
-        notify(&mut tx, topic_id).await?;
+        store::notify(&mut tx, topic_id).await?;
         tx.commit().await?;
         if let Some(reason) = r.pause_reason() {
             tracing::warn!(rollout_id = id, reason, "rollout paused itself");
@@ -478,17 +353,8 @@ async fn gate_reading<'e, E: sqlx::PgExecutor<'e>>(
     version: u64,
     now: DateTime<Utc>,
 ) -> Result<GateReading> {
-    let (matching, applied, failed): (i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*),
-                count(*) FILTER (WHERE version = $3 OR (last_applied_version = $3 AND last_applied_ok)),
-                count(*) FILTER (WHERE last_applied_version = $3 AND last_applied_ok = false)
-         FROM consumers WHERE topic_id = $1 AND labels @> $2 AND last_seen > $4",
-    )
-    .bind(topic_id)
-    .bind(selector.to_json())
-    .bind(version as i64)
-    .bind(now - Duration::seconds(GATE_WINDOW_SECS))
-    .fetch_one(ex)
-    .await?;
+    let since = now - Duration::seconds(GATE_WINDOW_SECS);
+    let (matching, applied, failed) =
+        store::consumers::gate_counts(ex, topic_id, selector.to_json(), version as i64, since).await?;
     Ok(GateReading { matching: matching as u64, applied: applied as u64, failed: failed as u64 })
 }

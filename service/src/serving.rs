@@ -2,15 +2,15 @@
 //! resolution never touch Postgres. Kept current by LISTEN/NOTIFY and a periodic full
 //! reload; readers take an `Arc` snapshot of a topic and never block writers for long.
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use imprint_domain::{CurrentIndex, PinEntry, ScopeEntry, Selector, TopicHistory, TopicName, VersionEntry};
-use sqlx::{PgPool, Postgres, Transaction};
+use crate::store;
+use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 /// The NOTIFY channel every change is announced on; the payload is the topic id.
-pub const CHANGE_CHANNEL: &str = "imprint_change";
+pub use crate::store::CHANGE_CHANNEL;
 
 /// Payloads up to this size are held in memory and sent inline in poll answers.
 pub const INLINE_POLL_BYTES: u64 = 64 * 1024;
@@ -106,12 +106,12 @@ impl ServingState {
     }
 
     /// Reloads one topic (`Some(id)`) or everything (`None`) from Postgres.
-    pub async fn reload(&self, pool: &PgPool, topic_id: Option<i64>) -> Result<(), sqlx::Error> {
+    pub async fn reload(&self, pool: &PgPool, topic_id: Option<i64>) -> crate::Result<()> {
         let started = std::time::Instant::now();
         let cache = self.cached_payloads(topic_id);
         let mut tx = pool.begin().await?;
         // One consistent snapshot across the four tables.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+        store::serving::begin_snapshot(&mut tx).await?;
         let loaded = load(&mut tx, topic_id, &cache).await?;
         tx.commit().await?;
         self.install(loaded, topic_id.is_none());
@@ -122,102 +122,74 @@ impl ServingState {
     }
 }
 
-type VersionRow =
-    (i64, i64, DateTime<Utc>, Option<DateTime<Utc>>, String, i64, String, sqlx::types::Json<BTreeMap<String, String>>);
-
 async fn load(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     topic_id: Option<i64>,
     cache: &HashMap<(i64, u64), Bytes>,
-) -> Result<Vec<ServingTopic>, sqlx::Error> {
-    let topics: Vec<(i64, String, i64)> =
-        sqlx::query_as("SELECT id, name, change_seq FROM topics WHERE ($1::bigint IS NULL OR id = $1)")
-            .bind(topic_id)
-            .fetch_all(&mut **tx)
-            .await?;
-    let versions: Vec<VersionRow> = sqlx::query_as(
-        "SELECT topic_id, version, created_at, purged_at, content_type, size, sha256, metadata
-         FROM versions WHERE ($1::bigint IS NULL OR topic_id = $1)",
-    )
-    .bind(topic_id)
-    .fetch_all(&mut **tx)
-    .await?;
-    let scopes: Vec<(i64, i64, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT topic_id, version, selector_key, added_at FROM scopes WHERE ($1::bigint IS NULL OR topic_id = $1)",
-    )
-    .bind(topic_id)
-    .fetch_all(&mut **tx)
-    .await?;
-    let pins: Vec<(i64, i64, String, i64, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT id, topic_id, selector_key, version, created_at, removed_at FROM pins WHERE ($1::bigint IS NULL OR topic_id = $1)",
-    )
-    .bind(topic_id)
-    .fetch_all(&mut **tx)
-    .await?;
-
+) -> crate::Result<Vec<ServingTopic>> {
+    let snap = store::serving::snapshot(conn, topic_id).await?;
     let mut histories: HashMap<i64, TopicHistory> =
-        topics.iter().map(|(id, _, _)| (*id, TopicHistory::default())).collect();
-    let mut meta: HashMap<(i64, u64), VersionRow> = HashMap::new();
-    for row in versions {
-        let (tid, v, created_at, purged_at) = (row.0, row.1 as u64, row.2, row.3);
-        if let Some(h) = histories.get_mut(&tid) {
-            h.versions.insert(v, VersionEntry { version: v, created_at, purged_at });
+        snap.topics.iter().map(|t| (t.id, TopicHistory::default())).collect();
+    let mut meta: HashMap<(i64, u64), store::serving::ServedVersionRow> = HashMap::new();
+    for row in snap.versions {
+        let v = row.version as u64;
+        if let Some(h) = histories.get_mut(&row.topic_id) {
+            h.versions.insert(v, VersionEntry { version: v, created_at: row.created_at, purged_at: row.purged_at });
         }
-        meta.insert((tid, v), row);
+        meta.insert((row.topic_id, v), row);
     }
-    for (tid, v, key, added_at) in scopes {
-        if let (Some(h), Ok(selector)) = (histories.get_mut(&tid), Selector::parse(&key)) {
-            h.scopes.push(ScopeEntry { version: v as u64, selector, added_at });
+    for s in snap.scopes {
+        if let (Some(h), Ok(selector)) = (histories.get_mut(&s.topic_id), Selector::parse(&s.selector_key)) {
+            h.scopes.push(ScopeEntry { version: s.version as u64, selector, added_at: s.added_at });
         }
     }
-    for (id, tid, key, v, created_at, removed_at) in pins {
-        if let (Some(h), Ok(selector)) = (histories.get_mut(&tid), Selector::parse(&key)) {
-            h.pins.push(PinEntry { id, selector, version: v as u64, created_at, removed_at });
+    for p in snap.pins {
+        if let (Some(h), Ok(selector)) = (histories.get_mut(&p.topic_id), Selector::parse(&p.selector_key)) {
+            h.pins.push(PinEntry {
+                id: p.id,
+                selector,
+                version: p.version as u64,
+                created_at: p.created_at,
+                removed_at: p.removed_at,
+            });
         }
     }
 
     // Which versions can be served now, and which of their payloads we still need.
-    let mut out = Vec::with_capacity(topics.len());
+    let mut out = Vec::with_capacity(snap.topics.len());
     let mut wanted: Vec<(i64, i64)> = Vec::new();
-    for (id, name, change_seq) in topics {
-        let Ok(name) = TopicName::parse(&name) else { continue };
+    for t in snap.topics {
+        let Ok(name) = TopicName::parse(&t.name) else { continue };
+        let id = t.id;
         let history = histories.remove(&id).unwrap_or_default();
         let index = history.current_index();
         let mut served = HashMap::new();
         for v in index.versions() {
             if let Some(row) = meta.get(&(id, v)) {
-                let size = row.5 as u64;
+                let size = row.size as u64;
                 let payload = cache.get(&(id, v)).cloned();
-                if payload.is_none() && size <= INLINE_POLL_BYTES && row.3.is_none() {
+                if payload.is_none() && size <= INLINE_POLL_BYTES && row.purged_at.is_none() {
                     wanted.push((id, v as i64));
                 }
                 served.insert(
                     v,
                     ServedVersion {
                         version: v,
-                        content_type: row.4.clone(),
+                        content_type: row.content_type.clone(),
                         size,
-                        sha256: row.6.clone(),
-                        metadata: row.7 .0.clone(),
+                        sha256: row.sha256.clone(),
+                        metadata: row.metadata.0.clone(),
                         payload,
                     },
                 );
             }
         }
-        out.push((id, name, change_seq, history, index, served));
+        out.push((id, name, t.change_seq, history, index, served));
     }
     let mut payloads: HashMap<(i64, u64), Bytes> = HashMap::new();
     if !wanted.is_empty() {
         let (tids, vs): (Vec<i64>, Vec<i64>) = wanted.into_iter().unzip();
-        let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT v.topic_id, v.version, v.inline_data FROM versions v
-             JOIN UNNEST($1::bigint[], $2::bigint[]) AS w(topic_id, version) USING (topic_id, version)
-             WHERE v.storage = 'inline' AND v.inline_data IS NOT NULL",
-        )
-        .bind(&tids)
-        .bind(&vs)
-        .fetch_all(&mut **tx)
-        .await?;
+        let rows = store::serving::inline_payloads(conn, &tids, &vs).await?;
         payloads.extend(rows.into_iter().map(|(t, v, d)| ((t, v as u64), Bytes::from(d))));
     }
     Ok(out

@@ -1,9 +1,9 @@
 //! Topic administration: create, read, list, change settings.
-use crate::audit_log::{audit, changes};
+use crate::auth::Caller;
 use crate::error::{Error, Result};
+use crate::handle::Imprint;
 use crate::model::{Page, Retention, Topic};
-use crate::{cursor, notify, Caller, Imprint};
-use chrono::{DateTime, Utc};
+use crate::{cursor, store};
 use imprint_domain::{Plan, TopicName};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -131,108 +131,7 @@ pub(crate) fn check_schema(schema: &serde_json::Value) -> Result<()> {
         .map_err(|e| Error::invalid(format!("json_schema is not a valid JSON Schema: {e}")))
 }
 
-#[derive(sqlx::FromRow)]
-struct TopicRow {
-    id: i64,
-    name: String,
-    description: String,
-    owner: String,
-    retention_max_versions: Option<i32>,
-    retention_max_age_days: Option<i32>,
-    inline_limit_bytes: i64,
-    content_type: Option<String>,
-    json_schema: Option<serde_json::Value>,
-    latest_version: i64,
-    last_published_at: Option<DateTime<Utc>>,
-    created_at: DateTime<Utc>,
-    created_by: String,
-    active_pins: i64,
-    rollout_state: Option<String>,
-    plans: sqlx::types::Json<BTreeMap<String, Plan>>,
-    default_plan: Option<String>,
-    consumers: i64,
-    last_polled_at: Option<DateTime<Utc>>,
-}
-
-const TOPIC_COLUMNS: &str = "t.id, t.name, t.description, t.owner, t.retention_max_versions, t.retention_max_age_days,
-    t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version, t.last_published_at, t.created_at, t.created_by,
-    (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS active_pins,
-    (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
-    t.plans, t.default_plan,
-    (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS consumers, t.last_polled_at";
-
-fn topic_from_row(r: TopicRow) -> Topic {
-    Topic {
-        name: r.name,
-        description: r.description,
-        owner: r.owner,
-        retention: Retention {
-            max_versions: r.retention_max_versions.map(|v| v as u32),
-            max_age_days: r.retention_max_age_days.map(|v| v as u32),
-        },
-        inline_limit_bytes: r.inline_limit_bytes as u64,
-        content_type: r.content_type,
-        json_schema: r.json_schema,
-        latest_version: r.latest_version as u64,
-        last_published_at: r.last_published_at,
-        created_at: r.created_at,
-        created_by: r.created_by,
-        active_pins: r.active_pins as u64,
-        rollout_state: r.rollout_state,
-        plans: r.plans.0,
-        default_plan: r.default_plan,
-        consumers: r.consumers as u64,
-        last_polled_at: r.last_polled_at,
-    }
-}
-
-/// A topic's settings as one JSON object, as the audit log records them; locks the row.
-async fn settings_of(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, id: i64) -> Result<serde_json::Value> {
-    Ok(sqlx::query_scalar(
-        "SELECT jsonb_build_object(
-            'description', description, 'owner', owner,
-            'retention', jsonb_build_object('max_versions', retention_max_versions, 'max_age_days', retention_max_age_days),
-            'inline_limit_bytes', inline_limit_bytes, 'content_type', content_type, 'json_schema', json_schema,
-            'plans', plans, 'default_plan', default_plan)
-         FROM topics WHERE id = $1 FOR UPDATE",
-    )
-    .bind(id)
-    .fetch_one(&mut **tx)
-    .await?)
-}
-
-/// The row of a topic needed by write operations.
-pub(crate) struct TopicRef {
-    pub id: i64,
-    pub name: String,
-    pub owner: String,
-    pub inline_limit: u64,
-    pub content_type: Option<String>,
-    pub json_schema: Option<serde_json::Value>,
-    pub default_plan: Option<String>,
-}
-
 impl Imprint {
-    pub(crate) async fn topic_ref<'e, E: sqlx::PgExecutor<'e>>(&self, ex: E, name: &str) -> Result<TopicRef> {
-        let name = TopicName::parse(name)?;
-        let row: Option<(i64, String, String, i64, Option<String>, Option<serde_json::Value>, Option<String>)> = sqlx::query_as(
-            "SELECT id, name, owner, inline_limit_bytes, content_type, json_schema, default_plan FROM topics WHERE name = $1",
-        )
-        .bind(name.as_str())
-        .fetch_optional(ex)
-        .await?;
-        let r = row.ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
-        Ok(TopicRef {
-            id: r.0,
-            name: r.1,
-            owner: r.2,
-            inline_limit: r.3 as u64,
-            content_type: r.4,
-            json_schema: r.5,
-            default_plan: r.6,
-        })
-    }
-
     #[tracing::instrument(skip(self, input), fields(topic = %input.name))]
     pub async fn create_topic(&self, caller: &Caller, input: NewTopic) -> Result<Topic> {
         let name = TopicName::parse(&input.name)?;
@@ -254,54 +153,47 @@ impl Imprint {
         let plans = input.plans.clone().unwrap_or_default();
         check_plans(&plans, input.default_plan.as_deref())?;
         let who = caller.who();
+        let now = self.now();
         let mut tx = self.pool().begin().await?;
-        let res: std::result::Result<i64, sqlx::Error> = sqlx::query_scalar(
-            "INSERT INTO topics (name, description, owner, retention_max_versions, retention_max_age_days,
-                                 inline_limit_bytes, content_type, json_schema, created_by, plans, default_plan)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
-        )
-        .bind(name.as_str())
-        .bind(&description)
-        .bind(&owner)
-        .bind(retention.max_versions.map(|v| v as i32))
-        .bind(retention.max_age_days.map(|v| v as i32))
-        .bind(inline_limit as i64)
-        .bind(&input.content_type)
-        .bind(&input.json_schema)
-        .bind(&who)
-        .bind(sqlx::types::Json(&plans))
-        .bind(&input.default_plan)
-        .fetch_one(&mut *tx)
-        .await;
-        let id = match res {
-            Ok(id) => id,
-            Err(sqlx::Error::Database(e)) if e.constraint() == Some("topics_name_key") => {
-                return Err(Error::TopicExists(name.to_string()))
-            }
-            Err(e) => return Err(e.into()),
+        let row = store::topics::NewTopicRow {
+            name: name.as_str(),
+            description: &description,
+            owner: &owner,
+            retention: &retention,
+            inline_limit,
+            content_type: input.content_type.as_deref(),
+            json_schema: input.json_schema.as_ref(),
+            plans: &plans,
+            default_plan: input.default_plan.as_deref(),
+            created_by: &who,
+            at: now,
         };
-        let settings = settings_of(&mut tx, id).await?;
-        audit(&mut tx, &who, "topic.create", Some(name.as_str()), settings).await?;
-        notify(&mut tx, id).await?;
+        let Some(id) = store::topics::insert(&mut tx, row).await? else {
+            return Err(Error::TopicExists(name.to_string()));
+        };
+        let settings = store::topics::settings_json(&mut tx, id).await?;
+        store::audit(&mut tx, now, &who, "topic.create", Some(name.as_str()), settings).await?;
+        store::notify(&mut tx, id).await?;
         tx.commit().await?;
-        let topic = self.topic(name.as_str()).await?;
+        let topic = self.topic(caller, name.as_str()).await?;
         self.refresh_topic(id).await;
         metrics::counter!("imprint_topics_created_total").increment(1);
         Ok(topic)
     }
 
-    pub async fn topic(&self, name: &str) -> Result<Topic> {
+    pub async fn topic(&self, caller: &Caller, name: &str) -> Result<Topic> {
         let name = TopicName::parse(name)?;
-        let row: Option<TopicRow> = sqlx::query_as(&format!("SELECT {TOPIC_COLUMNS} FROM topics t WHERE t.name = $1"))
-            .bind(name.as_str())
-            .fetch_optional(self.pool())
-            .await?;
-        row.map(topic_from_row).ok_or_else(|| Error::TopicNotFound(name.to_string()))
+        let topic =
+            store::topics::by_name(self.pool(), name.as_str()).await?.ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        caller.require_read(&topic.name, &topic.owner)?;
+        Ok(topic)
     }
 
     /// Topics newest first; `q` matches name, description or owner (case-insensitive).
+    /// Only the topics the caller may read are listed.
     pub async fn list_topics(
         &self,
+        caller: &Caller,
         q: Option<&str>,
         owner: Option<&str>,
         limit: Option<u32>,
@@ -312,50 +204,39 @@ impl Imprint {
         let pattern = q
             .filter(|q| !q.is_empty())
             .map(|q| format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
-        let rows: Vec<TopicRow> = sqlx::query_as(&format!(
-            "SELECT {TOPIC_COLUMNS} FROM topics t
-             WHERE ($1::text IS NULL OR t.name ILIKE $1 OR t.description ILIKE $1 OR t.owner ILIKE $1)
-               AND ($2::text IS NULL OR t.owner = $2)
-               AND ($3::bigint IS NULL OR t.id < $3)
-             ORDER BY t.id DESC LIMIT $4"
-        ))
-        .bind(pattern)
-        .bind(owner.filter(|o| !o.is_empty()))
-        .bind(before)
-        .bind(limit + 1)
-        .fetch_all(self.pool())
-        .await?;
-        let mut ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let rows = store::topics::list(self.pool(), pattern.as_deref(), owner.filter(|o| !o.is_empty()), before, limit + 1)
+            .await?;
         let more = rows.len() as i64 > limit;
-        let items: Vec<Topic> = rows.into_iter().take(limit as usize).map(topic_from_row).collect();
-        ids.truncate(items.len());
-        let next = if more { ids.last().map(|id| cursor::encode(*id)) } else { None };
+        let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
+        let next = if more { rows.last().map(|r| cursor::encode(r.id)) } else { None };
+        let items = rows
+            .into_iter()
+            .map(Topic::from)
+            .filter(|t| caller.require_read(&t.name, &t.owner).is_ok())
+            .collect();
         Ok(Page { items, next })
     }
 
     /// Topics nobody has polled for `days` days (or ever), oldest poll first.
-    pub async fn unused_topics(&self, days: u32) -> Result<Vec<Topic>> {
+    pub async fn unused_topics(&self, caller: &Caller, days: u32) -> Result<Vec<Topic>> {
         if days == 0 || days > 3650 {
             return Err(Error::invalid("days must be between 1 and 3650"));
         }
-        let rows: Vec<TopicRow> = sqlx::query_as(&format!(
-            "SELECT {TOPIC_COLUMNS} FROM topics t
-             WHERE t.last_polled_at IS NULL OR t.last_polled_at < now() - make_interval(days => $1)
-             ORDER BY t.last_polled_at NULLS FIRST, t.name LIMIT 1000"
-        ))
-        .bind(days as i32)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows.into_iter().map(topic_from_row).collect())
+        let since = self.now() - chrono::Duration::days(i64::from(days));
+        Ok(store::topics::unused(self.pool(), since)
+            .await?
+            .into_iter()
+            .filter(|t| caller.require_read(&t.name, &t.owner).is_ok())
+            .collect())
     }
 
     #[tracing::instrument(skip(self, patch))]
     pub async fn update_topic(&self, caller: &Caller, name: &str, patch: TopicPatch) -> Result<Topic> {
         let mut tx = self.pool().begin().await?;
-        let t = self.topic_ref(&mut *tx, name).await?;
-        caller.require_write(&t.name, &t.owner)?;
         // Locks the row, so `before` is what this update changes.
-        let before = settings_of(&mut tx, t.id).await?;
+        let t = store::topics::require(&mut tx, name, true).await?;
+        caller.require_write(&t.name, &t.owner)?;
+        let before = store::topics::settings_json(&mut tx, t.id).await?;
         if let Some(d) = &patch.description {
             check_text("description", d, 4096)?;
         }
@@ -377,71 +258,71 @@ impl Imprint {
             check_schema(s)?;
         }
         if patch.plans.is_some() || patch.default_plan.is_some() {
-            let current: (sqlx::types::Json<BTreeMap<String, Plan>>, Option<String>) =
-                sqlx::query_as("SELECT plans, default_plan FROM topics WHERE id = $1")
-                    .bind(t.id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let plans = patch.plans.clone().unwrap_or(current.0 .0);
-            let default = patch.default_plan.clone().unwrap_or(current.1);
+            let (current_plans, current_default) = store::topics::plans(&mut tx, t.id).await?;
+            let plans = patch.plans.clone().unwrap_or(current_plans);
+            let default = patch.default_plan.clone().unwrap_or(current_default);
             check_plans(&plans, default.as_deref())?;
         }
-        sqlx::query(
-            "UPDATE topics SET
-                description = COALESCE($2, description),
-                owner = COALESCE($3, owner),
-                retention_max_versions = CASE WHEN $4 THEN $5 ELSE retention_max_versions END,
-                retention_max_age_days = CASE WHEN $4 THEN $6 ELSE retention_max_age_days END,
-                inline_limit_bytes = COALESCE($7, inline_limit_bytes),
-                content_type = CASE WHEN $8 THEN $9 ELSE content_type END,
-                json_schema = CASE WHEN $10 THEN $11 ELSE json_schema END,
-                plans = COALESCE($12, plans),
-                default_plan = CASE WHEN $13 THEN $14 ELSE default_plan END,
-                updated_at = now()
-             WHERE id = $1",
-        )
-        .bind(t.id)
-        .bind(&patch.description)
-        .bind(&patch.owner)
-        .bind(patch.retention.is_some())
-        .bind(patch.retention.as_ref().and_then(|r| r.max_versions).map(|v| v as i32))
-        .bind(patch.retention.as_ref().and_then(|r| r.max_age_days).map(|v| v as i32))
-        .bind(patch.inline_limit_bytes.map(|l| l as i64))
-        .bind(patch.content_type.is_some())
-        .bind(patch.content_type.clone().flatten())
-        .bind(patch.json_schema.is_some())
-        .bind(patch.json_schema.clone().flatten())
-        .bind(patch.plans.as_ref().map(sqlx::types::Json))
-        .bind(patch.default_plan.is_some())
-        .bind(patch.default_plan.clone().flatten())
-        .execute(&mut *tx)
-        .await?;
-        let after = settings_of(&mut tx, t.id).await?;
+        let update = store::topics::TopicUpdate {
+            description: patch.description.as_deref(),
+            owner: patch.owner.as_deref(),
+            retention: patch.retention.as_ref(),
+            inline_limit: patch.inline_limit_bytes,
+            content_type: patch.content_type.as_ref().map(Option::as_deref),
+            json_schema: patch.json_schema.as_ref().map(Option::as_ref),
+            plans: patch.plans.as_ref(),
+            default_plan: patch.default_plan.as_ref().map(Option::as_deref),
+            at: self.now(),
+        };
+        store::topics::update(&mut tx, t.id, update).await?;
+        let after = store::topics::settings_json(&mut tx, t.id).await?;
         let changed = changes(&before, &after);
         if !changed.is_empty() {
-            audit(&mut tx, &caller.who(), "topic.update", Some(&t.name), serde_json::Value::Object(changed)).await?;
+            let value = serde_json::Value::Object(changed);
+            store::audit(&mut tx, self.now(), &caller.who(), "topic.update", Some(&t.name), value).await?;
         }
-        notify(&mut tx, t.id).await?;
+        store::notify(&mut tx, t.id).await?;
         tx.commit().await?;
-        self.topic(&t.name).await
+        self.topic(caller, &t.name).await
     }
 }
 
-/// The version exists and its payload has not been purged; otherwise the matching error.
-pub(crate) async fn require_live_version(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    t: &TopicRef,
-    version: u64,
-) -> Result<()> {
-    let purged: Option<Option<DateTime<Utc>>> =
-        sqlx::query_scalar("SELECT purged_at FROM versions WHERE topic_id = $1 AND version = $2")
-            .bind(t.id)
-            .bind(version as i64)
-            .fetch_optional(&mut **tx)
-            .await?;
-    match purged {
-        None => Err(Error::VersionNotFound { topic: t.name.clone(), version }),
-        Some(Some(_)) => Err(Error::VersionPurged { topic: t.name.clone(), version }),
-        Some(None) => Ok(()),
+/// The old and new value of every top-level field that differs between two JSON
+/// objects: `{"field": {"from": old, "to": new}}`.
+pub(crate) fn changes(
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+) -> serde_json::Map<String, serde_json::Value> {
+    let empty = serde_json::Map::new();
+    let (b, a) = (before.as_object().unwrap_or(&empty), after.as_object().unwrap_or(&empty));
+    let mut keys: Vec<&String> = b.keys().chain(a.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (from, to) = (b.get(k).cloned().unwrap_or_default(), a.get(k).cloned().unwrap_or_default());
+            (from != to).then(|| (k.clone(), serde_json::json!({"from": from, "to": to})))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn changes_lists_differing_fields_only() {
+        let before = json!({"description": "a", "owner": "payments", "content_type": null});
+        let after = json!({"description": "b", "owner": "payments", "content_type": "application/json"});
+        let c = changes(&before, &after);
+        assert_eq!(
+            serde_json::Value::Object(c),
+            json!({
+                "description": {"from": "a", "to": "b"},
+                "content_type": {"from": null, "to": "application/json"},
+            })
+        );
+        assert!(changes(&before, &before).is_empty());
     }
 }

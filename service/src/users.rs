@@ -2,18 +2,17 @@
 //! `admin`, and the admin operations on users and team membership. Sessions (cookies)
 //! live above this crate; they keep a user id and turn it into a `Caller` per request
 //! with `user_caller`, so disabling a user or changing their teams takes effect at once.
-use crate::audit_log::audit;
+use crate::auth::Caller;
 use crate::error::{Error, Result};
+use crate::handle::Imprint;
 use crate::model::{Team, User};
-use crate::{Caller, Imprint};
+use crate::store;
+use crate::throttle::throttle_keys;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use chrono::{DateTime, Utc};
 use serde_json::json;
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The one answer to every failed sign-in, so it does not tell which part was wrong.
 const WRONG_CREDENTIALS: &str = "wrong username or password";
@@ -83,168 +82,11 @@ fn verify_blocking(password: &str, hash: &str) -> Result<bool> {
     Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
 }
 
-// ---------------------------------------------------------------------------------------
-// Throttling
-// ---------------------------------------------------------------------------------------
-
-/// Failures before the first lock, its length, and the longest lock.
-const LOCK_AFTER_FAILURES: u32 = 5;
-const FIRST_LOCK: Duration = Duration::from_secs(30);
-const MAX_LOCK: Duration = Duration::from_secs(15 * 60);
-/// A counter with no failure for this long starts over.
-const FORGET_AFTER: Duration = Duration::from_secs(3600);
-/// Above this many counters, forgotten ones are dropped (usernames are attacker-chosen).
-const PRUNE_ABOVE: usize = 10_000;
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum ThrottleKey {
-    User(String),
-    Client(IpAddr),
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Failures {
-    count: u32,
-    last: Instant,
-    locked_until: Option<Instant>,
-}
-
-/// How long the `count`-th consecutive failure locks: from the fifth on, 30 s doubling
-/// per failure, at most 15 minutes.
-fn lock_for(count: u32) -> Option<Duration> {
-    let over = count.checked_sub(LOCK_AFTER_FAILURES)?;
-    let factor = 1u32.checked_shl(over).unwrap_or(u32::MAX);
-    Some(FIRST_LOCK.checked_mul(factor).unwrap_or(MAX_LOCK).min(MAX_LOCK))
-}
-
-/// Failed sign-ins per username and per client address, in this server's memory (a
-/// restart forgets them; several replicas each count their own). Time is a parameter,
-/// so the rules are tested without waiting.
-#[derive(Default)]
-pub(crate) struct SignInThrottle {
-    entries: Mutex<HashMap<ThrottleKey, Failures>>,
-}
-
-impl SignInThrottle {
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<ThrottleKey, Failures>> {
-        // A panic elsewhere while holding the lock leaves the counters usable.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// How long until none of `keys` is locked, if one is.
-    fn locked(&self, keys: &[ThrottleKey], now: Instant) -> Option<Duration> {
-        let entries = self.entries();
-        keys.iter()
-            .filter_map(|k| entries.get(k)?.locked_until)
-            .filter(|until| *until > now)
-            .map(|until| until - now)
-            .max()
-    }
-
-    /// Counts a failure against every key; returns the longest lock it started.
-    fn failed(&self, keys: &[ThrottleKey], now: Instant) -> Option<Duration> {
-        let mut entries = self.entries();
-        if entries.len() > PRUNE_ABOVE {
-            entries.retain(|_, f| f.locked_until.is_some_and(|u| u > now) || now.duration_since(f.last) < FORGET_AFTER);
-        }
-        let mut longest = None;
-        for k in keys {
-            let f = entries.entry(k.clone()).or_insert(Failures { count: 0, last: now, locked_until: None });
-            if now.duration_since(f.last) >= FORGET_AFTER {
-                f.count = 0;
-            }
-            f.count = f.count.saturating_add(1);
-            f.last = now;
-            if let Some(d) = lock_for(f.count) {
-                f.locked_until = Some(now + d);
-                longest = longest.max(Some(d));
-            }
-        }
-        longest
-    }
-
-    fn succeeded(&self, key: &ThrottleKey) {
-        self.entries().remove(key);
-    }
-}
-
-/// The counters a sign-in attempt touches. IPv6 clients are counted per /64, the block
-/// one subscriber usually holds, so rotating addresses within it does not help.
-fn throttle_keys(username: &str, client: Option<IpAddr>) -> Vec<ThrottleKey> {
-    let user: String = username.trim().to_lowercase().chars().take(128).collect();
-    let mut keys = vec![ThrottleKey::User(user)];
-    if let Some(ip) = client {
-        let ip = match ip.to_canonical() {
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-            v4 => v4,
-        };
-        keys.push(ThrottleKey::Client(ip));
-    }
-    keys
-}
-
-// ---------------------------------------------------------------------------------------
-// Storage
-// ---------------------------------------------------------------------------------------
-
-#[derive(sqlx::FromRow)]
-struct UserRow {
-    id: i64,
-    username: String,
-    is_admin: bool,
-    created_at: DateTime<Utc>,
-    disabled: bool,
-    teams: Vec<String>,
-}
-
-const USER_COLUMNS: &str = "u.id, u.username, u.is_admin, u.created_at, u.disabled_at IS NOT NULL AS disabled,
-    ARRAY(SELECT t.name FROM team_members m JOIN teams t ON t.id = m.team_id WHERE m.user_id = u.id ORDER BY t.name) AS teams";
-
-impl From<UserRow> for User {
-    fn from(r: UserRow) -> Self {
-        User {
-            id: r.id,
-            username: r.username,
-            is_admin: r.is_admin,
-            teams: r.teams,
-            created_at: r.created_at,
-            disabled: r.disabled,
-        }
-    }
-}
-
 impl User {
     /// The identity operations see for this user.
     pub fn caller(&self) -> Caller {
         Caller::User { id: self.id, name: self.username.clone(), admin: self.is_admin, teams: self.teams.clone() }
     }
-}
-
-#[derive(sqlx::FromRow)]
-struct TeamRow {
-    name: String,
-    description: String,
-    created_at: DateTime<Utc>,
-    members: Vec<String>,
-}
-
-const TEAM_COLUMNS: &str = "t.name, t.description, t.created_at,
-    ARRAY(SELECT u.username FROM team_members m JOIN users u ON u.id = m.user_id WHERE m.team_id = t.id ORDER BY u.username) AS members";
-
-impl From<TeamRow> for Team {
-    fn from(r: TeamRow) -> Self {
-        Team { name: r.name, description: r.description, members: r.members, created_at: r.created_at }
-    }
-}
-
-/// The password hash and state of a user, for sign-in.
-struct Credentials {
-    id: i64,
-    password_hash: String,
-    disabled: bool,
 }
 
 impl Imprint {
@@ -268,22 +110,14 @@ impl Imprint {
     }
 
     async fn user_by_name(&self, username: &str) -> Result<Option<User>> {
-        let row: Option<UserRow> = sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.username = $1"))
-            .bind(username)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.map(User::from))
+        store::users::find(self.pool(), Some(username), None, false).await
     }
 
     /// Creates the `admin` user on first start, with `password` or a generated one.
     /// Returns the password only when it was generated, for the server to print once. An
     /// existing `admin` is never touched: a restart must not reset a changed password.
     pub async fn ensure_admin_user(&self, password: Option<&str>) -> Result<Option<String>> {
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE username = $1)")
-            .bind(ADMIN_USERNAME)
-            .fetch_one(self.pool())
-            .await?;
-        if exists {
+        if store::users::exists(self.pool(), ADMIN_USERNAME).await? {
             return Ok(None);
         }
         let (password, generated) = match password {
@@ -295,23 +129,16 @@ impl Imprint {
         };
         let hash = self.hash_password(&password).await?;
         let who = Caller::System.who();
+        let now = self.now();
         let mut tx = self.pool().begin().await?;
         // Replicas starting together: only the one whose insert lands creates (and prints).
-        let created: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO users (username, password_hash, is_admin, created_by) VALUES ($1, $2, true, $3)
-             ON CONFLICT (username) DO NOTHING RETURNING id",
-        )
-        .bind(ADMIN_USERNAME)
-        .bind(&hash)
-        .bind(&who)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if created.is_none() {
+        if store::users::insert(&mut tx, ADMIN_USERNAME, &hash, true, &who, now).await?.is_none() {
             return Ok(None);
         }
         let source = if generated { "generated" } else { "IMPRINT_ADMIN_PASSWORD" };
-        audit(
+        store::audit(
             &mut tx,
+            now,
             &who,
             "user.create",
             None,
@@ -335,14 +162,8 @@ impl Imprint {
             return Err(Error::TooManyAttempts { retry_after_s: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) });
         }
         let valid_name = check_username(username).is_ok();
-        let creds: Option<Credentials> = if valid_name {
-            sqlx::query_as::<_, (i64, String, bool)>(
-                "SELECT id, password_hash, disabled_at IS NOT NULL FROM users WHERE username = $1",
-            )
-            .bind(username)
-            .fetch_optional(self.pool())
-            .await?
-            .map(|(id, password_hash, disabled)| Credentials { id, password_hash, disabled })
+        let creds = if valid_name {
+            store::users::credentials(self.pool(), username).await?
         } else {
             None
         };
@@ -382,18 +203,15 @@ impl Imprint {
         self.inner.sign_in.succeeded(&keys[0]);
         metrics::counter!("imprint_sign_ins_total", "outcome" => "ok").increment(1);
         self.audit_alone(&format!("user:{username}"), "user.sign_in", json!({"client": client_str})).await?;
-        let user: Option<UserRow> = sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"))
-            .bind(user_id)
-            .fetch_optional(self.pool())
-            .await?;
+        let user = store::users::find(self.pool(), None, Some(user_id), false).await?;
         // Deleted between the check and now: as if it never existed.
-        user.map(User::from).ok_or_else(|| Error::Unauthorized(WRONG_CREDENTIALS.into()))
+        user.ok_or_else(|| Error::Unauthorized(WRONG_CREDENTIALS.into()))
     }
 
     /// An audit entry that records an event rather than a change (sign-ins).
     async fn audit_alone(&self, who: &str, action: &str, details: serde_json::Value) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        audit(&mut tx, who, action, None, details).await?;
+        store::audit(&mut tx, self.now(), who, action, None, details).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -401,13 +219,8 @@ impl Imprint {
     /// The user behind a session, and the identity operations see; `None` when the user
     /// no longer exists or is disabled (the session is then worthless).
     pub async fn user_caller(&self, user_id: i64) -> Result<Option<(User, Caller)>> {
-        let row: Option<UserRow> =
-            sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1 AND u.disabled_at IS NULL"))
-                .bind(user_id)
-                .fetch_optional(self.pool())
-                .await?;
-        Ok(row.map(|r| {
-            let user = User::from(r);
+        let user = store::users::find(self.pool(), None, Some(user_id), true).await?;
+        Ok(user.map(|user| {
             let caller = user.caller();
             (user, caller)
         }))
@@ -421,23 +234,13 @@ impl Imprint {
         check_password(password)?;
         let hash = self.hash_password(password).await?;
         let who = caller.who();
+        let now = self.now();
         let mut tx = self.pool().begin().await?;
-        let res =
-            sqlx::query("INSERT INTO users (username, password_hash, is_admin, created_by) VALUES ($1, $2, $3, $4)")
-                .bind(username)
-                .bind(&hash)
-                .bind(is_admin)
-                .bind(&who)
-                .execute(&mut *tx)
-                .await;
-        match res {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.constraint() == Some("users_username_key") => {
-                return Err(Error::UserExists(username.to_owned()))
-            }
-            Err(e) => return Err(e.into()),
+        if store::users::insert(&mut tx, username, &hash, is_admin, &who, now).await?.is_none() {
+            return Err(Error::UserExists(username.to_owned()));
         }
-        audit(&mut tx, &who, "user.create", None, json!({"username": username, "is_admin": is_admin})).await?;
+        let details = json!({"username": username, "is_admin": is_admin});
+        store::audit(&mut tx, now, &who, "user.create", None, details).await?;
         tx.commit().await?;
         self.user_by_name(username).await?.ok_or_else(|| Error::UserNotFound(username.to_owned()))
     }
@@ -455,17 +258,12 @@ impl Imprint {
         let hash = self.hash_password(new_password).await?;
         let who = caller.who();
         let mut tx = self.pool().begin().await?;
-        let found: Option<i64> =
-            sqlx::query_scalar("UPDATE users SET password_hash = $2 WHERE username = $1 RETURNING id")
-                .bind(username)
-                .bind(&hash)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if found.is_none() {
+        if !store::users::set_password(&mut tx, username, &hash).await? {
             return Err(Error::UserNotFound(username.to_owned()));
         }
         // What changed is that the password did; never any form of it.
-        audit(&mut tx, &who, "user.password", None, json!({"username": username, "own": own})).await?;
+        let details = json!({"username": username, "own": own});
+        store::audit(&mut tx, self.now(), &who, "user.password", None, details).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -481,23 +279,15 @@ impl Imprint {
             return Err(Error::invalid("administrators cannot disable their own account"));
         }
         let mut tx = self.pool().begin().await?;
-        let current: Option<bool> =
-            sqlx::query_scalar("SELECT disabled_at IS NOT NULL FROM users WHERE username = $1 FOR UPDATE")
-                .bind(username)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match current {
+        match store::users::disabled_for_update(&mut tx, username).await? {
             None => return Err(Error::UserNotFound(username.to_owned())),
             Some(c) if c == disabled => return Ok(()),
             Some(_) => {}
         }
-        sqlx::query("UPDATE users SET disabled_at = CASE WHEN $2 THEN now() END WHERE username = $1")
-            .bind(username)
-            .bind(disabled)
-            .execute(&mut *tx)
-            .await?;
+        let now = self.now();
+        store::users::set_disabled(&mut tx, username, disabled, now).await?;
         let action = if disabled { "user.disable" } else { "user.enable" };
-        audit(&mut tx, &caller.who(), action, None, json!({"username": username})).await?;
+        store::audit(&mut tx, now, &caller.who(), action, None, json!({"username": username})).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -505,10 +295,7 @@ impl Imprint {
     /// Every user, disabled ones included, by name (admins only).
     pub async fn users(&self, caller: &Caller) -> Result<Vec<User>> {
         caller.require_admin()?;
-        let rows: Vec<UserRow> = sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users u ORDER BY u.username"))
-            .fetch_all(self.pool())
-            .await?;
-        Ok(rows.into_iter().map(User::from).collect())
+        store::users::list(self.pool()).await
     }
 
     /// Creates a team (admins only). Topics name it as their owner.
@@ -520,23 +307,13 @@ impl Imprint {
             return Err(Error::invalid("description has at most 4096 characters"));
         }
         let who = caller.who();
+        let now = self.now();
         let mut tx = self.pool().begin().await?;
-        let res: std::result::Result<DateTime<Utc>, sqlx::Error> = sqlx::query_scalar(
-            "INSERT INTO teams (name, description, created_by) VALUES ($1, $2, $3) RETURNING created_at",
-        )
-        .bind(name)
-        .bind(description)
-        .bind(&who)
-        .fetch_one(&mut *tx)
-        .await;
-        let created_at = match res {
-            Ok(at) => at,
-            Err(sqlx::Error::Database(e)) if e.constraint() == Some("teams_name_key") => {
-                return Err(Error::TeamExists(name.to_owned()))
-            }
-            Err(e) => return Err(e.into()),
+        let Some(created_at) = store::users::insert_team(&mut tx, name, description, &who, now).await? else {
+            return Err(Error::TeamExists(name.to_owned()));
         };
-        audit(&mut tx, &who, "team.create", None, json!({"name": name, "description": description})).await?;
+        let details = json!({"name": name, "description": description});
+        store::audit(&mut tx, now, &who, "team.create", None, details).await?;
         tx.commit().await?;
         Ok(Team { name: name.to_owned(), description: description.to_owned(), members: vec![], created_at })
     }
@@ -547,38 +324,24 @@ impl Imprint {
     pub async fn set_team_member(&self, caller: &Caller, team: &str, username: &str, member: bool) -> Result<()> {
         caller.require_admin()?;
         let mut tx = self.pool().begin().await?;
-        let team_id: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM teams WHERE name = $1").bind(team).fetch_optional(&mut *tx).await?;
-        let team_id = team_id.ok_or_else(|| Error::TeamNotFound(team.to_owned()))?;
-        let user_id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let user_id = user_id.ok_or_else(|| Error::UserNotFound(username.to_owned()))?;
-        let done = if member {
-            sqlx::query("INSERT INTO team_members (team_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        } else {
-            sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
-        }
-        .bind(team_id)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
+        let team_id =
+            store::users::team_id(&mut tx, team).await?.ok_or_else(|| Error::TeamNotFound(team.to_owned()))?;
+        let user_id =
+            store::users::user_id(&mut tx, username).await?.ok_or_else(|| Error::UserNotFound(username.to_owned()))?;
+        if !store::users::set_member(&mut tx, team_id, user_id, member).await? {
             return Ok(());
         }
         let action = if member { "team.member_add" } else { "team.member_remove" };
-        audit(&mut tx, &caller.who(), action, None, json!({"team": team, "username": username})).await?;
+        let details = json!({"team": team, "username": username});
+        store::audit(&mut tx, self.now(), &caller.who(), action, None, details).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Every team with its members, by name.
-    pub async fn teams(&self) -> Result<Vec<Team>> {
-        let rows: Vec<TeamRow> = sqlx::query_as(&format!("SELECT {TEAM_COLUMNS} FROM teams t ORDER BY t.name"))
-            .fetch_all(self.pool())
-            .await?;
-        Ok(rows.into_iter().map(Team::from).collect())
+    /// Every team with its members, by name (for anyone signed in or with a token).
+    pub async fn teams(&self, caller: &Caller) -> Result<Vec<Team>> {
+        caller.require_known("listing teams")?;
+        store::users::teams(self.pool()).await
     }
 }
 
@@ -636,58 +399,5 @@ mod tests {
         );
         assert_eq!(parsed.algorithm, argon2::Algorithm::Argon2id.ident());
         assert!(!verify_blocking("", DUMMY_HASH).expect("verify"));
-    }
-
-    #[test]
-    fn locks_double_up_to_fifteen_minutes() {
-        assert_eq!(lock_for(4), None);
-        assert_eq!(lock_for(5), Some(Duration::from_secs(30)));
-        assert_eq!(lock_for(6), Some(Duration::from_secs(60)));
-        assert_eq!(lock_for(8), Some(Duration::from_secs(240)));
-        assert_eq!(lock_for(10), Some(MAX_LOCK));
-        assert_eq!(lock_for(40), Some(MAX_LOCK));
-        assert_eq!(lock_for(u32::MAX), Some(MAX_LOCK));
-    }
-
-    #[test]
-    fn throttle_locks_after_five_failures_and_success_resets_the_username() {
-        let t = SignInThrottle::default();
-        let ip: IpAddr = "192.0.2.7".parse().expect("ip");
-        let keys = throttle_keys("alice", Some(ip));
-        let start = Instant::now();
-        for i in 0..4 {
-            assert_eq!(t.failed(&keys, start), None, "failure {i}");
-            assert_eq!(t.locked(&keys, start), None);
-        }
-        assert_eq!(t.failed(&keys, start), Some(FIRST_LOCK));
-        assert_eq!(t.locked(&keys, start + Duration::from_secs(10)), Some(Duration::from_secs(20)));
-        // The lock runs out; the next failure locks for twice as long.
-        let later = start + Duration::from_secs(31);
-        assert_eq!(t.locked(&keys, later), None);
-        assert_eq!(t.failed(&keys, later), Some(Duration::from_secs(60)));
-
-        // Success clears the username's counter, not the address's.
-        t.succeeded(&keys[0]);
-        let other_user = throttle_keys("alice", None);
-        let after = later + Duration::from_secs(61);
-        assert_eq!(t.locked(&other_user, after), None);
-        assert_eq!(t.failed(&other_user, after), None);
-        let same_ip = throttle_keys("bob", Some(ip));
-        assert_eq!(t.failed(&same_ip, after), Some(Duration::from_secs(120)), "the address keeps counting");
-
-        // A quiet hour forgets everything.
-        let much_later = after + FORGET_AFTER + MAX_LOCK;
-        assert_eq!(t.failed(&same_ip, much_later), None);
-    }
-
-    #[test]
-    fn ipv6_clients_count_per_64() {
-        let a = throttle_keys("x", Some("2001:db8:1:2:aaaa::1".parse().expect("ip")));
-        let b = throttle_keys("x", Some("2001:db8:1:2:bbbb::9".parse().expect("ip")));
-        let c = throttle_keys("x", Some("2001:db8:1:3::1".parse().expect("ip")));
-        assert_eq!(a[1], b[1]);
-        assert_ne!(a[1], c[1]);
-        let mapped = throttle_keys("x", Some("::ffff:192.0.2.1".parse().expect("ip")));
-        assert_eq!(mapped[1], ThrottleKey::Client("192.0.2.1".parse().expect("ip")));
     }
 }

@@ -1,11 +1,12 @@
 //! Publishing immutable versions, reading them back, widening their scopes, resolving.
-use crate::audit_log::audit;
+use crate::auth::Caller;
 use crate::error::{Error, Result};
-use crate::model::{Page, Published, Scope, Version};
-use crate::rollouts::{supersede_active, PlanChoice};
+use crate::handle::Imprint;
+use crate::model::{Page, PlanChoice, Published, RolloutRequest, Scope, Version};
+use crate::rollouts::supersede_active;
+use crate::store::versions::VersionRow;
 use crate::topics::check_content_type;
-use crate::topics::require_live_version;
-use crate::{cursor, notify, Caller, Imprint};
+use crate::{cursor, store};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use imprint_domain::{Labels, Resolution, Selector};
@@ -21,17 +22,6 @@ pub struct PublishInput {
     pub scopes: Option<Vec<Selector>>,
     pub message: String,
     pub rollout: RolloutRequest,
-}
-
-/// Whether a publish starts a rollout.
-#[derive(Clone, Debug, Default)]
-pub enum RolloutRequest {
-    /// The topic's default plan, if it has one.
-    #[default]
-    TopicDefault,
-    /// No rollout, whatever the topic's default.
-    None,
-    Plan(PlanChoice),
 }
 
 /// The payload as the publisher sent it; the kind decides the default content type.
@@ -66,21 +56,6 @@ fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-type VersionRow = (
-    i64,
-    DateTime<Utc>,
-    String,
-    String,
-    sqlx::types::Json<BTreeMap<String, String>>,
-    String,
-    i64,
-    String,
-    String,
-    Option<DateTime<Utc>>,
-);
-const VERSION_COLUMNS: &str =
-    "version, created_at, created_by, message, metadata, content_type, size, sha256, storage, purged_at";
-
 impl Imprint {
     #[tracing::instrument(skip(self, input), fields(size = input.payload.len()))]
     pub async fn publish(&self, caller: &Caller, topic: &str, input: PublishInput) -> Result<Published> {
@@ -96,7 +71,9 @@ impl Imprint {
             check_content_type(ct)?;
         }
         let mut tx = self.pool().begin().await?;
-        let t = self.topic_ref(&mut *tx, topic).await?;
+        // The row lock taken here serialises publishers of this topic until commit, and
+        // the settings read with it (owner, limits, schema) cannot change before then.
+        let t = store::topics::require(&mut tx, topic, true).await?;
         caller.require_write(&t.name, &t.owner)?;
         let plan = match input.rollout {
             RolloutRequest::None => None,
@@ -111,8 +88,9 @@ impl Imprint {
             Some(s) => s.into_iter().collect::<BTreeSet<_>>().into_iter().collect(),
         };
         let size = input.payload.len() as u64;
-        if size > t.inline_limit {
-            return Err(Error::PayloadTooLarge { size, limit: t.inline_limit });
+        let inline_limit = t.inline_limit as u64;
+        if size > inline_limit {
+            return Err(Error::PayloadTooLarge { size, limit: inline_limit });
         }
         if let Some(schema) = &t.json_schema {
             validate_against(schema, &input.payload)?;
@@ -128,61 +106,48 @@ impl Imprint {
         };
         let sha256 = hex::encode(Sha256::digest(&bytes));
 
-        // The row lock taken here serialises publishers of this topic until commit; a
-        // rollback undoes the increment, so version numbers have no gaps.
-        let (version, created_at): (i64, DateTime<Utc>) = sqlx::query_as(
-            "UPDATE topics SET latest_version = latest_version + 1, last_published_at = now(), updated_at = now()
-             WHERE id = $1 RETURNING latest_version, now()",
-        )
-        .bind(t.id)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO versions (topic_id, version, created_at, created_by, message, metadata, content_type, size, sha256, storage, inline_data)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'inline', $10)",
-        )
-        .bind(t.id)
-        .bind(version)
-        .bind(created_at)
-        .bind(caller.who())
-        .bind(&input.message)
-        .bind(sqlx::types::Json(&input.metadata))
-        .bind(&content_type)
-        .bind(size as i64)
-        .bind(&sha256)
-        .bind(bytes.as_ref())
-        .execute(&mut *tx)
-        .await?;
+        // Taken after the lock: a version is never dated before an older one committed.
+        let created_at = self.now();
+        let version = store::topics::next_version(&mut tx, t.id, created_at).await?;
         let who = caller.who();
-        insert_scopes(&mut tx, t.id, version, &scopes, created_at, &who).await?;
+        store::versions::insert_inline(
+            &mut tx,
+            store::versions::NewVersion {
+                topic_id: t.id,
+                version,
+                created_at,
+                created_by: &who,
+                message: &input.message,
+                metadata: &input.metadata,
+                content_type: &content_type,
+                sha256: &sha256,
+                inline_data: bytes.as_ref(),
+            },
+        )
+        .await?;
+        store::versions::insert_scopes(&mut tx, t.id, version, &scopes, created_at, &who).await?;
         // A newer version supersedes any rollout of an older one.
         supersede_active(&mut tx, t.id, &t.name, version as u64, created_at, &who).await?;
         let rollout_id = match plan {
-            Some(p) => Some(self.start_rollout_tx(&mut tx, t.id, &t.name, version as u64, p, &who, created_at).await?),
+            Some(p) => Some(crate::rollouts::start_tx(&mut tx, t.id, &t.name, version as u64, p, &who, created_at).await?),
             None => None,
         };
         let scope_keys: Vec<String> = scopes.iter().map(ToString::to_string).collect();
-        audit(
-            &mut tx,
-            &who,
-            "version.publish",
-            Some(&t.name),
-            json!({
-                "version": version,
-                "size": size,
-                "sha256": sha256,
-                "content_type": content_type,
-                "scopes": scope_keys,
-                "message": input.message,
-                "rollout": rollout_id,
-            }),
-        )
-        .await?;
-        notify(&mut tx, t.id).await?;
+        let details = json!({
+            "version": version,
+            "size": size,
+            "sha256": sha256,
+            "content_type": content_type,
+            "scopes": scope_keys,
+            "message": input.message,
+            "rollout": rollout_id,
+        });
+        store::audit(&mut tx, created_at, &who, "version.publish", Some(&t.name), details).await?;
+        store::notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
         let rollout = match rollout_id {
-            Some(id) => Some(self.rollout(&t.name, id).await?),
+            Some(id) => Some(self.rollout(caller, &t.name, id).await?),
             None => None,
         };
         let mut scopes = scopes;
@@ -211,80 +176,69 @@ impl Imprint {
         })
     }
 
-    pub async fn list_versions(&self, topic: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Version>> {
+    /// A topic the caller may read, by name.
+    async fn readable(&self, caller: &Caller, topic: &str) -> Result<store::topics::TopicRef> {
+        let mut conn = self.pool().acquire().await?;
+        let t = store::topics::require(&mut conn, topic, false).await?;
+        caller.require_read(&t.name, &t.owner)?;
+        Ok(t)
+    }
+
+    pub async fn list_versions(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<Page<Version>> {
         let limit = cursor::limit(limit)?;
         let before = cursor.map(cursor::decode).transpose()?;
-        let t = self.topic_ref(self.pool(), topic).await?;
-        let rows: Vec<VersionRow> = sqlx::query_as(&format!(
-            "SELECT {VERSION_COLUMNS} FROM versions WHERE topic_id = $1 AND ($2::bigint IS NULL OR version < $2)
-             ORDER BY version DESC LIMIT $3"
-        ))
-        .bind(t.id)
-        .bind(before)
-        .bind(limit + 1)
-        .fetch_all(self.pool())
-        .await?;
+        let t = self.readable(caller, topic).await?;
+        let rows = store::versions::list(self.pool(), t.id, before, limit + 1).await?;
         let more = rows.len() as i64 > limit;
         let rows: Vec<VersionRow> = rows.into_iter().take(limit as usize).collect();
-        let next = if more { rows.last().map(|r| cursor::encode(r.0)) } else { None };
-        let numbers: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let next = if more { rows.last().map(|r| cursor::encode(r.version)) } else { None };
+        let numbers: Vec<i64> = rows.iter().map(|r| r.version).collect();
         let mut scopes = self.scopes_of(t.id, &numbers).await?;
         let items = rows
             .into_iter()
             .map(|r| {
-                let s = scopes.remove(&r.0).unwrap_or_default();
+                let s = scopes.remove(&r.version).unwrap_or_default();
                 version_from_row(&t.name, r, s)
             })
             .collect();
         Ok(Page { items, next })
     }
 
-    pub async fn version(&self, topic: &str, version: u64) -> Result<Version> {
-        let t = self.topic_ref(self.pool(), topic).await?;
-        let row: Option<VersionRow> =
-            sqlx::query_as(&format!("SELECT {VERSION_COLUMNS} FROM versions WHERE topic_id = $1 AND version = $2"))
-                .bind(t.id)
-                .bind(version as i64)
-                .fetch_optional(self.pool())
-                .await?;
-        let row = row.ok_or_else(|| Error::VersionNotFound { topic: t.name.clone(), version })?;
-        let mut scopes = self.scopes_of(t.id, &[row.0]).await?;
+    pub async fn version(&self, caller: &Caller, topic: &str, version: u64) -> Result<Version> {
+        let t = self.readable(caller, topic).await?;
+        let row = store::versions::get(self.pool(), t.id, version as i64)
+            .await?
+            .ok_or_else(|| Error::VersionNotFound { topic: t.name.clone(), version })?;
+        let mut scopes = self.scopes_of(t.id, &[row.version]).await?;
         Ok(version_from_row(&t.name, row, scopes.remove(&(version as i64)).unwrap_or_default()))
     }
 
     async fn scopes_of(&self, topic_id: i64, versions: &[i64]) -> Result<std::collections::HashMap<i64, Vec<Scope>>> {
-        let rows: Vec<(i64, String, DateTime<Utc>, String)> = sqlx::query_as(
-            "SELECT version, selector_key, added_at, added_by FROM scopes WHERE topic_id = $1 AND version = ANY($2)
-             ORDER BY added_at, selector_key",
-        )
-        .bind(topic_id)
-        .bind(versions)
-        .fetch_all(self.pool())
-        .await?;
         let mut out: std::collections::HashMap<i64, Vec<Scope>> = std::collections::HashMap::new();
-        for (v, key, added_at, added_by) in rows {
-            let selector =
-                Selector::parse(&key).map_err(|e| Error::Internal(format!("stored selector {key:?}: {e}")))?;
-            out.entry(v).or_default().push(Scope { selector, added_at, added_by });
+        for r in store::versions::scopes_of(self.pool(), topic_id, versions).await? {
+            let selector = Selector::parse(&r.selector_key)
+                .map_err(|e| Error::Internal(format!("stored selector {:?}: {e}", r.selector_key)))?;
+            out.entry(r.version).or_default().push(Scope { selector, added_at: r.added_at, added_by: r.added_by });
         }
         Ok(out)
     }
 
     /// The payload of a version (with its content type and checksum).
-    pub async fn version_data(&self, topic: &str, version: u64) -> Result<(Bytes, String, String)> {
-        let t = self.topic_ref(self.pool(), topic).await?;
-        let row: Option<(Option<Vec<u8>>, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT inline_data, content_type, sha256, purged_at FROM versions WHERE topic_id = $1 AND version = $2",
-        )
-        .bind(t.id)
-        .bind(version as i64)
-        .fetch_optional(self.pool())
-        .await?;
-        match row {
+    pub async fn version_data(&self, caller: &Caller, topic: &str, version: u64) -> Result<(Bytes, String, String)> {
+        let t = self.readable(caller, topic).await?;
+        match store::versions::data(self.pool(), t.id, version as i64).await? {
             None => Err(Error::VersionNotFound { topic: t.name, version }),
-            Some((_, _, _, Some(_))) => Err(Error::VersionPurged { topic: t.name, version }),
-            Some((Some(data), ct, sha, None)) => Ok((Bytes::from(data), ct, sha)),
-            Some((None, ..)) => Err(Error::Internal(format!("version {version} of {} has no stored payload", t.name))),
+            Some(d) if d.purged_at.is_some() => Err(Error::VersionPurged { topic: t.name, version }),
+            Some(store::versions::DataRow { inline_data: Some(data), content_type, sha256, .. }) => {
+                Ok((Bytes::from(data), content_type, sha256))
+            }
+            Some(_) => Err(Error::Internal(format!("version {version} of {} has no stored payload", t.name))),
         }
     }
 
@@ -299,27 +253,25 @@ impl Imprint {
         selector: Selector,
     ) -> Result<(Scope, bool)> {
         let mut tx = self.pool().begin().await?;
-        let t = self.topic_ref(&mut *tx, topic).await?;
+        let t = store::topics::require(&mut tx, topic, false).await?;
         caller.require_write(&t.name, &t.owner)?;
-        require_live_version(&mut tx, &t, version).await?;
-        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
+        store::versions::require_live(&mut tx, &t, version).await?;
+        let now = self.now();
         let who = caller.who();
-        let added = insert_scopes(&mut tx, t.id, version as i64, std::slice::from_ref(&selector), now, &who).await?;
+        let added =
+            store::versions::insert_scopes(&mut tx, t.id, version as i64, std::slice::from_ref(&selector), now, &who)
+                .await?;
         if added == 0 {
             tx.rollback().await?;
-            let existing: (DateTime<Utc>, String) = sqlx::query_as(
-                "SELECT added_at, added_by FROM scopes WHERE topic_id = $1 AND version = $2 AND selector_key = $3",
-            )
-            .bind(t.id)
-            .bind(version as i64)
-            .bind(selector.to_string())
-            .fetch_one(self.pool())
-            .await?;
-            return Ok((Scope { selector, added_at: existing.0, added_by: existing.1 }, false));
+            let (added_at, added_by) =
+                store::versions::scope(self.pool(), t.id, version as i64, &selector.to_string()).await?.ok_or_else(
+                    || Error::Conflict("the scope was added and is gone again; try again".into()),
+                )?;
+            return Ok((Scope { selector, added_at, added_by }, false));
         }
-        audit(&mut tx, &who, "scope.add", Some(&t.name), json!({"version": version, "selector": selector.to_string()}))
-            .await?;
-        notify(&mut tx, t.id).await?;
+        let details = json!({"version": version, "selector": selector.to_string()});
+        store::audit(&mut tx, now, &who, "scope.add", Some(&t.name), details).await?;
+        store::notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
         metrics::counter!("imprint_scopes_added_total").increment(1);
@@ -327,43 +279,21 @@ impl Imprint {
     }
 
     /// What a consumer with `labels` sees now, or saw at `at` — from memory.
-    pub fn resolve(&self, topic: &str, labels: &Labels, at: Option<DateTime<Utc>>) -> Result<Option<Resolution>> {
+    pub fn resolve(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        labels: &Labels,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<Option<Resolution>> {
         let name = imprint_domain::TopicName::parse(topic)?;
         let t = self.state().get(name.as_str()).ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        caller.require_read(name.as_str(), "")?;
         Ok(match at {
             None => t.index.resolve(labels),
             Some(at) => t.history.resolve_at(labels, at),
         })
     }
-}
-
-pub(crate) async fn insert_scopes(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    topic_id: i64,
-    version: i64,
-    scopes: &[Selector],
-    at: DateTime<Utc>,
-    who: &str,
-) -> Result<u64> {
-    if scopes.is_empty() {
-        return Ok(0);
-    }
-    let keys: Vec<String> = scopes.iter().map(ToString::to_string).collect();
-    let json: Vec<serde_json::Value> = scopes.iter().map(Selector::to_json).collect();
-    let done = sqlx::query(
-        "INSERT INTO scopes (topic_id, version, selector, selector_key, added_at, added_by)
-         SELECT $1, $2, s.selector, s.key, $5, $6 FROM UNNEST($3::jsonb[], $4::text[]) AS s(selector, key)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(topic_id)
-    .bind(version)
-    .bind(&json)
-    .bind(&keys)
-    .bind(at)
-    .bind(who)
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected())
 }
 
 fn validate_against(schema: &serde_json::Value, payload: &Payload) -> Result<()> {
@@ -386,17 +316,17 @@ fn validate_against(schema: &serde_json::Value, payload: &Payload) -> Result<()>
 fn version_from_row(topic: &str, r: VersionRow, scopes: Vec<Scope>) -> Version {
     Version {
         topic: topic.to_owned(),
-        version: r.0 as u64,
-        created_at: r.1,
-        created_by: r.2,
-        message: r.3,
-        metadata: r.4 .0,
-        content_type: r.5,
-        size: r.6 as u64,
-        sha256: r.7,
-        storage: r.8,
-        purged: r.9.is_some(),
-        purged_at: r.9,
+        version: r.version as u64,
+        created_at: r.created_at,
+        created_by: r.created_by,
+        message: r.message,
+        metadata: r.metadata.0,
+        content_type: r.content_type,
+        size: r.size as u64,
+        sha256: r.sha256,
+        storage: r.storage,
+        purged: r.purged_at.is_some(),
+        purged_at: r.purged_at,
         scopes,
     }
 }

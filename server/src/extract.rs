@@ -1,0 +1,165 @@
+//! Typed request parts: who is calling, path parameters parsed into their newtypes, JSON
+//! bodies into serde types (unknown fields refused), query strings. Every failure is an
+//! API error (`{"error": {...}}`), never axum's plain-text rejection.
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use imprint_domain::TopicName;
+use imprint_service::{Caller, Error, Imprint};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+
+/// Largest request body accepted (base64 of the largest inline payload, with room to spare).
+pub const MAX_BODY_BYTES: usize = 12 * 1024 * 1024;
+
+/// Who is calling: `Authorization: Bearer …`, anonymous without the header. A header
+/// that is present but wrong is a 401, on reads as on writes.
+pub struct Auth(pub Caller);
+
+impl FromRequestParts<Imprint> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, imprint: &Imprint) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Ok(Auth(Caller::Anonymous));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError(Error::Unauthorized("the Authorization header must be `Bearer <token>`".into())))?;
+        Ok(Auth(imprint.authenticate(Some(token)).await?))
+    }
+}
+
+/// The path parameters by name.
+async fn path_params(parts: &mut Parts) -> Result<HashMap<String, String>, ApiError> {
+    let axum::extract::Path(params) =
+        axum::extract::Path::<HashMap<String, String>>::from_request_parts(parts, &())
+            .await
+            .map_err(|e| ApiError::invalid(format!("bad path: {e}")))?;
+    Ok(params)
+}
+
+fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
+    params.get(name).map(String::as_str).ok_or_else(|| ApiError(Error::Internal(format!("route has no {{{name}}}"))))
+}
+
+fn topic_of(params: &HashMap<String, String>) -> Result<TopicName, ApiError> {
+    Ok(TopicName::parse(param(params, "topic")?).map_err(Error::from)?)
+}
+
+/// A version number: 1, 2, 3, …
+pub fn parse_version(n: &str) -> Result<u64, ApiError> {
+    n.parse::<u64>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| ApiError::invalid(format!("{n:?} is not a version number (1, 2, 3, …)")))
+}
+
+fn parse_id(id: &str) -> Result<i64, ApiError> {
+    id.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| ApiError::invalid(format!("{id:?} is not a rollout id")))
+}
+
+/// `{topic}`
+pub struct TopicPath(pub TopicName);
+
+impl<S: Send + Sync> FromRequestParts<S> for TopicPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(TopicPath(topic_of(&path_params(parts).await?)?))
+    }
+}
+
+/// `{topic}/versions/{n}`
+pub struct VersionPath(pub TopicName, pub u64);
+
+impl<S: Send + Sync> FromRequestParts<S> for VersionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let p = path_params(parts).await?;
+        Ok(VersionPath(topic_of(&p)?, parse_version(param(&p, "n")?)?))
+    }
+}
+
+/// `{topic}/rollouts/{id}` (and `/{action}`, read separately)
+pub struct RolloutPath(pub TopicName, pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for RolloutPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let p = path_params(parts).await?;
+        Ok(RolloutPath(topic_of(&p)?, parse_id(param(&p, "id")?)?))
+    }
+}
+
+/// The `{action}` of a rollout action path.
+pub struct ActionPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ActionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ActionPath(param(&path_params(parts).await?, "action")?.to_owned()))
+    }
+}
+
+/// The request body, at most `MAX_BODY_BYTES`.
+pub async fn body_bytes(req: Request) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, &()).await.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError(Error::PayloadTooLarge { size: MAX_BODY_BYTES as u64 + 1, limit: MAX_BODY_BYTES as u64 })
+        }
+        _ => ApiError::invalid(format!("could not read the request body: {e}")),
+    })
+}
+
+/// Parses a JSON body into `T` (whose serde attributes refuse unknown fields).
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed JSON body: {e}")))
+}
+
+/// A JSON body of type `T`; an empty body is `T`'s default when `T` allows none.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ApiJson(parse_json(&body_bytes(req).await?)?))
+    }
+}
+
+/// An optional JSON body: absent (or only whitespace) is `None`.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        let body = body_bytes(req).await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(None));
+        }
+        Ok(OptionalJson(Some(parse_json(&body)?)))
+    }
+}
+
+/// The query string as a typed struct (`serde_urlencoded`); failures are API errors.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(q).map(ApiQuery).map_err(|e| ApiError::invalid(format!("bad query string: {e}")))
+    }
+}

@@ -1,0 +1,138 @@
+//! The consumer audit's durable side: writing buffered observations, reading who
+//! consumes a topic, lag and propagation.
+use crate::audit::{Key, Observation};
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+use crate::handle::Imprint;
+use crate::model::{ConsumerFilter, ConsumerInfo, ConsumerList, Propagation};
+use crate::store;
+use chrono::Duration;
+use imprint_domain::{Labels, Selector};
+use std::collections::BTreeMap;
+
+impl Imprint {
+    /// Writes the buffered observations. Returns how many were written.
+    pub async fn flush_audit(&self) -> Result<usize> {
+        let entries = self.audit().drain(self.now());
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let started = std::time::Instant::now();
+        match store::consumers::upsert(self.pool(), &columns(&entries)).await {
+            Ok(()) => {
+                metrics::counter!("imprint_audit_flushed_total").increment(entries.len() as u64);
+                metrics::histogram!("imprint_audit_flush_seconds").record(started.elapsed().as_secs_f64());
+                Ok(entries.len())
+            }
+            Err(e) => {
+                metrics::counter!("imprint_audit_flush_failures_total").increment(1);
+                self.audit().restore(entries);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sets `imprint_lagging_nodes{topic}`: nodes seen in the last 5 minutes whose last
+    /// poll held another version than they should have.
+    pub async fn update_lag_gauges(&self) -> Result<()> {
+        let since = self.now() - Duration::minutes(5);
+        for (topic, n) in store::consumers::lagging_per_topic(self.pool(), since).await? {
+            metrics::gauge!("imprint_lagging_nodes", "topic" => topic).set(n as f64);
+        }
+        Ok(())
+    }
+
+    /// A topic the caller may read, by name.
+    async fn consumed_topic(&self, caller: &Caller, topic: &str) -> Result<store::topics::TopicRef> {
+        let mut conn = self.pool().acquire().await?;
+        let t = store::topics::require(&mut conn, topic, false).await?;
+        caller.require_read(&t.name, &t.owner)?;
+        Ok(t)
+    }
+
+    /// How a version spread: for each node holding it, how long after the publish the
+    /// audit first saw it there; `total` counts the nodes that hold or should hold it.
+    pub async fn propagation(&self, caller: &Caller, topic: &str, version: u64) -> Result<Propagation> {
+        let t = self.consumed_topic(caller, topic).await?;
+        let created_at = store::versions::created_at(self.pool(), t.id, version as i64)
+            .await?
+            .ok_or(Error::VersionNotFound { topic: t.name.clone(), version })?;
+        let rows = store::consumers::holding(self.pool(), t.id, version as i64).await?;
+        let mut after: Vec<f64> = rows
+            .iter()
+            .filter(|(v, _)| *v == Some(version as i64))
+            .filter_map(|(_, since)| *since)
+            .map(|s| (s - created_at).num_milliseconds().max(0) as f64 / 1000.0)
+            .collect();
+        after.sort_by(|a, b| a.total_cmp(b));
+        Ok(Propagation { version, created_at, total: rows.len() as u64, seconds_to_reach: after })
+    }
+
+    /// Deletes consumers not seen for `older_than`.
+    pub async fn expire_consumers(&self, older_than: Duration) -> Result<u64> {
+        store::consumers::expire(self.pool(), self.now() - older_than).await
+    }
+
+    /// Who consumes a topic: each instance with the version it holds and the one it should.
+    pub async fn consumers(&self, caller: &Caller, topic: &str, filter: &ConsumerFilter) -> Result<ConsumerList> {
+        let t = self.consumed_topic(caller, topic).await?;
+        let rows = store::consumers::list(self.pool(), t.id, filter.labels.as_ref().map(Selector::to_json)).await?;
+        let serving = self.state().get(&t.name);
+        let now = self.now();
+        let grace_ago = now - Duration::from_std(self.config().lag_grace).unwrap_or(Duration::seconds(60));
+        let mut by_version = BTreeMap::new();
+        let mut consumers = Vec::new();
+        for r in rows {
+            let labels = Labels::from_pairs(r.labels.0.clone()).unwrap_or_default();
+            let version = r.version.map(|v| v as u64);
+            let expected = serving.as_ref().and_then(|s| s.index.resolve(&labels)).map(|r| r.version);
+            // Lagging: holds something else than it should, and should have for a while
+            // (the expected version was already what it resolved to a grace period ago).
+            let lagging = version != expected
+                && expected.is_some()
+                && serving.as_ref().and_then(|s| s.history.resolve_at(&labels, grace_ago)).map(|r| r.version)
+                    == expected;
+            *by_version.entry(version.map_or_else(|| "none".to_owned(), |v| v.to_string())).or_insert(0) += 1;
+            if filter.version.is_some_and(|v| version != Some(v)) || (filter.lagging_only && !lagging) {
+                continue;
+            }
+            consumers.push(ConsumerInfo {
+                instance: r.instance,
+                labels: r.labels.0,
+                version,
+                expected_version: expected,
+                lagging,
+                version_since: r.version_since,
+                first_seen: r.first_seen,
+                last_seen: r.last_seen,
+                last_applied_version: r.last_applied_version.map(|v| v as u64),
+                last_applied_ok: r.last_applied_ok,
+                last_error: r.last_error,
+                last_applied_at: r.last_applied_at,
+            });
+        }
+        let total = consumers.len() as u64;
+        Ok(ConsumerList { consumers, by_version, total })
+    }
+}
+
+/// The batch as columns for one UNNEST upsert.
+fn columns(entries: &[(Key, Observation)]) -> store::consumers::ObservationColumns {
+    let mut c = store::consumers::ObservationColumns::default();
+    for ((tid, inst), o) in entries {
+        c.topic_ids.push(*tid);
+        c.instances.push(inst.clone());
+        c.labels.push(serde_json::to_value(&*o.labels).unwrap_or_default());
+        c.versions.push(o.version.map(|v| v as i64));
+        c.since.push(o.version_since);
+        c.expected.push(o.expected.map(|v| v as i64));
+        c.first.push(o.first_seen);
+        c.last.push(o.last_seen);
+        c.applied_version.push(o.applied.as_ref().map(|a| a.version as i64));
+        c.applied_ok.push(o.applied.as_ref().map(|a| a.ok));
+        c.applied_error
+            .push(o.applied.as_ref().and_then(|a| if a.ok { None } else { a.error.clone().or(Some(String::new())) }));
+        c.applied_at.push(o.applied.as_ref().map(|a| a.at));
+    }
+    c
+}

@@ -1,0 +1,176 @@
+//! The `consumers` table: the consumer audit's durable half.
+use crate::error::Result;
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::PgExecutor;
+use std::collections::BTreeMap;
+
+/// Counts for a health gate: consumers matching `selector` seen since `since`, how many
+/// hold (or applied) `version`, how many failed to apply it.
+pub(crate) async fn gate_counts<'e>(
+    ex: impl PgExecutor<'e>,
+    topic_id: i64,
+    selector: serde_json::Value,
+    version: i64,
+    since: DateTime<Utc>,
+) -> Result<(i64, i64, i64)> {
+    let r = sqlx::query!(
+        r#"SELECT count(*) AS "matching!",
+                  count(*) FILTER (WHERE version = $3 OR (last_applied_version = $3 AND last_applied_ok)) AS "applied!",
+                  count(*) FILTER (WHERE last_applied_version = $3 AND last_applied_ok = false) AS "failed!"
+           FROM consumers WHERE topic_id = $1 AND labels @> $2 AND last_seen > $4"#,
+        topic_id,
+        selector,
+        version,
+        since
+    )
+    .fetch_one(ex)
+    .await?;
+    Ok((r.matching, r.applied, r.failed))
+}
+
+/// Per topic, nodes seen since `since` that held another version than expected.
+pub(crate) async fn lagging_per_topic<'e>(ex: impl PgExecutor<'e>, since: DateTime<Utc>) -> Result<Vec<(String, i64)>> {
+    let rows = sqlx::query!(
+        r#"SELECT t.name, count(c.instance) FILTER (WHERE c.version IS DISTINCT FROM c.expected_version
+                                                     AND c.last_seen > $1) AS "lagging!"
+           FROM topics t LEFT JOIN consumers c ON c.topic_id = t.id GROUP BY t.name"#,
+        since
+    )
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.name, r.lagging)).collect())
+}
+
+/// (version held, held since) of every node that holds or should hold `version`.
+pub(crate) async fn holding<'e>(
+    ex: impl PgExecutor<'e>,
+    topic_id: i64,
+    version: i64,
+) -> Result<Vec<(Option<i64>, Option<DateTime<Utc>>)>> {
+    let rows = sqlx::query!(
+        "SELECT version, version_since FROM consumers WHERE topic_id = $1 AND (version = $2 OR expected_version = $2)",
+        topic_id,
+        version
+    )
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.version, r.version_since)).collect())
+}
+
+/// Deletes consumers last seen before `before`.
+pub(crate) async fn expire<'e>(ex: impl PgExecutor<'e>, before: DateTime<Utc>) -> Result<u64> {
+    Ok(sqlx::query!("DELETE FROM consumers WHERE last_seen < $1", before).execute(ex).await?.rows_affected())
+}
+
+pub(crate) struct ConsumerRow {
+    pub instance: String,
+    pub labels: Json<BTreeMap<String, String>>,
+    pub version: Option<i64>,
+    pub version_since: Option<DateTime<Utc>>,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub last_applied_version: Option<i64>,
+    pub last_applied_ok: Option<bool>,
+    pub last_error: Option<String>,
+    pub last_applied_at: Option<DateTime<Utc>>,
+}
+
+/// A topic's consumers (optionally only those whose labels contain `labels`), most
+/// recently seen first.
+pub(crate) async fn list<'e>(
+    ex: impl PgExecutor<'e>,
+    topic_id: i64,
+    labels: Option<serde_json::Value>,
+) -> Result<Vec<ConsumerRow>> {
+    Ok(sqlx::query_as!(
+        ConsumerRow,
+        r#"SELECT instance, labels AS "labels: Json<BTreeMap<String, String>>", version, version_since, first_seen,
+                  last_seen, last_applied_version, last_applied_ok, last_error, last_applied_at
+           FROM consumers WHERE topic_id = $1 AND ($2::jsonb IS NULL OR labels @> $2)
+           ORDER BY last_seen DESC, instance LIMIT 100000"#,
+        topic_id,
+        labels
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Observations to write, column by column (one UNNEST statement for the whole batch).
+#[derive(Default)]
+pub(crate) struct ObservationColumns {
+    pub topic_ids: Vec<i64>,
+    pub instances: Vec<String>,
+    pub labels: Vec<serde_json::Value>,
+    pub versions: Vec<Option<i64>>,
+    pub since: Vec<DateTime<Utc>>,
+    pub expected: Vec<Option<i64>>,
+    pub first: Vec<DateTime<Utc>>,
+    pub last: Vec<DateTime<Utc>>,
+    pub applied_version: Vec<Option<i64>>,
+    pub applied_ok: Vec<Option<bool>>,
+    pub applied_error: Vec<Option<String>>,
+    pub applied_at: Vec<Option<DateTime<Utc>>>,
+}
+
+/// Upserts a batch of observations. Several servers flush concurrently: every column
+/// keeps the newest information, and rows are written in a fixed order (no deadlocks).
+pub(crate) async fn upsert(pool: &sqlx::PgPool, c: &ObservationColumns) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!(
+        "INSERT INTO consumers AS c (topic_id, instance, labels, version, version_since, expected_version, first_seen,
+                                     last_seen, last_applied_version, last_applied_ok, last_error, last_applied_at)
+         SELECT x.* FROM UNNEST($1::bigint[], $2::text[], $3::jsonb[], $4::bigint[], $5::timestamptz[], $6::bigint[],
+                              $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bool[], $11::text[], $12::timestamptz[])
+              AS x(topic_id, instance, labels, version, version_since, expected_version, first_seen, last_seen,
+                   last_applied_version, last_applied_ok, last_error, last_applied_at)
+         WHERE EXISTS (SELECT 1 FROM topics t WHERE t.id = x.topic_id)
+         -- a fixed row order: concurrent flushes from several servers cannot deadlock
+         ORDER BY x.topic_id, x.instance
+         ON CONFLICT (topic_id, instance) DO UPDATE SET
+            labels = CASE WHEN EXCLUDED.last_seen >= c.last_seen THEN EXCLUDED.labels ELSE c.labels END,
+            version = CASE WHEN EXCLUDED.last_seen >= c.last_seen THEN EXCLUDED.version ELSE c.version END,
+            version_since = CASE
+                WHEN EXCLUDED.last_seen < c.last_seen THEN c.version_since
+                WHEN EXCLUDED.version IS NOT DISTINCT FROM c.version THEN LEAST(c.version_since, EXCLUDED.version_since)
+                ELSE EXCLUDED.version_since END,
+            expected_version = CASE WHEN EXCLUDED.last_seen >= c.last_seen THEN EXCLUDED.expected_version ELSE c.expected_version END,
+            first_seen = LEAST(c.first_seen, EXCLUDED.first_seen),
+            last_seen = GREATEST(c.last_seen, EXCLUDED.last_seen),
+            last_applied_version = CASE WHEN EXCLUDED.last_applied_at >= c.last_applied_at OR c.last_applied_at IS NULL
+                THEN COALESCE(EXCLUDED.last_applied_version, c.last_applied_version) ELSE c.last_applied_version END,
+            last_applied_ok = CASE WHEN EXCLUDED.last_applied_at >= c.last_applied_at OR c.last_applied_at IS NULL
+                THEN COALESCE(EXCLUDED.last_applied_ok, c.last_applied_ok) ELSE c.last_applied_ok END,
+            last_error = CASE WHEN EXCLUDED.last_applied_at >= c.last_applied_at OR (c.last_applied_at IS NULL AND EXCLUDED.last_applied_at IS NOT NULL)
+                THEN NULLIF(EXCLUDED.last_error, '') ELSE c.last_error END,
+            last_applied_at = GREATEST(c.last_applied_at, EXCLUDED.last_applied_at)",
+        &c.topic_ids,
+        &c.instances,
+        &c.labels,
+        &c.versions as &[Option<i64>],
+        &c.since,
+        &c.expected as &[Option<i64>],
+        &c.first,
+        &c.last,
+        &c.applied_version as &[Option<i64>],
+        &c.applied_ok as &[Option<bool>],
+        &c.applied_error as &[Option<String>],
+        &c.applied_at as &[Option<DateTime<Utc>>],
+    )
+    .execute(&mut *tx)
+    .await?;
+    // When each topic was last polled (for "unused topics"), kept to the minute so that
+    // busy topics do not rewrite their row on every flush.
+    sqlx::query!(
+        "UPDATE topics t SET last_polled_at = x.seen
+         FROM (SELECT topic_id, max(seen) AS seen FROM UNNEST($1::bigint[], $2::timestamptz[]) AS u(topic_id, seen)
+               GROUP BY topic_id ORDER BY topic_id) x
+         WHERE t.id = x.topic_id AND (t.last_polled_at IS NULL OR t.last_polled_at < x.seen - interval '60 seconds')",
+        &c.topic_ids,
+        &c.last
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! Every SQL statement of the service, as compile-time checked `sqlx::query!` /
+//! `query_as!` against the migrations (offline data in `.sqlx/`), with named row structs.
+//! Functions here know tables, not rules: the feature modules above decide what to do,
+//! and call these inside their transactions. Nothing here imports a feature module.
+use crate::error::Result;
+use sqlx::PgConnection;
+
+pub(crate) mod audit_log;
+pub(crate) mod consumers;
+pub(crate) mod pins;
+pub(crate) mod rollouts;
+pub(crate) mod serving;
+pub(crate) mod tokens;
+pub(crate) mod topics;
+pub(crate) mod users;
+pub(crate) mod versions;
+
+/// The NOTIFY channel every change is announced on; the payload is the topic id.
+pub const CHANGE_CHANNEL: &str = "imprint_change";
+
+/// Announces a change of `topic_id` to every server, inside the writing transaction: the
+/// topic's change sequence is raised (a slow reload can never install an older state)
+/// and a notification goes out when the transaction commits.
+pub(crate) async fn notify(conn: &mut PgConnection, topic_id: i64) -> Result<()> {
+    sqlx::query!("UPDATE topics SET change_seq = change_seq + 1 WHERE id = $1", topic_id).execute(&mut *conn).await?;
+    sqlx::query!("SELECT pg_notify($1, $2)", CHANGE_CHANNEL, topic_id.to_string()).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Is Postgres answering?
+pub(crate) async fn ping(pool: &sqlx::PgPool) -> Result<()> {
+    sqlx::query!("SELECT 1 AS one").fetch_one(pool).await?;
+    Ok(())
+}
+
+/// Does the error mapping know `constraint` (for the schema test)?
+pub fn maps_constraint(constraint: &str) -> bool {
+    crate::error::constraint_error(constraint, "").is_some()
+}
+
+/// Records one operator action in the caller's transaction (the audit log).
+pub(crate) async fn audit(
+    conn: &mut PgConnection,
+    at: chrono::DateTime<chrono::Utc>,
+    actor: &str,
+    action: &str,
+    topic: Option<&str>,
+    details: serde_json::Value,
+) -> Result<()> {
+    audit_log::insert(conn, at, actor, action, topic, details).await?;
+    metrics::counter!("imprint_audit_log_entries_total").increment(1);
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! The `pins` table.
+use crate::error::Result;
+use chrono::{DateTime, Utc};
+use imprint_domain::Selector;
+use sqlx::{PgConnection, PgExecutor};
+
+pub(crate) struct PinRow {
+    pub selector_key: String,
+    pub version: i64,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub removed_at: Option<DateTime<Utc>>,
+    pub removed_by: Option<String>,
+}
+
+/// Sets a pin, replacing an active pin on the same selector. Returns the version the
+/// replaced pin held, if there was one.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn replace(
+    conn: &mut PgConnection,
+    topic_id: i64,
+    selector: &Selector,
+    version: i64,
+    reason: &str,
+    who: &str,
+    at: DateTime<Utc>,
+) -> Result<Option<i64>> {
+    let key = selector.to_string();
+    let replaced = sqlx::query_scalar!(
+        "UPDATE pins SET removed_at = $3, removed_by = $4 WHERE topic_id = $1 AND selector_key = $2 AND removed_at IS NULL
+         RETURNING version",
+        topic_id,
+        key,
+        at,
+        who
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "INSERT INTO pins (topic_id, selector, selector_key, version, reason, created_at, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        topic_id,
+        selector.to_json(),
+        key,
+        version,
+        reason,
+        at,
+        who
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(replaced)
+}
+
+/// Removes the active pin on a selector; returns the version it held.
+pub(crate) async fn remove(
+    conn: &mut PgConnection,
+    topic_id: i64,
+    selector_key: &str,
+    who: &str,
+    at: DateTime<Utc>,
+) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar!(
+        "UPDATE pins SET removed_at = $4, removed_by = $3 WHERE topic_id = $1 AND selector_key = $2 AND removed_at IS NULL
+         RETURNING version",
+        topic_id,
+        selector_key,
+        who,
+        at
+    )
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// Active pins (or all with `all`), newest first.
+pub(crate) async fn list<'e>(ex: impl PgExecutor<'e>, topic_id: i64, all: bool) -> Result<Vec<PinRow>> {
+    Ok(sqlx::query_as!(
+        PinRow,
+        "SELECT selector_key, version, reason, created_by, created_at, removed_at, removed_by FROM pins
+         WHERE topic_id = $1 AND ($2 OR removed_at IS NULL) ORDER BY created_at DESC, id DESC",
+        topic_id,
+        all
+    )
+    .fetch_all(ex)
+    .await?)
+}

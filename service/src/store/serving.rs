@@ -1,0 +1,107 @@
+//! What the in-memory serving state is loaded from: one consistent snapshot of a topic
+//! (or all topics) across topics, versions, scopes and pins.
+use crate::error::Result;
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::PgConnection;
+use std::collections::BTreeMap;
+
+pub(crate) struct TopicSeq {
+    pub id: i64,
+    pub name: String,
+    pub change_seq: i64,
+}
+
+pub(crate) struct ServedVersionRow {
+    pub topic_id: i64,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub purged_at: Option<DateTime<Utc>>,
+    pub content_type: String,
+    pub size: i64,
+    pub sha256: String,
+    pub metadata: Json<BTreeMap<String, String>>,
+}
+
+pub(crate) struct ServedScopeRow {
+    pub topic_id: i64,
+    pub version: i64,
+    pub selector_key: String,
+    pub added_at: DateTime<Utc>,
+}
+
+pub(crate) struct ServedPinRow {
+    pub id: i64,
+    pub topic_id: i64,
+    pub selector_key: String,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub removed_at: Option<DateTime<Utc>>,
+}
+
+pub(crate) struct Snapshot {
+    pub topics: Vec<TopicSeq>,
+    pub versions: Vec<ServedVersionRow>,
+    pub scopes: Vec<ServedScopeRow>,
+    pub pins: Vec<ServedPinRow>,
+}
+
+/// Starts the snapshot: the transaction must be the first statement's.
+pub(crate) async fn begin_snapshot(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Everything resolution needs of one topic (`Some(id)`) or of all of them.
+pub(crate) async fn snapshot(conn: &mut PgConnection, topic_id: Option<i64>) -> Result<Snapshot> {
+    let topics = sqlx::query_as!(
+        TopicSeq,
+        "SELECT id, name, change_seq FROM topics WHERE ($1::bigint IS NULL OR id = $1)",
+        topic_id
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let versions = sqlx::query_as!(
+        ServedVersionRow,
+        r#"SELECT topic_id, version, created_at, purged_at, content_type, size, sha256,
+                  metadata AS "metadata: Json<BTreeMap<String, String>>"
+           FROM versions WHERE ($1::bigint IS NULL OR topic_id = $1)"#,
+        topic_id
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let scopes = sqlx::query_as!(
+        ServedScopeRow,
+        "SELECT topic_id, version, selector_key, added_at FROM scopes WHERE ($1::bigint IS NULL OR topic_id = $1)",
+        topic_id
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let pins = sqlx::query_as!(
+        ServedPinRow,
+        "SELECT id, topic_id, selector_key, version, created_at, removed_at FROM pins
+         WHERE ($1::bigint IS NULL OR topic_id = $1)",
+        topic_id
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Snapshot { topics, versions, scopes, pins })
+}
+
+/// The inline payloads of the given (topic, version) pairs.
+pub(crate) async fn inline_payloads(
+    conn: &mut PgConnection,
+    topic_ids: &[i64],
+    versions: &[i64],
+) -> Result<Vec<(i64, i64, Vec<u8>)>> {
+    let rows = sqlx::query!(
+        r#"SELECT v.topic_id, v.version, v.inline_data AS "inline_data!" FROM versions v
+           JOIN UNNEST($1::bigint[], $2::bigint[]) AS w(topic_id, version) USING (topic_id, version)
+           WHERE v.storage = 'inline' AND v.inline_data IS NOT NULL"#,
+        topic_ids,
+        versions
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.topic_id, r.version, r.inline_data)).collect())
+}

@@ -1,0 +1,106 @@
+//! The `api_tokens` table (tokens are stored as SHA-256 hashes).
+use crate::error::Result;
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+
+pub(crate) struct TokenIdentity {
+    pub name: String,
+    pub is_admin: bool,
+    pub team: Option<String>,
+}
+
+/// The active token with this hash, marking it used.
+pub(crate) async fn use_token<'e>(
+    ex: impl PgExecutor<'e>,
+    hash: &str,
+    at: DateTime<Utc>,
+) -> Result<Option<TokenIdentity>> {
+    Ok(sqlx::query_as!(
+        TokenIdentity,
+        "UPDATE api_tokens SET last_used_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL
+         RETURNING name, is_admin, team",
+        hash,
+        at
+    )
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// Revokes an active bootstrap token whose value is not `hash`; true if one was.
+pub(crate) async fn revoke_other_bootstrap(conn: &mut PgConnection, hash: &str, at: DateTime<Utc>) -> Result<bool> {
+    let done = sqlx::query!(
+        "UPDATE api_tokens SET revoked_at = $2 WHERE name = 'bootstrap' AND revoked_at IS NULL AND token_hash <> $1",
+        hash,
+        at
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Makes `hash` an active admin bootstrap token; true if that changed anything.
+pub(crate) async fn upsert_bootstrap(conn: &mut PgConnection, hash: &str, at: DateTime<Utc>) -> Result<bool> {
+    let r = sqlx::query_scalar!(
+        "INSERT INTO api_tokens (name, token_hash, is_admin, created_by, created_at)
+         VALUES ('bootstrap', $1, true, 'IMPRINT_BOOTSTRAP_TOKEN', $2)
+         ON CONFLICT (token_hash) DO UPDATE SET revoked_at = NULL, is_admin = true
+           WHERE api_tokens.revoked_at IS NOT NULL OR NOT api_tokens.is_admin
+         RETURNING id",
+        hash,
+        at
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(r.is_some())
+}
+
+/// Inserts a token; false if an active token has this name.
+pub(crate) async fn insert(
+    conn: &mut PgConnection,
+    name: &str,
+    hash: &str,
+    admin: bool,
+    team: Option<&str>,
+    who: &str,
+    at: DateTime<Utc>,
+) -> Result<bool> {
+    let r = sqlx::query_scalar!(
+        "INSERT INTO api_tokens (name, token_hash, is_admin, team, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (name) WHERE revoked_at IS NULL DO NOTHING RETURNING id",
+        name,
+        hash,
+        admin,
+        team,
+        who,
+        at
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(r.is_some())
+}
+
+/// Revokes the active token named `name`; false if there is none.
+pub(crate) async fn revoke(conn: &mut PgConnection, name: &str, at: DateTime<Utc>) -> Result<bool> {
+    let done = sqlx::query!("UPDATE api_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL", name, at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub(crate) struct TokenRow {
+    pub name: String,
+    pub is_admin: bool,
+    pub team: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+pub(crate) async fn list_active<'e>(ex: impl PgExecutor<'e>) -> Result<Vec<TokenRow>> {
+    Ok(sqlx::query_as!(
+        TokenRow,
+        "SELECT name, is_admin, team, created_at, last_used_at FROM api_tokens WHERE revoked_at IS NULL
+         ORDER BY created_at DESC",
+    )
+    .fetch_all(ex)
+    .await?)
+}

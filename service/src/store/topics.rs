@@ -1,0 +1,329 @@
+//! The `topics` table.
+use crate::error::{Error, Result};
+use crate::model::{Retention, Topic};
+use chrono::{DateTime, Utc};
+use imprint_domain::Plan;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgExecutor};
+use std::collections::BTreeMap;
+
+/// A topic as lists and pages show it, with its counts.
+pub(crate) struct TopicRow {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub owner: String,
+    pub retention_max_versions: Option<i32>,
+    pub retention_max_age_days: Option<i32>,
+    pub inline_limit_bytes: i64,
+    pub content_type: Option<String>,
+    pub json_schema: Option<serde_json::Value>,
+    pub latest_version: i64,
+    pub last_published_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub active_pins: i64,
+    pub rollout_state: Option<String>,
+    pub plans: Json<BTreeMap<String, Plan>>,
+    pub default_plan: Option<String>,
+    pub consumers: i64,
+    pub last_polled_at: Option<DateTime<Utc>>,
+}
+
+impl From<TopicRow> for Topic {
+    fn from(r: TopicRow) -> Self {
+        Topic {
+            name: r.name,
+            description: r.description,
+            owner: r.owner,
+            retention: Retention {
+                max_versions: r.retention_max_versions.map(|v| v as u32),
+                max_age_days: r.retention_max_age_days.map(|v| v as u32),
+            },
+            inline_limit_bytes: r.inline_limit_bytes as u64,
+            content_type: r.content_type,
+            json_schema: r.json_schema,
+            latest_version: r.latest_version as u64,
+            last_published_at: r.last_published_at,
+            created_at: r.created_at,
+            created_by: r.created_by,
+            active_pins: r.active_pins as u64,
+            rollout_state: r.rollout_state,
+            plans: r.plans.0,
+            default_plan: r.default_plan,
+            consumers: r.consumers as u64,
+            last_polled_at: r.last_polled_at,
+        }
+    }
+}
+
+/// The settings of a topic that write operations need.
+pub(crate) struct TopicRef {
+    pub id: i64,
+    pub name: String,
+    pub owner: String,
+    pub inline_limit: i64,
+    pub content_type: Option<String>,
+    pub json_schema: Option<serde_json::Value>,
+    pub default_plan: Option<String>,
+    pub latest_version: i64,
+}
+
+/// The settings of a topic by name; with `lock`, its row is locked until the transaction
+/// ends, so they cannot change under the caller (and writers of the topic queue here).
+pub(crate) async fn topic_ref(conn: &mut PgConnection, name: &str, lock: bool) -> Result<Option<TopicRef>> {
+    let row = if lock {
+        sqlx::query_as!(
+            TopicRef,
+            r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, content_type, json_schema, default_plan,
+                      latest_version
+               FROM topics WHERE name = $1 FOR UPDATE"#,
+            name
+        )
+        .fetch_optional(&mut *conn)
+        .await?
+    } else {
+        sqlx::query_as!(
+            TopicRef,
+            r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, content_type, json_schema, default_plan,
+                      latest_version
+               FROM topics WHERE name = $1"#,
+            name
+        )
+        .fetch_optional(&mut *conn)
+        .await?
+    };
+    Ok(row)
+}
+
+pub(crate) struct NewTopicRow<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub owner: &'a str,
+    pub retention: &'a Retention,
+    pub inline_limit: u64,
+    pub content_type: Option<&'a str>,
+    pub json_schema: Option<&'a serde_json::Value>,
+    pub plans: &'a BTreeMap<String, Plan>,
+    pub default_plan: Option<&'a str>,
+    pub created_by: &'a str,
+    pub at: DateTime<Utc>,
+}
+
+/// Inserts a topic; `None` if the name is taken.
+pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Result<Option<i64>> {
+    let plans = serde_json::to_value(t.plans).map_err(|e| Error::Internal(format!("plans as JSON: {e}")))?;
+    let id = sqlx::query_scalar!(
+        "INSERT INTO topics (name, description, owner, retention_max_versions, retention_max_age_days,
+                             inline_limit_bytes, content_type, json_schema, created_by, plans, default_plan,
+                             created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)
+         ON CONFLICT (name) DO NOTHING RETURNING id",
+        t.name,
+        t.description,
+        t.owner,
+        t.retention.max_versions.map(|v| v as i32),
+        t.retention.max_age_days.map(|v| v as i32),
+        t.inline_limit as i64,
+        t.content_type,
+        t.json_schema,
+        t.created_by,
+        plans,
+        t.default_plan,
+        t.at,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(id)
+}
+
+/// A topic's settings as one JSON object, as the audit log records them.
+pub(crate) async fn settings_json(conn: &mut PgConnection, id: i64) -> Result<serde_json::Value> {
+    let v = sqlx::query_scalar!(
+        r#"SELECT jsonb_build_object(
+            'description', description, 'owner', owner,
+            'retention', jsonb_build_object('max_versions', retention_max_versions, 'max_age_days', retention_max_age_days),
+            'inline_limit_bytes', inline_limit_bytes, 'content_type', content_type, 'json_schema', json_schema,
+            'plans', plans, 'default_plan', default_plan) AS "settings!"
+         FROM topics WHERE id = $1"#,
+        id
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(v)
+}
+
+/// A topic's named plans and its default plan.
+pub(crate) async fn plans(conn: &mut PgConnection, id: i64) -> Result<(BTreeMap<String, Plan>, Option<String>)> {
+    let r = sqlx::query!(
+        r#"SELECT plans AS "plans: Json<BTreeMap<String, Plan>>", default_plan FROM topics WHERE id = $1"#,
+        id
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((r.plans.0, r.default_plan))
+}
+
+/// One named plan of a topic, if it has it.
+pub(crate) async fn plan(conn: &mut PgConnection, id: i64, name: &str) -> Result<Option<serde_json::Value>> {
+    let v = sqlx::query_scalar!("SELECT plans -> $2 FROM topics WHERE id = $1", id, name).fetch_one(&mut *conn).await?;
+    Ok(v)
+}
+
+/// What a settings change sets; `None` leaves a field as it is.
+pub(crate) struct TopicUpdate<'a> {
+    pub description: Option<&'a str>,
+    pub owner: Option<&'a str>,
+    pub retention: Option<&'a Retention>,
+    pub inline_limit: Option<u64>,
+    pub content_type: Option<Option<&'a str>>,
+    pub json_schema: Option<Option<&'a serde_json::Value>>,
+    pub plans: Option<&'a BTreeMap<String, Plan>>,
+    pub default_plan: Option<Option<&'a str>>,
+    pub at: DateTime<Utc>,
+}
+
+pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>) -> Result<()> {
+    let plans = u
+        .plans
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|e| Error::Internal(format!("plans as JSON: {e}")))?;
+    sqlx::query!(
+        "UPDATE topics SET
+            description = COALESCE($2, description),
+            owner = COALESCE($3, owner),
+            retention_max_versions = CASE WHEN $4 THEN $5 ELSE retention_max_versions END,
+            retention_max_age_days = CASE WHEN $4 THEN $6 ELSE retention_max_age_days END,
+            inline_limit_bytes = COALESCE($7, inline_limit_bytes),
+            content_type = CASE WHEN $8 THEN $9 ELSE content_type END,
+            json_schema = CASE WHEN $10 THEN $11 ELSE json_schema END,
+            plans = COALESCE($12, plans),
+            default_plan = CASE WHEN $13 THEN $14 ELSE default_plan END,
+            updated_at = $15
+         WHERE id = $1",
+        id,
+        u.description,
+        u.owner,
+        u.retention.is_some(),
+        u.retention.and_then(|r| r.max_versions).map(|v| v as i32),
+        u.retention.and_then(|r| r.max_age_days).map(|v| v as i32),
+        u.inline_limit.map(|l| l as i64),
+        u.content_type.is_some(),
+        u.content_type.flatten(),
+        u.json_schema.is_some(),
+        u.json_schema.flatten(),
+        plans,
+        u.default_plan.is_some(),
+        u.default_plan.flatten(),
+        u.at,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes the next version number of a topic (the caller holds its row lock; a rollback
+/// gives the number back, so numbers have no gaps).
+pub(crate) async fn next_version(conn: &mut PgConnection, id: i64, at: DateTime<Utc>) -> Result<i64> {
+    let v = sqlx::query_scalar!(
+        "UPDATE topics SET latest_version = latest_version + 1, last_published_at = $2, updated_at = $2
+         WHERE id = $1 RETURNING latest_version",
+        id,
+        at
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(v)
+}
+
+pub(crate) async fn name_of(conn: &mut PgConnection, id: i64) -> Result<String> {
+    Ok(sqlx::query_scalar!("SELECT name FROM topics WHERE id = $1", id).fetch_one(&mut *conn).await?)
+}
+
+pub(crate) async fn by_name<'e>(ex: impl PgExecutor<'e>, name: &str) -> Result<Option<Topic>> {
+    let row = sqlx::query_as!(
+        TopicRow,
+        r#"SELECT t.id, t.name, t.description, t.owner, t.retention_max_versions, t.retention_max_age_days,
+                  t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version, t.last_published_at,
+                  t.created_at, t.created_by,
+                  (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS "active_pins!",
+                  (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
+                  t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
+                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at
+           FROM topics t WHERE t.name = $1"#,
+        name
+    )
+    .fetch_optional(ex)
+    .await?;
+    Ok(row.map(Topic::from))
+}
+
+/// Topics newest first below the id `before`; `pattern` is an ILIKE pattern matched
+/// against name, description and owner. Returns the rows (with ids) for paging.
+pub(crate) async fn list<'e>(
+    ex: impl PgExecutor<'e>,
+    pattern: Option<&str>,
+    owner: Option<&str>,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<TopicRow>> {
+    Ok(sqlx::query_as!(
+        TopicRow,
+        r#"SELECT t.id, t.name, t.description, t.owner, t.retention_max_versions, t.retention_max_age_days,
+                  t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version, t.last_published_at,
+                  t.created_at, t.created_by,
+                  (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS "active_pins!",
+                  (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
+                  t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
+                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at
+           FROM topics t
+           WHERE ($1::text IS NULL OR t.name ILIKE $1 OR t.description ILIKE $1 OR t.owner ILIKE $1)
+             AND ($2::text IS NULL OR t.owner = $2)
+             AND ($3::bigint IS NULL OR t.id < $3)
+           ORDER BY t.id DESC LIMIT $4"#,
+        pattern,
+        owner,
+        before,
+        limit
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Topics not polled since `since` (or never), oldest poll first.
+pub(crate) async fn unused<'e>(ex: impl PgExecutor<'e>, since: DateTime<Utc>) -> Result<Vec<Topic>> {
+    let rows = sqlx::query_as!(
+        TopicRow,
+        r#"SELECT t.id, t.name, t.description, t.owner, t.retention_max_versions, t.retention_max_age_days,
+                  t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version, t.last_published_at,
+                  t.created_at, t.created_by,
+                  (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS "active_pins!",
+                  (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
+                  t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
+                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at
+           FROM topics t
+           WHERE t.last_polled_at IS NULL OR t.last_polled_at < $1
+           ORDER BY t.last_polled_at NULLS FIRST, t.name LIMIT 1000"#,
+        since
+    )
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().map(Topic::from).collect())
+}
+
+/// The topic named `name` (parsed as a topic name first), or `TopicNotFound`.
+pub(crate) async fn require(conn: &mut PgConnection, name: &str, lock: bool) -> Result<TopicRef> {
+    let name = imprint_domain::TopicName::parse(name)?;
+    topic_ref(conn, name.as_str(), lock).await?.ok_or_else(|| Error::TopicNotFound(name.to_string()))
+}
+
+/// Takes the topic's row lock if nobody holds it; false otherwise. The scheduler holds a
+/// rollout's lock when it wants the topic's, the reverse of publish and operator
+/// actions, so it must never wait for it (that could deadlock).
+pub(crate) async fn try_lock(conn: &mut PgConnection, id: i64) -> Result<bool> {
+    Ok(sqlx::query_scalar!("SELECT id FROM topics WHERE id = $1 FOR UPDATE SKIP LOCKED", id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some())
+}

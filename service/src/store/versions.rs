@@ -1,0 +1,206 @@
+//! The `versions` and `scopes` tables.
+use crate::error::Result;
+use chrono::{DateTime, Utc};
+use imprint_domain::Selector;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgExecutor};
+use std::collections::BTreeMap;
+
+pub(crate) struct VersionRow {
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub message: String,
+    pub metadata: Json<BTreeMap<String, String>>,
+    pub content_type: String,
+    pub size: i64,
+    pub sha256: String,
+    pub storage: String,
+    pub purged_at: Option<DateTime<Utc>>,
+}
+
+pub(crate) struct NewVersion<'a> {
+    pub topic_id: i64,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub created_by: &'a str,
+    pub message: &'a str,
+    pub metadata: &'a BTreeMap<String, String>,
+    pub content_type: &'a str,
+    pub sha256: &'a str,
+    pub inline_data: &'a [u8],
+}
+
+/// Stores an inline version.
+pub(crate) async fn insert_inline(conn: &mut PgConnection, v: NewVersion<'_>) -> Result<()> {
+    let metadata = serde_json::to_value(v.metadata).unwrap_or_default();
+    sqlx::query!(
+        "INSERT INTO versions (topic_id, version, created_at, created_by, message, metadata, content_type, size, sha256,
+                               storage, inline_data)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'inline', $10)",
+        v.topic_id,
+        v.version,
+        v.created_at,
+        v.created_by,
+        v.message,
+        metadata,
+        v.content_type,
+        v.inline_data.len() as i64,
+        v.sha256,
+        v.inline_data,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Versions of a topic newest first, below `before`.
+pub(crate) async fn list<'e>(
+    ex: impl PgExecutor<'e>,
+    topic_id: i64,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<VersionRow>> {
+    Ok(sqlx::query_as!(
+        VersionRow,
+        r#"SELECT version, created_at, created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
+                  content_type, size, sha256, storage, purged_at
+           FROM versions WHERE topic_id = $1 AND ($2::bigint IS NULL OR version < $2)
+           ORDER BY version DESC LIMIT $3"#,
+        topic_id,
+        before,
+        limit
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+pub(crate) async fn get<'e>(ex: impl PgExecutor<'e>, topic_id: i64, version: i64) -> Result<Option<VersionRow>> {
+    Ok(sqlx::query_as!(
+        VersionRow,
+        r#"SELECT version, created_at, created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
+                  content_type, size, sha256, storage, purged_at
+           FROM versions WHERE topic_id = $1 AND version = $2"#,
+        topic_id,
+        version
+    )
+    .fetch_optional(ex)
+    .await?)
+}
+
+/// `None`: no such version; `Some(Some(t))`: purged at `t`; `Some(None)`: live.
+pub(crate) async fn purged_at(
+    conn: &mut PgConnection,
+    topic_id: i64,
+    version: i64,
+) -> Result<Option<Option<DateTime<Utc>>>> {
+    let r = sqlx::query_scalar!("SELECT purged_at FROM versions WHERE topic_id = $1 AND version = $2", topic_id, version)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(r)
+}
+
+pub(crate) struct DataRow {
+    pub inline_data: Option<Vec<u8>>,
+    pub content_type: String,
+    pub sha256: String,
+    pub purged_at: Option<DateTime<Utc>>,
+}
+
+pub(crate) async fn data<'e>(ex: impl PgExecutor<'e>, topic_id: i64, version: i64) -> Result<Option<DataRow>> {
+    Ok(sqlx::query_as!(
+        DataRow,
+        "SELECT inline_data, content_type, sha256, purged_at FROM versions WHERE topic_id = $1 AND version = $2",
+        topic_id,
+        version
+    )
+    .fetch_optional(ex)
+    .await?)
+}
+
+pub(crate) async fn created_at<'e>(
+    ex: impl PgExecutor<'e>,
+    topic_id: i64,
+    version: i64,
+) -> Result<Option<DateTime<Utc>>> {
+    Ok(sqlx::query_scalar!("SELECT created_at FROM versions WHERE topic_id = $1 AND version = $2", topic_id, version)
+        .fetch_optional(ex)
+        .await?)
+}
+
+pub(crate) struct ScopeRow {
+    pub version: i64,
+    pub selector_key: String,
+    pub added_at: DateTime<Utc>,
+    pub added_by: String,
+}
+
+/// The scopes of some versions of a topic, oldest first.
+pub(crate) async fn scopes_of<'e>(ex: impl PgExecutor<'e>, topic_id: i64, versions: &[i64]) -> Result<Vec<ScopeRow>> {
+    Ok(sqlx::query_as!(
+        ScopeRow,
+        "SELECT version, selector_key, added_at, added_by FROM scopes WHERE topic_id = $1 AND version = ANY($2)
+         ORDER BY added_at, selector_key",
+        topic_id,
+        versions
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Adds scopes to a version (those it has already are left alone). Returns how many were new.
+pub(crate) async fn insert_scopes(
+    conn: &mut PgConnection,
+    topic_id: i64,
+    version: i64,
+    scopes: &[Selector],
+    at: DateTime<Utc>,
+    who: &str,
+) -> Result<u64> {
+    if scopes.is_empty() {
+        return Ok(0);
+    }
+    let keys: Vec<String> = scopes.iter().map(ToString::to_string).collect();
+    let json: Vec<serde_json::Value> = scopes.iter().map(Selector::to_json).collect();
+    let done = sqlx::query!(
+        "INSERT INTO scopes (topic_id, version, selector, selector_key, added_at, added_by)
+         SELECT $1, $2, s.selector, s.key, $5, $6 FROM UNNEST($3::jsonb[], $4::text[]) AS s(selector, key)
+         ON CONFLICT DO NOTHING",
+        topic_id,
+        version,
+        &json,
+        &keys,
+        at,
+        who
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// When and by whom a version got a scope.
+pub(crate) async fn scope<'e>(
+    ex: impl PgExecutor<'e>,
+    topic_id: i64,
+    version: i64,
+    selector_key: &str,
+) -> Result<Option<(DateTime<Utc>, String)>> {
+    let r = sqlx::query!(
+        "SELECT added_at, added_by FROM scopes WHERE topic_id = $1 AND version = $2 AND selector_key = $3",
+        topic_id,
+        version,
+        selector_key
+    )
+    .fetch_optional(ex)
+    .await?;
+    Ok(r.map(|r| (r.added_at, r.added_by)))
+}
+
+/// The version exists and its payload has not been purged; otherwise the matching error.
+pub(crate) async fn require_live(conn: &mut PgConnection, t: &super::topics::TopicRef, version: u64) -> Result<()> {
+    match purged_at(conn, t.id, version as i64).await? {
+        None => Err(crate::error::Error::VersionNotFound { topic: t.name.clone(), version }),
+        Some(Some(_)) => Err(crate::error::Error::VersionPurged { topic: t.name.clone(), version }),
+        Some(None) => Ok(()),
+    }
+}

@@ -1,0 +1,103 @@
+//! The store layer against a real Postgres: every constraint of the schema has a mapped
+//! error, and time comes from the service's clock (a test moves it instead of waiting).
+use chrono::{Duration, TimeZone, Utc};
+use imprint_domain::{Plan, Selector};
+use imprint_service::{
+    Caller, Config, Error, Imprint, ManualClock, NewTopic, Payload, PlanChoice, PublishInput, RolloutRequest,
+};
+use serde_json::json;
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn every_constraint_of_the_schema_is_mapped(pool: PgPool) {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT conname::text FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+         WHERE n.nspname = 'public'
+         UNION
+         SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public'
+           AND indexdef LIKE 'CREATE UNIQUE INDEX%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("constraints");
+    assert!(names.len() > 20, "{names:?}");
+    let unmapped: Vec<&String> = names
+        .iter()
+        .filter(|n| n.as_str() != "_sqlx_migrations_pkey")
+        .filter(|n| !imprint_service::store::maps_constraint(n))
+        .collect();
+    assert!(unmapped.is_empty(), "constraints without a mapped error: {unmapped:?}");
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_unique_violation_is_a_conflict_not_an_internal_error(pool: PgPool) {
+    // Two active pins on one selector, written behind the service's back, hit the index.
+    let imp = Imprint::with_pool(pool.clone(), Config::default());
+    let t: NewTopic = serde_json::from_value(json!({"name": "c", "owner": "o"})).expect("topic");
+    imp.create_topic(&Caller::System, t).await.expect("create");
+    imp.publish(&Caller::System, "c", text("a")).await.expect("publish");
+    let insert = "INSERT INTO pins (topic_id, selector, selector_key, version, created_at, created_by)
+                  SELECT id, '{}'::jsonb, '*', 1, now(), 'test' FROM topics WHERE name = 'c'";
+    sqlx::query(insert).execute(&pool).await.expect("first pin");
+    let e: Error = sqlx::query(insert).execute(&pool).await.expect_err("second pin").into();
+    assert!(matches!(e, Error::Conflict(_)), "{e:?}");
+}
+
+fn text(data: &str) -> PublishInput {
+    PublishInput {
+        payload: Payload::Text(data.into()),
+        content_type: None,
+        metadata: BTreeMap::new(),
+        scopes: None,
+        message: String::new(),
+        rollout: RolloutRequest::None,
+    }
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn rollouts_and_records_follow_the_clock(pool: PgPool) {
+    let start = Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).single().expect("time");
+    let clock = ManualClock::new(start);
+    let imp = Imprint::with_clock(pool, Config::default(), Arc::new(clock.clone()));
+    imp.start_background().await.expect("state");
+    let t: NewTopic = serde_json::from_value(json!({"name": "clocked", "owner": "o"})).expect("topic");
+    let topic = imp.create_topic(&Caller::System, t).await.expect("create");
+    assert_eq!(topic.created_at, start);
+
+    let mut input = text("v1");
+    input.scopes = Some(vec![]);
+    let published = imp.publish(&Caller::System, "clocked", input).await.expect("publish");
+    assert_eq!(published.created_at, start, "a version is dated by the clock");
+
+    let plan: Plan = serde_json::from_value(json!({"stages": [
+        {"selector": {"region": "eu"}, "wait_s": 600},
+        {"selector": {}, "wait_s": 0}
+    ]}))
+    .expect("plan");
+    let r = imp.start_rollout(&Caller::System, "clocked", 1, PlanChoice::Inline(plan)).await.expect("start");
+    assert_eq!(r.view.reached, 1);
+
+    // Ten minutes have not passed on this clock, however long the test takes.
+    clock.advance(Duration::seconds(599));
+    assert_eq!(imp.tick_rollouts().await.expect("tick"), 0);
+    let everyone = Selector::all().as_labels();
+    assert_eq!(imp.resolve(&Caller::System, "clocked", &everyone, None).expect("resolve"), None);
+
+    clock.advance(Duration::seconds(1));
+    assert_eq!(imp.tick_rollouts().await.expect("tick"), 1);
+    let r = imp.rollout(&Caller::System, "clocked", r.id).await.expect("rollout");
+    assert_eq!(r.view.state.as_str(), "completed");
+    assert_eq!(r.view.stages[1].reached_at, Some(start + Duration::seconds(600)));
+    let got = imp.resolve(&Caller::System, "clocked", &everyone, None).expect("resolve").expect("resolved");
+    assert_eq!(got.version, 1);
+
+    // The audit log carries the clock's time too.
+    let log = imp
+        .audit_log(&Caller::System, &imprint_service::model::AuditFilter::default())
+        .await
+        .expect("log");
+    assert!(log.items.iter().all(|e| e.at >= start && e.at <= start + Duration::seconds(600)), "{:?}", log.items);
+    imp.shutdown();
+}
