@@ -381,9 +381,8 @@ pub async fn patch_topic(
 /// payload itself, with scopes, metadata and message in the query string
 /// (`?scope=region=eu&meta.k=v&message=…&rollout=<plan>|none`).
 #[utoipa::path(post, path = "/api/v1/topics/{topic}/versions", tag = "versions", params(("topic" = String, Path)),
-    request_body(content(
-        (PublishBody = "application/json"),
-        (Vec<u8> = "application/octet-stream", description = "the raw payload (any content type but JSON); see the query parameters"))),
+    request_body(description = "JSON: a PublishBody. Any other content type: the raw payload, with ?scope=, meta.<k>=, message=, rollout=",
+        content((PublishBody = "application/json"), (Vec<u8> = "application/octet-stream"))),
     responses((status = 201, body = Published), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]

@@ -18,6 +18,7 @@ const MAX_TOPICS_PER_POLL: usize = 2_000;
 const SHORT_POLL_AFTER_MS: u64 = 30_000;
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Consumer {
     pub instance: String,
     #[serde(default)]
@@ -26,6 +27,7 @@ pub struct Consumer {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Applied {
     pub version: u64,
     pub ok: bool,
@@ -34,6 +36,7 @@ pub struct Applied {
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PollRequest {
     pub consumer: Consumer,
     /// Each subscribed topic and the version held (`null`: none yet).

@@ -2,6 +2,7 @@
 //! a free port, and talks to it over HTTP like any client would.
 mod consumers;
 mod helpers;
+mod openapi;
 mod poll;
 mod publish;
 mod resilience;

@@ -23,7 +23,7 @@ pub(crate) async fn insert(
 ) -> Result<()> {
     sqlx::query!(
         "INSERT INTO audit_log (at, actor, action, topic, details) VALUES ($1, $2, $3, $4, $5)",
-        at,
+        at as _,
         actor,
         action,
         topic,
@@ -45,12 +45,12 @@ pub(crate) async fn list<'e>(
 ) -> Result<Vec<AuditRow>> {
     Ok(sqlx::query_as!(
         AuditRow,
-        "SELECT id, at, actor, action, topic, details FROM audit_log
+        r#"SELECT id, at AS "at: DateTime<Utc>", actor, action, topic, details FROM audit_log
          WHERE ($1::text IS NULL OR topic = $1)
            AND ($2::text IS NULL OR actor = $2)
            AND ($3::text IS NULL OR action LIKE $3)
            AND ($4::bigint IS NULL OR id < $4)
-         ORDER BY id DESC LIMIT $5",
+         ORDER BY id DESC LIMIT $5"#,
         topic,
         actor,
         action_like,

@@ -22,7 +22,7 @@ pub(crate) async fn gate_counts<'e>(
         topic_id,
         selector,
         version,
-        since
+        since as _
     )
     .fetch_one(ex)
     .await?;
@@ -35,7 +35,7 @@ pub(crate) async fn lagging_per_topic<'e>(ex: impl PgExecutor<'e>, since: DateTi
         r#"SELECT t.name, count(c.instance) FILTER (WHERE c.version IS DISTINCT FROM c.expected_version
                                                      AND c.last_seen > $1) AS "lagging!"
            FROM topics t LEFT JOIN consumers c ON c.topic_id = t.id GROUP BY t.name"#,
-        since
+        since as _
     )
     .fetch_all(ex)
     .await?;
@@ -49,7 +49,7 @@ pub(crate) async fn holding<'e>(
     version: i64,
 ) -> Result<Vec<(Option<i64>, Option<DateTime<Utc>>)>> {
     let rows = sqlx::query!(
-        "SELECT version, version_since FROM consumers WHERE topic_id = $1 AND (version = $2 OR expected_version = $2)",
+        r#"SELECT version, version_since AS "version_since: DateTime<Utc>" FROM consumers WHERE topic_id = $1 AND (version = $2 OR expected_version = $2)"#,
         topic_id,
         version
     )
@@ -60,7 +60,7 @@ pub(crate) async fn holding<'e>(
 
 /// Deletes consumers last seen before `before`.
 pub(crate) async fn expire<'e>(ex: impl PgExecutor<'e>, before: DateTime<Utc>) -> Result<u64> {
-    Ok(sqlx::query!("DELETE FROM consumers WHERE last_seen < $1", before).execute(ex).await?.rows_affected())
+    Ok(sqlx::query!("DELETE FROM consumers WHERE last_seen < $1", before as _).execute(ex).await?.rows_affected())
 }
 
 pub(crate) struct ConsumerRow {
@@ -85,8 +85,9 @@ pub(crate) async fn list<'e>(
 ) -> Result<Vec<ConsumerRow>> {
     Ok(sqlx::query_as!(
         ConsumerRow,
-        r#"SELECT instance, labels AS "labels: Json<BTreeMap<String, String>>", version, version_since, first_seen,
-                  last_seen, last_applied_version, last_applied_ok, last_error, last_applied_at
+        r#"SELECT instance, labels AS "labels: Json<BTreeMap<String, String>>", version, version_since AS "version_since: DateTime<Utc>",
+                  first_seen AS "first_seen: DateTime<Utc>", last_seen AS "last_seen: DateTime<Utc>", last_applied_version,
+                  last_applied_ok, last_error, last_applied_at AS "last_applied_at: DateTime<Utc>"
            FROM consumers WHERE topic_id = $1 AND ($2::jsonb IS NULL OR labels @> $2)
            ORDER BY last_seen DESC, instance LIMIT 100000"#,
         topic_id,
@@ -148,14 +149,14 @@ pub(crate) async fn upsert(pool: &sqlx::PgPool, c: &ObservationColumns) -> Resul
         &c.instances,
         &c.labels,
         &c.versions as &[Option<i64>],
-        &c.since,
+        &c.since as _,
         &c.expected as &[Option<i64>],
-        &c.first,
-        &c.last,
+        &c.first as _,
+        &c.last as _,
         &c.applied_version as &[Option<i64>],
         &c.applied_ok as &[Option<bool>],
         &c.applied_error as &[Option<String>],
-        &c.applied_at as &[Option<DateTime<Utc>>],
+        &c.applied_at as _,
     )
     .execute(&mut *tx)
     .await?;
@@ -167,7 +168,7 @@ pub(crate) async fn upsert(pool: &sqlx::PgPool, c: &ObservationColumns) -> Resul
                GROUP BY topic_id ORDER BY topic_id) x
          WHERE t.id = x.topic_id AND (t.last_polled_at IS NULL OR t.last_polled_at < x.seen - interval '60 seconds')",
         &c.topic_ids,
-        &c.last
+        &c.last as _
     )
     .execute(&mut *tx)
     .await?;

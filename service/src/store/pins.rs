@@ -32,7 +32,7 @@ pub(crate) async fn replace(
          RETURNING version",
         topic_id,
         key,
-        at,
+        at as _,
         who
     )
     .fetch_optional(&mut *conn)
@@ -45,7 +45,7 @@ pub(crate) async fn replace(
         key,
         version,
         reason,
-        at,
+        at as _,
         who
     )
     .execute(&mut *conn)
@@ -67,7 +67,7 @@ pub(crate) async fn remove(
         topic_id,
         selector_key,
         who,
-        at
+        at as _
     )
     .fetch_optional(&mut *conn)
     .await?)
@@ -77,8 +77,9 @@ pub(crate) async fn remove(
 pub(crate) async fn list<'e>(ex: impl PgExecutor<'e>, topic_id: i64, all: bool) -> Result<Vec<PinRow>> {
     Ok(sqlx::query_as!(
         PinRow,
-        "SELECT selector_key, version, reason, created_by, created_at, removed_at, removed_by FROM pins
-         WHERE topic_id = $1 AND ($2 OR removed_at IS NULL) ORDER BY created_at DESC, id DESC",
+        r#"SELECT selector_key, version, reason, created_by, created_at AS "created_at: DateTime<Utc>",
+                  removed_at AS "removed_at: DateTime<Utc>", removed_by FROM pins
+           WHERE topic_id = $1 AND ($2 OR removed_at IS NULL) ORDER BY created_at DESC, id DESC"#,
         topic_id,
         all
     )

@@ -57,14 +57,14 @@ pub(crate) async fn insert(
         rec.version as i64,
         plan,
         rec.state.as_str(),
-        &rec.reached_at,
-        rec.next_due,
+        &rec.reached_at as _,
+        rec.next_due as _,
         rec.remaining_ms,
         rec.pause_reason,
-        rec.ended_at,
+        rec.ended_at as _,
         rec.rolled_back,
         who,
-        at
+        at as _
     )
     .fetch_one(&mut *conn)
     .await?)
@@ -78,13 +78,13 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, r: &Rollout, at: Da
                 ended_at = $7, rolled_back = $8, updated_at = $9 WHERE id = $1",
         id,
         rec.state.as_str(),
-        &rec.reached_at,
-        rec.next_due,
+        &rec.reached_at as _,
+        rec.next_due as _,
         rec.remaining_ms,
         rec.pause_reason,
-        rec.ended_at,
+        rec.ended_at as _,
         rec.rolled_back,
-        at
+        at as _
     )
     .execute(&mut *conn)
     .await?;
@@ -95,8 +95,10 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, r: &Rollout, at: Da
 pub(crate) async fn active_for_update(conn: &mut PgConnection, topic_id: i64) -> Result<Vec<RolloutRow>> {
     Ok(sqlx::query_as!(
         RolloutRow,
-        r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state, reached_at, next_due, remaining_ms,
-                  pause_reason, ended_at, rolled_back, created_by, created_at
+        r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state,
+                  reached_at AS "reached_at: Vec<DateTime<Utc>>", next_due AS "next_due: DateTime<Utc>", remaining_ms,
+                  pause_reason, ended_at AS "ended_at: DateTime<Utc>", rolled_back, created_by,
+                  created_at AS "created_at: DateTime<Utc>"
            FROM rollouts WHERE topic_id = $1 AND state IN ('running', 'paused') ORDER BY id FOR UPDATE"#,
         topic_id
     )
@@ -108,8 +110,10 @@ pub(crate) async fn active_for_update(conn: &mut PgConnection, topic_id: i64) ->
 pub(crate) async fn list<'e>(ex: impl PgExecutor<'e>, topic_id: i64, limit: i64) -> Result<Vec<RolloutRow>> {
     Ok(sqlx::query_as!(
         RolloutRow,
-        r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state, reached_at, next_due, remaining_ms,
-                  pause_reason, ended_at, rolled_back, created_by, created_at
+        r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state,
+                  reached_at AS "reached_at: Vec<DateTime<Utc>>", next_due AS "next_due: DateTime<Utc>", remaining_ms,
+                  pause_reason, ended_at AS "ended_at: DateTime<Utc>", rolled_back, created_by,
+                  created_at AS "created_at: DateTime<Utc>"
            FROM rollouts WHERE topic_id = $1 ORDER BY id DESC LIMIT $2"#,
         topic_id,
         limit
@@ -121,8 +125,10 @@ pub(crate) async fn list<'e>(ex: impl PgExecutor<'e>, topic_id: i64, limit: i64)
 pub(crate) async fn get<'e>(ex: impl PgExecutor<'e>, topic_id: i64, id: i64) -> Result<Option<RolloutRow>> {
     Ok(sqlx::query_as!(
         RolloutRow,
-        r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state, reached_at, next_due, remaining_ms,
-                  pause_reason, ended_at, rolled_back, created_by, created_at
+        r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state,
+                  reached_at AS "reached_at: Vec<DateTime<Utc>>", next_due AS "next_due: DateTime<Utc>", remaining_ms,
+                  pause_reason, ended_at AS "ended_at: DateTime<Utc>", rolled_back, created_by,
+                  created_at AS "created_at: DateTime<Utc>"
            FROM rollouts WHERE topic_id = $1 AND id = $2"#,
         topic_id,
         id
@@ -134,8 +140,10 @@ pub(crate) async fn get<'e>(ex: impl PgExecutor<'e>, topic_id: i64, id: i64) -> 
 pub(crate) async fn get_for_update(conn: &mut PgConnection, topic_id: i64, id: i64) -> Result<Option<RolloutRow>> {
     Ok(sqlx::query_as!(
         RolloutRow,
-        r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state, reached_at, next_due, remaining_ms,
-                  pause_reason, ended_at, rolled_back, created_by, created_at
+        r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state,
+                  reached_at AS "reached_at: Vec<DateTime<Utc>>", next_due AS "next_due: DateTime<Utc>", remaining_ms,
+                  pause_reason, ended_at AS "ended_at: DateTime<Utc>", rolled_back, created_by,
+                  created_at AS "created_at: DateTime<Utc>"
            FROM rollouts WHERE topic_id = $1 AND id = $2 FOR UPDATE"#,
         topic_id,
         id
@@ -149,8 +157,10 @@ pub(crate) async fn get_for_update(conn: &mut PgConnection, topic_id: i64, id: i
 pub(crate) async fn claim_running(conn: &mut PgConnection, id: i64) -> Result<Option<RolloutRow>> {
     Ok(sqlx::query_as!(
         RolloutRow,
-        r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state, reached_at, next_due, remaining_ms,
-                  pause_reason, ended_at, rolled_back, created_by, created_at
+        r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state,
+                  reached_at AS "reached_at: Vec<DateTime<Utc>>", next_due AS "next_due: DateTime<Utc>", remaining_ms,
+                  pause_reason, ended_at AS "ended_at: DateTime<Utc>", rolled_back, created_by,
+                  created_at AS "created_at: DateTime<Utc>"
            FROM rollouts WHERE id = $1 AND state = 'running' FOR UPDATE SKIP LOCKED"#,
         id
     )
@@ -164,7 +174,7 @@ pub(crate) async fn due<'e>(ex: impl PgExecutor<'e>, now: DateTime<Utc>) -> Resu
         "SELECT id FROM rollouts WHERE state = 'running'
            AND (next_due <= $1 OR jsonb_path_exists(plan, '$.stages[*].gate ? (@ != null)'))
          ORDER BY next_due LIMIT 1000",
-        now
+        now as _
     )
     .fetch_all(ex)
     .await?)

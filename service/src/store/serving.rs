@@ -63,7 +63,7 @@ pub(crate) async fn snapshot(conn: &mut PgConnection, topic_id: Option<i64>) -> 
     .await?;
     let versions = sqlx::query_as!(
         ServedVersionRow,
-        r#"SELECT topic_id, version, created_at, purged_at, content_type, size, sha256,
+        r#"SELECT topic_id, version, created_at AS "created_at: DateTime<Utc>", purged_at AS "purged_at: DateTime<Utc>", content_type, size, sha256,
                   metadata AS "metadata: Json<BTreeMap<String, String>>"
            FROM versions WHERE ($1::bigint IS NULL OR topic_id = $1)"#,
         topic_id
@@ -72,15 +72,16 @@ pub(crate) async fn snapshot(conn: &mut PgConnection, topic_id: Option<i64>) -> 
     .await?;
     let scopes = sqlx::query_as!(
         ServedScopeRow,
-        "SELECT topic_id, version, selector_key, added_at FROM scopes WHERE ($1::bigint IS NULL OR topic_id = $1)",
+        r#"SELECT topic_id, version, selector_key, added_at AS "added_at: DateTime<Utc>" FROM scopes
+           WHERE ($1::bigint IS NULL OR topic_id = $1)"#,
         topic_id
     )
     .fetch_all(&mut *conn)
     .await?;
     let pins = sqlx::query_as!(
         ServedPinRow,
-        "SELECT id, topic_id, selector_key, version, created_at, removed_at FROM pins
-         WHERE ($1::bigint IS NULL OR topic_id = $1)",
+        r#"SELECT id, topic_id, selector_key, version, created_at AS "created_at: DateTime<Utc>",
+                  removed_at AS "removed_at: DateTime<Utc>" FROM pins WHERE ($1::bigint IS NULL OR topic_id = $1)"#,
         topic_id
     )
     .fetch_all(&mut *conn)

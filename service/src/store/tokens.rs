@@ -20,7 +20,7 @@ pub(crate) async fn use_token<'e>(
         "UPDATE api_tokens SET last_used_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL
          RETURNING name, is_admin, team",
         hash,
-        at
+        at as _
     )
     .fetch_optional(ex)
     .await?)
@@ -31,7 +31,7 @@ pub(crate) async fn revoke_other_bootstrap(conn: &mut PgConnection, hash: &str, 
     let done = sqlx::query!(
         "UPDATE api_tokens SET revoked_at = $2 WHERE name = 'bootstrap' AND revoked_at IS NULL AND token_hash <> $1",
         hash,
-        at
+        at as _
     )
     .execute(&mut *conn)
     .await?;
@@ -47,7 +47,7 @@ pub(crate) async fn upsert_bootstrap(conn: &mut PgConnection, hash: &str, at: Da
            WHERE api_tokens.revoked_at IS NOT NULL OR NOT api_tokens.is_admin
          RETURNING id",
         hash,
-        at
+        at as _
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -72,7 +72,7 @@ pub(crate) async fn insert(
         admin,
         team,
         who,
-        at
+        at as _
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -81,7 +81,7 @@ pub(crate) async fn insert(
 
 /// Revokes the active token named `name`; false if there is none.
 pub(crate) async fn revoke(conn: &mut PgConnection, name: &str, at: DateTime<Utc>) -> Result<bool> {
-    let done = sqlx::query!("UPDATE api_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL", name, at)
+    let done = sqlx::query!("UPDATE api_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL", name, at as _)
         .execute(&mut *conn)
         .await?;
     Ok(done.rows_affected() > 0)
@@ -98,8 +98,9 @@ pub(crate) struct TokenRow {
 pub(crate) async fn list_active<'e>(ex: impl PgExecutor<'e>) -> Result<Vec<TokenRow>> {
     Ok(sqlx::query_as!(
         TokenRow,
-        "SELECT name, is_admin, team, created_at, last_used_at FROM api_tokens WHERE revoked_at IS NULL
-         ORDER BY created_at DESC",
+        r#"SELECT name, is_admin, team, created_at AS "created_at: DateTime<Utc>",
+                  last_used_at AS "last_used_at: DateTime<Utc>" FROM api_tokens WHERE revoked_at IS NULL
+           ORDER BY created_at DESC"#,
     )
     .fetch_all(ex)
     .await?)

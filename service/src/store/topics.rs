@@ -130,7 +130,7 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Resul
         t.created_by,
         plans,
         t.default_plan,
-        t.at,
+        t.at as _,
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -216,7 +216,7 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
         plans,
         u.default_plan.is_some(),
         u.default_plan.flatten(),
-        u.at,
+        u.at as _,
     )
     .execute(&mut *conn)
     .await?;
@@ -230,7 +230,7 @@ pub(crate) async fn next_version(conn: &mut PgConnection, id: i64, at: DateTime<
         "UPDATE topics SET latest_version = latest_version + 1, last_published_at = $2, updated_at = $2
          WHERE id = $1 RETURNING latest_version",
         id,
-        at
+        at as _
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -245,12 +245,12 @@ pub(crate) async fn by_name<'e>(ex: impl PgExecutor<'e>, name: &str) -> Result<O
     let row = sqlx::query_as!(
         TopicRow,
         r#"SELECT t.id, t.name, t.description, t.owner, t.retention_max_versions, t.retention_max_age_days,
-                  t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version, t.last_published_at,
-                  t.created_at, t.created_by,
+                  t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version,
+                  t.last_published_at AS "last_published_at: DateTime<Utc>", t.created_at AS "created_at: DateTime<Utc>", t.created_by,
                   (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS "active_pins!",
                   (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
-                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at
+                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>"
            FROM topics t WHERE t.name = $1"#,
         name
     )
@@ -271,12 +271,12 @@ pub(crate) async fn list<'e>(
     Ok(sqlx::query_as!(
         TopicRow,
         r#"SELECT t.id, t.name, t.description, t.owner, t.retention_max_versions, t.retention_max_age_days,
-                  t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version, t.last_published_at,
-                  t.created_at, t.created_by,
+                  t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version,
+                  t.last_published_at AS "last_published_at: DateTime<Utc>", t.created_at AS "created_at: DateTime<Utc>", t.created_by,
                   (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS "active_pins!",
                   (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
-                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at
+                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>"
            FROM topics t
            WHERE ($1::text IS NULL OR t.name ILIKE $1 OR t.description ILIKE $1 OR t.owner ILIKE $1)
              AND ($2::text IS NULL OR t.owner = $2)
@@ -296,16 +296,16 @@ pub(crate) async fn unused<'e>(ex: impl PgExecutor<'e>, since: DateTime<Utc>) ->
     let rows = sqlx::query_as!(
         TopicRow,
         r#"SELECT t.id, t.name, t.description, t.owner, t.retention_max_versions, t.retention_max_age_days,
-                  t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version, t.last_published_at,
-                  t.created_at, t.created_by,
+                  t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version,
+                  t.last_published_at AS "last_published_at: DateTime<Utc>", t.created_at AS "created_at: DateTime<Utc>", t.created_by,
                   (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS "active_pins!",
                   (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
-                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at
+                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>"
            FROM topics t
            WHERE t.last_polled_at IS NULL OR t.last_polled_at < $1
            ORDER BY t.last_polled_at NULLS FIRST, t.name LIMIT 1000"#,
-        since
+        since as _
     )
     .fetch_all(ex)
     .await?;

@@ -36,7 +36,7 @@ pub(crate) async fn find<'e>(
 ) -> Result<Option<User>> {
     let row = sqlx::query_as!(
         UserRow,
-        r#"SELECT u.id, u.username, u.is_admin, u.created_at, u.disabled_at IS NOT NULL AS "disabled!",
+        r#"SELECT u.id, u.username, u.is_admin, u.created_at AS "created_at: DateTime<Utc>", u.disabled_at IS NOT NULL AS "disabled!",
                   ARRAY(SELECT t.name FROM team_members m JOIN teams t ON t.id = m.team_id
                         WHERE m.user_id = u.id ORDER BY t.name) AS "teams!"
            FROM users u
@@ -55,7 +55,7 @@ pub(crate) async fn find<'e>(
 pub(crate) async fn list<'e>(ex: impl PgExecutor<'e>) -> Result<Vec<User>> {
     let rows = sqlx::query_as!(
         UserRow,
-        r#"SELECT u.id, u.username, u.is_admin, u.created_at, u.disabled_at IS NOT NULL AS "disabled!",
+        r#"SELECT u.id, u.username, u.is_admin, u.created_at AS "created_at: DateTime<Utc>", u.disabled_at IS NOT NULL AS "disabled!",
                   ARRAY(SELECT t.name FROM team_members m JOIN teams t ON t.id = m.team_id
                         WHERE m.user_id = u.id ORDER BY t.name) AS "teams!"
            FROM users u ORDER BY u.username"#
@@ -103,7 +103,7 @@ pub(crate) async fn insert(
         password_hash,
         is_admin,
         who,
-        at
+        at as _
     )
     .fetch_optional(&mut *conn)
     .await?)
@@ -137,7 +137,7 @@ pub(crate) async fn set_disabled(
         "UPDATE users SET disabled_at = CASE WHEN $2 THEN $3::timestamptz END WHERE username = $1",
         username,
         disabled,
-        at
+        at as _
     )
     .execute(&mut *conn)
     .await?;
@@ -157,12 +157,12 @@ pub(crate) async fn insert_team(
     at: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>> {
     Ok(sqlx::query_scalar!(
-        "INSERT INTO teams (name, description, created_by, created_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (name) DO NOTHING RETURNING created_at",
+        r#"INSERT INTO teams (name, description, created_by, created_at) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (name) DO NOTHING RETURNING created_at AS "created_at: DateTime<Utc>""#,
         name,
         description,
         who,
-        at
+        at as _
     )
     .fetch_optional(&mut *conn)
     .await?)
@@ -194,7 +194,7 @@ pub(crate) async fn set_member(conn: &mut PgConnection, team_id: i64, user_id: i
 
 pub(crate) async fn teams<'e>(ex: impl PgExecutor<'e>) -> Result<Vec<Team>> {
     let rows = sqlx::query!(
-        r#"SELECT t.name, t.description, t.created_at,
+        r#"SELECT t.name, t.description, t.created_at AS "created_at: DateTime<Utc>",
                   ARRAY(SELECT u.username FROM team_members m JOIN users u ON u.id = m.user_id
                         WHERE m.team_id = t.id ORDER BY u.username) AS "members!"
            FROM teams t ORDER BY t.name"#

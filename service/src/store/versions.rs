@@ -40,7 +40,7 @@ pub(crate) async fn insert_inline(conn: &mut PgConnection, v: NewVersion<'_>) ->
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'inline', $10)",
         v.topic_id,
         v.version,
-        v.created_at,
+        v.created_at as _,
         v.created_by,
         v.message,
         metadata,
@@ -63,8 +63,8 @@ pub(crate) async fn list<'e>(
 ) -> Result<Vec<VersionRow>> {
     Ok(sqlx::query_as!(
         VersionRow,
-        r#"SELECT version, created_at, created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
-                  content_type, size, sha256, storage, purged_at
+        r#"SELECT version, created_at AS "created_at: DateTime<Utc>", created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
+                  content_type, size, sha256, storage, purged_at AS "purged_at: DateTime<Utc>"
            FROM versions WHERE topic_id = $1 AND ($2::bigint IS NULL OR version < $2)
            ORDER BY version DESC LIMIT $3"#,
         topic_id,
@@ -78,8 +78,8 @@ pub(crate) async fn list<'e>(
 pub(crate) async fn get<'e>(ex: impl PgExecutor<'e>, topic_id: i64, version: i64) -> Result<Option<VersionRow>> {
     Ok(sqlx::query_as!(
         VersionRow,
-        r#"SELECT version, created_at, created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
-                  content_type, size, sha256, storage, purged_at
+        r#"SELECT version, created_at AS "created_at: DateTime<Utc>", created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
+                  content_type, size, sha256, storage, purged_at AS "purged_at: DateTime<Utc>"
            FROM versions WHERE topic_id = $1 AND version = $2"#,
         topic_id,
         version
@@ -94,7 +94,11 @@ pub(crate) async fn purged_at(
     topic_id: i64,
     version: i64,
 ) -> Result<Option<Option<DateTime<Utc>>>> {
-    let r = sqlx::query_scalar!("SELECT purged_at FROM versions WHERE topic_id = $1 AND version = $2", topic_id, version)
+    let r = sqlx::query_scalar!(
+        r#"SELECT purged_at AS "purged_at: DateTime<Utc>" FROM versions WHERE topic_id = $1 AND version = $2"#,
+        topic_id,
+        version
+    )
         .fetch_optional(&mut *conn)
         .await?;
     Ok(r)
@@ -110,7 +114,8 @@ pub(crate) struct DataRow {
 pub(crate) async fn data<'e>(ex: impl PgExecutor<'e>, topic_id: i64, version: i64) -> Result<Option<DataRow>> {
     Ok(sqlx::query_as!(
         DataRow,
-        "SELECT inline_data, content_type, sha256, purged_at FROM versions WHERE topic_id = $1 AND version = $2",
+        r#"SELECT inline_data, content_type, sha256, purged_at AS "purged_at: DateTime<Utc>" FROM versions
+           WHERE topic_id = $1 AND version = $2"#,
         topic_id,
         version
     )
@@ -123,7 +128,11 @@ pub(crate) async fn created_at<'e>(
     topic_id: i64,
     version: i64,
 ) -> Result<Option<DateTime<Utc>>> {
-    Ok(sqlx::query_scalar!("SELECT created_at FROM versions WHERE topic_id = $1 AND version = $2", topic_id, version)
+    Ok(sqlx::query_scalar!(
+        r#"SELECT created_at AS "created_at: DateTime<Utc>" FROM versions WHERE topic_id = $1 AND version = $2"#,
+        topic_id,
+        version
+    )
         .fetch_optional(ex)
         .await?)
 }
@@ -139,8 +148,8 @@ pub(crate) struct ScopeRow {
 pub(crate) async fn scopes_of<'e>(ex: impl PgExecutor<'e>, topic_id: i64, versions: &[i64]) -> Result<Vec<ScopeRow>> {
     Ok(sqlx::query_as!(
         ScopeRow,
-        "SELECT version, selector_key, added_at, added_by FROM scopes WHERE topic_id = $1 AND version = ANY($2)
-         ORDER BY added_at, selector_key",
+        r#"SELECT version, selector_key, added_at AS "added_at: DateTime<Utc>", added_by FROM scopes
+           WHERE topic_id = $1 AND version = ANY($2) ORDER BY added_at, selector_key"#,
         topic_id,
         versions
     )
@@ -170,7 +179,7 @@ pub(crate) async fn insert_scopes(
         version,
         &json,
         &keys,
-        at,
+        at as _,
         who
     )
     .execute(&mut *conn)
@@ -186,7 +195,8 @@ pub(crate) async fn scope<'e>(
     selector_key: &str,
 ) -> Result<Option<(DateTime<Utc>, String)>> {
     let r = sqlx::query!(
-        "SELECT added_at, added_by FROM scopes WHERE topic_id = $1 AND version = $2 AND selector_key = $3",
+        r#"SELECT added_at AS "added_at: DateTime<Utc>", added_by FROM scopes
+           WHERE topic_id = $1 AND version = $2 AND selector_key = $3"#,
         topic_id,
         version,
         selector_key
