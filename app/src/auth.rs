@@ -32,8 +32,10 @@ fn safe_next(next: Option<String>) -> String {
 #[server(prefix = "/console/fn")]
 pub async fn sign_in(username: String, password: String, next: Option<String>) -> Result<(), ServerFnError> {
     use crate::ssr::{finish, imprint, session, USER_KEY};
+    // The server puts the client's address on every request (the TCP peer, or what a
+    // trusted proxy forwarded for: IMPRINT_TRUSTED_PROXIES).
     let client = use_context::<http::request::Parts>()
-        .and_then(|p| p.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()));
+        .and_then(|p| p.extensions.get::<imprint_service::auth::ClientIp>().map(|c| c.0));
     let result = imprint()?.sign_in(username.trim(), &password, client).await;
     if let Ok(user) = &result {
         let session = session().await?;

@@ -51,6 +51,8 @@ pub async fn load_consumers(
         labels,
         version: None,
         lagging_only: lagging.is_some_and(|l| l == "true" || l == "on"),
+        limit: None,
+        cursor: None,
     };
     let list = load(imprint.consumers(&caller, &name, &filter).await)?;
     let mut by_version: Vec<(String, u64)> = list.by_version.into_iter().collect();

@@ -46,7 +46,7 @@ pub async fn load_rollouts(name: String) -> Result<RolloutsPage, ServerFnError> 
     let topic = load(imprint.topic(&caller, &name).await)?;
     let now = chrono::Utc::now();
     let mut rollouts: Vec<RolloutRow> = Vec::new();
-    for r in load(imprint.rollouts(&caller, &name).await)? {
+    for r in load(imprint.rollouts(&caller, &name, Some(500), None).await)?.items {
         let active = r.view.state.is_active();
         let current = r.view.current_stage;
         let health = match r.view.stages.get(current) {

@@ -1,5 +1,5 @@
 //! Topic settings: description, owner, retention, inline limit, content type, JSON
-//! Schema and rollout plans.
+//! Schema, rollout plans, restricted access and whose reports gates trust.
 use crate::common::{error_text, ActionResult};
 use crate::topic::{TopicHead, TopicHeader};
 use leptos::form::ActionForm;
@@ -19,6 +19,8 @@ pub struct Settings {
     pub json_schema: String,
     pub plans: String,
     pub default_plan: String,
+    pub restricted: bool,
+    pub anonymous_reports: bool,
     pub teams: Vec<String>,
 }
 
@@ -44,6 +46,8 @@ pub async fn load_settings(name: String) -> Result<Settings, ServerFnError> {
             serde_json::to_string_pretty(&t.plans).unwrap_or_default()
         },
         default_plan: t.default_plan.clone().unwrap_or_default(),
+        restricted: t.restricted,
+        anonymous_reports: t.anonymous_reports,
         teams,
     })
 }
@@ -61,6 +65,8 @@ pub async fn save_settings(
     json_schema: String,
     plans: String,
     default_plan: String,
+    restricted: Option<String>,
+    anonymous_reports: Option<String>,
 ) -> Result<(), ServerFnError> {
     use crate::ssr::{finish, imprint, require_user};
     use imprint_service::model::Retention;
@@ -98,6 +104,9 @@ pub async fn save_settings(
             json_schema: Some(json("JSON Schema", &json_schema)?),
             plans,
             default_plan: Some(Some(default_plan.trim().to_owned()).filter(|d| !d.is_empty())),
+            // An unchecked box is not sent at all.
+            restricted: Some(restricted.is_some_and(|v| v == "on" || v == "true")),
+            anonymous_reports: Some(anonymous_reports.is_some_and(|v| v == "on" || v == "true")),
         })
     })();
     let result = match patch {
@@ -142,6 +151,17 @@ pub fn SettingsPage() -> impl IntoView {
                             <label>"JSON Schema (publishes must satisfy it; empty: none)" <textarea name="json_schema" rows="8" class="mono">{s.json_schema.clone()}</textarea></label>
                             <label>"Rollout plans (JSON: {\"name\": {\"stages\": [{\"selector\": {...}, \"wait_s\": 600}]}})" <textarea name="plans" rows="6" class="mono">{s.plans.clone()}</textarea></label>
                             <label>"Default plan" <input type="text" name="default_plan" value=s.default_plan.clone()/></label>
+                            <fieldset class="stack">
+                                <legend>"Access and trust"</legend>
+                                <label class="check">
+                                    <input type="checkbox" name="restricted" id="restricted" checked=s.restricted/>
+                                    " Restricted: read and polled only with a token allowed on this topic (its team's, or a consumer token naming it)"
+                                </label>
+                                <label class="check">
+                                    <input type="checkbox" name="anonymous_reports" id="anonymous_reports" checked=s.anonymous_reports/>
+                                    " Count anonymous consumers' reports in rollout health gates (off: only consumers polling with a token count)"
+                                </label>
+                            </fieldset>
                             <button type="submit">"Save settings"</button>
                         </ActionForm>
                     }.into_any(),

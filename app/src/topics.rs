@@ -124,7 +124,7 @@ fn TopicTable(rows: Vec<TopicRow>) -> impl IntoView {
 pub async fn list_unused(days: u32) -> Result<Vec<TopicRow>, ServerFnError> {
     use crate::ssr::{imprint, load, require_user};
     let (_, caller) = require_user().await?;
-    Ok(load(imprint()?.unused_topics(&caller, days).await)?.into_iter().map(row_of).collect())
+    Ok(load(imprint()?.unused_topics(&caller, days, Some(500), None).await)?.items.into_iter().map(row_of).collect())
 }
 
 #[component]

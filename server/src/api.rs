@@ -3,7 +3,7 @@
 //! OpenAPI document by construction.
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{
-    body_bytes, parse_json, ActionPath, ApiJson, ApiQuery, Auth, OptionalJson, RolloutPath, TopicPath, VersionPath,
+    body_bytes, parse_json, ActionPath, ApiJson, ApiQuery, Auth, OptionalJson, PollAuth, RolloutPath, TopicPath, VersionPath,
     MAX_BODY_BYTES,
 };
 use axum::body::{Body, Bytes};
@@ -254,6 +254,8 @@ pub struct SelectorQuery {
 #[derive(Deserialize)]
 pub struct AllQuery {
     all: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +263,8 @@ pub struct ConsumersQuery {
     labels: Option<String>,
     version: Option<String>,
     lagging: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
 // ---- responses ----
@@ -280,6 +284,7 @@ pub struct VersionList {
 #[derive(Serialize, ToSchema)]
 pub struct PinList {
     pub pins: Vec<Pin>,
+    pub next: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -287,7 +292,9 @@ pub struct ConsumerList {
     pub consumers: Vec<imprint_service::model::ConsumerInfo>,
     /// Number of consumers (matching the label filter) per version held; `none` for no version.
     pub by_version: BTreeMap<String, u64>,
+    /// Consumers matching every filter (all pages).
     pub total: u64,
+    pub next: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -301,6 +308,7 @@ pub struct Resolved {
 #[derive(Serialize, ToSchema)]
 pub struct RolloutList {
     pub rollouts: Vec<RolloutInfo>,
+    pub next: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -333,7 +341,7 @@ pub async fn create_topic(
 #[utoipa::path(get, path = "/api/v1/topics", tag = "topics",
     params(("q" = Option<String>, Query, description = "search name, description, owner"),
            ("owner" = Option<String>, Query), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query),
-    ("unused_days" = Option<u32>, Query, description = "only topics nobody polled for this many days (or ever); not paginated")),
+    ("unused_days" = Option<u32>, Query, description = "only topics nobody polled for this many days (or ever), oldest poll first")),
     responses((status = 200, body = TopicList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list_topics(
     State(imprint): State<Imprint>,
@@ -344,7 +352,8 @@ pub async fn list_topics(
         let days = days
             .parse::<u32>()
             .map_err(|_| ApiError::invalid(format!("unused_days must be a number of days, not {days:?}")))?;
-        return Ok(Json(TopicList { topics: imprint.unused_topics(&caller, days).await?, next: None }));
+        let page = imprint.unused_topics(&caller, days, parse_limit(&q.limit)?, q.cursor.as_deref()).await?;
+        return Ok(Json(TopicList { topics: page.items, next: page.next }));
     }
     let page = imprint
         .list_topics(&caller, q.q.as_deref(), q.owner.as_deref(), parse_limit(&q.limit)?, q.cursor.as_deref())
@@ -498,11 +507,7 @@ fn payload_response(
     if let Some(p) = pinned {
         builder = builder.header("X-Imprint-Pinned", p.to_string());
     }
-    let matches_etag = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    if matches_etag {
+    if if_none_match(headers, etag) {
         return builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).unwrap_or_default();
     }
     builder = builder.header(
@@ -531,6 +536,19 @@ fn payload_response(
         };
     }
     builder.status(StatusCode::OK).body(Body::from(data)).unwrap_or_default()
+}
+
+/// Does `If-None-Match` match `etag` (RFC 9110 §13.1.2: weak comparison, a list of
+/// entity tags, or `*`)?
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    let opaque = |t: &str| t.trim().strip_prefix("W/").unwrap_or(t.trim()).to_owned();
+    let want = opaque(etag);
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == "*" || opaque(t) == want)
 }
 
 /// `bytes=a-b`, `bytes=a-` or `bytes=-n` → inclusive (start, end); None if unsatisfiable.
@@ -635,7 +653,8 @@ pub async fn delete_pin(
 }
 
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/pins", tag = "pins",
-    params(("topic" = String, Path), ("all" = Option<bool>, Query, description = "include removed pins")),
+    params(("topic" = String, Path), ("all" = Option<bool>, Query, description = "include removed pins"),
+           ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = PinList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_pins(
     State(imprint): State<Imprint>,
@@ -644,7 +663,8 @@ pub async fn list_pins(
     ApiQuery(q): ApiQuery<AllQuery>,
 ) -> ApiResult<Json<PinList>> {
     let all = parse_bool(&q.all, "all")?;
-    Ok(Json(PinList { pins: imprint.pins(&caller, topic.as_str(), all).await? }))
+    let page = imprint.pins(&caller, topic.as_str(), all, parse_limit(&q.limit)?, q.cursor.as_deref()).await?;
+    Ok(Json(PinList { pins: page.items, next: page.next }))
 }
 
 // ---- consumers ----
@@ -654,8 +674,8 @@ pub async fn list_pins(
               (status = 413, body = ErrorBody)))]
 pub async fn poll(
     State(imprint): State<Imprint>,
-    Auth(caller): Auth,
-    ApiJson(req): ApiJson<PollRequest>,
+    PollAuth(caller): PollAuth,
+    ApiJson(req): ApiJson<PollRequest, { crate::extract::MAX_POLL_BODY_BYTES }>,
 ) -> ApiResult<Json<PollResponse>> {
     Ok(Json(imprint.poll(&caller, req).await?))
 }
@@ -668,7 +688,7 @@ pub async fn poll(
               (status = 304, description = "not modified"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn latest(
     State(imprint): State<Imprint>,
-    Auth(caller): Auth,
+    PollAuth(caller): PollAuth,
     TopicPath(topic): TopicPath,
     ApiQuery(q): ApiQuery<LabelsQuery>,
     headers: HeaderMap,
@@ -678,9 +698,8 @@ pub async fn latest(
     let etag = format!("\"v{}\"", v.version);
     let data = match &v.payload {
         Some(p) => p.clone(),
-        None if headers.get(header::IF_NONE_MATCH).is_some_and(|h| h.to_str().is_ok_and(|h| h.contains(&etag))) => {
-            Bytes::new()
-        }
+        // Not modified: no need to read the payload (the answer is a 304 either way).
+        None if if_none_match(&headers, &etag) => Bytes::new(),
         None => imprint.version_data(&caller, topic.as_str(), v.version).await?.0,
     };
     Ok(payload_response(data, &v.content_type, &etag, v.version, Some(pinned), &headers))
@@ -691,7 +710,8 @@ pub async fn latest(
     params(("topic" = String, Path),
            ("labels" = Option<String>, Query, description = "only consumers with these labels, e.g. region=eu-west-1"),
            ("version" = Option<u64>, Query, description = "only consumers holding this version"),
-           ("lagging" = Option<bool>, Query, description = "only consumers lagging behind their expected version")),
+           ("lagging" = Option<bool>, Query, description = "only consumers lagging behind their expected version"),
+           ("limit" = Option<u32>, Query, description = "1-500, default 500"), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = ConsumerList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn consumers(
     State(imprint): State<Imprint>,
@@ -702,9 +722,15 @@ pub async fn consumers(
     let labels = q.labels.as_deref().map(Selector::parse).transpose().map_err(Error::from)?;
     let version = q.version.as_deref().map(crate::extract::parse_version).transpose()?;
     let lagging_only = parse_bool(&q.lagging, "lagging")?;
-    let filter = ConsumerFilter { labels, version, lagging_only };
+    let limit = Some(parse_limit(&q.limit)?.unwrap_or(500));
+    let filter = ConsumerFilter { labels, version, lagging_only, limit, cursor: q.cursor };
     let list = imprint.consumers(&caller, topic.as_str(), &filter).await?;
-    Ok(Json(ConsumerList { consumers: list.consumers, by_version: list.by_version, total: list.total }))
+    Ok(Json(ConsumerList {
+        consumers: list.consumers,
+        by_version: list.by_version,
+        total: list.total,
+        next: list.next,
+    }))
 }
 
 // ---- rollouts ----
@@ -732,14 +758,17 @@ pub async fn start_rollout(
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/topics/{topic}/rollouts", tag = "rollouts", params(("topic" = String, Path)),
+#[utoipa::path(get, path = "/api/v1/topics/{topic}/rollouts", tag = "rollouts",
+    params(("topic" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = RolloutList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list_rollouts(
     State(imprint): State<Imprint>,
     Auth(caller): Auth,
     TopicPath(topic): TopicPath,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<RolloutList>> {
-    Ok(Json(RolloutList { rollouts: imprint.rollouts(&caller, topic.as_str()).await? }))
+    let page = imprint.rollouts(&caller, topic.as_str(), parse_limit(&q.limit)?, q.cursor.as_deref()).await?;
+    Ok(Json(RolloutList { rollouts: page.items, next: page.next }))
 }
 
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/rollouts/{id}", tag = "rollouts",

@@ -5,7 +5,7 @@ use crate::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use imprint_domain::TopicName;
 use imprint_service::{Caller, Error, Imprint};
 use serde::de::DeserializeOwned;
@@ -13,6 +13,8 @@ use std::collections::HashMap;
 
 /// Largest request body accepted (base64 of the largest inline payload, with room to spare).
 pub const MAX_BODY_BYTES: usize = 12 * 1024 * 1024;
+/// Largest poll body: thousands of topics fit; a poll is never a payload.
+pub const MAX_POLL_BODY_BYTES: usize = 256 * 1024;
 
 /// Who is calling: `Authorization: Bearer …`, anonymous without the header. A header
 /// that is present but wrong is a 401, on reads as on writes.
@@ -22,18 +24,38 @@ impl FromRequestParts<Imprint> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, imprint: &Imprint) -> Result<Self, Self::Rejection> {
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return Ok(Auth(Caller::Anonymous));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError(Error::Unauthorized("the Authorization header must be `Bearer <token>`".into())))?;
-        Ok(Auth(imprint.authenticate(Some(token)).await?))
+        let token = bearer(parts)?;
+        Ok(Auth(imprint.authenticate(token.as_deref()).await?))
     }
+}
+
+/// Who is polling: like `Auth`, but a token looked up in the last few seconds is not
+/// looked up again (consumers poll often; a revoked token stops working within seconds).
+pub struct PollAuth(pub Caller);
+
+impl FromRequestParts<Imprint> for PollAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, imprint: &Imprint) -> Result<Self, Self::Rejection> {
+        match bearer(parts)? {
+            None => Ok(PollAuth(Caller::Anonymous)),
+            Some(token) => Ok(PollAuth(imprint.authenticate_cached(&token).await?)),
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<Option<String>, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| Some(t.to_owned()))
+        .ok_or_else(|| ApiError(Error::Unauthorized("the Authorization header must be `Bearer <token>`".into())))
 }
 
 /// The path parameters by name.
@@ -113,11 +135,30 @@ impl<S: Send + Sync> FromRequestParts<S> for ActionPath {
 
 /// The request body, at most `MAX_BODY_BYTES`.
 pub async fn body_bytes(req: Request) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, &()).await.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError(Error::PayloadTooLarge { size: MAX_BODY_BYTES as u64 + 1, limit: MAX_BODY_BYTES as u64 })
+    body_bytes_limited(req, MAX_BODY_BYTES).await
+}
+
+/// The request body, at most `limit` bytes (413 beyond, without reading further).
+pub async fn body_bytes_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError(Error::PayloadTooLarge { size: limit as u64 + 1, limit: limit as u64 });
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let limit = limit.min(MAX_BODY_BYTES);
+    axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return too_large();
+            }
+            source = s.source();
         }
-        _ => ApiError::invalid(format!("could not read the request body: {e}")),
+        ApiError::invalid(format!("could not read the request body: {e}"))
     })
 }
 
@@ -126,14 +167,14 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed JSON body: {e}")))
 }
 
-/// A JSON body of type `T`; an empty body is `T`'s default when `T` allows none.
-pub struct ApiJson<T>(pub T);
+/// A JSON body of type `T`, of at most `MAX` bytes.
+pub struct ApiJson<T, const MAX: usize = MAX_BODY_BYTES>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<S: Send + Sync, T: DeserializeOwned, const MAX: usize> FromRequest<S> for ApiJson<T, MAX> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ApiJson(parse_json(&body_bytes(req).await?)?))
+        Ok(ApiJson(parse_json(&body_bytes_limited(req, MAX).await?)?))
     }
 }
 

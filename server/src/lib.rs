@@ -82,6 +82,113 @@ async fn same_origin_only(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// Reverse proxies whose forwarding headers are believed (`IMPRINT_TRUSTED_PROXIES`).
+#[derive(Clone, Debug, Default)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Comma- or space-separated CIDRs (`10.0.0.0/8, 192.168.1.7`); empty: trust none.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        s.split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("{p:?} is not a CIDR such as 10.0.0.0/8 or an address"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
+
+    fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client behind a request from `peer`: the peer itself unless it is a trusted
+    /// proxy; then the nearest address in `X-Forwarded-For` (or `Forwarded: for=`) that
+    /// is not a trusted proxy. Addresses a client wrote itself (further left) are never
+    /// believed.
+    pub fn client(&self, peer: std::net::IpAddr, headers: &axum::http::HeaderMap) -> std::net::IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let mut chain: Vec<std::net::IpAddr> = Vec::new();
+        for v in headers.get_all("forwarded") {
+            for element in v.to_str().unwrap_or("").split(',') {
+                for pair in element.split(';') {
+                    if let Some((k, val)) = pair.trim().split_once('=') {
+                        if k.trim().eq_ignore_ascii_case("for") {
+                            if let Some(ip) = parse_forwarded_ip(val) {
+                                chain.push(ip);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if chain.is_empty() {
+            for v in headers.get_all("x-forwarded-for") {
+                chain.extend(v.to_str().unwrap_or("").split(',').filter_map(|a| parse_forwarded_ip(a)));
+            }
+        }
+        chain.into_iter().rev().find(|ip| !self.trusts(*ip)).unwrap_or(peer)
+    }
+}
+
+/// `1.2.3.4`, `"[2001:db8::1]:443"`, `1.2.3.4:80`
+fn parse_forwarded_ip(s: &str) -> Option<std::net::IpAddr> {
+    let s = s.trim().trim_matches('"');
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    s.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok())
+}
+
+/// Puts the client's address (`ClientIp`) on every request, per `TrustedProxies`.
+async fn client_ip(
+    axum::extract::State(trusted): axum::extract::State<TrustedProxies>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    if let Some(peer) = peer {
+        let ip = trusted.client(peer, req.headers());
+        req.extensions_mut().insert(imprint_service::auth::ClientIp(ip));
+    }
+    next.run(req).await
+}
+
+/// Console server functions read at most this much (sign-in, forms): a bigger body is
+/// refused with 413 before it is read.
+pub const CONSOLE_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+async fn console_body_limit(req: Request, next: Next) -> Response {
+    use axum::http::{header, StatusCode};
+    if req.uri().path().starts_with("/console/fn/") {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > CONSOLE_MAX_BODY_BYTES as u64) {
+            return crate::error::ApiError::with_code(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "a console request body has at most 1 MiB",
+            );
+        }
+        // Without a length (chunked), the body is cut off at the limit while it is read.
+        let (parts, body) = req.into_parts();
+        let limited = axum::body::Body::new(http_body_util::Limited::new(body, CONSOLE_MAX_BODY_BYTES));
+        return next.run(Request::from_parts(parts, limited)).await;
+    }
+    next.run(req).await
+}
+
 /// Session cookies stored in Postgres (tower-sessions): HttpOnly, SameSite=Lax, Secure
 /// when the console is served over HTTPS, expiring after 12 hours of inactivity.
 pub async fn session_layer(
@@ -110,6 +217,7 @@ pub fn full_router(
     imprint: Imprint,
     leptos_options: leptos::config::LeptosOptions,
     sessions: tower_sessions::SessionManagerLayer<tower_sessions_sqlx_store::PostgresStore>,
+    trusted: TrustedProxies,
 ) -> Router {
     use imprint_app::{shell, App};
     use leptos::prelude::provide_context;
@@ -125,6 +233,9 @@ pub fn full_router(
         .fallback(leptos_axum::file_and_error_handler(shell))
         .with_state(leptos_options)
         .layer(axum::middleware::from_fn(same_origin_only))
+        .layer(axum::middleware::from_fn(console_body_limit))
         .layer(sessions);
-    api_router(imprint).merge(console)
+    api_router(imprint)
+        .merge(console)
+        .layer(axum::middleware::from_fn_with_state(trusted, client_ip))
 }

@@ -58,6 +58,25 @@ struct ServeArgs {
     /// Record consumers' polls for the audit (turn off only to measure its cost).
     #[arg(long, env = "IMPRINT_AUDIT", default_value_t = true, action = clap::ArgAction::Set)]
     audit: bool,
+    /// `required`: polls (and /latest) need a token; `optional`: anonymous polls are
+    /// served too (their reports never move health gates).
+    #[arg(long, env = "IMPRINT_POLL_AUTH", value_enum, default_value_t = PollAuth::Optional)]
+    poll_auth: PollAuth,
+    /// Long polls held open at once; past it they are answered as short polls with a
+    /// backoff. Default: derived from the open-file limit.
+    #[arg(long, env = "IMPRINT_MAX_LONG_POLLS")]
+    max_long_polls: Option<usize>,
+    /// Reverse proxies (comma-separated CIDRs) whose X-Forwarded-For / Forwarded header
+    /// names the client (sign-in throttling counts per client address).
+    #[arg(long, env = "IMPRINT_TRUSTED_PROXIES", default_value = "")]
+    trusted_proxies: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+enum PollAuth {
+    #[default]
+    Optional,
+    Required,
 }
 
 #[derive(Subcommand)]
@@ -66,11 +85,20 @@ enum TokenCommand {
     Create {
         name: String,
         /// May do everything.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "consumer")]
         admin: bool,
-        /// Acts on the topics this team owns.
+        /// Reads and polls only (restricted topics: its team's and the --topic ones).
+        #[arg(long)]
+        consumer: bool,
+        /// Acts on (a consumer token: reads) the topics this team owns.
         #[arg(long)]
         team: Option<String>,
+        /// A consumer token's label, `key=value`: every poll must claim it (repeatable).
+        #[arg(long = "label", requires = "consumer")]
+        labels: Vec<String>,
+        /// A restricted topic (or `prefix.*`) a consumer token may read (repeatable).
+        #[arg(long = "topic", requires = "consumer")]
+        topics: Vec<String>,
     },
     /// Revoke the active token with this name.
     Revoke { name: String },
@@ -114,15 +142,29 @@ async fn run(cli: Cli) -> Result<(), String> {
             imprint.migrate().await.map_err(|e| format!("migration failed: {e}"))?;
             let pool = imprint.pool();
             match command {
-                TokenCommand::Create { name, admin, team } => {
-                    if !admin && team.is_none() {
+                TokenCommand::Create { name, admin, consumer, team, labels, topics } => {
+                    if !admin && !consumer && team.is_none() {
                         return Err(
-                            "a token needs --admin or --team <team> (the team whose topics it may write)".into()
+                            "a token needs --admin, --consumer or --team <team> (the team whose topics it may write)"
+                                .into(),
                         );
                     }
-                    let token = auth::create_token(pool, &Caller::System, &name, admin, team.as_deref())
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let kind = match (admin, consumer) {
+                        (true, _) => auth::TokenKind::Admin,
+                        (_, true) => auth::TokenKind::Consumer,
+                        _ => auth::TokenKind::Publisher,
+                    };
+                    let labels = labels
+                        .iter()
+                        .map(|l| {
+                            l.split_once('=')
+                                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                                .ok_or_else(|| format!("--label {l:?}: expected key=value"))
+                        })
+                        .collect::<Result<_, _>>()?;
+                    let spec = auth::NewToken { name: name.clone(), kind, team, labels, topics };
+                    let token =
+                        auth::create_token_with(pool, &Caller::System, &spec).await.map_err(|e| e.to_string())?;
                     eprintln!("token {name:?} created; it is shown once, store it now:");
                     println!("{token}");
                 }
@@ -132,11 +174,16 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
                 TokenCommand::List => {
                     for t in auth::list_tokens(pool, &Caller::System).await.map_err(|e| e.to_string())? {
-                        let rights = if t.is_admin {
-                            "admin".to_owned()
-                        } else {
-                            format!("team {}", t.team.unwrap_or_default())
-                        };
+                        let mut rights = t.kind.clone();
+                        if let Some(team) = &t.team {
+                            rights.push_str(&format!(" team {team}"));
+                        }
+                        for (k, v) in &t.labels {
+                            rights.push_str(&format!(" {k}={v}"));
+                        }
+                        for topic in &t.topics {
+                            rights.push_str(&format!(" topic {topic}"));
+                        }
                         let used = t.last_used_at.map(|d| d.to_rfc3339()).unwrap_or_else(|| "never".into());
                         println!("{}\t{}\tcreated {}\tlast used {}", t.name, rights, t.created_at.to_rfc3339(), used);
                     }
@@ -167,10 +214,16 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
         );
     }
     tracing::debug!(home = ?args.home, "state directory");
+    let trusted = imprint_server::TrustedProxies::parse(&args.trusted_proxies)
+        .map_err(|e| format!("IMPRINT_TRUSTED_PROXIES: {e}"))?;
+    let max_long_polls = args.max_long_polls.unwrap_or_else(|| long_poll_cap(raise_open_file_limit()));
+    tracing::info!(max_long_polls, poll_auth = ?args.poll_auth, "consumer limits");
     let config = Config {
         full_reload_every: Duration::from_secs(args.full_reload_secs.max(1)),
         consumer_expiry: Duration::from_secs(args.consumer_expiry_hours.max(1) * 3600),
         audit_enabled: args.audit,
+        poll_auth_required: args.poll_auth == PollAuth::Required,
+        max_long_polls,
         ..Config::default()
     };
     let imprint = Imprint::connect_lazy(url, config).map_err(|e| e.to_string())?;
@@ -205,22 +258,47 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
     let mut leptos_options =
         leptos::config::get_configuration(None).map_err(|e| format!("leptos configuration: {e}"))?.leptos_options;
     leptos_options.site_addr = addr;
-    let app = imprint_server::full_router(imprint.clone(), leptos_options, sessions);
+    let app = imprint_server::full_router(imprint.clone(), leptos_options, sessions, trusted);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!("Imprint listening on http://{addr}");
     let stopper = imprint.clone();
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
-            tracing::info!("shutting down: finishing requests in flight");
-            // Wakes long polls so they answer now instead of holding shutdown up.
-            stopper.shutdown();
+            tracing::info!("shutting down: no new connections; answering open long polls");
+            // Long polls answer now instead of holding shutdown up; background work goes on.
+            stopper.begin_shutdown();
         })
         .await
         .map_err(|e| format!("server error: {e}"))?;
+    // No request is in flight any more: flush what the last polls reported, let the
+    // scheduler finish its pass, and only then close the pool.
+    tracing::info!("flushing the consumer audit and stopping background work");
+    imprint.finish_shutdown().await;
     imprint.pool().close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one (every long poll holds a socket) and
+/// returns the soft limit now in force.
+fn raise_open_file_limit() -> u64 {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).ok();
+    let now = rlimit::increase_nofile_limit(u64::MAX).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
+        before.map_or(1024, |(soft, _)| soft)
+    });
+    if let Some((soft, hard)) = before {
+        tracing::info!(soft_before = soft, hard, soft_now = now, "open-file limit");
+    }
+    now
+}
+
+/// Long polls this process may hold: most of the descriptors, leaving room for the pool,
+/// ordinary requests and files.
+fn long_poll_cap(open_files: u64) -> usize {
+    let usable = open_files.saturating_sub(1024).max(256) * 3 / 4;
+    usize::try_from(usable.min(1_000_000)).unwrap_or(1_000_000)
 }
 
 async fn shutdown_signal() {

@@ -29,6 +29,8 @@ pub struct Observation {
     pub applied: Option<Applied>,
     /// When the held version was published (for the propagation metric; not stored).
     pub published_at: Option<DateTime<Utc>>,
+    /// Who reported: `token:<name>` for an authenticated consumer, `None` when anonymous.
+    pub principal: Option<std::sync::Arc<str>>,
 }
 
 impl Observation {
@@ -86,6 +88,7 @@ impl Observation {
         self.version != newer.version
             || self.expected != newer.expected
             || self.labels != newer.labels
+            || self.principal != newer.principal
             || newer.applied.as_ref().is_some_and(|a| {
                 self.applied.as_ref().is_none_or(|b| (b.version, b.ok, &b.error) != (a.version, a.ok, &a.error))
             })
@@ -119,6 +122,10 @@ impl AuditBuffer {
         let Some(topics) = shard.get_mut(instance) else { return };
         for (topic_id, obs) in observations {
             match topics.get_mut(&topic_id) {
+                // An anonymous poll never overwrites what an authenticated consumer said.
+                Some(e) if e.obs.principal.is_some() && obs.principal.is_none() => {
+                    metrics::counter!("imprint_audit_anonymous_ignored_total").increment(1);
+                }
                 Some(e) => {
                     // A node that moved to the version it should hold: how long that took.
                     if e.obs.version != obs.version && obs.version.is_some() && obs.version == obs.expected {
@@ -237,6 +244,7 @@ mod tests {
                 at: t(at),
             }),
             published_at: None,
+            principal: None,
         }
     }
 

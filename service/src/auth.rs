@@ -8,6 +8,7 @@ use rand::RngCore;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use std::collections::BTreeMap;
 use std::fmt;
 
 #[derive(Clone, PartialEq, Eq)]
@@ -16,6 +17,10 @@ pub enum Caller {
     Anonymous,
     /// An API token. Admin tokens may do everything; others act on their team's topics.
     Token { name: String, admin: bool, team: Option<String> },
+    /// A consumer token: reads and polls, never writes. `team` and `topics` (names or
+    /// `prefix.*`) say which restricted topics it may read; every poll with it must claim
+    /// `labels`.
+    Consumer { name: String, team: Option<String>, labels: BTreeMap<String, String>, topics: Vec<String> },
     /// A signed-in console user. Admins may do everything; others act on the topics of
     /// the teams they belong to (`teams`, read when the session was checked).
     User { id: i64, name: String, admin: bool, teams: Vec<String> },
@@ -34,7 +39,7 @@ impl Caller {
     pub fn who(&self) -> String {
         match self {
             Caller::Anonymous => "anonymous".into(),
-            Caller::Token { name, .. } => format!("token:{name}"),
+            Caller::Token { name, .. } | Caller::Consumer { name, .. } => format!("token:{name}"),
             Caller::User { name, .. } => format!("user:{name}"),
             Caller::System => "system".into(),
         }
@@ -58,6 +63,7 @@ impl Caller {
     pub fn require_write(&self, topic: &str, owner: &str) -> Result<()> {
         match self {
             Caller::Anonymous => Err(Error::Unauthorized("this operation needs a bearer token".into())),
+            Caller::Consumer { name, .. } => Err(consumer_only(name)),
             c if c.is_admin() => Ok(()),
             Caller::Token { team: Some(t), .. } if !owner.is_empty() && t == owner => Ok(()),
             Caller::Token { name, .. } => {
@@ -76,6 +82,7 @@ impl Caller {
     pub fn require_create(&self, owner: &str) -> Result<()> {
         match self {
             Caller::Anonymous => Err(Error::Unauthorized("creating a topic needs a bearer token".into())),
+            Caller::Consumer { name, .. } => Err(consumer_only(name)),
             c if c.is_admin() => Ok(()),
             Caller::Token { team: Some(t), .. } if t == owner => Ok(()),
             Caller::Token { name, .. } => {
@@ -90,10 +97,45 @@ impl Caller {
     }
 
     /// May this caller read a topic (its settings, versions, pins, rollouts, consumers)
-    /// and poll it? Every topic is readable by everyone today; restricted topics will
-    /// narrow this, which is why every read passes its caller.
-    pub fn require_read(&self, _topic: &str, _owner: &str) -> Result<()> {
+    /// and poll it? Everyone may read an unrestricted topic; a restricted one needs an
+    /// admin, its owning team (a member, or a token of the team), or a consumer token
+    /// that names it.
+    pub fn require_read(&self, topic: &str, owner: &str, restricted: bool) -> Result<()> {
+        if !restricted {
+            return Ok(());
+        }
+        let owner_team = |t: &str| !owner.is_empty() && t == owner;
+        match self {
+            Caller::Anonymous => Err(Error::Unauthorized(format!(
+                "topic {topic:?} is restricted: it is read and polled with a token allowed on it"
+            ))),
+            c if c.is_admin() => Ok(()),
+            Caller::Token { team: Some(t), .. } | Caller::Consumer { team: Some(t), .. } if owner_team(t) => Ok(()),
+            Caller::Consumer { topics, .. } if topics.iter().any(|p| topic_matches(p, topic)) => Ok(()),
+            Caller::User { teams, .. } if teams.iter().any(|t| owner_team(t)) => Ok(()),
+            c => Err(Error::Forbidden(format!("{} may not read the restricted topic {topic:?}", c.who()))),
+        }
+    }
+
+    /// A consumer token bound to labels: the labels a poll claims must include them.
+    pub fn require_claimed_labels(&self, claimed: &BTreeMap<String, String>) -> Result<()> {
+        let Caller::Consumer { name, labels, .. } = self else { return Ok(()) };
+        for (k, v) in labels {
+            if claimed.get(k) != Some(v) {
+                let got = claimed.get(k).map_or_else(|| "nothing".to_owned(), |g| format!("{k}={g}"));
+                return Err(Error::Forbidden(format!("token {name:?} is bound to {k}={v}; this request claims {got}")));
+            }
+        }
         Ok(())
+    }
+
+    /// Who a consumer report counts as: the token for authenticated callers, nobody for
+    /// anonymous ones (their reports do not move health gates).
+    pub fn principal(&self) -> Option<String> {
+        match self {
+            Caller::Token { .. } | Caller::Consumer { .. } | Caller::User { .. } => Some(self.who()),
+            Caller::Anonymous | Caller::System => None,
+        }
     }
 
     /// Reads that are not about one topic but need someone signed in (teams, audit log).
@@ -107,10 +149,28 @@ impl Caller {
     pub fn require_admin(&self) -> Result<()> {
         match self {
             Caller::Anonymous => Err(Error::Unauthorized("this operation needs a bearer token".into())),
+            Caller::Consumer { name, .. } => Err(consumer_only(name)),
             c if c.is_admin() => Ok(()),
             Caller::User { .. } => Err(Error::Forbidden("this operation needs an administrator".into())),
             _ => Err(Error::Forbidden("this operation needs an admin token".into())),
         }
+    }
+}
+
+/// The address of the client behind a request, as the server determined it (the TCP
+/// peer, or what a trusted proxy says it forwarded for). Sign-in throttling counts per it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+fn consumer_only(name: &str) -> Error {
+    Error::Forbidden(format!("token {name:?} is a consumer token: it reads and polls, it changes nothing"))
+}
+
+/// `payments.*` matches `payments.methods` (and deeper); anything else matches itself.
+pub fn topic_matches(pattern: &str, topic: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) if prefix.ends_with('.') => topic.starts_with(prefix),
+        _ => pattern == topic,
     }
 }
 
@@ -128,6 +188,12 @@ pub fn generate_token() -> String {
 /// Looks up a presented bearer token. Unknown or revoked → 401.
 pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Caller> {
     match store::tokens::use_token(pool, &hash_token(token), SystemClock.now()).await? {
+        Some(t) if t.kind == "consumer" => Ok(Caller::Consumer {
+            name: t.name,
+            team: t.team,
+            labels: serde_json::from_value(t.labels).unwrap_or_default(),
+            topics: t.topics,
+        }),
         Some(t) => Ok(Caller::Token { name: t.name, admin: t.is_admin, team: t.team }),
         None => Err(Error::Unauthorized("unknown or revoked token".into())),
     }
@@ -162,7 +228,8 @@ fn check_token_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates a named token and returns its secret value (shown once, stored hashed).
+/// Creates a named admin or team (publisher) token and returns its secret value (shown
+/// once, stored hashed).
 pub async fn create_token(
     pool: &PgPool,
     caller: &Caller,
@@ -170,17 +237,100 @@ pub async fn create_token(
     admin: bool,
     team: Option<&str>,
 ) -> Result<String> {
+    let kind = if admin { TokenKind::Admin } else { TokenKind::Publisher };
+    let spec = NewToken { name: name.to_owned(), kind, team: team.map(str::to_owned), ..NewToken::default() };
+    create_token_with(pool, caller, &spec).await
+}
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// Everything.
+    Admin,
+    /// Publishes and operates the topics of its team.
+    #[default]
+    Publisher,
+    /// Reads and polls only (restricted topics: its team's and those it names).
+    Consumer,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Admin => "admin",
+            TokenKind::Publisher => "publisher",
+            TokenKind::Consumer => "consumer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "admin" => Ok(TokenKind::Admin),
+            "publisher" => Ok(TokenKind::Publisher),
+            "consumer" => Ok(TokenKind::Consumer),
+            other => Err(Error::invalid(format!("a token kind is admin, publisher or consumer, not {other:?}"))),
+        }
+    }
+}
+
+/// A token to create.
+#[derive(Clone, Debug, Default)]
+pub struct NewToken {
+    pub name: String,
+    pub kind: TokenKind,
+    pub team: Option<String>,
+    /// Consumer tokens: labels every poll must claim.
+    pub labels: BTreeMap<String, String>,
+    /// Consumer tokens: restricted topics (names or `prefix.*`) it may read.
+    pub topics: Vec<String>,
+}
+
+/// Creates a token of any kind and returns its secret value (shown once, stored hashed).
+pub async fn create_token_with(pool: &PgPool, caller: &Caller, spec: &NewToken) -> Result<String> {
     caller.require_admin()?;
+    let name = spec.name.as_str();
     check_token_name(name)?;
+    if spec.kind != TokenKind::Consumer && (!spec.labels.is_empty() || !spec.topics.is_empty()) {
+        return Err(Error::invalid("only consumer tokens are bound to labels or topics"));
+    }
+    imprint_domain::Labels::from_pairs(spec.labels.clone()).map_err(Error::from)?;
+    if spec.topics.len() > 100 {
+        return Err(Error::invalid("a consumer token names at most 100 topics"));
+    }
+    for t in &spec.topics {
+        let name = t.strip_suffix(".*").unwrap_or(t);
+        imprint_domain::TopicName::parse(name).map_err(|e| Error::invalid(format!("topic pattern {t:?}: {e}")))?;
+    }
     let token = generate_token();
     let who = caller.who();
     let now = SystemClock.now();
+    let labels = serde_json::to_value(&spec.labels).unwrap_or_default();
+    let row = store::tokens::NewTokenRow {
+        name,
+        hash: &hash_token(&token),
+        kind: spec.kind.as_str(),
+        admin: spec.kind == TokenKind::Admin,
+        team: spec.team.as_deref(),
+        labels: labels.clone(),
+        topics: &spec.topics,
+        who: &who,
+        at: now,
+    };
     let mut tx = pool.begin().await?;
-    if !store::tokens::insert(&mut tx, name, &hash_token(&token), admin, team, &who, now).await? {
+    if !store::tokens::insert(&mut tx, row).await? {
         return Err(Error::InvalidState(format!("an active token named {name:?} exists already")));
     }
     // Never the secret itself, nor its hash: the log is readable by every signed-in user.
-    store::audit(&mut tx, now, &who, "token.create", None, json!({"name": name, "admin": admin, "team": team})).await?;
+    let details = json!({
+        "name": name,
+        "admin": spec.kind == TokenKind::Admin,
+        "kind": spec.kind.as_str(),
+        "team": spec.team,
+        "labels": labels,
+        "topics": spec.topics,
+    });
+    store::audit(&mut tx, now, &who, "token.create", None, details).await?;
     tx.commit().await?;
     Ok(token)
 }
@@ -205,7 +355,10 @@ pub async fn list_tokens(pool: &PgPool, caller: &Caller) -> Result<Vec<ApiToken>
         .map(|t| ApiToken {
             name: t.name,
             is_admin: t.is_admin,
+            kind: t.kind,
             team: t.team,
+            labels: serde_json::from_value(t.labels).unwrap_or_default(),
+            topics: t.topics,
             created_at: t.created_at,
             last_used_at: t.last_used_at,
         })

@@ -9,14 +9,14 @@ impl Imprint {
     /// Loads the serving state once and starts following changes in the background.
     pub async fn start_background(&self) -> Result<()> {
         self.state().reload(self.pool(), None).await?;
-        tokio::spawn(serving::follow_changes(
+        self.keep_task(tokio::spawn(serving::follow_changes(
             self.state().clone(),
             self.pool().clone(),
             self.config().full_reload_every,
             self.stopping(),
-        ));
-        tokio::spawn(self.clone().audit_loop());
-        tokio::spawn(self.clone().rollout_loop(self.config().rollout_tick_every));
+        )));
+        self.keep_task(tokio::spawn(self.clone().audit_loop()));
+        self.keep_task(tokio::spawn(self.clone().rollout_loop(self.config().rollout_tick_every)));
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::model::{ConsumerFilter, ConsumerInfo, ConsumerList, Propagation};
-use crate::store;
+use crate::{cursor, store};
 use chrono::Duration;
 use imprint_domain::{Labels, Selector};
 use std::collections::BTreeMap;
@@ -18,8 +18,21 @@ impl Imprint {
             return Ok(0);
         }
         let started = std::time::Instant::now();
-        match store::consumers::upsert(self.pool(), &columns(&entries)).await {
+        let cols = columns(&entries);
+        match store::consumers::upsert(self.pool(), &cols).await {
             Ok(()) => {
+                let mut topics = cols.topic_ids.clone();
+                topics.sort_unstable();
+                topics.dedup();
+                let max = i64::try_from(self.config().max_consumers_per_topic).unwrap_or(i64::MAX);
+                match store::consumers::trim(self.pool(), &topics, max).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        metrics::counter!("imprint_audit_dropped_total", "reason" => "topic_cap").increment(n);
+                        tracing::warn!(dropped = n, max, "consumers over the per-topic cap were forgotten");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "trimming consumers failed"),
+                }
                 metrics::counter!("imprint_audit_flushed_total").increment(entries.len() as u64);
                 metrics::histogram!("imprint_audit_flush_seconds").record(started.elapsed().as_secs_f64());
                 Ok(entries.len())
@@ -46,7 +59,7 @@ impl Imprint {
     async fn consumed_topic(&self, caller: &Caller, topic: &str) -> Result<store::topics::TopicRef> {
         let mut conn = self.pool().acquire().await?;
         let t = store::topics::require(&mut conn, topic, false).await?;
-        caller.require_read(&t.name, &t.owner)?;
+        caller.require_read(&t.name, &t.owner, t.restricted)?;
         Ok(t)
     }
 
@@ -73,8 +86,14 @@ impl Imprint {
         store::consumers::expire(self.pool(), self.now() - older_than).await
     }
 
-    /// Who consumes a topic: each instance with the version it holds and the one it should.
+    /// Who consumes a topic: each instance with the version it holds and the one it should,
+    /// a page at a time (`by_version` and `total` count every match, not just the page).
     pub async fn consumers(&self, caller: &Caller, topic: &str, filter: &ConsumerFilter) -> Result<ConsumerList> {
+        let limit = match filter.limit {
+            None => 100_000,
+            l => cursor::limit(l)? as usize,
+        };
+        let offset = filter.cursor.as_deref().map(cursor::decode).transpose()?.unwrap_or(0).max(0) as usize;
         let t = self.consumed_topic(caller, topic).await?;
         let rows = store::consumers::list(self.pool(), t.id, filter.labels.as_ref().map(Selector::to_json)).await?;
         let serving = self.state().get(&t.name);
@@ -97,6 +116,8 @@ impl Imprint {
                 continue;
             }
             consumers.push(ConsumerInfo {
+                authenticated: r.principal.is_some(),
+                principal: r.principal,
                 instance: r.instance,
                 labels: r.labels.0,
                 version,
@@ -112,7 +133,9 @@ impl Imprint {
             });
         }
         let total = consumers.len() as u64;
-        Ok(ConsumerList { consumers, by_version, total })
+        let next = (consumers.len() > offset + limit).then(|| cursor::encode((offset + limit) as i64));
+        let consumers = consumers.into_iter().skip(offset).take(limit).collect();
+        Ok(ConsumerList { consumers, by_version, total, next })
     }
 }
 
@@ -133,6 +156,7 @@ fn columns(entries: &[(Key, Observation)]) -> store::consumers::ObservationColum
         c.applied_error
             .push(o.applied.as_ref().and_then(|a| if a.ok { None } else { a.error.clone().or(Some(String::new())) }));
         c.applied_at.push(o.applied.as_ref().map(|a| a.at));
+        c.principals.push(o.principal.as_deref().map(str::to_owned));
     }
     c
 }

@@ -29,6 +29,13 @@ pub struct Config {
     pub audit_enabled: bool,
     /// How often the rollout scheduler looks for due stages.
     pub rollout_tick_every: Duration,
+    /// Anonymous polls are refused (`IMPRINT_POLL_AUTH=required`).
+    pub poll_auth_required: bool,
+    /// Long polls this process holds open at once; past it a long poll is answered at
+    /// once, as a short poll with a backoff (`IMPRINT_MAX_LONG_POLLS`).
+    pub max_long_polls: usize,
+    /// Consumers kept per topic in the audit; the least recently seen anonymous ones go first.
+    pub max_consumers_per_topic: u64,
 }
 
 impl Default for Config {
@@ -41,6 +48,9 @@ impl Default for Config {
             lag_grace: Duration::from_secs(60),
             audit_enabled: true,
             rollout_tick_every: Duration::from_millis(500),
+            poll_auth_required: false,
+            max_long_polls: 10_000,
+            max_consumers_per_topic: 100_000,
         }
     }
 }
@@ -57,12 +67,26 @@ pub(crate) struct Inner {
     pub audit: AuditBuffer,
     pub config: Config,
     pub clock: SharedClock,
+    /// Background work stops (the serving state stops following, the audit flushes one
+    /// last time, the scheduler finishes its pass).
     pub stop: watch::Sender<bool>,
+    /// Long polls answer now: the server is draining.
+    pub draining: watch::Sender<bool>,
+    /// The background tasks, awaited at shutdown.
+    pub tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Failed sign-ins per username and client address.
     pub sign_in: SignInThrottle,
     /// Bounds concurrent argon2 work (CPU and ~19 MiB of memory each).
     pub hashing: tokio::sync::Semaphore,
+    /// Long polls open now.
+    pub long_polls: std::sync::atomic::AtomicUsize,
+    /// Recently seen tokens: hash → (identity, when looked up). Polls with a token do not
+    /// query Postgres each time; a revoked token stops working within `TOKEN_CACHE`.
+    pub tokens: std::sync::Mutex<std::collections::HashMap<String, (crate::auth::Caller, std::time::Instant)>>,
 }
+
+/// How long a looked-up token is trusted without asking Postgres again.
+const TOKEN_CACHE: Duration = Duration::from_secs(5);
 
 /// A pool that fails fast when Postgres is away, so requests get a 503 instead of hanging.
 pub fn pool_options() -> PgPoolOptions {
@@ -92,10 +116,14 @@ impl Imprint {
                 config,
                 clock,
                 stop: watch::channel(false).0,
+                draining: watch::channel(false).0,
+                tasks: std::sync::Mutex::new(Vec::new()),
                 sign_in: SignInThrottle::default(),
                 hashing: tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(2),
                 ),
+                long_polls: std::sync::atomic::AtomicUsize::new(0),
+                tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -128,13 +156,44 @@ impl Imprint {
         })
     }
 
-    /// Stops background work and wakes every waiting long poll.
+    /// Stops background work and wakes every waiting long poll (at once, without
+    /// waiting for anything: tests use it to stop a server's background).
     pub fn shutdown(&self) {
+        self.inner.draining.send_replace(true);
         self.inner.stop.send_replace(true);
     }
 
+    /// The first step of a graceful shutdown: long polls answer now. Background work
+    /// goes on, so what the last polls report is still flushed by `finish_shutdown`.
+    pub fn begin_shutdown(&self) {
+        self.inner.draining.send_replace(true);
+    }
+
+    /// The last step of a graceful shutdown, once no request is in flight: stop the
+    /// background loops and wait for them — the audit buffer is flushed, the scheduler's
+    /// pass finishes. The pool can be closed after this.
+    pub async fn finish_shutdown(&self) {
+        self.shutdown();
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            if let Err(e) = t.await {
+                tracing::warn!(error = %e, "a background task ended badly");
+            }
+        }
+    }
+
+    /// Background loops watch this: it turns true when they must stop.
     pub fn stopping(&self) -> watch::Receiver<bool> {
         self.inner.stop.subscribe()
+    }
+
+    /// Long polls watch this: it turns true when they must answer now.
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.inner.draining.subscribe()
+    }
+
+    pub(crate) fn keep_task(&self, t: tokio::task::JoinHandle<()>) {
+        self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()).push(t);
     }
 
     /// Is Postgres reachable right now?
@@ -150,11 +209,40 @@ impl Imprint {
         }
     }
 
-    /// Who is behind a bearer token (anonymous without one).
+    /// Who is behind a bearer token (anonymous without one), asking Postgres: a revoked
+    /// token is refused at once.
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<crate::auth::Caller> {
         match bearer {
             None => Ok(crate::auth::Caller::Anonymous),
             Some(t) => crate::auth::authenticate(self.pool(), t).await,
         }
+    }
+
+    /// Like `authenticate`, for polls: a token looked up within `TOKEN_CACHE` is not
+    /// looked up again, so consumers polling with a token cost no query per poll (a
+    /// revoked token keeps polling for at most that long).
+    pub async fn authenticate_cached(&self, token: &str) -> Result<crate::auth::Caller> {
+        let hash = crate::auth::hash_token(token);
+        let now = std::time::Instant::now();
+        {
+            let cache = self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((caller, at)) = cache.get(&hash) {
+                if now.duration_since(*at) < TOKEN_CACHE {
+                    return Ok(caller.clone());
+                }
+            }
+        }
+        let caller = crate::auth::authenticate(self.pool(), token).await?;
+        let mut cache = self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 10_000 {
+            cache.retain(|_, (_, at)| now.duration_since(*at) < TOKEN_CACHE);
+        }
+        cache.insert(hash, (caller.clone(), now));
+        Ok(caller)
+    }
+
+    /// Forgets cached tokens (after a revoke, so it takes effect on this server at once).
+    pub fn forget_cached_tokens(&self) {
+        self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }

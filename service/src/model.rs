@@ -39,6 +39,10 @@ pub struct Topic {
     pub consumers: u64,
     /// When a consumer last polled this topic (to the minute); null: never.
     pub last_polled_at: Option<DateTime<Utc>>,
+    /// Read and polled only with a token (or by a user) allowed on it.
+    pub restricted: bool,
+    /// Health gates count reports of anonymous consumers too.
+    pub anonymous_reports: bool,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
 }
@@ -100,7 +104,13 @@ pub struct Pin {
 pub struct ApiToken {
     pub name: String,
     pub is_admin: bool,
+    /// `admin`, `publisher` or `consumer`.
+    pub kind: String,
     pub team: Option<String>,
+    /// Consumer tokens: labels every poll with the token must claim.
+    pub labels: BTreeMap<String, String>,
+    /// Consumer tokens: restricted topics it may read besides its team's.
+    pub topics: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
 }
@@ -116,6 +126,10 @@ pub struct Page<T> {
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ConsumerInfo {
     pub instance: String,
+    /// Polled with a token: its reports count for health gates.
+    pub authenticated: bool,
+    /// `token:<name>` of an authenticated consumer.
+    pub principal: Option<String>,
     pub labels: BTreeMap<String, String>,
     /// The version the instance reported holding at its last poll.
     pub version: Option<u64>,
@@ -233,10 +247,15 @@ pub struct ConsumerFilter {
     pub labels: Option<Selector>,
     pub version: Option<u64>,
     pub lagging_only: bool,
+    /// Page size (1-500); `None`: every match at once (the console's overview).
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
 }
 
 pub struct ConsumerList {
     pub consumers: Vec<ConsumerInfo>,
     pub by_version: BTreeMap<String, u64>,
+    /// Consumers matching the filter (all pages).
     pub total: u64,
+    pub next: Option<String>,
 }

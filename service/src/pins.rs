@@ -2,8 +2,8 @@
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
-use crate::model::Pin;
-use crate::store;
+use crate::model::{Page, Pin};
+use crate::{cursor, store};
 use imprint_domain::Selector;
 use serde_json::json;
 
@@ -85,11 +85,24 @@ impl Imprint {
         Ok(())
     }
 
-    /// Active pins, or every pin ever set with `all`; newest first.
-    pub async fn pins(&self, caller: &Caller, topic: &str, all: bool) -> Result<Vec<Pin>> {
+    /// Active pins, or every pin ever set with `all`; newest first, a page at a time.
+    pub async fn pins(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        all: bool,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<Page<Pin>> {
+        let limit = cursor::limit(limit)?;
+        let before = cursor.map(cursor::decode).transpose()?;
         let mut conn = self.pool().acquire().await?;
         let t = store::topics::require(&mut conn, topic, false).await?;
-        caller.require_read(&t.name, &t.owner)?;
-        store::pins::list(&mut *conn, t.id, all).await?.into_iter().map(pin_from_row).collect()
+        caller.require_read(&t.name, &t.owner, t.restricted)?;
+        let rows = store::pins::list(&mut *conn, t.id, all, before, limit + 1).await?;
+        let more = rows.len() as i64 > limit;
+        let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
+        let next = if more { rows.last().map(|r| cursor::encode(r.id)) } else { None };
+        Ok(Page { items: rows.into_iter().map(pin_from_row).collect::<Result<_>>()?, next })
     }
 }

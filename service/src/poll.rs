@@ -109,6 +109,7 @@ type Seen<'a> = Vec<(&'a str, i64, Option<u64>, Option<chrono::DateTime<chrono::
 
 pub fn compute<'a>(
     state: &ServingState,
+    caller: &Caller,
     req: &'a PollRequest,
 ) -> (BTreeMap<String, Update>, BTreeMap<String, String>, Seen<'a>) {
     let mut updates = BTreeMap::new();
@@ -120,6 +121,10 @@ pub fn compute<'a>(
             missing.insert(name.clone(), "topic_not_found".to_owned());
             continue;
         };
+        if caller.require_read(name, &topic.owner, topic.restricted).is_err() {
+            missing.insert(name.clone(), "forbidden".to_owned());
+            continue;
+        }
         let resolved = topic.index.resolve(&req.consumer.labels);
         let held_published = held.and_then(|h| topic.history.versions.get(&h)).map(|v| v.created_at);
         seen.push((name.as_str(), topic.id, resolved.map(|r| r.version), held_published));
@@ -138,18 +143,35 @@ pub fn compute<'a>(
     (updates, missing, seen)
 }
 
-/// Keeps `imprint_long_polls_open` right however a long poll ends.
-struct OpenLongPoll;
+/// Suggested pause before polling again when this server holds as many long polls as
+/// it may (plus jitter, so refused pollers do not return in step).
+const BUSY_POLL_AFTER_MS: u64 = 5_000;
 
-impl OpenLongPoll {
-    fn new() -> Self {
+/// Holds a place among the open long polls (`Config::max_long_polls`) until dropped,
+/// however the poll ends, and keeps `imprint_long_polls_open` right.
+struct OpenLongPoll<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> OpenLongPoll<'a> {
+    fn try_new(open: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let mut n = open.load(Ordering::Relaxed);
+        loop {
+            if n >= max {
+                return None;
+            }
+            match open.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
+        }
         metrics::gauge!("imprint_long_polls_open").increment(1.0);
-        OpenLongPoll
+        Some(OpenLongPoll(open))
     }
 }
 
-impl Drop for OpenLongPoll {
+impl Drop for OpenLongPoll<'_> {
     fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         metrics::gauge!("imprint_long_polls_open").decrement(1.0);
     }
 }
@@ -159,30 +181,35 @@ impl Imprint {
     /// answered; the others are `missing` as `forbidden`.
     pub async fn poll(&self, caller: &Caller, req: PollRequest) -> Result<PollResponse> {
         req.validate()?;
+        self.require_poller(caller, req.consumer.labels.pairs())?;
         let started = std::time::Instant::now();
         let state: &Arc<ServingState> = self.state();
         // Subscribe before the first look, so no change slips between look and wait.
         let mut changes = state.subscribe();
-        let mut stopping = self.stopping();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.wait_ms);
+        let mut stopping = self.draining();
         // Counts this request among the open long polls until it answers (also if dropped).
-        let _open = (req.wait_ms > 0).then(OpenLongPoll::new);
+        // Past the cap the poll degrades to a short one with a backoff.
+        let open = if req.wait_ms > 0 {
+            OpenLongPoll::try_new(&self.inner.long_polls, self.config().max_long_polls)
+        } else {
+            None
+        };
+        let busy = req.wait_ms > 0 && open.is_none();
+        if busy {
+            metrics::counter!("imprint_long_polls_refused_total").increment(1);
+        }
+        let wait_ms = if busy { 0 } else { req.wait_ms };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         let mut recorded = !self.config().audit_enabled;
         let (updates, missing) = loop {
             changes.borrow_and_update();
-            let (mut updates, mut missing, seen) = compute(state, &req);
-            for name in req.topics.keys() {
-                if caller.require_read(name, "").is_err() {
-                    updates.remove(name);
-                    missing.insert(name.clone(), "forbidden".to_owned());
-                }
-            }
+            let (updates, missing, seen) = compute(state, caller, &req);
             if !recorded {
                 // What the node holds and should hold, as of its arrival.
-                self.record_poll(&req, seen);
+                self.record_poll(caller, &req, seen);
                 recorded = true;
             }
-            if !updates.is_empty() || req.wait_ms == 0 || *stopping.borrow() {
+            if !updates.is_empty() || wait_ms == 0 || *stopping.borrow() {
                 break (updates, missing);
             }
             tokio::select! {
@@ -191,16 +218,25 @@ impl Imprint {
                 _ = stopping.changed() => break (updates, missing),
             }
         };
-        metrics::counter!("imprint_polls_total", "long" => if req.wait_ms > 0 { "true" } else { "false" }).increment(1);
+        let long = if wait_ms > 0 { "true" } else { "false" };
+        metrics::counter!("imprint_polls_total", "long" => long).increment(1);
         metrics::counter!("imprint_poll_updates_total").increment(updates.len() as u64);
-        metrics::histogram!("imprint_poll_seconds").record(started.elapsed().as_secs_f64());
-        let poll_after_ms = if req.wait_ms > 0 { 0 } else { SHORT_POLL_AFTER_MS };
+        metrics::histogram!("imprint_poll_seconds", "long" => long).record(started.elapsed().as_secs_f64());
+        drop(open);
+        let poll_after_ms = if busy {
+            BUSY_POLL_AFTER_MS + rand::random::<u64>() % BUSY_POLL_AFTER_MS
+        } else if wait_ms > 0 {
+            0
+        } else {
+            SHORT_POLL_AFTER_MS
+        };
         Ok(PollResponse { updates, missing, poll_after_ms })
     }
 
     /// Notes what this poll says about each known topic in the audit buffer (memory only).
-    fn record_poll(&self, req: &PollRequest, seen: Seen<'_>) {
+    fn record_poll(&self, caller: &Caller, req: &PollRequest, seen: Seen<'_>) {
         let now = self.now();
+        let principal: Option<Arc<str>> = caller.principal().map(Arc::from);
         let labels = std::sync::Arc::new(req.consumer.labels.pairs().clone());
         let observations = seen.into_iter().map(|(name, topic_id, expected, published_at)| {
             let applied = req.applied.get(name).map(|a| crate::audit::Applied {
@@ -221,6 +257,7 @@ impl Imprint {
                     last_seen: now,
                     applied,
                     published_at,
+                    principal: principal.clone(),
                 },
             )
         });
@@ -230,11 +267,21 @@ impl Imprint {
     /// The resolved version of one topic for `labels`, with its payload when in memory.
     pub fn latest(&self, caller: &Caller, topic: &str, labels: &Labels) -> Result<(Arc<ServedVersion>, bool)> {
         let name = TopicName::parse(topic)?;
-        caller.require_read(name.as_str(), "")?;
+        self.require_poller(caller, labels.pairs())?;
         let t = self.state().get(name.as_str()).ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        caller.require_read(name.as_str(), &t.owner, t.restricted)?;
         let r = t.index.resolve(labels).ok_or_else(|| Error::NoVersionInScope(name.to_string()))?;
         let v =
             t.served.get(&r.version).cloned().ok_or_else(|| Error::Internal("resolved version not loaded".into()))?;
         Ok((v, r.pinned))
+    }
+
+    /// Consumers' own checks: with `IMPRINT_POLL_AUTH=required` a token is needed, and a
+    /// label-bound consumer token must claim its labels.
+    fn require_poller(&self, caller: &Caller, claimed: &BTreeMap<String, String>) -> Result<()> {
+        if self.config().poll_auth_required && matches!(caller, Caller::Anonymous) {
+            return Err(Error::Unauthorized("this server requires a token to poll (IMPRINT_POLL_AUTH=required)".into()));
+        }
+        caller.require_claimed_labels(claimed)
     }
 }

@@ -5,8 +5,8 @@
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
-use crate::model::{PlanChoice, RolloutInfo};
-use crate::store;
+use crate::model::{Page, PlanChoice, RolloutInfo};
+use crate::{cursor, store};
 use crate::store::rollouts::RolloutRow;
 use chrono::{DateTime, Duration, Utc};
 use imprint_domain::{Effect, GateReading, Plan, Rollout, RolloutAction, RolloutState, Selector};
@@ -179,14 +179,27 @@ impl Imprint {
     async fn readable_topic(&self, caller: &Caller, topic: &str) -> Result<store::topics::TopicRef> {
         let mut conn = self.pool().acquire().await?;
         let t = store::topics::require(&mut conn, topic, false).await?;
-        caller.require_read(&t.name, &t.owner)?;
+        caller.require_read(&t.name, &t.owner, t.restricted)?;
         Ok(t)
     }
 
-    pub async fn rollouts(&self, caller: &Caller, topic: &str) -> Result<Vec<RolloutInfo>> {
+    /// A topic's rollouts, newest first, a page at a time.
+    pub async fn rollouts(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<Page<RolloutInfo>> {
+        let limit = cursor::limit(limit)?;
+        let before = cursor.map(cursor::decode).transpose()?;
         let t = self.readable_topic(caller, topic).await?;
-        let rows = store::rollouts::list(self.pool(), t.id, 500).await?;
-        rows.iter().map(|r| Ok(info_of(&t.name, r, &r.rollout()?))).collect()
+        let rows = store::rollouts::list(self.pool(), t.id, before, limit + 1).await?;
+        let more = rows.len() as i64 > limit;
+        let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
+        let next = if more { rows.last().map(|r| cursor::encode(r.id)) } else { None };
+        let items = rows.iter().map(|r| Ok(info_of(&t.name, r, &r.rollout()?))).collect::<Result<_>>()?;
+        Ok(Page { items, next })
     }
 
     pub async fn rollout(&self, caller: &Caller, topic: &str, id: i64) -> Result<RolloutInfo> {
@@ -206,7 +219,7 @@ impl Imprint {
         version: u64,
     ) -> Result<GateReading> {
         let t = self.readable_topic(caller, topic).await?;
-        gate_reading(self.pool(), t.id, selector, version, self.now()).await
+        gate_reading(self.pool(), t.id, selector, version, self.now(), t.anonymous_reports).await
     }
 
     /// An operator action: pause, resume, advance, complete or cancel (optionally rolling back).
@@ -291,7 +304,8 @@ impl Imprint {
         let reading = match r.gated_stage() {
             Some(stage) => {
                 let selector = r.plan().stages()[stage].selector.clone();
-                Some((stage, gate_reading(&mut *tx, topic_id, &selector, r.version(), now).await?))
+                let anonymous = store::topics::anonymous_reports(&mut tx, topic_id).await?;
+                Some((stage, gate_reading(&mut *tx, topic_id, &selector, r.version(), now, anonymous).await?))
             }
             None => None,
         };
@@ -346,15 +360,18 @@ impl Imprint {
 
 /// Health of a stage from the consumer audit: consumers matching the stage's selector
 /// seen recently, how many hold (or applied) the version, how many failed to apply it.
+/// Only authenticated consumers count, unless the topic allows anonymous reports: anyone
+/// can post a poll, and made-up nodes must not pause or widen a rollout.
 async fn gate_reading<'e, E: sqlx::PgExecutor<'e>>(
     ex: E,
     topic_id: i64,
     selector: &Selector,
     version: u64,
     now: DateTime<Utc>,
+    count_anonymous: bool,
 ) -> Result<GateReading> {
     let since = now - Duration::seconds(GATE_WINDOW_SECS);
     let (matching, applied, failed) =
-        store::consumers::gate_counts(ex, topic_id, selector.to_json(), version as i64, since).await?;
+        store::consumers::gate_counts(ex, topic_id, selector.to_json(), version as i64, since, count_anonymous).await?;
     Ok(GateReading { matching: matching as u64, applied: applied as u64, failed: failed as u64 })
 }

@@ -33,6 +33,9 @@ pub struct ServingTopic {
     pub name: TopicName,
     /// The topic's change counter at the snapshot this was loaded from.
     pub change_seq: i64,
+    /// The owning team and whether the topic is restricted (who may poll it).
+    pub owner: String,
+    pub restricted: bool,
     pub history: TopicHistory,
     pub index: CurrentIndex,
     /// The versions that resolution can return now (pinned or best per selector).
@@ -184,7 +187,7 @@ async fn load(
                 );
             }
         }
-        out.push((id, name, t.change_seq, history, index, served));
+        out.push((id, name, (t.change_seq, t.owner, t.restricted), history, index, served));
     }
     let mut payloads: HashMap<(i64, u64), Bytes> = HashMap::new();
     if !wanted.is_empty() {
@@ -194,7 +197,7 @@ async fn load(
     }
     Ok(out
         .into_iter()
-        .map(|(id, name, change_seq, history, index, served)| {
+        .map(|(id, name, (change_seq, owner, restricted), history, index, served)| {
             let served = served
                 .into_iter()
                 .map(|(v, mut sv)| {
@@ -204,7 +207,7 @@ async fn load(
                     (v, Arc::new(sv))
                 })
                 .collect();
-            ServingTopic { id, name, change_seq, history, index, served }
+            ServingTopic { id, name, change_seq, owner, restricted, history, index, served }
         })
         .collect())
 }

@@ -81,6 +81,13 @@ impl SignInThrottle {
         longest
     }
 
+    /// Forgets the counters of `keys` (an administrator lifting a lockout). Returns how
+    /// many there were.
+    pub fn clear(&self, keys: &[ThrottleKey]) -> usize {
+        let mut entries = self.entries();
+        keys.iter().filter(|k| entries.remove(k).is_some()).count()
+    }
+
     pub fn succeeded(&self, key: &ThrottleKey) {
         self.entries().remove(key);
     }

@@ -37,6 +37,12 @@ pub struct NewTopic {
     /// The plan a publish uses when it names none.
     #[serde(default)]
     pub default_plan: Option<String>,
+    /// Read and polled only with a token (or by a user) allowed on it.
+    #[serde(default)]
+    pub restricted: Option<bool>,
+    /// Health gates count reports of anonymous consumers too (off by default).
+    #[serde(default)]
+    pub anonymous_reports: Option<bool>,
 }
 
 /// Settings to change; absent fields stay as they are, `null` clears the optional ones.
@@ -63,6 +69,10 @@ pub struct TopicPatch {
     pub plans: Option<BTreeMap<String, Plan>>,
     #[serde(default, deserialize_with = "double_option")]
     pub default_plan: Option<Option<String>>,
+    #[serde(default)]
+    pub restricted: Option<bool>,
+    #[serde(default)]
+    pub anonymous_reports: Option<bool>,
 }
 
 fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
@@ -165,6 +175,8 @@ impl Imprint {
             json_schema: input.json_schema.as_ref(),
             plans: &plans,
             default_plan: input.default_plan.as_deref(),
+            restricted: input.restricted.unwrap_or(false),
+            anonymous_reports: input.anonymous_reports.unwrap_or(false),
             created_by: &who,
             at: now,
         };
@@ -185,7 +197,7 @@ impl Imprint {
         let name = TopicName::parse(name)?;
         let topic =
             store::topics::by_name(self.pool(), name.as_str()).await?.ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
-        caller.require_read(&topic.name, &topic.owner)?;
+        caller.require_read(&topic.name, &topic.owner, topic.restricted)?;
         Ok(topic)
     }
 
@@ -212,22 +224,34 @@ impl Imprint {
         let items = rows
             .into_iter()
             .map(Topic::from)
-            .filter(|t| caller.require_read(&t.name, &t.owner).is_ok())
+            .filter(|t| caller.require_read(&t.name, &t.owner, t.restricted).is_ok())
             .collect();
         Ok(Page { items, next })
     }
 
-    /// Topics nobody has polled for `days` days (or ever), oldest poll first.
-    pub async fn unused_topics(&self, caller: &Caller, days: u32) -> Result<Vec<Topic>> {
+    /// Topics nobody has polled for `days` days (or ever), oldest poll first, a page at a time.
+    pub async fn unused_topics(
+        &self,
+        caller: &Caller,
+        days: u32,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<Page<Topic>> {
         if days == 0 || days > 3650 {
             return Err(Error::invalid("days must be between 1 and 3650"));
         }
+        let limit = cursor::limit(limit)?;
+        let offset = cursor.map(cursor::decode).transpose()?.unwrap_or(0).max(0);
         let since = self.now() - chrono::Duration::days(i64::from(days));
-        Ok(store::topics::unused(self.pool(), since)
-            .await?
+        let rows = store::topics::unused(self.pool(), since, offset, limit + 1).await?;
+        let more = rows.len() as i64 > limit;
+        let next = more.then(|| cursor::encode(offset + limit));
+        let items = rows
             .into_iter()
-            .filter(|t| caller.require_read(&t.name, &t.owner).is_ok())
-            .collect())
+            .take(limit as usize)
+            .filter(|t| caller.require_read(&t.name, &t.owner, t.restricted).is_ok())
+            .collect();
+        Ok(Page { items, next })
     }
 
     #[tracing::instrument(skip(self, patch))]
@@ -272,6 +296,8 @@ impl Imprint {
             json_schema: patch.json_schema.as_ref().map(Option::as_ref),
             plans: patch.plans.as_ref(),
             default_plan: patch.default_plan.as_ref().map(Option::as_deref),
+            restricted: patch.restricted,
+            anonymous_reports: patch.anonymous_reports,
             at: self.now(),
         };
         store::topics::update(&mut tx, t.id, update).await?;

@@ -208,6 +208,32 @@ impl Imprint {
         user.ok_or_else(|| Error::Unauthorized(WRONG_CREDENTIALS.into()))
     }
 
+    /// Lifts a sign-in lockout (admins only): the failure counters of a username and/or a
+    /// client address start over. Audited; returns whether there was anything to clear.
+    pub async fn clear_sign_in_lockout(
+        &self,
+        caller: &Caller,
+        username: Option<&str>,
+        client: Option<IpAddr>,
+    ) -> Result<bool> {
+        caller.require_admin()?;
+        let username = username.map(str::trim).filter(|u| !u.is_empty());
+        if username.is_none() && client.is_none() {
+            return Err(Error::invalid("name a username or a client address whose lockout to clear"));
+        }
+        let mut keys = match username {
+            Some(u) => throttle_keys(u, client),
+            None => throttle_keys("", client).split_off(1),
+        };
+        if username.is_none() {
+            keys.retain(|k| matches!(k, crate::throttle::ThrottleKey::Client(_)));
+        }
+        let cleared = self.inner.sign_in.clear(&keys) > 0;
+        let details = json!({"username": username, "client": client.map(|c| c.to_string()), "cleared": cleared});
+        self.audit_alone(&caller.who(), "user.lockout_clear", details).await?;
+        Ok(cleared)
+    }
+
     /// An audit entry that records an event rather than a change (sign-ins).
     async fn audit_alone(&self, who: &str, action: &str, details: serde_json::Value) -> Result<()> {
         let mut tx = self.pool().begin().await?;

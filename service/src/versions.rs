@@ -180,7 +180,7 @@ impl Imprint {
     async fn readable(&self, caller: &Caller, topic: &str) -> Result<store::topics::TopicRef> {
         let mut conn = self.pool().acquire().await?;
         let t = store::topics::require(&mut conn, topic, false).await?;
-        caller.require_read(&t.name, &t.owner)?;
+        caller.require_read(&t.name, &t.owner, t.restricted)?;
         Ok(t)
     }
 
@@ -288,7 +288,7 @@ impl Imprint {
     ) -> Result<Option<Resolution>> {
         let name = imprint_domain::TopicName::parse(topic)?;
         let t = self.state().get(name.as_str()).ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
-        caller.require_read(name.as_str(), "")?;
+        caller.require_read(name.as_str(), &t.owner, t.restricted)?;
         Ok(match at {
             None => t.index.resolve(labels),
             Some(at) => t.history.resolve_at(labels, at),

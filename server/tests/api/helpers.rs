@@ -25,24 +25,75 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 /// `serving_pool` is what the server uses; `admin_pool` always reaches the database
 /// (tests use it to look behind the server's back).
 pub async fn spawn_app_with(serving_pool: PgPool, admin_pool: PgPool) -> TestApp {
-    let imprint = Imprint::with_pool(
-        serving_pool,
-        Config {
-            audit_flush_every: Duration::from_millis(200),
-            lag_grace: Duration::from_secs(LAG_GRACE_SECS),
-            ..Config::default()
-        },
-    );
+    spawn_app_configured(serving_pool, admin_pool, |_| {}).await
+}
+
+/// The test configuration, changed by `configure`.
+pub fn test_config(configure: impl FnOnce(&mut Config)) -> Config {
+    let mut config = Config {
+        audit_flush_every: Duration::from_millis(200),
+        lag_grace: Duration::from_secs(LAG_GRACE_SECS),
+        ..Config::default()
+    };
+    configure(&mut config);
+    config
+}
+
+pub async fn spawn_app_configured(
+    serving_pool: PgPool,
+    admin_pool: PgPool,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
+    let imprint = Imprint::with_pool(serving_pool, test_config(configure));
     auth::ensure_bootstrap_token(&admin_pool, ADMIN_TOKEN).await.expect("bootstrap token");
     imprint.start_background().await.expect("state loads");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let app = imprint_server::api_router(imprint.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.expect("serve")
+    });
     TestApp { addr, client: Client::new(), pool: admin_pool, imprint }
 }
 
+/// The whole server (API and console, sessions in Postgres) behind `trusted` proxies.
+pub async fn spawn_full_app(pool: PgPool, trusted: &str) -> TestApp {
+    let imprint = Imprint::with_pool(pool.clone(), test_config(|_| {}));
+    auth::ensure_bootstrap_token(&pool, ADMIN_TOKEN).await.expect("bootstrap token");
+    imprint.ensure_admin_user(Some(ADMIN_PASSWORD)).await.expect("admin user");
+    imprint.start_background().await.expect("state loads");
+    let sessions = imprint_server::session_layer(&imprint, false).await.expect("sessions");
+    let options = leptos::config::LeptosOptions::builder().output_name("imprint").site_root("target/site").build();
+    let trusted = imprint_server::TrustedProxies::parse(trusted).expect("proxies");
+    let app = imprint_server::full_router(imprint.clone(), options, sessions, trusted);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.expect("serve")
+    });
+    TestApp { addr, client: Client::new(), pool, imprint }
+}
+
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
 impl TestApp {
+    /// The service behind this server (to look at or change what the API does not show).
+    pub fn imprint(&self) -> &Imprint {
+        &self.imprint
+    }
+
+    /// A consumer token (reads and polls only), optionally bound to labels and topics.
+    pub async fn consumer_token(&self, name: &str, team: Option<&str>, labels: &[(&str, &str)], topics: &[&str]) -> String {
+        let spec = auth::NewToken {
+            name: name.into(),
+            kind: auth::TokenKind::Consumer,
+            team: team.map(str::to_owned),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+        };
+        auth::create_token_with(&self.pool, &imprint_service::Caller::System, &spec).await.expect("consumer token")
+    }
+
     /// Stops this server's background work (scheduler, audit, change following), as a
     /// shutdown would; its HTTP listener keeps answering from memory.
     pub fn imprint_shutdown(&self) {

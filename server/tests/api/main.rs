@@ -1,6 +1,7 @@
 //! HTTP API tests: each test gets a fresh database (`#[sqlx::test]`) and a real server on
 //! a free port, and talks to it over HTTP like any client would.
 mod consumers;
+mod fuzz;
 mod helpers;
 mod openapi;
 mod poll;
@@ -8,3 +9,4 @@ mod publish;
 mod resilience;
 mod rollouts;
 mod topics;
+mod trust;

@@ -263,6 +263,10 @@ async fn poll_as(app: &TestApp, instance: &str, held: u64, applied: Option<Value
 async fn gates_hold_a_stage_and_pause_on_failures(pool: sqlx::PgPool) {
     let app = spawn_app(pool).await;
     setup(&app, "gated").await;
+    // These canaries poll without a token: the topic must opt in to trusting them
+    // (`trust::forged_reports_do_not_move_gates` covers the default).
+    let r = app.admin(Method::PATCH, "/api/v1/topics/gated").json(&json!({"anonymous_reports": true})).send().await;
+    assert_eq!(r.unwrap().status(), 200);
     let stages = json!([{"selector": {"cluster": "canary"}, "wait_s": 0, "gate": {"min_applied_ratio": 0.75, "max_failure_ratio": 0.3}},
                         {"selector": {}, "wait_s": 0}]);
     let ro: Value = app

@@ -13,16 +13,19 @@ pub(crate) async fn gate_counts<'e>(
     selector: serde_json::Value,
     version: i64,
     since: DateTime<Utc>,
+    count_anonymous: bool,
 ) -> Result<(i64, i64, i64)> {
     let r = sqlx::query!(
         r#"SELECT count(*) AS "matching!",
                   count(*) FILTER (WHERE version = $3 OR (last_applied_version = $3 AND last_applied_ok)) AS "applied!",
                   count(*) FILTER (WHERE last_applied_version = $3 AND last_applied_ok = false) AS "failed!"
-           FROM consumers WHERE topic_id = $1 AND labels @> $2 AND last_seen > $4"#,
+           FROM consumers WHERE topic_id = $1 AND labels @> $2 AND last_seen > $4
+             AND (principal IS NOT NULL OR $5)"#,
         topic_id,
         selector,
         version,
-        since as _
+        since as _,
+        count_anonymous
     )
     .fetch_one(ex)
     .await?;
@@ -74,6 +77,7 @@ pub(crate) struct ConsumerRow {
     pub last_applied_ok: Option<bool>,
     pub last_error: Option<String>,
     pub last_applied_at: Option<DateTime<Utc>>,
+    pub principal: Option<String>,
 }
 
 /// A topic's consumers (optionally only those whose labels contain `labels`), most
@@ -87,7 +91,7 @@ pub(crate) async fn list<'e>(
         ConsumerRow,
         r#"SELECT instance, labels AS "labels: Json<BTreeMap<String, String>>", version, version_since AS "version_since: DateTime<Utc>",
                   first_seen AS "first_seen: DateTime<Utc>", last_seen AS "last_seen: DateTime<Utc>", last_applied_version,
-                  last_applied_ok, last_error, last_applied_at AS "last_applied_at: DateTime<Utc>"
+                  last_applied_ok, last_error, last_applied_at AS "last_applied_at: DateTime<Utc>", principal
            FROM consumers WHERE topic_id = $1 AND ($2::jsonb IS NULL OR labels @> $2)
            ORDER BY last_seen DESC, instance LIMIT 100000"#,
         topic_id,
@@ -112,6 +116,7 @@ pub(crate) struct ObservationColumns {
     pub applied_ok: Vec<Option<bool>>,
     pub applied_error: Vec<Option<String>>,
     pub applied_at: Vec<Option<DateTime<Utc>>>,
+    pub principals: Vec<Option<String>>,
 }
 
 /// Upserts a batch of observations. Several servers flush concurrently: every column
@@ -120,11 +125,13 @@ pub(crate) async fn upsert(pool: &sqlx::PgPool, c: &ObservationColumns) -> Resul
     let mut tx = pool.begin().await?;
     sqlx::query!(
         "INSERT INTO consumers AS c (topic_id, instance, labels, version, version_since, expected_version, first_seen,
-                                     last_seen, last_applied_version, last_applied_ok, last_error, last_applied_at)
+                                     last_seen, last_applied_version, last_applied_ok, last_error, last_applied_at,
+                                     principal)
          SELECT x.* FROM UNNEST($1::bigint[], $2::text[], $3::jsonb[], $4::bigint[], $5::timestamptz[], $6::bigint[],
-                              $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bool[], $11::text[], $12::timestamptz[])
+                              $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bool[], $11::text[], $12::timestamptz[],
+                              $13::text[])
               AS x(topic_id, instance, labels, version, version_since, expected_version, first_seen, last_seen,
-                   last_applied_version, last_applied_ok, last_error, last_applied_at)
+                   last_applied_version, last_applied_ok, last_error, last_applied_at, principal)
          WHERE EXISTS (SELECT 1 FROM topics t WHERE t.id = x.topic_id)
          -- a fixed row order: concurrent flushes from several servers cannot deadlock
          ORDER BY x.topic_id, x.instance
@@ -144,7 +151,10 @@ pub(crate) async fn upsert(pool: &sqlx::PgPool, c: &ObservationColumns) -> Resul
                 THEN COALESCE(EXCLUDED.last_applied_ok, c.last_applied_ok) ELSE c.last_applied_ok END,
             last_error = CASE WHEN EXCLUDED.last_applied_at >= c.last_applied_at OR (c.last_applied_at IS NULL AND EXCLUDED.last_applied_at IS NOT NULL)
                 THEN NULLIF(EXCLUDED.last_error, '') ELSE c.last_error END,
-            last_applied_at = GREATEST(c.last_applied_at, EXCLUDED.last_applied_at)",
+            last_applied_at = GREATEST(c.last_applied_at, EXCLUDED.last_applied_at),
+            principal = COALESCE(EXCLUDED.principal, c.principal)
+         -- an anonymous report never overwrites what an authenticated consumer said
+         WHERE c.principal IS NULL OR EXCLUDED.principal IS NOT NULL",
         &c.topic_ids,
         &c.instances,
         &c.labels,
@@ -157,6 +167,7 @@ pub(crate) async fn upsert(pool: &sqlx::PgPool, c: &ObservationColumns) -> Resul
         &c.applied_ok as &[Option<bool>],
         &c.applied_error as &[Option<String>],
         &c.applied_at as _,
+        &c.principals as &[Option<String>],
     )
     .execute(&mut *tx)
     .await?;
@@ -174,4 +185,23 @@ pub(crate) async fn upsert(pool: &sqlx::PgPool, c: &ObservationColumns) -> Resul
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Keeps at most `max` consumers per topic among `topic_ids`: beyond it the anonymous
+/// ones seen least recently go first, then the authenticated ones. Returns how many went.
+pub(crate) async fn trim<'e>(ex: impl PgExecutor<'e>, topic_ids: &[i64], max: i64) -> Result<u64> {
+    Ok(sqlx::query!(
+        "DELETE FROM consumers c USING (
+             SELECT topic_id, instance FROM (
+                 SELECT topic_id, instance, row_number() OVER (
+                     PARTITION BY topic_id ORDER BY (principal IS NOT NULL) DESC, last_seen DESC, instance) AS n
+                 FROM consumers WHERE topic_id = ANY($1)) ranked
+             WHERE n > $2) x
+         WHERE c.topic_id = x.topic_id AND c.instance = x.instance",
+        topic_ids,
+        max
+    )
+    .execute(ex)
+    .await?
+    .rows_affected())
 }

@@ -5,6 +5,7 @@ use imprint_domain::Selector;
 use sqlx::{PgConnection, PgExecutor};
 
 pub(crate) struct PinRow {
+    pub id: i64,
     pub selector_key: String,
     pub version: i64,
     pub reason: String,
@@ -73,15 +74,24 @@ pub(crate) async fn remove(
     .await?)
 }
 
-/// Active pins (or all with `all`), newest first.
-pub(crate) async fn list<'e>(ex: impl PgExecutor<'e>, topic_id: i64, all: bool) -> Result<Vec<PinRow>> {
+/// Active pins (or all with `all`), newest first, below the id `before`.
+pub(crate) async fn list<'e>(
+    ex: impl PgExecutor<'e>,
+    topic_id: i64,
+    all: bool,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<PinRow>> {
     Ok(sqlx::query_as!(
         PinRow,
-        r#"SELECT selector_key, version, reason, created_by, created_at AS "created_at: DateTime<Utc>",
+        r#"SELECT id, selector_key, version, reason, created_by, created_at AS "created_at: DateTime<Utc>",
                   removed_at AS "removed_at: DateTime<Utc>", removed_by FROM pins
-           WHERE topic_id = $1 AND ($2 OR removed_at IS NULL) ORDER BY created_at DESC, id DESC"#,
+           WHERE topic_id = $1 AND ($2 OR removed_at IS NULL) AND ($3::bigint IS NULL OR id < $3)
+           ORDER BY id DESC LIMIT $4"#,
         topic_id,
-        all
+        all,
+        before,
+        limit
     )
     .fetch_all(ex)
     .await?)

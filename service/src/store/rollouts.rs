@@ -106,16 +106,22 @@ pub(crate) async fn active_for_update(conn: &mut PgConnection, topic_id: i64) ->
     .await?)
 }
 
-/// A topic's rollouts, newest first.
-pub(crate) async fn list<'e>(ex: impl PgExecutor<'e>, topic_id: i64, limit: i64) -> Result<Vec<RolloutRow>> {
+/// A topic's rollouts, newest first, below the id `before`.
+pub(crate) async fn list<'e>(
+    ex: impl PgExecutor<'e>,
+    topic_id: i64,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<RolloutRow>> {
     Ok(sqlx::query_as!(
         RolloutRow,
         r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state,
                   reached_at AS "reached_at: Vec<DateTime<Utc>>", next_due AS "next_due: DateTime<Utc>", remaining_ms,
                   pause_reason, ended_at AS "ended_at: DateTime<Utc>", rolled_back, created_by,
                   created_at AS "created_at: DateTime<Utc>"
-           FROM rollouts WHERE topic_id = $1 ORDER BY id DESC LIMIT $2"#,
+           FROM rollouts WHERE topic_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"#,
         topic_id,
+        before,
         limit
     )
     .fetch_all(ex)

@@ -10,6 +10,8 @@ pub(crate) struct TopicSeq {
     pub id: i64,
     pub name: String,
     pub change_seq: i64,
+    pub owner: String,
+    pub restricted: bool,
 }
 
 pub(crate) struct ServedVersionRow {
@@ -56,7 +58,7 @@ pub(crate) async fn begin_snapshot(conn: &mut PgConnection) -> Result<()> {
 pub(crate) async fn snapshot(conn: &mut PgConnection, topic_id: Option<i64>) -> Result<Snapshot> {
     let topics = sqlx::query_as!(
         TopicSeq,
-        "SELECT id, name, change_seq FROM topics WHERE ($1::bigint IS NULL OR id = $1)",
+        "SELECT id, name, change_seq, owner, restricted FROM topics WHERE ($1::bigint IS NULL OR id = $1)",
         topic_id
     )
     .fetch_all(&mut *conn)

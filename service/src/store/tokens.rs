@@ -7,6 +7,9 @@ pub(crate) struct TokenIdentity {
     pub name: String,
     pub is_admin: bool,
     pub team: Option<String>,
+    pub kind: String,
+    pub labels: serde_json::Value,
+    pub topics: Vec<String>,
 }
 
 /// The active token with this hash, marking it used.
@@ -18,7 +21,7 @@ pub(crate) async fn use_token<'e>(
     Ok(sqlx::query_as!(
         TokenIdentity,
         "UPDATE api_tokens SET last_used_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL
-         RETURNING name, is_admin, team",
+         RETURNING name, is_admin, team, kind, labels, topics",
         hash,
         at as _
     )
@@ -54,25 +57,33 @@ pub(crate) async fn upsert_bootstrap(conn: &mut PgConnection, hash: &str, at: Da
     Ok(r.is_some())
 }
 
+pub(crate) struct NewTokenRow<'a> {
+    pub name: &'a str,
+    pub hash: &'a str,
+    pub kind: &'a str,
+    pub admin: bool,
+    pub team: Option<&'a str>,
+    pub labels: serde_json::Value,
+    pub topics: &'a [String],
+    pub who: &'a str,
+    pub at: DateTime<Utc>,
+}
+
 /// Inserts a token; false if an active token has this name.
-pub(crate) async fn insert(
-    conn: &mut PgConnection,
-    name: &str,
-    hash: &str,
-    admin: bool,
-    team: Option<&str>,
-    who: &str,
-    at: DateTime<Utc>,
-) -> Result<bool> {
+pub(crate) async fn insert(conn: &mut PgConnection, t: NewTokenRow<'_>) -> Result<bool> {
     let r = sqlx::query_scalar!(
-        "INSERT INTO api_tokens (name, token_hash, is_admin, team, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO api_tokens (name, token_hash, kind, is_admin, team, labels, topics, created_by, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (name) WHERE revoked_at IS NULL DO NOTHING RETURNING id",
-        name,
-        hash,
-        admin,
-        team,
-        who,
-        at as _
+        t.name,
+        t.hash,
+        t.kind,
+        t.admin,
+        t.team,
+        t.labels,
+        t.topics,
+        t.who,
+        t.at as _
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -90,7 +101,10 @@ pub(crate) async fn revoke(conn: &mut PgConnection, name: &str, at: DateTime<Utc
 pub(crate) struct TokenRow {
     pub name: String,
     pub is_admin: bool,
+    pub kind: String,
     pub team: Option<String>,
+    pub labels: serde_json::Value,
+    pub topics: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
 }
@@ -98,7 +112,7 @@ pub(crate) struct TokenRow {
 pub(crate) async fn list_active<'e>(ex: impl PgExecutor<'e>) -> Result<Vec<TokenRow>> {
     Ok(sqlx::query_as!(
         TokenRow,
-        r#"SELECT name, is_admin, team, created_at AS "created_at: DateTime<Utc>",
+        r#"SELECT name, is_admin, kind, team, labels, topics, created_at AS "created_at: DateTime<Utc>",
                   last_used_at AS "last_used_at: DateTime<Utc>" FROM api_tokens WHERE revoked_at IS NULL
            ORDER BY created_at DESC"#,
     )

@@ -28,6 +28,8 @@ pub(crate) struct TopicRow {
     pub default_plan: Option<String>,
     pub consumers: i64,
     pub last_polled_at: Option<DateTime<Utc>>,
+    pub restricted: bool,
+    pub anonymous_reports: bool,
 }
 
 impl From<TopicRow> for Topic {
@@ -53,6 +55,8 @@ impl From<TopicRow> for Topic {
             default_plan: r.default_plan,
             consumers: r.consumers as u64,
             last_polled_at: r.last_polled_at,
+            restricted: r.restricted,
+            anonymous_reports: r.anonymous_reports,
         }
     }
 }
@@ -67,6 +71,8 @@ pub(crate) struct TopicRef {
     pub json_schema: Option<serde_json::Value>,
     pub default_plan: Option<String>,
     pub latest_version: i64,
+    pub restricted: bool,
+    pub anonymous_reports: bool,
 }
 
 /// The settings of a topic by name; with `lock`, its row is locked until the transaction
@@ -76,7 +82,7 @@ pub(crate) async fn topic_ref(conn: &mut PgConnection, name: &str, lock: bool) -
         sqlx::query_as!(
             TopicRef,
             r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, content_type, json_schema, default_plan,
-                      latest_version
+                      latest_version, restricted, anonymous_reports
                FROM topics WHERE name = $1 FOR UPDATE"#,
             name
         )
@@ -86,7 +92,7 @@ pub(crate) async fn topic_ref(conn: &mut PgConnection, name: &str, lock: bool) -
         sqlx::query_as!(
             TopicRef,
             r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, content_type, json_schema, default_plan,
-                      latest_version
+                      latest_version, restricted, anonymous_reports
                FROM topics WHERE name = $1"#,
             name
         )
@@ -106,6 +112,8 @@ pub(crate) struct NewTopicRow<'a> {
     pub json_schema: Option<&'a serde_json::Value>,
     pub plans: &'a BTreeMap<String, Plan>,
     pub default_plan: Option<&'a str>,
+    pub restricted: bool,
+    pub anonymous_reports: bool,
     pub created_by: &'a str,
     pub at: DateTime<Utc>,
 }
@@ -116,8 +124,8 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Resul
     let id = sqlx::query_scalar!(
         "INSERT INTO topics (name, description, owner, retention_max_versions, retention_max_age_days,
                              inline_limit_bytes, content_type, json_schema, created_by, plans, default_plan,
-                             created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)
+                             created_at, updated_at, restricted, anonymous_reports)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14)
          ON CONFLICT (name) DO NOTHING RETURNING id",
         t.name,
         t.description,
@@ -131,6 +139,8 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Resul
         plans,
         t.default_plan,
         t.at as _,
+        t.restricted,
+        t.anonymous_reports,
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -144,7 +154,8 @@ pub(crate) async fn settings_json(conn: &mut PgConnection, id: i64) -> Result<se
             'description', description, 'owner', owner,
             'retention', jsonb_build_object('max_versions', retention_max_versions, 'max_age_days', retention_max_age_days),
             'inline_limit_bytes', inline_limit_bytes, 'content_type', content_type, 'json_schema', json_schema,
-            'plans', plans, 'default_plan', default_plan) AS "settings!"
+            'plans', plans, 'default_plan', default_plan, 'restricted', restricted,
+            'anonymous_reports', anonymous_reports) AS "settings!"
          FROM topics WHERE id = $1"#,
         id
     )
@@ -180,6 +191,8 @@ pub(crate) struct TopicUpdate<'a> {
     pub json_schema: Option<Option<&'a serde_json::Value>>,
     pub plans: Option<&'a BTreeMap<String, Plan>>,
     pub default_plan: Option<Option<&'a str>>,
+    pub restricted: Option<bool>,
+    pub anonymous_reports: Option<bool>,
     pub at: DateTime<Utc>,
 }
 
@@ -200,7 +213,9 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
             json_schema = CASE WHEN $10 THEN $11 ELSE json_schema END,
             plans = COALESCE($12, plans),
             default_plan = CASE WHEN $13 THEN $14 ELSE default_plan END,
-            updated_at = $15
+            updated_at = $15,
+            restricted = COALESCE($16, restricted),
+            anonymous_reports = COALESCE($17, anonymous_reports)
          WHERE id = $1",
         id,
         u.description,
@@ -217,6 +232,8 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
         u.default_plan.is_some(),
         u.default_plan.flatten(),
         u.at as _,
+        u.restricted,
+        u.anonymous_reports,
     )
     .execute(&mut *conn)
     .await?;
@@ -250,7 +267,8 @@ pub(crate) async fn by_name<'e>(ex: impl PgExecutor<'e>, name: &str) -> Result<O
                   (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS "active_pins!",
                   (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
-                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>"
+                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
+                  t.restricted, t.anonymous_reports
            FROM topics t WHERE t.name = $1"#,
         name
     )
@@ -276,7 +294,8 @@ pub(crate) async fn list<'e>(
                   (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS "active_pins!",
                   (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
-                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>"
+                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
+                  t.restricted, t.anonymous_reports
            FROM topics t
            WHERE ($1::text IS NULL OR t.name ILIKE $1 OR t.description ILIKE $1 OR t.owner ILIKE $1)
              AND ($2::text IS NULL OR t.owner = $2)
@@ -291,8 +310,13 @@ pub(crate) async fn list<'e>(
     .await?)
 }
 
-/// Topics not polled since `since` (or never), oldest poll first.
-pub(crate) async fn unused<'e>(ex: impl PgExecutor<'e>, since: DateTime<Utc>) -> Result<Vec<Topic>> {
+/// Topics not polled since `since` (or never), oldest poll first, from `offset` on.
+pub(crate) async fn unused<'e>(
+    ex: impl PgExecutor<'e>,
+    since: DateTime<Utc>,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<Topic>> {
     let rows = sqlx::query_as!(
         TopicRow,
         r#"SELECT t.id, t.name, t.description, t.owner, t.retention_max_versions, t.retention_max_age_days,
@@ -301,11 +325,14 @@ pub(crate) async fn unused<'e>(ex: impl PgExecutor<'e>, since: DateTime<Utc>) ->
                   (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS "active_pins!",
                   (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
-                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>"
+                  (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
+                  t.restricted, t.anonymous_reports
            FROM topics t
            WHERE t.last_polled_at IS NULL OR t.last_polled_at < $1
-           ORDER BY t.last_polled_at NULLS FIRST, t.name LIMIT 1000"#,
-        since as _
+           ORDER BY t.last_polled_at NULLS FIRST, t.name OFFSET $2 LIMIT $3"#,
+        since as _,
+        offset,
+        limit
     )
     .fetch_all(ex)
     .await?;
@@ -326,4 +353,9 @@ pub(crate) async fn try_lock(conn: &mut PgConnection, id: i64) -> Result<bool> {
         .fetch_optional(&mut *conn)
         .await?
         .is_some())
+}
+
+/// Do anonymous consumers' reports count for this topic's health gates?
+pub(crate) async fn anonymous_reports(conn: &mut PgConnection, id: i64) -> Result<bool> {
+    Ok(sqlx::query_scalar!("SELECT anonymous_reports FROM topics WHERE id = $1", id).fetch_one(&mut *conn).await?)
 }
