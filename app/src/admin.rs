@@ -1,4 +1,5 @@
-//! Administration: users, teams and API tokens (admins only; the service checks).
+//! Administration: users, teams, API tokens of each kind, and sign-in lockouts (admins
+//! only; the service checks).
 use crate::common::{error_text, short_time, ActionResult, Flash};
 use leptos::form::ActionForm;
 use leptos::prelude::*;
@@ -56,8 +57,8 @@ pub async fn load_admin() -> Result<AdminData, ServerFnError> {
     let tokens = load(imprint_service::auth::list_tokens(imprint.pool(), &caller).await)?
         .into_iter()
         .map(|t| TokenRow {
+            rights: rights_of(&t),
             name: t.name,
-            rights: if t.is_admin { "admin".into() } else { format!("team {}", t.team.unwrap_or_default()) },
             created_at: t.created_at.to_rfc3339(),
             last_used_at: t.last_used_at.map(|d| d.to_rfc3339()),
         })
@@ -65,6 +66,23 @@ pub async fn load_admin() -> Result<AdminData, ServerFnError> {
     // Shown once: taken out of the session as it is read.
     let new_token = session().await?.remove::<(String, String)>(NEW_TOKEN_KEY).await.ok().flatten();
     Ok(AdminData { users, teams, tokens, new_token })
+}
+
+/// What a token may do, in a few words: `admin`, `publisher · team payments`,
+/// `consumer · team payments · region=eu-west-1 · topics secret.*`.
+#[cfg(feature = "ssr")]
+fn rights_of(t: &imprint_service::model::ApiToken) -> String {
+    let mut parts = vec![t.kind.clone()];
+    if let Some(team) = &t.team {
+        parts.push(format!("team {team}"));
+    }
+    if !t.labels.is_empty() {
+        parts.push(t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+    }
+    if !t.topics.is_empty() {
+        parts.push(format!("topics {}", t.topics.join(" ")));
+    }
+    parts.join(" · ")
 }
 
 #[server(prefix = "/console/fn")]
@@ -99,20 +117,45 @@ pub async fn set_team_member(team: String, username: String, member: bool) -> Re
     finish(r, None, Some(if member { "Member added" } else { "Member removed" }))
 }
 
+/// Creates a token. `kind` is `admin`, `publisher` or `consumer` (absent: admin without
+/// a team, publisher with one); consumer tokens may be bound to `labels`
+/// (`region=eu-west-1,app=x`) and name restricted `topics` they may read (`a.b c.*`).
 #[server(prefix = "/console/fn")]
-pub async fn create_token(name: String, team: String) -> Result<String, ServerFnError> {
+pub async fn create_token(
+    name: String,
+    team: String,
+    kind: Option<String>,
+    labels: Option<String>,
+    topics: Option<String>,
+) -> Result<String, ServerFnError> {
     use crate::ssr::{finish, imprint, is_form_post, require_user, session};
+    use imprint_service::auth::{NewToken, TokenKind};
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
     let team = team.trim();
-    let r = imprint_service::auth::create_token(
-        imprint.pool(),
-        &caller,
-        name.trim(),
-        team.is_empty(),
-        (!team.is_empty()).then_some(team),
-    )
-    .await;
+    let spec = (|| -> Result<NewToken, imprint_service::Error> {
+        let kind = match kind.as_deref().map(str::trim).filter(|k| !k.is_empty()) {
+            Some(k) => TokenKind::parse(k)?,
+            None if team.is_empty() => TokenKind::Admin,
+            None => TokenKind::Publisher,
+        };
+        if kind == TokenKind::Publisher && team.is_empty() {
+            return Err(imprint_service::Error::invalid("a publisher token acts for a team: choose one"));
+        }
+        let labels = imprint_domain::Labels::parse(labels.as_deref().unwrap_or("").trim())?.pairs().clone();
+        let topics = topics
+            .as_deref()
+            .unwrap_or("")
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Ok(NewToken { name: name.trim().to_owned(), kind, team: (!team.is_empty()).then(|| team.to_owned()), labels, topics })
+    })();
+    let r = match spec {
+        Ok(spec) => imprint_service::auth::create_token_with(imprint.pool(), &caller, &spec).await,
+        Err(e) => Err(e),
+    };
     if let (Ok(token), true) = (&r, is_form_post()) {
         // Without JavaScript the page reloads: carry the secret in the session, not the URL.
         let _ = session().await?.insert(NEW_TOKEN_KEY, (name.trim().to_owned(), token.clone())).await;
@@ -126,7 +169,25 @@ pub async fn revoke_token(name: String) -> Result<(), ServerFnError> {
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
     let r = imprint_service::auth::revoke_token(imprint.pool(), &caller, &name).await;
+    // Polls cache tokens for a few seconds: this server forgets at once.
+    imprint.forget_cached_tokens();
     finish(r, None, Some("Token revoked"))
+}
+
+/// Lifts a sign-in lockout for a username and/or a client address (admins only).
+#[server(prefix = "/console/fn")]
+pub async fn clear_lockout(username: String, client: String) -> Result<(), ServerFnError> {
+    use crate::ssr::{finish, imprint, require_user};
+    let (_, caller) = require_user().await?;
+    let client = client.trim();
+    let r = match client.parse::<std::net::IpAddr>() {
+        Err(_) if !client.is_empty() => {
+            Err(imprint_service::Error::invalid(format!("{client:?} is not an IP address such as 203.0.113.9")))
+        }
+        parsed => imprint()?.clear_sign_in_lockout(&caller, Some(username.trim()), parsed.ok()).await,
+    };
+    let notice = if r.as_ref().is_ok_and(|c| *c) { "Lockout cleared" } else { "There was no lockout to clear" };
+    finish(r.map(|_| ()), None, Some(notice))
 }
 
 #[component]
@@ -137,6 +198,7 @@ pub fn AdminPage() -> impl IntoView {
     let member = ServerAction::<SetTeamMember>::new();
     let create_token = ServerAction::<CreateToken>::new();
     let revoke = ServerAction::<RevokeToken>::new();
+    let unlock = ServerAction::<ClearLockout>::new();
     let data = Resource::new(
         move || {
             (
@@ -146,6 +208,7 @@ pub fn AdminPage() -> impl IntoView {
                 member.version().get(),
                 create_token.version().get(),
                 revoke.version().get(),
+                unlock.version().get(),
             )
         },
         |_| load_admin(),
@@ -159,6 +222,7 @@ pub fn AdminPage() -> impl IntoView {
         <ActionResult value=move || create_team.value().get() ok="Team created"/>
         <ActionResult value=move || member.value().get() ok="Team updated"/>
         <ActionResult value=move || revoke.value().get() ok="Token revoked"/>
+        <ActionResult value=move || unlock.value().get() ok="Lockout cleared (if there was one)"/>
         {move || match create_token.value().get() {
             Some(Ok(token)) => Some(view! { <p class="flash notice token" role="status">"New token (shown once, store it now): " <code class="secret">{token}</code></p> }.into_any()),
             Some(Err(e)) => Some(view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any()),
@@ -199,6 +263,11 @@ pub fn AdminPage() -> impl IntoView {
                                 <input type="password" name="password" placeholder="password (10+ characters)" aria-label="New password" required/>
                                 <label class="check"><input type="checkbox" name="admin" value="on"/>" admin"</label>
                                 <button type="submit">"Create user"</button>
+                            </ActionForm>
+                            <ActionForm action=unlock attr:class="inline" attr:id="clear-lockout">
+                                <input type="text" name="username" placeholder="username" aria-label="Locked-out username"/>
+                                <input type="text" name="client" placeholder="client address (optional)" aria-label="Locked-out client address"/>
+                                <button type="submit" class="secondary">"Clear sign-in lockout"</button>
                             </ActionForm>
                         </section>
                         <section class="card" aria-label="Teams">
@@ -263,10 +332,18 @@ pub fn AdminPage() -> impl IntoView {
                             </table>
                             <ActionForm action=create_token attr:class="inline" attr:id="create-token">
                                 <input type="text" name="name" placeholder="token name (e.g. payments-ci)" aria-label="Token name" required/>
+                                <select name="kind" aria-label="Token kind">
+                                    <option value="">"by team (admin without one)"</option>
+                                    <option value="admin">"admin: everything"</option>
+                                    <option value="publisher">"publisher: its team's topics"</option>
+                                    <option value="consumer">"consumer: read and poll only"</option>
+                                </select>
                                 <select name="team" aria-label="Token rights">
-                                    <option value="">"admin (everything)"</option>
+                                    <option value="">"no team"</option>
                                     {teams_tokens.iter().map(|t| view! { <option value=t.name.clone()>{format!("team {}", t.name)}</option> }).collect_view()}
                                 </select>
+                                <input type="text" name="labels" placeholder="consumer labels: region=eu-west-1" aria-label="Token labels"/>
+                                <input type="text" name="topics" placeholder="restricted topics: payments.*" aria-label="Token topics"/>
                                 <button type="submit">"Create token"</button>
                             </ActionForm>
                         </section>

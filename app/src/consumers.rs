@@ -14,6 +14,8 @@ pub struct NodeRow {
     pub lagging: bool,
     pub last_seen: String,
     pub last_error: Option<String>,
+    /// Polled with a token; anonymous reports do not count for rollout gates.
+    pub authenticated: bool,
 }
 
 /// How the newest version spread over its nodes.
@@ -81,6 +83,7 @@ pub async fn load_consumers(
                 lagging: c.lagging,
                 last_seen: c.last_seen.to_rfc3339(),
                 last_error: c.last_error,
+                authenticated: c.authenticated,
             })
             .collect(),
     })
@@ -123,7 +126,7 @@ pub fn ConsumersPageView() -> impl IntoView {
                             <tbody>
                                 {p.nodes.into_iter().map(|n| view! {
                                     <tr class=if n.lagging { "lagging" } else { "" }>
-                                        <td>{n.instance.clone()}{n.lagging.then(|| view! { " " <span class="badge lag">"lagging"</span> })}</td>
+                                        <td>{n.instance.clone()}{n.lagging.then(|| view! { " " <span class="badge lag">"lagging"</span> })}{(!n.authenticated).then(|| view! { " " <span class="badge anon" title="polled without a token: its reports do not count for rollout gates">"anonymous"</span> })}</td>
                                         <td><code class="small">{n.labels.clone()}</code></td>
                                         <td class="held">{v(n.version)}</td>
                                         <td>{v(n.expected)}</td>

@@ -97,6 +97,29 @@ test("admin creates a team, users and a token", async ({ page }) => {
   await t.getByRole("button", { name: "Create token" }).click();
   await expect(page.locator(".token code.secret")).toContainText(/^imp_[0-9a-f]{64}$/);
   await expect(page.locator("table.tokens tbody tr", { hasText: `ci-${sfx}` })).toContainText(`team ${team}`);
+  // A consumer token, bound to a region and allowed on restricted topics of the team.
+  await t.getByLabel("Token name").fill(`nodes-${sfx}`);
+  await t.getByLabel("Token kind").selectOption("consumer");
+  await t.getByLabel("Token rights").selectOption(team);
+  await t.getByLabel("Token labels").fill("region=eu-west-1");
+  await t.getByLabel("Token topics").fill("secret.*");
+  await t.getByRole("button", { name: "Create token" }).click();
+  const consumerRow = page.locator("table.tokens tbody tr", { hasText: `nodes-${sfx}` });
+  await expect(consumerRow).toContainText("consumer");
+  await expect(consumerRow).toContainText("region=eu-west-1");
+  await expect(consumerRow).toContainText("topics secret.*");
+  // A bad label is refused with a readable message, and no token is created.
+  await t.getByLabel("Token name").fill(`bad-${sfx}`);
+  await t.getByLabel("Token kind").selectOption("consumer");
+  await t.getByLabel("Token labels").fill("region");
+  await t.getByRole("button", { name: "Create token" }).click();
+  await expect(page.getByRole("alert").filter({ hasText: "not of the form key=value" })).toBeVisible();
+  await expect(page.locator("table.tokens tbody tr", { hasText: `bad-${sfx}` })).toHaveCount(0);
+  // Lifting a lockout is an admin action with an answer.
+  const u = page.locator("#clear-lockout");
+  await u.getByLabel("Locked-out username").fill(`alice-${sfx}`);
+  await u.getByRole("button", { name: "Clear sign-in lockout" }).click();
+  await expect(page.getByRole("status").filter({ hasText: /lockout/i }).first()).toBeVisible();
   await shot(page, "admin");
 });
 
@@ -198,6 +221,19 @@ test("settings are saved, and bad settings refused", async ({ page, request }) =
   const t = await (await request.get(`/api/v1/topics/${topic}`)).json();
   expect(t.description).toBe("changed in the console");
   expect(t.retention.max_versions).toBe(20);
+  // Restricted: anonymous reads are refused from now on; the checkbox shows the state.
+  await page.getByLabel(/Restricted/).check();
+  await page.getByRole("button", { name: "Save settings" }).click();
+  await expect(page.getByRole("status").filter({ hasText: "Settings saved" })).toBeVisible();
+  expect((await request.get(`/api/v1/topics/${topic}`)).status()).toBe(401);
+  expect((await request.get(`/api/v1/topics/${topic}`, { headers: auth })).status()).toBe(200);
+  await page.goto(`/topics/${topic}/settings`);
+  await ready(page);
+  await expect(page.getByLabel(/Restricted/)).toBeChecked();
+  await page.getByLabel(/Restricted/).uncheck();
+  await page.getByRole("button", { name: "Save settings" }).click();
+  await expect(page.getByRole("status").filter({ hasText: "Settings saved" })).toBeVisible();
+  expect((await request.get(`/api/v1/topics/${topic}`)).status()).toBe(200);
   await page.getByLabel(/JSON Schema/).fill("{broken");
   await page.getByRole("button", { name: "Save settings" }).click();
   await expect(page.getByRole("alert")).toContainText("not valid JSON");
@@ -297,6 +333,8 @@ test("consumers tab: who holds which version, and failures", async ({ page, requ
   const b = page.locator("table.consumers tbody tr", { hasText: "node-b" });
   await expect(b.locator("td.held")).toHaveText("v1");
   await expect(b).toContainText("parse error at line 3");
+  // Polled without a token: shown, marked, and not trusted by rollout gates.
+  await expect(b.locator(".badge.anon")).toHaveText("anonymous");
   await expect(page.locator("p.counts")).toContainText("v2 1 node");
   await expect(page.locator("p.counts")).toContainText("v1 1 node");
   // node-a holds the newest version (v2); node-b and node-c should: 1 of 3.
