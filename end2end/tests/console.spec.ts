@@ -221,23 +221,30 @@ test("settings are saved, and bad settings refused", async ({ page, request }) =
   const t = await (await request.get(`/api/v1/topics/${topic}`)).json();
   expect(t.description).toBe("changed in the console");
   expect(t.retention.max_versions).toBe(20);
-  // Restricted: anonymous reads are refused from now on; the checkbox shows the state.
+  await page.getByLabel(/JSON Schema/).fill("{broken");
+  await page.getByRole("button", { name: "Save settings" }).click();
+  await expect(page.getByRole("alert")).toContainText("not valid JSON");
+  await shot(page, "settings");
+
+  // Restricted (on a topic of its own): anonymous reads are refused from then on.
+  const rt = `restricted.${sfx}`;
+  const made = await request.post("/api/v1/topics", { headers: auth, data: { name: rt, owner: team } });
+  expect(made.status(), await made.text()).toBe(201);
+  await page.goto(`/topics/${rt}/settings`);
+  await ready(page);
+  await expect(page.getByLabel(/Restricted/)).not.toBeChecked();
   await page.getByLabel(/Restricted/).check();
   await page.getByRole("button", { name: "Save settings" }).click();
   await expect(page.getByRole("status").filter({ hasText: "Settings saved" })).toBeVisible();
-  expect((await request.get(`/api/v1/topics/${topic}`)).status()).toBe(401);
-  expect((await request.get(`/api/v1/topics/${topic}`, { headers: auth })).status()).toBe(200);
-  await page.goto(`/topics/${topic}/settings`);
+  expect((await request.get(`/api/v1/topics/${rt}`)).status()).toBe(401);
+  expect((await request.get(`/api/v1/topics/${rt}`, { headers: auth })).status()).toBe(200);
+  await page.goto(`/topics/${rt}/settings`);
   await ready(page);
   await expect(page.getByLabel(/Restricted/)).toBeChecked();
   await page.getByLabel(/Restricted/).uncheck();
   await page.getByRole("button", { name: "Save settings" }).click();
   await expect(page.getByRole("status").filter({ hasText: "Settings saved" })).toBeVisible();
-  expect((await request.get(`/api/v1/topics/${topic}`)).status()).toBe(200);
-  await page.getByLabel(/JSON Schema/).fill("{broken");
-  await page.getByRole("button", { name: "Save settings" }).click();
-  await expect(page.getByRole("alert")).toContainText("not valid JSON");
-  await shot(page, "settings");
+  expect((await request.get(`/api/v1/topics/${rt}`)).status()).toBe(200);
 });
 
 test("the audit log shows who did what", async ({ page }) => {
