@@ -21,6 +21,11 @@ pub struct Settings {
     pub default_plan: String,
     pub restricted: bool,
     pub anonymous_reports: bool,
+    pub apollo_app_id: String,
+    pub apollo_namespace: String,
+    pub apollo_secret_set: bool,
+    /// Where Apollo clients point their config-service URL (this server + `/apollo`).
+    pub apollo_url: String,
     pub teams: Vec<String>,
 }
 
@@ -48,8 +53,24 @@ pub async fn load_settings(name: String) -> Result<Settings, ServerFnError> {
         default_plan: t.default_plan.clone().unwrap_or_default(),
         restricted: t.restricted,
         anonymous_reports: t.anonymous_reports,
+        apollo_app_id: t.apollo.as_ref().map(|a| a.app_id.clone()).unwrap_or_default(),
+        apollo_namespace: t.apollo.as_ref().map(|a| a.namespace.clone()).unwrap_or_default(),
+        apollo_secret_set: t.apollo.as_ref().is_some_and(|a| a.secret_set),
+        apollo_url: apollo_url(),
         teams,
     })
+}
+
+/// This server's Apollo config-service URL, as the browser reached it.
+#[cfg(feature = "ssr")]
+fn apollo_url() -> String {
+    let host = use_context::<http::request::Parts>()
+        .and_then(|p| {
+            let h = p.headers.get("x-forwarded-host").or_else(|| p.headers.get(http::header::HOST))?;
+            h.to_str().ok().map(str::to_owned)
+        })
+        .unwrap_or_else(|| "imprint:3000".into());
+    format!("http://{host}/apollo")
 }
 
 #[server(prefix = "/console/fn")]
@@ -67,6 +88,10 @@ pub async fn save_settings(
     default_plan: String,
     restricted: Option<String>,
     anonymous_reports: Option<String>,
+    apollo_app_id: Option<String>,
+    apollo_namespace: Option<String>,
+    apollo_secret: Option<String>,
+    apollo_secret_clear: Option<String>,
 ) -> Result<(), ServerFnError> {
     use crate::ssr::{finish, imprint, require_user};
     use imprint_service::model::Retention;
@@ -107,6 +132,22 @@ pub async fn save_settings(
             // An unchecked box is not sent at all.
             restricted: Some(restricted.is_some_and(|v| v == "on" || v == "true")),
             anonymous_reports: Some(anonymous_reports.is_some_and(|v| v == "on" || v == "true")),
+            apollo: {
+                let app = apollo_app_id.as_deref().map(str::trim).unwrap_or("");
+                let ns = apollo_namespace.as_deref().map(str::trim).unwrap_or("");
+                let secret = apollo_secret.filter(|s| !s.is_empty());
+                let clear = apollo_secret_clear.is_some_and(|v| v == "on" || v == "true");
+                if app.is_empty() && ns.is_empty() {
+                    Some(None)
+                } else {
+                    Some(Some(imprint_service::model::ApolloBindingInput {
+                        app_id: app.to_owned(),
+                        namespace: ns.to_owned(),
+                        // Blank keeps the current secret; the box removes it.
+                        secret: if clear { Some(String::new()) } else { secret },
+                    }))
+                }
+            },
         })
     })();
     let result = match patch {
@@ -161,6 +202,21 @@ pub fn SettingsPage() -> impl IntoView {
                                     <input type="checkbox" name="anonymous_reports" id="anonymous_reports" checked=s.anonymous_reports/>
                                     " Count anonymous consumers' reports in rollout health gates (off: only consumers polling with a token count)"
                                 </label>
+                            </fieldset>
+                            <fieldset class="stack" id="apollo">
+                                <legend>"Apollo clients"</legend>
+                                <p class="muted">"Unchanged Apollo clients read this topic as a namespace of an Apollo app: scopes, pins and rollouts reach them as they reach native consumers (their cluster, label, ip and data center are the labels cluster, label, ip and dc). Leave both empty for none."</p>
+                                <div class="row">
+                                    <label>"Apollo app id" <input type="text" name="apollo_app_id" value=s.apollo_app_id.clone()/></label>
+                                    <label>"Apollo namespace" <input type="text" name="apollo_namespace" placeholder="application" value=s.apollo_namespace.clone()/></label>
+                                </div>
+                                <label>{if s.apollo_secret_set { "Apollo secret (set; blank keeps it)" } else { "Apollo secret (optional: clients then sign their requests)" }}
+                                    <input type="password" name="apollo_secret" autocomplete="new-password"/>
+                                </label>
+                                {s.apollo_secret_set.then(|| view! { <label class="check"><input type="checkbox" name="apollo_secret_clear"/>" remove the secret"</label> })}
+                                {(!s.apollo_app_id.is_empty()).then(|| view! {
+                                    <p class="hint apollo-hint">"Connect an Apollo client: config service URL "<code>{s.apollo_url.clone()}</code>", app id "<code>{s.apollo_app_id.clone()}</code>", namespace "<code>{s.apollo_namespace.clone()}</code>"."</p>
+                                })}
                             </fieldset>
                             <button type="submit">"Save settings"</button>
                         </ActionForm>

@@ -2,6 +2,7 @@
 //! rule of DESIGN.md. No I/O here, so it compiles to wasm and is tested in isolation.
 #![forbid(unsafe_code)]
 
+pub mod apollo;
 mod diff;
 mod names;
 mod resolve;

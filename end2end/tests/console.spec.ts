@@ -245,6 +245,18 @@ test("settings are saved, and bad settings refused", async ({ page, request }) =
   await page.getByRole("button", { name: "Save settings" }).click();
   await expect(page.getByRole("status").filter({ hasText: "Settings saved" })).toBeVisible();
   expect((await request.get(`/api/v1/topics/${rt}`)).status()).toBe(200);
+
+  // An Apollo binding, with the hint an operator gives the team still on Apollo clients.
+  await page.getByLabel("Apollo app id").fill(`shop-${sfx}`);
+  await page.getByLabel("Apollo namespace").fill("application");
+  await page.getByRole("button", { name: "Save settings" }).click();
+  await expect(page.getByRole("status").filter({ hasText: "Settings saved" })).toBeVisible();
+  await page.goto(`/topics/${rt}/settings`);
+  await expect(page.locator(".apollo-hint")).toContainText("/apollo");
+  await expect(page.locator(".apollo-hint")).toContainText(`shop-${sfx}`);
+  const bound = await (await request.get(`/api/v1/topics/${rt}`)).json();
+  expect(bound.apollo).toMatchObject({ app_id: `shop-${sfx}`, namespace: "application", secret_set: false });
+  await shot(page, "settings-apollo");
 });
 
 test("the audit log shows who did what", async ({ page }) => {

@@ -2,6 +2,7 @@
 //! process lifecycle (migrations, background jobs, graceful shutdown).
 #![forbid(unsafe_code)]
 
+pub mod apollo;
 pub mod api;
 pub mod error;
 pub mod extract;
@@ -48,6 +49,7 @@ pub fn api_router(imprint: Imprint) -> Router {
     metrics_handle();
     Router::new()
         .merge(api::routes())
+        .merge(apollo::routes())
         .route_layer(axum::middleware::from_fn(track))
         .with_state(imprint)
 }

@@ -117,6 +117,8 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         "versions_storage_check" | "versions_check" => invalid("a payload is stored inline or in the object store"),
         "rollouts_state_check" => invalid("not a rollout state"),
         "api_tokens_kind_check" => invalid("a token kind is admin, publisher or consumer"),
+        "topics_apollo_complete" => invalid("an Apollo binding has both an app_id and a namespace"),
+        "topics_apollo_binding" => conflict("another topic is bound to this Apollo app and namespace"),
         "users_username_check" => invalid("not a valid username"),
         "teams_name_check" => invalid("not a valid team name"),
         "versions_topic_id_fkey" | "pins_topic_id_fkey" | "consumers_topic_id_fkey" => {

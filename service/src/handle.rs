@@ -36,6 +36,8 @@ pub struct Config {
     pub max_long_polls: usize,
     /// Consumers kept per topic in the audit; the least recently seen anonymous ones go first.
     pub max_consumers_per_topic: u64,
+    /// How long an Apollo `/notifications/v2` is held before answering 304 (Apollo: 60 s).
+    pub apollo_hold: Duration,
 }
 
 impl Default for Config {
@@ -51,6 +53,7 @@ impl Default for Config {
             poll_auth_required: false,
             max_long_polls: 10_000,
             max_consumers_per_topic: 100_000,
+            apollo_hold: Duration::from_secs(60),
         }
     }
 }

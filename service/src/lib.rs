@@ -9,6 +9,7 @@
 //! `consumers`, `poll`) build on those; `background` runs the loops on top.
 #![forbid(unsafe_code)]
 
+pub mod apollo;
 pub mod audit;
 pub mod audit_log;
 pub mod auth;

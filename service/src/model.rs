@@ -43,6 +43,8 @@ pub struct Topic {
     pub restricted: bool,
     /// Health gates count reports of anonymous consumers too.
     pub anonymous_reports: bool,
+    /// Unchanged Apollo clients read this topic as this app's namespace (under `/apollo`).
+    pub apollo: Option<ApolloBinding>,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
 }
@@ -258,4 +260,24 @@ pub struct ConsumerList {
     /// Consumers matching the filter (all pages).
     pub total: u64,
     pub next: Option<String>,
+}
+
+/// How Apollo clients address a topic. The secret is write-only: answers only say
+/// whether one is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ApolloBinding {
+    pub app_id: String,
+    pub namespace: String,
+    /// Requests for this app must be signed (`Authorization: Apollo …`, `Timestamp`).
+    pub secret_set: bool,
+}
+
+/// An Apollo binding to set: `secret` absent keeps the current one, `""` removes it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApolloBindingInput {
+    pub app_id: String,
+    pub namespace: String,
+    #[serde(default)]
+    pub secret: Option<String>,
 }

@@ -36,14 +36,26 @@ pub struct ServingTopic {
     /// The owning team and whether the topic is restricted (who may poll it).
     pub owner: String,
     pub restricted: bool,
+    /// How Apollo clients address it, if they do.
+    pub apollo: Option<ApolloServed>,
     pub history: TopicHistory,
     pub index: CurrentIndex,
     /// The versions that resolution can return now (pinned or best per selector).
     pub served: HashMap<u64, Arc<ServedVersion>>,
 }
 
+/// A topic's Apollo binding, as the `/apollo` endpoint needs it.
+#[derive(Debug, Clone)]
+pub struct ApolloServed {
+    pub app_id: String,
+    pub namespace: String,
+    pub secret: Option<String>,
+}
+
 pub struct ServingState {
     topics: RwLock<HashMap<String, Arc<ServingTopic>>>,
+    /// (Apollo app id, namespace key) → topic name.
+    apollo: RwLock<HashMap<(String, String), String>>,
     generation: watch::Sender<u64>,
     loaded_once: watch::Sender<bool>,
 }
@@ -52,6 +64,7 @@ impl Default for ServingState {
     fn default() -> Self {
         Self {
             topics: RwLock::new(HashMap::new()),
+            apollo: RwLock::new(HashMap::new()),
             generation: watch::channel(0).0,
             loaded_once: watch::channel(false).0,
         }
@@ -61,6 +74,27 @@ impl Default for ServingState {
 impl ServingState {
     pub fn get(&self, name: &str) -> Option<Arc<ServingTopic>> {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    /// The topic bound to an Apollo app's namespace (`.properties` and case ignored).
+    pub fn apollo_topic(&self, app_id: &str, namespace: &str) -> Option<Arc<ServingTopic>> {
+        let key = (app_id.to_owned(), imprint_domain::apollo::namespace_key(namespace));
+        let name = self.apollo.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned()?;
+        self.get(&name)
+    }
+
+    /// The secrets of an Apollo app's bindings: its requests must be signed with one
+    /// of them when there is any.
+    pub fn apollo_secrets(&self, app_id: &str) -> Vec<String> {
+        let names: Vec<String> = self
+            .apollo
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|((app, _), _)| app == app_id)
+            .map(|(_, n)| n.clone())
+            .collect();
+        names.iter().filter_map(|n| self.get(n)?.apollo.as_ref()?.secret.clone()).collect()
     }
 
     pub fn topic_count(&self) -> usize {
@@ -92,6 +126,15 @@ impl ServingState {
                 }
             }
             metrics::gauge!("imprint_topics_loaded").set(map.len() as f64);
+            // The Apollo index follows the topics (bindings are few; rebuilt on each change).
+            let index = map
+                .values()
+                .filter_map(|t| {
+                    let a = t.apollo.as_ref()?;
+                    Some(((a.app_id.clone(), imprint_domain::apollo::namespace_key(&a.namespace)), t.name.to_string()))
+                })
+                .collect();
+            *self.apollo.write().unwrap_or_else(|e| e.into_inner()) = index;
         }
         if full {
             self.loaded_once.send_replace(true);
@@ -187,7 +230,11 @@ async fn load(
                 );
             }
         }
-        out.push((id, name, (t.change_seq, t.owner, t.restricted), history, index, served));
+        let apollo = match (t.apollo_app_id, t.apollo_namespace) {
+            (Some(app_id), Some(namespace)) => Some(ApolloServed { app_id, namespace, secret: t.apollo_secret }),
+            _ => None,
+        };
+        out.push((id, name, (t.change_seq, t.owner, t.restricted, apollo), history, index, served));
     }
     let mut payloads: HashMap<(i64, u64), Bytes> = HashMap::new();
     if !wanted.is_empty() {
@@ -197,7 +244,7 @@ async fn load(
     }
     Ok(out
         .into_iter()
-        .map(|(id, name, (change_seq, owner, restricted), history, index, served)| {
+        .map(|(id, name, (change_seq, owner, restricted, apollo), history, index, served)| {
             let served = served
                 .into_iter()
                 .map(|(v, mut sv)| {
@@ -207,7 +254,7 @@ async fn load(
                     (v, Arc::new(sv))
                 })
                 .collect();
-            ServingTopic { id, name, change_seq, owner, restricted, history, index, served }
+            ServingTopic { id, name, change_seq, owner, restricted, apollo, history, index, served }
         })
         .collect())
 }

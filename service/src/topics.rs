@@ -2,7 +2,7 @@
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
-use crate::model::{Page, Retention, Topic};
+use crate::model::{ApolloBindingInput, Page, Retention, Topic};
 use crate::{cursor, store};
 use imprint_domain::{Plan, TopicName};
 use serde::Deserialize;
@@ -43,6 +43,9 @@ pub struct NewTopic {
     /// Health gates count reports of anonymous consumers too (off by default).
     #[serde(default)]
     pub anonymous_reports: Option<bool>,
+    /// Serve the topic to unchanged Apollo clients as this app's namespace.
+    #[serde(default)]
+    pub apollo: Option<ApolloBindingInput>,
 }
 
 /// Settings to change; absent fields stay as they are, `null` clears the optional ones.
@@ -73,6 +76,9 @@ pub struct TopicPatch {
     pub restricted: Option<bool>,
     #[serde(default)]
     pub anonymous_reports: Option<bool>,
+    /// `null` removes the Apollo binding.
+    #[serde(default, deserialize_with = "double_option")]
+    pub apollo: Option<Option<ApolloBindingInput>>,
 }
 
 fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
@@ -127,6 +133,29 @@ fn check_plans(plans: &BTreeMap<String, Plan>, default: Option<&str>) -> Result<
     Ok(())
 }
 
+/// An Apollo binding, normalised: the namespace without a `.properties` suffix (as Apollo
+/// treats it), the secret as given (`Some("")`: remove it).
+fn check_apollo(a: &ApolloBindingInput) -> Result<(String, String, Option<String>)> {
+    let ok = |s: &str, max: usize| {
+        !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    let app_id = a.app_id.trim();
+    if !ok(app_id, 64) {
+        return Err(Error::invalid("apollo.app_id is 1-64 letters, digits, '.', '_' or '-'"));
+    }
+    let ns = a.namespace.trim();
+    let ns = imprint_domain::apollo::strip_properties(ns);
+    if !ok(ns, 128) {
+        return Err(Error::invalid("apollo.namespace is 1-128 letters, digits, '.', '_' or '-'"));
+    }
+    if let Some(s) = &a.secret {
+        if s.len() > 256 || s.chars().any(char::is_control) {
+            return Err(Error::invalid("apollo.secret has at most 256 characters, none of them control characters"));
+        }
+    }
+    Ok((app_id.to_owned(), ns.to_owned(), a.secret.clone()))
+}
+
 pub(crate) fn check_content_type(ct: &str) -> Result<()> {
     let ok = ct.len() <= 255 && ct.contains('/') && ct.chars().all(|c| c.is_ascii_graphic() || c == ' ');
     if !ok {
@@ -162,6 +191,7 @@ impl Imprint {
         }
         let plans = input.plans.clone().unwrap_or_default();
         check_plans(&plans, input.default_plan.as_deref())?;
+        let apollo = input.apollo.as_ref().map(check_apollo).transpose()?;
         let who = caller.who();
         let now = self.now();
         let mut tx = self.pool().begin().await?;
@@ -177,6 +207,7 @@ impl Imprint {
             default_plan: input.default_plan.as_deref(),
             restricted: input.restricted.unwrap_or(false),
             anonymous_reports: input.anonymous_reports.unwrap_or(false),
+            apollo: apollo.as_ref().map(|(a, n, s)| (a.as_str(), n.as_str(), s.as_deref().filter(|s| !s.is_empty()))),
             created_by: &who,
             at: now,
         };
@@ -281,6 +312,11 @@ impl Imprint {
         if let Some(Some(s)) = &patch.json_schema {
             check_schema(s)?;
         }
+        let apollo = match &patch.apollo {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(a)) => Some(Some(check_apollo(a)?)),
+        };
         if patch.plans.is_some() || patch.default_plan.is_some() {
             let (current_plans, current_default) = store::topics::plans(&mut tx, t.id).await?;
             let plans = patch.plans.clone().unwrap_or(current_plans);
@@ -298,6 +334,7 @@ impl Imprint {
             default_plan: patch.default_plan.as_ref().map(Option::as_deref),
             restricted: patch.restricted,
             anonymous_reports: patch.anonymous_reports,
+            apollo: apollo.as_ref().map(|b| b.as_ref().map(|(a, n, s)| (a.as_str(), n.as_str(), s.as_deref()))),
             at: self.now(),
         };
         store::topics::update(&mut tx, t.id, update).await?;
@@ -309,6 +346,9 @@ impl Imprint {
         }
         store::notify(&mut tx, t.id).await?;
         tx.commit().await?;
+        // Settings steer serving (restricted, the Apollo binding): this server applies
+        // them at once, others on the notification.
+        self.refresh_topic(t.id).await;
         self.topic(caller, &t.name).await
     }
 }

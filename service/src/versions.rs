@@ -95,6 +95,16 @@ impl Imprint {
         if let Some(schema) = &t.json_schema {
             validate_against(schema, &input.payload)?;
         }
+        if let Some(ns) = &t.apollo_namespace {
+            // Apollo clients read a properties namespace as flat key/values.
+            let bytes: &[u8] = match &input.payload {
+                Payload::Text(s) => s.as_bytes(),
+                Payload::Binary(b) => b,
+            };
+            imprint_domain::apollo::configurations(ns, bytes).map_err(|e| {
+                Error::SchemaViolation(format!("{} is bound to Apollo namespace {ns:?}: {e}", t.name))
+            })?;
+        }
         let content_type = input.content_type.or(t.content_type.clone()).unwrap_or_else(|| match &input.payload {
             Payload::Text(s) if serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok() => "application/json".into(),
             Payload::Text(_) => "text/plain; charset=utf-8".into(),

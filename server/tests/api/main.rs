@@ -1,5 +1,6 @@
 //! HTTP API tests: each test gets a fresh database (`#[sqlx::test]`) and a real server on
 //! a free port, and talks to it over HTTP like any client would.
+mod apollo;
 mod consumers;
 mod fuzz;
 mod helpers;

@@ -12,6 +12,9 @@ pub(crate) struct TopicSeq {
     pub change_seq: i64,
     pub owner: String,
     pub restricted: bool,
+    pub apollo_app_id: Option<String>,
+    pub apollo_namespace: Option<String>,
+    pub apollo_secret: Option<String>,
 }
 
 pub(crate) struct ServedVersionRow {
@@ -58,7 +61,8 @@ pub(crate) async fn begin_snapshot(conn: &mut PgConnection) -> Result<()> {
 pub(crate) async fn snapshot(conn: &mut PgConnection, topic_id: Option<i64>) -> Result<Snapshot> {
     let topics = sqlx::query_as!(
         TopicSeq,
-        "SELECT id, name, change_seq, owner, restricted FROM topics WHERE ($1::bigint IS NULL OR id = $1)",
+        "SELECT id, name, change_seq, owner, restricted, apollo_app_id, apollo_namespace, apollo_secret
+         FROM topics WHERE ($1::bigint IS NULL OR id = $1)",
         topic_id
     )
     .fetch_all(&mut *conn)

@@ -30,6 +30,9 @@ pub(crate) struct TopicRow {
     pub last_polled_at: Option<DateTime<Utc>>,
     pub restricted: bool,
     pub anonymous_reports: bool,
+    pub apollo_app_id: Option<String>,
+    pub apollo_namespace: Option<String>,
+    pub apollo_secret_set: bool,
 }
 
 impl From<TopicRow> for Topic {
@@ -57,6 +60,12 @@ impl From<TopicRow> for Topic {
             last_polled_at: r.last_polled_at,
             restricted: r.restricted,
             anonymous_reports: r.anonymous_reports,
+            apollo: match (r.apollo_app_id, r.apollo_namespace) {
+                (Some(app_id), Some(namespace)) => {
+                    Some(crate::model::ApolloBinding { app_id, namespace, secret_set: r.apollo_secret_set })
+                }
+                _ => None,
+            },
         }
     }
 }
@@ -73,6 +82,7 @@ pub(crate) struct TopicRef {
     pub latest_version: i64,
     pub restricted: bool,
     pub anonymous_reports: bool,
+    pub apollo_namespace: Option<String>,
 }
 
 /// The settings of a topic by name; with `lock`, its row is locked until the transaction
@@ -82,7 +92,7 @@ pub(crate) async fn topic_ref(conn: &mut PgConnection, name: &str, lock: bool) -
         sqlx::query_as!(
             TopicRef,
             r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, content_type, json_schema, default_plan,
-                      latest_version, restricted, anonymous_reports
+                      latest_version, restricted, anonymous_reports, apollo_namespace
                FROM topics WHERE name = $1 FOR UPDATE"#,
             name
         )
@@ -92,7 +102,7 @@ pub(crate) async fn topic_ref(conn: &mut PgConnection, name: &str, lock: bool) -
         sqlx::query_as!(
             TopicRef,
             r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, content_type, json_schema, default_plan,
-                      latest_version, restricted, anonymous_reports
+                      latest_version, restricted, anonymous_reports, apollo_namespace
                FROM topics WHERE name = $1"#,
             name
         )
@@ -114,6 +124,8 @@ pub(crate) struct NewTopicRow<'a> {
     pub default_plan: Option<&'a str>,
     pub restricted: bool,
     pub anonymous_reports: bool,
+    /// (app id, namespace, secret)
+    pub apollo: Option<(&'a str, &'a str, Option<&'a str>)>,
     pub created_by: &'a str,
     pub at: DateTime<Utc>,
 }
@@ -124,8 +136,9 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Resul
     let id = sqlx::query_scalar!(
         "INSERT INTO topics (name, description, owner, retention_max_versions, retention_max_age_days,
                              inline_limit_bytes, content_type, json_schema, created_by, plans, default_plan,
-                             created_at, updated_at, restricted, anonymous_reports)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14)
+                             created_at, updated_at, restricted, anonymous_reports,
+                             apollo_app_id, apollo_namespace, apollo_secret)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17)
          ON CONFLICT (name) DO NOTHING RETURNING id",
         t.name,
         t.description,
@@ -141,6 +154,9 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Resul
         t.at as _,
         t.restricted,
         t.anonymous_reports,
+        t.apollo.map(|a| a.0),
+        t.apollo.map(|a| a.1),
+        t.apollo.and_then(|a| a.2),
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -155,7 +171,11 @@ pub(crate) async fn settings_json(conn: &mut PgConnection, id: i64) -> Result<se
             'retention', jsonb_build_object('max_versions', retention_max_versions, 'max_age_days', retention_max_age_days),
             'inline_limit_bytes', inline_limit_bytes, 'content_type', content_type, 'json_schema', json_schema,
             'plans', plans, 'default_plan', default_plan, 'restricted', restricted,
-            'anonymous_reports', anonymous_reports) AS "settings!"
+            'anonymous_reports', anonymous_reports,
+            'apollo', CASE WHEN apollo_app_id IS NULL THEN NULL ELSE jsonb_build_object(
+                'app_id', apollo_app_id, 'namespace', apollo_namespace,
+                -- a changed secret shows as a change, never the secret itself
+                'secret', CASE WHEN apollo_secret IS NULL THEN NULL ELSE md5(apollo_secret) END) END) AS "settings!"
          FROM topics WHERE id = $1"#,
         id
     )
@@ -193,6 +213,9 @@ pub(crate) struct TopicUpdate<'a> {
     pub default_plan: Option<Option<&'a str>>,
     pub restricted: Option<bool>,
     pub anonymous_reports: Option<bool>,
+    /// `Some(None)` removes the binding; `Some(Some((app, ns, secret)))` sets it, where
+    /// `secret` `None` keeps the current secret and `Some("")` removes it.
+    pub apollo: Option<Option<(&'a str, &'a str, Option<&'a str>)>>,
     pub at: DateTime<Utc>,
 }
 
@@ -215,7 +238,13 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
             default_plan = CASE WHEN $13 THEN $14 ELSE default_plan END,
             updated_at = $15,
             restricted = COALESCE($16, restricted),
-            anonymous_reports = COALESCE($17, anonymous_reports)
+            anonymous_reports = COALESCE($17, anonymous_reports),
+            apollo_app_id = CASE WHEN $18 THEN $19 ELSE apollo_app_id END,
+            apollo_namespace = CASE WHEN $18 THEN $20 ELSE apollo_namespace END,
+            apollo_secret = CASE WHEN NOT $18 THEN apollo_secret
+                                 WHEN $19::text IS NULL THEN NULL
+                                 WHEN $21::text IS NULL THEN apollo_secret
+                                 ELSE NULLIF($21, '') END
          WHERE id = $1",
         id,
         u.description,
@@ -234,6 +263,10 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
         u.at as _,
         u.restricted,
         u.anonymous_reports,
+        u.apollo.is_some(),
+        u.apollo.flatten().map(|a| a.0),
+        u.apollo.flatten().map(|a| a.1),
+        u.apollo.flatten().and_then(|a| a.2),
     )
     .execute(&mut *conn)
     .await?;
@@ -268,7 +301,8 @@ pub(crate) async fn by_name<'e>(ex: impl PgExecutor<'e>, name: &str) -> Result<O
                   (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
                   (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
-                  t.restricted, t.anonymous_reports
+                  t.restricted, t.anonymous_reports,
+                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!"
            FROM topics t WHERE t.name = $1"#,
         name
     )
@@ -295,7 +329,8 @@ pub(crate) async fn list<'e>(
                   (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
                   (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
-                  t.restricted, t.anonymous_reports
+                  t.restricted, t.anonymous_reports,
+                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!"
            FROM topics t
            WHERE ($1::text IS NULL OR t.name ILIKE $1 OR t.description ILIKE $1 OR t.owner ILIKE $1)
              AND ($2::text IS NULL OR t.owner = $2)
@@ -326,7 +361,8 @@ pub(crate) async fn unused<'e>(
                   (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
                   (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
-                  t.restricted, t.anonymous_reports
+                  t.restricted, t.anonymous_reports,
+                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!"
            FROM topics t
            WHERE t.last_polled_at IS NULL OR t.last_polled_at < $1
            ORDER BY t.last_polled_at NULLS FIRST, t.name OFFSET $2 LIMIT $3"#,

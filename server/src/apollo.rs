@@ -1,0 +1,215 @@
+//! Apollo's config-service protocol under `/apollo` (a client's config-service URL is
+//! `http://imprint:3000/apollo`): `/configs`, `/configfiles/json`, `/configfiles` and the
+//! long-polled `/notifications/v2`, with Apollo's request signatures when the app has a
+//! secret. What a client gets is decided by the service (`imprint_service::apollo`).
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiQuery;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use imprint_service::apollo::ApolloClient;
+use imprint_service::{Error, Imprint};
+use serde::Deserialize;
+use serde_json::json;
+
+/// How far a request's `Timestamp` may be from the server's clock (Apollo: 60 s).
+const TIMESTAMP_TOLERANCE_MS: i64 = 60_000;
+/// At most this many namespaces in one notifications request.
+const MAX_NOTIFICATIONS: usize = 100;
+
+pub fn routes() -> Router<Imprint> {
+    Router::new()
+        .route("/apollo/configs/{app_id}/{cluster}/{namespace}", get(configs))
+        .route("/apollo/configfiles/json/{app_id}/{cluster}/{namespace}", get(config_json))
+        .route("/apollo/configfiles/{app_id}/{cluster}/{namespace}", get(config_text))
+        .route("/apollo/notifications/v2", get(notifications))
+}
+
+#[derive(Deserialize)]
+pub struct ConfigQuery {
+    #[serde(rename = "releaseKey")]
+    release_key: Option<String>,
+    ip: Option<String>,
+    label: Option<String>,
+    #[serde(rename = "dataCenter")]
+    data_center: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct NotificationQuery {
+    #[serde(rename = "appId")]
+    app_id: Option<String>,
+    cluster: Option<String>,
+    notifications: Option<String>,
+    ip: Option<String>,
+    #[serde(rename = "dataCenter")]
+    data_center: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct KnownNotification {
+    #[serde(rename = "namespaceName")]
+    namespace_name: String,
+    #[serde(rename = "notificationId", default = "minus_one")]
+    notification_id: i64,
+}
+
+fn minus_one() -> i64 {
+    -1
+}
+
+/// Checks Apollo's signature when the app has a secret: `Authorization: Apollo
+/// {appId}:{base64(HMAC-SHA1(secret, timestamp + "\n" + path_with_query))}` and
+/// `Timestamp: <epoch ms>`, against the raw request target as received (with or without
+/// the `/apollo` prefix: the Java client signs the whole path, some clients the part after
+/// their configured URL). Returns whether the request was signed.
+fn verify(imprint: &Imprint, app_id: &str, req: &Request) -> ApiResult<bool> {
+    let secrets = imprint.apollo_secrets(app_id);
+    if secrets.is_empty() {
+        return Ok(false);
+    }
+    let unauthorized = |m: &str| ApiError(Error::Unauthorized(m.to_owned()));
+    let headers = req.headers();
+    let ts = headers.get("timestamp").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ts_ms: i64 = ts.parse().map_err(|_| unauthorized("a signed request needs a Timestamp header (epoch ms)"))?;
+    if (imprint.now().timestamp_millis() - ts_ms).abs() > TIMESTAMP_TOLERANCE_MS {
+        return Err(unauthorized("the request's Timestamp is too far from the server's clock"));
+    }
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let given = auth
+        .strip_prefix("Apollo ")
+        .and_then(|rest| rest.rsplit_once(':'))
+        .and_then(|(_, sig)| base64::engine::general_purpose::STANDARD.decode(sig.trim()).ok())
+        .ok_or_else(|| unauthorized("a signed request needs Authorization: Apollo {appId}:{signature}"))?;
+    let full = req.uri().path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default();
+    let relative = full.strip_prefix("/apollo").unwrap_or(&full).to_owned();
+    for secret in &secrets {
+        for target in [&full, &relative] {
+            let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()) else { continue };
+            mac.update(imprint_domain::apollo::string_to_sign(ts, target).as_bytes());
+            if mac.verify_slice(&given).is_ok() {
+                return Ok(true);
+            }
+        }
+    }
+    Err(unauthorized("the request's signature does not match the app's secret"))
+}
+
+async fn resolve_config(
+    imprint: &Imprint,
+    (app_id, cluster, namespace): (String, String, String),
+    q: &ConfigQuery,
+    signed: bool,
+) -> ApiResult<imprint_service::apollo::ApolloConfig> {
+    let client = ApolloClient {
+        app_id,
+        cluster,
+        ip: q.ip.clone(),
+        label: q.label.clone(),
+        data_center: q.data_center.clone(),
+        signed,
+    };
+    Ok(imprint.apollo_config(&client, &namespace).await?)
+}
+
+/// `GET /configs/{appId}/{cluster}/{namespace}`: 200 with the configuration, 304 when the
+/// client's `releaseKey` is the current one (never without one), 404 when nothing is
+/// released to this client.
+pub async fn configs(
+    State(imprint): State<Imprint>,
+    Path(p): Path<(String, String, String)>,
+    ApiQuery(q): ApiQuery<ConfigQuery>,
+    req: Request,
+) -> ApiResult<Response> {
+    let (app_id, cluster) = (p.0.clone(), p.1.clone());
+    let signed = verify(&imprint, &p.0, &req)?;
+    let c = resolve_config(&imprint, p, &q, signed).await?;
+    let client_key = q.release_key.as_deref().filter(|k| !k.is_empty() && *k != "-1");
+    if client_key == Some(c.release_key.as_str()) {
+        return Ok(StatusCode::NOT_MODIFIED.into_response());
+    }
+    Ok(Json(json!({
+        "appId": app_id,
+        "cluster": cluster,
+        "namespaceName": c.namespace,
+        "configurations": c.configurations,
+        "releaseKey": c.release_key,
+    }))
+    .into_response())
+}
+
+/// `GET /configfiles/json/{appId}/{cluster}/{namespace}`: the bare configurations.
+pub async fn config_json(
+    State(imprint): State<Imprint>,
+    Path(p): Path<(String, String, String)>,
+    ApiQuery(q): ApiQuery<ConfigQuery>,
+    req: Request,
+) -> ApiResult<Response> {
+    let signed = verify(&imprint, &p.0, &req)?;
+    let c = resolve_config(&imprint, p, &q, signed).await?;
+    Ok(Json(c.configurations).into_response())
+}
+
+/// `GET /configfiles/{appId}/{cluster}/{namespace}`: `.properties` text.
+pub async fn config_text(
+    State(imprint): State<Imprint>,
+    Path(p): Path<(String, String, String)>,
+    ApiQuery(q): ApiQuery<ConfigQuery>,
+    req: Request,
+) -> ApiResult<Response> {
+    let signed = verify(&imprint, &p.0, &req)?;
+    let c = resolve_config(&imprint, p, &q, signed).await?;
+    let text = imprint_domain::apollo::render_properties(&c.configurations);
+    Ok(([(header::CONTENT_TYPE, "text/plain;charset=UTF-8")], text).into_response())
+}
+
+/// `GET /notifications/v2?appId=&cluster=&notifications=[{namespaceName, notificationId}]`:
+/// answers as soon as a listed namespace changed past the given id, else 304 after the
+/// hold (60 s).
+pub async fn notifications(
+    State(imprint): State<Imprint>,
+    ApiQuery(q): ApiQuery<NotificationQuery>,
+    req: Request,
+) -> ApiResult<Response> {
+    let bad = |m: String| ApiError::invalid(m);
+    let app_id = q.app_id.clone().filter(|a| !a.is_empty()).ok_or_else(|| bad("appId is required".into()))?;
+    let cluster = q.cluster.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| "default".into());
+    let raw = q.notifications.as_deref().ok_or_else(|| bad("notifications is required".into()))?;
+    let known: Vec<KnownNotification> = serde_json::from_str(raw)
+        .map_err(|e| bad(format!("notifications must be a JSON list of {{namespaceName, notificationId}}: {e}")))?;
+    if known.is_empty() || known.len() > MAX_NOTIFICATIONS || known.iter().any(|n| n.namespace_name.trim().is_empty())
+    {
+        return Err(bad(format!("notifications lists 1 to {MAX_NOTIFICATIONS} namespaces, each with a name")));
+    }
+    let signed = verify(&imprint, &app_id, &req)?;
+    let client = ApolloClient {
+        app_id,
+        cluster,
+        ip: q.ip.clone(),
+        label: None,
+        data_center: q.data_center.clone(),
+        signed,
+    };
+    let known: Vec<(String, i64)> = known.into_iter().map(|n| (n.namespace_name, n.notification_id)).collect();
+    let hold = imprint.config().apollo_hold;
+    let changed = imprint.apollo_notifications(&client, &known, hold).await?;
+    if changed.is_empty() {
+        return Ok(StatusCode::NOT_MODIFIED.into_response());
+    }
+    let body: Vec<_> = changed
+        .into_iter()
+        .map(|n| {
+            json!({
+                "namespaceName": n.namespace,
+                "notificationId": n.id,
+                "messages": {"details": {n.key: n.id}},
+            })
+        })
+        .collect();
+    Ok(Json(body).into_response())
+}
+
