@@ -458,10 +458,10 @@ async fn a_failing_gate_pause_is_audited(pool: PgPool) {
     let mut input = text("v1");
     input.rollout = RolloutRequest::Plan(PlanChoice::Inline(plan));
     let id = imp.publish(&Caller::System, "ab.config", input).await.expect("v1").rollout.expect("rollout").id;
-    // Two canary nodes report that applying v1 failed.
+    // Two canary nodes (polling with a token: gates trust them) report that applying v1 failed.
     sqlx::query(
-        "INSERT INTO consumers (topic_id, instance, labels, first_seen, last_seen, last_applied_version, last_applied_ok)
-         SELECT t.id, i, '{\"cluster\": \"canary\"}', now(), now(), 1, false FROM topics t, unnest(ARRAY['a', 'b']) i
+        "INSERT INTO consumers (topic_id, instance, labels, first_seen, last_seen, last_applied_version, last_applied_ok, principal)
+         SELECT t.id, i, '{\"cluster\": \"canary\"}', now(), now(), 1, false, 'token:canary' FROM topics t, unnest(ARRAY['a', 'b']) i
          WHERE t.name = 'ab.config'",
     )
     .execute(&pool)

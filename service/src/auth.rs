@@ -322,14 +322,12 @@ pub async fn create_token_with(pool: &PgPool, caller: &Caller, spec: &NewToken) 
         return Err(Error::InvalidState(format!("an active token named {name:?} exists already")));
     }
     // Never the secret itself, nor its hash: the log is readable by every signed-in user.
-    let details = json!({
-        "name": name,
-        "admin": spec.kind == TokenKind::Admin,
-        "kind": spec.kind.as_str(),
-        "team": spec.team,
-        "labels": labels,
-        "topics": spec.topics,
-    });
+    let mut details = json!({"name": name, "admin": spec.kind == TokenKind::Admin, "team": spec.team});
+    if spec.kind == TokenKind::Consumer {
+        details["kind"] = json!("consumer");
+        details["labels"] = labels.clone();
+        details["topics"] = json!(spec.topics);
+    }
     store::audit(&mut tx, now, &who, "token.create", None, details).await?;
     tx.commit().await?;
     Ok(token)
