@@ -44,10 +44,10 @@ pub(crate) async fn revoke_other_bootstrap(conn: &mut PgConnection, hash: &str, 
 /// Makes `hash` an active admin bootstrap token; true if that changed anything.
 pub(crate) async fn upsert_bootstrap(conn: &mut PgConnection, hash: &str, at: DateTime<Utc>) -> Result<bool> {
     let r = sqlx::query_scalar!(
-        "INSERT INTO api_tokens (name, token_hash, is_admin, created_by, created_at)
-         VALUES ('bootstrap', $1, true, 'IMPRINT_BOOTSTRAP_TOKEN', $2)
-         ON CONFLICT (token_hash) DO UPDATE SET revoked_at = NULL, is_admin = true
-           WHERE api_tokens.revoked_at IS NOT NULL OR NOT api_tokens.is_admin
+        "INSERT INTO api_tokens (name, token_hash, is_admin, kind, created_by, created_at)
+         VALUES ('bootstrap', $1, true, 'admin', 'IMPRINT_BOOTSTRAP_TOKEN', $2)
+         ON CONFLICT (token_hash) DO UPDATE SET revoked_at = NULL, is_admin = true, kind = 'admin'
+           WHERE api_tokens.revoked_at IS NOT NULL OR NOT api_tokens.is_admin OR api_tokens.kind <> 'admin'
          RETURNING id",
         hash,
         at as _
