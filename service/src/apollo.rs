@@ -137,11 +137,15 @@ impl Imprint {
         known: &[(String, i64)],
         hold: Duration,
     ) -> Result<Vec<ApolloNotification>> {
-        let mut changes = self.state().subscribe();
+        // Woken by changes to the bound topics only (registered before the first look).
+        let bound: Vec<String> = known
+            .iter()
+            .filter_map(|(ns, _)| self.state().apollo_topic(&client.app_id, ns).map(|t| t.name.to_string()))
+            .collect();
+        let waiter = self.state().waiter(bound.iter().map(String::as_str));
         let mut draining = self.draining();
         let deadline = tokio::time::Instant::now() + hold;
         loop {
-            changes.borrow_and_update();
             let mut out = Vec::new();
             for (ns, id) in known {
                 let Ok(t) = self.apollo_topic(client, ns) else { continue };
@@ -155,7 +159,7 @@ impl Imprint {
                 return Ok(out);
             }
             tokio::select! {
-                r = changes.changed() => if r.is_err() { return Ok(out) },
+                _ = waiter.changed() => {},
                 _ = tokio::time::sleep_until(deadline) => return Ok(out),
                 _ = draining.changed() => return Ok(out),
             }

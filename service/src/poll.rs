@@ -184,8 +184,11 @@ impl Imprint {
         self.require_poller(caller, req.consumer.labels.pairs())?;
         let started = std::time::Instant::now();
         let state: &Arc<ServingState> = self.state();
-        // Subscribe before the first look, so no change slips between look and wait.
-        let mut changes = state.subscribe();
+        // Registered before the first look, so no change slips between look and wait; a
+        // change to one of these topics (and only these) wakes this poll.
+        let waiter = (req.wait_ms > 0).then(|| {
+            state.waiter(req.topics.keys().filter_map(|n| TopicName::parse(n).ok()).map(|n| n.to_string()))
+        });
         let mut stopping = self.draining();
         // Counts this request among the open long polls until it answers (also if dropped).
         // Past the cap the poll degrades to a short one with a backoff.
@@ -202,7 +205,6 @@ impl Imprint {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         let mut recorded = !self.config().audit_enabled;
         let (updates, missing) = loop {
-            changes.borrow_and_update();
             let (updates, missing, seen) = compute(state, caller, &req);
             if !recorded {
                 // What the node holds and should hold, as of its arrival.
@@ -212,8 +214,9 @@ impl Imprint {
             if !updates.is_empty() || wait_ms == 0 || *stopping.borrow() {
                 break (updates, missing);
             }
+            let Some(waiter) = &waiter else { break (updates, missing) };
             tokio::select! {
-                r = changes.changed() => if r.is_err() { break (updates, missing) },
+                _ = waiter.changed() => {},
                 _ = tokio::time::sleep_until(deadline) => break (updates, missing),
                 _ = stopping.changed() => break (updates, missing),
             }

@@ -52,8 +52,42 @@ pub struct ApolloServed {
     pub secret: Option<String>,
 }
 
+/// A long poll's wake-up call, registered on the topics it waits for: a change to one of
+/// them (and only to them) wakes it. Dropping it unregisters it.
+pub struct Waiter<'a> {
+    state: &'a ServingState,
+    notify: Arc<tokio::sync::Notify>,
+    topics: Vec<String>,
+}
+
+impl Waiter<'_> {
+    /// Returns when a registered topic changed since the waiter was made (a change that
+    /// came before this call is not lost: it left a permit).
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.state.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for t in &self.topics {
+            if let Some(list) = waiters.get_mut(t) {
+                list.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.notify)));
+                if list.is_empty() {
+                    waiters.remove(t);
+                }
+            }
+        }
+    }
+}
+
 pub struct ServingState {
     topics: RwLock<HashMap<String, Arc<ServingTopic>>>,
+    /// Topic name → the long polls waiting on it (also for topics that do not exist yet).
+    waiters: std::sync::Mutex<HashMap<String, Vec<std::sync::Weak<tokio::sync::Notify>>>>,
+    /// Long polls woken by a change (the measure of needless wake-ups).
+    wakeups: std::sync::atomic::AtomicU64,
     /// (Apollo app id, namespace key) → topic name.
     apollo: RwLock<HashMap<(String, String), String>>,
     generation: watch::Sender<u64>,
@@ -64,6 +98,8 @@ impl Default for ServingState {
     fn default() -> Self {
         Self {
             topics: RwLock::new(HashMap::new()),
+            waiters: std::sync::Mutex::new(HashMap::new()),
+            wakeups: std::sync::atomic::AtomicU64::new(0),
             apollo: RwLock::new(HashMap::new()),
             generation: watch::channel(0).0,
             loaded_once: watch::channel(false).0,
@@ -101,9 +137,47 @@ impl ServingState {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// A receiver that changes whenever any topic changes: long polls wait on it.
+    /// A receiver that changes whenever anything is installed (tests and tools; long
+    /// polls wait on `waiter` instead, which wakes them for their own topics only).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// Registers a long poll on `topics` (names, known or not yet).
+    pub fn waiter<S: AsRef<str>>(&self, topics: impl IntoIterator<Item = S>) -> Waiter<'_> {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let topics: Vec<String> = topics.into_iter().map(|t| t.as_ref().to_owned()).collect();
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for t in &topics {
+            waiters.entry(t.clone()).or_default().push(Arc::downgrade(&notify));
+        }
+        Waiter { state: self, notify, topics }
+    }
+
+    /// Long polls woken by changes so far.
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Wakes the long polls waiting on these topics.
+    fn wake(&self, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut woken = 0u64;
+        for name in names {
+            for w in waiters.get(name).into_iter().flatten() {
+                if let Some(n) = w.upgrade() {
+                    n.notify_one();
+                    woken += 1;
+                }
+            }
+        }
+        if woken > 0 {
+            self.wakeups.fetch_add(woken, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!("imprint_long_poll_wakeups_total").increment(woken);
+        }
     }
 
     pub fn is_loaded(&self) -> bool {
@@ -111,6 +185,7 @@ impl ServingState {
     }
 
     fn install(&self, loaded: Vec<ServingTopic>, full: bool) {
+        let mut changed: Vec<String> = Vec::new();
         {
             let mut map = self.topics.write().unwrap_or_else(|e| e.into_inner());
             // Topics are never deleted, so a full reload only adds and refreshes. A snapshot
@@ -120,7 +195,12 @@ impl ServingState {
                     Some(held) if held.change_seq > t.change_seq => {
                         metrics::counter!("imprint_state_stale_reloads_total").increment(1);
                     }
+                    // The same snapshot again (the safety-net reload): nobody needs waking.
+                    Some(held) if held.change_seq == t.change_seq => {
+                        map.insert(t.name.to_string(), Arc::new(t));
+                    }
                     _ => {
+                        changed.push(t.name.to_string());
                         map.insert(t.name.to_string(), Arc::new(t));
                     }
                 }
@@ -139,6 +219,7 @@ impl ServingState {
         if full {
             self.loaded_once.send_replace(true);
         }
+        self.wake(&changed);
         self.generation.send_modify(|g| *g += 1);
     }
 

@@ -101,3 +101,40 @@ async fn rollouts_and_records_follow_the_clock(pool: PgPool) {
     assert!(log.items.iter().all(|e| e.at >= start && e.at <= start + Duration::seconds(600)), "{:?}", log.items);
     imp.shutdown();
 }
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_change_wakes_only_the_long_polls_waiting_on_that_topic(pool: PgPool) {
+    let imp = Imprint::with_pool(pool, Config::default());
+    imp.start_background().await.expect("state");
+    for name in ["wake.a", "wake.b"] {
+        let t: NewTopic = serde_json::from_value(json!({"name": name, "owner": "o"})).expect("topic");
+        imp.create_topic(&Caller::System, t).await.expect("create");
+        imp.publish(&Caller::System, name, text("1")).await.expect("publish");
+    }
+    let poll = |topic: &str| {
+        let req: imprint_service::PollRequest = serde_json::from_value(json!({
+            "consumer": {"instance": format!("n-{topic}")}, "topics": {topic: 1}, "wait_ms": 10_000
+        }))
+        .expect("poll");
+        let imp = imp.clone();
+        tokio::spawn(async move { imp.poll(&Caller::Anonymous, req).await })
+    };
+    // Ten long polls on a; none on b.
+    let waiting: Vec<_> = (0..10).map(|_| poll("wake.a")).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let before = imp.state().wakeups();
+    imp.publish(&Caller::System, "wake.b", text("2")).await.expect("publish b");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(imp.state().wakeups(), before, "a change to b woke polls waiting on a");
+    assert!(waiting.iter().all(|w| !w.is_finished()));
+    // The safety-net reload changes nothing, and wakes nobody.
+    imp.state().reload(imp.pool(), None).await.expect("reload");
+    assert_eq!(imp.state().wakeups(), before);
+    imp.publish(&Caller::System, "wake.a", text("2")).await.expect("publish a");
+    for w in waiting {
+        let answer = w.await.expect("task").expect("poll");
+        assert_eq!(answer.updates["wake.a"].version, 2);
+    }
+    assert_eq!(imp.state().wakeups() - before, 10, "each poll on a woke once");
+    imp.shutdown();
+}
