@@ -55,18 +55,10 @@ impl Imprint {
         Ok(())
     }
 
-    /// A topic the caller may read, by name.
-    async fn consumed_topic(&self, caller: &Caller, topic: &str) -> Result<store::topics::TopicRef> {
-        let mut conn = self.pool().acquire().await?;
-        let t = store::topics::require(&mut conn, topic, false).await?;
-        caller.require_read(&t.name, &t.owner, t.restricted)?;
-        Ok(t)
-    }
-
     /// How a version spread: for each node holding it, how long after the publish the
     /// audit first saw it there; `total` counts the nodes that hold or should hold it.
     pub async fn propagation(&self, caller: &Caller, topic: &str, version: u64) -> Result<Propagation> {
-        let t = self.consumed_topic(caller, topic).await?;
+        let t = self.readable_topic(caller, topic).await?;
         let created_at = store::versions::created_at(self.pool(), t.id, version as i64)
             .await?
             .ok_or(Error::VersionNotFound { topic: t.name.clone(), version })?;
@@ -94,7 +86,7 @@ impl Imprint {
             l => cursor::limit(l)? as usize,
         };
         let offset = filter.cursor.as_deref().map(cursor::decode).transpose()?.unwrap_or(0).max(0) as usize;
-        let t = self.consumed_topic(caller, topic).await?;
+        let t = self.readable_topic(caller, topic).await?;
         let rows = store::consumers::list(self.pool(), t.id, filter.labels.as_ref().map(Selector::to_json)).await?;
         let serving = self.state().get(&t.name);
         let now = self.now();

@@ -244,6 +244,18 @@ impl Imprint {
         Ok(caller)
     }
 
+    /// A topic the caller may read, by name (the settings operations need).
+    pub(crate) async fn readable_topic(
+        &self,
+        caller: &crate::auth::Caller,
+        topic: &str,
+    ) -> Result<store::topics::TopicRef> {
+        let mut conn = self.pool().acquire().await?;
+        let t = store::topics::require(&mut conn, topic, false).await?;
+        caller.require_read(&t.name, &t.owner, t.restricted)?;
+        Ok(t)
+    }
+
     /// Forgets cached tokens (after a revoke, so it takes effect on this server at once).
     pub fn forget_cached_tokens(&self) {
         self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner()).clear();

@@ -96,10 +96,8 @@ impl Imprint {
     ) -> Result<Page<Pin>> {
         let limit = cursor::limit(limit)?;
         let before = cursor.map(cursor::decode).transpose()?;
-        let mut conn = self.pool().acquire().await?;
-        let t = store::topics::require(&mut conn, topic, false).await?;
-        caller.require_read(&t.name, &t.owner, t.restricted)?;
-        let rows = store::pins::list(&mut *conn, t.id, all, before, limit + 1).await?;
+        let t = self.readable_topic(caller, topic).await?;
+        let rows = store::pins::list(self.pool(), t.id, all, before, limit + 1).await?;
         let more = rows.len() as i64 > limit;
         let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
         let next = if more { rows.last().map(|r| cursor::encode(r.id)) } else { None };

@@ -175,14 +175,6 @@ impl Imprint {
         self.rollout(caller, &t.name, id).await
     }
 
-    /// A topic the caller may read, by name.
-    async fn readable_topic(&self, caller: &Caller, topic: &str) -> Result<store::topics::TopicRef> {
-        let mut conn = self.pool().acquire().await?;
-        let t = store::topics::require(&mut conn, topic, false).await?;
-        caller.require_read(&t.name, &t.owner, t.restricted)?;
-        Ok(t)
-    }
-
     /// A topic's rollouts, newest first, a page at a time.
     pub async fn rollouts(
         &self,

@@ -186,14 +186,6 @@ impl Imprint {
         })
     }
 
-    /// A topic the caller may read, by name.
-    async fn readable(&self, caller: &Caller, topic: &str) -> Result<store::topics::TopicRef> {
-        let mut conn = self.pool().acquire().await?;
-        let t = store::topics::require(&mut conn, topic, false).await?;
-        caller.require_read(&t.name, &t.owner, t.restricted)?;
-        Ok(t)
-    }
-
     pub async fn list_versions(
         &self,
         caller: &Caller,
@@ -203,7 +195,7 @@ impl Imprint {
     ) -> Result<Page<Version>> {
         let limit = cursor::limit(limit)?;
         let before = cursor.map(cursor::decode).transpose()?;
-        let t = self.readable(caller, topic).await?;
+        let t = self.readable_topic(caller, topic).await?;
         let rows = store::versions::list(self.pool(), t.id, before, limit + 1).await?;
         let more = rows.len() as i64 > limit;
         let rows: Vec<VersionRow> = rows.into_iter().take(limit as usize).collect();
@@ -221,7 +213,7 @@ impl Imprint {
     }
 
     pub async fn version(&self, caller: &Caller, topic: &str, version: u64) -> Result<Version> {
-        let t = self.readable(caller, topic).await?;
+        let t = self.readable_topic(caller, topic).await?;
         let row = store::versions::get(self.pool(), t.id, version as i64)
             .await?
             .ok_or_else(|| Error::VersionNotFound { topic: t.name.clone(), version })?;
@@ -241,7 +233,7 @@ impl Imprint {
 
     /// The payload of a version (with its content type and checksum).
     pub async fn version_data(&self, caller: &Caller, topic: &str, version: u64) -> Result<(Bytes, String, String)> {
-        let t = self.readable(caller, topic).await?;
+        let t = self.readable_topic(caller, topic).await?;
         match store::versions::data(self.pool(), t.id, version as i64).await? {
             None => Err(Error::VersionNotFound { topic: t.name, version }),
             Some(d) if d.purged_at.is_some() => Err(Error::VersionPurged { topic: t.name, version }),
