@@ -46,6 +46,7 @@ pub fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         Error::NoVersionInScope(_) => (StatusCode::NOT_FOUND, "no_version_in_scope"),
         Error::UserNotFound(_) => (StatusCode::NOT_FOUND, "user_not_found"),
         Error::TeamNotFound(_) => (StatusCode::NOT_FOUND, "team_not_found"),
+        Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         Error::TopicExists(_) => (StatusCode::CONFLICT, "topic_exists"),
         Error::InvalidState(_) => (StatusCode::CONFLICT, "invalid_state"),
         Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

@@ -77,7 +77,7 @@ impl Imprint {
 
     fn apollo_topic(&self, client: &ApolloClient, namespace: &str) -> Result<Arc<ServingTopic>> {
         let t = self.state().apollo_topic(&client.app_id, namespace).ok_or_else(|| {
-            Error::TopicNotFound(format!("(no topic is bound to Apollo app {:?}, namespace {namespace:?})", client.app_id))
+            Error::NotFound(format!("no topic is bound to Apollo app {:?}, namespace {namespace:?}", client.app_id))
         })?;
         // A restricted topic is served to signed requests only.
         if t.restricted && !client.signed {

@@ -27,8 +27,12 @@ pub enum Error {
     Conflict(String),
     #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
     PayloadTooLarge { size: u64, limit: u64 },
-    #[error("payload does not satisfy the topic's JSON Schema: {0}")]
+    /// The payload is not what the topic accepts (its JSON Schema, its Apollo binding).
+    #[error("{0}")]
     SchemaViolation(String),
+    /// Something other than a topic, version, pin or rollout is not there.
+    #[error("{0}")]
+    NotFound(String),
     #[error("{0}")]
     InvalidRequest(String),
     #[error("{0}")]

@@ -303,7 +303,11 @@ fn validate_against(schema: &serde_json::Value, payload: &Payload) -> Result<()>
         Payload::Text(s) => serde_json::from_str(s),
         Payload::Binary(b) => serde_json::from_slice(b),
     }
-    .map_err(|e| Error::SchemaViolation(format!("the topic has a JSON Schema and the payload is not JSON: {e}")))?;
+    .map_err(|e| {
+        Error::SchemaViolation(format!(
+            "payload does not satisfy the topic's JSON Schema: the topic has a JSON Schema and the payload is not JSON: {e}"
+        ))
+    })?;
     let validator = jsonschema::validator_for(schema)
         .map_err(|e| Error::Internal(format!("stored schema does not compile: {e}")))?;
     let errors: Vec<String> =
@@ -311,7 +315,7 @@ fn validate_against(schema: &serde_json::Value, payload: &Payload) -> Result<()>
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(Error::SchemaViolation(errors.join("; ")))
+        Err(Error::SchemaViolation(format!("payload does not satisfy the topic's JSON Schema: {}", errors.join("; "))))
     }
 }
 
