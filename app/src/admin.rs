@@ -150,7 +150,13 @@ pub async fn create_token(
             .filter(|t| !t.is_empty())
             .map(str::to_owned)
             .collect();
-        Ok(NewToken { name: name.trim().to_owned(), kind, team: (!team.is_empty()).then(|| team.to_owned()), labels, topics })
+        Ok(NewToken {
+            name: name.trim().to_owned(),
+            kind,
+            team: (!team.is_empty()).then(|| team.to_owned()),
+            labels,
+            topics,
+        })
     })();
     let r = match spec {
         Ok(spec) => imprint_service::auth::create_token_with(imprint.pool(), &caller, &spec).await,

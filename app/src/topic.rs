@@ -130,7 +130,8 @@ pub async fn load_topic(name: String) -> Result<TopicPage, ServerFnError> {
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
     let topic = load(imprint.topic(&caller, &name).await)?;
-    let pins: Vec<PinView> = load(imprint.pins(&caller, &name, false, Some(500), None).await)?.items.into_iter().map(convert::pin).collect();
+    let pins: Vec<PinView> =
+        load(imprint.pins(&caller, &name, false, Some(500), None).await)?.items.into_iter().map(convert::pin).collect();
     let versions = load(imprint.list_versions(&caller, &name, Some(100), None).await)?;
     Ok(TopicPage {
         head: convert::head(&topic, &caller),

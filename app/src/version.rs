@@ -27,8 +27,11 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
     let topic = load(imprint.topic(&caller, &name).await)?;
-    let pins: Vec<crate::topic::PinView> =
-        load(imprint.pins(&caller, &name, false, Some(500), None).await)?.items.into_iter().map(crate::topic::pin_of).collect();
+    let pins: Vec<crate::topic::PinView> = load(imprint.pins(&caller, &name, false, Some(500), None).await)?
+        .items
+        .into_iter()
+        .map(crate::topic::pin_of)
+        .collect();
     let v = load(imprint.version(&caller, &name, n).await)?;
     let others: Vec<u64> = load(imprint.list_versions(&caller, &name, Some(500), None).await)?
         .items

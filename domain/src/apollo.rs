@@ -136,11 +136,14 @@ mod tests {
     #[test]
     fn payloads_become_configurations() {
         let c = configurations("application", br#"{"timeout": 100, "name": "a b", "on": true, "gone": null}"#).unwrap();
-        assert_eq!(c, BTreeMap::from([
-            ("name".into(), "a b".into()),
-            ("on".into(), "true".into()),
-            ("timeout".into(), "100".into()),
-        ]));
+        assert_eq!(
+            c,
+            BTreeMap::from([
+                ("name".into(), "a b".into()),
+                ("on".into(), "true".into()),
+                ("timeout".into(), "100".into()),
+            ])
+        );
         let c = configurations("application", b"# comment\nurl = http://x:1/y\n\nmode: fast\na\\=b=c\n").unwrap();
         assert_eq!(c["url"], "http://x:1/y");
         assert_eq!(c["mode"], "fast");

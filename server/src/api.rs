@@ -3,8 +3,8 @@
 //! OpenAPI document by construction.
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{
-    body_bytes, parse_json, ActionPath, ApiJson, ApiQuery, Auth, OptionalJson, PollAuth, RolloutPath, TopicPath, VersionPath,
-    MAX_BODY_BYTES,
+    body_bytes, parse_json, ActionPath, ApiJson, ApiQuery, Auth, OptionalJson, PollAuth, RolloutPath, TopicPath,
+    VersionPath, MAX_BODY_BYTES,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -125,7 +125,8 @@ impl PublishBody {
                 return Err(ApiError::invalid("the payload is missing: send data (UTF-8 text) or data_base64"))
             }
         };
-        let scopes = self.scopes.map(|items| items.iter().map(selector_json).collect::<ApiResult<Vec<_>>>()).transpose()?;
+        let scopes =
+            self.scopes.map(|items| items.iter().map(selector_json).collect::<ApiResult<Vec<_>>>()).transpose()?;
         let rollout = match self.rollout {
             None => RolloutRequest::TopicDefault,
             Some(None) => RolloutRequest::None,

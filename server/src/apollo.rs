@@ -181,19 +181,12 @@ pub async fn notifications(
     let raw = q.notifications.as_deref().ok_or_else(|| bad("notifications is required".into()))?;
     let known: Vec<KnownNotification> = serde_json::from_str(raw)
         .map_err(|e| bad(format!("notifications must be a JSON list of {{namespaceName, notificationId}}: {e}")))?;
-    if known.is_empty() || known.len() > MAX_NOTIFICATIONS || known.iter().any(|n| n.namespace_name.trim().is_empty())
-    {
+    if known.is_empty() || known.len() > MAX_NOTIFICATIONS || known.iter().any(|n| n.namespace_name.trim().is_empty()) {
         return Err(bad(format!("notifications lists 1 to {MAX_NOTIFICATIONS} namespaces, each with a name")));
     }
     let signed = verify(&imprint, &app_id, &req)?;
-    let client = ApolloClient {
-        app_id,
-        cluster,
-        ip: q.ip.clone(),
-        label: None,
-        data_center: q.data_center.clone(),
-        signed,
-    };
+    let client =
+        ApolloClient { app_id, cluster, ip: q.ip.clone(), label: None, data_center: q.data_center.clone(), signed };
     let known: Vec<(String, i64)> = known.into_iter().map(|n| (n.namespace_name, n.notification_id)).collect();
     let hold = imprint.config().apollo_hold;
     let changed = imprint.apollo_notifications(&client, &known, hold).await?;
@@ -212,4 +205,3 @@ pub async fn notifications(
         .collect();
     Ok(Json(body).into_response())
 }
-

@@ -4,8 +4,8 @@
 use crate::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use imprint_domain::TopicName;
 use imprint_service::{Caller, Error, Imprint};
 use serde::de::DeserializeOwned;
@@ -60,10 +60,9 @@ fn bearer(parts: &Parts) -> Result<Option<String>, ApiError> {
 
 /// The path parameters by name.
 async fn path_params(parts: &mut Parts) -> Result<HashMap<String, String>, ApiError> {
-    let axum::extract::Path(params) =
-        axum::extract::Path::<HashMap<String, String>>::from_request_parts(parts, &())
-            .await
-            .map_err(|e| ApiError::invalid(format!("bad path: {e}")))?;
+    let axum::extract::Path(params) = axum::extract::Path::<HashMap<String, String>>::from_request_parts(parts, &())
+        .await
+        .map_err(|e| ApiError::invalid(format!("bad path: {e}")))?;
     Ok(params)
 }
 
@@ -141,11 +140,8 @@ pub async fn body_bytes(req: Request) -> Result<Bytes, ApiError> {
 /// The request body, at most `limit` bytes (413 beyond, without reading further).
 pub async fn body_bytes_limited(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || ApiError(Error::PayloadTooLarge { size: limit as u64 + 1, limit: limit as u64 });
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }

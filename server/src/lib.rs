@@ -2,8 +2,8 @@
 //! process lifecycle (migrations, background jobs, graceful shutdown).
 #![forbid(unsafe_code)]
 
-pub mod apollo;
 pub mod api;
+pub mod apollo;
 pub mod error;
 pub mod extract;
 pub mod openapi;
@@ -171,11 +171,8 @@ pub const CONSOLE_MAX_BODY_BYTES: usize = 1024 * 1024;
 async fn console_body_limit(req: Request, next: Next) -> Response {
     use axum::http::{header, StatusCode};
     if req.uri().path().starts_with("/console/fn/") {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > CONSOLE_MAX_BODY_BYTES as u64) {
             return crate::error::ApiError::with_code(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -237,7 +234,5 @@ pub fn full_router(
         .layer(axum::middleware::from_fn(same_origin_only))
         .layer(axum::middleware::from_fn(console_body_limit))
         .layer(sessions);
-    api_router(imprint)
-        .merge(console)
-        .layer(axum::middleware::from_fn_with_state(trusted, client_ip))
+    api_router(imprint).merge(console).layer(axum::middleware::from_fn_with_state(trusted, client_ip))
 }

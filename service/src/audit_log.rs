@@ -34,7 +34,14 @@ impl Imprint {
         let items: Vec<AuditEntry> = rows
             .into_iter()
             .take(limit as usize)
-            .map(|r| AuditEntry { id: r.id, at: r.at, actor: r.actor, action: r.action, topic: r.topic, details: r.details })
+            .map(|r| AuditEntry {
+                id: r.id,
+                at: r.at,
+                actor: r.actor,
+                action: r.action,
+                topic: r.topic,
+                details: r.details,
+            })
             .collect();
         let next = if more { items.last().map(|e| cursor::encode(e.id)) } else { None };
         Ok(Page { items, next })

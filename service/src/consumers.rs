@@ -145,8 +145,13 @@ fn columns(entries: &[(Key, Observation)]) -> store::consumers::ObservationColum
         c.last.push(o.last_seen);
         c.applied_version.push(o.applied.as_ref().map(|a| a.version as i64));
         c.applied_ok.push(o.applied.as_ref().map(|a| a.ok));
-        c.applied_error
-            .push(o.applied.as_ref().and_then(|a| if a.ok { None } else { a.error.clone().or(Some(String::new())) }));
+        c.applied_error.push(o.applied.as_ref().and_then(|a| {
+            if a.ok {
+                None
+            } else {
+                a.error.clone().or(Some(String::new()))
+            }
+        }));
         c.applied_at.push(o.applied.as_ref().map(|a| a.at));
         c.principals.push(o.principal.as_deref().map(str::to_owned));
     }

@@ -1,9 +1,9 @@
 //! The consumer poll: answered from the in-memory state only (no SQL), optionally held
 //! open until an update exists for this consumer (long polling).
-use crate::error::{Error, Result};
-use crate::serving::{ServedVersion, ServingState};
 use crate::auth::Caller;
+use crate::error::{Error, Result};
 use crate::handle::Imprint;
+use crate::serving::{ServedVersion, ServingState};
 use base64::Engine;
 use imprint_domain::{is_update, Labels, TopicName};
 use serde::{Deserialize, Serialize};
@@ -186,9 +186,8 @@ impl Imprint {
         let state: &Arc<ServingState> = self.state();
         // Registered before the first look, so no change slips between look and wait; a
         // change to one of these topics (and only these) wakes this poll.
-        let waiter = (req.wait_ms > 0).then(|| {
-            state.waiter(req.topics.keys().filter_map(|n| TopicName::parse(n).ok()).map(|n| n.to_string()))
-        });
+        let waiter = (req.wait_ms > 0)
+            .then(|| state.waiter(req.topics.keys().filter_map(|n| TopicName::parse(n).ok()).map(|n| n.to_string())));
         let mut stopping = self.draining();
         // Counts this request among the open long polls until it answers (also if dropped).
         // Past the cap the poll degrades to a short one with a backoff.
@@ -283,7 +282,9 @@ impl Imprint {
     /// label-bound consumer token must claim its labels.
     fn require_poller(&self, caller: &Caller, claimed: &BTreeMap<String, String>) -> Result<()> {
         if self.config().poll_auth_required && matches!(caller, Caller::Anonymous) {
-            return Err(Error::Unauthorized("this server requires a token to poll (IMPRINT_POLL_AUTH=required)".into()));
+            return Err(Error::Unauthorized(
+                "this server requires a token to poll (IMPRINT_POLL_AUTH=required)".into(),
+            ));
         }
         caller.require_claimed_labels(claimed)
     }

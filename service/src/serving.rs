@@ -1,9 +1,9 @@
 //! The in-memory serving state: every topic's versions, scopes and pins, so polls and
 //! resolution never touch Postgres. Kept current by LISTEN/NOTIFY and a periodic full
 //! reload; readers take an `Arc` snapshot of a topic and never block writers for long.
+use crate::store;
 use bytes::Bytes;
 use imprint_domain::{CurrentIndex, PinEntry, ScopeEntry, Selector, TopicHistory, TopicName, VersionEntry};
-use crate::store;
 use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};

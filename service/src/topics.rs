@@ -226,8 +226,9 @@ impl Imprint {
 
     pub async fn topic(&self, caller: &Caller, name: &str) -> Result<Topic> {
         let name = TopicName::parse(name)?;
-        let topic =
-            store::topics::by_name(self.pool(), name.as_str()).await?.ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        let topic = store::topics::by_name(self.pool(), name.as_str())
+            .await?
+            .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         caller.require_read(&topic.name, &topic.owner, topic.restricted)?;
         Ok(topic)
     }
@@ -247,8 +248,9 @@ impl Imprint {
         let pattern = q
             .filter(|q| !q.is_empty())
             .map(|q| format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
-        let rows = store::topics::list(self.pool(), pattern.as_deref(), owner.filter(|o| !o.is_empty()), before, limit + 1)
-            .await?;
+        let rows =
+            store::topics::list(self.pool(), pattern.as_deref(), owner.filter(|o| !o.is_empty()), before, limit + 1)
+                .await?;
         let more = rows.len() as i64 > limit;
         let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
         let next = if more { rows.last().map(|r| cursor::encode(r.id)) } else { None };

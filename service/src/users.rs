@@ -162,11 +162,7 @@ impl Imprint {
             return Err(Error::TooManyAttempts { retry_after_s: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) });
         }
         let valid_name = check_username(username).is_ok();
-        let creds = if valid_name {
-            store::users::credentials(self.pool(), username).await?
-        } else {
-            None
-        };
+        let creds = if valid_name { store::users::credentials(self.pool(), username).await? } else { None };
         let ok = if password.len() > MAX_PASSWORD_BYTES {
             false
         } else {

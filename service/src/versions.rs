@@ -101,9 +101,8 @@ impl Imprint {
                 Payload::Text(s) => s.as_bytes(),
                 Payload::Binary(b) => b,
             };
-            imprint_domain::apollo::configurations(ns, bytes).map_err(|e| {
-                Error::SchemaViolation(format!("{} is bound to Apollo namespace {ns:?}: {e}", t.name))
-            })?;
+            imprint_domain::apollo::configurations(ns, bytes)
+                .map_err(|e| Error::SchemaViolation(format!("{} is bound to Apollo namespace {ns:?}: {e}", t.name)))?;
         }
         let content_type = input.content_type.or(t.content_type.clone()).unwrap_or_else(|| match &input.payload {
             Payload::Text(s) if serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok() => "application/json".into(),
@@ -139,7 +138,9 @@ impl Imprint {
         // A newer version supersedes any rollout of an older one.
         supersede_active(&mut tx, t.id, &t.name, version as u64, created_at, &who).await?;
         let rollout_id = match plan {
-            Some(p) => Some(crate::rollouts::start_tx(&mut tx, t.id, &t.name, version as u64, p, &who, created_at).await?),
+            Some(p) => {
+                Some(crate::rollouts::start_tx(&mut tx, t.id, &t.name, version as u64, p, &who, created_at).await?)
+            }
             None => None,
         };
         let scope_keys: Vec<String> = scopes.iter().map(ToString::to_string).collect();
@@ -265,10 +266,9 @@ impl Imprint {
                 .await?;
         if added == 0 {
             tx.rollback().await?;
-            let (added_at, added_by) =
-                store::versions::scope(self.pool(), t.id, version as i64, &selector.to_string()).await?.ok_or_else(
-                    || Error::Conflict("the scope was added and is gone again; try again".into()),
-                )?;
+            let (added_at, added_by) = store::versions::scope(self.pool(), t.id, version as i64, &selector.to_string())
+                .await?
+                .ok_or_else(|| Error::Conflict("the scope was added and is gone again; try again".into()))?;
             return Ok((Scope { selector, added_at, added_by }, false));
         }
         let details = json!({"version": version, "selector": selector.to_string()});

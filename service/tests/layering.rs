@@ -81,8 +81,7 @@ fn service_modules_form_a_dag() {
     let mut placed: Vec<String> = Vec::new();
     let mut left: BTreeSet<String> = modules.clone();
     while !left.is_empty() {
-        let ready: Vec<String> =
-            left.iter().filter(|m| deps[*m].iter().all(|d| placed.contains(d))).cloned().collect();
+        let ready: Vec<String> = left.iter().filter(|m| deps[*m].iter().all(|d| placed.contains(d))).cloned().collect();
         assert!(
             !ready.is_empty(),
             "import cycle among {left:?}: {:?}",

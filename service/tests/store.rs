@@ -94,10 +94,7 @@ async fn rollouts_and_records_follow_the_clock(pool: PgPool) {
     assert_eq!(got.version, 1);
 
     // The audit log carries the clock's time too.
-    let log = imp
-        .audit_log(&Caller::System, &imprint_service::model::AuditFilter::default())
-        .await
-        .expect("log");
+    let log = imp.audit_log(&Caller::System, &imprint_service::model::AuditFilter::default()).await.expect("log");
     assert!(log.items.iter().all(|e| e.at >= start && e.at <= start + Duration::seconds(600)), "{:?}", log.items);
     imp.shutdown();
 }

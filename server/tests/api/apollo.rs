@@ -30,8 +30,10 @@ fn sign(secret: &str, ts: &str, target: &str) -> String {
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn configs_files_and_release_keys(pool: sqlx::PgPool) {
     let app = app_with_hold(pool, Duration::from_secs(2)).await;
-    app.create_topic_with(json!({"name": "shop.app", "owner": "shop", "apollo": {"app_id": "shop", "namespace": "application"}}))
-        .await;
+    app.create_topic_with(
+        json!({"name": "shop.app", "owner": "shop", "apollo": {"app_id": "shop", "namespace": "application"}}),
+    )
+    .await;
     app.publish("shop.app", json!({"data": "{\"timeout\": \"100\", \"retries\": 3, \"debug\": false}"})).await;
 
     let c = config(&app, "/apollo/configs/shop/default/application?ip=10.0.0.5").await;
@@ -77,14 +79,17 @@ async fn configs_files_and_release_keys(pool: sqlx::PgPool) {
         .unwrap();
     assert_error(r, 409, "conflict").await;
     // File namespaces answer {"content": …}.
-    app.create_topic_with(json!({"name": "shop.rules", "owner": "shop", "apollo": {"app_id": "shop", "namespace": "rules.json"}}))
-        .await;
+    app.create_topic_with(
+        json!({"name": "shop.rules", "owner": "shop", "apollo": {"app_id": "shop", "namespace": "rules.json"}}),
+    )
+    .await;
     app.publish("shop.rules", json!({"data": "{\"a\": {\"b\": 1}}"})).await;
     let c = config(&app, "/apollo/configs/shop/default/rules.json").await;
     assert_eq!(c["configurations"], json!({"content": "{\"a\": {\"b\": 1}}"}));
     // Apollo clients are consumers like any other.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let cons: Value = app.req(Method::GET, "/api/v1/topics/shop.app/consumers").send().await.unwrap().json().await.unwrap();
+    let cons: Value =
+        app.req(Method::GET, "/api/v1/topics/shop.app/consumers").send().await.unwrap().json().await.unwrap();
     let node = &cons["consumers"].as_array().unwrap().iter().find(|c| c["instance"] == "apollo:10.0.0.5").cloned();
     let node = node.as_ref().expect("the Apollo client is in the consumer audit");
     assert_eq!(node["labels"], json!({"cluster": "default", "ip": "10.0.0.5"}));
@@ -94,8 +99,10 @@ async fn configs_files_and_release_keys(pool: sqlx::PgPool) {
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn scopes_pins_and_long_polls_reach_apollo_clients(pool: sqlx::PgPool) {
     let app = app_with_hold(pool, Duration::from_secs(3)).await;
-    app.create_topic_with(json!({"name": "flags", "owner": "shop", "apollo": {"app_id": "shop", "namespace": "flags"}}))
-        .await;
+    app.create_topic_with(
+        json!({"name": "flags", "owner": "shop", "apollo": {"app_id": "shop", "namespace": "flags"}}),
+    )
+    .await;
     // No release yet: 404, and a -1 notification waits (then 304).
     assert_eq!(get(&app, "/apollo/configs/shop/default/flags").await.status(), 404);
     app.publish("flags", json!({"data": "mode=old"})).await;
@@ -116,7 +123,10 @@ async fn scopes_pins_and_long_polls_reach_apollo_clients(pool: sqlx::PgPool) {
     assert_eq!(general["configurations"]["mode"], "old");
     assert_ne!(canary["releaseKey"], general["releaseKey"]);
     // A pin moves canary back at its next /configs.
-    let r = app.admin(Method::PUT, "/api/v1/topics/flags/pins").json(&json!({"selector": {"cluster": "canary"}, "version": 1})).send();
+    let r = app
+        .admin(Method::PUT, "/api/v1/topics/flags/pins")
+        .json(&json!({"selector": {"cluster": "canary"}, "version": 1}))
+        .send();
     assert_eq!(r.await.unwrap().status(), 200);
     let pinned = config(&app, "/apollo/configs/shop/canary/flags").await;
     assert_eq!(pinned["configurations"]["mode"], "old");
@@ -125,13 +135,21 @@ async fn scopes_pins_and_long_polls_reach_apollo_clients(pool: sqlx::PgPool) {
     // A long poll at the current id is answered within a second of a publish.
     let current = {
         let notes = json!([{"namespaceName": "flags", "notificationId": -1}]).to_string();
-        let r = app.req(Method::GET, "/apollo/notifications/v2").query(&[("appId", "shop"), ("cluster", "default"), ("notifications", &notes)]);
+        let r = app.req(Method::GET, "/apollo/notifications/v2").query(&[
+            ("appId", "shop"),
+            ("cluster", "default"),
+            ("notifications", &notes),
+        ]);
         let n: Value = r.send().await.unwrap().json().await.unwrap();
         n[0]["notificationId"].as_i64().unwrap()
     };
     let notes = json!([{"namespaceName": "flags", "notificationId": current}]).to_string();
     let waiting = {
-        let r = app.req(Method::GET, "/apollo/notifications/v2").query(&[("appId", "shop"), ("cluster", "default"), ("notifications", &notes)]);
+        let r = app.req(Method::GET, "/apollo/notifications/v2").query(&[
+            ("appId", "shop"),
+            ("cluster", "default"),
+            ("notifications", &notes),
+        ]);
         tokio::spawn(async move {
             let r = r.send().await.unwrap();
             (r.status().as_u16(), Instant::now(), r.text().await.unwrap())
@@ -142,17 +160,31 @@ async fn scopes_pins_and_long_polls_reach_apollo_clients(pool: sqlx::PgPool) {
     app.publish("flags", json!({"data": "mode=newest"})).await;
     let (status, at, body) = waiting.await.unwrap();
     assert_eq!(status, 200, "{body}");
-    assert!(at.duration_since(published) < Duration::from_secs(1), "answered {:?} after the publish", at.duration_since(published));
+    assert!(
+        at.duration_since(published) < Duration::from_secs(1),
+        "answered {:?} after the publish",
+        at.duration_since(published)
+    );
     let n: Value = serde_json::from_str(&body).unwrap();
     assert!(n[0]["notificationId"].as_i64().unwrap() > current);
     // Nothing changes: 304 after the hold.
     let notes = json!([{"namespaceName": "flags", "notificationId": n[0]["notificationId"]}]).to_string();
-    let r = app.req(Method::GET, "/apollo/notifications/v2").query(&[("appId", "shop"), ("cluster", "default"), ("notifications", &notes)]);
+    let r = app.req(Method::GET, "/apollo/notifications/v2").query(&[
+        ("appId", "shop"),
+        ("cluster", "default"),
+        ("notifications", &notes),
+    ]);
     assert_eq!(r.send().await.unwrap().status(), 304);
     // A missing or malformed list: 400.
     assert_eq!(get(&app, "/apollo/notifications/v2?appId=shop&cluster=default").await.status(), 400);
-    assert_eq!(get(&app, "/apollo/notifications/v2?appId=shop&cluster=default&notifications=%5Bnope").await.status(), 400);
-    assert_eq!(get(&app, "/apollo/notifications/v2?appId=shop&cluster=default&notifications=%5B%5D").await.status(), 400);
+    assert_eq!(
+        get(&app, "/apollo/notifications/v2?appId=shop&cluster=default&notifications=%5Bnope").await.status(),
+        400
+    );
+    assert_eq!(
+        get(&app, "/apollo/notifications/v2?appId=shop&cluster=default&notifications=%5B%5D").await.status(),
+        400
+    );
 }
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
@@ -177,18 +209,29 @@ async fn signatures_are_checked_when_the_app_has_a_secret(pool: sqlx::PgPool) {
     let relative = path.strip_prefix("/apollo").unwrap();
     assert_eq!(send(ts.clone(), sign("s3cr3t", &ts, relative)).await.unwrap().status(), 200, "after the config URL");
     assert_error(send(ts.clone(), sign("wrong", &ts, path)).await.unwrap(), 401, "unauthorized").await;
-    assert_error(send(ts.clone(), sign("s3cr3t", &ts, "/apollo/configs/vault/default/application")).await.unwrap(), 401, "unauthorized")
-        .await;
+    assert_error(
+        send(ts.clone(), sign("s3cr3t", &ts, "/apollo/configs/vault/default/application")).await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
     let stale = (chrono::Utc::now().timestamp_millis() - 120_000).to_string();
     assert_error(send(stale.clone(), sign("s3cr3t", &stale, path)).await.unwrap(), 401, "unauthorized").await;
     // Notifications are signed too.
     let notes = "/apollo/notifications/v2?appId=vault&cluster=default&notifications=%5B%7B%22namespaceName%22%3A%22application%22%2C%22notificationId%22%3A-1%7D%5D";
     assert_error(get(&app, notes).await, 401, "unauthorized").await;
     let ts = now();
-    let r = app.req(Method::GET, notes).header("Timestamp", &ts).header("Authorization", format!("Apollo vault:{}", sign("s3cr3t", &ts, notes))).send();
+    let r = app
+        .req(Method::GET, notes)
+        .header("Timestamp", &ts)
+        .header("Authorization", format!("Apollo vault:{}", sign("s3cr3t", &ts, notes)))
+        .send();
     assert_eq!(r.await.unwrap().status(), 200);
     // Removing the secret (`""`) opens the app again.
-    let r = app.admin(Method::PATCH, "/api/v1/topics/sec").json(&json!({"apollo": {"app_id": "vault", "namespace": "application", "secret": ""}})).send();
+    let r = app
+        .admin(Method::PATCH, "/api/v1/topics/sec")
+        .json(&json!({"apollo": {"app_id": "vault", "namespace": "application", "secret": ""}}))
+        .send();
     assert_eq!(r.await.unwrap().status(), 200);
     assert_eq!(get(&app, path).await.status(), 200);
 }

@@ -23,10 +23,48 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "data", "data_base64", "scopes", "selector", "version", "reason", "stages", "plan", "rollback", "consumer",
-    "instance", "labels", "topics", "applied", "wait_ms", "name", "owner", "retention", "max_versions", "metadata",
-    "message", "rollout", "content_type", "json_schema", "plans", "default_plan", "restricted", "ok", "error", "wait_s",
-    "gate", "region", "*", "", "a.b", "-1", "0", "1e308", "\u{0}", "é", "../../etc", "null",
+    "data",
+    "data_base64",
+    "scopes",
+    "selector",
+    "version",
+    "reason",
+    "stages",
+    "plan",
+    "rollback",
+    "consumer",
+    "instance",
+    "labels",
+    "topics",
+    "applied",
+    "wait_ms",
+    "name",
+    "owner",
+    "retention",
+    "max_versions",
+    "metadata",
+    "message",
+    "rollout",
+    "content_type",
+    "json_schema",
+    "plans",
+    "default_plan",
+    "restricted",
+    "ok",
+    "error",
+    "wait_s",
+    "gate",
+    "region",
+    "*",
+    "",
+    "a.b",
+    "-1",
+    "0",
+    "1e308",
+    "\u{0}",
+    "é",
+    "../../etc",
+    "null",
 ];
 
 fn value(rng: &mut Rng, depth: u32) -> Value {
@@ -78,8 +116,21 @@ async fn random_requests_never_get_a_server_error(pool: sqlx::PgPool) {
         (Method::POST, "/api/v1/topics/f/rollouts/1/cancel"),
         (Method::POST, "/api/v1/poll"),
     ];
-    let queries = ["", "?limit=0", "?limit=x", "?cursor=%%", "?labels=a=b,,", "?selector=*", "?at=now", "?all=maybe",
-                   "?unused_days=-1", "?scope=region", "?meta.k=v", "?version=0", "?lagging=2"];
+    let queries = [
+        "",
+        "?limit=0",
+        "?limit=x",
+        "?cursor=%%",
+        "?labels=a=b,,",
+        "?selector=*",
+        "?at=now",
+        "?all=maybe",
+        "?unused_days=-1",
+        "?scope=region",
+        "?meta.k=v",
+        "?version=0",
+        "?lagging=2",
+    ];
     let mut seen_5xx = Vec::new();
     for case in 0..cases {
         let (method, path) = rng.pick(routes).clone();
@@ -92,8 +143,11 @@ async fn random_requests_never_get_a_server_error(pool: sqlx::PgPool) {
             0 => {
                 let n = rng.below(64) as usize;
                 let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
-                req.header("content-type", if rng.below(2) == 0 { "application/json" } else { "application/octet-stream" })
-                    .body(bytes)
+                req.header(
+                    "content-type",
+                    if rng.below(2) == 0 { "application/json" } else { "application/octet-stream" },
+                )
+                .body(bytes)
             }
             1 => req.body(""),
             _ => req.json(&value(&mut rng, 0)),

@@ -83,7 +83,13 @@ impl TestApp {
     }
 
     /// A consumer token (reads and polls only), optionally bound to labels and topics.
-    pub async fn consumer_token(&self, name: &str, team: Option<&str>, labels: &[(&str, &str)], topics: &[&str]) -> String {
+    pub async fn consumer_token(
+        &self,
+        name: &str,
+        team: Option<&str>,
+        labels: &[(&str, &str)],
+        topics: &[&str],
+    ) -> String {
         let spec = auth::NewToken {
             name: name.into(),
             kind: auth::TokenKind::Consumer,

@@ -88,12 +88,7 @@ async fn unknown_or_misspelt_fields_are_refused_by_name(pool: sqlx::PgPool) {
         (Method::PUT, "/api/v1/topics/t/pins", json!({"selector": {}, "version": 1, "reson": "x"}), "reson"),
         (Method::POST, "/api/v1/topics/t/rollouts", json!({"version": 1, "stage": []}), "stage"),
         (Method::POST, "/api/v1/topics/t/rollouts/1/cancel", json!({"rolback": true}), "rolback"),
-        (
-            Method::POST,
-            "/api/v1/poll",
-            json!({"consumer": {"instance": "i"}, "topics": {}, "wait": 10}),
-            "wait",
-        ),
+        (Method::POST, "/api/v1/poll", json!({"consumer": {"instance": "i"}, "topics": {}, "wait": 10}), "wait"),
     ];
     for (method, path, body, field) in cases {
         let r = app.admin(method.clone(), path).json(&body).send().await.unwrap();

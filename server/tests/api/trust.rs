@@ -117,7 +117,9 @@ async fn restricted_topics_need_a_token_allowed_on_them(pool: sqlx::PgPool) {
             None => r.send(),
         }
     };
-    for path in ["/api/v1/topics/secret.keys", "/api/v1/topics/secret.keys/versions", "/api/v1/topics/secret.keys/latest"] {
+    for path in
+        ["/api/v1/topics/secret.keys", "/api/v1/topics/secret.keys/versions", "/api/v1/topics/secret.keys/latest"]
+    {
         assert_error(get(None, path).await.unwrap(), 401, "unauthorized").await;
         assert_error(get(Some(&stranger), path).await.unwrap(), 403, "forbidden").await;
         assert_eq!(get(Some(&named), path).await.unwrap().status(), 200, "{path}");
@@ -165,8 +167,16 @@ async fn poll_auth_required_and_bodies_and_long_polls_are_bounded(pool: sqlx::Pg
     tokio::time::sleep(Duration::from_millis(500)).await;
     waiting["consumer"]["instance"] = json!("w2");
     let started = std::time::Instant::now();
-    let second: Value =
-        app.req(Method::POST, "/api/v1/poll").bearer_auth(&token).json(&waiting).send().await.unwrap().json().await.unwrap();
+    let second: Value = app
+        .req(Method::POST, "/api/v1/poll")
+        .bearer_auth(&token)
+        .json(&waiting)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(started.elapsed() < Duration::from_secs(3), "the second long poll was held");
     assert!(second["poll_after_ms"].as_u64().unwrap() >= 5000, "{second}");
     let first: Value = first.await.unwrap().unwrap().json().await.unwrap();
@@ -261,7 +271,8 @@ async fn concurrent_pins_on_one_selector_never_fail(pool: sqlx::PgPool) {
     assert!(statuses.iter().all(|s| *s == 200 || *s == 409), "{statuses:?}");
     let pins: Value = app.req(Method::GET, "/api/v1/topics/p/pins").send().await.unwrap().json().await.unwrap();
     assert_eq!(pins["pins"].as_array().unwrap().len(), 1, "one active pin: {pins}");
-    let all: Value = app.req(Method::GET, "/api/v1/topics/p/pins?all=true&limit=500").send().await.unwrap().json().await.unwrap();
+    let all: Value =
+        app.req(Method::GET, "/api/v1/topics/p/pins?all=true&limit=500").send().await.unwrap().json().await.unwrap();
     let ok = statuses.iter().filter(|s| **s == 200).count();
     assert_eq!(all["pins"].as_array().unwrap().len(), ok, "every acknowledged pin is in the history");
 }
@@ -337,7 +348,8 @@ async fn every_list_pages_with_a_cursor(pool: sqlx::PgPool) {
     assert_eq!(pages(&app, "/api/v1/topics/a/consumers", "consumers").await, [2, 1]);
     assert_eq!(pages(&app, "/api/v1/topics?unused_days=1", "topics").await, [2, 1]);
     assert_eq!(pages(&app, "/api/v1/topics/a/versions", "versions").await, [2, 1]);
-    let c: Value = app.req(Method::GET, "/api/v1/topics/a/consumers?limit=2").send().await.unwrap().json().await.unwrap();
+    let c: Value =
+        app.req(Method::GET, "/api/v1/topics/a/consumers?limit=2").send().await.unwrap().json().await.unwrap();
     assert_eq!(c["total"], 3, "the total counts every page: {c}");
 }
 

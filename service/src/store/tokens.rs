@@ -92,9 +92,10 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTokenRow<'_>) -> Resul
 
 /// Revokes the active token named `name`; false if there is none.
 pub(crate) async fn revoke(conn: &mut PgConnection, name: &str, at: DateTime<Utc>) -> Result<bool> {
-    let done = sqlx::query!("UPDATE api_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL", name, at as _)
-        .execute(&mut *conn)
-        .await?;
+    let done =
+        sqlx::query!("UPDATE api_tokens SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL", name, at as _)
+            .execute(&mut *conn)
+            .await?;
     Ok(done.rows_affected() > 0)
 }
 

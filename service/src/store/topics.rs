@@ -220,11 +220,8 @@ pub(crate) struct TopicUpdate<'a> {
 }
 
 pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>) -> Result<()> {
-    let plans = u
-        .plans
-        .map(serde_json::to_value)
-        .transpose()
-        .map_err(|e| Error::Internal(format!("plans as JSON: {e}")))?;
+    let plans =
+        u.plans.map(serde_json::to_value).transpose().map_err(|e| Error::Internal(format!("plans as JSON: {e}")))?;
     sqlx::query!(
         "UPDATE topics SET
             description = COALESCE($2, description),

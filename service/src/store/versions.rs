@@ -99,8 +99,8 @@ pub(crate) async fn purged_at(
         topic_id,
         version
     )
-        .fetch_optional(&mut *conn)
-        .await?;
+    .fetch_optional(&mut *conn)
+    .await?;
     Ok(r)
 }
 
@@ -133,8 +133,8 @@ pub(crate) async fn created_at<'e>(
         topic_id,
         version
     )
-        .fetch_optional(ex)
-        .await?)
+    .fetch_optional(ex)
+    .await?)
 }
 
 pub(crate) struct ScopeRow {
