@@ -4,8 +4,8 @@
 //! secret. What a client gets is decided by the service (`imprint_service::apollo`).
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
-use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -67,13 +67,12 @@ fn minus_one() -> i64 {
 /// `Timestamp: <epoch ms>`, against the raw request target as received (with or without
 /// the `/apollo` prefix: the Java client signs the whole path, some clients the part after
 /// their configured URL). Returns whether the request was signed.
-fn verify(imprint: &Imprint, app_id: &str, req: &Request) -> ApiResult<bool> {
+fn verify(imprint: &Imprint, app_id: &str, headers: &HeaderMap, uri: &Uri) -> ApiResult<bool> {
     let secrets = imprint.apollo_secrets(app_id);
     if secrets.is_empty() {
         return Ok(false);
     }
     let unauthorized = |m: &str| ApiError(Error::Unauthorized(m.to_owned()));
-    let headers = req.headers();
     let ts = headers.get("timestamp").and_then(|v| v.to_str().ok()).unwrap_or("");
     let ts_ms: i64 = ts.parse().map_err(|_| unauthorized("a signed request needs a Timestamp header (epoch ms)"))?;
     if (imprint.now().timestamp_millis() - ts_ms).abs() > TIMESTAMP_TOLERANCE_MS {
@@ -85,7 +84,7 @@ fn verify(imprint: &Imprint, app_id: &str, req: &Request) -> ApiResult<bool> {
         .and_then(|rest| rest.rsplit_once(':'))
         .and_then(|(_, sig)| base64::engine::general_purpose::STANDARD.decode(sig.trim()).ok())
         .ok_or_else(|| unauthorized("a signed request needs Authorization: Apollo {appId}:{signature}"))?;
-    let full = req.uri().path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default();
+    let full = uri.path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default();
     let relative = full.strip_prefix("/apollo").unwrap_or(&full).to_owned();
     for secret in &secrets {
         for target in [&full, &relative] {
@@ -103,8 +102,10 @@ async fn resolve_config(
     imprint: &Imprint,
     (app_id, cluster, namespace): (String, String, String),
     q: &ConfigQuery,
-    signed: bool,
+    headers: &HeaderMap,
+    uri: &Uri,
 ) -> ApiResult<imprint_service::apollo::ApolloConfig> {
+    let signed = verify(imprint, &app_id, headers, uri)?;
     let client = ApolloClient {
         app_id,
         cluster,
@@ -123,11 +124,11 @@ pub async fn configs(
     State(imprint): State<Imprint>,
     Path(p): Path<(String, String, String)>,
     ApiQuery(q): ApiQuery<ConfigQuery>,
-    req: Request,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> ApiResult<Response> {
     let (app_id, cluster) = (p.0.clone(), p.1.clone());
-    let signed = verify(&imprint, &p.0, &req)?;
-    let c = resolve_config(&imprint, p, &q, signed).await?;
+    let c = resolve_config(&imprint, p, &q, &headers, &uri).await?;
     let client_key = q.release_key.as_deref().filter(|k| !k.is_empty() && *k != "-1");
     if client_key == Some(c.release_key.as_str()) {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
@@ -147,10 +148,10 @@ pub async fn config_json(
     State(imprint): State<Imprint>,
     Path(p): Path<(String, String, String)>,
     ApiQuery(q): ApiQuery<ConfigQuery>,
-    req: Request,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> ApiResult<Response> {
-    let signed = verify(&imprint, &p.0, &req)?;
-    let c = resolve_config(&imprint, p, &q, signed).await?;
+    let c = resolve_config(&imprint, p, &q, &headers, &uri).await?;
     Ok(Json(c.configurations).into_response())
 }
 
@@ -159,10 +160,10 @@ pub async fn config_text(
     State(imprint): State<Imprint>,
     Path(p): Path<(String, String, String)>,
     ApiQuery(q): ApiQuery<ConfigQuery>,
-    req: Request,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> ApiResult<Response> {
-    let signed = verify(&imprint, &p.0, &req)?;
-    let c = resolve_config(&imprint, p, &q, signed).await?;
+    let c = resolve_config(&imprint, p, &q, &headers, &uri).await?;
     let text = imprint_domain::apollo::render_properties(&c.configurations);
     Ok(([(header::CONTENT_TYPE, "text/plain;charset=UTF-8")], text).into_response())
 }
@@ -173,7 +174,8 @@ pub async fn config_text(
 pub async fn notifications(
     State(imprint): State<Imprint>,
     ApiQuery(q): ApiQuery<NotificationQuery>,
-    req: Request,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> ApiResult<Response> {
     let bad = |m: String| ApiError::invalid(m);
     let app_id = q.app_id.clone().filter(|a| !a.is_empty()).ok_or_else(|| bad("appId is required".into()))?;
@@ -184,7 +186,7 @@ pub async fn notifications(
     if known.is_empty() || known.len() > MAX_NOTIFICATIONS || known.iter().any(|n| n.namespace_name.trim().is_empty()) {
         return Err(bad(format!("notifications lists 1 to {MAX_NOTIFICATIONS} namespaces, each with a name")));
     }
-    let signed = verify(&imprint, &app_id, &req)?;
+    let signed = verify(&imprint, &app_id, &headers, &uri)?;
     let client =
         ApolloClient { app_id, cluster, ip: q.ip.clone(), label: None, data_center: q.data_center.clone(), signed };
     let known: Vec<(String, i64)> = known.into_iter().map(|n| (n.namespace_name, n.notification_id)).collect();

@@ -90,7 +90,6 @@ pub struct ServingState {
     wakeups: std::sync::atomic::AtomicU64,
     /// (Apollo app id, namespace key) → topic name.
     apollo: RwLock<HashMap<(String, String), String>>,
-    generation: watch::Sender<u64>,
     loaded_once: watch::Sender<bool>,
 }
 
@@ -101,7 +100,6 @@ impl Default for ServingState {
             waiters: std::sync::Mutex::new(HashMap::new()),
             wakeups: std::sync::atomic::AtomicU64::new(0),
             apollo: RwLock::new(HashMap::new()),
-            generation: watch::channel(0).0,
             loaded_once: watch::channel(false).0,
         }
     }
@@ -135,12 +133,6 @@ impl ServingState {
 
     pub fn topic_count(&self) -> usize {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// A receiver that changes whenever anything is installed (tests and tools; long
-    /// polls wait on `waiter` instead, which wakes them for their own topics only).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.generation.subscribe()
     }
 
     /// Registers a long poll on `topics` (names, known or not yet).
@@ -206,21 +198,20 @@ impl ServingState {
                 }
             }
             metrics::gauge!("imprint_topics_loaded").set(map.len() as f64);
-            // The Apollo index follows the topics (bindings are few; rebuilt on each change).
-            let index = map
-                .values()
-                .filter_map(|t| {
-                    let a = t.apollo.as_ref()?;
-                    Some(((a.app_id.clone(), imprint_domain::apollo::namespace_key(&a.namespace)), t.name.to_string()))
-                })
-                .collect();
-            *self.apollo.write().unwrap_or_else(|e| e.into_inner()) = index;
+            // The Apollo index follows the changed topics (a binding change is a change).
+            let changed_set: std::collections::HashSet<&String> = changed.iter().collect();
+            let mut index = self.apollo.write().unwrap_or_else(|e| e.into_inner());
+            index.retain(|_, name| !changed_set.contains(name));
+            for name in &changed {
+                if let Some(a) = map.get(name).and_then(|t| t.apollo.clone()) {
+                    index.insert((a.app_id, imprint_domain::apollo::namespace_key(&a.namespace)), name.clone());
+                }
+            }
         }
         if full {
             self.loaded_once.send_replace(true);
         }
         self.wake(&changed);
-        self.generation.send_modify(|g| *g += 1);
     }
 
     /// Payloads already in memory (of one topic, or of all), so a reload fetches only new ones.
