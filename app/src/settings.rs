@@ -125,6 +125,7 @@ pub async fn save_settings(
                 max_age_days: num("max age", &max_age_days)?.map(|v| v.min(u32::MAX as u64) as u32),
             }),
             inline_limit_bytes: num("inline limit", &inline_limit_bytes)?,
+            max_size_bytes: None,
             content_type: Some(Some(content_type.trim().to_owned()).filter(|c| !c.is_empty())),
             json_schema: Some(json("JSON Schema", &json_schema)?),
             plans,

@@ -396,6 +396,7 @@ pub async fn publish_form(
                 "none" => RolloutRequest::None,
                 name => RolloutRequest::Plan(imprint_service::PlanChoice::Named(name.to_owned())),
             },
+            sha256: None,
         })
     })();
     let result = match parsed {

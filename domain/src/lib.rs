@@ -6,12 +6,14 @@ pub mod apollo;
 mod diff;
 mod names;
 mod resolve;
+mod retention;
 mod rollout;
 mod selector;
 
 pub use diff::{diff_lines, render_payload, DiffLine, Rendered};
 pub use names::{TopicName, TopicNameError};
 pub use resolve::{is_update, CurrentIndex, PinEntry, Resolution, ScopeEntry, TopicHistory, VersionEntry};
+pub use retention::{retention_decisions, versions_to_purge, Kept, RetentionDecision, RetentionPolicy};
 pub use rollout::{
     Effect, Gate, GateError, GateReading, Plan, PlanError, RecordError, Rollout, RolloutAction, RolloutError,
     RolloutRecord, RolloutState, RolloutView, Stage, StageState, StageView,

@@ -3,18 +3,19 @@
 //! OpenAPI document by construction.
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{
-    body_bytes, parse_json, ActionPath, ApiJson, ApiQuery, Auth, OptionalJson, PollAuth, RolloutPath, TopicPath,
-    VersionPath, MAX_BODY_BYTES,
+    parse_json, ActionPath, ApiJson, ApiQuery, Auth, OptionalJson, PollAuth, RolloutPath, TopicPath, VersionPath,
+    MAX_BODY_BYTES,
 };
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use imprint_domain::{Labels, Plan, RolloutAction, Selector};
 use imprint_service::model::{ConsumerFilter, Pin, Published, Scope, Topic, Version};
+use imprint_service::payloads::{PayloadBody, VersionPayload};
 use imprint_service::{
     Error, Imprint, NewTopic, Payload, PinInput, PlanChoice, PollRequest, PollResponse, PublishInput, RolloutInfo,
     RolloutRequest, TopicPatch,
@@ -34,6 +35,7 @@ pub fn routes_and_doc() -> (axum::Router<Imprint>, utoipa::openapi::OpenApi) {
         .routes(routes!(publish, list_versions))
         .routes(routes!(get_version))
         .routes(routes!(version_data))
+        .routes(routes!(retention))
         .routes(routes!(add_scope))
         .routes(routes!(resolve))
         .routes(routes!(list_pins, put_pin, delete_pin))
@@ -85,6 +87,12 @@ pub struct PublishBody {
     /// The payload, base64.
     #[serde(default)]
     pub data_base64: Option<String>,
+    /// Instead of data: register an object that already exists in the configured store.
+    #[serde(default)]
+    pub object: Option<ObjectRef>,
+    /// The payload's SHA-256 (hex): verified, 422 `checksum_mismatch` otherwise.
+    #[serde(default)]
+    pub sha256: Option<String>,
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
     /// Selectors the version is released to; default `[{}]` (everyone), or none with a rollout.
@@ -102,6 +110,14 @@ pub struct PublishBody {
     pub rollout: Option<Option<Value>>,
 }
 
+/// An existing object published as a version's payload.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRef {
+    /// `s3://bucket/key`, `file:///path`, … inside the configured object store.
+    pub url: String,
+}
+
 fn selector_json(v: &Value) -> ApiResult<Selector> {
     Ok(Selector::from_json(v).map_err(Error::from)?)
 }
@@ -112,18 +128,21 @@ fn parse_plan(v: &Value) -> ApiResult<Plan> {
 
 impl PublishBody {
     fn into_input(self) -> ApiResult<PublishInput> {
-        let payload = match (self.data, self.data_base64) {
-            (Some(d), None) => Payload::Text(d),
-            (None, Some(b)) => Payload::Binary(
+        let payload = match (self.data, self.data_base64, self.object) {
+            (Some(d), None, None) => Payload::Text(d),
+            (None, None, Some(o)) => Payload::Object { url: o.url },
+            (None, Some(b), None) => Payload::Binary(
                 base64::engine::general_purpose::STANDARD
                     .decode(b.trim())
                     .map_err(|e| ApiError::invalid(format!("data_base64 is not valid base64: {e}")))?
                     .into(),
             ),
-            (Some(_), Some(_)) => return Err(ApiError::invalid("send either data or data_base64, not both")),
-            (None, None) => {
-                return Err(ApiError::invalid("the payload is missing: send data (UTF-8 text) or data_base64"))
+            (None, None, None) => {
+                return Err(ApiError::invalid(
+                    "the payload is missing: send data (UTF-8 text), data_base64 or object ({\"url\": …})",
+                ))
             }
+            _ => return Err(ApiError::invalid("send one of data, data_base64 or object, not several")),
         };
         let scopes =
             self.scopes.map(|items| items.iter().map(selector_json).collect::<ApiResult<Vec<_>>>()).transpose()?;
@@ -144,6 +163,7 @@ impl PublishBody {
             scopes,
             message: self.message.unwrap_or_default(),
             rollout,
+            sha256: self.sha256,
         })
     }
 }
@@ -402,51 +422,12 @@ pub async fn publish(
     TopicPath(topic): TopicPath,
     req: Request,
 ) -> ApiResult<Response> {
-    let query = req.uri().query().map(str::to_owned);
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let is_json = content_type
-        .as_deref()
-        .is_some_and(|c| c.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
-    let body = body_bytes(req).await?;
-    let input = if is_json {
-        parse_json::<PublishBody>(&body)?.into_input()?
-    } else {
-        raw_publish(query.as_deref(), content_type, body)?
-    };
-    let published = imprint.publish(&caller, topic.as_str(), input).await?;
+    let input = crate::payload::publish_input(req, |body| parse_json::<PublishBody>(body)?.into_input()).await?;
+    // In its own task: a client that goes away mid-upload does not cancel the publish
+    // half-way — it sees the body break off and cleans up (no version, no object).
+    let task = tokio::spawn(async move { imprint.publish(&caller, topic.as_str(), input).await });
+    let published = task.await.map_err(|e| Error::Internal(format!("publish task: {e}")))??;
     Ok((StatusCode::CREATED, Json(published)).into_response())
-}
-
-fn raw_publish(q: Option<&str>, content_type: Option<String>, body: Bytes) -> ApiResult<PublishInput> {
-    let mut scopes = Vec::new();
-    let mut metadata = BTreeMap::new();
-    let mut message = String::new();
-    let mut rollout = RolloutRequest::TopicDefault;
-    for (k, v) in form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned() {
-        if k == "scope" {
-            scopes.push(Selector::parse(&v).map_err(Error::from)?);
-        } else if let Some(key) = k.strip_prefix("meta.") {
-            metadata.insert(key.to_owned(), v);
-        } else if k == "message" {
-            message = v;
-        } else if k == "rollout" {
-            rollout = if v == "none" { RolloutRequest::None } else { RolloutRequest::Plan(PlanChoice::Named(v)) };
-        } else {
-            return Err(ApiError::invalid(format!(
-                "unknown query parameter {k:?} (use scope=, meta.<key>=, message=, rollout=)"
-            )));
-        }
-    }
-    // curl's default for --data is form encoding, which is never what a payload is.
-    let content_type = content_type.filter(|c| !c.starts_with("application/x-www-form-urlencoded"));
-    Ok(PublishInput {
-        payload: Payload::Binary(body),
-        content_type,
-        metadata,
-        scopes: if scopes.is_empty() { None } else { Some(scopes) },
-        message,
-        rollout,
-    })
 }
 
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/versions", tag = "versions",
@@ -484,94 +465,39 @@ pub async fn version_data(
     State(imprint): State<Imprint>,
     Auth(caller): Auth,
     VersionPath(topic, n): VersionPath,
+    ApiQuery(q): ApiQuery<DataQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let (data, content_type, sha) = imprint.version_data(&caller, topic.as_str(), n).await?;
-    let etag = format!("\"{sha}\"");
-    Ok(payload_response(data, &content_type, &etag, n, None, &headers))
+    let redirect = parse_bool(&q.redirect, "redirect")?;
+    let p = imprint.version_payload(&caller, topic.as_str(), n).await?;
+    let etag = format!("\"{}\"", p.sha256);
+    crate::payload::payload_response(&imprint, p, &etag, None, &headers, redirect).await
 }
 
-/// Builds a payload response honouring `If-None-Match` and a single-range `Range`.
-fn payload_response(
-    data: Bytes,
-    content_type: &str,
-    etag: &str,
-    version: u64,
-    pinned: Option<bool>,
-    headers: &HeaderMap,
-) -> Response {
-    let mut builder = Response::builder()
-        .header(header::ETAG, etag)
-        .header("X-Imprint-Version", version.to_string())
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CACHE_CONTROL, "no-cache");
-    if let Some(p) = pinned {
-        builder = builder.header("X-Imprint-Pinned", p.to_string());
-    }
-    if if_none_match(headers, etag) {
-        return builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).unwrap_or_default();
-    }
-    builder = builder.header(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
-    );
-    let len = data.len() as u64;
-    if let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        return match parse_range(range, len) {
-            Some((start, end)) => builder
-                .status(StatusCode::PARTIAL_CONTENT)
-                .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))
-                .body(Body::from(data.slice(start as usize..=end as usize)))
-                .unwrap_or_default(),
-            None => {
-                let mut r = ApiError::with_code(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "invalid_range",
-                    "the Range header is not a satisfiable single byte range",
-                );
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                    r.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-                r
-            }
-        };
-    }
-    builder.status(StatusCode::OK).body(Body::from(data)).unwrap_or_default()
+/// What the retention policy will purge next: the live versions outside the policy,
+/// oldest first, each with `purge` or the reason it is kept.
+#[derive(Serialize, ToSchema)]
+pub struct RetentionList {
+    pub versions: Vec<imprint_service::janitor::RetentionItem>,
 }
 
-/// Does `If-None-Match` match `etag` (RFC 9110 §13.1.2: weak comparison, a list of
-/// entity tags, or `*`)?
-fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
-    let opaque = |t: &str| t.trim().strip_prefix("W/").unwrap_or(t.trim()).to_owned();
-    let want = opaque(etag);
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim() == "*" || opaque(t) == want)
+#[utoipa::path(get, path = "/api/v1/topics/{topic}/retention", tag = "versions", params(("topic" = String, Path)),
+    responses((status = 200, body = RetentionList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn retention(
+    State(imprint): State<Imprint>,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+) -> ApiResult<Json<RetentionList>> {
+    Ok(Json(RetentionList { versions: imprint.retention_preview(&caller, topic.as_str()).await? }))
 }
 
-/// `bytes=a-b`, `bytes=a-` or `bytes=-n` → inclusive (start, end); None if unsatisfiable.
-fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
-    let spec = h.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') || len == 0 {
-        return None;
-    }
-    let (a, b) = spec.split_once('-')?;
-    let (a, b) = (a.trim(), b.trim());
-    let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().ok()?;
-        if n == 0 {
-            return None;
-        }
-        (len.saturating_sub(n), len - 1)
-    } else {
-        let start: u64 = a.parse().ok()?;
-        let end: u64 = if b.is_empty() { len - 1 } else { b.parse::<u64>().ok()?.min(len - 1) };
-        (start, end)
-    };
-    (start <= end && start < len).then_some((start, end))
+/// `?redirect=true`: answer 307 to a presigned URL (S3 store with `IMPRINT_PRESIGN=true`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataQuery {
+    #[serde(default)]
+    pub redirect: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/topics/{topic}/versions/{n}/scopes", tag = "versions",
@@ -697,13 +623,20 @@ pub async fn latest(
     let labels = parse_labels(&q.labels)?;
     let (v, pinned) = imprint.latest(&caller, topic.as_str(), &labels)?;
     let etag = format!("\"v{}\"", v.version);
-    let data = match &v.payload {
-        Some(p) => p.clone(),
-        // Not modified: no need to read the payload (the answer is a 304 either way).
-        None if if_none_match(&headers, &etag) => Bytes::new(),
-        None => imprint.version_data(&caller, topic.as_str(), v.version).await?.0,
+    let inline = |body: Bytes| VersionPayload {
+        version: v.version,
+        content_type: v.content_type.clone(),
+        sha256: v.sha256.clone(),
+        size: body.len() as u64,
+        body: PayloadBody::Inline(body),
     };
-    Ok(payload_response(data, &v.content_type, &etag, v.version, Some(pinned), &headers))
+    let p = match &v.payload {
+        Some(p) => inline(p.clone()),
+        // Not modified: no need to look the payload up (the answer is a 304 either way).
+        None if crate::payload::if_none_match(&headers, &etag) => inline(Bytes::new()),
+        None => imprint.version_payload(&caller, topic.as_str(), v.version).await?,
+    };
+    crate::payload::payload_response(&imprint, p, &etag, Some(pinned), &headers, false).await
 }
 
 /// Who consumes a topic: per instance the version held and the version it should hold.
@@ -847,23 +780,4 @@ pub async fn readyz(State(imprint): State<Imprint>) -> Response {
         state_loaded: loaded,
     };
     (status, Json(body)).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_range;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-3", 10), Some((0, 3)));
-        assert_eq!(parse_range("bytes=5-", 10), Some((5, 9)));
-        assert_eq!(parse_range("bytes=-4", 10), Some((6, 9)));
-        assert_eq!(parse_range("bytes=-40", 10), Some((0, 9)));
-        assert_eq!(parse_range("bytes=8-100", 10), Some((8, 9)));
-        assert_eq!(parse_range("bytes=10-", 10), None);
-        assert_eq!(parse_range("bytes=4-2", 10), None);
-        assert_eq!(parse_range("bytes=0-1,3-4", 10), None);
-        assert_eq!(parse_range("items=0-1", 10), None);
-        assert_eq!(parse_range("bytes=0-0", 0), None);
-    }
 }

@@ -7,6 +7,7 @@ pub mod apollo;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod payload;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;

@@ -37,9 +37,17 @@ struct ServeArgs {
     /// Embedded-default state directory (payload objects live under it by default).
     #[arg(long, env = "IMPRINT_HOME", default_value = "./.imprint")]
     home: Option<String>,
-    /// Payload store URL (object storage is not used yet: payloads are inline).
+    /// Payload object store: `file:///abs/path`, `s3://bucket/prefix` (configured by the
+    /// standard `AWS_*` variables), `gs://bucket/prefix`, `az://container/prefix`.
+    /// Default: `$IMPRINT_HOME/objects`.
     #[arg(long, env = "IMPRINT_OBJECT_STORE")]
     object_store: Option<String>,
+    /// `?redirect=true` downloads (and nothing else) answer 307 to a presigned S3 URL.
+    #[arg(long, env = "IMPRINT_PRESIGN", default_value_t = false, action = clap::ArgAction::Set)]
+    presign: bool,
+    /// Seconds between janitor passes (retention, stray objects).
+    #[arg(long, env = "IMPRINT_JANITOR_SECS", default_value_t = 60)]
+    janitor_secs: u64,
     /// An admin API token with exactly this value exists while set.
     #[arg(long, env = "IMPRINT_BOOTSTRAP_TOKEN", hide_env_values = true)]
     bootstrap_token: Option<String>,
@@ -207,12 +215,16 @@ impl ServeArgs {
 
 async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
     let addr = args.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)));
-    if let Some(store) = &args.object_store {
-        tracing::warn!(
-            store,
-            "IMPRINT_OBJECT_STORE is set, but payloads are stored inline in Postgres in this version"
-        );
+    let objects = match &args.object_store {
+        Some(url) => imprint_service::objects::Objects::open(url, &[], args.presign),
+        None if args.presign => Err("IMPRINT_PRESIGN needs an S3 object store (IMPRINT_OBJECT_STORE=s3://…)".into()),
+        None => {
+            let home = std::path::PathBuf::from(args.home.clone().unwrap_or_else(|| "./.imprint".into()));
+            imprint_service::objects::Objects::local(&home.join("objects"))
+        }
     }
+    .map_err(|e| format!("IMPRINT_OBJECT_STORE: {e}"))?;
+    tracing::info!(store = objects.url(), presign = objects.presigns(), "payload object store");
     tracing::debug!(home = ?args.home, "state directory");
     let trusted = imprint_server::TrustedProxies::parse(&args.trusted_proxies)
         .map_err(|e| format!("IMPRINT_TRUSTED_PROXIES: {e}"))?;
@@ -224,6 +236,8 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
         audit_enabled: args.audit,
         poll_auth_required: args.poll_auth == PollAuth::Required,
         max_long_polls,
+        objects,
+        janitor_every: Duration::from_secs(args.janitor_secs.max(1)),
         ..Config::default()
     };
     let imprint = Imprint::connect_lazy(url, config).map_err(|e| e.to_string())?;

@@ -49,6 +49,7 @@ fn text(data: &str) -> PublishInput {
         scopes: None,
         message: format!("publish {data}"),
         rollout: RolloutRequest::None,
+        sha256: None,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The background work of a server: following changes into the serving state, flushing
-//! the consumer audit, and the rollout scheduler.
+//! the consumer audit, the rollout scheduler and the janitor (retention, stray objects).
 use crate::error::Result;
 use crate::handle::Imprint;
 use crate::serving;
@@ -17,6 +17,7 @@ impl Imprint {
         )));
         self.keep_task(tokio::spawn(self.clone().audit_loop()));
         self.keep_task(tokio::spawn(self.clone().rollout_loop(self.config().rollout_tick_every)));
+        self.keep_task(tokio::spawn(self.clone().janitor_loop()));
         Ok(())
     }
 

@@ -41,6 +41,13 @@ pub enum Error {
     Forbidden(String),
     #[error("storage is unavailable; try again later")]
     StorageUnavailable(#[source] sqlx::Error),
+    /// The object store failed or is unreachable; nothing was committed.
+    #[error("the object store is unavailable ({0}); nothing was stored, try again later")]
+    ObjectStoreUnavailable(String),
+    #[error("the payload's SHA-256 is {actual}, not the {expected} that was given")]
+    ChecksumMismatch { expected: String, actual: String },
+    #[error("no object at {0}")]
+    ObjectNotFound(String),
     #[error("a user named {0:?} exists already")]
     UserExists(String),
     #[error("a team named {0:?} exists already")]
@@ -115,6 +122,9 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         "topics_retention_max_versions_check" => invalid("retention.max_versions must be at least 1"),
         "topics_retention_max_age_days_check" => invalid("retention.max_age_days must be at least 1"),
         "topics_inline_limit_bytes_check" => invalid("inline_limit_bytes must be at least 1"),
+        "topics_max_size_bytes_check" => invalid("max_size_bytes must be at least 1"),
+        "versions_object_key" => invalid("an object payload has an object key"),
+        "stray_objects_pkey" => conflict("this object is queued for deletion already"),
         "versions_version_check" => invalid("versions start at 1"),
         "versions_size_check" => invalid("a size cannot be negative"),
         "versions_sha256_check" => invalid("sha256 must be 64 lowercase hex digits"),

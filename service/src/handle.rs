@@ -38,6 +38,10 @@ pub struct Config {
     pub max_consumers_per_topic: u64,
     /// How long an Apollo `/notifications/v2` is held before answering 304 (Apollo: 60 s).
     pub apollo_hold: Duration,
+    /// Where payloads larger than a topic's inline limit go (`IMPRINT_OBJECT_STORE`).
+    pub objects: crate::objects::Objects,
+    /// How often the janitor applies retention and sweeps stray objects (`IMPRINT_JANITOR_SECS`).
+    pub janitor_every: Duration,
 }
 
 impl Default for Config {
@@ -54,6 +58,8 @@ impl Default for Config {
             max_long_polls: 10_000,
             max_consumers_per_topic: 100_000,
             apollo_hold: Duration::from_secs(60),
+            objects: crate::objects::Objects::default(),
+            janitor_every: Duration::from_secs(60),
         }
     }
 }
@@ -133,6 +139,11 @@ impl Imprint {
 
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
+    }
+
+    /// The payload object store.
+    pub fn objects(&self) -> &crate::objects::Objects {
+        &self.inner.config.objects
     }
 
     pub fn state(&self) -> &Arc<ServingState> {

@@ -19,7 +19,10 @@ pub mod consumers;
 pub mod cursor;
 pub mod error;
 mod handle;
+pub mod janitor;
 pub mod model;
+pub mod objects;
+pub mod payloads;
 mod pins;
 pub mod poll;
 pub mod rollouts;
@@ -39,6 +42,6 @@ pub use pins::PinInput;
 pub use poll::{PollRequest, PollResponse};
 pub use topics::{NewTopic, TopicPatch};
 pub use users::{ADMIN_USERNAME, MIN_PASSWORD_CHARS};
-pub use versions::{Payload, PublishInput};
+pub use versions::{BodyStream, Payload, PublishInput};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

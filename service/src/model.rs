@@ -21,6 +21,8 @@ pub struct Topic {
     pub owner: String,
     pub retention: Retention,
     pub inline_limit_bytes: u64,
+    /// Larger payloads are refused (413).
+    pub max_size_bytes: u64,
     pub content_type: Option<String>,
     #[schema(value_type = Option<Object>)]
     pub json_schema: Option<serde_json::Value>,
@@ -70,6 +72,11 @@ pub struct Version {
     pub message: String,
     /// `inline` (bytes in Postgres) or `object` (object store).
     pub storage: String,
+    /// Where an object payload lives (`s3://…`, `file:///…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_url: Option<String>,
+    /// The object was registered (published as a pointer): Imprint never deletes it.
+    pub object_registered: bool,
     pub scopes: Vec<Scope>,
     pub purged: bool,
     pub purged_at: Option<DateTime<Utc>>,

@@ -240,28 +240,22 @@ impl ServingState {
     }
 }
 
-async fn load(
-    conn: &mut PgConnection,
-    topic_id: Option<i64>,
-    cache: &HashMap<(i64, u64), Bytes>,
-) -> crate::Result<Vec<ServingTopic>> {
-    let snap = store::serving::snapshot(conn, topic_id).await?;
+/// The resolution history of each topic of a snapshot.
+pub(crate) fn histories(snap: &store::serving::Snapshot) -> HashMap<i64, TopicHistory> {
     let mut histories: HashMap<i64, TopicHistory> =
         snap.topics.iter().map(|t| (t.id, TopicHistory::default())).collect();
-    let mut meta: HashMap<(i64, u64), store::serving::ServedVersionRow> = HashMap::new();
-    for row in snap.versions {
+    for row in &snap.versions {
         let v = row.version as u64;
         if let Some(h) = histories.get_mut(&row.topic_id) {
             h.versions.insert(v, VersionEntry { version: v, created_at: row.created_at, purged_at: row.purged_at });
         }
-        meta.insert((row.topic_id, v), row);
     }
-    for s in snap.scopes {
+    for s in &snap.scopes {
         if let (Some(h), Ok(selector)) = (histories.get_mut(&s.topic_id), Selector::parse(&s.selector_key)) {
             h.scopes.push(ScopeEntry { version: s.version as u64, selector, added_at: s.added_at });
         }
     }
-    for p in snap.pins {
+    for p in &snap.pins {
         if let (Some(h), Ok(selector)) = (histories.get_mut(&p.topic_id), Selector::parse(&p.selector_key)) {
             h.pins.push(PinEntry {
                 id: p.id,
@@ -271,6 +265,20 @@ async fn load(
                 removed_at: p.removed_at,
             });
         }
+    }
+    histories
+}
+
+async fn load(
+    conn: &mut PgConnection,
+    topic_id: Option<i64>,
+    cache: &HashMap<(i64, u64), Bytes>,
+) -> crate::Result<Vec<ServingTopic>> {
+    let snap = store::serving::snapshot(conn, topic_id).await?;
+    let mut histories = histories(&snap);
+    let mut meta: HashMap<(i64, u64), store::serving::ServedVersionRow> = HashMap::new();
+    for row in snap.versions {
+        meta.insert((row.topic_id, row.version as u64), row);
     }
 
     // Which versions can be served now, and which of their payloads we still need.

@@ -25,6 +25,9 @@ pub struct NewTopic {
     pub retention: Option<Retention>,
     #[serde(default)]
     pub inline_limit_bytes: Option<u64>,
+    /// Larger payloads are refused (413); default 10 GiB.
+    #[serde(default)]
+    pub max_size_bytes: Option<u64>,
     #[serde(default)]
     pub content_type: Option<String>,
     #[serde(default)]
@@ -60,6 +63,9 @@ pub struct TopicPatch {
     pub retention: Option<Retention>,
     #[serde(default)]
     pub inline_limit_bytes: Option<u64>,
+    /// Larger payloads are refused (413); default 10 GiB.
+    #[serde(default)]
+    pub max_size_bytes: Option<u64>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub content_type: Option<Option<String>>,
@@ -109,6 +115,18 @@ fn check_retention(r: &Retention) -> Result<()> {
 fn check_inline_limit(l: u64) -> Result<()> {
     if l == 0 || l > MAX_INLINE_LIMIT {
         return Err(Error::invalid(format!("inline_limit_bytes must be between 1 and {MAX_INLINE_LIMIT}")));
+    }
+    Ok(())
+}
+
+/// The default `max_size_bytes`: 10 GiB.
+pub const DEFAULT_MAX_SIZE: u64 = 10 << 30;
+/// The largest `max_size_bytes` (5 TiB, S3's largest object).
+pub const MAX_MAX_SIZE: u64 = 5 << 40;
+
+fn check_max_size(l: u64) -> Result<()> {
+    if l == 0 || l > MAX_MAX_SIZE {
+        return Err(Error::invalid(format!("max_size_bytes must be between 1 and {MAX_MAX_SIZE}")));
     }
     Ok(())
 }
@@ -183,6 +201,8 @@ impl Imprint {
         check_retention(&retention)?;
         let inline_limit = input.inline_limit_bytes.unwrap_or(DEFAULT_INLINE_LIMIT);
         check_inline_limit(inline_limit)?;
+        let max_size = input.max_size_bytes.unwrap_or(DEFAULT_MAX_SIZE);
+        check_max_size(max_size)?;
         if let Some(ct) = &input.content_type {
             check_content_type(ct)?;
         }
@@ -201,6 +221,7 @@ impl Imprint {
             owner: &owner,
             retention: &retention,
             inline_limit,
+            max_size,
             content_type: input.content_type.as_deref(),
             json_schema: input.json_schema.as_ref(),
             plans: &plans,
@@ -305,6 +326,9 @@ impl Imprint {
         if let Some(r) = &patch.retention {
             check_retention(r)?;
         }
+        if let Some(l) = patch.max_size_bytes {
+            check_max_size(l)?;
+        }
         if let Some(l) = patch.inline_limit_bytes {
             check_inline_limit(l)?;
         }
@@ -330,6 +354,7 @@ impl Imprint {
             owner: patch.owner.as_deref(),
             retention: patch.retention.as_ref(),
             inline_limit: patch.inline_limit_bytes,
+            max_size: patch.max_size_bytes,
             content_type: patch.content_type.as_ref().map(Option::as_deref),
             json_schema: patch.json_schema.as_ref().map(Option::as_ref),
             plans: patch.plans.as_ref(),

@@ -22,21 +22,70 @@ pub struct PublishInput {
     pub scopes: Option<Vec<Selector>>,
     pub message: String,
     pub rollout: RolloutRequest,
+    /// The payload's SHA-256 as the publisher computed it: verified (422 `checksum_mismatch`).
+    pub sha256: Option<String>,
 }
 
-/// The payload as the publisher sent it; the kind decides the default content type.
+/// A request body as it arrives: chunks, or an error when the client went away or sent
+/// less than it announced.
+pub type BodyStream = futures::stream::BoxStream<'static, std::result::Result<Bytes, std::io::Error>>;
+
+/// The payload as the publisher sent it; the kind decides the default content type and
+/// where it may be stored.
 pub enum Payload {
+    /// Held in memory (the JSON form, the console): at most the inline limit.
     Text(String),
     Binary(Bytes),
+    /// Streamed (a raw or multipart body): inline up to the topic's inline limit, an
+    /// object beyond it. `len` is the announced `Content-Length`, if any.
+    Stream {
+        body: BodyStream,
+        len: Option<u64>,
+    },
+    /// A pointer to an object that already exists in the configured store.
+    Object {
+        url: String,
+    },
 }
 
 impl Payload {
-    fn len(&self) -> usize {
+    fn len(&self) -> Option<u64> {
         match self {
-            Payload::Text(s) => s.len(),
-            Payload::Binary(b) => b.len(),
+            Payload::Text(s) => Some(s.len() as u64),
+            Payload::Binary(b) => Some(b.len() as u64),
+            Payload::Stream { len, .. } => *len,
+            Payload::Object { .. } => None,
         }
     }
+}
+
+/// The payload once received and checksummed, before its version commits.
+pub(crate) enum Received {
+    Inline(Bytes),
+    Object {
+        /// Owned: the upload's staging key (moved to its final key at commit).
+        /// Registered: the object's key.
+        key: object_store::path::Path,
+        owned: bool,
+        size: u64,
+        sha256: String,
+        /// The whole payload, when it was small enough to keep for validation.
+        content: Option<Bytes>,
+    },
+}
+
+/// Payloads of topics with a JSON Schema or an Apollo binding are validated in memory:
+/// at most this big.
+pub(crate) const MAX_VALIDATED_BYTES: u64 = 64 << 20;
+
+/// What a publish says besides its payload.
+pub(crate) struct PublishMeta {
+    content_type: Option<String>,
+    default_content_type: &'static str,
+    metadata: BTreeMap<String, String>,
+    scopes: Option<Vec<Selector>>,
+    message: String,
+    rollout: RolloutRequest,
 }
 
 fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
@@ -56,6 +105,22 @@ fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
+/// A given checksum, normalised (lowercase hex), or a clear error.
+fn check_sha256(s: &str) -> Result<String> {
+    let s = s.trim().to_ascii_lowercase();
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::invalid("sha256 must be 64 hexadecimal digits"));
+    }
+    Ok(s)
+}
+
+pub(crate) fn verify_sha256(expected: Option<&str>, actual: &str) -> Result<()> {
+    match expected {
+        Some(e) if e != actual => Err(Error::ChecksumMismatch { expected: e.to_owned(), actual: actual.to_owned() }),
+        _ => Ok(()),
+    }
+}
+
 impl Imprint {
     #[tracing::instrument(skip(self, input), fields(size = input.payload.len()))]
     pub async fn publish(&self, caller: &Caller, topic: &str, input: PublishInput) -> Result<Published> {
@@ -70,92 +135,176 @@ impl Imprint {
         if let Some(ct) = &input.content_type {
             check_content_type(ct)?;
         }
+        let expected = input.sha256.as_deref().map(check_sha256).transpose()?;
+        let default_content_type = match &input.payload {
+            Payload::Text(s) if serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok() => "application/json",
+            Payload::Text(_) => "text/plain; charset=utf-8",
+            _ => "application/octet-stream",
+        };
+        let meta = PublishMeta {
+            content_type: input.content_type,
+            default_content_type,
+            metadata: input.metadata,
+            scopes: input.scopes,
+            message: input.message,
+            rollout: input.rollout,
+        };
+        let received = match input.payload {
+            Payload::Text(s) => Received::Inline(Bytes::from(s)),
+            Payload::Binary(b) => Received::Inline(b),
+            Payload::Stream { body, len } => self.receive(caller, topic, body, len, expected.as_deref()).await?,
+            Payload::Object { url } => self.inspect_registered(caller, topic, &url, expected.as_deref()).await?,
+        };
+        if let Received::Inline(b) = &received {
+            verify_sha256(expected.as_deref(), &hex::encode(Sha256::digest(b)))?;
+        }
+        let staging = match &received {
+            Received::Object { key, owned: true, .. } => Some(key.clone()),
+            _ => None,
+        };
+        let result = self.commit_publish(caller, topic, meta, received, started).await;
+        if let (Err(_), Some(key)) = (&result, staging) {
+            // Nothing half-written stays: the upload goes (the sweep would otherwise).
+            self.discard_upload(&key).await;
+        }
+        result
+    }
+
+    /// Stores the version row (and moves an uploaded object to its final key) in one
+    /// transaction under the topic's lock.
+    async fn commit_publish(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        meta: PublishMeta,
+        received: Received,
+        started: std::time::Instant,
+    ) -> Result<Published> {
         let mut tx = self.pool().begin().await?;
         // The row lock taken here serialises publishers of this topic until commit, and
         // the settings read with it (owner, limits, schema) cannot change before then.
         let t = store::topics::require(&mut tx, topic, true).await?;
         caller.require_write(&t.name, &t.owner)?;
-        let plan = match input.rollout {
+        let plan = match meta.rollout {
             RolloutRequest::None => None,
             RolloutRequest::Plan(p) => Some(p),
             RolloutRequest::TopicDefault => t.default_plan.clone().map(PlanChoice::Named),
         };
         // With a rollout, the plan decides who gets the version; otherwise everyone does.
-        let scopes: Vec<Selector> = match input.scopes {
+        let scopes: Vec<Selector> = match meta.scopes {
             None if plan.is_some() => vec![],
             None => vec![Selector::all()],
             Some(s) if s.len() > 64 => return Err(Error::invalid("at most 64 scopes per publish")),
             Some(s) => s.into_iter().collect::<BTreeSet<_>>().into_iter().collect(),
         };
-        let size = input.payload.len() as u64;
-        let inline_limit = t.inline_limit as u64;
-        if size > inline_limit {
-            return Err(Error::PayloadTooLarge { size, limit: inline_limit });
-        }
-        if let Some(schema) = &t.json_schema {
-            validate_against(schema, &input.payload)?;
-        }
-        if let Some(ns) = &t.apollo_namespace {
-            // Apollo clients read a properties namespace as flat key/values.
-            let bytes: &[u8] = match &input.payload {
-                Payload::Text(s) => s.as_bytes(),
-                Payload::Binary(b) => b,
-            };
-            imprint_domain::apollo::configurations(ns, bytes)
-                .map_err(|e| Error::SchemaViolation(format!("{} is bound to Apollo namespace {ns:?}: {e}", t.name)))?;
-        }
-        let content_type = input.content_type.or(t.content_type.clone()).unwrap_or_else(|| match &input.payload {
-            Payload::Text(s) if serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok() => "application/json".into(),
-            Payload::Text(_) => "text/plain; charset=utf-8".into(),
-            Payload::Binary(_) => "application/octet-stream".into(),
-        });
-        let bytes: Bytes = match input.payload {
-            Payload::Text(s) => Bytes::from(s),
-            Payload::Binary(b) => b,
+        let (size, content) = match &received {
+            Received::Inline(b) => {
+                let size = b.len() as u64;
+                if size > t.inline_limit as u64 {
+                    return Err(Error::PayloadTooLarge { size, limit: t.inline_limit as u64 });
+                }
+                (size, Some(b))
+            }
+            Received::Object { size, content, .. } => (*size, content.as_ref()),
         };
-        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if size > t.max_size as u64 {
+            return Err(Error::PayloadTooLarge { size, limit: t.max_size as u64 });
+        }
+        if t.json_schema.is_some() || t.apollo_namespace.is_some() {
+            let Some(bytes) = content else {
+                return Err(Error::PayloadTooLarge { size, limit: MAX_VALIDATED_BYTES });
+            };
+            if let Some(schema) = &t.json_schema {
+                validate_against(schema, bytes)?;
+            }
+            if let Some(ns) = &t.apollo_namespace {
+                // Apollo clients read a properties namespace as flat key/values.
+                imprint_domain::apollo::configurations(ns, bytes).map_err(|e| {
+                    Error::SchemaViolation(format!("{} is bound to Apollo namespace {ns:?}: {e}", t.name))
+                })?;
+            }
+        }
+        let content_type =
+            meta.content_type.or(t.content_type.clone()).unwrap_or_else(|| meta.default_content_type.into());
 
         // Taken after the lock: a version is never dated before an older one committed.
         let created_at = self.now();
         let version = store::topics::next_version(&mut tx, t.id, created_at).await?;
         let who = caller.who();
-        store::versions::insert_inline(
-            &mut tx,
-            store::versions::NewVersion {
-                topic_id: t.id,
-                version,
-                created_at,
-                created_by: &who,
-                message: &input.message,
-                metadata: &input.metadata,
-                content_type: &content_type,
-                sha256: &sha256,
-                inline_data: bytes.as_ref(),
-            },
-        )
-        .await?;
-        store::versions::insert_scopes(&mut tx, t.id, version, &scopes, created_at, &who).await?;
-        // A newer version supersedes any rollout of an older one.
-        supersede_active(&mut tx, t.id, &t.name, version as u64, created_at, &who).await?;
-        let rollout_id = match plan {
-            Some(p) => {
-                Some(crate::rollouts::start_tx(&mut tx, t.id, &t.name, version as u64, p, &who, created_at).await?)
+        let (sha256, final_key) = match &received {
+            Received::Inline(b) => (hex::encode(Sha256::digest(b)), None),
+            Received::Object { key, owned: true, sha256, .. } => {
+                let to = self.objects().version_key(&t.name, version as u64, sha256);
+                // Recorded before the move and claimed by this transaction: if the commit
+                // does not happen, the sweep deletes the object.
+                let later = created_at + chrono::Duration::hours(1);
+                store::objects::mark(self.pool(), to.as_ref(), later, "publish").await?;
+                self.objects().claim(key, &to).await?;
+                (sha256.clone(), Some(to))
             }
-            None => None,
+            Received::Object { sha256, .. } => (sha256.clone(), None),
         };
-        let scope_keys: Vec<String> = scopes.iter().map(ToString::to_string).collect();
-        let details = json!({
-            "version": version,
-            "size": size,
-            "sha256": sha256,
-            "content_type": content_type,
-            "scopes": scope_keys,
-            "message": input.message,
-            "rollout": rollout_id,
-        });
-        store::audit(&mut tx, created_at, &who, "version.publish", Some(&t.name), details).await?;
-        store::notify(&mut tx, t.id).await?;
-        tx.commit().await?;
+        let stored = match &received {
+            Received::Inline(b) => store::versions::StoredAt::Inline(b.as_ref()),
+            Received::Object { key, owned, .. } => {
+                store::versions::StoredAt::Object { key: final_key.as_ref().unwrap_or(key).as_ref(), owned: *owned }
+            }
+        };
+        let committed = async {
+            store::versions::insert(
+                &mut tx,
+                store::versions::NewVersion {
+                    topic_id: t.id,
+                    version,
+                    created_at,
+                    created_by: &who,
+                    message: &meta.message,
+                    metadata: &meta.metadata,
+                    content_type: &content_type,
+                    sha256: &sha256,
+                    size,
+                    stored,
+                },
+            )
+            .await?;
+            if let (Some(to), Received::Object { key, .. }) = (&final_key, &received) {
+                store::objects::unmark(&mut *tx, &[to.to_string(), key.to_string()]).await?;
+            }
+            store::versions::insert_scopes(&mut tx, t.id, version, &scopes, created_at, &who).await?;
+            // A newer version supersedes any rollout of an older one.
+            supersede_active(&mut tx, t.id, &t.name, version as u64, created_at, &who).await?;
+            let rollout_id = match plan {
+                Some(p) => Some(
+                    crate::rollouts::start_tx(&mut tx, t.id, &t.name, version as u64, p, &who, created_at).await?,
+                ),
+                None => None,
+            };
+            let scope_keys: Vec<String> = scopes.iter().map(ToString::to_string).collect();
+            let details = json!({
+                "version": version,
+                "size": size,
+                "sha256": sha256,
+                "content_type": content_type,
+                "scopes": scope_keys,
+                "message": meta.message,
+                "rollout": rollout_id,
+                "storage": if final_key.is_some() || matches!(received, Received::Object { .. }) { "object" } else { "inline" },
+            });
+            store::audit(&mut tx, created_at, &who, "version.publish", Some(&t.name), details).await?;
+            store::notify(&mut tx, t.id).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(rollout_id)
+        }
+        .await;
+        let rollout_id = match committed {
+            Ok(id) => id,
+            Err(e) => {
+                if let Some(to) = &final_key {
+                    self.discard_upload(to).await;
+                }
+                return Err(e);
+            }
+        };
         self.refresh_topic(t.id).await;
         let rollout = match rollout_id {
             Some(id) => Some(self.rollout(caller, &t.name, id).await?),
@@ -167,10 +316,11 @@ impl Imprint {
             scopes.sort();
             scopes.dedup();
         }
-        metrics::counter!("imprint_publishes_total").increment(1);
+        let storage = if matches!(received, Received::Inline(_)) { "inline" } else { "object" };
+        metrics::counter!("imprint_publishes_total", "storage" => storage).increment(1);
         metrics::counter!("imprint_published_bytes_total").increment(size);
         metrics::histogram!("imprint_publish_seconds").record(started.elapsed().as_secs_f64());
-        tracing::info!(topic = %t.name, version, size, "published");
+        tracing::info!(topic = %t.name, version, size, storage, "published");
         Ok(Published {
             topic: t.name,
             version: version as u64,
@@ -182,7 +332,7 @@ impl Imprint {
                 .into_iter()
                 .map(|selector| Scope { selector, added_at: created_at, added_by: who.clone() })
                 .collect(),
-            storage: "inline".into(),
+            storage: storage.into(),
             rollout,
         })
     }
@@ -207,7 +357,7 @@ impl Imprint {
             .into_iter()
             .map(|r| {
                 let s = scopes.remove(&r.version).unwrap_or_default();
-                version_from_row(&t.name, r, s)
+                version_from_row(self.objects(), &t.name, r, s)
             })
             .collect();
         Ok(Page { items, next })
@@ -219,7 +369,7 @@ impl Imprint {
             .await?
             .ok_or_else(|| Error::VersionNotFound { topic: t.name.clone(), version })?;
         let mut scopes = self.scopes_of(t.id, &[row.version]).await?;
-        Ok(version_from_row(&t.name, row, scopes.remove(&(version as i64)).unwrap_or_default()))
+        Ok(version_from_row(self.objects(), &t.name, row, scopes.remove(&(version as i64)).unwrap_or_default()))
     }
 
     async fn scopes_of(&self, topic_id: i64, versions: &[i64]) -> Result<std::collections::HashMap<i64, Vec<Scope>>> {
@@ -230,19 +380,6 @@ impl Imprint {
             out.entry(r.version).or_default().push(Scope { selector, added_at: r.added_at, added_by: r.added_by });
         }
         Ok(out)
-    }
-
-    /// The payload of a version (with its content type and checksum).
-    pub async fn version_data(&self, caller: &Caller, topic: &str, version: u64) -> Result<(Bytes, String, String)> {
-        let t = self.readable_topic(caller, topic).await?;
-        match store::versions::data(self.pool(), t.id, version as i64).await? {
-            None => Err(Error::VersionNotFound { topic: t.name, version }),
-            Some(d) if d.purged_at.is_some() => Err(Error::VersionPurged { topic: t.name, version }),
-            Some(store::versions::DataRow { inline_data: Some(data), content_type, sha256, .. }) => {
-                Ok((Bytes::from(data), content_type, sha256))
-            }
-            Some(_) => Err(Error::Internal(format!("version {version} of {} has no stored payload", t.name))),
-        }
     }
 
     /// Adds a scope to a version. Returns the scope and whether it was new (adding a
@@ -256,7 +393,7 @@ impl Imprint {
         selector: Selector,
     ) -> Result<(Scope, bool)> {
         let mut tx = self.pool().begin().await?;
-        let t = store::topics::require(&mut tx, topic, false).await?;
+        let t = store::topics::require(&mut tx, topic, true).await?;
         caller.require_write(&t.name, &t.owner)?;
         store::versions::require_live(&mut tx, &t, version).await?;
         let now = self.now();
@@ -298,12 +435,8 @@ impl Imprint {
     }
 }
 
-fn validate_against(schema: &serde_json::Value, payload: &Payload) -> Result<()> {
-    let parsed: serde_json::Value = match payload {
-        Payload::Text(s) => serde_json::from_str(s),
-        Payload::Binary(b) => serde_json::from_slice(b),
-    }
-    .map_err(|e| {
+fn validate_against(schema: &serde_json::Value, payload: &[u8]) -> Result<()> {
+    let parsed: serde_json::Value = serde_json::from_slice(payload).map_err(|e| {
         Error::SchemaViolation(format!(
             "payload does not satisfy the topic's JSON Schema: the topic has a JSON Schema and the payload is not JSON: {e}"
         ))
@@ -319,7 +452,7 @@ fn validate_against(schema: &serde_json::Value, payload: &Payload) -> Result<()>
     }
 }
 
-fn version_from_row(topic: &str, r: VersionRow, scopes: Vec<Scope>) -> Version {
+fn version_from_row(objects: &crate::objects::Objects, topic: &str, r: VersionRow, scopes: Vec<Scope>) -> Version {
     Version {
         topic: topic.to_owned(),
         version: r.version as u64,
@@ -331,6 +464,8 @@ fn version_from_row(topic: &str, r: VersionRow, scopes: Vec<Scope>) -> Version {
         size: r.size as u64,
         sha256: r.sha256,
         storage: r.storage,
+        object_url: r.object_key.as_deref().map(|k| objects.url_of(k)),
+        object_registered: r.object_key.is_some() && !r.object_owned,
         purged: r.purged_at.is_some(),
         purged_at: r.purged_at,
         scopes,

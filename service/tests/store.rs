@@ -53,6 +53,7 @@ fn text(data: &str) -> PublishInput {
         scopes: None,
         message: String::new(),
         rollout: RolloutRequest::None,
+        sha256: None,
     }
 }
 

@@ -44,7 +44,17 @@ pub async fn spawn_app_configured(
     admin_pool: PgPool,
     configure: impl FnOnce(&mut Config),
 ) -> TestApp {
-    let imprint = Imprint::with_pool(serving_pool, test_config(configure));
+    spawn_app_clocked(serving_pool, admin_pool, configure, std::sync::Arc::new(imprint_service::SystemClock)).await
+}
+
+/// As `spawn_app_configured`, with a clock the test moves.
+pub async fn spawn_app_clocked(
+    serving_pool: PgPool,
+    admin_pool: PgPool,
+    configure: impl FnOnce(&mut Config),
+    clock: imprint_service::clock::SharedClock,
+) -> TestApp {
+    let imprint = Imprint::with_clock(serving_pool, test_config(configure), clock);
     auth::ensure_bootstrap_token(&admin_pool, ADMIN_TOKEN).await.expect("bootstrap token");
     imprint.start_background().await.expect("state loads");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

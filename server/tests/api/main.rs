@@ -4,6 +4,7 @@ mod apollo;
 mod consumers;
 mod fuzz;
 mod helpers;
+mod objects;
 mod openapi;
 mod poll;
 mod publish;

@@ -138,7 +138,9 @@ async fn purged_versions_answer_410(pool: sqlx::PgPool) {
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn rejected_publishes_store_nothing(pool: sqlx::PgPool) {
     let app = spawn_app(pool).await;
-    app.create_topic_with(json!({"name": "small", "owner": "payments", "inline_limit_bytes": 16})).await;
+    app.create_topic_with(json!({"name": "small", "owner": "payments", "inline_limit_bytes": 16,
+        "max_size_bytes": 16}))
+        .await;
     app.create_topic_with(json!({"name": "typed", "owner": "payments",
         "json_schema": {"type": "object", "required": ["rate"], "properties": {"rate": {"type": "number"}}}}))
         .await;

@@ -197,3 +197,13 @@ pub(crate) async fn version_active(conn: &mut PgConnection, topic_id: i64, versi
     .fetch_one(&mut *conn)
     .await?)
 }
+
+/// The versions of a topic that are being rolled out (running or paused).
+pub(crate) async fn active_versions<'e>(ex: impl PgExecutor<'e>, topic_id: i64) -> Result<Vec<i64>> {
+    Ok(sqlx::query_scalar!(
+        "SELECT DISTINCT version FROM rollouts WHERE topic_id = $1 AND state IN ('running', 'paused')",
+        topic_id
+    )
+    .fetch_all(ex)
+    .await?)
+}

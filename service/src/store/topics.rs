@@ -16,6 +16,7 @@ pub(crate) struct TopicRow {
     pub retention_max_versions: Option<i32>,
     pub retention_max_age_days: Option<i32>,
     pub inline_limit_bytes: i64,
+    pub max_size_bytes: i64,
     pub content_type: Option<String>,
     pub json_schema: Option<serde_json::Value>,
     pub latest_version: i64,
@@ -46,6 +47,7 @@ impl From<TopicRow> for Topic {
                 max_age_days: r.retention_max_age_days.map(|v| v as u32),
             },
             inline_limit_bytes: r.inline_limit_bytes as u64,
+            max_size_bytes: r.max_size_bytes as u64,
             content_type: r.content_type,
             json_schema: r.json_schema,
             latest_version: r.latest_version as u64,
@@ -76,6 +78,7 @@ pub(crate) struct TopicRef {
     pub name: String,
     pub owner: String,
     pub inline_limit: i64,
+    pub max_size: i64,
     pub content_type: Option<String>,
     pub json_schema: Option<serde_json::Value>,
     pub default_plan: Option<String>,
@@ -91,7 +94,7 @@ pub(crate) async fn topic_ref(conn: &mut PgConnection, name: &str, lock: bool) -
     let row = if lock {
         sqlx::query_as!(
             TopicRef,
-            r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, content_type, json_schema, default_plan,
+            r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, max_size_bytes AS max_size, content_type, json_schema, default_plan,
                       latest_version, restricted, anonymous_reports, apollo_namespace
                FROM topics WHERE name = $1 FOR UPDATE"#,
             name
@@ -101,7 +104,7 @@ pub(crate) async fn topic_ref(conn: &mut PgConnection, name: &str, lock: bool) -
     } else {
         sqlx::query_as!(
             TopicRef,
-            r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, content_type, json_schema, default_plan,
+            r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, max_size_bytes AS max_size, content_type, json_schema, default_plan,
                       latest_version, restricted, anonymous_reports, apollo_namespace
                FROM topics WHERE name = $1"#,
             name
@@ -118,6 +121,7 @@ pub(crate) struct NewTopicRow<'a> {
     pub owner: &'a str,
     pub retention: &'a Retention,
     pub inline_limit: u64,
+    pub max_size: u64,
     pub content_type: Option<&'a str>,
     pub json_schema: Option<&'a serde_json::Value>,
     pub plans: &'a BTreeMap<String, Plan>,
@@ -137,8 +141,8 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Resul
         "INSERT INTO topics (name, description, owner, retention_max_versions, retention_max_age_days,
                              inline_limit_bytes, content_type, json_schema, created_by, plans, default_plan,
                              created_at, updated_at, restricted, anonymous_reports,
-                             apollo_app_id, apollo_namespace, apollo_secret)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17)
+                             apollo_app_id, apollo_namespace, apollo_secret, max_size_bytes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17, $18)
          ON CONFLICT (name) DO NOTHING RETURNING id",
         t.name,
         t.description,
@@ -157,6 +161,7 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Resul
         t.apollo.map(|a| a.0),
         t.apollo.map(|a| a.1),
         t.apollo.and_then(|a| a.2),
+        t.max_size as i64,
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -169,7 +174,7 @@ pub(crate) async fn settings_json(conn: &mut PgConnection, id: i64) -> Result<se
         r#"SELECT jsonb_build_object(
             'description', description, 'owner', owner,
             'retention', jsonb_build_object('max_versions', retention_max_versions, 'max_age_days', retention_max_age_days),
-            'inline_limit_bytes', inline_limit_bytes, 'content_type', content_type, 'json_schema', json_schema,
+            'inline_limit_bytes', inline_limit_bytes, 'max_size_bytes', max_size_bytes, 'content_type', content_type, 'json_schema', json_schema,
             'plans', plans, 'default_plan', default_plan, 'restricted', restricted,
             'anonymous_reports', anonymous_reports,
             'apollo', CASE WHEN apollo_app_id IS NULL THEN NULL ELSE jsonb_build_object(
@@ -207,6 +212,7 @@ pub(crate) struct TopicUpdate<'a> {
     pub owner: Option<&'a str>,
     pub retention: Option<&'a Retention>,
     pub inline_limit: Option<u64>,
+    pub max_size: Option<u64>,
     pub content_type: Option<Option<&'a str>>,
     pub json_schema: Option<Option<&'a serde_json::Value>>,
     pub plans: Option<&'a BTreeMap<String, Plan>>,
@@ -241,7 +247,8 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
             apollo_secret = CASE WHEN NOT $18 THEN apollo_secret
                                  WHEN $19::text IS NULL THEN NULL
                                  WHEN $21::text IS NULL THEN apollo_secret
-                                 ELSE NULLIF($21, '') END
+                                 ELSE NULLIF($21, '') END,
+            max_size_bytes = COALESCE($22, max_size_bytes)
          WHERE id = $1",
         id,
         u.description,
@@ -264,6 +271,7 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
         u.apollo.flatten().map(|a| a.0),
         u.apollo.flatten().map(|a| a.1),
         u.apollo.flatten().and_then(|a| a.2),
+        u.max_size.map(|l| l as i64),
     )
     .execute(&mut *conn)
     .await?;
@@ -292,7 +300,7 @@ pub(crate) async fn by_name<'e>(ex: impl PgExecutor<'e>, name: &str) -> Result<O
     let row = sqlx::query_as!(
         TopicRow,
         r#"SELECT t.id, t.name, t.description, t.owner, t.retention_max_versions, t.retention_max_age_days,
-                  t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version,
+                  t.inline_limit_bytes, t.max_size_bytes, t.content_type, t.json_schema, t.latest_version,
                   t.last_published_at AS "last_published_at: DateTime<Utc>", t.created_at AS "created_at: DateTime<Utc>", t.created_by,
                   (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS "active_pins!",
                   (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
@@ -320,7 +328,7 @@ pub(crate) async fn list<'e>(
     Ok(sqlx::query_as!(
         TopicRow,
         r#"SELECT t.id, t.name, t.description, t.owner, t.retention_max_versions, t.retention_max_age_days,
-                  t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version,
+                  t.inline_limit_bytes, t.max_size_bytes, t.content_type, t.json_schema, t.latest_version,
                   t.last_published_at AS "last_published_at: DateTime<Utc>", t.created_at AS "created_at: DateTime<Utc>", t.created_by,
                   (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS "active_pins!",
                   (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,
@@ -352,7 +360,7 @@ pub(crate) async fn unused<'e>(
     let rows = sqlx::query_as!(
         TopicRow,
         r#"SELECT t.id, t.name, t.description, t.owner, t.retention_max_versions, t.retention_max_age_days,
-                  t.inline_limit_bytes, t.content_type, t.json_schema, t.latest_version,
+                  t.inline_limit_bytes, t.max_size_bytes, t.content_type, t.json_schema, t.latest_version,
                   t.last_published_at AS "last_published_at: DateTime<Utc>", t.created_at AS "created_at: DateTime<Utc>", t.created_by,
                   (SELECT count(*) FROM pins p WHERE p.topic_id = t.id AND p.removed_at IS NULL) AS "active_pins!",
                   (SELECT r.state FROM rollouts r WHERE r.topic_id = t.id ORDER BY r.id DESC LIMIT 1) AS rollout_state,

@@ -16,6 +16,8 @@ pub(crate) struct VersionRow {
     pub size: i64,
     pub sha256: String,
     pub storage: String,
+    pub object_key: Option<String>,
+    pub object_owned: bool,
     pub purged_at: Option<DateTime<Utc>>,
 }
 
@@ -28,16 +30,31 @@ pub(crate) struct NewVersion<'a> {
     pub metadata: &'a BTreeMap<String, String>,
     pub content_type: &'a str,
     pub sha256: &'a str,
-    pub inline_data: &'a [u8],
+    pub size: u64,
+    pub stored: StoredAt<'a>,
 }
 
-/// Stores an inline version.
-pub(crate) async fn insert_inline(conn: &mut PgConnection, v: NewVersion<'_>) -> Result<()> {
+/// Where a new version's payload is.
+pub(crate) enum StoredAt<'a> {
+    Inline(&'a [u8]),
+    /// An object; `owned`: Imprint wrote it (and deletes it when the version is purged).
+    Object {
+        key: &'a str,
+        owned: bool,
+    },
+}
+
+/// Stores a version row.
+pub(crate) async fn insert(conn: &mut PgConnection, v: NewVersion<'_>) -> Result<()> {
     let metadata = serde_json::to_value(v.metadata).unwrap_or_default();
+    let (storage, inline, key, owned) = match v.stored {
+        StoredAt::Inline(b) => ("inline", Some(b), None, false),
+        StoredAt::Object { key, owned } => ("object", None, Some(key), owned),
+    };
     sqlx::query!(
         "INSERT INTO versions (topic_id, version, created_at, created_by, message, metadata, content_type, size, sha256,
-                               storage, inline_data)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'inline', $10)",
+                               storage, inline_data, object_key, object_owned)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         v.topic_id,
         v.version,
         v.created_at as _,
@@ -45,9 +62,12 @@ pub(crate) async fn insert_inline(conn: &mut PgConnection, v: NewVersion<'_>) ->
         v.message,
         metadata,
         v.content_type,
-        v.inline_data.len() as i64,
+        v.size as i64,
         v.sha256,
-        v.inline_data,
+        storage,
+        inline,
+        key,
+        owned,
     )
     .execute(&mut *conn)
     .await?;
@@ -64,7 +84,7 @@ pub(crate) async fn list<'e>(
     Ok(sqlx::query_as!(
         VersionRow,
         r#"SELECT version, created_at AS "created_at: DateTime<Utc>", created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
-                  content_type, size, sha256, storage, purged_at AS "purged_at: DateTime<Utc>"
+                  content_type, size, sha256, storage, object_key, object_owned, purged_at AS "purged_at: DateTime<Utc>"
            FROM versions WHERE topic_id = $1 AND ($2::bigint IS NULL OR version < $2)
            ORDER BY version DESC LIMIT $3"#,
         topic_id,
@@ -79,7 +99,7 @@ pub(crate) async fn get<'e>(ex: impl PgExecutor<'e>, topic_id: i64, version: i64
     Ok(sqlx::query_as!(
         VersionRow,
         r#"SELECT version, created_at AS "created_at: DateTime<Utc>", created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
-                  content_type, size, sha256, storage, purged_at AS "purged_at: DateTime<Utc>"
+                  content_type, size, sha256, storage, object_key, object_owned, purged_at AS "purged_at: DateTime<Utc>"
            FROM versions WHERE topic_id = $1 AND version = $2"#,
         topic_id,
         version
@@ -106,6 +126,8 @@ pub(crate) async fn purged_at(
 
 pub(crate) struct DataRow {
     pub inline_data: Option<Vec<u8>>,
+    pub object_key: Option<String>,
+    pub size: i64,
     pub content_type: String,
     pub sha256: String,
     pub purged_at: Option<DateTime<Utc>>,
@@ -114,7 +136,7 @@ pub(crate) struct DataRow {
 pub(crate) async fn data<'e>(ex: impl PgExecutor<'e>, topic_id: i64, version: i64) -> Result<Option<DataRow>> {
     Ok(sqlx::query_as!(
         DataRow,
-        r#"SELECT inline_data, content_type, sha256, purged_at AS "purged_at: DateTime<Utc>" FROM versions
+        r#"SELECT inline_data, object_key, size, content_type, sha256, purged_at AS "purged_at: DateTime<Utc>" FROM versions
            WHERE topic_id = $1 AND version = $2"#,
         topic_id,
         version
@@ -213,4 +235,59 @@ pub(crate) async fn require_live(conn: &mut PgConnection, t: &super::topics::Top
         Some(Some(_)) => Err(crate::error::Error::VersionPurged { topic: t.name.clone(), version }),
         Some(None) => Ok(()),
     }
+}
+
+pub(crate) struct PolicyRow {
+    pub id: i64,
+    pub name: String,
+    pub retention_max_versions: Option<i32>,
+    pub retention_max_age_days: Option<i32>,
+}
+
+/// Topics that have a retention policy (the janitor's work list).
+pub(crate) async fn topics_with_policy<'e>(ex: impl PgExecutor<'e>) -> Result<Vec<PolicyRow>> {
+    Ok(sqlx::query_as!(
+        PolicyRow,
+        "SELECT id, name, retention_max_versions, retention_max_age_days FROM topics
+         WHERE retention_max_versions IS NOT NULL OR retention_max_age_days IS NOT NULL ORDER BY id"
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+pub(crate) struct PurgedRow {
+    pub version: i64,
+    pub size: i64,
+    pub storage: String,
+    pub object_key: Option<String>,
+    pub object_owned: bool,
+}
+
+/// Purges versions that are not purged yet: the payload goes, the row stays as a
+/// tombstone. Returns the versions this call purged (a concurrent purge gets none twice).
+pub(crate) async fn purge(
+    conn: &mut PgConnection,
+    topic_id: i64,
+    versions: &[i64],
+    at: DateTime<Utc>,
+) -> Result<Vec<PurgedRow>> {
+    Ok(sqlx::query_as!(
+        PurgedRow,
+        "UPDATE versions SET purged_at = $3, inline_data = NULL
+         WHERE topic_id = $1 AND version = ANY($2) AND purged_at IS NULL
+         RETURNING version, size, storage, object_key, object_owned",
+        topic_id,
+        versions,
+        at as _
+    )
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// The sizes of a topic's live versions.
+pub(crate) async fn sizes<'e>(ex: impl PgExecutor<'e>, topic_id: i64) -> Result<std::collections::HashMap<i64, i64>> {
+    let rows = sqlx::query!("SELECT version, size FROM versions WHERE topic_id = $1 AND purged_at IS NULL", topic_id)
+        .fetch_all(ex)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.version, r.size)).collect())
 }

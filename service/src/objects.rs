@@ -1,0 +1,260 @@
+//! The payload object store (`IMPRINT_OBJECT_STORE`) through the `object_store` crate:
+//! a local directory by default, S3 / GCS / Azure in production. Imprint keeps its own
+//! objects under the store's prefix:
+//! - `uploads/<random>` while a publish streams in (claimed or swept within the hour);
+//! - `topics/<topic>/<version>/<sha256>` once the version commits (written once, never
+//!   overwritten: the version number is unique and assigned under the topic's lock).
+//!
+//! Registered objects (pointers published to objects that already exist) may live
+//! anywhere under the prefix except those two areas, and are never deleted.
+use crate::error::{Error, Result};
+use object_store::path::Path;
+use object_store::signer::Signer;
+use object_store::ObjectStore;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a presigned download URL stays valid.
+pub const PRESIGN_TTL: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Clone)]
+pub struct Objects {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    /// The store's URL without a trailing slash (`file:///srv/imprint`, `s3://bucket/prefix`).
+    base: String,
+    /// Where Imprint's keys start inside `store`.
+    prefix: Path,
+    /// Set when presigned downloads are on (S3 with `IMPRINT_PRESIGN=true`).
+    signer: Option<Arc<dyn Signer>>,
+}
+
+impl fmt::Debug for Objects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Objects").field("url", &self.inner.base).field("presign", &self.presigns()).finish()
+    }
+}
+
+impl Default for Objects {
+    /// An in-memory store: for tests that do not look at payload storage.
+    fn default() -> Self {
+        Self::from_parts(Arc::new(object_store::memory::InMemory::new()), "memory://".into(), Path::default(), None)
+    }
+}
+
+fn unavailable(e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { path, .. } => Error::ObjectNotFound(path),
+        e => Error::ObjectStoreUnavailable(e.to_string()),
+    }
+}
+
+pub(crate) fn store_error(e: object_store::Error) -> Error {
+    unavailable(e)
+}
+
+impl Objects {
+    fn from_parts(store: Arc<dyn ObjectStore>, base: String, prefix: Path, signer: Option<Arc<dyn Signer>>) -> Self {
+        Self { inner: Arc::new(Inner { store, base, prefix, signer }) }
+    }
+
+    /// A local directory (created if missing).
+    pub fn local(dir: &std::path::Path) -> std::result::Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .with_automatic_cleanup(true);
+        let base = url::Url::from_directory_path(&dir)
+            .map_err(|()| format!("{} is not an absolute path", dir.display()))?
+            .to_string();
+        Ok(Self::from_parts(Arc::new(fs), base.trim_end_matches('/').to_owned(), Path::default(), None))
+    }
+
+    /// Opens the store a URL names. Cloud stores take their settings from the standard
+    /// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`) and then from `options` (the same
+    /// keys, e.g. `aws_endpoint`), which win.
+    pub fn open(url: &str, options: &[(String, String)], presign: bool) -> std::result::Result<Self, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        let prefix_of = |u: &url::Url| Path::from(u.path().trim_matches('/'));
+        let bucket_base = |u: &url::Url| {
+            let p = u.path().trim_matches('/');
+            let host = u.host_str().unwrap_or_default();
+            if p.is_empty() {
+                format!("{}://{host}", u.scheme())
+            } else {
+                format!("{}://{host}/{p}", u.scheme())
+            }
+        };
+        match parsed.scheme() {
+            "file" => {
+                let dir = parsed.to_file_path().map_err(|()| format!("{url:?} is not an absolute file URL"))?;
+                if presign {
+                    return Err("IMPRINT_PRESIGN needs an S3 store".into());
+                }
+                Self::local(&dir)
+            }
+            "s3" | "s3a" => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+                for (k, v) in options {
+                    let key = k.parse().map_err(|e| format!("S3 option {k:?}: {e}"))?;
+                    b = b.with_config(key, v);
+                }
+                let s3 = Arc::new(b.build().map_err(|e| format!("S3 store {url:?}: {e}"))?);
+                let signer: Option<Arc<dyn Signer>> = presign.then(|| s3.clone() as Arc<dyn Signer>);
+                Ok(Self::from_parts(s3, bucket_base(&parsed), prefix_of(&parsed), signer))
+            }
+            "gs" => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
+                for (k, v) in options {
+                    let key = k.parse().map_err(|e| format!("GCS option {k:?}: {e}"))?;
+                    b = b.with_config(key, v);
+                }
+                if presign {
+                    return Err("IMPRINT_PRESIGN needs an S3 store".into());
+                }
+                let gcs = Arc::new(b.build().map_err(|e| format!("GCS store {url:?}: {e}"))?);
+                Ok(Self::from_parts(gcs, bucket_base(&parsed), prefix_of(&parsed), None))
+            }
+            "az" | "abfs" | "abfss" | "azure" => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
+                for (k, v) in options {
+                    let key = k.parse().map_err(|e| format!("Azure option {k:?}: {e}"))?;
+                    b = b.with_config(key, v);
+                }
+                if presign {
+                    return Err("IMPRINT_PRESIGN needs an S3 store".into());
+                }
+                let az = Arc::new(b.build().map_err(|e| format!("Azure store {url:?}: {e}"))?);
+                Ok(Self::from_parts(az, bucket_base(&parsed), prefix_of(&parsed), None))
+            }
+            other => Err(format!("unsupported object store scheme {other:?} (use file://, s3://, gs:// or az://)")),
+        }
+    }
+
+    /// The store's URL (without credentials).
+    pub fn url(&self) -> &str {
+        &self.inner.base
+    }
+
+    pub fn presigns(&self) -> bool {
+        self.inner.signer.is_some()
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.store
+    }
+
+    fn under_prefix(&self, rest: &str) -> Path {
+        let mut parts: Vec<String> = self.inner.prefix.parts().map(|p| p.as_ref().to_owned()).collect();
+        parts.extend(rest.split('/').map(str::to_owned));
+        Path::from_iter(parts)
+    }
+
+    /// A fresh key for an upload in progress.
+    pub(crate) fn staging_key(&self) -> Path {
+        let id: [u8; 16] = rand::random();
+        self.under_prefix(&format!("uploads/{}", hex::encode(id)))
+    }
+
+    /// The key of a committed version's object.
+    pub(crate) fn version_key(&self, topic: &str, version: u64, sha256: &str) -> Path {
+        self.under_prefix(&format!("topics/{topic}/{version}/{sha256}"))
+    }
+
+    /// The URL of a key, as users see it.
+    pub fn url_of(&self, key: &str) -> String {
+        let prefix = self.inner.prefix.as_ref();
+        let rest = key.strip_prefix(prefix).unwrap_or(key).trim_start_matches('/');
+        format!("{}/{rest}", self.inner.base)
+    }
+
+    /// The key of a URL a publisher registers: it must name an object inside this
+    /// store, outside the areas Imprint writes itself.
+    pub(crate) fn key_of_url(&self, url: &str) -> Result<Path> {
+        let outside = || {
+            Error::Forbidden(format!(
+                "{url:?} is outside the configured object store ({}/…); Imprint reads only its own store",
+                self.inner.base
+            ))
+        };
+        let rest = url.strip_prefix(self.inner.base.as_str()).and_then(|r| r.strip_prefix('/')).ok_or_else(outside)?;
+        if rest.is_empty() || rest.contains(['?', '#']) {
+            return Err(Error::invalid(format!("{url:?} does not name an object")));
+        }
+        if rest.starts_with("uploads/") || rest.starts_with("topics/") {
+            return Err(Error::Forbidden(format!(
+                "{url:?} is in the part of the store Imprint writes itself; register objects outside uploads/ and topics/"
+            )));
+        }
+        let rel = Path::parse(rest).map_err(|e| Error::invalid(format!("{url:?}: {e}")))?;
+        Ok(self.under_prefix(rel.as_ref()))
+    }
+
+    /// A URL that downloads `key` without credentials for `PRESIGN_TTL`, when enabled.
+    pub async fn presigned(&self, key: &str) -> Result<Option<String>> {
+        let Some(signer) = &self.inner.signer else { return Ok(None) };
+        let url = signer.signed_url(http_get(), &Path::from(key), PRESIGN_TTL).await.map_err(unavailable)?;
+        Ok(Some(url.to_string()))
+    }
+
+    /// Deletes an object; one that is not there counts as deleted.
+    pub(crate) async fn delete(&self, key: &Path) -> Result<()> {
+        match self.inner.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Size of an object (`ObjectNotFound` when absent).
+    pub(crate) async fn size(&self, key: &Path) -> Result<u64> {
+        Ok(self.inner.store.head(key).await.map_err(unavailable)?.size)
+    }
+
+    /// Moves an upload to its final key, refusing to overwrite where the store can.
+    pub(crate) async fn claim(&self, from: &Path, to: &Path) -> Result<()> {
+        match self.inner.store.rename_if_not_exists(from, to).await {
+            Ok(()) => Ok(()),
+            // S3 without a conditional-copy setting: the final key is unique per version
+            // anyway (assigned under the topic's lock), so a plain move is safe.
+            Err(object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented) => {
+                self.inner.store.rename(from, to).await.map_err(unavailable)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+fn http_get() -> http::Method {
+    http::Method::GET
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_urls_must_be_inside_the_store_and_outside_its_own_areas() {
+        let o = Objects::from_parts(
+            Arc::new(object_store::memory::InMemory::new()),
+            "s3://bucket/imprint".into(),
+            Path::from("imprint"),
+            None,
+        );
+        assert_eq!(o.key_of_url("s3://bucket/imprint/models/a.bin").unwrap().as_ref(), "imprint/models/a.bin");
+        assert!(matches!(o.key_of_url("s3://other/imprint/a"), Err(Error::Forbidden(_))));
+        assert!(matches!(o.key_of_url("s3://bucket/imprintx/a"), Err(Error::Forbidden(_))));
+        assert!(matches!(o.key_of_url("s3://bucket/a"), Err(Error::Forbidden(_))));
+        assert!(matches!(o.key_of_url("s3://bucket/imprint/topics/t/1/x"), Err(Error::Forbidden(_))));
+        assert!(matches!(o.key_of_url("s3://bucket/imprint/uploads/x"), Err(Error::Forbidden(_))));
+        assert!(o.key_of_url("s3://bucket/imprint/a/../topics/x").is_err());
+        assert!(o.key_of_url("s3://bucket/imprint/").is_err());
+        assert_eq!(o.version_key("a.b", 3, "ff").as_ref(), "imprint/topics/a.b/3/ff");
+        assert!(o.staging_key().as_ref().starts_with("imprint/uploads/"));
+        assert_eq!(o.url_of("imprint/models/a.bin"), "s3://bucket/imprint/models/a.bin");
+    }
+}

@@ -1,0 +1,321 @@
+//! Payload bytes in and out: streamed uploads into the object store (memory stays flat
+//! whatever the size), registered objects, downloads (whole, ranges, presigned) and the
+//! sweep that deletes objects no committed version claims.
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+use crate::handle::Imprint;
+use crate::objects::store_error;
+use crate::store;
+use crate::versions::{verify_sha256, BodyStream, Received, MAX_VALIDATED_BYTES};
+use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, WriteMultipart};
+use sha2::{Digest, Sha256};
+use std::ops::Range;
+
+/// Upload part size (S3 wants ≥ 5 MiB) and parts in flight: at most ~24 MiB of a body
+/// is in memory at any time.
+const PART_BYTES: usize = 8 << 20;
+const PARTS_IN_FLIGHT: usize = 2;
+/// An upload not claimed by a committed version within this is swept.
+const UPLOAD_GRACE: chrono::Duration = chrono::Duration::hours(1);
+
+/// Where a version's payload is, to send it.
+pub enum PayloadBody {
+    Inline(Bytes),
+    /// An object in the store (its key), streamed from there.
+    Object(String),
+}
+
+pub struct VersionPayload {
+    pub version: u64,
+    pub content_type: String,
+    pub sha256: String,
+    pub size: u64,
+    pub body: PayloadBody,
+}
+
+/// A body that sends nothing for this long is given up on (the upload is discarded).
+const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The next chunk of a body: `Ok(None)` at its end; an error when it broke off or stalled.
+async fn next_chunk(body: &mut BodyStream) -> Result<Option<Bytes>> {
+    match tokio::time::timeout(BODY_IDLE, body.next()).await {
+        Err(_) => Err(Error::invalid(format!(
+            "the request body sent nothing for {} s; nothing was stored",
+            BODY_IDLE.as_secs()
+        ))),
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+        Ok(Some(Err(e))) => Err(cut_off(e)),
+    }
+}
+
+fn cut_off(e: std::io::Error) -> Error {
+    Error::invalid(format!("the request body ended before it was complete ({e}); nothing was stored"))
+}
+
+fn parse_key(key: &str) -> Result<Path> {
+    Path::parse(key).map_err(|e| Error::Internal(format!("stored object key {key:?}: {e}")))
+}
+
+impl Imprint {
+    /// Reads a streamed body: inline when it fits the topic's inline limit, otherwise
+    /// into an upload in the object store, hashed and counted on the fly.
+    pub(crate) async fn receive(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        mut body: BodyStream,
+        len: Option<u64>,
+        expected: Option<&str>,
+    ) -> Result<Received> {
+        let t = {
+            let mut conn = self.pool().acquire().await?;
+            store::topics::require(&mut conn, topic, false).await?
+        };
+        // Refused before a byte is read: no rights, or announced too large.
+        caller.require_write(&t.name, &t.owner)?;
+        let max = t.max_size as u64;
+        let keep = t.json_schema.is_some() || t.apollo_namespace.is_some();
+        let limit = if keep { max.min(MAX_VALIDATED_BYTES) } else { max };
+        if let Some(n) = len.filter(|n| *n > limit) {
+            return Err(Error::PayloadTooLarge { size: n, limit });
+        }
+        let inline_limit = t.inline_limit as u64;
+        let mut head = BytesMut::new();
+        while head.len() as u64 <= inline_limit {
+            match next_chunk(&mut body).await? {
+                None => return Ok(Received::Inline(head.freeze())),
+                Some(chunk) => head.extend_from_slice(&chunk),
+            }
+            if head.len() as u64 > limit {
+                return Err(Error::PayloadTooLarge { size: head.len() as u64, limit });
+            }
+        }
+        let key = self.objects().staging_key();
+        store::objects::mark(self.pool(), key.as_ref(), self.now() + UPLOAD_GRACE, "upload").await?;
+        let uploaded = match self.upload(&key, head.freeze(), body, limit, keep).await {
+            Ok((size, sha256, content)) => verify_sha256(expected, &sha256).map(|()| (size, sha256, content)),
+            Err(e) => Err(e),
+        };
+        match uploaded {
+            Ok((size, sha256, content)) => Ok(Received::Object { key, owned: true, size, sha256, content }),
+            Err(e) => {
+                self.discard_upload(&key).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Streams `first` and the rest of `body` into a multipart upload at `key`.
+    async fn upload(
+        &self,
+        key: &Path,
+        first: Bytes,
+        mut body: BodyStream,
+        limit: u64,
+        keep: bool,
+    ) -> Result<(u64, String, Option<Bytes>)> {
+        let upload = self.objects().store().put_multipart(key).await.map_err(store_error)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut content = keep.then(BytesMut::new);
+        let mut next = Some(first);
+        let streamed: Result<()> = async {
+            loop {
+                let chunk = match next.take() {
+                    Some(c) => c,
+                    None => match next_chunk(&mut body).await? {
+                        None => return Ok(()),
+                        Some(c) => c,
+                    },
+                };
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(Error::PayloadTooLarge { size, limit });
+                }
+                hasher.update(&chunk);
+                if let Some(c) = &mut content {
+                    c.extend_from_slice(&chunk);
+                }
+                writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(store_error)?;
+                writer.put(chunk);
+            }
+        }
+        .await;
+        match streamed {
+            Ok(()) => {
+                writer.finish().await.map_err(store_error)?;
+                metrics::counter!("imprint_object_bytes_written_total").increment(size);
+                Ok((size, hex::encode(hasher.finalize()), content.map(BytesMut::freeze)))
+            }
+            Err(e) => {
+                if let Err(abort) = writer.abort().await {
+                    tracing::warn!(error = %abort, %key, "aborting an upload failed; the sweep removes it");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks a registered object (inside the store, present, within limits) and reads it
+    /// once to know its checksum.
+    pub(crate) async fn inspect_registered(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        url: &str,
+        expected: Option<&str>,
+    ) -> Result<Received> {
+        let t = {
+            let mut conn = self.pool().acquire().await?;
+            store::topics::require(&mut conn, topic, false).await?
+        };
+        caller.require_write(&t.name, &t.owner)?;
+        let key = self.objects().key_of_url(url)?;
+        let missing = |e: Error| match e {
+            Error::ObjectNotFound(_) => Error::ObjectNotFound(url.to_owned()),
+            e => e,
+        };
+        let size = self.objects().size(&key).await.map_err(missing)?;
+        let keep = t.json_schema.is_some() || t.apollo_namespace.is_some();
+        let limit = if keep { (t.max_size as u64).min(MAX_VALIDATED_BYTES) } else { t.max_size as u64 };
+        if size > limit {
+            return Err(Error::PayloadTooLarge { size, limit });
+        }
+        let mut stream = self.objects().store().get(&key).await.map_err(store_error).map_err(missing)?.into_stream();
+        let mut hasher = Sha256::new();
+        let mut content = keep.then(BytesMut::new);
+        let mut read = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(store_error)?;
+            read += chunk.len() as u64;
+            if read > limit {
+                return Err(Error::PayloadTooLarge { size: read, limit });
+            }
+            hasher.update(&chunk);
+            if let Some(c) = &mut content {
+                c.extend_from_slice(&chunk);
+            }
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        verify_sha256(expected, &sha256)?;
+        Ok(Received::Object { key, owned: false, size: read, sha256, content: content.map(BytesMut::freeze) })
+    }
+
+    /// Deletes an upload that will not be committed, and forgets it. Failures are left
+    /// to the sweep (the stray row stays).
+    pub(crate) async fn discard_upload(&self, key: &Path) {
+        match self.objects().delete(key).await {
+            Ok(()) => {
+                if let Err(e) = store::objects::unmark(self.pool(), &[key.to_string()]).await {
+                    tracing::debug!(error = %e, %key, "stray row left for the sweep");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, %key, "deleting an abandoned upload failed; the sweep retries"),
+        }
+    }
+
+    /// Deletes up to `limit` due stray objects (abandoned uploads, purged payloads).
+    /// Several servers may sweep at once: each row is taken by one of them.
+    pub async fn sweep_stray_objects(&self, limit: i64) -> Result<usize> {
+        let mut tx = self.pool().begin().await?;
+        let keys = store::objects::due(&mut tx, self.now(), limit).await?;
+        let mut done = Vec::new();
+        for key in keys {
+            if !store::objects::in_use(&mut *tx, &key).await? {
+                let path = parse_key(&key)?;
+                if let Err(e) = self.objects().delete(&path).await {
+                    tracing::warn!(error = %e, key, "deleting a stray object failed; retrying on the next sweep");
+                    continue;
+                }
+            }
+            done.push(key);
+        }
+        store::objects::unmark(&mut *tx, &done).await?;
+        tx.commit().await?;
+        if !done.is_empty() {
+            metrics::counter!("imprint_stray_objects_deleted_total").increment(done.len() as u64);
+            tracing::info!(deleted = done.len(), "stray objects deleted");
+        }
+        Ok(done.len())
+    }
+
+    /// Where a version's payload is (410 once purged).
+    pub async fn version_payload(&self, caller: &Caller, topic: &str, version: u64) -> Result<VersionPayload> {
+        let t = self.readable_topic(caller, topic).await?;
+        let row = store::versions::data(self.pool(), t.id, version as i64)
+            .await?
+            .ok_or_else(|| Error::VersionNotFound { topic: t.name.clone(), version })?;
+        if row.purged_at.is_some() {
+            return Err(Error::VersionPurged { topic: t.name, version });
+        }
+        let body = match (row.inline_data, row.object_key) {
+            (Some(data), _) => PayloadBody::Inline(Bytes::from(data)),
+            (None, Some(key)) => PayloadBody::Object(key),
+            (None, None) => {
+                return Err(Error::Internal(format!("version {version} of {} has no stored payload", t.name)))
+            }
+        };
+        Ok(VersionPayload { version, content_type: row.content_type, sha256: row.sha256, size: row.size as u64, body })
+    }
+
+    /// A stream of an object's bytes (a byte range of it, if given).
+    pub async fn read_object(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, std::result::Result<Bytes, std::io::Error>>> {
+        let options = GetOptions { range: range.map(GetRange::Bounded), ..GetOptions::default() };
+        let got = self.objects().store().get_opts(&parse_key(key)?, options).await.map_err(store_error)?;
+        Ok(got.into_stream().map(|r| r.map_err(std::io::Error::other)).boxed())
+    }
+
+    /// A presigned download URL of an object (S3 with `IMPRINT_PRESIGN=true`), else None.
+    pub async fn presigned_url(&self, key: &str) -> Result<Option<String>> {
+        self.objects().presigned(parse_key(key)?.as_ref()).await
+    }
+
+    /// At most the first `max` bytes of a version's payload, and its whole size: what a
+    /// page may show without loading a large payload.
+    pub async fn version_preview(&self, caller: &Caller, topic: &str, version: u64, max: u64) -> Result<(Bytes, u64)> {
+        let p = self.version_payload(caller, topic, version).await?;
+        match p.body {
+            PayloadBody::Inline(b) => Ok((b.slice(..(b.len()).min(max as usize)), p.size)),
+            PayloadBody::Object(key) => {
+                let n = p.size.min(max);
+                if n == 0 {
+                    return Ok((Bytes::new(), p.size));
+                }
+                let bytes = self.objects().store().get_range(&parse_key(&key)?, 0..n).await.map_err(store_error)?;
+                Ok((bytes, p.size))
+            }
+        }
+    }
+
+    /// A whole payload in memory (with its content type and checksum); objects larger
+    /// than `MAX_VALIDATED_BYTES` are refused — stream those with `version_payload`.
+    pub async fn version_data(&self, caller: &Caller, topic: &str, version: u64) -> Result<(Bytes, String, String)> {
+        let p = self.version_payload(caller, topic, version).await?;
+        let bytes = match p.body {
+            PayloadBody::Inline(b) => b,
+            PayloadBody::Object(_) if p.size > MAX_VALIDATED_BYTES => {
+                return Err(Error::PayloadTooLarge { size: p.size, limit: MAX_VALIDATED_BYTES })
+            }
+            PayloadBody::Object(key) => self
+                .objects()
+                .store()
+                .get(&parse_key(&key)?)
+                .await
+                .map_err(store_error)?
+                .bytes()
+                .await
+                .map_err(store_error)?,
+        };
+        Ok((bytes, p.content_type, p.sha256))
+    }
+}

@@ -1,0 +1,52 @@
+//! The `stray_objects` table: objects that go unless a committed version claims them.
+use crate::error::Result;
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+
+/// Records that `key` must be deleted after `delete_after` unless claimed first.
+pub(crate) async fn mark<'e>(
+    ex: impl PgExecutor<'e>,
+    key: &str,
+    delete_after: DateTime<Utc>,
+    reason: &str,
+) -> Result<()> {
+    sqlx::query!(
+        "INSERT INTO stray_objects (key, delete_after, reason) VALUES ($1, $2, $3)
+         ON CONFLICT (key) DO UPDATE SET delete_after = LEAST(stray_objects.delete_after, EXCLUDED.delete_after)",
+        key,
+        delete_after as _,
+        reason
+    )
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Claims keys: they are no longer stray (a version points at them, or they are gone).
+pub(crate) async fn unmark<'e>(ex: impl PgExecutor<'e>, keys: &[String]) -> Result<()> {
+    sqlx::query!("DELETE FROM stray_objects WHERE key = ANY($1)", keys).execute(ex).await?;
+    Ok(())
+}
+
+/// Up to `limit` stray objects that are due, locked for this transaction (another sweeper
+/// skips them).
+pub(crate) async fn due(conn: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar!(
+        "SELECT key FROM stray_objects WHERE delete_after <= $1 ORDER BY delete_after
+         LIMIT $2 FOR UPDATE SKIP LOCKED",
+        now as _,
+        limit
+    )
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Is an object the payload of a version that is not purged (then it is not stray)?
+pub(crate) async fn in_use<'e>(ex: impl PgExecutor<'e>, key: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM versions WHERE object_key = $1 AND purged_at IS NULL) AS "e!""#,
+        key
+    )
+    .fetch_one(ex)
+    .await?)
+}
