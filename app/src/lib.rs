@@ -10,7 +10,7 @@ mod consumers;
 mod rollouts;
 mod settings;
 #[cfg(feature = "ssr")]
-mod ssr;
+pub mod ssr;
 mod topic;
 mod topics;
 mod version;
@@ -31,6 +31,9 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <link rel="icon" href="data:,"/>
                 <AutoReload options=options.clone()/>
                 <HydrationScripts options/>
+                // The upload form's progress bar (a document-level listener: it works on
+                // pages reached by client-side navigation too).
+                <script src="/upload.js" defer></script>
                 <MetaTags/>
             </head>
             <body>

@@ -15,6 +15,10 @@ pub struct Settings {
     pub max_versions: Option<u32>,
     pub max_age_days: Option<u32>,
     pub inline_limit_bytes: u64,
+    pub max_size_bytes: u64,
+    /// Live versions outside the retention policy: (version, created, size, what the
+    /// janitor does: `purge` or why it keeps it).
+    pub retention_next: Vec<(u64, String, u64, String)>,
     pub content_type: String,
     pub json_schema: String,
     pub plans: String,
@@ -43,6 +47,11 @@ pub async fn load_settings(name: String) -> Result<Settings, ServerFnError> {
         max_versions: t.retention.max_versions,
         max_age_days: t.retention.max_age_days,
         inline_limit_bytes: t.inline_limit_bytes,
+        max_size_bytes: t.max_size_bytes,
+        retention_next: load(imprint.retention_preview(&caller, &name).await)?
+            .into_iter()
+            .map(|i| (i.version, i.created_at.to_rfc3339(), i.size, i.action))
+            .collect(),
         content_type: t.content_type.clone().unwrap_or_default(),
         json_schema: t.json_schema.as_ref().and_then(|s| serde_json::to_string_pretty(s).ok()).unwrap_or_default(),
         plans: if t.plans.is_empty() {
@@ -82,6 +91,7 @@ pub async fn save_settings(
     max_versions: String,
     max_age_days: String,
     inline_limit_bytes: String,
+    max_size_bytes: Option<String>,
     content_type: String,
     json_schema: String,
     plans: String,
@@ -125,7 +135,7 @@ pub async fn save_settings(
                 max_age_days: num("max age", &max_age_days)?.map(|v| v.min(u32::MAX as u64) as u32),
             }),
             inline_limit_bytes: num("inline limit", &inline_limit_bytes)?,
-            max_size_bytes: None,
+            max_size_bytes: num("largest payload", max_size_bytes.as_deref().unwrap_or(""))?,
             content_type: Some(Some(content_type.trim().to_owned()).filter(|c| !c.is_empty())),
             json_schema: Some(json("JSON Schema", &json_schema)?),
             plans,
@@ -188,7 +198,9 @@ pub fn SettingsPage() -> impl IntoView {
                                 <label>"Keep newest versions" <input type="number" min="1" name="max_versions" value=s.max_versions.map(|v| v.to_string())/></label>
                                 <label>"Keep versions younger than (days)" <input type="number" min="1" name="max_age_days" value=s.max_age_days.map(|v| v.to_string())/></label>
                             </fieldset>
-                            <label>"Inline limit (bytes)" <input type="number" min="1" name="inline_limit_bytes" value=s.inline_limit_bytes.to_string()/></label>
+                            <RetentionNext items=s.retention_next.clone()/>
+                            <label>"Inline limit (bytes; larger payloads go to the object store)" <input type="number" min="1" name="inline_limit_bytes" value=s.inline_limit_bytes.to_string()/></label>
+                            <label>"Largest payload (bytes)" <input type="number" min="1" name="max_size_bytes" value=s.max_size_bytes.to_string()/></label>
                             <label>"Content type" <input type="text" name="content_type" placeholder="application/json" value=s.content_type.clone()/></label>
                             <label>"JSON Schema (publishes must satisfy it; empty: none)" <textarea name="json_schema" rows="8" class="mono">{s.json_schema.clone()}</textarea></label>
                             <label>"Rollout plans (JSON: {\"name\": {\"stages\": [{\"selector\": {...}, \"wait_s\": 600}]}})" <textarea name="plans" rows="6" class="mono">{s.plans.clone()}</textarea></label>
@@ -225,5 +237,36 @@ pub fn SettingsPage() -> impl IntoView {
                 }
             })}
         </Transition>
+    }
+}
+
+/// What the retention policy does next: the live versions outside it.
+#[component]
+fn RetentionNext(items: Vec<(u64, String, u64, String)>) -> impl IntoView {
+    let purge = items.iter().filter(|i| i.3 == "purge").count();
+    let why = |a: &str| match a {
+        "purge" => "purged by the next janitor pass",
+        "pinned" => "kept: pinned",
+        "in_rollout" => "kept: being rolled out",
+        "still_resolved" => "kept: still what one of its scopes resolves to",
+        _ => "kept",
+    };
+    view! {
+        <div class="retention-next" id="retention-next">
+            {if items.is_empty() {
+                view! { <p class="muted small">"Retention purges nothing now: every live version is within the policy."</p> }.into_any()
+            } else {
+                view! {
+                    <p class="small">{format!("Outside the policy: {} version(s), {purge} to purge next.", items.len())}</p>
+                    <ul class="small">
+                        {items.iter().map(|(v, at, size, action)| view! {
+                            <li class=if action == "purge" { "purge" } else { "kept" }>
+                                {format!("v{v} · {} · {} — {}", crate::common::short_time(at), crate::common::human_size(*size), why(action))}
+                            </li>
+                        }).collect_view()}
+                    </ul>
+                }.into_any()
+            }}
+        </div>
     }
 }

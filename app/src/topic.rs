@@ -37,6 +37,11 @@ pub struct VersionRow {
     pub purged: bool,
     /// Selectors of active pins holding consumers on this version.
     pub pinned_by: Vec<String>,
+    /// `inline` (in Postgres) or `object` (the object store).
+    pub storage: String,
+    pub object_url: Option<String>,
+    /// Published as a pointer to an existing object (never deleted by Imprint).
+    pub object_registered: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -120,6 +125,9 @@ mod convert {
                 .collect(),
             purged: v.purged,
             pinned_by: pins.iter().filter(|p| p.version == v.version).map(|p| p.selector.clone()).collect(),
+            storage: v.storage,
+            object_url: v.object_url,
+            object_registered: v.object_registered,
         }
     }
 }
@@ -428,8 +436,11 @@ pub fn PublishPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 match page.await {
                     Err(e) => view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any(),
-                    Ok(p) => view! {
+                    Ok(p) => {
+                        let topic = p.head.name.clone();
+                        view! {
                         <TopicHeader head=p.head.clone() active="publish"/>
+                        <Flash/>
                         {move || action.value().get().and_then(|r| r.err()).map(|e| view! { <p class="flash error" role="alert">{error_text(&e)}</p> })}
                         <ActionForm action=action attr:class="stack publish" attr:id="publish-form">
                             <input type="hidden" name="topic" value=p.head.name.clone()/>
@@ -455,10 +466,46 @@ pub fn PublishPage() -> impl IntoView {
                             </label>
                             <button type="submit" disabled=move || json_error.get().is_some()>"Publish"</button>
                         </ActionForm>
-                    }.into_any(),
+                        <UploadForm topic=topic/>
+                    }.into_any()
+                    }
                 }
             })}
         </Transition>
+    }
+}
+
+/// A file of any size, streamed to the server (and on to the object store when it is
+/// larger than the topic's inline limit). Without JavaScript a plain multipart post;
+/// with it, `/upload.js` sends it with a progress bar of the bytes sent.
+#[component]
+fn UploadForm(topic: String) -> impl IntoView {
+    view! {
+        <h3>"Or upload a file"</h3>
+        <p class="muted small">"Any size up to the topic's largest payload; files beyond the inline limit are kept in the object store."</p>
+        <form method="post" action=format!("/console/upload/{topic}") enctype="multipart/form-data"
+            class="stack publish" id="upload-form">
+            <label>"Message" <input type="text" name="message" placeholder="what changed and why"/></label>
+            <label>"Content type"
+                <select name="content_type">
+                    <option value="" selected>"from the file (or the topic default)"</option>
+                    <option value="application/json">"application/json"</option>
+                    <option value="application/octet-stream">"application/octet-stream"</option>
+                    <option value="text/plain; charset=utf-8">"text/plain"</option>
+                </select>
+            </label>
+            <label>"Scope (one selector; empty: everyone, or the topic's default rollout plan)"
+                <input type="text" name="scope" class="mono" placeholder="*"/>
+            </label>
+            <label>"Rollout plan (empty: the topic's default plan; none: no rollout)"
+                <input type="text" name="rollout" placeholder="canary-first"/>
+            </label>
+            // The file goes last: the server streams it as it arrives.
+            <label>"File" <input type="file" name="file" required/></label>
+            <progress class="upload-progress" max="1" value="0" hidden></progress>
+            <p class="upload-status muted small" role="status"></p>
+            <button type="submit">"Upload and publish"</button>
+        </form>
     }
 }
 

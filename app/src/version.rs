@@ -11,6 +11,8 @@ pub struct VersionDetail {
     pub head: TopicHead,
     pub version: VersionRow,
     pub rendered: Option<Rendered>,
+    /// The page shows at most the first `PREVIEW_BYTES` of a payload.
+    pub truncated: bool,
     pub against: Option<u64>,
     /// The diff against `against`; None when there is nothing to compare.
     pub diff: Option<Result<Vec<DiffLine>, String>>,
@@ -19,6 +21,8 @@ pub struct VersionDetail {
 
 #[cfg(feature = "ssr")]
 const MAX_DIFF_LINES: usize = 5000;
+/// A page never loads more of a payload than this (large ones are downloaded instead).
+pub const PREVIEW_BYTES: u64 = 64 * 1024;
 
 #[server(prefix = "/console/fn")]
 pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<VersionDetail, ServerFnError> {
@@ -39,19 +43,38 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
         .filter(|o| !o.purged && o.version != n)
         .map(|o| o.version)
         .collect();
+    // At most the first PREVIEW_BYTES of a payload: (rendered, whole payload shown).
     let payload = |k: u64| {
         let imprint = imprint.clone();
         let name = name.clone();
         let caller = caller.clone();
-        async move { imprint.version_data(&caller, &name, k).await.map(|(bytes, _, _)| render_payload(&bytes, 512)) }
+        async move {
+            imprint
+                .version_preview(&caller, &name, k, PREVIEW_BYTES)
+                .await
+                .map(|(bytes, size)| (render_payload(&bytes, 512), bytes.len() as u64 == size))
+        }
     };
-    let rendered = if v.purged { None } else { Some(load(payload(n).await)?) };
+    let (rendered, truncated) = if v.purged {
+        (None, false)
+    } else {
+        let (r, whole) = load(payload(n).await)?;
+        (Some(r), !whole)
+    };
     // Default comparison: the previous live version.
     let against = against.or_else(|| others.iter().copied().filter(|o| *o < n).max());
     let diff = match (against, &rendered) {
+        (Some(_), Some(_)) if truncated => Some(Err(format!(
+            "payloads over {} are not compared in the console; download them",
+            human_size(PREVIEW_BYTES)
+        ))),
         (Some(a), Some(r)) => Some(match payload(a).await {
             Err(e) => Err(e.to_string()),
-            Ok(other) => match (other.text(), r.text()) {
+            Ok((_, false)) => Err(format!(
+                "payloads over {} are not compared in the console; download them",
+                human_size(PREVIEW_BYTES)
+            )),
+            Ok((other, true)) => match (other.text(), r.text()) {
                 (Some(old), Some(new)) => diff_lines(old, new, MAX_DIFF_LINES)
                     .ok_or_else(|| format!("too large to compare (more than {MAX_DIFF_LINES} lines)")),
                 _ => Err("binary payloads cannot be compared line by line".to_owned()),
@@ -63,6 +86,7 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
         head: crate::topic::head_of(&topic, &caller),
         version: crate::topic::version_of(v, &pins),
         rendered,
+        truncated,
         against,
         diff,
         others,
@@ -101,6 +125,13 @@ pub fn VersionPage() -> impl IntoView {
                                 <dl class="grid">
                                     <dt>"Published"</dt><dd>{format!("{} by {}", short_time(&v.created_at), v.created_by)}</dd>
                                     <dt>"Size"</dt><dd>{human_size(v.size)}</dd>
+                                    <dt>"Stored"</dt><dd class="storage">{match (v.storage.as_str(), v.object_url.clone()) {
+                                        ("object", Some(url)) => view! {
+                                            "in the object store" {v.object_registered.then_some(" (registered; Imprint never deletes it)")}
+                                            <br/><code class="small">{url}</code>
+                                        }.into_any(),
+                                        _ => view! { "inline (in Postgres)" }.into_any(),
+                                    }}</dd>
                                     <dt>"Content type"</dt><dd>{v.content_type.clone()}</dd>
                                     <dt>"SHA-256"</dt><dd><code class="small">{v.sha256.clone()}</code></dd>
                                     <dt>"Message"</dt><dd>{if v.message.is_empty() { "—".to_owned() } else { v.message.clone() }}</dd>
@@ -110,6 +141,13 @@ pub fn VersionPage() -> impl IntoView {
                             </section>
                             <section class="card">
                                 <h2>"Payload"</h2>
+                                {(!v.purged).then(|| view! {
+                                    <p><a class="button" href=format!("/console/download/{}/{}", d.head.name, v.version) download="">
+                                        {format!("Download ({})", human_size(v.size))}</a></p>
+                                })}
+                                {d.truncated.then(|| view! {
+                                    <p class="muted small preview-note">{format!("Showing the first {} of {}.", human_size(PREVIEW_BYTES), human_size(v.size))}</p>
+                                })}
                                 {match d.rendered.clone() {
                                     None => view! { <p class="muted">"The payload was deleted by retention."</p> }.into_any(),
                                     Some(Rendered::Json(s)) => view! { <pre class="payload json">{s}</pre> }.into_any(),

@@ -136,10 +136,11 @@ test("publish, timeline, version detail and diff", async ({ page, request }) => 
   await page.goto(`/topics/${topic}/publish`);
   await ready(page);
   await shot(page, "publish");
-  await page.getByLabel("Payload").fill(JSON.stringify({ rate: 2, currency: "EUR" }));
-  await page.getByLabel("Message").fill("raise the rate");
-  await page.getByLabel(/Metadata/).fill("build=2");
-  await page.getByRole("button", { name: "Publish" }).click();
+  const form = page.locator("#publish-form");
+  await form.getByLabel("Payload").fill(JSON.stringify({ rate: 2, currency: "EUR" }));
+  await form.getByLabel("Message").fill("raise the rate");
+  await form.getByLabel(/Metadata/).fill("build=2");
+  await form.getByRole("button", { name: "Publish" }).click();
   await expect(page).toHaveURL(new RegExp(`/topics/${topic.replace(".", "\\.")}`));
   await expect(page.getByRole("status").filter({ hasText: "Published v2" })).toBeVisible();
   const v2 = page.locator("li.version#v2");
@@ -154,9 +155,9 @@ test("publish, timeline, version detail and diff", async ({ page, request }) => 
   await page.getByLabel("Payload").fill("{not json");
   if (test.info().project.name === "hydrated") {
     await expect(page.getByRole("alert")).toContainText("Not valid JSON");
-    await expect(page.getByRole("button", { name: "Publish" })).toBeDisabled();
+    await expect(page.locator("#publish-form").getByRole("button", { name: "Publish" })).toBeDisabled();
   } else {
-    await page.getByRole("button", { name: "Publish" }).click();
+    await page.locator("#publish-form").getByRole("button", { name: "Publish" }).click();
     await expect(page.getByRole("alert")).toContainText("not valid JSON");
   }
   const versions = await (await request.get(`/api/v1/topics/${topic}/versions`)).json();
@@ -168,6 +169,59 @@ test("publish, timeline, version detail and diff", async ({ page, request }) => 
   await expect(page.locator("pre.diff ins")).toContainText('"rate": 2');
   await expect(page.getByText("v1 → v2: 2 changed lines")).toBeVisible();
   await shot(page, "version");
+});
+
+test("a file upload goes to the object store; the version page previews and downloads it", async ({ page, request }) => {
+  const big = `${topic}.files`;
+  const created = await request.post("/api/v1/topics", {
+    headers: auth,
+    data: { name: big, owner: team, inline_limit_bytes: 1024, retention: { max_versions: 1 } },
+  });
+  expect(created.status(), await created.text()).toBe(201);
+  // 300 KiB of numbered lines: beyond the inline limit, beyond the page's 64 KiB preview.
+  const lines: string[] = [];
+  for (let i = 0; lines.join("\n").length < 300 * 1024; i++) lines.push(`line ${i} ${"x".repeat(60)}`);
+  const text = lines.join("\n").slice(0, 300 * 1024);
+
+  await signIn(page, "admin", adminPassword);
+  await page.goto(`/topics/${big}/publish`);
+  await ready(page);
+  const form = page.locator("#upload-form");
+  await form.getByLabel("Message").fill("nightly export");
+  await form.getByLabel("File").setInputFiles({ name: "export.txt", mimeType: "text/plain", buffer: Buffer.from(text) });
+  await shot(page, "upload");
+  await form.getByRole("button", { name: "Upload and publish" }).click();
+  await expect(page).toHaveURL(new RegExp(`/topics/${big.replace(/\./g, "\\.")}`));
+  await expect(page.getByRole("status").filter({ hasText: "Published v1" })).toBeVisible();
+
+  await page.goto(`/topics/${big}/versions/1`);
+  await expect(page.locator("dd.storage")).toContainText("in the object store");
+  await expect(page.locator(".preview-note")).toContainText("Showing the first 64.0 KiB of 300.0 KiB");
+  await expect(page.locator("pre.payload")).toContainText("line 0 ");
+  await expect(page.locator("pre.payload")).not.toContainText(lines[lines.length - 2]);
+  const link = page.getByRole("link", { name: "Download (300.0 KiB)" });
+  await expect(link).toBeVisible();
+  await shot(page, "version-object");
+  const download = await page.request.get((await link.getAttribute("href")) ?? "");
+  expect(download.status()).toBe(200);
+  expect((await download.body()).toString()).toBe(text);
+
+  // An empty upload form is refused with a readable message and publishes nothing.
+  await page.goto(`/topics/${big}/publish`);
+  await ready(page);
+  await page.locator("#upload-form").getByLabel("Scope").fill("region=");
+  await page.locator("#upload-form").getByLabel("File").setInputFiles({ name: "x.txt", mimeType: "text/plain", buffer: Buffer.from("x".repeat(2048)) });
+  await page.locator("#upload-form").getByRole("button", { name: "Upload and publish" }).click();
+  await expect(page.getByRole("alert").filter({ hasText: "selector" })).toBeVisible();
+  expect((await (await request.get(`/api/v1/topics/${big}/versions`)).json()).versions.length).toBe(1);
+
+  // With retention keeping one version, the settings page says v1 goes next.
+  const v2 = await request.post(`/api/v1/topics/${big}/versions`, { headers: auth, data: { data: "small" } });
+  expect(v2.status()).toBe(201);
+  await page.goto(`/topics/${big}/settings`);
+  await expect(page.locator("#retention-next")).toContainText("v1");
+  await expect(page.locator("#retention-next")).toContainText("purged by the next janitor pass");
+  await shot(page, "settings-retention");
 });
 
 test("pin, scope matrix, what-does-a-consumer-see, unpin", async ({ page }) => {

@@ -411,8 +411,8 @@ pub async fn patch_topic(
 /// payload itself, with scopes, metadata and message in the query string
 /// (`?scope=region=eu&meta.k=v&message=…&rollout=<plan>|none`).
 #[utoipa::path(post, path = "/api/v1/topics/{topic}/versions", tag = "versions", params(("topic" = String, Path)),
-    request_body(description = "JSON: a PublishBody. Any other content type: the raw payload, with ?scope=, meta.<k>=, message=, rollout=",
-        content((PublishBody = "application/json"), (Vec<u8> = "application/octet-stream"))),
+    request_body(description = "JSON: a PublishBody (data, data_base64 or object). multipart/form-data: text parts message, scope (repeatable), meta.<key>, content_type, rollout, sha256, then the file part (last). Any other content type: the raw payload, streamed, with ?scope=, meta.<k>=, message=, rollout=, sha256= and the X-Imprint-Sha256 header",
+        content((PublishBody = "application/json"), (Vec<u8> = "multipart/form-data"), (Vec<u8> = "application/octet-stream"))),
     responses((status = 201, body = Published), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -456,7 +456,8 @@ pub async fn get_version(
 
 /// The payload bytes, with `ETag: "<sha256>"`, single `Range` requests and `If-None-Match`.
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/versions/{n}/data", tag = "versions",
-    params(("topic" = String, Path), ("n" = u64, Path)),
+    params(("topic" = String, Path), ("n" = u64, Path),
+           ("redirect" = Option<bool>, Query, description = "true: 307 to a presigned URL (S3 store with IMPRINT_PRESIGN=true)")),
     responses((status = 200, description = "payload bytes", body = Vec<u8>, content_type = "application/octet-stream"),
               (status = 206, description = "the requested range"), (status = 304, description = "not modified"),
               (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),

@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod payload;
+mod upload;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
@@ -59,7 +60,8 @@ pub fn api_router(imprint: Imprint) -> Router {
 /// says where a request comes from in `Origin` or `Sec-Fetch-Site`; only this site may post.
 async fn same_origin_only(req: Request, next: Next) -> Response {
     use axum::http::{header, Method};
-    if req.method() != Method::GET && req.uri().path().starts_with("/console/fn/") {
+    let path = req.uri().path();
+    if req.method() != Method::GET && (path.starts_with("/console/fn/") || path.starts_with("/console/upload/")) {
         let h = req.headers();
         let host = h.get("x-forwarded-host").or_else(|| h.get(header::HOST)).and_then(|v| v.to_str().ok());
         let same = match (
@@ -232,6 +234,12 @@ pub fn full_router(
         })
         .fallback(leptos_axum::file_and_error_handler(shell))
         .with_state(leptos_options)
+        .merge(
+            Router::new()
+                .route("/console/upload/{topic}", axum::routing::post(upload::console_upload))
+                .route("/console/download/{topic}/{n}", axum::routing::get(upload::console_download))
+                .with_state(imprint.clone()),
+        )
         .layer(axum::middleware::from_fn(same_origin_only))
         .layer(axum::middleware::from_fn(console_body_limit))
         .layer(sessions);

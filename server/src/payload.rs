@@ -58,6 +58,12 @@ struct Fields {
 impl Fields {
     /// Takes one `name=value`; false when the name is not a publish field.
     fn take(&mut self, name: &str, value: String) -> ApiResult<bool> {
+        let known =
+            matches!(name, "scope" | "message" | "rollout" | "content_type" | "sha256") || name.starts_with("meta.");
+        if known && value.trim().is_empty() {
+            // An empty form field is an absent one (browsers send every field).
+            return Ok(true);
+        }
         if name == "scope" {
             self.scopes.push(Selector::parse(&value).map_err(Error::from)?);
         } else if let Some(key) = name.strip_prefix("meta.") {

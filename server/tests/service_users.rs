@@ -310,7 +310,7 @@ async fn operator_actions_are_audited_with_actor_and_details(pool: PgPool) {
     assert_eq!(
         e.details,
         json!({"version": 1, "size": 3, "sha256": p.sha256, "content_type": "application/json",
-               "scopes": ["*"], "message": "publish [1]", "rollout": null})
+               "scopes": ["*"], "message": "publish [1]", "rollout": null, "storage": "inline"})
     );
     imp.publish(&erin, "payments.methods", text("[2]")).await.expect("publish");
 
