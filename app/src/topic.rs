@@ -440,7 +440,6 @@ pub fn PublishPage() -> impl IntoView {
                         let topic = p.head.name.clone();
                         view! {
                         <TopicHeader head=p.head.clone() active="publish"/>
-                        <Flash/>
                         {move || action.value().get().and_then(|r| r.err()).map(|e| view! { <p class="flash error" role="alert">{error_text(&e)}</p> })}
                         <ActionForm action=action attr:class="stack publish" attr:id="publish-form">
                             <input type="hidden" name="topic" value=p.head.name.clone()/>
@@ -480,8 +479,11 @@ pub fn PublishPage() -> impl IntoView {
 /// with it, `/upload.js` sends it with a progress bar of the bytes sent.
 #[component]
 fn UploadForm(topic: String) -> impl IntoView {
+    // A refused upload posted without JavaScript comes back here with its reason.
+    let q = leptos_router::hooks::use_query_map();
     view! {
-        <h3>"Or upload a file"</h3>
+        <h3 id="upload">"Or upload a file"</h3>
+        {move || q.read().get("upload_error").map(|e| view! { <p class="flash error" role="alert">{e}</p> })}
         <p class="muted small">"Any size up to the topic's largest payload; files beyond the inline limit are kept in the object store."</p>
         <form method="post" action=format!("/console/upload/{topic}") enctype="multipart/form-data"
             class="stack publish" id="upload-form">

@@ -172,7 +172,7 @@ test("publish, timeline, version detail and diff", async ({ page, request }) => 
 });
 
 test("a file upload goes to the object store; the version page previews and downloads it", async ({ page, request }) => {
-  const big = `${topic}.files`;
+  const big = `files.${sfx}`;
   const created = await request.post("/api/v1/topics", {
     headers: auth,
     data: { name: big, owner: team, inline_limit_bytes: 1024, retention: { max_versions: 1 } },
@@ -188,7 +188,7 @@ test("a file upload goes to the object store; the version page previews and down
   await ready(page);
   const form = page.locator("#upload-form");
   await form.getByLabel("Message").fill("nightly export");
-  await form.getByLabel("File").setInputFiles({ name: "export.txt", mimeType: "text/plain", buffer: Buffer.from(text) });
+  await form.getByLabel("File", { exact: true }).setInputFiles({ name: "export.txt", mimeType: "text/plain", buffer: Buffer.from(text) });
   await shot(page, "upload");
   await form.getByRole("button", { name: "Upload and publish" }).click();
   await expect(page).toHaveURL(new RegExp(`/topics/${big.replace(/\./g, "\\.")}`));
@@ -210,7 +210,7 @@ test("a file upload goes to the object store; the version page previews and down
   await page.goto(`/topics/${big}/publish`);
   await ready(page);
   await page.locator("#upload-form").getByLabel("Scope").fill("region=");
-  await page.locator("#upload-form").getByLabel("File").setInputFiles({ name: "x.txt", mimeType: "text/plain", buffer: Buffer.from("x".repeat(2048)) });
+  await page.locator("#upload-form").getByLabel("File", { exact: true }).setInputFiles({ name: "x.txt", mimeType: "text/plain", buffer: Buffer.from("x".repeat(2048)) });
   await page.locator("#upload-form").getByRole("button", { name: "Upload and publish" }).click();
   await expect(page.getByRole("alert").filter({ hasText: "selector" })).toBeVisible();
   expect((await (await request.get(`/api/v1/topics/${big}/versions`)).json()).versions.length).toBe(1);
@@ -372,8 +372,8 @@ test("rollout panel: start, pause, resume, advance, cancel and roll back", async
   await page.goto(`/topics/${ro}/publish`);
   await ready(page);
   await page.getByLabel("Payload").fill("3");
-  await page.getByLabel(/Rollout plan/).fill("canary-first");
-  await page.getByRole("button", { name: "Publish" }).click();
+  await page.locator("#publish-form").getByLabel(/Rollout plan/).fill("canary-first");
+  await page.locator("#publish-form").getByRole("button", { name: "Publish" }).click();
   await expect(page.getByRole("status").filter({ hasText: "Published v3" })).toBeVisible();
   await page.goto(`/topics/${ro}/rollouts`);
   await ready(page);
@@ -432,7 +432,7 @@ test("a non-owner can read but not change; an owner can", async ({ page, request
   await ready(page);
   await expect(page.locator(".flash.readonly")).toContainText(team);
   await page.getByLabel("Payload").fill(JSON.stringify({ rate: 3 }));
-  await page.getByRole("button", { name: "Publish" }).click();
+  await page.locator("#publish-form").getByRole("button", { name: "Publish" }).click();
   await expect(page.getByRole("alert")).toContainText("no rights");
   await shot(page, "forbidden");
   let versions = await (await request.get(`/api/v1/topics/${topic}/versions`)).json();
@@ -445,7 +445,7 @@ test("a non-owner can read but not change; an owner can", async ({ page, request
   await page.goto(`/topics/${topic}/publish`);
   await ready(page);
   await page.getByLabel("Payload").fill(JSON.stringify({ rate: 3 }));
-  await page.getByRole("button", { name: "Publish" }).click();
+  await page.locator("#publish-form").getByRole("button", { name: "Publish" }).click();
   await expect(page.getByRole("status").filter({ hasText: "Published v3" })).toBeVisible();
   versions = await (await request.get(`/api/v1/topics/${topic}/versions`)).json();
   expect(versions.versions[0].created_by).toBe(`user:alice-${sfx}`);

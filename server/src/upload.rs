@@ -19,7 +19,7 @@ fn wants_json(req: &Request) -> bool {
 }
 
 fn back_with(path: &str, key: &str, message: &str) -> Response {
-    Redirect::to(&format!("{path}?{key}={}", urlencoding::encode(message))).into_response()
+    Redirect::to(&format!("{path}?{key}={}#upload", urlencoding::encode(message))).into_response()
 }
 
 /// The signed-in user's caller identity, if any.
@@ -99,6 +99,6 @@ pub async fn console_upload(
         ))
         .into_response(),
         (Err(e), true) => e.into_response(),
-        (Err(ApiError(e)), false) => back_with(&form_page, "error", &e.to_string()),
+        (Err(ApiError(e)), false) => back_with(&form_page, "upload_error", &e.to_string()),
     }
 }

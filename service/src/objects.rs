@@ -31,6 +31,9 @@ struct Inner {
     prefix: Path,
     /// Set when presigned downloads are on (S3 with `IMPRINT_PRESIGN=true`).
     signer: Option<Arc<dyn Signer>>,
+    /// The largest object the store moves server-side (S3's CopyObject: 5 GiB); larger
+    /// uploads keep their upload key.
+    move_limit: Option<u64>,
 }
 
 impl fmt::Debug for Objects {
@@ -59,7 +62,7 @@ pub(crate) fn store_error(e: object_store::Error) -> Error {
 
 impl Objects {
     fn from_parts(store: Arc<dyn ObjectStore>, base: String, prefix: Path, signer: Option<Arc<dyn Signer>>) -> Self {
-        Self { inner: Arc::new(Inner { store, base, prefix, signer }) }
+        Self { inner: Arc::new(Inner { store, base, prefix, signer, move_limit: None }) }
     }
 
     /// A local directory (created if missing).
@@ -106,7 +109,11 @@ impl Objects {
                 }
                 let s3 = Arc::new(b.build().map_err(|e| format!("S3 store {url:?}: {e}"))?);
                 let signer: Option<Arc<dyn Signer>> = presign.then(|| s3.clone() as Arc<dyn Signer>);
-                Ok(Self::from_parts(s3, bucket_base(&parsed), prefix_of(&parsed), signer))
+                let mut objects = Self::from_parts(s3, bucket_base(&parsed), prefix_of(&parsed), signer);
+                if let Some(inner) = Arc::get_mut(&mut objects.inner) {
+                    inner.move_limit = Some(5 << 30);
+                }
+                Ok(objects)
             }
             "gs" => {
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);
@@ -213,6 +220,12 @@ impl Objects {
     /// Size of an object (`ObjectNotFound` when absent).
     pub(crate) async fn size(&self, key: &Path) -> Result<u64> {
         Ok(self.inner.store.head(key).await.map_err(unavailable)?.size)
+    }
+
+    /// Can an object of `size` bytes be moved to its version key? (S3 copies at most
+    /// 5 GiB in one request; a larger upload stays at its upload key.)
+    pub(crate) fn can_move(&self, size: u64) -> bool {
+        self.inner.move_limit.is_none_or(|l| size <= l)
     }
 
     /// Moves an upload to its final key, refusing to overwrite where the store can.

@@ -233,7 +233,7 @@ impl Imprint {
         let who = caller.who();
         let (sha256, final_key) = match &received {
             Received::Inline(b) => (hex::encode(Sha256::digest(b)), None),
-            Received::Object { key, owned: true, sha256, .. } => {
+            Received::Object { key, owned: true, sha256, size, .. } if self.objects().can_move(*size) => {
                 let to = self.objects().version_key(&t.name, version as u64, sha256);
                 // Recorded before the move and claimed by this transaction: if the commit
                 // does not happen, the sweep deletes the object.
@@ -267,8 +267,11 @@ impl Imprint {
                 },
             )
             .await?;
-            if let (Some(to), Received::Object { key, .. }) = (&final_key, &received) {
-                store::objects::unmark(&mut *tx, &[to.to_string(), key.to_string()]).await?;
+            if let Received::Object { key, owned: true, .. } = &received {
+                // The upload (and its final key) belong to this version now.
+                let mut claimed = vec![key.to_string()];
+                claimed.extend(final_key.as_ref().map(ToString::to_string));
+                store::objects::unmark(&mut *tx, &claimed).await?;
             }
             store::versions::insert_scopes(&mut tx, t.id, version, &scopes, created_at, &who).await?;
             // A newer version supersedes any rollout of an older one.

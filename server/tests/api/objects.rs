@@ -630,3 +630,86 @@ async fn two_janitors_never_purge_a_version_twice(pool: sqlx::PgPool) {
     assert_eq!(keys(&store.objects).await, Vec::<String>::new());
     assert_eq!(stray_rows(&app).await, 0);
 }
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_body_longer_than_its_content_length_publishes_exactly_the_announced_bytes(pool: sqlx::PgPool) {
+    let store = Store { tag: "file", objects: file_store() };
+    let app = app_on(&pool, &store).await;
+    app.create_topic("exact").await;
+    let body = bytes_of(1500, 4);
+    let mut conn = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    let head = format!(
+        "POST /api/v1/topics/exact/versions HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.expect("head");
+    conn.write_all(&body).await.expect("body");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    // The bytes after the announced length are not a request: refused, not published.
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    let v: Value = app.admin(Method::GET, "/api/v1/topics/exact/versions/1").send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["size"], 1000);
+    assert_eq!(v["sha256"], sha(&body[..1000]));
+    assert_eq!(app.versions_in_db("exact").await, 1);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn the_sweep_deletes_due_stray_objects_but_never_a_version_s(pool: sqlx::PgPool) {
+    for store in stores() {
+        let app = spawn_app_configured(pool.clone(), pool.clone(), {
+            let objects = store.objects.clone();
+            move |c| {
+                c.objects = objects;
+                c.janitor_every = Duration::from_secs(3600);
+            }
+        })
+        .await;
+        let topic = format!("sweep.{}", store.tag);
+        app.create_topic_with(json!({"name": topic, "owner": "payments", "inline_limit_bytes": 1024})).await;
+        assert_eq!(raw_publish(&app, &topic, bytes_of(4096, 1), &[]).await.status(), 201);
+        let committed = keys(&store.objects).await;
+        assert_eq!(committed.len(), 1);
+        // What a server that died mid-upload leaves: an object and its stray row.
+        let prefix = store.objects.url().strip_prefix("s3://").and_then(|r| r.split_once('/')).map(|(_, p)| format!("{p}/"));
+        let orphan = format!("{}uploads/orphan", prefix.clone().unwrap_or_default());
+        store.objects.store().put(&Path::from(orphan.as_str()), bytes_of(100, 2).into()).await.expect("put");
+        for (key, due) in [(orphan.as_str(), "now() - interval '1 minute'"), (committed[0].as_str(), "now() - interval '1 minute'")] {
+            sqlx::query(&format!("INSERT INTO stray_objects (key, delete_after, reason) VALUES ($1, {due}, 'upload')"))
+                .bind(key)
+                .execute(&app.pool)
+                .await
+                .unwrap();
+        }
+        // A fresh upload (not yet an hour old) is left alone.
+        let fresh = format!("{}uploads/fresh", prefix.unwrap_or_default());
+        store.objects.store().put(&Path::from(fresh.as_str()), bytes_of(100, 3).into()).await.expect("put");
+        sqlx::query("INSERT INTO stray_objects (key, delete_after, reason) VALUES ($1, now() + interval '1 hour', 'upload')")
+            .bind(&fresh)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        let pass = app.imprint().janitor_pass().await.expect("pass");
+        assert_eq!(pass.swept, 2, "{}", store.tag);
+        let left = keys(&store.objects).await;
+        assert!(left.contains(&committed[0]), "a committed version's object is never swept: {left:?}");
+        assert!(!left.iter().any(|k| k.ends_with("uploads/orphan")), "{left:?}");
+        assert!(left.iter().any(|k| k.ends_with("uploads/fresh")), "{left:?}");
+        assert_eq!(stray_rows(&app).await, 1);
+        let data = app.admin(Method::GET, &format!("/api/v1/topics/{topic}/versions/1/data")).send().await.unwrap();
+        assert_eq!(data.status(), 200);
+        sqlx::query("DELETE FROM stray_objects").execute(&app.pool).await.unwrap();
+    }
+}
