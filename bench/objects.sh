@@ -20,7 +20,7 @@ SCRATCH=${BENCH_DIR:-$PWD/target/bench-objects}
 
 eval "$(./dev pg-start)"
 BASE=${DATABASE_URL%/*}
-[[ -x target/release/imprint ]] || { echo "build it first: cargo leptos build --release (or ./dev run)" >&2; exit 1; }
+[[ -x target/release/imprint-server ]] || { echo "build it first: cargo leptos build --release (or ./dev run)" >&2; exit 1; }
 
 rm -rf "$SCRATCH"
 mkdir -p "$SCRATCH/home"
@@ -41,7 +41,7 @@ rm -f "$SCRATCH/copy.bin"
 psql "$BASE/postgres" -qc "DROP DATABASE IF EXISTS imprint_bench_objects WITH (FORCE)" \
   -c "CREATE DATABASE imprint_bench_objects" >&2
 DATABASE_URL="$BASE/imprint_bench_objects" IMPRINT_ADDR=127.0.0.1:$PORT IMPRINT_BOOTSTRAP_TOKEN=$TOKEN \
-  IMPRINT_HOME="$SCRATCH/home" RUST_LOG=warn target/release/imprint serve >"$SCRATCH/server.log" 2>&1 &
+  IMPRINT_HOME="$SCRATCH/home" RUST_LOG=warn target/release/imprint-server serve >"$SCRATCH/server.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.2; done

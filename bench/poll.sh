@@ -19,13 +19,13 @@ TOKEN=bench-token
 command -v wrk >/dev/null || { echo "installing wrk …" >&2; apt-get install -y wrk >/dev/null; }
 eval "$(./dev pg-start)"
 BASE=${DATABASE_URL%/*}
-[[ -x target/release/imprint ]] || { echo "build it first: cargo leptos build --release (or ./dev run)" >&2; exit 1; }
+[[ -x target/release/imprint-server ]] || { echo "build it first: cargo leptos build --release (or ./dev run)" >&2; exit 1; }
 
 run_mode() {
   local audit=$1
   psql "$BASE/postgres" -qc "DROP DATABASE IF EXISTS imprint_bench WITH (FORCE)" -c "CREATE DATABASE imprint_bench" >&2
   DATABASE_URL="$BASE/imprint_bench" IMPRINT_ADDR=127.0.0.1:$PORT IMPRINT_BOOTSTRAP_TOKEN=$TOKEN IMPRINT_AUDIT=$audit \
-    RUST_LOG=warn target/release/imprint serve >/tmp/imprint-bench.log 2>&1 &
+    RUST_LOG=warn target/release/imprint-server serve >/tmp/imprint-bench.log 2>&1 &
   local pid=$!
   trap 'kill $pid 2>/dev/null || true' RETURN
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.2; done

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "imprint", version, about = "Publish versioned datasets to many consumer nodes")]
+#[command(name = "imprint-server", version, about = "Publish versioned datasets to many consumer nodes")]
 struct Cli {
     /// Postgres connection URL (`./dev run` starts a private cluster and sets it).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
@@ -209,7 +209,7 @@ impl ServeArgs {
             #[command(flatten)]
             args: ServeArgs,
         }
-        Only::parse_from(["imprint"]).args
+        Only::parse_from(["imprint-server"]).args
     }
 }
 

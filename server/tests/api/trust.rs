@@ -368,7 +368,7 @@ async fn sigterm_right_after_polls_loses_no_audit_row(pool: sqlx::PgPool) {
         None => panic!("DATABASE_URL {base}"),
     };
     let port = free_port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imprint"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imprint-server"))
         .arg("serve")
         .env("DATABASE_URL", &url)
         .env("IMPRINT_ADDR", format!("127.0.0.1:{port}"))
