@@ -24,7 +24,6 @@ pub async fn whoami() -> Result<Option<CurrentUser>, ServerFnError> {
 }
 
 /// Only a local path: never send the browser elsewhere after signing in.
-#[cfg(feature = "ssr")]
 fn safe_next(next: Option<String>) -> String {
     next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\')).unwrap_or_else(|| "/".into())
 }
@@ -59,6 +58,15 @@ pub fn LoginPage() -> impl IntoView {
     let action = ServerAction::<SignIn>::new();
     let q = use_query_map();
     let next = move || q.read().get("next").unwrap_or_else(|| "/".into());
+    // Signed in from a hydrated page: go on to `next` with the address bar saying so
+    // (the server's redirect alone left it at /login?next=…).
+    let navigate = leptos_router::hooks::use_navigate();
+    Effect::new(move |_| {
+        if let Some(Ok(())) = action.value().get() {
+            let to = safe_next(q.read_untracked().get("next"));
+            navigate(&to, leptos_router::NavigateOptions { replace: true, ..Default::default() });
+        }
+    });
     view! {
         <Title text="Sign in"/>
         <section class="login">

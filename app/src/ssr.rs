@@ -120,9 +120,41 @@ pub fn finish<T>(result: Result<T, Error>, then: Option<String>, notice: Option<
             if is_form_post() {
                 let back = referer_path().unwrap_or_else(|| "/".into());
                 leptos_axum::redirect(&with_param(&back, "error", &message));
+            } else if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
+                // A refusal is not a server error: a wrong password is 401, not 500.
+                response.set_status(refusal_status(&e));
             }
             Err(ServerFnError::new(message))
         }
+    }
+}
+
+/// The HTTP status of a console action that failed (hydrated calls; plain form posts
+/// are redirected back with the message).
+fn refusal_status(e: &Error) -> http::StatusCode {
+    use http::StatusCode as S;
+    match e {
+        Error::Unauthorized(_) => S::UNAUTHORIZED,
+        Error::Forbidden(_) => S::FORBIDDEN,
+        Error::TooManyAttempts { .. } => S::TOO_MANY_REQUESTS,
+        Error::PayloadTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+        Error::StorageUnavailable(_) | Error::ObjectStoreUnavailable(_) => S::SERVICE_UNAVAILABLE,
+        Error::Internal(_) => S::INTERNAL_SERVER_ERROR,
+        Error::TopicNotFound(_)
+        | Error::VersionNotFound { .. }
+        | Error::PinNotFound { .. }
+        | Error::RolloutNotFound { .. }
+        | Error::UserNotFound(_)
+        | Error::TeamNotFound(_)
+        | Error::NotFound(_)
+        | Error::NoVersionInScope(_) => S::NOT_FOUND,
+        Error::TopicExists(_)
+        | Error::UserExists(_)
+        | Error::TeamExists(_)
+        | Error::Conflict(_)
+        | Error::InvalidState(_)
+        | Error::VersionPurged { .. } => S::CONFLICT,
+        _ => S::BAD_REQUEST,
     }
 }
 

@@ -14,7 +14,14 @@ pub struct PinView {
     pub reason: String,
     pub created_by: String,
     pub created_at: String,
+    /// When the pin stops applying by itself, if it does.
+    pub expires_at: Option<String>,
+    /// Set long ago (more than `STALE_PIN_DAYS`) and never expiring: worth a second look.
+    pub stale: bool,
 }
+
+/// Pins older than this without an expiry are flagged: a forgotten pin holds a scope back.
+pub const STALE_PIN_DAYS: i64 = 7;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScopeView {
@@ -101,6 +108,8 @@ mod convert {
             reason: p.reason,
             created_by: p.created_by,
             created_at: p.created_at.to_rfc3339(),
+            expires_at: p.expires_at.map(|e| e.to_rfc3339()),
+            stale: p.expires_at.is_none() && chrono::Utc::now() - p.created_at > chrono::Duration::days(STALE_PIN_DAYS),
         }
     }
 
@@ -149,14 +158,33 @@ pub async fn load_topic(name: String) -> Result<TopicPage, ServerFnError> {
 }
 
 #[server(prefix = "/console/fn")]
-pub async fn set_pin(topic: String, selector: String, version: u64, reason: String) -> Result<(), ServerFnError> {
+pub async fn set_pin(
+    topic: String,
+    selector: String,
+    version: u64,
+    reason: String,
+    expires_in_hours: Option<String>,
+) -> Result<(), ServerFnError> {
     use crate::ssr::{finish, imprint, require_user};
     let (_, caller) = require_user().await?;
     let result = async {
         let selector = imprint_domain::Selector::parse(&selector)?;
+        let expires_at = match expires_in_hours.as_deref().map(str::trim).filter(|h| !h.is_empty()) {
+            None => None,
+            Some(h) => match h.parse::<f64>() {
+                Ok(h) if h > 0.0 && h <= 24.0 * 365.0 => {
+                    Some(chrono::Utc::now() + chrono::Duration::seconds((h * 3600.0).round() as i64))
+                }
+                _ => {
+                    return Err(imprint_service::Error::invalid(
+                        "expires in: a number of hours above 0 (at most a year), or empty for never",
+                    ))
+                }
+            },
+        };
         imprint()
             .map_err(|e| imprint_service::Error::Internal(e.to_string()))?
-            .pin(&caller, &topic, imprint_service::PinInput { selector, version, reason })
+            .pin(&caller, &topic, imprint_service::PinInput { selector, version, reason, expires_at })
             .await
     }
     .await;
@@ -220,7 +248,7 @@ pub fn TopicHeader(head: TopicHead, active: &'static str) -> impl IntoView {
                 <p class="muted">{head.description.clone()}</p>
             </div>
             <dl class="facts">
-                <div><dt>"Owner"</dt><dd>{if head.owner.is_empty() { "—".to_owned() } else { head.owner.clone() }}</dd></div>
+                <div><dt>"Owner"</dt><dd title="the team whose members and tokens may change this topic">{if head.owner.is_empty() { "no team (admins only)".to_owned() } else { head.owner.clone() }}</dd></div>
                 <div><dt>"Latest"</dt><dd class="latest">{if head.latest_version == 0 { "—".into() } else { format!("v{}", head.latest_version) }}</dd></div>
                 <div><dt>"Last publish"</dt><dd>{head.last_published_at.as_deref().map(short_time).unwrap_or_else(|| "never".into())}</dd></div>
                 {head.rollout_state.clone().map(|s| view! { <div><dt>"Rollout"</dt><dd><span class=format!("badge rollout-{s}")>{s.clone()}</span></dd></div> })}
@@ -283,7 +311,11 @@ pub fn TopicPageView() -> impl IntoView {
                                                             <tr>
                                                                 <td><code>{pin.selector.clone()}</code></td>
                                                                 <td>{format!("v{}", pin.version)}</td>
-                                                                <td>{pin.reason.clone()}<div class="muted small">{format!("{} · {}", pin.created_by, short_time(&pin.created_at))}</div></td>
+                                                                <td>{pin.reason.clone()}
+                                                                    <div class="muted small">{format!("{} · {}", pin.created_by, short_time(&pin.created_at))}</div>
+                                                                    {pin.expires_at.clone().map(|e| view! { <div class="small pin-expiry">{format!("expires {}", short_time(&e))}</div> })}
+                                                                    {pin.stale.then(|| view! { <div class="badge stale" title="pinned long ago without an expiry: ask its owner whether it is still needed">{format!("set over {STALE_PIN_DAYS} days ago, no expiry")}</div> })}
+                                                                </td>
                                                                 <td>
                                                                     <ActionForm action=unpin_action>
                                                                         <input type="hidden" name="topic" value=topic/>
@@ -305,6 +337,7 @@ pub fn TopicPageView() -> impl IntoView {
                                             <label>"Selector" <input type="text" name="selector" placeholder="region=eu-west-1 (or * for everyone)" required/></label>
                                             <label>"Version" <input type="number" name="version" min="1" value=latest.max(1).to_string() required/></label>
                                             <label>"Reason" <input type="text" name="reason" placeholder="why consumers must stay on it"/></label>
+                                            <label>"Expires in (hours; empty: never)" <input type="number" name="expires_in_hours" step="any" placeholder="24"/></label>
                                             <button type="submit">"Pin"</button>
                                         </ActionForm>
                                     </section>

@@ -105,7 +105,7 @@ fn TopicTable(rows: Vec<TopicRow>) -> impl IntoView {
                             <a class="topic-name" href=format!("/topics/{}", t.name)>{t.name.clone()}</a>
                             <div class="muted small">{t.description.clone()}</div>
                         </td>
-                        <td>{if t.owner.is_empty() { "—".to_owned() } else { t.owner.clone() }}</td>
+                        <td>{if t.owner.is_empty() { view! { <span class="muted" title="no owner team: only admins may change it">"admins only"</span> }.into_any() } else { t.owner.clone().into_any() }}</td>
                         <td class="num latest">{if t.latest_version == 0 { "—".to_owned() } else { t.latest_version.to_string() }}</td>
                         <td class="muted">{t.last_published_at.clone().unwrap_or_else(|| "never".to_owned())}</td>
                         <td class="num consumers">{t.consumers}</td>

@@ -35,12 +35,13 @@ pub fn diff_lines(old: &str, new: &str, max_lines: usize) -> Option<Vec<DiffLine
             out.push(DiffLine::Same(ma[i].to_owned()));
             i += 1;
             j += 1;
-        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push(DiffLine::Added(mb[j].to_owned()));
-            j += 1;
-        } else {
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            // Removed lines come before the added lines that replace them.
             out.push(DiffLine::Removed(ma[i].to_owned()));
             i += 1;
+        } else {
+            out.push(DiffLine::Added(mb[j].to_owned()));
+            j += 1;
         }
     }
     out.extend(a[a.len() - suffix..].iter().map(|l| DiffLine::Same((*l).to_owned())));
@@ -123,7 +124,7 @@ mod tests {
     #[test]
     fn diffs_lines() {
         let d = diff_lines("a\nb\nc\nd", "a\nx\nc\nd\ne", 100).unwrap();
-        assert_eq!(d, vec![Same(s("a")), Added(s("x")), Removed(s("b")), Same(s("c")), Same(s("d")), Added(s("e"))]);
+        assert_eq!(d, vec![Same(s("a")), Removed(s("b")), Added(s("x")), Same(s("c")), Same(s("d")), Added(s("e"))]);
         assert_eq!(diff_lines("same", "same", 10).unwrap(), vec![Same(s("same"))]);
         assert_eq!(diff_lines("", "new", 10).unwrap(), vec![Added(s("new"))]);
         assert!(diff_lines(&"x\n".repeat(20), "y", 10).is_none());

@@ -57,6 +57,15 @@ test("sign-in refuses a wrong password and protects pages", async ({ page }) => 
   await shot(page, "login");
   await signIn(page, "admin", "not-the-password", false);
   await expect(page.getByRole("alert")).toContainText("wrong username or password");
+  // Signing in from /login?next=/audit lands on /audit, and the address bar says so.
+  await page.goto("/login?next=/audit");
+  await ready(page);
+  await page.getByLabel("Username").fill("admin");
+  await page.getByLabel("Password").fill(adminPassword);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page).toHaveURL(/\/audit$/);
+  await expect(page.getByRole("heading", { name: "Audit log" })).toBeVisible();
+  await signOut(page);
   await signIn(page, "admin", adminPassword);
   await expect(page.getByRole("heading", { name: "Topics" })).toBeVisible();
   await expect(page.locator(".usermenu .whoami")).toHaveText("admin");
@@ -262,6 +271,37 @@ test("pin, scope matrix, what-does-a-consumer-see, unpin", async ({ page }) => {
   await page.locator("table.pins tbody tr", { hasText: "region=eu" }).getByRole("button", { name: "Unpin" }).click();
   await expect(page.getByRole("status").filter({ hasText: "Pin removed" })).toBeVisible();
   await expect(page.locator("table.pins")).toHaveCount(0);
+});
+
+test("a pin with an expiry stops applying by itself", async ({ page, request }) => {
+  await signIn(page, "admin", adminPassword);
+  await page.goto(`/topics/${topic}`);
+  await ready(page);
+  const pin = page.locator("#pin-form");
+  await pin.getByLabel("Selector").fill("region=temp");
+  await pin.getByLabel("Version").fill("1");
+  await pin.getByLabel("Reason").fill("hold during the migration");
+  await pin.getByLabel(/Expires in/).fill("0.002"); // about 7 seconds
+  await pin.getByRole("button", { name: "Pin" }).click();
+  await expect(page.getByRole("status").filter({ hasText: "Pinned" })).toBeVisible();
+  const row = page.locator("table.pins tbody tr", { hasText: "region=temp" });
+  await expect(row.locator(".pin-expiry")).toContainText("expires");
+  await expect(row).toContainText("user:admin");
+  const resolve = async () =>
+    (await (await request.get(`/api/v1/topics/${topic}/resolve?labels=region=temp`)).json()) as { version: number; pinned: boolean };
+  expect(await resolve()).toEqual({ version: 1, pinned: true });
+  await shot(page, "pin-expiry");
+  // Once its time has come the pin is gone: from the API and from the page.
+  await expect.poll(resolve, { timeout: 20_000 }).toEqual({ version: 2, pinned: false });
+  await page.reload();
+  await expect(page.locator("table.pins tbody tr", { hasText: "region=temp" })).toHaveCount(0);
+  // A bad expiry is refused readably.
+  await ready(page);
+  await pin.getByLabel("Selector").fill("region=temp");
+  await pin.getByLabel("Version").fill("1");
+  await pin.getByLabel(/Expires in/).fill("-3");
+  await pin.getByRole("button", { name: "Pin" }).click();
+  await expect(page.getByRole("alert")).toContainText("hours");
 });
 
 test("settings are saved, and bad settings refused", async ({ page, request }) => {

@@ -188,6 +188,9 @@ pub struct PinBody {
     pub version: u64,
     #[serde(default)]
     pub reason: Option<String>,
+    /// RFC 3339: the pin stops applying then (removed by `expiry`, audited).
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// `POST …/rollouts`: stages inline, or the name of one of the topic's plans.
@@ -560,7 +563,12 @@ pub async fn put_pin(
     if body.version == 0 {
         return Err(ApiError::invalid("version must be a version number (1, 2, 3, …)"));
     }
-    let input = PinInput { selector, version: body.version, reason: body.reason.unwrap_or_default() };
+    let input = PinInput {
+        selector,
+        version: body.version,
+        reason: body.reason.unwrap_or_default(),
+        expires_at: body.expires_at,
+    };
     Ok(Json(imprint.pin(&caller, topic.as_str(), input).await?))
 }
 

@@ -18,7 +18,24 @@ impl Imprint {
         self.keep_task(tokio::spawn(self.clone().audit_loop()));
         self.keep_task(tokio::spawn(self.clone().rollout_loop(self.config().rollout_tick_every)));
         self.keep_task(tokio::spawn(self.clone().janitor_loop()));
+        self.keep_task(tokio::spawn(self.clone().pin_expiry_loop(self.config().rollout_tick_every)));
         Ok(())
+    }
+
+    /// Removes expired pins as their time comes (at the scheduler's pace).
+    async fn pin_expiry_loop(self, every: Duration) {
+        let mut stop = self.stopping();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = self.expire_pins().await {
+                tracing::debug!(error = %e, "pin expiry pass failed");
+            }
+        }
     }
 
     /// Flushes the consumer audit every interval (and once more at shutdown), and

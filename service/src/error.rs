@@ -125,6 +125,7 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         "topics_max_size_bytes_check" => invalid("max_size_bytes must be at least 1"),
         "versions_object_key" => invalid("an object payload has an object key"),
         "stray_objects_pkey" => conflict("this object is queued for deletion already"),
+        "pins_expiry_after_creation" => invalid("expires_at must be after the pin is set"),
         "versions_version_check" => invalid("versions start at 1"),
         "versions_size_check" => invalid("a size cannot be negative"),
         "versions_sha256_check" => invalid("sha256 must be 64 lowercase hex digits"),

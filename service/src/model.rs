@@ -107,6 +107,8 @@ pub struct Pin {
     pub created_at: DateTime<Utc>,
     pub removed_at: Option<DateTime<Utc>>,
     pub removed_by: Option<String>,
+    /// When the pin stops applying by itself (removed by `expiry`); null: never.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]

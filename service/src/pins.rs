@@ -11,6 +11,8 @@ pub struct PinInput {
     pub selector: Selector,
     pub version: u64,
     pub reason: String,
+    /// The pin stops applying at this time (must be in the future).
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 fn pin_from_row(r: store::pins::PinRow) -> Result<Pin> {
@@ -23,6 +25,7 @@ fn pin_from_row(r: store::pins::PinRow) -> Result<Pin> {
         created_at: r.created_at,
         removed_at: r.removed_at,
         removed_by: r.removed_by,
+        expires_at: r.expires_at,
     })
 }
 
@@ -41,14 +44,26 @@ impl Imprint {
         store::versions::require_live(&mut tx, &t, input.version).await?;
         let who = caller.who();
         let now = self.now();
-        let replaced =
-            store::pins::replace(&mut tx, t.id, &input.selector, input.version as i64, &input.reason, &who, now)
-                .await?;
+        if input.expires_at.is_some_and(|e| e <= now) {
+            return Err(Error::invalid("expires_at must be in the future"));
+        }
+        let replaced = store::pins::replace(
+            &mut tx,
+            t.id,
+            &input.selector,
+            input.version as i64,
+            &input.reason,
+            &who,
+            now,
+            input.expires_at,
+        )
+        .await?;
         let details = json!({
             "selector": input.selector.to_string(),
             "version": input.version,
             "reason": input.reason,
             "replaced": replaced,
+            "expires_at": input.expires_at,
         });
         store::audit(&mut tx, now, &who, "pin.set", Some(&t.name), details).await?;
         store::notify(&mut tx, t.id).await?;
@@ -63,7 +78,34 @@ impl Imprint {
             created_at: now,
             removed_at: None,
             removed_by: None,
+            expires_at: input.expires_at,
         })
+    }
+
+    /// Removes the pins whose expiry has come, each audited as `pin.expire` by `expiry`
+    /// (run by the scheduler; several servers never expire a pin twice).
+    pub(crate) async fn expire_pins(&self) -> Result<usize> {
+        let mut tx = self.pool().begin().await?;
+        let expired = store::pins::expire(&mut tx, self.now()).await?;
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let mut topics = std::collections::BTreeSet::new();
+        for p in &expired {
+            let details = json!({"selector": p.selector_key, "version": p.version, "expires_at": p.expires_at});
+            store::audit(&mut tx, p.expires_at, "expiry", "pin.expire", Some(&p.topic), details).await?;
+            topics.insert(p.topic_id);
+        }
+        for id in &topics {
+            store::notify(&mut tx, *id).await?;
+        }
+        tx.commit().await?;
+        for id in topics {
+            self.refresh_topic(id).await;
+        }
+        metrics::counter!("imprint_pins_total", "op" => "expire").increment(expired.len() as u64);
+        tracing::info!(expired = expired.len(), "expired pins removed");
+        Ok(expired.len())
     }
 
     #[tracing::instrument(skip(self))]

@@ -72,7 +72,8 @@ async fn apply_effects(conn: &mut PgConnection, cx: &EffectCtx<'_>, effects: &[E
                 // caller, and the replaced pin is recorded.
                 let reason = format!("rollback of rollout #{rollout_id} (stage {})", stage + 1);
                 let replaced =
-                    store::pins::replace(conn, cx.topic_id, selector, *version as i64, &reason, cx.who, cx.now).await?;
+                    store::pins::replace(conn, cx.topic_id, selector, *version as i64, &reason, cx.who, cx.now, None)
+                        .await?;
                 let details = json!({
                     "selector": selector.to_string(),
                     "version": version,

@@ -660,7 +660,8 @@ async fn a_body_longer_than_its_content_length_publishes_exactly_the_announced_b
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     // The bytes after the announced length are not a request: refused, not published.
     assert!(answer.contains("HTTP/1.1 400"), "{answer}");
-    let v: Value = app.admin(Method::GET, "/api/v1/topics/exact/versions/1").send().await.unwrap().json().await.unwrap();
+    let v: Value =
+        app.admin(Method::GET, "/api/v1/topics/exact/versions/1").send().await.unwrap().json().await.unwrap();
     assert_eq!(v["size"], 1000);
     assert_eq!(v["sha256"], sha(&body[..1000]));
     assert_eq!(app.versions_in_db("exact").await, 1);
@@ -683,10 +684,13 @@ async fn the_sweep_deletes_due_stray_objects_but_never_a_version_s(pool: sqlx::P
         let committed = keys(&store.objects).await;
         assert_eq!(committed.len(), 1);
         // What a server that died mid-upload leaves: an object and its stray row.
-        let prefix = store.objects.url().strip_prefix("s3://").and_then(|r| r.split_once('/')).map(|(_, p)| format!("{p}/"));
+        let prefix =
+            store.objects.url().strip_prefix("s3://").and_then(|r| r.split_once('/')).map(|(_, p)| format!("{p}/"));
         let orphan = format!("{}uploads/orphan", prefix.clone().unwrap_or_default());
         store.objects.store().put(&Path::from(orphan.as_str()), bytes_of(100, 2).into()).await.expect("put");
-        for (key, due) in [(orphan.as_str(), "now() - interval '1 minute'"), (committed[0].as_str(), "now() - interval '1 minute'")] {
+        for (key, due) in
+            [(orphan.as_str(), "now() - interval '1 minute'"), (committed[0].as_str(), "now() - interval '1 minute'")]
+        {
             sqlx::query(&format!("INSERT INTO stray_objects (key, delete_after, reason) VALUES ($1, {due}, 'upload')"))
                 .bind(key)
                 .execute(&app.pool)
@@ -696,11 +700,13 @@ async fn the_sweep_deletes_due_stray_objects_but_never_a_version_s(pool: sqlx::P
         // A fresh upload (not yet an hour old) is left alone.
         let fresh = format!("{}uploads/fresh", prefix.unwrap_or_default());
         store.objects.store().put(&Path::from(fresh.as_str()), bytes_of(100, 3).into()).await.expect("put");
-        sqlx::query("INSERT INTO stray_objects (key, delete_after, reason) VALUES ($1, now() + interval '1 hour', 'upload')")
-            .bind(&fresh)
-            .execute(&app.pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO stray_objects (key, delete_after, reason) VALUES ($1, now() + interval '1 hour', 'upload')",
+        )
+        .bind(&fresh)
+        .execute(&app.pool)
+        .await
+        .unwrap();
         let pass = app.imprint().janitor_pass().await.expect("pass");
         assert_eq!(pass.swept, 2, "{}", store.tag);
         let left = keys(&store.objects).await;

@@ -401,3 +401,55 @@ async fn pins_override_and_unpin_moves_forward(pool: sqlx::PgPool) {
         sqlx::query_scalar("SELECT count(*) FROM pins WHERE removed_at IS NULL").fetch_one(&app.pool).await.unwrap();
     assert_eq!(active, 1);
 }
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn an_expired_pin_stops_applying_by_itself(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_topic("exp").await;
+    app.publish("exp", json!({"data": "1"})).await;
+    app.publish("exp", json!({"data": "2"})).await;
+    let pin = |body: Value| app.admin(Method::PUT, "/api/v1/topics/exp/pins").json(&body).send();
+    let resolve = || async {
+        let r: Value =
+            app.req(Method::GET, "/api/v1/topics/exp/resolve?labels=region=eu").send().await.unwrap().json().await.unwrap();
+        (r["version"].as_u64(), r["pinned"].as_bool())
+    };
+    // Refused: an expiry in the past, or not a time.
+    let past = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    assert_error(pin(json!({"selector": {}, "version": 1, "expires_at": past})).await.unwrap(), 400, "invalid_request").await;
+    assert_error(pin(json!({"selector": {}, "version": 1, "expires_at": "tomorrow"})).await.unwrap(), 400, "invalid_request")
+        .await;
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let r = pin(json!({"selector": {}, "version": 1, "reason": "hold", "expires_at": expires.to_rfc3339()})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let p: Value = r.json().await.unwrap();
+    assert!(p["expires_at"].is_string(), "{p}");
+    assert_eq!(resolve().await, (Some(1), Some(true)));
+    let mut stopped = false;
+    for _ in 0..100 {
+        if resolve().await == (Some(2), Some(false)) {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(stopped, "the pin still applies after its expiry");
+    let pins: Value =
+        app.req(Method::GET, "/api/v1/topics/exp/pins?all=true").send().await.unwrap().json().await.unwrap();
+    let gone = &pins["pins"][0];
+    assert_eq!(gone["removed_by"], "expiry", "{pins}");
+    assert_eq!(gone["removed_at"], gone["expires_at"], "{pins}");
+    let active: Value = app.req(Method::GET, "/api/v1/topics/exp/pins").send().await.unwrap().json().await.unwrap();
+    assert_eq!(active["pins"], json!([]));
+    let audit: Vec<(String, Value)> =
+        sqlx::query_as("SELECT actor, details FROM audit_log WHERE action = 'pin.expire' AND topic = 'exp'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].0, "expiry");
+    assert_eq!(audit[0].1["version"], 1);
+    // A consumer held on v1 by the pin moves on to v2.
+    let r = app.poll(json!({"consumer": {"instance": "i-1", "labels": {}}, "topics": {"exp": 1}})).await;
+    assert_eq!(r["updates"]["exp"]["version"], 2, "{r}");
+}

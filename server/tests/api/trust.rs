@@ -230,10 +230,15 @@ async fn console_limits_csrf_and_the_proxy_aware_throttle(pool: sqlx::PgPool) {
 
     // The attacker, behind the trusted proxy, guesses five usernames' passwords.
     for i in 0..5 {
-        let body = sign_in(&format!("victim{i}"), "wrong-password", "203.0.113.9").await.unwrap().text().await.unwrap();
+        let r = sign_in(&format!("victim{i}"), "wrong-password", "203.0.113.9").await.unwrap();
+        // A refusal, not a server error.
+        assert_eq!(r.status(), 401);
+        let body = r.text().await.unwrap();
         assert!(body.contains("wrong username or password"), "{body}");
     }
-    let body = sign_in("victim9", "wrong-password", "203.0.113.9").await.unwrap().text().await.unwrap();
+    let r = sign_in("victim9", "wrong-password", "203.0.113.9").await.unwrap();
+    assert_eq!(r.status(), 429);
+    let body = r.text().await.unwrap();
     assert!(body.contains("too many failed sign-in attempts"), "the attacker's address is locked: {body}");
     // A client-written address further left is not believed: still the same client.
     let body = sign_in("victim9", "wrong-password", "10.9.9.9, 203.0.113.9").await.unwrap().text().await.unwrap();

@@ -13,6 +13,7 @@ pub(crate) struct PinRow {
     pub created_at: DateTime<Utc>,
     pub removed_at: Option<DateTime<Utc>>,
     pub removed_by: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Sets a pin, replacing an active pin on the same selector. Returns the version the
@@ -26,6 +27,7 @@ pub(crate) async fn replace(
     reason: &str,
     who: &str,
     at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
 ) -> Result<Option<i64>> {
     let key = selector.to_string();
     let replaced = sqlx::query_scalar!(
@@ -39,15 +41,16 @@ pub(crate) async fn replace(
     .fetch_optional(&mut *conn)
     .await?;
     sqlx::query!(
-        "INSERT INTO pins (topic_id, selector, selector_key, version, reason, created_at, created_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO pins (topic_id, selector, selector_key, version, reason, created_at, created_by, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         topic_id,
         selector.to_json(),
         key,
         version,
         reason,
         at as _,
-        who
+        who,
+        expires_at as _
     )
     .execute(&mut *conn)
     .await?;
@@ -85,7 +88,7 @@ pub(crate) async fn list<'e>(
     Ok(sqlx::query_as!(
         PinRow,
         r#"SELECT id, selector_key, version, reason, created_by, created_at AS "created_at: DateTime<Utc>",
-                  removed_at AS "removed_at: DateTime<Utc>", removed_by FROM pins
+                  removed_at AS "removed_at: DateTime<Utc>", removed_by, expires_at AS "expires_at: DateTime<Utc>" FROM pins
            WHERE topic_id = $1 AND ($2 OR removed_at IS NULL) AND ($3::bigint IS NULL OR id < $3)
            ORDER BY id DESC LIMIT $4"#,
         topic_id,
@@ -94,5 +97,28 @@ pub(crate) async fn list<'e>(
         limit
     )
     .fetch_all(ex)
+    .await?)
+}
+
+pub(crate) struct ExpiredPin {
+    pub topic_id: i64,
+    pub topic: String,
+    pub selector_key: String,
+    pub version: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Removes the active pins whose expiry has come (as of `now`), as removed at their
+/// expiry by `expiry`. Each pin is removed by exactly one caller.
+pub(crate) async fn expire(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<ExpiredPin>> {
+    Ok(sqlx::query_as!(
+        ExpiredPin,
+        r#"UPDATE pins p SET removed_at = p.expires_at, removed_by = 'expiry'
+           FROM topics t
+           WHERE t.id = p.topic_id AND p.removed_at IS NULL AND p.expires_at <= $1
+           RETURNING p.topic_id, t.name AS topic, p.selector_key, p.version, p.expires_at AS "expires_at!: DateTime<Utc>""#,
+        now as _
+    )
+    .fetch_all(&mut *conn)
     .await?)
 }

@@ -1,0 +1,503 @@
+//! `Client` and its builder: the connection settings, the consumer's identity, and the
+//! `subscribe_*` calls that register topics with the background poller.
+use crate::cache::Store;
+use crate::error::{Error, Result};
+use crate::subscription::{lock, ApplyFn, Data, KeepAlive, Kind, Payload, Shared, Slot, Source, Subscription};
+use crate::wire::Consumer;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// The longest a long poll may be held (the server refuses more than 60 s).
+const MAX_LONG_POLL: Duration = Duration::from_secs(60);
+
+/// Timings and limits of a client (see the builder's methods for each).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub initial_wait: Duration,
+    pub long_poll: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub client_error_retry: Duration,
+    pub startup_fallback: usize,
+    pub recheck_rejected: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            initial_wait: Duration::from_secs(5),
+            long_poll: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            client_error_retry: Duration::from_secs(60),
+            startup_fallback: 3,
+            recheck_rejected: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Builds a [`Client`]: `Client::builder("http://imprint:3000")`.
+#[derive(Clone)]
+pub struct ClientBuilder {
+    url: String,
+    token: Option<String>,
+    instance: Option<String>,
+    labels: BTreeMap<String, String>,
+    cache_dir: Option<PathBuf>,
+    settings: Settings,
+    http: Option<reqwest::Client>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("instance", &self.instance)
+            .field("labels", &self.labels)
+            .field("cache_dir", &self.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// A bearer token (a consumer token in production; see the server's README).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into()).filter(|t: &String| !t.is_empty());
+        self
+    }
+
+    /// This node's name in the consumer audit (default: the host name).
+    pub fn instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = Some(instance.into());
+        self
+    }
+
+    /// One of this node's labels (`region`, `app`, `cluster`, …): they decide which
+    /// version it gets.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn labels<K: Into<String>, V: Into<String>>(mut self, labels: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.labels.extend(labels.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Keep the last good payload of each topic here, and start from it when the server
+    /// is unreachable. Large payloads of `subscribe_file` land here too (without a cache
+    /// directory they go to a private temporary directory, removed at shutdown).
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// How long `subscribe_*` waits for the server's first answer before returning with
+    /// the cached or default value (default 5 s). Zero returns at once.
+    pub fn initial_wait(mut self, wait: Duration) -> Self {
+        self.settings.initial_wait = wait;
+        self
+    }
+
+    /// How long the server may hold a poll (default 30 s, at most 60 s).
+    pub fn long_poll(mut self, wait: Duration) -> Self {
+        self.settings.long_poll = wait.min(MAX_LONG_POLL);
+        self
+    }
+
+    /// Bound of each request beyond the long-poll hold (default 30 s); also the bound of
+    /// the silence between two chunks of a download.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.request_timeout = timeout;
+        self.settings.idle_timeout = timeout;
+        self
+    }
+
+    /// Retry delays after network errors and 5xx: exponential from `min` to `max`, with
+    /// jitter (default 0.5 s to 30 s). 4xx answers are retried after `2 × max`.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.settings.min_backoff = min.max(Duration::from_millis(1));
+        self.settings.max_backoff = max.max(self.settings.min_backoff);
+        self.settings.client_error_retry = self.settings.max_backoff * 2;
+        self
+    }
+
+    /// At start-up, when the newest version fails to apply, try this many older ones
+    /// (newest first; default 3; 0 turns the fallback off).
+    pub fn startup_fallback(mut self, versions: usize) -> Self {
+        self.settings.startup_fallback = versions;
+        self
+    }
+
+    /// While the server offers only a version that failed to apply here, ask it about
+    /// newer ones this often (default 30 s) instead of long polling.
+    pub fn recheck_rejected(mut self, every: Duration) -> Self {
+        self.settings.recheck_rejected = every.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Use this HTTP client (proxies, custom TLS roots, …). Its own timeouts apply on top.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
+    }
+
+    pub fn build(self) -> Result<Client> {
+        let base = self.url.trim().trim_end_matches('/').to_owned();
+        let parsed = reqwest::Url::parse(&base).map_err(|e| Error::Config(format!("server URL {base:?}: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(Error::Config(format!("server URL {base:?} must be http:// or https://")));
+        }
+        let instance = self.instance.unwrap_or_else(default_instance);
+        if instance.is_empty() || instance.len() > 256 || instance.chars().any(char::is_control) {
+            return Err(Error::Config("the instance name must be 1-256 characters without control characters".into()));
+        }
+        let http = match self.http {
+            Some(h) => h,
+            None => reqwest::Client::builder()
+                .user_agent(concat!("imprint-client/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| Error::Config(format!("HTTP client: {e}")))?,
+        };
+        let store = match self.cache_dir {
+            Some(dir) => Store::new(dir, true),
+            None => Store::new(
+                std::env::temp_dir()
+                    .join(format!("imprint-client-{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()))),
+                false,
+            ),
+        };
+        let (stop, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            settings: self.settings,
+            http,
+            base,
+            token: self.token,
+            consumer: Consumer { instance, labels: self.labels },
+            store,
+            slots: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(0),
+            wake: Notify::new(),
+            stop: stop.subscribe(),
+            task: Mutex::new(None),
+        });
+        Ok(Client { inner, keep: Arc::new(KeepAlive { stop }) })
+    }
+}
+
+/// The host name, as the default instance name.
+fn default_instance() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "imprint-client".into())
+}
+
+/// `[a-z0-9][a-z0-9._-]{0,127}`, as the server checks it.
+pub(crate) fn valid_topic(t: &str) -> bool {
+    let mut c = t.chars();
+    matches!(c.next(), Some(f) if f.is_ascii_lowercase() || f.is_ascii_digit())
+        && t.len() <= 128
+        && c.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+pub(crate) struct Inner {
+    pub settings: Settings,
+    pub http: reqwest::Client,
+    /// The server URL without a trailing slash; API paths are appended to it.
+    pub base: String,
+    pub token: Option<String>,
+    pub consumer: Consumer,
+    pub store: Store,
+    pub slots: Mutex<BTreeMap<String, Weak<dyn Slot>>>,
+    /// Bumped by every new subscription; the poller restarts its poll when it changes.
+    pub generation: AtomicU64,
+    pub wake: Notify,
+    pub stop: watch::Receiver<bool>,
+    pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Inner {
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_owned()
+        } else {
+            format!("{}{}", self.base, path)
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, url);
+        // Only our own server gets the token (a `data_url` could point elsewhere).
+        match &self.token {
+            Some(t) if url.starts_with(&self.base) => r.bearer_auth(t),
+            _ => r,
+        }
+    }
+
+    /// The live, ready subscriptions (dropped ones are forgotten here).
+    pub fn live_slots(&self) -> Vec<Arc<dyn Slot>> {
+        let mut slots = lock(&self.slots);
+        slots.retain(|_, w| w.strong_count() > 0);
+        slots.values().filter_map(Weak::upgrade).filter(|s| s.state().ready).collect()
+    }
+
+    pub fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Returns when a subscription was added after `generation`.
+    pub async fn subscribed_since(&self, generation: u64) {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.generation.load(Ordering::SeqCst) != generation {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// An Imprint consumer: one background task long-polls every subscription of this
+/// client in one request. Cheap to clone. Polling stops on [`Client::shutdown`] or when
+/// the client and all its subscriptions are dropped.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+    keep: Arc<KeepAlive>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.inner.base)
+            .field("instance", &self.inner.consumer.instance)
+            .field("labels", &self.inner.consumer.labels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            token: None,
+            instance: None,
+            labels: BTreeMap::new(),
+            cache_dir: None,
+            settings: Settings::default(),
+            http: None,
+        }
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.inner.consumer.instance
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.inner.consumer.labels
+    }
+
+    /// A JSON payload deserialized into `T`. A payload that does not parse is a failed
+    /// apply: the old value stays, the failure is reported.
+    pub async fn subscribe_json<T>(&self, topic: &str, default: T) -> Result<Subscription<T>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        self.subscribe_with(topic, default, |bytes| serde_json::from_slice::<T>(bytes)).await
+    }
+
+    /// The payload's bytes turned into `T` by `apply`; an `Err` keeps the old value and
+    /// is reported to the server (its `Display` is the message).
+    pub async fn subscribe_with<T, E, F>(&self, topic: &str, default: T, apply: F) -> Result<Subscription<T>>
+    where
+        T: Send + Sync + 'static,
+        E: Display,
+        F: Fn(&[u8]) -> std::result::Result<T, E> + Send + Sync + 'static,
+    {
+        self.subscribe_payload_with(topic, default, move |p: &Payload<'_>| apply(p.bytes().unwrap_or_default())).await
+    }
+
+    /// As `subscribe_with`, with the version, checksum and metadata at hand.
+    pub async fn subscribe_payload_with<T, E, F>(&self, topic: &str, default: T, apply: F) -> Result<Subscription<T>>
+    where
+        T: Send + Sync + 'static,
+        E: Display,
+        F: Fn(&Payload<'_>) -> std::result::Result<T, E> + Send + Sync + 'static,
+    {
+        let apply: ApplyFn<T> = Arc::new(move |p: &Payload<'_>| apply(p).map_err(|e| e.to_string()));
+        self.subscribe_inner(topic, default, Kind::Memory, apply).await
+    }
+
+    /// The raw bytes of each version.
+    pub async fn subscribe_bytes(&self, topic: &str) -> Result<Subscription<bytes::Bytes>> {
+        self.subscribe_with(topic, bytes::Bytes::new(), |b| Ok::<_, std::convert::Infallible>(b.to_vec().into()))
+            .await
+    }
+
+    /// Large payloads: each version is streamed to a file (verified, then renamed into
+    /// the cache directory) and `get()` is its path (`None` until a version applies).
+    pub async fn subscribe_file(&self, topic: &str) -> Result<Subscription<Option<PathBuf>>> {
+        self.subscribe_file_with(topic, None, |p: &Payload<'_>| {
+            p.path().map(|p| Some(p.to_path_buf())).ok_or("no file")
+        })
+        .await
+    }
+
+    /// A file payload turned into `T` by `apply` (load a model, check a database, run
+    /// a command…): an `Err` keeps the old value and is reported.
+    pub async fn subscribe_file_with<T, E, F>(&self, topic: &str, default: T, apply: F) -> Result<Subscription<T>>
+    where
+        T: Send + Sync + 'static,
+        E: Display,
+        F: Fn(&Payload<'_>) -> std::result::Result<T, E> + Send + Sync + 'static,
+    {
+        let apply: ApplyFn<T> = Arc::new(move |p: &Payload<'_>| apply(p).map_err(|e| e.to_string()));
+        self.subscribe_inner(topic, default, Kind::File, apply).await
+    }
+
+    async fn subscribe_inner<T: Send + Sync + 'static>(
+        &self,
+        topic: &str,
+        default: T,
+        kind: Kind,
+        apply: ApplyFn<T>,
+    ) -> Result<Subscription<T>> {
+        if !valid_topic(topic) {
+            return Err(Error::InvalidTopic(topic.to_owned()));
+        }
+        if self.inner.stopped() {
+            return Err(Error::Shutdown);
+        }
+        let shared = Arc::new(Shared::new(topic, kind, default, apply));
+        {
+            let mut slots = lock(&self.inner.slots);
+            if slots.get(topic).is_some_and(|w| w.strong_count() > 0) {
+                return Err(Error::AlreadySubscribed(topic.to_owned()));
+            }
+            let slot: Arc<dyn Slot> = shared.clone();
+            slots.insert(topic.to_owned(), Arc::downgrade(&slot));
+        }
+        self.start_from_cache(&shared).await;
+        shared.state().ready = true;
+        self.ensure_poller();
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        self.inner.wake.notify_waiters();
+        let _ = tokio::time::timeout(self.inner.settings.initial_wait, shared.wait_settled()).await;
+        Ok(Subscription { shared, _keep: self.keep.clone() })
+    }
+
+    /// Applies the cached payload of the topic, if any (it may fail to apply: a new
+    /// version of the program may not read an old payload; then the default stays).
+    async fn start_from_cache<T: Send + Sync + 'static>(&self, shared: &Arc<Shared<T>>) {
+        let store = self.inner.store.clone();
+        if !store.persistent() {
+            return;
+        }
+        let slot = shared.clone();
+        let topic = shared.topic().to_owned();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let (meta, path) = store.load(&topic)?;
+            let bytes = match slot.kind() {
+                Kind::Memory => match std::fs::read(&path) {
+                    Ok(b) => Some(b),
+                    Err(e) => return Some(Err(format!("reading {}: {e}", path.display()))),
+                },
+                Kind::File => None,
+            };
+            let data = match &bytes {
+                Some(b) => Data::Bytes(b),
+                None => Data::File(Path::new(&path)),
+            };
+            let payload = Payload {
+                topic: &topic,
+                version: meta.version,
+                sha256: &meta.sha256,
+                content_type: &meta.content_type,
+                metadata: &meta.metadata,
+                pinned: false,
+                source: Source::Cache,
+                data,
+            };
+            Some(slot.try_apply(&payload).map(|()| meta.version))
+        })
+        .await;
+        match outcome {
+            Ok(Some(Ok(version))) => {
+                tracing::info!(topic = shared.topic(), version, "starting from the disk cache");
+                metrics::gauge!("imprint_client_version", "topic" => shared.topic().to_owned()).set(version as f64);
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(topic = shared.topic(), error = %e, "the cached payload does not apply; ignoring it")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(topic = shared.topic(), error = %e, "reading the cache failed"),
+        }
+    }
+
+    fn ensure_poller(&self) {
+        let mut task = lock(&self.inner.task);
+        if task.as_ref().is_none_or(|t| t.is_finished()) && !self.inner.stopped() {
+            let inner = self.inner.clone();
+            *task = Some(tokio::spawn(crate::poller::run(inner)));
+        }
+    }
+
+    /// Stops the background task (an open long poll is abandoned) and waits for it. The
+    /// subscriptions keep their last value. Without a cache directory, the private
+    /// temporary directory of downloaded files is removed.
+    pub async fn shutdown(&self) {
+        self.keep.stop.send_replace(true);
+        let task = lock(&self.inner.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        if !self.inner.store.persistent() {
+            let _ = tokio::fs::remove_dir_all(self.inner.store.root()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_the_server_rule() {
+        assert!(valid_topic("payments.methods"));
+        assert!(valid_topic("0-a_b"));
+        assert!(!valid_topic(""));
+        assert!(!valid_topic(".."));
+        assert!(!valid_topic("a/b"));
+        assert!(!valid_topic("Caps"));
+        assert!(!valid_topic(&"a".repeat(129)));
+    }
+
+    #[test]
+    fn builder_checks_the_url_and_redacts_the_token() {
+        assert!(matches!(Client::builder("ftp://x").build(), Err(Error::Config(_))));
+        assert!(matches!(Client::builder("not a url").build(), Err(Error::Config(_))));
+        let b = Client::builder("http://imprint:3000/").token("s3cret").instance("i-1");
+        assert!(!format!("{b:?}").contains("s3cret"));
+        let c = b.build().expect("builds");
+        assert_eq!(c.inner.url("/api/v1/poll"), "http://imprint:3000/api/v1/poll");
+        assert_eq!(c.instance(), "i-1");
+    }
+}
