@@ -14,9 +14,14 @@ pub struct NodeRow {
     pub lagging: bool,
     pub last_seen: String,
     pub last_error: Option<String>,
+    /// The last version it tried failed to apply.
+    pub failed: bool,
     /// Polled with a token; anonymous reports do not count for rollout gates.
     pub authenticated: bool,
 }
+
+/// Nodes shown per page of the node list.
+pub const NODES_PER_PAGE: u64 = 100;
 
 /// How the newest version spread over its nodes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,6 +38,16 @@ pub struct ConsumersPage {
     pub nodes: Vec<NodeRow>,
     pub by_version: Vec<(String, u64)>,
     pub total: u64,
+    /// Zero-based page of the node list, and how many pages there are.
+    pub page: u64,
+    pub pages: u64,
+    pub group_by: Option<String>,
+    pub label_keys: Vec<String>,
+    /// One row per value of `group_by`: (value, total, per version held, lagging, failed).
+    pub groups: Vec<(String, u64, Vec<(String, u64)>, u64, u64)>,
+    /// The versions held across the groups (the matrix's columns), newest first.
+    pub group_versions: Vec<String>,
+    pub stale_minutes: i64,
 }
 
 #[server(prefix = "/console/fn")]
@@ -40,6 +55,8 @@ pub async fn load_consumers(
     name: String,
     labels: Option<String>,
     lagging: Option<String>,
+    group_by: Option<String>,
+    page: Option<u64>,
 ) -> Result<ConsumersPage, ServerFnError> {
     use crate::ssr::{imprint, load, require_user};
     let (_, caller) = require_user().await?;
@@ -53,8 +70,9 @@ pub async fn load_consumers(
         labels,
         version: None,
         lagging_only: lagging.is_some_and(|l| l == "true" || l == "on"),
-        limit: None,
-        cursor: None,
+        limit: Some(NODES_PER_PAGE as u32),
+        cursor: page.filter(|p| *p > 0).map(|p| imprint_service::cursor::encode((p * NODES_PER_PAGE) as i64)),
+        group_by: group_by.clone().filter(|g| !g.trim().is_empty()),
     };
     let list = load(imprint.consumers(&caller, &name, &filter).await)?;
     let mut by_version: Vec<(String, u64)> = list.by_version.into_iter().collect();
@@ -66,15 +84,28 @@ pub async fn load_consumers(
             Some(PropagationView { version: p.version, total: p.total, seconds_to_reach: p.seconds_to_reach })
         }
     };
+    let mut group_versions: Vec<String> =
+        list.groups.iter().flat_map(|g| g.by_version.keys().cloned()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    group_versions.sort_by_key(|v| std::cmp::Reverse(v.parse::<u64>().unwrap_or(0)));
     Ok(ConsumersPage {
         propagation,
         head: crate::topic::head_of(&topic, &caller),
         total: list.total,
+        page: page.unwrap_or(0),
+        pages: list.total.div_ceil(NODES_PER_PAGE),
+        group_by: filter.group_by.clone(),
+        label_keys: list.label_keys,
+        groups: list
+            .groups
+            .into_iter()
+            .map(|g| (g.value, g.total, g.by_version.into_iter().collect(), g.lagging, g.failed))
+            .collect(),
+        group_versions,
+        stale_minutes: imprint_service::consumers::STALE_AFTER_MINUTES,
         by_version,
         nodes: list
             .consumers
             .into_iter()
-            .take(1000)
             .map(|c| NodeRow {
                 instance: c.instance,
                 labels: c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
@@ -82,6 +113,7 @@ pub async fn load_consumers(
                 expected: c.expected_version,
                 lagging: c.lagging,
                 last_seen: c.last_seen.to_rfc3339(),
+                failed: c.last_applied_ok == Some(false),
                 last_error: c.last_error,
                 authenticated: c.authenticated,
             })
@@ -94,8 +126,16 @@ pub fn ConsumersPageView() -> impl IntoView {
     let params = use_params_map();
     let q = use_query_map();
     let page = Resource::new(
-        move || (params.read().get("name").unwrap_or_default(), q.read().get("labels"), q.read().get("lagging")),
-        |(n, l, g)| load_consumers(n, l, g),
+        move || {
+            (
+                params.read().get("name").unwrap_or_default(),
+                q.read().get("labels"),
+                q.read().get("lagging"),
+                q.read().get("group_by"),
+                q.read().get("page").and_then(|p| p.parse::<u64>().ok()),
+            )
+        },
+        |(n, l, g, by, page)| load_consumers(n, l, g, by, page),
     );
     let v = |x: Option<u64>| x.map(|v| format!("v{v}")).unwrap_or_else(|| "—".into());
     view! {
@@ -119,14 +159,21 @@ pub fn ConsumersPageView() -> impl IntoView {
                         <form method="get" action=format!("/topics/{}/consumers", p.head.name) class="inline">
                             <label>"Labels" <input type="text" name="labels" placeholder="region=eu-west-1" value=move || q.read().get("labels")/></label>
                             <label class="check"><input type="checkbox" name="lagging" value="true" checked=move || q.read().get("lagging").is_some()/>" lagging only"</label>
+                            <label>"Group by"
+                                <select name="group_by">
+                                    <option value="" selected=p.group_by.is_none()>"— no grouping —"</option>
+                                    {p.label_keys.iter().map(|k| view! { <option value=k.clone() selected=p.group_by.as_deref() == Some(k.as_str())>{k.clone()}</option> }).collect_view()}
+                                </select>
+                            </label>
                             <button type="submit">"Filter"</button>
                         </form>
+                        {p.group_by.clone().map(|key| view! { <GroupMatrix key=key groups=p.groups.clone() versions=p.group_versions.clone()/> })}
                         <table class="consumers">
                             <thead><tr><th>"Instance"</th><th>"Labels"</th><th>"Holds"</th><th>"Should hold"</th><th>"Last seen"</th><th>"Last error"</th></tr></thead>
                             <tbody>
                                 {p.nodes.into_iter().map(|n| view! {
-                                    <tr class=if n.lagging { "lagging" } else { "" }>
-                                        <td>{n.instance.clone()}{n.lagging.then(|| view! { " " <span class="badge lag">"lagging"</span> })}{(!n.authenticated).then(|| view! { " " <span class="badge anon" title="polled without a token: its reports do not count for rollout gates">"anonymous"</span> })}</td>
+                                    <tr class=if n.failed { "failed" } else if n.lagging { "lagging" } else { "" }>
+                                        <td>{n.instance.clone()}{n.failed.then(|| view! { " " <span class="badge failed">"failed"</span> })}{n.lagging.then(|| view! { " " <span class="badge lag">"lagging"</span> })}{(!n.authenticated).then(|| view! { " " <span class="badge anon" title="polled without a token: its reports do not count for rollout gates">"anonymous"</span> })}</td>
                                         <td><code class="small">{n.labels.clone()}</code></td>
                                         <td class="held">{v(n.version)}</td>
                                         <td>{v(n.expected)}</td>
@@ -136,11 +183,70 @@ pub fn ConsumersPageView() -> impl IntoView {
                                 }).collect_view()}
                             </tbody>
                         </table>
-                        <p class="muted small">{format!("{} node(s) shown. A node lags when it holds another version than it should for more than a grace period.", p.total)}</p>
+                        <Pager page=p.page pages=p.pages/>
+                        <p class="muted small">{format!("{} node(s), trouble first (failed, lagging, not seen for {} min). A node lags when it holds another version than it should for more than a grace period.", p.total, p.stale_minutes)}</p>
                     }.into_any(),
                 }
             })}
         </Transition>
+    }
+}
+
+/// Previous / next links over the node list, keeping the other query parameters.
+#[component]
+fn Pager(page: u64, pages: u64) -> impl IntoView {
+    let q = use_query_map();
+    let href = move |p: u64| {
+        let mut pairs: Vec<(String, String)> =
+            q.read().clone().into_iter().filter(|(k, _)| k != "page").map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        pairs.push(("page".into(), p.to_string()));
+        let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", urlencoding::encode(v))).collect();
+        format!("?{}", query.join("&"))
+    };
+    (pages > 1).then(|| {
+        view! {
+            <nav class="pager" aria-label="Node pages">
+                {(page > 0).then(|| view! { <a href=href(page - 1) rel="prev">"← newer trouble"</a> })}
+                <span class="muted small">{format!("page {} of {pages}", page + 1)}</span>
+                {(page + 1 < pages).then(|| view! { <a href=href(page + 1) rel="next">"more →"</a> })}
+            </nav>
+        }
+    })
+}
+
+/// Label value × version held, with lagging and failed nodes per value.
+#[component]
+fn GroupMatrix(key: String, groups: Vec<(String, u64, Vec<(String, u64)>, u64, u64)>, versions: Vec<String>) -> impl IntoView {
+    let label = |v: &str| if v == "none" { "none".to_owned() } else { format!("v{v}") };
+    view! {
+        <section class="card" aria-label="Consumers by label">
+            <h2>{format!("Consumers by {key}")}</h2>
+            <table class="group-matrix">
+                <thead><tr>
+                    <th>{key.clone()}</th><th class="num">"nodes"</th>
+                    {versions.iter().map(|v| view! { <th class="num">{label(v)}</th> }).collect_view()}
+                    <th class="num">"lagging"</th><th class="num">"failed"</th>
+                </tr></thead>
+                <tbody>
+                    {groups.into_iter().map(|(value, total, by_version, lagging, failed)| {
+                        let class = if failed > 0 { "failed" } else if lagging > 0 { "lagging" } else { "" };
+                        let cells = versions.iter().map(|v| {
+                            let n = by_version.iter().find(|(x, _)| x == v).map(|(_, n)| *n).unwrap_or(0);
+                            view! { <td class="num">{if n == 0 { String::new() } else { n.to_string() }}</td> }
+                        }).collect_view();
+                        view! {
+                            <tr class=class data-value=value.clone()>
+                                <td>{if value.is_empty() { view! { <span class="muted">"(no label)"</span> }.into_any() } else { view! { <code>{value.clone()}</code> }.into_any() }}</td>
+                                <td class="num total">{total}</td>
+                                {cells}
+                                <td class="num lagging-count">{lagging}</td>
+                                <td class="num failed-count">{failed}</td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </tbody>
+            </table>
+        </section>
     }
 }
 

@@ -460,7 +460,8 @@ impl Client {
         }
     }
 
-    /// Stops the background task (an open long poll is abandoned) and waits for it. The
+    /// Stops the background task (an open long poll is abandoned) and waits for it, then
+    /// sends the apply outcomes not reported yet (one short poll, at most 5 s). The
     /// subscriptions keep their last value. Without a cache directory, the private
     /// temporary directory of downloaded files is removed.
     pub async fn shutdown(&self) {
@@ -469,6 +470,7 @@ impl Client {
         if let Some(task) = task {
             let _ = task.await;
         }
+        crate::poller::flush_reports(&self.inner).await;
         if !self.inner.store.persistent() {
             let _ = tokio::fs::remove_dir_all(self.inner.store.root()).await;
         }

@@ -6,7 +6,7 @@ use crate::cache::{unix_now, CacheMeta, Store};
 use crate::client::Inner;
 use crate::error::{Error, Result};
 use crate::fetch::{fetch, Failure, Fetched};
-use crate::subscription::{Data, Kind, Payload, Slot, Source};
+use crate::subscription::{Data, Payload, Slot, Source};
 use crate::wire::{AppliedReport, PollRequest, PollResponse, Update, VersionList};
 use reqwest::Method;
 use std::collections::BTreeMap;
@@ -189,6 +189,28 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         }
     }
     tracing::debug!("imprint client poller stopped");
+}
+
+/// Sends the outcomes not reported yet (at shutdown), in one short poll, bounded.
+pub(crate) async fn flush_reports(inner: &Inner) {
+    let pending: Vec<Arc<dyn Slot>> = inner.live_slots().into_iter().filter(|s| s.state().report.is_some()).collect();
+    if pending.is_empty() {
+        return;
+    }
+    let req = request(inner, &pending, Duration::ZERO);
+    let bound = inner.settings.request_timeout.min(Duration::from_secs(5));
+    match tokio::time::timeout(bound, send_poll(inner, &req, Duration::ZERO)).await {
+        Ok(Ok(_)) => {
+            for slot in &pending {
+                let mut st = slot.state();
+                if st.report.as_ref() == req.applied.get(slot.topic()) {
+                    st.report = None;
+                }
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "could not send the last apply reports"),
+        Err(_) => tracing::debug!("could not send the last apply reports in time"),
+    }
 }
 
 fn request(inner: &Inner, asked: &[Arc<dyn Slot>], wait: Duration) -> PollRequest {

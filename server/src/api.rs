@@ -289,6 +289,7 @@ pub struct ConsumersQuery {
     lagging: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
+    group_by: Option<String>,
 }
 
 // ---- responses ----
@@ -319,6 +320,11 @@ pub struct ConsumerList {
     /// Consumers matching every filter (all pages).
     pub total: u64,
     pub next: Option<String>,
+    /// With `?group_by=<label key>`: per value of that label, versions held, lagging, failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<imprint_service::model::LabelGroup>>,
+    /// Label keys the topic's consumers carry.
+    pub label_keys: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -654,6 +660,7 @@ pub async fn latest(
            ("labels" = Option<String>, Query, description = "only consumers with these labels, e.g. region=eu-west-1"),
            ("version" = Option<u64>, Query, description = "only consumers holding this version"),
            ("lagging" = Option<bool>, Query, description = "only consumers lagging behind their expected version"),
+           ("group_by" = Option<String>, Query, description = "a label key: count consumers per value of it (groups)"),
            ("limit" = Option<u32>, Query, description = "1-500, default 500"), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = ConsumerList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn consumers(
@@ -666,13 +673,20 @@ pub async fn consumers(
     let version = q.version.as_deref().map(crate::extract::parse_version).transpose()?;
     let lagging_only = parse_bool(&q.lagging, "lagging")?;
     let limit = Some(parse_limit(&q.limit)?.unwrap_or(500));
-    let filter = ConsumerFilter { labels, version, lagging_only, limit, cursor: q.cursor };
+    let group_by = q.group_by.filter(|g| !g.is_empty());
+    if group_by.as_ref().is_some_and(|g| g.len() > 128) {
+        return Err(ApiError::invalid("group_by is a label key (at most 128 characters)"));
+    }
+    let grouped = group_by.is_some();
+    let filter = ConsumerFilter { labels, version, lagging_only, limit, cursor: q.cursor, group_by };
     let list = imprint.consumers(&caller, topic.as_str(), &filter).await?;
     Ok(Json(ConsumerList {
         consumers: list.consumers,
         by_version: list.by_version,
         total: list.total,
         next: list.next,
+        groups: grouped.then_some(list.groups),
+        label_keys: list.label_keys,
     }))
 }
 

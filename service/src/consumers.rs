@@ -10,6 +10,9 @@ use chrono::Duration;
 use imprint_domain::{Labels, Selector};
 use std::collections::BTreeMap;
 
+/// A consumer not seen for this long is "stale" (listed after the failing and lagging).
+pub const STALE_AFTER_MINUTES: i64 = 5;
+
 impl Imprint {
     /// Writes the buffered observations. Returns how many were written.
     pub async fn flush_audit(&self) -> Result<usize> {
@@ -93,7 +96,10 @@ impl Imprint {
         let grace_ago = now - Duration::from_std(self.config().lag_grace).unwrap_or(Duration::seconds(60));
         let mut by_version = BTreeMap::new();
         let mut consumers = Vec::new();
+        let mut groups: BTreeMap<String, crate::model::LabelGroup> = BTreeMap::new();
+        let mut label_keys = std::collections::BTreeSet::new();
         for r in rows {
+            label_keys.extend(r.labels.0.keys().cloned());
             let labels = Labels::from_pairs(r.labels.0.clone()).unwrap_or_default();
             let version = r.version.map(|v| v as u64);
             let expected = serving.as_ref().and_then(|s| s.index.resolve(&labels)).map(|r| r.version);
@@ -103,9 +109,18 @@ impl Imprint {
                 && expected.is_some()
                 && serving.as_ref().and_then(|s| s.history.resolve_at(&labels, grace_ago)).map(|r| r.version)
                     == expected;
-            *by_version.entry(version.map_or_else(|| "none".to_owned(), |v| v.to_string())).or_insert(0) += 1;
+            let held = version.map_or_else(|| "none".to_owned(), |v| v.to_string());
+            *by_version.entry(held.clone()).or_insert(0) += 1;
             if filter.version.is_some_and(|v| version != Some(v)) || (filter.lagging_only && !lagging) {
                 continue;
+            }
+            if let Some(key) = &filter.group_by {
+                let value = r.labels.0.get(key).cloned().unwrap_or_default();
+                let g = groups.entry(value.clone()).or_insert_with(|| crate::model::LabelGroup { value, ..Default::default() });
+                g.total += 1;
+                *g.by_version.entry(held).or_insert(0) += 1;
+                g.lagging += u64::from(lagging);
+                g.failed += u64::from(r.last_applied_ok == Some(false));
             }
             consumers.push(ConsumerInfo {
                 authenticated: r.principal.is_some(),
@@ -124,10 +139,30 @@ impl Imprint {
                 last_applied_at: r.last_applied_at,
             });
         }
+        // Trouble first; the rows come most recently seen first, and the sort is stable.
+        let stale_before = now - Duration::minutes(STALE_AFTER_MINUTES);
+        consumers.sort_by_key(|c| {
+            if c.last_applied_ok == Some(false) {
+                0
+            } else if c.lagging {
+                1
+            } else if c.last_seen < stale_before {
+                2
+            } else {
+                3
+            }
+        });
         let total = consumers.len() as u64;
         let next = (consumers.len() > offset + limit).then(|| cursor::encode((offset + limit) as i64));
         let consumers = consumers.into_iter().skip(offset).take(limit).collect();
-        Ok(ConsumerList { consumers, by_version, total, next })
+        Ok(ConsumerList {
+            consumers,
+            by_version,
+            total,
+            next,
+            groups: groups.into_values().collect(),
+            label_keys: label_keys.into_iter().collect(),
+        })
     }
 }
 

@@ -261,14 +261,33 @@ pub struct ConsumerFilter {
     /// Page size (1-500); `None`: every match at once (the console's overview).
     pub limit: Option<u32>,
     pub cursor: Option<String>,
+    /// Count the matching consumers per value of this label key (and version held).
+    pub group_by: Option<String>,
 }
 
 pub struct ConsumerList {
+    /// Trouble first: failed to apply, then lagging, then not seen lately, then the rest
+    /// (each most recently seen first).
     pub consumers: Vec<ConsumerInfo>,
     pub by_version: BTreeMap<String, u64>,
     /// Consumers matching the filter (all pages).
     pub total: u64,
     pub next: Option<String>,
+    /// With `group_by`: one row per label value (`""`: consumers without the label).
+    pub groups: Vec<LabelGroup>,
+    /// The label keys the topic's consumers carry (what `group_by` can take).
+    pub label_keys: Vec<String>,
+}
+
+/// Consumers with one value of a label: how many hold which version, lag, failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LabelGroup {
+    pub value: String,
+    pub total: u64,
+    /// Per version held (`none`: nothing yet).
+    pub by_version: BTreeMap<String, u64>,
+    pub lagging: u64,
+    pub failed: u64,
 }
 
 /// How Apollo clients address a topic. The secret is write-only: answers only say

@@ -125,3 +125,58 @@ async fn audit_records_every_instance(pool: sqlx::PgPool) {
     let r = app.req(Method::GET, "/api/v1/topics/ghost/consumers").send().await.unwrap();
     assert_error(r, 404, "topic_not_found").await;
 }
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn consumers_group_by_a_label_and_list_trouble_first(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_topic("fleet").await;
+    app.publish("fleet", json!({"data": "v1"})).await;
+    app.publish("fleet", json!({"data": "v2"})).await;
+    // eu: 3 on v2, 1 on v1 that failed to apply v2; us: 2 on v1; one node without a region.
+    let nodes = [
+        ("eu-1", Some("eu"), 2, false),
+        ("eu-2", Some("eu"), 2, false),
+        ("eu-3", Some("eu"), 2, false),
+        ("eu-4", Some("eu"), 1, true),
+        ("us-1", Some("us"), 1, false),
+        ("us-2", Some("us"), 1, false),
+        ("bare", None, 2, false),
+    ];
+    for (name, region, held, failed) in nodes {
+        let labels = match region {
+            Some(r) => json!({"region": r, "app": "checkout"}),
+            None => json!({"app": "checkout"}),
+        };
+        let mut body = json!({"consumer": {"instance": name, "labels": labels}, "topics": {"fleet": held}});
+        if failed {
+            body["applied"] = json!({"fleet": {"version": 2, "ok": false, "error": "bad model"}});
+        }
+        app.poll(body).await;
+    }
+    let grouped = consumers_until(&app, "?group_by=region", |v| v["total"] == 7).await;
+    let groups = grouped["groups"].as_array().expect("groups");
+    let group = |value: &str| groups.iter().find(|g| g["value"] == value).unwrap_or_else(|| panic!("{value}: {grouped}"));
+    assert_eq!(group("eu")["total"], 4);
+    assert_eq!(group("eu")["by_version"], json!({"1": 1, "2": 3}));
+    assert_eq!(group("eu")["failed"], 1);
+    assert_eq!(group("us")["by_version"], json!({"1": 2}));
+    assert_eq!(group("us")["failed"], 0);
+    assert_eq!(group("")["total"], 1, "nodes without the label form their own group");
+    assert_eq!(grouped["label_keys"], json!(["app", "region"]));
+    // Trouble first: the node that failed to apply leads the list.
+    assert_eq!(grouped["consumers"][0]["instance"], "eu-4", "{grouped}");
+    // Filters apply to the groups too; without group_by there are none.
+    let eu_only = consumers_until(&app, "?group_by=region&labels=region=eu", |v| v["total"] == 4).await;
+    assert_eq!(eu_only["groups"].as_array().map(Vec::len), Some(1));
+    let plain = consumers_until(&app, "", |v| v["total"] == 7).await;
+    assert!(plain.get("groups").is_none(), "{plain}");
+    // Paging keeps the order and the totals.
+    let first = consumers_until(&app, "?limit=3", |v| v["total"] == 7).await;
+    assert_eq!(first["consumers"].as_array().map(Vec::len), Some(3));
+    assert_eq!(first["consumers"][0]["instance"], "eu-4");
+    let cursor = first["next"].as_str().expect("next").to_owned();
+    let rest = consumers_until(&app, &format!("?limit=10&cursor={cursor}"), |v| v["total"] == 7).await;
+    assert_eq!(rest["consumers"].as_array().map(Vec::len), Some(4));
+    let r = app.req(Method::GET, &format!("/api/v1/topics/fleet/consumers?group_by={}", "k".repeat(200))).send().await.unwrap();
+    assert_error(r, 400, "invalid_request").await;
+}

@@ -1,0 +1,274 @@
+//! The client against a real server (in-process, fresh database per test): values,
+//! long-poll propagation, failed applies and their reports, the start-up fallback, the
+//! disk cache with the server down, checksum mismatches and large payloads as files.
+mod support;
+
+use imprint_client::{Client, Error, Source};
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use support::*;
+
+#[derive(Debug, Default, Deserialize, PartialEq)]
+struct Methods {
+    v: u32,
+    #[serde(default)]
+    card: bool,
+}
+
+fn client(server_url: &str, instance: &str) -> imprint_client::ClientBuilder {
+    Client::builder(server_url).instance(instance).label("region", "eu").backoff(Duration::from_millis(50), Duration::from_millis(500))
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn subscribe_gets_the_value_and_sees_publishes_pins_within_seconds(pool: sqlx::PgPool) {
+    let server = spawn_server(pool).await;
+    server.create_topic(json!({"name": "payments.methods"})).await;
+    server.publish_text("payments.methods", r#"{"v": 1, "card": true}"#).await;
+
+    let c = client(&server.url, "i-1").build().expect("client");
+    let methods = c.subscribe_json::<Methods>("payments.methods", Methods::default()).await.expect("subscribe");
+    assert_eq!(*methods.get(), Methods { v: 1, card: true });
+    assert_eq!(methods.version(), Some(1));
+    assert_eq!(methods.source(), Source::Server);
+
+    // A publish reaches the long-polling client within seconds.
+    let mut changes = methods.changes();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the long poll is open
+    let published = Instant::now();
+    server.publish_text("payments.methods", r#"{"v": 2}"#).await;
+    let next = tokio::time::timeout(Duration::from_secs(5), changes.next()).await.expect("seen in 5 s").expect("value");
+    let latency = published.elapsed();
+    println!("publish → applied on the client: {latency:?}");
+    assert_eq!(next.v, 2);
+    assert_eq!(methods.version(), Some(2));
+
+    // The success is reported on the next poll: the audit shows it.
+    let row = server.consumer_where("payments.methods", "i-1", |r| r["version"] == 2).await;
+    assert_eq!(row["labels"], json!({"region": "eu"}));
+    assert!(row["last_error"].is_null(), "{row}");
+
+    // A pin moves it back, flagged as pinned; the unpin forward again.
+    server
+        .admin(Method::PUT, "/api/v1/topics/payments.methods/pins")
+        .json(&json!({"selector": {"region": "eu"}, "version": 1, "reason": "test"}))
+        .send()
+        .await
+        .expect("pin");
+    eventually(Duration::from_secs(5), "the pin", || methods.version() == Some(1)).await;
+    assert!(methods.current().pinned);
+    server.admin(Method::DELETE, "/api/v1/topics/payments.methods/pins?selector=region=eu").send().await.expect("unpin");
+    eventually(Duration::from_secs(5), "the unpin", || methods.version() == Some(2)).await;
+
+    // Two subscriptions of one client share one poll; a second subscribe of a topic is refused.
+    server.create_topic(json!({"name": "ab.config"})).await;
+    let ab = c.subscribe_bytes("ab.config").await.expect("subscribe");
+    assert_eq!(ab.source(), Source::Default, "nothing published yet");
+    server.publish_text("ab.config", "on").await;
+    eventually(Duration::from_secs(5), "the second topic", || ab.get()[..] == b"on"[..]).await;
+    assert!(matches!(c.subscribe_bytes("ab.config").await, Err(Error::AlreadySubscribed(_))));
+
+    c.shutdown().await;
+    assert!(matches!(c.subscribe_bytes("other").await, Err(Error::Shutdown)));
+    server.publish_text("payments.methods", r#"{"v": 3}"#).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(methods.version(), Some(2), "no polling after shutdown");
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_payload_that_fails_to_apply_keeps_the_old_value_and_is_reported(pool: sqlx::PgPool) {
+    let server = spawn_server(pool).await;
+    server.create_topic(json!({"name": "fraud.rules"})).await;
+    server.publish_text("fraud.rules", "rules: 1").await;
+
+    let c = client(&server.url, "i-2").recheck_rejected(Duration::from_millis(500)).build().expect("client");
+    let compiles = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = compiles.clone();
+    let rules = c
+        .subscribe_with("fraud.rules", String::from("empty"), move |bytes| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+            if text.contains("syntax error") {
+                return Err(format!("cannot compile the rules: {text}"));
+            }
+            Ok(text.to_owned())
+        })
+        .await
+        .expect("subscribe");
+    assert_eq!(*rules.get(), "rules: 1");
+
+    server.publish_text("fraud.rules", "rules: syntax error").await;
+    let row = server.consumer_where("fraud.rules", "i-2", |r| !r["last_error"].is_null()).await;
+    assert_eq!(*rules.get(), "rules: 1", "the old value stays");
+    assert_eq!(rules.version(), Some(1));
+    assert_eq!(row["version"], 1, "{row}");
+    assert_eq!(row["expected_version"], 2, "{row}");
+    assert!(row["last_error"].as_str().is_some_and(|e| e.contains("cannot compile the rules")), "{row}");
+
+    // The failed version is not tried again while the server offers nothing else.
+    let tries = compiles.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(compiles.load(std::sync::atomic::Ordering::SeqCst), tries, "version 2 was retried");
+
+    // A fixed version is picked up (on the periodic recheck of the stuck topic).
+    server.publish_text("fraud.rules", "rules: 3").await;
+    eventually(Duration::from_secs(5), "the fixed version", || rules.version() == Some(3)).await;
+    let row = server.consumer_where("fraud.rules", "i-2", |r| r["version"] == 3).await;
+    assert!(row["last_error"].is_null(), "a success clears the error: {row}");
+    c.shutdown().await;
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn at_start_up_older_versions_are_tried_when_the_newest_fails(pool: sqlx::PgPool) {
+    let server = spawn_server(pool).await;
+    server.create_topic(json!({"name": "ml.thresholds"})).await;
+    server.publish_text("ml.thresholds", r#"{"v": 1}"#).await;
+    server.publish_text("ml.thresholds", r#"{"v": 2}"#).await;
+    // Released elsewhere only: not a fallback candidate for region=eu.
+    server.publish("ml.thresholds", json!({"data": r#"{"v": 3}"#, "scopes": [{"region": "us"}]})).await;
+    server.publish_text("ml.thresholds", r#"{"v": "four"}"#).await; // does not deserialize
+
+    let c = client(&server.url, "i-3").build().expect("client");
+    let t = c.subscribe_json::<Methods>("ml.thresholds", Methods::default()).await.expect("subscribe");
+    assert_eq!(t.get().v, 2, "fell back past the failing v4 and the us-only v3");
+    assert_eq!(t.version(), Some(2));
+    assert_eq!(t.source(), Source::Server);
+    let row = server.consumer_where("ml.thresholds", "i-3", |r| !r["last_error"].is_null()).await;
+    assert_eq!(row["version"], 2, "{row}");
+    assert!(row["last_error"].as_str().is_some_and(|e| e.contains("invalid type")), "{row}");
+
+    // Off: the default stays.
+    let c2 = client(&server.url, "i-4").startup_fallback(0).build().expect("client");
+    let t2 = c2.subscribe_json::<Methods>("ml.thresholds", Methods::default()).await.expect("subscribe");
+    assert_eq!(t2.source(), Source::Default);
+    assert_eq!(t2.version(), None);
+    c.shutdown().await;
+    c2.shutdown().await;
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn starts_from_the_disk_cache_when_the_server_is_unreachable(pool: sqlx::PgPool) {
+    let server = spawn_server(pool).await;
+    server.create_topic(json!({"name": "payments.methods"})).await;
+    server.create_topic(json!({"name": "ml.model", "inline_limit_bytes": 4096})).await;
+    server.publish_text("payments.methods", r#"{"v": 7}"#).await;
+    let model = bytes_of(200_000, 1);
+    server.publish_raw("ml.model", model.clone()).await;
+    let cache = scratch_dir("cache");
+
+    let c = client(&server.url, "i-5").cache_dir(&cache).build().expect("client");
+    let m = c.subscribe_json::<Methods>("payments.methods", Methods::default()).await.expect("subscribe");
+    let f = c.subscribe_file("ml.model").await.expect("subscribe file");
+    assert_eq!(m.get().v, 7);
+    let path = f.get().as_ref().clone().expect("a file");
+    assert!(path.starts_with(&cache), "{path:?} is in the cache directory");
+    c.shutdown().await;
+    assert!(cache.join("payments.methods/meta.json").exists());
+
+    // The server is gone: both start from the cache, promptly.
+    let down = closed_port_url().await;
+    let c = client(&down, "i-5").cache_dir(&cache).build().expect("client");
+    let started = Instant::now();
+    let m = c.subscribe_json::<Methods>("payments.methods", Methods::default()).await.expect("subscribe");
+    let f = c.subscribe_file("ml.model").await.expect("subscribe file");
+    let took = started.elapsed();
+    println!("two subscriptions from the cache with the server down: {took:?}");
+    assert!(took < Duration::from_secs(3), "subscribe returned in {took:?}");
+    assert_eq!(m.get().v, 7);
+    assert_eq!(m.source(), Source::Cache);
+    assert_eq!(m.version(), Some(1));
+    assert_eq!(f.source(), Source::Cache);
+    assert_eq!(std::fs::read(f.get().as_ref().as_ref().expect("a file")).expect("read"), model);
+    c.shutdown().await;
+
+    // A damaged cache file is not used.
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.join("payments.methods/meta.json")).expect("meta")).expect("json");
+    let file = cache.join("payments.methods").join(meta["file"].as_str().expect("file"));
+    std::fs::write(&file, br#"{"v": 8}"#).expect("damage");
+    let c = client(&down, "i-5").cache_dir(&cache).build().expect("client");
+    let m = c.subscribe_json::<Methods>("payments.methods", Methods::default()).await.expect("subscribe");
+    assert_eq!(m.source(), Source::Default);
+
+    // Without a cache the default, promptly, even with a long initial wait.
+    let c2 = client(&down, "i-6").initial_wait(Duration::from_secs(30)).build().expect("client");
+    let started = Instant::now();
+    let m2 = c2.subscribe_json::<Methods>("payments.methods", Methods { v: 99, card: false }).await.expect("subscribe");
+    assert!(started.elapsed() < Duration::from_secs(3), "connection refused is an answer: {:?}", started.elapsed());
+    assert_eq!(m2.get().v, 99);
+    assert_eq!(m2.source(), Source::Default);
+    c.shutdown().await;
+    c2.shutdown().await;
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_does_not_block_subscribe() {
+    // Accepts connections, never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            open.push(s);
+        }
+    });
+    let c = Client::builder(format!("http://{addr}")).initial_wait(Duration::from_millis(700)).build().expect("client");
+    let started = Instant::now();
+    let s = c.subscribe_bytes("anything").await.expect("subscribe");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(650) && took < Duration::from_secs(3), "bounded initial wait: {took:?}");
+    assert_eq!(s.source(), Source::Default);
+    let started = Instant::now();
+    c.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(2), "shutdown abandons the open poll");
+    hold.abort();
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_large_payload_is_streamed_to_a_file_and_a_corrupt_one_is_rejected(pool: sqlx::PgPool) {
+    let server = spawn_server(pool).await;
+    server.create_topic(json!({"name": "ml.model", "inline_limit_bytes": 4096})).await;
+    let v1 = bytes_of(3 << 20, 1);
+    let p1 = server.publish_raw("ml.model", v1.clone()).await;
+    assert_eq!(p1["storage"], "object");
+    let cache = scratch_dir("files");
+
+    let c = client(&server.url, "i-7").cache_dir(&cache).build().expect("client");
+    let model = c.subscribe_file("ml.model").await.expect("subscribe");
+    let first = model.get().as_ref().clone().expect("a file");
+    assert_eq!(std::fs::read(&first).expect("read"), v1);
+    assert_eq!(model.current().sha256.as_deref(), p1["sha256"].as_str());
+
+    // A new version: a new file; the previous one stays readable for a while.
+    let v2 = bytes_of(1 << 20, 2);
+    let p2 = server.publish_raw("ml.model", v2.clone()).await;
+    eventually(Duration::from_secs(5), "version 2", || model.version() == Some(2)).await;
+    let second = model.get().as_ref().clone().expect("a file");
+    assert_ne!(first, second);
+    assert_eq!(std::fs::read(&second).expect("read"), v2);
+    assert!(first.exists(), "the previous file is kept");
+
+    // Version 3 is damaged in the object store: the download does not verify.
+    let v3 = bytes_of(1 << 20, 3);
+    let p3 = server.publish_raw("ml.model", v3.clone()).await;
+    let key = object_store::path::Path::from(format!("topics/ml.model/3/{}", p3["sha256"].as_str().expect("sha")));
+    let mut damaged = v3.clone();
+    damaged[1000] ^= 0xff;
+    server.imprint.objects().store().put(&key, damaged.into()).await.expect("overwrite the object");
+    let row = server.consumer_where("ml.model", "i-7", |r| !r["last_error"].is_null()).await;
+    assert!(row["last_error"].as_str().is_some_and(|e| e.contains("checksum mismatch")), "{row}");
+    assert_eq!(model.version(), Some(2), "the damaged version is not applied");
+    assert_eq!(row["version"], 2);
+    assert_eq!(p2["version"], 2);
+    let leftovers: Vec<_> = std::fs::read_dir(cache.join("ml.model"))
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-") || n.starts_with("v3-"))
+        .collect();
+    assert!(leftovers.is_empty(), "no partial or rejected file left: {leftovers:?}");
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(cache);
+}
