@@ -84,8 +84,13 @@ pub async fn load_consumers(
             Some(PropagationView { version: p.version, total: p.total, seconds_to_reach: p.seconds_to_reach })
         }
     };
-    let mut group_versions: Vec<String> =
-        list.groups.iter().flat_map(|g| g.by_version.keys().cloned()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let mut group_versions: Vec<String> = list
+        .groups
+        .iter()
+        .flat_map(|g| g.by_version.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     group_versions.sort_by_key(|v| std::cmp::Reverse(v.parse::<u64>().unwrap_or(0)));
     Ok(ConsumersPage {
         propagation,
@@ -197,8 +202,13 @@ pub fn ConsumersPageView() -> impl IntoView {
 fn Pager(page: u64, pages: u64) -> impl IntoView {
     let q = use_query_map();
     let href = move |p: u64| {
-        let mut pairs: Vec<(String, String)> =
-            q.read().clone().into_iter().filter(|(k, _)| k != "page").map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut pairs: Vec<(String, String)> = q
+            .read()
+            .clone()
+            .into_iter()
+            .filter(|(k, _)| k != "page")
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         pairs.push(("page".into(), p.to_string()));
         let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", urlencoding::encode(v))).collect();
         format!("?{}", query.join("&"))
@@ -216,7 +226,11 @@ fn Pager(page: u64, pages: u64) -> impl IntoView {
 
 /// Label value × version held, with lagging and failed nodes per value.
 #[component]
-fn GroupMatrix(key: String, groups: Vec<(String, u64, Vec<(String, u64)>, u64, u64)>, versions: Vec<String>) -> impl IntoView {
+fn GroupMatrix(
+    key: String,
+    groups: Vec<(String, u64, Vec<(String, u64)>, u64, u64)>,
+    versions: Vec<String>,
+) -> impl IntoView {
     let label = |v: &str| if v == "none" { "none".to_owned() } else { format!("v{v}") };
     view! {
         <section class="card" aria-label="Consumers by label">

@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod common;
 mod consumers;
+mod overview;
 mod rollouts;
 mod settings;
 #[cfg(feature = "ssr")]

@@ -64,6 +64,8 @@ pub fn TopicsPage() -> impl IntoView {
                 <button type="submit">"Search"</button>
             </form>
         </section>
+        // The overview only on the plain home page (not on search results).
+        {move || (q().is_none() && owner().is_none()).then(|| view! { <crate::overview::OverviewPanel/> })}
         <Transition fallback=|| view! { <p class="muted">"Loading topics…"</p> }>
             {move || Suspend::new(async move {
                 match topics.await {

@@ -122,8 +122,7 @@ impl Api {
         if resp.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(Value::Null);
         }
-        let bytes =
-            resp.bytes().await.map_err(|e| CliError::new(format!("reading the answer: {}", chain(&e))))?;
+        let bytes = resp.bytes().await.map_err(|e| CliError::new(format!("reading the answer: {}", chain(&e))))?;
         if bytes.is_empty() {
             return Ok(Value::Null);
         }

@@ -65,7 +65,9 @@ pub fn time(v: &Value) -> String {
 pub fn selector(v: &Value) -> String {
     match v.as_object() {
         Some(m) if m.is_empty() => "*".into(),
-        Some(m) => m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","),
+        Some(m) => {
+            m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")
+        }
         None => "-".into(),
     }
 }

@@ -83,6 +83,9 @@ enum Cmd {
         version: u64,
         #[arg(long)]
         reason: String,
+        /// When the pin stops applying: an RFC 3339 time, or a duration from now (2h, 7d).
+        #[arg(long)]
+        expires_at: Option<String>,
     },
     /// Remove the pin on a selector.
     Unpin { topic: String, selector: String },
@@ -114,6 +117,9 @@ enum Cmd {
         labels: Option<String>,
         #[arg(long)]
         version: Option<u64>,
+        /// Count consumers per value of this label key (e.g. region).
+        #[arg(long)]
+        group_by: Option<String>,
     },
     /// Consume a topic from the shell: print each new version, or run a command.
     Watch(WatchCli),
@@ -231,16 +237,33 @@ enum RolloutCmd {
         plan: Option<String>,
     },
     /// A topic's rollouts, newest first.
-    List { topic: String },
+    List {
+        topic: String,
+    },
     /// One rollout.
-    Show { topic: String, id: i64 },
+    Show {
+        topic: String,
+        id: i64,
+    },
     /// Stop the clock (no stage is added while paused).
-    Pause { topic: String, id: i64 },
-    Resume { topic: String, id: i64 },
+    Pause {
+        topic: String,
+        id: i64,
+    },
+    Resume {
+        topic: String,
+        id: i64,
+    },
     /// Reach the next stage now.
-    Advance { topic: String, id: i64 },
+    Advance {
+        topic: String,
+        id: i64,
+    },
     /// Reach all stages now.
-    Complete { topic: String, id: i64 },
+    Complete {
+        topic: String,
+        id: i64,
+    },
     /// Stop the rollout; `--rollback` pins each reached stage to what it had before.
     Cancel {
         topic: String,
@@ -339,6 +362,22 @@ fn parse_wait(s: &str) -> Result<u64, String> {
     Ok(total)
 }
 
+/// `--expires-at`: an RFC 3339 time as it is, or a duration from now (`2h`, `7d`).
+fn expiry_time(s: &str) -> CliResult<String> {
+    if chrono::DateTime::parse_from_rfc3339(s).is_ok() {
+        return Ok(s.to_owned());
+    }
+    let secs = parse_wait(s).map_err(|_| {
+        CliError::new(format!("{s:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor a duration (2h, 7d)"))
+    })?;
+    let at = i64::try_from(secs)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+        .ok_or_else(|| CliError::new(format!("{s:?} is too far in the future")))?;
+    Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
 /// A selector string as the API's JSON object (checked like the server does).
 fn selector_json(s: &str) -> CliResult<Value> {
     let pairs = imprint_client::parse_labels(s).map_err(|e| CliError::new(format!("invalid selector {s:?}: {e}")))?;
@@ -353,7 +392,8 @@ fn parse_stage(s: &str) -> CliResult<Value> {
     let mut stage = json!({"selector": selector_json(selector)?, "wait_s": wait});
     let mut gate = Map::new();
     for extra in parts {
-        let (k, v) = extra.split_once('=').ok_or_else(|| CliError::new(format!("{extra:?} in --stage is not KEY=VALUE")))?;
+        let (k, v) =
+            extra.split_once('=').ok_or_else(|| CliError::new(format!("{extra:?} in --stage is not KEY=VALUE")))?;
         let r: f64 = v.parse().map_err(|_| CliError::new(format!("{v:?} is not a ratio between 0 and 1")))?;
         let key = match k {
             "min_applied" | "min_applied_ratio" => "min_applied_ratio",
@@ -376,7 +416,10 @@ fn print_json(v: &Value) {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
     }
     match run(cli).await {
         Ok(code) => ExitCode::from(code),
@@ -426,7 +469,11 @@ async fn run(cli: Cli) -> CliResult<u8> {
                     p["scopes"].as_array().into_iter().flatten().map(|s| fmt::selector(&s["selector"])).collect();
                 println!("released to: {}", if scopes.is_empty() { "nobody yet".into() } else { scopes.join(" ") });
                 if p["rollout"].is_object() {
-                    println!("rollout {} started ({})", fmt::cell(&p["rollout"]["id"]), fmt::cell(&p["rollout"]["state"]));
+                    println!(
+                        "rollout {} started ({})",
+                        fmt::cell(&p["rollout"]["id"]),
+                        fmt::cell(&p["rollout"]["state"])
+                    );
                 }
             }
             Ok(0)
@@ -466,7 +513,9 @@ async fn run(cli: Cli) -> CliResult<u8> {
         Cmd::Diff { topic, a, b, raw } => diff(&api, &topic, a, b, raw, json_out).await,
         Cmd::Scope(ScopeCmd::Add { topic, version, selector }) => {
             let body = json!({"selector": selector_json(&selector)?});
-            let v = api.send_json(Method::POST, &["topics", &topic, "versions", &version.to_string(), "scopes"], &body).await?;
+            let v = api
+                .send_json(Method::POST, &["topics", &topic, "versions", &version.to_string(), "scopes"], &body)
+                .await?;
             if json_out {
                 print_json(&v);
             } else {
@@ -474,13 +523,24 @@ async fn run(cli: Cli) -> CliResult<u8> {
             }
             Ok(0)
         }
-        Cmd::Pin { topic, selector, version, reason } => {
-            let body = json!({"selector": selector_json(&selector)?, "version": version, "reason": reason});
+        Cmd::Pin { topic, selector, version, reason, expires_at } => {
+            let mut body = json!({"selector": selector_json(&selector)?, "version": version, "reason": reason});
+            if let Some(t) = expires_at {
+                body["expires_at"] = json!(expiry_time(&t)?);
+            }
             let v = api.send_json(Method::PUT, &["topics", &topic, "pins"], &body).await?;
             if json_out {
                 print_json(&v);
             } else {
-                println!("pinned {} of {topic} to version {}", fmt::selector(&v["selector"]), fmt::cell(&v["version"]));
+                let until = v["expires_at"]
+                    .as_str()
+                    .map(|_| format!(" until {}", fmt::time(&v["expires_at"])))
+                    .unwrap_or_default();
+                println!(
+                    "pinned {} of {topic} to version {}{until}",
+                    fmt::selector(&v["selector"]),
+                    fmt::cell(&v["version"])
+                );
             }
             Ok(0)
         }
@@ -511,6 +571,7 @@ async fn run(cli: Cli) -> CliResult<u8> {
                         fmt::cell(&p["version"]),
                         fmt::cell(&p["created_by"]),
                         fmt::time(&p["created_at"]),
+                        fmt::time(&p["expires_at"]),
                     ];
                     if all {
                         row.push(fmt::time(&p["removed_at"]));
@@ -520,9 +581,9 @@ async fn run(cli: Cli) -> CliResult<u8> {
                 })
                 .collect();
             if all {
-                fmt::table(&["SELECTOR", "VERSION", "BY", "PINNED", "REMOVED", "REASON"], &rows);
+                fmt::table(&["SELECTOR", "VERSION", "BY", "PINNED", "EXPIRES", "REMOVED", "REASON"], &rows);
             } else {
-                fmt::table(&["SELECTOR", "VERSION", "BY", "PINNED", "REASON"], &rows);
+                fmt::table(&["SELECTOR", "VERSION", "BY", "PINNED", "EXPIRES", "REASON"], &rows);
             }
             Ok(0)
         }
@@ -537,18 +598,14 @@ async fn run(cli: Cli) -> CliResult<u8> {
                 print_json(&v);
             } else {
                 match v["version"].as_u64() {
-                    Some(n) => println!(
-                        "{}{}",
-                        n,
-                        if v["pinned"].as_bool() == Some(true) { " (pinned)" } else { "" }
-                    ),
+                    Some(n) => println!("{}{}", n, if v["pinned"].as_bool() == Some(true) { " (pinned)" } else { "" }),
                     None => println!("no version in scope"),
                 }
             }
             Ok(0)
         }
         Cmd::Rollout(cmd) => rollout(&api, cmd, json_out).await,
-        Cmd::Consumers { topic, lagging, labels, version } => {
+        Cmd::Consumers { topic, lagging, labels, version, group_by } => {
             let mut q = vec![];
             if lagging {
                 q.push(("lagging", "true".to_owned()));
@@ -558,6 +615,9 @@ async fn run(cli: Cli) -> CliResult<u8> {
             }
             if let Some(v) = version {
                 q.push(("version", v.to_string()));
+            }
+            if let Some(g) = &group_by {
+                q.push(("group_by", g.clone()));
             }
             let v = api.get(&["topics", &topic, "consumers"], &q).await?;
             if json_out {
@@ -584,6 +644,29 @@ async fn run(cli: Cli) -> CliResult<u8> {
             if let Some(by) = v["by_version"].as_object() {
                 let parts: Vec<String> = by.iter().map(|(k, n)| format!("v{k}: {n}")).collect();
                 println!("{} consumers ({})", fmt::cell(&v["total"]), parts.join(", "));
+            }
+            if let (Some(key), Some(groups)) = (&group_by, v["groups"].as_array()) {
+                println!();
+                let rows: Vec<Vec<String>> = groups
+                    .iter()
+                    .map(|g| {
+                        let held = g["by_version"]
+                            .as_object()
+                            .map(|m| m.iter().map(|(k, n)| format!("v{k}: {n}")).collect::<Vec<_>>().join(", "))
+                            .unwrap_or_default();
+                        vec![
+                            fmt::cell(&g["value"]),
+                            fmt::cell(&g["total"]),
+                            held,
+                            fmt::cell(&g["lagging"]),
+                            fmt::cell(&g["failed"]),
+                        ]
+                    })
+                    .collect();
+                fmt::table(&[&key.to_uppercase(), "NODES", "HOLDING", "LAGGING", "FAILED"], &rows);
+            }
+            if v["next"].is_string() {
+                println!("(more consumers: use --json and ?cursor=, or narrow with --labels)");
             }
             Ok(0)
         }
@@ -678,7 +761,14 @@ async fn topics(api: &Api, cmd: TopicsCmd, json_out: bool) -> CliResult<u8> {
                 ("max size", v["max_size_bytes"].as_u64().map(fmt::bytes).unwrap_or_else(|| "-".into())),
                 ("retention", retention),
                 ("json schema", if v["json_schema"].is_null() { "none".into() } else { "yes".into() }),
-                ("plans", if plans.is_empty() { "-".into() } else { plans.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") }),
+                (
+                    "plans",
+                    if plans.is_empty() {
+                        "-".into()
+                    } else {
+                        plans.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    },
+                ),
                 ("default plan", fmt::cell(&v["default_plan"])),
                 ("restricted", fmt::cell(&v["restricted"])),
                 ("created", format!("{} by {}", fmt::time(&v["created_at"]), fmt::cell(&v["created_by"]))),
@@ -768,7 +858,13 @@ fn settings_json(s: &TopicSettings, current: Option<&Value>) -> CliResult<Map<St
 
 /// Streams a download to a file (atomically: a temporary file renamed) or standard output,
 /// checking the SHA-256 when the server gives it (`ETag` of `…/versions/{n}/data`).
-async fn get(api: &Api, topic: &str, version: Option<u64>, labels: Option<String>, output: Option<String>) -> CliResult<u8> {
+async fn get(
+    api: &Api,
+    topic: &str,
+    version: Option<u64>,
+    labels: Option<String>,
+    output: Option<String>,
+) -> CliResult<u8> {
     use futures::StreamExt;
     let url = match version {
         Some(n) => api.url(&["topics", topic, "versions", &n.to_string(), "data"], &[]),
@@ -791,7 +887,8 @@ async fn get(api: &Api, topic: &str, version: Option<u64>, labels: Option<String
             let target = std::path::PathBuf::from(path);
             let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "payload".into());
             let tmp = target.with_file_name(format!(".{name}.imprint-{}", std::process::id()));
-            let f = std::fs::File::create(&tmp).map_err(|e| CliError::new(format!("creating {}: {e}", tmp.display())))?;
+            let f =
+                std::fs::File::create(&tmp).map_err(|e| CliError::new(format!("creating {}: {e}", tmp.display())))?;
             (Box::new(std::io::BufWriter::new(f)), Some((tmp, target)))
         }
         _ => (Box::new(std::io::stdout()), None),
@@ -852,7 +949,9 @@ fn diff_text(bytes: &[u8], raw: bool) -> Option<String> {
 
 async fn diff(api: &Api, topic: &str, a: u64, b: u64, raw: bool, json_out: bool) -> CliResult<u8> {
     let fetch = |n: u64| async move {
-        let resp = api.send(api.request(Method::GET, api.url(&["topics", topic, "versions", &n.to_string(), "data"], &[]))).await?;
+        let resp = api
+            .send(api.request(Method::GET, api.url(&["topics", topic, "versions", &n.to_string(), "data"], &[])))
+            .await?;
         resp.bytes().await.map_err(|e| CliError::new(format!("downloading version {n}: {}", chain(&e))))
     };
     let (left, right) = (fetch(a).await?, fetch(b).await?);
@@ -875,9 +974,12 @@ async fn diff(api: &Api, topic: &str, a: u64, b: u64, raw: bool, json_out: bool)
         }
     };
     let diff = similar::TextDiff::from_lines(&ta, &tb);
-    let unified = diff.unified_diff().context_radius(3).header(&format!("{topic} v{a}"), &format!("{topic} v{b}")).to_string();
+    let unified =
+        diff.unified_diff().context_radius(3).header(&format!("{topic} v{a}"), &format!("{topic} v{b}")).to_string();
     if json_out {
-        print_json(&json!({"topic": topic, "from": a, "to": b, "binary": false, "changed": ta != tb, "unified": unified}));
+        print_json(
+            &json!({"topic": topic, "from": a, "to": b, "binary": false, "changed": ta != tb, "unified": unified}),
+        );
     } else if ta == tb {
         println!("no differences between versions {a} and {b}");
     } else {
@@ -939,7 +1041,9 @@ async fn rollout(api: &Api, cmd: RolloutCmd, json_out: bool) -> CliResult<u8> {
         RolloutCmd::Start { topic, version, stages, plan } => {
             let body = match plan {
                 Some(p) => json!({"version": version, "plan": p}),
-                None => json!({"version": version, "stages": stages.iter().map(|s| parse_stage(s)).collect::<CliResult<Vec<_>>>()?}),
+                None => {
+                    json!({"version": version, "stages": stages.iter().map(|s| parse_stage(s)).collect::<CliResult<Vec<_>>>()?})
+                }
             };
             let r = api.send_json(Method::POST, &["topics", &topic, "rollouts"], &body).await?;
             if json_out {
@@ -961,7 +1065,8 @@ async fn rollout(api: &Api, cmd: RolloutCmd, json_out: bool) -> CliResult<u8> {
                 .flatten()
                 .map(|r| {
                     let stages = r["stages"].as_array().map(Vec::len).unwrap_or(0);
-                    let reached = r["stages"].as_array().into_iter().flatten().filter(|s| s["state"] == "reached").count();
+                    let reached =
+                        r["stages"].as_array().into_iter().flatten().filter(|s| s["state"] == "reached").count();
                     vec![
                         fmt::cell(&r["id"]),
                         fmt::cell(&r["version"]),
@@ -984,12 +1089,16 @@ async fn rollout(api: &Api, cmd: RolloutCmd, json_out: bool) -> CliResult<u8> {
             }
             return Ok(0);
         }
-        RolloutCmd::Watch { topic, id, interval, timeout } => return rollout_watch(api, &topic, id, interval, timeout, json_out).await,
+        RolloutCmd::Watch { topic, id, interval, timeout } => {
+            return rollout_watch(api, &topic, id, interval, timeout, json_out).await
+        }
         RolloutCmd::Pause { topic, id } => (topic, id, "pause", None),
         RolloutCmd::Resume { topic, id } => (topic, id, "resume", None),
         RolloutCmd::Advance { topic, id } => (topic, id, "advance", None),
         RolloutCmd::Complete { topic, id } => (topic, id, "complete", None),
-        RolloutCmd::Cancel { topic, id, rollback } => (topic, id, "cancel", rollback.then(|| json!({"rollback": true}))),
+        RolloutCmd::Cancel { topic, id, rollback } => {
+            (topic, id, "cancel", rollback.then(|| json!({"rollback": true})))
+        }
     };
     let segments = ["topics", topic.as_str(), "rollouts", &id.to_string(), action];
     let rb = api.request(Method::POST, api.url(&segments, &[]));
@@ -1008,7 +1117,14 @@ async fn rollout(api: &Api, cmd: RolloutCmd, json_out: bool) -> CliResult<u8> {
 }
 
 /// Polls a rollout and prints each change until it is completed, cancelled or superseded.
-async fn rollout_watch(api: &Api, topic: &str, id: i64, interval: f64, timeout: Option<u64>, json_out: bool) -> CliResult<u8> {
+async fn rollout_watch(
+    api: &Api,
+    topic: &str,
+    id: i64,
+    interval: f64,
+    timeout: Option<u64>,
+    json_out: bool,
+) -> CliResult<u8> {
     let interval = Duration::from_secs_f64(if interval.is_finite() { interval.clamp(0.2, 60.0) } else { 2.0 });
     let deadline = timeout.map(|t| tokio::time::Instant::now() + Duration::from_secs(t));
     let mut last = String::new();

@@ -141,7 +141,9 @@ pub async fn publish(api: &Api, req: PublishRequest) -> CliResult<Value> {
         })
         .await
         .map_err(|e| CliError::new(format!("reading the payload: {e}")))?
-        .map_err(|e| CliError::new(format!("reading {}: {e}", if req.file == "-" { "standard input" } else { &req.file })))?
+        .map_err(|e| {
+            CliError::new(format!("reading {}: {e}", if req.file == "-" { "standard input" } else { &req.file }))
+        })?
     };
     if let Some(max) = topic["max_size_bytes"].as_u64() {
         if size > max {

@@ -63,7 +63,10 @@ fn handle(p: &Payload<'_>, exec: Option<&str>) -> Result<u64, String> {
         }
         None => {
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
-            let text = (size <= PRINT_LIMIT).then(|| std::fs::read(path).ok()).flatten().and_then(|b| String::from_utf8(b).ok());
+            let text = (size <= PRINT_LIMIT)
+                .then(|| std::fs::read(path).ok())
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok());
             let mut out = std::io::stdout().lock();
             let _ = match text {
                 Some(t) if t.ends_with('\n') => write!(out, "{t}"),

@@ -41,7 +41,7 @@ impl Default for Settings {
             max_backoff: Duration::from_secs(30),
             client_error_retry: Duration::from_secs(60),
             startup_fallback: 3,
-            recheck_rejected: Duration::from_secs(30),
+            recheck_rejected: Duration::from_secs(10),
         }
     }
 }
@@ -141,7 +141,8 @@ impl ClientBuilder {
     }
 
     /// While the server offers only a version that failed to apply here, ask it about
-    /// newer ones this often (default 30 s) instead of long polling.
+    /// newer ones this often (default 10 s) instead of long polling (the server answers a
+    /// long poll at once while it has an update this node rejected).
     pub fn recheck_rejected(mut self, every: Duration) -> Self {
         self.settings.recheck_rejected = every.max(Duration::from_millis(100));
         self
@@ -174,8 +175,11 @@ impl ClientBuilder {
         let store = match self.cache_dir {
             Some(dir) => Store::new(dir, true),
             None => Store::new(
-                std::env::temp_dir()
-                    .join(format!("imprint-client-{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 4]>()))),
+                std::env::temp_dir().join(format!(
+                    "imprint-client-{}-{}",
+                    std::process::id(),
+                    hex::encode(rand::random::<[u8; 4]>())
+                )),
                 false,
             ),
         };
@@ -348,8 +352,7 @@ impl Client {
 
     /// The raw bytes of each version.
     pub async fn subscribe_bytes(&self, topic: &str) -> Result<Subscription<bytes::Bytes>> {
-        self.subscribe_with(topic, bytes::Bytes::new(), |b| Ok::<_, std::convert::Infallible>(b.to_vec().into()))
-            .await
+        self.subscribe_with(topic, bytes::Bytes::new(), |b| Ok::<_, std::convert::Infallible>(b.to_vec().into())).await
     }
 
     /// Large payloads: each version is streamed to a file (verified, then renamed into

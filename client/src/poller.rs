@@ -228,13 +228,13 @@ fn request(inner: &Inner, asked: &[Arc<dyn Slot>], wait: Duration) -> PollReques
 async fn send_poll(inner: &Inner, req: &PollRequest, wait: Duration) -> Result<PollResponse> {
     let url = inner.url("/api/v1/poll");
     let bound = wait + inner.settings.request_timeout;
-    let resp = inner
-        .request(Method::POST, &url)
-        .json(req)
-        .timeout(bound)
-        .send()
-        .await
-        .map_err(|e| if e.is_timeout() { Error::Timeout(format!("poll: no answer within {bound:?}")) } else { Error::http(&url, e) })?;
+    let resp = inner.request(Method::POST, &url).json(req).timeout(bound).send().await.map_err(|e| {
+        if e.is_timeout() {
+            Error::Timeout(format!("poll: no answer within {bound:?}"))
+        } else {
+            Error::http(&url, e)
+        }
+    })?;
     if !resp.status().is_success() {
         return Err(Error::from_response(resp).await);
     }

@@ -18,7 +18,10 @@ struct Methods {
 }
 
 fn client(server_url: &str, instance: &str) -> imprint_client::ClientBuilder {
-    Client::builder(server_url).instance(instance).label("region", "eu").backoff(Duration::from_millis(50), Duration::from_millis(500))
+    Client::builder(server_url)
+        .instance(instance)
+        .label("region", "eu")
+        .backoff(Duration::from_millis(50), Duration::from_millis(500))
 }
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
@@ -58,7 +61,11 @@ async fn subscribe_gets_the_value_and_sees_publishes_pins_within_seconds(pool: s
         .expect("pin");
     eventually(Duration::from_secs(5), "the pin", || methods.version() == Some(1)).await;
     assert!(methods.current().pinned);
-    server.admin(Method::DELETE, "/api/v1/topics/payments.methods/pins?selector=region=eu").send().await.expect("unpin");
+    server
+        .admin(Method::DELETE, "/api/v1/topics/payments.methods/pins?selector=region=eu")
+        .send()
+        .await
+        .expect("unpin");
     eventually(Duration::from_secs(5), "the unpin", || methods.version() == Some(2)).await;
 
     // Two subscriptions of one client share one poll; a second subscribe of a topic is refused.
@@ -106,10 +113,15 @@ async fn a_payload_that_fails_to_apply_keeps_the_old_value_and_is_reported(pool:
     assert_eq!(row["expected_version"], 2, "{row}");
     assert!(row["last_error"].as_str().is_some_and(|e| e.contains("cannot compile the rules")), "{row}");
 
-    // The failed version is not tried again while the server offers nothing else.
+    // The failed version is not tried again while the server offers nothing else, and
+    // the client does not spin on the server's immediate answers: it rechecks every 0.5 s.
     let tries = compiles.load(std::sync::atomic::Ordering::SeqCst);
+    let polls = server.poll_count();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(compiles.load(std::sync::atomic::Ordering::SeqCst), tries, "version 2 was retried");
+    let polled = server.poll_count() - polls;
+    println!("polls in 2 s while stuck on a rejected version: {polled}");
+    assert!((2..=8).contains(&polled), "{polled} polls in 2 s");
 
     // A fixed version is picked up (on the periodic recheck of the stuck topic).
     server.publish_text("fraud.rules", "rules: 3").await;

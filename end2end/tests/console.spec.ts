@@ -304,6 +304,56 @@ test("a pin with an expiry stops applying by itself", async ({ page, request }) 
   await expect(page.getByRole("alert")).toContainText("hours");
 });
 
+test("the overview lists a paused rollout and a lagging topic; consumers group by label", async ({ page, request }) => {
+  const rolling = `ov-rollout.${sfx}`;
+  const lag = `ov-lag.${sfx}`;
+  for (const name of [rolling, lag]) {
+    const r = await request.post("/api/v1/topics", { headers: auth, data: { name, owner: team } });
+    expect(r.status(), await r.text()).toBe(201);
+    expect((await request.post(`/api/v1/topics/${name}/versions`, { headers: auth, data: { data: "1" } })).status()).toBe(201);
+  }
+  const v2 = await request.post(`/api/v1/topics/${rolling}/versions`, {
+    headers: auth,
+    data: { data: "2", rollout: { stages: [{ selector: { cluster: "canary" }, wait_s: 3600 }, { selector: {}, wait_s: 0 }] } },
+  });
+  expect(v2.status(), await v2.text()).toBe(201);
+  const rolloutId = (await v2.json()).rollout.id;
+  const paused = await request.post(`/api/v1/topics/${rolling}/rollouts/${rolloutId}/pause`, { headers: auth });
+  expect(paused.status(), await paused.text()).toBe(200);
+  // The lagging topic: v2 for everyone, three nodes still on v1 (two in eu, one in us), one on v2.
+  expect((await request.post(`/api/v1/topics/${lag}/versions`, { headers: auth, data: { data: "2" } })).status()).toBe(201);
+  const nodes: [string, string, number][] = [["n-eu-1", "eu", 1], ["n-eu-2", "eu", 1], ["n-us-1", "us", 1], ["n-us-2", "us", 2]];
+  for (const [instance, region, held] of nodes) {
+    const r = await request.post("/api/v1/poll", {
+      data: { consumer: { instance, labels: { region, app: "shop" } }, topics: { [lag]: held } },
+    });
+    expect(r.status(), await r.text()).toBe(200);
+  }
+
+  await signIn(page, "admin", adminPassword);
+  await expect.poll(async () => {
+    await page.goto("/");
+    return await page.locator("#overview-lagging").innerText();
+  }, { timeout: 20_000 }).toContain(lag);
+  await expect(page.locator("#overview-lagging")).toContainText("3 nodes lagging");
+  const line = page.locator("#overview-rollouts li", { hasText: rolling });
+  await expect(line).toContainText("paused");
+  await expect(line).toContainText("stage 1 of 2");
+  await expect(page.locator("#overview-recent")).toContainText(lag);
+  await shot(page, "overview");
+  await line.getByRole("link").click();
+  await expect(page).toHaveURL(new RegExp(`/topics/${rolling.replace(/\./g, "\\.")}/rollouts`));
+
+  // Grouped by region: eu 2 on v1; us one on v1, one on v2.
+  await page.goto(`/topics/${lag}/consumers?group_by=region`);
+  const eu = page.locator("table.group-matrix tbody tr[data-value=eu]");
+  const us = page.locator("table.group-matrix tbody tr[data-value=us]");
+  await expect(eu.locator("td.total")).toHaveText("2");
+  await expect(us.locator("td.total")).toHaveText("2");
+  await expect(page.locator("table.group-matrix thead")).toContainText("v2");
+  await shot(page, "consumers-grouped");
+});
+
 test("settings are saved, and bad settings refused", async ({ page, request }) => {
   await signIn(page, "admin", adminPassword);
   await page.goto(`/topics/${topic}/settings`);

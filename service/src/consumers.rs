@@ -116,7 +116,9 @@ impl Imprint {
             }
             if let Some(key) = &filter.group_by {
                 let value = r.labels.0.get(key).cloned().unwrap_or_default();
-                let g = groups.entry(value.clone()).or_insert_with(|| crate::model::LabelGroup { value, ..Default::default() });
+                let g = groups
+                    .entry(value.clone())
+                    .or_insert_with(|| crate::model::LabelGroup { value, ..Default::default() });
                 g.total += 1;
                 *g.by_version.entry(held).or_insert(0) += 1;
                 g.lagging += u64::from(lagging);

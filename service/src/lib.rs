@@ -22,6 +22,7 @@ mod handle;
 pub mod janitor;
 pub mod model;
 pub mod objects;
+pub mod overview;
 pub mod payloads;
 mod pins;
 pub mod poll;

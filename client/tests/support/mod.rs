@@ -8,11 +8,15 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 pub struct TestServer {
+    /// `POST /api/v1/poll` requests this server has received.
+    pub polls: Arc<AtomicUsize>,
     pub addr: SocketAddr,
     pub url: String,
     pub http: reqwest::Client,
@@ -26,11 +30,20 @@ pub async fn spawn_server(pool: PgPool) -> TestServer {
     imprint.start_background().await.expect("state loads");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let app = imprint_server::api_router(imprint.clone());
+    let polls = Arc::new(AtomicUsize::new(0));
+    let counter = polls.clone();
+    let app = imprint_server::api_router(imprint.clone()).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            if req.uri().path() == "/api/v1/poll" {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            next.run(req)
+        },
+    ));
     tokio::spawn(async move {
         axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.expect("serve")
     });
-    TestServer { addr, url: format!("http://{addr}"), http: reqwest::Client::new(), imprint }
+    TestServer { polls, addr, url: format!("http://{addr}"), http: reqwest::Client::new(), imprint }
 }
 
 /// A port nothing listens on (bound, then released).
@@ -63,8 +76,15 @@ pub fn bytes_of(len: usize, seed: u8) -> Vec<u8> {
 }
 
 impl TestServer {
+    pub fn poll_count(&self) -> usize {
+        self.polls.load(Ordering::SeqCst)
+    }
+
     pub fn admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.url)).bearer_auth(ADMIN_TOKEN).timeout(Duration::from_secs(60))
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(60))
     }
 
     pub async fn create_topic(&self, body: Value) -> Value {
@@ -74,7 +94,12 @@ impl TestServer {
     }
 
     pub async fn publish(&self, topic: &str, body: Value) -> Value {
-        let r = self.admin(Method::POST, &format!("/api/v1/topics/{topic}/versions")).json(&body).send().await.expect("send");
+        let r = self
+            .admin(Method::POST, &format!("/api/v1/topics/{topic}/versions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
         assert_eq!(r.status(), 201, "publish to {topic}: {body}");
         r.json().await.expect("json")
     }

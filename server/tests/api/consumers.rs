@@ -155,7 +155,8 @@ async fn consumers_group_by_a_label_and_list_trouble_first(pool: sqlx::PgPool) {
     }
     let grouped = consumers_until(&app, "?group_by=region", |v| v["total"] == 7).await;
     let groups = grouped["groups"].as_array().expect("groups");
-    let group = |value: &str| groups.iter().find(|g| g["value"] == value).unwrap_or_else(|| panic!("{value}: {grouped}"));
+    let group =
+        |value: &str| groups.iter().find(|g| g["value"] == value).unwrap_or_else(|| panic!("{value}: {grouped}"));
     assert_eq!(group("eu")["total"], 4);
     assert_eq!(group("eu")["by_version"], json!({"1": 1, "2": 3}));
     assert_eq!(group("eu")["failed"], 1);
@@ -177,6 +178,10 @@ async fn consumers_group_by_a_label_and_list_trouble_first(pool: sqlx::PgPool) {
     let cursor = first["next"].as_str().expect("next").to_owned();
     let rest = consumers_until(&app, &format!("?limit=10&cursor={cursor}"), |v| v["total"] == 7).await;
     assert_eq!(rest["consumers"].as_array().map(Vec::len), Some(4));
-    let r = app.req(Method::GET, &format!("/api/v1/topics/fleet/consumers?group_by={}", "k".repeat(200))).send().await.unwrap();
+    let r = app
+        .req(Method::GET, &format!("/api/v1/topics/fleet/consumers?group_by={}", "k".repeat(200)))
+        .send()
+        .await
+        .unwrap();
     assert_error(r, 400, "invalid_request").await;
 }

@@ -410,17 +410,29 @@ async fn an_expired_pin_stops_applying_by_itself(pool: sqlx::PgPool) {
     app.publish("exp", json!({"data": "2"})).await;
     let pin = |body: Value| app.admin(Method::PUT, "/api/v1/topics/exp/pins").json(&body).send();
     let resolve = || async {
-        let r: Value =
-            app.req(Method::GET, "/api/v1/topics/exp/resolve?labels=region=eu").send().await.unwrap().json().await.unwrap();
+        let r: Value = app
+            .req(Method::GET, "/api/v1/topics/exp/resolve?labels=region=eu")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         (r["version"].as_u64(), r["pinned"].as_bool())
     };
     // Refused: an expiry in the past, or not a time.
     let past = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
-    assert_error(pin(json!({"selector": {}, "version": 1, "expires_at": past})).await.unwrap(), 400, "invalid_request").await;
-    assert_error(pin(json!({"selector": {}, "version": 1, "expires_at": "tomorrow"})).await.unwrap(), 400, "invalid_request")
+    assert_error(pin(json!({"selector": {}, "version": 1, "expires_at": past})).await.unwrap(), 400, "invalid_request")
         .await;
+    assert_error(
+        pin(json!({"selector": {}, "version": 1, "expires_at": "tomorrow"})).await.unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
     let expires = chrono::Utc::now() + chrono::Duration::seconds(2);
-    let r = pin(json!({"selector": {}, "version": 1, "reason": "hold", "expires_at": expires.to_rfc3339()})).await.unwrap();
+    let r =
+        pin(json!({"selector": {}, "version": 1, "reason": "hold", "expires_at": expires.to_rfc3339()})).await.unwrap();
     assert_eq!(r.status(), 200);
     let p: Value = r.json().await.unwrap();
     assert!(p["expires_at"].is_string(), "{p}");

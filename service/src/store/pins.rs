@@ -122,3 +122,35 @@ pub(crate) async fn expire(conn: &mut PgConnection, now: DateTime<Utc>) -> Resul
     .fetch_all(&mut *conn)
     .await?)
 }
+
+pub(crate) struct AttentionPin {
+    pub topic: String,
+    pub selector_key: String,
+    pub version: i64,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Active pins that deserve a look: set before `old` without an expiry, or expiring
+/// before `soon`.
+pub(crate) async fn needing_attention<'e>(
+    ex: impl PgExecutor<'e>,
+    old: DateTime<Utc>,
+    soon: DateTime<Utc>,
+) -> Result<Vec<AttentionPin>> {
+    Ok(sqlx::query_as!(
+        AttentionPin,
+        r#"SELECT t.name AS topic, p.selector_key, p.version, p.reason, p.created_by,
+                  p.created_at AS "created_at: DateTime<Utc>", p.expires_at AS "expires_at: DateTime<Utc>"
+           FROM pins p JOIN topics t ON t.id = p.topic_id
+           WHERE p.removed_at IS NULL
+             AND ((p.expires_at IS NULL AND p.created_at < $1) OR p.expires_at < $2)
+           ORDER BY p.created_at LIMIT 200"#,
+        old as _,
+        soon as _
+    )
+    .fetch_all(ex)
+    .await?)
+}

@@ -207,3 +207,14 @@ pub(crate) async fn active_versions<'e>(ex: impl PgExecutor<'e>, topic_id: i64) 
     .fetch_all(ex)
     .await?)
 }
+
+/// Every running or paused rollout: (topic name, rollout id), oldest first.
+pub(crate) async fn active_all<'e>(ex: impl PgExecutor<'e>) -> Result<Vec<(String, i64)>> {
+    let rows = sqlx::query!(
+        "SELECT t.name, r.id FROM rollouts r JOIN topics t ON t.id = r.topic_id
+         WHERE r.state IN ('running', 'paused') ORDER BY r.id LIMIT 500"
+    )
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.name, r.id)).collect())
+}

@@ -1,0 +1,339 @@
+//! The `imprint` binary against a real server (in-process, fresh database per test).
+#[path = "../../client/tests/support/mod.rs"]
+mod support;
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "exit status; stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("--json output does not parse ({e}):\n{}", self.stdout))
+    }
+}
+
+fn command(server_url: &str, token: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imprint"));
+    cmd.args(args).env("IMPRINT_URL", server_url).env_remove("IMPRINT_TOKEN").env_remove("RUST_LOG");
+    if let Some(t) = token {
+        cmd.env("IMPRINT_TOKEN", t);
+    }
+    cmd
+}
+
+/// Runs `imprint ARGS` off the async threads (the server runs on this runtime).
+async fn run_with(server_url: &str, token: Option<&str>, args: &[&str], stdin: Option<Vec<u8>>) -> Out {
+    let mut cmd = command(server_url, token, args);
+    let out = tokio::task::spawn_blocking(move || {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = cmd.spawn().expect("run imprint");
+        if let Some(bytes) = stdin {
+            use std::io::Write;
+            let mut pipe = child.stdin.take().expect("stdin");
+            pipe.write_all(&bytes).expect("write stdin");
+        }
+        child.wait_with_output().expect("imprint output")
+    })
+    .await
+    .expect("join");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn imprint(server: &TestServer, args: &[&str]) -> Out {
+    run_with(&server.url, Some(ADMIN_TOKEN), args, None).await
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("write");
+    p.to_string_lossy().into_owned()
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn publish_versions_get_and_diff(pool: sqlx::PgPool) {
+    let server = spawn_server(pool).await;
+    let dir = scratch_dir("cli-publish");
+    imprint(&server, &["topics", "create", "payments.methods", "--owner", "payments", "--description", "methods"])
+        .await
+        .ok();
+    imprint(&server, &["topics", "create", "ml.model", "--inline-limit", "4KiB"]).await.ok();
+
+    // A JSON file (guessed content type, sent as a streamed form) and a text file (raw body).
+    let v1 = write(&dir, "methods.json", br#"{"card": true, "limits": {"eur": 100}}"#);
+    let out = imprint(&server, &["publish", "payments.methods", &v1, "-m", "first", "--meta", "commit=abc"]).await.ok();
+    assert!(out.stdout.contains("published payments.methods version 1"), "{}", out.stdout);
+    let v2 = write(&dir, "methods2.json", br#"{"card": false, "limits": {"eur": 100}}"#);
+    let out = imprint(
+        &server,
+        &["--json", "publish", "payments.methods", &v2, "--scope", "region=eu", "--message", "second"],
+    )
+    .await
+    .ok();
+    let published = out.json();
+    assert_eq!(published["version"], 2);
+    assert_eq!(published["content_type"], "application/json");
+    assert_eq!(published["scopes"][0]["selector"], serde_json::json!({"region": "eu"}));
+
+    let out = imprint(&server, &["versions", "payments.methods"]).await.ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("VERSION"), "{}", out.stdout);
+    assert!(
+        lines[1].starts_with('2') && lines[1].contains("region=eu") && lines[1].contains("second"),
+        "{}",
+        out.stdout
+    );
+    assert!(lines[2].starts_with('1') && lines[2].contains('*') && lines[2].contains("first"), "{}", out.stdout);
+    let versions = imprint(&server, &["--json", "versions", "payments.methods"]).await.ok().json();
+    assert_eq!(versions["versions"][1]["metadata"]["commit"], "abc");
+
+    // get: a version to a file; the resolved one for some labels to stdout.
+    let target = dir.join("out.json");
+    let out =
+        imprint(&server, &["get", "payments.methods", "--version", "1", "-o", &target.to_string_lossy()]).await.ok();
+    assert_eq!(std::fs::read(&target).expect("read"), std::fs::read(&v1).expect("read"));
+    assert!(out.stderr.contains("wrote version 1"), "{}", out.stderr);
+    let out = imprint(&server, &["get", "payments.methods", "--labels", "region=eu"]).await.ok();
+    assert_eq!(out.stdout.as_bytes(), std::fs::read(&v2).expect("read"));
+    let out = imprint(&server, &["get", "payments.methods", "--labels", "region=us"]).await.ok();
+    assert_eq!(out.stdout.as_bytes(), std::fs::read(&v1).expect("read"));
+
+    let out = imprint(&server, &["diff", "payments.methods", "1", "2"]).await.ok();
+    assert!(out.stdout.contains("-  \"card\": true,") && out.stdout.contains("+  \"card\": false,"), "{}", out.stdout);
+    let diff = imprint(&server, &["--json", "diff", "payments.methods", "1", "2"]).await.ok().json();
+    assert_eq!(diff["changed"], true);
+
+    // A binary payload from standard input, past the inline limit: stored as an object.
+    let blob = bytes_of(300_000, 7);
+    let out = run_with(&server.url, Some(ADMIN_TOKEN), &["--json", "publish", "ml.model", "-"], Some(blob.clone()))
+        .await
+        .ok();
+    let p = out.json();
+    assert_eq!(p["storage"], "object");
+    assert_eq!(p["size"], 300_000);
+    let target = dir.join("model.bin");
+    imprint(&server, &["get", "ml.model", "--version", "1", "-o", &target.to_string_lossy()]).await.ok();
+    assert_eq!(std::fs::read(&target).expect("read"), blob);
+    let out = imprint(&server, &["diff", "ml.model", "1", "1"]).await.ok();
+    assert!(out.stdout.contains("identical (binary"), "{}", out.stdout);
+
+    // Topics: list, show, set (retention is merged, not replaced).
+    let out = imprint(&server, &["topics", "list"]).await.ok();
+    assert!(out.stdout.lines().any(|l| l.starts_with("payments.methods") && l.contains("payments")), "{}", out.stdout);
+    imprint(&server, &["topics", "set", "payments.methods", "--keep-versions", "10"]).await.ok();
+    let t = imprint(&server, &["--json", "topics", "set", "payments.methods", "--keep-days", "30"]).await.ok().json();
+    assert_eq!(t["retention"], serde_json::json!({"max_versions": 10, "max_age_days": 30}));
+    let out = imprint(&server, &["topics", "show", "payments.methods"]).await.ok();
+    assert!(out.stdout.contains("10 newest versions, 30 days"), "{}", out.stdout);
+
+    // The server's checks come back as errors: a topic that does not exist.
+    let out = imprint(&server, &["publish", "nope", &v1]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("topic_not_found"), "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn scopes_pins_and_resolve(pool: sqlx::PgPool) {
+    let server = spawn_server(pool).await;
+    server.create_topic(serde_json::json!({"name": "ab.config"})).await;
+    server.publish_text("ab.config", "one").await;
+    server.publish("ab.config", serde_json::json!({"data": "two", "scopes": []})).await;
+
+    let out = imprint(&server, &["resolve", "ab.config", "--labels", "region=eu"]).await.ok();
+    assert_eq!(out.stdout.trim(), "1");
+    imprint(&server, &["scope", "add", "ab.config", "2", "region=eu"]).await.ok();
+    assert_eq!(imprint(&server, &["resolve", "ab.config", "--labels", "region=eu"]).await.ok().stdout.trim(), "2");
+
+    let out = imprint(&server, &["pin", "ab.config", "region=eu", "1", "--reason", "bad canary", "--expires-at", "2h"])
+        .await
+        .ok();
+    assert!(out.stdout.contains("pinned region=eu of ab.config to version 1 until "), "{}", out.stdout);
+    assert_eq!(
+        imprint(&server, &["resolve", "ab.config", "--labels", "region=eu,app=x"]).await.ok().stdout.trim(),
+        "1 (pinned)"
+    );
+    let out = imprint(&server, &["pins", "ab.config"]).await.ok();
+    assert!(
+        out.stdout.lines().nth(1).is_some_and(|l| l.starts_with("region=eu") && l.contains("bad canary")),
+        "{}",
+        out.stdout
+    );
+    let pins = imprint(&server, &["--json", "pins", "ab.config"]).await.ok().json();
+    assert_eq!(pins["pins"][0]["version"], 1);
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(pins["pins"][0]["expires_at"].as_str().expect("expiry")).expect("time");
+    let in_secs = (expires.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds();
+    assert!((7000..=7200).contains(&in_secs), "expires in 2 h: {in_secs} s");
+    let resolved = imprint(&server, &["--json", "resolve", "ab.config", "--labels", "region=eu"]).await.ok().json();
+    assert_eq!(resolved["pinned"], true);
+
+    imprint(&server, &["unpin", "ab.config", "region=eu"]).await.ok();
+    assert_eq!(imprint(&server, &["resolve", "ab.config", "--labels", "region=eu"]).await.ok().stdout.trim(), "2");
+    let out = imprint(&server, &["unpin", "ab.config", "region=eu"]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("pin_not_found"), "{}", out.stderr);
+    // A selector the CLI can tell is wrong never reaches the server.
+    let out = imprint(&server, &["pin", "ab.config", "region", "1", "--reason", "x"]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("invalid selector"), "{}", out.stderr);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn rollouts_start_watch_and_steer(pool: sqlx::PgPool) {
+    let server = spawn_server(pool).await;
+    let dir = scratch_dir("cli-rollout");
+    imprint(&server, &["topics", "create", "feature.flags"]).await.ok();
+    let f1 = write(&dir, "flags.txt", b"a=1\n");
+    imprint(&server, &["publish", "feature.flags", &f1]).await.ok();
+    let f2 = write(&dir, "flags2.txt", b"a=2\n");
+    imprint(&server, &["publish", "feature.flags", &f2, "--scope", "cluster=canary"]).await.ok();
+
+    let started = imprint(
+        &server,
+        &["--json", "rollout", "start", "feature.flags", "2", "--stage", "region=eu 1s", "--stage", "* 0"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(started["state"], "running");
+    let id = started["id"].as_i64().expect("id").to_string();
+    let t = Instant::now();
+    let out = imprint(&server, &["rollout", "watch", "feature.flags", &id, "--interval", "0.3", "--timeout", "30"])
+        .await
+        .ok();
+    println!("rollout watch ({:?}):\n{}", t.elapsed(), out.stdout);
+    assert!(out.stdout.lines().count() >= 2, "{}", out.stdout);
+    assert!(out.stdout.lines().last().is_some_and(|l| l.contains("completed (2/2 stages reached)")), "{}", out.stdout);
+    assert_eq!(imprint(&server, &["resolve", "feature.flags", "--labels", "region=us"]).await.ok().stdout.trim(), "2");
+
+    // A plan of the topic, used by a publish; then steered by hand.
+    let plans = write(
+        &dir,
+        "plans.json",
+        br#"{"slow": {"stages": [{"selector": {"region": "eu"}, "wait_s": 3600}, {"selector": {}, "wait_s": 0}]}}"#,
+    );
+    imprint(&server, &["topics", "set", "feature.flags", "--plans", &plans]).await.ok();
+    let f3 = write(&dir, "flags3.txt", b"a=3\n");
+    let p = imprint(&server, &["--json", "publish", "feature.flags", &f3, "--plan", "slow"]).await.ok().json();
+    let id = p["rollout"]["id"].as_i64().expect("rollout id").to_string();
+    let out = imprint(&server, &["rollout", "pause", "feature.flags", &id]).await.ok();
+    assert!(out.stdout.contains("paused"), "{}", out.stdout);
+    imprint(&server, &["rollout", "resume", "feature.flags", &id]).await.ok();
+    let list = imprint(&server, &["--json", "rollout", "list", "feature.flags"]).await.ok().json();
+    assert_eq!(list["rollouts"][0]["state"], "running");
+    let out = imprint(&server, &["rollout", "cancel", "--rollback", "feature.flags", &id]).await.ok();
+    assert!(out.stdout.contains("cancelled"), "{}", out.stdout);
+    let out = imprint(&server, &["rollout", "watch", "feature.flags", &id]).await;
+    assert_eq!(out.code, 1, "a cancelled rollout is a failure for scripts");
+    let out = imprint(&server, &["rollout", "advance", "feature.flags", &id]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("invalid_state"), "{}", out.stderr);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_bad_token_or_no_server_is_a_clear_error(pool: sqlx::PgPool) {
+    let server = spawn_server(pool).await;
+    let out = run_with(&server.url, Some("not-a-token"), &["topics", "create", "x"], None).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.starts_with("imprint: error: "), "{}", out.stderr);
+    assert!(out.stderr.contains("(unauthorized, HTTP 401)"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+    let out = run_with(&server.url, None, &["topics", "create", "x"], None).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("HTTP 401"), "{}", out.stderr);
+
+    let down = closed_port_url().await;
+    let out = run_with(&down, Some(ADMIN_TOKEN), &["topics", "list"], None).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("cannot reach the Imprint server"), "{}", out.stderr);
+    // --url wins over IMPRINT_URL.
+    let out = run_with(&down, Some(ADMIN_TOKEN), &["--url", &server.url, "--json", "topics", "list"], None).await.ok();
+    assert!(out.json()["topics"].is_array());
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn watch_runs_a_command_per_version_and_reports_its_status(pool: sqlx::PgPool) {
+    let server = spawn_server(pool).await;
+    let dir = scratch_dir("cli-watch");
+    server.create_topic(serde_json::json!({"name": "nginx.allowlist"})).await;
+    server.publish_text("nginx.allowlist", "10.0.0.1\n").await;
+    let seen = dir.join("seen.txt");
+    let exec = format!(
+        "cat \"$IMPRINT_PAYLOAD\" >> '{}'; echo \"v$IMPRINT_VERSION $IMPRINT_TOPIC\" >> '{}'; test \"$IMPRINT_VERSION\" != 2",
+        seen.display(),
+        seen.display()
+    );
+    let mut cmd = command(
+        &server.url,
+        Some(ADMIN_TOKEN),
+        &[
+            "watch",
+            "nginx.allowlist",
+            "--labels",
+            "region=eu",
+            "--instance",
+            "w-1",
+            "--exec",
+            &exec,
+            "--max-versions",
+            "2",
+        ],
+    );
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("watch");
+    let waiter = tokio::task::spawn_blocking(move || {
+        let mut child = child;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let out = child.wait_with_output().expect("output");
+                return (status.code(), String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                return (None, String::from_utf8_lossy(&out.stderr).into_owned());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    // Version 1 applied (the command ran and succeeded, the report reached the server).
+    let row = server.consumer_where("nginx.allowlist", "w-1", |r| r["version"] == 1).await;
+    assert_eq!(row["labels"], serde_json::json!({"region": "eu"}));
+    assert!(row["last_error"].is_null(), "{row}");
+    server.publish_text("nginx.allowlist", "10.0.0.2\n").await;
+    let (code, stderr) = waiter.await.expect("join");
+    assert_eq!(code, Some(1), "the last command failed; stderr:\n{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&seen).expect("seen"),
+        "10.0.0.1\nv1 nginx.allowlist\n10.0.0.2\nv2 nginx.allowlist\n"
+    );
+    // The failure was reported before the watch exited.
+    let row = server.consumer_where("nginx.allowlist", "w-1", |r| !r["last_error"].is_null()).await;
+    assert_eq!(row["version"], 1);
+    assert!(row["last_error"].as_str().is_some_and(|e| e.contains("exited with status 1")), "{row}");
+    let out = imprint(&server, &["consumers", "nginx.allowlist", "--lagging"]).await.ok();
+    println!("{}", out.stdout);
+    let listed = imprint(&server, &["--json", "consumers", "nginx.allowlist"]).await.ok().json();
+    assert_eq!(listed["consumers"][0]["instance"], "w-1");
+    let _ = std::fs::remove_dir_all(dir);
+}
