@@ -65,6 +65,7 @@ t0=$(secs)
 publish_peak=$(peak_during curl -fsS -o "$SCRATCH/published.json" -X POST -T "$file" \
   "http://127.0.0.1:$PORT/api/v1/topics/bench.dataset/versions" -H "authorization: Bearer $TOKEN" \
   -H 'content-type: application/octet-stream' -H "x-imprint-sha256: $sha")
+sync
 t1=$(secs)
 publish_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
 grep -q '"storage":"object"' "$SCRATCH/published.json" || { cat "$SCRATCH/published.json" >&2; exit 1; }

@@ -21,6 +21,7 @@ pub struct NodeRow {
 }
 
 /// Nodes shown per page of the node list.
+#[cfg(feature = "ssr")]
 pub const NODES_PER_PAGE: u64 = 100;
 
 /// How the newest version spread over its nodes.
@@ -130,9 +131,11 @@ pub async fn load_consumers(
 pub fn ConsumersPageView() -> impl IntoView {
     let params = use_params_map();
     let q = use_query_map();
+    let live = crate::live::live_changes(move || params.read().get("name").unwrap_or_default());
     let page = Resource::new(
         move || {
             (
+                live.get(),
                 params.read().get("name").unwrap_or_default(),
                 q.read().get("labels"),
                 q.read().get("lagging"),
@@ -140,7 +143,7 @@ pub fn ConsumersPageView() -> impl IntoView {
                 q.read().get("page").and_then(|p| p.parse::<u64>().ok()),
             )
         },
-        |(n, l, g, by, page)| load_consumers(n, l, g, by, page),
+        |(_, n, l, g, by, page)| load_consumers(n, l, g, by, page),
     );
     let v = |x: Option<u64>| x.map(|v| format!("v{v}")).unwrap_or_else(|| "—".into());
     view! {

@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod common;
 mod consumers;
+mod live;
 mod overview;
 mod rollouts;
 mod settings;
@@ -35,6 +36,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 // The upload form's progress bar (a document-level listener: it works on
                 // pages reached by client-side navigation too).
                 <script src="/upload.js" defer></script>
+                <script src="/live.js"></script>
                 <MetaTags/>
             </head>
             <body>

@@ -84,7 +84,8 @@ pub async fn load_overview() -> Result<OverviewView, ServerFnError> {
 /// The overview panel (the home page shows it above the topic list).
 #[component]
 pub fn OverviewPanel() -> impl IntoView {
-    let overview = Resource::new(|| (), |()| load_overview());
+    let live = crate::live::live_changes(|| "*".to_owned());
+    let overview = Resource::new(move || live.get(), |_| load_overview());
     view! {
         <Transition fallback=|| view! { <p class="muted">"Loading the overview…"</p> }>
             {move || Suspend::new(async move {

@@ -198,8 +198,10 @@ pub fn RolloutsPageView() -> impl IntoView {
     let params = use_params_map();
     let start = ServerAction::<StartRollout>::new();
     let act = ServerAction::<RolloutAct>::new();
+    let live = crate::live::live_changes(move || params.read().get("name").unwrap_or_default());
+    crate::live::provide_ticker();
     let page = Resource::new(
-        move || (params.read().get("name").unwrap_or_default(), start.version().get(), act.version().get()),
+        move || (params.read().get("name").unwrap_or_default(), start.version().get(), act.version().get(), live.get()),
         |(n, ..)| load_rollouts(n),
     );
     view! {
@@ -242,6 +244,7 @@ pub fn RolloutsPageView() -> impl IntoView {
 
 #[component]
 fn RolloutCard(topic: String, r: RolloutRow, act: ServerAction<RolloutAct>) -> impl IntoView {
+    let ticker = use_context::<crate::live::Ticker>();
     let active = r.state == "running" || r.state == "paused";
     let id = r.id.to_string();
     let buttons: Vec<(&'static str, &'static str, bool)> = match r.state.as_str() {
@@ -275,11 +278,15 @@ fn RolloutCard(topic: String, r: RolloutRow, act: ServerAction<RolloutAct>) -> i
                     <li class=format!("stage {}", s.state)>
                         <div class="stage-n">{format!("Stage {}", i + 1)}</div>
                         <code>{s.selector.clone()}</code>
-                        <div class="small">{match (&s.reached_at, s.due_in_s) {
-                            (Some(at), _) => format!("reached {}", short_time(at)),
-                            (None, Some(d)) => format!("due {}", countdown(d)),
-                            (None, None) if s.state == "skipped" => "skipped".to_owned(),
-                            (None, None) => "waiting".to_owned(),
+                        <div class="small due">{match (&s.reached_at, s.due_in_s) {
+                            (Some(at), _) => format!("reached {}", short_time(at)).into_any(),
+                            // Ticks down in the browser from when the data was loaded.
+                            (None, Some(d)) => {
+                                let base = ticker.map(|t| t.0.get_untracked()).unwrap_or(0);
+                                (move || format!("due {}", countdown((d - (ticker.map(|t| t.0.get()).unwrap_or(0) - base)).max(0)))).into_any()
+                            }
+                            (None, None) if s.state == "skipped" => "skipped".into_any(),
+                            (None, None) => "waiting".into_any(),
                         }}</div>
                         {(i + 1 < r.stages.len()).then(|| view! { <div class="muted small">{format!("then wait {}s", s.wait_s)}</div> })}
                         {s.gate.clone().map(|g| view! { <div class="small gate">{format!("gate: {g}")}</div> })}

@@ -643,7 +643,11 @@ async fn run(cli: Cli) -> CliResult<u8> {
             fmt::table(&["INSTANCE", "LABELS", "HOLDS", "EXPECTED", "LAGGING", "LAST SEEN", "LAST ERROR"], &rows);
             if let Some(by) = v["by_version"].as_object() {
                 let parts: Vec<String> = by.iter().map(|(k, n)| format!("v{k}: {n}")).collect();
-                println!("{} consumers ({})", fmt::cell(&v["total"]), parts.join(", "));
+                println!(
+                    "{} listed; versions held: {}",
+                    fmt::cell(&v["total"]),
+                    if parts.is_empty() { "-".into() } else { parts.join(", ") }
+                );
             }
             if let (Some(key), Some(groups)) = (&group_by, v["groups"].as_array()) {
                 println!();

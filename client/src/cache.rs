@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 const META: &str = "meta.json";
@@ -38,11 +39,23 @@ pub(crate) struct CacheMeta {
 }
 
 /// A directory of per-topic payloads. `persistent: false` is a private temporary
-/// directory (no cache configured): files land there, but nothing is read back at start.
+/// directory (no cache configured): files land there, but nothing is read back at start,
+/// and it is removed once nothing (client, poller, subscription) can refer to it.
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     root: PathBuf,
     persistent: bool,
+    scratch: Option<Arc<Scratch>>,
+}
+
+/// Removes a private temporary directory when the last holder goes.
+#[derive(Debug)]
+pub(crate) struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -62,15 +75,17 @@ fn sync_dir(dir: &Path) {
 
 impl Store {
     pub fn new(root: PathBuf, persistent: bool) -> Self {
-        Self { root, persistent }
+        let scratch = (!persistent).then(|| Arc::new(Scratch(root.clone())));
+        Self { root, persistent, scratch }
+    }
+
+    /// Keeps a private temporary directory alive (for subscriptions holding its files).
+    pub fn guard(&self) -> Option<Arc<Scratch>> {
+        self.scratch.clone()
     }
 
     pub fn persistent(&self) -> bool {
         self.persistent
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     pub fn topic_dir(&self, topic: &str) -> PathBuf {

@@ -97,7 +97,8 @@ impl ClientBuilder {
 
     /// Keep the last good payload of each topic here, and start from it when the server
     /// is unreachable. Large payloads of `subscribe_file` land here too (without a cache
-    /// directory they go to a private temporary directory, removed at shutdown).
+    /// directory they go to a private temporary directory, removed when the client and
+    /// its subscriptions are gone).
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache_dir = Some(dir.into());
         self
@@ -404,7 +405,7 @@ impl Client {
         self.inner.generation.fetch_add(1, Ordering::SeqCst);
         self.inner.wake.notify_waiters();
         let _ = tokio::time::timeout(self.inner.settings.initial_wait, shared.wait_settled()).await;
-        Ok(Subscription { shared, _keep: self.keep.clone() })
+        Ok(Subscription { shared, _keep: self.keep.clone(), _files: self.inner.store.guard() })
     }
 
     /// Applies the cached payload of the topic, if any (it may fail to apply: a new
@@ -465,8 +466,8 @@ impl Client {
 
     /// Stops the background task (an open long poll is abandoned) and waits for it, then
     /// sends the apply outcomes not reported yet (one short poll, at most 5 s). The
-    /// subscriptions keep their last value. Without a cache directory, the private
-    /// temporary directory of downloaded files is removed.
+    /// subscriptions keep their last value (and their files: without a cache directory,
+    /// the private temporary directory goes when the client and its subscriptions do).
     pub async fn shutdown(&self) {
         self.keep.stop.send_replace(true);
         let task = lock(&self.inner.task).take();
@@ -474,9 +475,6 @@ impl Client {
             let _ = task.await;
         }
         crate::poller::flush_reports(&self.inner).await;
-        if !self.inner.store.persistent() {
-            let _ = tokio::fs::remove_dir_all(self.inner.store.root()).await;
-        }
     }
 }
 

@@ -34,7 +34,9 @@
 //!   the value atomically (`arc-swap`) and wakes `changes()`; failure keeps the old value.
 //!   Either outcome is reported on the next poll (`applied`), so the server's Consumers
 //!   view and rollout health gates see it. A version that failed is not tried again
-//!   until the server offers another (a newer version, or a pin).
+//!   until the server offers another (a newer version, or a pin). While the server offers
+//!   only that version, the topic leaves the long poll (the server would answer it at
+//!   once, again and again) and is asked about on a short poll every 10 s instead.
 //! - **Start-up fallback** (as Netflix's Gutenberg does): when the newest version fails
 //!   to apply and the subscription holds nothing from the server yet, up to 3 older
 //!   versions released to this node's labels are tried, newest first.

@@ -130,6 +130,8 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                             transient = true;
                         }
                     } else if let Some(reason) = resp.missing.get(topic) {
+                        // Nothing is offered any more (not even the rejected version).
+                        slot.state().stuck = false;
                         let level_warn = reason != "no_version_in_scope";
                         if level_warn && !slot.is_settled() {
                             tracing::warn!(topic, reason, "the server has nothing for this topic");

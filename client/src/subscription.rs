@@ -274,11 +274,14 @@ impl Drop for KeepAlive {
 pub struct Subscription<T> {
     pub(crate) shared: Arc<Shared<T>>,
     pub(crate) _keep: Arc<KeepAlive>,
+    /// Without a cache directory, downloaded files live in a private temporary
+    /// directory: it stays while a subscription may hand out their paths.
+    pub(crate) _files: Option<Arc<crate::cache::Scratch>>,
 }
 
 impl<T> Clone for Subscription<T> {
     fn clone(&self) -> Self {
-        Self { shared: self.shared.clone(), _keep: self._keep.clone() }
+        Self { shared: self.shared.clone(), _keep: self._keep.clone(), _files: self._files.clone() }
     }
 }
 

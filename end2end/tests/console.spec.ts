@@ -354,6 +354,51 @@ test("the overview lists a paused rollout and a lagging topic; consumers group b
   await shot(page, "consumers-grouped");
 });
 
+test("live pages: a rollout stage and a node's new version show up without a reload", async ({ page, request }) => {
+  test.skip(test.info().project.name !== "hydrated", "live updates need JavaScript; without it the pages are right on reload");
+  const live = `live.${sfx}`;
+  expect((await request.post("/api/v1/topics", { headers: auth, data: { name: live, owner: team } })).status()).toBe(201);
+  expect((await request.post(`/api/v1/topics/${live}/versions`, { headers: auth, data: { data: "1" } })).status()).toBe(201);
+  const v2 = await request.post(`/api/v1/topics/${live}/versions`, {
+    headers: auth,
+    data: { data: "2", rollout: { stages: [{ selector: { cluster: "canary" }, wait_s: 3600 }, { selector: {}, wait_s: 0 }] } },
+  });
+  expect(v2.status(), await v2.text()).toBe(201);
+  const id = (await v2.json()).rollout.id;
+
+  await signIn(page, "admin", adminPassword);
+  await page.goto(`/topics/${live}/rollouts`);
+  await ready(page);
+  await expect(page.locator("html")).toHaveAttribute("data-live", "on");
+  await page.evaluate(() => ((window as any).__noReload = true));
+  const stage2 = page.locator(`#rollout-${id} li.stage`).nth(1);
+  // The countdown ticks in the browser.
+  const due = stage2.locator(".due");
+  await expect(due).toContainText("due in");
+  const before = await due.innerText();
+  await expect.poll(() => due.innerText(), { timeout: 5_000 }).not.toBe(before);
+  await shot(page, "rollout-live");
+  // Advanced elsewhere (the API): the open page shows the stage reached.
+  const advanced = await request.post(`/api/v1/topics/${live}/rollouts/${id}/advance`, { headers: auth });
+  expect(advanced.status(), await advanced.text()).toBe(200);
+  await expect(stage2.locator(".due")).toContainText("reached", { timeout: 10_000 });
+  expect(await page.evaluate(() => (window as any).__noReload)).toBe(true);
+
+  // The Consumers tab: a node appears, then moves to v2, while the page stays open.
+  await page.goto(`/topics/${live}/consumers`);
+  await ready(page);
+  await expect(page.locator("html")).toHaveAttribute("data-live", "on");
+  await page.evaluate(() => ((window as any).__noReload = true));
+  const poll = (held: number | null) =>
+    request.post("/api/v1/poll", { data: { consumer: { instance: "live-node", labels: { region: "eu" } }, topics: { [live]: held } } });
+  expect((await poll(1)).status()).toBe(200);
+  const row = page.locator("table.consumers tbody tr", { hasText: "live-node" });
+  await expect(row.locator("td.held")).toHaveText("v1", { timeout: 10_000 });
+  expect((await poll(2)).status()).toBe(200);
+  await expect(row.locator("td.held")).toHaveText("v2", { timeout: 10_000 });
+  expect(await page.evaluate(() => (window as any).__noReload)).toBe(true);
+});
+
 test("settings are saved, and bad settings refused", async ({ page, request }) => {
   await signIn(page, "admin", adminPassword);
   await page.goto(`/topics/${topic}/settings`);

@@ -6,6 +6,7 @@ pub mod api;
 pub mod apollo;
 pub mod error;
 pub mod extract;
+mod live;
 pub mod openapi;
 pub mod payload;
 mod upload;
@@ -238,6 +239,7 @@ pub fn full_router(
             Router::new()
                 .route("/console/upload/{topic}", axum::routing::post(upload::console_upload))
                 .route("/console/download/{topic}/{n}", axum::routing::get(upload::console_download))
+                .route("/console/events", axum::routing::get(live::console_events))
                 .with_state(imprint.clone()),
         )
         .layer(axum::middleware::from_fn(same_origin_only))

@@ -23,7 +23,7 @@ fn back_with(path: &str, key: &str, message: &str) -> Response {
 }
 
 /// The signed-in user's caller identity, if any.
-async fn session_caller(imprint: &Imprint, session: &Session) -> Option<imprint_service::Caller> {
+pub(crate) async fn session_caller(imprint: &Imprint, session: &Session) -> Option<imprint_service::Caller> {
     let id: i64 = session.get(imprint_app::ssr::USER_KEY).await.ok().flatten()?;
     imprint.user_caller(id).await.ok().flatten().map(|(_, c)| c)
 }

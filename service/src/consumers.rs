@@ -36,6 +36,9 @@ impl Imprint {
                     }
                     Err(e) => tracing::warn!(error = %e, "trimming consumers failed"),
                 }
+                if self.state().has_listeners() {
+                    self.state().announce(&self.state().names_of(&topics));
+                }
                 metrics::counter!("imprint_audit_flushed_total").increment(entries.len() as u64);
                 metrics::histogram!("imprint_audit_flush_seconds").record(started.elapsed().as_secs_f64());
                 Ok(entries.len())

@@ -53,6 +53,37 @@ async fn next_chunk(body: &mut BodyStream) -> Result<Option<Bytes>> {
     }
 }
 
+/// Chunk size of downloads from a local store.
+const FILE_CHUNK: usize = 1 << 20;
+
+/// `range` of a local file as a stream of up to `FILE_CHUNK`-byte chunks.
+async fn file_stream(
+    file: std::fs::File,
+    range: Range<u64>,
+) -> Result<BoxStream<'static, std::result::Result<Bytes, std::io::Error>>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::from_std(file);
+    file.seek(std::io::SeekFrom::Start(range.start)).await.map_err(|e| Error::ObjectStoreUnavailable(e.to_string()))?;
+    let left = range.end.saturating_sub(range.start);
+    Ok(futures::stream::try_unfold((file, left), |(mut file, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let want = (left as usize).min(FILE_CHUNK);
+        let mut buf = BytesMut::zeroed(want);
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the object file is shorter than its size",
+            ));
+        }
+        buf.truncate(n);
+        Ok(Some((buf.freeze(), (file, left - n as u64))))
+    })
+    .boxed())
+}
+
 fn cut_off(e: std::io::Error) -> Error {
     Error::invalid(format!("the request body ended before it was complete ({e}); nothing was stored"))
 }
@@ -272,7 +303,12 @@ impl Imprint {
     ) -> Result<BoxStream<'static, std::result::Result<Bytes, std::io::Error>>> {
         let options = GetOptions { range: range.map(GetRange::Bounded), ..GetOptions::default() };
         let got = self.objects().store().get_opts(&parse_key(key)?, options).await.map_err(store_error)?;
-        Ok(got.into_stream().map(|r| r.map_err(std::io::Error::other)).boxed())
+        match got.payload {
+            // A local file: read it in large chunks on tokio's file I/O (object_store's own
+            // stream reads 8 KiB at a time, a blocking task each: ~5× slower than `cp`).
+            object_store::GetResultPayload::File(file, _) => Ok(file_stream(file, got.range).await?),
+            object_store::GetResultPayload::Stream(s) => Ok(s.map(|r| r.map_err(std::io::Error::other)).boxed()),
+        }
     }
 
     /// A presigned download URL of an object (S3 with `IMPRINT_PRESIGN=true`), else None.

@@ -91,6 +91,9 @@ pub struct ServingState {
     /// (Apollo app id, namespace key) → topic name.
     apollo: RwLock<HashMap<(String, String), String>>,
     loaded_once: watch::Sender<bool>,
+    /// Every change, by topic name, for the console's live pages: serving changes
+    /// (publishes, scopes, pins, rollout stages) and consumer reports written.
+    changes: tokio::sync::broadcast::Sender<Arc<[String]>>,
 }
 
 impl Default for ServingState {
@@ -101,6 +104,7 @@ impl Default for ServingState {
             wakeups: std::sync::atomic::AtomicU64::new(0),
             apollo: RwLock::new(HashMap::new()),
             loaded_once: watch::channel(false).0,
+            changes: tokio::sync::broadcast::channel(256).0,
         }
     }
 }
@@ -151,11 +155,43 @@ impl ServingState {
         self.wakeups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Changes as they happen (topic names), for live console pages. A receiver that
+    /// falls behind gets `Lagged` and should treat it as "everything changed".
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Arc<[String]>> {
+        self.changes.subscribe()
+    }
+
+    /// Tells live console pages that these topics changed (without waking long polls:
+    /// nothing they resolve changed).
+    pub fn announce(&self, names: &[String]) {
+        if !names.is_empty() && self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(names.into());
+        }
+    }
+
+    /// Is a live console page listening?
+    pub fn has_listeners(&self) -> bool {
+        self.changes.receiver_count() > 0
+    }
+
+    /// The names of loaded topics by id (one pass over the topics).
+    pub fn names_of(&self, ids: &[i64]) -> Vec<String> {
+        let ids: std::collections::HashSet<i64> = ids.iter().copied().collect();
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|t| ids.contains(&t.id))
+            .map(|t| t.name.to_string())
+            .collect()
+    }
+
     /// Wakes the long polls waiting on these topics.
     fn wake(&self, names: &[String]) {
         if names.is_empty() {
             return;
         }
+        self.announce(names);
         let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         let mut woken = 0u64;
         for name in names {

@@ -1,0 +1,129 @@
+//! `GET /console/events?topics=a,b` (or `topics=*`): server-sent events for the console's
+//! live pages, driven by the same change notifications that wake consumers' long polls
+//! (publishes, scopes, pins, rollout stages) plus consumer reports as they are written.
+//! Each event names the changed topics; the page reloads its data. Bounded: at most
+//! `MAX_STREAMS` streams per server, each for at most `MAX_LIFETIME` (the browser's
+//! EventSource reconnects by itself), and a server that drains ends them at once.
+use crate::error::ApiError;
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use imprint_service::{Error, Imprint};
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tower_sessions::Session;
+
+pub const MAX_STREAMS: usize = 1000;
+const MAX_LIFETIME: Duration = Duration::from_secs(600);
+/// Changes within this window are sent as one event (a rollout stage is several).
+const COALESCE: Duration = Duration::from_millis(250);
+const MAX_TOPICS: usize = 50;
+
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+struct Slot;
+impl Drop for Slot {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    topics: String,
+}
+
+/// Which changes a stream forwards.
+enum Interest {
+    All,
+    Topics(BTreeSet<String>),
+}
+
+impl Interest {
+    fn pick(&self, names: &[String]) -> Vec<String> {
+        match self {
+            Interest::All => names.to_vec(),
+            Interest::Topics(t) => names.iter().filter(|n| t.contains(*n)).cloned().collect(),
+        }
+    }
+}
+
+pub async fn console_events(
+    State(imprint): State<Imprint>,
+    session: Session,
+    Query(q): Query<EventsQuery>,
+) -> Response {
+    let Some(caller) = crate::upload::session_caller(&imprint, &session).await else {
+        return ApiError(Error::Unauthorized("sign in to the console to follow changes".into())).into_response();
+    };
+    let interest = if q.topics.trim() == "*" {
+        Interest::All
+    } else {
+        let names: BTreeSet<String> =
+            q.topics.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+        if names.is_empty() || names.len() > MAX_TOPICS {
+            return ApiError::invalid(format!("topics: 1 to {MAX_TOPICS} topic names, comma-separated, or *"))
+                .into_response();
+        }
+        for name in &names {
+            let allowed = match imprint.state().get(name) {
+                None => Err(Error::TopicNotFound(name.clone())),
+                Some(t) => caller.require_read(name, &t.owner, t.restricted),
+            };
+            if let Err(e) = allowed {
+                return ApiError(e).into_response();
+            }
+        }
+        Interest::Topics(names)
+    };
+    if OPEN.fetch_add(1, Ordering::Relaxed) >= MAX_STREAMS {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+        return ApiError::with_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "too many live console pages are open on this server; the page works without live updates",
+        );
+    }
+    let slot = Arc::new(Slot);
+    let changes = imprint.state().changes();
+    let draining = imprint.draining();
+    let deadline = tokio::time::Instant::now() + MAX_LIFETIME;
+    let hello =
+        futures::stream::once(async { Ok::<_, std::convert::Infallible>(Event::default().event("ready").data("{}")) });
+    let stream = futures::stream::unfold(
+        (changes, draining, interest, slot),
+        move |(mut changes, mut draining, interest, slot)| async move {
+            loop {
+                if *draining.borrow() {
+                    return None;
+                }
+                let first = tokio::select! {
+                    r = changes.recv() => r,
+                    _ = draining.changed() => return None,
+                    _ = tokio::time::sleep_until(deadline) => return None,
+                };
+                let mut names: BTreeSet<String> = match first {
+                    Ok(n) => interest.pick(&n).into_iter().collect(),
+                    // Fell behind: everything may have changed.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => ["*".to_owned()].into(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                if names.is_empty() {
+                    continue;
+                }
+                tokio::time::sleep(COALESCE).await;
+                while let Ok(more) = changes.try_recv() {
+                    names.extend(interest.pick(&more));
+                }
+                let data = serde_json::json!({ "topics": names }).to_string();
+                return Some((Ok(Event::default().event("change").data(data)), (changes, draining, interest, slot)));
+            }
+        },
+    );
+    Sse::new(hello.chain(stream).boxed()).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+}
