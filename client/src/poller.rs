@@ -267,8 +267,7 @@ async fn handle_update(inner: &Inner, slot: &Arc<dyn Slot>, u: &Update) -> Resul
         }
         Err(Failure::Transient(e)) => Err(e),
         Err(Failure::Rejected(msg)) => {
-            let _enter = span.enter();
-            tracing::warn!(error = %msg, "version rejected; keeping the current value");
+            tracing::warn!(parent: &span, error = %msg, "version rejected; keeping the current value");
             metrics::counter!("imprint_client_apply_failures_total", "topic" => topic.to_owned()).increment(1);
             {
                 let mut st = slot.state();
@@ -277,7 +276,6 @@ async fn handle_update(inner: &Inner, slot: &Arc<dyn Slot>, u: &Update) -> Resul
                 let error: String = msg.chars().take(2000).collect();
                 st.report = Some(AppliedReport { version: u.version, ok: false, error: Some(error) });
             }
-            drop(_enter);
             if first && inner.settings.startup_fallback > 0 {
                 fallback(inner, slot, u.version).instrument(span).await;
             }
