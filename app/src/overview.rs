@@ -152,7 +152,7 @@ fn Panels(o: OverviewView) -> impl IntoView {
                 }.into_any() }}
             </div>
             <div class="card" id="overview-unread">
-                <h2>"Topics nobody reads"</h2>
+                <h2>"Not read lately"</h2>
                 {if o.unread.is_empty() { none("Every topic was polled lately.").into_any() } else { view! {
                     <p class="small">{format!("Not polled for {} days: ", o.unread_days)}
                         {o.unread.iter().map(|t| view! { <a href=format!("/topics/{t}/consumers")><code>{t.clone()}</code></a>" " }).collect_view()}
