@@ -123,6 +123,11 @@ enum Cmd {
     },
     /// Consume a topic from the shell: print each new version, or run a command.
     Watch(WatchCli),
+    /// Print a shell completion script, e.g. `imprint completions bash > /etc/bash_completion.d/imprint`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -431,7 +436,22 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Writes the completion script of `shell` to standard output (no server involved).
+fn completions(shell: clap_complete::Shell) -> CliResult<u8> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "imprint", &mut script);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(0),
+    }
+}
+
 async fn run(cli: Cli) -> CliResult<u8> {
+    if let Cmd::Completions { shell } = cli.cmd {
+        return completions(shell);
+    }
     let api = Api::new(&cli.url, cli.token.clone())?;
     let json_out = cli.json;
     match cli.cmd {
@@ -687,6 +707,7 @@ async fn run(cli: Cli) -> CliResult<u8> {
             })
             .await
         }
+        Cmd::Completions { shell } => completions(shell),
     }
 }
 
