@@ -313,8 +313,8 @@ test("a pin with an expiry stops applying by itself", async ({ page, request }) 
 });
 
 test("the overview lists a paused rollout and a lagging topic; consumers group by label", async ({ page, request }) => {
-  const rolling = `ov-rollout.${sfx}`;
-  const lag = `ov-lag.${sfx}`;
+  const rolling = `ovroll.${sfx}`;
+  const lag = `ovlag.${sfx}`;
   for (const name of [rolling, lag]) {
     const r = await request.post("/api/v1/topics", { headers: auth, data: { name, owner: team } });
     expect(r.status(), await r.text()).toBe(201);
