@@ -16,26 +16,50 @@ impl Imprint {
             self.stopping(),
         )));
         self.keep_task(tokio::spawn(self.clone().audit_loop()));
-        self.keep_task(tokio::spawn(self.clone().rollout_loop(self.config().rollout_tick_every)));
-        self.keep_task(tokio::spawn(self.clone().janitor_loop()));
-        self.keep_task(tokio::spawn(self.clone().pin_expiry_loop(self.config().rollout_tick_every)));
+        // The scheduler: a pass every tick (stages land within that much of their due time).
+        self.every(self.config().rollout_tick_every, "rollout scheduler", false, |i| async move {
+            i.tick_rollouts().await.map(|_| ())
+        });
+        // Retention and stray objects.
+        self.every(self.config().janitor_every, "janitor", true, |i| async move {
+            let p = i.janitor_pass().await?;
+            if p.purged > 0 || p.swept > 0 {
+                tracing::debug!(?p, "janitor pass");
+            }
+            Ok(())
+        });
+        // Expired pins go as their time comes, at the scheduler's pace.
+        self.every(self.config().rollout_tick_every, "pin expiry", false, |i| async move {
+            i.expire_pins().await.map(|_| ())
+        });
         Ok(())
     }
 
-    /// Removes expired pins as their time comes (at the scheduler's pace).
-    async fn pin_expiry_loop(self, every: Duration) {
-        let mut stop = self.stopping();
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
+    /// Runs `pass` every `interval` until shutdown. A failed pass is logged (as a warning
+    /// when `loud`; frequent passes log at debug, or an outage would flood the log) and the
+    /// next one tries again.
+    fn every<F, Fut>(&self, interval: Duration, what: &'static str, loud: bool, pass: F)
+    where
+        F: Fn(Imprint) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<()>> + Send,
+    {
+        let imprint = self.clone();
+        self.keep_task(tokio::spawn(async move {
+            let mut stop = imprint.stopping();
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                match pass(imprint.clone()).await {
+                    Err(e) if loud => tracing::warn!(error = %e, what, "background pass failed; the next one retries"),
+                    Err(e) => tracing::debug!(error = %e, what, "background pass failed; the next one retries"),
+                    Ok(()) => {}
+                }
             }
-            if let Err(e) = self.expire_pins().await {
-                tracing::debug!(error = %e, "pin expiry pass failed");
-            }
-        }
+        }));
     }
 
     /// Flushes the consumer audit every interval (and once more at shutdown), and

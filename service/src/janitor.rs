@@ -142,22 +142,4 @@ impl Imprint {
             })
             .collect())
     }
-
-    /// Runs the janitor every `janitor_every` until shutdown.
-    pub(crate) async fn janitor_loop(self) {
-        let mut stop = self.stopping();
-        let mut tick = tokio::time::interval(self.config().janitor_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
-            match self.janitor_pass().await {
-                Ok(p) if p.purged > 0 || p.swept > 0 => tracing::debug!(?p, "janitor pass"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "janitor pass failed; retrying next interval"),
-            }
-        }
-    }
 }

@@ -332,23 +332,6 @@ impl Imprint {
         self.refresh_topic(topic_id).await;
         Ok(effects.len())
     }
-
-    /// Runs the scheduler until shutdown: a pass every `every` (stages land within that
-    /// much of their due time).
-    pub(crate) async fn rollout_loop(self, every: std::time::Duration) {
-        let mut stop = self.stopping();
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
-            if let Err(e) = self.tick_rollouts().await {
-                tracing::debug!(error = %e, "rollout scheduler pass failed");
-            }
-        }
-    }
 }
 
 /// Health of a stage from the consumer audit: consumers matching the stage's selector
