@@ -62,7 +62,17 @@ pub(crate) fn store_error(e: object_store::Error) -> Error {
 
 impl Objects {
     fn from_parts(store: Arc<dyn ObjectStore>, base: String, prefix: Path, signer: Option<Arc<dyn Signer>>) -> Self {
-        Self { inner: Arc::new(Inner { store, base, prefix, signer, move_limit: None }) }
+        Self::with_move_limit(store, base, prefix, signer, None)
+    }
+
+    fn with_move_limit(
+        store: Arc<dyn ObjectStore>,
+        base: String,
+        prefix: Path,
+        signer: Option<Arc<dyn Signer>>,
+        move_limit: Option<u64>,
+    ) -> Self {
+        Self { inner: Arc::new(Inner { store, base, prefix, signer, move_limit }) }
     }
 
     /// A local directory (created if missing).
@@ -109,11 +119,7 @@ impl Objects {
                 }
                 let s3 = Arc::new(b.build().map_err(|e| format!("S3 store {url:?}: {e}"))?);
                 let signer: Option<Arc<dyn Signer>> = presign.then(|| s3.clone() as Arc<dyn Signer>);
-                let mut objects = Self::from_parts(s3, bucket_base(&parsed), prefix_of(&parsed), signer);
-                if let Some(inner) = Arc::get_mut(&mut objects.inner) {
-                    inner.move_limit = Some(5 << 30);
-                }
-                Ok(objects)
+                Ok(Self::with_move_limit(s3, bucket_base(&parsed), prefix_of(&parsed), signer, Some(5 << 30)))
             }
             "gs" => {
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url);

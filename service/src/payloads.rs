@@ -22,6 +22,45 @@ const PARTS_IN_FLIGHT: usize = 2;
 /// An upload not claimed by a committed version within this is swept.
 const UPLOAD_GRACE: chrono::Duration = chrono::Duration::hours(1);
 
+/// What a payload may weigh on this topic, and whether it must be kept in memory for
+/// validation (JSON Schema or Apollo binding: then at most `MAX_VALIDATED_BYTES`).
+fn limits(t: &store::topics::TopicRef) -> (u64, bool) {
+    let keep = t.json_schema.is_some() || t.apollo_namespace.is_some();
+    let max = t.max_size as u64;
+    (if keep { max.min(MAX_VALIDATED_BYTES) } else { max }, keep)
+}
+
+/// A payload as it streams by: counted against the limit, hashed, and kept when asked.
+struct Tally {
+    size: u64,
+    limit: u64,
+    hasher: Sha256,
+    content: Option<BytesMut>,
+}
+
+impl Tally {
+    fn new(limit: u64, keep: bool) -> Self {
+        Self { size: 0, limit, hasher: Sha256::new(), content: keep.then(BytesMut::new) }
+    }
+
+    fn add(&mut self, chunk: &[u8]) -> Result<()> {
+        self.size += chunk.len() as u64;
+        if self.size > self.limit {
+            return Err(Error::PayloadTooLarge { size: self.size, limit: self.limit });
+        }
+        self.hasher.update(chunk);
+        if let Some(c) = &mut self.content {
+            c.extend_from_slice(chunk);
+        }
+        Ok(())
+    }
+
+    /// (size, SHA-256 hex, the bytes when kept)
+    fn finish(self) -> (u64, String, Option<Bytes>) {
+        (self.size, hex::encode(self.hasher.finalize()), self.content.map(BytesMut::freeze))
+    }
+}
+
 /// Where a version's payload is, to send it.
 pub enum PayloadBody {
     Inline(Bytes),
@@ -109,9 +148,7 @@ impl Imprint {
         };
         // Refused before a byte is read: no rights, or announced too large.
         caller.require_write(&t.name, &t.owner)?;
-        let max = t.max_size as u64;
-        let keep = t.json_schema.is_some() || t.apollo_namespace.is_some();
-        let limit = if keep { max.min(MAX_VALIDATED_BYTES) } else { max };
+        let (limit, keep) = limits(&t);
         if let Some(n) = len.filter(|n| *n > limit) {
             return Err(Error::PayloadTooLarge { size: n, limit });
         }
@@ -152,9 +189,7 @@ impl Imprint {
     ) -> Result<(u64, String, Option<Bytes>)> {
         let upload = self.objects().store().put_multipart(key).await.map_err(store_error)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut content = keep.then(BytesMut::new);
+        let mut tally = Tally::new(limit, keep);
         let mut next = Some(first);
         let streamed: Result<()> = async {
             loop {
@@ -165,14 +200,7 @@ impl Imprint {
                         Some(c) => c,
                     },
                 };
-                size += chunk.len() as u64;
-                if size > limit {
-                    return Err(Error::PayloadTooLarge { size, limit });
-                }
-                hasher.update(&chunk);
-                if let Some(c) = &mut content {
-                    c.extend_from_slice(&chunk);
-                }
+                tally.add(&chunk)?;
                 writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(store_error)?;
                 writer.put(chunk);
             }
@@ -181,8 +209,9 @@ impl Imprint {
         match streamed {
             Ok(()) => {
                 writer.finish().await.map_err(store_error)?;
-                metrics::counter!("imprint_object_bytes_written_total").increment(size);
-                Ok((size, hex::encode(hasher.finalize()), content.map(BytesMut::freeze)))
+                let done = tally.finish();
+                metrics::counter!("imprint_object_bytes_written_total").increment(done.0);
+                Ok(done)
             }
             Err(e) => {
                 if let Err(abort) = writer.abort().await {
@@ -213,29 +242,18 @@ impl Imprint {
             e => e,
         };
         let size = self.objects().size(&key).await.map_err(missing)?;
-        let keep = t.json_schema.is_some() || t.apollo_namespace.is_some();
-        let limit = if keep { (t.max_size as u64).min(MAX_VALIDATED_BYTES) } else { t.max_size as u64 };
+        let (limit, keep) = limits(&t);
         if size > limit {
             return Err(Error::PayloadTooLarge { size, limit });
         }
         let mut stream = self.objects().store().get(&key).await.map_err(store_error).map_err(missing)?.into_stream();
-        let mut hasher = Sha256::new();
-        let mut content = keep.then(BytesMut::new);
-        let mut read = 0u64;
+        let mut tally = Tally::new(limit, keep);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(store_error)?;
-            read += chunk.len() as u64;
-            if read > limit {
-                return Err(Error::PayloadTooLarge { size: read, limit });
-            }
-            hasher.update(&chunk);
-            if let Some(c) = &mut content {
-                c.extend_from_slice(&chunk);
-            }
+            tally.add(&chunk.map_err(store_error)?)?;
         }
-        let sha256 = hex::encode(hasher.finalize());
+        let (read, sha256, content) = tally.finish();
         verify_sha256(expected, &sha256)?;
-        Ok(Received::Object { key, owned: false, size: read, sha256, content: content.map(BytesMut::freeze) })
+        Ok(Received::Object { key, owned: false, size: read, sha256, content })
     }
 
     /// Deletes an upload that will not be committed, and forgets it. Failures are left
