@@ -65,7 +65,12 @@ pub struct TopicHead {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TopicPage {
     pub head: TopicHead,
+    /// 100 versions, newest first: the newest ones, or those older than the cursor.
     pub versions: Vec<VersionRow>,
+    /// The cursor of the next (older) page, if any.
+    pub next: Option<String>,
+    /// This page is not the first one.
+    pub paged: bool,
     pub pins: Vec<PinView>,
 }
 
@@ -142,17 +147,20 @@ mod convert {
 }
 
 #[server(prefix = "/console/fn")]
-pub async fn load_topic(name: String) -> Result<TopicPage, ServerFnError> {
+pub async fn load_topic(name: String, cursor: Option<String>) -> Result<TopicPage, ServerFnError> {
     use crate::ssr::{imprint, load, require_user};
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
     let topic = load(imprint.topic(&caller, &name).await)?;
     let pins: Vec<PinView> =
         load(imprint.pins(&caller, &name, false, Some(500), None).await)?.items.into_iter().map(convert::pin).collect();
-    let versions = load(imprint.list_versions(&caller, &name, Some(100), None).await)?;
+    let cursor = cursor.filter(|c| !c.is_empty());
+    let versions = load(imprint.list_versions(&caller, &name, Some(100), cursor.as_deref()).await)?;
     Ok(TopicPage {
         head: convert::head(&topic, &caller),
         versions: versions.items.into_iter().map(|v| convert::version(v, &pins)).collect(),
+        next: versions.next,
+        paged: cursor.is_some(),
         pins,
     })
 }
@@ -267,12 +275,14 @@ pub fn TopicHeader(head: TopicHead, active: &'static str) -> impl IntoView {
 pub fn TopicPageView() -> impl IntoView {
     let params = use_params_map();
     let name = move || params.read().get("name").unwrap_or_default();
+    let query = leptos_router::hooks::use_query_map();
+    let cursor = move || query.read().get("cursor");
     let pin_action = ServerAction::<SetPin>::new();
     let unpin_action = ServerAction::<RemovePin>::new();
     let scope_action = ServerAction::<AddScope>::new();
     let page = Resource::new(
-        move || (name(), pin_action.version().get(), unpin_action.version().get(), scope_action.version().get()),
-        |(n, ..)| load_topic(n),
+        move || (name(), cursor(), pin_action.version().get(), unpin_action.version().get(), scope_action.version().get()),
+        |(n, c, ..)| load_topic(n, c),
     );
     view! {
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
@@ -291,11 +301,15 @@ pub fn TopicPageView() -> impl IntoView {
                             <div class="columns">
                                 <section class="timeline" aria-label="Versions">
                                     <h2>"Versions"</h2>
+                                    {p.paged.then(|| view! { <p class="pager"><a href=format!("/topics/{}", p.head.name) class="more">"← Newest versions"</a></p> })}
                                     {if p.versions.is_empty() {
                                         view! { <p class="empty">"Nothing published yet."</p> }.into_any()
                                     } else {
                                         view! { <ol class="versions">{p.versions.into_iter().map(move |v| view! { <VersionItem topic=t_versions.clone() v/> }).collect_view()}</ol> }.into_any()
                                     }}
+                                    {p.next.clone().map(|c| view! {
+                                        <p class="pager"><a href=format!("/topics/{}?cursor={}", p.head.name, urlencoding::encode(&c)) class="more">"Older versions →"</a></p>
+                                    })}
                                 </section>
                                 <aside class="side">
                                     <section class="card" aria-label="Active pins">
@@ -453,7 +467,7 @@ pub async fn publish_form(
 pub fn PublishPage() -> impl IntoView {
     let params = use_params_map();
     let name = move || params.read().get("name").unwrap_or_default();
-    let page = Resource::new(name, load_topic);
+    let page = Resource::new(name, |n| load_topic(n, None));
     let action = ServerAction::<PublishForm>::new();
     let (json_error, set_json_error) = signal(None::<String>);
     let (is_json, set_is_json) = signal(true);
@@ -587,7 +601,8 @@ pub async fn load_matrix(name: String, labels: Option<String>, at: Option<String
     let topic = load(imprint.topic(&caller, &name).await)?;
     let serving =
         imprint.state().get(&topic.name).ok_or_else(|| ServerFnError::new("topic not loaded yet; try again"))?;
-    let h = &serving.history;
+    let history = load(imprint.topic_history(&caller, &topic.name).await)?;
+    let h = &history;
     // Rows: every selector that matters (scopes used, active pins); columns: recent versions.
     let mut selectors: Vec<Selector> = h.scopes.iter().map(|s| s.selector.clone()).collect();
     selectors.extend(h.pins.iter().filter(|p| p.removed_at.is_none()).map(|p| p.selector.clone()));
@@ -625,7 +640,7 @@ pub async fn load_matrix(name: String, labels: Option<String>, at: Option<String
                         .ok_or_else(|| ServerFnError::new(format!("{a:?} is not a time such as 2026-11-22 03:12")))?,
                 ),
             };
-            let r = load(imprint.resolve(&caller, &topic.name, &parsed, at_time))?;
+            let r = load(imprint.resolve(&caller, &topic.name, &parsed, at_time).await)?;
             Some(Answer {
                 labels: parsed.to_string(),
                 at: at_time.map(|t| t.to_rfc3339()),

@@ -6,7 +6,9 @@
 //!
 //! Arguments: the server URL, the topic, then this node's labels (`k=v`, or `k=v,k2=v2`).
 //! `IMPRINT_TOKEN` is sent as the consumer token when set; with `IMPRINT_CACHE_DIR` the
-//! last good payload is kept on disk and used at the next start if the server is down.
+//! last good payload is kept on disk and used at the next start if the server is down; with
+//! `IMPRINT_SNAPSHOT_STORE` (the server's object store URL) a start with the server down and
+//! no cache reads the topic's snapshot there.
 //! Warnings go to standard error (`RUST_LOG=imprint_client=debug` for more). Ctrl-C stops it.
 use imprint_client::{Client, Payload};
 use std::collections::BTreeMap;
@@ -107,6 +109,9 @@ async fn run(url: &str, topic: &str, labels: BTreeMap<String, String>) -> imprin
     }
     if let Some(dir) = std::env::var_os("IMPRINT_CACHE_DIR") {
         builder = builder.cache_dir(dir);
+    }
+    if let Some(store) = std::env::var("IMPRINT_SNAPSHOT_STORE").ok().filter(|s| !s.is_empty()) {
+        builder = builder.snapshot_store(store);
     }
     let client = builder.build()?;
     eprintln!("subscribing to {topic} at {url} as {} with labels {:?}", client.instance(), client.labels());

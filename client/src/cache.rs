@@ -84,6 +84,10 @@ impl Store {
         self.scratch.clone()
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn persistent(&self) -> bool {
         self.persistent
     }

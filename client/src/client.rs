@@ -54,6 +54,7 @@ pub struct ClientBuilder {
     instance: Option<String>,
     labels: BTreeMap<String, String>,
     cache_dir: Option<PathBuf>,
+    snapshot_store: Option<String>,
     settings: Settings,
     http: Option<reqwest::Client>,
 }
@@ -66,6 +67,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("instance", &self.instance)
             .field("labels", &self.labels)
             .field("cache_dir", &self.cache_dir)
+            .field("snapshot_store", &self.snapshot_store)
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +108,17 @@ impl ClientBuilder {
 
     /// How long `subscribe_*` waits for the server's first answer before returning with
     /// the cached or default value (default 5 s). Zero returns at once.
+    /// The server's payload object store (its `IMPRINT_OBJECT_STORE`: `s3://bucket/prefix`,
+    /// `file:///dir`, `gs://…`, `az://…`; S3 credentials from the `AWS_*` variables). When
+    /// the server is unreachable and a subscription has no disk cache to start from, it
+    /// starts from the topic's snapshot there (`Source::Snapshot`): what `*` resolved to
+    /// when the server's worker last wrote it.
+    #[cfg(feature = "snapshots")]
+    pub fn snapshot_store(mut self, url: impl Into<String>) -> Self {
+        self.snapshot_store = Some(url.into());
+        self
+    }
+
     pub fn initial_wait(mut self, wait: Duration) -> Self {
         self.settings.initial_wait = wait;
         self
@@ -184,8 +197,16 @@ impl ClientBuilder {
                 false,
             ),
         };
+        #[cfg(feature = "snapshots")]
+        let snapshots = match &self.snapshot_store {
+            Some(url) => Some(crate::snapshot::Snapshots::open(url)?),
+            None => None,
+        };
         let (stop, _) = watch::channel(false);
         let inner = Arc::new(Inner {
+            #[cfg(feature = "snapshots")]
+            snapshots,
+            cache_warned: std::sync::atomic::AtomicBool::new(false),
             settings: self.settings,
             http,
             base,
@@ -223,6 +244,11 @@ pub(crate) fn valid_topic(t: &str) -> bool {
 
 pub(crate) struct Inner {
     pub settings: Settings,
+    /// Where snapshots are read when the server is unreachable.
+    #[cfg(feature = "snapshots")]
+    pub snapshots: Option<crate::snapshot::Snapshots>,
+    /// The disk cache could not be written (said once).
+    pub cache_warned: std::sync::atomic::AtomicBool,
     pub http: reqwest::Client,
     /// The server URL without a trailing slash; API paths are appended to it.
     pub base: String,
@@ -307,6 +333,7 @@ impl Client {
             instance: None,
             labels: BTreeMap::new(),
             cache_dir: None,
+            snapshot_store: None,
             settings: Settings::default(),
             http: None,
         }

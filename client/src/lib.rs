@@ -53,11 +53,12 @@
 //!   `tracing` spans: `imprint_client.poll`, `imprint_client.apply`.
 //! - **Shutdown**: [`Client::shutdown`], or drop the client and every subscription.
 //!
-//! ## TODO: object-store snapshots
-//! Gutenberg also starts nodes from a snapshot in object storage when both the server and
-//! the local cache fail. Not implemented: [`Source::Snapshot`] is reserved for it. The
-//! plan: an optional `snapshot_url` (an `s3://…/topics/<topic>/` prefix the server's
-//! janitor would keep current), read after the cache and before the default.
+//! - **Object-store snapshots** (`snapshot_store`, feature `snapshots`, on by default):
+//!   the server's worker keeps `snapshots/<topic>.json` in its payload store — what `*`
+//!   resolves to, with the payload inline or as the key of its object. When the server is
+//!   unreachable (network errors, 5xx) and a subscription has no cached value, it starts
+//!   from that snapshot (verified against its SHA-256; `Source::Snapshot`); the first
+//!   poll that gets through confirms the version or replaces it with the node's own.
 #![forbid(unsafe_code)]
 
 mod cache;
@@ -65,6 +66,8 @@ mod client;
 mod error;
 mod fetch;
 mod poller;
+#[cfg(feature = "snapshots")]
+mod snapshot;
 mod subscription;
 mod wire;
 

@@ -165,6 +165,20 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 }
             }
             Err(e) => {
+                // The server is unreachable: subscriptions with nothing to start from
+                // (no cache) read their object-store snapshot, once.
+                #[cfg(feature = "snapshots")]
+                if let (true, Some(snapshots)) = (e.is_transient(), &inner.snapshots) {
+                    for slot in &asked {
+                        let first = {
+                            let mut st = slot.state();
+                            !std::mem::replace(&mut st.snapshot_tried, true)
+                        };
+                        if first && slot.source() == Source::Default {
+                            crate::snapshot::start_from_snapshot(&inner, snapshots, slot).await;
+                        }
+                    }
+                }
                 for slot in &asked {
                     slot.settle();
                 }
@@ -339,8 +353,20 @@ async fn list_versions(inner: &Inner, topic: &str) -> Result<VersionList> {
 
 /// Fetch, verify, apply (off the async threads) and, on success, cache.
 async fn deliver(inner: &Inner, slot: &Arc<dyn Slot>, u: &Update) -> Result<(), Failure> {
+    let fetched = fetch(inner, slot.topic(), u, slot.kind()).await?;
+    apply_fetched(inner, slot, u, fetched, Source::Server).await
+}
+
+/// Runs the subscription's apply function on a fetched (and verified) payload; on
+/// success the value is swapped in and the payload saved to the disk cache.
+pub(crate) async fn apply_fetched(
+    inner: &Inner,
+    slot: &Arc<dyn Slot>,
+    u: &Update,
+    fetched: Fetched,
+    source: Source,
+) -> Result<(), Failure> {
     let topic = slot.topic().to_owned();
-    let fetched = fetch(inner, &topic, u, slot.kind()).await?;
     let file = match &fetched {
         Fetched::File(p) => Some(p.clone()),
         Fetched::Memory(_) => None,
@@ -359,7 +385,7 @@ async fn deliver(inner: &Inner, slot: &Arc<dyn Slot>, u: &Update) -> Result<(), 
             content_type: &update.content_type,
             metadata: &update.metadata,
             pinned: update.pinned,
-            source: Source::Server,
+            source,
             data,
         };
         applying.try_apply(&payload).map(|()| fetched)
@@ -387,7 +413,7 @@ async fn deliver(inner: &Inner, slot: &Arc<dyn Slot>, u: &Update) -> Result<(), 
     };
     metrics::gauge!("imprint_client_version", "topic" => topic.clone()).set(u.version as f64);
     metrics::counter!("imprint_client_updates_applied_total", "topic" => topic.clone()).increment(1);
-    tracing::info!(topic, version = u.version, "applied");
+    tracing::info!(topic, version = u.version, ?source, "applied");
     save(inner, &topic, u, fetched).await;
     Ok(())
 }
@@ -429,10 +455,16 @@ async fn save(inner: &Inner, topic: &str, u: &Update, fetched: Fetched) {
         })
     })
     .await;
-    match saved {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the disk cache"),
-        Err(e) => tracing::warn!(error = %e, "cannot write the disk cache"),
+    let failed = match saved {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    // Said once (at warn level): the client goes on without its cache.
+    if !inner.cache_warned.swap(true, Ordering::Relaxed) {
+        tracing::warn!(error = %failed, dir = %inner.store.root().display(), "cannot write the disk cache; going on without it (a restart while the server is unreachable will start from the default)");
+    } else {
+        tracing::debug!(error = %failed, "cannot write the disk cache");
     }
 }
 

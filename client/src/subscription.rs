@@ -18,7 +18,9 @@ pub enum Source {
     /// The disk cache (`cache_dir`): the last version that applied in an earlier run.
     /// Becomes `Server` once a poll confirms that version is still the right one.
     Cache,
-    /// An object-store snapshot. Not implemented yet (see the crate docs); never seen.
+    /// An object-store snapshot (`ClientBuilder::snapshot_store`), read because the
+    /// server was unreachable and there was no disk cache. Becomes `Server` once a poll
+    /// confirms that version.
     Snapshot,
     /// Delivered (or confirmed) by the server.
     Server,
@@ -149,6 +151,9 @@ pub(crate) struct SlotState {
     pub report: Option<AppliedReport>,
     /// Filled in by `subscribe_*` (cache read); the poller ignores the slot until then.
     pub ready: bool,
+    /// The object-store snapshot was looked at (once per subscription).
+    #[cfg_attr(not(feature = "snapshots"), allow(dead_code))]
+    pub snapshot_tried: bool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

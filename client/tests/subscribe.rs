@@ -1,12 +1,14 @@
 //! The client against a real server (in-process, fresh database per test): values,
 //! long-poll propagation, failed applies and their reports, the start-up fallback, the
-//! disk cache with the server down, checksum mismatches and large payloads as files.
+//! disk cache with the server down, the object-store snapshot with the server down and
+//! no cache, checksum mismatches and large payloads as files.
 mod support;
 
 use imprint_client::{Client, Error, Source};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -215,6 +217,99 @@ async fn starts_from_the_disk_cache_when_the_server_is_unreachable(pool: sqlx::P
     let _ = std::fs::remove_dir_all(cache);
 }
 
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn with_the_server_down_and_no_cache_starts_from_the_object_store_snapshot(pool: sqlx::PgPool) {
+    let store_dir = scratch_dir("snapshot-store");
+    let objects = imprint_service::objects::Objects::local(&store_dir).expect("local store");
+    // The worker's snapshot loop is slowed down: the test runs the passes itself.
+    let config = imprint_service::Config {
+        objects,
+        snapshot_every: Duration::from_secs(3600),
+        ..imprint_service::Config::default()
+    };
+    let server = spawn_server_with(pool, config).await;
+    server.create_topic(json!({"name": "payments.methods"})).await;
+    server.create_topic(json!({"name": "ml.model", "inline_limit_bytes": 4096})).await;
+    server.create_topic(json!({"name": "canary.only"})).await;
+    server.create_topic(json!({"name": "never.published"})).await;
+    server.publish_text("payments.methods", r#"{"v": 7}"#).await;
+    // A canary: `*` still resolves to v1, so the snapshot names v1.
+    server.publish("payments.methods", json!({"data": r#"{"v": 8}"#, "scopes": [{"region": "eu"}]})).await;
+    let model = bytes_of(200_000, 3);
+    server.publish_raw("ml.model", model.clone()).await;
+    server.publish("canary.only", json!({"data": "x", "scopes": [{"region": "eu"}]})).await;
+
+    let pass = server.imprint.snapshot_pass().await.expect("snapshot pass");
+    assert_eq!((pass.written, pass.removed), (2, 0), "{pass:?}");
+    let manifest = |topic: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(store_dir.join(format!("snapshots/{topic}.json"))).expect("manifest"))
+            .expect("json")
+    };
+    let m = manifest("payments.methods");
+    assert_eq!(m["version"], 1);
+    assert!(m["data_base64"].is_string() && m["object"].is_null(), "{m}");
+    let m = manifest("ml.model");
+    assert!(m["object"].as_str().expect("object key").starts_with("topics/ml.model/1/"), "{m}");
+    assert!(!store_dir.join("snapshots/canary.only.json").exists(), "`*` resolves to nothing: no manifest");
+    // Nothing changed: nothing is rewritten.
+    assert_eq!(server.imprint.snapshot_pass().await.expect("pass").written, 0);
+
+    // The server is unreachable and there is no cache: both start from the snapshot.
+    let down = closed_port_url().await;
+    let store_url = format!("file://{}", store_dir.display());
+    let c = client(&down, "i-10").snapshot_store(&store_url).build().expect("client");
+    let m = c.subscribe_json::<Methods>("payments.methods", Methods::default()).await.expect("subscribe");
+    let f = c.subscribe_file("ml.model").await.expect("subscribe file");
+    let none = c.subscribe_bytes("canary.only").await.expect("subscribe");
+    assert_eq!((m.get().v, m.version(), m.source()), (7, Some(1), Source::Snapshot));
+    assert_eq!(f.source(), Source::Snapshot);
+    assert_eq!(std::fs::read(f.get().as_ref().as_ref().expect("a file")).expect("read"), model);
+    assert_eq!(none.source(), Source::Default);
+    c.shutdown().await;
+
+    // A tampered snapshot (payload changed, checksum not) is refused: the default stays.
+    let path = store_dir.join("snapshots/payments.methods.json");
+    let mut m = manifest("payments.methods");
+    m["data_base64"] = json!(base64_of(br#"{"v": 666}"#));
+    std::fs::write(&path, serde_json::to_vec(&m).expect("json")).expect("tamper");
+    let c = client(&down, "i-11").snapshot_store(&store_url).build().expect("client");
+    let m = c.subscribe_json::<Methods>("payments.methods", Methods { v: 1, card: false }).await.expect("subscribe");
+    assert_eq!((m.get().v, m.source()), (1, Source::Default));
+    c.shutdown().await;
+
+    // A pin of `*` moves the snapshot; the next pass rewrites just that manifest (and
+    // puts the tampered one right).
+    let r = server
+        .admin(Method::PUT, "/api/v1/topics/payments.methods/pins")
+        .json(&json!({"selector": {}, "version": 2, "reason": "everyone gets v2"}))
+        .send()
+        .await
+        .expect("pin");
+    assert!(r.status().is_success(), "pin: {}", r.status());
+    eventually_state(&server, "payments.methods", 2).await;
+    let pass = server.imprint.snapshot_pass().await.expect("pass");
+    assert_eq!(pass.written, 1, "{pass:?}");
+    assert_eq!(manifest("payments.methods")["version"], 2);
+    // With the server reachable the snapshot is not read: the server's answer is.
+    let c = client(&server.url, "i-12").snapshot_store(&store_url).build().expect("client");
+    let m = c.subscribe_json::<Methods>("payments.methods", Methods::default()).await.expect("subscribe");
+    assert_eq!((m.get().v, m.source()), (8, Source::Server));
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(store_dir);
+}
+
+fn base64_of(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Waits until the server's serving state resolves `*` of `topic` to `version`.
+async fn eventually_state(server: &TestServer, topic: &str, version: u64) {
+    let state = server.imprint.state();
+    let resolved = || state.get(topic).and_then(|t| t.index.resolve(&Default::default())).map(|r| r.version);
+    eventually(Duration::from_secs(10), "the serving state", || resolved() == Some(version)).await;
+}
+
 #[tokio::test]
 async fn a_server_that_never_answers_does_not_block_subscribe() {
     // Accepts connections, never answers.
@@ -283,4 +378,129 @@ async fn a_large_payload_is_streamed_to_a_file_and_a_corrupt_one_is_rejected(poo
     assert!(leftovers.is_empty(), "no partial or rejected file left: {leftovers:?}");
     c.shutdown().await;
     let _ = std::fs::remove_dir_all(cache);
+}
+
+/// A proxy in front of the server that breaks off the first download of each payload
+/// after `cut` bytes (as a server that goes away mid-transfer), and passes everything
+/// else through. Returns its URL and the `Range` headers of the downloads it saw.
+async fn flaky_proxy(upstream: String, cut: usize) -> (String, Arc<Mutex<Vec<Option<String>>>>) {
+    use axum::body::Body;
+    use axum::extract::Request;
+    use futures::StreamExt;
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let log = seen.clone();
+    let http = reqwest::Client::new();
+    let handler = move |req: Request| {
+        let (http, upstream, log) = (http.clone(), upstream.clone(), log.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.expect("body");
+            let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+            let mut out = http.request(parts.method.clone(), format!("{upstream}{path}")).body(body);
+            for (k, v) in &parts.headers {
+                if k != "host" {
+                    out = out.header(k, v);
+                }
+            }
+            let resp = out.send().await.expect("upstream");
+            let mut builder = axum::http::Response::builder().status(resp.status().as_u16());
+            for (k, v) in resp.headers() {
+                builder = builder.header(k.as_str(), v.as_bytes());
+            }
+            let download = path.contains("/data");
+            let first = download && {
+                let mut l = log.lock().expect("log");
+                l.push(parts.headers.get("range").and_then(|v| v.to_str().ok()).map(str::to_owned));
+                l.len() == 1
+            };
+            let mut sent = 0usize;
+            let stream = resp.bytes_stream().map(move |chunk| {
+                let chunk = chunk.map_err(std::io::Error::other)?;
+                if first && sent + chunk.len() > cut {
+                    return Err(std::io::Error::other("the server went away"));
+                }
+                sent += chunk.len();
+                Ok(chunk)
+            });
+            builder.body(Body::from_stream(stream)).expect("response")
+        }
+    };
+    let app = axum::Router::new().fallback(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("proxy") });
+    (url, seen)
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_server_that_goes_away_mid_download_is_resumed_and_no_partial_file_is_used(pool: sqlx::PgPool) {
+    let server = spawn_server(pool).await;
+    server.create_topic(json!({"name": "ml.model", "inline_limit_bytes": 4096})).await;
+    let model = bytes_of(2 << 20, 9);
+    server.publish_raw("ml.model", model.clone()).await;
+    let (proxy, downloads) = flaky_proxy(server.url.clone(), 300_000).await;
+    let cache = scratch_dir("flaky");
+
+    let c = client(&proxy, "i-20").cache_dir(&cache).build().expect("client");
+    let f = c.subscribe_file("ml.model").await.expect("subscribe");
+    eventually(Duration::from_secs(10), "the model", || f.version() == Some(1)).await;
+    assert_eq!(std::fs::read(f.get().as_ref().as_ref().expect("a file")).expect("read"), model);
+    let seen = downloads.lock().expect("log").clone();
+    assert!(seen.len() >= 2, "the broken download was retried: {seen:?}");
+    assert_eq!(seen[0], None, "the first download asked for everything");
+    assert!(seen[1].as_deref().is_some_and(|r| r.starts_with("bytes=") && r != "bytes=0-"), "resumed: {seen:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(cache.join("ml.model"))
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "no partial file left: {leftovers:?}");
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+/// Log lines written while a test runs (the test's thread-local subscriber).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn an_unwritable_cache_directory_is_reported_once_and_the_client_still_works(pool: sqlx::PgPool) {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = spawn_server(pool).await;
+    server.create_topic(json!({"name": "payments.methods"})).await;
+    server.publish_text("payments.methods", r#"{"v": 1}"#).await;
+    // A regular file where the cache directory should be: nothing can be created in it
+    // (file permissions would not stop root, which the tests may run as).
+    let not_a_dir = scratch_dir("unwritable").join("cache");
+    std::fs::write(&not_a_dir, b"a file").expect("file");
+
+    let c = client(&server.url, "i-21").cache_dir(&not_a_dir).build().expect("client");
+    let m = c.subscribe_json::<Methods>("payments.methods", Methods::default()).await.expect("subscribe");
+    assert_eq!((m.get().v, m.source()), (1, Source::Server));
+    for v in 2..=3 {
+        server.publish_text("payments.methods", &format!(r#"{{"v": {v}}}"#)).await;
+        eventually(Duration::from_secs(5), "the next version", || m.get().v == v).await;
+    }
+    c.shutdown().await;
+    let text = String::from_utf8(logs.0.lock().expect("log").clone()).expect("utf-8");
+    let warnings = text.lines().filter(|l| l.contains("cannot write the disk cache")).count();
+    assert_eq!(warnings, 1, "said once, not per version:\n{text}");
 }

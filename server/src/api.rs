@@ -540,7 +540,7 @@ pub async fn resolve(
 ) -> ApiResult<Json<Resolved>> {
     let labels = parse_labels(&q.labels)?;
     let at = q.at.as_deref().map(parse_time).transpose()?;
-    let r = imprint.resolve(&caller, topic.as_str(), &labels, at)?;
+    let r = imprint.resolve(&caller, topic.as_str(), &labels, at).await?;
     Ok(Json(Resolved {
         topic: topic.to_string(),
         version: r.map(|r| r.version),

@@ -47,14 +47,59 @@ async fn track(req: Request, next: Next) -> Response {
 }
 
 /// The API and operations endpoints (no console): what consumers, publishers and
-/// monitoring talk to.
+/// monitoring talk to. Calls outside this process's roles are refused (`role_gate`).
 pub fn api_router(imprint: Imprint) -> Router {
     metrics_handle();
     Router::new()
         .merge(api::routes())
         .merge(apollo::routes())
         .route_layer(axum::middleware::from_fn(track))
+        .layer(axum::middleware::from_fn_with_state(imprint.clone(), role_gate))
         .with_state(imprint)
+}
+
+/// Which role answers a request: `None` for the operations endpoints every process
+/// answers (health, readiness, metrics, the OpenAPI document).
+fn role_of(method: &axum::http::Method, path: &str) -> Option<&'static str> {
+    use axum::http::Method;
+    const EVERYWHERE: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"];
+    if EVERYWHERE.contains(&path) {
+        return None;
+    }
+    if path.starts_with("/apollo/") || path == "/api/v1/poll" {
+        return Some("api");
+    }
+    if path.starts_with("/api/") {
+        // Reads (GET/HEAD) are answered by both; everything else is publishing.
+        return Some(if *method == Method::GET || *method == Method::HEAD { "read" } else { "publish" });
+    }
+    Some("console")
+}
+
+/// Refuses what this process's roles do not serve, with a message naming the role that does.
+async fn role_gate(axum::extract::State(imprint): axum::extract::State<Imprint>, req: Request, next: Next) -> Response {
+    let roles = imprint.config().roles;
+    let served = match role_of(req.method(), req.uri().path()) {
+        None => true,
+        Some("api") => roles.api,
+        Some("read") => roles.api || roles.publish,
+        Some("publish") => roles.publish,
+        Some(_) => roles.console,
+    };
+    if served {
+        return next.run(req).await;
+    }
+    let needed = match role_of(req.method(), req.uri().path()) {
+        Some("read") => "api or publish",
+        Some(r) => r,
+        None => "any",
+    };
+    metrics::counter!("imprint_role_refused_total").increment(1);
+    crate::error::ApiError::with_code(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("this server runs the roles {roles}; {} {} is served by servers with the {needed} role", req.method(), req.uri().path()),
+    )
 }
 
 /// Refuses cross-site requests to the console's server functions (CSRF): the browser
@@ -226,6 +271,17 @@ pub fn full_router(
     use leptos::prelude::provide_context;
     use leptos_axum::{generate_route_list, LeptosRoutes};
 
+    if !imprint.config().roles.console {
+        return api_router(imprint)
+            .fallback(|| async {
+                crate::error::ApiError::with_code(
+                    axum::http::StatusCode::NOT_FOUND,
+                    "not_found",
+                    "this server does not serve the console (IMPRINT_ROLES has no `console`)",
+                )
+            })
+            .layer(axum::middleware::from_fn_with_state(trusted, client_ip));
+    }
     let routes = generate_route_list(App);
     let ctx = imprint.clone();
     let console = Router::new()

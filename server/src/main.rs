@@ -31,6 +31,11 @@ enum Command {
 
 #[derive(clap::Args, Default)]
 struct ServeArgs {
+    /// What this process does, comma-separated: `api` (polls, reads, downloads, /apollo),
+    /// `publish` (every other API call), `console`, `worker` (rollout scheduler, janitor,
+    /// pin expiry, snapshots; once across replicas). See README "Running several servers".
+    #[arg(long, env = "IMPRINT_ROLES", default_value = "api,publish,console,worker")]
+    roles: Option<String>,
     /// Where the console and the APIs listen.
     #[arg(long, env = "IMPRINT_ADDR", default_value = "127.0.0.1:3000")]
     addr: Option<SocketAddr>,
@@ -48,6 +53,13 @@ struct ServeArgs {
     /// Seconds between janitor passes (retention, stray objects).
     #[arg(long, env = "IMPRINT_JANITOR_SECS", default_value_t = 60)]
     janitor_secs: u64,
+    /// Seconds between passes that bring the object-store snapshot manifests
+    /// (`snapshots/<topic>.json`) up to date.
+    #[arg(long, env = "IMPRINT_SNAPSHOT_SECS", default_value_t = 10)]
+    snapshot_secs: u64,
+    /// Milliseconds between rollout scheduler (and pin expiry) passes.
+    #[arg(long, env = "IMPRINT_ROLLOUT_TICK_MS", default_value_t = 500)]
+    rollout_tick_ms: u64,
     /// An admin API token with exactly this value exists while set.
     #[arg(long, env = "IMPRINT_BOOTSTRAP_TOKEN", hide_env_values = true)]
     bootstrap_token: Option<String>,
@@ -215,6 +227,8 @@ impl ServeArgs {
 
 async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
     let addr = args.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)));
+    let roles = imprint_service::Roles::parse(args.roles.as_deref().unwrap_or("all"))
+        .map_err(|e| format!("IMPRINT_ROLES: {e}"))?;
     let objects = match &args.object_store {
         Some(url) => imprint_service::objects::Objects::open(url, &[], args.presign),
         None if args.presign => Err("IMPRINT_PRESIGN needs an S3 object store (IMPRINT_OBJECT_STORE=s3://…)".into()),
@@ -231,6 +245,9 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
     let max_long_polls = args.max_long_polls.unwrap_or_else(|| long_poll_cap(raise_open_file_limit()));
     tracing::info!(max_long_polls, poll_auth = ?args.poll_auth, "consumer limits");
     let config = Config {
+        roles,
+        snapshot_every: Duration::from_secs(args.snapshot_secs.max(1)),
+        rollout_tick_every: Duration::from_millis(args.rollout_tick_ms.clamp(50, 60_000)),
         full_reload_every: Duration::from_secs(args.full_reload_secs.max(1)),
         consumer_expiry: Duration::from_secs(args.consumer_expiry_hours.max(1) * 3600),
         audit_enabled: args.audit,
@@ -274,7 +291,7 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
     leptos_options.site_addr = addr;
     let app = imprint_server::full_router(imprint.clone(), leptos_options, sessions, trusted);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    tracing::info!("Imprint listening on http://{addr}");
+    tracing::info!(%roles, "Imprint listening on http://{addr}");
     let stopper = imprint.clone();
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::serving::ServingTopic;
 use imprint_domain::apollo::{configurations, strip_properties};
-use imprint_domain::{Labels, TopicHistory};
+use imprint_domain::Labels;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,10 +65,6 @@ pub struct ApolloNotification {
     pub key: String,
 }
 
-fn has_release(h: &TopicHistory) -> bool {
-    h.versions.values().any(|v| v.purged_at.is_none())
-}
-
 impl Imprint {
     /// The secrets of an app's bindings (its requests must be signed with one when any).
     pub fn apollo_secrets(&self, app_id: &str) -> Vec<String> {
@@ -122,7 +118,7 @@ impl Imprint {
             first_seen: now,
             last_seen: now,
             applied: None,
-            published_at: t.history.versions.get(&version).map(|v| v.created_at),
+            published_at: t.served.get(&version).map(|v| v.created_at),
             principal: client.signed.then(|| Arc::from(format!("apollo:{}", client.app_id))),
         };
         self.audit().record(&format!("apollo:{ip}"), [(t.id, obs)]);
@@ -149,7 +145,7 @@ impl Imprint {
             let mut out = Vec::new();
             for (ns, id) in known {
                 let Ok(t) = self.apollo_topic(client, ns) else { continue };
-                if t.change_seq > *id && has_release(&t.history) {
+                if t.change_seq > *id && t.has_live {
                     let namespace = strip_properties(ns).to_owned();
                     let key = format!("{}+{}+{}", client.app_id, client.cluster, namespace);
                     out.push(ApolloNotification { namespace, id: t.change_seq, key });

@@ -6,7 +6,8 @@ use crate::serving;
 use std::time::Duration;
 
 impl Imprint {
-    /// Loads the serving state once and starts following changes in the background.
+    /// Loads the serving state once and starts following changes in the background,
+    /// plus the background work of this process's roles (`Config::roles`).
     pub async fn start_background(&self) -> Result<()> {
         self.state().reload(self.pool(), None).await?;
         self.keep_task(tokio::spawn(serving::follow_changes(
@@ -15,22 +16,43 @@ impl Imprint {
             self.config().full_reload_every,
             self.stopping(),
         )));
+        // The audit buffer holds what this process's polls saw: every process flushes its
+        // own (only `api` processes answer polls, so the others flush nothing).
         self.keep_task(tokio::spawn(self.clone().audit_loop()));
+        if !self.config().roles.worker {
+            return Ok(());
+        }
+        // The worker's passes run in the one worker that holds the leader lock (a
+        // session advisory lock on a connection of its own); the others stand by and
+        // take over within a second or two when it goes.
+        self.keep_task(tokio::spawn(self.clone().hold_leadership()));
         // The scheduler: a pass every tick (stages land within that much of their due time).
-        self.every(self.config().rollout_tick_every, "rollout scheduler", false, |i| async move {
+        self.every(self.config().rollout_tick_every, "rollout scheduler", false, true, |i| async move {
             i.tick_rollouts().await.map(|_| ())
         });
         // Retention and stray objects.
-        self.every(self.config().janitor_every, "janitor", true, |i| async move {
+        self.every(self.config().janitor_every, "janitor", true, true, |i| async move {
             let p = i.janitor_pass().await?;
             if p.purged > 0 || p.swept > 0 {
                 tracing::debug!(?p, "janitor pass");
             }
             Ok(())
         });
+        // The object-store snapshot manifests (clients' last resort at start-up).
+        self.every(self.config().snapshot_every, "snapshots", true, true, |i| async move {
+            let p = i.snapshot_pass().await?;
+            if p.written + p.removed > 0 {
+                tracing::debug!(?p, "snapshot pass");
+            }
+            Ok(())
+        });
         // Expired pins go as their time comes, at the scheduler's pace.
-        self.every(self.config().rollout_tick_every, "pin expiry", false, |i| async move {
+        self.every(self.config().rollout_tick_every, "pin expiry", false, true, |i| async move {
             i.expire_pins().await.map(|_| ())
+        });
+        // Consumers not seen for a long time are forgotten; lag gauges.
+        self.every(Duration::from_secs(30), "consumer upkeep", true, true, |i| async move {
+            i.consumer_upkeep().await
         });
         Ok(())
     }
@@ -38,7 +60,7 @@ impl Imprint {
     /// Runs `pass` every `interval` until shutdown. A failed pass is logged (as a warning
     /// when `loud`; frequent passes log at debug, or an outage would flood the log) and the
     /// next one tries again.
-    fn every<F, Fut>(&self, interval: Duration, what: &'static str, loud: bool, pass: F)
+    fn every<F, Fut>(&self, interval: Duration, what: &'static str, loud: bool, leader_only: bool, pass: F)
     where
         F: Fn(Imprint) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<()>> + Send,
@@ -53,6 +75,9 @@ impl Imprint {
                     _ = tick.tick() => {}
                     _ = stop.changed() => return,
                 }
+                if leader_only && !imprint.is_leader() {
+                    continue;
+                }
                 match pass(imprint.clone()).await {
                     Err(e) if loud => tracing::warn!(error = %e, what, "background pass failed; the next one retries"),
                     Err(e) => tracing::debug!(error = %e, what, "background pass failed; the next one retries"),
@@ -62,14 +87,83 @@ impl Imprint {
         }));
     }
 
-    /// Flushes the consumer audit every interval (and once more at shutdown), and
-    /// expires consumers not seen for a long time.
+    /// Is this process the worker that runs the background passes now?
+    pub fn is_leader(&self) -> bool {
+        *self.inner.leader.borrow()
+    }
+
+    /// Takes the worker leader lock when it is free and holds it while the connection
+    /// lives (checked every few seconds); when the connection breaks, leadership ends here
+    /// and Postgres frees the lock for another worker (also when this process dies).
+    async fn hold_leadership(self) {
+        use sqlx::Connection;
+        let mut stop = self.stopping();
+        let options = self.pool().connect_options().as_ref().clone();
+        loop {
+            let attempt = async {
+                let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+                loop {
+                    if crate::store::try_session_lock(&mut conn, LEADER_LOCK).await? {
+                        tracing::info!("this worker leads: it runs the scheduler, janitor, pin expiry and snapshots");
+                        metrics::gauge!("imprint_worker_leader").set(1.0);
+                        self.inner.leader.send_replace(true);
+                        loop {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            conn.ping().await?;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), crate::Error>(())
+            };
+            let outcome = tokio::select! {
+                r = attempt => r,
+                _ = stop.changed() => {
+                    self.inner.leader.send_replace(false);
+                    return;
+                }
+            };
+            if self.inner.leader.send_replace(false) {
+                metrics::gauge!("imprint_worker_leader").set(0.0);
+                tracing::warn!(error = ?outcome.err().map(|e| e.to_string()), "lost the worker leader lock; trying to take it again");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Forgets consumers not seen for `consumer_expiry` (every 10 minutes) and updates
+    /// the lag gauges.
+    async fn consumer_upkeep(&self) -> Result<()> {
+        if let Err(e) = self.update_lag_gauges().await {
+            tracing::debug!(error = %e, "lag gauges not updated");
+        }
+        let due = {
+            let mut last = self.inner.last_consumer_expiry.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|t: tokio::time::Instant| t.elapsed() > Duration::from_secs(600));
+            if due {
+                *last = Some(tokio::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            let expiry = chrono::Duration::from_std(self.config().consumer_expiry).unwrap_or(chrono::Duration::days(7));
+            let n = self.expire_consumers(expiry).await?;
+            if n > 0 {
+                tracing::info!(expired = n, "expired consumers not seen recently");
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the consumer audit every interval (and once more at shutdown).
     async fn audit_loop(self) {
         let mut stop = self.stopping();
         let mut tick = tokio::time::interval(self.config().audit_flush_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_expiry = tokio::time::Instant::now();
-        let mut last_lag = tokio::time::Instant::now();
         loop {
             let stopping = tokio::select! {
                 _ = tick.tick() => false,
@@ -82,22 +176,9 @@ impl Imprint {
             if stopping {
                 return;
             }
-            if last_lag.elapsed() > Duration::from_secs(30) {
-                last_lag = tokio::time::Instant::now();
-                if let Err(e) = self.update_lag_gauges().await {
-                    tracing::debug!(error = %e, "lag gauges not updated");
-                }
-            }
-            if last_expiry.elapsed() > Duration::from_secs(600) {
-                last_expiry = tokio::time::Instant::now();
-                let expiry =
-                    chrono::Duration::from_std(self.config().consumer_expiry).unwrap_or(chrono::Duration::days(7));
-                match self.expire_consumers(expiry).await {
-                    Ok(n) if n > 0 => tracing::info!(expired = n, "expired consumers not seen recently"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "expiring consumers failed"),
-                }
-            }
         }
     }
 }
+
+/// The advisory lock the leading worker holds ("imprlead").
+const LEADER_LOCK: i64 = 0x696d_7072_6c65_6164;

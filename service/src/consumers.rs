@@ -95,6 +95,8 @@ impl Imprint {
         let t = self.readable_topic(caller, topic).await?;
         let rows = store::consumers::list(self.pool(), t.id, filter.labels.as_ref().map(Selector::to_json)).await?;
         let serving = self.state().get(&t.name);
+        // "Lagging" looks a grace period back: the topic's history, read once.
+        let history = self.history_of(&mut *self.pool().acquire().await?, t.id).await?;
         let now = self.now();
         let grace_ago = now - Duration::from_std(self.config().lag_grace).unwrap_or(Duration::seconds(60));
         let mut by_version = BTreeMap::new();
@@ -110,8 +112,7 @@ impl Imprint {
             // (the expected version was already what it resolved to a grace period ago).
             let lagging = version != expected
                 && expected.is_some()
-                && serving.as_ref().and_then(|s| s.history.resolve_at(&labels, grace_ago)).map(|r| r.version)
-                    == expected;
+                && history.resolve_at(&labels, grace_ago).map(|r| r.version) == expected;
             let held = version.map_or_else(|| "none".to_owned(), |v| v.to_string());
             *by_version.entry(held.clone()).or_insert(0) += 1;
             if filter.version.is_some_and(|v| version != Some(v)) || (filter.lagging_only && !lagging) {

@@ -125,6 +125,7 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         "topics_max_size_bytes_check" => invalid("max_size_bytes must be at least 1"),
         "versions_object_key" => invalid("an object payload has an object key"),
         "stray_objects_pkey" => conflict("this object is queued for deletion already"),
+        "snapshots_pkey" => conflict("the snapshot was recorded concurrently; try again"),
         "pins_expiry_after_creation" => invalid("expires_at must be after the pin is set"),
         "versions_version_check" => invalid("versions start at 1"),
         "versions_size_check" => invalid("a size cannot be negative"),
@@ -136,7 +137,7 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         "topics_apollo_binding" => conflict("another topic is bound to this Apollo app and namespace"),
         "users_username_check" => invalid("not a valid username"),
         "teams_name_check" => invalid("not a valid team name"),
-        "versions_topic_id_fkey" | "pins_topic_id_fkey" | "consumers_topic_id_fkey" => {
+        "versions_topic_id_fkey" | "pins_topic_id_fkey" | "consumers_topic_id_fkey" | "snapshots_topic_id_fkey" => {
             conflict("the topic does not exist (any more)")
         }
         "scopes_topic_id_version_fkey" | "pins_topic_id_version_fkey" | "rollouts_topic_id_version_fkey" => {

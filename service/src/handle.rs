@@ -13,8 +13,70 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// What a server process does (`imprint-server serve --roles api,publish,console,worker`,
+/// default all). Every role is stateless; they share Postgres and the object store.
+/// - `api`: consumer polls, `/latest`, payload downloads, reads of `/api/v1`, `/apollo`;
+///   flushes the consumer audit its polls recorded.
+/// - `publish`: every other `/api/v1` call (topics, publishing, scopes, pins, rollouts)
+///   and the reads too.
+/// - `console`: the web console.
+/// - `worker`: the rollout scheduler, the janitor, pin expiry, snapshot manifests and
+///   consumer expiry — run by the one worker holding the leader lock (a Postgres
+///   advisory lock), so once across replicas; the others take over when it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub publish: bool,
+    pub console: bool,
+    pub worker: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Self::ALL
+    }
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles { api: true, publish: true, console: true, worker: true };
+    pub const NONE: Roles = Roles { api: false, publish: false, console: false, worker: false };
+
+    /// `api,publish,console,worker` (any non-empty subset, comma-separated; `all`).
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        let mut r = Roles::NONE;
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "all" => r = Roles::ALL,
+                "api" => r.api = true,
+                "publish" => r.publish = true,
+                "console" => r.console = true,
+                "worker" => r.worker = true,
+                other => {
+                    return Err(format!("unknown role {other:?}: roles are api, publish, console, worker (or all)"))
+                }
+            }
+        }
+        if r == Roles::NONE {
+            return Err("no role given: choose some of api, publish, console, worker (or all)".into());
+        }
+        Ok(r)
+    }
+}
+
+impl std::fmt::Display for Roles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = [(self.api, "api"), (self.publish, "publish"), (self.console, "console"), (self.worker, "worker")]
+            .into_iter()
+            .filter_map(|(on, n)| on.then_some(n))
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// What this process does (default: everything).
+    pub roles: Roles,
     /// How often the whole serving state is reloaded as a safety net behind NOTIFY.
     pub full_reload_every: Duration,
     /// How often buffered consumer observations are written.
@@ -42,11 +104,14 @@ pub struct Config {
     pub objects: crate::objects::Objects,
     /// How often the janitor applies retention and sweeps stray objects (`IMPRINT_JANITOR_SECS`).
     pub janitor_every: Duration,
+    /// How often the worker brings the object-store snapshot manifests up to date.
+    pub snapshot_every: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
+            roles: Roles::ALL,
             full_reload_every: Duration::from_secs(30),
             audit_flush_every: Duration::from_secs(1),
             consumer_expiry: Duration::from_secs(7 * 24 * 3600),
@@ -60,6 +125,7 @@ impl Default for Config {
             apollo_hold: Duration::from_secs(60),
             objects: crate::objects::Objects::default(),
             janitor_every: Duration::from_secs(60),
+            snapshot_every: Duration::from_secs(10),
         }
     }
 }
@@ -92,6 +158,26 @@ pub(crate) struct Inner {
     /// Recently seen tokens: hash → (identity, when looked up). Polls with a token do not
     /// query Postgres each time; a revoked token stops working within `TOKEN_CACHE`.
     pub tokens: std::sync::Mutex<std::collections::HashMap<String, (crate::auth::Caller, std::time::Instant)>>,
+    /// This worker holds the leader lock and runs the background passes.
+    pub leader: watch::Sender<bool>,
+    /// When this worker last expired old consumers.
+    pub last_consumer_expiry: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Roles;
+
+    #[test]
+    fn roles_parse_and_print() {
+        assert_eq!(Roles::parse("api,publish,console,worker").unwrap(), Roles::ALL);
+        assert_eq!(Roles::parse("all").unwrap(), Roles::ALL);
+        let r = Roles::parse(" api , worker").unwrap();
+        assert!(r.api && r.worker && !r.publish && !r.console);
+        assert_eq!(r.to_string(), "api,worker");
+        assert!(Roles::parse("").unwrap_err().contains("no role"));
+        assert!(Roles::parse("api,cache").unwrap_err().contains("\"cache\""));
+    }
 }
 
 /// How long a looked-up token is trusted without asking Postgres again.
@@ -133,6 +219,8 @@ impl Imprint {
                 ),
                 long_polls: std::sync::atomic::AtomicUsize::new(0),
                 tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
+                last_consumer_expiry: std::sync::Mutex::new(None),
+                leader: watch::channel(false).0,
             }),
         }
     }
@@ -213,6 +301,17 @@ impl Imprint {
     /// Is Postgres reachable right now?
     pub async fn ready(&self) -> bool {
         matches!(tokio::time::timeout(Duration::from_secs(2), store::ping(self.pool())).await, Ok(Ok(())))
+    }
+
+    /// A topic's whole resolution history (versions, scope history, every pin ever made),
+    /// read from Postgres: the serving state keeps only the present.
+    pub(crate) async fn history_of(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        topic_id: i64,
+    ) -> Result<imprint_domain::TopicHistory> {
+        let snap = store::serving::snapshot(conn, Some(topic_id)).await?;
+        Ok(crate::serving::histories(&snap).remove(&topic_id).unwrap_or_default())
     }
 
     /// Applies a committed change to this server's memory at once (other servers learn

@@ -5,8 +5,11 @@
 //! - `topics/<topic>/<version>/<sha256>` once the version commits (written once, never
 //!   overwritten: the version number is unique and assigned under the topic's lock).
 //!
+//! - `snapshots/<topic>.json`: the manifest of what `*` resolves to, kept by the worker
+//!   (the `snapshots` module) for clients that start while the server is unreachable.
+//!
 //! Registered objects (pointers published to objects that already exist) may live
-//! anywhere under the prefix except those two areas, and are never deleted.
+//! anywhere under the prefix except those three areas, and are never deleted.
 use crate::error::{Error, Result};
 use object_store::path::Path;
 use object_store::signer::Signer;
@@ -179,6 +182,23 @@ impl Objects {
         self.under_prefix(&format!("topics/{topic}/{version}/{sha256}"))
     }
 
+    /// The key of a topic's snapshot manifest.
+    pub fn snapshot_key(&self, topic: &str) -> Path {
+        self.under_prefix(&format!("snapshots/{topic}.json"))
+    }
+
+    /// A key relative to the store's URL (what a client configured with that URL reads).
+    pub fn relative(&self, key: &str) -> String {
+        let prefix = self.inner.prefix.as_ref();
+        key.strip_prefix(prefix).unwrap_or(key).trim_start_matches('/').to_owned()
+    }
+
+    /// Writes a small object whole (atomically: readers see the old or the new one).
+    pub(crate) async fn put(&self, key: &Path, body: object_store::PutPayload) -> Result<()> {
+        self.inner.store.put(key, body).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     /// The URL of a key, as users see it.
     pub fn url_of(&self, key: &str) -> String {
         let prefix = self.inner.prefix.as_ref();
@@ -199,9 +219,9 @@ impl Objects {
         if rest.is_empty() || rest.contains(['?', '#']) {
             return Err(Error::invalid(format!("{url:?} does not name an object")));
         }
-        if rest.starts_with("uploads/") || rest.starts_with("topics/") {
+        if rest.starts_with("uploads/") || rest.starts_with("topics/") || rest.starts_with("snapshots/") {
             return Err(Error::Forbidden(format!(
-                "{url:?} is in the part of the store Imprint writes itself; register objects outside uploads/ and topics/"
+                "{url:?} is in the part of the store Imprint writes itself; register objects outside uploads/, topics/ and snapshots/"
             )));
         }
         let rel = Path::parse(rest).map_err(|e| Error::invalid(format!("{url:?}: {e}")))?;
@@ -270,6 +290,9 @@ mod tests {
         assert!(matches!(o.key_of_url("s3://bucket/a"), Err(Error::Forbidden(_))));
         assert!(matches!(o.key_of_url("s3://bucket/imprint/topics/t/1/x"), Err(Error::Forbidden(_))));
         assert!(matches!(o.key_of_url("s3://bucket/imprint/uploads/x"), Err(Error::Forbidden(_))));
+        assert!(matches!(o.key_of_url("s3://bucket/imprint/snapshots/a.b.json"), Err(Error::Forbidden(_))));
+        assert_eq!(o.snapshot_key("a.b").as_ref(), "imprint/snapshots/a.b.json");
+        assert_eq!(o.relative("imprint/topics/a.b/3/ff"), "topics/a.b/3/ff");
         assert!(o.key_of_url("s3://bucket/imprint/a/../topics/x").is_err());
         assert!(o.key_of_url("s3://bucket/imprint/").is_err());
         assert_eq!(o.version_key("a.b", 3, "ff").as_ref(), "imprint/topics/a.b/3/ff");

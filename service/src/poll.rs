@@ -4,7 +4,6 @@ use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::serving::{ServedVersion, ServingState};
-use base64::Engine;
 use imprint_domain::{is_update, Labels, TopicName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -48,6 +47,8 @@ pub struct PollRequest {
     pub wait_ms: u64,
 }
 
+/// One update of a poll answer, as documented (the answer itself is written from the
+/// version's pre-serialised JSON, `UpdateRef`).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Update {
     pub version: u64,
@@ -62,9 +63,25 @@ pub struct Update {
     pub data_url: String,
 }
 
+/// An update in a poll answer: the served version and whether a pin chose it. It
+/// serialises as an `Update`, from JSON built once per version (`ServedVersion::update_json`)
+/// — not field by field, and without base64-encoding the payload again for every poll.
+#[derive(Debug, Clone)]
+pub struct UpdateRef {
+    pub version: Arc<ServedVersion>,
+    pub pinned: bool,
+}
+
+impl Serialize for UpdateRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.version.update_json(self.pinned).serialize(s)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PollResponse {
-    pub updates: BTreeMap<String, Update>,
+    #[schema(value_type = BTreeMap<String, Update>)]
+    pub updates: BTreeMap<String, UpdateRef>,
     /// Topics with nothing to give: `topic_not_found`, `no_version_in_scope`, `forbidden`.
     pub missing: BTreeMap<String, String>,
     pub poll_after_ms: u64,
@@ -89,19 +106,6 @@ impl PollRequest {
     }
 }
 
-fn update_of(topic: &str, v: &ServedVersion, pinned: bool) -> Update {
-    Update {
-        version: v.version,
-        pinned,
-        metadata: v.metadata.clone(),
-        content_type: v.content_type.clone(),
-        size: v.size,
-        sha256: v.sha256.clone(),
-        data_base64: v.payload.as_ref().map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
-        data_url: format!("/api/v1/topics/{topic}/versions/{}/data", v.version),
-    }
-}
-
 /// One pass over the request's topics against the current state.
 /// Each known topic of the request, with what it resolves to for this consumer now.
 /// (name, topic id, resolved version, publish time of the held version)
@@ -111,11 +115,22 @@ pub fn compute<'a>(
     state: &ServingState,
     caller: &Caller,
     req: &'a PollRequest,
-) -> (BTreeMap<String, Update>, BTreeMap<String, String>, Seen<'a>) {
+) -> (BTreeMap<String, UpdateRef>, BTreeMap<String, String>, Seen<'a>) {
+    compute_some(state, caller, req, req.topics.iter())
+}
+
+/// `compute` for some of the request's topics (a woken long poll re-resolves only the
+/// topics that changed).
+fn compute_some<'a>(
+    state: &ServingState,
+    caller: &Caller,
+    req: &'a PollRequest,
+    topics: impl Iterator<Item = (&'a String, &'a Option<u64>)>,
+) -> (BTreeMap<String, UpdateRef>, BTreeMap<String, String>, Seen<'a>) {
     let mut updates = BTreeMap::new();
     let mut missing = BTreeMap::new();
     let mut seen = Vec::with_capacity(req.topics.len());
-    for (name, held) in &req.topics {
+    for (name, held) in topics {
         let topic = TopicName::parse(name).ok().and_then(|n| state.get(n.as_str()));
         let Some(topic) = topic else {
             missing.insert(name.clone(), "topic_not_found".to_owned());
@@ -126,7 +141,9 @@ pub fn compute<'a>(
             continue;
         }
         let resolved = topic.index.resolve(&req.consumer.labels);
-        let held_published = held.and_then(|h| topic.history.versions.get(&h)).map(|v| v.created_at);
+        // When the held version was published (for the propagation metric): known for the
+        // versions resolvable now, which are the ones a fresh publish makes nodes hold.
+        let held_published = held.and_then(|h| topic.served.get(&h)).map(|v| v.created_at);
         seen.push((name.as_str(), topic.id, resolved.map(|r| r.version), held_published));
         match resolved {
             None => {
@@ -134,7 +151,7 @@ pub fn compute<'a>(
             }
             Some(r) if is_update(*held, r) => {
                 if let Some(v) = topic.served.get(&r.version) {
-                    updates.insert(name.clone(), update_of(name, v, r.pinned));
+                    updates.insert(name.clone(), UpdateRef { version: v.clone(), pinned: r.pinned });
                 }
             }
             Some(_) => {}
@@ -202,24 +219,33 @@ impl Imprint {
         }
         let wait_ms = if busy { 0 } else { req.wait_ms };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
-        let mut recorded = !self.config().audit_enabled;
-        let (updates, missing) = loop {
-            let (updates, missing, seen) = compute(state, caller, &req);
-            if !recorded {
-                // What the node holds and should hold, as of its arrival.
-                self.record_poll(caller, &req, seen);
-                recorded = true;
+        let (mut updates, mut missing, seen) = compute(state, caller, &req);
+        if self.config().audit_enabled {
+            // What the node holds and should hold, as of its arrival.
+            self.record_poll(caller, &req, seen);
+        }
+        if updates.is_empty() && wait_ms > 0 && !*stopping.borrow() {
+            if let Some(waiter) = &waiter {
+                loop {
+                    let changed = tokio::select! {
+                        c = waiter.changed() => c,
+                        _ = tokio::time::sleep_until(deadline) => break,
+                        _ = stopping.changed() => break,
+                    };
+                    // Only the topics that changed are resolved again.
+                    let again = req.topics.iter().filter(|(name, _)| changed.iter().any(|c| c == *name));
+                    let (u, m, _) = compute_some(state, caller, &req, again);
+                    for name in &changed {
+                        missing.remove(name);
+                    }
+                    missing.extend(m);
+                    updates.extend(u);
+                    if !updates.is_empty() || *stopping.borrow() {
+                        break;
+                    }
+                }
             }
-            if !updates.is_empty() || wait_ms == 0 || *stopping.borrow() {
-                break (updates, missing);
-            }
-            let Some(waiter) = &waiter else { break (updates, missing) };
-            tokio::select! {
-                _ = waiter.changed() => {},
-                _ = tokio::time::sleep_until(deadline) => break (updates, missing),
-                _ = stopping.changed() => break (updates, missing),
-            }
-        };
+        }
         let long = if wait_ms > 0 { "true" } else { "false" };
         metrics::counter!("imprint_polls_total", "long" => long).increment(1);
         metrics::counter!("imprint_poll_updates_total").increment(updates.len() as u64);

@@ -242,10 +242,10 @@ impl Imprint {
             RolloutAction::Complete => r.complete(now)?,
             RolloutAction::Cancel => {
                 // What each selector resolved to just before the rollout started.
-                let serving = self.state().get(&t.name);
+                let history = self.history_of(&mut tx, t.id).await?;
                 let before = r.started_at() - Duration::microseconds(1);
                 r.cancel(now, rollback, |sel: &Selector| {
-                    serving.as_ref().and_then(|s| s.history.resolve_at(&sel.as_labels(), before)).map(|res| res.version)
+                    history.resolve_at(&sel.as_labels(), before).map(|res| res.version)
                 })?
             }
             RolloutAction::Supersede => return Err(Error::invalid("supersede is not an operator action")),

@@ -1,6 +1,10 @@
-//! The in-memory serving state: every topic's versions, scopes and pins, so polls and
-//! resolution never touch Postgres. Kept current by LISTEN/NOTIFY and a periodic full
-//! reload; readers take an `Arc` snapshot of a topic and never block writers for long.
+//! The in-memory serving state: what resolution needs *now* of every topic — the active
+//! pins, the best live version per scope selector, and those versions (with the payloads
+//! of small inline ones and their poll answers pre-serialised) — so polls never touch
+//! Postgres. History (time travel, rollbacks, the console timeline) is read from Postgres
+//! on demand (`Imprint::topic_history`). Kept current by LISTEN/NOTIFY (one topic at a
+//! time) and a safety net that compares change sequences and reloads only the topics
+//! that differ; readers take an `Arc` snapshot of a topic and never block writers for long.
 use crate::store;
 use bytes::Bytes;
 use imprint_domain::{CurrentIndex, PinEntry, ScopeEntry, Selector, TopicHistory, TopicName, VersionEntry};
@@ -18,13 +22,55 @@ pub const INLINE_POLL_BYTES: u64 = 64 * 1024;
 /// What the poll path needs of one version.
 #[derive(Debug)]
 pub struct ServedVersion {
+    pub topic: TopicName,
     pub version: u64,
     pub content_type: String,
     pub size: u64,
     pub sha256: String,
     pub metadata: BTreeMap<String, String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
     /// Present for small inline payloads of versions some consumer can resolve to now.
     pub payload: Option<Bytes>,
+    /// The poll answer's JSON for this version (unpinned, pinned), built once on first use
+    /// and shared by every poll that gets it.
+    json: [std::sync::OnceLock<Box<serde_json::value::RawValue>>; 2],
+}
+
+/// The fields of a poll update (API.md), as serialised once per version.
+#[derive(serde::Serialize)]
+struct UpdateJson<'a> {
+    version: u64,
+    pinned: bool,
+    metadata: &'a BTreeMap<String, String>,
+    content_type: &'a str,
+    size: u64,
+    sha256: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_base64: Option<String>,
+    data_url: String,
+}
+
+impl ServedVersion {
+    /// The update's JSON, pre-serialised (built at most once per version and flag).
+    pub fn update_json(&self, pinned: bool) -> &serde_json::value::RawValue {
+        self.json[usize::from(pinned)].get_or_init(|| {
+            use base64::Engine;
+            let u = UpdateJson {
+                version: self.version,
+                pinned,
+                metadata: &self.metadata,
+                content_type: &self.content_type,
+                size: self.size,
+                sha256: &self.sha256,
+                data_base64: self.payload.as_ref().map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
+                data_url: format!("/api/v1/topics/{}/versions/{}/data", self.topic, self.version),
+            };
+            let text = serde_json::to_string(&u).unwrap_or_else(|_| "null".into());
+            serde_json::value::RawValue::from_string(text).unwrap_or_else(|_| {
+                serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
+            })
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -38,7 +84,8 @@ pub struct ServingTopic {
     pub restricted: bool,
     /// How Apollo clients address it, if they do.
     pub apollo: Option<ApolloServed>,
-    pub history: TopicHistory,
+    /// Some version is not purged (Apollo notifies only topics with a release).
+    pub has_live: bool,
     pub index: CurrentIndex,
     /// The versions that resolution can return now (pinned or best per selector).
     pub served: HashMap<u64, Arc<ServedVersion>>,
@@ -53,18 +100,31 @@ pub struct ApolloServed {
 }
 
 /// A long poll's wake-up call, registered on the topics it waits for: a change to one of
-/// them (and only to them) wakes it. Dropping it unregisters it.
+/// them (and only to them) wakes it, and says which. Dropping it unregisters it.
 pub struct Waiter<'a> {
     state: &'a ServingState,
-    notify: Arc<tokio::sync::Notify>,
+    slot: Arc<WaitSlot>,
     topics: Vec<String>,
 }
 
+#[derive(Default)]
+struct WaitSlot {
+    notify: tokio::sync::Notify,
+    /// The registered topics that changed since the last `changed()`.
+    changed: std::sync::Mutex<Vec<String>>,
+}
+
 impl Waiter<'_> {
-    /// Returns when a registered topic changed since the waiter was made (a change that
-    /// came before this call is not lost: it left a permit).
-    pub async fn changed(&self) {
-        self.notify.notified().await;
+    /// Returns the registered topics that changed since the last call (or since the
+    /// waiter was made: a change that came before this call is not lost).
+    pub async fn changed(&self) -> Vec<String> {
+        loop {
+            self.slot.notify.notified().await;
+            let names = std::mem::take(&mut *self.slot.changed.lock().unwrap_or_else(|e| e.into_inner()));
+            if !names.is_empty() {
+                return names;
+            }
+        }
     }
 }
 
@@ -73,7 +133,7 @@ impl Drop for Waiter<'_> {
         let mut waiters = self.state.waiters.lock().unwrap_or_else(|e| e.into_inner());
         for t in &self.topics {
             if let Some(list) = waiters.get_mut(t) {
-                list.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.notify)));
+                list.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.slot)));
                 if list.is_empty() {
                     waiters.remove(t);
                 }
@@ -85,7 +145,7 @@ impl Drop for Waiter<'_> {
 pub struct ServingState {
     topics: RwLock<HashMap<String, Arc<ServingTopic>>>,
     /// Topic name → the long polls waiting on it (also for topics that do not exist yet).
-    waiters: std::sync::Mutex<HashMap<String, Vec<std::sync::Weak<tokio::sync::Notify>>>>,
+    waiters: std::sync::Mutex<HashMap<String, Vec<std::sync::Weak<WaitSlot>>>>,
     /// Long polls woken by a change (the measure of needless wake-ups).
     wakeups: std::sync::atomic::AtomicU64,
     /// (Apollo app id, namespace key) → topic name.
@@ -135,19 +195,24 @@ impl ServingState {
         names.iter().filter_map(|n| self.get(n)?.apollo.as_ref()?.secret.clone()).collect()
     }
 
+    /// Every loaded topic (a snapshot of the map: changes after the call are not seen).
+    pub fn all_topics(&self) -> Vec<Arc<ServingTopic>> {
+        self.topics.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
     pub fn topic_count(&self) -> usize {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Registers a long poll on `topics` (names, known or not yet).
     pub fn waiter<S: AsRef<str>>(&self, topics: impl IntoIterator<Item = S>) -> Waiter<'_> {
-        let notify = Arc::new(tokio::sync::Notify::new());
+        let slot = Arc::new(WaitSlot::default());
         let topics: Vec<String> = topics.into_iter().map(|t| t.as_ref().to_owned()).collect();
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         for t in &topics {
-            waiters.entry(t.clone()).or_default().push(Arc::downgrade(&notify));
+            waiters.entry(t.clone()).or_default().push(Arc::downgrade(&slot));
         }
-        Waiter { state: self, notify, topics }
+        Waiter { state: self, slot, topics }
     }
 
     /// Long polls woken by changes so far.
@@ -196,8 +261,14 @@ impl ServingState {
         let mut woken = 0u64;
         for name in names {
             for w in waiters.get(name).into_iter().flatten() {
-                if let Some(n) = w.upgrade() {
-                    n.notify_one();
+                if let Some(slot) = w.upgrade() {
+                    {
+                        let mut changed = slot.changed.lock().unwrap_or_else(|e| e.into_inner());
+                        if !changed.contains(name) {
+                            changed.push(name.clone());
+                        }
+                    }
+                    slot.notify.notify_one();
                     woken += 1;
                 }
             }
@@ -250,29 +321,58 @@ impl ServingState {
         self.wake(&changed);
     }
 
-    /// Payloads already in memory (of one topic, or of all), so a reload fetches only new ones.
-    fn cached_payloads(&self, topic_id: Option<i64>) -> HashMap<(i64, u64), Bytes> {
+    /// Payloads already in memory (of the given topics, or of all), so a reload fetches
+    /// only new ones.
+    fn cached_payloads(&self, ids: Option<&[i64]>) -> HashMap<(i64, u64), Bytes> {
         let map = self.topics.read().unwrap_or_else(|e| e.into_inner());
         map.values()
-            .filter(|t| topic_id.is_none_or(|id| t.id == id))
+            .filter(|t| ids.is_none_or(|ids| ids.contains(&t.id)))
             .flat_map(|t| t.served.values().filter_map(move |v| v.payload.clone().map(|p| ((t.id, v.version), p))))
             .collect()
     }
 
     /// Reloads one topic (`Some(id)`) or everything (`None`) from Postgres.
     pub async fn reload(&self, pool: &PgPool, topic_id: Option<i64>) -> crate::Result<()> {
+        match topic_id {
+            Some(id) => self.reload_ids(pool, Some(&[id])).await,
+            None => self.reload_ids(pool, None).await,
+        }
+    }
+
+    /// Reloads the given topics (`None`: all) from Postgres: what resolution needs now.
+    pub async fn reload_ids(&self, pool: &PgPool, ids: Option<&[i64]>) -> crate::Result<()> {
         let started = std::time::Instant::now();
-        let cache = self.cached_payloads(topic_id);
+        let cache = self.cached_payloads(ids);
         let mut tx = pool.begin().await?;
-        // One consistent snapshot across the four tables.
+        // One consistent snapshot across the tables.
         store::serving::begin_snapshot(&mut tx).await?;
-        let loaded = load(&mut tx, topic_id, &cache).await?;
+        let loaded = load(&mut tx, ids, &cache).await?;
         tx.commit().await?;
-        self.install(loaded, topic_id.is_none());
-        metrics::counter!("imprint_state_reloads_total", "kind" => if topic_id.is_none() { "full" } else { "topic" })
-            .increment(1);
+        self.install(loaded, ids.is_none());
+        let kind = match ids {
+            None => "full",
+            Some([_]) => "topic",
+            Some(_) => "catch_up",
+        };
+        metrics::counter!("imprint_state_reloads_total", "kind" => kind).increment(1);
         metrics::histogram!("imprint_state_reload_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// The safety net behind NOTIFY: compares every topic's change sequence with the one
+    /// loaded and reloads only the topics that differ (or are new). Returns how many.
+    pub async fn catch_up(&self, pool: &PgPool) -> crate::Result<usize> {
+        let seqs = store::serving::change_seqs(&mut *pool.acquire().await?).await?;
+        let stale: Vec<i64> = {
+            let map = self.topics.read().unwrap_or_else(|e| e.into_inner());
+            let loaded: HashMap<i64, i64> = map.values().map(|t| (t.id, t.change_seq)).collect();
+            seqs.into_iter().filter(|(id, seq)| loaded.get(id) != Some(seq)).map(|(id, _)| id).collect()
+        };
+        metrics::counter!("imprint_state_catch_ups_total").increment(1);
+        for chunk in stale.chunks(1000) {
+            self.reload_ids(pool, Some(chunk)).await?;
+        }
+        Ok(stale.len())
     }
 }
 
@@ -307,76 +407,102 @@ pub(crate) fn histories(snap: &store::serving::Snapshot) -> HashMap<i64, TopicHi
 
 async fn load(
     conn: &mut PgConnection,
-    topic_id: Option<i64>,
+    ids: Option<&[i64]>,
     cache: &HashMap<(i64, u64), Bytes>,
 ) -> crate::Result<Vec<ServingTopic>> {
-    let snap = store::serving::snapshot(conn, topic_id).await?;
-    let mut histories = histories(&snap);
+    let now = store::serving::current(conn, ids).await?;
+    // Per topic, a history of just the present: each selector's best live version and
+    // the active pins. The index built from it answers exactly as the full history would.
+    let mut present: HashMap<i64, TopicHistory> = now.topics.iter().map(|t| (t.id, TopicHistory::default())).collect();
+    for b in &now.best {
+        if let (Some(h), Ok(selector)) = (present.get_mut(&b.topic_id), Selector::parse(&b.selector_key)) {
+            let v = b.version as u64;
+            h.versions.insert(v, VersionEntry { version: v, created_at: b.added_at, purged_at: None });
+            h.scopes.push(ScopeEntry { version: v, selector, added_at: b.added_at });
+        }
+    }
+    for p in &now.pins {
+        if let (Some(h), Ok(selector)) = (present.get_mut(&p.topic_id), Selector::parse(&p.selector_key)) {
+            h.pins.push(PinEntry {
+                id: p.id,
+                selector,
+                version: p.version as u64,
+                created_at: p.created_at,
+                removed_at: p.removed_at,
+            });
+        }
+    }
+    let indexes: HashMap<i64, CurrentIndex> = present.iter().map(|(id, h)| (*id, h.current_index())).collect();
+    // The rows of the versions resolution can return, and the payloads still needed.
+    let (tids, vs): (Vec<i64>, Vec<i64>) =
+        indexes.iter().flat_map(|(id, ix)| ix.versions().into_iter().map(move |v| (*id, v as i64))).unzip();
     let mut meta: HashMap<(i64, u64), store::serving::ServedVersionRow> = HashMap::new();
-    for row in snap.versions {
-        meta.insert((row.topic_id, row.version as u64), row);
+    for chunk in (0..tids.len()).step_by(10_000) {
+        let end = (chunk + 10_000).min(tids.len());
+        for row in store::serving::version_rows(conn, &tids[chunk..end], &vs[chunk..end]).await? {
+            meta.insert((row.topic_id, row.version as u64), row);
+        }
+    }
+    let wanted: Vec<(i64, i64)> = meta
+        .values()
+        .filter(|r| {
+            r.size as u64 <= INLINE_POLL_BYTES && r.purged_at.is_none() && !cache.contains_key(&(r.topic_id, r.version as u64))
+        })
+        .map(|r| (r.topic_id, r.version))
+        .collect();
+    let mut payloads: HashMap<(i64, u64), Bytes> = HashMap::new();
+    for chunk in wanted.chunks(10_000) {
+        let (t, v): (Vec<i64>, Vec<i64>) = chunk.iter().copied().unzip();
+        let rows = store::serving::inline_payloads(conn, &t, &v).await?;
+        payloads.extend(rows.into_iter().map(|(t, v, d)| ((t, v as u64), Bytes::from(d))));
     }
 
-    // Which versions can be served now, and which of their payloads we still need.
-    let mut out = Vec::with_capacity(snap.topics.len());
-    let mut wanted: Vec<(i64, i64)> = Vec::new();
-    for t in snap.topics {
+    let mut out = Vec::with_capacity(now.topics.len());
+    let mut indexes = indexes;
+    for t in now.topics {
         let Ok(name) = TopicName::parse(&t.name) else { continue };
-        let id = t.id;
-        let history = histories.remove(&id).unwrap_or_default();
-        let index = history.current_index();
+        let index = indexes.remove(&t.id).unwrap_or_default();
         let mut served = HashMap::new();
         for v in index.versions() {
-            if let Some(row) = meta.get(&(id, v)) {
-                let size = row.size as u64;
-                let payload = cache.get(&(id, v)).cloned();
-                if payload.is_none() && size <= INLINE_POLL_BYTES && row.purged_at.is_none() {
-                    wanted.push((id, v as i64));
-                }
-                served.insert(
-                    v,
-                    ServedVersion {
-                        version: v,
-                        content_type: row.content_type.clone(),
-                        size,
-                        sha256: row.sha256.clone(),
-                        metadata: row.metadata.0.clone(),
-                        payload,
-                    },
-                );
-            }
+            let Some(row) = meta.remove(&(t.id, v)) else { continue };
+            let payload = cache.get(&(t.id, v)).cloned().or_else(|| payloads.remove(&(t.id, v)));
+            served.insert(
+                v,
+                Arc::new(ServedVersion {
+                    topic: name.clone(),
+                    version: v,
+                    content_type: row.content_type,
+                    size: row.size as u64,
+                    sha256: row.sha256,
+                    metadata: row.metadata.0,
+                    created_at: row.created_at,
+                    payload,
+                    json: Default::default(),
+                }),
+            );
         }
         let apollo = match (t.apollo_app_id, t.apollo_namespace) {
             (Some(app_id), Some(namespace)) => Some(ApolloServed { app_id, namespace, secret: t.apollo_secret }),
             _ => None,
         };
-        out.push((id, name, (t.change_seq, t.owner, t.restricted, apollo), history, index, served));
+        out.push(ServingTopic {
+            id: t.id,
+            name,
+            change_seq: t.change_seq,
+            owner: t.owner,
+            restricted: t.restricted,
+            apollo,
+            has_live: t.has_live,
+            index,
+            served,
+        });
     }
-    let mut payloads: HashMap<(i64, u64), Bytes> = HashMap::new();
-    if !wanted.is_empty() {
-        let (tids, vs): (Vec<i64>, Vec<i64>) = wanted.into_iter().unzip();
-        let rows = store::serving::inline_payloads(conn, &tids, &vs).await?;
-        payloads.extend(rows.into_iter().map(|(t, v, d)| ((t, v as u64), Bytes::from(d))));
-    }
-    Ok(out
-        .into_iter()
-        .map(|(id, name, (change_seq, owner, restricted, apollo), history, index, served)| {
-            let served = served
-                .into_iter()
-                .map(|(v, mut sv)| {
-                    if sv.payload.is_none() {
-                        sv.payload = payloads.remove(&(id, v));
-                    }
-                    (v, Arc::new(sv))
-                })
-                .collect();
-            ServingTopic { id, name, change_seq, owner, restricted, apollo, history, index, served }
-        })
-        .collect())
+    Ok(out)
 }
 
-/// Keeps the state current: LISTEN for changes, reload what changed, and reload
-/// everything periodically and after every reconnect (notifications may have been missed).
+/// Keeps the state current: LISTEN for changes and reload what changed; periodically
+/// (and after every reconnect: notifications may have been missed) compare change
+/// sequences and reload the topics that differ.
 pub async fn follow_changes(
     state: Arc<ServingState>,
     pool: PgPool,
@@ -405,8 +531,8 @@ pub async fn follow_changes(
                 continue;
             }
         };
-        // Listening now: a full reload catches up with anything missed before.
-        if let Err(e) = state.reload(&pool, None).await {
+        // Listening now: catch up with anything missed before.
+        if let Err(e) = state.catch_up(&pool).await {
             tracing::warn!(error = %e, "full reload failed; retrying");
             sleep_or_stop(&mut stop, backoff).await;
             continue;
@@ -419,8 +545,10 @@ pub async fn follow_changes(
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = tick.tick() => {
-                    if let Err(e) = state.reload(&pool, None).await {
-                        tracing::warn!(error = %e, "periodic reload failed");
+                    match state.catch_up(&pool).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(topics = n, "the safety net reloaded topics whose change was not notified"),
+                        Err(e) => tracing::warn!(error = %e, "periodic catch-up failed"),
                     }
                 }
                 n = listener.try_recv() => match n {

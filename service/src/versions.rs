@@ -420,8 +420,17 @@ impl Imprint {
         Ok((Scope { selector, added_at: now, added_by: who }, true))
     }
 
-    /// What a consumer with `labels` sees now, or saw at `at` — from memory.
-    pub fn resolve(
+    /// A topic's whole resolution history (for the console's scope matrix), read from
+    /// Postgres; the caller must be allowed to read the topic.
+    pub async fn topic_history(&self, caller: &Caller, topic: &str) -> Result<imprint_domain::TopicHistory> {
+        let t = self.readable_topic(caller, topic).await?;
+        let mut conn = self.pool().acquire().await?;
+        self.history_of(&mut conn, t.id).await
+    }
+
+    /// What a consumer with `labels` sees now (from memory), or saw at `at` (from the
+    /// topic's history in Postgres).
+    pub async fn resolve(
         &self,
         caller: &Caller,
         topic: &str,
@@ -433,7 +442,10 @@ impl Imprint {
         caller.require_read(name.as_str(), &t.owner, t.restricted)?;
         Ok(match at {
             None => t.index.resolve(labels),
-            Some(at) => t.history.resolve_at(labels, at),
+            Some(at) => {
+                let mut conn = self.pool().acquire().await?;
+                self.history_of(&mut conn, t.id).await?.resolve_at(labels, at)
+            }
         })
     }
 }

@@ -24,7 +24,10 @@ pub struct TestServer {
 }
 
 pub async fn spawn_server(pool: PgPool) -> TestServer {
-    let config = Config { audit_flush_every: Duration::from_millis(200), ..Config::default() };
+    spawn_server_with(pool, Config { audit_flush_every: Duration::from_millis(200), ..Config::default() }).await
+}
+
+pub async fn spawn_server_with(pool: PgPool, config: Config) -> TestServer {
     let imprint = Imprint::with_pool(pool.clone(), config);
     auth::ensure_bootstrap_token(&pool, ADMIN_TOKEN).await.expect("bootstrap token");
     imprint.start_background().await.expect("state loads");

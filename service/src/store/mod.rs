@@ -11,6 +11,7 @@ pub(crate) mod objects;
 pub(crate) mod pins;
 pub(crate) mod rollouts;
 pub(crate) mod serving;
+pub(crate) mod snapshots;
 pub(crate) mod tokens;
 pub(crate) mod topics;
 pub(crate) mod users;
@@ -51,4 +52,10 @@ pub(crate) async fn audit(
     audit_log::insert(conn, at, actor, action, topic, details).await?;
     metrics::counter!("imprint_audit_log_entries_total").increment(1);
     Ok(())
+}
+
+/// Takes a session-level advisory lock if no other session holds it (`false`: one
+/// does); it is held until released or the connection closes.
+pub(crate) async fn try_session_lock(conn: &mut sqlx::PgConnection, key: i64) -> Result<bool> {
+    Ok(sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock($1) AS "locked!""#, key).fetch_one(conn).await?)
 }

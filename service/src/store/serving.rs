@@ -1,20 +1,15 @@
-//! What the in-memory serving state is loaded from: one consistent snapshot of a topic
-//! (or all topics) across topics, versions, scopes and pins.
+//! What the in-memory serving state is loaded from — one consistent snapshot of what
+//! resolution needs now (`current`) — and a topic's whole resolution history (`snapshot`),
+//! read on demand for time travel, rollbacks and the console.
 use crate::error::Result;
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::PgConnection;
 use std::collections::BTreeMap;
 
-pub(crate) struct TopicSeq {
+
+pub(crate) struct TopicId {
     pub id: i64,
-    pub name: String,
-    pub change_seq: i64,
-    pub owner: String,
-    pub restricted: bool,
-    pub apollo_app_id: Option<String>,
-    pub apollo_namespace: Option<String>,
-    pub apollo_secret: Option<String>,
 }
 
 pub(crate) struct ServedVersionRow {
@@ -44,8 +39,94 @@ pub(crate) struct ServedPinRow {
     pub removed_at: Option<DateTime<Utc>>,
 }
 
+/// A topic's current state: its row, the best live version per scope selector, the
+/// active pins.
+pub(crate) struct CurrentTopicRow {
+    pub id: i64,
+    pub name: String,
+    pub change_seq: i64,
+    pub owner: String,
+    pub restricted: bool,
+    pub apollo_app_id: Option<String>,
+    pub apollo_namespace: Option<String>,
+    pub apollo_secret: Option<String>,
+    /// Some version is not purged.
+    pub has_live: bool,
+}
+
+pub(crate) struct BestScopeRow {
+    pub topic_id: i64,
+    pub selector_key: String,
+    pub version: i64,
+    pub added_at: DateTime<Utc>,
+}
+
+pub(crate) struct Current {
+    pub topics: Vec<CurrentTopicRow>,
+    pub best: Vec<BestScopeRow>,
+    pub pins: Vec<ServedPinRow>,
+}
+
+/// What resolution needs now of the given topics (`None`: all of them).
+pub(crate) async fn current(conn: &mut PgConnection, ids: Option<&[i64]>) -> Result<Current> {
+    let topics = sqlx::query_as!(
+        CurrentTopicRow,
+        r#"SELECT t.id, t.name, t.change_seq, t.owner, t.restricted, t.apollo_app_id, t.apollo_namespace, t.apollo_secret,
+                  EXISTS (SELECT 1 FROM versions v WHERE v.topic_id = t.id AND v.purged_at IS NULL) AS "has_live!"
+           FROM topics t WHERE ($1::bigint[] IS NULL OR t.id = ANY($1))"#,
+        ids as _
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let best = sqlx::query_as!(
+        BestScopeRow,
+        r#"SELECT DISTINCT ON (s.topic_id, s.selector_key) s.topic_id, s.selector_key, s.version,
+                  s.added_at AS "added_at: DateTime<Utc>"
+           FROM scopes s JOIN versions v ON v.topic_id = s.topic_id AND v.version = s.version
+           WHERE v.purged_at IS NULL AND ($1::bigint[] IS NULL OR s.topic_id = ANY($1))
+           ORDER BY s.topic_id, s.selector_key, s.version DESC"#,
+        ids as _
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let pins = sqlx::query_as!(
+        ServedPinRow,
+        r#"SELECT id, topic_id, selector_key, version, created_at AS "created_at: DateTime<Utc>",
+                  removed_at AS "removed_at: DateTime<Utc>" FROM pins
+           WHERE removed_at IS NULL AND ($1::bigint[] IS NULL OR topic_id = ANY($1))"#,
+        ids as _
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Current { topics, best, pins })
+}
+
+/// The rows of the given (topic, version) pairs.
+pub(crate) async fn version_rows(
+    conn: &mut PgConnection,
+    topic_ids: &[i64],
+    versions: &[i64],
+) -> Result<Vec<ServedVersionRow>> {
+    Ok(sqlx::query_as!(
+        ServedVersionRow,
+        r#"SELECT v.topic_id, v.version, v.created_at AS "created_at: DateTime<Utc>", v.purged_at AS "purged_at: DateTime<Utc>",
+                  v.content_type, v.size, v.sha256, v.metadata AS "metadata: Json<BTreeMap<String, String>>"
+           FROM versions v JOIN UNNEST($1::bigint[], $2::bigint[]) AS w(topic_id, version) USING (topic_id, version)"#,
+        topic_ids,
+        versions
+    )
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Every topic's change sequence (the safety net compares them with what is loaded).
+pub(crate) async fn change_seqs(conn: &mut PgConnection) -> Result<Vec<(i64, i64)>> {
+    let rows = sqlx::query!("SELECT id, change_seq FROM topics").fetch_all(&mut *conn).await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.change_seq)).collect())
+}
+
 pub(crate) struct Snapshot {
-    pub topics: Vec<TopicSeq>,
+    pub topics: Vec<TopicId>,
     pub versions: Vec<ServedVersionRow>,
     pub scopes: Vec<ServedScopeRow>,
     pub pins: Vec<ServedPinRow>,
@@ -57,12 +138,11 @@ pub(crate) async fn begin_snapshot(conn: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
-/// Everything resolution needs of one topic (`Some(id)`) or of all of them.
+/// The whole resolution history of one topic (`Some(id)`) or of all of them.
 pub(crate) async fn snapshot(conn: &mut PgConnection, topic_id: Option<i64>) -> Result<Snapshot> {
     let topics = sqlx::query_as!(
-        TopicSeq,
-        "SELECT id, name, change_seq, owner, restricted, apollo_app_id, apollo_namespace, apollo_secret
-         FROM topics WHERE ($1::bigint IS NULL OR id = $1)",
+        TopicId,
+        "SELECT id FROM topics WHERE ($1::bigint IS NULL OR id = $1)",
         topic_id
     )
     .fetch_all(&mut *conn)

@@ -1,0 +1,251 @@
+//! Object-store snapshots: the server's worker keeps `snapshots/<topic>.json` in its
+//! payload store, naming what `*` resolves to (version, checksum, inline bytes or the
+//! key of the payload's object in the same store). A client configured with that
+//! store's URL (`ClientBuilder::snapshot_store`) reads it when the server is
+//! unreachable and the subscription has nothing better (no disk cache): the value then
+//! has `Source::Snapshot`, and the first poll that reaches the server confirms or
+//! replaces it.
+use crate::client::Inner;
+use crate::error::{Error, Result};
+use crate::fetch::{Failure, Fetched};
+use crate::subscription::{Kind, Slot, Source};
+use crate::wire::Update;
+use base64::Engine;
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+/// A manifest's JSON (format 1), as the server writes it.
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    format: u32,
+    topic: String,
+    version: u64,
+    sha256: String,
+    size: u64,
+    #[serde(default)]
+    content_type: String,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    data_base64: Option<String>,
+    #[serde(default)]
+    object: Option<String>,
+}
+
+/// The store the snapshots are read from.
+pub(crate) struct Snapshots {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    url: String,
+}
+
+impl std::fmt::Debug for Snapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshots").field("url", &self.url).finish()
+    }
+}
+
+impl Snapshots {
+    /// `file:///dir`, `s3://bucket/prefix` (credentials and endpoint from the standard
+    /// `AWS_*` variables), `gs://bucket/prefix`, `az://container/prefix`: the server's
+    /// `IMPRINT_OBJECT_STORE`.
+    pub fn open(url: &str) -> Result<Self> {
+        let bad = |e: String| Error::Config(format!("snapshot store {url:?}: {e}"));
+        let parsed = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        let prefix = Path::from(parsed.path().trim_matches('/'));
+        let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+            "file" => {
+                let dir = parsed.to_file_path().map_err(|()| bad("not an absolute file URL".into()))?;
+                let local = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
+                return Ok(Self { store: Arc::new(local), prefix: Path::default(), url: url.to_owned() });
+            }
+            "s3" | "s3a" => Arc::new(
+                object_store::aws::AmazonS3Builder::from_env().with_url(url).build().map_err(|e| bad(e.to_string()))?,
+            ),
+            "gs" => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            "az" | "abfs" | "abfss" | "azure" => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            other => return Err(bad(format!("unsupported scheme {other:?} (use file://, s3://, gs:// or az://)"))),
+        };
+        Ok(Self { store, prefix, url: url.to_owned() })
+    }
+
+    fn key(&self, rest: &str) -> Path {
+        let mut parts: Vec<String> = self.prefix.parts().map(|p| p.as_ref().to_owned()).collect();
+        parts.extend(rest.split('/').filter(|p| !p.is_empty()).map(str::to_owned));
+        Path::from_iter(parts)
+    }
+
+    /// The manifest of `topic`, `None` when there is none.
+    async fn manifest(&self, topic: &str) -> Result<Option<Manifest>> {
+        let key = self.key(&format!("snapshots/{topic}.json"));
+        let bytes = match self.store.get(&key).await {
+            Ok(r) => r.bytes().await.map_err(|e| Error::Protocol(format!("snapshot manifest: {e}")))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::Protocol(format!("snapshot manifest: {e}"))),
+        };
+        let m: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("snapshot manifest of {topic}: {e}")))?;
+        if m.format != 1 || m.topic != topic {
+            return Err(Error::Protocol(format!("snapshot manifest of {topic}: format {} for {:?}", m.format, m.topic)));
+        }
+        Ok(Some(m))
+    }
+}
+
+/// Starts a subscription from its topic's snapshot, if there is one that verifies and
+/// applies. Never fails: what went wrong is logged and the default stays.
+pub(crate) async fn start_from_snapshot(inner: &Inner, snapshots: &Snapshots, slot: &Arc<dyn Slot>) {
+    let topic = slot.topic().to_owned();
+    let m = match snapshots.manifest(&topic).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            tracing::info!(topic, store = %snapshots.url, "no snapshot of this topic in the object store");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(topic, error = %e, "cannot read the topic's snapshot");
+            return;
+        }
+    };
+    let update = Update {
+        version: m.version,
+        pinned: false,
+        metadata: m.metadata.clone(),
+        content_type: m.content_type.clone(),
+        size: m.size,
+        sha256: m.sha256.clone(),
+        data_base64: None,
+        data_url: None,
+    };
+    let fetched = match payload(inner, snapshots, slot.kind(), &m).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(topic, version = m.version, error = %e, "the snapshot's payload does not verify; not using it");
+            return;
+        }
+    };
+    match crate::poller::apply_fetched(inner, slot, &update, fetched, Source::Snapshot).await {
+        Ok(()) => {
+            tracing::warn!(topic, version = m.version, "the server is unreachable: started from the object-store snapshot")
+        }
+        Err(Failure::Rejected(e)) => {
+            tracing::warn!(topic, version = m.version, error = %e, "the snapshot does not apply; keeping the default")
+        }
+        Err(Failure::Transient(e)) => {
+            tracing::warn!(topic, version = m.version, error = %e, "the snapshot does not apply; keeping the default")
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The snapshot's payload, checked against its size and SHA-256.
+async fn payload(inner: &Inner, snapshots: &Snapshots, kind: Kind, m: &Manifest) -> Result<Fetched> {
+    let bytes = match (&m.data_base64, &m.object) {
+        (Some(b64), _) => base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| Error::Protocol(format!("snapshot data_base64: {e}")))?,
+        (None, Some(object)) => {
+            if object.split('/').any(|p| p == ".." || p == ".") {
+                return Err(Error::Protocol(format!("snapshot object key {object:?}")));
+            }
+            return stream_object(inner, snapshots, kind, m, &snapshots.key(object)).await;
+        }
+        (None, None) => return Err(Error::Protocol("the snapshot has neither data_base64 nor object".into())),
+    };
+    if bytes.len() as u64 != m.size {
+        return Err(Error::Size { expected: m.size, actual: bytes.len() as u64 });
+    }
+    let actual = sha256_hex(&bytes);
+    if actual != m.sha256 {
+        return Err(Error::Checksum { expected: m.sha256.clone(), actual });
+    }
+    match kind {
+        Kind::Memory => Ok(Fetched::Memory(bytes)),
+        Kind::File => {
+            let store = inner.store.clone();
+            let (topic, version, sha) = (m.topic.clone(), m.version, m.sha256.clone());
+            let path = tokio::task::spawn_blocking(move || store.write_payload(&topic, version, &sha, &bytes))
+                .await
+                .map_err(|e| Error::Protocol(format!("writing the payload: {e}")))??;
+            Ok(Fetched::File(path))
+        }
+    }
+}
+
+/// Streams an object payload into memory or a temporary file (renamed into place only
+/// once it verifies).
+async fn stream_object(inner: &Inner, snapshots: &Snapshots, kind: Kind, m: &Manifest, key: &Path) -> Result<Fetched> {
+    let got = snapshots.store.get(key).await.map_err(|e| Error::Protocol(format!("snapshot object {key}: {e}")))?;
+    let mut stream = got.into_stream();
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    let mut memory = Vec::new();
+    let mut file = None;
+    if kind == Kind::File {
+        inner.store.prepare(&m.topic)?;
+        let tmp = inner.store.temp_path(&m.topic);
+        let f = tokio::fs::File::create(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
+        file = Some((f, tmp));
+    }
+    let outcome: Result<()> = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Error::Protocol(format!("snapshot object {key}: {e}")))?;
+            len += chunk.len() as u64;
+            if len > m.size {
+                return Err(Error::Size { expected: m.size, actual: len });
+            }
+            hasher.update(&chunk);
+            match &mut file {
+                Some((f, tmp)) => f.write_all(&chunk).await.map_err(|e| Error::io(&*tmp, e))?,
+                None => memory.extend_from_slice(&chunk),
+            }
+        }
+        if len != m.size {
+            return Err(Error::Size { expected: m.size, actual: len });
+        }
+        let actual = hex::encode(hasher.finalize_reset());
+        if actual != m.sha256 {
+            return Err(Error::Checksum { expected: m.sha256.clone(), actual });
+        }
+        if let Some((f, tmp)) = &mut file {
+            f.sync_all().await.map_err(|e| Error::io(&*tmp, e))?;
+        }
+        Ok(())
+    }
+    .await;
+    match (outcome, file) {
+        (Ok(()), None) => Ok(Fetched::Memory(memory)),
+        (Ok(()), Some((_, tmp))) => {
+            let store = inner.store.clone();
+            let (topic, version, sha) = (m.topic.clone(), m.version, m.sha256.clone());
+            let path = tokio::task::spawn_blocking(move || store.adopt_file(&topic, version, &sha, &tmp))
+                .await
+                .map_err(|e| Error::Protocol(format!("moving the payload into place: {e}")))??;
+            Ok(Fetched::File(path))
+        }
+        (Err(e), Some((_, tmp))) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
+        (Err(e), None) => Err(e),
+    }
+}

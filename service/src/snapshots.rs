@@ -1,0 +1,120 @@
+//! Object-store snapshots: the worker keeps one small manifest per topic in the payload
+//! store, `snapshots/<topic>.json`, naming what `*` (a node with no labels) resolves to
+//! now — version, checksum, and the payload itself (inline bytes, or the key of its
+//! object in the same store). A client configured with the store's URL starts from it
+//! when the server is unreachable and it has no disk cache (`Source::Snapshot`).
+//!
+//! A pass compares each topic's current `*` resolution with the `snapshots` table and
+//! rewrites only the manifests that changed (a topic that resolves to nothing for `*`
+//! loses its manifest). The leading worker runs it (once across replicas).
+use crate::error::Result;
+use crate::handle::Imprint;
+use crate::store;
+use base64::Engine;
+use imprint_domain::Labels;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Manifests written per pass at most (the next pass goes on).
+const MAX_WRITES_PER_PASS: usize = 500;
+
+/// The manifest's JSON (`format` 1). Exactly one of `data_base64` and `object` is set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub topic: String,
+    pub version: u64,
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    pub published_at: chrono::DateTime<chrono::Utc>,
+    pub written_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    /// The payload's key relative to the store's URL (`topics/<topic>/<n>/<sha256>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
+/// What a pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPass {
+    pub written: usize,
+    pub removed: usize,
+}
+
+impl Imprint {
+    /// Brings every topic's manifest up to date with what `*` resolves to now.
+    pub async fn snapshot_pass(&self) -> Result<SnapshotPass> {
+        let mut conn = self.pool().acquire().await?;
+        let written: HashMap<i64, (i64, String)> = store::snapshots::all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|r| (r.topic_id, (r.version, r.sha256)))
+            .collect();
+        let state = self.state();
+        let nobody = Labels::default();
+        let mut pass = SnapshotPass::default();
+        let mut todo = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for topic in state.all_topics() {
+            seen.insert(topic.id);
+            let now = topic.index.resolve(&nobody).and_then(|r| topic.served.get(&r.version).cloned());
+            match (now, written.get(&topic.id)) {
+                (Some(v), Some((n, sha))) if *n == v.version as i64 && *sha == v.sha256 => {}
+                (None, None) => {}
+                (now, _) => todo.push((topic, now)),
+            }
+        }
+        for (topic, now) in todo.into_iter().take(MAX_WRITES_PER_PASS) {
+            let key = self.objects().snapshot_key(topic.name.as_str());
+            match now {
+                None => {
+                    self.objects().delete(&key).await?;
+                    store::snapshots::delete(&mut *conn, topic.id).await?;
+                    pass.removed += 1;
+                }
+                Some(v) => {
+                    let Some(row) = store::versions::get(&mut *conn, topic.id, v.version as i64).await? else { continue };
+                    if row.purged_at.is_some() {
+                        continue;
+                    }
+                    let (data_base64, object) = match row.object_key.as_deref() {
+                        Some(k) => (None, Some(self.objects().relative(k))),
+                        None => {
+                            let bytes = store::serving::inline_payloads(&mut conn, &[topic.id], &[v.version as i64])
+                                .await?
+                                .pop()
+                                .map(|(_, _, d)| d)
+                                .unwrap_or_default();
+                            (Some(base64::engine::general_purpose::STANDARD.encode(bytes)), None)
+                        }
+                    };
+                    let manifest = Manifest {
+                        format: 1,
+                        topic: topic.name.to_string(),
+                        version: v.version,
+                        sha256: v.sha256.clone(),
+                        size: v.size,
+                        content_type: v.content_type.clone(),
+                        metadata: v.metadata.clone(),
+                        published_at: row.created_at,
+                        written_at: self.now(),
+                        data_base64,
+                        object,
+                    };
+                    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| crate::Error::Internal(e.to_string()))?;
+                    self.objects().put(&key, body.into()).await?;
+                    store::snapshots::upsert(&mut *conn, topic.id, v.version as i64, &v.sha256, self.now()).await?;
+                    pass.written += 1;
+                }
+            }
+        }
+        if pass.written + pass.removed > 0 {
+            metrics::counter!("imprint_snapshots_written_total").increment((pass.written + pass.removed) as u64);
+        }
+        Ok(pass)
+    }
+}
