@@ -180,6 +180,30 @@ test("publish, timeline, version detail and diff", async ({ page, request }) => 
   await shot(page, "version");
 });
 
+test("a long timeline pages 100 versions at a time", async ({ page, request }) => {
+  const long = `timeline.${sfx}`;
+  const created = await request.post("/api/v1/topics", { headers: auth, data: { name: long, owner: team } });
+  expect(created.status(), await created.text()).toBe(201);
+  for (let v = 1; v <= 105; v++) {
+    const r = await request.post(`/api/v1/topics/${long}/versions`, { headers: auth, data: { data: `{"n": ${v}}`, message: `build ${v}` } });
+    expect(r.status()).toBe(201);
+  }
+  await signIn(page, "admin", adminPassword);
+  await page.goto(`/topics/${long}`);
+  await ready(page);
+  await expect(page.locator("ol.versions li.version")).toHaveCount(100);
+  await expect(page.locator("li.version#v105")).toBeVisible();
+  await expect(page.locator("li.version#v5")).toHaveCount(0);
+  await page.getByRole("link", { name: "Older versions →" }).click();
+  await expect(page.locator("ol.versions li.version")).toHaveCount(5);
+  await expect(page.locator("li.version#v5")).toContainText("build 5");
+  await expect(page.locator("li.version#v1")).toBeVisible();
+  await expect(page.getByRole("link", { name: "Older versions →" })).toHaveCount(0);
+  await shot(page, "timeline-older");
+  await page.getByRole("link", { name: "← Newest versions" }).click();
+  await expect(page.locator("li.version#v105")).toBeVisible();
+});
+
 test("a file upload goes to the object store; the version page previews and downloads it", async ({ page, request }) => {
   const big = `files.${sfx}`;
   const created = await request.post("/api/v1/topics", {

@@ -136,3 +136,60 @@ async fn a_change_wakes_only_the_long_polls_waiting_on_that_topic(pool: PgPool) 
     assert_eq!(imp.state().wakeups() - before, 10, "each poll on a woke once");
     imp.shutdown();
 }
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn the_serving_state_holds_the_present_and_history_comes_from_postgres(pool: PgPool) {
+    // The periodic safety net is out of the way: the test runs it when it wants.
+    let config = Config { full_reload_every: std::time::Duration::from_secs(3600), ..Config::default() };
+    let imp = Imprint::with_pool(pool.clone(), config);
+    imp.start_background().await.expect("state");
+    let t: NewTopic = serde_json::from_value(json!({"name": "long.history", "owner": "o"})).expect("topic");
+    imp.create_topic(&Caller::System, t).await.expect("create");
+    let mut times = Vec::new();
+    for v in 1..=30 {
+        let mut input = text(&format!("v{v}"));
+        if v == 30 {
+            input.scopes = Some(vec![Selector::parse("region=eu").expect("selector")]);
+        }
+        let p = imp.publish(&Caller::System, "long.history", input).await.expect("publish");
+        times.push(p.created_at);
+    }
+    let pin = imprint_service::PinInput {
+        selector: Selector::parse("region=us").expect("selector"),
+        version: 3,
+        reason: "hold us back".into(),
+        expires_at: None,
+    };
+    imp.pin(&Caller::System, "long.history", pin).await.expect("pin");
+    // In memory: the versions resolution can return now (29 for everyone, 30 for eu, 3
+    // pinned for us) — not the thirty published.
+    let served = imp.state().get("long.history").expect("loaded");
+    let mut held: Vec<u64> = served.served.keys().copied().collect();
+    held.sort_unstable();
+    assert_eq!(held, vec![3, 29, 30]);
+    assert!(served.served[&29].payload.is_some(), "small inline payloads are held");
+    // The past is read from Postgres.
+    let everyone = Selector::all().as_labels();
+    let then = imp.resolve(&Caller::System, "long.history", &everyone, Some(times[9])).await.expect("resolve");
+    assert_eq!(then.map(|r| r.version), Some(10));
+
+    // A change nobody announced (no NOTIFY) is found by the safety net, which reloads
+    // only the topic whose change sequence moved.
+    let t2: NewTopic = serde_json::from_value(json!({"name": "quiet", "owner": "o"})).expect("topic");
+    imp.create_topic(&Caller::System, t2).await.expect("create");
+    assert_eq!(imp.state().catch_up(imp.pool()).await.expect("catch up"), 0, "nothing differs");
+    sqlx::raw_sql(
+        "UPDATE pins SET removed_at = now(), removed_by = 'test' WHERE removed_at IS NULL;
+         UPDATE topics SET change_seq = change_seq + 1 WHERE name = 'long.history'",
+    )
+    .execute(&pool)
+    .await
+    .expect("change behind the server's back");
+    let us = Selector::parse("region=us").expect("selector").as_labels();
+    let before = imp.resolve(&Caller::System, "long.history", &us, None).await.expect("resolve");
+    assert_eq!(before.map(|r| r.version), Some(3), "not seen yet");
+    assert_eq!(imp.state().catch_up(imp.pool()).await.expect("catch up"), 1);
+    let after = imp.resolve(&Caller::System, "long.history", &us, None).await.expect("resolve");
+    assert_eq!(after.map(|r| r.version), Some(29));
+    imp.shutdown();
+}
