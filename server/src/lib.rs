@@ -33,16 +33,39 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     })
 }
 
+/// The metric handles of one (method, route, status): looked up once, then reused (a
+/// registry lookup with three labels per request is a measurable part of a poll).
+type RouteMetrics = (metrics::Counter, metrics::Histogram);
+
+fn route_metrics(method: &axum::http::Method, route: &str, status: u16) -> RouteMetrics {
+    // Keyed by where the route's text lives (axum keeps one `Arc<str>` per route, so the
+    // address names the route) — no String is built to look a request up.
+    type Key = (usize, usize, axum::http::Method, u16);
+    static CACHE: OnceLock<std::sync::RwLock<std::collections::HashMap<Key, RouteMetrics>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (route.as_ptr() as usize, route.len(), method.clone(), status);
+    if let Some(m) = cache.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return m.clone();
+    }
+    let (m, r) = (method.to_string(), route.to_owned());
+    let handles = (
+        metrics::counter!("imprint_http_requests_total", "method" => m.clone(), "route" => r.clone(), "status" => status.to_string()),
+        metrics::histogram!("imprint_http_request_seconds", "method" => m, "route" => r),
+    );
+    cache.write().unwrap_or_else(|e| e.into_inner()).insert(key, handles.clone());
+    handles
+}
+
 /// Counts requests by route and status, and times them.
 async fn track(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "other".into());
-    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("imprint_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("imprint_http_request_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("other", |p| p.as_str());
+    let (count, time) = route_metrics(&method, route, resp.status().as_u16());
+    count.increment(1);
+    time.record(started.elapsed().as_secs_f64());
     resp
 }
 

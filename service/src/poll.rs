@@ -160,6 +160,28 @@ fn compute_some<'a>(
     (updates, missing, seen)
 }
 
+/// The poll path's metric handles, looked up once (not per poll).
+struct PollMetrics {
+    polls: metrics::Counter,
+    updates: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+fn poll_metrics(long: bool) -> &'static PollMetrics {
+    static M: std::sync::OnceLock<[PollMetrics; 2]> = std::sync::OnceLock::new();
+    let m = M.get_or_init(|| {
+        [false, true].map(|long| {
+            let l = if long { "true" } else { "false" };
+            PollMetrics {
+                polls: metrics::counter!("imprint_polls_total", "long" => l),
+                updates: metrics::counter!("imprint_poll_updates_total"),
+                seconds: metrics::histogram!("imprint_poll_seconds", "long" => l),
+            }
+        })
+    });
+    &m[usize::from(long)]
+}
+
 /// Suggested pause before polling again when this server holds as many long polls as
 /// it may (plus jitter, so refused pollers do not return in step).
 const BUSY_POLL_AFTER_MS: u64 = 5_000;
@@ -246,10 +268,10 @@ impl Imprint {
                 }
             }
         }
-        let long = if wait_ms > 0 { "true" } else { "false" };
-        metrics::counter!("imprint_polls_total", "long" => long).increment(1);
-        metrics::counter!("imprint_poll_updates_total").increment(updates.len() as u64);
-        metrics::histogram!("imprint_poll_seconds", "long" => long).record(started.elapsed().as_secs_f64());
+        let m = poll_metrics(wait_ms > 0);
+        m.polls.increment(1);
+        m.updates.increment(updates.len() as u64);
+        m.seconds.record(started.elapsed().as_secs_f64());
         drop(open);
         let poll_after_ms = if busy {
             BUSY_POLL_AFTER_MS + rand::random::<u64>() % BUSY_POLL_AFTER_MS
