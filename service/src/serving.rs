@@ -100,11 +100,10 @@ pub struct ApolloServed {
 }
 
 /// A long poll's wake-up call, registered on the topics it waits for: a change to one of
-/// them (and only to them) wakes it, and says which. Dropping it unregisters it.
+/// them (and only to them) wakes it, and says which.
 pub struct Waiter<'a> {
-    state: &'a ServingState,
+    _state: &'a ServingState,
     slot: Arc<WaitSlot>,
-    topics: Vec<String>,
 }
 
 #[derive(Default)]
@@ -128,24 +127,37 @@ impl Waiter<'_> {
     }
 }
 
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        let mut waiters = self.state.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        for t in &self.topics {
-            if let Some(list) = waiters.get_mut(t) {
-                list.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.slot)));
-                if list.is_empty() {
-                    waiters.remove(t);
-                }
-            }
+/// The long polls waiting on one topic (weak: a poll that ended leaves a dead entry;
+/// unlinking each one as it ends — ten thousand woken polls, each searching a list of ten
+/// thousand under the lock — was quadratic). Dead entries go at the topic's next wake-up,
+/// or at a registration once they outnumber the live ones.
+#[derive(Default)]
+struct WaiterList {
+    entries: Vec<std::sync::Weak<WaitSlot>>,
+    /// Live entries after the last pruning: the list is pruned again once it doubles.
+    pruned_len: usize,
+}
+
+impl WaiterList {
+    fn push(&mut self, w: std::sync::Weak<WaitSlot>) {
+        if self.entries.len() >= 2 * self.pruned_len + 64 {
+            self.prune();
         }
+        self.entries.push(w);
+    }
+
+    fn prune(&mut self) {
+        self.entries.retain(|w| w.strong_count() > 0);
+        self.pruned_len = self.entries.len();
     }
 }
 
 pub struct ServingState {
     topics: RwLock<HashMap<String, Arc<ServingTopic>>>,
+    /// Topic id → the change sequence held (notifications name topics by id).
+    seqs: RwLock<HashMap<i64, i64>>,
     /// Topic name → the long polls waiting on it (also for topics that do not exist yet).
-    waiters: std::sync::Mutex<HashMap<String, Vec<std::sync::Weak<WaitSlot>>>>,
+    waiters: std::sync::Mutex<HashMap<String, WaiterList>>,
     /// Long polls woken by a change (the measure of needless wake-ups).
     wakeups: std::sync::atomic::AtomicU64,
     /// (Apollo app id, namespace key) → topic name.
@@ -160,6 +172,7 @@ impl Default for ServingState {
     fn default() -> Self {
         Self {
             topics: RwLock::new(HashMap::new()),
+            seqs: RwLock::new(HashMap::new()),
             waiters: std::sync::Mutex::new(HashMap::new()),
             wakeups: std::sync::atomic::AtomicU64::new(0),
             apollo: RwLock::new(HashMap::new()),
@@ -200,6 +213,11 @@ impl ServingState {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
+    /// Does this server hold topic `id` at change `seq` or later?
+    pub fn holds(&self, id: i64, seq: i64) -> bool {
+        self.seqs.read().unwrap_or_else(|e| e.into_inner()).get(&id).is_some_and(|held| *held >= seq)
+    }
+
     pub fn topic_count(&self) -> usize {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -212,7 +230,7 @@ impl ServingState {
         for t in &topics {
             waiters.entry(t.clone()).or_default().push(Arc::downgrade(&slot));
         }
-        Waiter { state: self, slot, topics }
+        Waiter { _state: self, slot }
     }
 
     /// Long polls woken by changes so far.
@@ -257,20 +275,26 @@ impl ServingState {
             return;
         }
         self.announce(names);
-        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         let mut woken = 0u64;
         for name in names {
-            for w in waiters.get(name).into_iter().flatten() {
-                if let Some(slot) = w.upgrade() {
-                    {
-                        let mut changed = slot.changed.lock().unwrap_or_else(|e| e.into_inner());
-                        if !changed.contains(name) {
-                            changed.push(name.clone());
-                        }
+            let Some(list) = waiters.get_mut(name) else { continue };
+            // Wakes the live ones and drops the dead ones in the same pass.
+            list.entries.retain(|w| {
+                let Some(slot) = w.upgrade() else { return false };
+                {
+                    let mut changed = slot.changed.lock().unwrap_or_else(|e| e.into_inner());
+                    if !changed.contains(name) {
+                        changed.push(name.clone());
                     }
-                    slot.notify.notify_one();
-                    woken += 1;
                 }
+                slot.notify.notify_one();
+                woken += 1;
+                true
+            });
+            list.pruned_len = list.entries.len();
+            if list.entries.is_empty() {
+                waiters.remove(name);
             }
         }
         if woken > 0 {
@@ -285,6 +309,7 @@ impl ServingState {
 
     fn install(&self, loaded: Vec<ServingTopic>, full: bool) {
         let mut changed: Vec<String> = Vec::new();
+        let loaded_seqs: Vec<(i64, i64)> = loaded.iter().map(|t| (t.id, t.change_seq)).collect();
         {
             let mut map = self.topics.write().unwrap_or_else(|e| e.into_inner());
             // Topics are never deleted, so a full reload only adds and refreshes. A snapshot
@@ -302,6 +327,13 @@ impl ServingState {
                         changed.push(t.name.to_string());
                         map.insert(t.name.to_string(), Arc::new(t));
                     }
+                }
+            }
+            {
+                let mut seqs = self.seqs.write().unwrap_or_else(|e| e.into_inner());
+                for (id, seq) in loaded_seqs {
+                    let held = seqs.entry(id).or_insert(seq);
+                    *held = (*held).max(seq);
                 }
             }
             metrics::gauge!("imprint_topics_loaded").set(map.len() as f64);
@@ -553,9 +585,28 @@ pub async fn follow_changes(
                 }
                 n = listener.try_recv() => match n {
                     Ok(Some(n)) => {
-                        metrics::counter!("imprint_notifications_total").increment(1);
-                        let id = n.payload().parse::<i64>().ok();
-                        if let Err(e) = state.reload(&pool, id).await {
+                        // This one and whatever else has arrived meanwhile: one reload for
+                        // the lot, skipping changes this server holds already (its own
+                        // writes were applied before they were acknowledged).
+                        let mut changed = vec![parse_change(n.payload())];
+                        while let Some(more) = listener.next_buffered() {
+                            changed.push(parse_change(more.payload()));
+                        }
+                        metrics::counter!("imprint_notifications_total").increment(changed.len() as u64);
+                        let result = if changed.iter().any(Option::is_none) {
+                            state.reload(&pool, None).await
+                        } else {
+                            let mut ids: Vec<i64> = changed
+                                .into_iter()
+                                .flatten()
+                                .filter(|(id, seq)| !state.holds(*id, *seq))
+                                .map(|(id, _)| id)
+                                .collect();
+                            ids.sort_unstable();
+                            ids.dedup();
+                            if ids.is_empty() { Ok(()) } else { state.reload_ids(&pool, Some(&ids)).await }
+                        };
+                        if let Err(e) = result {
                             tracing::warn!(error = %e, "reload after notification failed");
                         }
                     }
@@ -567,6 +618,14 @@ pub async fn follow_changes(
                 }
             }
         }
+    }
+}
+
+/// A change notification: `<topic id>:<change seq>` (or a bare id from an older server).
+fn parse_change(payload: &str) -> Option<(i64, i64)> {
+    match payload.split_once(':') {
+        Some((id, seq)) => Some((id.parse().ok()?, seq.parse().ok()?)),
+        None => Some((payload.parse().ok()?, i64::MAX)),
     }
 }
 

@@ -22,10 +22,13 @@ pub const CHANGE_CHANNEL: &str = "imprint_change";
 
 /// Announces a change of `topic_id` to every server, inside the writing transaction: the
 /// topic's change sequence is raised (a slow reload can never install an older state)
-/// and a notification goes out when the transaction commits.
+/// and a notification `<topic id>:<change seq>` goes out when the transaction commits (a
+/// server that already holds that sequence skips the reload).
 pub(crate) async fn notify(conn: &mut PgConnection, topic_id: i64) -> Result<()> {
-    sqlx::query!("UPDATE topics SET change_seq = change_seq + 1 WHERE id = $1", topic_id).execute(&mut *conn).await?;
-    sqlx::query!("SELECT pg_notify($1, $2)", CHANGE_CHANNEL, topic_id.to_string()).execute(&mut *conn).await?;
+    let seq = sqlx::query_scalar!("UPDATE topics SET change_seq = change_seq + 1 WHERE id = $1 RETURNING change_seq", topic_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    sqlx::query!("SELECT pg_notify($1, $2)", CHANGE_CHANNEL, format!("{topic_id}:{seq}")).execute(&mut *conn).await?;
     Ok(())
 }
 
