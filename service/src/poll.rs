@@ -131,7 +131,9 @@ fn compute_some<'a>(
     let mut missing = BTreeMap::new();
     let mut seen = Vec::with_capacity(req.topics.len());
     for (name, held) in topics {
-        let topic = TopicName::parse(name).ok().and_then(|n| state.get(n.as_str()));
+        // Loaded topics are keyed by their (valid) names: a name that is not one is simply
+        // not found, without building a `TopicName` per topic per poll.
+        let topic = state.get(name);
         let Some(topic) = topic else {
             missing.insert(name.clone(), "topic_not_found".to_owned());
             continue;
