@@ -139,7 +139,7 @@ trap cleanup EXIT
 
 log "# bench/scale.sh ${MEASURES[*]}"
 log "date: $(date -u +%FT%TZ); machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
-log "server: $BIN (built $(stat -c %y "$BIN" | cut -d. -f1)); this checkout: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+log "server: $BIN (built $(stat -c %y "$BIN" | cut -d. -f1)); repository HEAD now: $(git rev-parse --short HEAD 2>/dev/null || echo '?') (not necessarily the binary's)"
 log "site: $SITE; loadgen: $LOADGEN; wrk: $(wrk -v 2>&1 | head -1)"
 log "postgres: $(psql "$BASE/postgres" -tAc 'SHOW server_version') (fsync $(psql "$BASE/postgres" -tAc 'SHOW fsync'), synchronous_commit $(psql "$BASE/postgres" -tAc 'SHOW synchronous_commit'))"
 
