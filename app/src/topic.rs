@@ -281,7 +281,9 @@ pub fn TopicPageView() -> impl IntoView {
     let unpin_action = ServerAction::<RemovePin>::new();
     let scope_action = ServerAction::<AddScope>::new();
     let page = Resource::new(
-        move || (name(), cursor(), pin_action.version().get(), unpin_action.version().get(), scope_action.version().get()),
+        move || {
+            (name(), cursor(), pin_action.version().get(), unpin_action.version().get(), scope_action.version().get())
+        },
         |(n, c, ..)| load_topic(n, c),
     );
     view! {

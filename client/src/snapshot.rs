@@ -62,7 +62,8 @@ impl Snapshots {
         let store: Arc<dyn ObjectStore> = match parsed.scheme() {
             "file" => {
                 let dir = parsed.to_file_path().map_err(|()| bad("not an absolute file URL".into()))?;
-                let local = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
+                let local =
+                    object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
                 return Ok(Self { store: Arc::new(local), prefix: Path::default(), url: url.to_owned() });
             }
             "s3" | "s3a" => Arc::new(
@@ -99,10 +100,13 @@ impl Snapshots {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(Error::Protocol(format!("snapshot manifest: {e}"))),
         };
-        let m: Manifest =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("snapshot manifest of {topic}: {e}")))?;
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Protocol(format!("snapshot manifest of {topic}: {e}")))?;
         if m.format != 1 || m.topic != topic {
-            return Err(Error::Protocol(format!("snapshot manifest of {topic}: format {} for {:?}", m.format, m.topic)));
+            return Err(Error::Protocol(format!(
+                "snapshot manifest of {topic}: format {} for {:?}",
+                m.format, m.topic
+            )));
         }
         Ok(Some(m))
     }
@@ -142,7 +146,11 @@ pub(crate) async fn start_from_snapshot(inner: &Inner, snapshots: &Snapshots, sl
     };
     match crate::poller::apply_fetched(inner, slot, &update, fetched, Source::Snapshot).await {
         Ok(()) => {
-            tracing::warn!(topic, version = m.version, "the server is unreachable: started from the object-store snapshot")
+            tracing::warn!(
+                topic,
+                version = m.version,
+                "the server is unreachable: started from the object-store snapshot"
+            )
         }
         Err(Failure::Rejected(e)) => {
             tracing::warn!(topic, version = m.version, error = %e, "the snapshot does not apply; keeping the default")

@@ -121,7 +121,11 @@ async fn role_gate(axum::extract::State(imprint): axum::extract::State<Imprint>,
     crate::error::ApiError::with_code(
         axum::http::StatusCode::NOT_FOUND,
         "not_found",
-        &format!("this server runs the roles {roles}; {} {} is served by servers with the {needed} role", req.method(), req.uri().path()),
+        &format!(
+            "this server runs the roles {roles}; {} {} is served by servers with the {needed} role",
+            req.method(),
+            req.uri().path()
+        ),
     )
 }
 

@@ -38,7 +38,8 @@ fn database_url(pool: &sqlx::PgPool) -> String {
 async fn start(name: &'static str, roles: &str, db: &str, store: &std::path::Path, extra: &[(&str, &str)]) -> Server {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("imprint-roles-{name}-{port}.log"))).expect("log");
+    let log =
+        std::fs::File::create(std::env::temp_dir().join(format!("imprint-roles-{name}-{port}.log"))).expect("log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imprint-server"));
     cmd.arg("serve")
         .env("DATABASE_URL", db)
@@ -122,10 +123,12 @@ async fn two_api_one_publish_console_one_worker_over_one_postgres(pool: sqlx::Pg
     assert_eq!(console.status(), 200, "the console on the publish,console process");
 
     // Publishing through one process, reading and polling through the others.
-    let (st, body) = call(&http, &publisher, Method::POST, "/api/v1/topics", Some(json!({"name": "roles.config"}))).await;
+    let (st, body) =
+        call(&http, &publisher, Method::POST, "/api/v1/topics", Some(json!({"name": "roles.config"}))).await;
     assert_eq!(st, 201, "{body}");
     let (st, body) =
-        call(&http, &publisher, Method::POST, "/api/v1/topics/roles.config/versions", Some(json!({"data": "v1"}))).await;
+        call(&http, &publisher, Method::POST, "/api/v1/topics/roles.config/versions", Some(json!({"data": "v1"})))
+            .await;
     assert_eq!(st, 201, "{body}");
     for api in [&api1, &api2] {
         let started = Instant::now();
@@ -159,7 +162,8 @@ async fn two_api_one_publish_console_one_worker_over_one_postgres(pool: sqlx::Pg
     tokio::time::sleep(Duration::from_millis(500)).await;
     let published = Instant::now();
     let (st, body) =
-        call(&http, &publisher, Method::POST, "/api/v1/topics/roles.config/versions", Some(json!({"data": "v2"}))).await;
+        call(&http, &publisher, Method::POST, "/api/v1/topics/roles.config/versions", Some(json!({"data": "v2"})))
+            .await;
     assert_eq!(st, 201, "{body}");
     for p in parked {
         let (answered, body) = p.await.expect("poll task");
@@ -170,9 +174,14 @@ async fn two_api_one_publish_console_one_worker_over_one_postgres(pool: sqlx::Pg
     }
 
     // A rollout advances with the worker alone (no other process runs the scheduler).
-    let (st, _) =
-        call(&http, &publisher, Method::POST, "/api/v1/topics/roles.config/versions", Some(json!({"data": "v3", "scopes": []})))
-            .await;
+    let (st, _) = call(
+        &http,
+        &publisher,
+        Method::POST,
+        "/api/v1/topics/roles.config/versions",
+        Some(json!({"data": "v3", "scopes": []})),
+    )
+    .await;
     assert_eq!(st, 201);
     let stages = json!([{"selector": {"region": "eu"}, "wait_s": 1}, {"selector": {"region": "us"}, "wait_s": 4}, {"selector": {}, "wait_s": 0}]);
     let (st, ro) = call(

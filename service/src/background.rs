@@ -51,9 +51,13 @@ impl Imprint {
             i.expire_pins().await.map(|_| ())
         });
         // Consumers not seen for a long time are forgotten; lag gauges.
-        self.every(Duration::from_secs(30), "consumer upkeep", true, true, |i| async move {
-            i.consumer_upkeep().await
-        });
+        self.every(
+            Duration::from_secs(30),
+            "consumer upkeep",
+            true,
+            true,
+            |i| async move { i.consumer_upkeep().await },
+        );
         Ok(())
     }
 

@@ -65,10 +65,11 @@ impl Roles {
 
 impl std::fmt::Display for Roles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = [(self.api, "api"), (self.publish, "publish"), (self.console, "console"), (self.worker, "worker")]
-            .into_iter()
-            .filter_map(|(on, n)| on.then_some(n))
-            .collect();
+        let names: Vec<&str> =
+            [(self.api, "api"), (self.publish, "publish"), (self.console, "console"), (self.worker, "worker")]
+                .into_iter()
+                .filter_map(|(on, n)| on.then_some(n))
+                .collect();
         f.write_str(&names.join(","))
     }
 }

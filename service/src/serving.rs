@@ -66,9 +66,8 @@ impl ServedVersion {
                 data_url: format!("/api/v1/topics/{}/versions/{}/data", self.topic, self.version),
             };
             let text = serde_json::to_string(&u).unwrap_or_else(|_| "null".into());
-            serde_json::value::RawValue::from_string(text).unwrap_or_else(|_| {
-                serde_json::value::RawValue::from_string("null".into()).expect("null is JSON")
-            })
+            serde_json::value::RawValue::from_string(text)
+                .unwrap_or_else(|_| serde_json::value::RawValue::from_string("null".into()).expect("null is JSON"))
         })
     }
 }
@@ -478,7 +477,9 @@ async fn load(
     let wanted: Vec<(i64, i64)> = meta
         .values()
         .filter(|r| {
-            r.size as u64 <= INLINE_POLL_BYTES && r.purged_at.is_none() && !cache.contains_key(&(r.topic_id, r.version as u64))
+            r.size as u64 <= INLINE_POLL_BYTES
+                && r.purged_at.is_none()
+                && !cache.contains_key(&(r.topic_id, r.version as u64))
         })
         .map(|r| (r.topic_id, r.version))
         .collect();

@@ -49,11 +49,8 @@ impl Imprint {
     /// Brings every topic's manifest up to date with what `*` resolves to now.
     pub async fn snapshot_pass(&self) -> Result<SnapshotPass> {
         let mut conn = self.pool().acquire().await?;
-        let written: HashMap<i64, (i64, String)> = store::snapshots::all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|r| (r.topic_id, (r.version, r.sha256)))
-            .collect();
+        let written: HashMap<i64, (i64, String)> =
+            store::snapshots::all(&mut *conn).await?.into_iter().map(|r| (r.topic_id, (r.version, r.sha256))).collect();
         let state = self.state();
         let nobody = Labels::default();
         let mut pass = SnapshotPass::default();
@@ -77,7 +74,9 @@ impl Imprint {
                     pass.removed += 1;
                 }
                 Some(v) => {
-                    let Some(row) = store::versions::get(&mut *conn, topic.id, v.version as i64).await? else { continue };
+                    let Some(row) = store::versions::get(&mut *conn, topic.id, v.version as i64).await? else {
+                        continue;
+                    };
                     if row.purged_at.is_some() {
                         continue;
                     }
@@ -105,7 +104,8 @@ impl Imprint {
                         data_base64,
                         object,
                     };
-                    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| crate::Error::Internal(e.to_string()))?;
+                    let body =
+                        serde_json::to_vec_pretty(&manifest).map_err(|e| crate::Error::Internal(e.to_string()))?;
                     self.objects().put(&key, body.into()).await?;
                     store::snapshots::upsert(&mut *conn, topic.id, v.version as i64, &v.sha256, self.now()).await?;
                     pass.written += 1;

@@ -25,9 +25,12 @@ pub const CHANGE_CHANNEL: &str = "imprint_change";
 /// and a notification `<topic id>:<change seq>` goes out when the transaction commits (a
 /// server that already holds that sequence skips the reload).
 pub(crate) async fn notify(conn: &mut PgConnection, topic_id: i64) -> Result<()> {
-    let seq = sqlx::query_scalar!("UPDATE topics SET change_seq = change_seq + 1 WHERE id = $1 RETURNING change_seq", topic_id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let seq = sqlx::query_scalar!(
+        "UPDATE topics SET change_seq = change_seq + 1 WHERE id = $1 RETURNING change_seq",
+        topic_id
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     sqlx::query!("SELECT pg_notify($1, $2)", CHANGE_CHANNEL, format!("{topic_id}:{seq}")).execute(&mut *conn).await?;
     Ok(())
 }

@@ -7,7 +7,6 @@ use sqlx::types::Json;
 use sqlx::PgConnection;
 use std::collections::BTreeMap;
 
-
 pub(crate) struct TopicId {
     pub id: i64,
 }
@@ -140,13 +139,9 @@ pub(crate) async fn begin_snapshot(conn: &mut PgConnection) -> Result<()> {
 
 /// The whole resolution history of one topic (`Some(id)`) or of all of them.
 pub(crate) async fn snapshot(conn: &mut PgConnection, topic_id: Option<i64>) -> Result<Snapshot> {
-    let topics = sqlx::query_as!(
-        TopicId,
-        "SELECT id FROM topics WHERE ($1::bigint IS NULL OR id = $1)",
-        topic_id
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let topics = sqlx::query_as!(TopicId, "SELECT id FROM topics WHERE ($1::bigint IS NULL OR id = $1)", topic_id)
+        .fetch_all(&mut *conn)
+        .await?;
     let versions = sqlx::query_as!(
         ServedVersionRow,
         r#"SELECT topic_id, version, created_at AS "created_at: DateTime<Utc>", purged_at AS "purged_at: DateTime<Utc>", content_type, size, sha256,
