@@ -422,7 +422,13 @@ pub(crate) fn histories(snap: &store::serving::Snapshot) -> HashMap<i64, TopicHi
             h.scopes.push(ScopeEntry { version: s.version as u64, selector, added_at: s.added_at });
         }
     }
-    for p in &snap.pins {
+    add_pins(&mut histories, &snap.pins);
+    histories
+}
+
+/// Adds pin rows to the histories of their topics (rows of other topics are ignored).
+fn add_pins(histories: &mut HashMap<i64, TopicHistory>, pins: &[store::serving::ServedPinRow]) {
+    for p in pins {
         if let (Some(h), Ok(selector)) = (histories.get_mut(&p.topic_id), Selector::parse(&p.selector_key)) {
             h.pins.push(PinEntry {
                 id: p.id,
@@ -433,7 +439,6 @@ pub(crate) fn histories(snap: &store::serving::Snapshot) -> HashMap<i64, TopicHi
             });
         }
     }
-    histories
 }
 
 async fn load(
@@ -452,17 +457,7 @@ async fn load(
             h.scopes.push(ScopeEntry { version: v, selector, added_at: b.added_at });
         }
     }
-    for p in &now.pins {
-        if let (Some(h), Ok(selector)) = (present.get_mut(&p.topic_id), Selector::parse(&p.selector_key)) {
-            h.pins.push(PinEntry {
-                id: p.id,
-                selector,
-                version: p.version as u64,
-                created_at: p.created_at,
-                removed_at: p.removed_at,
-            });
-        }
-    }
+    add_pins(&mut present, &now.pins);
     let indexes: HashMap<i64, CurrentIndex> = present.iter().map(|(id, h)| (*id, h.current_index())).collect();
     // The rows of the versions resolution can return, and the payloads still needed.
     let (tids, vs): (Vec<i64>, Vec<i64>) =
