@@ -219,6 +219,18 @@ stop_bare() {
 }
 
 api() { curl -fsS -X "$1" "$URL$2" -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' ${3:+-d "$3"}; }
+HZ=$(getconf CLK_TCK)
+# proc_ticks PID…: user+system clock ticks used so far by these processes (gone ones: 0).
+proc_ticks() {
+  local t=0 p v
+  for p in "$@"; do
+    v=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null) || v=0
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+# busy_ticks: clock ticks the whole machine was busy so far (all CPUs, minus idle and iowait).
+busy_ticks() { awk 'NR == 1 { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 
@@ -444,12 +456,22 @@ measure_publish() {
   quiet
   fresh_db imprint_scale_publish
   start_server imprint_scale_publish
-  local out
+  local out s0 p0 m0 s1 p1 m1 n
+  # Where the CPU of a publish goes: the server, Postgres (every process of the cluster),
+  # the whole machine (the load generator is the rest).
+  s0=$(proc_ticks "$SERVER_PID") p0=$(proc_ticks $(pgrep -x postgres)) m0=$(busy_ticks)
   out=$("$LOADGEN" publish-rate --url "$URL" --token "$TOKEN" --topics 8 --seconds "$PUBLISH_SECONDS" \
     --concurrency "$PUBLISH_CONCURRENCY" --payload-bytes 200)
+  s1=$(proc_ticks "$SERVER_PID") p1=$(proc_ticks $(pgrep -x postgres)) m1=$(busy_ticks)
   indent <<<"$out"
   local rate
   rate=$(kv publishes_per_s <<<"$out")
+  n=$(kv publishes <<<"$out")
+  if [[ -n $n && $n -gt 0 ]]; then
+    log "  CPU per publish: server $(calc '%.2f' "($s1 - $s0) * 1000 / $HZ / $n") ms," \
+      "postgres $(calc '%.2f' "($p1 - $p0) * 1000 / $HZ / $n") ms, whole machine $(calc '%.2f' "($m1 - $m0) * 1000 / $HZ / $n") ms" \
+      "(2 cores: $(calc '%.1f' "2000 / (($m1 - $m0) * 1000 / $HZ / $n)") publishes/s if CPU were the limit)"
+  fi
   row 5 "small publishes per second against Postgres" "≥ 500" \
     "$rate/s ($PUBLISH_CONCURRENCY in flight; p50 $(kv p50_ms <<<"$out") ms, p99 $(kv p99_ms <<<"$out") ms; $(kv errors <<<"$out") errors)" \
     "$(yes_no "$rate >= 500 && $(kv errors <<<"$out") == 0")"

@@ -1,7 +1,7 @@
 //! Apollo's config-service protocol on top of topics: an Apollo client's cluster, label,
 //! ip and data center become consumer labels, so the ordinary resolution rule (scopes,
 //! pins, rollouts) decides what it gets. Answered from memory, like polls.
-use crate::audit::Observation;
+use crate::audit::{Reporter, Seen};
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::serving::ServingTopic;
@@ -109,19 +109,18 @@ impl Imprint {
             return;
         }
         let Some(ip) = client.ip.as_deref().filter(|ip| !ip.is_empty() && ip.len() <= 200) else { return };
-        let now = self.now();
-        let obs = Observation {
-            labels: Arc::new(labels.pairs().clone()),
+        let instance = format!("apollo:{ip}");
+        let principal = client.signed.then(|| format!("apollo:{}", client.app_id));
+        let who =
+            Reporter { instance: &instance, labels: labels.pairs(), principal: principal.as_deref(), at: self.now() };
+        let seen = Seen {
+            topic_id: t.id,
             version: Some(version),
-            version_since: now,
             expected: Some(version),
-            first_seen: now,
-            last_seen: now,
             applied: None,
             published_at: t.served.get(&version).map(|v| v.created_at),
-            principal: client.signed.then(|| Arc::from(format!("apollo:{}", client.app_id))),
         };
-        self.audit().record(&format!("apollo:{ip}"), [(t.id, obs)]);
+        self.audit().record(&who, [seen]);
     }
 
     /// `/notifications/v2`: the listed namespaces whose topic changed past the id the

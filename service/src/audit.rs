@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 const SHARDS: usize = 16;
 
@@ -20,7 +20,7 @@ pub struct Applied {
 /// What one poll told us about one (topic, instance).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observation {
-    pub labels: std::sync::Arc<BTreeMap<String, String>>,
+    pub labels: Arc<BTreeMap<String, String>>,
     pub version: Option<u64>,
     pub version_since: DateTime<Utc>,
     pub expected: Option<u64>,
@@ -30,10 +30,62 @@ pub struct Observation {
     /// When the held version was published (for the propagation metric; not stored).
     pub published_at: Option<DateTime<Utc>>,
     /// Who reported: `token:<name>` for an authenticated consumer, `None` when anonymous.
-    pub principal: Option<std::sync::Arc<str>>,
+    pub principal: Option<Arc<str>>,
+}
+
+/// Who reported, once per poll: the node, its labels, the caller and the time.
+pub struct Reporter<'a> {
+    pub instance: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    /// `token:<name>` for an authenticated consumer, `None` when anonymous.
+    pub principal: Option<&'a str>,
+    pub at: DateTime<Utc>,
+}
+
+/// What a poll said about one topic.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub topic_id: i64,
+    /// The version the node holds.
+    pub version: Option<u64>,
+    /// The version it resolves to now.
+    pub expected: Option<u64>,
+    pub applied: Option<Applied>,
+    /// When the held version was published (for the propagation metric).
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+fn anonymous_ignored() -> &'static metrics::Counter {
+    static C: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    C.get_or_init(|| metrics::counter!("imprint_audit_anonymous_ignored_total"))
 }
 
 impl Observation {
+    fn new(who: &Reporter<'_>, s: Seen, labels: Arc<BTreeMap<String, String>>, principal: Option<Arc<str>>) -> Self {
+        Observation {
+            labels,
+            version: s.version,
+            version_since: who.at,
+            expected: s.expected,
+            first_seen: who.at,
+            last_seen: who.at,
+            applied: s.applied,
+            published_at: s.published_at,
+            principal,
+        }
+    }
+
+    /// Is this report what the entry already says (so only `last_seen` moves)?
+    fn same_report(&self, who: &Reporter<'_>, s: &Seen) -> bool {
+        self.version == s.version
+            && self.expected == s.expected
+            && self.principal.as_deref() == who.principal
+            && s.applied.as_ref().is_none_or(|a| {
+                self.applied.as_ref().is_some_and(|b| (b.version, b.ok, &b.error) == (a.version, a.ok, &a.error))
+            })
+            && *self.labels == *who.labels
+    }
+
     /// Folds a newer observation into this one (same key).
     fn merge(&mut self, newer: Observation) {
         let first_seen = self.first_seen.min(newer.first_seen);
@@ -114,33 +166,54 @@ impl AuditBuffer {
 
     /// Records what one poll said about each of its topics. Memory is bounded: past
     /// `max_entries` (topic, instance) pairs, new pairs are counted as dropped.
-    pub fn record(&self, instance: &str, observations: impl IntoIterator<Item = (i64, Observation)>) {
-        let mut shard = self.shard(instance).lock().unwrap_or_else(|e| e.into_inner());
-        if !shard.contains_key(instance) {
-            shard.insert(instance.to_owned(), HashMap::new());
-        }
-        let Some(topics) = shard.get_mut(instance) else { return };
-        for (topic_id, obs) in observations {
-            match topics.get_mut(&topic_id) {
+    ///
+    /// The common case — a known node reporting what it reported before — touches
+    /// `last_seen` in place and allocates nothing: the labels and the principal are
+    /// copied into shared `Arc`s only when an entry is new or they changed.
+    pub fn record(&self, who: &Reporter<'_>, seen: impl IntoIterator<Item = Seen>) {
+        let mut shard = self.shard(who.instance).lock().unwrap_or_else(|e| e.into_inner());
+        let topics = match shard.get_mut(who.instance) {
+            Some(t) => t,
+            None => shard.entry(who.instance.to_owned()).or_default(),
+        };
+        // Built at most once per call, only when some entry needs them.
+        let mut labels: Option<Arc<BTreeMap<String, String>>> = None;
+        let mut principal: Option<Option<Arc<str>>> = None;
+        for s in seen {
+            match topics.get_mut(&s.topic_id) {
                 // An anonymous poll never overwrites what an authenticated consumer said.
-                Some(e) if e.obs.principal.is_some() && obs.principal.is_none() => {
-                    metrics::counter!("imprint_audit_anonymous_ignored_total").increment(1);
+                Some(e) if e.obs.principal.is_some() && who.principal.is_none() => {
+                    anonymous_ignored().increment(1);
+                }
+                Some(e) if e.obs.same_report(who, &s) => {
+                    // Nothing new but the time: the cheap path of every steady poll.
+                    if who.at > e.obs.last_seen {
+                        e.obs.last_seen = who.at;
+                    }
+                    if let (Some(a), Some(b)) = (e.obs.applied.as_mut(), s.applied) {
+                        a.at = a.at.max(b.at);
+                    }
+                    self.mark_if_stale(e, false);
                 }
                 Some(e) => {
                     // A node that moved to the version it should hold: how long that took.
-                    if e.obs.version != obs.version && obs.version.is_some() && obs.version == obs.expected {
-                        if let Some(p) = obs.published_at {
-                            let secs = (obs.last_seen - p).num_milliseconds().max(0) as f64 / 1000.0;
+                    if e.obs.version != s.version && s.version.is_some() && s.version == s.expected {
+                        if let Some(p) = s.published_at {
+                            let secs = (who.at - p).num_milliseconds().max(0) as f64 / 1000.0;
                             metrics::histogram!("imprint_propagation_seconds").record(secs);
                         }
                     }
+                    // Keep the entry's own labels when they did not change.
+                    let l = if *e.obs.labels == *who.labels {
+                        e.obs.labels.clone()
+                    } else {
+                        labels.get_or_insert_with(|| Arc::new(who.labels.clone())).clone()
+                    };
+                    let p = principal.get_or_insert_with(|| who.principal.map(Arc::from)).clone();
+                    let obs = Observation::new(who, s, l, p);
                     let changed = e.obs.differs(&obs);
                     e.obs.merge(obs);
-                    let stale = e.written_seen.is_none_or(|w| (e.obs.last_seen - w).num_seconds() >= REFRESH_SECS);
-                    if (changed || stale) && !e.dirty {
-                        e.dirty = true;
-                        self.dirty.fetch_add(1, Ordering::Relaxed);
-                    }
+                    self.mark_if_stale(e, changed);
                 }
                 None => {
                     if self.len.load(Ordering::Relaxed) >= self.max_entries {
@@ -148,11 +221,26 @@ impl AuditBuffer {
                         metrics::counter!("imprint_audit_dropped_total").increment(1);
                         continue;
                     }
+                    let l = labels.get_or_insert_with(|| Arc::new(who.labels.clone())).clone();
+                    let p = principal.get_or_insert_with(|| who.principal.map(Arc::from)).clone();
                     self.len.fetch_add(1, Ordering::Relaxed);
                     self.dirty.fetch_add(1, Ordering::Relaxed);
-                    topics.insert(topic_id, Entry { obs, dirty: true, written_seen: None });
+                    topics.insert(
+                        s.topic_id,
+                        Entry { obs: Observation::new(who, s, l, p), dirty: true, written_seen: None },
+                    );
                 }
             }
+        }
+    }
+
+    /// Marks an entry for writing when it changed, or when its `last_seen` was last
+    /// written `REFRESH_SECS` ago.
+    fn mark_if_stale(&self, e: &mut Entry, changed: bool) {
+        let stale = e.written_seen.is_none_or(|w| (e.obs.last_seen - w).num_seconds() >= REFRESH_SECS);
+        if (changed || stale) && !e.dirty {
+            e.dirty = true;
+            self.dirty.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -248,6 +336,13 @@ mod tests {
         }
     }
 
+    fn rec(b: &AuditBuffer, instance: &str, topic_id: i64, o: Observation) {
+        let who = Reporter { instance, labels: &o.labels, principal: o.principal.as_deref(), at: o.last_seen };
+        let seen =
+            Seen { topic_id, version: o.version, expected: o.expected, applied: o.applied.clone(), published_at: None };
+        b.record(&who, [seen]);
+    }
+
     #[test]
     fn merge_keeps_the_newest_and_the_earliest() {
         let mut a = obs(Some(1), 10, Some((1, false, 10)));
@@ -266,16 +361,16 @@ mod tests {
     #[test]
     fn buffer_is_bounded_and_restores_under_newer() {
         let b = AuditBuffer::new(2);
-        b.record("a", [(1, obs(Some(1), 1, None))]);
-        b.record("b", [(1, obs(Some(1), 1, None))]);
-        b.record("c", [(1, obs(Some(1), 1, None))]);
+        rec(&b, "a", 1, obs(Some(1), 1, None));
+        rec(&b, "b", 1, obs(Some(1), 1, None));
+        rec(&b, "c", 1, obs(Some(1), 1, None));
         assert_eq!(b.len(), 2);
         assert_eq!(b.dropped.load(Ordering::Relaxed), 1);
-        b.record("a", [(1, obs(Some(2), 5, None))]);
+        rec(&b, "a", 1, obs(Some(2), 5, None));
         assert_eq!(b.len(), 2, "known keys are updated in place");
         let drained = b.drain(Utc::now());
         assert_eq!((drained.len(), b.pending()), (2, 0));
-        b.record("a", [(1, obs(Some(3), 9, None))]);
+        rec(&b, "a", 1, obs(Some(3), 9, None));
         b.restore(drained);
         assert_eq!(b.pending(), 2);
         let again: HashMap<Key, Observation> = b.drain(Utc::now()).into_iter().collect();
@@ -286,17 +381,51 @@ mod tests {
     #[test]
     fn unchanged_nodes_are_rewritten_only_now_and_then() {
         let b = AuditBuffer::new(10);
-        b.record("a", [(1, obs(Some(1), 100, None))]);
+        rec(&b, "a", 1, obs(Some(1), 100, None));
         assert_eq!(b.drain(Utc::now()).len(), 1);
-        b.record("a", [(1, obs(Some(1), 110, None))]);
+        rec(&b, "a", 1, obs(Some(1), 110, None));
         assert!(b.drain(Utc::now()).is_empty(), "nothing new 10 s later");
-        b.record("a", [(1, obs(Some(1), 131, None))]);
+        rec(&b, "a", 1, obs(Some(1), 131, None));
         assert_eq!(b.drain(Utc::now()).len(), 1, "last_seen refreshed after 30 s");
-        b.record("a", [(1, obs(Some(2), 132, None))]);
+        rec(&b, "a", 1, obs(Some(2), 132, None));
         assert_eq!(b.drain(Utc::now()).len(), 1, "a new version goes out at once");
-        b.record("a", [(1, obs(Some(2), 133, Some((2, false, 133))))]);
+        rec(&b, "a", 1, obs(Some(2), 133, Some((2, false, 133))));
         assert_eq!(b.drain(Utc::now()).len(), 1, "so does an apply report");
-        b.record("a", [(1, obs(Some(2), 134, Some((2, false, 134))))]);
+        rec(&b, "a", 1, obs(Some(2), 134, Some((2, false, 134))));
         assert!(b.drain(Utc::now()).is_empty(), "the same report again is nothing new");
+    }
+
+    #[test]
+    fn steady_polls_touch_only_the_time() {
+        let b = AuditBuffer::new(10);
+        let labels = |region: &str| Arc::new(BTreeMap::from([("region".to_owned(), region.to_owned())]));
+        let mut o = obs(Some(1), 100, None);
+        o.labels = labels("eu");
+        rec(&b, "a", 1, o);
+        let first = b.drain(Utc::now());
+        // The same report with equal (not identical) labels: only last_seen moves, the
+        // entry keeps its labels, nothing is due for writing.
+        let mut o = obs(Some(1), 105, None);
+        o.labels = labels("eu");
+        rec(&b, "a", 1, o);
+        {
+            let shard = b.shard("a").lock().expect("lock");
+            let e = &shard["a"][&1];
+            assert_eq!((e.obs.last_seen, e.obs.first_seen, e.dirty), (t(105), t(100), false));
+            assert!(Arc::ptr_eq(&e.obs.labels, &first[0].1.labels));
+        }
+        // New labels go out at once.
+        let mut o = obs(Some(1), 106, None);
+        o.labels = labels("us");
+        rec(&b, "a", 1, o);
+        let d = b.drain(Utc::now());
+        assert_eq!((d.len(), d[0].1.labels["region"].as_str(), d[0].1.last_seen), (1, "us", t(106)));
+        // Once a token reported, anonymous reports change nothing.
+        let mut o = obs(Some(2), 107, None);
+        o.principal = Some(Arc::from("token:x"));
+        rec(&b, "a", 1, o);
+        rec(&b, "a", 1, obs(Some(3), 108, None));
+        let d = b.drain(Utc::now());
+        assert_eq!((d[0].1.version, d[0].1.last_seen), (Some(2), t(107)));
     }
 }

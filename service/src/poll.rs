@@ -188,6 +188,11 @@ fn poll_metrics(long: bool) -> &'static PollMetrics {
 /// it may (plus jitter, so refused pollers do not return in step).
 const BUSY_POLL_AFTER_MS: u64 = 5_000;
 
+fn long_polls_open() -> &'static metrics::Gauge {
+    static G: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
+    G.get_or_init(|| metrics::gauge!("imprint_long_polls_open"))
+}
+
 /// Holds a place among the open long polls (`Config::max_long_polls`) until dropped,
 /// however the poll ends, and keeps `imprint_long_polls_open` right.
 struct OpenLongPoll<'a>(&'a std::sync::atomic::AtomicUsize);
@@ -205,7 +210,7 @@ impl<'a> OpenLongPoll<'a> {
                 Err(now) => n = now,
             }
         }
-        metrics::gauge!("imprint_long_polls_open").increment(1.0);
+        long_polls_open().increment(1.0);
         Some(OpenLongPoll(open))
     }
 }
@@ -213,7 +218,7 @@ impl<'a> OpenLongPoll<'a> {
 impl Drop for OpenLongPoll<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        metrics::gauge!("imprint_long_polls_open").decrement(1.0);
+        long_polls_open().decrement(1.0);
     }
 }
 
@@ -288,32 +293,26 @@ impl Imprint {
     /// Notes what this poll says about each known topic in the audit buffer (memory only).
     fn record_poll(&self, caller: &Caller, req: &PollRequest, seen: Seen<'_>) {
         let now = self.now();
-        let principal: Option<Arc<str>> = caller.principal().map(Arc::from);
-        let labels = std::sync::Arc::new(req.consumer.labels.pairs().clone());
-        let observations = seen.into_iter().map(|(name, topic_id, expected, published_at)| {
-            let applied = req.applied.get(name).map(|a| crate::audit::Applied {
+        let principal = caller.principal();
+        let who = crate::audit::Reporter {
+            instance: &req.consumer.instance,
+            labels: req.consumer.labels.pairs(),
+            principal: principal.as_deref(),
+            at: now,
+        };
+        let seen = seen.into_iter().map(|(name, topic_id, expected, published_at)| crate::audit::Seen {
+            topic_id,
+            version: req.topics.get(name).copied().flatten(),
+            expected,
+            applied: req.applied.get(name).map(|a| crate::audit::Applied {
                 version: a.version,
                 ok: a.ok,
                 error: a.error.as_ref().map(|e| e.chars().take(2000).collect()),
                 at: now,
-            });
-            let held = req.topics.get(name).copied().flatten();
-            (
-                topic_id,
-                crate::audit::Observation {
-                    labels: labels.clone(),
-                    version: held,
-                    version_since: now,
-                    expected,
-                    first_seen: now,
-                    last_seen: now,
-                    applied,
-                    published_at,
-                    principal: principal.clone(),
-                },
-            )
+            }),
+            published_at,
         });
-        self.audit().record(&req.consumer.instance, observations);
+        self.audit().record(&who, seen);
     }
 
     /// The resolved version of one topic for `labels`, with its payload when in memory.
