@@ -102,7 +102,8 @@ fn role_of(method: &axum::http::Method, path: &str) -> Option<&'static str> {
 /// Refuses what this process's roles do not serve, with a message naming the role that does.
 async fn role_gate(axum::extract::State(imprint): axum::extract::State<Imprint>, req: Request, next: Next) -> Response {
     let roles = imprint.config().roles;
-    let served = match role_of(req.method(), req.uri().path()) {
+    let role = role_of(req.method(), req.uri().path());
+    let served = match role {
         None => true,
         Some("api") => roles.api,
         Some("read") => roles.api || roles.publish,
@@ -112,7 +113,7 @@ async fn role_gate(axum::extract::State(imprint): axum::extract::State<Imprint>,
     if served {
         return next.run(req).await;
     }
-    let needed = match role_of(req.method(), req.uri().path()) {
+    let needed = match role {
         Some("read") => "api or publish",
         Some(r) => r,
         None => "any",

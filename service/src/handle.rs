@@ -318,8 +318,16 @@ impl Imprint {
     /// Applies a committed change to this server's memory at once (other servers learn
     /// it through NOTIFY), so a caller reads its own writes.
     pub(crate) async fn refresh_topic(&self, topic_id: i64) {
-        if let Err(e) = self.state().reload(self.pool(), Some(topic_id)).await {
-            tracing::warn!(error = %e, topic_id, "could not refresh the serving state after a write");
+        for attempt in 1..=3 {
+            match self.state().reload(self.pool(), Some(topic_id)).await {
+                Ok(()) => return,
+                Err(e) if attempt < 3 => {
+                    tracing::debug!(error = %e, topic_id, attempt, "refreshing the serving state after a write");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                // The safety net (`ServingState::catch_up`) loads it within its period.
+                Err(e) => tracing::warn!(error = %e, topic_id, "could not refresh the serving state after a write"),
+            }
         }
     }
 

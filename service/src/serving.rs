@@ -151,8 +151,26 @@ impl WaiterList {
     }
 }
 
+/// An own change being applied by its writer (`ServingState::own_change`).
+pub(crate) struct OwnChange<'a> {
+    state: &'a ServingState,
+    id: i64,
+    seq: i64,
+}
+
+impl Drop for OwnChange<'_> {
+    fn drop(&mut self) {
+        let mut own = self.state.own.lock().unwrap_or_else(|e| e.into_inner());
+        if own.get(&self.id) == Some(&self.seq) {
+            own.remove(&self.id);
+        }
+    }
+}
+
 pub struct ServingState {
     topics: RwLock<HashMap<String, Arc<ServingTopic>>>,
+    /// Own changes being applied by their writers: topic id → change sequence.
+    own: std::sync::Mutex<HashMap<i64, i64>>,
     /// Topic id → the change sequence held (notifications name topics by id).
     seqs: RwLock<HashMap<i64, i64>>,
     /// Topic name → the long polls waiting on it (also for topics that do not exist yet).
@@ -171,6 +189,7 @@ impl Default for ServingState {
     fn default() -> Self {
         Self {
             topics: RwLock::new(HashMap::new()),
+            own: std::sync::Mutex::new(HashMap::new()),
             seqs: RwLock::new(HashMap::new()),
             waiters: std::sync::Mutex::new(HashMap::new()),
             wakeups: std::sync::atomic::AtomicU64::new(0),
@@ -212,9 +231,21 @@ impl ServingState {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
-    /// Does this server hold topic `id` at change `seq` or later?
+    /// Does this server hold topic `id` at change `seq` or later, or is it about to (its
+    /// own write of that change, applied by the writer itself: `own_change`)?
     pub fn holds(&self, id: i64, seq: i64) -> bool {
-        self.seqs.read().unwrap_or_else(|e| e.into_inner()).get(&id).is_some_and(|held| *held >= seq)
+        let own = self.own.lock().unwrap_or_else(|e| e.into_inner()).get(&id).is_some_and(|s| *s >= seq);
+        own || self.seqs.read().unwrap_or_else(|e| e.into_inner()).get(&id).is_some_and(|held| *held >= seq)
+    }
+
+    /// Marks change `seq` of topic `id` as this process's own, to be applied by the
+    /// writer right after its commit (until the returned guard goes): its notification,
+    /// which can arrive before that, does not make the listener load it a second time.
+    pub(crate) fn own_change(&self, id: i64, seq: i64) -> OwnChange<'_> {
+        let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        let s = own.entry(id).or_insert(seq);
+        *s = (*s).max(seq);
+        OwnChange { state: self, id, seq }
     }
 
     pub fn topic_count(&self) -> usize {
@@ -629,5 +660,27 @@ async fn sleep_or_stop(stop: &mut watch::Receiver<bool>, d: std::time::Duration)
     tokio::select! {
         _ = tokio::time::sleep(d) => {}
         _ = stop.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_changes_count_as_held_until_applied() {
+        let s = ServingState::default();
+        assert!(!s.holds(1, 5));
+        {
+            let _a = s.own_change(1, 5);
+            assert!(s.holds(1, 5) && s.holds(1, 4));
+            assert!(!s.holds(1, 6), "a later change (another server's) is not covered");
+            assert!(!s.holds(2, 5), "nor another topic");
+            let b = s.own_change(1, 7);
+            assert!(s.holds(1, 7));
+            drop(b);
+            assert!(!s.holds(1, 7), "a finished writer's mark goes");
+        }
+        assert!(!s.holds(1, 5));
     }
 }

@@ -294,13 +294,15 @@ impl Imprint {
                 "storage": if final_key.is_some() || matches!(received, Received::Object { .. }) { "object" } else { "inline" },
             });
             store::audit(&mut tx, created_at, &who, "version.publish", Some(&t.name), details).await?;
-            store::notify(&mut tx, t.id).await?;
+            let seq = store::notify(&mut tx, t.id).await?;
+            // Applied below by this call: the notification need not reload it again here.
+            let own = self.state().own_change(t.id, seq);
             tx.commit().await?;
-            Ok::<_, Error>(rollout_id)
+            Ok::<_, Error>((rollout_id, own))
         }
         .await;
-        let rollout_id = match committed {
-            Ok(id) => id,
+        let (rollout_id, own) = match committed {
+            Ok(x) => x,
             Err(e) => {
                 if let Some(to) = &final_key {
                     self.discard_upload(to).await;
@@ -309,6 +311,7 @@ impl Imprint {
             }
         };
         self.refresh_topic(t.id).await;
+        drop(own);
         let rollout = match rollout_id {
             Some(id) => Some(self.rollout(caller, &t.name, id).await?),
             None => None,

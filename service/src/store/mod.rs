@@ -24,7 +24,8 @@ pub const CHANGE_CHANNEL: &str = "imprint_change";
 /// topic's change sequence is raised (a slow reload can never install an older state)
 /// and a notification `<topic id>:<change seq>` goes out when the transaction commits (a
 /// server that already holds that sequence skips the reload).
-pub(crate) async fn notify(conn: &mut PgConnection, topic_id: i64) -> Result<()> {
+/// Returns the new change sequence.
+pub(crate) async fn notify(conn: &mut PgConnection, topic_id: i64) -> Result<i64> {
     let seq = sqlx::query_scalar!(
         "UPDATE topics SET change_seq = change_seq + 1 WHERE id = $1 RETURNING change_seq",
         topic_id
@@ -32,7 +33,7 @@ pub(crate) async fn notify(conn: &mut PgConnection, topic_id: i64) -> Result<()>
     .fetch_one(&mut *conn)
     .await?;
     sqlx::query!("SELECT pg_notify($1, $2)", CHANGE_CHANNEL, format!("{topic_id}:{seq}")).execute(&mut *conn).await?;
-    Ok(())
+    Ok(seq)
 }
 
 /// Is Postgres answering?
