@@ -191,5 +191,31 @@ async fn the_serving_state_holds_the_present_and_history_comes_from_postgres(poo
     assert_eq!(imp.state().catch_up(imp.pool()).await.expect("catch up"), 1);
     let after = imp.resolve(&Caller::System, "long.history", &us, None).await.expect("resolve");
     assert_eq!(after.map(|r| r.version), Some(29));
+
+    // Purged versions are passed over per selector: the next live version answers. The
+    // reload of one topic (the index walked per selector) and the full load (every scope
+    // row read) agree.
+    sqlx::raw_sql(
+        "UPDATE versions SET purged_at = now()
+           WHERE version IN (29, 30) AND topic_id = (SELECT id FROM topics WHERE name = 'long.history');
+         UPDATE topics SET change_seq = change_seq + 1 WHERE name = 'long.history'",
+    )
+    .execute(&pool)
+    .await
+    .expect("purge behind the server's back");
+    assert_eq!(imp.state().catch_up(imp.pool()).await.expect("catch up"), 1);
+    let eu = Selector::parse("region=eu").expect("selector").as_labels();
+    for (labels, what) in [(&everyone, "everyone"), (&eu, "eu, whose only scope was purged"), (&us, "us")] {
+        let r = imp.resolve(&Caller::System, "long.history", labels, None).await.expect("resolve");
+        assert_eq!(r.map(|r| r.version), Some(28), "{what}");
+    }
+    let keys = |imp: &Imprint| {
+        let mut k: Vec<u64> = imp.state().get("long.history").expect("loaded").served.keys().copied().collect();
+        k.sort_unstable();
+        k
+    };
+    assert_eq!(keys(&imp), vec![28]);
+    imp.state().reload(imp.pool(), None).await.expect("full load");
+    assert_eq!(keys(&imp), vec![28]);
     imp.shutdown();
 }

@@ -54,7 +54,8 @@ struct Cli {
 enum Cmd {
     /// Park N long polls, publish once, time every answer (or: change another topic, count wakeups).
     Park(ParkArgs),
-    /// A bare axum JSON handler answering every POST like a poll with nothing new.
+    /// A bare axum JSON handler answering every POST like a poll with nothing new (or with
+    /// the JSON of `--answer`).
     BareServer(BareArgs),
     /// Small JSON publishes to several topics; publishes/s and latency percentiles.
     PublishRate(PublishArgs),
@@ -121,6 +122,10 @@ struct ParkArgs {
 struct BareArgs {
     #[arg(long, default_value = "127.0.0.1:3950")]
     addr: SocketAddr,
+    /// Answer with this JSON (read once, serialised per request like any handler's
+    /// answer) instead of an empty poll answer: the reference for answers of that size.
+    #[arg(long)]
+    answer: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -875,16 +880,24 @@ async fn park(a: ParkArgs) -> Result<()> {
 
 // ------------------------------------------------------------ bare server ----
 
-async fn bare_poll(axum::Json(req): axum::Json<Value>) -> axum::Json<Value> {
+async fn bare_poll(
+    axum::extract::State(answer): axum::extract::State<Arc<Value>>,
+    axum::Json(req): axum::Json<Value>,
+) -> axum::Json<Value> {
     std::hint::black_box(&req);
-    axum::Json(json!({"updates": {}, "missing": {}, "poll_after_ms": 0}))
+    axum::Json(Value::clone(&answer))
 }
 
 async fn bare_server(a: BareArgs) -> Result<()> {
     raise_nofile();
+    let answer: Value = match &a.answer {
+        Some(path) => serde_json::from_slice(&std::fs::read(path)?)?,
+        None => json!({"updates": {}, "missing": {}, "poll_after_ms": 0}),
+    };
     let app = axum::Router::new()
         .route("/api/v1/poll", axum::routing::post(bare_poll))
-        .fallback(axum::routing::post(bare_poll));
+        .fallback(axum::routing::post(bare_poll))
+        .with_state(Arc::new(answer));
     let listener = tokio::net::TcpListener::bind(a.addr).await?;
     eprintln!("bare axum JSON handler on http://{} (pid {})", a.addr, std::process::id());
     axum::serve(listener, app)
