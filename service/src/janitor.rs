@@ -121,8 +121,7 @@ impl Imprint {
             full.retention.max_versions.map(|v| v.min(i32::MAX as u32) as i32),
             full.retention.max_age_days.map(|v| v.min(i32::MAX as u32) as i32),
         );
-        let mut tx = self.pool().begin().await?;
-        store::serving::begin_snapshot(&mut tx).await?;
+        let mut tx = self.pool().begin_with(store::serving::BEGIN_SNAPSHOT).await?;
         let (history, rolling) = retention_inputs(&mut tx, t.id).await?;
         tx.commit().await?;
         let sizes = store::versions::sizes(self.pool(), t.id).await?;

@@ -51,6 +51,32 @@ struct UpdateJson<'a> {
 }
 
 impl ServedVersion {
+    /// A version as the poll path serves it (`payload`: the bytes of a small inline one).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        topic: TopicName,
+        version: u64,
+        content_type: String,
+        size: u64,
+        sha256: String,
+        metadata: BTreeMap<String, String>,
+        created_at: chrono::DateTime<chrono::Utc>,
+        payload: Option<Bytes>,
+    ) -> Self {
+        let payload = payload.filter(|_| size <= INLINE_POLL_BYTES);
+        ServedVersion {
+            topic,
+            version,
+            content_type,
+            size,
+            sha256,
+            metadata,
+            created_at,
+            payload,
+            json: Default::default(),
+        }
+    }
+
     /// The update's JSON, pre-serialised (built at most once per version and flag).
     pub fn update_json(&self, pinned: bool) -> &serde_json::value::RawValue {
         self.json[usize::from(pinned)].get_or_init(|| {
@@ -177,6 +203,8 @@ pub struct ServingState {
     waiters: std::sync::Mutex<HashMap<String, WaiterList>>,
     /// Long polls woken by a change (the measure of needless wake-ups).
     wakeups: std::sync::atomic::AtomicU64,
+    /// Publishes applied in memory by their writer (`apply_publish`).
+    applied: std::sync::atomic::AtomicU64,
     /// (Apollo app id, namespace key) → topic name.
     apollo: RwLock<HashMap<(String, String), String>>,
     loaded_once: watch::Sender<bool>,
@@ -193,6 +221,7 @@ impl Default for ServingState {
             seqs: RwLock::new(HashMap::new()),
             waiters: std::sync::Mutex::new(HashMap::new()),
             wakeups: std::sync::atomic::AtomicU64::new(0),
+            applied: std::sync::atomic::AtomicU64::new(0),
             apollo: RwLock::new(HashMap::new()),
             loaded_once: watch::channel(false).0,
             changes: tokio::sync::broadcast::channel(256).0,
@@ -261,6 +290,11 @@ impl ServingState {
             waiters.entry(t.clone()).or_default().push(Arc::downgrade(&slot));
         }
         Waiter { _state: self, slot }
+    }
+
+    /// Publishes applied in memory by this process so far (not read back from Postgres).
+    pub fn publishes_applied(&self) -> u64 {
+        self.applied.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Long polls woken by changes so far.
@@ -383,6 +417,42 @@ impl ServingState {
         self.wake(&changed);
     }
 
+    /// Applies a publish in memory, by its writer, without reading it back: the topic as
+    /// loaded plus `version` released to `selectors`. Only when what is loaded is exactly
+    /// the state the publish changed (change sequence `seq - 1`); otherwise (another
+    /// change in between, not loaded yet) nothing happens and false says to reload.
+    pub(crate) fn apply_publish(&self, name: &str, seq: i64, version: ServedVersion, selectors: &[Selector]) -> bool {
+        let Some(old) = self.get(name) else { return false };
+        if old.change_seq != seq - 1 || version.version <= old.served.keys().copied().max().unwrap_or(0) {
+            return false;
+        }
+        let index = old.index.with_released(version.version, selectors);
+        let new = Arc::new(version);
+        let mut served = HashMap::new();
+        for v in index.versions() {
+            let kept = if v == new.version { Some(new.clone()) } else { old.served.get(&v).cloned() };
+            let Some(kept) = kept else { return false };
+            served.insert(v, kept);
+        }
+        self.install(
+            vec![ServingTopic {
+                id: old.id,
+                name: old.name.clone(),
+                change_seq: seq,
+                owner: old.owner.clone(),
+                restricted: old.restricted,
+                apollo: old.apollo.clone(),
+                has_live: true,
+                index,
+                served,
+            }],
+            false,
+        );
+        metrics::counter!("imprint_state_reloads_total", "kind" => "applied").increment(1);
+        self.applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
     /// Payloads already in memory (of the given topics, or of all), so a reload fetches
     /// only new ones.
     fn cached_payloads(&self, ids: Option<&[i64]>) -> HashMap<(i64, u64), Bytes> {
@@ -405,9 +475,8 @@ impl ServingState {
     pub async fn reload_ids(&self, pool: &PgPool, ids: Option<&[i64]>) -> crate::Result<()> {
         let started = std::time::Instant::now();
         let cache = self.cached_payloads(ids);
-        let mut tx = pool.begin().await?;
-        // One consistent snapshot across the tables.
-        store::serving::begin_snapshot(&mut tx).await?;
+        // One consistent snapshot across the tables (in the BEGIN: one round trip less).
+        let mut tx = pool.begin_with(store::serving::BEGIN_SNAPSHOT).await?;
         let loaded = load(&mut tx, ids, &cache).await?;
         tx.commit().await?;
         self.install(loaded, ids.is_none());
@@ -527,17 +596,16 @@ async fn load(
             let payload = cache.get(&(t.id, v)).cloned().or_else(|| payloads.remove(&(t.id, v)));
             served.insert(
                 v,
-                Arc::new(ServedVersion {
-                    topic: name.clone(),
-                    version: v,
-                    content_type: row.content_type,
-                    size: row.size as u64,
-                    sha256: row.sha256,
-                    metadata: row.metadata.0,
-                    created_at: row.created_at,
+                Arc::new(ServedVersion::new(
+                    name.clone(),
+                    v,
+                    row.content_type,
+                    row.size as u64,
+                    row.sha256,
+                    row.metadata.0,
+                    row.created_at,
                     payload,
-                    json: Default::default(),
-                }),
+                )),
             );
         }
         let apollo = match (t.apollo_app_id, t.apollo_namespace) {

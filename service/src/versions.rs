@@ -298,10 +298,10 @@ impl Imprint {
             // Applied below by this call: the notification need not reload it again here.
             let own = self.state().own_change(t.id, seq);
             tx.commit().await?;
-            Ok::<_, Error>((rollout_id, own))
+            Ok::<_, Error>((rollout_id, own, seq))
         }
         .await;
-        let (rollout_id, own) = match committed {
+        let (rollout_id, own, seq) = match committed {
             Ok(x) => x,
             Err(e) => {
                 if let Some(to) = &final_key {
@@ -310,7 +310,31 @@ impl Imprint {
                 return Err(e);
             }
         };
-        self.refresh_topic(t.id).await;
+        // A plain publish is applied in memory as it was written (no read-back); a
+        // rollout's (its first stage) or one that raced another change is reloaded.
+        let applied = match (rollout_id, scopes.is_empty(), imprint_domain::TopicName::parse(&t.name)) {
+            (None, false, Ok(name)) => {
+                let payload = match &received {
+                    Received::Inline(b) => Some(b.clone()),
+                    Received::Object { .. } => None,
+                };
+                let served = crate::serving::ServedVersion::new(
+                    name,
+                    version as u64,
+                    content_type.clone(),
+                    size,
+                    sha256.clone(),
+                    meta.metadata.clone(),
+                    created_at,
+                    payload,
+                );
+                self.state().apply_publish(t.name.as_str(), seq, served, &scopes)
+            }
+            _ => false,
+        };
+        if !applied {
+            self.refresh_topic(t.id).await;
+        }
         drop(own);
         let rollout = match rollout_id {
             Some(id) => Some(self.rollout(caller, &t.name, id).await?),

@@ -154,6 +154,27 @@ async fn the_serving_state_holds_the_present_and_history_comes_from_postgres(poo
         let p = imp.publish(&Caller::System, "long.history", input).await.expect("publish");
         times.push(p.created_at);
     }
+    // The publishes were applied in memory as written (no read-back): what a load from
+    // Postgres gives, at the change sequence Postgres has.
+    assert_eq!(imp.state().publishes_applied(), 30);
+    let applied = imp.state().get("long.history").expect("loaded");
+    assert_eq!(imp.state().catch_up(imp.pool()).await.expect("catch up"), 0, "the sequence applied is Postgres's");
+    imp.state().reload(imp.pool(), Some(applied.id)).await.expect("reload");
+    let loaded = imp.state().get("long.history").expect("loaded");
+    let mut keys: Vec<u64> = applied.served.keys().copied().collect();
+    keys.sort_unstable();
+    assert_eq!(keys, vec![29, 30]);
+    for v in [29, 30] {
+        let (a, b) = (&applied.served[&v], &loaded.served[&v]);
+        assert_eq!(
+            (&a.sha256, a.size, &a.content_type, &a.metadata, a.created_at, &a.payload),
+            (&b.sha256, b.size, &b.content_type, &b.metadata, b.created_at, &b.payload),
+            "version {v}"
+        );
+        assert_eq!(a.update_json(false).get(), b.update_json(false).get());
+    }
+    assert_eq!(loaded.served.len(), 2);
+
     let pin = imprint_service::PinInput {
         selector: Selector::parse("region=us").expect("selector"),
         version: 3,

@@ -26,13 +26,16 @@ pub const CHANGE_CHANNEL: &str = "imprint_change";
 /// server that already holds that sequence skips the reload).
 /// Returns the new change sequence.
 pub(crate) async fn notify(conn: &mut PgConnection, topic_id: i64) -> Result<i64> {
+    // One round trip: raise the sequence and queue the notification carrying it.
     let seq = sqlx::query_scalar!(
-        "UPDATE topics SET change_seq = change_seq + 1 WHERE id = $1 RETURNING change_seq",
-        topic_id
+        r#"WITH s AS (UPDATE topics SET change_seq = change_seq + 1 WHERE id = $1 RETURNING change_seq)
+           SELECT s.change_seq AS "change_seq!" FROM s
+           CROSS JOIN LATERAL pg_notify($2, $1::bigint::text || ':' || s.change_seq::text) AS n"#,
+        topic_id,
+        CHANGE_CHANNEL
     )
     .fetch_one(&mut *conn)
     .await?;
-    sqlx::query!("SELECT pg_notify($1, $2)", CHANGE_CHANNEL, format!("{topic_id}:{seq}")).execute(&mut *conn).await?;
     Ok(seq)
 }
 

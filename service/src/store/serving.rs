@@ -166,11 +166,8 @@ pub(crate) struct Snapshot {
     pub pins: Vec<ServedPinRow>,
 }
 
-/// Starts the snapshot: the transaction must be the first statement's.
-pub(crate) async fn begin_snapshot(conn: &mut PgConnection) -> Result<()> {
-    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *conn).await?;
-    Ok(())
-}
+/// Opens a transaction that reads one consistent snapshot (`Pool::begin_with`).
+pub(crate) const BEGIN_SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
 /// The whole resolution history of one topic (`Some(id)`) or of all of them.
 pub(crate) async fn snapshot(conn: &mut PgConnection, topic_id: Option<i64>) -> Result<Snapshot> {
