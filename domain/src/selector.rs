@@ -226,10 +226,58 @@ impl fmt::Display for Labels {
     }
 }
 
+/// Labels are read straight into their map (every poll carries them; going through a
+/// `serde_json::Value` of the whole object and copying it was a measurable part of a
+/// poll), with the same checks and messages as `Labels::from_json`.
 impl<'de> Deserialize<'de> for Labels {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = serde_json::Value::deserialize(d)?;
-        Labels::from_json(&v).map_err(serde::de::Error::custom)
+        use serde::de::{Error, MapAccess, Visitor};
+        struct V;
+        fn not_an_object<E: Error>() -> E {
+            E::custom(SelectorError::NotAnObject)
+        }
+        impl<'de> Visitor<'de> for V {
+            type Value = Labels;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of string labels")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Labels, A::Error> {
+                let mut map = BTreeMap::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    let serde_json::Value::String(v) = m.next_value::<serde_json::Value>()? else {
+                        return Err(not_an_object());
+                    };
+                    check_pair(&k, &v).map_err(A::Error::custom)?;
+                    map.insert(k, v);
+                    if map.len() > MAX_PAIRS {
+                        return Err(A::Error::custom(SelectorError::TooMany));
+                    }
+                }
+                Ok(Labels(map))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Labels, A::Error> {
+                Err(not_an_object())
+            }
+            fn visit_str<E: Error>(self, _: &str) -> Result<Labels, E> {
+                Err(not_an_object())
+            }
+            fn visit_bool<E: Error>(self, _: bool) -> Result<Labels, E> {
+                Err(not_an_object())
+            }
+            fn visit_i64<E: Error>(self, _: i64) -> Result<Labels, E> {
+                Err(not_an_object())
+            }
+            fn visit_u64<E: Error>(self, _: u64) -> Result<Labels, E> {
+                Err(not_an_object())
+            }
+            fn visit_f64<E: Error>(self, _: f64) -> Result<Labels, E> {
+                Err(not_an_object())
+            }
+            fn visit_unit<E: Error>(self) -> Result<Labels, E> {
+                Err(not_an_object())
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -245,6 +293,29 @@ mod tests {
         assert_eq!(s.specificity(), 2);
         assert_eq!(Selector::parse("*").unwrap(), Selector::all());
         assert_eq!(Selector::parse("").unwrap().to_string(), "*");
+    }
+
+    #[test]
+    fn labels_deserialize_like_from_json() {
+        let many: serde_json::Map<String, serde_json::Value> =
+            (0..=MAX_PAIRS).map(|i| (format!("k{i}"), json!("v"))).collect();
+        for v in [
+            json!({"region": "eu", "app": "a"}),
+            json!({}),
+            json!({"a": 1}),
+            json!({"a": ""}),
+            json!({"": "x"}),
+            json!({"a": {"b": "c"}}),
+            json!([]),
+            json!("a=b"),
+            json!(null),
+            json!(3),
+            serde_json::Value::Object(many),
+        ] {
+            let direct = serde_json::from_value::<Labels>(v.clone()).map_err(|e| e.to_string());
+            let checked = Labels::from_json(&v).map_err(|e| e.to_string());
+            assert_eq!(direct, checked, "{v}");
+        }
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! upsert every interval and keeps what it could not write for the next try.
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -118,16 +117,21 @@ struct Entry {
     obs: Observation,
     /// Holds something Postgres does not have yet.
     dirty: bool,
-    /// The `last_seen` last written.
-    written_seen: Option<DateTime<Utc>>,
+    /// When an unchanged `last_seen` is worth writing again (`REFRESH_SECS` after the
+    /// one last written; `None`: never written).
+    refresh_after: Option<DateTime<Utc>>,
 }
+
+/// Seeded per process: the keys are what pollers send (no collisions to be made up).
+type Fast = foldhash::fast::RandomState;
 
 /// Per shard: instance → topic id → entry. A poll is one instance, so recording all its
 /// topics takes one lock and no allocation for nodes already known.
-type Shard = HashMap<String, HashMap<i64, Entry>>;
+type Shard = HashMap<String, HashMap<i64, Entry, Fast>, Fast>;
 
 pub struct AuditBuffer {
     shards: Vec<Mutex<Shard>>,
+    hasher: Fast,
     len: AtomicU64,
     dirty: AtomicU64,
     max_entries: u64,
@@ -150,7 +154,8 @@ impl Observation {
 impl AuditBuffer {
     pub fn new(max_entries: u64) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
+            hasher: Fast::default(),
             len: AtomicU64::new(0),
             dirty: AtomicU64::new(0),
             max_entries,
@@ -159,9 +164,8 @@ impl AuditBuffer {
     }
 
     fn shard(&self, instance: &str) -> &Mutex<Shard> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        instance.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        use std::hash::BuildHasher;
+        &self.shards[(self.hasher.hash_one(instance) as usize) % SHARDS]
     }
 
     /// Records what one poll said about each of its topics. Memory is bounded: past
@@ -227,7 +231,7 @@ impl AuditBuffer {
                     self.dirty.fetch_add(1, Ordering::Relaxed);
                     topics.insert(
                         s.topic_id,
-                        Entry { obs: Observation::new(who, s, l, p), dirty: true, written_seen: None },
+                        Entry { obs: Observation::new(who, s, l, p), dirty: true, refresh_after: None },
                     );
                 }
             }
@@ -237,7 +241,8 @@ impl AuditBuffer {
     /// Marks an entry for writing when it changed, or when its `last_seen` was last
     /// written `REFRESH_SECS` ago.
     fn mark_if_stale(&self, e: &mut Entry, changed: bool) {
-        let stale = e.written_seen.is_none_or(|w| (e.obs.last_seen - w).num_seconds() >= REFRESH_SECS);
+        // A comparison, not date arithmetic: this runs for every topic of every poll.
+        let stale = e.refresh_after.is_none_or(|r| e.obs.last_seen >= r);
         if (changed || stale) && !e.dirty {
             e.dirty = true;
             self.dirty.fetch_add(1, Ordering::Relaxed);
@@ -248,6 +253,8 @@ impl AuditBuffer {
     /// entries not seen for a while.
     pub fn drain(&self, now: DateTime<Utc>) -> Vec<(Key, Observation)> {
         let mut out = Vec::new();
+        let forget_before = now - chrono::Duration::seconds(FORGET_SECS);
+        let refresh = chrono::Duration::seconds(REFRESH_SECS);
         for s in &self.shards {
             let mut shard = s.lock().unwrap_or_else(|e| e.into_inner());
             shard.retain(|instance, topics| {
@@ -255,10 +262,10 @@ impl AuditBuffer {
                     if e.dirty {
                         out.push(((*topic_id, instance.clone()), e.obs.clone()));
                         e.dirty = false;
-                        e.written_seen = Some(e.obs.last_seen);
+                        e.refresh_after = Some(e.obs.last_seen + refresh);
                         self.dirty.fetch_sub(1, Ordering::Relaxed);
                         true
-                    } else if (now - e.obs.last_seen).num_seconds() > FORGET_SECS {
+                    } else if e.obs.last_seen < forget_before {
                         self.len.fetch_sub(1, Ordering::Relaxed);
                         false
                     } else {
@@ -282,12 +289,12 @@ impl AuditBuffer {
                         self.dirty.fetch_add(1, Ordering::Relaxed);
                     }
                     older.merge(newer.obs);
-                    topics.insert(topic_id, Entry { obs: older, dirty: true, written_seen: None });
+                    topics.insert(topic_id, Entry { obs: older, dirty: true, refresh_after: None });
                 }
                 None => {
                     self.len.fetch_add(1, Ordering::Relaxed);
                     self.dirty.fetch_add(1, Ordering::Relaxed);
-                    topics.insert(topic_id, Entry { obs: older, dirty: true, written_seen: None });
+                    topics.insert(topic_id, Entry { obs: older, dirty: true, refresh_after: None });
                 }
             }
         }
