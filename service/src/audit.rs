@@ -138,19 +138,6 @@ pub struct AuditBuffer {
     dropped: AtomicU64,
 }
 
-impl Observation {
-    /// Does `newer` say something the stored observation does not (beyond `last_seen`)?
-    fn differs(&self, newer: &Observation) -> bool {
-        self.version != newer.version
-            || self.expected != newer.expected
-            || self.labels != newer.labels
-            || self.principal != newer.principal
-            || newer.applied.as_ref().is_some_and(|a| {
-                self.applied.as_ref().is_none_or(|b| (b.version, b.ok, &b.error) != (a.version, a.ok, &a.error))
-            })
-    }
-}
-
 impl AuditBuffer {
     pub fn new(max_entries: u64) -> Self {
         Self {
@@ -214,10 +201,9 @@ impl AuditBuffer {
                         labels.get_or_insert_with(|| Arc::new(who.labels.clone())).clone()
                     };
                     let p = principal.get_or_insert_with(|| who.principal.map(Arc::from)).clone();
-                    let obs = Observation::new(who, s, l, p);
-                    let changed = e.obs.differs(&obs);
-                    e.obs.merge(obs);
-                    self.mark_if_stale(e, changed);
+                    // Not `same_report`: something beyond the time changed, so it goes out.
+                    e.obs.merge(Observation::new(who, s, l, p));
+                    self.mark_if_stale(e, true);
                 }
                 None => {
                     if self.len.load(Ordering::Relaxed) >= self.max_entries {

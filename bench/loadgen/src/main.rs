@@ -263,7 +263,9 @@ fn all_process_ticks() -> std::collections::HashMap<u32, (String, u64)> {
         let (Some(open), Some(close)) = (s.find('('), s.rfind(')')) else { continue };
         let comm = s[open + 1..close].to_owned();
         let f: Vec<&str> = s[close + 2..].split_whitespace().collect();
-        if let (Some(u), Some(st)) = (f.get(11).and_then(|v| v.parse::<u64>().ok()), f.get(12).and_then(|v| v.parse::<u64>().ok())) {
+        if let (Some(u), Some(st)) =
+            (f.get(11).and_then(|v| v.parse::<u64>().ok()), f.get(12).and_then(|v| v.parse::<u64>().ok()))
+        {
             out.insert(pid, (comm, u + st));
         }
     }
@@ -288,7 +290,11 @@ fn top_others(
     }
     let mut v: Vec<(&str, u64)> = by_comm.into_iter().filter(|(_, t)| *t > 0).collect();
     v.sort_by(|a, b| b.1.cmp(&a.1));
-    v.iter().take(4).map(|(c, t)| format!("{}:{:.0}ms", c.replace(' ', "_"), *t as f64 * 1e3 / hz)).collect::<Vec<_>>().join(",")
+    v.iter()
+        .take(4)
+        .map(|(c, t)| format!("{}:{:.0}ms", c.replace(' ', "_"), *t as f64 * 1e3 / hz))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// CPU time (user + system) of this process so far, in seconds.
@@ -420,16 +426,28 @@ enum Outcome {
     /// Answered with at least one update.
     Update(Instant),
     /// Answered with nothing new; `busy` when the server refused to hold it (poll_after_ms ≥ 5 s).
-    Empty { at: Instant, busy: bool },
-    Failed { at: Instant, error: String },
+    Empty {
+        at: Instant,
+        busy: bool,
+    },
+    Failed {
+        at: Instant,
+        error: String,
+    },
     /// Not parsed yet.
-    Raw { at: Instant, status: StatusCode, body: Bytes },
+    Raw {
+        at: Instant,
+        status: StatusCode,
+        body: Bytes,
+    },
 }
 
 impl Outcome {
     fn at(&self) -> Instant {
         match self {
-            Outcome::Update(at) | Outcome::Empty { at, .. } | Outcome::Failed { at, .. } | Outcome::Raw { at, .. } => *at,
+            Outcome::Update(at) | Outcome::Empty { at, .. } | Outcome::Failed { at, .. } | Outcome::Raw { at, .. } => {
+                *at
+            }
         }
     }
 }
@@ -458,22 +476,31 @@ impl Group {
 /// sides by the closer) and skew the latencies of the polls still waiting.
 type Guard = Box<dyn std::any::Any + Send>;
 
-async fn one_poll(addr: SocketAddr, host: &str, body: Bytes, connect: &tokio::sync::Semaphore) -> Result<(Outcome, Guard)> {
-    let stream = {
-        let _permit = connect.acquire().await?;
-        let mut tries = 0;
-        loop {
-            match tokio::net::TcpStream::connect(addr).await {
-                Ok(s) => break s,
-                Err(e) if tries < 20 => {
-                    tries += 1;
-                    tracing_note(&format!("connect failed ({e}); retrying"));
-                    tokio::time::sleep(Duration::from_millis(50 * tries)).await;
-                }
-                Err(e) => return Err(e.into()),
+/// A connection to `addr` (one of `connect`'s permits at a time), retried with a growing
+/// pause while the server's accept queue is full.
+async fn connect_with_retry(addr: SocketAddr, connect: &tokio::sync::Semaphore) -> Result<tokio::net::TcpStream> {
+    let _permit = connect.acquire().await?;
+    let mut tries = 0;
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) if tries < 20 => {
+                tries += 1;
+                tracing_note(&format!("connect failed ({e}); retrying"));
+                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
             }
+            Err(e) => return Err(e.into()),
         }
-    };
+    }
+}
+
+async fn one_poll(
+    addr: SocketAddr,
+    host: &str,
+    body: Bytes,
+    connect: &tokio::sync::Semaphore,
+) -> Result<(Outcome, Guard)> {
+    let stream = connect_with_retry(addr, connect).await?;
     stream.set_nodelay(true)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let req = Request::post("/api/v1/poll")
@@ -506,23 +533,14 @@ async fn one_poll(addr: SocketAddr, host: &str, body: Bytes, connect: &tokio::sy
 /// response reader (status line, Content-Length or chunked). Costs this process a fraction
 /// of hyper's CPU per answer, which matters when 10 000 answers and the server share two
 /// cores: every microsecond spent here is added to the latencies measured.
-async fn one_poll_raw(addr: SocketAddr, host: &str, body: Bytes, connect: &tokio::sync::Semaphore) -> Result<(Outcome, Guard)> {
+async fn one_poll_raw(
+    addr: SocketAddr,
+    host: &str,
+    body: Bytes,
+    connect: &tokio::sync::Semaphore,
+) -> Result<(Outcome, Guard)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = {
-        let _permit = connect.acquire().await?;
-        let mut tries = 0;
-        loop {
-            match tokio::net::TcpStream::connect(addr).await {
-                Ok(s) => break s,
-                Err(e) if tries < 20 => {
-                    tries += 1;
-                    tracing_note(&format!("connect failed ({e}); retrying"));
-                    tokio::time::sleep(Duration::from_millis(50 * tries)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
+    let mut stream = connect_with_retry(addr, connect).await?;
     stream.set_nodelay(true)?;
     let mut req = format!(
         "POST /api/v1/poll HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -569,7 +587,8 @@ fn dechunk(mut b: &[u8]) -> Result<Bytes> {
     let mut out = Vec::new();
     loop {
         let line_end = b.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end])?.split(';').next().unwrap_or("").trim(), 16)?;
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..line_end])?.split(';').next().unwrap_or("").trim(), 16)?;
         b = &b[line_end + 2..];
         if size == 0 {
             return Ok(Bytes::from(out));
@@ -673,7 +692,13 @@ async fn publish_one(api: &Api, topic: &str, note: &str) -> Result<()> {
 
 /// Waits until the server holds `target` long polls (gauge) or every poll of `groups` is
 /// answered early; without the gauge, until all connections were started, plus a pause.
-async fn wait_parked(api: &Api, base_gauge: Option<f64>, groups: &[&Group], target: usize, timeout: Duration) -> Result<bool> {
+async fn wait_parked(
+    api: &Api,
+    base_gauge: Option<f64>,
+    groups: &[&Group],
+    target: usize,
+    timeout: Duration,
+) -> Result<bool> {
     let started = Instant::now();
     let mut last_print = Instant::now();
     loop {
@@ -735,7 +760,17 @@ async fn park(a: ParkArgs) -> Result<()> {
     let other = match &a.change_topic {
         Some(b) if a.change_polls > 0 => {
             let held_b = held_version(&api, b).await?;
-            Some(spawn_group(addr, &host, b, held_b, a.change_polls, &format!("{}-b", a.instance_prefix), a.wait_ms, connect, raw))
+            Some(spawn_group(
+                addr,
+                &host,
+                b,
+                held_b,
+                a.change_polls,
+                &format!("{}-b", a.instance_prefix),
+                a.wait_ms,
+                connect,
+                raw,
+            ))
         }
         _ => None,
     };
@@ -769,7 +804,8 @@ async fn park(a: ParkArgs) -> Result<()> {
         println!("rss_per_poll_bytes={:.0}", (r1 as f64 - r0 as f64) * 1024.0 / held_polls as f64);
     }
     let wake1 = api.metric("imprint_long_poll_wakeups_total").await?.unwrap_or(0.0);
-    let waiting: Vec<usize> = group.outcomes().iter().enumerate().filter(|(_, o)| o.is_none()).map(|(i, _)| i).collect();
+    let waiting: Vec<usize> =
+        group.outcomes().iter().enumerate().filter(|(_, o)| o.is_none()).map(|(i, _)| i).collect();
 
     match &a.change_topic {
         None => {
@@ -939,7 +975,8 @@ async fn publish_rate(a: PublishArgs) -> Result<()> {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let topic = &topics[n % topics.len()];
                 let data = json!({"n": n, "padding": padding}).to_string();
-                let r = api.send("POST", &format!("/api/v1/topics/{topic}/versions"), Some(json!({"data": data}))).await;
+                let r =
+                    api.send("POST", &format!("/api/v1/topics/{topic}/versions"), Some(json!({"data": data}))).await;
                 let ms = started.elapsed().as_secs_f64() * 1e3;
                 let measured = started >= warm_end && Instant::now() <= end;
                 match r {
@@ -998,10 +1035,8 @@ fn cpu(a: CpuArgs) -> Result<()> {
         return Err(format!("load command failed: {}", out.status).into());
     }
     // wrk: "  123456 requests in 15.00s, 12.34MB read"; "  Non-2xx or 3xx responses: 12"
-    let parsed = text
-        .lines()
-        .find_map(|l| l.split_once(" requests in ").map(|(n, _)| n.trim().parse::<u64>()))
-        .transpose()?;
+    let parsed =
+        text.lines().find_map(|l| l.split_once(" requests in ").map(|(n, _)| n.trim().parse::<u64>())).transpose()?;
     let non2xx = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:").map(|n| n.trim().parse::<u64>()))
