@@ -17,12 +17,45 @@ pub async fn session() -> Result<Session, ServerFnError> {
     leptos_axum::extract::<Session>().await.map_err(|e| ServerFnError::new(format!("no session: {e}")))
 }
 
+/// The session key holding the user's session epoch at sign-in (a password change moves
+/// the user's epoch on, and the sessions signed in before end).
+pub const EPOCH_KEY: &str = "session_epoch";
+/// The session key holding when the session signed in (Unix seconds): sessions have an
+/// absolute lifetime (7 days, however active they are).
+pub const SIGNED_IN_AT_KEY: &str = "signed_in_at";
+
+/// Marks a session signed in as `user_id` (after `cycle_id`).
+pub async fn start_session(imprint: &Imprint, session: &Session, user_id: i64) -> Result<(), ServerFnError> {
+    let fail = |e: String| ServerFnError::new(format!("session: {e}"));
+    let epoch = imprint.session_epoch(user_id).await.map_err(|e| fail(e.to_string()))?.unwrap_or_default();
+    session.insert(USER_KEY, user_id).await.map_err(|e| fail(e.to_string()))?;
+    session.insert(EPOCH_KEY, epoch).await.map_err(|e| fail(e.to_string()))?;
+    session.insert(SIGNED_IN_AT_KEY, imprint.now().timestamp()).await.map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
+
+/// The user a session is signed in as, if the session still holds: its user exists and
+/// is enabled, it is younger than the absolute lifetime, and the user's password has not
+/// changed since it signed in. A session that no longer holds is ended.
+pub async fn session_user(imprint: &Imprint, session: &Session) -> Result<Option<(User, Caller)>, Error> {
+    let get = |e: tower_sessions::session::Error| Error::Internal(format!("session: {e}"));
+    let Some(id) = session.get::<i64>(USER_KEY).await.map_err(get)? else { return Ok(None) };
+    let epoch = session.get::<i64>(EPOCH_KEY).await.map_err(get)?;
+    let at = session.get::<i64>(SIGNED_IN_AT_KEY).await.map_err(get)?;
+    let user = match (epoch, at.and_then(|s| chrono::DateTime::from_timestamp(s, 0))) {
+        (Some(epoch), Some(at)) => imprint.session_user(id, epoch, at).await?,
+        _ => None,
+    };
+    if user.is_none() {
+        session.flush().await.map_err(get)?;
+    }
+    Ok(user)
+}
+
 /// The signed-in user and their caller identity, if any.
 pub async fn signed_in() -> Result<Option<(User, Caller)>, ServerFnError> {
     let session = session().await?;
-    let id: Option<i64> = session.get(USER_KEY).await.map_err(|e| ServerFnError::new(format!("session: {e}")))?;
-    let Some(id) = id else { return Ok(None) };
-    imprint()?.user_caller(id).await.map_err(|e| ServerFnError::new(e.to_string()))
+    session_user(&imprint()?, &session).await.map_err(|e| ServerFnError::new(e.to_string()))
 }
 
 /// The signed-in caller; without one, the browser is sent to the sign-in page.
@@ -137,6 +170,7 @@ fn refusal_status(e: &Error) -> http::StatusCode {
         Error::Unauthorized(_) => S::UNAUTHORIZED,
         Error::Forbidden(_) => S::FORBIDDEN,
         Error::TooManyAttempts { .. } => S::TOO_MANY_REQUESTS,
+        Error::Busy(_) => S::SERVICE_UNAVAILABLE,
         Error::PayloadTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
         Error::StorageUnavailable(_) | Error::ObjectStoreUnavailable(_) => S::SERVICE_UNAVAILABLE,
         Error::Internal(_) => S::INTERNAL_SERVER_ERROR,

@@ -333,6 +333,9 @@ pub struct Resolved {
     pub version: Option<u64>,
     pub pinned: bool,
     pub at: Option<DateTime<Utc>>,
+    /// With `at`: the topic had more versions or pins in effect then than one answer
+    /// reads (2 000), and only the newest were considered.
+    pub truncated: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -489,6 +492,9 @@ pub async fn version_data(
 #[derive(Serialize, ToSchema)]
 pub struct RetentionList {
     pub versions: Vec<imprint_service::janitor::RetentionItem>,
+    /// The topic has more live versions than one answer considers (2 000): only the
+    /// newest were.
+    pub truncated: bool,
 }
 
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/retention", tag = "versions", params(("topic" = String, Path)),
@@ -499,7 +505,8 @@ pub async fn retention(
     Auth(caller): Auth,
     TopicPath(topic): TopicPath,
 ) -> ApiResult<Json<RetentionList>> {
-    Ok(Json(RetentionList { versions: imprint.retention_preview(&caller, topic.as_str()).await? }))
+    let (versions, truncated) = imprint.retention_preview_bounded(&caller, topic.as_str()).await?;
+    Ok(Json(RetentionList { versions, truncated }))
 }
 
 /// `?redirect=true`: answer 307 to a presigned URL (S3 store with `IMPRINT_PRESIGN=true`).
@@ -540,12 +547,13 @@ pub async fn resolve(
 ) -> ApiResult<Json<Resolved>> {
     let labels = parse_labels(&q.labels)?;
     let at = q.at.as_deref().map(parse_time).transpose()?;
-    let r = imprint.resolve(&caller, topic.as_str(), &labels, at).await?;
+    let (r, truncated) = imprint.resolve_bounded(&caller, topic.as_str(), &labels, at).await?;
     Ok(Json(Resolved {
         topic: topic.to_string(),
         version: r.map(|r| r.version),
         pinned: r.is_some_and(|r| r.pinned),
         at,
+        truncated,
     }))
 }
 
@@ -617,8 +625,15 @@ pub async fn list_pins(
 pub async fn poll(
     State(imprint): State<Imprint>,
     PollAuth(caller): PollAuth,
-    ApiJson(req): ApiJson<PollRequest, { crate::extract::MAX_POLL_BODY_BYTES }>,
+    client: Option<axum::Extension<imprint_service::auth::ClientIp>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    crate::extract::Credential(credential): crate::extract::Credential,
+    ApiJson(mut req): ApiJson<PollRequest, { crate::extract::MAX_POLL_BODY_BYTES }>,
 ) -> ApiResult<Json<PollResponse>> {
+    // The client behind trusted proxies, else the peer itself (the API-only router has
+    // no proxy settings).
+    req.client = client.map(|c| c.0 .0).or(peer.map(|p| p.0 .0.ip()));
+    req.credential = credential;
     Ok(Json(imprint.poll(&caller, req).await?))
 }
 

@@ -44,7 +44,7 @@ impl FromRequestParts<Imprint> for PollAuth {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<Option<String>, ApiError> {
+pub(crate) fn bearer(parts: &Parts) -> Result<Option<String>, ApiError> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -198,5 +198,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let q = parts.uri.query().unwrap_or("");
         serde_urlencoded::from_str(q).map(ApiQuery).map_err(|e| ApiError::invalid(format!("bad query string: {e}")))
+    }
+}
+
+/// The SHA-256 of the request's bearer token, if it has one: what a request held open
+/// re-checks when tokens are revoked.
+pub struct Credential(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Credential {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Credential(bearer(parts)?.map(|t| imprint_service::auth::hash_token(&t))))
     }
 }

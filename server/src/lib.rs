@@ -6,6 +6,8 @@ pub mod api;
 pub mod apollo;
 pub mod error;
 pub mod extract;
+pub mod headers;
+mod listener;
 mod live;
 pub mod openapi;
 pub mod payload;
@@ -18,6 +20,8 @@ use axum::Router;
 use imprint_service::Imprint;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
+
+pub use listener::{serve_with_limits, ConnectionLimits};
 
 /// The process-wide Prometheus recorder (installed once, also when tests start many apps).
 pub fn metrics_handle() -> &'static PrometheusHandle {
@@ -39,21 +43,40 @@ type RouteMetrics = (metrics::Counter, metrics::Histogram);
 
 fn route_metrics(method: &axum::http::Method, route: &str, status: u16) -> RouteMetrics {
     // Keyed by where the route's text lives (axum keeps one `Arc<str>` per route, so the
-    // address names the route) — no String is built to look a request up.
-    type Key = (usize, usize, axum::http::Method, u16);
+    // address names the route) — no String is built to look a request up. The method is
+    // folded first: a client picks it, and made-up ones must not make series (or entries).
+    type Key = (usize, usize, &'static str, u16);
     static CACHE: OnceLock<std::sync::RwLock<std::collections::HashMap<Key, RouteMetrics>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let key = (route.as_ptr() as usize, route.len(), method.clone(), status);
+    let method = method_label(method);
+    let key = (route.as_ptr() as usize, route.len(), method, status);
     if let Some(m) = cache.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return m.clone();
     }
-    let (m, r) = (method.to_string(), route.to_owned());
+    let r = route.to_owned();
     let handles = (
-        metrics::counter!("imprint_http_requests_total", "method" => m.clone(), "route" => r.clone(), "status" => status.to_string()),
-        metrics::histogram!("imprint_http_request_seconds", "method" => m, "route" => r),
+        metrics::counter!("imprint_http_requests_total", "method" => method, "route" => r.clone(), "status" => status.to_string()),
+        metrics::histogram!("imprint_http_request_seconds", "method" => method, "route" => r),
     );
     cache.write().unwrap_or_else(|e| e.into_inner()).insert(key, handles.clone());
     handles
+}
+
+/// The `method` label: one of the standard methods, or `other` for any other string.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    KNOWN.iter().find(|m| *m == method).map_or("other", |m| m.as_str())
 }
 
 /// Counts requests by route and status, and times them.
@@ -76,9 +99,42 @@ pub fn api_router(imprint: Imprint) -> Router {
     Router::new()
         .merge(api::routes())
         .merge(apollo::routes())
+        .layer(axum::middleware::from_fn_with_state(imprint.clone(), token_before_body))
         .route_layer(axum::middleware::from_fn(track))
         .layer(axum::middleware::from_fn_with_state(imprint.clone(), role_gate))
         .with_state(imprint)
+}
+
+/// Refuses anonymous calls to the API's write endpoints (every method but GET and HEAD
+/// under `/api/v1/`, except the poll — a read — unless polls need a token) with 401 before
+/// anything reads their body: a client without a token cannot make the server wait for,
+/// or buffer, a body it would refuse anyway. Whether the token is valid is the handler's
+/// `Auth` to say (a malformed `Authorization` header is refused here too, as there).
+async fn token_before_body(
+    axum::extract::State(imprint): axum::extract::State<Imprint>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::http::Method;
+    let path = req.uri().path();
+    let write = path.starts_with("/api/v1/") && *req.method() != Method::GET && *req.method() != Method::HEAD;
+    let exempt = path == "/api/v1/poll" && !imprint.config().poll_auth_required;
+    if !write || exempt {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    match extract::bearer(&parts) {
+        Ok(Some(_)) => next.run(Request::from_parts(parts, body)).await,
+        Ok(None) => {
+            metrics::counter!("imprint_anonymous_writes_refused_total").increment(1);
+            axum::response::IntoResponse::into_response(error::ApiError(imprint_service::Error::Unauthorized(format!(
+                "{} {} needs a bearer token (Authorization: Bearer <token>)",
+                parts.method,
+                parts.uri.path()
+            ))))
+        }
+        Err(e) => axum::response::IntoResponse::into_response(e),
+    }
 }
 
 /// Which role answers a request: `None` for the operations endpoints every process
@@ -308,12 +364,22 @@ pub fn full_router(
                     "this server does not serve the console (IMPRINT_ROLES has no `console`)",
                 )
             })
-            .layer(axum::middleware::from_fn_with_state(trusted, client_ip));
+            .layer(axum::middleware::from_fn_with_state(trusted, client_ip))
+            .layer(axum::middleware::from_fn(headers::security_headers));
     }
     let routes = generate_route_list(App);
     let ctx = imprint.clone();
+    let context = move || {
+        provide_context(ctx.clone());
+        // The CSP header names this nonce: the inline scripts Leptos writes must carry it.
+        let nonce = leptos::prelude::use_context::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<headers::CspNonce>().cloned());
+        if let Some(n) = nonce {
+            provide_context(leptos::nonce::Nonce::from_value(n.0));
+        }
+    };
     let console = Router::new()
-        .leptos_routes_with_context(&leptos_options, routes, move || provide_context(ctx.clone()), {
+        .leptos_routes_with_context(&leptos_options, routes, context, {
             let options = leptos_options.clone();
             move || shell(options.clone())
         })
@@ -329,5 +395,8 @@ pub fn full_router(
         .layer(axum::middleware::from_fn(same_origin_only))
         .layer(axum::middleware::from_fn(console_body_limit))
         .layer(sessions);
-    api_router(imprint).merge(console).layer(axum::middleware::from_fn_with_state(trusted, client_ip))
+    api_router(imprint)
+        .merge(console)
+        .layer(axum::middleware::from_fn_with_state(trusted, client_ip))
+        .layer(axum::middleware::from_fn(headers::security_headers))
 }

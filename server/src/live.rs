@@ -40,18 +40,31 @@ pub struct EventsQuery {
 
 /// Which changes a stream forwards.
 enum Interest {
+    /// Every topic the caller may read (a restricted topic it may not read is never named).
     All,
     Topics(BTreeSet<String>),
 }
 
 impl Interest {
-    fn pick(&self, names: &[String]) -> Vec<String> {
+    fn pick(&self, imprint: &Imprint, caller: &imprint_service::Caller, names: &[String]) -> Vec<String> {
         match self {
-            Interest::All => names.to_vec(),
+            Interest::All => names
+                .iter()
+                .filter(|n| {
+                    imprint.state().get(n).is_some_and(|t| caller.require_read(n, &t.owner, t.restricted).is_ok())
+                })
+                .cloned()
+                .collect(),
             Interest::Topics(t) => names.iter().filter(|n| t.contains(*n)).cloned().collect(),
         }
     }
 }
+
+/// How often a stream checks that its session is still signed in (a user removed or a
+/// password changed ends it).
+const RECHECK: Duration = Duration::from_secs(10);
+/// What a live stream is counted as among the requests held open.
+const STREAM_BYTES: usize = 16 * 1024;
 
 pub async fn console_events(
     State(imprint): State<Imprint>,
@@ -90,14 +103,24 @@ pub async fn console_events(
         );
     }
     let slot = Arc::new(Slot);
+    // A stream also takes a place among the requests held open (long polls and Apollo
+    // notifications): together they stay within the server's caps.
+    let Some(place) = imprint.long_poll_place(STREAM_BYTES, None) else {
+        return ApiError::with_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "this server holds as many open requests as it may; the page works without live updates",
+        );
+    };
     let changes = imprint.state().changes();
     let draining = imprint.draining();
     let deadline = tokio::time::Instant::now() + MAX_LIFETIME;
     let hello =
         futures::stream::once(async { Ok::<_, std::convert::Infallible>(Event::default().event("ready").data("{}")) });
-    let stream = futures::stream::unfold(
-        (changes, draining, interest, slot),
-        move |(mut changes, mut draining, interest, slot)| async move {
+    let held = Held { imprint: imprint.clone(), session, caller, interest, _slot: slot, _place: place };
+    let stream =
+        futures::stream::unfold((changes, draining, held), move |(mut changes, mut draining, held)| async move {
+            let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
             loop {
                 if *draining.borrow() {
                     return None;
@@ -106,9 +129,16 @@ pub async fn console_events(
                     r = changes.recv() => r,
                     _ = draining.changed() => return None,
                     _ = tokio::time::sleep_until(deadline) => return None,
+                    _ = recheck.tick() => {
+                        if crate::upload::session_caller(&held.imprint, &held.session).await.is_none() {
+                            return None;
+                        }
+                        continue;
+                    }
                 };
+                let (imprint, caller, interest) = (&held.imprint, &held.caller, &held.interest);
                 let mut names: BTreeSet<String> = match first {
-                    Ok(n) => interest.pick(&n).into_iter().collect(),
+                    Ok(n) => interest.pick(imprint, caller, &n).into_iter().collect(),
                     // Fell behind: everything may have changed.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => ["*".to_owned()].into(),
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
@@ -118,12 +148,21 @@ pub async fn console_events(
                 }
                 tokio::time::sleep(COALESCE).await;
                 while let Ok(more) = changes.try_recv() {
-                    names.extend(interest.pick(&more));
+                    names.extend(held.interest.pick(&held.imprint, &held.caller, &more));
                 }
                 let data = serde_json::json!({ "topics": names }).to_string();
-                return Some((Ok(Event::default().event("change").data(data)), (changes, draining, interest, slot)));
+                return Some((Ok(Event::default().event("change").data(data)), (changes, draining, held)));
             }
-        },
-    );
+        });
     Sse::new(hello.chain(stream).boxed()).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+}
+
+/// What an open stream keeps: who it is for, what it forwards, and its place.
+struct Held {
+    imprint: Imprint,
+    session: Session,
+    caller: imprint_service::Caller,
+    interest: Interest,
+    _slot: Arc<Slot>,
+    _place: imprint_service::long_polls::LongPollPlace,
 }

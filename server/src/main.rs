@@ -6,6 +6,23 @@ use imprint_service::{auth, Caller, Config, Imprint};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The shortest IMPRINT_BOOTSTRAP_TOKEN accepted: it is an admin credential.
+const MIN_BOOTSTRAP_TOKEN_CHARS: usize = 32;
+
+/// Writes `text` to a new file (replacing any) that only this user may read and write.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
 #[derive(Parser)]
 #[command(name = "imprint-server", version, about = "Publish versioned datasets to many consumer nodes")]
 struct Cli {
@@ -16,6 +33,8 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once at start: `Serve`'s many settings being larger than the rest costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the console and the APIs (the default).
@@ -47,6 +66,10 @@ struct ServeArgs {
     /// Default: `$IMPRINT_HOME/objects`.
     #[arg(long, env = "IMPRINT_OBJECT_STORE")]
     object_store: Option<String>,
+    /// Registered objects (published as pointers) must live under `<area>/<owning team>/`
+    /// of the object store.
+    #[arg(long, env = "IMPRINT_REGISTER_AREA", default_value = imprint_service::DEFAULT_REGISTER_AREA)]
+    register_area: String,
     /// `?redirect=true` downloads (and nothing else) answer 307 to a presigned S3 URL.
     #[arg(long, env = "IMPRINT_PRESIGN", default_value_t = false, action = clap::ArgAction::Set)]
     presign: bool,
@@ -75,6 +98,10 @@ struct ServeArgs {
     /// Consumers not seen for this many hours are forgotten by the audit.
     #[arg(long, env = "IMPRINT_CONSUMER_EXPIRY_HOURS", default_value_t = 168)]
     consumer_expiry_hours: u64,
+    /// Anonymous consumers (polls without a token) not seen for this many minutes are
+    /// forgotten: anyone can make them up, so they are kept for less.
+    #[arg(long, env = "IMPRINT_ANONYMOUS_CONSUMER_EXPIRY_MINUTES", default_value_t = 60)]
+    anonymous_consumer_expiry_minutes: u64,
     /// Record consumers' polls for the audit (turn off only to measure its cost).
     #[arg(long, env = "IMPRINT_AUDIT", default_value_t = true, action = clap::ArgAction::Set)]
     audit: bool,
@@ -90,6 +117,20 @@ struct ServeArgs {
     /// names the client (sign-in throttling counts per client address).
     #[arg(long, env = "IMPRINT_TRUSTED_PROXIES", default_value = "")]
     trusted_proxies: String,
+    /// Seconds a client has to send a request's head (request line and headers), also
+    /// between keep-alive requests; then the connection is closed.
+    #[arg(long, env = "IMPRINT_HEADER_TIMEOUT_SECS", default_value_t = 40)]
+    header_timeout_secs: u64,
+    /// Seconds a request body may go without data while it is read; then it fails.
+    #[arg(long, env = "IMPRINT_BODY_IDLE_TIMEOUT_SECS", default_value_t = 30)]
+    body_idle_timeout_secs: u64,
+    /// Connections open at once per client address (IPv6: per /64); trusted proxies are
+    /// not counted. 0: no limit.
+    #[arg(long, env = "IMPRINT_MAX_CONNS_PER_IP", default_value_t = 256)]
+    max_conns_per_ip: usize,
+    /// Seconds open connections get to finish on shutdown before they are dropped.
+    #[arg(long, env = "IMPRINT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -250,11 +291,17 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
         rollout_tick_every: Duration::from_millis(args.rollout_tick_ms.clamp(50, 60_000)),
         full_reload_every: Duration::from_secs(args.full_reload_secs.max(1)),
         consumer_expiry: Duration::from_secs(args.consumer_expiry_hours.max(1) * 3600),
+        anonymous_consumer_expiry: Duration::from_secs(args.anonymous_consumer_expiry_minutes.max(1) * 60),
         audit_enabled: args.audit,
         poll_auth_required: args.poll_auth == PollAuth::Required,
         max_long_polls,
         objects,
         janitor_every: Duration::from_secs(args.janitor_secs.max(1)),
+        register_area: {
+            let area = args.register_area.trim_matches('/').to_owned();
+            imprint_service::check_register_area(&area).map_err(|e| format!("IMPRINT_REGISTER_AREA: {e}"))?;
+            area
+        },
         ..Config::default()
     };
     let imprint = Imprint::connect_lazy(url, config).map_err(|e| e.to_string())?;
@@ -272,13 +319,41 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
             Err(e) => return Err(format!("migration failed: {e}")),
         }
     }
-    if let Some(token) = &args.bootstrap_token {
-        auth::ensure_bootstrap_token(imprint.pool(), token).await.map_err(|e| format!("bootstrap token: {e}"))?;
+    // The bootstrap token exists only while IMPRINT_BOOTSTRAP_TOKEN is set: started
+    // without it, the one an earlier start created is revoked.
+    match args.bootstrap_token.as_deref().filter(|t| !t.is_empty()) {
+        Some(token) if token.chars().count() < MIN_BOOTSTRAP_TOKEN_CHARS => {
+            return Err(format!(
+                "IMPRINT_BOOTSTRAP_TOKEN has {} characters; an admin token needs at least {MIN_BOOTSTRAP_TOKEN_CHARS} \
+                 (for example `openssl rand -hex 32`)",
+                token.chars().count()
+            ));
+        }
+        Some(token) => {
+            auth::ensure_bootstrap_token(imprint.pool(), token).await.map_err(|e| format!("bootstrap token: {e}"))?
+        }
+        None => {
+            if imprint.revoke_bootstrap_token().await.map_err(|e| format!("bootstrap token: {e}"))? {
+                tracing::info!(
+                    "IMPRINT_BOOTSTRAP_TOKEN is not set: the bootstrap token of an earlier start is revoked"
+                );
+            }
+        }
     }
     match imprint.ensure_admin_user(args.admin_password.as_deref()).await.map_err(|e| format!("admin user: {e}"))? {
         Some(generated) => {
-            // Printed once, on the first start only: the hash is all that is stored.
-            println!("\n  Console user `admin` created with password: {generated}\n  (shown once; set IMPRINT_ADMIN_PASSWORD to choose it)\n");
+            // Written once, on the first start only, to a file only this user may read
+            // (never to stdout or the log): the hash is all that is stored.
+            let home = std::path::PathBuf::from(args.home.clone().unwrap_or_else(|| "./.imprint".into()));
+            let path = home.join("admin-password");
+            write_private(&path, &format!("{generated}\n")).map_err(|e| {
+                format!("the admin user was created, but its password could not be written to {}: {e}", path.display())
+            })?;
+            tracing::warn!(
+                file = %path.display(),
+                "console user `admin` created with a generated password, written to this file (mode 0600): \
+                 sign in, change it on /account, then delete the file (set IMPRINT_ADMIN_PASSWORD to choose it instead)"
+            );
         }
         None => tracing::debug!("admin user exists"),
     }
@@ -289,19 +364,26 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
     let mut leptos_options =
         leptos::config::get_configuration(None).map_err(|e| format!("leptos configuration: {e}"))?.leptos_options;
     leptos_options.site_addr = addr;
+    let limits = imprint_server::ConnectionLimits {
+        header_read_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        body_idle_timeout: Duration::from_secs(args.body_idle_timeout_secs.max(1)),
+        max_conns_per_ip: args.max_conns_per_ip,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        exempt: trusted.clone(),
+    };
+    tracing::info!(?limits, "connection limits");
     let app = imprint_server::full_router(imprint.clone(), leptos_options, sessions, trusted);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!(%roles, "Imprint listening on http://{addr}");
     let stopper = imprint.clone();
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: no new connections; answering open long polls");
-            // Long polls answer now instead of holding shutdown up; background work goes on.
-            stopper.begin_shutdown();
-        })
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+    imprint_server::serve_with_limits(listener, app, limits, async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections; answering open long polls");
+        // Long polls answer now instead of holding shutdown up; background work goes on.
+        stopper.begin_shutdown();
+    })
+    .await
+    .map_err(|e| format!("server error: {e}"))?;
     // No request is in flight any more: flush what the last polls reported, let the
     // scheduler finish its pass, and only then close the pool.
     tracing::info!("flushing the consumer audit and stopping background work");

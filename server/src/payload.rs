@@ -235,6 +235,9 @@ pub async fn payload_response(
         header::CONTENT_TYPE,
         HeaderValue::from_str(&p.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
+    if let Some(h) = builder.headers_mut() {
+        crate::headers::inert_payload(h, &p.content_type);
+    }
     let len = p.size;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,

@@ -187,7 +187,12 @@ pub fn generate_token() -> String {
 
 /// Looks up a presented bearer token. Unknown or revoked → 401.
 pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Caller> {
-    match store::tokens::use_token(pool, &hash_token(token), SystemClock.now()).await? {
+    authenticate_hash(pool, &hash_token(token)).await
+}
+
+/// Looks up a token by its hash (`hash_token`). Unknown or revoked → 401.
+pub async fn authenticate_hash(pool: &PgPool, hash: &str) -> Result<Caller> {
+    match store::tokens::use_token(pool, hash, SystemClock.now()).await? {
         Some(t) if t.kind == "consumer" => Ok(Caller::Consumer {
             name: t.name,
             team: t.team,

@@ -19,6 +19,8 @@ impl Imprint {
         // The audit buffer holds what this process's polls saw: every process flushes its
         // own (only `api` processes answer polls, so the others flush nothing).
         self.keep_task(tokio::spawn(self.clone().audit_loop()));
+        // Token revocations made on any server end what the token holds open here too.
+        self.keep_task(tokio::spawn(self.clone().follow_revocations()));
         if !self.config().roles.worker {
             return Ok(());
         }
@@ -82,7 +84,17 @@ impl Imprint {
                 if leader_only && !imprint.is_leader() {
                     continue;
                 }
-                match pass(imprint.clone()).await {
+                // A pass of the leader stops the moment leadership is lost (its open
+                // transaction rolls back), before another worker can take the lock.
+                let mut leading = imprint.inner.leader.subscribe();
+                let outcome = tokio::select! {
+                    r = pass(imprint.clone()) => r,
+                    _ = leading.wait_for(|l| !l), if leader_only => {
+                        tracing::warn!(what, "leadership lost: the pass was stopped");
+                        continue;
+                    }
+                };
+                match outcome {
                     Err(e) if loud => tracing::warn!(error = %e, what, "background pass failed; the next one retries"),
                     Err(e) => tracing::debug!(error = %e, what, "background pass failed; the next one retries"),
                     Ok(()) => {}
@@ -106,6 +118,13 @@ impl Imprint {
         loop {
             let attempt = async {
                 let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+                // Postgres ends this session (and frees the lock) only after it has been
+                // silent for LEADER_SILENCE; this worker gives leadership up after
+                // LEADER_PING_TIMEOUT without an answer — well before — so two workers
+                // never lead at once.
+                sqlx::query(&format!("SET idle_session_timeout = '{}s'", LEADER_SILENCE.as_secs()))
+                    .execute(&mut conn)
+                    .await?;
                 loop {
                     if crate::store::try_session_lock(&mut conn, LEADER_LOCK).await? {
                         tracing::info!("this worker leads: it runs the scheduler, janitor, pin expiry and snapshots");
@@ -113,7 +132,10 @@ impl Imprint {
                         self.inner.leader.send_replace(true);
                         loop {
                             tokio::time::sleep(Duration::from_secs(2)).await;
-                            conn.ping().await?;
+                            tokio::time::timeout(LEADER_PING_TIMEOUT, conn.ping()).await.map_err(|_| {
+                                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to a ping");
+                                sqlx::Error::Io(e)
+                            })??;
                         }
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -155,7 +177,10 @@ impl Imprint {
         };
         if due {
             let expiry = chrono::Duration::from_std(self.config().consumer_expiry).unwrap_or(chrono::Duration::days(7));
-            let n = self.expire_consumers(expiry).await?;
+            let anonymous = chrono::Duration::from_std(self.config().anonymous_consumer_expiry)
+                .unwrap_or(chrono::Duration::hours(1))
+                .min(expiry);
+            let n = self.expire_consumers_split(expiry, anonymous).await?;
             if n > 0 {
                 tracing::info!(expired = n, "expired consumers not seen recently");
             }
@@ -186,3 +211,34 @@ impl Imprint {
 
 /// The advisory lock the leading worker holds ("imprlead").
 const LEADER_LOCK: i64 = 0x696d_7072_6c65_6164;
+
+/// How long the leader's lock connection may be silent before Postgres ends it.
+const LEADER_SILENCE: Duration = Duration::from_secs(15);
+/// How long the leader waits for its lock connection to answer a ping.
+const LEADER_PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a server looks for token revocations made anywhere.
+const REVOCATION_CHECK: Duration = Duration::from_secs(2);
+
+impl Imprint {
+    /// Compares the revocation mark every `REVOCATION_CHECK`; when it moved, forgets the
+    /// cached tokens and tells what is held open to re-check its credential.
+    async fn follow_revocations(self) {
+        let mut stop = self.stopping();
+        let mut seen = None;
+        loop {
+            match crate::store::tokens::revocation_mark(self.pool()).await {
+                Ok(mark) => {
+                    if seen.is_some_and(|s| s != mark) {
+                        self.forget_cached_tokens();
+                    }
+                    seen = Some(mark);
+                }
+                Err(e) => tracing::debug!(error = %e, "revocation check failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(REVOCATION_CHECK) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}

@@ -61,6 +61,9 @@ pub enum Error {
     TooManyAttempts { retry_after_s: u64 },
     #[error("no version of topic {0:?} is released to these labels")]
     NoVersionInScope(String),
+    /// The server holds as many open requests as its caps allow (try again later).
+    #[error("{0}")]
+    Busy(String),
     #[error("internal error")]
     Internal(String),
 }

@@ -74,6 +74,23 @@ impl std::fmt::Display for Roles {
     }
 }
 
+/// Where registered objects live in the store unless `IMPRINT_REGISTER_AREA` says otherwise.
+pub const DEFAULT_REGISTER_AREA: &str = "external";
+
+/// Checks an `IMPRINT_REGISTER_AREA`: plain segments, outside Imprint's own areas.
+pub fn check_register_area(area: &str) -> std::result::Result<(), String> {
+    let plain = area.split('/').all(|s| {
+        !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    });
+    let first = area.split('/').next().unwrap_or("");
+    if !plain || ["uploads", "topics", "snapshots"].contains(&first) {
+        return Err(format!(
+            "{area:?}: a folder of plain names (letters, digits, '.', '_', '-') outside uploads/, topics/ and snapshots/"
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// What this process does (default: everything).
@@ -84,6 +101,8 @@ pub struct Config {
     pub audit_flush_every: Duration,
     /// Consumers not seen for this long are forgotten.
     pub consumer_expiry: Duration,
+    /// Anonymous consumers (no principal) not seen for this long are forgotten.
+    pub anonymous_consumer_expiry: Duration,
     /// At most this many distinct (topic, instance) observations wait in memory.
     pub audit_max_entries: u64,
     /// How long a node may hold another version than expected before it counts as lagging.
@@ -97,6 +116,10 @@ pub struct Config {
     /// Long polls this process holds open at once; past it a long poll is answered at
     /// once, as a short poll with a backoff (`IMPRINT_MAX_LONG_POLLS`).
     pub max_long_polls: usize,
+    /// Memory the requests held open may hold, in bytes (`IMPRINT_LONG_POLL_MEMORY_MB`).
+    pub max_long_poll_bytes: usize,
+    /// Requests one anonymous client address may hold open (`IMPRINT_MAX_LONG_POLLS_PER_ADDRESS`).
+    pub max_long_polls_per_address: usize,
     /// Consumers kept per topic in the audit; the least recently seen anonymous ones go first.
     pub max_consumers_per_topic: u64,
     /// How long an Apollo `/notifications/v2` is held before answering 304 (Apollo: 60 s).
@@ -105,6 +128,9 @@ pub struct Config {
     pub objects: crate::objects::Objects,
     /// How often the janitor applies retention and sweeps stray objects (`IMPRINT_JANITOR_SECS`).
     pub janitor_every: Duration,
+    /// Registered objects live under `<register_area>/<owning team>/` of the store
+    /// (`IMPRINT_REGISTER_AREA`, default `external`).
+    pub register_area: String,
     /// How often the worker brings the object-store snapshot manifests up to date.
     pub snapshot_every: Duration,
 }
@@ -116,16 +142,20 @@ impl Default for Config {
             full_reload_every: Duration::from_secs(30),
             audit_flush_every: Duration::from_secs(1),
             consumer_expiry: Duration::from_secs(7 * 24 * 3600),
+            anonymous_consumer_expiry: Duration::from_secs(3600),
             audit_max_entries: 1_000_000,
             lag_grace: Duration::from_secs(60),
             audit_enabled: true,
             rollout_tick_every: Duration::from_millis(500),
             poll_auth_required: false,
             max_long_polls: 10_000,
+            max_long_poll_bytes: 256 << 20,
+            max_long_polls_per_address: 1_000,
             max_consumers_per_topic: 100_000,
             apollo_hold: Duration::from_secs(60),
             objects: crate::objects::Objects::default(),
             janitor_every: Duration::from_secs(60),
+            register_area: DEFAULT_REGISTER_AREA.to_owned(),
             snapshot_every: Duration::from_secs(10),
         }
     }
@@ -154,13 +184,19 @@ pub(crate) struct Inner {
     pub sign_in: SignInThrottle,
     /// Bounds concurrent argon2 work (CPU and ~19 MiB of memory each).
     pub hashing: tokio::sync::Semaphore,
-    /// Long polls open now.
-    pub long_polls: std::sync::atomic::AtomicUsize,
+    /// Requests held open now (long polls, Apollo notifications, live streams).
+    pub(crate) long_polls: Arc<crate::long_polls::LongPolls>,
     /// Recently seen tokens: hash → (identity, when looked up). Polls with a token do not
     /// query Postgres each time; a revoked token stops working within `TOKEN_CACHE`.
     pub tokens: std::sync::Mutex<std::collections::HashMap<String, (crate::auth::Caller, std::time::Instant)>>,
     /// This worker holds the leader lock and runs the background passes.
     pub leader: watch::Sender<bool>,
+    /// Moves when a token is revoked (here or on another server, seen within seconds):
+    /// what is held open re-checks its credential.
+    pub revocations: watch::Sender<u64>,
+    /// Bearer tokens recently found unknown (hash → when): a flood of made-up tokens
+    /// costs no query each.
+    pub unknown_tokens: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// When this worker last expired old consumers.
     pub last_consumer_expiry: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
@@ -218,10 +254,12 @@ impl Imprint {
                 hashing: tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(2),
                 ),
-                long_polls: std::sync::atomic::AtomicUsize::new(0),
+                long_polls: Default::default(),
                 tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
                 last_consumer_expiry: std::sync::Mutex::new(None),
                 leader: watch::channel(false).0,
+                revocations: watch::channel(0).0,
+                unknown_tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         }
     }
@@ -332,34 +370,75 @@ impl Imprint {
     }
 
     /// Who is behind a bearer token (anonymous without one), asking Postgres: a revoked
-    /// token is refused at once.
+    /// token is refused at once. A token found unknown within `TOKEN_CACHE` is refused
+    /// without asking again.
     pub async fn authenticate(&self, bearer: Option<&str>) -> Result<crate::auth::Caller> {
         match bearer {
             None => Ok(crate::auth::Caller::Anonymous),
-            Some(t) => crate::auth::authenticate(self.pool(), t).await,
+            Some(t) => self.authenticate_hash(&crate::auth::hash_token(t)).await,
         }
+    }
+
+    async fn authenticate_hash(&self, hash: &str) -> Result<crate::auth::Caller> {
+        let unknown = || Error::Unauthorized("unknown or revoked token".into());
+        let now = std::time::Instant::now();
+        {
+            let known_bad = self.inner.unknown_tokens.lock().unwrap_or_else(|e| e.into_inner());
+            if known_bad.get(hash).is_some_and(|at| now.duration_since(*at) < TOKEN_CACHE) {
+                return Err(unknown());
+            }
+        }
+        match crate::auth::authenticate_hash(self.pool(), hash).await {
+            Err(Error::Unauthorized(m)) => {
+                let mut known_bad = self.inner.unknown_tokens.lock().unwrap_or_else(|e| e.into_inner());
+                if known_bad.len() >= 10_000 {
+                    known_bad.retain(|_, at| now.duration_since(*at) < TOKEN_CACHE);
+                    if known_bad.len() >= 10_000 {
+                        known_bad.clear();
+                    }
+                }
+                known_bad.insert(hash.to_owned(), now);
+                Err(Error::Unauthorized(m))
+            }
+            other => other,
+        }
+    }
+
+    /// Ends what a revoked credential holds open: Ok while the token (by its hash; None
+    /// for anonymous callers) is still valid, 401 once it is not.
+    pub async fn recheck_credential(&self, hash: Option<&str>) -> Result<()> {
+        let Some(hash) = hash else { return Ok(()) };
+        self.authenticate_hash_cached(hash).await.map(|_| ())
+    }
+
+    /// Changes whenever a token is revoked (see `Inner::revocations`).
+    pub fn revocations(&self) -> watch::Receiver<u64> {
+        self.inner.revocations.subscribe()
     }
 
     /// Like `authenticate`, for polls: a token looked up within `TOKEN_CACHE` is not
     /// looked up again, so consumers polling with a token cost no query per poll (a
     /// revoked token keeps polling for at most that long).
     pub async fn authenticate_cached(&self, token: &str) -> Result<crate::auth::Caller> {
-        let hash = crate::auth::hash_token(token);
+        self.authenticate_hash_cached(&crate::auth::hash_token(token)).await
+    }
+
+    async fn authenticate_hash_cached(&self, hash: &str) -> Result<crate::auth::Caller> {
         let now = std::time::Instant::now();
         {
             let cache = self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((caller, at)) = cache.get(&hash) {
+            if let Some((caller, at)) = cache.get(hash) {
                 if now.duration_since(*at) < TOKEN_CACHE {
                     return Ok(caller.clone());
                 }
             }
         }
-        let caller = crate::auth::authenticate(self.pool(), token).await?;
+        let caller = self.authenticate_hash(hash).await?;
         let mut cache = self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() > 10_000 {
             cache.retain(|_, (_, at)| now.duration_since(*at) < TOKEN_CACHE);
         }
-        cache.insert(hash, (caller.clone(), now));
+        cache.insert(hash.to_owned(), (caller.clone(), now));
         Ok(caller)
     }
 
@@ -378,5 +457,6 @@ impl Imprint {
     /// Forgets cached tokens (after a revoke, so it takes effect on this server at once).
     pub fn forget_cached_tokens(&self) {
         self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.inner.revocations.send_modify(|n| *n += 1);
     }
 }

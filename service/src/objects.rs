@@ -8,8 +8,13 @@
 //! - `snapshots/<topic>.json`: the manifest of what `*` resolves to, kept by the worker
 //!   (the `snapshots` module) for clients that start while the server is unreachable.
 //!
-//! Registered objects (pointers published to objects that already exist) may live
-//! anywhere under the prefix except those three areas, and are never deleted.
+//! Registered objects (pointers published to objects that already exist) must live in
+//! the registration area (`IMPRINT_REGISTER_AREA`, default `external`), under a folder
+//! named after the topic's owning team: `external/<team>/…`. They are never deleted. A
+//! registered key has exactly one spelling (no empty or dot segments, no percent-escapes,
+//! backslashes or control characters) and, on a local store, may not be a symlink out of
+//! its team's folder: so no publisher can point a version at another team's payload,
+//! an upload or a snapshot manifest.
 use crate::error::{Error, Result};
 use object_store::path::Path;
 use object_store::signer::Signer;
@@ -37,6 +42,9 @@ struct Inner {
     /// The largest object the store moves server-side (S3's CopyObject: 5 GiB); larger
     /// uploads keep their upload key.
     move_limit: Option<u64>,
+    /// The canonical directory of a local store (symlinks of registered keys are resolved
+    /// against it).
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Objects {
@@ -75,7 +83,7 @@ impl Objects {
         signer: Option<Arc<dyn Signer>>,
         move_limit: Option<u64>,
     ) -> Self {
-        Self { inner: Arc::new(Inner { store, base, prefix, signer, move_limit }) }
+        Self { inner: Arc::new(Inner { store, base, prefix, signer, move_limit, local_root: None }) }
     }
 
     /// A local directory (created if missing).
@@ -88,7 +96,15 @@ impl Objects {
         let base = url::Url::from_directory_path(&dir)
             .map_err(|()| format!("{} is not an absolute path", dir.display()))?
             .to_string();
-        Ok(Self::from_parts(Arc::new(fs), base.trim_end_matches('/').to_owned(), Path::default(), None))
+        let inner = Inner {
+            store: Arc::new(fs),
+            base: base.trim_end_matches('/').to_owned(),
+            prefix: Path::default(),
+            signer: None,
+            move_limit: None,
+            local_root: Some(dir),
+        };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// Opens the store a URL names. Cloud stores take their settings from the standard
@@ -206,26 +222,56 @@ impl Objects {
         format!("{}/{rest}", self.inner.base)
     }
 
-    /// The key of a URL a publisher registers: it must name an object inside this
-    /// store, outside the areas Imprint writes itself.
-    pub(crate) fn key_of_url(&self, url: &str) -> Result<Path> {
-        let outside = || {
-            Error::Forbidden(format!(
-                "{url:?} is outside the configured object store ({}/…); Imprint reads only its own store",
-                self.inner.base
-            ))
+    /// The key of a URL a publisher of `team` registers: it must name an object inside
+    /// this store, in `area/<team>/`, spelled one way only (see the module comment). The
+    /// messages never print the store's own location.
+    pub(crate) fn key_of_url(&self, url: &str, area: &str, team: &str) -> Result<Path> {
+        let rest = url
+            .strip_prefix(self.inner.base.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+            .ok_or_else(|| Error::Forbidden(format!("{url:?} is outside the configured object store")))?;
+        let plain = |seg: &str| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && !seg.contains(['%', '\\', '?', '#'])
+                && !seg.chars().any(char::is_control)
         };
-        let rest = url.strip_prefix(self.inner.base.as_str()).and_then(|r| r.strip_prefix('/')).ok_or_else(outside)?;
-        if rest.is_empty() || rest.contains(['?', '#']) {
-            return Err(Error::invalid(format!("{url:?} does not name an object")));
+        if !rest.split('/').all(plain) {
+            return Err(Error::invalid(format!(
+                "{url:?} is not a plain object key: no empty or dot segments, percent-escapes, backslashes, '?', '#' or control characters"
+            )));
         }
-        if rest.starts_with("uploads/") || rest.starts_with("topics/") || rest.starts_with("snapshots/") {
+        let folder = format!("{area}/{team}/");
+        if !rest.starts_with(&folder) || rest.len() == folder.len() {
             return Err(Error::Forbidden(format!(
-                "{url:?} is in the part of the store Imprint writes itself; register objects outside uploads/, topics/ and snapshots/"
+                "registered objects of team {team:?} live under {folder} of the object store; {url:?} is not there"
             )));
         }
         let rel = Path::parse(rest).map_err(|e| Error::invalid(format!("{url:?}: {e}")))?;
+        if rel.as_ref() != rest {
+            return Err(Error::invalid(format!("{url:?} is not a plain object key")));
+        }
         Ok(self.under_prefix(rel.as_ref()))
+    }
+
+    /// On a local store: the file behind `key` (a key from `key_of_url`) must really be
+    /// in `area/<team>/` once symlinks are resolved. Other stores have no links.
+    pub(crate) async fn check_registered_target(&self, key: &Path, area: &str, team: &str) -> Result<()> {
+        let Some(root) = &self.inner.local_root else { return Ok(()) };
+        let mut file = root.clone();
+        file.extend(key.parts().map(|p| p.as_ref().to_owned()));
+        let mut folder = root.clone();
+        folder.extend(area.split('/'));
+        folder.push(team);
+        let (file, folder) = (tokio::fs::canonicalize(&file).await, tokio::fs::canonicalize(&folder).await);
+        match (file, folder) {
+            (Ok(f), Ok(d)) if f.starts_with(&d) && f != d => Ok(()),
+            (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::ObjectNotFound(key.to_string())),
+            _ => Err(Error::Forbidden(format!(
+                "the object {key} leads outside {area}/{team}/ of the object store (a link); register the file itself"
+            ))),
+        }
     }
 
     /// A URL that downloads `key` without credentials for `PRESIGN_TTL`, when enabled.
@@ -284,17 +330,36 @@ mod tests {
             Path::from("imprint"),
             None,
         );
-        assert_eq!(o.key_of_url("s3://bucket/imprint/models/a.bin").unwrap().as_ref(), "imprint/models/a.bin");
-        assert!(matches!(o.key_of_url("s3://other/imprint/a"), Err(Error::Forbidden(_))));
-        assert!(matches!(o.key_of_url("s3://bucket/imprintx/a"), Err(Error::Forbidden(_))));
-        assert!(matches!(o.key_of_url("s3://bucket/a"), Err(Error::Forbidden(_))));
-        assert!(matches!(o.key_of_url("s3://bucket/imprint/topics/t/1/x"), Err(Error::Forbidden(_))));
-        assert!(matches!(o.key_of_url("s3://bucket/imprint/uploads/x"), Err(Error::Forbidden(_))));
-        assert!(matches!(o.key_of_url("s3://bucket/imprint/snapshots/a.b.json"), Err(Error::Forbidden(_))));
+        let key = |url: &str| o.key_of_url(url, "external", "blue");
+        assert_eq!(key("s3://bucket/imprint/external/blue/a.bin").unwrap().as_ref(), "imprint/external/blue/a.bin");
+        assert!(matches!(key("s3://other/imprint/a"), Err(Error::Forbidden(_))));
+        assert!(matches!(key("s3://bucket/imprintx/a"), Err(Error::Forbidden(_))));
+        assert!(matches!(key("s3://bucket/a"), Err(Error::Forbidden(_))));
+        assert!(matches!(key("s3://bucket/imprint/topics/t/1/x"), Err(Error::Forbidden(_))));
+        assert!(matches!(key("s3://bucket/imprint/uploads/x"), Err(Error::Forbidden(_))));
+        assert!(matches!(key("s3://bucket/imprint/snapshots/a.b.json"), Err(Error::Forbidden(_))));
+        assert!(matches!(key("s3://bucket/imprint/external/red/a.bin"), Err(Error::Forbidden(_))));
+        assert!(matches!(key("s3://bucket/imprint/external/blue/"), Err(Error::InvalidRequest(_))));
+        assert!(matches!(key("s3://bucket/imprint/external/blue"), Err(Error::Forbidden(_))));
+        // One spelling per key: the review's `//snapshots/…` and every other way round.
+        for url in [
+            "s3://bucket/imprint//snapshots/red.json",
+            "s3://bucket/imprint//external/blue/a",
+            "s3://bucket/imprint/external//blue/a",
+            "s3://bucket/imprint/external/blue/../red/a",
+            "s3://bucket/imprint/external/blue/./a",
+            "s3://bucket/imprint/external/blue/%2e%2e/red/a",
+            "s3://bucket/imprint/external/blue/..%2Fred%2Fa",
+            "s3://bucket/imprint/external/blue/a\\..\\..\\red",
+            "s3://bucket/imprint/external/blue/a\tb",
+            "s3://bucket/imprint/external/blue/a?x=1",
+        ] {
+            assert!(matches!(key(url), Err(Error::InvalidRequest(_))), "{url}");
+        }
         assert_eq!(o.snapshot_key("a.b").as_ref(), "imprint/snapshots/a.b.json");
         assert_eq!(o.relative("imprint/topics/a.b/3/ff"), "topics/a.b/3/ff");
-        assert!(o.key_of_url("s3://bucket/imprint/a/../topics/x").is_err());
-        assert!(o.key_of_url("s3://bucket/imprint/").is_err());
+        assert!(key("s3://bucket/imprint/a/../topics/x").is_err());
+        assert!(key("s3://bucket/imprint/").is_err());
         assert_eq!(o.version_key("a.b", 3, "ff").as_ref(), "imprint/topics/a.b/3/ff");
         assert!(o.staging_key().as_ref().starts_with("imprint/uploads/"));
         assert_eq!(o.url_of("imprint/models/a.bin"), "s3://bucket/imprint/models/a.bin");

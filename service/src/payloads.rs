@@ -236,11 +236,16 @@ impl Imprint {
             store::topics::require(&mut conn, topic, false).await?
         };
         caller.require_write(&t.name, &t.owner)?;
-        let key = self.objects().key_of_url(url)?;
+        let area = &self.config().register_area;
+        let key = self.objects().key_of_url(url, area, &t.owner)?;
         let missing = |e: Error| match e {
             Error::ObjectNotFound(_) => Error::ObjectNotFound(url.to_owned()),
             e => e,
         };
+        self.objects().check_registered_target(&key, area, &t.owner).await.map_err(missing)?;
+        if store::objects::used_by_another_topic(self.pool(), key.as_ref(), t.id).await? {
+            return Err(Error::Forbidden(format!("{url:?} is the payload of another topic's version")));
+        }
         let size = self.objects().size(&key).await.map_err(missing)?;
         let (limit, keep) = limits(&t);
         if size > limit {

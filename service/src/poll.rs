@@ -45,6 +45,14 @@ pub struct PollRequest {
     /// Hold the request up to this long (0-60000 ms) until an update exists.
     #[serde(default)]
     pub wait_ms: u64,
+    /// The client's address (set by the server, never read from the body): an anonymous
+    /// poller's new instances are counted against it in the audit.
+    #[serde(skip)]
+    pub client: Option<std::net::IpAddr>,
+    /// The SHA-256 of the bearer token the poll came with (set by the server): a parked
+    /// poll whose token is revoked ends with 401.
+    #[serde(skip)]
+    pub credential: Option<String>,
 }
 
 /// One update of a poll answer, as documented (the answer itself is written from the
@@ -188,37 +196,36 @@ fn poll_metrics(long: bool) -> &'static PollMetrics {
 /// it may (plus jitter, so refused pollers do not return in step).
 const BUSY_POLL_AFTER_MS: u64 = 5_000;
 
-fn long_polls_open() -> &'static metrics::Gauge {
-    static G: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
-    G.get_or_init(|| metrics::gauge!("imprint_long_polls_open"))
+/// About what a parked long poll holds in memory: its request (names, labels, held
+/// versions, reports) and the fixed cost of a parked task and its connection.
+fn parked_bytes(req: &PollRequest) -> usize {
+    const FIXED: usize = 4096;
+    let labels: usize = req.consumer.labels.pairs().iter().map(|(k, v)| k.len() + v.len() + 64).sum();
+    let topics: usize = req.topics.keys().map(|n| n.len() + 64).sum();
+    let applied: usize = req.applied.iter().map(|(n, a)| n.len() + a.error.as_ref().map_or(0, String::len) + 64).sum();
+    FIXED + req.consumer.instance.len() + labels + topics + applied
 }
 
-/// Holds a place among the open long polls (`Config::max_long_polls`) until dropped,
-/// however the poll ends, and keeps `imprint_long_polls_open` right.
-struct OpenLongPoll<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> OpenLongPoll<'a> {
-    fn try_new(open: &'a std::sync::atomic::AtomicUsize, max: usize) -> Option<Self> {
-        use std::sync::atomic::Ordering;
-        let mut n = open.load(Ordering::Relaxed);
-        loop {
-            if n >= max {
-                return None;
-            }
-            match open.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(now) => n = now,
-            }
+impl Imprint {
+    /// A place among the requests held open (long polls, Apollo notifications, live
+    /// streams), holding about `bytes` while it waits; `anonymous_from` also counts it
+    /// against that client address. None: a cap is reached (answer at once instead).
+    pub fn long_poll_place(
+        &self,
+        bytes: usize,
+        anonymous_from: Option<std::net::IpAddr>,
+    ) -> Option<crate::long_polls::LongPollPlace> {
+        let c = self.config();
+        let caps = crate::long_polls::Caps {
+            open: c.max_long_polls,
+            bytes: c.max_long_poll_bytes,
+            per_address: c.max_long_polls_per_address,
+        };
+        let place = self.inner.long_polls.place(caps, bytes, anonymous_from);
+        if place.is_none() {
+            metrics::counter!("imprint_long_polls_refused_total").increment(1);
         }
-        long_polls_open().increment(1.0);
-        Some(OpenLongPoll(open))
-    }
-}
-
-impl Drop for OpenLongPoll<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        long_polls_open().decrement(1.0);
+        place
     }
 }
 
@@ -230,22 +237,16 @@ impl Imprint {
         self.require_poller(caller, req.consumer.labels.pairs())?;
         let started = std::time::Instant::now();
         let state: &Arc<ServingState> = self.state();
+        let mut stopping = self.draining();
+        // Counts this request among the requests held open until it answers (also if
+        // dropped). Past a cap the poll degrades to a short one with a backoff.
+        let anonymous = matches!(caller, Caller::Anonymous).then_some(req.client).flatten();
+        let open = if req.wait_ms > 0 { self.long_poll_place(parked_bytes(&req), anonymous) } else { None };
+        let busy = req.wait_ms > 0 && open.is_none();
         // Registered before the first look, so no change slips between look and wait; a
         // change to one of these topics (and only these) wakes this poll.
-        let waiter = (req.wait_ms > 0)
-            .then(|| state.waiter(req.topics.keys().filter_map(|n| TopicName::parse(n).ok()).map(|n| n.to_string())));
-        let mut stopping = self.draining();
-        // Counts this request among the open long polls until it answers (also if dropped).
-        // Past the cap the poll degrades to a short one with a backoff.
-        let open = if req.wait_ms > 0 {
-            OpenLongPoll::try_new(&self.inner.long_polls, self.config().max_long_polls)
-        } else {
-            None
-        };
-        let busy = req.wait_ms > 0 && open.is_none();
-        if busy {
-            metrics::counter!("imprint_long_polls_refused_total").increment(1);
-        }
+        let waiter = open.is_some().then(|| state.waiter(req.topics.keys()));
+        let mut revoked = self.revocations();
         let wait_ms = if busy { 0 } else { req.wait_ms };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         let (mut updates, mut missing, seen) = compute(state, caller, &req);
@@ -260,7 +261,14 @@ impl Imprint {
                         c = waiter.changed() => c,
                         _ = tokio::time::sleep_until(deadline) => break,
                         _ = stopping.changed() => break,
+                        _ = revoked.changed() => {
+                            // A token was revoked somewhere: is it this poll's?
+                            self.recheck_credential(req.credential.as_deref()).await?;
+                            continue;
+                        }
                     };
+                    // Topics that appeared are followed from now on.
+                    waiter.watch(changed.iter().filter(|n| missing.get(*n).is_some_and(|m| m == "topic_not_found")));
                     // Only the topics that changed are resolved again.
                     let again = req.topics.iter().filter(|(name, _)| changed.iter().any(|c| c == *name));
                     let (u, m, _) = compute_some(state, caller, &req, again);
@@ -312,7 +320,7 @@ impl Imprint {
             }),
             published_at,
         });
-        self.audit().record(&who, seen);
+        self.audit().record_from(&who, req.client, seen);
     }
 
     /// The resolved version of one topic for `labels`, with its payload when in memory.

@@ -117,11 +117,23 @@ pub struct ServingTopic {
 }
 
 /// A topic's Apollo binding, as the `/apollo` endpoint needs it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApolloServed {
     pub app_id: String,
     pub namespace: String,
+    /// Requests for this namespace (and only this one) must be signed with it.
     pub secret: Option<String>,
+}
+
+/// The secret never reaches a log: `Debug` says only whether there is one.
+impl std::fmt::Debug for ApolloServed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApolloServed")
+            .field("app_id", &self.app_id)
+            .field("namespace", &self.namespace)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A long poll's wake-up call, registered on the topics it waits for: a change to one of
@@ -140,13 +152,29 @@ struct WaitSlot {
 
 impl Waiter<'_> {
     /// Returns the registered topics that changed since the last call (or since the
-    /// waiter was made: a change that came before this call is not lost).
+    /// waiter was made: a change that came before this call is not lost). A topic that
+    /// appeared is among them; `watch` then follows the ones the poll asked about.
     pub async fn changed(&self) -> Vec<String> {
         loop {
             self.slot.notify.notified().await;
             let names = std::mem::take(&mut *self.slot.changed.lock().unwrap_or_else(|e| e.into_inner()));
             if !names.is_empty() {
                 return names;
+            }
+        }
+    }
+
+    /// Follows topics that appeared while this poll waited for them (its newcomers
+    /// entry only says that a topic appeared, not that it changed afterwards).
+    pub fn watch<S: AsRef<str>>(&self, appeared: impl IntoIterator<Item = S>) {
+        let loaded = self._state.topics.read().unwrap_or_else(|e| e.into_inner());
+        let mut waiters = self._state.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for t in appeared {
+            if let Some((name, _)) = loaded.get_key_value(t.as_ref()) {
+                let list = waiters.entry(name.clone()).or_default();
+                if !list.entries.iter().any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.slot))) {
+                    list.push(Arc::downgrade(&self.slot));
+                }
             }
         }
     }
@@ -175,6 +203,28 @@ impl WaiterList {
         self.entries.retain(|w| w.strong_count() > 0);
         self.pruned_len = self.entries.len();
     }
+
+    /// Tells every live entry that `names` changed, drops the dead ones in the same
+    /// pass, and returns how many were woken.
+    fn wake(&mut self, names: &[String]) -> u64 {
+        let mut woken = 0;
+        self.entries.retain(|w| {
+            let Some(slot) = w.upgrade() else { return false };
+            {
+                let mut changed = slot.changed.lock().unwrap_or_else(|e| e.into_inner());
+                for name in names {
+                    if !changed.contains(name) {
+                        changed.push(name.clone());
+                    }
+                }
+            }
+            slot.notify.notify_one();
+            woken += 1;
+            true
+        });
+        self.pruned_len = self.entries.len();
+        woken
+    }
 }
 
 /// An own change being applied by its writer (`ServingState::own_change`).
@@ -199,8 +249,12 @@ pub struct ServingState {
     own: std::sync::Mutex<HashMap<i64, i64>>,
     /// Topic id → the change sequence held (notifications name topics by id).
     seqs: RwLock<HashMap<i64, i64>>,
-    /// Topic name → the long polls waiting on it (also for topics that do not exist yet).
+    /// Topic name → the long polls waiting on it: loaded topics only, so what a caller
+    /// can make this hold is bounded by what exists.
     waiters: std::sync::Mutex<HashMap<String, WaiterList>>,
+    /// The long polls that also wait for a topic that does not exist yet: one entry per
+    /// poll, however many made-up names it sent, woken when a topic appears.
+    newcomers: std::sync::Mutex<WaiterList>,
     /// Long polls woken by a change (the measure of needless wake-ups).
     wakeups: std::sync::atomic::AtomicU64,
     /// Publishes applied in memory by their writer (`apply_publish`).
@@ -220,6 +274,7 @@ impl Default for ServingState {
             own: std::sync::Mutex::new(HashMap::new()),
             seqs: RwLock::new(HashMap::new()),
             waiters: std::sync::Mutex::new(HashMap::new()),
+            newcomers: std::sync::Mutex::new(WaiterList::default()),
             wakeups: std::sync::atomic::AtomicU64::new(0),
             applied: std::sync::atomic::AtomicU64::new(0),
             apollo: RwLock::new(HashMap::new()),
@@ -239,20 +294,6 @@ impl ServingState {
         let key = (app_id.to_owned(), imprint_domain::apollo::namespace_key(namespace));
         let name = self.apollo.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned()?;
         self.get(&name)
-    }
-
-    /// The secrets of an Apollo app's bindings: its requests must be signed with one
-    /// of them when there is any.
-    pub fn apollo_secrets(&self, app_id: &str) -> Vec<String> {
-        let names: Vec<String> = self
-            .apollo
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|((app, _), _)| app == app_id)
-            .map(|(_, n)| n.clone())
-            .collect();
-        names.iter().filter_map(|n| self.get(n)?.apollo.as_ref()?.secret.clone()).collect()
     }
 
     /// Every loaded topic (a snapshot of the map: changes after the call are not seen).
@@ -281,15 +322,32 @@ impl ServingState {
         self.topics.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Registers a long poll on `topics` (names, known or not yet).
+    /// Registers a long poll on `topics` (names, known or not yet). A loaded topic gets
+    /// an entry of its own; all names that are not loaded share one entry among the
+    /// newcomers, woken with the name of each topic that appears.
     pub fn waiter<S: AsRef<str>>(&self, topics: impl IntoIterator<Item = S>) -> Waiter<'_> {
         let slot = Arc::new(WaitSlot::default());
-        let topics: Vec<String> = topics.into_iter().map(|t| t.as_ref().to_owned()).collect();
-        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        for t in &topics {
-            waiters.entry(t.clone()).or_default().push(Arc::downgrade(&slot));
+        let mut unknown = false;
+        {
+            let loaded = self.topics.read().unwrap_or_else(|e| e.into_inner());
+            let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            for t in topics {
+                match loaded.get_key_value(t.as_ref()) {
+                    Some((name, _)) => waiters.entry(name.clone()).or_default().push(Arc::downgrade(&slot)),
+                    None => unknown = true,
+                }
+            }
+        }
+        if unknown {
+            self.newcomers.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&slot));
         }
         Waiter { _state: self, slot }
+    }
+
+    /// Registered long-poll entries (per topic, plus newcomers): what waiters cost.
+    pub fn waiter_entries(&self) -> (usize, usize) {
+        let per_topic = self.waiters.lock().unwrap_or_else(|e| e.into_inner()).values().map(|l| l.entries.len()).sum();
+        (per_topic, self.newcomers.lock().unwrap_or_else(|e| e.into_inner()).entries.len())
     }
 
     /// Publishes applied in memory by this process so far (not read back from Postgres).
@@ -333,33 +391,26 @@ impl ServingState {
             .collect()
     }
 
-    /// Wakes the long polls waiting on these topics.
-    fn wake(&self, names: &[String]) {
+    /// Wakes the long polls waiting on these topics (`appeared`: those of them that were
+    /// not loaded before, which also wake the polls waiting for newcomers).
+    fn wake(&self, names: &[String], appeared: &[String]) {
         if names.is_empty() {
             return;
         }
         self.announce(names);
-        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         let mut woken = 0u64;
-        for name in names {
-            let Some(list) = waiters.get_mut(name) else { continue };
-            // Wakes the live ones and drops the dead ones in the same pass.
-            list.entries.retain(|w| {
-                let Some(slot) = w.upgrade() else { return false };
-                {
-                    let mut changed = slot.changed.lock().unwrap_or_else(|e| e.into_inner());
-                    if !changed.contains(name) {
-                        changed.push(name.clone());
-                    }
+        {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            for name in names {
+                let Some(list) = waiters.get_mut(name) else { continue };
+                woken += list.wake(std::slice::from_ref(name));
+                if list.entries.is_empty() {
+                    waiters.remove(name);
                 }
-                slot.notify.notify_one();
-                woken += 1;
-                true
-            });
-            list.pruned_len = list.entries.len();
-            if list.entries.is_empty() {
-                waiters.remove(name);
             }
+        }
+        if !appeared.is_empty() {
+            woken += self.newcomers.lock().unwrap_or_else(|e| e.into_inner()).wake(appeared);
         }
         if woken > 0 {
             self.wakeups.fetch_add(woken, std::sync::atomic::Ordering::Relaxed);
@@ -373,6 +424,7 @@ impl ServingState {
 
     fn install(&self, loaded: Vec<ServingTopic>, full: bool) {
         let mut changed: Vec<String> = Vec::new();
+        let mut appeared: Vec<String> = Vec::new();
         let loaded_seqs: Vec<(i64, i64)> = loaded.iter().map(|t| (t.id, t.change_seq)).collect();
         {
             let mut map = self.topics.write().unwrap_or_else(|e| e.into_inner());
@@ -387,7 +439,10 @@ impl ServingState {
                     Some(held) if held.change_seq == t.change_seq => {
                         map.insert(t.name.to_string(), Arc::new(t));
                     }
-                    _ => {
+                    held => {
+                        if held.is_none() {
+                            appeared.push(t.name.to_string());
+                        }
                         changed.push(t.name.to_string());
                         map.insert(t.name.to_string(), Arc::new(t));
                     }
@@ -414,7 +469,7 @@ impl ServingState {
         if full {
             self.loaded_once.send_replace(true);
         }
-        self.wake(&changed);
+        self.wake(&changed, &appeared);
     }
 
     /// Applies a publish in memory, by its writer, without reading it back: the topic as

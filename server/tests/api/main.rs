@@ -1,6 +1,7 @@
 //! HTTP API tests: each test gets a fresh database (`#[sqlx::test]`) and a real server on
 //! a free port, and talks to it over HTTP like any client would.
 mod apollo;
+mod connection;
 mod consumers;
 mod fuzz;
 mod helpers;
@@ -10,5 +11,6 @@ mod poll;
 mod publish;
 mod resilience;
 mod rollouts;
+mod security;
 mod topics;
 mod trust;

@@ -250,11 +250,11 @@ async fn registered_objects_are_checked_read_once_and_served(pool: sqlx::PgPool)
         let base = store.objects.url().to_owned();
         // The object key inside the store (the S3 prefix is the part after the bucket).
         let key = match base.strip_prefix("s3://") {
-            Some(r) => format!("{}/datasets/model.bin", r.split_once('/').map(|(_, p)| p).unwrap_or("")),
-            None => "datasets/model.bin".to_owned(),
+            Some(r) => format!("{}/external/payments/model.bin", r.split_once('/').map(|(_, p)| p).unwrap_or("")),
+            None => "external/payments/model.bin".to_owned(),
         };
         store.objects.store().put(&Path::parse(&key).unwrap(), payload.clone().into()).await.expect("put");
-        let url = format!("{base}/datasets/model.bin");
+        let url = format!("{base}/external/payments/model.bin");
         let register =
             |body: Value| app.admin(Method::POST, &format!("/api/v1/topics/{topic}/versions")).json(&body).send();
         let r = register(json!({"object": {"url": url}, "message": "model"})).await.unwrap();
@@ -286,7 +286,7 @@ async fn registered_objects_are_checked_read_once_and_served(pool: sqlx::PgPool)
         let r = register(json!({"object": {"url": url}, "sha256": sha(b"x")})).await.unwrap();
         assert_error(r, 422, "checksum_mismatch").await;
         // Missing, outside the store, in Imprint's own area, or not even a URL.
-        let r = register(json!({"object": {"url": format!("{base}/datasets/missing.bin")}})).await.unwrap();
+        let r = register(json!({"object": {"url": format!("{base}/external/payments/missing.bin")}})).await.unwrap();
         assert_error(r, 422, "object_not_found").await;
         let r = register(json!({"object": {"url": "s3://another-bucket/datasets/model.bin"}})).await.unwrap();
         assert_error(r, 403, "forbidden").await;
@@ -512,7 +512,7 @@ async fn the_janitor_purges_what_retention_allows_and_keeps_the_rest(pool: sqlx:
         app.publish(&t, json!({"data": "three"})).await;
         // v4: a registered object released to nobody: purged, but its object is never deleted.
         store.objects.store().put(&registered_path(&store.objects), bytes_of(4096, 2).into()).await.expect("put");
-        let url = format!("{}/datasets/r.bin", store.objects.url());
+        let url = format!("{}/external/payments/r.bin", store.objects.url());
         let r = app
             .admin(Method::POST, &format!("{base}/versions"))
             .json(&json!({"object": {"url": url}, "scopes": [], "rollout": null}))
@@ -551,7 +551,10 @@ async fn the_janitor_purges_what_retention_allows_and_keeps_the_rest(pool: sqlx:
         })
         .await;
         eventually("v1's object is deleted", || async { !keys(&store.objects).await.contains(&v1_key[0]) }).await;
-        assert!(keys(&store.objects).await.iter().any(|k| k.ends_with("datasets/r.bin")), "registered object kept");
+        assert!(
+            keys(&store.objects).await.iter().any(|k| k.ends_with("external/payments/r.bin")),
+            "registered object kept"
+        );
         for kept in [2, 3, 5] {
             assert_eq!(status_of(&app, &format!("{base}/versions/{kept}/data")).await, 200, "v{kept} kept");
         }
@@ -582,8 +585,8 @@ async fn the_janitor_purges_what_retention_allows_and_keeps_the_rest(pool: sqlx:
 
 fn registered_path(objects: &Objects) -> Path {
     match objects.url().strip_prefix("s3://").and_then(|r| r.split_once('/')) {
-        Some((_, prefix)) => Path::from(format!("{prefix}/datasets/r.bin")),
-        None => Path::from("datasets/r.bin"),
+        Some((_, prefix)) => Path::from(format!("{prefix}/external/payments/r.bin")),
+        None => Path::from("external/payments/r.bin"),
     }
 }
 
@@ -717,5 +720,128 @@ async fn the_sweep_deletes_due_stray_objects_but_never_a_version_s(pool: sqlx::P
         let data = app.admin(Method::GET, &format!("/api/v1/topics/{topic}/versions/1/data")).send().await.unwrap();
         assert_eq!(data.status(), 200);
         sqlx::query("DELETE FROM stray_objects").execute(&app.pool).await.unwrap();
+    }
+}
+
+/// The review's attack (issue 19): a publisher of team blue registers, into its own open
+/// topic, objects that belong to red's restricted topic — its snapshot manifest (small
+/// payloads inline), its payload objects, an upload — in every spelling of the key, and
+/// through links on the local store. Every attempt is refused, nothing is published, and
+/// no message names where the store is.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn no_publisher_registers_another_team_s_objects_in_any_spelling(pool: sqlx::PgPool) {
+    for store in stores() {
+        let app = app_on(&pool, &store).await;
+        let (red, blue) = (format!("red.secrets.{}", store.tag), format!("blue.open.{}", store.tag));
+        app.create_topic_with(json!({"name": red, "owner": "red", "restricted": true, "inline_limit_bytes": 1024}))
+            .await;
+        app.create_topic_with(json!({"name": blue, "owner": "blue"})).await;
+        app.publish(&red, json!({"data": "the red team's secret"})).await;
+        let big = bytes_of(4096, 7);
+        let r = raw_publish(&app, &red, big.clone(), &[]).await;
+        assert_eq!(r.status(), 201);
+        app.imprint().snapshot_pass().await.expect("snapshots");
+        let base = store.objects.url().to_owned();
+        let prefix = base.strip_prefix("s3://").and_then(|r| r.split_once('/')).map(|(_, p)| format!("{p}/"));
+        let relative = |k: &str| prefix.as_deref().and_then(|p| k.strip_prefix(p)).unwrap_or(k).to_owned();
+        let own = keys(&store.objects).await;
+        let red_object = own.iter().map(|k| relative(k)).find(|k| k.starts_with("topics/")).expect("red's object");
+        assert!(own.iter().any(|k| k.ends_with(&format!("snapshots/{red}.json"))), "{own:?}");
+        // Red's own registered object, in red's area.
+        let red_file = format!("external/red/model-{}.bin", store.tag);
+        let put = |k: String, b: Vec<u8>| {
+            let path = Path::parse(format!("{}{k}", prefix.as_deref().unwrap_or(""))).expect("path");
+            let objects = store.objects.clone();
+            async move { objects.store().put(&path, b.into()).await.expect("put") }
+        };
+        put(red_file.clone(), b"red's model".to_vec()).await;
+        let blue_token = app.token("blue-publisher", Some("blue")).await;
+        let attempts = [
+            format!("{base}//snapshots/{red}.json"),
+            format!("{base}/snapshots/{red}.json"),
+            format!("{base}///snapshots/{red}.json"),
+            format!("{base}//{red_object}"),
+            format!("{base}/{red_object}"),
+            format!("{base}/./{red_object}"),
+            format!("{base}/external/blue/../../{red_object}"),
+            format!("{base}/external/blue/%2e%2e/%2e%2e/{red_object}"),
+            format!("{base}/external/blue/..%2F..%2F{red_object}"),
+            format!("{base}/external%2Fblue%2F..%2F..%2Fsnapshots%2F{red}.json"),
+            format!("{base}/%73napshots/{red}.json"),
+            format!("{base}/external/blue\\..\\..\\snapshots\\{red}.json"),
+            format!("{base}/external/red/model-{}.bin", store.tag),
+            format!("{base}//external/red/model-{}.bin", store.tag),
+            format!("{base}/external//red/model-{}.bin", store.tag),
+            format!("{base}/external/blue/../red/model-{}.bin", store.tag),
+            format!("{base}/uploads/x"),
+            format!("{base}/{red_file}?x=1"),
+        ];
+        for url in &attempts {
+            let r = app
+                .req(Method::POST, &format!("/api/v1/topics/{blue}/versions"))
+                .bearer_auth(&blue_token)
+                .json(&json!({"object": {"url": url}}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            assert!(status == 400 || status == 403, "{url}: {status} {body}");
+        }
+        // On the local store a link out of blue's folder is refused as well.
+        if store.tag == "file" {
+            let root = base.strip_prefix("file://").expect("file URL");
+            let blue_dir = std::path::Path::new(root).join("external/blue");
+            std::fs::create_dir_all(&blue_dir).unwrap();
+            std::os::unix::fs::symlink(
+                std::path::Path::new(root).join(format!("snapshots/{red}.json")),
+                blue_dir.join("m.json"),
+            )
+            .unwrap();
+            std::os::unix::fs::symlink(std::path::Path::new(root).join("external/red"), blue_dir.join("red")).unwrap();
+            for url in [format!("{base}/external/blue/m.json"), format!("{base}/external/blue/red/model-file.bin")] {
+                let r = app
+                    .req(Method::POST, &format!("/api/v1/topics/{blue}/versions"))
+                    .bearer_auth(&blue_token)
+                    .json(&json!({"object": {"url": url}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_error(r, 403, "forbidden").await;
+            }
+        }
+        assert_eq!(app.versions_in_db(&blue).await, 0, "nothing was published to blue's topic");
+        // A key outside the store is refused without saying where the store is.
+        let r = app
+            .req(Method::POST, &format!("/api/v1/topics/{blue}/versions"))
+            .bearer_auth(&blue_token)
+            .json(&json!({"object": {"url": "file:///etc/passwd"}}))
+            .send()
+            .await
+            .unwrap();
+        let body = assert_error(r, 403, "forbidden").await;
+        assert!(!body.to_string().contains(&base), "{body}");
+        // Blue's own area works; red's registered object cannot be registered by another
+        // topic, even of red.
+        put(format!("external/blue/own-{}.bin", store.tag), b"blue's".to_vec()).await;
+        let r = app
+            .req(Method::POST, &format!("/api/v1/topics/{blue}/versions"))
+            .bearer_auth(&blue_token)
+            .json(&json!({"object": {"url": format!("{base}/external/blue/own-{}.bin", store.tag)}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let red2 = format!("red.other.{}", store.tag);
+        app.create_topic_with(json!({"name": red2, "owner": "red"})).await;
+        app.publish(&red, json!({"object": {"url": format!("{base}/{red_file}")}})).await;
+        let r = app
+            .admin(Method::POST, &format!("/api/v1/topics/{red2}/versions"))
+            .json(&json!({"object": {"url": format!("{base}/{red_file}")}}))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 403, "forbidden").await;
+        app.imprint_shutdown();
     }
 }

@@ -50,3 +50,14 @@ pub(crate) async fn in_use<'e>(ex: impl PgExecutor<'e>, key: &str) -> Result<boo
     .fetch_one(ex)
     .await?)
 }
+
+/// Does a version of a topic other than `topic_id` (purged or not) point at `key`?
+pub(crate) async fn used_by_another_topic<'e>(ex: impl PgExecutor<'e>, key: &str, topic_id: i64) -> Result<bool> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM versions WHERE object_key = $1 AND topic_id <> $2) AS "e!""#,
+        key,
+        topic_id
+    )
+    .fetch_one(ex)
+    .await?)
+}

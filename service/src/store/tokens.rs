@@ -126,3 +126,15 @@ pub(crate) async fn list_active<'e>(ex: impl PgExecutor<'e>) -> Result<Vec<Token
     .fetch_all(ex)
     .await?)
 }
+
+/// A mark that moves whenever a token is revoked anywhere: (revoked tokens, the latest
+/// revocation). Servers compare it every few seconds to end what revoked tokens hold open.
+pub(crate) async fn revocation_mark<'e>(ex: impl PgExecutor<'e>) -> Result<(i64, Option<DateTime<Utc>>)> {
+    let r = sqlx::query!(
+        r#"SELECT count(revoked_at) AS "n!", max(revoked_at) AS "latest: DateTime<Utc>"
+           FROM api_tokens WHERE revoked_at IS NOT NULL"#
+    )
+    .fetch_one(ex)
+    .await?;
+    Ok((r.n, r.latest))
+}
