@@ -594,6 +594,10 @@ pub struct Answer {
     pub pinned: bool,
 }
 
+/// The scope matrix shows at most this many selectors (rows).
+#[cfg(feature = "ssr")]
+const MATRIX_ROWS: usize = 500;
+
 #[server(prefix = "/console/fn")]
 pub async fn load_matrix(name: String, labels: Option<String>, at: Option<String>) -> Result<Matrix, ServerFnError> {
     use crate::ssr::{imprint, load, require_user};
@@ -603,13 +607,18 @@ pub async fn load_matrix(name: String, labels: Option<String>, at: Option<String
     let topic = load(imprint.topic(&caller, &name).await)?;
     let serving =
         imprint.state().get(&topic.name).ok_or_else(|| ServerFnError::new("topic not loaded yet; try again"))?;
-    let history = load(imprint.topic_history(&caller, &topic.name).await)?;
+    // The topic's present, bounded (not its whole history): live versions, their scopes,
+    // active pins; at most MATRIX_ROWS selectors are shown.
+    let (history, _) = load(imprint.topic_present(&caller, &topic.name).await)?;
     let h = &history;
+    let released: std::collections::HashSet<(u64, &Selector)> =
+        h.scopes.iter().map(|s| (s.version, &s.selector)).collect();
     // Rows: every selector that matters (scopes used, active pins); columns: recent versions.
     let mut selectors: Vec<Selector> = h.scopes.iter().map(|s| s.selector.clone()).collect();
     selectors.extend(h.pins.iter().filter(|p| p.removed_at.is_none()).map(|p| p.selector.clone()));
     selectors.sort_by(|a, b| a.specificity().cmp(&b.specificity()).then_with(|| a.cmp(b)));
     selectors.dedup();
+    selectors.truncate(MATRIX_ROWS);
     let columns: Vec<u64> = h.versions.keys().rev().take(12).copied().collect();
     let rows = selectors
         .into_iter()
@@ -621,7 +630,7 @@ pub async fn load_matrix(name: String, labels: Option<String>, at: Option<String
                 cells: columns
                     .iter()
                     .map(|v| MatrixCell {
-                        released: h.scopes.iter().any(|s| s.version == *v && s.selector == sel),
+                        released: released.contains(&(*v, &sel)),
                         resolved: r.map(|r| r.version) == Some(*v),
                         pinned: pin == Some(*v),
                     })

@@ -19,15 +19,16 @@ pub struct VersionDetail {
     pub others: Vec<u64>,
 }
 
+/// Above this many lines either side a diff is "too large" (the page offers downloads).
 #[cfg(feature = "ssr")]
-const MAX_DIFF_LINES: usize = 5000;
+const MAX_DIFF_LINES: usize = 2000;
 /// A page never loads more of a payload than this (large ones are downloaded instead).
 pub const PREVIEW_BYTES: u64 = 64 * 1024;
 
 #[server(prefix = "/console/fn")]
 pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<VersionDetail, ServerFnError> {
     use crate::ssr::{imprint, load, require_user};
-    use imprint_domain::{diff_lines, render_payload};
+    use imprint_domain::render_payload;
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
     let topic = load(imprint.topic(&caller, &name).await)?;
@@ -75,8 +76,14 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
                 human_size(PREVIEW_BYTES)
             )),
             Ok((other, true)) => match (other.text(), r.text()) {
-                (Some(old), Some(new)) => diff_lines(old, new, MAX_DIFF_LINES)
-                    .ok_or_else(|| format!("too large to compare (more than {MAX_DIFF_LINES} lines)")),
+                (Some(old), Some(new)) => {
+                    // Quadratic work: on a blocking thread, never on the async workers.
+                    let (old, new) = (old.to_owned(), new.to_owned());
+                    load(imprint_service::consumers::diff_off_thread(old, new, MAX_DIFF_LINES).await)?
+                        .ok_or_else(|| {
+                            format!("too large to diff (more than {MAX_DIFF_LINES} lines, or too many changes); download them")
+                        })
+                }
                 _ => Err("binary payloads cannot be compared line by line".to_owned()),
             },
         }),
@@ -170,7 +177,14 @@ pub fn VersionPage() -> impl IntoView {
                                 </form>
                                 {match (d.against, d.diff.clone()) {
                                     (None, _) | (_, None) => view! { <p class="muted">"No other version to compare with."</p> }.into_any(),
-                                    (Some(a), Some(Err(e))) => view! { <p class="muted">{format!("v{a} → v{}: {e}", v.version)}</p> }.into_any(),
+                                    (Some(a), Some(Err(e))) => view! {
+                                        <p class="muted diff-refused">{format!("v{a} → v{}: {e}", v.version)}</p>
+                                        <p class="diff-downloads">
+                                            <a class="button" href=format!("/console/download/{}/{a}", d.head.name) download="">{format!("Download v{a}")}</a>
+                                            " "
+                                            <a class="button" href=format!("/console/download/{}/{}", d.head.name, v.version) download="">{format!("Download v{}", v.version)}</a>
+                                        </p>
+                                    }.into_any(),
                                     (Some(a), Some(Ok(lines))) => {
                                         let changed = lines.iter().filter(|l| !matches!(l, DiffLine::Same(_))).count();
                                         view! {

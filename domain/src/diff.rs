@@ -8,8 +8,13 @@ pub enum DiffLine {
     Removed(String),
 }
 
+/// The LCS table of one diff has at most this many cells (4 bytes each) once the common
+/// prefix and suffix are trimmed: time and memory stay bounded whatever `max_lines` says.
+pub const MAX_DIFF_CELLS: usize = 4_000_000;
+
 /// Longest-common-subsequence line diff of `old` → `new`. Quadratic, so inputs are
-/// capped at `max_lines` lines each; beyond that the caller gets `None` (too large to diff).
+/// capped at `max_lines` lines each and the table at `MAX_DIFF_CELLS`; beyond that the
+/// caller gets `None` (too large to diff).
 pub fn diff_lines(old: &str, new: &str, max_lines: usize) -> Option<Vec<DiffLine>> {
     let a: Vec<&str> = old.lines().collect();
     let b: Vec<&str> = new.lines().collect();
@@ -21,6 +26,9 @@ pub fn diff_lines(old: &str, new: &str, max_lines: usize) -> Option<Vec<DiffLine
     let suffix = a[prefix..].iter().rev().zip(b[prefix..].iter().rev()).take_while(|(x, y)| x == y).count();
     let (ma, mb) = (&a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
     let (n, m) = (ma.len(), mb.len());
+    if (n + 1).saturating_mul(m + 1) > MAX_DIFF_CELLS {
+        return None;
+    }
     // lcs[i][j] = LCS length of ma[i..] and mb[j..]
     let mut lcs = vec![vec![0u32; m + 1]; n + 1];
     for i in (0..n).rev() {
@@ -128,6 +136,13 @@ mod tests {
         assert_eq!(diff_lines("same", "same", 10).unwrap(), vec![Same(s("same"))]);
         assert_eq!(diff_lines("", "new", 10).unwrap(), vec![Added(s("new"))]);
         assert!(diff_lines(&"x\n".repeat(20), "y", 10).is_none());
+        // Within the line cap but every line different: the table would be too big.
+        let a: String = (0..2500).map(|i| format!("a{i}\n")).collect();
+        let b: String = (0..2500).map(|i| format!("b{i}\n")).collect();
+        assert!(diff_lines(&a, &b, 5000).is_none(), "too large to diff");
+        // The same size with a local change is trimmed to a small table and diffed.
+        let c = a.replacen("a7\n", "c7\n", 1);
+        assert_eq!(diff_lines(&a, &c, 5000).map(|d| d.len()), Some(2501));
     }
 
     #[test]

@@ -63,16 +63,21 @@ pub fn retention_decisions(
     let Some(&latest) = history.versions.keys().next_back() else { return Vec::new() };
     let index = history.current_index();
     let pinned: BTreeSet<u64> = index.pins().iter().map(|(_, v)| *v).collect();
+    // Each version's scopes, gathered once: not a pass over every scope per version.
+    let mut scopes_of: std::collections::BTreeMap<u64, Vec<&crate::ScopeEntry>> = Default::default();
+    for s in &history.scopes {
+        scopes_of.entry(s.version).or_default().push(s);
+    }
     history
         .versions
         .values()
         .filter(|v| v.purged_at.is_none() && !policy.keeps(v.version, v.created_at, latest, now))
         .map(|v| {
             let still_resolved = || {
-                history
-                    .scopes
-                    .iter()
-                    .filter(|s| s.version == v.version)
+                scopes_of
+                    .get(&v.version)
+                    .into_iter()
+                    .flatten()
                     .any(|s| index.resolve(&s.selector.as_labels()).is_some_and(|r| r.version == v.version))
             };
             let kept = if pinned.contains(&v.version) {

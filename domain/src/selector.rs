@@ -9,6 +9,9 @@ use std::fmt;
 const MAX_KEY_LEN: usize = 63;
 const MAX_VALUE_LEN: usize = 256;
 const MAX_PAIRS: usize = 32;
+/// A consumer's labels take at most this many bytes, keys and values together: 32 pairs
+/// of the longest keys and values would be ~10 KiB per node per topic in the audit.
+pub const MAX_LABEL_BYTES: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
@@ -24,6 +27,16 @@ pub enum SelectorError {
     TooMany,
     #[error("a selector must be a JSON object of string values, e.g. {{\"region\": \"eu-west-1\"}}")]
     NotAnObject,
+    #[error("labels take at most 4096 bytes (keys and values together)")]
+    TooLarge,
+}
+
+/// Labels beyond `MAX_LABEL_BYTES` are refused (selectors are not bounded this way).
+fn check_label_bytes(map: &BTreeMap<String, String>) -> Result<(), SelectorError> {
+    if map.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > MAX_LABEL_BYTES {
+        return Err(SelectorError::TooLarge);
+    }
+    Ok(())
 }
 
 fn valid_key(k: &str) -> bool {
@@ -195,11 +208,15 @@ pub struct Labels(BTreeMap<String, String>);
 
 impl Labels {
     pub fn parse(s: &str) -> Result<Self, SelectorError> {
-        parse_pairs(s).map(Self)
+        let map = parse_pairs(s)?;
+        check_label_bytes(&map)?;
+        Ok(Self(map))
     }
 
     pub fn from_json(v: &serde_json::Value) -> Result<Self, SelectorError> {
-        pairs_from_json(v).map(Self)
+        let map = pairs_from_json(v)?;
+        check_label_bytes(&map)?;
+        Ok(Self(map))
     }
 
     pub fn from_pairs<I, K, V>(pairs: I) -> Result<Self, SelectorError>
@@ -208,7 +225,9 @@ impl Labels {
         K: Into<String>,
         V: Into<String>,
     {
-        Selector::from_pairs(pairs).map(|s| Labels(s.0))
+        let s = Selector::from_pairs(pairs)?;
+        check_label_bytes(&s.0)?;
+        Ok(Labels(s.0))
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -243,11 +262,16 @@ impl<'de> Deserialize<'de> for Labels {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Labels, A::Error> {
                 let mut map = BTreeMap::new();
+                let mut bytes = 0;
                 while let Some(k) = m.next_key::<String>()? {
                     let serde_json::Value::String(v) = m.next_value::<serde_json::Value>()? else {
                         return Err(not_an_object());
                     };
                     check_pair(&k, &v).map_err(A::Error::custom)?;
+                    bytes += k.len() + v.len();
+                    if bytes > MAX_LABEL_BYTES {
+                        return Err(A::Error::custom(SelectorError::TooLarge));
+                    }
                     map.insert(k, v);
                     if map.len() > MAX_PAIRS {
                         return Err(A::Error::custom(SelectorError::TooMany));
@@ -285,6 +309,22 @@ impl<'de> Deserialize<'de> for Labels {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn labels_are_bounded_in_bytes() {
+        let big: serde_json::Map<String, serde_json::Value> =
+            (0..20).map(|i| (format!("k{i:02}"), json!("v".repeat(250)))).collect();
+        let v = serde_json::Value::Object(big);
+        assert_eq!(Labels::from_json(&v), Err(SelectorError::TooLarge));
+        let e = serde_json::from_value::<Labels>(v.clone()).expect_err("too large");
+        assert!(e.to_string().contains("4096 bytes"), "{e}");
+        assert!(Selector::from_json(&v).is_ok(), "selectors are not bounded this way");
+        let pairs: Vec<String> = (0..20).map(|i| format!("k{i:02}={}", "v".repeat(250))).collect();
+        assert_eq!(Labels::parse(&pairs.join(",")), Err(SelectorError::TooLarge));
+        let small: serde_json::Map<String, serde_json::Value> =
+            (0..15).map(|i| (format!("k{i:02}"), json!("v".repeat(250)))).collect();
+        assert!(serde_json::from_value::<Labels>(serde_json::Value::Object(small)).is_ok());
+    }
 
     #[test]
     fn parses_string_form_canonically() {

@@ -8,6 +8,11 @@ use std::sync::{Arc, Mutex};
 
 const SHARDS: usize = 16;
 
+/// New instances one source (a token, or an anonymous client's address) may add to one
+/// topic's audit while its earlier ones are still in memory: made-up instance names
+/// from one address cannot fill the audit. Past it the poll is answered, not recorded.
+pub const MAX_INSTANCES_PER_SOURCE: u32 = 1_000;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Applied {
     pub version: u64,
@@ -39,6 +44,16 @@ pub struct Reporter<'a> {
     /// `token:<name>` for an authenticated consumer, `None` when anonymous.
     pub principal: Option<&'a str>,
     pub at: DateTime<Utc>,
+}
+
+/// Who a report counts against for `MAX_INSTANCES_PER_SOURCE`: the principal when there
+/// is one, else the client's address (`ip:<addr>`), else one shared anonymous source.
+pub fn source_of(principal: Option<&str>, client: Option<std::net::IpAddr>) -> Arc<str> {
+    match (principal, client) {
+        (Some(p), _) => Arc::from(p),
+        (None, Some(ip)) => Arc::from(format!("ip:{ip}")),
+        (None, None) => Arc::from("anonymous"),
+    }
 }
 
 /// What a poll said about one topic.
@@ -120,6 +135,9 @@ struct Entry {
     /// When an unchanged `last_seen` is worth writing again (`REFRESH_SECS` after the
     /// one last written; `None`: never written).
     refresh_after: Option<DateTime<Utc>>,
+    /// The source whose `MAX_INSTANCES_PER_SOURCE` this entry counts against (`None`:
+    /// put back by `restore`, counted against nobody).
+    source: Option<Arc<str>>,
 }
 
 /// Seeded per process: the keys are what pollers send (no collisions to be made up).
@@ -131,6 +149,9 @@ type Shard = HashMap<String, HashMap<i64, Entry, Fast>, Fast>;
 
 pub struct AuditBuffer {
     shards: Vec<Mutex<Shard>>,
+    /// Per (topic, source): entries in memory it created (bounded by `max_entries` too).
+    per_source: Mutex<HashMap<(i64, Arc<str>), u32, Fast>>,
+    per_source_max: u32,
     hasher: Fast,
     len: AtomicU64,
     dirty: AtomicU64,
@@ -140,8 +161,15 @@ pub struct AuditBuffer {
 
 impl AuditBuffer {
     pub fn new(max_entries: u64) -> Self {
+        Self::with_source_cap(max_entries, MAX_INSTANCES_PER_SOURCE)
+    }
+
+    /// A buffer where one source adds at most `per_source` instances per topic.
+    pub fn with_source_cap(max_entries: u64, per_source: u32) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
+            per_source: Mutex::new(HashMap::default()),
+            per_source_max: per_source,
             hasher: Fast::default(),
             len: AtomicU64::new(0),
             dirty: AtomicU64::new(0),
@@ -162,15 +190,30 @@ impl AuditBuffer {
     /// `last_seen` in place and allocates nothing: the labels and the principal are
     /// copied into shared `Arc`s only when an entry is new or they changed.
     pub fn record(&self, who: &Reporter<'_>, seen: impl IntoIterator<Item = Seen>) {
+        self.record_from(who, None, seen)
+    }
+
+    /// `record`, counting new instances against the source `source_of(principal, client)`
+    /// (at most `MAX_INSTANCES_PER_SOURCE` per topic; beyond it they are dropped).
+    pub fn record_from(
+        &self,
+        who: &Reporter<'_>,
+        client: Option<std::net::IpAddr>,
+        seen: impl IntoIterator<Item = Seen>,
+    ) {
         let mut shard = self.shard(who.instance).lock().unwrap_or_else(|e| e.into_inner());
-        let topics = match shard.get_mut(who.instance) {
-            Some(t) => t,
-            None => shard.entry(who.instance.to_owned()).or_default(),
-        };
+        // An unknown instance gets its map only once an entry is actually added to it: a
+        // full buffer (or a capped source) leaves nothing behind, not even an empty map.
+        let mut fresh: Option<HashMap<i64, Entry, Fast>> = None;
         // Built at most once per call, only when some entry needs them.
         let mut labels: Option<Arc<BTreeMap<String, String>>> = None;
         let mut principal: Option<Option<Arc<str>>> = None;
+        let mut source: Option<Arc<str>> = None;
         for s in seen {
+            let topics = match shard.get_mut(who.instance) {
+                Some(t) => t,
+                None => fresh.get_or_insert_with(HashMap::default),
+            };
             match topics.get_mut(&s.topic_id) {
                 // An anonymous poll never overwrites what an authenticated consumer said.
                 Some(e) if e.obs.principal.is_some() && who.principal.is_none() => {
@@ -211,15 +254,53 @@ impl AuditBuffer {
                         metrics::counter!("imprint_audit_dropped_total").increment(1);
                         continue;
                     }
+                    let src = source.get_or_insert_with(|| source_of(who.principal, client)).clone();
+                    if !self.admit(s.topic_id, &src) {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("imprint_audit_dropped_total", "reason" => "source_cap").increment(1);
+                        continue;
+                    }
                     let l = labels.get_or_insert_with(|| Arc::new(who.labels.clone())).clone();
                     let p = principal.get_or_insert_with(|| who.principal.map(Arc::from)).clone();
                     self.len.fetch_add(1, Ordering::Relaxed);
                     self.dirty.fetch_add(1, Ordering::Relaxed);
                     topics.insert(
                         s.topic_id,
-                        Entry { obs: Observation::new(who, s, l, p), dirty: true, refresh_after: None },
+                        Entry {
+                            obs: Observation::new(who, s, l, p),
+                            dirty: true,
+                            refresh_after: None,
+                            source: Some(src),
+                        },
                     );
                 }
+            }
+        }
+        if let Some(t) = fresh.filter(|t| !t.is_empty()) {
+            shard.insert(who.instance.to_owned(), t);
+        }
+    }
+
+    /// Counts one more instance of `source` on `topic_id`, unless it has its share.
+    fn admit(&self, topic_id: i64, source: &Arc<str>) -> bool {
+        let mut m = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry((topic_id, source.clone())).or_insert(0);
+        if *n >= self.per_source_max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// An entry of `source` left memory: its place may be taken again.
+    fn release(&self, topic_id: i64, source: &Option<Arc<str>>) {
+        let Some(source) = source else { return };
+        let mut m = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (topic_id, source.clone());
+        if let Some(n) = m.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&key);
             }
         }
     }
@@ -253,6 +334,7 @@ impl AuditBuffer {
                         true
                     } else if e.obs.last_seen < forget_before {
                         self.len.fetch_sub(1, Ordering::Relaxed);
+                        self.release(*topic_id, &e.source);
                         false
                     } else {
                         true
@@ -275,12 +357,13 @@ impl AuditBuffer {
                         self.dirty.fetch_add(1, Ordering::Relaxed);
                     }
                     older.merge(newer.obs);
-                    topics.insert(topic_id, Entry { obs: older, dirty: true, refresh_after: None });
+                    topics
+                        .insert(topic_id, Entry { obs: older, dirty: true, refresh_after: None, source: newer.source });
                 }
                 None => {
                     self.len.fetch_add(1, Ordering::Relaxed);
                     self.dirty.fetch_add(1, Ordering::Relaxed);
-                    topics.insert(topic_id, Entry { obs: older, dirty: true, refresh_after: None });
+                    topics.insert(topic_id, Entry { obs: older, dirty: true, refresh_after: None, source: None });
                 }
             }
         }
@@ -369,6 +452,44 @@ mod tests {
         let again: HashMap<Key, Observation> = b.drain(Utc::now()).into_iter().collect();
         let a = &again[&(1, "a".to_owned())];
         assert_eq!((a.version, a.first_seen, a.last_seen), (Some(3), t(1), t(9)));
+    }
+
+    #[test]
+    fn a_full_buffer_leaves_no_empty_instance_maps() {
+        let b = AuditBuffer::new(1);
+        rec(&b, "a", 1, obs(Some(1), 1, None));
+        for i in 0..100 {
+            rec(&b, &format!("ghost-{i}"), 1, obs(Some(1), 1, None));
+        }
+        let instances: usize = b.shards.iter().map(|s| s.lock().expect("lock").len()).sum();
+        assert_eq!((b.len(), instances), (1, 1), "dropped reports leave nothing behind");
+    }
+
+    #[test]
+    fn one_source_adds_a_bounded_number_of_instances_per_topic() {
+        let b = AuditBuffer::with_source_cap(1_000, 3);
+        let ip = |n: u8| Some(std::net::IpAddr::from([192, 0, 2, n]));
+        let rec_from = |instance: &str, topic_id: i64, client| {
+            let o = obs(Some(1), 1, None);
+            let who = Reporter { instance, labels: &o.labels, principal: None, at: o.last_seen };
+            let seen = Seen { topic_id, version: o.version, expected: None, applied: None, published_at: None };
+            b.record_from(&who, client, [seen]);
+        };
+        for i in 0..10 {
+            rec_from(&format!("made-up-{i}"), 1, ip(1));
+        }
+        assert_eq!(b.len(), 3, "one address, one topic: the cap");
+        rec_from("made-up-0", 1, ip(1));
+        assert_eq!(b.len(), 3, "known instances still report");
+        rec_from("other", 1, ip(2));
+        rec_from("made-up-9", 2, ip(1));
+        assert_eq!(b.len(), 5, "other addresses and other topics have their own share");
+        // Forgotten entries free their places.
+        b.drain(Utc::now());
+        b.drain(Utc::now());
+        assert_eq!(b.len(), 0);
+        rec_from("made-up-5", 1, ip(1));
+        assert_eq!(b.len(), 1);
     }
 
     #[test]

@@ -52,12 +52,20 @@ impl Imprint {
     }
 
     /// Sets `imprint_lagging_nodes{topic}`: nodes seen in the last 5 minutes whose last
-    /// poll held another version than they should have.
+    /// poll held another version than they should have. Only topics that exist have a
+    /// series; restricted ones are summed under `topic="restricted"` (`/metrics` is open,
+    /// and must not name them — nor must a topic missing from the serving state).
     pub async fn update_lag_gauges(&self) -> Result<()> {
         let since = self.now() - Duration::minutes(5);
+        let mut restricted = 0;
         for (topic, n) in store::consumers::lagging_per_topic(self.pool(), since).await? {
-            metrics::gauge!("imprint_lagging_nodes", "topic" => topic).set(n as f64);
+            if self.state().get(&topic).is_none_or(|t| t.restricted) {
+                restricted += n;
+            } else {
+                metrics::gauge!("imprint_lagging_nodes", "topic" => topic).set(n as f64);
+            }
         }
+        metrics::gauge!("imprint_lagging_nodes", "topic" => "restricted").set(restricted as f64);
         Ok(())
     }
 
@@ -84,91 +92,81 @@ impl Imprint {
         store::consumers::expire(self.pool(), self.now() - older_than).await
     }
 
+    /// Deletes consumers not seen for `older_than`, and anonymous ones (no principal: made
+    /// up by anyone who can reach the server) not seen for `anonymous_older_than`.
+    pub async fn expire_consumers_split(&self, older_than: Duration, anonymous_older_than: Duration) -> Result<u64> {
+        let now = self.now();
+        store::consumers::expire_split(self.pool(), now - older_than, now - anonymous_older_than).await
+    }
+
     /// Who consumes a topic: each instance with the version it holds and the one it should,
     /// a page at a time (`by_version` and `total` count every match, not just the page).
+    /// The page is sorted and cut in Postgres and the counts are aggregated there: a
+    /// request reads at most a page of rows, however many consumers the topic has.
     pub async fn consumers(&self, caller: &Caller, topic: &str, filter: &ConsumerFilter) -> Result<ConsumerList> {
-        let limit = match filter.limit {
-            None => 100_000,
-            l => cursor::limit(l)? as usize,
+        let limit = cursor::limit(Some(filter.limit.unwrap_or(500)))?;
+        let start = match filter.cursor.as_deref().map(cursor::decode_any).transpose()? {
+            None => store::consumers::PageStart::Offset(0),
+            Some(Err(offset)) => store::consumers::PageStart::Offset(offset.max(0)),
+            Some(Ok((rank, last_seen, instance))) => store::consumers::PageStart::After { rank, last_seen, instance },
         };
-        let offset = filter.cursor.as_deref().map(cursor::decode).transpose()?.unwrap_or(0).max(0) as usize;
         let t = self.readable_topic(caller, topic).await?;
-        let rows = store::consumers::list(self.pool(), t.id, filter.labels.as_ref().map(Selector::to_json)).await?;
-        let serving = self.state().get(&t.name);
-        // "Lagging" looks a grace period back: the topic's history, read once.
-        let history = self.history_of(&mut *self.pool().acquire().await?, t.id).await?;
         let now = self.now();
-        let grace_ago = now - Duration::from_std(self.config().lag_grace).unwrap_or(Duration::seconds(60));
+        let f = store::consumers::ListFilter {
+            labels: filter.labels.as_ref().map(Selector::to_json),
+            version: filter.version.map(|v| v as i64),
+            lagging_only: filter.lagging_only,
+            grace_ago: now - Duration::from_std(self.config().lag_grace).unwrap_or(Duration::seconds(60)),
+            stale_before: now - Duration::minutes(STALE_AFTER_MINUTES),
+        };
+        // One row more than the page says whether there is a next one.
+        let mut rows = store::consumers::page(self.pool(), t.id, &f, &start, limit + 1).await?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next = if more { rows.last().map(|r| cursor::encode_key(r.rank, r.last_seen, &r.instance)) } else { None };
+        let counts = store::consumers::counts(self.pool(), t.id, &f, filter.group_by.as_deref()).await?;
+        let label_keys = store::consumers::label_keys(self.pool(), t.id, f.labels.clone(), 200).await?;
+        let serving = self.state().get(&t.name);
+        let held = |v: Option<i64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
         let mut by_version = BTreeMap::new();
-        let mut consumers = Vec::new();
+        let mut total = 0;
         let mut groups: BTreeMap<String, crate::model::LabelGroup> = BTreeMap::new();
-        let mut label_keys = std::collections::BTreeSet::new();
-        for r in rows {
-            label_keys.extend(r.labels.0.keys().cloned());
-            let labels = Labels::from_pairs(r.labels.0.clone()).unwrap_or_default();
-            let version = r.version.map(|v| v as u64);
-            let expected = serving.as_ref().and_then(|s| s.index.resolve(&labels)).map(|r| r.version);
-            // Lagging: holds something else than it should, and should have for a while
-            // (the expected version was already what it resolved to a grace period ago).
-            let lagging = version != expected
-                && expected.is_some()
-                && history.resolve_at(&labels, grace_ago).map(|r| r.version) == expected;
-            let held = version.map_or_else(|| "none".to_owned(), |v| v.to_string());
-            *by_version.entry(held.clone()).or_insert(0) += 1;
-            if filter.version.is_some_and(|v| version != Some(v)) || (filter.lagging_only && !lagging) {
-                continue;
-            }
-            if let Some(key) = &filter.group_by {
-                let value = r.labels.0.get(key).cloned().unwrap_or_default();
+        for c in &counts {
+            *by_version.entry(held(c.version)).or_insert(0) += c.all as u64;
+            total += c.matching as u64;
+            if let (Some(value), true) = (&c.group, c.matching > 0) {
                 let g = groups
                     .entry(value.clone())
-                    .or_insert_with(|| crate::model::LabelGroup { value, ..Default::default() });
-                g.total += 1;
-                *g.by_version.entry(held).or_insert(0) += 1;
-                g.lagging += u64::from(lagging);
-                g.failed += u64::from(r.last_applied_ok == Some(false));
+                    .or_insert_with(|| crate::model::LabelGroup { value: value.clone(), ..Default::default() });
+                g.total += c.matching as u64;
+                *g.by_version.entry(held(c.version)).or_insert(0) += c.matching as u64;
+                g.lagging += c.lagging as u64;
+                g.failed += c.failed as u64;
             }
-            consumers.push(ConsumerInfo {
-                authenticated: r.principal.is_some(),
-                principal: r.principal,
-                instance: r.instance,
-                labels: r.labels.0,
-                version,
-                expected_version: expected,
-                lagging,
-                version_since: r.version_since,
-                first_seen: r.first_seen,
-                last_seen: r.last_seen,
-                last_applied_version: r.last_applied_version.map(|v| v as u64),
-                last_applied_ok: r.last_applied_ok,
-                last_error: r.last_error,
-                last_applied_at: r.last_applied_at,
-            });
         }
-        // Trouble first; the rows come most recently seen first, and the sort is stable.
-        let stale_before = now - Duration::minutes(STALE_AFTER_MINUTES);
-        consumers.sort_by_key(|c| {
-            if c.last_applied_ok == Some(false) {
-                0
-            } else if c.lagging {
-                1
-            } else if c.last_seen < stale_before {
-                2
-            } else {
-                3
-            }
-        });
-        let total = consumers.len() as u64;
-        let next = (consumers.len() > offset + limit).then(|| cursor::encode((offset + limit) as i64));
-        let consumers = consumers.into_iter().skip(offset).take(limit).collect();
-        Ok(ConsumerList {
-            consumers,
-            by_version,
-            total,
-            next,
-            groups: groups.into_values().collect(),
-            label_keys: label_keys.into_iter().collect(),
-        })
+        let consumers = rows
+            .into_iter()
+            .map(|r| {
+                let labels = Labels::from_pairs(r.labels.0.clone()).unwrap_or_default();
+                ConsumerInfo {
+                    authenticated: r.principal.is_some(),
+                    principal: r.principal,
+                    instance: r.instance,
+                    version: r.version.map(|v| v as u64),
+                    expected_version: serving.as_ref().and_then(|s| s.index.resolve(&labels)).map(|r| r.version),
+                    labels: r.labels.0,
+                    lagging: r.lagging,
+                    version_since: r.version_since,
+                    first_seen: r.first_seen,
+                    last_seen: r.last_seen,
+                    last_applied_version: r.last_applied_version.map(|v| v as u64),
+                    last_applied_ok: r.last_applied_ok,
+                    last_error: r.last_error,
+                    last_applied_at: r.last_applied_at,
+                }
+            })
+            .collect();
+        Ok(ConsumerList { consumers, by_version, total, next, groups: groups.into_values().collect(), label_keys })
     }
 }
 
@@ -197,4 +195,16 @@ fn columns(entries: &[(Key, Observation)]) -> store::consumers::ObservationColum
         c.principals.push(o.principal.as_deref().map(str::to_owned));
     }
     c
+}
+
+/// A line diff (`imprint_domain::diff_lines`) on a blocking thread: its table is quadratic
+/// in the lines compared, which must not stall the async workers. `None`: too large.
+pub async fn diff_off_thread(
+    old: String,
+    new: String,
+    max_lines: usize,
+) -> Result<Option<Vec<imprint_domain::DiffLine>>> {
+    tokio::task::spawn_blocking(move || imprint_domain::diff_lines(&old, &new, max_lines))
+        .await
+        .map_err(|e| Error::Internal(format!("diff did not finish: {e}")))
 }

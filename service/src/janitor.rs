@@ -115,17 +115,35 @@ impl Imprint {
     /// The live versions outside a topic's retention policy, oldest first, and what the
     /// janitor will do with each (the settings page shows it).
     pub async fn retention_preview(&self, caller: &Caller, topic: &str) -> Result<Vec<RetentionItem>> {
+        Ok(self.retention_preview_bounded(caller, topic).await?.0)
+    }
+
+    /// `retention_preview` from a bounded read: the topic's present only (live versions,
+    /// their scopes, active pins; not its whole history), at most
+    /// `store::history::MAX_HISTORY_ROWS` versions. `true`: the topic has more live
+    /// versions than that, and only the newest were considered.
+    pub async fn retention_preview_bounded(
+        &self,
+        caller: &Caller,
+        topic: &str,
+    ) -> Result<(Vec<RetentionItem>, bool)> {
         let t = self.readable_topic(caller, topic).await?;
         let full = self.topic(caller, &t.name).await?;
         let policy = policy_of(
             full.retention.max_versions.map(|v| v.min(i32::MAX as u32) as i32),
             full.retention.max_age_days.map(|v| v.min(i32::MAX as u32) as i32),
         );
+        if policy.keeps_everything() {
+            return Ok((Vec::new(), false));
+        }
         let mut tx = self.pool().begin_with(store::serving::BEGIN_SNAPSHOT).await?;
-        let (history, rolling) = retention_inputs(&mut tx, t.id).await?;
+        let (snap, truncated) = store::history::live(&mut tx, t.id, store::history::MAX_HISTORY_ROWS).await?;
+        let history = histories(&snap).remove(&t.id).unwrap_or_default();
+        let rolling: BTreeSet<u64> =
+            store::rollouts::active_versions(&mut *tx, t.id).await?.into_iter().map(|v| v as u64).collect();
         tx.commit().await?;
         let sizes = store::versions::sizes(self.pool(), t.id).await?;
-        Ok(retention_decisions(&history, &policy, &rolling, self.now())
+        let items = retention_decisions(&history, &policy, &rolling, self.now())
             .into_iter()
             .map(|d| RetentionItem {
                 version: d.version,
@@ -139,6 +157,7 @@ impl Imprint {
                 }
                 .into(),
             })
-            .collect())
+            .collect();
+        Ok((items, truncated))
     }
 }

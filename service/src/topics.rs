@@ -182,7 +182,17 @@ pub(crate) fn check_content_type(ct: &str) -> Result<()> {
     Ok(())
 }
 
+/// A topic's JSON Schema is at most this big (serialised): it is compiled and held in
+/// memory per topic, and every publish is checked against it.
+pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+
 pub(crate) fn check_schema(schema: &serde_json::Value) -> Result<()> {
+    let size = schema.to_string().len();
+    if size > MAX_SCHEMA_BYTES {
+        return Err(Error::invalid(format!(
+            "json_schema is {size} bytes; a topic's schema takes at most {MAX_SCHEMA_BYTES} bytes"
+        )));
+    }
     jsonschema::validator_for(schema)
         .map(|_| ())
         .map_err(|e| Error::invalid(format!("json_schema is not a valid JSON Schema: {e}")))

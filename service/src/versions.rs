@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use imprint_domain::{Labels, Resolution, Selector};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 pub struct PublishInput {
     pub payload: Payload,
@@ -180,6 +181,30 @@ impl Imprint {
         received: Received,
         started: std::time::Instant,
     ) -> Result<Published> {
+        // Validation (JSON Schema, Apollo) is CPU work that grows with the payload: done
+        // first, off the async threads and before the topic's lock is taken, against the
+        // settings as they are now; re-checked under the lock below.
+        let validated = {
+            let mut conn = self.pool().acquire().await?;
+            let pre = store::topics::require(&mut conn, topic, false).await?;
+            drop(conn);
+            caller.require_write(&pre.name, &pre.owner)?;
+            let (size, content) = received_content(&received);
+            if size > pre.max_size as u64 {
+                return Err(Error::PayloadTooLarge { size, limit: pre.max_size as u64 });
+            }
+            let rules = Validation::of(&pre)?;
+            if let Some(rules) = &rules {
+                let Some(bytes) = content.cloned() else {
+                    return Err(Error::PayloadTooLarge { size, limit: MAX_VALIDATED_BYTES });
+                };
+                let check = rules.clone();
+                tokio::task::spawn_blocking(move || check.validate(&bytes))
+                    .await
+                    .map_err(|e| Error::Internal(format!("validation did not finish: {e}")))??;
+            }
+            rules
+        };
         let mut tx = self.pool().begin().await?;
         // The row lock taken here serialises publishers of this topic until commit, and
         // the settings read with it (owner, limits, schema) cannot change before then.
@@ -210,18 +235,15 @@ impl Imprint {
         if size > t.max_size as u64 {
             return Err(Error::PayloadTooLarge { size, limit: t.max_size as u64 });
         }
-        if t.json_schema.is_some() || t.apollo_namespace.is_some() {
-            let Some(bytes) = content else {
-                return Err(Error::PayloadTooLarge { size, limit: MAX_VALIDATED_BYTES });
-            };
-            if let Some(schema) = &t.json_schema {
-                validate_against(schema, bytes)?;
-            }
-            if let Some(ns) = &t.apollo_namespace {
-                // Apollo clients read a properties namespace as flat key/values.
-                imprint_domain::apollo::configurations(ns, bytes).map_err(|e| {
-                    Error::SchemaViolation(format!("{} is bound to Apollo namespace {ns:?}: {e}", t.name))
-                })?;
+        // Validated above against the settings read then; only when they changed since (a
+        // schema set in between) is the payload validated again, here under the lock.
+        let now_rules = Validation::of(&t)?;
+        if now_rules.as_ref().map(Validation::key) != validated.as_ref().map(Validation::key) {
+            if let Some(rules) = &now_rules {
+                let Some(bytes) = content else {
+                    return Err(Error::PayloadTooLarge { size, limit: MAX_VALIDATED_BYTES });
+                };
+                rules.validate(bytes)?;
             }
         }
         let content_type =
@@ -455,8 +477,44 @@ impl Imprint {
         self.history_of(&mut conn, t.id).await
     }
 
-    /// What a consumer with `labels` sees now (from memory), or saw at `at` (from the
-    /// topic's history in Postgres).
+    /// A topic's present (live versions, their scopes, active pins), at most
+    /// `MAX_HISTORY_ROWS` versions and pins of it — for the console's scope matrix, which
+    /// must not read the whole history. `true`: rows were left out.
+    pub async fn topic_present(&self, caller: &Caller, topic: &str) -> Result<(imprint_domain::TopicHistory, bool)> {
+        let t = self.readable_topic(caller, topic).await?;
+        let mut tx = self.pool().begin_with(store::serving::BEGIN_SNAPSHOT).await?;
+        let (snap, truncated) = store::history::live(&mut tx, t.id, store::history::MAX_HISTORY_ROWS).await?;
+        tx.commit().await?;
+        Ok((crate::serving::histories(&snap).remove(&t.id).unwrap_or_default(), truncated))
+    }
+
+    /// `resolve`, saying whether a time-travel answer was computed from a bounded part of
+    /// the history (`true`: the topic had more than `MAX_HISTORY_ROWS` versions or pins
+    /// in effect then, and only the newest were considered).
+    pub async fn resolve_bounded(
+        &self,
+        caller: &Caller,
+        topic: &str,
+        labels: &Labels,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(Option<Resolution>, bool)> {
+        let name = imprint_domain::TopicName::parse(topic)?;
+        let t = self.state().get(name.as_str()).ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        caller.require_read(name.as_str(), &t.owner, t.restricted)?;
+        Ok(match at {
+            None => (t.index.resolve(labels), false),
+            Some(at) => {
+                let mut tx = self.pool().begin_with(store::serving::BEGIN_SNAPSHOT).await?;
+                let (snap, truncated) = store::history::at(&mut tx, t.id, at, store::history::MAX_HISTORY_ROWS).await?;
+                tx.commit().await?;
+                let h = crate::serving::histories(&snap).remove(&t.id).unwrap_or_default();
+                (h.resolve_at(labels, at), truncated)
+            }
+        })
+    }
+
+    /// What a consumer with `labels` sees now (from memory), or saw at `at` (from a
+    /// bounded part of the topic's history in Postgres, `resolve_bounded`).
     pub async fn resolve(
         &self,
         caller: &Caller,
@@ -464,27 +522,92 @@ impl Imprint {
         labels: &Labels,
         at: Option<DateTime<Utc>>,
     ) -> Result<Option<Resolution>> {
-        let name = imprint_domain::TopicName::parse(topic)?;
-        let t = self.state().get(name.as_str()).ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
-        caller.require_read(name.as_str(), &t.owner, t.restricted)?;
-        Ok(match at {
-            None => t.index.resolve(labels),
-            Some(at) => {
-                let mut conn = self.pool().acquire().await?;
-                self.history_of(&mut conn, t.id).await?.resolve_at(labels, at)
-            }
-        })
+        Ok(self.resolve_bounded(caller, topic, labels, at).await?.0)
     }
 }
 
-fn validate_against(schema: &serde_json::Value, payload: &[u8]) -> Result<()> {
+/// The size and (when kept) the bytes of a received payload.
+fn received_content(r: &Received) -> (u64, Option<&Bytes>) {
+    match r {
+        Received::Inline(b) => (b.len() as u64, Some(b)),
+        Received::Object { size, content, .. } => (*size, content.as_ref()),
+    }
+}
+
+/// What a topic's payloads must satisfy: its JSON Schema (compiled once per topic and
+/// schema, `compiled`) and its Apollo namespace.
+#[derive(Clone)]
+struct Validation {
+    topic: String,
+    schema: Option<(String, Arc<jsonschema::Validator>)>,
+    apollo_namespace: Option<String>,
+}
+
+impl Validation {
+    fn of(t: &store::topics::TopicRef) -> Result<Option<Validation>> {
+        if t.json_schema.is_none() && t.apollo_namespace.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Validation {
+            topic: t.name.clone(),
+            schema: t.json_schema.as_ref().map(|s| compiled(t.id, s)).transpose()?,
+            apollo_namespace: t.apollo_namespace.clone(),
+        }))
+    }
+
+    /// Equal keys: the same rules (schema by its hash).
+    fn key(&self) -> (Option<&str>, Option<&str>) {
+        (self.schema.as_ref().map(|(h, _)| h.as_str()), self.apollo_namespace.as_deref())
+    }
+
+    fn validate(&self, bytes: &[u8]) -> Result<()> {
+        if let Some((_, validator)) = &self.schema {
+            validate_against(validator, bytes)?;
+        }
+        if let Some(ns) = &self.apollo_namespace {
+            // Apollo clients read a properties namespace as flat key/values.
+            imprint_domain::apollo::configurations(ns, bytes).map_err(|e| {
+                Error::SchemaViolation(format!("{} is bound to Apollo namespace {ns:?}: {e}", self.topic))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Compiled schemas, by topic id and the schema's SHA-256: a schema is compiled once per
+/// topic setting, not per publish. Small (a schema is at most `MAX_SCHEMA_BYTES`) and
+/// emptied when it holds more than `MAX_COMPILED` of them.
+static COMPILED: std::sync::LazyLock<std::sync::Mutex<HashMap<(i64, String), CompiledSchema>>> =
+    std::sync::LazyLock::new(Default::default);
+const MAX_COMPILED: usize = 1_000;
+
+/// A stored schema compiles (it was checked when set); one that somehow does not refuses
+/// every publish to the topic with the compiler's message.
+type CompiledSchema = std::result::Result<Arc<jsonschema::Validator>, String>;
+
+fn compiled(topic_id: i64, schema: &serde_json::Value) -> Result<(String, Arc<jsonschema::Validator>)> {
+    let hash = hex::encode(Sha256::digest(schema.to_string().as_bytes()));
+    let key = (topic_id, hash.clone());
+    let mut cache = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
+    if !cache.contains_key(&key) {
+        if cache.len() >= MAX_COMPILED {
+            cache.clear();
+        }
+        let v = jsonschema::validator_for(schema).map(Arc::new).map_err(|e| e.to_string());
+        cache.insert(key.clone(), v);
+    }
+    match &cache[&key] {
+        Ok(v) => Ok((hash, v.clone())),
+        Err(e) => Err(Error::Internal(format!("stored schema does not compile: {e}"))),
+    }
+}
+
+fn validate_against(validator: &jsonschema::Validator, payload: &[u8]) -> Result<()> {
     let parsed: serde_json::Value = serde_json::from_slice(payload).map_err(|e| {
         Error::SchemaViolation(format!(
             "payload does not satisfy the topic's JSON Schema: the topic has a JSON Schema and the payload is not JSON: {e}"
         ))
     })?;
-    let validator = jsonschema::validator_for(schema)
-        .map_err(|e| Error::Internal(format!("stored schema does not compile: {e}")))?;
     let errors: Vec<String> =
         validator.iter_errors(&parsed).take(5).map(|e| format!("{} (at {})", e, e.instance_path)).collect();
     if errors.is_empty() {

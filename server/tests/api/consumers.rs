@@ -185,3 +185,165 @@ async fn consumers_group_by_a_label_and_list_trouble_first(pool: sqlx::PgPool) {
         .unwrap();
     assert_error(r, 400, "invalid_request").await;
 }
+
+/// Rows of `fleet`'s audit in Postgres.
+async fn rows_in_db(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM consumers c JOIN topics t ON t.id = c.topic_id WHERE t.name = 'fleet'")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count")
+}
+
+/// Anyone can poll with made-up instance names: one address adds at most
+/// `MAX_INSTANCES_PER_SOURCE` of them to a topic's audit; another address and a token
+/// are still recorded.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn one_anonymous_address_cannot_flood_the_audit(pool: sqlx::PgPool) {
+    let app = std::sync::Arc::new(spawn_full_app(pool, "127.0.0.1/32").await);
+    app.create_topic("fleet").await;
+    app.publish("fleet", json!({"data": "v1"})).await;
+    let cap = imprint_service::audit::MAX_INSTANCES_PER_SOURCE as i64;
+    let poll_from = |app: std::sync::Arc<TestApp>, from: &'static str, instance: String| async move {
+        let body = json!({"consumer": {"instance": instance, "labels": {"app": "x"}}, "topics": {"fleet": null}});
+        let r = app.req(Method::POST, "/api/v1/poll").header("x-forwarded-for", from).json(&body).send().await;
+        assert_eq!(r.expect("send").status(), 200);
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let app = app.clone();
+        tasks.spawn(async move {
+            for i in (worker..5_000).step_by(8) {
+                poll_from(app.clone(), "203.0.113.7", format!("made-up-{i}")).await;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("poller");
+    }
+    // Another address and a token each still get their instances recorded.
+    poll_from(app.clone(), "198.51.100.9", "honest-node".to_owned()).await;
+    let token = app.consumer_token("fleet-reader", None, &[], &[]).await;
+    let body = json!({"consumer": {"instance": "token-node", "labels": {}}, "topics": {"fleet": null}});
+    let r = app.req(Method::POST, "/api/v1/poll").bearer_auth(&token).json(&body).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    let listed = consumers_until(&app, "?limit=1", |v| v["total"] == cap + 2).await;
+    assert_eq!(listed["total"], cap + 2, "{listed}");
+    // Nothing more arrives later: the rest were never recorded.
+    app.imprint().flush_audit().await.ok();
+    assert_eq!(rows_in_db(&app).await, cap + 2);
+}
+
+/// Labels are bounded in bytes: an over-long set is refused with the API's error shape
+/// and nothing is recorded.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn over_long_labels_are_refused_and_not_recorded(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_topic("fleet").await;
+    app.publish("fleet", json!({"data": "v1"})).await;
+    let labels: serde_json::Map<String, Value> =
+        (0..20).map(|i| (format!("k{i:02}"), json!("v".repeat(250)))).collect();
+    let body = json!({"consumer": {"instance": "fat", "labels": labels}, "topics": {"fleet": null}});
+    let r = app.req(Method::POST, "/api/v1/poll").json(&body).send().await.unwrap();
+    let e = assert_error(r, 400, "invalid_request").await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("4096"), "{e}");
+    // /latest and /resolve read labels from the query: the same bound.
+    let q: Vec<String> = (0..20).map(|i| format!("k{i:02}={}", "v".repeat(250))).collect();
+    let r = app.req(Method::GET, &format!("/api/v1/topics/fleet/resolve?labels={}", q.join(","))).send().await.unwrap();
+    assert_error(r, 400, "invalid_selector").await;
+    // A normal poll afterwards is recorded; the refused one never was.
+    app.poll(json!({"consumer": {"instance": "slim", "labels": {"k": "v"}}, "topics": {"fleet": null}})).await;
+    let listed = consumers_until(&app, "", |v| v["total"] == 1).await;
+    assert_eq!(listed["consumers"][0]["instance"], "slim");
+    assert_eq!(rows_in_db(&app).await, 1);
+}
+
+/// A topic with many consumers is listed a page at a time: each page has `limit` rows,
+/// and following `next` yields every consumer exactly once, trouble first.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn consumer_listing_pages_through_every_row_once(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_topic("fleet").await;
+    app.publish("fleet", json!({"data": "v1"})).await;
+    // 1 234 consumers written behind the server's back, some failed, some stale, many
+    // with the same last_seen (the cursor must break ties by instance).
+    sqlx::query(
+        "INSERT INTO consumers (topic_id, instance, labels, version, expected_version, first_seen, last_seen,
+                                last_applied_version, last_applied_ok, principal)
+         SELECT t.id, 'node-' || lpad(i::text, 5, '0'), jsonb_build_object('zone', 'z' || (i % 7)::text), 1, 1,
+                now() - interval '1 hour', now() - ((i % 3) * interval '10 minutes'),
+                CASE WHEN i % 50 = 0 THEN 1 END, CASE WHEN i % 50 = 0 THEN false END,
+                CASE WHEN i % 2 = 0 THEN 'token:x' END
+         FROM topics t, generate_series(1, 1234) i WHERE t.name = 'fleet'",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("insert");
+    let mut seen = std::collections::BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    let mut sizes = Vec::new();
+    let mut ranks = Vec::new();
+    loop {
+        let q = match &cursor {
+            None => "?limit=100".to_owned(),
+            Some(c) => format!("?limit=100&cursor={c}"),
+        };
+        let page: Value = app
+            .req(Method::GET, &format!("/api/v1/topics/fleet/consumers{q}&group_by=zone"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["total"], 1234, "{}", page["total"]);
+        assert_eq!(page["by_version"], json!({"1": 1234}));
+        assert_eq!(page["groups"].as_array().map(Vec::len), Some(7));
+        let rows = page["consumers"].as_array().expect("consumers");
+        sizes.push(rows.len());
+        for c in rows {
+            assert!(seen.insert(c["instance"].as_str().unwrap().to_owned()), "{} twice", c["instance"]);
+            ranks.push(c["last_applied_ok"] == false);
+        }
+        match page["next"].as_str() {
+            Some(n) => cursor = Some(n.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(sizes.len(), 13);
+    assert!(sizes[..12].iter().all(|s| *s == 100), "{sizes:?}");
+    assert_eq!(sizes[12], 34);
+    assert_eq!(seen.len(), 1234);
+    // Failed applies (every 50th) come first across pages.
+    let failed = 1234 / 50;
+    assert!(ranks[..failed].iter().all(|f| *f) && ranks[failed..].iter().all(|f| !*f));
+    // A bad cursor is a 400.
+    let r = app.req(Method::GET, "/api/v1/topics/fleet/consumers?cursor=bogus").send().await.unwrap();
+    assert_error(r, 400, "invalid_request").await;
+}
+
+/// Anonymous consumers are forgotten sooner than authenticated ones.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn anonymous_consumers_expire_sooner(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_topic("fleet").await;
+    sqlx::query(
+        "INSERT INTO consumers (topic_id, instance, first_seen, last_seen, principal)
+         SELECT t.id, x.instance, now() - x.age, now() - x.age, x.principal FROM topics t,
+           (VALUES ('anon-old', interval '2 hours', NULL), ('anon-new', interval '10 minutes', NULL),
+                   ('token-old', interval '2 hours', 'token:x'), ('token-ancient', interval '9 days', 'token:x'))
+             AS x(instance, age, principal)
+         WHERE t.name = 'fleet'",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("insert");
+    let n = app
+        .imprint()
+        .expire_consumers_split(chrono::Duration::days(7), chrono::Duration::hours(1))
+        .await
+        .expect("expire");
+    assert_eq!(n, 2);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT instance FROM consumers ORDER BY instance").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(left, ["anon-new", "token-old"]);
+}

@@ -192,3 +192,111 @@ async fn operations_endpoints(pool: sqlx::PgPool) {
     assert!(doc["paths"]["/api/v1/poll"]["post"].is_object(), "{doc}");
     assert!(doc["paths"]["/api/v1/topics/{topic}/versions"]["post"].is_object());
 }
+
+/// A topic's JSON Schema is bounded in size (it is compiled and kept per topic); within
+/// the bound it is set, compiled once and every publish is still validated.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn json_schemas_are_bounded_and_still_enforced(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    // ~80 KiB of property definitions: refused on create and on patch.
+    let props: serde_json::Map<String, Value> =
+        (0..2_000).map(|i| (format!("field_{i:05}_padding"), json!({"type": "string"}))).collect();
+    let big = json!({"type": "object", "properties": props});
+    assert!(big.to_string().len() > 64 * 1024);
+    let r = app.admin(Method::POST, "/api/v1/topics").json(&json!({"name": "big", "json_schema": big})).send().await;
+    let e = assert_error(r.unwrap(), 400, "invalid_request").await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("65536"), "{e}");
+    app.create_topic("typed").await;
+    let patch =
+        |schema: Value| app.admin(Method::PATCH, "/api/v1/topics/typed").json(&json!({ "json_schema": schema })).send();
+    assert_error(patch(big.clone()).await.unwrap(), 400, "invalid_request").await;
+    // A schema within the bound: publishes are validated against it.
+    let r =
+        patch(json!({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..3 {
+        app.publish("typed", json!({"data": "{\"n\": 1}"})).await;
+        let r = app
+            .admin(Method::POST, "/api/v1/topics/typed/versions")
+            .json(&json!({"data": "{\"n\": \"one\"}"}))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 422, "schema_violation").await;
+    }
+    // A new schema replaces the compiled one at once.
+    assert_eq!(patch(json!({"type": "array"})).await.unwrap().status(), 200);
+    let r = app.admin(Method::POST, "/api/v1/topics/typed/versions").json(&json!({"data": "{\"n\": 1}"})).send();
+    assert_error(r.await.unwrap(), 422, "schema_violation").await;
+    app.publish("typed", json!({"data": "[1, 2]"})).await;
+    assert_eq!(app.versions_in_db("typed").await, 4);
+}
+
+/// Writes `n` versions of `topic` behind the server's back (each to everyone, a day
+/// apart, ending now), plus a pin per version on its own selector.
+async fn long_history(app: &TestApp, topic: &str, n: i64) {
+    sqlx::query(
+        "WITH t AS (SELECT id FROM topics WHERE name = $1),
+              v AS (INSERT INTO versions (topic_id, version, created_at, created_by, content_type, size, sha256,
+                                          storage, inline_data, purged_at)
+                    SELECT t.id, i, now() - (($2 - i) * interval '1 minute'), 'test', 'text/plain', 1, repeat('a', 64),
+                           'inline', CASE WHEN i % 4 = 0 THEN NULL ELSE 'x'::bytea END,
+                           CASE WHEN i % 4 = 0 THEN now() ELSE NULL END
+                    FROM t, generate_series(1, $2) i RETURNING topic_id, version, created_at)
+         INSERT INTO scopes (topic_id, version, selector, selector_key, added_at, added_by)
+         SELECT topic_id, version, '{}'::jsonb, '*', created_at, 'test' FROM v",
+    )
+    .bind(topic)
+    .bind(n)
+    .execute(&app.pool)
+    .await
+    .expect("history");
+    sqlx::query("UPDATE topics SET latest_version = $2 WHERE name = $1")
+        .bind(topic)
+        .bind(n)
+        .execute(&app.pool)
+        .await
+        .expect("latest");
+}
+
+/// `/retention` and `resolve?at=` read a bounded part of a long history and say so.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn long_histories_are_answered_within_a_bound(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_topic_with(json!({"name": "long", "retention": {"max_versions": 1}})).await;
+    long_history(&app, "long", 5_000).await;
+    // 3 750 live versions (every 4th is purged): more than one answer reads.
+    let r: Value = app.admin(Method::GET, "/api/v1/topics/long/retention").send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["truncated"], true, "{}", r["truncated"]);
+    let listed = r["versions"].as_array().expect("versions").len();
+    assert!(listed > 0 && listed < 2_000, "at most the bounded read is considered: {listed}");
+    // Time travel: the newest version created by then answers, from a bounded read.
+    let at = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
+    let r: Value = app
+        .req(Method::GET, &format!("/api/v1/topics/long/resolve?at={}", urlencode(&at)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((r["version"].clone(), r["truncated"].clone()), (json!(4_990), json!(true)), "{r}");
+    // A short history is answered whole.
+    app.create_topic_with(json!({"name": "short", "retention": {"max_versions": 1}})).await;
+    long_history(&app, "short", 10).await;
+    let r: Value = app.admin(Method::GET, "/api/v1/topics/short/retention").send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["truncated"], false);
+    let r: Value = app
+        .req(Method::GET, &format!("/api/v1/topics/short/resolve?at={}", urlencode(&chrono::Utc::now().to_rfc3339())))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((r["version"].clone(), r["truncated"].clone()), (json!(10), json!(false)), "{r}");
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}

@@ -78,27 +78,161 @@ pub(crate) struct ConsumerRow {
     pub last_error: Option<String>,
     pub last_applied_at: Option<DateTime<Utc>>,
     pub principal: Option<String>,
+    /// Trouble first: 0 failed to apply, 1 lagging, 2 not seen lately, 3 the rest.
+    pub rank: i32,
+    pub lagging: bool,
 }
 
-/// A topic's consumers (optionally only those whose labels contain `labels`), most
-/// recently seen first.
-pub(crate) async fn list<'e>(
+/// What a listing of a topic's consumers matches (`labels`: their labels contain these).
+pub(crate) struct ListFilter {
+    pub labels: Option<serde_json::Value>,
+    pub version: Option<i64>,
+    pub lagging_only: bool,
+    /// A node lags when it holds another version than the one it should, and that one was
+    /// published before this (a node is given a grace period to catch up).
+    pub grace_ago: DateTime<Utc>,
+    /// Seen before this: "stale".
+    pub stale_before: DateTime<Utc>,
+}
+
+/// Where a page starts: after this (rank, last_seen, instance), or after `offset` rows.
+pub(crate) enum PageStart {
+    Offset(i64),
+    After { rank: i32, last_seen: DateTime<Utc>, instance: String },
+}
+
+/// One page of a topic's consumers matching `f`, trouble first, then most recently seen
+/// first: sorted and cut in Postgres, so a page reads `limit` rows whatever the fleet.
+pub(crate) async fn page<'e>(
     ex: impl PgExecutor<'e>,
     topic_id: i64,
-    labels: Option<serde_json::Value>,
+    f: &ListFilter,
+    start: &PageStart,
+    limit: i64,
 ) -> Result<Vec<ConsumerRow>> {
+    let (offset, after) = match start {
+        PageStart::Offset(n) => (*n, None),
+        PageStart::After { rank, last_seen, instance } => (0, Some((*rank, *last_seen, instance.clone()))),
+    };
+    let (a_rank, a_seen, a_inst) = match after {
+        Some((r, s, i)) => (Some(r), Some(s), Some(i)),
+        None => (None, None, None),
+    };
     Ok(sqlx::query_as!(
         ConsumerRow,
-        r#"SELECT instance, labels AS "labels: Json<BTreeMap<String, String>>", version, version_since AS "version_since: DateTime<Utc>",
-                  first_seen AS "first_seen: DateTime<Utc>", last_seen AS "last_seen: DateTime<Utc>", last_applied_version,
-                  last_applied_ok, last_error, last_applied_at AS "last_applied_at: DateTime<Utc>", principal
-           FROM consumers WHERE topic_id = $1 AND ($2::jsonb IS NULL OR labels @> $2)
-           ORDER BY last_seen DESC, instance LIMIT 100000"#,
+        r#"SELECT instance, labels AS "labels!: Json<BTreeMap<String, String>>", version,
+                  version_since AS "version_since: DateTime<Utc>",
+                  first_seen AS "first_seen!: DateTime<Utc>", last_seen AS "last_seen!: DateTime<Utc>",
+                  last_applied_version, last_applied_ok, last_error,
+                  last_applied_at AS "last_applied_at: DateTime<Utc>", principal,
+                  rank AS "rank!", lagging AS "lagging!"
+           FROM (SELECT c.*, l.lagging,
+                        CASE WHEN c.last_applied_ok = false THEN 0 WHEN l.lagging THEN 1
+                             WHEN c.last_seen < $6 THEN 2 ELSE 3 END AS rank
+                 FROM consumers c
+                 CROSS JOIN LATERAL (SELECT c.expected_version IS NOT NULL
+                     AND c.version IS DISTINCT FROM c.expected_version
+                     AND EXISTS (SELECT 1 FROM versions v WHERE v.topic_id = c.topic_id
+                                 AND v.version = c.expected_version AND v.created_at <= $5) AS lagging) l
+                 WHERE c.topic_id = $1 AND ($2::jsonb IS NULL OR c.labels @> $2)
+                   AND ($3::bigint IS NULL OR c.version = $3) AND (NOT $4 OR l.lagging)) x
+           WHERE $7::int IS NULL
+              OR rank > $7 OR (rank = $7 AND (last_seen < $8 OR (last_seen = $8 AND instance > $9)))
+           ORDER BY rank, last_seen DESC, instance
+           LIMIT $10 OFFSET $11"#,
         topic_id,
-        labels
+        f.labels,
+        f.version,
+        f.lagging_only,
+        f.grace_ago as _,
+        f.stale_before as _,
+        a_rank,
+        a_seen as _,
+        a_inst,
+        limit,
+        offset
     )
     .fetch_all(ex)
     .await?)
+}
+
+/// Counts of a topic's consumers matching `f.labels`, per (value of the label `group_by`,
+/// version held): `all` ignores the version and lagging filters, the others apply them.
+pub(crate) struct CountRow {
+    pub group: Option<String>,
+    pub version: Option<i64>,
+    pub all: i64,
+    pub matching: i64,
+    pub lagging: i64,
+    pub failed: i64,
+}
+
+pub(crate) async fn counts<'e>(
+    ex: impl PgExecutor<'e>,
+    topic_id: i64,
+    f: &ListFilter,
+    group_by: Option<&str>,
+) -> Result<Vec<CountRow>> {
+    Ok(sqlx::query_as!(
+        CountRow,
+        r#"SELECT CASE WHEN $6::text IS NULL THEN NULL ELSE COALESCE(c.labels->>$6, '') END AS "group",
+                  c.version,
+                  count(*) AS "all!",
+                  count(*) FILTER (WHERE ($3::bigint IS NULL OR c.version = $3) AND (NOT $4 OR l.lagging)) AS "matching!",
+                  count(*) FILTER (WHERE ($3::bigint IS NULL OR c.version = $3) AND l.lagging) AS "lagging!",
+                  count(*) FILTER (WHERE ($3::bigint IS NULL OR c.version = $3) AND (NOT $4 OR l.lagging)
+                                   AND c.last_applied_ok = false) AS "failed!"
+           FROM consumers c
+           CROSS JOIN LATERAL (SELECT c.expected_version IS NOT NULL
+               AND c.version IS DISTINCT FROM c.expected_version
+               AND EXISTS (SELECT 1 FROM versions v WHERE v.topic_id = c.topic_id
+                           AND v.version = c.expected_version AND v.created_at <= $5) AS lagging) l
+           WHERE c.topic_id = $1 AND ($2::jsonb IS NULL OR c.labels @> $2)
+           GROUP BY 1, 2"#,
+        topic_id,
+        f.labels,
+        f.version,
+        f.lagging_only,
+        f.grace_ago as _,
+        group_by
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+/// The label keys a topic's consumers (matching `labels`) carry, at most `max`.
+pub(crate) async fn label_keys<'e>(
+    ex: impl PgExecutor<'e>,
+    topic_id: i64,
+    labels: Option<serde_json::Value>,
+    max: i64,
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT DISTINCT k AS "k!" FROM consumers c, jsonb_object_keys(c.labels) k
+           WHERE c.topic_id = $1 AND ($2::jsonb IS NULL OR c.labels @> $2) ORDER BY 1 LIMIT $3"#,
+        topic_id,
+        labels,
+        max
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Deletes anonymous consumers last seen before `anonymous_before` and the others last
+/// seen before `before`.
+pub(crate) async fn expire_split<'e>(
+    ex: impl PgExecutor<'e>,
+    before: DateTime<Utc>,
+    anonymous_before: DateTime<Utc>,
+) -> Result<u64> {
+    Ok(sqlx::query!(
+        "DELETE FROM consumers WHERE last_seen < $1 OR (principal IS NULL AND last_seen < $2)",
+        before as _,
+        anonymous_before as _
+    )
+    .execute(ex)
+    .await?
+    .rows_affected())
 }
 
 /// Observations to write, column by column (one UNNEST statement for the whole batch).
