@@ -14,7 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 N=${1:-20000}
 REQUESTS=${2:-20}
 PORT=3903
-TOKEN=bench-token
+TOKEN=bench-token-0123456789abcdefghijk
 PASSWORD=bench-admin-password
 HOST=127.0.0.1:$PORT
 SCRATCH=$PWD/target/bench-consumers

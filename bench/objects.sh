@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MIB=${1:-1024}
 PORT=3901
-TOKEN=bench-token
+TOKEN=bench-token-0123456789abcdefghijk
 SCRATCH=${BENCH_DIR:-$PWD/target/bench-objects}
 
 eval "$(./dev pg-start)"

@@ -14,7 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DURATION=${1:-15}
 CONNS=${2:-32}
 PORT=3900
-TOKEN=bench-token
+TOKEN=bench-token-0123456789abcdefghijk
 
 command -v wrk >/dev/null || { echo "installing wrk …" >&2; apt-get install -y wrk >/dev/null; }
 eval "$(./dev pg-start)"

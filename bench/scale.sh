@@ -76,7 +76,7 @@ BARE_PORT=${BARE_PORT:-3911}
 HOST=127.0.0.1:$PORT
 URL=http://$HOST
 BARE_URL=http://127.0.0.1:$BARE_PORT
-TOKEN=scale-bench-token
+TOKEN=scale-bench-token-0123456789abcde
 PASSWORD=scale-admin-password
 SCRATCH=${SCALE_SCRATCH:-/tmp/imprint-scale}
 

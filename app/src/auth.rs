@@ -23,26 +23,39 @@ pub async fn whoami() -> Result<Option<CurrentUser>, ServerFnError> {
     }))
 }
 
-/// Only a local path: never send the browser elsewhere after signing in.
-fn safe_next(next: Option<String>) -> String {
-    next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\')).unwrap_or_else(|| "/".into())
+/// Where to go after signing in: only a path on this site, else `/`. Browsers drop ASCII
+/// tab, newline and carriage return from URLs and read `\\` as `/`, so `/\t/evil.example`
+/// and `/\\evil.example` both mean `//evil.example`, another site. What remains after
+/// dropping those must start with one `/` followed by neither `/` nor `\\`, and contain
+/// no backslash at all.
+pub fn safe_next(next: Option<&str>) -> String {
+    let Some(next) = next else { return "/".into() };
+    let cleaned: String = next.chars().filter(|c| !matches!(c, '\t' | '\n' | '\r')).collect();
+    let mut chars = cleaned.chars();
+    let local = chars.next() == Some('/') && !matches!(chars.next(), Some('/') | Some('\\')) && !cleaned.contains('\\');
+    if local {
+        cleaned
+    } else {
+        "/".into()
+    }
 }
 
 #[server(prefix = "/console/fn")]
 pub async fn sign_in(username: String, password: String, next: Option<String>) -> Result<(), ServerFnError> {
-    use crate::ssr::{finish, imprint, session, USER_KEY};
+    use crate::ssr::{finish, imprint, session, start_session};
     // The server puts the client's address on every request (the TCP peer, or what a
     // trusted proxy forwarded for: IMPRINT_TRUSTED_PROXIES).
     let client = use_context::<http::request::Parts>()
         .and_then(|p| p.extensions.get::<imprint_service::auth::ClientIp>().map(|c| c.0));
-    let result = imprint()?.sign_in(username.trim(), &password, client).await;
+    let imprint = imprint()?;
+    let result = imprint.sign_in(username.trim(), &password, client).await;
     if let Ok(user) = &result {
         let session = session().await?;
         // A new session id at sign-in: a session fixed before cannot be taken over.
         session.cycle_id().await.map_err(|e| ServerFnError::new(format!("session: {e}")))?;
-        session.insert(USER_KEY, user.id).await.map_err(|e| ServerFnError::new(format!("session: {e}")))?;
+        start_session(&imprint, &session, user.id).await?;
     }
-    finish(result.map(|_| ()), Some(safe_next(next)), None)
+    finish(result.map(|_| ()), Some(safe_next(next.as_deref())), None)
 }
 
 #[server(prefix = "/console/fn")]
@@ -51,6 +64,59 @@ pub async fn sign_out() -> Result<(), ServerFnError> {
     session.flush().await.map_err(|e| ServerFnError::new(format!("session: {e}")))?;
     leptos_axum::redirect("/login?notice=Signed%20out");
     Ok(())
+}
+
+/// The signed-in user changes their own password (the current one proves it is them).
+/// Every other session of the user ends; this one goes on.
+#[server(prefix = "/console/fn")]
+pub async fn change_password(
+    current_password: String,
+    new_password: String,
+    repeat_password: String,
+) -> Result<(), ServerFnError> {
+    use crate::ssr::{finish, imprint, require_user, session, EPOCH_KEY};
+    let (_, caller) = require_user().await?;
+    if new_password != repeat_password {
+        let e = imprint_service::Error::invalid("the new password and its repetition differ");
+        return finish(Err(e), None, None);
+    }
+    let result = imprint()?.change_password(&caller, &current_password, &new_password).await;
+    if let Ok(epoch) = &result {
+        let session = session().await?;
+        session.cycle_id().await.map_err(|e| ServerFnError::new(format!("session: {e}")))?;
+        session.insert(EPOCH_KEY, *epoch).await.map_err(|e| ServerFnError::new(format!("session: {e}")))?;
+    }
+    finish(result.map(|_| ()), Some("/account".into()), Some("Password changed; your other sessions have ended"))
+}
+
+/// The signed-in user's account: who they are, and a form to change their password.
+#[component]
+pub fn AccountPage() -> impl IntoView {
+    let action = ServerAction::<ChangePassword>::new();
+    let user = Resource::new(|| (), |_| whoami());
+    view! {
+        <Title text="Account"/>
+        <section class="account">
+            <h1>"Account"</h1>
+            <Flash/>
+            <Transition fallback=|| ()>
+                {move || Suspend::new(async move {
+                    match user.await {
+                        Ok(Some(u)) => view! { <p>"Signed in as " <strong>{u.username}</strong></p> }.into_any(),
+                        _ => view! { <p><a href="/login?next=/account">"Sign in"</a>" to change your password."</p> }.into_any(),
+                    }
+                })}
+            </Transition>
+            <h2>"Change password"</h2>
+            <crate::common::ActionResult value=move || action.value().get() ok="Password changed; your other sessions have ended"/>
+            <ActionForm action=action attr:class="stack">
+                <label>"Current password" <input type="password" name="current_password" autocomplete="current-password" required/></label>
+                <label>"New password (10+ characters)" <input type="password" name="new_password" autocomplete="new-password" minlength="10" required/></label>
+                <label>"New password again" <input type="password" name="repeat_password" autocomplete="new-password" minlength="10" required/></label>
+                <button type="submit">"Change password"</button>
+            </ActionForm>
+        </section>
+    }
 }
 
 #[component]
@@ -63,7 +129,7 @@ pub fn LoginPage() -> impl IntoView {
     let navigate = leptos_router::hooks::use_navigate();
     Effect::new(move |_| {
         if let Some(Ok(())) = action.value().get() {
-            let to = safe_next(q.read_untracked().get("next"));
+            let to = safe_next(q.read_untracked().get("next").as_deref());
             navigate(&to, leptos_router::NavigateOptions { replace: true, ..Default::default() });
         }
     });
@@ -98,7 +164,7 @@ pub fn UserMenu() -> impl IntoView {
                 match user.await {
                     Ok(Some(u)) => view! {
                         <div class="usermenu">
-                            <span class="whoami" title=u.teams.join(", ")>{u.username.clone()}</span>
+                            <a class="whoami" href="/account" title=u.teams.join(", ")>{u.username.clone()}</a>
                             <ActionForm action=sign_out>
                                 <button type="submit" class="link">"Sign out"</button>
                             </ActionForm>
@@ -108,5 +174,37 @@ pub fn UserMenu() -> impl IntoView {
                 }
             })}
         </Transition>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_never_leaves_the_site() {
+        for ok in ["/", "/topics/a.b?tab=versions#v2", "/audit?topic=x%2F%2Fy", "/a//b"] {
+            assert_eq!(safe_next(Some(ok)), ok, "{ok:?}");
+        }
+        // Tabs and newlines are dropped, as browsers drop them.
+        assert_eq!(safe_next(Some("/top\nics")), "/topics");
+        for bad in [
+            "//evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r\n/evil.example",
+            "\t//evil.example",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "/ok\\..\\x",
+            "https://evil.example/",
+            "evil.example",
+            "javascript:alert(1)",
+            "",
+            "\t",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/");
     }
 }

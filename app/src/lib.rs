@@ -70,6 +70,7 @@ pub fn App() -> impl IntoView {
                     // is complete without JavaScript (no streamed fallbacks to swap in).
                     <Route path=path!("/") view=topics::TopicsPage ssr=SsrMode::Async/>
                     <Route path=path!("/login") view=auth::LoginPage ssr=SsrMode::Async/>
+                    <Route path=path!("/account") view=auth::AccountPage ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name") view=topic::TopicPageView ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/publish") view=topic::PublishPage ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/matrix") view=topic::MatrixPage ssr=SsrMode::Async/>

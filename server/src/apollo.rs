@@ -1,7 +1,8 @@
 //! Apollo's config-service protocol under `/apollo` (a client's config-service URL is
 //! `http://imprint:3000/apollo`): `/configs`, `/configfiles/json`, `/configfiles` and the
-//! long-polled `/notifications/v2`, with Apollo's request signatures when the app has a
-//! secret. What a client gets is decided by the service (`imprint_service::apollo`).
+//! long-polled `/notifications/v2`, with Apollo's request signatures when a namespace's
+//! binding has a secret (each namespace is checked with its own binding's secret). What a
+//! client gets is decided by the service (`imprint_service::apollo`).
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiQuery;
 use axum::extract::{Path, State};
@@ -11,8 +12,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use imprint_service::apollo::ApolloClient;
-use imprint_service::{Error, Imprint};
+use imprint_service::apollo::{ApolloClient, ApolloSignature};
+use imprint_service::Imprint;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -62,40 +63,39 @@ fn minus_one() -> i64 {
     -1
 }
 
-/// Checks Apollo's signature when the app has a secret: `Authorization: Apollo
+/// The request's Apollo signature, if it carries one: `Authorization: Apollo
 /// {appId}:{base64(HMAC-SHA1(secret, timestamp + "\n" + path_with_query))}` and
-/// `Timestamp: <epoch ms>`, against the raw request target as received (with or without
-/// the `/apollo` prefix: the Java client signs the whole path, some clients the part after
-/// their configured URL). Returns whether the request was signed.
-fn verify(imprint: &Imprint, app_id: &str, headers: &HeaderMap, uri: &Uri) -> ApiResult<bool> {
-    let secrets = imprint.apollo_secrets(app_id);
-    if secrets.is_empty() {
-        return Ok(false);
-    }
-    let unauthorized = |m: &str| ApiError(Error::Unauthorized(m.to_owned()));
-    let ts = headers.get("timestamp").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let ts_ms: i64 = ts.parse().map_err(|_| unauthorized("a signed request needs a Timestamp header (epoch ms)"))?;
-    if (imprint.now().timestamp_millis() - ts_ms).abs() > TIMESTAMP_TOLERANCE_MS {
-        return Err(unauthorized("the request's Timestamp is too far from the server's clock"));
-    }
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+/// `Timestamp: <epoch ms>`, over the raw request target as received (with or without the
+/// `/apollo` prefix: the Java client signs the whole path, some clients the part after
+/// their configured URL). The service checks it against the secret of each namespace's
+/// own binding, one at a time.
+fn signature(imprint: &Imprint, headers: &HeaderMap, uri: &Uri) -> Option<ApolloSignature> {
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().unwrap_or("").to_owned();
+    let ts = headers.get("timestamp").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let now_ms = imprint.now().timestamp_millis();
+    let full = uri.path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default();
+    let relative = full.strip_prefix("/apollo").unwrap_or(&full).to_owned();
     let given = auth
         .strip_prefix("Apollo ")
         .and_then(|rest| rest.rsplit_once(':'))
-        .and_then(|(_, sig)| base64::engine::general_purpose::STANDARD.decode(sig.trim()).ok())
-        .ok_or_else(|| unauthorized("a signed request needs Authorization: Apollo {appId}:{signature}"))?;
-    let full = uri.path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default();
-    let relative = full.strip_prefix("/apollo").unwrap_or(&full).to_owned();
-    for secret in &secrets {
+        .and_then(|(_, sig)| base64::engine::general_purpose::STANDARD.decode(sig.trim()).ok());
+    Some(ApolloSignature::new(move |secret: &str| {
+        let ts_ms: i64 = ts.parse().map_err(|_| "a signed request needs a Timestamp header (epoch ms)".to_owned())?;
+        if (now_ms - ts_ms).abs() > TIMESTAMP_TOLERANCE_MS {
+            return Err("the request's Timestamp is too far from the server's clock".into());
+        }
+        let given = given
+            .as_ref()
+            .ok_or_else(|| "a signed request needs Authorization: Apollo {appId}:{signature}".to_owned())?;
         for target in [&full, &relative] {
             let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()) else { continue };
-            mac.update(imprint_domain::apollo::string_to_sign(ts, target).as_bytes());
-            if mac.verify_slice(&given).is_ok() {
-                return Ok(true);
+            mac.update(imprint_domain::apollo::string_to_sign(&ts, target).as_bytes());
+            if mac.verify_slice(given).is_ok() {
+                return Ok(());
             }
         }
-    }
-    Err(unauthorized("the request's signature does not match the app's secret"))
+        Err("the request's signature does not match the namespace's secret".into())
+    }))
 }
 
 async fn resolve_config(
@@ -105,14 +105,13 @@ async fn resolve_config(
     headers: &HeaderMap,
     uri: &Uri,
 ) -> ApiResult<imprint_service::apollo::ApolloConfig> {
-    let signed = verify(imprint, &app_id, headers, uri)?;
     let client = ApolloClient {
+        signature: signature(imprint, headers, uri),
         app_id,
         cluster,
         ip: q.ip.clone(),
         label: q.label.clone(),
         data_center: q.data_center.clone(),
-        signed,
     };
     Ok(imprint.apollo_config(&client, &namespace).await?)
 }
@@ -186,9 +185,14 @@ pub async fn notifications(
     if known.is_empty() || known.len() > MAX_NOTIFICATIONS || known.iter().any(|n| n.namespace_name.trim().is_empty()) {
         return Err(bad(format!("notifications lists 1 to {MAX_NOTIFICATIONS} namespaces, each with a name")));
     }
-    let signed = verify(&imprint, &app_id, &headers, &uri)?;
-    let client =
-        ApolloClient { app_id, cluster, ip: q.ip.clone(), label: None, data_center: q.data_center.clone(), signed };
+    let client = ApolloClient {
+        signature: signature(&imprint, &headers, &uri),
+        app_id,
+        cluster,
+        ip: q.ip.clone(),
+        label: None,
+        data_center: q.data_center.clone(),
+    };
     let known: Vec<(String, i64)> = known.into_iter().map(|n| (n.namespace_name, n.notification_id)).collect();
     let hold = imprint.config().apollo_hold;
     let changed = imprint.apollo_notifications(&client, &known, hold).await?;

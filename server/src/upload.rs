@@ -24,8 +24,7 @@ fn back_with(path: &str, key: &str, message: &str) -> Response {
 
 /// The signed-in user's caller identity, if any.
 pub(crate) async fn session_caller(imprint: &Imprint, session: &Session) -> Option<imprint_service::Caller> {
-    let id: i64 = session.get(imprint_app::ssr::USER_KEY).await.ok().flatten()?;
-    imprint.user_caller(id).await.ok().flatten().map(|(_, c)| c)
+    imprint_app::ssr::session_user(imprint, session).await.ok().flatten().map(|(_, c)| c)
 }
 
 /// `GET /console/download/{topic}/{n}`: a version's payload for a signed-in user,

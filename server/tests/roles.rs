@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "roles-test-token";
+const TOKEN: &str = "roles-test-token-0123456789abcdef";
 
 struct Server {
     child: Child,
@@ -100,11 +100,13 @@ async fn two_api_one_publish_console_one_worker_over_one_postgres(pool: sqlx::Pg
     std::fs::create_dir_all(&store).expect("store dir");
     let http = Client::new();
 
-    // The first process migrates and creates the token; the others find both there.
-    let publisher = start("publish", "publish,console", &db, &store, &[("IMPRINT_BOOTSTRAP_TOKEN", TOKEN)]).await;
-    let api1 = start("api1", "api", &db, &store, &[]).await;
-    let api2 = start("api2", "api", &db, &store, &[]).await;
-    let worker = start("worker", "worker", &db, &store, &[]).await;
+    // The first process migrates and creates the token; the others find both there
+    // (each is given the token too: a process started without it revokes it).
+    let token = [("IMPRINT_BOOTSTRAP_TOKEN", TOKEN)];
+    let publisher = start("publish", "publish,console", &db, &store, &token).await;
+    let api1 = start("api1", "api", &db, &store, &token).await;
+    let api2 = start("api2", "api", &db, &store, &token).await;
+    let worker = start("worker", "worker", &db, &store, &token).await;
 
     // Each process refuses what its roles do not serve, naming the role that does.
     let (st, body) = call(&http, &api1, Method::POST, "/api/v1/topics", Some(json!({"name": "roles.config"}))).await;
@@ -211,7 +213,7 @@ async fn two_api_one_publish_console_one_worker_over_one_postgres(pool: sqlx::Pg
     assert_eq!((r["state"].as_str(), r["current_stage"].as_u64()), (Some("running"), Some(1)), "{r}");
 
     // Another worker takes over and finishes it.
-    let _worker2 = start("worker2", "worker", &db, &store, &[]).await;
+    let _worker2 = start("worker2", "worker", &db, &store, &token).await;
     let started = Instant::now();
     loop {
         let r = rollout(&http, &api1, &id).await;

@@ -156,15 +156,19 @@ async fn sign_in_is_throttled_per_username_and_address(pool: PgPool) {
         imp.create_user(&admin, name, PASSWORD, false).await.expect("user");
     }
 
-    // Five failures lock the username: the sixth attempt is refused even with the right password.
+    // Five failures lock the username for that address: the sixth attempt from there is
+    // refused even with the right password.
     for _ in 0..5 {
         assert_err(imp.sign_in("carol", "wrong-password", ip("198.51.100.1")).await, 401, "unauthorized");
     }
-    let e = assert_err(imp.sign_in("carol", PASSWORD, ip("198.51.100.2")).await, 429, "too_many_attempts");
+    let e = assert_err(imp.sign_in("carol", PASSWORD, ip("198.51.100.1")).await, 429, "too_many_attempts");
     match e {
         Error::TooManyAttempts { retry_after_s } => assert!((1..=30).contains(&retry_after_s), "{retry_after_s}"),
         e => panic!("{e:?}"),
     }
+    // (Changed rule, issue 19: the lock is per username *and* address, so one address
+    // cannot lock a user out everywhere. Another address still signs in.)
+    imp.sign_in("carol", PASSWORD, ip("198.51.100.2")).await.expect("another address signs in");
     // ... and the address that failed is locked for other usernames too.
     assert_err(imp.sign_in("dave", PASSWORD, ip("198.51.100.1")).await, 429, "too_many_attempts");
     let locked = log(&imp, action("user.sign_in_failed")).await;
@@ -534,4 +538,59 @@ async fn audit_log_filters_pages_and_is_append_only(pool: PgPool) {
     assert!(sqlx::query("DELETE FROM audit_log").execute(&pool).await.is_err());
     assert!(sqlx::query("TRUNCATE audit_log").execute(&pool).await.is_err());
     assert_eq!(audit_count(&pool).await, before);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_password_change_ends_the_users_sessions_and_sessions_have_an_absolute_lifetime(pool: PgPool) {
+    let imp = imprint(pool);
+    let admin = admin(&imp).await;
+    let ivy = user(&imp, &admin, "ivy", &[]).await;
+    let Caller::User { id, .. } = ivy else { panic!("a user") };
+    let now = chrono::Utc::now();
+    let epoch = imp.session_epoch(id).await.expect("epoch").expect("user");
+    // Two sessions of ivy's, signed in now.
+    assert!(imp.session_user(id, epoch, now).await.expect("lookup").is_some());
+    // Older than the absolute lifetime, however active: over.
+    let old = now - chrono::Duration::days(7) - chrono::Duration::minutes(1);
+    assert!(imp.session_user(id, epoch, old).await.expect("lookup").is_none());
+    assert!(imp.session_user(id, epoch, now - chrono::Duration::days(6)).await.expect("lookup").is_some());
+
+    // Changing one's password needs the current one ...
+    assert_err(imp.change_password(&ivy, "not-the-password", "ivys-new-password").await, 403, "forbidden");
+    assert_err(imp.change_password(&ivy, PASSWORD, "short").await, 400, "invalid_request");
+    assert_err(imp.change_password(&Caller::Anonymous, PASSWORD, "ivys-new-password").await, 401, "unauthorized");
+    let new_epoch = imp.change_password(&ivy, PASSWORD, "ivys-new-password").await.expect("changed");
+    assert_ne!(new_epoch, epoch);
+    // ... and every session signed in before ends; the one that changed it goes on
+    // with the new epoch.
+    assert!(imp.session_user(id, epoch, now).await.expect("lookup").is_none());
+    assert!(imp.session_user(id, new_epoch, now).await.expect("lookup").is_some());
+    imp.sign_in("ivy", "ivys-new-password", None).await.expect("the new password works");
+    assert_err(imp.sign_in("ivy", PASSWORD, None).await, 401, "unauthorized");
+    // An admin resetting it ends them too.
+    imp.set_password(&admin, "ivy", "reset-by-admin").await.expect("reset");
+    assert!(imp.session_user(id, new_epoch, now).await.expect("lookup").is_none());
+    let pw = log(&imp, action("user.password")).await;
+    assert!(!pw.iter().any(|e| e.details.to_string().contains("password\"") && e.details.to_string().contains("new")));
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn the_bootstrap_token_is_revoked_when_no_longer_configured(pool: PgPool) {
+    let imp = imprint(pool.clone());
+    let token = "a-bootstrap-token-of-32-characters!";
+    auth::ensure_bootstrap_token(&pool, token).await.expect("bootstrap token");
+    let active = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM api_tokens WHERE name = 'bootstrap' AND revoked_at IS NULL")
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+    };
+    assert_eq!(active().await, 1);
+    assert!(imp.revoke_bootstrap_token().await.expect("revoke"));
+    assert_eq!(active().await, 0);
+    assert!(!imp.revoke_bootstrap_token().await.expect("nothing left"), "nothing to revoke twice");
+    assert_eq!(log(&imp, action("token.revoke")).await.len(), 1);
+    // Set again: it is back.
+    auth::ensure_bootstrap_token(&pool, token).await.expect("bootstrap token");
+    assert_eq!(active().await, 1);
 }

@@ -301,11 +301,22 @@ pub struct ApolloBinding {
 }
 
 /// An Apollo binding to set: `secret` absent keeps the current one, `""` removes it.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApolloBindingInput {
     pub app_id: String,
     pub namespace: String,
     #[serde(default)]
     pub secret: Option<String>,
+}
+
+/// The secret never reaches a log: `Debug` says only whether one is given.
+impl std::fmt::Debug for ApolloBindingInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApolloBindingInput")
+            .field("app_id", &self.app_id)
+            .field("namespace", &self.namespace)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }

@@ -1,5 +1,7 @@
-//! Failed sign-ins per username and per client address, with locks that grow and are
-//! capped. Time is a parameter, so the rules are tested without waiting.
+//! Failed sign-ins per (username, client address) pair and per client address, with locks
+//! that grow and are capped. An attempt is reserved before its password is checked, so a
+//! parallel burst gets no more guesses than the lock allows. Time is a parameter, so the
+//! rules are tested without waiting.
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -13,10 +15,15 @@ const MAX_LOCK: Duration = Duration::from_secs(15 * 60);
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// Above this many counters, forgotten ones are dropped (usernames are attacker-chosen).
 const PRUNE_ABOVE: usize = 10_000;
+/// What a refused attempt is told to wait while others of its keys are being checked.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
 
+/// A counter. A username is counted only together with the address it is tried from:
+/// one address failing for `admin` locks `admin` for that address, not for everyone.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ThrottleKey {
-    User(String),
+    /// A username (lower case) tried from an address (`None`: no address known).
+    UserClient(String, Option<IpAddr>),
     Client(IpAddr),
 }
 
@@ -25,6 +32,8 @@ struct Failures {
     count: u32,
     last: Instant,
     locked_until: Option<Instant>,
+    /// Attempts reserved and still being checked.
+    pending: u32,
 }
 
 /// How long the `count`-th consecutive failure locks: from the fifth on, 30 s doubling
@@ -35,12 +44,62 @@ fn lock_for(count: u32) -> Option<Duration> {
     Some(FIRST_LOCK.checked_mul(factor).unwrap_or(MAX_LOCK).min(MAX_LOCK))
 }
 
-/// Failed sign-ins per username and per client address, in this server's memory (a
-/// restart forgets them; several replicas each count their own). Time is a parameter,
-/// so the rules are tested without waiting.
+/// How many attempts a counter lets be checked at once: up to the lock, and after a lock
+/// ran out one (whose failure locks again, longer).
+fn allowance(count: u32) -> u32 {
+    LOCK_AFTER_FAILURES.checked_sub(count).filter(|n| *n > 0).unwrap_or(1)
+}
+
+/// Failed sign-ins, in this server's memory (a restart forgets them; several replicas
+/// each count their own).
 #[derive(Default)]
 pub struct SignInThrottle {
     entries: Mutex<HashMap<ThrottleKey, Failures>>,
+    /// Attempts let through to a password check since start (what a burst could try).
+    checked: std::sync::atomic::AtomicU64,
+}
+
+/// A reserved sign-in attempt: say how it ended with `failed` or `succeeded`; dropped
+/// without either (the request went away), it is given back uncounted.
+pub struct Attempt<'a> {
+    throttle: &'a SignInThrottle,
+    keys: Vec<ThrottleKey>,
+    done: bool,
+}
+
+impl Attempt<'_> {
+    /// Counts the failure against every key; returns the longest lock it started.
+    pub fn failed(mut self, now: Instant) -> Option<Duration> {
+        self.done = true;
+        self.throttle.fail(&self.keys, now)
+    }
+
+    /// The pair's counter starts over (the address keeps counting its failures).
+    pub fn succeeded(mut self) {
+        self.done = true;
+        let mut entries = self.throttle.entries();
+        for k in &self.keys {
+            if let Some(f) = entries.get_mut(k) {
+                f.pending = f.pending.saturating_sub(1);
+            }
+        }
+        if let Some(k @ ThrottleKey::UserClient(..)) = self.keys.first() {
+            entries.remove(k);
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut entries = self.throttle.entries();
+            for k in &self.keys {
+                if let Some(f) = entries.get_mut(k) {
+                    f.pending = f.pending.saturating_sub(1);
+                }
+            }
+        }
+    }
 }
 
 impl SignInThrottle {
@@ -49,7 +108,13 @@ impl SignInThrottle {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// How many attempts were let through to a password check since start.
+    pub fn checked(&self) -> u64 {
+        self.checked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// How long until none of `keys` is locked, if one is.
+    #[cfg(test)]
     pub fn locked(&self, keys: &[ThrottleKey], now: Instant) -> Option<Duration> {
         let entries = self.entries();
         keys.iter()
@@ -59,15 +124,47 @@ impl SignInThrottle {
             .max()
     }
 
-    /// Counts a failure against every key; returns the longest lock it started.
-    pub fn failed(&self, keys: &[ThrottleKey], now: Instant) -> Option<Duration> {
+    /// Reserves an attempt on every key before its password is checked, or says how
+    /// long to wait: a key is locked, or as many attempts as it allows are already being
+    /// checked (so a parallel burst gets no more guesses than sequential ones).
+    pub fn begin(&self, keys: Vec<ThrottleKey>, now: Instant) -> Result<Attempt<'_>, Duration> {
         let mut entries = self.entries();
         if entries.len() > PRUNE_ABOVE {
-            entries.retain(|_, f| f.locked_until.is_some_and(|u| u > now) || now.duration_since(f.last) < FORGET_AFTER);
+            entries.retain(|_, f| {
+                f.pending > 0 || f.locked_until.is_some_and(|u| u > now) || now.duration_since(f.last) < FORGET_AFTER
+            });
         }
+        let mut wait: Option<Duration> = None;
+        for k in &keys {
+            let Some(f) = entries.get_mut(k) else { continue };
+            if f.pending == 0 && now.duration_since(f.last) >= FORGET_AFTER {
+                f.count = 0;
+            }
+            if let Some(until) = f.locked_until.filter(|u| *u > now) {
+                wait = wait.max(Some(until - now));
+            } else if f.pending >= allowance(f.count) {
+                wait = wait.max(Some(BUSY_RETRY));
+            }
+        }
+        if let Some(w) = wait {
+            return Err(w);
+        }
+        for k in &keys {
+            let f =
+                entries.entry(k.clone()).or_insert(Failures { count: 0, last: now, locked_until: None, pending: 0 });
+            f.pending += 1;
+        }
+        self.checked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Attempt { throttle: self, keys, done: false })
+    }
+
+    fn fail(&self, keys: &[ThrottleKey], now: Instant) -> Option<Duration> {
+        let mut entries = self.entries();
         let mut longest = None;
         for k in keys {
-            let f = entries.entry(k.clone()).or_insert(Failures { count: 0, last: now, locked_until: None });
+            let f =
+                entries.entry(k.clone()).or_insert(Failures { count: 0, last: now, locked_until: None, pending: 1 });
+            f.pending = f.pending.saturating_sub(1);
             if now.duration_since(f.last) >= FORGET_AFTER {
                 f.count = 0;
             }
@@ -81,31 +178,48 @@ impl SignInThrottle {
         longest
     }
 
-    /// Forgets the counters of `keys` (an administrator lifting a lockout). Returns how
-    /// many there were.
-    pub fn clear(&self, keys: &[ThrottleKey]) -> usize {
+    /// Forgets counters (an administrator lifting a lockout): those of a username (from
+    /// every address) and/or of an address (and every username tried from it). Returns
+    /// how many there were.
+    pub fn clear(&self, username: Option<&str>, client: Option<IpAddr>) -> usize {
+        let user = username.map(normalise_username);
+        let client = client.map(client_block);
         let mut entries = self.entries();
-        keys.iter().filter(|k| entries.remove(k).is_some()).count()
-    }
-
-    pub fn succeeded(&self, key: &ThrottleKey) {
-        self.entries().remove(key);
+        let before = entries.len();
+        entries.retain(|k, _| match k {
+            ThrottleKey::UserClient(u, c) => {
+                let user_matches = user.as_ref().is_none_or(|want| want == u);
+                let client_matches = client.is_none_or(|want| *c == Some(want));
+                !(user_matches && client_matches)
+            }
+            ThrottleKey::Client(c) => client != Some(*c),
+        });
+        before - entries.len()
     }
 }
 
-/// The counters a sign-in attempt touches. IPv6 clients are counted per /64, the block
-/// one subscriber usually holds, so rotating addresses within it does not help.
+fn normalise_username(username: &str) -> String {
+    username.trim().to_lowercase().chars().take(128).collect()
+}
+
+/// IPv6 clients are counted per /64, the block one subscriber usually holds, so rotating
+/// addresses within it does not help.
+fn client_block(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// The counters a sign-in attempt touches: the (username, address) pair first, then the
+/// address.
 pub fn throttle_keys(username: &str, client: Option<IpAddr>) -> Vec<ThrottleKey> {
-    let user: String = username.trim().to_lowercase().chars().take(128).collect();
-    let mut keys = vec![ThrottleKey::User(user)];
+    let client = client.map(client_block);
+    let mut keys = vec![ThrottleKey::UserClient(normalise_username(username), client)];
     if let Some(ip) = client {
-        let ip = match ip.to_canonical() {
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-            v4 => v4,
-        };
         keys.push(ThrottleKey::Client(ip));
     }
     keys
@@ -114,6 +228,10 @@ pub fn throttle_keys(username: &str, client: Option<IpAddr>) -> Vec<ThrottleKey>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fail(t: &SignInThrottle, keys: &[ThrottleKey], now: Instant) -> Option<Duration> {
+        t.begin(keys.to_vec(), now).expect("not locked").failed(now)
+    }
 
     #[test]
     fn locks_double_up_to_fifteen_minutes() {
@@ -127,34 +245,74 @@ mod tests {
     }
 
     #[test]
-    fn throttle_locks_after_five_failures_and_success_resets_the_username() {
+    fn throttle_locks_after_five_failures_and_success_resets_the_pair() {
         let t = SignInThrottle::default();
         let ip: IpAddr = "192.0.2.7".parse().expect("ip");
         let keys = throttle_keys("alice", Some(ip));
         let start = Instant::now();
         for i in 0..4 {
-            assert_eq!(t.failed(&keys, start), None, "failure {i}");
+            assert_eq!(fail(&t, &keys, start), None, "failure {i}");
             assert_eq!(t.locked(&keys, start), None);
         }
-        assert_eq!(t.failed(&keys, start), Some(FIRST_LOCK));
+        assert_eq!(fail(&t, &keys, start), Some(FIRST_LOCK));
         assert_eq!(t.locked(&keys, start + Duration::from_secs(10)), Some(Duration::from_secs(20)));
+        assert!(t.begin(keys.clone(), start + Duration::from_secs(10)).is_err(), "locked: nothing is checked");
         // The lock runs out; the next failure locks for twice as long.
         let later = start + Duration::from_secs(31);
         assert_eq!(t.locked(&keys, later), None);
-        assert_eq!(t.failed(&keys, later), Some(Duration::from_secs(60)));
+        assert_eq!(fail(&t, &keys, later), Some(Duration::from_secs(60)));
 
-        // Success clears the username's counter, not the address's.
-        t.succeeded(&keys[0]);
-        let other_user = throttle_keys("alice", None);
+        // Success clears the pair's counter, not the address's.
         let after = later + Duration::from_secs(61);
-        assert_eq!(t.locked(&other_user, after), None);
-        assert_eq!(t.failed(&other_user, after), None);
+        t.begin(keys.clone(), after).expect("unlocked").succeeded();
         let same_ip = throttle_keys("bob", Some(ip));
-        assert_eq!(t.failed(&same_ip, after), Some(Duration::from_secs(120)), "the address keeps counting");
+        assert_eq!(fail(&t, &same_ip, after), Some(Duration::from_secs(120)), "the address keeps counting");
+        // The same username from another address was never locked.
+        let elsewhere = throttle_keys("alice", Some("192.0.2.8".parse().expect("ip")));
+        assert_eq!(t.locked(&elsewhere, after), None);
 
         // A quiet hour forgets everything.
         let much_later = after + FORGET_AFTER + MAX_LOCK;
-        assert_eq!(t.failed(&same_ip, much_later), None);
+        assert_eq!(fail(&t, &same_ip, much_later), None);
+    }
+
+    #[test]
+    fn a_parallel_burst_gets_no_more_checks_than_the_lock_allows() {
+        let t = SignInThrottle::default();
+        let keys = throttle_keys("admin", Some("203.0.113.1".parse().expect("ip")));
+        let now = Instant::now();
+        // Twenty attempts at once: five are reserved, the others wait for them.
+        let attempts: Vec<_> = (0..20).filter_map(|_| t.begin(keys.clone(), now).ok()).collect();
+        assert_eq!(attempts.len(), 5);
+        assert_eq!(t.checked(), 5);
+        for a in attempts {
+            a.failed(now);
+        }
+        assert_eq!(t.locked(&keys, now), Some(FIRST_LOCK));
+        // An attempt given back uncounted (the request went away) frees its reservation.
+        let t = SignInThrottle::default();
+        drop(t.begin(keys.clone(), now).expect("free"));
+        let attempts: Vec<_> = (0..20).filter_map(|_| t.begin(keys.clone(), now).ok()).collect();
+        assert_eq!(attempts.len(), 5);
+    }
+
+    #[test]
+    fn clearing_by_username_or_address() {
+        let t = SignInThrottle::default();
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().expect("ip"), "192.0.2.2".parse().expect("ip"));
+        let now = Instant::now();
+        for _ in 0..5 {
+            fail(&t, &throttle_keys("admin", Some(a)), now);
+            fail(&t, &throttle_keys("admin", Some(b)), now);
+        }
+        // The username from both addresses: its pairs, not the addresses.
+        assert_eq!(t.clear(Some("Admin"), None), 2);
+        assert!(t.locked(&throttle_keys("admin", Some(a)), now).is_some(), "the address is still locked");
+        // An address: its own counter and the pairs tried from it.
+        fail(&t, &[ThrottleKey::UserClient("admin".into(), Some(a))], now);
+        assert_eq!(t.clear(None, Some(a)), 2);
+        assert_eq!(t.locked(&throttle_keys("admin", Some(a)), now), None);
+        assert!(t.locked(&throttle_keys("admin", Some(b)), now).is_some());
     }
 
     #[test]
@@ -162,7 +320,7 @@ mod tests {
         let a = throttle_keys("x", Some("2001:db8:1:2:aaaa::1".parse().expect("ip")));
         let b = throttle_keys("x", Some("2001:db8:1:2:bbbb::9".parse().expect("ip")));
         let c = throttle_keys("x", Some("2001:db8:1:3::1".parse().expect("ip")));
-        assert_eq!(a[1], b[1]);
+        assert_eq!(a, b);
         assert_ne!(a[1], c[1]);
         let mapped = throttle_keys("x", Some("::ffff:192.0.2.1".parse().expect("ip")));
         assert_eq!(mapped[1], ThrottleKey::Client("192.0.2.1".parse().expect("ip")));

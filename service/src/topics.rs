@@ -174,6 +174,29 @@ fn check_apollo(a: &ApolloBindingInput) -> Result<(String, String, Option<String
     Ok((app_id.to_owned(), ns.to_owned(), a.secret.clone()))
 }
 
+/// An Apollo app belongs to one team: binding a topic to an app that another team's
+/// topic is bound to is refused, unless an administrator does it (admins may share an
+/// app). Checked after the write, in its transaction, when the topic's app or owner
+/// changed: what counts is the topic as it will be.
+async fn check_apollo_app(
+    conn: &mut sqlx::PgConnection,
+    caller: &Caller,
+    id: i64,
+    before: Option<&(Option<String>, String)>,
+) -> Result<()> {
+    let after = store::topics::apollo_app(conn, id).await?;
+    let (Some(app), owner) = &after else { return Ok(()) };
+    if before == Some(&after) || caller.is_admin() {
+        return Ok(());
+    }
+    if store::topics::apollo_app_other_team(conn, app, id, owner).await?.is_some() {
+        return Err(Error::Forbidden(format!(
+            "Apollo app {app:?} belongs to another team (its topics are bound to it); an administrator may share it"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_content_type(ct: &str) -> Result<()> {
     let ok = ct.len() <= 255 && ct.contains('/') && ct.chars().all(|c| c.is_ascii_graphic() || c == ' ');
     if !ok {
@@ -245,6 +268,7 @@ impl Imprint {
         let Some(id) = store::topics::insert(&mut tx, row).await? else {
             return Err(Error::TopicExists(name.to_string()));
         };
+        check_apollo_app(&mut tx, caller, id, None).await?;
         let settings = store::topics::settings_json(&mut tx, id).await?;
         store::audit(&mut tx, now, &who, "topic.create", Some(name.as_str()), settings).await?;
         store::notify(&mut tx, id).await?;
@@ -325,6 +349,7 @@ impl Imprint {
         let t = store::topics::require(&mut tx, name, true).await?;
         caller.require_write(&t.name, &t.owner)?;
         let before = store::topics::settings_json(&mut tx, t.id).await?;
+        let app_before = store::topics::apollo_app(&mut tx, t.id).await?;
         if let Some(d) = &patch.description {
             check_text("description", d, 4096)?;
         }
@@ -375,8 +400,15 @@ impl Imprint {
             at: self.now(),
         };
         store::topics::update(&mut tx, t.id, update).await?;
+        check_apollo_app(&mut tx, caller, t.id, Some(&app_before)).await?;
         let after = store::topics::settings_json(&mut tx, t.id).await?;
-        let changed = changes(&before, &after);
+        let mut changed = changes(&before, &after);
+        // A new Apollo secret is noted as set, never shown (nor any hash of it).
+        if let Some(Some((_, _, Some(secret)))) = &apollo {
+            if !secret.is_empty() {
+                changed.insert("apollo_secret".into(), serde_json::json!("set"));
+            }
+        }
         if !changed.is_empty() {
             let value = serde_json::Value::Object(changed);
             store::audit(&mut tx, self.now(), &caller.who(), "topic.update", Some(&t.name), value).await?;

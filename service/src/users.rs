@@ -10,6 +10,7 @@ use crate::store;
 use crate::throttle::throttle_keys;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use std::net::IpAddr;
 use std::time::Instant;
@@ -21,6 +22,8 @@ pub const MIN_PASSWORD_CHARS: usize = 10;
 /// Longer inputs are refused without hashing: argon2's cost grows with the input.
 const MAX_PASSWORD_BYTES: usize = 1024;
 const GENERATED_PASSWORD_CHARS: usize = 20;
+/// A console session ends this long after its sign-in, however active it has been.
+pub const SESSION_MAX_AGE: chrono::Duration = chrono::Duration::days(7);
 
 /// An argon2id hash (default parameters) of a random password nobody knows. Verified
 /// against when the username does not exist, so that answer takes as long as a wrong
@@ -150,17 +153,39 @@ impl Imprint {
         Ok(generated.then_some(password))
     }
 
+    /// Revokes the bootstrap token (`IMPRINT_BOOTSTRAP_TOKEN` is no longer set): it
+    /// exists only while the server is started with it. Returns whether there was one.
+    pub async fn revoke_bootstrap_token(&self) -> Result<bool> {
+        let now = self.now();
+        let mut tx = self.pool().begin().await?;
+        // No token hashes to "": every active bootstrap token is revoked.
+        let revoked = store::tokens::revoke_other_bootstrap(&mut tx, "", now).await?;
+        if revoked {
+            let details = json!({"name": "bootstrap", "reason": "IMPRINT_BOOTSTRAP_TOKEN is not set"});
+            store::audit(&mut tx, now, &Caller::System.who(), "token.revoke", None, details).await?;
+        }
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
     /// Checks a username and password. Every failure is the same 401 (unknown user,
     /// wrong password, disabled user) and takes as long; after repeated failures for a
-    /// username or from a client address, attempts are refused for a while (429)
+    /// username from a client address, or from an address, attempts are refused for a while (429)
     /// without looking at the password.
     #[tracing::instrument(skip(self, password))]
     pub async fn sign_in(&self, username: &str, password: &str, client: Option<IpAddr>) -> Result<User> {
+        // The attempt is reserved before the password is looked at: a parallel burst
+        // gets no more checks than the lock allows. A lock is per (username, address)
+        // pair and per address, so one address cannot lock a user out everywhere.
         let keys = throttle_keys(username, client);
-        if let Some(wait) = self.inner.sign_in.locked(&keys, Instant::now()) {
-            metrics::counter!("imprint_sign_ins_total", "outcome" => "throttled").increment(1);
-            return Err(Error::TooManyAttempts { retry_after_s: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) });
-        }
+        let attempt = match self.inner.sign_in.begin(keys, Instant::now()) {
+            Ok(a) => a,
+            Err(wait) => {
+                metrics::counter!("imprint_sign_ins_total", "outcome" => "throttled").increment(1);
+                let retry_after_s = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                return Err(Error::TooManyAttempts { retry_after_s });
+            }
+        };
         let valid_name = check_username(username).is_ok();
         let creds = if valid_name { store::users::credentials(self.pool(), username).await? } else { None };
         let ok = if password.len() > MAX_PASSWORD_BYTES {
@@ -179,7 +204,7 @@ impl Imprint {
         let user_id = match failure {
             Ok(id) => id,
             Err(reason) => {
-                let locked = self.inner.sign_in.failed(&keys, Instant::now());
+                let locked = attempt.failed(Instant::now());
                 metrics::counter!("imprint_sign_ins_total", "outcome" => "failed").increment(1);
                 // A name that is not a valid username may be a password typed into the
                 // wrong field; it is not written to a log every signed-in user can read.
@@ -196,7 +221,7 @@ impl Imprint {
                 return Err(Error::Unauthorized(WRONG_CREDENTIALS.into()));
             }
         };
-        self.inner.sign_in.succeeded(&keys[0]);
+        attempt.succeeded();
         metrics::counter!("imprint_sign_ins_total", "outcome" => "ok").increment(1);
         self.audit_alone(&format!("user:{username}"), "user.sign_in", json!({"client": client_str})).await?;
         let user = store::users::find(self.pool(), None, Some(user_id), false).await?;
@@ -204,8 +229,15 @@ impl Imprint {
         user.ok_or_else(|| Error::Unauthorized(WRONG_CREDENTIALS.into()))
     }
 
-    /// Lifts a sign-in lockout (admins only): the failure counters of a username and/or a
-    /// client address start over. Audited; returns whether there was anything to clear.
+    /// How many sign-in attempts were let through to a password check since start (the
+    /// rest were refused by the throttle without looking at the password).
+    pub fn sign_in_checks(&self) -> u64 {
+        self.inner.sign_in.checked()
+    }
+
+    /// Lifts a sign-in lockout (admins only): the failure counters of a username (from
+    /// every address) and/or of a client address (and the usernames tried from it) start
+    /// over. Audited; returns whether there was anything to clear.
     pub async fn clear_sign_in_lockout(
         &self,
         caller: &Caller,
@@ -217,14 +249,7 @@ impl Imprint {
         if username.is_none() && client.is_none() {
             return Err(Error::invalid("name a username or a client address whose lockout to clear"));
         }
-        let mut keys = match username {
-            Some(u) => throttle_keys(u, client),
-            None => throttle_keys("", client).split_off(1),
-        };
-        if username.is_none() {
-            keys.retain(|k| matches!(k, crate::throttle::ThrottleKey::Client(_)));
-        }
-        let cleared = self.inner.sign_in.clear(&keys) > 0;
+        let cleared = self.inner.sign_in.clear(username, client) > 0;
         let details = json!({"username": username, "client": client.map(|c| c.to_string()), "cleared": cleared});
         self.audit_alone(&caller.who(), "user.lockout_clear", details).await?;
         Ok(cleared)
@@ -246,6 +271,60 @@ impl Imprint {
             let caller = user.caller();
             (user, caller)
         }))
+    }
+
+    /// What a new console session remembers about its user: the session epoch (a
+    /// password change moves it on, ending the sessions signed in before).
+    pub async fn session_epoch(&self, user_id: i64) -> Result<Option<i64>> {
+        store::users::session_epoch(self.pool(), user_id).await
+    }
+
+    /// The user behind a console session, as `user_caller`, and `None` as well when the
+    /// session is older than `SESSION_MAX_AGE` (an absolute lifetime, however active it
+    /// was) or was signed in before the user's password last changed.
+    pub async fn session_user(
+        &self,
+        user_id: i64,
+        epoch: i64,
+        signed_in_at: DateTime<Utc>,
+    ) -> Result<Option<(User, Caller)>> {
+        let now = self.now();
+        if signed_in_at > now + chrono::Duration::minutes(5) || now - signed_in_at > SESSION_MAX_AGE {
+            return Ok(None);
+        }
+        if store::users::session_epoch(self.pool(), user_id).await? != Some(epoch) {
+            return Ok(None);
+        }
+        self.user_caller(user_id).await
+    }
+
+    /// A signed-in user changes their own password, proving the current one (a session
+    /// left open somewhere cannot take the account over). Every session of the user
+    /// ends; returns the new session epoch, for the session that asked to keep going.
+    #[tracing::instrument(skip(self, current_password, new_password))]
+    pub async fn change_password(&self, caller: &Caller, current_password: &str, new_password: &str) -> Result<i64> {
+        let Caller::User { name, .. } = caller else {
+            return Err(Error::Unauthorized("changing your password needs a signed-in user".into()));
+        };
+        check_password(new_password)?;
+        let creds = store::users::credentials(self.pool(), name).await?;
+        let Some(creds) = creds.filter(|c| !c.disabled) else {
+            return Err(Error::Unauthorized("changing your password needs a signed-in user".into()));
+        };
+        let ok = current_password.len() <= MAX_PASSWORD_BYTES
+            && self.verify_password(current_password, creds.password_hash).await?;
+        if !ok {
+            return Err(Error::Forbidden("the current password is not right".into()));
+        }
+        let hash = self.hash_password(new_password).await?;
+        let mut tx = self.pool().begin().await?;
+        let Some(epoch) = store::users::set_password(&mut tx, name, &hash).await? else {
+            return Err(Error::UserNotFound(name.clone()));
+        };
+        let details = json!({"username": name, "own": true});
+        store::audit(&mut tx, self.now(), &caller.who(), "user.password", None, details).await?;
+        tx.commit().await?;
+        Ok(epoch)
     }
 
     /// Creates a user (admins only).
@@ -280,7 +359,8 @@ impl Imprint {
         let hash = self.hash_password(new_password).await?;
         let who = caller.who();
         let mut tx = self.pool().begin().await?;
-        if !store::users::set_password(&mut tx, username, &hash).await? {
+        // The user's sessions end (their epoch moves on).
+        if store::users::set_password(&mut tx, username, &hash).await?.is_none() {
             return Err(Error::UserNotFound(username.to_owned()));
         }
         // What changed is that the password did; never any form of it.

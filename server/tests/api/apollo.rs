@@ -235,3 +235,133 @@ async fn signatures_are_checked_when_the_app_has_a_secret(pool: sqlx::PgPool) {
     assert_eq!(r.await.unwrap().status(), 200);
     assert_eq!(get(&app, path).await.status(), 200);
 }
+
+/// A signed GET: `Authorization: Apollo {app}:{sig}` over the whole path and query.
+async fn signed(app: &TestApp, path: &str, app_id: &str, secret: &str) -> reqwest::Response {
+    let ts = chrono::Utc::now().timestamp_millis().to_string();
+    app.req(Method::GET, path)
+        .header("Timestamp", &ts)
+        .header("Authorization", format!("Apollo {app_id}:{}", sign(secret, &ts, path)))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn notifications(app_id: &str, namespaces: &[&str]) -> String {
+    let list: Vec<Value> = namespaces.iter().map(|n| json!({"namespaceName": n, "notificationId": -1})).collect();
+    let list = urlencoding::encode(&Value::Array(list).to_string()).into_owned();
+    format!("/apollo/notifications/v2?appId={app_id}&cluster=default&notifications={list}")
+}
+
+async fn answered(r: reqwest::Response) -> Vec<String> {
+    assert_eq!(r.status(), 200);
+    let n: Value = r.json().await.unwrap();
+    let mut names: Vec<String> =
+        n.as_array().unwrap().iter().map(|n| n["namespaceName"].as_str().unwrap().to_owned()).collect();
+    names.sort();
+    names
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn each_namespace_is_verified_with_its_own_bindings_secret(pool: sqlx::PgPool) {
+    let app = app_with_hold(pool, Duration::from_secs(1)).await;
+    // Team red's app `shop`: a restricted namespace with red's secret, and an open one.
+    app.create_topic_with(json!({"name": "red.secrets", "owner": "red", "restricted": true,
+        "apollo": {"app_id": "shop", "namespace": "application", "secret": "red-secret"}}))
+        .await;
+    app.publish("red.secrets", json!({"data": "{\"db_password\": \"hunter2\"}"})).await;
+    app.create_topic_with(json!({"name": "red.plain", "owner": "red", "restricted": true,
+        "apollo": {"app_id": "shop", "namespace": "plain"}}))
+        .await;
+    app.publish("red.plain", json!({"data": "{\"k\": \"v\"}"})).await;
+    let blue = app.token("blue-ci", Some("blue")).await;
+    let red = app.token("red-ci", Some("red")).await;
+
+    // Blue binds its own topic to red's app, with its own secret: refused (and so is
+    // moving an existing topic there).
+    let r = app
+        .req(Method::POST, "/api/v1/topics")
+        .bearer_auth(&blue)
+        .json(&json!({"name": "blue.cfg", "owner": "blue",
+            "apollo": {"app_id": "shop", "namespace": "blue", "secret": "blue-secret"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+    let r = app
+        .req(Method::POST, "/api/v1/topics")
+        .bearer_auth(&blue)
+        .json(&json!({"name": "blue.cfg", "owner": "blue"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = app
+        .req(Method::PATCH, "/api/v1/topics/blue.cfg")
+        .bearer_auth(&blue)
+        .json(&json!({"apollo": {"app_id": "shop", "namespace": "blue", "secret": "blue-secret"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+    // Its own app is blue's; red binds its own topics to its own app as before.
+    let r = app
+        .req(Method::POST, "/api/v1/topics")
+        .bearer_auth(&red)
+        .json(&json!({"name": "red.more", "owner": "red", "apollo": {"app_id": "shop", "namespace": "more"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = app
+        .req(Method::POST, "/api/v1/topics")
+        .bearer_auth(&red)
+        .json(&json!({"name": "red.elsewhere", "owner": "red", "apollo": {"app_id": "blues-app", "namespace": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "a new app is free");
+    let r = app
+        .req(Method::PATCH, "/api/v1/topics/blue.cfg")
+        .bearer_auth(&blue)
+        .json(&json!({"apollo": {"app_id": "blues-app", "namespace": "y"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+
+    // An admin shares red's app with blue.
+    let r = app
+        .admin(Method::PATCH, "/api/v1/topics/blue.cfg")
+        .json(&json!({"apollo": {"app_id": "shop", "namespace": "blue", "secret": "blue-secret"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.publish("blue.cfg", json!({"data": "{\"b\": \"1\"}"})).await;
+
+    // Blue's secret opens blue's namespace only: not red's secret one, not red's
+    // restricted one without a secret.
+    let red_ns = "/apollo/configs/shop/default/application";
+    assert_error(signed(&app, red_ns, "shop", "blue-secret").await, 401, "unauthorized").await;
+    let plain = "/apollo/configs/shop/default/plain";
+    assert_error(signed(&app, plain, "shop", "blue-secret").await, 403, "forbidden").await;
+    let r = signed(&app, "/apollo/configs/shop/default/blue", "shop", "blue-secret").await;
+    assert_eq!(r.status(), 200);
+    // Red's clients signing with red's secret still work; unsigned, they do not.
+    let r = signed(&app, red_ns, "shop", "red-secret").await;
+    assert_eq!(r.status(), 200);
+    let c: Value = r.json().await.unwrap();
+    assert_eq!(c["configurations"]["db_password"], "hunter2");
+    assert_error(get(&app, red_ns).await, 401, "unauthorized").await;
+    assert_error(signed(&app, "/apollo/configs/shop/default/blue", "shop", "red-secret").await, 401, "unauthorized")
+        .await;
+
+    // Notifications likewise: each listed namespace answers only its own secret.
+    let both = notifications("shop", &["application", "blue", "plain"]);
+    assert_eq!(answered(signed(&app, &both, "shop", "blue-secret").await).await, ["blue"]);
+    assert_eq!(answered(signed(&app, &both, "shop", "red-secret").await).await, ["application"]);
+    assert_error(get(&app, &both).await, 401, "unauthorized").await;
+    let red_only = notifications("shop", &["application"]);
+    assert_error(signed(&app, &red_only, "shop", "blue-secret").await, 401, "unauthorized").await;
+}

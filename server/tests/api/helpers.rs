@@ -6,7 +6,7 @@ use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 /// The lag grace period of test servers: long enough that a slow machine still sees
 /// "nobody lags yet" right after a publish.
 pub const LAG_GRACE_SECS: u64 = 5;

@@ -255,6 +255,201 @@ async fn console_limits_csrf_and_the_proxy_aware_throttle(pool: sqlx::PgPool) {
     assert!(body.contains("wrong username or password"), "{body}");
 }
 
+/// The console's sign-in form action (its server function's URL).
+async fn sign_in_action(app: &crate::helpers::TestApp) -> String {
+    let login = app.req(Method::GET, "/login").send().await.unwrap().text().await.unwrap();
+    login
+        .split("action=\"")
+        .filter_map(|s| s.split('"').next())
+        .find(|a| a.contains("sign_in"))
+        .expect("the sign-in form")
+        .to_owned()
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_sign_in_burst_gets_no_extra_guesses_and_one_address_cannot_lock_admin_out(pool: sqlx::PgPool) {
+    let app = spawn_full_app(pool, "127.0.0.1/32").await;
+    let action = sign_in_action(&app).await;
+    let origin = format!("http://{}", app.addr);
+    let sign_in = |user: &str, password: &str, forwarded: &str| {
+        app.req(Method::POST, &action)
+            .header("origin", &origin)
+            .header("x-forwarded-for", forwarded)
+            .form(&[("username", user), ("password", password)])
+    };
+    // Twenty wrong passwords for `admin` at once from one address: no more of them are
+    // checked than five sequential ones would be; the rest are refused unchecked.
+    let checks_before = app.imprint().sign_in_checks();
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let r = sign_in("admin", "wrong-password", "203.0.113.50");
+            tokio::spawn(async move { r.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for b in burst {
+        statuses.push(b.await.unwrap());
+    }
+    let wrong = statuses.iter().filter(|s| **s == 401).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(wrong + refused, 20, "{statuses:?}");
+    assert!(wrong <= 5, "{wrong} of the burst had their password checked: {statuses:?}");
+    assert!(app.imprint().sign_in_checks() - checks_before <= 5);
+    let failures = app
+        .imprint()
+        .audit_log(
+            &imprint_service::Caller::System,
+            &imprint_service::model::AuditFilter { action: Some("user.sign_in_failed".into()), ..Default::default() },
+        )
+        .await
+        .unwrap();
+    assert_eq!(failures.items.len(), wrong, "every checked attempt and no other is a failure");
+
+    // The attacker's address has locked `admin` for itself, even with the right password ...
+    for _ in 0..5 {
+        if sign_in("admin", "wrong-password", "203.0.113.50").send().await.unwrap().status() == 429 {
+            break;
+        }
+    }
+    let r = sign_in("admin", ADMIN_PASSWORD, "203.0.113.50").send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    // ... not for everyone: the right password from another address signs in.
+    let r = sign_in("admin", ADMIN_PASSWORD, "198.51.100.20").send().await.unwrap();
+    let body = r.text().await.unwrap();
+    assert!(!body.contains("too many") && !body.contains("wrong username"), "{body}");
+}
+
+/// Signs in through the console's form and returns the session cookie.
+async fn console_session(app: &crate::helpers::TestApp, user: &str, password: &str) -> String {
+    let action = sign_in_action(app).await;
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = no_redirects
+        .post(app.url(&action))
+        .header("origin", format!("http://{}", app.addr))
+        .form(&[("username", user), ("password", password)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("imprint_session="))
+        .unwrap_or_else(|| panic!("{user} signs in: {}", r.status()));
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn the_audit_log_keeps_restricted_topics_to_their_readers_and_never_shows_apollo_secrets(pool: sqlx::PgPool) {
+    let app = spawn_full_app(pool, "").await;
+    let system = imprint_service::Caller::System;
+    // Red's restricted topic, bound to Apollo with a secret that is changed once; blue's open one.
+    app.create_topic_with(json!({"name": "red.vault", "owner": "red", "restricted": true,
+        "json_schema": {"type": "object", "title": "red-schema-title"},
+        "apollo": {"app_id": "vault", "namespace": "application", "secret": "apollo-first-secret"}}))
+        .await;
+    let v = app.publish("red.vault", json!({"data": "{\"k\": \"v\"}"})).await;
+    let red_sha = v["sha256"].as_str().expect("sha256").to_owned();
+    let r = app
+        .admin(Method::PATCH, "/api/v1/topics/red.vault")
+        .json(&json!({"apollo": {"app_id": "vault", "namespace": "application", "secret": "apollo-second-secret"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.create_topic_with(json!({"name": "blue.open", "owner": "blue"})).await;
+    app.publish("blue.open", json!({"data": "{}"})).await;
+    let imp = app.imprint();
+    imp.create_team(&system, "blue", "").await.unwrap();
+    imp.create_user(&system, "bluey", "bluey-password", false).await.unwrap();
+    imp.set_team_member(&system, "blue", "bluey", true).await.unwrap();
+
+    // A member of another team: blue's entries, none of red's restricted topic.
+    let cookie = console_session(&app, "bluey", "bluey-password").await;
+    let page = app.req(Method::GET, "/audit").header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("blue.open"), "{page}");
+    for hidden in ["red.vault", red_sha.as_str(), "red-schema-title"] {
+        assert!(!page.contains(hidden), "{hidden} is shown to another team: {page}");
+    }
+    // An admin sees them.
+    let cookie = console_session(&app, "admin", ADMIN_PASSWORD).await;
+    let page = app.req(Method::GET, "/audit").header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("red.vault") && page.contains(&red_sha), "{page}");
+    let all = imp.audit_log(&system, &imprint_service::model::AuditFilter::default()).await.unwrap();
+    let update = all.items.iter().find(|e| e.action == "topic.update").expect("the secret change is recorded");
+    assert_eq!(update.details["apollo_secret"], "set", "{}", update.details);
+
+    // No form of a secret in any entry: not as given, not hashed.
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT details::text FROM audit_log").fetch_all(&app.pool).await.unwrap();
+    for secret in ["apollo-first-secret", "apollo-second-secret"] {
+        let md5: String = sqlx::query_scalar("SELECT md5($1)").bind(secret).fetch_one(&app.pool).await.unwrap();
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(secret.as_bytes()));
+        for row in &rows {
+            for form in [secret, md5.as_str(), sha.as_str()] {
+                assert!(!row.contains(form), "{form} in {row}");
+            }
+        }
+    }
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn changing_ones_password_on_the_account_page_ends_the_other_sessions(pool: sqlx::PgPool) {
+    let app = spawn_full_app(pool, "").await;
+    let system = imprint_service::Caller::System;
+    app.imprint().create_user(&system, "ada", "adas-first-password", false).await.unwrap();
+    let this = console_session(&app, "ada", "adas-first-password").await;
+    let other = console_session(&app, "ada", "adas-first-password").await;
+    let app = &app;
+    let account = |cookie: String| async move {
+        let r = app.req(Method::GET, "/account").header("cookie", cookie).send().await.unwrap();
+        r.text().await.unwrap()
+    };
+    let page = account(this.clone()).await;
+    assert!(page.contains("Signed in as"), "{page}");
+    let action = page
+        .split("action=\"")
+        .filter_map(|s| s.split('"').next())
+        .find(|a| a.contains("change_password"))
+        .expect("the change-password form")
+        .to_owned();
+    // A plain form post, as without JavaScript; the wrong current password is refused.
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let post = |current: &'static str| {
+        no_redirects
+            .post(app.url(&action))
+            .header("origin", format!("http://{}", app.addr))
+            .header("accept", "text/html")
+            .header("referer", app.url("/account"))
+            .header("cookie", &this)
+            .form(&[
+                ("current_password", current),
+                ("new_password", "adas-second-password"),
+                ("repeat_password", "adas-second-password"),
+            ])
+            .send()
+    };
+    let r = post("not-adas-password").await.unwrap();
+    let to = r.headers().get("location").map(|l| l.to_str().unwrap().to_owned()).unwrap_or_default();
+    assert!(to.contains("error="), "{} {to}", r.status());
+    let r = post("adas-first-password").await.unwrap();
+    let to = r.headers().get("location").map(|l| l.to_str().unwrap().to_owned()).unwrap_or_default();
+    assert!(to.starts_with("/account") && to.contains("notice="), "{} {to}", r.status());
+    // The session id changed with the password: the answer carries the new cookie.
+    let this = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("imprint_session="))
+        .map(|c| c.split(';').next().unwrap().to_owned())
+        .unwrap_or(this);
+    assert!(account(this).await.contains("Signed in as"), "the session that changed it goes on");
+    assert!(!account(other).await.contains("Signed in as"), "the other session ended");
+    console_session(app, "ada", "adas-second-password").await;
+}
+
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn concurrent_pins_on_one_selector_never_fail(pool: sqlx::PgPool) {
     let app = spawn_app(pool).await;

@@ -10,6 +10,9 @@ pub(crate) struct AuditRow {
     pub action: String,
     pub topic: Option<String>,
     pub details: serde_json::Value,
+    /// The entry's topic as it is now (owner, restricted), when it names one.
+    pub topic_owner: Option<String>,
+    pub topic_restricted: Option<bool>,
 }
 
 /// Records one action in the caller's transaction.
@@ -45,12 +48,14 @@ pub(crate) async fn list<'e>(
 ) -> Result<Vec<AuditRow>> {
     Ok(sqlx::query_as!(
         AuditRow,
-        r#"SELECT id, at AS "at: DateTime<Utc>", actor, action, topic, details FROM audit_log
-         WHERE ($1::text IS NULL OR topic = $1)
-           AND ($2::text IS NULL OR actor = $2)
-           AND ($3::text IS NULL OR action LIKE $3)
-           AND ($4::bigint IS NULL OR id < $4)
-         ORDER BY id DESC LIMIT $5"#,
+        r#"SELECT a.id, a.at AS "at: DateTime<Utc>", a.actor, a.action, a.topic, a.details,
+                  t.owner AS "topic_owner?", t.restricted AS "topic_restricted?"
+           FROM audit_log a LEFT JOIN topics t ON t.name = a.topic
+         WHERE ($1::text IS NULL OR a.topic = $1)
+           AND ($2::text IS NULL OR a.actor = $2)
+           AND ($3::text IS NULL OR a.action LIKE $3)
+           AND ($4::bigint IS NULL OR a.id < $4)
+         ORDER BY a.id DESC LIMIT $5"#,
         topic,
         actor,
         action_like,

@@ -179,14 +179,44 @@ pub(crate) async fn settings_json(conn: &mut PgConnection, id: i64) -> Result<se
             'anonymous_reports', anonymous_reports,
             'apollo', CASE WHEN apollo_app_id IS NULL THEN NULL ELSE jsonb_build_object(
                 'app_id', apollo_app_id, 'namespace', apollo_namespace,
-                -- a changed secret shows as a change, never the secret itself
-                'secret', CASE WHEN apollo_secret IS NULL THEN NULL ELSE md5(apollo_secret) END) END) AS "settings!"
+                -- whether there is a secret, never the secret or a hash of it (a new
+                -- secret is noted by the update that sets it)
+                'secret_set', apollo_secret IS NOT NULL) END) AS "settings!"
          FROM topics WHERE id = $1"#,
         id
     )
     .fetch_one(&mut *conn)
     .await?;
     Ok(v)
+}
+
+/// A topic's Apollo app (if bound) and owner.
+pub(crate) async fn apollo_app(conn: &mut PgConnection, id: i64) -> Result<(Option<String>, String)> {
+    let r = sqlx::query!("SELECT apollo_app_id, owner FROM topics WHERE id = $1", id).fetch_one(&mut *conn).await?;
+    Ok((r.apollo_app_id, r.owner))
+}
+
+/// Another team than `owner` with a topic bound to Apollo app `app_id` (other than topic
+/// `id`), if any. Takes a transaction-level lock on the app first, so two teams binding
+/// the same new app at once are decided one after the other.
+pub(crate) async fn apollo_app_other_team(
+    conn: &mut PgConnection,
+    app_id: &str,
+    id: i64,
+    owner: &str,
+) -> Result<Option<String>> {
+    sqlx::query!("SELECT pg_advisory_xact_lock(hashtextextended('imprint.apollo_app:' || $1, 0))", app_id)
+        .execute(&mut *conn)
+        .await?;
+    let other = sqlx::query_scalar!(
+        "SELECT owner FROM topics WHERE apollo_app_id = $1 AND id <> $2 AND owner <> $3 ORDER BY id LIMIT 1",
+        app_id,
+        id,
+        owner
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(other)
 }
 
 /// A topic's named plans and its default plan.

@@ -110,11 +110,23 @@ pub(crate) async fn insert(
 }
 
 /// Sets a password hash; false if there is no such user.
-pub(crate) async fn set_password(conn: &mut PgConnection, username: &str, hash: &str) -> Result<bool> {
-    let r = sqlx::query_scalar!("UPDATE users SET password_hash = $2 WHERE username = $1 RETURNING id", username, hash)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(r.is_some())
+/// Sets a user's password and moves their session epoch on (their sessions end);
+/// returns the new epoch (`None`: no such user).
+pub(crate) async fn set_password(conn: &mut PgConnection, username: &str, hash: &str) -> Result<Option<i64>> {
+    let r = sqlx::query_scalar!(
+        "UPDATE users SET password_hash = $2, session_epoch = session_epoch + 1 WHERE username = $1
+         RETURNING session_epoch",
+        username,
+        hash
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(r)
+}
+
+/// A user's session epoch (`None`: no such user).
+pub(crate) async fn session_epoch<'e>(ex: impl PgExecutor<'e>, id: i64) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar!("SELECT session_epoch FROM users WHERE id = $1", id).fetch_optional(ex).await?)
 }
 
 /// Whether a user is disabled (`None`: no such user), locking the row.
