@@ -60,9 +60,7 @@ pub async fn spawn_app_clocked(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let app = imprint_server::api_router(imprint.clone());
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.expect("serve")
-    });
+    serve(listener, app, imprint_server::ConnectionLimits::default());
     TestApp { addr, client: Client::new(), pool: admin_pool, imprint }
 }
 
@@ -75,13 +73,19 @@ pub async fn spawn_full_app(pool: PgPool, trusted: &str) -> TestApp {
     let sessions = imprint_server::session_layer(&imprint, false).await.expect("sessions");
     let options = leptos::config::LeptosOptions::builder().output_name("imprint").site_root("target/site").build();
     let trusted = imprint_server::TrustedProxies::parse(trusted).expect("proxies");
+    let limits = imprint_server::ConnectionLimits { exempt: trusted.clone(), ..Default::default() };
     let app = imprint_server::full_router(imprint.clone(), options, sessions, trusted);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.expect("serve")
-    });
+    serve(listener, app, limits);
     TestApp { addr, client: Client::new(), pool, imprint }
+}
+
+/// Serves `app` as the server binary does (the same listener and limits), until the test ends.
+pub fn serve(listener: tokio::net::TcpListener, app: axum::Router, limits: imprint_server::ConnectionLimits) {
+    tokio::spawn(async move {
+        imprint_server::serve_with_limits(listener, app, limits, std::future::pending()).await.expect("serve")
+    });
 }
 
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
