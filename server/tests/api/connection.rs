@@ -207,7 +207,6 @@ async fn shutdown_is_not_held_up_by_slow_clients(pool: PgPool) {
     for s in [&mut slow_head, &mut slow_body, &mut silent, &mut ok] {
         read_until_closed(s).await;
     }
-    assert!(TcpStream::connect(addr).await.is_err(), "no longer listening");
 }
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
