@@ -172,7 +172,9 @@ fn refusal_status(e: &Error) -> http::StatusCode {
         Error::TooManyAttempts { .. } => S::TOO_MANY_REQUESTS,
         Error::Busy(_) => S::SERVICE_UNAVAILABLE,
         Error::PayloadTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
-        Error::StorageUnavailable(_) | Error::ObjectStoreUnavailable(_) => S::SERVICE_UNAVAILABLE,
+        Error::StorageUnavailable(_) | Error::CommitUnknown(_) | Error::ObjectStoreUnavailable(_) => {
+            S::SERVICE_UNAVAILABLE
+        }
         Error::Internal(_) => S::INTERNAL_SERVER_ERROR,
         Error::TopicNotFound(_)
         | Error::VersionNotFound { .. }

@@ -57,7 +57,7 @@ pub fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
         Error::SchemaViolation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "schema_violation"),
         Error::TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
         Error::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-        Error::StorageUnavailable(_) | Error::ObjectStoreUnavailable(_) => {
+        Error::StorageUnavailable(_) | Error::CommitUnknown(_) | Error::ObjectStoreUnavailable(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
         }
         Error::ChecksumMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "checksum_mismatch"),

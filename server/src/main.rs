@@ -113,6 +113,14 @@ struct ServeArgs {
     /// backoff. Default: derived from the open-file limit.
     #[arg(long, env = "IMPRINT_MAX_LONG_POLLS")]
     max_long_polls: Option<usize>,
+    /// Memory the requests held open (long polls, Apollo notifications, live streams)
+    /// may hold together, in MiB; past it a long poll is answered at once with a backoff.
+    #[arg(long, env = "IMPRINT_LONG_POLL_MEMORY_MB", default_value_t = 256)]
+    long_poll_memory_mb: usize,
+    /// Long polls one anonymous client address may hold open (0: no limit); token
+    /// holders are bounded by the other caps only.
+    #[arg(long, env = "IMPRINT_MAX_LONG_POLLS_PER_ADDRESS", default_value_t = 1000)]
+    max_long_polls_per_address: usize,
     /// Reverse proxies (comma-separated CIDRs) whose X-Forwarded-For / Forwarded header
     /// names the client (sign-in throttling counts per client address).
     #[arg(long, env = "IMPRINT_TRUSTED_PROXIES", default_value = "")]
@@ -295,6 +303,12 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
         audit_enabled: args.audit,
         poll_auth_required: args.poll_auth == PollAuth::Required,
         max_long_polls,
+        max_long_poll_bytes: args.long_poll_memory_mb.max(1).saturating_mul(1 << 20),
+        max_long_polls_per_address: if args.max_long_polls_per_address == 0 {
+            usize::MAX
+        } else {
+            args.max_long_polls_per_address
+        },
         objects,
         janitor_every: Duration::from_secs(args.janitor_secs.max(1)),
         register_area: {

@@ -41,6 +41,10 @@ pub enum Error {
     Forbidden(String),
     #[error("storage is unavailable; try again later")]
     StorageUnavailable(#[source] sqlx::Error),
+    /// A commit that failed in a way that leaves its outcome unknown (the connection
+    /// broke, a deferred check failed): nothing it would have named may be deleted.
+    #[error("storage is unavailable; the change may or may not have been made: look before trying again")]
+    CommitUnknown(#[source] sqlx::Error),
     /// The object store failed or is unreachable; nothing was committed.
     #[error("the object store is unavailable ({0}); nothing was stored, try again later")]
     ObjectStoreUnavailable(String),

@@ -80,9 +80,12 @@ impl Imprint {
         }
         let now = self.now();
         let (history, rolling) = retention_inputs(&mut tx, id).await?;
+        // The version the topic's snapshot manifest names stays until the next snapshot
+        // pass names another: clients starting from the manifest fetch its object.
+        let in_snapshot = store::snapshots::version_of(&mut *tx, id).await?.map(|v| v as u64);
         let victims: Vec<i64> = retention_decisions(&history, policy, &rolling, now)
             .into_iter()
-            .filter(|d| d.kept.is_none())
+            .filter(|d| d.kept.is_none() && Some(d.version) != in_snapshot)
             .take(budget)
             .map(|d| d.version as i64)
             .collect();
@@ -122,11 +125,7 @@ impl Imprint {
     /// their scopes, active pins; not its whole history), at most
     /// `store::history::MAX_HISTORY_ROWS` versions. `true`: the topic has more live
     /// versions than that, and only the newest were considered.
-    pub async fn retention_preview_bounded(
-        &self,
-        caller: &Caller,
-        topic: &str,
-    ) -> Result<(Vec<RetentionItem>, bool)> {
+    pub async fn retention_preview_bounded(&self, caller: &Caller, topic: &str) -> Result<(Vec<RetentionItem>, bool)> {
         let t = self.readable_topic(caller, topic).await?;
         let full = self.topic(caller, &t.name).await?;
         let policy = policy_of(

@@ -45,6 +45,8 @@ struct Inner {
     /// The canonical directory of a local store (symlinks of registered keys are resolved
     /// against it).
     local_root: Option<std::path::PathBuf>,
+    /// Objects fsynced so far (`sync`).
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Objects {
@@ -83,7 +85,17 @@ impl Objects {
         signer: Option<Arc<dyn Signer>>,
         move_limit: Option<u64>,
     ) -> Self {
-        Self { inner: Arc::new(Inner { store, base, prefix, signer, move_limit, local_root: None }) }
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                base,
+                prefix,
+                signer,
+                move_limit,
+                local_root: None,
+                syncs: Default::default(),
+            }),
+        }
     }
 
     /// A local directory (created if missing).
@@ -103,6 +115,7 @@ impl Objects {
             signer: None,
             move_limit: None,
             local_root: Some(dir),
+            syncs: Default::default(),
         };
         Ok(Self { inner: Arc::new(inner) })
     }
@@ -298,6 +311,33 @@ impl Objects {
     /// 5 GiB in one request; a larger upload stays at its upload key.)
     pub(crate) fn can_move(&self, size: u64) -> bool {
         self.inner.move_limit.is_none_or(|l| size <= l)
+    }
+
+    /// Makes an object durable: on a local store its file and the directory naming it are
+    /// fsynced (a version must never commit naming bytes a crash could take back); cloud
+    /// stores acknowledge a write only once it is durable.
+    pub(crate) async fn sync(&self, key: &Path) -> Result<()> {
+        let Some(root) = &self.inner.local_root else { return Ok(()) };
+        let mut file = root.clone();
+        file.extend(key.parts().map(|p| p.as_ref().to_owned()));
+        let io = |e: std::io::Error| Error::ObjectStoreUnavailable(format!("cannot make {key} durable: {e}"));
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)?.sync_all()?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(io)?;
+        self.inner.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Objects made durable by `sync` so far (local stores).
+    pub fn syncs(&self) -> u64 {
+        self.inner.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Moves an upload to its final key, refusing to overwrite where the store can.

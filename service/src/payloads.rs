@@ -301,6 +301,7 @@ impl Imprint {
 
     /// Where a version's payload is (410 once purged).
     pub async fn version_payload(&self, caller: &Caller, topic: &str, version: u64) -> Result<VersionPayload> {
+        self.require_direct_reader(caller)?;
         let t = self.readable_topic(caller, topic).await?;
         let row = store::versions::data(self.pool(), t.id, version as i64)
             .await?

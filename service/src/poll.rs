@@ -337,7 +337,27 @@ impl Imprint {
 
     /// Consumers' own checks: with `IMPRINT_POLL_AUTH=required` a token is needed, and a
     /// label-bound consumer token must claim its labels.
-    fn require_poller(&self, caller: &Caller, claimed: &BTreeMap<String, String>) -> Result<()> {
+    /// Reads of payloads and versions by number (`/versions`, `/versions/{n}`, its data):
+    /// anonymous ones need `IMPRINT_POLL_AUTH=optional`, and a consumer token bound to
+    /// labels reads only what its labels resolve to (poll, `/latest`, `/resolve`), never
+    /// a version picked by number.
+    pub(crate) fn require_direct_reader(&self, caller: &Caller) -> Result<()> {
+        if self.config().poll_auth_required && matches!(caller, Caller::Anonymous) {
+            return Err(Error::Unauthorized(
+                "this server requires a token to read payloads (IMPRINT_POLL_AUTH=required)".into(),
+            ));
+        }
+        if let Caller::Consumer { name, labels, .. } = caller {
+            if !labels.is_empty() {
+                return Err(Error::Forbidden(format!(
+                    "the consumer token {name:?} is bound to labels: it reads what they resolve to (poll, /latest or /resolve with its labels), not versions by number"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn require_poller(&self, caller: &Caller, claimed: &BTreeMap<String, String>) -> Result<()> {
         if self.config().poll_auth_required && matches!(caller, Caller::Anonymous) {
             return Err(Error::Unauthorized(
                 "this server requires a token to poll (IMPRINT_POLL_AUTH=required)".into(),

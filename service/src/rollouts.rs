@@ -244,9 +244,20 @@ impl Imprint {
                 // What each selector resolved to just before the rollout started.
                 let history = self.history_of(&mut tx, t.id).await?;
                 let before = r.started_at() - Duration::microseconds(1);
-                r.cancel(now, rollback, |sel: &Selector| {
+                let effects = r.cancel(now, rollback, |sel: &Selector| {
                     history.resolve_at(&sel.as_labels(), before).map(|res| res.version)
-                })?
+                })?;
+                // A rollback never pins consumers onto a payload retention has deleted.
+                for e in &effects {
+                    if let Effect::Pin { selector, version, .. } = e {
+                        if history.versions.get(version).is_none_or(|v| v.purged_at.is_some()) {
+                            return Err(Error::InvalidState(format!(
+                                "cannot roll back: {selector} held version {version} before the rollout, and it has been purged by retention; cancel without rollback, or pin a live version"
+                            )));
+                        }
+                    }
+                }
+                effects
             }
             RolloutAction::Supersede => return Err(Error::invalid("supersede is not an operator action")),
         };

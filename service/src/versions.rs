@@ -164,9 +164,13 @@ impl Imprint {
             _ => None,
         };
         let result = self.commit_publish(caller, topic, meta, received, started).await;
-        if let (Err(_), Some(key)) = (&result, staging) {
-            // Nothing half-written stays: the upload goes (the sweep would otherwise).
-            self.discard_upload(&key).await;
+        if let (Err(e), Some(key)) = (&result, staging) {
+            // Nothing half-written stays: the upload goes (the sweep would otherwise) —
+            // unless the commit's outcome is unknown: then the version may exist, and the
+            // sweep (which never deletes what a version points at) decides.
+            if !matches!(e, Error::CommitUnknown(_)) {
+                self.discard_upload(&key).await;
+            }
         }
         result
     }
@@ -262,9 +266,16 @@ impl Imprint {
                 let later = created_at + chrono::Duration::hours(1);
                 store::objects::mark(self.pool(), to.as_ref(), later, "publish").await?;
                 self.objects().claim(key, &to).await?;
+                // Durable before the version that names it commits.
+                self.objects().sync(&to).await?;
                 (sha256.clone(), Some(to))
             }
-            Received::Object { sha256, .. } => (sha256.clone(), None),
+            Received::Object { key, sha256, owned, .. } => {
+                if *owned {
+                    self.objects().sync(key).await?;
+                }
+                (sha256.clone(), None)
+            }
         };
         let stored = match &received {
             Received::Inline(b) => store::versions::StoredAt::Inline(b.as_ref()),
@@ -319,14 +330,14 @@ impl Imprint {
             let seq = store::notify(&mut tx, t.id).await?;
             // Applied below by this call: the notification need not reload it again here.
             let own = self.state().own_change(t.id, seq);
-            tx.commit().await?;
+            tx.commit().await.map_err(Error::CommitUnknown)?;
             Ok::<_, Error>((rollout_id, own, seq))
         }
         .await;
         let (rollout_id, own, seq) = match committed {
             Ok(x) => x,
             Err(e) => {
-                if let Some(to) = &final_key {
+                if let (Some(to), false) = (&final_key, matches!(e, Error::CommitUnknown(_))) {
                     self.discard_upload(to).await;
                 }
                 return Err(e);
@@ -396,6 +407,7 @@ impl Imprint {
         limit: Option<u32>,
         cursor: Option<&str>,
     ) -> Result<Page<Version>> {
+        self.require_direct_reader(caller)?;
         let limit = cursor::limit(limit)?;
         let before = cursor.map(cursor::decode).transpose()?;
         let t = self.readable_topic(caller, topic).await?;
@@ -416,6 +428,7 @@ impl Imprint {
     }
 
     pub async fn version(&self, caller: &Caller, topic: &str, version: u64) -> Result<Version> {
+        self.require_direct_reader(caller)?;
         let t = self.readable_topic(caller, topic).await?;
         let row = store::versions::get(self.pool(), t.id, version as i64)
             .await?
@@ -501,6 +514,7 @@ impl Imprint {
         let name = imprint_domain::TopicName::parse(topic)?;
         let t = self.state().get(name.as_str()).ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         caller.require_read(name.as_str(), &t.owner, t.restricted)?;
+        self.require_poller(caller, labels.pairs())?;
         Ok(match at {
             None => (t.index.resolve(labels), false),
             Some(at) => {

@@ -845,3 +845,64 @@ async fn no_publisher_registers_another_team_s_objects_in_any_spelling(pool: sql
         app.imprint_shutdown();
     }
 }
+
+/// A local object is fsynced (file and directory) before its version commits, and a
+/// commit that fails — its outcome cannot be known from here — deletes nothing: the
+/// sweep, which never deletes what a version points at, decides later.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn objects_are_durable_before_commit_and_an_unknown_commit_deletes_nothing(pool: sqlx::PgPool) {
+    let store = Store { tag: "file", objects: file_store() };
+    let app = app_on(&pool, &store).await;
+    app.create_topic("durable.t").await;
+    let before = store.objects.syncs();
+    let r = raw_publish(&app, "durable.t", bytes_of(2 << 20, 3), &[]).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(store.objects.syncs(), before + 1, "the object was fsynced before the commit");
+    // Every commit of a version now fails at COMMIT (a deferred check).
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+         CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON versions DEFERRABLE INITIALLY DEFERRED
+           FOR EACH ROW EXECUTE FUNCTION refuse_commit();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let payload = bytes_of(2 << 20, 4);
+    let r = raw_publish(&app, "durable.t", payload.clone(), &[]).await;
+    assert_error(r, 503, "storage_unavailable").await;
+    assert_eq!(app.versions_in_db("durable.t").await, 1);
+    let kept = keys(&store.objects).await;
+    assert!(kept.iter().any(|k| k.ends_with(&format!("durable.t/2/{}", sha(&payload)))), "{kept:?}");
+    assert!(stray_rows(&app).await >= 1, "the sweep looks at it later");
+    app.imprint_shutdown();
+}
+
+/// The janitor keeps the version a topic's snapshot manifest still names (clients that
+/// start from the manifest fetch its object) until a snapshot pass names another.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn the_janitor_keeps_what_the_snapshot_manifest_names(pool: sqlx::PgPool) {
+    let store = Store { tag: "file", objects: file_store() };
+    let objects = store.objects.clone();
+    let app = spawn_app_configured(pool.clone(), pool.clone(), move |c| {
+        c.objects = objects;
+        c.janitor_every = Duration::from_secs(3600);
+        c.snapshot_every = Duration::from_secs(3600);
+    })
+    .await;
+    app.create_topic_with(json!({"name": "snap.kept", "owner": "payments", "retention": {"max_versions": 1}})).await;
+    let first = bytes_of(2 << 20, 5);
+    assert_eq!(raw_publish(&app, "snap.kept", first.clone(), &[]).await.status(), 201);
+    app.imprint().snapshot_pass().await.expect("snapshot names v1");
+    assert_eq!(raw_publish(&app, "snap.kept", bytes_of(2 << 20, 6), &[]).await.status(), 201);
+    app.imprint().janitor_pass().await.expect("pass");
+    let app = &app;
+    let held = |v: u64| async move {
+        let r = app.admin(Method::GET, &format!("/api/v1/topics/snap.kept/versions/{v}/data")).send().await.unwrap();
+        r.status().as_u16()
+    };
+    assert_eq!(held(1).await, 200, "v1 is what the manifest names");
+    app.imprint().snapshot_pass().await.expect("snapshot names v2");
+    app.imprint().janitor_pass().await.expect("pass");
+    assert_eq!(held(1).await, 410, "purged once the manifest moved on");
+    app.imprint_shutdown();
+}

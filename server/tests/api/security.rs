@@ -229,3 +229,84 @@ async fn console_pages_carry_security_headers_with_a_fresh_nonce(pool: sqlx::PgP
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("sandbox"));
 }
+
+/// `IMPRINT_POLL_AUTH=required` and label-bound consumer tokens hold for every read of
+/// payloads and versions, not only for polls and `/latest`.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn poll_auth_and_label_bound_tokens_apply_to_every_payload_read(pool: sqlx::PgPool) {
+    let app = spawn_app_configured(pool.clone(), pool, |c| c.poll_auth_required = true).await;
+    app.create_topic("bound.data").await;
+    app.publish("bound.data", json!({"data": "eu only", "scopes": [{"region": "eu"}]})).await;
+    let direct = [
+        "/api/v1/topics/bound.data/versions",
+        "/api/v1/topics/bound.data/versions/1",
+        "/api/v1/topics/bound.data/versions/1/data",
+    ];
+    for path in direct.iter().copied().chain(["/api/v1/topics/bound.data/resolve?labels=region=eu"]) {
+        let r = app.req(Method::GET, path).send().await.unwrap();
+        assert_error(r, 401, "unauthorized").await;
+    }
+    let us = app.consumer_token("us-nodes", None, &[("region", "us")], &[]).await;
+    for path in direct {
+        let r = app.req(Method::GET, path).bearer_auth(&us).send().await.unwrap();
+        assert_error(r, 403, "forbidden").await;
+    }
+    let r = app
+        .req(Method::GET, "/api/v1/topics/bound.data/resolve?labels=region=eu")
+        .bearer_auth(&us)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+    let r = app
+        .req(Method::GET, "/api/v1/topics/bound.data/resolve?labels=region=us")
+        .bearer_auth(&us)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["version"], Value::Null, "nothing is released to region=us");
+    // An unbound consumer token and publishers read versions as before.
+    let any = app.consumer_token("any-node", None, &[], &[]).await;
+    for path in direct {
+        let r = app.req(Method::GET, path).bearer_auth(&any).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}
+
+/// A cancel with rollback would pin consumers to what they held before the rollout: if
+/// retention has purged that version since, it is refused (nothing changes) instead of
+/// pinning them onto a payload that no longer exists.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_rollback_never_pins_a_purged_version(pool: sqlx::PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.create_topic("rb.purged").await;
+    app.publish("rb.purged", json!({"data": "v1"})).await;
+    app.publish("rb.purged", json!({"data": "v2", "scopes": []})).await;
+    let ro: Value = app
+        .admin(Method::POST, "/api/v1/topics/rb.purged/rollouts")
+        .json(&json!({"version": 2, "stages": [{"selector": {"cluster": "canary"}, "wait_s": 3600}, {"selector": {}, "wait_s": 0}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = &ro["id"];
+    sqlx::query(
+        "UPDATE versions v SET purged_at = now() FROM topics t WHERE t.id = v.topic_id AND t.name = 'rb.purged' AND v.version = 1",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let cancel = |body: Value| {
+        app.admin(Method::POST, &format!("/api/v1/topics/rb.purged/rollouts/{id}/cancel")).json(&body).send()
+    };
+    let body = assert_error(cancel(json!({"rollback": true})).await.unwrap(), 409, "invalid_state").await;
+    assert!(body.to_string().contains("purged"), "{body}");
+    let pins: Value = app.req(Method::GET, "/api/v1/topics/rb.purged/pins").send().await.unwrap().json().await.unwrap();
+    assert_eq!(pins["pins"].as_array().unwrap().len(), 0, "nothing was pinned");
+    let r = cancel(json!({"rollback": false})).await.unwrap();
+    assert_eq!(r.status(), 200);
+}

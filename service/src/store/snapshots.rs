@@ -37,3 +37,8 @@ pub(crate) async fn delete<'e>(ex: impl PgExecutor<'e>, topic_id: i64) -> Result
     sqlx::query!("DELETE FROM snapshots WHERE topic_id = $1", topic_id).execute(ex).await?;
     Ok(())
 }
+
+/// The version a topic's current snapshot manifest names, if it has one.
+pub(crate) async fn version_of<'e>(ex: impl PgExecutor<'e>, topic_id: i64) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar!("SELECT version FROM snapshots WHERE topic_id = $1", topic_id).fetch_optional(ex).await?)
+}
