@@ -334,7 +334,8 @@ pub struct Resolved {
     pub pinned: bool,
     pub at: Option<DateTime<Utc>>,
     /// With `at`: the topic had more versions or pins in effect then than one answer
-    /// reads (2 000), and only the newest were considered.
+    /// reads (2 000), and only the newest were considered. Absent when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
 }
 
