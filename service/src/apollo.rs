@@ -16,7 +16,10 @@ use std::time::Duration;
 /// binding (another binding's secret, of the same app or not, opens nothing). The check
 /// itself (HMAC, timestamp) is the endpoint's; it says why a secret does not verify.
 #[derive(Clone)]
-pub struct ApolloSignature(Arc<dyn Fn(&str) -> std::result::Result<(), String> + Send + Sync>);
+pub struct ApolloSignature(Arc<SignatureCheck>);
+
+/// Checks a request's signature against one secret: `Err` says why it does not verify.
+type SignatureCheck = dyn Fn(&str) -> std::result::Result<(), String> + Send + Sync;
 
 impl ApolloSignature {
     pub fn new(check: impl Fn(&str) -> std::result::Result<(), String> + Send + Sync + 'static) -> Self {
