@@ -310,3 +310,55 @@ async fn a_rollback_never_pins_a_purged_version(pool: sqlx::PgPool) {
     let r = cancel(json!({"rollback": false})).await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// The console's live stream with `topics=*` names only topics its user may read: a
+/// change to another team's restricted topic is never announced to them.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn the_live_stream_never_names_restricted_topics_the_user_may_not_read(pool: sqlx::PgPool) {
+    use futures::StreamExt;
+    let app = spawn_full_app(pool, "").await;
+    let admin = imprint_service::Caller::System;
+    app.imprint().create_team(&admin, "blue", "").await.unwrap();
+    app.imprint().create_user(&admin, "bob", "bob-password-123456", false).await.unwrap();
+    app.imprint().set_team_member(&admin, "blue", "bob", true).await.unwrap();
+    app.create_topic_with(json!({"name": "red.hidden", "owner": "red", "restricted": true})).await;
+    app.create_topic_with(json!({"name": "blue.visible", "owner": "blue"})).await;
+    // Sign in as bob through the console's own form.
+    let login = app.req(Method::GET, "/login").send().await.unwrap().text().await.unwrap();
+    let action = login
+        .split("action=\"")
+        .filter_map(|s| s.split('"').next())
+        .find(|a| a.contains("sign_in"))
+        .expect("the sign-in form")
+        .to_owned();
+    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = no_redirects
+        .post(app.url(&action))
+        .header("origin", format!("http://{}", app.addr))
+        .form(&[("username", "bob"), ("password", "bob-password-123456")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("imprint_session="))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let events = app.req(Method::GET, "/console/events?topics=*").header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(events.status(), 200);
+    let mut body = events.bytes_stream();
+    let first = body.next().await.expect("ready").unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("ready"));
+    app.publish("red.hidden", json!({"data": "secret"})).await;
+    app.publish("blue.visible", json!({"data": "open"})).await;
+    let mut seen = String::new();
+    while !seen.contains("blue.visible") {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), body.next()).await.expect("an event").expect("open");
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(!seen.contains("red.hidden"), "{seen}");
+}
