@@ -612,3 +612,60 @@ async fn sigterm_right_after_polls_loses_no_audit_row(pool: sqlx::PgPool) {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM consumers").fetch_one(&pool).await.unwrap();
     assert_eq!(n, 5, "every poll answered before SIGTERM is in the audit");
 }
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn the_binary_refuses_short_bootstrap_tokens_and_writes_the_admin_password_to_a_private_file(pool: sqlx::PgPool) {
+    let db = pool.connect_options().get_database().expect("database name").to_owned();
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let url = match base.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{db}"),
+        None => panic!("DATABASE_URL {base}"),
+    };
+    let home = std::env::temp_dir().join(format!("imprint-admin-file-{}-{db}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    let port = free_port();
+    let server = |token: &str| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_imprint-server"));
+        c.arg("serve")
+            .env("DATABASE_URL", &url)
+            .env("IMPRINT_HOME", &home)
+            .env("IMPRINT_ADDR", format!("127.0.0.1:{port}"))
+            .env("IMPRINT_BOOTSTRAP_TOKEN", token)
+            .env_remove("IMPRINT_ADMIN_PASSWORD")
+            .env("LEPTOS_OUTPUT_NAME", "imprint")
+            .env("LEPTOS_SITE_ROOT", "target/site")
+            .env("RUST_LOG", "info");
+        c
+    };
+    // A short bootstrap token: the server does not start, and says why.
+    let out = server("short-token").output().expect("run imprint");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("IMPRINT_BOOTSTRAP_TOKEN") && err.contains("at least 32"), "{err}");
+    assert!(!home.join("admin-password").exists(), "nothing was created");
+
+    // First start: the generated password is in a 0600 file, in neither stdout nor the log.
+    let mut child = server(ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start imprint");
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    while client.get(&ready).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(std::time::Instant::now() < deadline, "the server never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let file = home.join("admin-password");
+    let password = std::fs::read_to_string(&file).expect("the password file").trim().to_owned();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(password.len() >= 20);
+    let _ = std::process::Command::new("kill").arg(child.id().to_string()).status();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains(&password) && !stderr.contains(&password), "the password was printed");
+    assert!(stdout.contains(&file.display().to_string()), "the log says where it is: {stdout}");
+    let _ = std::fs::remove_dir_all(&home);
+}
