@@ -29,13 +29,25 @@ pub struct TokenRow {
     pub last_used_at: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminData {
     pub users: Vec<UserRow>,
     pub teams: Vec<TeamRow>,
     pub tokens: Vec<TokenRow>,
     /// A token created by a form post without JavaScript, shown this once.
     pub new_token: Option<(String, String)>,
+}
+
+/// The new token's value never goes into logs or panic messages.
+impl std::fmt::Debug for AdminData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminData")
+            .field("users", &self.users)
+            .field("teams", &self.teams)
+            .field("tokens", &self.tokens)
+            .field("new_token", &self.new_token.as_ref().map(|(name, _)| (name, "<redacted>")))
+            .finish()
+    }
 }
 
 #[cfg(feature = "ssr")]

@@ -626,14 +626,11 @@ pub async fn list_pins(
 pub async fn poll(
     State(imprint): State<Imprint>,
     PollAuth(caller): PollAuth,
-    client: Option<axum::Extension<imprint_service::auth::ClientIp>>,
-    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    crate::extract::ClientAddr(client): crate::extract::ClientAddr,
     crate::extract::Credential(credential): crate::extract::Credential,
     ApiJson(mut req): ApiJson<PollRequest, { crate::extract::MAX_POLL_BODY_BYTES }>,
 ) -> ApiResult<Json<PollResponse>> {
-    // The client behind trusted proxies, else the peer itself (the API-only router has
-    // no proxy settings).
-    req.client = client.map(|c| c.0 .0).or(peer.map(|p| p.0 .0.ip()));
+    req.client = client;
     req.credential = credential;
     Ok(Json(imprint.poll(&caller, req).await?))
 }

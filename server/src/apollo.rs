@@ -104,8 +104,10 @@ async fn resolve_config(
     q: &ConfigQuery,
     headers: &HeaderMap,
     uri: &Uri,
+    peer: Option<std::net::IpAddr>,
 ) -> ApiResult<imprint_service::apollo::ApolloConfig> {
     let client = ApolloClient {
+        peer,
         signature: signature(imprint, headers, uri),
         app_id,
         cluster,
@@ -125,9 +127,10 @@ pub async fn configs(
     ApiQuery(q): ApiQuery<ConfigQuery>,
     headers: HeaderMap,
     uri: Uri,
+    crate::extract::ClientAddr(peer): crate::extract::ClientAddr,
 ) -> ApiResult<Response> {
     let (app_id, cluster) = (p.0.clone(), p.1.clone());
-    let c = resolve_config(&imprint, p, &q, &headers, &uri).await?;
+    let c = resolve_config(&imprint, p, &q, &headers, &uri, peer).await?;
     let client_key = q.release_key.as_deref().filter(|k| !k.is_empty() && *k != "-1");
     if client_key == Some(c.release_key.as_str()) {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
@@ -149,8 +152,9 @@ pub async fn config_json(
     ApiQuery(q): ApiQuery<ConfigQuery>,
     headers: HeaderMap,
     uri: Uri,
+    crate::extract::ClientAddr(peer): crate::extract::ClientAddr,
 ) -> ApiResult<Response> {
-    let c = resolve_config(&imprint, p, &q, &headers, &uri).await?;
+    let c = resolve_config(&imprint, p, &q, &headers, &uri, peer).await?;
     Ok(Json(c.configurations).into_response())
 }
 
@@ -161,8 +165,9 @@ pub async fn config_text(
     ApiQuery(q): ApiQuery<ConfigQuery>,
     headers: HeaderMap,
     uri: Uri,
+    crate::extract::ClientAddr(peer): crate::extract::ClientAddr,
 ) -> ApiResult<Response> {
-    let c = resolve_config(&imprint, p, &q, &headers, &uri).await?;
+    let c = resolve_config(&imprint, p, &q, &headers, &uri, peer).await?;
     let text = imprint_domain::apollo::render_properties(&c.configurations);
     Ok(([(header::CONTENT_TYPE, "text/plain;charset=UTF-8")], text).into_response())
 }
@@ -175,6 +180,7 @@ pub async fn notifications(
     ApiQuery(q): ApiQuery<NotificationQuery>,
     headers: HeaderMap,
     uri: Uri,
+    crate::extract::ClientAddr(peer): crate::extract::ClientAddr,
 ) -> ApiResult<Response> {
     let bad = |m: String| ApiError::invalid(m);
     let app_id = q.app_id.clone().filter(|a| !a.is_empty()).ok_or_else(|| bad("appId is required".into()))?;
@@ -186,6 +192,7 @@ pub async fn notifications(
         return Err(bad(format!("notifications lists 1 to {MAX_NOTIFICATIONS} namespaces, each with a name")));
     }
     let client = ApolloClient {
+        peer,
         signature: signature(&imprint, &headers, &uri),
         app_id,
         cluster,

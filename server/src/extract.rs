@@ -212,3 +212,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Credential {
         Ok(Credential(bearer(parts)?.map(|t| imprint_service::auth::hash_token(&t))))
     }
 }
+
+/// The client's address: the one behind trusted proxies (`ClientIp`, set by the full
+/// router), else the peer of the connection.
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let behind = parts.extensions.get::<imprint_service::auth::ClientIp>().map(|c| c.0);
+        let peer = || parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        Ok(ClientAddr(behind.or_else(peer)))
+    }
+}

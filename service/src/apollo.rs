@@ -48,6 +48,9 @@ pub struct ApolloClient {
     pub data_center: Option<String>,
     /// The request's signature, if it carried one (`Authorization: Apollo …`).
     pub signature: Option<ApolloSignature>,
+    /// The address the request came from (set by the server, not by the client): an
+    /// unsigned client's new instances and open requests count against it.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl ApolloClient {
@@ -165,7 +168,7 @@ impl Imprint {
             applied: None,
             published_at: t.served.get(&version).map(|v| v.created_at),
         };
-        self.audit().record(&who, [seen]);
+        self.audit().record_from(&who, client.peer, [seen]);
     }
 
     /// `/notifications/v2`: the listed namespaces whose topic changed past the id the
@@ -200,7 +203,8 @@ impl Imprint {
         // Held among the server's open requests (long polls' caps); over them the client
         // is told to come back later (Apollo clients back off on an error, not on a 304).
         let bytes = 4096 + known.iter().map(|(ns, _)| ns.len() + 64).sum::<usize>();
-        let Some(_place) = self.long_poll_place(bytes, None) else {
+        let anonymous = client.peer.filter(|_| client.signature.is_none());
+        let Some(_place) = self.long_poll_place(bytes, anonymous) else {
             return Err(Error::Busy("this server holds as many open requests as it may; try again later".into()));
         };
         let waiter = self.state().waiter(bound.iter().map(String::as_str));

@@ -254,8 +254,11 @@ impl AuditBuffer {
                         metrics::counter!("imprint_audit_dropped_total").increment(1);
                         continue;
                     }
-                    let src = source.get_or_insert_with(|| source_of(who.principal, client)).clone();
-                    if !self.admit(s.topic_id, &src) {
+                    // Only anonymous sources are capped: a token is issued by an admin and
+                    // may stand for a whole fleet (thousands of nodes sharing it).
+                    let src =
+                        who.principal.is_none().then(|| source.get_or_insert_with(|| source_of(None, client)).clone());
+                    if src.as_ref().is_some_and(|src| !self.admit(s.topic_id, src)) {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("imprint_audit_dropped_total", "reason" => "source_cap").increment(1);
                         continue;
@@ -266,12 +269,7 @@ impl AuditBuffer {
                     self.dirty.fetch_add(1, Ordering::Relaxed);
                     topics.insert(
                         s.topic_id,
-                        Entry {
-                            obs: Observation::new(who, s, l, p),
-                            dirty: true,
-                            refresh_after: None,
-                            source: Some(src),
-                        },
+                        Entry { obs: Observation::new(who, s, l, p), dirty: true, refresh_after: None, source: src },
                     );
                 }
             }
@@ -490,6 +488,19 @@ mod tests {
         assert_eq!(b.len(), 0);
         rec_from("made-up-5", 1, ip(1));
         assert_eq!(b.len(), 1);
+        // A token may stand for a whole fleet behind one address: its nodes are not capped.
+        for i in 0..10 {
+            let o = obs(Some(1), 1, None);
+            let who = Reporter {
+                instance: &format!("fleet-{i}"),
+                labels: &o.labels,
+                principal: Some("fleet"),
+                at: o.last_seen,
+            };
+            let seen = Seen { topic_id: 3, version: o.version, expected: None, applied: None, published_at: None };
+            b.record_from(&who, ip(1), [seen]);
+        }
+        assert_eq!(b.len(), 11);
     }
 
     #[test]

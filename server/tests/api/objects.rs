@@ -755,7 +755,7 @@ async fn no_publisher_registers_another_team_s_objects_in_any_spelling(pool: sql
             async move { objects.store().put(&path, b.into()).await.expect("put") }
         };
         put(red_file.clone(), b"red's model".to_vec()).await;
-        let blue_token = app.token("blue-publisher", Some("blue")).await;
+        let blue_token = app.token(&format!("blue-publisher-{}", store.tag), Some("blue")).await;
         let attempts = [
             format!("{base}//snapshots/{red}.json"),
             format!("{base}/snapshots/{red}.json"),
