@@ -264,7 +264,7 @@ impl TrustedProxies {
         }
         if chain.is_empty() {
             for v in headers.get_all("x-forwarded-for") {
-                chain.extend(v.to_str().unwrap_or("").split(',').filter_map(|a| parse_forwarded_ip(a)));
+                chain.extend(v.to_str().unwrap_or("").split(',').filter_map(parse_forwarded_ip));
             }
         }
         chain.into_iter().rev().find(|ip| !self.trusts(*ip)).unwrap_or(peer)

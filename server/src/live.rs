@@ -130,9 +130,8 @@ pub async fn console_events(
                     _ = draining.changed() => return None,
                     _ = tokio::time::sleep_until(deadline) => return None,
                     _ = recheck.tick() => {
-                        if crate::upload::session_caller(&held.imprint, &held.session).await.is_none() {
-                            return None;
-                        }
+                        // Signed out, removed or with a changed password: the stream ends.
+                        crate::upload::session_caller(&held.imprint, &held.session).await?;
                         continue;
                     }
                 };

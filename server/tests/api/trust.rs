@@ -645,7 +645,7 @@ async fn the_binary_refuses_short_bootstrap_tokens_and_writes_the_admin_password
     assert!(!home.join("admin-password").exists(), "nothing was created");
 
     // First start: the generated password is in a 0600 file, in neither stdout nor the log.
-    let mut child = server(ADMIN_TOKEN)
+    let child = server(ADMIN_TOKEN)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
