@@ -220,19 +220,25 @@ const LEADER_PING_TIMEOUT: Duration = Duration::from_secs(3);
 const REVOCATION_CHECK: Duration = Duration::from_secs(2);
 
 impl Imprint {
-    /// Compares the revocation mark every `REVOCATION_CHECK`; when it moved, forgets the
-    /// cached tokens and tells what is held open to re-check its credential.
+    /// Compares the revocation mark every `REVOCATION_CHECK`; when it moved, reads which
+    /// tokens were revoked since the last look and ends what they hold open here.
     async fn follow_revocations(self) {
         let mut stop = self.stopping();
-        let mut seen = None;
+        let mut seen: Option<(i64, Option<chrono::DateTime<chrono::Utc>>)> = None;
         loop {
-            match crate::store::tokens::revocation_mark(self.pool()).await {
-                Ok(mark) => {
-                    if seen.is_some_and(|s| s != mark) {
-                        self.forget_cached_tokens();
-                    }
-                    seen = Some(mark);
+            let step = async {
+                let mark = crate::store::tokens::revocation_mark(self.pool()).await?;
+                if let Some(before) = seen.filter(|s| *s != mark) {
+                    // Revocation times are the revoking server's clock: look a minute
+                    // back so a skewed clock loses nothing (hashes already known are
+                    // noted again, harmlessly).
+                    let since = before.1.unwrap_or(chrono::DateTime::UNIX_EPOCH) - chrono::Duration::minutes(1);
+                    self.tokens_revoked(crate::store::tokens::revoked_since(self.pool(), since).await?);
                 }
+                Ok::<_, crate::Error>(mark)
+            };
+            match step.await {
+                Ok(mark) => seen = Some(mark),
                 Err(e) => tracing::debug!(error = %e, "revocation check failed; retrying"),
             }
             tokio::select! {

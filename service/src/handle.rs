@@ -192,8 +192,11 @@ pub(crate) struct Inner {
     /// This worker holds the leader lock and runs the background passes.
     pub leader: watch::Sender<bool>,
     /// Moves when a token is revoked (here or on another server, seen within seconds):
-    /// what is held open re-checks its credential.
+    /// what is held open re-checks its credential against `revoked`.
     pub revocations: watch::Sender<u64>,
+    /// Hashes of tokens revoked in the last `REVOKED_KEPT` (hash → when it was seen):
+    /// what a parked request re-checks, without a query.
+    pub revoked: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Bearer tokens recently found unknown (hash → when): a flood of made-up tokens
     /// costs no query each.
     pub unknown_tokens: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
@@ -219,6 +222,8 @@ mod tests {
 
 /// How long a looked-up token is trusted without asking Postgres again.
 const TOKEN_CACHE: Duration = Duration::from_secs(5);
+/// How long a revoked token's hash is remembered (longer than any request is held).
+const REVOKED_KEPT: Duration = Duration::from_secs(600);
 
 /// A pool that fails fast when Postgres is away, so requests get a 503 instead of hanging.
 pub fn pool_options() -> PgPoolOptions {
@@ -259,6 +264,7 @@ impl Imprint {
                 last_consumer_expiry: std::sync::Mutex::new(None),
                 leader: watch::channel(false).0,
                 revocations: watch::channel(0).0,
+                revoked: std::sync::Mutex::new(std::collections::HashMap::new()),
                 unknown_tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         }
@@ -404,11 +410,37 @@ impl Imprint {
         }
     }
 
-    /// Ends what a revoked credential holds open: Ok while the token (by its hash; None
-    /// for anonymous callers) is still valid, 401 once it is not.
-    pub async fn recheck_credential(&self, hash: Option<&str>) -> Result<()> {
+    /// Ends what a revoked credential holds open: Ok unless the token (by its hash; None
+    /// for anonymous callers) is among the recently revoked ones, then 401. Asks no
+    /// database: a revocation wakes every parked poll, and thousands of lookups at once
+    /// would be a self-made outage.
+    pub fn recheck_credential(&self, hash: Option<&str>) -> Result<()> {
         let Some(hash) = hash else { return Ok(()) };
-        self.authenticate_hash_cached(hash).await.map(|_| ())
+        if self.inner.revoked.lock().unwrap_or_else(|e| e.into_inner()).contains_key(hash) {
+            return Err(Error::Unauthorized("this token has been revoked".into()));
+        }
+        Ok(())
+    }
+
+    /// Notes tokens revoked (by their hashes): cached identities of them are forgotten,
+    /// requests they hold open end (`revocations`).
+    pub(crate) fn tokens_revoked(&self, hashes: Vec<String>) {
+        if hashes.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        {
+            let mut cache = self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            for h in &hashes {
+                cache.remove(h);
+            }
+        }
+        {
+            let mut revoked = self.inner.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            revoked.retain(|_, at| now.duration_since(*at) < REVOKED_KEPT);
+            revoked.extend(hashes.into_iter().map(|h| (h, now)));
+        }
+        self.inner.revocations.send_modify(|n| *n += 1);
     }
 
     /// Changes whenever a token is revoked (see `Inner::revocations`).
@@ -457,6 +489,5 @@ impl Imprint {
     /// Forgets cached tokens (after a revoke, so it takes effect on this server at once).
     pub fn forget_cached_tokens(&self) {
         self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.inner.revocations.send_modify(|n| *n += 1);
     }
 }

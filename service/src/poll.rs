@@ -263,7 +263,7 @@ impl Imprint {
                         _ = stopping.changed() => break,
                         _ = revoked.changed() => {
                             // A token was revoked somewhere: is it this poll's?
-                            self.recheck_credential(req.credential.as_deref()).await?;
+                            self.recheck_credential(req.credential.as_deref())?;
                             continue;
                         }
                     };

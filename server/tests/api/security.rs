@@ -130,10 +130,21 @@ async fn revoking_a_token_ends_its_parked_long_polls(pool: sqlx::PgPool) {
         .json(&json!({"consumer": {"instance": "n1"}, "topics": {"revoked.feed": null}, "wait_ms": 60000}))
         .send();
     let poll = tokio::spawn(poll);
-    eventually("parked", || async { app.imprint().state().waiter_entries().0 == 1 }).await;
+    let kept = app.consumer_token("still-valid", None, &[], &[]).await;
+    let other = app
+        .req(Method::POST, "/api/v1/poll")
+        .bearer_auth(&kept)
+        .json(&json!({"consumer": {"instance": "n2"}, "topics": {"revoked.feed": null}, "wait_ms": 60000}))
+        .send();
+    let other = tokio::spawn(other);
+    eventually("parked", || async { app.imprint().state().waiter_entries().0 == 2 }).await;
     imprint_service::auth::revoke_token(&pool, &imprint_service::Caller::System, "soon-revoked").await.unwrap();
     let r = poll.await.unwrap().unwrap();
     assert_error(r, 401, "unauthorized").await;
+    // The other token's poll goes on waiting, and gets the next publish.
+    app.publish("revoked.feed", json!({"data": "x"})).await;
+    let body: Value = other.await.unwrap().unwrap().json().await.unwrap();
+    assert_eq!(body["updates"]["revoked.feed"]["version"], 1, "{body}");
 }
 
 /// A flood of made-up bearer tokens: each is looked up once, then refused from memory

@@ -138,3 +138,10 @@ pub(crate) async fn revocation_mark<'e>(ex: impl PgExecutor<'e>) -> Result<(i64,
     .await?;
     Ok((r.n, r.latest))
 }
+
+/// The hashes of tokens revoked at or after `since`.
+pub(crate) async fn revoked_since<'e>(ex: impl PgExecutor<'e>, since: DateTime<Utc>) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar!("SELECT token_hash FROM api_tokens WHERE revoked_at >= $1", since as _)
+        .fetch_all(ex)
+        .await?)
+}
