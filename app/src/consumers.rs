@@ -32,6 +32,9 @@ pub struct PropagationView {
     pub seconds_to_reach: Vec<f64>,
 }
 
+/// One row of the grouped view: (value, total, per version held, lagging, failed).
+pub type GroupRow = (String, u64, Vec<(String, u64)>, u64, u64);
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConsumersPage {
     pub head: TopicHead,
@@ -45,7 +48,7 @@ pub struct ConsumersPage {
     pub group_by: Option<String>,
     pub label_keys: Vec<String>,
     /// One row per value of `group_by`: (value, total, per version held, lagging, failed).
-    pub groups: Vec<(String, u64, Vec<(String, u64)>, u64, u64)>,
+    pub groups: Vec<GroupRow>,
     /// The versions held across the groups (the matrix's columns), newest first.
     pub group_versions: Vec<String>,
     pub stale_minutes: i64,
@@ -77,7 +80,7 @@ pub async fn load_consumers(
     };
     let list = load(imprint.consumers(&caller, &name, &filter).await)?;
     let mut by_version: Vec<(String, u64)> = list.by_version.into_iter().collect();
-    by_version.sort_by(|a, b| b.1.cmp(&a.1));
+    by_version.sort_by_key(|v| std::cmp::Reverse(v.1));
     let propagation = match topic.latest_version {
         0 => None,
         v => {
@@ -229,11 +232,7 @@ fn Pager(page: u64, pages: u64) -> impl IntoView {
 
 /// Label value × version held, with lagging and failed nodes per value.
 #[component]
-fn GroupMatrix(
-    key: String,
-    groups: Vec<(String, u64, Vec<(String, u64)>, u64, u64)>,
-    versions: Vec<String>,
-) -> impl IntoView {
+fn GroupMatrix(key: String, groups: Vec<GroupRow>, versions: Vec<String>) -> impl IntoView {
     let label = |v: &str| if v == "none" { "none".to_owned() } else { format!("v{v}") };
     view! {
         <section class="card" aria-label="Consumers by label">

@@ -116,16 +116,6 @@ pub fn with_param(path: &str, key: &str, value: &str) -> String {
     format!("{base}?{}{fragment}", pairs.join("&"))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn with_param_keeps_fragment_and_replaces_messages() {
-        assert_eq!(super::with_param("/t/x#v2", "notice", "Published v2"), "/t/x?notice=Published%20v2#v2");
-        assert_eq!(super::with_param("/a?q=1&error=old", "error", "new"), "/a?q=1&error=new");
-        assert_eq!(super::with_param("/a?notice=x", "error", "e"), "/a?error=e");
-    }
-}
-
 /// Ends a server function. Errors become a readable message: returned to a hydrated page,
 /// or, for a plain form post, shown on the page it came from (`?error=`). On success a
 /// plain form post goes to `then` (with a `notice`), or back where it came from.
@@ -203,4 +193,14 @@ pub fn load<T>(result: Result<T, Error>) -> Result<T, ServerFnError> {
         }
         e => ServerFnError::new(e.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn with_param_keeps_fragment_and_replaces_messages() {
+        assert_eq!(super::with_param("/t/x#v2", "notice", "Published v2"), "/t/x?notice=Published%20v2#v2");
+        assert_eq!(super::with_param("/a?q=1&error=old", "error", "new"), "/a?q=1&error=new");
+        assert_eq!(super::with_param("/a?notice=x", "error", "e"), "/a?error=e");
+    }
 }

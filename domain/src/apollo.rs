@@ -117,6 +117,7 @@ pub fn string_to_sign(timestamp: &str, path_with_query: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // proptest bodies are not `#[test]` fns to clippy
 mod tests {
     use super::*;
 

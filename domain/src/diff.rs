@@ -121,6 +121,7 @@ fn hex_dump(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // proptest bodies are not `#[test]` fns to clippy
 mod tests {
     use super::*;
     use DiffLine::*;

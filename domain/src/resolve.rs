@@ -170,6 +170,7 @@ impl CurrentIndex {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // proptest bodies are not `#[test]` fns to clippy
 mod tests {
     use super::*;
     use chrono::{Duration, TimeZone};

@@ -306,6 +306,7 @@ impl<'de> Deserialize<'de> for Labels {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // proptest bodies are not `#[test]` fns to clippy
 mod tests {
     use super::*;
     use serde_json::json;

@@ -204,22 +204,6 @@ pub(crate) struct Inner {
     pub last_consumer_expiry: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Roles;
-
-    #[test]
-    fn roles_parse_and_print() {
-        assert_eq!(Roles::parse("api,publish,console,worker").unwrap(), Roles::ALL);
-        assert_eq!(Roles::parse("all").unwrap(), Roles::ALL);
-        let r = Roles::parse(" api , worker").unwrap();
-        assert!(r.api && r.worker && !r.publish && !r.console);
-        assert_eq!(r.to_string(), "api,worker");
-        assert!(Roles::parse("").unwrap_err().contains("no role"));
-        assert!(Roles::parse("api,cache").unwrap_err().contains("\"cache\""));
-    }
-}
-
 /// How long a looked-up token is trusted without asking Postgres again.
 const TOKEN_CACHE: Duration = Duration::from_secs(5);
 /// How long a revoked token's hash is remembered (longer than any request is held).
@@ -489,5 +473,21 @@ impl Imprint {
     /// Forgets cached tokens (after a revoke, so it takes effect on this server at once).
     pub fn forget_cached_tokens(&self) {
         self.inner.tokens.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Roles;
+
+    #[test]
+    fn roles_parse_and_print() {
+        assert_eq!(Roles::parse("api,publish,console,worker").unwrap(), Roles::ALL);
+        assert_eq!(Roles::parse("all").unwrap(), Roles::ALL);
+        let r = Roles::parse(" api , worker").unwrap();
+        assert!(r.api && r.worker && !r.publish && !r.console);
+        assert_eq!(r.to_string(), "api,worker");
+        assert!(Roles::parse("").unwrap_err().contains("no role"));
+        assert!(Roles::parse("api,cache").unwrap_err().contains("\"cache\""));
     }
 }
