@@ -793,7 +793,19 @@ pub async fn rollout_action(
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "metrics in the Prometheus text format", body = String, content_type = "text/plain")))]
-pub async fn metrics() -> Response {
+pub async fn metrics(State(imprint): State<Imprint>) -> Response {
+    if !imprint.config().metrics_on_public_listener {
+        return ApiError::with_code(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are served on their own listener (IMPRINT_METRICS_ADDR)",
+        );
+    }
+    metrics_text().await
+}
+
+/// The metrics themselves, for the metrics listener (`metrics_router`).
+pub async fn metrics_text() -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics_handle().render()).into_response()
 }
 

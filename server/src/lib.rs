@@ -137,6 +137,13 @@ async fn token_before_body(
     }
 }
 
+/// The metrics listener's router (`IMPRINT_METRICS_ADDR`): `/metrics` and nothing else,
+/// for a port only the monitoring network reaches.
+pub fn metrics_router() -> Router {
+    metrics_handle();
+    Router::new().route("/metrics", axum::routing::get(api::metrics_text))
+}
+
 /// Which role answers a request: `None` for the operations endpoints every process
 /// answers (health, readiness, metrics, the OpenAPI document).
 fn role_of(method: &axum::http::Method, path: &str) -> Option<&'static str> {

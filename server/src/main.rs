@@ -58,6 +58,10 @@ struct ServeArgs {
     /// Where the console and the APIs listen.
     #[arg(long, env = "IMPRINT_ADDR", default_value = "127.0.0.1:3000")]
     addr: Option<SocketAddr>,
+    /// Serve `/metrics` on this address only (and not on IMPRINT_ADDR): a port for the
+    /// monitoring network.
+    #[arg(long, env = "IMPRINT_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
     /// Embedded-default state directory (payload objects live under it by default).
     #[arg(long, env = "IMPRINT_HOME", default_value = "./.imprint")]
     home: Option<String>,
@@ -311,6 +315,7 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
         },
         objects,
         janitor_every: Duration::from_secs(args.janitor_secs.max(1)),
+        metrics_on_public_listener: args.metrics_addr.is_none(),
         register_area: {
             let area = args.register_area.trim_matches('/').to_owned();
             imprint_service::check_register_area(&area).map_err(|e| format!("IMPRINT_REGISTER_AREA: {e}"))?;
@@ -386,6 +391,22 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
         exempt: trusted.clone(),
     };
     tracing::info!(?limits, "connection limits");
+    if let Some(metrics_addr) = args.metrics_addr {
+        let l = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .map_err(|e| format!("IMPRINT_METRICS_ADDR: cannot listen on {metrics_addr}: {e}"))?;
+        tracing::info!("metrics on http://{metrics_addr}/metrics (and not on {addr})");
+        let mut draining = imprint.draining();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = draining.wait_for(|d| *d).await;
+            };
+            if let Err(e) = imprint_server::serve_with_limits(l, imprint_server::metrics_router(), limits, stop).await {
+                tracing::warn!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     let app = imprint_server::full_router(imprint.clone(), leptos_options, sessions, trusted);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!(%roles, "Imprint listening on http://{addr}");

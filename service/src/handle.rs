@@ -128,6 +128,9 @@ pub struct Config {
     pub objects: crate::objects::Objects,
     /// How often the janitor applies retention and sweeps stray objects (`IMPRINT_JANITOR_SECS`).
     pub janitor_every: Duration,
+    /// `/metrics` is answered on the public listener (false: `IMPRINT_METRICS_ADDR` is
+    /// set and only that listener serves it).
+    pub metrics_on_public_listener: bool,
     /// Registered objects live under `<register_area>/<owning team>/` of the store
     /// (`IMPRINT_REGISTER_AREA`, default `external`).
     pub register_area: String,
@@ -156,6 +159,7 @@ impl Default for Config {
             objects: crate::objects::Objects::default(),
             janitor_every: Duration::from_secs(60),
             register_area: DEFAULT_REGISTER_AREA.to_owned(),
+            metrics_on_public_listener: true,
             snapshot_every: Duration::from_secs(10),
         }
     }
