@@ -249,6 +249,7 @@ fn RetentionNext(items: Vec<(u64, String, u64, String)>) -> impl IntoView {
         "pinned" => "kept: pinned",
         "in_rollout" => "kept: being rolled out",
         "still_resolved" => "kept: still what one of its scopes resolves to",
+        "in_snapshot" => "kept: the snapshot clients start from names it",
         _ => "kept",
     };
     view! {

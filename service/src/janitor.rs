@@ -32,7 +32,8 @@ pub struct RetentionItem {
     pub version: u64,
     pub created_at: DateTime<Utc>,
     pub size: u64,
-    /// `purge`, or why it is kept: `pinned`, `in_rollout`, `still_resolved`.
+    /// `purge`, or why it is kept: `pinned`, `in_rollout`, `still_resolved`, `in_snapshot`
+    /// (named by the snapshot manifest clients start from).
     pub action: String,
 }
 
@@ -140,6 +141,7 @@ impl Imprint {
         let history = histories(&snap).remove(&t.id).unwrap_or_default();
         let rolling: BTreeSet<u64> =
             store::rollouts::active_versions(&mut *tx, t.id).await?.into_iter().map(|v| v as u64).collect();
+        let in_snapshot = store::snapshots::version_of(&mut *tx, t.id).await?.map(|v| v as u64);
         tx.commit().await?;
         let sizes = store::versions::sizes(self.pool(), t.id).await?;
         let items = retention_decisions(&history, &policy, &rolling, self.now())
@@ -149,6 +151,8 @@ impl Imprint {
                 created_at: history.versions.get(&d.version).map(|v| v.created_at).unwrap_or_default(),
                 size: sizes.get(&(d.version as i64)).copied().unwrap_or(0) as u64,
                 action: match d.kept {
+                    // The purge pass skips it too (see `purge_topic`).
+                    None if Some(d.version) == in_snapshot => "in_snapshot",
                     None => "purge",
                     Some(Kept::Pinned) => "pinned",
                     Some(Kept::InRollout) => "in_rollout",

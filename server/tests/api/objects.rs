@@ -899,6 +899,11 @@ async fn the_janitor_keeps_what_the_snapshot_manifest_names(pool: sqlx::PgPool) 
     assert_eq!(raw_publish(&app, "snap.kept", first.clone(), &[]).await.status(), 201);
     app.imprint().snapshot_pass().await.expect("snapshot names v1");
     assert_eq!(raw_publish(&app, "snap.kept", bytes_of(2 << 20, 6), &[]).await.status(), 201);
+    // The preview says what the pass will do.
+    let preview: Value =
+        app.admin(Method::GET, "/api/v1/topics/snap.kept/retention").send().await.unwrap().json().await.unwrap();
+    let v1 = preview["versions"].as_array().and_then(|a| a.iter().find(|i| i["version"] == 1)).cloned();
+    assert_eq!(v1.map(|i| i["action"].clone()), Some(json!("in_snapshot")), "{preview}");
     app.imprint().janitor_pass().await.expect("pass");
     let app = &app;
     let held = |v: u64| async move {
