@@ -1,0 +1,210 @@
+//! No crate of the workspace has a module-level import circle: a top-level module `y`
+//! whose source names `crate::x…` depends on `x`, and no module may reach itself through
+//! such references. Read textually from the sources (as `service/tests/layering.rs` does
+//! for the service's finer rules), so a new `use crate::…` that closes a circle fails here.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Circles known when this test was written, each as (crate directory, its modules), being
+/// removed by issue 27 item 4 (delete an entry once its circle is gone); any other circle,
+/// or one reaching further, fails.
+const KNOWN_CIRCLES: &[(&str, &[&str])] =
+    &[("server", &["api", "openapi"]), ("client", &["client", "fetch", "poller", "snapshot"])];
+
+/// The top-level modules a source text refers to with `crate::name` (comment lines skipped:
+/// a doc link is not an import).
+fn references(text: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
+    let code: String = text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+    let mut out = BTreeSet::new();
+    let mut rest = code.as_str();
+    let ident = |s: &str| -> String { s.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect() };
+    while let Some(i) = rest.find("crate::") {
+        // `imprint_crate::x` or `some_crate::x` are other crates' paths.
+        let before = rest[..i].chars().next_back();
+        rest = &rest[i + "crate::".len()..];
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let names: Vec<String> = match rest.strip_prefix('{') {
+            // `use crate::{a, b::c, d}`: every first segment inside the braces.
+            Some(inner) => inner[..inner.find('}').unwrap_or(inner.len())].split(',').map(ident).collect(),
+            None => vec![ident(rest)],
+        };
+        out.extend(names.into_iter().filter(|n| modules.contains(n)));
+    }
+    out
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("dir") {
+        let p = entry.expect("entry").path();
+        if p.is_dir() {
+            files.extend(rust_files(&p));
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            files.push(p);
+        }
+    }
+    files
+}
+
+/// A crate's top-level modules (a file `x.rs` and a directory `x/` are one module `x`) with
+/// the text of all their files; the crate roots only declare and re-export.
+fn module_sources(src: &Path) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for entry in std::fs::read_dir(src).expect("src") {
+        let path = entry.expect("entry").path();
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
+        let files = if path.is_dir() {
+            if name == "bin" {
+                continue; // separate binaries: each its own crate
+            }
+            rust_files(&path)
+        } else if path.extension().is_some_and(|e| e == "rs") && name != "lib" && name != "main" {
+            vec![path]
+        } else {
+            continue;
+        };
+        let text = out.entry(name).or_default();
+        for f in files {
+            text.push_str(&std::fs::read_to_string(f).expect("read"));
+            text.push('\n');
+        }
+    }
+    out
+}
+
+/// The dependency graph of one crate's top-level modules.
+fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let sources = module_sources(src);
+    let modules: BTreeSet<String> = sources.keys().cloned().collect();
+    sources
+        .iter()
+        .map(|(m, text)| {
+            let mut r = references(text, &modules);
+            r.remove(m);
+            (m.clone(), r)
+        })
+        .collect()
+}
+
+/// The strongly connected components with more than one module (Tarjan): the circles.
+fn circles(deps: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<String>> {
+    struct State<'a> {
+        deps: &'a BTreeMap<String, BTreeSet<String>>,
+        index: BTreeMap<&'a str, usize>,
+        low: BTreeMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        on_stack: BTreeSet<&'a str>,
+        found: Vec<BTreeSet<String>>,
+    }
+    fn visit<'a>(s: &mut State<'a>, v: &'a str) {
+        let i = s.index.len();
+        s.index.insert(v, i);
+        s.low.insert(v, i);
+        s.stack.push(v);
+        s.on_stack.insert(v);
+        for w in &s.deps[v] {
+            let w = w.as_str();
+            if !s.index.contains_key(w) {
+                visit(s, w);
+                let lw = s.low[w];
+                let lv = s.low.get_mut(v).expect("visited");
+                *lv = (*lv).min(lw);
+            } else if s.on_stack.contains(w) {
+                let iw = s.index[w];
+                let lv = s.low.get_mut(v).expect("visited");
+                *lv = (*lv).min(iw);
+            }
+        }
+        if s.low[v] == s.index[v] {
+            let mut component = BTreeSet::new();
+            while let Some(w) = s.stack.pop() {
+                s.on_stack.remove(w);
+                component.insert(w.to_owned());
+                if w == v {
+                    break;
+                }
+            }
+            if component.len() > 1 {
+                s.found.push(component);
+            }
+        }
+    }
+    let mut s = State {
+        deps,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on_stack: BTreeSet::new(),
+        found: Vec::new(),
+    };
+    for v in deps.keys() {
+        if !s.index.contains_key(v.as_str()) {
+            visit(&mut s, v);
+        }
+    }
+    s.found
+}
+
+/// The workspace members named in the root Cargo.toml's `members = [...]`.
+fn members(root: &Path) -> Vec<String> {
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("workspace Cargo.toml");
+    let start = manifest.find("members").expect("members") + "members".len();
+    let list = &manifest[start..];
+    let list = &list[list.find('[').expect("[") + 1..list.find(']').expect("]")];
+    list.split(',').map(|m| m.trim().trim_matches('"').to_owned()).filter(|m| !m.is_empty()).collect()
+}
+
+#[test]
+fn no_crate_has_an_import_circle() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let members = members(&root);
+    assert!(members.len() >= 6, "workspace members: {members:?}");
+    let mut unexpected = Vec::new();
+    for member in &members {
+        let src = root.join(member).join("src");
+        if !src.is_dir() {
+            continue;
+        }
+        let deps = graph(&src);
+        for circle in circles(&deps) {
+            let known =
+                KNOWN_CIRCLES.iter().any(|(c, ms)| c == member && circle.iter().all(|m| ms.contains(&m.as_str())));
+            let edges: Vec<String> = circle
+                .iter()
+                .map(|m| format!("{m} -> {:?}", deps[m].intersection(&circle).collect::<Vec<_>>()))
+                .collect();
+            println!("{member}: circle {edges:?}{}", if known { " (known, issue 27)" } else { "" });
+            if !known {
+                unexpected.push(format!("{member}/src: {}", edges.join("; ")));
+            }
+        }
+    }
+    assert!(
+        unexpected.is_empty(),
+        "module import circles (a module reaches itself through crate:: paths):\n{}",
+        unexpected.join("\n")
+    );
+}
+
+#[test]
+fn the_scanner_sees_braced_and_plain_paths_and_finds_circles() {
+    let modules: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let r = references("use crate::{a, b::X};\nfn f() { crate::c::g() }", &modules);
+    assert_eq!(r, modules);
+    assert!(references("use other::crate_thing;\nuse imprint_crate::a;\n// see crate::b", &modules).is_empty());
+    let set = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
+    let deps: BTreeMap<String, BTreeSet<String>> = [
+        ("a".to_string(), set(&["b"])),
+        ("b".to_string(), set(&["c"])),
+        ("c".to_string(), set(&["a"])),
+        ("d".to_string(), set(&["a"])),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(circles(&deps), vec![set(&["a", "b", "c"])]);
+    let mut dag = deps.clone();
+    dag.insert("c".into(), set(&[]));
+    assert!(circles(&dag).is_empty());
+}
