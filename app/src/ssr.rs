@@ -55,7 +55,7 @@ pub async fn session_user(imprint: &Imprint, session: &Session) -> Result<Option
 /// The signed-in user and their caller identity, if any.
 pub async fn signed_in() -> Result<Option<(User, Caller)>, ServerFnError> {
     let session = session().await?;
-    session_user(&imprint()?, &session).await.map_err(|e| ServerFnError::new(e.to_string()))
+    session_user(&imprint()?, &session).await.map_err(|e| ServerFnError::new(refusal(&e, "console session").1))
 }
 
 /// The signed-in caller; without one, the browser is sent to the sign-in page.
@@ -133,66 +133,30 @@ pub fn finish<T>(result: Result<T, Error>, then: Option<String>, notice: Option<
             Ok(v)
         }
         Err(e) => {
-            let message = match &e {
-                Error::Internal(detail) => {
-                    tracing::error!(detail, "internal error in a console action");
-                    "internal error; see the server log".to_owned()
-                }
-                e => e.to_string(),
-            };
+            let (status, message) = refusal(&e, "console action");
             if is_form_post() {
                 let back = referer_path().unwrap_or_else(|| "/".into());
                 leptos_axum::redirect(&with_param(&back, "error", &message));
             } else if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
                 // A refusal is not a server error: a wrong password is 401, not 500.
-                response.set_status(refusal_status(&e));
+                response.set_status(status);
             }
             Err(ServerFnError::new(message))
         }
     }
 }
 
-/// The HTTP status of a console action that failed (hydrated calls; plain form posts
-/// are redirected back with the message).
-fn refusal_status(e: &Error) -> http::StatusCode {
-    use http::StatusCode as S;
-    match e {
-        Error::Unauthorized(_) => S::UNAUTHORIZED,
-        Error::Forbidden(_) => S::FORBIDDEN,
-        Error::TooManyAttempts { .. } => S::TOO_MANY_REQUESTS,
-        Error::Busy(_) => S::SERVICE_UNAVAILABLE,
-        Error::PayloadTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
-        Error::StorageUnavailable(_) | Error::CommitUnknown(_) | Error::ObjectStoreUnavailable(_) => {
-            S::SERVICE_UNAVAILABLE
-        }
-        Error::Internal(_) => S::INTERNAL_SERVER_ERROR,
-        Error::TopicNotFound(_)
-        | Error::VersionNotFound { .. }
-        | Error::PinNotFound { .. }
-        | Error::RolloutNotFound { .. }
-        | Error::UserNotFound(_)
-        | Error::TeamNotFound(_)
-        | Error::NotFound(_)
-        | Error::NoVersionInScope(_) => S::NOT_FOUND,
-        Error::TopicExists(_)
-        | Error::UserExists(_)
-        | Error::TeamExists(_)
-        | Error::Conflict(_)
-        | Error::InvalidState(_)
-        | Error::VersionPurged { .. } => S::CONFLICT,
-        _ => S::BAD_REQUEST,
-    }
+/// What a failed console action answers a hydrated call: the service error's own status
+/// and public message — the API's for the same failure (plain form posts are redirected
+/// back with the message). What the caller is not shown is logged.
+pub fn refusal(e: &Error, context: &str) -> (http::StatusCode, String) {
+    e.log(context);
+    (e.status(), e.public_message())
 }
 
 /// Maps a service error for a loader (pages): the message, readable.
 pub fn load<T>(result: Result<T, Error>) -> Result<T, ServerFnError> {
-    result.map_err(|e| match e {
-        Error::Internal(detail) => {
-            tracing::error!(detail, "internal error loading a console page");
-            ServerFnError::new("internal error; see the server log")
-        }
-        e => ServerFnError::new(e.to_string()),
-    })
+    result.map_err(|e| ServerFnError::new(refusal(&e, "console page").1))
 }
 
 #[cfg(test)]

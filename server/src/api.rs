@@ -60,8 +60,8 @@ pub fn routes() -> axum::Router<Imprint> {
     routes_and_doc().0
 }
 
-async fn api_not_found() -> Response {
-    ApiError::with_code(StatusCode::NOT_FOUND, "not_found", "no such API endpoint; see /api/v1/openapi.json")
+async fn api_not_found() -> ApiError {
+    ApiError::not_found("no such API endpoint; see /api/v1/openapi.json")
 }
 
 /// This document.
@@ -795,11 +795,7 @@ pub async fn rollout_action(
     responses((status = 200, description = "metrics in the Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(imprint): State<Imprint>) -> Response {
     if !imprint.config().metrics_on_public_listener {
-        return ApiError::with_code(
-            axum::http::StatusCode::NOT_FOUND,
-            "not_found",
-            "metrics are served on their own listener (IMPRINT_METRICS_ADDR)",
-        );
+        return ApiError::not_found("metrics are served on their own listener (IMPRINT_METRICS_ADDR)").into_response();
     }
     metrics_text().await
 }

@@ -1,11 +1,12 @@
-//! The one HTTP error type: API.md's `{"error": {"code", "message"}}` with the right
-//! status. What a service error means in HTTP is decided here, and only here.
-use axum::http::StatusCode;
+//! The one HTTP error type: a service error as API.md's `{"error": {"code", "message"}}`.
+//! Its status, code and message are the service error's own (`imprint_service::Error::
+//! status`, `code`, `public_message`), so the console answers the same failure alike;
+//! this file adds only the headers that go with a status.
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use imprint_service::Error;
 use serde::Serialize;
-use serde_json::json;
 use utoipa::ToSchema;
 
 #[derive(Debug)]
@@ -31,76 +32,144 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// The HTTP status and API error code of a service error.
-pub fn status_and_code(e: &Error) -> (StatusCode, &'static str) {
-    match e {
-        Error::InvalidTopicName(_) => (StatusCode::BAD_REQUEST, "invalid_topic_name"),
-        Error::InvalidSelector(_) => (StatusCode::BAD_REQUEST, "invalid_selector"),
-        Error::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-        Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-        Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-        Error::TopicNotFound(_) => (StatusCode::NOT_FOUND, "topic_not_found"),
-        Error::VersionNotFound { .. } => (StatusCode::NOT_FOUND, "version_not_found"),
-        Error::PinNotFound { .. } => (StatusCode::NOT_FOUND, "pin_not_found"),
-        Error::RolloutNotFound { .. } => (StatusCode::NOT_FOUND, "rollout_not_found"),
-        Error::NoVersionInScope(_) => (StatusCode::NOT_FOUND, "no_version_in_scope"),
-        Error::UserNotFound(_) => (StatusCode::NOT_FOUND, "user_not_found"),
-        Error::TeamNotFound(_) => (StatusCode::NOT_FOUND, "team_not_found"),
-        Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-        Error::TopicExists(_) => (StatusCode::CONFLICT, "topic_exists"),
-        Error::InvalidState(_) => (StatusCode::CONFLICT, "invalid_state"),
-        Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-        Error::UserExists(_) => (StatusCode::CONFLICT, "user_exists"),
-        Error::TeamExists(_) => (StatusCode::CONFLICT, "team_exists"),
-        Error::VersionPurged { .. } => (StatusCode::GONE, "version_purged"),
-        Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-        Error::SchemaViolation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "schema_violation"),
-        Error::TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
-        Error::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-        Error::StorageUnavailable(_) | Error::CommitUnknown(_) | Error::ObjectStoreUnavailable(_) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
-        }
-        Error::ChecksumMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "checksum_mismatch"),
-        Error::ObjectNotFound(_) => (StatusCode::UNPROCESSABLE_ENTITY, "object_not_found"),
-        Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-    }
-}
-
 impl ApiError {
     pub fn invalid(msg: impl Into<String>) -> Self {
         ApiError(Error::invalid(msg))
     }
 
-    pub fn with_code(status: StatusCode, code: &str, message: &str) -> Response {
-        (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    /// A request for something this server does not answer (an unknown API path, a role
+    /// or listener it does not serve): 404 `not_found`, with a message saying where to go.
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        ApiError(Error::NotFound(msg.into()))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = status_and_code(&self.0);
-        // Internal details are logged, never shown to clients.
-        let message = match &self.0 {
-            Error::Internal(detail) => {
-                tracing::error!(detail, "internal error");
-                "internal error; see the server log".to_owned()
-            }
-            Error::StorageUnavailable(source) => {
-                tracing::warn!(error = %source, "storage unavailable");
-                self.0.to_string()
-            }
-            e => e.to_string(),
-        };
-        let mut resp = ApiError::with_code(status, code, &message);
+        let e = self.0;
+        e.log("api");
+        let status = e.status();
+        let body = ErrorBody { error: ErrorDetail { code: e.code().to_owned(), message: e.public_message() } };
+        let mut resp = (status, Json(body)).into_response();
+        let headers = resp.headers_mut();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if let Error::RangeNotSatisfiable { size } = e {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
         }
         resp
     }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+    use axum::response::IntoResponse;
+    use imprint_service::Error;
+
+    /// One error of every kind, with the status and code API.md gives it.
+    fn every_kind() -> Vec<(Error, u16, &'static str)> {
+        let s = String::new;
+        vec![
+            (Error::InvalidTopicName(imprint_domain::TopicName::parse("").unwrap_err()), 400, "invalid_topic_name"),
+            (Error::InvalidSelector(imprint_domain::Selector::parse("=").unwrap_err()), 400, "invalid_selector"),
+            (Error::TopicNotFound(s()), 404, "topic_not_found"),
+            (Error::VersionNotFound { topic: s(), version: 1 }, 404, "version_not_found"),
+            (Error::VersionPurged { topic: s(), version: 1 }, 410, "version_purged"),
+            (Error::PinNotFound { topic: s(), selector: s() }, 404, "pin_not_found"),
+            (Error::RolloutNotFound { topic: s(), id: 1 }, 404, "rollout_not_found"),
+            (Error::TopicExists(s()), 409, "topic_exists"),
+            (Error::InvalidState(s()), 409, "invalid_state"),
+            (Error::Conflict(s()), 409, "conflict"),
+            (Error::PayloadTooLarge { size: 2, limit: 1 }, 413, "payload_too_large"),
+            (Error::SchemaViolation(s()), 422, "schema_violation"),
+            (Error::NotFound(s()), 404, "not_found"),
+            (Error::InvalidRequest(s()), 400, "invalid_request"),
+            (Error::Unauthorized(s()), 401, "unauthorized"),
+            (Error::Forbidden(s()), 403, "forbidden"),
+            (Error::StorageUnavailable(sqlx::Error::PoolTimedOut), 503, "storage_unavailable"),
+            (Error::CommitUnknown(sqlx::Error::PoolTimedOut), 503, "storage_unavailable"),
+            (Error::ObjectStoreUnavailable(s()), 503, "storage_unavailable"),
+            (Error::ChecksumMismatch { expected: s(), actual: s() }, 422, "checksum_mismatch"),
+            (Error::ObjectNotFound(s()), 422, "object_not_found"),
+            (Error::UserExists(s()), 409, "user_exists"),
+            (Error::TeamExists(s()), 409, "team_exists"),
+            (Error::UserNotFound(s()), 404, "user_not_found"),
+            (Error::TeamNotFound(s()), 404, "team_not_found"),
+            (Error::TooManyAttempts { retry_after_s: 1 }, 429, "too_many_attempts"),
+            (Error::NoVersionInScope(s()), 404, "no_version_in_scope"),
+            (Error::Busy(s()), 503, "busy"),
+            (Error::RangeNotSatisfiable { size: 1 }, 416, "invalid_range"),
+            (Error::TooManyStreams(s()), 503, "too_many_streams"),
+            (Error::Internal("secret detail".into()), 500, "internal"),
+        ]
+    }
+
+    /// Which kind an error is; a new variant does not compile until it is named here,
+    /// and the test fails until `every_kind` has one of it.
+    fn kind(e: &Error) -> usize {
+        match e {
+            Error::InvalidTopicName(_) => 0,
+            Error::InvalidSelector(_) => 1,
+            Error::TopicNotFound(_) => 2,
+            Error::VersionNotFound { .. } => 3,
+            Error::VersionPurged { .. } => 4,
+            Error::PinNotFound { .. } => 5,
+            Error::RolloutNotFound { .. } => 6,
+            Error::TopicExists(_) => 7,
+            Error::InvalidState(_) => 8,
+            Error::Conflict(_) => 9,
+            Error::PayloadTooLarge { .. } => 10,
+            Error::SchemaViolation(_) => 11,
+            Error::NotFound(_) => 12,
+            Error::InvalidRequest(_) => 13,
+            Error::Unauthorized(_) => 14,
+            Error::Forbidden(_) => 15,
+            Error::StorageUnavailable(_) => 16,
+            Error::CommitUnknown(_) => 17,
+            Error::ObjectStoreUnavailable(_) => 18,
+            Error::ChecksumMismatch { .. } => 19,
+            Error::ObjectNotFound(_) => 20,
+            Error::UserExists(_) => 21,
+            Error::TeamExists(_) => 22,
+            Error::UserNotFound(_) => 23,
+            Error::TeamNotFound(_) => 24,
+            Error::TooManyAttempts { .. } => 25,
+            Error::NoVersionInScope(_) => 26,
+            Error::Busy(_) => 27,
+            Error::RangeNotSatisfiable { .. } => 28,
+            Error::TooManyStreams(_) => 29,
+            Error::Internal(_) => 30,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_error_has_one_status_and_code_in_the_api_and_the_console() {
+        let cases = every_kind();
+        let mut kinds: Vec<usize> = cases.iter().map(|(e, _, _)| kind(e)).collect();
+        kinds.sort_unstable();
+        assert_eq!(kinds, (0..=30).collect::<Vec<_>>(), "every kind of error, once");
+        for (e, status, code) in cases {
+            assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
+            let message = e.public_message();
+            assert!(!message.contains("secret detail"), "an internal error's detail is not shown");
+            // The console answers a failed action with the same status and message.
+            let console = imprint_app::ssr::refusal(&e, "test");
+            assert_eq!((console.0.as_u16(), console.1.as_str()), (status, message.as_str()), "{e:?}");
+            // And the API with the same status, code and message, in the one error body.
+            let resp = ApiError(e).into_response();
+            assert_eq!(resp.status().as_u16(), status);
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
+            let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(body, serde_json::json!({"error": {"code": code, "message": message}}));
+        }
+    }
+}

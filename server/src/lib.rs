@@ -182,15 +182,12 @@ async fn role_gate(axum::extract::State(imprint): axum::extract::State<Imprint>,
         None => "any",
     };
     metrics::counter!("imprint_role_refused_total").increment(1);
-    crate::error::ApiError::with_code(
-        axum::http::StatusCode::NOT_FOUND,
-        "not_found",
-        &format!(
-            "this server runs the roles {roles}; {} {} is served by servers with the {needed} role",
-            req.method(),
-            req.uri().path()
-        ),
-    )
+    let message = format!(
+        "this server runs the roles {roles}; {} {} is served by servers with the {needed} role",
+        req.method(),
+        req.uri().path()
+    );
+    axum::response::IntoResponse::into_response(error::ApiError::not_found(message))
 }
 
 /// Refuses cross-site requests to the console's server functions (CSRF): the browser
@@ -214,11 +211,9 @@ async fn same_origin_only(req: Request, next: Next) -> Response {
         };
         if !same {
             metrics::counter!("imprint_csrf_refused_total").increment(1);
-            return crate::error::ApiError::with_code(
-                axum::http::StatusCode::FORBIDDEN,
-                "forbidden",
-                "cross-site request refused: console actions must come from the console itself",
-            );
+            return axum::response::IntoResponse::into_response(error::ApiError(imprint_service::Error::Forbidden(
+                "cross-site request refused: console actions must come from the console itself".into(),
+            )));
         }
     }
     next.run(req).await
@@ -309,16 +304,14 @@ async fn client_ip(
 pub const CONSOLE_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 async fn console_body_limit(req: Request, next: Next) -> Response {
-    use axum::http::{header, StatusCode};
+    use axum::http::header;
     if req.uri().path().starts_with("/console/fn/") {
         let declared =
             req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > CONSOLE_MAX_BODY_BYTES as u64) {
-            return crate::error::ApiError::with_code(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "a console request body has at most 1 MiB",
-            );
+        if let Some(size) = declared.filter(|n| *n > CONSOLE_MAX_BODY_BYTES as u64) {
+            let limit = CONSOLE_MAX_BODY_BYTES as u64;
+            let e = imprint_service::Error::PayloadTooLarge { size, limit };
+            return axum::response::IntoResponse::into_response(error::ApiError(e));
         }
         // Without a length (chunked), the body is cut off at the limit while it is read.
         let (parts, body) = req.into_parts();
@@ -365,11 +358,7 @@ pub fn full_router(
     if !imprint.config().roles.console {
         return api_router(imprint)
             .fallback(|| async {
-                crate::error::ApiError::with_code(
-                    axum::http::StatusCode::NOT_FOUND,
-                    "not_found",
-                    "this server does not serve the console (IMPRINT_ROLES has no `console`)",
-                )
+                error::ApiError::not_found("this server does not serve the console (IMPRINT_ROLES has no `console`)")
             })
             .layer(axum::middleware::from_fn_with_state(trusted, client_ip))
             .layer(axum::middleware::from_fn(headers::security_headers));

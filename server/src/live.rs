@@ -96,21 +96,19 @@ pub async fn console_events(
     };
     if OPEN.fetch_add(1, Ordering::Relaxed) >= MAX_STREAMS {
         OPEN.fetch_sub(1, Ordering::Relaxed);
-        return ApiError::with_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            "too many live console pages are open on this server; the page works without live updates",
-        );
+        return ApiError(Error::TooManyStreams(
+            "too many live console pages are open on this server; the page works without live updates".into(),
+        ))
+        .into_response();
     }
     let slot = Arc::new(Slot);
     // A stream also takes a place among the requests held open (long polls and Apollo
     // notifications): together they stay within the server's caps.
     let Some(place) = imprint.long_poll_place(STREAM_BYTES, None) else {
-        return ApiError::with_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            "this server holds as many open requests as it may; the page works without live updates",
-        );
+        return ApiError(Error::TooManyStreams(
+            "this server holds as many open requests as it may; the page works without live updates".into(),
+        ))
+        .into_response();
     };
     let changes = imprint.state().changes();
     let draining = imprint.draining();

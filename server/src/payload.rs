@@ -243,17 +243,7 @@ pub async fn payload_response(
         None => None,
         Some(r) => match parse_range(r, len) {
             Some(r) => Some(r),
-            None => {
-                let mut r = ApiError::with_code(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "invalid_range",
-                    "the Range header is not a satisfiable single byte range",
-                );
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                    r.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-                return Ok(r);
-            }
+            None => return Err(Error::RangeNotSatisfiable { size: len }.into()),
         },
     };
     if let Some((start, end)) = range {

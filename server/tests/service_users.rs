@@ -71,7 +71,7 @@ fn action(a: &str) -> AuditFilter {
 
 fn assert_err(r: Result<impl std::fmt::Debug, Error>, status: u16, code: &str) -> Error {
     let e = r.expect_err(&format!("expected {code}"));
-    let (s, c) = imprint_server::error::status_and_code(&e);
+    let (s, c) = (e.status(), e.code());
     assert_eq!((s.as_u16(), c), (status, code), "{e}");
     e
 }

@@ -1,5 +1,6 @@
-//! The errors an operation can end with, in the service's terms. What they mean in HTTP
-//! (status and error code) is decided by the server crate.
+//! The errors an operation can end with, and what each means to a caller — its HTTP
+//! status, its stable error code and the message shown — decided here once: the API
+//! (`server/src/error.rs`) and the console (`app/src/ssr.rs`) both answer with these.
 use imprint_domain::{SelectorError, TopicNameError};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,12 @@ pub enum Error {
     /// The server holds as many open requests as its caps allow (try again later).
     #[error("{0}")]
     Busy(String),
+    /// A `Range` that is not one satisfiable byte range of a payload of `size` bytes.
+    #[error("the Range header is not a satisfiable single byte range")]
+    RangeNotSatisfiable { size: u64 },
+    /// The server has as many live console streams open as it may.
+    #[error("{0}")]
+    TooManyStreams(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -75,6 +82,98 @@ pub enum Error {
 impl Error {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidRequest(msg.into())
+    }
+
+    /// The HTTP status of this failure, the same for the API and the console.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Error::InvalidTopicName(_) | Error::InvalidSelector(_) | Error::InvalidRequest(_) => S::BAD_REQUEST,
+            Error::Unauthorized(_) => S::UNAUTHORIZED,
+            Error::Forbidden(_) => S::FORBIDDEN,
+            Error::TopicNotFound(_)
+            | Error::VersionNotFound { .. }
+            | Error::PinNotFound { .. }
+            | Error::RolloutNotFound { .. }
+            | Error::NoVersionInScope(_)
+            | Error::UserNotFound(_)
+            | Error::TeamNotFound(_)
+            | Error::NotFound(_) => S::NOT_FOUND,
+            Error::TopicExists(_)
+            | Error::InvalidState(_)
+            | Error::Conflict(_)
+            | Error::UserExists(_)
+            | Error::TeamExists(_) => S::CONFLICT,
+            Error::VersionPurged { .. } => S::GONE,
+            Error::PayloadTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            Error::SchemaViolation(_) | Error::ChecksumMismatch { .. } | Error::ObjectNotFound(_) => {
+                S::UNPROCESSABLE_ENTITY
+            }
+            Error::RangeNotSatisfiable { .. } => S::RANGE_NOT_SATISFIABLE,
+            Error::TooManyAttempts { .. } => S::TOO_MANY_REQUESTS,
+            Error::Busy(_)
+            | Error::TooManyStreams(_)
+            | Error::StorageUnavailable(_)
+            | Error::CommitUnknown(_)
+            | Error::ObjectStoreUnavailable(_) => S::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, machine-readable error code (`docs/api.md` lists them).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidTopicName(_) => "invalid_topic_name",
+            Error::InvalidSelector(_) => "invalid_selector",
+            Error::InvalidRequest(_) => "invalid_request",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::TopicNotFound(_) => "topic_not_found",
+            Error::VersionNotFound { .. } => "version_not_found",
+            Error::PinNotFound { .. } => "pin_not_found",
+            Error::RolloutNotFound { .. } => "rollout_not_found",
+            Error::NoVersionInScope(_) => "no_version_in_scope",
+            Error::UserNotFound(_) => "user_not_found",
+            Error::TeamNotFound(_) => "team_not_found",
+            Error::NotFound(_) => "not_found",
+            Error::TopicExists(_) => "topic_exists",
+            Error::InvalidState(_) => "invalid_state",
+            Error::Conflict(_) => "conflict",
+            Error::UserExists(_) => "user_exists",
+            Error::TeamExists(_) => "team_exists",
+            Error::VersionPurged { .. } => "version_purged",
+            Error::PayloadTooLarge { .. } => "payload_too_large",
+            Error::SchemaViolation(_) => "schema_violation",
+            Error::ChecksumMismatch { .. } => "checksum_mismatch",
+            Error::ObjectNotFound(_) => "object_not_found",
+            Error::RangeNotSatisfiable { .. } => "invalid_range",
+            Error::TooManyAttempts { .. } => "too_many_attempts",
+            Error::Busy(_) => "busy",
+            Error::TooManyStreams(_) => "too_many_streams",
+            Error::StorageUnavailable(_) | Error::CommitUnknown(_) | Error::ObjectStoreUnavailable(_) => {
+                "storage_unavailable"
+            }
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    /// What the caller is told. An internal error's detail is never shown (it goes to the
+    /// log: see `log`); every other message is written for the caller.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Internal(_) => "internal error; see the server log".to_owned(),
+            e => e.to_string(),
+        }
+    }
+
+    /// Logs what the caller is not shown: an internal error's detail, and why storage is
+    /// unavailable. `context` says where it happened (`"api"`, `"console action"`, …).
+    pub fn log(&self, context: &str) {
+        match self {
+            Error::Internal(detail) => tracing::error!(detail, context, "internal error"),
+            Error::StorageUnavailable(source) => tracing::warn!(error = %source, context, "storage unavailable"),
+            _ => {}
+        }
     }
 }
 
