@@ -1,14 +1,18 @@
 //! Typed request parts: who is calling, path parameters parsed into their newtypes, JSON
 //! bodies into serde types (unknown fields refused), query strings. Every failure is an
-//! API error (`{"error": {...}}`), never axum's plain-text rejection.
-use crate::error::ApiError;
+//! API error (`{"error": {...}}`), never axum's plain-text rejection. Also the query-string
+//! values and JSON parts (selectors, plans) several endpoints share.
+use crate::error::{ApiError, ApiResult};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
-use imprint_domain::TopicName;
+use chrono::{DateTime, Utc};
+use imprint_domain::{Labels, Plan, Selector, TopicName};
 use imprint_service::{Caller, Error, Imprint};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
 use std::collections::HashMap;
 
 /// Largest request body accepted (base64 of the largest inline payload, with room to spare).
@@ -225,4 +229,54 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
         let peer = || parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
         Ok(ClientAddr(behind.or_else(peer)))
     }
+}
+
+// ---- query-string values and JSON parts shared by several endpoints ----
+
+/// `?limit=` (the service checks the range).
+pub fn parse_limit(l: &Option<String>) -> ApiResult<Option<u32>> {
+    l.as_deref()
+        .map(|l| {
+            l.parse::<u32>()
+                .map_err(|_| ApiError::invalid(format!("limit must be a number between 1 and 500, not {l:?}")))
+        })
+        .transpose()
+}
+
+/// An RFC 3339 time (`?at=`).
+pub fn parse_time(s: &str) -> ApiResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&Utc))
+        .map_err(|_| ApiError::invalid(format!("{s:?} is not an RFC 3339 time such as 2026-11-22T03:12:00Z")))
+}
+
+/// A flag: absent, `false` or `0` is false; `true`, `1` or empty is true.
+pub fn parse_bool(v: &Option<String>, key: &str) -> ApiResult<bool> {
+    match v.as_deref() {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(v) => Err(ApiError::invalid(format!("{key} must be true or false, not {v:?}"))),
+    }
+}
+
+/// `?labels=region=eu-west-1,app=checkout` (absent: no labels).
+pub fn parse_labels(v: &Option<String>) -> ApiResult<Labels> {
+    Ok(Labels::parse(v.as_deref().unwrap_or("")).map_err(Error::from)?)
+}
+
+/// `?limit=&cursor=` of a list.
+#[derive(Deserialize)]
+pub struct PageQuery {
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+/// A selector given as a JSON object (`{"region": "eu-west-1"}`; `{}` is everyone).
+pub fn selector_json(v: &Value) -> ApiResult<Selector> {
+    Ok(Selector::from_json(v).map_err(Error::from)?)
+}
+
+/// A rollout plan given as JSON (`{"stages": [...]}`).
+pub fn parse_plan(v: &Value) -> ApiResult<Plan> {
+    serde_json::from_value(v.clone()).map_err(|e| ApiError::invalid(format!("invalid rollout plan: {e}")))
 }

@@ -9,7 +9,6 @@ pub mod extract;
 pub mod headers;
 mod listener;
 mod live;
-pub mod openapi;
 pub mod payload;
 mod upload;
 
@@ -141,7 +140,7 @@ async fn token_before_body(
 /// for a port only the monitoring network reaches.
 pub fn metrics_router() -> Router {
     metrics_handle();
-    Router::new().route("/metrics", axum::routing::get(api::metrics_text))
+    Router::new().route("/metrics", axum::routing::get(api::ops::metrics_text))
 }
 
 /// Which role answers a request: `None` for the operations endpoints every process

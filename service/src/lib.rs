@@ -43,7 +43,7 @@ pub use handle::{check_register_area, pool_options, Config, Imprint, Roles, DEFA
 pub use model::{PlanChoice, RolloutInfo, RolloutRequest};
 pub use pins::PinInput;
 pub use poll::{PollRequest, PollResponse};
-pub use topics::{NewTopic, TopicPatch};
+pub use topics::{double_option, NewTopic, TopicPatch};
 pub use users::{ADMIN_USERNAME, MIN_PASSWORD_CHARS};
 pub use versions::{BodyStream, Payload, PublishInput};
 

@@ -87,7 +87,12 @@ pub struct TopicPatch {
     pub apollo: Option<Option<ApolloBindingInput>>,
 }
 
-fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+/// For `#[serde(default, deserialize_with = "double_option")]` on an `Option<Option<T>>`:
+/// an absent field is `None` (leave it), `null` is `Some(None)` (clear it), a value
+/// `Some(Some(v))`. The API's request bodies use it too.
+pub fn double_option<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 

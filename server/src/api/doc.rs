@@ -1,12 +1,19 @@
 //! The served OpenAPI document (`GET /api/v1/openapi.json`): the info and shared
-//! components here, every path from the router itself (`api::routes_and_doc`).
+//! components here, every path from the feature files' routes (`super::routes_and_doc`
+//! merges them and hands the result to the handler).
 use crate::error::{ErrorBody, ErrorDetail};
+use axum::body::Bytes;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use imprint_service::model::{Pin, Published, Retention, Scope, Topic, Version};
 use imprint_service::poll::{Applied, Consumer, PollRequest, PollResponse, Update};
+use imprint_service::Imprint;
 use imprint_service::{NewTopic, TopicPatch};
-use std::sync::OnceLock;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 struct BearerAuth;
 
@@ -37,8 +44,24 @@ pub fn base() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// The whole document, built once.
-pub fn document() -> &'static utoipa::openapi::OpenApi {
-    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOC.get_or_init(|| crate::api::routes_and_doc().1)
+pub fn routes() -> OpenApiRouter<Imprint> {
+    OpenApiRouter::new().routes(routes!(openapi))
+}
+
+/// The document as served: built by `super::routes_and_doc` from the routes themselves,
+/// handed to the `openapi` handler as a request extension (serialised once).
+#[derive(Clone)]
+pub struct Served(Bytes);
+
+impl Served {
+    pub fn new(doc: &utoipa::openapi::OpenApi) -> Self {
+        Served(serde_json::to_vec(doc).unwrap_or_default().into())
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "the OpenAPI 3.1 document of this API", content_type = "application/json")))]
+pub async fn openapi(Extension(Served(doc)): Extension<Served>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
 }

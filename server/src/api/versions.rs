@@ -1,0 +1,244 @@
+//! Versions: publish (JSON, raw body or multipart form), list and read versions, their
+//! payload bytes, the retention preview, and adding a scope to a version.
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{
+    parse_bool, parse_json, parse_limit, parse_plan, selector_json, ApiJson, ApiQuery, Auth, PageQuery, TopicPath,
+    VersionPath,
+};
+use axum::extract::Request;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use imprint_service::model::{Published, Scope, Version};
+use imprint_service::{Error, Imprint};
+use imprint_service::{Payload, PlanChoice, PublishInput, RolloutRequest};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes() -> OpenApiRouter<Imprint> {
+    OpenApiRouter::new()
+        .routes(routes!(publish, list_versions))
+        .routes(routes!(get_version))
+        .routes(routes!(version_data))
+        .routes(routes!(retention))
+        .routes(routes!(add_scope))
+}
+
+/// The JSON form of a publish.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    /// The payload as UTF-8 text (give this or `data_base64`).
+    #[serde(default)]
+    pub data: Option<String>,
+    /// The payload, base64.
+    #[serde(default)]
+    pub data_base64: Option<String>,
+    /// Instead of data: register an object that already exists in the configured store.
+    #[serde(default)]
+    pub object: Option<ObjectRef>,
+    /// The payload's SHA-256 (hex): verified, 422 `checksum_mismatch` otherwise.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Selectors the version is released to; default `[{}]` (everyone), or none with a rollout.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub scopes: Option<Vec<Value>>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// A plan (`{"stages": [...]}`), a plan name, `"none"` or `null` (no rollout); absent:
+    /// the topic's default plan.
+    #[serde(default, deserialize_with = "imprint_service::double_option")]
+    #[schema(value_type = Option<Object>)]
+    pub rollout: Option<Option<Value>>,
+}
+
+/// An existing object published as a version's payload.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRef {
+    /// `s3://bucket/key`, `file:///path`, … inside the configured object store.
+    pub url: String,
+}
+
+impl PublishBody {
+    fn into_input(self) -> ApiResult<PublishInput> {
+        let payload = match (self.data, self.data_base64, self.object) {
+            (Some(d), None, None) => Payload::Text(d),
+            (None, None, Some(o)) => Payload::Object { url: o.url },
+            (None, Some(b), None) => Payload::Binary(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .map_err(|e| ApiError::invalid(format!("data_base64 is not valid base64: {e}")))?
+                    .into(),
+            ),
+            (None, None, None) => {
+                return Err(ApiError::invalid(
+                    "the payload is missing: send data (UTF-8 text), data_base64 or object ({\"url\": …})",
+                ))
+            }
+            _ => return Err(ApiError::invalid("send one of data, data_base64 or object, not several")),
+        };
+        let scopes =
+            self.scopes.map(|items| items.iter().map(selector_json).collect::<ApiResult<Vec<_>>>()).transpose()?;
+        let rollout = match self.rollout {
+            None => RolloutRequest::TopicDefault,
+            Some(None) => RolloutRequest::None,
+            Some(Some(Value::String(name))) if name == "none" => RolloutRequest::None,
+            Some(Some(Value::String(name))) => RolloutRequest::Plan(PlanChoice::Named(name)),
+            Some(Some(plan @ Value::Object(_))) => RolloutRequest::Plan(PlanChoice::Inline(parse_plan(&plan)?)),
+            Some(Some(_)) => {
+                return Err(ApiError::invalid("rollout must be a plan ({\"stages\": [...]}), a plan name, or null"))
+            }
+        };
+        Ok(PublishInput {
+            payload,
+            content_type: self.content_type,
+            metadata: self.metadata.unwrap_or_default(),
+            scopes,
+            message: self.message.unwrap_or_default(),
+            rollout,
+            sha256: self.sha256,
+        })
+    }
+}
+
+/// `POST …/versions/{n}/scopes`
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeBody {
+    /// `{"region": "eu-west-1"}`; `{}` is everyone.
+    #[schema(value_type = Object)]
+    pub selector: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionList {
+    pub versions: Vec<Version>,
+    pub next: Option<String>,
+}
+
+/// Publish. `application/json` bodies are a `PublishBody`; any other content type is the
+/// payload itself, with scopes, metadata and message in the query string
+/// (`?scope=region=eu&meta.k=v&message=…&rollout=<plan>|none`).
+#[utoipa::path(post, path = "/api/v1/topics/{topic}/versions", tag = "versions", params(("topic" = String, Path)),
+    request_body(description = "JSON: a PublishBody (data, data_base64 or object). multipart/form-data: text parts message, scope (repeatable), meta.<key>, content_type, rollout, sha256, then the file part (last). Any other content type: the raw payload, streamed, with ?scope=, meta.<k>=, message=, rollout=, sha256= and the X-Imprint-Sha256 header",
+        content((PublishBody = "application/json"), (Vec<u8> = "multipart/form-data"), (Vec<u8> = "application/octet-stream"))),
+    responses((status = 201, body = Published), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn publish(
+    State(imprint): State<Imprint>,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+    req: Request,
+) -> ApiResult<Response> {
+    let input = crate::payload::publish_input(req, |body| parse_json::<PublishBody>(body)?.into_input()).await?;
+    // In its own task: a client that goes away mid-upload does not cancel the publish
+    // half-way — it sees the body break off and cleans up (no version, no object).
+    let task = tokio::spawn(async move { imprint.publish(&caller, topic.as_str(), input).await });
+    let published = task.await.map_err(|e| Error::Internal(format!("publish task: {e}")))??;
+    Ok((StatusCode::CREATED, Json(published)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/topics/{topic}/versions", tag = "versions",
+    params(("topic" = String, Path), ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = VersionList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_versions(
+    State(imprint): State<Imprint>,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<VersionList>> {
+    let page = imprint.list_versions(&caller, topic.as_str(), parse_limit(&q.limit)?, q.cursor.as_deref()).await?;
+    Ok(Json(VersionList { versions: page.items, next: page.next }))
+}
+
+#[utoipa::path(get, path = "/api/v1/topics/{topic}/versions/{n}", tag = "versions",
+    params(("topic" = String, Path), ("n" = u64, Path)),
+    responses((status = 200, body = Version), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_version(
+    State(imprint): State<Imprint>,
+    Auth(caller): Auth,
+    VersionPath(topic, n): VersionPath,
+) -> ApiResult<Json<Version>> {
+    Ok(Json(imprint.version(&caller, topic.as_str(), n).await?))
+}
+
+/// The payload bytes, with `ETag: "<sha256>"`, single `Range` requests and `If-None-Match`.
+#[utoipa::path(get, path = "/api/v1/topics/{topic}/versions/{n}/data", tag = "versions",
+    params(("topic" = String, Path), ("n" = u64, Path),
+           ("redirect" = Option<bool>, Query, description = "true: 307 to a presigned URL (S3 store with IMPRINT_PRESIGN=true)")),
+    responses((status = 200, description = "payload bytes", body = Vec<u8>, content_type = "application/octet-stream"),
+              (status = 206, description = "the requested range"), (status = 304, description = "not modified"),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),
+              (status = 416, body = ErrorBody)))]
+pub async fn version_data(
+    State(imprint): State<Imprint>,
+    Auth(caller): Auth,
+    VersionPath(topic, n): VersionPath,
+    ApiQuery(q): ApiQuery<DataQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let redirect = parse_bool(&q.redirect, "redirect")?;
+    let p = imprint.version_payload(&caller, topic.as_str(), n).await?;
+    let etag = format!("\"{}\"", p.sha256);
+    crate::payload::payload_response(&imprint, p, &etag, None, &headers, redirect).await
+}
+
+/// What the retention policy will purge next: the live versions outside the policy,
+/// oldest first, each with `purge` or the reason it is kept.
+#[derive(Serialize, ToSchema)]
+pub struct RetentionList {
+    pub versions: Vec<imprint_service::janitor::RetentionItem>,
+    /// The topic has more live versions than one answer considers (2 000): only the
+    /// newest were.
+    pub truncated: bool,
+}
+
+#[utoipa::path(get, path = "/api/v1/topics/{topic}/retention", tag = "versions", params(("topic" = String, Path)),
+    responses((status = 200, body = RetentionList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn retention(
+    State(imprint): State<Imprint>,
+    Auth(caller): Auth,
+    TopicPath(topic): TopicPath,
+) -> ApiResult<Json<RetentionList>> {
+    let (versions, truncated) = imprint.retention_preview_bounded(&caller, topic.as_str()).await?;
+    Ok(Json(RetentionList { versions, truncated }))
+}
+
+/// `?redirect=true`: answer 307 to a presigned URL (S3 store with `IMPRINT_PRESIGN=true`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataQuery {
+    #[serde(default)]
+    pub redirect: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/topics/{topic}/versions/{n}/scopes", tag = "versions",
+    params(("topic" = String, Path), ("n" = u64, Path)), request_body = ScopeBody,
+    responses((status = 201, body = Scope), (status = 200, body = Scope, description = "the version had this scope already"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
+pub async fn add_scope(
+    State(imprint): State<Imprint>,
+    Auth(caller): Auth,
+    VersionPath(topic, n): VersionPath,
+    ApiJson(body): ApiJson<ScopeBody>,
+) -> ApiResult<Response> {
+    let selector = selector_json(&body.selector)?;
+    let (scope, added) = imprint.add_scope(&caller, topic.as_str(), n, selector).await?;
+    Ok((if added { StatusCode::CREATED } else { StatusCode::OK }, Json(scope)).into_response())
+}
