@@ -113,12 +113,26 @@ pub async fn poll(
     Ok(Json(imprint.poll(&caller, req).await?))
 }
 
-/// The resolved payload of one topic: the curl-friendly way to consume.
+/// The resolved payload of one topic: the curl-friendly way to consume. Answered like
+/// `…/versions/{n}/data` (the version's own content type, a single `Range`,
+/// `If-None-Match`), with `ETag: "v<n>"` and `X-Imprint-Pinned`.
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/latest", tag = "consumers",
-    params(("topic" = String, Path), ("labels" = Option<String>, Query, description = "region=eu-west-1,app=checkout")),
-    responses((status = 200, description = "payload bytes with X-Imprint-Version, X-Imprint-Pinned, ETag \"v<n>\"",
-               body = Vec<u8>, content_type = "application/octet-stream"),
-              (status = 304, description = "not modified"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("topic" = String, Path), ("labels" = Option<String>, Query, description = "region=eu-west-1,app=checkout"),
+           ("Range" = Option<String>, Header, description = "one byte range: bytes=a-b, bytes=a- or bytes=-n"),
+           ("If-None-Match" = Option<String>, Header, description = "the ETag held: 304 if it is still the resolved version")),
+    responses((status = 200, description = "the resolved version's payload, in its own content type", body = Vec<u8>,
+               content_type = "*/*",
+               headers(("ETag" = String, description = "\"v<n>\""), ("X-Imprint-Version" = u64),
+                       ("X-Imprint-Pinned" = bool), ("Content-Length" = u64), ("Accept-Ranges" = String, description = "bytes"))),
+              (status = 206, description = "the requested range of the payload, in its own content type", body = Vec<u8>,
+               content_type = "*/*",
+               headers(("Content-Range" = String, description = "bytes <first>-<last>/<size>"), ("ETag" = String))),
+              (status = 304, description = "not modified: If-None-Match names the resolved version's ETag"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody, description = "no such topic, or no version released to these labels"),
+              (status = 410, body = ErrorBody, description = "version_purged: retention purged the resolved version's payload"),
+              (status = 416, body = ErrorBody, description = "invalid_range; Content-Range: bytes */<size>"),
+              (status = 503, body = ErrorBody)))]
 pub async fn latest(
     State(imprint): State<Imprint>,
     PollAuth(caller): PollAuth,

@@ -176,14 +176,29 @@ pub async fn get_version(
     Ok(Json(imprint.version(&caller, topic.as_str(), n).await?))
 }
 
-/// The payload bytes, with `ETag: "<sha256>"`, single `Range` requests and `If-None-Match`.
+/// The payload bytes, as the version's own content type (the one it was published with;
+/// `application/octet-stream` when none was given), with `ETag: "<sha256>"`, a single
+/// `Range` and `If-None-Match`. Payloads are served inert (`nosniff`, a sandboxing CSP,
+/// `Content-Disposition: attachment` for types a browser would run).
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/versions/{n}/data", tag = "versions",
     params(("topic" = String, Path), ("n" = u64, Path),
-           ("redirect" = Option<bool>, Query, description = "true: 307 to a presigned URL (S3 store with IMPRINT_PRESIGN=true)")),
-    responses((status = 200, description = "payload bytes", body = Vec<u8>, content_type = "application/octet-stream"),
-              (status = 206, description = "the requested range"), (status = 304, description = "not modified"),
-              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody),
-              (status = 416, body = ErrorBody)))]
+           ("redirect" = Option<bool>, Query, description = "true: 307 to a presigned URL (S3 store with IMPRINT_PRESIGN=true)"),
+           ("Range" = Option<String>, Header, description = "one byte range: bytes=a-b, bytes=a- or bytes=-n"),
+           ("If-None-Match" = Option<String>, Header, description = "the ETag held: 304 if it is this payload's")),
+    responses((status = 200, description = "the payload, in the version's own content type", body = Vec<u8>, content_type = "*/*",
+               headers(("ETag" = String, description = "\"<sha256>\""), ("X-Imprint-Version" = u64),
+                       ("Content-Length" = u64), ("Accept-Ranges" = String, description = "bytes"))),
+              (status = 206, description = "the requested range of the payload, in the version's own content type",
+               body = Vec<u8>, content_type = "*/*",
+               headers(("Content-Range" = String, description = "bytes <first>-<last>/<size>"), ("ETag" = String))),
+              (status = 304, description = "not modified: If-None-Match names this payload's ETag"),
+              (status = 307, description = "?redirect=true on an S3 store with IMPRINT_PRESIGN=true: the payload is at the presigned URL in Location",
+               headers(("Location" = String))),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 410, body = ErrorBody, description = "version_purged: retention purged the version's payload"),
+              (status = 416, body = ErrorBody, description = "invalid_range; Content-Range: bytes */<size>"),
+              (status = 503, body = ErrorBody)))]
 pub async fn version_data(
     State(imprint): State<Imprint>,
     Auth(caller): Auth,

@@ -1,6 +1,7 @@
 //! The OpenAPI document is generated from the router and the request/response types:
-//! every route is in it, every documented route answers, errors have one documented
-//! shape, and request bodies refuse unknown fields, naming them.
+//! every route is in it, every documented route answers with a status and content type
+//! the document gives (the payload endpoints with each version's own type), errors have
+//! one documented shape, and request bodies refuse unknown fields, naming them.
 use crate::helpers::{assert_error, spawn_app};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -71,6 +72,7 @@ async fn every_route_is_documented_and_answers(pool: sqlx::PgPool) {
     // response it documents is the one error shape.
     app.create_topic("t").await;
     let mut operations = 0;
+    let mut undocumented = Vec::new();
     for (path, item) in paths {
         let concrete =
             path.replace("{topic}", "t").replace("{n}", "1").replace("{id}", "1").replace("{action}", "pause");
@@ -79,6 +81,10 @@ async fn every_route_is_documented_and_answers(pool: sqlx::PgPool) {
             operations += 1;
             let r = app.admin(m.clone(), &concrete).send().await.unwrap();
             let status = r.status().as_u16();
+            let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            if let Err(e) = check_documented(&doc, method, path, status, ct.as_deref()) {
+                undocumented.push(e);
+            }
             let body: Value = r.json().await.unwrap_or(Value::Null);
             assert_ne!(status, 405, "{method} {path}");
             assert!(body["error"]["code"] != "not_found", "{method} {path} fell through to the catch-all: {body}");
@@ -93,6 +99,7 @@ async fn every_route_is_documented_and_answers(pool: sqlx::PgPool) {
         }
     }
     assert!(operations >= 22, "{operations} operations");
+    assert!(undocumented.is_empty(), "answers the document does not give: {undocumented:#?}");
     for schema in ["ErrorBody", "PublishBody", "PinBody", "ScopeBody", "RolloutBody", "RolloutActionBody", "NewTopic"] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema} missing from components");
     }
@@ -134,4 +141,110 @@ async fn a_bad_token_is_refused_on_reads_too(pool: sqlx::PgPool) {
     assert_error(r, 401, "unauthorized").await;
     let r = app.req(Method::GET, "/api/v1/topics/t").send().await.unwrap();
     assert_eq!(r.status(), 200, "anonymous reads stay open");
+}
+
+/// Is an answer one the served document gives for `method path`: its status listed, its
+/// content type one the status lists (a media range such as `*/*` counts), and no body
+/// where the status lists no content?
+fn check_documented(
+    doc: &Value,
+    method: &str,
+    path: &str,
+    status: u16,
+    content_type: Option<&str>,
+) -> Result<(), String> {
+    let op = &doc["paths"][path][method];
+    let responses = op["responses"].as_object().ok_or(format!("{method} {path} is not documented"))?;
+    let resp = responses
+        .get(&status.to_string())
+        .or_else(|| responses.get("default"))
+        .ok_or(format!("{method} {path}: status {status} is not documented"))?;
+    let media = |t: &str| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match (resp["content"].as_object(), content_type.map(media)) {
+        (None, None) => Ok(()),
+        (None, Some(t)) => Err(format!("{method} {path} {status}: answered {t}, documented without content")),
+        (Some(_), None) => Err(format!("{method} {path} {status}: answered no content type")),
+        (Some(listed), Some(t)) => {
+            let (kind, _) = t.split_once('/').unwrap_or((&t, ""));
+            let matches = |range: &String| {
+                let range = media(range);
+                range == "*/*" || range == t || range.strip_suffix("/*") == Some(kind)
+            };
+            if listed.keys().any(matches) {
+                Ok(())
+            } else {
+                Err(format!("{method} {path} {status}: answered {t}, documented {:?}", listed.keys()))
+            }
+        }
+    }
+}
+
+/// The payload endpoints answer with each version's own content type, whole or in part,
+/// not modified, refused, gone: every answer is one the served document gives. (A
+/// document that said only `application/octet-stream` for the bytes fails this.)
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn payload_answers_are_the_documented_ones(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    let doc: Value = app.req(Method::GET, "/api/v1/openapi.json").send().await.unwrap().json().await.unwrap();
+    let data = "/api/v1/topics/{topic}/versions/{n}/data";
+    let latest = "/api/v1/topics/{topic}/latest";
+    app.create_topic("p").await;
+    // Before any version: `latest` has nothing to answer.
+    let mut answers = vec![(latest, app.req(Method::GET, "/api/v1/topics/p/latest").send().await.unwrap())];
+    let types =
+        ["text/plain; charset=utf-8", "application/json", "text/csv", "image/png", "text/html", "application/x-custom"];
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, ct) in types.iter().enumerate() {
+        let n = i + 1;
+        app.publish("p", json!({"data": format!("{{\"n\": {n}}}"), "content_type": ct})).await;
+        let version: Value =
+            app.req(Method::GET, &format!("/api/v1/topics/p/versions/{n}")).send().await.unwrap().json().await.unwrap();
+        let sha = version["sha256"].as_str().expect("sha256").to_owned();
+        for (template, url, etag) in [
+            (data, format!("/api/v1/topics/p/versions/{n}/data"), format!("\"{sha}\"")),
+            (latest, "/api/v1/topics/p/latest".to_owned(), format!("\"v{n}\"")),
+        ] {
+            let get = || app.req(Method::GET, &url);
+            answers.push((template, get().send().await.unwrap()));
+            answers.push((template, get().header("range", "bytes=0-3").send().await.unwrap()));
+            answers.push((template, get().header("range", "bytes=-2").send().await.unwrap()));
+            answers.push((template, get().header("range", "bytes=100000-").send().await.unwrap()));
+            answers.push((template, get().header("if-none-match", etag.as_str()).send().await.unwrap()));
+            answers.push((template, get().bearer_auth("not-a-token").send().await.unwrap()));
+            let query = if template == data { "?redirect=true" } else { "?labels=region=eu" };
+            answers.push((template, app.req(Method::GET, &format!("{url}{query}")).send().await.unwrap()));
+            let query = if template == data { "?redirect=maybe" } else { "?labels=,=" };
+            answers.push((template, app.req(Method::GET, &format!("{url}{query}")).send().await.unwrap()));
+        }
+    }
+    answers.push((data, app.req(Method::GET, "/api/v1/topics/p/versions/99/data").send().await.unwrap()));
+    answers.push((data, app.req(Method::GET, "/api/v1/topics/nope/versions/1/data").send().await.unwrap()));
+    answers.push((latest, app.req(Method::GET, "/api/v1/topics/nope/latest").send().await.unwrap()));
+    // Purged by retention: the version's data is gone.
+    let r = app
+        .admin(Method::PATCH, "/api/v1/topics/p")
+        .json(&json!({"retention": {"max_versions": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.imprint().janitor_pass().await.expect("janitor pass");
+    answers.push((data, app.req(Method::GET, "/api/v1/topics/p/versions/1/data").send().await.unwrap()));
+
+    let mut undocumented = std::collections::BTreeSet::new();
+    let mut statuses = std::collections::BTreeSet::new();
+    for (template, r) in answers {
+        let status = r.status().as_u16();
+        let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        statuses.insert(status);
+        if status == 200 {
+            seen.extend(ct.clone());
+        }
+        if let Err(e) = check_documented(&doc, "get", template, status, ct.as_deref()) {
+            undocumented.insert(e);
+        }
+    }
+    assert!(undocumented.is_empty(), "answers the document does not give: {undocumented:#?}");
+    assert_eq!(statuses, [200, 206, 304, 400, 401, 404, 410, 416].into(), "the answers exercised");
+    assert!(seen.len() >= types.len(), "each version's own content type: {seen:?}");
 }
