@@ -109,6 +109,7 @@ mod tests {
             (Error::Busy(s()), 503, "busy"),
             (Error::RangeNotSatisfiable { size: 1 }, 416, "invalid_range"),
             (Error::TooManyStreams(s()), 503, "too_many_streams"),
+            (Error::TooManyConnections, 429, "too_many_connections"),
             (Error::Internal("secret detail".into()), 500, "internal"),
         ]
     }
@@ -148,6 +149,7 @@ mod tests {
             Error::RangeNotSatisfiable { .. } => 28,
             Error::TooManyStreams(_) => 29,
             Error::Internal(_) => 30,
+            Error::TooManyConnections => 31,
         }
     }
 
@@ -156,7 +158,7 @@ mod tests {
         let cases = every_kind();
         let mut kinds: Vec<usize> = cases.iter().map(|(e, _, _)| kind(e)).collect();
         kinds.sort_unstable();
-        assert_eq!(kinds, (0..=30).collect::<Vec<_>>(), "every kind of error, once");
+        assert_eq!(kinds, (0..=31).collect::<Vec<_>>(), "every kind of error, once");
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
             let message = e.public_message();

@@ -163,14 +163,22 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 /// Answers a connection over its address's cap with 429 and closes it, without reading
 /// or waiting for anything (a write into a new socket's empty buffer never blocks).
 fn refuse(stream: tokio::net::TcpStream, peer: SocketAddr) {
-    const BODY: &str =
-        r#"{"error":{"code":"too_many_connections","message":"too many connections from this address; retry later"}}"#;
+    // Written before any HTTP machinery runs, so by hand; its status, code and message
+    // are the service error's own (`Error::TooManyConnections`), like every other answer.
+    static RESPONSE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let response = RESPONSE.get_or_init(|| {
+        let e = imprint_service::Error::TooManyConnections;
+        let status = e.status();
+        let body = serde_json::json!({"error": {"code": e.code(), "message": e.public_message()}}).to_string();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 5\r\nconnection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+    });
     metrics::counter!("imprint_connections_refused_total").increment(1);
     tracing::debug!(%peer, "connection refused: too many from this address");
-    let response = format!(
-        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 5\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
-    );
     let _ = stream.try_write(response.as_bytes());
 }
 

@@ -75,6 +75,9 @@ pub enum Error {
     /// The server has as many live console streams open as it may.
     #[error("{0}")]
     TooManyStreams(String),
+    /// The client's address holds as many connections as it may (refused by the listener).
+    #[error("too many connections from this address; retry later")]
+    TooManyConnections,
     #[error("internal error")]
     Internal(String),
 }
@@ -110,7 +113,7 @@ impl Error {
                 S::UNPROCESSABLE_ENTITY
             }
             Error::RangeNotSatisfiable { .. } => S::RANGE_NOT_SATISFIABLE,
-            Error::TooManyAttempts { .. } => S::TOO_MANY_REQUESTS,
+            Error::TooManyAttempts { .. } | Error::TooManyConnections => S::TOO_MANY_REQUESTS,
             Error::Busy(_)
             | Error::TooManyStreams(_)
             | Error::StorageUnavailable(_)
@@ -150,6 +153,7 @@ impl Error {
             Error::TooManyAttempts { .. } => "too_many_attempts",
             Error::Busy(_) => "busy",
             Error::TooManyStreams(_) => "too_many_streams",
+            Error::TooManyConnections => "too_many_connections",
             Error::StorageUnavailable(_) | Error::CommitUnknown(_) | Error::ObjectStoreUnavailable(_) => {
                 "storage_unavailable"
             }
