@@ -181,59 +181,18 @@ fn check_documented(
 
 /// The payload endpoints answer with each version's own content type, whole or in part,
 /// not modified, refused, gone: every answer is one the served document gives. (A
-/// document that said only `application/octet-stream` for the bytes fails this.)
+/// document that said only `application/octet-stream` for the bytes fails this.) A fixed
+/// set of requests, then seeded random ones (`IMPRINT_FUZZ_SEED`; `IMPRINT_FUZZ_CASES`/20).
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn payload_answers_are_the_documented_ones(pool: sqlx::PgPool) {
     let app = spawn_app(pool).await;
     let doc: Value = app.req(Method::GET, "/api/v1/openapi.json").send().await.unwrap().json().await.unwrap();
     let data = "/api/v1/topics/{topic}/versions/{n}/data";
     let latest = "/api/v1/topics/{topic}/latest";
-    app.create_topic("p").await;
-    // Before any version: `latest` has nothing to answer.
-    let mut answers = vec![(latest, app.req(Method::GET, "/api/v1/topics/p/latest").send().await.unwrap())];
-    let types =
-        ["text/plain; charset=utf-8", "application/json", "text/csv", "image/png", "text/html", "application/x-custom"];
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, ct) in types.iter().enumerate() {
-        let n = i + 1;
-        app.publish("p", json!({"data": format!("{{\"n\": {n}}}"), "content_type": ct})).await;
-        let version: Value =
-            app.req(Method::GET, &format!("/api/v1/topics/p/versions/{n}")).send().await.unwrap().json().await.unwrap();
-        let sha = version["sha256"].as_str().expect("sha256").to_owned();
-        for (template, url, etag) in [
-            (data, format!("/api/v1/topics/p/versions/{n}/data"), format!("\"{sha}\"")),
-            (latest, "/api/v1/topics/p/latest".to_owned(), format!("\"v{n}\"")),
-        ] {
-            let get = || app.req(Method::GET, &url);
-            answers.push((template, get().send().await.unwrap()));
-            answers.push((template, get().header("range", "bytes=0-3").send().await.unwrap()));
-            answers.push((template, get().header("range", "bytes=-2").send().await.unwrap()));
-            answers.push((template, get().header("range", "bytes=100000-").send().await.unwrap()));
-            answers.push((template, get().header("if-none-match", etag.as_str()).send().await.unwrap()));
-            answers.push((template, get().bearer_auth("not-a-token").send().await.unwrap()));
-            let query = if template == data { "?redirect=true" } else { "?labels=region=eu" };
-            answers.push((template, app.req(Method::GET, &format!("{url}{query}")).send().await.unwrap()));
-            let query = if template == data { "?redirect=maybe" } else { "?labels=,=" };
-            answers.push((template, app.req(Method::GET, &format!("{url}{query}")).send().await.unwrap()));
-        }
-    }
-    answers.push((data, app.req(Method::GET, "/api/v1/topics/p/versions/99/data").send().await.unwrap()));
-    answers.push((data, app.req(Method::GET, "/api/v1/topics/nope/versions/1/data").send().await.unwrap()));
-    answers.push((latest, app.req(Method::GET, "/api/v1/topics/nope/latest").send().await.unwrap()));
-    // Purged by retention: the version's data is gone.
-    let r = app
-        .admin(Method::PATCH, "/api/v1/topics/p")
-        .json(&json!({"retention": {"max_versions": 1}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    app.imprint().janitor_pass().await.expect("janitor pass");
-    answers.push((data, app.req(Method::GET, "/api/v1/topics/p/versions/1/data").send().await.unwrap()));
-
     let mut undocumented = std::collections::BTreeSet::new();
     let mut statuses = std::collections::BTreeSet::new();
-    for (template, r) in answers {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut check = |template: &str, r: reqwest::Response| {
         let status = r.status().as_u16();
         let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
         statuses.insert(status);
@@ -243,8 +202,107 @@ async fn payload_answers_are_the_documented_ones(pool: sqlx::PgPool) {
         if let Err(e) = check_documented(&doc, "get", template, status, ct.as_deref()) {
             undocumented.insert(e);
         }
+    };
+    app.create_topic("p").await;
+    // Before any version: `latest` has nothing to answer.
+    check(latest, app.req(Method::GET, "/api/v1/topics/p/latest").send().await.unwrap());
+    let types = [
+        "text/plain; charset=utf-8",
+        "application/json",
+        "text/csv",
+        "image/png",
+        "text/html",
+        "application/x-custom",
+        "application/vnd.imprint.rules+json; version=2",
+        "font/woff2",
+    ];
+    let mut etags = Vec::new();
+    for (i, ct) in types.iter().enumerate() {
+        let n = i + 1;
+        app.publish("p", json!({"data": format!("{{\"n\": {n}}}"), "content_type": ct})).await;
+        let version: Value =
+            app.req(Method::GET, &format!("/api/v1/topics/p/versions/{n}")).send().await.unwrap().json().await.unwrap();
+        let sha = version["sha256"].as_str().expect("sha256").to_owned();
+        etags.push(format!("\"{sha}\""));
+        for (template, url, etag) in [
+            (data, format!("/api/v1/topics/p/versions/{n}/data"), format!("\"{sha}\"")),
+            (latest, "/api/v1/topics/p/latest".to_owned(), format!("\"v{n}\"")),
+        ] {
+            let get = || app.req(Method::GET, &url);
+            check(template, get().send().await.unwrap());
+            check(template, get().header("range", "bytes=0-3").send().await.unwrap());
+            check(template, get().header("range", "bytes=-2").send().await.unwrap());
+            check(template, get().header("range", "bytes=100000-").send().await.unwrap());
+            check(template, get().header("if-none-match", etag.as_str()).send().await.unwrap());
+            check(template, get().bearer_auth("not-a-token").send().await.unwrap());
+            let query = if template == data { "?redirect=true" } else { "?labels=region=eu" };
+            check(template, app.req(Method::GET, &format!("{url}{query}")).send().await.unwrap());
+            let query = if template == data { "?redirect=maybe" } else { "?labels=,=" };
+            check(template, app.req(Method::GET, &format!("{url}{query}")).send().await.unwrap());
+        }
     }
-    assert!(undocumented.is_empty(), "answers the document does not give: {undocumented:#?}");
+    check(data, app.req(Method::GET, "/api/v1/topics/p/versions/99/data").send().await.unwrap());
+    check(data, app.req(Method::GET, "/api/v1/topics/nope/versions/1/data").send().await.unwrap());
+    check(latest, app.req(Method::GET, "/api/v1/topics/nope/latest").send().await.unwrap());
+
+    // Random requests: any version or the latest, any mix of Range, If-None-Match, token
+    // and query (xorshift64*, so a failure replays from its seed).
+    let cases = std::env::var("IMPRINT_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).map_or(300, |n: u64| n / 20);
+    let seed: u64 = std::env::var("IMPRINT_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5EED_1234);
+    let mut state = seed.rotate_left(29) | 1;
+    let mut below = |n: usize| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
+    };
+    for _ in 0..cases {
+        let n = 1 + below(types.len() + 1);
+        let (template, mut req) = if n > types.len() {
+            let labels = ["", "?labels=region=eu", "?labels=a=b,c=d", "?labels=bad", "?labels=="][below(5)];
+            (latest, app.req(Method::GET, &format!("/api/v1/topics/p/latest{labels}")))
+        } else {
+            let q = ["", "?redirect=true", "?redirect=false", "?redirect=", "?redirect=2"][below(5)];
+            (data, app.req(Method::GET, &format!("/api/v1/topics/p/versions/{n}/data{q}")))
+        };
+        let (a, b) = (below(24), below(24));
+        let range = match below(8) {
+            0 => Some(format!("bytes={a}-{b}")),
+            1 => Some(format!("bytes={a}-")),
+            2 => Some(format!("bytes=-{a}")),
+            3 => Some(["bytes=", "bytes=0-1,3-4", "items=0-1", "bytes=x-y", "bytes=-0"][below(5)].to_owned()),
+            _ => None,
+        };
+        if let Some(range) = range {
+            req = req.header("range", range);
+        }
+        let etag = &etags[below(etags.len())];
+        match below(6) {
+            0 => req = req.header("if-none-match", etag.as_str()),
+            1 => req = req.header("if-none-match", format!("W/{etag}, \"v{n}\"")),
+            2 => req = req.header("if-none-match", "*"),
+            _ => {}
+        }
+        match below(5) {
+            0 => req = req.bearer_auth("not-a-token"),
+            1 => req = req.bearer_auth(crate::helpers::ADMIN_TOKEN),
+            _ => {}
+        }
+        check(template, req.send().await.unwrap());
+    }
+
+    // Purged by retention: the version's data is gone.
+    let r = app
+        .admin(Method::PATCH, "/api/v1/topics/p")
+        .json(&json!({"retention": {"max_versions": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.imprint().janitor_pass().await.expect("janitor pass");
+    check(data, app.req(Method::GET, "/api/v1/topics/p/versions/1/data").send().await.unwrap());
+
+    assert!(undocumented.is_empty(), "answers the document does not give (seed {seed}): {undocumented:#?}");
     assert_eq!(statuses, [200, 206, 304, 400, 401, 404, 410, 416].into(), "the answers exercised");
     assert!(seen.len() >= types.len(), "each version's own content type: {seen:?}");
 }
