@@ -1,12 +1,10 @@
 //! The `imprint` binary against a real server (in-process, fresh database per test).
-#[path = "../../client/tests/support/mod.rs"]
-mod support;
 
+use imprint_testkit::*;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::*;
 
 struct Out {
     code: i32,
@@ -58,8 +56,8 @@ async fn run_with(server_url: &str, token: Option<&str>, args: &[&str], stdin: O
     }
 }
 
-async fn imprint(server: &TestServer, args: &[&str]) -> Out {
-    run_with(&server.url, Some(ADMIN_TOKEN), args, None).await
+async fn imprint(server: &TestApp, args: &[&str]) -> Out {
+    run_with(&server.base_url(), Some(ADMIN_TOKEN), args, None).await
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
@@ -70,7 +68,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn publish_versions_get_and_diff(pool: sqlx::PgPool) {
-    let server = spawn_server(pool).await;
+    let server = spawn_app(pool).await;
     let dir = scratch_dir("cli-publish");
     imprint(&server, &["topics", "create", "payments.methods", "--owner", "payments", "--description", "methods"])
         .await
@@ -123,9 +121,10 @@ async fn publish_versions_get_and_diff(pool: sqlx::PgPool) {
 
     // A binary payload from standard input, past the inline limit: stored as an object.
     let blob = bytes_of(300_000, 7);
-    let out = run_with(&server.url, Some(ADMIN_TOKEN), &["--json", "publish", "ml.model", "-"], Some(blob.clone()))
-        .await
-        .ok();
+    let out =
+        run_with(&server.base_url(), Some(ADMIN_TOKEN), &["--json", "publish", "ml.model", "-"], Some(blob.clone()))
+            .await
+            .ok();
     let p = out.json();
     assert_eq!(p["storage"], "object");
     assert_eq!(p["size"], 300_000);
@@ -153,8 +152,8 @@ async fn publish_versions_get_and_diff(pool: sqlx::PgPool) {
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn scopes_pins_and_resolve(pool: sqlx::PgPool) {
-    let server = spawn_server(pool).await;
-    server.create_topic(serde_json::json!({"name": "ab.config"})).await;
+    let server = spawn_app(pool).await;
+    server.create_topic_with(serde_json::json!({"name": "ab.config"})).await;
     server.publish_text("ab.config", "one").await;
     server.publish("ab.config", serde_json::json!({"data": "two", "scopes": []})).await;
 
@@ -199,7 +198,7 @@ async fn scopes_pins_and_resolve(pool: sqlx::PgPool) {
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn rollouts_start_watch_and_steer(pool: sqlx::PgPool) {
-    let server = spawn_server(pool).await;
+    let server = spawn_app(pool).await;
     let dir = scratch_dir("cli-rollout");
     imprint(&server, &["topics", "create", "feature.flags"]).await.ok();
     let f1 = write(&dir, "flags.txt", b"a=1\n");
@@ -252,13 +251,13 @@ async fn rollouts_start_watch_and_steer(pool: sqlx::PgPool) {
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn a_bad_token_or_no_server_is_a_clear_error(pool: sqlx::PgPool) {
-    let server = spawn_server(pool).await;
-    let out = run_with(&server.url, Some("not-a-token"), &["topics", "create", "x"], None).await;
+    let server = spawn_app(pool).await;
+    let out = run_with(&server.base_url(), Some("not-a-token"), &["topics", "create", "x"], None).await;
     assert_eq!(out.code, 1);
     assert!(out.stderr.starts_with("imprint: error: "), "{}", out.stderr);
     assert!(out.stderr.contains("(unauthorized, HTTP 401)"), "{}", out.stderr);
     assert!(out.stdout.is_empty());
-    let out = run_with(&server.url, None, &["topics", "create", "x"], None).await;
+    let out = run_with(&server.base_url(), None, &["topics", "create", "x"], None).await;
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("HTTP 401"), "{}", out.stderr);
 
@@ -267,15 +266,16 @@ async fn a_bad_token_or_no_server_is_a_clear_error(pool: sqlx::PgPool) {
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("cannot reach the Imprint server"), "{}", out.stderr);
     // --url wins over IMPRINT_URL.
-    let out = run_with(&down, Some(ADMIN_TOKEN), &["--url", &server.url, "--json", "topics", "list"], None).await.ok();
+    let out =
+        run_with(&down, Some(ADMIN_TOKEN), &["--url", &server.base_url(), "--json", "topics", "list"], None).await.ok();
     assert!(out.json()["topics"].is_array());
 }
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn watch_runs_a_command_per_version_and_reports_its_status(pool: sqlx::PgPool) {
-    let server = spawn_server(pool).await;
+    let server = spawn_app(pool).await;
     let dir = scratch_dir("cli-watch");
-    server.create_topic(serde_json::json!({"name": "nginx.allowlist"})).await;
+    server.create_topic_with(serde_json::json!({"name": "nginx.allowlist"})).await;
     server.publish_text("nginx.allowlist", "10.0.0.1\n").await;
     let seen = dir.join("seen.txt");
     let exec = format!(
@@ -284,7 +284,7 @@ async fn watch_runs_a_command_per_version_and_reports_its_status(pool: sqlx::PgP
         seen.display()
     );
     let mut cmd = command(
-        &server.url,
+        &server.base_url(),
         Some(ADMIN_TOKEN),
         &[
             "watch",

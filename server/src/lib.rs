@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod apollo;
+mod application;
 pub mod error;
 pub mod extract;
 pub mod headers;
@@ -20,6 +21,7 @@ use imprint_service::Imprint;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
+pub use application::{AdminUser, Application, Database, Settings, ShutdownHandle, MIN_BOOTSTRAP_TOKEN_CHARS};
 pub use listener::{serve_with_limits, ConnectionLimits};
 
 /// The process-wide Prometheus recorder (installed once, also when tests start many apps).

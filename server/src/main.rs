@@ -2,26 +2,10 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
+use imprint_server::{AdminUser, Application, Database, Settings};
 use imprint_service::{auth, Caller, Config, Imprint};
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// The shortest IMPRINT_BOOTSTRAP_TOKEN accepted: it is an admin credential.
-const MIN_BOOTSTRAP_TOKEN_CHARS: usize = 32;
-
-/// Writes `text` to a new file (replacing any) that only this user may read and write.
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
-}
 
 #[derive(Parser)]
 #[command(name = "imprint-server", version, about = "Publish versioned datasets to many consumer nodes")]
@@ -90,7 +74,8 @@ struct ServeArgs {
     /// An admin API token with exactly this value exists while set.
     #[arg(long, env = "IMPRINT_BOOTSTRAP_TOKEN", hide_env_values = true)]
     bootstrap_token: Option<String>,
-    /// Password of the `admin` console user created on the first start (else generated and printed).
+    /// Password of the `admin` console user created on the first start (else generated and
+    /// written to `$IMPRINT_HOME/admin-password`).
     #[arg(long, env = "IMPRINT_ADMIN_PASSWORD", hide_env_values = true)]
     admin_password: Option<String>,
     /// The console's public URL; `https://…` makes session cookies Secure.
@@ -278,17 +263,16 @@ impl ServeArgs {
     }
 }
 
+/// Turns the arguments into `Settings` and runs the one startup path until a signal.
 async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
     let addr = args.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)));
     let roles = imprint_service::Roles::parse(args.roles.as_deref().unwrap_or("all"))
         .map_err(|e| format!("IMPRINT_ROLES: {e}"))?;
+    let home = std::path::PathBuf::from(args.home.clone().unwrap_or_else(|| "./.imprint".into()));
     let objects = match &args.object_store {
         Some(url) => imprint_service::objects::Objects::open(url, &[], args.presign),
         None if args.presign => Err("IMPRINT_PRESIGN needs an S3 object store (IMPRINT_OBJECT_STORE=s3://…)".into()),
-        None => {
-            let home = std::path::PathBuf::from(args.home.clone().unwrap_or_else(|| "./.imprint".into()));
-            imprint_service::objects::Objects::local(&home.join("objects"))
-        }
+        None => imprint_service::objects::Objects::local(&home.join("objects")),
     }
     .map_err(|e| format!("IMPRINT_OBJECT_STORE: {e}"))?;
     tracing::info!(store = objects.url(), presign = objects.presigns(), "payload object store");
@@ -297,7 +281,7 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("IMPRINT_TRUSTED_PROXIES: {e}"))?;
     let max_long_polls = args.max_long_polls.unwrap_or_else(|| long_poll_cap(raise_open_file_limit()));
     tracing::info!(max_long_polls, poll_auth = ?args.poll_auth, "consumer limits");
-    let config = Config {
+    let service = Config {
         roles,
         snapshot_every: Duration::from_secs(args.snapshot_secs.max(1)),
         rollout_tick_every: Duration::from_millis(args.rollout_tick_ms.clamp(50, 60_000)),
@@ -323,109 +307,24 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
         },
         ..Config::default()
     };
-    let imprint = Imprint::connect_lazy(url, config).map_err(|e| e.to_string())?;
-
-    // Postgres may still be starting: wait for it, then migrate and load.
-    let mut delay = Duration::from_millis(250);
-    loop {
-        match imprint.migrate().await {
-            Ok(()) => break,
-            Err(imprint_service::Error::StorageUnavailable(e)) => {
-                tracing::warn!(error = %e, "Postgres is not reachable yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(format!("migration failed: {e}")),
-        }
-    }
-    // The bootstrap token exists only while IMPRINT_BOOTSTRAP_TOKEN is set: started
-    // without it, the one an earlier start created is revoked.
-    match args.bootstrap_token.as_deref().filter(|t| !t.is_empty()) {
-        Some(token) if token.chars().count() < MIN_BOOTSTRAP_TOKEN_CHARS => {
-            return Err(format!(
-                "IMPRINT_BOOTSTRAP_TOKEN has {} characters; an admin token needs at least {MIN_BOOTSTRAP_TOKEN_CHARS} \
-                 (for example `openssl rand -hex 32`)",
-                token.chars().count()
-            ));
-        }
-        Some(token) => {
-            auth::ensure_bootstrap_token(imprint.pool(), token).await.map_err(|e| format!("bootstrap token: {e}"))?
-        }
-        None => {
-            if imprint.revoke_bootstrap_token().await.map_err(|e| format!("bootstrap token: {e}"))? {
-                tracing::info!(
-                    "IMPRINT_BOOTSTRAP_TOKEN is not set: the bootstrap token of an earlier start is revoked"
-                );
-            }
-        }
-    }
-    match imprint.ensure_admin_user(args.admin_password.as_deref()).await.map_err(|e| format!("admin user: {e}"))? {
-        Some(generated) => {
-            // Written once, on the first start only, to a file only this user may read
-            // (never to stdout or the log): the hash is all that is stored.
-            let home = std::path::PathBuf::from(args.home.clone().unwrap_or_else(|| "./.imprint".into()));
-            let path = home.join("admin-password");
-            write_private(&path, &format!("{generated}\n")).map_err(|e| {
-                format!("the admin user was created, but its password could not be written to {}: {e}", path.display())
-            })?;
-            tracing::warn!(
-                file = %path.display(),
-                "console user `admin` created with a generated password, written to this file (mode 0600): \
-                 sign in, change it on /account, then delete the file (set IMPRINT_ADMIN_PASSWORD to choose it instead)"
-            );
-        }
-        None => tracing::debug!("admin user exists"),
-    }
-    imprint.start_background().await.map_err(|e| format!("loading the serving state: {e}"))?;
-    let secure = args.public_url.as_deref().is_some_and(|u| u.starts_with("https://"));
-    let sessions = imprint_server::session_layer(&imprint, secure).await?;
-
-    let mut leptos_options =
-        leptos::config::get_configuration(None).map_err(|e| format!("leptos configuration: {e}"))?.leptos_options;
-    leptos_options.site_addr = addr;
-    let limits = imprint_server::ConnectionLimits {
-        header_read_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
-        body_idle_timeout: Duration::from_secs(args.body_idle_timeout_secs.max(1)),
-        max_conns_per_ip: args.max_conns_per_ip,
-        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
-        exempt: trusted.clone(),
+    let settings = Settings {
+        addr,
+        metrics_addr: args.metrics_addr,
+        service,
+        bootstrap_token: args.bootstrap_token,
+        admin_user: AdminUser::Ensure { password: args.admin_password, password_file: home.join("admin-password") },
+        public_url: args.public_url,
+        trusted,
+        limits: imprint_server::ConnectionLimits {
+            header_read_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+            body_idle_timeout: Duration::from_secs(args.body_idle_timeout_secs.max(1)),
+            max_conns_per_ip: args.max_conns_per_ip,
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            exempt: Default::default(),
+        },
+        ..Settings::new(Database::Url(url.to_owned()))
     };
-    tracing::info!(?limits, "connection limits");
-    if let Some(metrics_addr) = args.metrics_addr {
-        let l = tokio::net::TcpListener::bind(metrics_addr)
-            .await
-            .map_err(|e| format!("IMPRINT_METRICS_ADDR: cannot listen on {metrics_addr}: {e}"))?;
-        tracing::info!("metrics on http://{metrics_addr}/metrics (and not on {addr})");
-        let mut draining = imprint.draining();
-        let limits = limits.clone();
-        tokio::spawn(async move {
-            let stop = async move {
-                let _ = draining.wait_for(|d| *d).await;
-            };
-            if let Err(e) = imprint_server::serve_with_limits(l, imprint_server::metrics_router(), limits, stop).await {
-                tracing::warn!(error = %e, "the metrics listener stopped");
-            }
-        });
-    }
-    let app = imprint_server::full_router(imprint.clone(), leptos_options, sessions, trusted);
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    tracing::info!(%roles, "Imprint listening on http://{addr}");
-    let stopper = imprint.clone();
-    imprint_server::serve_with_limits(listener, app, limits, async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: no new connections; answering open long polls");
-        // Long polls answer now instead of holding shutdown up; background work goes on.
-        stopper.begin_shutdown();
-    })
-    .await
-    .map_err(|e| format!("server error: {e}"))?;
-    // No request is in flight any more: flush what the last polls reported, let the
-    // scheduler finish its pass, and only then close the pool.
-    tracing::info!("flushing the consumer audit and stopping background work");
-    imprint.finish_shutdown().await;
-    imprint.pool().close().await;
-    tracing::info!("stopped");
-    Ok(())
+    Application::build(settings).await?.run_until_stopped(shutdown_signal()).await
 }
 
 /// Raises the soft open-file limit to the hard one (every long poll holds a socket) and

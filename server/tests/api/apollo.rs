@@ -1,8 +1,8 @@
 //! The Apollo-compatible endpoint through the real router: each request form, 304 rules,
 //! scoped releases, pins and long polls reaching Apollo clients, and signatures.
-use crate::helpers::{assert_error, spawn_app_configured, TestApp};
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use imprint_testkit::{assert_error, spawn_app_configured, SendJson, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -88,8 +88,7 @@ async fn configs_files_and_release_keys(pool: sqlx::PgPool) {
     assert_eq!(c["configurations"], json!({"content": "{\"a\": {\"b\": 1}}"}));
     // Apollo clients are consumers like any other.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let cons: Value =
-        app.req(Method::GET, "/api/v1/topics/shop.app/consumers").send().await.unwrap().json().await.unwrap();
+    let cons: Value = app.req(Method::GET, "/api/v1/topics/shop.app/consumers").json_body().await;
     let node = &cons["consumers"].as_array().unwrap().iter().find(|c| c["instance"] == "apollo:10.0.0.5").cloned();
     let node = node.as_ref().expect("the Apollo client is in the consumer audit");
     assert_eq!(node["labels"], json!({"cluster": "default", "ip": "10.0.0.5"}));
@@ -140,7 +139,7 @@ async fn scopes_pins_and_long_polls_reach_apollo_clients(pool: sqlx::PgPool) {
             ("cluster", "default"),
             ("notifications", &notes),
         ]);
-        let n: Value = r.send().await.unwrap().json().await.unwrap();
+        let n: Value = r.json_body().await;
         n[0]["notificationId"].as_i64().unwrap()
     };
     let notes = json!([{"namespaceName": "flags", "notificationId": current}]).to_string();
@@ -194,7 +193,7 @@ async fn signatures_are_checked_when_the_app_has_a_secret(pool: sqlx::PgPool) {
         .await;
     app.publish("sec", json!({"data": "{\"k\": \"v\"}"})).await;
     // The secret is never shown.
-    let t: Value = app.req(Method::GET, "/api/v1/topics/sec").send().await.unwrap().json().await.unwrap();
+    let t: Value = app.req(Method::GET, "/api/v1/topics/sec").json_body().await;
     assert_eq!(t["apollo"], json!({"app_id": "vault", "namespace": "application", "secret_set": true}));
     assert!(!t.to_string().contains("s3cr3t"));
 

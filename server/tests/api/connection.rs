@@ -2,9 +2,9 @@
 //! and then (slowloris), more connections than one address may hold, a shutdown while such
 //! connections are open, and anonymous writes that announce a body they never send.
 //! Raw TCP, because HTTP clients do not misbehave on request.
-use crate::helpers::{spawn_app, spawn_app_configured, test_config, ADMIN_TOKEN};
 use imprint_server::ConnectionLimits;
 use imprint_service::{auth, Imprint};
+use imprint_testkit::{spawn_app, spawn_app_configured, test_config, ADMIN_TOKEN};
 use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! The consumer audit: many simulated instances, filters, lag and apply failures.
-use crate::helpers::*;
+use imprint_testkit::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -8,14 +8,7 @@ use std::time::Duration;
 async fn consumers_until(app: &TestApp, query: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     for _ in 0..100 {
-        last = app
-            .req(Method::GET, &format!("/api/v1/topics/fleet/consumers{query}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        last = app.req(Method::GET, &format!("/api/v1/topics/fleet/consumers{query}")).json_body().await;
         if pred(&last) {
             return last;
         }
@@ -105,11 +98,10 @@ async fn audit_records_every_instance(pool: sqlx::PgPool) {
 
     // Counts on the topic, and "unused topics": fleet is polled, the new one never was.
     app.create_topic("nobody-reads-this").await;
-    let t: Value = app.req(Method::GET, "/api/v1/topics/fleet").send().await.unwrap().json().await.unwrap();
+    let t: Value = app.req(Method::GET, "/api/v1/topics/fleet").json_body().await;
     assert_eq!(t["consumers"], 30);
     assert!(t["last_polled_at"].is_string(), "{t}");
-    let unused: Value =
-        app.req(Method::GET, "/api/v1/topics?unused_days=1").send().await.unwrap().json().await.unwrap();
+    let unused: Value = app.req(Method::GET, "/api/v1/topics?unused_days=1").json_body().await;
     let names: Vec<&str> = unused["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["nobody-reads-this"]);
     let r = app.req(Method::GET, "/api/v1/topics?unused_days=0").send().await.unwrap();
@@ -287,14 +279,8 @@ async fn consumer_listing_pages_through_every_row_once(pool: sqlx::PgPool) {
             None => "?limit=100".to_owned(),
             Some(c) => format!("?limit=100&cursor={c}"),
         };
-        let page: Value = app
-            .req(Method::GET, &format!("/api/v1/topics/fleet/consumers{q}&group_by=zone"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value =
+            app.req(Method::GET, &format!("/api/v1/topics/fleet/consumers{q}&group_by=zone")).json_body().await;
         assert_eq!(page["total"], 1234, "{}", page["total"]);
         assert_eq!(page["by_version"], json!({"1": 1234}));
         assert_eq!(page["groups"].as_array().map(Vec::len), Some(7));

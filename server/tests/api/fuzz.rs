@@ -2,7 +2,7 @@
 //! spellings of the paths (duplicated slashes, dot segments, percent-encoding) too: the
 //! server answers every one with a status below 500 and never panics.
 //! `IMPRINT_FUZZ_CASES` (default 10 000) sets how many.
-use crate::helpers::{spawn_app, spawn_full_app, ADMIN_TOKEN};
+use imprint_testkit::{spawn_app, spawn_full_app, ADMIN_TOKEN};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 use std::time::Duration;

@@ -1,12 +1,12 @@
 //! HTTP API tests: each test gets a fresh database (`#[sqlx::test]`) and a real server on
-//! a free port, and talks to it over HTTP like any client would.
+//! a free port (the test kit, `imprint-testkit`, starts it as the binary does), and talks to
+//! it over HTTP like any client would.
 // Helpers shared by the tests are not `#[test]` fns: a failed unwrap there fails a test.
 #![allow(clippy::unwrap_used)]
 mod apollo;
 mod connection;
 mod consumers;
 mod fuzz;
-mod helpers;
 mod objects;
 mod openapi;
 mod poll;

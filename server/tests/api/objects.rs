@@ -1,9 +1,9 @@
 //! Datasets of any size: payloads beyond the inline limit in the object store — the same
 //! tests against a local directory (`file://`) and a real S3 API (moto, started by
 //! `./dev test`: `IMPRINT_TEST_S3_ENDPOINT`, `IMPRINT_TEST_S3_BUCKET`).
-use crate::helpers::*;
 use futures::TryStreamExt;
 use imprint_service::objects::Objects;
+use imprint_testkit::*;
 use object_store::path::Path;
 use object_store::ObjectStore;
 use reqwest::Method;
@@ -101,21 +101,6 @@ async fn stray_rows(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM stray_objects").fetch_one(&app.pool).await.expect("count")
 }
 
-/// Waits (bounded) until `check` holds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..150 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn a_64_mib_payload_round_trips_through_the_object_store(pool: sqlx::PgPool) {
     for store in stores() {
@@ -135,14 +120,7 @@ async fn a_64_mib_payload_round_trips_through_the_object_store(pool: sqlx::PgPoo
         assert_eq!(keys.len(), 1, "{keys:?}");
         assert!(keys[0].ends_with(&format!("topics/{topic}/1/{digest}")), "{keys:?}");
         assert_eq!(stray_rows(&app).await, 0);
-        let v: Value = app
-            .admin(Method::GET, &format!("/api/v1/topics/{topic}/versions/1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = app.admin(Method::GET, &format!("/api/v1/topics/{topic}/versions/1")).json_body().await;
         assert_eq!(v["storage"], "object");
         assert!(v["object_url"].as_str().is_some_and(|u| u.ends_with(&keys[0].rsplit("topics/").next().unwrap_or(""))));
         let r = app.admin(Method::GET, &format!("/api/v1/topics/{topic}/versions/1/data")).send().await.unwrap();
@@ -263,14 +241,7 @@ async fn registered_objects_are_checked_read_once_and_served(pool: sqlx::PgPool)
         assert_eq!(p["storage"], "object");
         assert_eq!(p["size"], 3 << 20);
         assert_eq!(p["sha256"], sha(&payload));
-        let v: Value = app
-            .admin(Method::GET, &format!("/api/v1/topics/{topic}/versions/1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = app.admin(Method::GET, &format!("/api/v1/topics/{topic}/versions/1")).json_body().await;
         assert_eq!(v["object_url"], url);
         assert_eq!(v["object_registered"], true);
         let body = app
@@ -385,14 +356,7 @@ async fn multipart_publishes_stream_the_file_part(pool: sqlx::PgPool) {
         assert_eq!(p["sha256"], sha(&payload));
         assert_eq!(p["content_type"], "application/x-model");
         assert_eq!(p["scopes"][0]["selector"], json!({"region": "eu"}));
-        let v: Value = app
-            .admin(Method::GET, &format!("/api/v1/topics/{topic}/versions/1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = app.admin(Method::GET, &format!("/api/v1/topics/{topic}/versions/1")).json_body().await;
         assert_eq!(v["message"], "nightly model");
         assert_eq!(v["metadata"], json!({"build": "42"}));
         // A small file stays inline.
@@ -536,8 +500,7 @@ async fn the_janitor_purges_what_retention_allows_and_keeps_the_rest(pool: sqlx:
         let mut hold = pool.begin().await.unwrap();
         sqlx::query("SELECT id FROM topics WHERE name = $1 FOR UPDATE").bind(&t).execute(&mut *hold).await.unwrap();
         clock.advance(chrono::Duration::days(2));
-        let preview: Value =
-            app.admin(Method::GET, &format!("{base}/retention")).send().await.unwrap().json().await.unwrap();
+        let preview: Value = app.admin(Method::GET, &format!("{base}/retention")).json_body().await;
         let action = |v: u64| {
             preview["versions"]
                 .as_array()
@@ -563,8 +526,7 @@ async fn the_janitor_purges_what_retention_allows_and_keeps_the_rest(pool: sqlx:
         for kept in [2, 3, 5] {
             assert_eq!(status_of(&app, &format!("{base}/versions/{kept}/data")).await, 200, "v{kept} kept");
         }
-        let v1: Value =
-            app.admin(Method::GET, &format!("{base}/versions/1")).send().await.unwrap().json().await.unwrap();
+        let v1: Value = app.admin(Method::GET, &format!("{base}/versions/1")).json_body().await;
         assert_eq!(v1["purged"], true);
         assert!(v1["purged_at"].is_string());
         let audit: Vec<(String, Value)> = sqlx::query_as(
@@ -668,8 +630,7 @@ async fn a_body_longer_than_its_content_length_publishes_exactly_the_announced_b
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     // The bytes after the announced length are not a request: refused, not published.
     assert!(answer.contains("HTTP/1.1 400"), "{answer}");
-    let v: Value =
-        app.admin(Method::GET, "/api/v1/topics/exact/versions/1").send().await.unwrap().json().await.unwrap();
+    let v: Value = app.admin(Method::GET, "/api/v1/topics/exact/versions/1").json_body().await;
     assert_eq!(v["size"], 1000);
     assert_eq!(v["sha256"], sha(&body[..1000]));
     assert_eq!(app.versions_in_db("exact").await, 1);
@@ -900,8 +861,7 @@ async fn the_janitor_keeps_what_the_snapshot_manifest_names(pool: sqlx::PgPool) 
     app.imprint().snapshot_pass().await.expect("snapshot names v1");
     assert_eq!(raw_publish(&app, "snap.kept", bytes_of(2 << 20, 6), &[]).await.status(), 201);
     // The preview says what the pass will do.
-    let preview: Value =
-        app.admin(Method::GET, "/api/v1/topics/snap.kept/retention").send().await.unwrap().json().await.unwrap();
+    let preview: Value = app.admin(Method::GET, "/api/v1/topics/snap.kept/retention").json_body().await;
     let v1 = preview["versions"].as_array().and_then(|a| a.iter().find(|i| i["version"] == 1)).cloned();
     assert_eq!(v1.map(|i| i["action"].clone()), Some(json!("in_snapshot")), "{preview}");
     app.imprint().janitor_pass().await.expect("pass");

@@ -2,14 +2,14 @@
 //! every route is in it, every documented route answers with a status and content type
 //! the document gives (the payload endpoints with each version's own type), errors have
 //! one documented shape, and request bodies refuse unknown fields, naming them.
-use crate::helpers::{assert_error, spawn_app};
+use imprint_testkit::{assert_error, spawn_app, SendJson};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn every_route_is_documented_and_answers(pool: sqlx::PgPool) {
     let app = spawn_app(pool).await;
-    let doc: Value = app.req(Method::GET, "/api/v1/openapi.json").send().await.unwrap().json().await.unwrap();
+    let doc: Value = app.req(Method::GET, "/api/v1/openapi.json").json_body().await;
     let paths = doc["paths"].as_object().expect("paths");
     let expected = [
         "/api/v1/topics",
@@ -128,7 +128,7 @@ async fn unknown_or_misspelt_fields_are_refused_by_name(pool: sqlx::PgPool) {
     }
     // Nothing was changed by any of them.
     assert_eq!(app.versions_in_db("t").await, 1);
-    let topic: Value = app.req(Method::GET, "/api/v1/topics/t").send().await.unwrap().json().await.unwrap();
+    let topic: Value = app.req(Method::GET, "/api/v1/topics/t").json_body().await;
     assert_eq!(topic["active_pins"], 0);
     assert_eq!(topic["retention"]["max_versions"], Value::Null);
 }
@@ -186,7 +186,7 @@ fn check_documented(
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn payload_answers_are_the_documented_ones(pool: sqlx::PgPool) {
     let app = spawn_app(pool).await;
-    let doc: Value = app.req(Method::GET, "/api/v1/openapi.json").send().await.unwrap().json().await.unwrap();
+    let doc: Value = app.req(Method::GET, "/api/v1/openapi.json").json_body().await;
     let data = "/api/v1/topics/{topic}/versions/{n}/data";
     let latest = "/api/v1/topics/{topic}/latest";
     let mut undocumented = std::collections::BTreeSet::new();
@@ -220,8 +220,7 @@ async fn payload_answers_are_the_documented_ones(pool: sqlx::PgPool) {
     for (i, ct) in types.iter().enumerate() {
         let n = i + 1;
         app.publish("p", json!({"data": format!("{{\"n\": {n}}}"), "content_type": ct})).await;
-        let version: Value =
-            app.req(Method::GET, &format!("/api/v1/topics/p/versions/{n}")).send().await.unwrap().json().await.unwrap();
+        let version: Value = app.req(Method::GET, &format!("/api/v1/topics/p/versions/{n}")).json_body().await;
         let sha = version["sha256"].as_str().expect("sha256").to_owned();
         etags.push(format!("\"{sha}\""));
         for (template, url, etag) in [
@@ -285,7 +284,7 @@ async fn payload_answers_are_the_documented_ones(pool: sqlx::PgPool) {
         }
         match below(5) {
             0 => req = req.bearer_auth("not-a-token"),
-            1 => req = req.bearer_auth(crate::helpers::ADMIN_TOKEN),
+            1 => req = req.bearer_auth(imprint_testkit::ADMIN_TOKEN),
             _ => {}
         }
         check(template, req.send().await.unwrap());

@@ -1,6 +1,6 @@
 //! Consumer polling: batch answers, the update rule, long polls, `latest`, two servers.
-use crate::helpers::*;
 use base64::Engine;
+use imprint_testkit::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -97,7 +97,7 @@ fn long_poll(app: &TestApp, labels: Value, topics: Value, wait_ms: u64) -> tokio
     let mut body = consumer(labels, topics);
     body["wait_ms"] = json!(wait_ms);
     let req = app.req(Method::POST, "/api/v1/poll").json(&body);
-    tokio::spawn(async move { req.send().await.unwrap().json::<Value>().await.unwrap() })
+    tokio::spawn(async move { req.json_body().await })
 }
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]

@@ -1,6 +1,6 @@
 //! Publishing, payload download, scopes, resolution and pins.
-use crate::helpers::*;
 use base64::Engine;
+use imprint_testkit::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -25,45 +25,35 @@ async fn publish_and_read_back(pool: sqlx::PgPool) {
     assert_eq!(p["content_type"], "application/octet-stream");
 
     // Raw body with query-string scopes and metadata.
-    let r = app
+    let (status, p) = app
         .admin(Method::POST, "/api/v1/topics/cfg/versions?scope=region=us&scope=cluster=c1&meta.owner=ops&message=raw")
         .header("content-type", "text/csv")
         .body("a,b\n1,2\n")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let p: Value = r.json().await.unwrap();
+        .send_json()
+        .await;
+    assert_eq!(status, 201);
     assert_eq!(p["version"], 3);
     assert_eq!(p["content_type"], "text/csv");
 
-    let v: Value = app.req(Method::GET, "/api/v1/topics/cfg/versions/1").send().await.unwrap().json().await.unwrap();
+    let v: Value = app.req(Method::GET, "/api/v1/topics/cfg/versions/1").json_body().await;
     assert_eq!(v["metadata"]["build"], "42");
     assert_eq!(v["message"], "first");
     assert_eq!(v["created_by"], "token:bootstrap");
     assert_eq!(v["purged"], false);
-    let v3: Value = app.req(Method::GET, "/api/v1/topics/cfg/versions/3").send().await.unwrap().json().await.unwrap();
+    let v3: Value = app.req(Method::GET, "/api/v1/topics/cfg/versions/3").json_body().await;
     let sels: Vec<Value> = v3["scopes"].as_array().unwrap().iter().map(|s| s["selector"].clone()).collect();
     assert!(sels.contains(&json!({"region": "us"})) && sels.contains(&json!({"cluster": "c1"})), "{v3}");
     assert_eq!(v3["metadata"]["owner"], "ops");
 
-    let list: Value =
-        app.req(Method::GET, "/api/v1/topics/cfg/versions?limit=2").send().await.unwrap().json().await.unwrap();
+    let list: Value = app.req(Method::GET, "/api/v1/topics/cfg/versions?limit=2").json_body().await;
     let ns: Vec<u64> = list["versions"].as_array().unwrap().iter().map(|v| v["version"].as_u64().unwrap()).collect();
     assert_eq!(ns, [3, 2]);
     let next = list["next"].as_str().unwrap();
-    let list: Value = app
-        .req(Method::GET, &format!("/api/v1/topics/cfg/versions?cursor={next}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.req(Method::GET, &format!("/api/v1/topics/cfg/versions?cursor={next}")).json_body().await;
     assert_eq!(list["versions"][0]["version"], 1);
     assert!(list["next"].is_null());
 
-    let t: Value = app.req(Method::GET, "/api/v1/topics/cfg").send().await.unwrap().json().await.unwrap();
+    let t: Value = app.req(Method::GET, "/api/v1/topics/cfg").json_body().await;
     assert_eq!(t["latest_version"], 3);
     assert!(t["last_published_at"].is_string());
 
@@ -117,7 +107,7 @@ async fn purged_versions_answer_410(pool: sqlx::PgPool) {
         "version_purged",
     )
     .await;
-    let v: Value = app.req(Method::GET, "/api/v1/topics/old/versions/1").send().await.unwrap().json().await.unwrap();
+    let v: Value = app.req(Method::GET, "/api/v1/topics/old/versions/1").json_body().await;
     assert_eq!(v["purged"], true);
     let r = app
         .admin(Method::POST, "/api/v1/topics/old/versions/1/scopes")
@@ -216,7 +206,7 @@ async fn rejected_publishes_store_nothing(pool: sqlx::PgPool) {
     assert_error(publish("typed", json!({"data": "not json"})).await.unwrap(), 422, "schema_violation").await;
     assert_eq!(app.versions_in_db("small").await, 0);
     assert_eq!(app.versions_in_db("typed").await, 0);
-    let t: Value = app.req(Method::GET, "/api/v1/topics/small").send().await.unwrap().json().await.unwrap();
+    let t: Value = app.req(Method::GET, "/api/v1/topics/small").json_body().await;
     assert_eq!(t["latest_version"], 0, "no version number was used up");
     // And the next good publish is version 1.
     assert_eq!(app.publish("small", json!({"data": "ok"})).await["version"], 1);
@@ -263,7 +253,7 @@ async fn scopes_resolution_and_time_travel(pool: sqlx::PgPool) {
     let resolve = |labels: &str| {
         let url = format!("/api/v1/topics/ab/resolve?labels={labels}");
         let req = app.req(Method::GET, &url);
-        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+        async move { req.json_body().await }
     };
     assert_eq!(resolve("region=eu").await["version"], 1);
     assert_eq!(resolve("region=eu,cluster=canary").await["version"], 2);
@@ -288,21 +278,11 @@ async fn scopes_resolution_and_time_travel(pool: sqlx::PgPool) {
     let at = before.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let r: Value = app
         .req(Method::GET, &format!("/api/v1/topics/ab/resolve?labels=region=eu&at={}", at.replace('+', "%2B")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     assert_eq!(r["version"], 1, "{r}");
-    let r: Value = app
-        .req(Method::GET, "/api/v1/topics/ab/resolve?labels=region=eu&at=2000-01-01T00:00:00Z")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value =
+        app.req(Method::GET, "/api/v1/topics/ab/resolve?labels=region=eu&at=2000-01-01T00:00:00Z").json_body().await;
     assert!(r["version"].is_null());
 
     // Errors.
@@ -348,7 +328,7 @@ async fn pins_override_and_unpin_moves_forward(pool: sqlx::PgPool) {
     }
     let resolve = |labels: &'static str| {
         let req = app.req(Method::GET, &format!("/api/v1/topics/p/resolve?labels={labels}"));
-        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+        async move { req.json_body().await }
     };
     let pin = |body: Value| app.admin(Method::PUT, "/api/v1/topics/p/pins").json(&body).send();
     let r = pin(json!({"selector": {"region": "eu"}, "version": 1, "reason": "v3 breaks eu"})).await.unwrap();
@@ -365,11 +345,11 @@ async fn pins_override_and_unpin_moves_forward(pool: sqlx::PgPool) {
     pin(json!({"selector": {"region": "eu", "app": "checkout"}, "version": 2})).await.unwrap();
     assert_eq!(resolve("region=eu,app=checkout").await["version"], 2);
     pin(json!({"selector": {"region": "eu"}, "version": 2, "reason": "better"})).await.unwrap();
-    let pins: Value = app.req(Method::GET, "/api/v1/topics/p/pins").send().await.unwrap().json().await.unwrap();
+    let pins: Value = app.req(Method::GET, "/api/v1/topics/p/pins").json_body().await;
     assert_eq!(pins["pins"].as_array().unwrap().len(), 2, "{pins}");
-    let all: Value = app.req(Method::GET, "/api/v1/topics/p/pins?all=true").send().await.unwrap().json().await.unwrap();
+    let all: Value = app.req(Method::GET, "/api/v1/topics/p/pins?all=true").json_body().await;
     assert_eq!(all["pins"].as_array().unwrap().len(), 3);
-    let t: Value = app.req(Method::GET, "/api/v1/topics/p").send().await.unwrap().json().await.unwrap();
+    let t: Value = app.req(Method::GET, "/api/v1/topics/p").json_body().await;
     assert_eq!(t["active_pins"], 2);
 
     // A pin holds against later publishes.
@@ -410,14 +390,7 @@ async fn an_expired_pin_stops_applying_by_itself(pool: sqlx::PgPool) {
     app.publish("exp", json!({"data": "2"})).await;
     let pin = |body: Value| app.admin(Method::PUT, "/api/v1/topics/exp/pins").json(&body).send();
     let resolve = || async {
-        let r: Value = app
-            .req(Method::GET, "/api/v1/topics/exp/resolve?labels=region=eu")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = app.req(Method::GET, "/api/v1/topics/exp/resolve?labels=region=eu").json_body().await;
         (r["version"].as_u64(), r["pinned"].as_bool())
     };
     // Refused: an expiry in the past, or not a time.
@@ -446,12 +419,11 @@ async fn an_expired_pin_stops_applying_by_itself(pool: sqlx::PgPool) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(stopped, "the pin still applies after its expiry");
-    let pins: Value =
-        app.req(Method::GET, "/api/v1/topics/exp/pins?all=true").send().await.unwrap().json().await.unwrap();
+    let pins: Value = app.req(Method::GET, "/api/v1/topics/exp/pins?all=true").json_body().await;
     let gone = &pins["pins"][0];
     assert_eq!(gone["removed_by"], "expiry", "{pins}");
     assert_eq!(gone["removed_at"], gone["expires_at"], "{pins}");
-    let active: Value = app.req(Method::GET, "/api/v1/topics/exp/pins").send().await.unwrap().json().await.unwrap();
+    let active: Value = app.req(Method::GET, "/api/v1/topics/exp/pins").json_body().await;
     assert_eq!(active["pins"], json!([]));
     let audit: Vec<(String, Value)> =
         sqlx::query_as("SELECT actor, details FROM audit_log WHERE action = 'pin.expire' AND topic = 'exp'")

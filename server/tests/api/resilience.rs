@@ -1,5 +1,5 @@
 //! Postgres going away and coming back, simulated with a TCP proxy the test can cut.
-use crate::helpers::*;
+use imprint_testkit::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,8 +101,7 @@ async fn polls_survive_postgres_outage_and_publishing_recovers(pool: sqlx::PgPoo
     // The audit catches up: the instance seen during the outage is recorded.
     let mut recorded = Value::Null;
     for _ in 0..100 {
-        recorded =
-            app.req(Method::GET, "/api/v1/topics/resilient/consumers").send().await.unwrap().json().await.unwrap();
+        recorded = app.req(Method::GET, "/api/v1/topics/resilient/consumers").json_body().await;
         let seen =
             recorded["consumers"].as_array().and_then(|c| c.iter().find(|c| c["instance"] == "seen-during-outage"));
         if seen.is_some() {
@@ -121,7 +120,7 @@ async fn polls_survive_postgres_outage_and_publishing_recovers(pool: sqlx::PgPoo
     let waiting = {
         let body = json!({"consumer": {"instance": "i", "labels": {}}, "topics": {"resilient": 2}, "wait_ms": 30000});
         let req = app.req(Method::POST, "/api/v1/poll").json(&body);
-        tokio::spawn(async move { req.send().await.unwrap().json::<Value>().await.unwrap() })
+        tokio::spawn(async move { req.json_body().await })
     };
     let other = spawn_app(app.pool.clone()).await;
     other.publish("resilient", json!({"data": "elsewhere"})).await;

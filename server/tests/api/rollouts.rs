@@ -1,22 +1,16 @@
 //! Incremental rollouts through the API: stages over time, every action, gates,
 //! supersession, two schedulers and a restart.
-use crate::helpers::*;
+use imprint_testkit::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 async fn resolve(app: &TestApp, topic: &str, labels: &str) -> Value {
-    app.req(Method::GET, &format!("/api/v1/topics/{topic}/resolve?labels={labels}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.req(Method::GET, &format!("/api/v1/topics/{topic}/resolve?labels={labels}")).json_body().await
 }
 
 async fn rollout(app: &TestApp, topic: &str, id: &Value) -> Value {
-    app.req(Method::GET, &format!("/api/v1/topics/{topic}/rollouts/{id}")).send().await.unwrap().json().await.unwrap()
+    app.req(Method::GET, &format!("/api/v1/topics/{topic}/rollouts/{id}")).json_body().await
 }
 
 async fn action(app: &TestApp, topic: &str, id: &Value, action: &str, body: Option<Value>) -> reqwest::Response {
@@ -29,15 +23,21 @@ async fn action(app: &TestApp, topic: &str, id: &Value, action: &str, body: Opti
 
 /// Waits until the rollout satisfies `pred` (the scheduler runs every 500 ms).
 async fn rollout_until(app: &TestApp, topic: &str, id: &Value, pred: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..150 {
-        last = rollout(app, topic, id).await;
-        if pred(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("rollout never reached the expected state; last: {last}");
+    eventually(&format!("rollout {id} of {topic} to reach the expected state"), || async {
+        Some(rollout(app, topic, id).await).filter(|r| pred(r))
+    })
+    .await
+}
+
+/// A server whose clock stands still until the test moves it (stage waits pass when the
+/// test says, not on the wall clock).
+async fn spawn_clocked(pool: sqlx::PgPool) -> (TestApp, ManualClock) {
+    let clock = ManualClock::new(chrono::Utc::now());
+    (spawn_app_clocked(pool.clone(), pool, |_| {}, std::sync::Arc::new(clock.clone())).await, clock)
+}
+
+fn secs(n: i64) -> chrono::Duration {
+    chrono::Duration::seconds(n)
 }
 
 async fn setup(app: &TestApp, topic: &str) {
@@ -54,16 +54,14 @@ fn three_stages(wait_s: u64) -> Value {
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn stages_are_added_when_due_until_completed(pool: sqlx::PgPool) {
-    let app = spawn_app(pool).await;
+    let (app, clock) = spawn_clocked(pool).await;
     setup(&app, "ro").await;
-    let r = app
+    let (status, ro) = app
         .admin(Method::POST, "/api/v1/topics/ro/rollouts")
         .json(&json!({"version": 2, "stages": three_stages(1)}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let ro: Value = r.json().await.unwrap();
+        .send_json()
+        .await;
+    assert_eq!(status, 201);
     let id = ro["id"].clone();
     assert_eq!(ro["state"], "running");
     assert_eq!(ro["current_stage"], 0);
@@ -74,14 +72,20 @@ async fn stages_are_added_when_due_until_completed(pool: sqlx::PgPool) {
     // Stage 1 at once: the canary sees v2, nobody else does yet.
     assert_eq!(resolve(&app, "ro", "cluster=canary,region=us").await["version"], 2);
     assert_eq!(resolve(&app, "ro", "region=eu").await["version"], 1);
-    let t: Value = app.req(Method::GET, "/api/v1/topics/ro").send().await.unwrap().json().await.unwrap();
+    let t: Value = app.req(Method::GET, "/api/v1/topics/ro").json_body().await;
     assert_eq!(t["rollout_state"], "running");
 
+    // Each stage when its wait has passed on the service's clock.
+    clock.advance(secs(1));
+    rollout_until(&app, "ro", &id, |r| r["current_stage"] == 1).await;
+    assert_eq!(resolve(&app, "ro", "region=eu").await["version"], 2);
+    assert_eq!(resolve(&app, "ro", "region=us").await["version"], 1);
+    clock.advance(secs(1));
     let done = rollout_until(&app, "ro", &id, |r| r["state"] == "completed").await;
     assert!(done["stages"].as_array().unwrap().iter().all(|s| s["state"] == "reached"), "{done}");
     assert_eq!(resolve(&app, "ro", "region=us").await["version"], 2);
     // Each stage's scope was added once, by the rollout.
-    let v: Value = app.req(Method::GET, "/api/v1/topics/ro/versions/2").send().await.unwrap().json().await.unwrap();
+    let v: Value = app.req(Method::GET, "/api/v1/topics/ro/versions/2").json_body().await;
     let scopes = v["scopes"].as_array().unwrap();
     assert_eq!(scopes.len(), 3, "{v}");
     let by: Vec<&str> = scopes.iter().map(|s| s["added_by"].as_str().unwrap()).collect();
@@ -96,7 +100,7 @@ async fn stages_are_added_when_due_until_completed(pool: sqlx::PgPool) {
         |i: usize| chrono::DateTime::parse_from_rfc3339(done["stages"][i]["reached_at"].as_str().unwrap()).unwrap();
     assert!(at(1) - at(0) >= chrono::Duration::seconds(1));
     assert!(at(2) - at(1) >= chrono::Duration::seconds(1));
-    let list: Value = app.req(Method::GET, "/api/v1/topics/ro/rollouts").send().await.unwrap().json().await.unwrap();
+    let list: Value = app.req(Method::GET, "/api/v1/topics/ro/rollouts").json_body().await;
     assert_eq!(list["rollouts"][0]["id"], id);
     // A finished rollout refuses every action.
     for a in ["pause", "resume", "advance", "complete", "cancel"] {
@@ -145,7 +149,7 @@ async fn operator_actions(pool: sqlx::PgPool) {
         json!({"topic": "ops", "version": 1, "pinned": true, "at": null})
     );
     assert_eq!(resolve(&app, "ops", "cluster=canary").await["version"], 1);
-    let pins: Value = app.req(Method::GET, "/api/v1/topics/ops/pins").send().await.unwrap().json().await.unwrap();
+    let pins: Value = app.req(Method::GET, "/api/v1/topics/ops/pins").json_body().await;
     assert_eq!(pins["pins"].as_array().unwrap().len(), 2, "{pins}");
 
     // A second rollout, completed at once.
@@ -153,12 +157,8 @@ async fn operator_actions(pool: sqlx::PgPool) {
     let ro: Value = app
         .admin(Method::POST, "/api/v1/topics/ops/rollouts")
         .json(&json!({"version": 3, "stages": three_stages(3600)}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     let r: Value = action(&app, "ops", &ro["id"], "complete", None).await.json().await.unwrap();
     assert_eq!(r["state"], "completed");
     assert_eq!(resolve(&app, "ops", "region=us").await["version"], 3);
@@ -261,7 +261,9 @@ async fn poll_as(app: &TestApp, instance: &str, held: u64, applied: Option<Value
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn gates_hold_a_stage_and_pause_on_failures(pool: sqlx::PgPool) {
-    let app = spawn_app(pool).await;
+    // The test writes the consumer audit itself (`flush_audit`), so it knows what the
+    // scheduler's gate reads.
+    let app = spawn_app_configured(pool.clone(), pool, |c| c.audit_flush_every = Duration::from_secs(3600)).await;
     setup(&app, "gated").await;
     // These canaries poll without a token: the topic must opt in to trusting them
     // (`trust::forged_reports_do_not_move_gates` covers the default).
@@ -272,24 +274,22 @@ async fn gates_hold_a_stage_and_pause_on_failures(pool: sqlx::PgPool) {
     let ro: Value = app
         .admin(Method::POST, "/api/v1/topics/gated/rollouts")
         .json(&json!({"version": 2, "stages": stages}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     let id = ro["id"].clone();
     // Four canaries, one on v2: 25% applied < 75%. The stage is due but held.
     poll_as(&app, "c1", 2, Some(json!({"version": 2, "ok": true}))).await;
     for c in ["c2", "c3", "c4"] {
         poll_as(&app, c, 1, None).await;
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    app.imprint().flush_audit().await.unwrap();
+    app.imprint().tick_rollouts().await.unwrap();
     let held = rollout(&app, "gated", &id).await;
     assert_eq!((held["state"].clone(), held["current_stage"].clone()), (json!("running"), json!(0)), "{held}");
     // Three of four on v2: the gate opens and the rollout completes.
     poll_as(&app, "c2", 2, Some(json!({"version": 2, "ok": true}))).await;
     poll_as(&app, "c3", 2, None).await;
+    app.imprint().flush_audit().await.unwrap();
     rollout_until(&app, "gated", &id, |r| r["state"] == "completed").await;
 
     // Failures pause the rollout by itself, with the reason recorded.
@@ -297,14 +297,11 @@ async fn gates_hold_a_stage_and_pause_on_failures(pool: sqlx::PgPool) {
     let ro: Value = app
         .admin(Method::POST, "/api/v1/topics/gated/rollouts")
         .json(&json!({"version": 3, "stages": stages}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     poll_as(&app, "c1", 2, Some(json!({"version": 3, "ok": false, "error": "bad config"}))).await;
     poll_as(&app, "c2", 2, Some(json!({"version": 3, "ok": false, "error": "bad config"}))).await;
+    app.imprint().flush_audit().await.unwrap();
     let paused = rollout_until(&app, "gated", &ro["id"], |r| r["state"] == "paused").await;
     let reason = paused["pause_reason"].as_str().unwrap();
     assert!(reason.contains("2 of 4") && reason.contains("v3"), "{reason}");
@@ -313,21 +310,22 @@ async fn gates_hold_a_stage_and_pause_on_failures(pool: sqlx::PgPool) {
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn two_schedulers_add_each_stage_once(pool: sqlx::PgPool) {
-    let a = spawn_app(pool.clone()).await;
-    let _b = spawn_app(pool.clone()).await;
+    let clock = ManualClock::new(chrono::Utc::now());
+    let a = spawn_app_clocked(pool.clone(), pool.clone(), |_| {}, std::sync::Arc::new(clock.clone())).await;
+    let _b = spawn_app_clocked(pool.clone(), pool.clone(), |_| {}, std::sync::Arc::new(clock.clone())).await;
     setup(&a, "duo").await;
     let stages: Vec<Value> =
         (0..6).map(|i| json!({"selector": {"wave": format!("w{i}")}, "wait_s": if i < 5 { 1 } else { 0 }})).collect();
-    // wait_s of 1 s keeps both schedulers (500 ms passes) racing for every stage.
+    // Both schedulers (500 ms passes) race for every stage as it falls due.
     let ro: Value = a
         .admin(Method::POST, "/api/v1/topics/duo/rollouts")
         .json(&json!({"version": 2, "stages": stages}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
+    for stage in 1..6 {
+        clock.advance(secs(1));
+        rollout_until(&a, "duo", &ro["id"], |r| r["current_stage"] == stage).await;
+    }
     let done = rollout_until(&a, "duo", &ro["id"], |r| r["state"] == "completed").await;
     let reached: Vec<&str> =
         done["stages"].as_array().unwrap().iter().map(|s| s["reached_at"].as_str().unwrap()).collect();
@@ -347,25 +345,25 @@ async fn two_schedulers_add_each_stage_once(pool: sqlx::PgPool) {
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn a_restart_resumes_where_it_was(pool: sqlx::PgPool) {
-    let first = spawn_app(pool.clone()).await;
+    let clock = ManualClock::new(chrono::Utc::now());
+    let first = spawn_app_clocked(pool.clone(), pool.clone(), |_| {}, std::sync::Arc::new(clock.clone())).await;
     setup(&first, "restart").await;
     let ro: Value = first
         .admin(Method::POST, "/api/v1/topics/restart/rollouts")
         .json(&json!({"version": 2, "stages": three_stages(2)}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     let id = ro["id"].clone();
-    // The only scheduler goes away before stage 2 is due.
-    first.imprint_shutdown();
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // The only scheduler goes away (its background work has ended) before stage 2 is
+    // due; then stage 2 falls due.
+    first.imprint().finish_shutdown().await;
+    clock.advance(secs(3));
     let stalled = rollout(&first, "restart", &id).await;
     assert_eq!(stalled["current_stage"], 0, "nobody was there to add stage 2: {stalled}");
     // A new server picks the rollout up from Postgres and carries on.
-    let second = spawn_app(pool).await;
+    let second = spawn_app_clocked(pool.clone(), pool, |_| {}, std::sync::Arc::new(clock.clone())).await;
+    rollout_until(&second, "restart", &id, |r| r["current_stage"] == 1).await;
+    clock.advance(secs(2));
     let done = rollout_until(&second, "restart", &id, |r| r["state"] == "completed").await;
     let at =
         |i: usize| chrono::DateTime::parse_from_rfc3339(done["stages"][i]["reached_at"].as_str().unwrap()).unwrap();

@@ -1,8 +1,8 @@
 //! The second security review (issue 19): what is held open is bounded by what exists and
 //! by the caller, revocation reaches what is held open, payload bytes are served inert,
 //! and unknown tokens cost no query each.
-use crate::helpers::*;
 use futures::future::join_all;
+use imprint_testkit::*;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -13,20 +13,6 @@ fn made_up_topics(n: usize, salt: usize) -> Value {
         topics.insert(format!("made.up.{salt}.{i}"), Value::Null);
     }
     Value::Object(topics)
-}
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 /// The review's leak: long polls naming 1 500 made-up topics each registered a waiter
@@ -99,12 +85,12 @@ async fn long_poll_caps_bound_memory_and_each_anonymous_address(pool: sqlx::PgPo
             .json(&json!({"consumer": {"instance": instance}, "topics": topics, "wait_ms": 60000}))
     };
     // A poll whose request alone is more than the memory budget is not held.
-    let r: Value = long("big", made_up_topics(1500, 0)).send().await.unwrap().json().await.unwrap();
+    let r: Value = long("big", made_up_topics(1500, 0)).json_body().await;
     assert!(r["poll_after_ms"].as_u64().unwrap() >= 5000, "{r}");
     // Two parked polls from one address; the third is answered at once.
     let parked: Vec<_> = (0..2).map(|i| tokio::spawn(long(&format!("p{i}"), json!({"capped": null})).send())).collect();
     eventually("two parked", || async { app.imprint().state().waiter_entries().0 == 2 }).await;
-    let r: Value = long("third", json!({"capped": null})).send().await.unwrap().json().await.unwrap();
+    let r: Value = long("third", json!({"capped": null})).json_body().await;
     assert!(r["poll_after_ms"].as_u64().unwrap() >= 5000, "{r}");
     // A poll with a token is not counted against the address.
     let token = app.consumer_token("fleet", None, &[], &[]).await;
@@ -269,14 +255,9 @@ async fn poll_auth_and_label_bound_tokens_apply_to_every_payload_read(pool: sqlx
         .await
         .unwrap();
     assert_error(r, 403, "forbidden").await;
-    let r = app
-        .req(Method::GET, "/api/v1/topics/bound.data/resolve?labels=region=us")
-        .bearer_auth(&us)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) =
+        app.req(Method::GET, "/api/v1/topics/bound.data/resolve?labels=region=us").bearer_auth(&us).send_json().await;
+    assert_eq!(status, 200);
     assert_eq!(body["version"], Value::Null, "nothing is released to region=us");
     // An unbound consumer token and publishers read versions as before.
     let any = app.consumer_token("any-node", None, &[], &[]).await;
@@ -298,12 +279,7 @@ async fn a_rollback_never_pins_a_purged_version(pool: sqlx::PgPool) {
     let ro: Value = app
         .admin(Method::POST, "/api/v1/topics/rb.purged/rollouts")
         .json(&json!({"version": 2, "stages": [{"selector": {"cluster": "canary"}, "wait_s": 3600}, {"selector": {}, "wait_s": 0}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body().await;
     let id = &ro["id"];
     sqlx::query(
         "UPDATE versions v SET purged_at = now() FROM topics t WHERE t.id = v.topic_id AND t.name = 'rb.purged' AND v.version = 1",
@@ -316,7 +292,7 @@ async fn a_rollback_never_pins_a_purged_version(pool: sqlx::PgPool) {
     };
     let body = assert_error(cancel(json!({"rollback": true})).await.unwrap(), 409, "invalid_state").await;
     assert!(body.to_string().contains("purged"), "{body}");
-    let pins: Value = app.req(Method::GET, "/api/v1/topics/rb.purged/pins").send().await.unwrap().json().await.unwrap();
+    let pins: Value = app.req(Method::GET, "/api/v1/topics/rb.purged/pins").json_body().await;
     assert_eq!(pins["pins"].as_array().unwrap().len(), 0, "nothing was pinned");
     let r = cancel(json!({"rollback": false})).await.unwrap();
     assert_eq!(r.status(), 200);

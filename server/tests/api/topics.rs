@@ -1,5 +1,5 @@
 //! Topics, tokens and rights.
-use crate::helpers::*;
+use imprint_testkit::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -20,38 +20,28 @@ async fn create_get_list_and_patch_topics(pool: sqlx::PgPool) {
         app.create_topic(&format!("other.{i}")).await;
     }
 
-    let got: Value =
-        app.req(Method::GET, "/api/v1/topics/payments.methods").send().await.unwrap().json().await.unwrap();
+    let got: Value = app.req(Method::GET, "/api/v1/topics/payments.methods").json_body().await;
     assert_eq!(got["description"], "supported methods");
 
-    let list: Value = app.req(Method::GET, "/api/v1/topics?q=methods").send().await.unwrap().json().await.unwrap();
+    let list: Value = app.req(Method::GET, "/api/v1/topics?q=methods").json_body().await;
     assert_eq!(list["topics"].as_array().unwrap().len(), 1);
 
     // Pagination: newest first, two pages of 2.
-    let p1: Value = app.req(Method::GET, "/api/v1/topics?limit=2").send().await.unwrap().json().await.unwrap();
+    let p1: Value = app.req(Method::GET, "/api/v1/topics?limit=2").json_body().await;
     let names: Vec<&str> = p1["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["other.2", "other.1"]);
     let next = p1["next"].as_str().expect("a next cursor");
-    let p2: Value = app
-        .req(Method::GET, &format!("/api/v1/topics?limit=2&cursor={next}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p2: Value = app.req(Method::GET, &format!("/api/v1/topics?limit=2&cursor={next}")).json_body().await;
     let names: Vec<&str> = p2["topics"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["other.0", "payments.methods"]);
     assert!(p2["next"].is_null());
 
-    let r = app
+    let (status, t) = app
         .admin(Method::PATCH, "/api/v1/topics/payments.methods")
         .json(&json!({"description": "changed", "inline_limit_bytes": 2048, "content_type": null}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let t: Value = r.json().await.unwrap();
+        .send_json()
+        .await;
+    assert_eq!(status, 200);
     assert_eq!(t["description"], "changed");
     assert_eq!(t["inline_limit_bytes"], 2048);
     assert!(t["content_type"].is_null());
@@ -88,7 +78,7 @@ async fn topic_errors(pool: sqlx::PgPool) {
     let r = app.req(Method::GET, "/api/v1/nothing-here").send().await.unwrap();
     assert_error(r, 404, "not_found").await;
     // None of the rejected requests created anything.
-    let list: Value = app.req(Method::GET, "/api/v1/topics").send().await.unwrap().json().await.unwrap();
+    let list: Value = app.req(Method::GET, "/api/v1/topics").json_body().await;
     assert_eq!(list["topics"].as_array().unwrap().len(), 1);
 }
 
@@ -117,15 +107,13 @@ async fn tokens_and_rights(pool: sqlx::PgPool) {
     assert_error(r, 401, "unauthorized").await;
 
     // A team token writes its own team's topics only.
-    let r = app
+    let (status, t) = app
         .req(Method::POST, "/api/v1/topics")
         .bearer_auth(&payments)
         .json(&json!({"name": "payments.fx"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let t: Value = r.json().await.unwrap();
+        .send_json()
+        .await;
+    assert_eq!(status, 201);
     assert_eq!(t["owner"], "payments", "owner defaults to the token's team");
     let r = app
         .req(Method::POST, "/api/v1/topics/payments.fx/versions")
@@ -188,7 +176,7 @@ async fn operations_endpoints(pool: sqlx::PgPool) {
     assert!(metrics.contains("imprint_http_requests_total"), "{metrics}");
     assert!(metrics.contains("imprint_published_bytes_total"), "{metrics}");
     assert!(metrics.contains("imprint_poll_seconds_bucket"), "{metrics}");
-    let doc: Value = app.req(Method::GET, "/api/v1/openapi.json").send().await.unwrap().json().await.unwrap();
+    let doc: Value = app.req(Method::GET, "/api/v1/openapi.json").json_body().await;
     assert!(doc["paths"]["/api/v1/poll"]["post"].is_object(), "{doc}");
     assert!(doc["paths"]["/api/v1/topics/{topic}/versions"]["post"].is_object());
 }
@@ -266,34 +254,24 @@ async fn long_histories_are_answered_within_a_bound(pool: sqlx::PgPool) {
     app.create_topic_with(json!({"name": "long", "retention": {"max_versions": 1}})).await;
     long_history(&app, "long", 5_000).await;
     // 3 750 live versions (every 4th is purged): more than one answer reads.
-    let r: Value = app.admin(Method::GET, "/api/v1/topics/long/retention").send().await.unwrap().json().await.unwrap();
+    let r: Value = app.admin(Method::GET, "/api/v1/topics/long/retention").json_body().await;
     assert_eq!(r["truncated"], true, "{}", r["truncated"]);
     let listed = r["versions"].as_array().expect("versions").len();
     assert!(listed > 0 && listed < 2_000, "at most the bounded read is considered: {listed}");
     // Time travel: the newest version created by then answers, from a bounded read.
     let at = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
-    let r: Value = app
-        .req(Method::GET, &format!("/api/v1/topics/long/resolve?at={}", urlencode(&at)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value =
+        app.req(Method::GET, &format!("/api/v1/topics/long/resolve?at={}", urlencode(&at))).json_body().await;
     assert_eq!((r["version"].clone(), r["truncated"].clone()), (json!(4_990), json!(true)), "{r}");
     // A short history is answered whole.
     app.create_topic_with(json!({"name": "short", "retention": {"max_versions": 1}})).await;
     long_history(&app, "short", 10).await;
-    let r: Value = app.admin(Method::GET, "/api/v1/topics/short/retention").send().await.unwrap().json().await.unwrap();
+    let r: Value = app.admin(Method::GET, "/api/v1/topics/short/retention").json_body().await;
     assert_eq!(r["truncated"], false);
     let r: Value = app
         .req(Method::GET, &format!("/api/v1/topics/short/resolve?at={}", urlencode(&chrono::Utc::now().to_rfc3339())))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     assert_eq!(r["version"], 10, "{r}");
     assert!(r.get("truncated").is_none(), "only said when true: {r}");
 }

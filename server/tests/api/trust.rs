@@ -1,7 +1,9 @@
 //! Trust on the consumer path and hardening (issue 10): consumer credentials, restricted
 //! topics, gates that ignore forged reports, limits, the proxy-aware sign-in throttle,
 //! races, graceful shutdown, HTTP details and pagination — all through real HTTP.
-use crate::helpers::{assert_error, spawn_app, spawn_app_configured, spawn_full_app, ADMIN_PASSWORD, ADMIN_TOKEN};
+use imprint_testkit::{
+    assert_error, eventually, spawn_app, spawn_app_configured, spawn_full_app, SendJson, ADMIN_PASSWORD, ADMIN_TOKEN,
+};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -10,13 +12,15 @@ fn poll_body(instance: &str, labels: Value, topics: Value) -> Value {
     json!({"consumer": {"instance": instance, "labels": labels}, "topics": topics})
 }
 
-async fn rollout_state(app: &crate::helpers::TestApp, topic: &str, id: &Value) -> Value {
-    app.req(Method::GET, &format!("/api/v1/topics/{topic}/rollouts/{id}")).send().await.unwrap().json().await.unwrap()
+async fn rollout_state(app: &imprint_testkit::TestApp, topic: &str, id: &Value) -> Value {
+    app.req(Method::GET, &format!("/api/v1/topics/{topic}/rollouts/{id}")).json_body().await
 }
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn forged_reports_do_not_move_gates(pool: sqlx::PgPool) {
-    let app = spawn_app(pool).await;
+    // The test writes the consumer audit itself (`flush_audit`), so it knows what the
+    // scheduler's gate reads.
+    let app = spawn_app_configured(pool.clone(), pool, |c| c.audit_flush_every = Duration::from_secs(3600)).await;
     app.create_topic("g").await;
     app.publish("g", json!({"data": "v1"})).await;
     app.publish("g", json!({"data": "v2", "scopes": []})).await;
@@ -25,12 +29,8 @@ async fn forged_reports_do_not_move_gates(pool: sqlx::PgPool) {
     let ro: Value = app
         .admin(Method::POST, "/api/v1/topics/g/rollouts")
         .json(&json!({"version": 2, "stages": stages}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_body()
+        .await;
     let id = ro["id"].clone();
     let token = app.consumer_token("canaries", None, &[("cluster", "canary")], &[]).await;
     // One real canary, holding v1 for now.
@@ -47,11 +47,11 @@ async fn forged_reports_do_not_move_gates(pool: sqlx::PgPool) {
     let mut hijack = poll_body("real-1", json!({"cluster": "canary"}), json!({"g": 2}));
     hijack["applied"] = json!({"g": {"version": 2, "ok": false, "error": "forged"}});
     app.poll(hijack).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    app.imprint().flush_audit().await.unwrap();
+    app.imprint().tick_rollouts().await.unwrap();
     let held = rollout_state(&app, "g", &id).await;
     assert_eq!((held["state"].clone(), held["current_stage"].clone()), (json!("running"), json!(0)), "{held}");
-    let consumers: Value =
-        app.req(Method::GET, "/api/v1/topics/g/consumers").send().await.unwrap().json().await.unwrap();
+    let consumers: Value = app.req(Method::GET, "/api/v1/topics/g/consumers").json_body().await;
     let rows = consumers["consumers"].as_array().unwrap();
     let real_row = rows.iter().find(|c| c["instance"] == "real-1").expect("real node listed");
     assert_eq!(real_row["authenticated"], true);
@@ -65,15 +65,8 @@ async fn forged_reports_do_not_move_gates(pool: sqlx::PgPool) {
     real["applied"] = json!({"g": {"version": 2, "ok": true}});
     let r = app.req(Method::POST, "/api/v1/poll").bearer_auth(&token).json(&real).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = rollout_state(&app, "g", &id).await;
-        if r["state"] == "completed" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "gate never opened: {r}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    app.imprint().flush_audit().await.unwrap();
+    eventually("the gate opens", || async { rollout_state(&app, "g", &id).await["state"] == "completed" }).await;
 }
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
@@ -159,25 +152,15 @@ async fn poll_auth_required_and_bodies_and_long_polls_are_bounded(pool: sqlx::Pg
     assert_error(r.unwrap(), 413, "payload_too_large").await;
     // One long poll may wait; the next answers at once, as a short poll with a backoff.
     let mut waiting = poll_body("w1", json!({}), json!({"t": 1}));
-    waiting["wait_ms"] = json!(4000);
+    waiting["wait_ms"] = json!(10_000);
     let first = {
         let req = app.req(Method::POST, "/api/v1/poll").bearer_auth(&token).json(&waiting);
         tokio::spawn(async move { req.send().await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("the first long poll is parked", || async { app.imprint().state().waiter_entries().0 == 1 }).await;
     waiting["consumer"]["instance"] = json!("w2");
-    let started = std::time::Instant::now();
-    let second: Value = app
-        .req(Method::POST, "/api/v1/poll")
-        .bearer_auth(&token)
-        .json(&waiting)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(3), "the second long poll was held");
+    let second: Value = app.req(Method::POST, "/api/v1/poll").bearer_auth(&token).json(&waiting).json_body().await;
+    assert!(!first.is_finished(), "the second long poll was held (answered after the first, parked before it)");
     assert!(second["poll_after_ms"].as_u64().unwrap() >= 5000, "{second}");
     let first: Value = first.await.unwrap().unwrap().json().await.unwrap();
     assert_eq!(first["poll_after_ms"], 0, "the first was a real long poll: {first}");
@@ -256,7 +239,7 @@ async fn console_limits_csrf_and_the_proxy_aware_throttle(pool: sqlx::PgPool) {
 }
 
 /// The console's sign-in form action (its server function's URL).
-async fn sign_in_action(app: &crate::helpers::TestApp) -> String {
+async fn sign_in_action(app: &imprint_testkit::TestApp) -> String {
     let login = app.req(Method::GET, "/login").send().await.unwrap().text().await.unwrap();
     login
         .split("action=\"")
@@ -320,7 +303,7 @@ async fn a_sign_in_burst_gets_no_extra_guesses_and_one_address_cannot_lock_admin
 }
 
 /// Signs in through the console's form and returns the session cookie.
-async fn console_session(app: &crate::helpers::TestApp, user: &str, password: &str) -> String {
+async fn console_session(app: &imprint_testkit::TestApp, user: &str, password: &str) -> String {
     let action = sign_in_action(app).await;
     let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let r = no_redirects
@@ -469,10 +452,9 @@ async fn concurrent_pins_on_one_selector_never_fail(pool: sqlx::PgPool) {
         statuses.push(t.await.unwrap());
     }
     assert!(statuses.iter().all(|s| *s == 200 || *s == 409), "{statuses:?}");
-    let pins: Value = app.req(Method::GET, "/api/v1/topics/p/pins").send().await.unwrap().json().await.unwrap();
+    let pins: Value = app.req(Method::GET, "/api/v1/topics/p/pins").json_body().await;
     assert_eq!(pins["pins"].as_array().unwrap().len(), 1, "one active pin: {pins}");
-    let all: Value =
-        app.req(Method::GET, "/api/v1/topics/p/pins?all=true&limit=500").send().await.unwrap().json().await.unwrap();
+    let all: Value = app.req(Method::GET, "/api/v1/topics/p/pins?all=true&limit=500").json_body().await;
     let ok = statuses.iter().filter(|s| **s == 200).count();
     assert_eq!(all["pins"].as_array().unwrap().len(), ok, "every acknowledged pin is in the history");
 }
@@ -494,7 +476,7 @@ async fn weak_and_listed_etags_answer_not_modified(pool: sqlx::PgPool) {
     assert_eq!(r.bytes().await.unwrap().len(), 100 * 1024, "never an empty 200");
 }
 
-async fn pages(app: &crate::helpers::TestApp, path: &str, key: &str) -> Vec<usize> {
+async fn pages(app: &imprint_testkit::TestApp, path: &str, key: &str) -> Vec<usize> {
     let mut sizes = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -503,7 +485,7 @@ async fn pages(app: &crate::helpers::TestApp, path: &str, key: &str) -> Vec<usiz
             Some(c) => format!("{path}{sep}limit=2&cursor={c}"),
             None => format!("{path}{sep}limit=2"),
         };
-        let page: Value = app.admin(Method::GET, &url).send().await.unwrap().json().await.unwrap();
+        let page: Value = app.admin(Method::GET, &url).json_body().await;
         sizes.push(page[key].as_array().unwrap_or_else(|| panic!("{url}: {page}")).len());
         match page["next"].as_str() {
             Some(n) => cursor = Some(n.to_owned()),
@@ -548,8 +530,7 @@ async fn every_list_pages_with_a_cursor(pool: sqlx::PgPool) {
     assert_eq!(pages(&app, "/api/v1/topics/a/consumers", "consumers").await, [2, 1]);
     assert_eq!(pages(&app, "/api/v1/topics?unused_days=1", "topics").await, [2, 1]);
     assert_eq!(pages(&app, "/api/v1/topics/a/versions", "versions").await, [2, 1]);
-    let c: Value =
-        app.req(Method::GET, "/api/v1/topics/a/consumers?limit=2").send().await.unwrap().json().await.unwrap();
+    let c: Value = app.req(Method::GET, "/api/v1/topics/a/consumers?limit=2").json_body().await;
     assert_eq!(c["total"], 3, "the total counts every page: {c}");
 }
 
