@@ -384,7 +384,9 @@ async fn pins_override_and_unpin_moves_forward(pool: sqlx::PgPool) {
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn an_expired_pin_stops_applying_by_itself(pool: sqlx::PgPool) {
-    let app = spawn_app(pool).await;
+    // The expiry comes when the test moves the service's clock past it.
+    let clock = ManualClock::new(chrono::Utc::now());
+    let app = spawn_app_clocked(pool.clone(), pool, |_| {}, std::sync::Arc::new(clock.clone())).await;
     app.create_topic("exp").await;
     app.publish("exp", json!({"data": "1"})).await;
     app.publish("exp", json!({"data": "2"})).await;
@@ -403,22 +405,15 @@ async fn an_expired_pin_stops_applying_by_itself(pool: sqlx::PgPool) {
         "invalid_request",
     )
     .await;
-    let expires = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let expires = app.imprint().now() + chrono::Duration::seconds(2);
     let r =
         pin(json!({"selector": {}, "version": 1, "reason": "hold", "expires_at": expires.to_rfc3339()})).await.unwrap();
     assert_eq!(r.status(), 200);
     let p: Value = r.json().await.unwrap();
     assert!(p["expires_at"].is_string(), "{p}");
     assert_eq!(resolve().await, (Some(1), Some(true)));
-    let mut stopped = false;
-    for _ in 0..100 {
-        if resolve().await == (Some(2), Some(false)) {
-            stopped = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(stopped, "the pin still applies after its expiry");
+    clock.advance(chrono::Duration::seconds(3));
+    eventually("the pin stops applying after its expiry", || async { resolve().await == (Some(2), Some(false)) }).await;
     let pins: Value = app.req(Method::GET, "/api/v1/topics/exp/pins?all=true").json_body().await;
     let gone = &pins["pins"][0];
     assert_eq!(gone["removed_by"], "expiry", "{pins}");

@@ -1,7 +1,7 @@
 //! Postgres going away and coming back, simulated with a TCP proxy the test can cut.
 use imprint_testkit::*;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,26 +89,18 @@ async fn polls_survive_postgres_outage_and_publishing_recovers(pool: sqlx::PgPoo
 
     proxy.restore();
     // The server recovers by itself: ready again, publishing works, changes flow.
-    let mut ready = false;
-    for _ in 0..100 {
-        if app.req(Method::GET, "/readyz").send().await.unwrap().status() == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "ready again after Postgres returned");
+    eventually("ready again after Postgres returned", || async {
+        app.req(Method::GET, "/readyz").send().await.unwrap().status() == 200
+    })
+    .await;
     // The audit catches up: the instance seen during the outage is recorded.
-    let mut recorded = Value::Null;
-    for _ in 0..100 {
-        recorded = app.req(Method::GET, "/api/v1/topics/resilient/consumers").json_body().await;
+    let recorded = eventually("the instance seen during the outage is recorded", || async {
+        let recorded = app.req(Method::GET, "/api/v1/topics/resilient/consumers").json_body().await;
         let seen =
-            recorded["consumers"].as_array().and_then(|c| c.iter().find(|c| c["instance"] == "seen-during-outage"));
-        if seen.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            recorded["consumers"].as_array().is_some_and(|c| c.iter().any(|c| c["instance"] == "seen-during-outage"));
+        seen.then_some(recorded)
+    })
+    .await;
     let seen = recorded["consumers"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["instance"] == "seen-during-outage"))

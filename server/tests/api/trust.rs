@@ -563,11 +563,11 @@ async fn sigterm_right_after_polls_loses_no_audit_row(pool: sqlx::PgPool) {
         .expect("start imprint");
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while client.get(format!("{base}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
-        assert!(std::time::Instant::now() < deadline, "the server never became ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let ready = format!("{base}/readyz");
+    eventually("the server to become ready", || async {
+        client.get(&ready).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
     let r = client
         .post(format!("{base}/api/v1/topics"))
         .bearer_auth(ADMIN_TOKEN)
@@ -632,12 +632,11 @@ async fn the_binary_refuses_short_bootstrap_tokens_and_writes_the_admin_password
         .spawn()
         .expect("start imprint");
     let client = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let ready = format!("http://127.0.0.1:{port}/readyz");
-    while client.get(&ready).send().await.map(|r| r.status() != 200).unwrap_or(true) {
-        assert!(std::time::Instant::now() < deadline, "the server never became ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("the server to become ready", || async {
+        client.get(&ready).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
     let file = home.join("admin-password");
     let password = std::fs::read_to_string(&file).expect("the password file").trim().to_owned();
     use std::os::unix::fs::PermissionsExt;
