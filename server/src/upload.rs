@@ -98,6 +98,10 @@ pub async fn console_upload(
         ))
         .into_response(),
         (Err(e), true) => e.into_response(),
-        (Err(ApiError(e)), false) => back_with(&form_page, "upload_error", &e.to_string()),
+        (Err(ApiError(e)), false) => {
+            // The form page shows what the API would say (an internal detail only in the log).
+            e.log("console upload");
+            back_with(&form_page, "upload_error", &e.public_message())
+        }
     }
 }
