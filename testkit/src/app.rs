@@ -29,6 +29,7 @@ pub struct TestApp {
     imprint: Imprint,
     polls: Arc<AtomicUsize>,
     stop: imprint_server::ShutdownHandle,
+    server: tokio::task::JoinHandle<Result<(), String>>,
 }
 
 /// The test configuration (the API without the console, the audit flushed every 200 ms),
@@ -73,6 +74,13 @@ pub async fn spawn_app_clocked(
     start(settings, admin_pool).await
 }
 
+/// As `spawn_app`, under other connection limits (timeouts, per-address cap, shutdown grace).
+pub async fn spawn_app_limited(pool: PgPool, limits: imprint_server::ConnectionLimits) -> TestApp {
+    let settings =
+        Settings { service: test_config(|_| {}), admin_user: AdminUser::Skip, limits, ..test_settings(pool.clone()) };
+    start(settings, pool).await
+}
+
 /// The whole server (API and console, sessions in Postgres, the `admin` user with
 /// `ADMIN_PASSWORD`) behind `trusted` proxies (comma-separated CIDRs).
 pub async fn spawn_full_app(pool: PgPool, trusted: &str) -> TestApp {
@@ -114,8 +122,8 @@ async fn start(settings: Settings, admin_pool: PgPool) -> TestApp {
     let addr = app.address();
     let imprint = app.imprint().clone();
     let stop = app.shutdown_handle();
-    tokio::spawn(async move { app.run_until_stopped(std::future::pending()).await.expect("serve") });
-    TestApp { addr, client: Client::new(), pool: admin_pool, imprint, polls, stop }
+    let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
+    TestApp { addr, client: Client::new(), pool: admin_pool, imprint, polls, stop, server }
 }
 
 impl TestApp {
@@ -130,10 +138,12 @@ impl TestApp {
         self.imprint.shutdown();
     }
 
-    /// Shuts the server down as SIGTERM does the binary (graceful; the server's pool is
-    /// closed at the end). Dropping a `TestApp` leaves its server running until the test ends.
-    pub fn shutdown(&self) {
+    /// Shuts the server down as SIGTERM does the binary's and waits until it has stopped
+    /// (open connections get the shutdown grace, background work finishes, the server's
+    /// pool is closed). Dropping a `TestApp` leaves its server running until the test ends.
+    pub async fn shut_down(self) -> Result<(), String> {
         self.stop.shutdown();
+        self.server.await.map_err(|e| format!("the server task failed: {e}"))?
     }
 
     /// `POST /api/v1/poll` requests this server has received.

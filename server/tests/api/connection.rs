@@ -3,34 +3,14 @@
 //! connections are open, and anonymous writes that announce a body they never send.
 //! Raw TCP, because HTTP clients do not misbehave on request.
 use imprint_server::ConnectionLimits;
-use imprint_service::{auth, Imprint};
-use imprint_testkit::{spawn_app, spawn_app_configured, test_config, ADMIN_TOKEN};
+use imprint_testkit::{spawn_app, spawn_app_configured, spawn_app_limited, ADMIN_TOKEN};
 use sqlx::PgPool;
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Only keeps a test from hanging for ever: no assertion is timed.
 const HANG_GUARD: Duration = Duration::from_secs(60);
-
-/// A server (the API router) under `limits`; it stops when `stop` is sent to.
-async fn spawn_limited(
-    pool: PgPool,
-    limits: ConnectionLimits,
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
-    let imprint = Imprint::with_pool(pool.clone(), test_config(|_| {}));
-    auth::ensure_bootstrap_token(&pool, ADMIN_TOKEN).await.expect("bootstrap token");
-    imprint.start_background().await.expect("state loads");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = imprint_server::api_router(imprint);
-    let server = tokio::spawn(imprint_server::serve_with_limits(listener, app, limits, async move {
-        let _ = stopped.await;
-    }));
-    (addr, stop, server)
-}
 
 /// Reads until the server closes the connection (EOF, or an error such as a reset) and
 /// returns what it sent.
@@ -86,7 +66,8 @@ fn short(header: u64, body: u64) -> ConnectionLimits {
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn half_a_request_line_is_cut_off(pool: PgPool) {
-    let (addr, _stop, _server) = spawn_limited(pool, short(1, 30)).await;
+    let app = spawn_app_limited(pool, short(1, 30)).await;
+    let addr = app.addr;
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(b"GET /api/v1/top").await.expect("write");
     // Nothing more is sent: the server must close the connection by itself.
@@ -119,7 +100,8 @@ async fn half_a_request_line_is_cut_off(pool: PgPool) {
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn a_stalled_body_is_cut_off(pool: PgPool) {
-    let (addr, _stop, _server) = spawn_limited(pool, short(30, 1)).await;
+    let app = spawn_app_limited(pool, short(30, 1)).await;
+    let addr = app.addr;
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let head = format!(
         "POST /api/v1/topics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":"
@@ -150,7 +132,8 @@ async fn a_stalled_body_is_cut_off(pool: PgPool) {
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn connections_past_the_per_address_cap_are_refused(pool: PgPool) {
     let limits = ConnectionLimits { max_conns_per_ip: 3, ..short(60, 30) };
-    let (addr, _stop, _server) = spawn_limited(pool, limits).await;
+    let app = spawn_app_limited(pool, limits).await;
+    let addr = app.addr;
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -186,7 +169,8 @@ async fn connections_past_the_per_address_cap_are_refused(pool: PgPool) {
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn shutdown_is_not_held_up_by_slow_clients(pool: PgPool) {
     let limits = ConnectionLimits { shutdown_grace: Duration::from_secs(1), ..short(600, 600) };
-    let (addr, stop, server) = spawn_limited(pool, limits).await;
+    let app = spawn_app_limited(pool, limits).await;
+    let addr = app.addr;
     // One sends half a head, one half a body (with a token), one nothing at all.
     let mut slow_head = TcpStream::connect(addr).await.expect("connect");
     slow_head.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.expect("write");
@@ -201,9 +185,9 @@ async fn shutdown_is_not_held_up_by_slow_clients(pool: PgPool) {
     ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
     assert_eq!(read_response(&mut ok).await.0, 200);
 
-    stop.send(()).expect("the server runs");
-    let finished = tokio::time::timeout(HANG_GUARD, server).await.expect("shutdown finishes despite slow clients");
-    finished.expect("no panic").expect("no error");
+    let finished =
+        tokio::time::timeout(HANG_GUARD, app.shut_down()).await.expect("shutdown finishes despite slow clients");
+    finished.expect("no error");
     for s in [&mut slow_head, &mut slow_body, &mut silent, &mut ok] {
         read_until_closed(s).await;
     }
