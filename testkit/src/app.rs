@@ -22,6 +22,8 @@ pub const LAG_GRACE_SECS: u64 = 5;
 /// A running test server and what tests reach it with.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when on its own listener (`Settings::metrics_addr`).
+    pub metrics_addr: Option<SocketAddr>,
     pub client: Client,
     /// Always reaches the database (tests use it to look behind the server's back), also
     /// when the server's own pool is cut.
@@ -76,8 +78,15 @@ pub async fn spawn_app_clocked(
 
 /// As `spawn_app`, under other connection limits (timeouts, per-address cap, shutdown grace).
 pub async fn spawn_app_limited(pool: PgPool, limits: imprint_server::ConnectionLimits) -> TestApp {
-    let settings =
-        Settings { service: test_config(|_| {}), admin_user: AdminUser::Skip, limits, ..test_settings(pool.clone()) };
+    spawn_app_with_settings(pool, |s| s.limits = limits).await
+}
+
+/// As `spawn_app`, with the server's `Settings` (as the binary would set them) changed by
+/// `configure`.
+pub async fn spawn_app_with_settings(pool: PgPool, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings =
+        Settings { service: test_config(|_| {}), admin_user: AdminUser::Skip, ..test_settings(pool.clone()) };
+    configure(&mut settings);
     start(settings, pool).await
 }
 
@@ -120,10 +129,11 @@ async fn start(settings: Settings, admin_pool: PgPool) -> TestApp {
         }))
     });
     let addr = app.address();
+    let metrics_addr = app.metrics_address();
     let imprint = app.imprint().clone();
     let stop = app.shutdown_handle();
     let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
-    TestApp { addr, client: Client::new(), pool: admin_pool, imprint, polls, stop, server }
+    TestApp { addr, metrics_addr, client: Client::new(), pool: admin_pool, imprint, polls, stop, server }
 }
 
 impl TestApp {

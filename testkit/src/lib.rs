@@ -11,8 +11,8 @@ mod fixtures;
 mod http;
 
 pub use app::{
-    spawn_app, spawn_app_clocked, spawn_app_configured, spawn_app_limited, spawn_app_with, spawn_full_app, test_config,
-    TestApp, ADMIN_PASSWORD, ADMIN_TOKEN, LAG_GRACE_SECS,
+    spawn_app, spawn_app_clocked, spawn_app_configured, spawn_app_limited, spawn_app_with, spawn_app_with_settings,
+    spawn_full_app, test_config, TestApp, ADMIN_PASSWORD, ADMIN_TOKEN, LAG_GRACE_SECS,
 };
 pub use fixtures::{bytes_of, closed_port_url, scratch_dir};
 pub use http::{assert_error, eventually, Outcome, SendJson, HANG_GUARD};

@@ -78,7 +78,8 @@ async fn stages_are_added_when_due_until_completed(pool: sqlx::PgPool) {
     // Each stage when its wait has passed on the service's clock.
     clock.advance(secs(1));
     rollout_until(&app, "ro", &id, |r| r["current_stage"] == 1).await;
-    assert_eq!(resolve(&app, "ro", "region=eu").await["version"], 2);
+    // (The serving state follows the new scope shortly after it is stored.)
+    eventually("region=eu to see v2", || async { resolve(&app, "ro", "region=eu").await["version"] == 2 }).await;
     assert_eq!(resolve(&app, "ro", "region=us").await["version"], 1);
     clock.advance(secs(1));
     let done = rollout_until(&app, "ro", &id, |r| r["state"] == "completed").await;

@@ -354,12 +354,10 @@ async fn the_live_stream_never_names_restricted_topics_the_user_may_not_read(poo
 /// metrics router serves it on its own.
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn metrics_can_leave_the_public_listener(pool: sqlx::PgPool) {
-    let app = spawn_app_configured(pool.clone(), pool, |c| c.metrics_on_public_listener = false).await;
+    let app = spawn_app_with_settings(pool, |s| s.metrics_addr = Some(([127, 0, 0, 1], 0).into())).await;
     let r = app.req(Method::GET, "/metrics").send().await.unwrap();
     assert_error(r, 404, "not_found").await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, imprint_server::metrics_router()).await });
+    let addr = app.metrics_addr.expect("the metrics listener");
     let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
     assert!(text.contains("imprint_http_requests_total"), "{text}");
     let r = reqwest::get(format!("http://{addr}/api/v1/topics")).await.unwrap();
