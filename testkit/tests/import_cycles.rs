@@ -1,6 +1,7 @@
 //! No crate of the workspace has a module-level import circle: a top-level module `y`
-//! whose source names `crate::x…` depends on `x`, and no module may reach itself through
-//! such references. Read textually from the sources (as `service/tests/layering.rs` does
+//! whose source names `crate::x…` depends on `x` (and, among the submodules of a module
+//! directory such as `server/src/api/`, `y` naming `crate::api::x…` or `super::x…` depends
+//! on its sibling `x`), and no module may reach itself through such references. Read textually from the sources (as `service/tests/layering.rs` does
 //! for the service's finer rules), so a new `use crate::…` that closes a circle fails here.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -10,18 +11,20 @@ use std::path::{Path, PathBuf};
 /// or one reaching further, fails.
 const KNOWN_CIRCLES: &[(&str, &[&str])] = &[("client", &["client", "fetch", "poller", "snapshot"])];
 
-/// The top-level modules a source text refers to with `crate::name` (comment lines skipped:
-/// a doc link is not an import).
-fn references(text: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
+/// The modules (of `modules`) a source text names through `prefix` (`crate::`,
+/// `crate::api::`, `super::`): `prefix name…` and `prefix {a, b::c}`. Comment lines are
+/// skipped (a doc link is not an import).
+fn references(text: &str, prefix: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
     let code: String = text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
     let mut out = BTreeSet::new();
-    let mut rest = code.as_str();
     let ident = |s: &str| -> String { s.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect() };
-    while let Some(i) = rest.find("crate::") {
-        // `imprint_crate::x` or `some_crate::x` are other crates' paths.
-        let before = rest[..i].chars().next_back();
-        rest = &rest[i + "crate::".len()..];
-        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+    let mut from = 0;
+    while let Some(i) = code[from..].find(prefix).map(|i| from + i) {
+        from = i + prefix.len();
+        let rest = &code[from..];
+        // `imprint_crate::x`, `super::super::x` or `a::super_x::` are other paths.
+        let before = code[..i].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
             continue;
         }
         let names: Vec<String> = match rest.strip_prefix('{') {
@@ -47,40 +50,57 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// A crate's top-level modules (a file `x.rs` and a directory `x/` are one module `x`) with
-/// the text of all their files; the crate roots only declare and re-export.
-fn module_sources(src: &Path) -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, String> = BTreeMap::new();
-    for entry in std::fs::read_dir(src).expect("src") {
+/// One module's source: its own file (`x.rs` or `x/mod.rs`, where `super::` means the
+/// directory it sits in) and the files of its submodules (under `x/`).
+#[derive(Default)]
+struct Module {
+    own: String,
+    below: String,
+    dir: Option<PathBuf>,
+}
+
+/// The modules of one directory (a crate's `src/`, or a module's directory): a file
+/// `x.rs` and a directory `x/` are one module `x`; the directory's own module file
+/// (`lib.rs`, `main.rs`, `mod.rs`) only declares and re-exports.
+fn modules_in(dir: &Path, top: bool) -> BTreeMap<String, Module> {
+    let mut out: BTreeMap<String, Module> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("dir") {
         let path = entry.expect("entry").path();
         let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
-        let files = if path.is_dir() {
-            if name == "bin" {
+        if path.is_dir() {
+            if top && name == "bin" {
                 continue; // separate binaries: each its own crate
             }
-            rust_files(&path)
-        } else if path.extension().is_some_and(|e| e == "rs") && name != "lib" && name != "main" {
-            vec![path]
-        } else {
-            continue;
-        };
-        let text = out.entry(name).or_default();
-        for f in files {
-            text.push_str(&std::fs::read_to_string(f).expect("read"));
-            text.push('\n');
+            let m = out.entry(name).or_default();
+            for f in rust_files(&path) {
+                let text = std::fs::read_to_string(&f).expect("read");
+                if f == path.join("mod.rs") {
+                    m.own.push_str(&text);
+                } else {
+                    m.below.push_str(&text);
+                }
+            }
+            m.dir = Some(path);
+        } else if path.extension().is_some_and(|e| e == "rs") && !["lib", "main", "mod"].contains(&name.as_str()) {
+            out.entry(name).or_default().own.push_str(&std::fs::read_to_string(&path).expect("read"));
         }
     }
     out
 }
 
-/// The dependency graph of one crate's top-level modules.
-fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
-    let sources = module_sources(src);
-    let modules: BTreeSet<String> = sources.keys().cloned().collect();
-    sources
+/// The dependency graph among the modules of one directory, `path` being its module path
+/// (empty for a crate's `src/`): `y -> x` when y's files name `crate::<path>::x…` or, in
+/// y's own file, `super::x…`.
+fn graph(modules: &BTreeMap<String, Module>, path: &[String]) -> BTreeMap<String, BTreeSet<String>> {
+    let names: BTreeSet<String> = modules.keys().cloned().collect();
+    let crate_prefix: String =
+        std::iter::once("crate".to_owned()).chain(path.iter().cloned()).collect::<Vec<_>>().join("::") + "::";
+    modules
         .iter()
-        .map(|(m, text)| {
-            let mut r = references(text, &modules);
+        .map(|(m, src)| {
+            let mut r = references(&src.own, &crate_prefix, &names);
+            r.extend(references(&src.below, &crate_prefix, &names));
+            r.extend(references(&src.own, "super::", &names));
             r.remove(m);
             (m.clone(), r)
         })
@@ -155,34 +175,50 @@ fn members(root: &Path) -> Vec<String> {
     list.split(',').map(|m| m.trim().trim_matches('"').to_owned()).filter(|m| !m.is_empty()).collect()
 }
 
+/// Every circle among the modules of `dir` and, recursively, of its module directories:
+/// (the module path, the circle's edges, whether it is a known one).
+fn circles_under(member: &str, dir: &Path, path: Vec<String>, found: &mut Vec<(String, Vec<String>, bool)>) {
+    let modules = modules_in(dir, path.is_empty());
+    let deps = graph(&modules, &path);
+    for circle in circles(&deps) {
+        let known = path.is_empty()
+            && KNOWN_CIRCLES.iter().any(|(c, ms)| *c == member && circle.iter().all(|m| ms.contains(&m.as_str())));
+        let edges =
+            circle.iter().map(|m| format!("{m} -> {:?}", deps[m].intersection(&circle).collect::<Vec<_>>())).collect();
+        let at = std::iter::once(format!("{member}/src")).chain(path.iter().cloned()).collect::<Vec<_>>().join("/");
+        found.push((at, edges, known));
+    }
+    for (name, m) in &modules {
+        if let Some(sub) = &m.dir {
+            let mut p = path.clone();
+            p.push(name.clone());
+            circles_under(member, sub, p, found);
+        }
+    }
+}
+
 #[test]
 fn no_crate_has_an_import_circle() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
     let members = members(&root);
     assert!(members.len() >= 6, "workspace members: {members:?}");
-    let mut unexpected = Vec::new();
+    let mut found = Vec::new();
     for member in &members {
         let src = root.join(member).join("src");
-        if !src.is_dir() {
-            continue;
+        if src.is_dir() {
+            circles_under(member, &src, Vec::new(), &mut found);
         }
-        let deps = graph(&src);
-        for circle in circles(&deps) {
-            let known =
-                KNOWN_CIRCLES.iter().any(|(c, ms)| c == member && circle.iter().all(|m| ms.contains(&m.as_str())));
-            let edges: Vec<String> = circle
-                .iter()
-                .map(|m| format!("{m} -> {:?}", deps[m].intersection(&circle).collect::<Vec<_>>()))
-                .collect();
-            println!("{member}: circle {edges:?}{}", if known { " (known, issue 27)" } else { "" });
-            if !known {
-                unexpected.push(format!("{member}/src: {}", edges.join("; ")));
-            }
+    }
+    let mut unexpected = Vec::new();
+    for (at, edges, known) in &found {
+        println!("{at}: circle {edges:?}{}", if *known { " (known, issue 27)" } else { "" });
+        if !known {
+            unexpected.push(format!("{at}: {}", edges.join("; ")));
         }
     }
     assert!(
         unexpected.is_empty(),
-        "module import circles (a module reaches itself through crate:: paths):\n{}",
+        "module import circles (a module reaches itself through crate::/super:: paths):\n{}",
         unexpected.join("\n")
     );
 }
@@ -190,9 +226,14 @@ fn no_crate_has_an_import_circle() {
 #[test]
 fn the_scanner_sees_braced_and_plain_paths_and_finds_circles() {
     let modules: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-    let r = references("use crate::{a, b::X};\nfn f() { crate::c::g() }", &modules);
+    let r = references("use crate::{a, b::X};\nfn f() { crate::c::g() }", "crate::", &modules);
     assert_eq!(r, modules);
-    assert!(references("use other::crate_thing;\nuse imprint_crate::a;\n// see crate::b", &modules).is_empty());
+    assert!(
+        references("use other::crate_thing;\nuse imprint_crate::a;\n// see crate::b", "crate::", &modules).is_empty()
+    );
+    let nested = references("use super::a::X;\nuse crate::api::b;\nuse super::super::c;", "super::", &modules);
+    assert_eq!(nested, ["a".to_string()].into_iter().collect());
+    assert_eq!(references("use crate::api::{b, c::Y};", "crate::api::", &modules).len(), 2);
     let set = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
     let deps: BTreeMap<String, BTreeSet<String>> = [
         ("a".to_string(), set(&["b"])),
