@@ -66,7 +66,7 @@ pub async fn load_admin() -> Result<AdminData, ServerFnError> {
         .into_iter()
         .map(|t| TeamRow { name: t.name, description: t.description, members: t.members })
         .collect();
-    let tokens = load(imprint_service::auth::list_tokens(imprint.pool(), &caller).await)?
+    let tokens = load(imprint.list_tokens(&caller).await)?
         .into_iter()
         .map(|t| TokenRow {
             rights: rights_of(&t),
@@ -171,7 +171,7 @@ pub async fn create_token(
         })
     })();
     let r = match spec {
-        Ok(spec) => imprint_service::auth::create_token_with(imprint.pool(), &caller, &spec).await,
+        Ok(spec) => imprint.create_token_with(&caller, &spec).await,
         Err(e) => Err(e),
     };
     if let (Ok(token), true) = (&r, is_form_post()) {
@@ -186,7 +186,7 @@ pub async fn revoke_token(name: String) -> Result<(), ServerFnError> {
     use crate::ssr::{finish, imprint, require_user};
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
-    let r = imprint_service::auth::revoke_token(imprint.pool(), &caller, &name).await;
+    let r = imprint.revoke_token(&caller, &name).await;
     // Polls cache tokens for a few seconds: this server forgets at once.
     imprint.forget_cached_tokens();
     finish(r, None, Some("Token revoked"))

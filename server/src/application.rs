@@ -6,7 +6,7 @@
 use crate::{full_router, metrics_router, serve_with_limits, session_layer, ConnectionLimits, TrustedProxies};
 use axum::Router;
 use imprint_service::clock::SharedClock;
-use imprint_service::{auth, Config, Imprint};
+use imprint_service::{Config, Imprint};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -260,9 +260,7 @@ async fn bootstrap(imprint: &Imprint, token: Option<&str>) -> Result<(), String>
              (for example `openssl rand -hex 32`)",
             token.chars().count()
         )),
-        Some(token) => {
-            auth::ensure_bootstrap_token(imprint.pool(), token).await.map_err(|e| format!("bootstrap token: {e}"))
-        }
+        Some(token) => imprint.ensure_bootstrap_token(token).await.map_err(|e| format!("bootstrap token: {e}")),
         None => {
             if imprint.revoke_bootstrap_token().await.map_err(|e| format!("bootstrap token: {e}"))? {
                 tracing::info!(

@@ -198,7 +198,6 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Token { command } => {
             let imprint = Imprint::connect_lazy(&url, Config::default()).map_err(|e| e.to_string())?;
             imprint.migrate().await.map_err(|e| format!("migration failed: {e}"))?;
-            let pool = imprint.pool();
             match command {
                 TokenCommand::Create { name, admin, consumer, team, labels, topics } => {
                     if !admin && !consumer && team.is_none() {
@@ -221,17 +220,16 @@ async fn run(cli: Cli) -> Result<(), String> {
                         })
                         .collect::<Result<_, _>>()?;
                     let spec = auth::NewToken { name: name.clone(), kind, team, labels, topics };
-                    let token =
-                        auth::create_token_with(pool, &Caller::System, &spec).await.map_err(|e| e.to_string())?;
+                    let token = imprint.create_token_with(&Caller::System, &spec).await.map_err(|e| e.to_string())?;
                     eprintln!("token {name:?} created; it is shown once, store it now:");
                     println!("{token}");
                 }
                 TokenCommand::Revoke { name } => {
-                    auth::revoke_token(pool, &Caller::System, &name).await.map_err(|e| e.to_string())?;
+                    imprint.revoke_token(&Caller::System, &name).await.map_err(|e| e.to_string())?;
                     println!("token {name:?} revoked");
                 }
                 TokenCommand::List => {
-                    for t in auth::list_tokens(pool, &Caller::System).await.map_err(|e| e.to_string())? {
+                    for t in imprint.list_tokens(&Caller::System).await.map_err(|e| e.to_string())? {
                         let mut rights = t.kind.clone();
                         if let Some(team) = &t.team {
                             rights.push_str(&format!(" team {team}"));

@@ -3,8 +3,7 @@
 use imprint_domain::{Plan, RolloutAction, Selector};
 use imprint_service::model::{AuditEntry, AuditFilter, User};
 use imprint_service::{
-    auth, Caller, Config, Error, Imprint, NewTopic, Payload, PinInput, PlanChoice, PublishInput, RolloutRequest,
-    TopicPatch,
+    Caller, Config, Error, Imprint, NewTopic, Payload, PinInput, PlanChoice, PublishInput, RolloutRequest, TopicPatch,
 };
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -367,9 +366,9 @@ async fn operator_actions_are_audited_with_actor_and_details(pool: PgPool) {
     imp.update_topic(&erin, "payments.methods", patch).await.expect("same again");
     assert_eq!(log(&imp, action("topic.update")).await.len(), 1, "a patch that changes nothing is not recorded");
 
-    let secret = auth::create_token(imp.pool(), &admin, "ci", false, Some("payments")).await.expect("token");
-    auth::revoke_token(imp.pool(), &admin, "ci").await.expect("revoke");
-    assert_err(auth::create_token(imp.pool(), &erin, "ci2", false, None).await, 403, "forbidden");
+    let secret = imp.create_token(&admin, "ci", false, Some("payments")).await.expect("token");
+    imp.revoke_token(&admin, "ci").await.expect("revoke");
+    assert_err(imp.create_token(&erin, "ci2", false, None).await, 403, "forbidden");
     let tokens = log(&imp, action("token.")).await;
     assert_eq!(tokens.len(), 2);
     assert_eq!((tokens[0].action.as_str(), &tokens[0].details), ("token.revoke", &json!({"name": "ci"})));
@@ -386,10 +385,10 @@ async fn operator_actions_are_audited_with_actor_and_details(pool: PgPool) {
     assert_eq!(teams[0].details, json!({"team": "payments", "username": "erin"}));
 
     // The bootstrap token is recorded when it is created, not on every restart.
-    auth::ensure_bootstrap_token(imp.pool(), "bootstrap-secret-1").await.expect("bootstrap");
-    auth::ensure_bootstrap_token(imp.pool(), "bootstrap-secret-1").await.expect("bootstrap again");
+    imp.ensure_bootstrap_token("bootstrap-secret-1").await.expect("bootstrap");
+    imp.ensure_bootstrap_token("bootstrap-secret-1").await.expect("bootstrap again");
     assert_eq!(log(&imp, action("token.create")).await.len(), 2);
-    auth::ensure_bootstrap_token(imp.pool(), "bootstrap-secret-2").await.expect("another value");
+    imp.ensure_bootstrap_token("bootstrap-secret-2").await.expect("another value");
     let tokens = log(&imp, action("token.")).await;
     let got: Vec<(&str, &str)> = tokens.iter().take(2).map(|e| (e.action.as_str(), e.actor.as_str())).collect();
     assert_eq!(got, [("token.create", "system"), ("token.revoke", "system")]);
@@ -578,7 +577,7 @@ async fn a_password_change_ends_the_users_sessions_and_sessions_have_an_absolute
 async fn the_bootstrap_token_is_revoked_when_no_longer_configured(pool: PgPool) {
     let imp = imprint(pool.clone());
     let token = "a-bootstrap-token-of-32-characters!";
-    auth::ensure_bootstrap_token(&pool, token).await.expect("bootstrap token");
+    imp.ensure_bootstrap_token(token).await.expect("bootstrap token");
     let active = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM api_tokens WHERE name = 'bootstrap' AND revoked_at IS NULL")
             .fetch_one(&pool)
@@ -591,6 +590,34 @@ async fn the_bootstrap_token_is_revoked_when_no_longer_configured(pool: PgPool) 
     assert!(!imp.revoke_bootstrap_token().await.expect("nothing left"), "nothing to revoke twice");
     assert_eq!(log(&imp, action("token.revoke")).await.len(), 1);
     // Set again: it is back.
-    auth::ensure_bootstrap_token(&pool, token).await.expect("bootstrap token");
+    imp.ensure_bootstrap_token(token).await.expect("bootstrap token");
     assert_eq!(active().await, 1);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn tokens_run_on_the_handles_clock(pool: PgPool) {
+    let at = chrono::DateTime::from_timestamp(1_900_000_000, 0).expect("time");
+    let clock = imprint_service::ManualClock::new(at);
+    let imp = Imprint::with_clock(pool, Config::default(), std::sync::Arc::new(clock.clone()));
+    let secret = imp.create_token(&Caller::System, "ci", false, Some("payments")).await.expect("token");
+    let listed = imp.list_tokens(&Caller::System).await.expect("tokens");
+    let ci = listed.iter().find(|t| t.name == "ci").expect("listed");
+    assert_eq!((ci.created_at, ci.last_used_at), (at, None));
+
+    clock.advance(chrono::Duration::hours(1));
+    let caller = imp.authenticate(Some(&secret)).await.expect("authenticates");
+    assert_eq!(caller.who(), "token:ci");
+    let listed = imp.list_tokens(&Caller::System).await.expect("tokens");
+    let ci = listed.iter().find(|t| t.name == "ci").expect("listed");
+    assert_eq!(ci.last_used_at, Some(at + chrono::Duration::hours(1)), "use is noted at the clock's time");
+
+    clock.advance(chrono::Duration::hours(1));
+    imp.revoke_token(&Caller::System, "ci").await.expect("revoke");
+    let revoked: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT revoked_at FROM api_tokens WHERE name = 'ci'")
+            .fetch_one(imp.pool())
+            .await
+            .expect("row");
+    assert_eq!(revoked, Some(at + chrono::Duration::hours(2)));
+    assert!(imp.list_tokens(&Caller::System).await.expect("tokens").iter().all(|t| t.name != "ci"));
 }

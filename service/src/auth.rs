@@ -1,13 +1,8 @@
 //! Who is calling, and what they may do. Every operation, reads included, takes a
 //! `Caller` and checks it here, so the HTTP API and the console share one set of rules.
-use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::model::ApiToken;
-use crate::store;
 use rand::RngCore;
-use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -185,68 +180,6 @@ pub fn generate_token() -> String {
     format!("imp_{}", hex::encode(bytes))
 }
 
-/// Looks up a presented bearer token. Unknown or revoked → 401.
-pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Caller> {
-    authenticate_hash(pool, &hash_token(token)).await
-}
-
-/// Looks up a token by its hash (`hash_token`). Unknown or revoked → 401.
-pub async fn authenticate_hash(pool: &PgPool, hash: &str) -> Result<Caller> {
-    match store::tokens::use_token(pool, hash, SystemClock.now()).await? {
-        Some(t) if t.kind == "consumer" => Ok(Caller::Consumer {
-            name: t.name,
-            team: t.team,
-            labels: serde_json::from_value(t.labels).unwrap_or_default(),
-            topics: t.topics,
-        }),
-        Some(t) => Ok(Caller::Token { name: t.name, admin: t.is_admin, team: t.team }),
-        None => Err(Error::Unauthorized("unknown or revoked token".into())),
-    }
-}
-
-/// Makes `token` a valid admin token named `bootstrap` (IMPRINT_BOOTSTRAP_TOKEN). A
-/// previous bootstrap token with another value is revoked. Audited only when something
-/// changes, so restarts with the same value add nothing to the log.
-pub async fn ensure_bootstrap_token(pool: &PgPool, token: &str) -> Result<()> {
-    let hash = hash_token(token);
-    let who = Caller::System.who();
-    let now = SystemClock.now();
-    let mut tx = pool.begin().await?;
-    if store::tokens::revoke_other_bootstrap(&mut tx, &hash, now).await? {
-        store::audit(&mut tx, now, &who, "token.revoke", None, json!({"name": "bootstrap", "replaced": true})).await?;
-    }
-    if store::tokens::upsert_bootstrap(&mut tx, &hash, now).await? {
-        let details = json!({"name": "bootstrap", "admin": true, "team": null, "source": "IMPRINT_BOOTSTRAP_TOKEN"});
-        store::audit(&mut tx, now, &who, "token.create", None, details).await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-fn check_token_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(Error::invalid("a token name is 1-64 characters of letters, digits, '.', '_' or '-'"));
-    }
-    Ok(())
-}
-
-/// Creates a named admin or team (publisher) token and returns its secret value (shown
-/// once, stored hashed).
-pub async fn create_token(
-    pool: &PgPool,
-    caller: &Caller,
-    name: &str,
-    admin: bool,
-    team: Option<&str>,
-) -> Result<String> {
-    let kind = if admin { TokenKind::Admin } else { TokenKind::Publisher };
-    let spec = NewToken { name: name.to_owned(), kind, team: team.map(str::to_owned), ..NewToken::default() };
-    create_token_with(pool, caller, &spec).await
-}
-
 /// What a token may do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -291,81 +224,14 @@ pub struct NewToken {
     pub topics: Vec<String>,
 }
 
-/// Creates a token of any kind and returns its secret value (shown once, stored hashed).
-pub async fn create_token_with(pool: &PgPool, caller: &Caller, spec: &NewToken) -> Result<String> {
-    caller.require_admin()?;
-    let name = spec.name.as_str();
-    check_token_name(name)?;
-    if spec.kind != TokenKind::Consumer && (!spec.labels.is_empty() || !spec.topics.is_empty()) {
-        return Err(Error::invalid("only consumer tokens are bound to labels or topics"));
+pub(crate) fn check_token_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(Error::invalid("a token name is 1-64 characters of letters, digits, '.', '_' or '-'"));
     }
-    imprint_domain::Labels::from_pairs(spec.labels.clone()).map_err(Error::from)?;
-    if spec.topics.len() > 100 {
-        return Err(Error::invalid("a consumer token names at most 100 topics"));
-    }
-    for t in &spec.topics {
-        let name = t.strip_suffix(".*").unwrap_or(t);
-        imprint_domain::TopicName::parse(name).map_err(|e| Error::invalid(format!("topic pattern {t:?}: {e}")))?;
-    }
-    let token = generate_token();
-    let who = caller.who();
-    let now = SystemClock.now();
-    let labels = serde_json::to_value(&spec.labels).unwrap_or_default();
-    let row = store::tokens::NewTokenRow {
-        name,
-        hash: &hash_token(&token),
-        kind: spec.kind.as_str(),
-        admin: spec.kind == TokenKind::Admin,
-        team: spec.team.as_deref(),
-        labels: labels.clone(),
-        topics: &spec.topics,
-        who: &who,
-        at: now,
-    };
-    let mut tx = pool.begin().await?;
-    if !store::tokens::insert(&mut tx, row).await? {
-        return Err(Error::InvalidState(format!("an active token named {name:?} exists already")));
-    }
-    // Never the secret itself, nor its hash: the log is readable by every signed-in user.
-    let mut details = json!({"name": name, "admin": spec.kind == TokenKind::Admin, "team": spec.team});
-    if spec.kind == TokenKind::Consumer {
-        details["kind"] = json!("consumer");
-        details["labels"] = labels.clone();
-        details["topics"] = json!(spec.topics);
-    }
-    store::audit(&mut tx, now, &who, "token.create", None, details).await?;
-    tx.commit().await?;
-    Ok(token)
-}
-
-pub async fn revoke_token(pool: &PgPool, caller: &Caller, name: &str) -> Result<()> {
-    caller.require_admin()?;
-    let now = SystemClock.now();
-    let mut tx = pool.begin().await?;
-    if !store::tokens::revoke(&mut tx, name, now).await? {
-        return Err(Error::InvalidState(format!("no active token named {name:?}")));
-    }
-    store::audit(&mut tx, now, &caller.who(), "token.revoke", None, json!({"name": name})).await?;
-    tx.commit().await?;
     Ok(())
-}
-
-pub async fn list_tokens(pool: &PgPool, caller: &Caller) -> Result<Vec<ApiToken>> {
-    caller.require_admin()?;
-    Ok(store::tokens::list_active(pool)
-        .await?
-        .into_iter()
-        .map(|t| ApiToken {
-            name: t.name,
-            is_admin: t.is_admin,
-            kind: t.kind,
-            team: t.team,
-            labels: serde_json::from_value(t.labels).unwrap_or_default(),
-            topics: t.topics,
-            created_at: t.created_at,
-            last_used_at: t.last_used_at,
-        })
-        .collect())
 }
 
 #[cfg(test)]

@@ -382,7 +382,7 @@ impl Imprint {
                 return Err(unknown());
             }
         }
-        match crate::auth::authenticate_hash(self.pool(), hash).await {
+        match self.lookup_token(hash).await {
             Err(Error::Unauthorized(m)) => {
                 let mut known_bad = self.inner.unknown_tokens.lock().unwrap_or_else(|e| e.into_inner());
                 if known_bad.len() >= 10_000 {

@@ -6,7 +6,7 @@
 //! `error`, `clock`, `cursor`, `model`, `throttle`, `audit` (the buffer) are leaves;
 //! `store` holds every SQL statement; `serving`, `auth` and `handle` build on it; the
 //! feature modules (`rollouts` < `versions`, `topics`, `pins`, `users`, `audit_log`,
-//! `consumers`, `poll`) build on those; `background` runs the loops on top.
+//! `consumers`, `tokens`, `poll`) build on those; `background` runs the loops on top.
 #![forbid(unsafe_code)]
 
 pub mod apollo;
@@ -32,6 +32,7 @@ pub mod serving;
 pub mod snapshots;
 pub mod store;
 mod throttle;
+mod tokens;
 mod topics;
 mod users;
 mod versions;

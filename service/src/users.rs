@@ -153,21 +153,6 @@ impl Imprint {
         Ok(generated.then_some(password))
     }
 
-    /// Revokes the bootstrap token (`IMPRINT_BOOTSTRAP_TOKEN` is no longer set): it
-    /// exists only while the server is started with it. Returns whether there was one.
-    pub async fn revoke_bootstrap_token(&self) -> Result<bool> {
-        let now = self.now();
-        let mut tx = self.pool().begin().await?;
-        // No token hashes to "": every active bootstrap token is revoked.
-        let revoked = store::tokens::revoke_other_bootstrap(&mut tx, "", now).await?;
-        if revoked {
-            let details = json!({"name": "bootstrap", "reason": "IMPRINT_BOOTSTRAP_TOKEN is not set"});
-            store::audit(&mut tx, now, &Caller::System.who(), "token.revoke", None, details).await?;
-        }
-        tx.commit().await?;
-        Ok(revoked)
-    }
-
     /// Checks a username and password. Every failure is the same 401 (unknown user,
     /// wrong password, disabled user) and takes as long; after repeated failures for a
     /// username from a client address, or from an address, attempts are refused for a while (429)

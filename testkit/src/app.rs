@@ -230,9 +230,7 @@ impl TestApp {
 
     /// An admin token (`team: None`) or a publisher token of `team`.
     pub async fn token(&self, name: &str, team: Option<&str>) -> String {
-        auth::create_token(&self.pool, &imprint_service::Caller::System, name, team.is_none(), team)
-            .await
-            .expect("token")
+        self.imprint.create_token(&imprint_service::Caller::System, name, team.is_none(), team).await.expect("token")
     }
 
     /// A consumer token (reads and polls only), optionally bound to labels and topics.
@@ -250,7 +248,7 @@ impl TestApp {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
         };
-        auth::create_token_with(&self.pool, &imprint_service::Caller::System, &spec).await.expect("consumer token")
+        self.imprint.create_token_with(&imprint_service::Caller::System, &spec).await.expect("consumer token")
     }
 
     pub async fn versions_in_db(&self, topic: &str) -> i64 {

@@ -124,7 +124,7 @@ async fn revoking_a_token_ends_its_parked_long_polls(pool: sqlx::PgPool) {
         .send();
     let other = tokio::spawn(other);
     eventually("parked", || async { app.imprint().state().waiter_entries().0 == 2 }).await;
-    imprint_service::auth::revoke_token(&pool, &imprint_service::Caller::System, "soon-revoked").await.unwrap();
+    app.imprint().revoke_token(&imprint_service::Caller::System, "soon-revoked").await.unwrap();
     let r = poll.await.unwrap().unwrap();
     assert_error(r, 401, "unauthorized").await;
     // The other token's poll goes on waiting, and gets the next publish.

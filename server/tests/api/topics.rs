@@ -150,7 +150,7 @@ async fn tokens_and_rights(pool: sqlx::PgPool) {
     assert_eq!(app.versions_in_db("search.cfg").await, 0);
 
     // Revoked tokens stop working.
-    imprint_service::auth::revoke_token(&app.pool, &imprint_service::Caller::System, "payments-ci").await.unwrap();
+    app.imprint().revoke_token(&imprint_service::Caller::System, "payments-ci").await.unwrap();
     let r = app
         .req(Method::POST, "/api/v1/topics/payments.fx/versions")
         .bearer_auth(&payments)
