@@ -594,50 +594,28 @@ pub struct Answer {
     pub pinned: bool,
 }
 
-/// The scope matrix shows at most this many selectors (rows).
-#[cfg(feature = "ssr")]
-const MATRIX_ROWS: usize = 500;
-
 #[server(prefix = "/console/fn")]
 pub async fn load_matrix(name: String, labels: Option<String>, at: Option<String>) -> Result<Matrix, ServerFnError> {
     use crate::ssr::{imprint, load, require_user};
-    use imprint_domain::{Labels, Selector};
+    use imprint_domain::Labels;
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
     let topic = load(imprint.topic(&caller, &name).await)?;
-    let serving =
-        imprint.state().get(&topic.name).ok_or_else(|| ServerFnError::new("topic not loaded yet; try again"))?;
-    // The topic's present, bounded (not its whole history): live versions, their scopes,
-    // active pins; at most MATRIX_ROWS selectors are shown.
-    let (history, _) = load(imprint.topic_present(&caller, &topic.name).await)?;
-    let h = &history;
-    let released: std::collections::HashSet<(u64, &Selector)> =
-        h.scopes.iter().map(|s| (s.version, &s.selector)).collect();
-    // Rows: every selector that matters (scopes used, active pins); columns: recent versions.
-    let mut selectors: Vec<Selector> = h.scopes.iter().map(|s| s.selector.clone()).collect();
-    selectors.extend(h.pins.iter().filter(|p| p.removed_at.is_none()).map(|p| p.selector.clone()));
-    selectors.sort_by(|a, b| a.specificity().cmp(&b.specificity()).then_with(|| a.cmp(b)));
-    selectors.dedup();
-    selectors.truncate(MATRIX_ROWS);
-    let columns: Vec<u64> = h.versions.keys().rev().take(12).copied().collect();
-    let rows = selectors
+    // Computed by the service (imprint_service::matrix): rows, columns, what each row resolves to.
+    let m = load(imprint.scope_matrix(&caller, &topic.name).await)?;
+    let columns = m.columns;
+    let rows = m
+        .rows
         .into_iter()
-        .map(|sel| {
-            let r = serving.index.resolve(&sel.as_labels());
-            let pin = h.pins.iter().find(|p| p.removed_at.is_none() && p.selector == sel).map(|p| p.version);
-            MatrixRow {
-                selector: sel.to_string(),
-                cells: columns
-                    .iter()
-                    .map(|v| MatrixCell {
-                        released: released.contains(&(*v, &sel)),
-                        resolved: r.map(|r| r.version) == Some(*v),
-                        pinned: pin == Some(*v),
-                    })
-                    .collect(),
-                resolves_to: r.map(|r| r.version),
-                pinned: r.is_some_and(|r| r.pinned),
-            }
+        .map(|r| MatrixRow {
+            selector: r.selector.to_string(),
+            cells: r
+                .cells
+                .into_iter()
+                .map(|c| MatrixCell { released: c.released, resolved: c.resolved, pinned: c.pinned })
+                .collect(),
+            resolves_to: r.resolves_to,
+            pinned: r.pinned,
         })
         .collect();
     let answer = match labels.filter(|l| !l.trim().is_empty()) {

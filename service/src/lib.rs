@@ -6,7 +6,7 @@
 //! `error`, `clock`, `cursor`, `model`, `throttle`, `audit` (the buffer) are leaves;
 //! `store` holds every SQL statement; `serving`, `auth` and `handle` build on it; the
 //! feature modules (`rollouts` < `versions`, `topics`, `pins`, `users`, `audit_log`,
-//! `consumers`, `tokens`, `poll`) build on those; `background` runs the loops on top.
+//! `consumers`, `tokens`, `matrix`, `poll`) build on those; `background` runs the loops on top.
 #![forbid(unsafe_code)]
 
 pub mod apollo;
@@ -21,6 +21,7 @@ pub mod error;
 mod handle;
 pub mod janitor;
 pub mod long_polls;
+pub mod matrix;
 pub mod model;
 pub mod objects;
 pub mod overview;
