@@ -1,0 +1,126 @@
+//! What the serving state holds of one topic (`ServingTopic`: its index, owner, Apollo
+//! binding) and of one version (`ServedVersion`, with its poll update pre-serialised).
+use bytes::Bytes;
+use imprint_domain::{CurrentIndex, TopicName};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Payloads up to this size are held in memory and sent inline in poll answers.
+pub const INLINE_POLL_BYTES: u64 = 64 * 1024;
+
+/// What the poll path needs of one version.
+#[derive(Debug)]
+pub struct ServedVersion {
+    pub topic: TopicName,
+    pub version: u64,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+    pub metadata: BTreeMap<String, String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Present for small inline payloads of versions some consumer can resolve to now.
+    pub payload: Option<Bytes>,
+    /// The poll answer's JSON for this version (unpinned, pinned), built once on first use
+    /// and shared by every poll that gets it.
+    json: [std::sync::OnceLock<Box<serde_json::value::RawValue>>; 2],
+}
+
+/// The fields of a poll update (API.md), as serialised once per version.
+#[derive(serde::Serialize)]
+struct UpdateJson<'a> {
+    version: u64,
+    pinned: bool,
+    metadata: &'a BTreeMap<String, String>,
+    content_type: &'a str,
+    size: u64,
+    sha256: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_base64: Option<String>,
+    data_url: String,
+}
+
+impl ServedVersion {
+    /// A version as the poll path serves it (`payload`: the bytes of a small inline one).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        topic: TopicName,
+        version: u64,
+        content_type: String,
+        size: u64,
+        sha256: String,
+        metadata: BTreeMap<String, String>,
+        created_at: chrono::DateTime<chrono::Utc>,
+        payload: Option<Bytes>,
+    ) -> Self {
+        let payload = payload.filter(|_| size <= INLINE_POLL_BYTES);
+        ServedVersion {
+            topic,
+            version,
+            content_type,
+            size,
+            sha256,
+            metadata,
+            created_at,
+            payload,
+            json: Default::default(),
+        }
+    }
+
+    /// The update's JSON, pre-serialised (built at most once per version and flag).
+    pub fn update_json(&self, pinned: bool) -> &serde_json::value::RawValue {
+        self.json[usize::from(pinned)].get_or_init(|| {
+            use base64::Engine;
+            let u = UpdateJson {
+                version: self.version,
+                pinned,
+                metadata: &self.metadata,
+                content_type: &self.content_type,
+                size: self.size,
+                sha256: &self.sha256,
+                data_base64: self.payload.as_ref().map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
+                data_url: format!("/api/v1/topics/{}/versions/{}/data", self.topic, self.version),
+            };
+            let text = serde_json::to_string(&u).unwrap_or_else(|_| "null".into());
+            serde_json::value::RawValue::from_string(text)
+                .unwrap_or_else(|_| serde_json::value::RawValue::from_string("null".into()).expect("null is JSON"))
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct ServingTopic {
+    pub id: i64,
+    pub name: TopicName,
+    /// The topic's change counter at the snapshot this was loaded from.
+    pub change_seq: i64,
+    /// The owning team and whether the topic is restricted (who may poll it).
+    pub owner: String,
+    pub restricted: bool,
+    /// How Apollo clients address it, if they do.
+    pub apollo: Option<ApolloServed>,
+    /// Some version is not purged (Apollo notifies only topics with a release).
+    pub has_live: bool,
+    pub index: CurrentIndex,
+    /// The versions that resolution can return now (pinned or best per selector).
+    pub served: HashMap<u64, Arc<ServedVersion>>,
+}
+
+/// A topic's Apollo binding, as the `/apollo` endpoint needs it.
+#[derive(Clone)]
+pub struct ApolloServed {
+    pub app_id: String,
+    pub namespace: String,
+    /// Requests for this namespace (and only this one) must be signed with it.
+    pub secret: Option<String>,
+}
+
+/// The secret never reaches a log: `Debug` says only whether there is one.
+impl std::fmt::Debug for ApolloServed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApolloServed")
+            .field("app_id", &self.app_id)
+            .field("namespace", &self.namespace)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
