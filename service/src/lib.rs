@@ -6,7 +6,8 @@
 //! `error`, `clock`, `cursor`, `model`, `throttle`, `audit` (the buffer) are leaves;
 //! `store` holds every SQL statement; `serving`, `auth` and `handle` build on it; the
 //! feature modules (`rollouts` < `versions`, `topics`, `pins`, `users`, `audit_log`,
-//! `consumers`, `tokens`, `matrix`, `poll`) build on those; `background` runs the loops on top.
+//! `consumers`, `tokens`, `matrix`, `poll`) build on those; `validation` sits below `versions`,
+//! `version_reads` beside it; `background` runs the loops on top.
 #![forbid(unsafe_code)]
 
 pub mod apollo;
@@ -36,6 +37,8 @@ mod throttle;
 mod tokens;
 mod topics;
 mod users;
+mod validation;
+mod version_reads;
 mod versions;
 
 pub use auth::Caller;

@@ -1,19 +1,19 @@
-//! Publishing immutable versions, reading them back, widening their scopes, resolving.
+//! Publishing immutable versions: receiving and checksumming the payload, validating it
+//! (`validation`), committing the version with its scopes and rollout. Reading versions
+//! back, widening scopes and resolving are in `version_reads`.
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
-use crate::model::{Page, PlanChoice, Published, RolloutRequest, Scope, Version};
+use crate::model::{PlanChoice, Published, RolloutRequest, Scope};
 use crate::rollouts::supersede_active;
-use crate::store::versions::VersionRow;
+use crate::store;
 use crate::topics::check_content_type;
-use crate::{cursor, store};
+use crate::validation::Validation;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use imprint_domain::{Labels, Resolution, Selector};
+use imprint_domain::Selector;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub struct PublishInput {
     pub payload: Payload,
@@ -399,145 +399,6 @@ impl Imprint {
             rollout,
         })
     }
-
-    pub async fn list_versions(
-        &self,
-        caller: &Caller,
-        topic: &str,
-        limit: Option<u32>,
-        cursor: Option<&str>,
-    ) -> Result<Page<Version>> {
-        self.require_direct_reader(caller)?;
-        let limit = cursor::limit(limit)?;
-        let before = cursor.map(cursor::decode).transpose()?;
-        let t = self.readable_topic(caller, topic).await?;
-        let rows = store::versions::list(self.pool(), t.id, before, limit + 1).await?;
-        let more = rows.len() as i64 > limit;
-        let rows: Vec<VersionRow> = rows.into_iter().take(limit as usize).collect();
-        let next = if more { rows.last().map(|r| cursor::encode(r.version)) } else { None };
-        let numbers: Vec<i64> = rows.iter().map(|r| r.version).collect();
-        let mut scopes = self.scopes_of(t.id, &numbers).await?;
-        let items = rows
-            .into_iter()
-            .map(|r| {
-                let s = scopes.remove(&r.version).unwrap_or_default();
-                version_from_row(self.objects(), &t.name, r, s)
-            })
-            .collect();
-        Ok(Page { items, next })
-    }
-
-    pub async fn version(&self, caller: &Caller, topic: &str, version: u64) -> Result<Version> {
-        self.require_direct_reader(caller)?;
-        let t = self.readable_topic(caller, topic).await?;
-        let row = store::versions::get(self.pool(), t.id, version as i64)
-            .await?
-            .ok_or_else(|| Error::VersionNotFound { topic: t.name.clone(), version })?;
-        let mut scopes = self.scopes_of(t.id, &[row.version]).await?;
-        Ok(version_from_row(self.objects(), &t.name, row, scopes.remove(&(version as i64)).unwrap_or_default()))
-    }
-
-    async fn scopes_of(&self, topic_id: i64, versions: &[i64]) -> Result<std::collections::HashMap<i64, Vec<Scope>>> {
-        let mut out: std::collections::HashMap<i64, Vec<Scope>> = std::collections::HashMap::new();
-        for r in store::versions::scopes_of(self.pool(), topic_id, versions).await? {
-            let selector = Selector::parse(&r.selector_key)
-                .map_err(|e| Error::Internal(format!("stored selector {:?}: {e}", r.selector_key)))?;
-            out.entry(r.version).or_default().push(Scope { selector, added_at: r.added_at, added_by: r.added_by });
-        }
-        Ok(out)
-    }
-
-    /// Adds a scope to a version. Returns the scope and whether it was new (adding a
-    /// scope the version already has changes nothing).
-    #[tracing::instrument(skip(self))]
-    pub async fn add_scope(
-        &self,
-        caller: &Caller,
-        topic: &str,
-        version: u64,
-        selector: Selector,
-    ) -> Result<(Scope, bool)> {
-        let mut tx = self.pool().begin().await?;
-        let t = store::topics::require(&mut tx, topic, true).await?;
-        caller.require_write(&t.name, &t.owner)?;
-        store::versions::require_live(&mut tx, &t, version).await?;
-        let now = self.now();
-        let who = caller.who();
-        let added =
-            store::versions::insert_scopes(&mut tx, t.id, version as i64, std::slice::from_ref(&selector), now, &who)
-                .await?;
-        if added == 0 {
-            tx.rollback().await?;
-            let (added_at, added_by) = store::versions::scope(self.pool(), t.id, version as i64, &selector.to_string())
-                .await?
-                .ok_or_else(|| Error::Conflict("the scope was added and is gone again; try again".into()))?;
-            return Ok((Scope { selector, added_at, added_by }, false));
-        }
-        let details = json!({"version": version, "selector": selector.to_string()});
-        store::audit(&mut tx, now, &who, "scope.add", Some(&t.name), details).await?;
-        store::notify(&mut tx, t.id).await?;
-        tx.commit().await?;
-        self.refresh_topic(t.id).await;
-        metrics::counter!("imprint_scopes_added_total").increment(1);
-        Ok((Scope { selector, added_at: now, added_by: who }, true))
-    }
-
-    /// A topic's whole resolution history (for the console's scope matrix), read from
-    /// Postgres; the caller must be allowed to read the topic.
-    pub async fn topic_history(&self, caller: &Caller, topic: &str) -> Result<imprint_domain::TopicHistory> {
-        let t = self.readable_topic(caller, topic).await?;
-        let mut conn = self.pool().acquire().await?;
-        self.history_of(&mut conn, t.id).await
-    }
-
-    /// A topic's present (live versions, their scopes, active pins), at most
-    /// `MAX_HISTORY_ROWS` versions and pins of it — for the console's scope matrix, which
-    /// must not read the whole history. `true`: rows were left out.
-    pub async fn topic_present(&self, caller: &Caller, topic: &str) -> Result<(imprint_domain::TopicHistory, bool)> {
-        let t = self.readable_topic(caller, topic).await?;
-        let mut tx = self.pool().begin_with(store::serving::BEGIN_SNAPSHOT).await?;
-        let (snap, truncated) = store::history::live(&mut tx, t.id, store::history::MAX_HISTORY_ROWS).await?;
-        tx.commit().await?;
-        Ok((crate::serving::histories(&snap).remove(&t.id).unwrap_or_default(), truncated))
-    }
-
-    /// `resolve`, saying whether a time-travel answer was computed from a bounded part of
-    /// the history (`true`: the topic had more than `MAX_HISTORY_ROWS` versions or pins
-    /// in effect then, and only the newest were considered).
-    pub async fn resolve_bounded(
-        &self,
-        caller: &Caller,
-        topic: &str,
-        labels: &Labels,
-        at: Option<DateTime<Utc>>,
-    ) -> Result<(Option<Resolution>, bool)> {
-        let name = imprint_domain::TopicName::parse(topic)?;
-        let t = self.state().get(name.as_str()).ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
-        caller.require_read(name.as_str(), &t.owner, t.restricted)?;
-        self.require_poller(caller, labels.pairs())?;
-        Ok(match at {
-            None => (t.index.resolve(labels), false),
-            Some(at) => {
-                let mut tx = self.pool().begin_with(store::serving::BEGIN_SNAPSHOT).await?;
-                let (snap, truncated) = store::history::at(&mut tx, t.id, at, store::history::MAX_HISTORY_ROWS).await?;
-                tx.commit().await?;
-                let h = crate::serving::histories(&snap).remove(&t.id).unwrap_or_default();
-                (h.resolve_at(labels, at), truncated)
-            }
-        })
-    }
-
-    /// What a consumer with `labels` sees now (from memory), or saw at `at` (from a
-    /// bounded part of the topic's history in Postgres, `resolve_bounded`).
-    pub async fn resolve(
-        &self,
-        caller: &Caller,
-        topic: &str,
-        labels: &Labels,
-        at: Option<DateTime<Utc>>,
-    ) -> Result<Option<Resolution>> {
-        Ok(self.resolve_bounded(caller, topic, labels, at).await?.0)
-    }
 }
 
 /// The size and (when kept) the bytes of a received payload.
@@ -545,108 +406,5 @@ fn received_content(r: &Received) -> (u64, Option<&Bytes>) {
     match r {
         Received::Inline(b) => (b.len() as u64, Some(b)),
         Received::Object { size, content, .. } => (*size, content.as_ref()),
-    }
-}
-
-/// What a topic's payloads must satisfy: its JSON Schema (compiled once per topic and
-/// schema, `compiled`) and its Apollo namespace.
-#[derive(Clone)]
-struct Validation {
-    topic: String,
-    schema: Option<(String, Arc<jsonschema::Validator>)>,
-    apollo_namespace: Option<String>,
-}
-
-impl Validation {
-    fn of(t: &store::topics::TopicRef) -> Result<Option<Validation>> {
-        if t.json_schema.is_none() && t.apollo_namespace.is_none() {
-            return Ok(None);
-        }
-        Ok(Some(Validation {
-            topic: t.name.clone(),
-            schema: t.json_schema.as_ref().map(|s| compiled(t.id, s)).transpose()?,
-            apollo_namespace: t.apollo_namespace.clone(),
-        }))
-    }
-
-    /// Equal keys: the same rules (schema by its hash).
-    fn key(&self) -> (Option<&str>, Option<&str>) {
-        (self.schema.as_ref().map(|(h, _)| h.as_str()), self.apollo_namespace.as_deref())
-    }
-
-    fn validate(&self, bytes: &[u8]) -> Result<()> {
-        if let Some((_, validator)) = &self.schema {
-            validate_against(validator, bytes)?;
-        }
-        if let Some(ns) = &self.apollo_namespace {
-            // Apollo clients read a properties namespace as flat key/values.
-            imprint_domain::apollo::configurations(ns, bytes).map_err(|e| {
-                Error::SchemaViolation(format!("{} is bound to Apollo namespace {ns:?}: {e}", self.topic))
-            })?;
-        }
-        Ok(())
-    }
-}
-
-/// Compiled schemas, by topic id and the schema's SHA-256: a schema is compiled once per
-/// topic setting, not per publish. Small (a schema is at most `MAX_SCHEMA_BYTES`) and
-/// emptied when it holds more than `MAX_COMPILED` of them.
-static COMPILED: std::sync::LazyLock<std::sync::Mutex<HashMap<(i64, String), CompiledSchema>>> =
-    std::sync::LazyLock::new(Default::default);
-const MAX_COMPILED: usize = 1_000;
-
-/// A stored schema compiles (it was checked when set); one that somehow does not refuses
-/// every publish to the topic with the compiler's message.
-type CompiledSchema = std::result::Result<Arc<jsonschema::Validator>, String>;
-
-fn compiled(topic_id: i64, schema: &serde_json::Value) -> Result<(String, Arc<jsonschema::Validator>)> {
-    let hash = hex::encode(Sha256::digest(schema.to_string().as_bytes()));
-    let key = (topic_id, hash.clone());
-    let mut cache = COMPILED.lock().unwrap_or_else(|e| e.into_inner());
-    if !cache.contains_key(&key) {
-        if cache.len() >= MAX_COMPILED {
-            cache.clear();
-        }
-        let v = jsonschema::validator_for(schema).map(Arc::new).map_err(|e| e.to_string());
-        cache.insert(key.clone(), v);
-    }
-    match &cache[&key] {
-        Ok(v) => Ok((hash, v.clone())),
-        Err(e) => Err(Error::Internal(format!("stored schema does not compile: {e}"))),
-    }
-}
-
-fn validate_against(validator: &jsonschema::Validator, payload: &[u8]) -> Result<()> {
-    let parsed: serde_json::Value = serde_json::from_slice(payload).map_err(|e| {
-        Error::SchemaViolation(format!(
-            "payload does not satisfy the topic's JSON Schema: the topic has a JSON Schema and the payload is not JSON: {e}"
-        ))
-    })?;
-    let errors: Vec<String> =
-        validator.iter_errors(&parsed).take(5).map(|e| format!("{} (at {})", e, e.instance_path)).collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::SchemaViolation(format!("payload does not satisfy the topic's JSON Schema: {}", errors.join("; "))))
-    }
-}
-
-fn version_from_row(objects: &crate::objects::Objects, topic: &str, r: VersionRow, scopes: Vec<Scope>) -> Version {
-    Version {
-        topic: topic.to_owned(),
-        version: r.version as u64,
-        created_at: r.created_at,
-        created_by: r.created_by,
-        message: r.message,
-        metadata: r.metadata.0,
-        content_type: r.content_type,
-        size: r.size as u64,
-        sha256: r.sha256,
-        storage: r.storage,
-        object_url: r.object_key.as_deref().map(|k| objects.url_of(k)),
-        object_registered: r.object_key.is_some() && !r.object_owned,
-        purged: r.purged_at.is_some(),
-        purged_at: r.purged_at,
-        scopes,
     }
 }
