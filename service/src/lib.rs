@@ -5,7 +5,7 @@
 //! Modules depend downward only (a test checks it):
 //! `error`, `clock`, `cursor`, `model`, `throttle`, `audit` (the buffer) are leaves;
 //! `store` holds every SQL statement; `serving`, `auth` and `handle` build on it; the
-//! feature modules (`rollouts` < `versions`, `topics`, `pins`, `users`, `audit_log`,
+//! feature modules (`rollouts` < `versions`, `topics`, `pins`, `users`, `teams`, `audit_log`,
 //! `consumers`, `tokens`, `matrix`, `poll`) build on those; `validation` sits below `versions`,
 //! `version_reads` beside it; `background` runs the loops on top.
 #![forbid(unsafe_code)]
@@ -33,6 +33,7 @@ pub mod rollouts;
 pub mod serving;
 pub mod snapshots;
 pub mod store;
+mod teams;
 mod throttle;
 mod tokens;
 mod topics;
