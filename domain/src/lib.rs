@@ -11,7 +11,7 @@ mod rollout;
 mod selector;
 
 pub use diff::{diff_lines, render_payload, DiffLine, Rendered};
-pub use names::{TopicName, TopicNameError};
+pub use names::{TopicName, TopicNameError, VersionNumber, VersionNumberError};
 pub use resolve::{is_update, CurrentIndex, PinEntry, Resolution, ScopeEntry, TopicHistory, VersionEntry};
 pub use retention::{retention_decisions, versions_to_purge, Kept, RetentionDecision, RetentionPolicy};
 pub use rollout::{

@@ -1,4 +1,4 @@
-//! Topic names: `[a-z0-9][a-z0-9._-]{0,127}`.
+//! Topic names (`[a-z0-9][a-z0-9._-]{0,127}`) and version numbers (1, 2, 3, …).
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -54,6 +54,57 @@ impl<'de> Deserialize<'de> for TopicName {
     }
 }
 
+/// A version number: 1, 2, 3, … (a topic's first version is 1; 0 is never one). The only
+/// ways to build one are [`VersionNumber::new`] and [`VersionNumber::parse`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct VersionNumber(u64);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionNumberError {
+    #[error("version must be a version number (1, 2, 3, …)")]
+    Zero,
+    #[error("{0:?} is not a version number (1, 2, 3, …)")]
+    NotANumber(String),
+}
+
+impl VersionNumber {
+    pub fn new(n: u64) -> Result<Self, VersionNumberError> {
+        if n == 0 {
+            return Err(VersionNumberError::Zero);
+        }
+        Ok(Self(n))
+    }
+
+    /// `1`, `2`, … as written in a path or a form.
+    pub fn parse(s: &str) -> Result<Self, VersionNumberError> {
+        let not = || VersionNumberError::NotANumber(s.chars().take(40).collect());
+        s.parse::<u64>().ok().filter(|n| *n >= 1).map(Self).ok_or_else(not)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for VersionNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl From<VersionNumber> for u64 {
+    fn from(v: VersionNumber) -> u64 {
+        v.0
+    }
+}
+
+impl<'de> Deserialize<'de> for VersionNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        VersionNumber::new(u64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +121,21 @@ mod tests {
         for n in ["", "A", ".a", "-a", "_a", "a b", "a/b", "aB", "ä", &"a".repeat(129)] {
             assert!(TopicName::parse(n).is_err(), "{n:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn version_numbers_start_at_one() {
+        assert_eq!(VersionNumber::new(1).map(VersionNumber::get), Ok(1));
+        assert_eq!(VersionNumber::new(0), Err(VersionNumberError::Zero));
+        assert_eq!(VersionNumber::new(0).unwrap_err().to_string(), "version must be a version number (1, 2, 3, …)");
+        assert_eq!(VersionNumber::parse("42").map(u64::from), Ok(42));
+        for bad in ["0", "", "-1", "1.5", "v2", "99999999999999999999"] {
+            let e = VersionNumber::parse(bad).unwrap_err();
+            assert_eq!(e.to_string(), format!("{bad:?} is not a version number (1, 2, 3, …)"));
+        }
+        assert_eq!(VersionNumber::new(7).unwrap().to_string(), "7");
+        assert_eq!(serde_json::to_string(&VersionNumber::new(3).unwrap()).unwrap(), "3");
+        assert!(serde_json::from_str::<VersionNumber>("0").is_err());
+        assert_eq!(serde_json::from_str::<VersionNumber>("5").unwrap().get(), 5);
     }
 }
