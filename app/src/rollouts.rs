@@ -148,9 +148,12 @@ pub async fn start_rollout(topic: String, version: u64, stages: String) -> Resul
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
     let result = match parse_stages(&stages) {
-        Ok(plan) => {
-            imprint.start_rollout(&caller, &topic, version, imprint_service::PlanChoice::Inline(plan)).await.map(|_| ())
-        }
+        Ok(plan) => match imprint_domain::VersionNumber::new(version) {
+            Ok(v) => {
+                imprint.start_rollout(&caller, &topic, v, imprint_service::PlanChoice::Inline(plan)).await.map(|_| ())
+            }
+            Err(e) => Err(imprint_service::Error::invalid(e.to_string())),
+        },
         Err(e) => Err(e),
     };
     finish(result, None, Some("Rollout started"))

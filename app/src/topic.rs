@@ -190,6 +190,8 @@ pub async fn set_pin(
                 }
             },
         };
+        let version =
+            imprint_domain::VersionNumber::new(version).map_err(|e| imprint_service::Error::invalid(e.to_string()))?;
         imprint()
             .map_err(|e| imprint_service::Error::Internal(e.to_string()))?
             .pin(&caller, &topic, imprint_service::PinInput { selector, version, reason, expires_at })

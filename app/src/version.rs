@@ -37,7 +37,8 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
         .into_iter()
         .map(crate::topic::pin_of)
         .collect();
-    let v = load(imprint.version(&caller, &name, n).await)?;
+    let number = imprint_domain::VersionNumber::new(n).map_err(|e| ServerFnError::new(e.to_string()))?;
+    let v = load(imprint.version(&caller, &name, number).await)?;
     let others: Vec<u64> = load(imprint.list_versions(&caller, &name, Some(500), None).await)?
         .items
         .iter()

@@ -8,7 +8,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
-use imprint_domain::{Labels, Plan, Selector, TopicName};
+use imprint_domain::{Labels, Plan, Selector, TopicName, VersionNumber};
 use imprint_service::{Caller, Error, Imprint};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -79,11 +79,8 @@ fn topic_of(params: &HashMap<String, String>) -> Result<TopicName, ApiError> {
 }
 
 /// A version number: 1, 2, 3, …
-pub fn parse_version(n: &str) -> Result<u64, ApiError> {
-    n.parse::<u64>()
-        .ok()
-        .filter(|n| *n >= 1)
-        .ok_or_else(|| ApiError::invalid(format!("{n:?} is not a version number (1, 2, 3, …)")))
+pub fn parse_version(n: &str) -> Result<VersionNumber, ApiError> {
+    VersionNumber::parse(n).map_err(|_| ApiError::invalid(format!("{n:?} is not a version number (1, 2, 3, …)")))
 }
 
 fn parse_id(id: &str) -> Result<i64, ApiError> {
@@ -102,7 +99,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TopicPath {
 }
 
 /// `{topic}/versions/{n}`
-pub struct VersionPath(pub TopicName, pub u64);
+pub struct VersionPath(pub TopicName, pub VersionNumber);
 
 impl<S: Send + Sync> FromRequestParts<S> for VersionPath {
     type Rejection = ApiError;

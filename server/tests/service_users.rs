@@ -1,6 +1,6 @@
 //! Users, teams, sign-in, rights and the operator audit log, through the service's public
 //! API against a fresh database per test (with the server's mapping of errors to HTTP).
-use imprint_domain::{Plan, RolloutAction, Selector};
+use imprint_domain::{Plan, RolloutAction, Selector, VersionNumber};
 use imprint_service::model::{AuditEntry, AuditFilter, User};
 use imprint_service::{
     Caller, Config, Error, Imprint, NewTopic, Payload, PinInput, PlanChoice, PublishInput, RolloutRequest, TopicPatch,
@@ -202,7 +202,12 @@ async fn team_members_and_admins_may_write_others_may_not(pool: PgPool) {
     assert_err(imp.publish(&erin, "nobody.s", text("x")).await, 403, "forbidden");
     imp.publish(&admin, "nobody.s", text("x")).await.expect("admins own ownerless topics");
 
-    let pin = PinInput { selector: Selector::all(), version: 1, reason: "test".into(), expires_at: None };
+    let pin = PinInput {
+        selector: Selector::all(),
+        version: VersionNumber::new(1).unwrap(),
+        reason: "test".into(),
+        expires_at: None,
+    };
     assert_err(imp.pin(&frank, "payments.methods", pin).await, 403, "forbidden");
     let patch: TopicPatch = serde_json::from_value(json!({"description": "x"})).expect("patch");
     assert_err(imp.update_topic(&frank, "payments.methods", patch.clone()).await, 403, "forbidden");
@@ -325,8 +330,12 @@ async fn operator_actions_are_audited_with_actor_and_details(pool: PgPool) {
     assert_eq!(scopes.len(), 1, "adding a scope the version has is not an action");
     assert_eq!(scopes[0].details, json!({"version": 1, "selector": "region=eu"}));
 
-    let pin =
-        |version, reason: &str| PinInput { selector: eu.clone(), version, reason: reason.into(), expires_at: None };
+    let pin = |version, reason: &str| PinInput {
+        selector: eu.clone(),
+        version: VersionNumber::new(version).unwrap(),
+        reason: reason.into(),
+        expires_at: None,
+    };
     imp.pin(&erin, "payments.methods", pin(1, "bad v2")).await.expect("pin");
     imp.pin(&admin, "payments.methods", pin(2, "v2 is fine")).await.expect("re-pin");
     imp.unpin(&erin, "payments.methods", &eu).await.expect("unpin");

@@ -4,12 +4,12 @@ use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::model::{Page, Pin};
 use crate::{cursor, store};
-use imprint_domain::Selector;
+use imprint_domain::{Selector, VersionNumber};
 use serde_json::json;
 
 pub struct PinInput {
     pub selector: Selector,
-    pub version: u64,
+    pub version: VersionNumber,
     pub reason: String,
     /// The pin stops applying at this time (must be in the future).
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -31,7 +31,7 @@ fn pin_from_row(r: store::pins::PinRow) -> Result<Pin> {
 
 impl Imprint {
     /// Sets the pin on `selector`, replacing an active pin on the same selector.
-    #[tracing::instrument(skip(self, input), fields(selector = %input.selector, version = input.version))]
+    #[tracing::instrument(skip(self, input), fields(selector = %input.selector, version = input.version.get()))]
     pub async fn pin(&self, caller: &Caller, topic: &str, input: PinInput) -> Result<Pin> {
         if input.reason.chars().count() > 1024 {
             return Err(Error::invalid("reason has at most 1024 characters"));
@@ -41,7 +41,7 @@ impl Imprint {
         // as they are under the lock.
         let t = store::topics::require(&mut tx, topic, true).await?;
         caller.require_write(&t.name, &t.owner)?;
-        store::versions::require_live(&mut tx, &t, input.version).await?;
+        store::versions::require_live(&mut tx, &t, input.version.get()).await?;
         let who = caller.who();
         let now = self.now();
         if input.expires_at.is_some_and(|e| e <= now) {
@@ -51,7 +51,7 @@ impl Imprint {
             &mut tx,
             t.id,
             &input.selector,
-            input.version as i64,
+            input.version.get() as i64,
             &input.reason,
             &who,
             now,
@@ -72,7 +72,7 @@ impl Imprint {
         metrics::counter!("imprint_pins_total", "op" => "set").increment(1);
         Ok(Pin {
             selector: input.selector,
-            version: input.version,
+            version: input.version.get(),
             reason: input.reason,
             created_by: who,
             created_at: now,

@@ -7,7 +7,7 @@ use crate::model::{Page, Scope, Version};
 use crate::store::versions::VersionRow;
 use crate::{cursor, store};
 use chrono::{DateTime, Utc};
-use imprint_domain::{Labels, Resolution, Selector};
+use imprint_domain::{Labels, Resolution, Selector, VersionNumber};
 use serde_json::json;
 
 impl Imprint {
@@ -38,7 +38,8 @@ impl Imprint {
         Ok(Page { items, next })
     }
 
-    pub async fn version(&self, caller: &Caller, topic: &str, version: u64) -> Result<Version> {
+    pub async fn version(&self, caller: &Caller, topic: &str, version: VersionNumber) -> Result<Version> {
+        let version = version.get();
         self.require_direct_reader(caller)?;
         let t = self.readable_topic(caller, topic).await?;
         let row = store::versions::get(self.pool(), t.id, version as i64)

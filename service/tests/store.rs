@@ -1,7 +1,7 @@
 //! The store layer against a real Postgres: every constraint of the schema has a mapped
 //! error, and time comes from the service's clock (a test moves it instead of waiting).
 use chrono::{Duration, TimeZone, Utc};
-use imprint_domain::{Plan, Selector};
+use imprint_domain::{Plan, Selector, VersionNumber};
 use imprint_service::{
     Caller, Config, Error, Imprint, ManualClock, NewTopic, Payload, PlanChoice, PublishInput, RolloutRequest,
 };
@@ -77,7 +77,10 @@ async fn rollouts_and_records_follow_the_clock(pool: PgPool) {
         {"selector": {}, "wait_s": 0}
     ]}))
     .expect("plan");
-    let r = imp.start_rollout(&Caller::System, "clocked", 1, PlanChoice::Inline(plan)).await.expect("start");
+    let r = imp
+        .start_rollout(&Caller::System, "clocked", VersionNumber::new(1).unwrap(), PlanChoice::Inline(plan))
+        .await
+        .expect("start");
     assert_eq!(r.view.reached, 1);
 
     // Ten minutes have not passed on this clock, however long the test takes.
@@ -177,7 +180,7 @@ async fn the_serving_state_holds_the_present_and_history_comes_from_postgres(poo
 
     let pin = imprint_service::PinInput {
         selector: Selector::parse("region=us").expect("selector"),
-        version: 3,
+        version: VersionNumber::new(3).unwrap(),
         reason: "hold us back".into(),
         expires_at: None,
     };

@@ -175,7 +175,7 @@ pub async fn consumers(
     ApiQuery(q): ApiQuery<ConsumersQuery>,
 ) -> ApiResult<Json<ConsumerList>> {
     let labels = q.labels.as_deref().map(Selector::parse).transpose().map_err(Error::from)?;
-    let version = q.version.as_deref().map(crate::extract::parse_version).transpose()?;
+    let version = q.version.as_deref().map(crate::extract::parse_version).transpose()?.map(u64::from);
     let lagging_only = parse_bool(&q.lagging, "lagging")?;
     let limit = Some(parse_limit(&q.limit)?.unwrap_or(500));
     let group_by = q.group_by.filter(|g| !g.is_empty());

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use imprint_domain::Selector;
+use imprint_domain::{Selector, VersionNumber};
 use imprint_service::model::Pin;
 use imprint_service::PinInput;
 use imprint_service::{Error, Imprint};
@@ -68,15 +68,8 @@ pub async fn put_pin(
         None | Some(Value::Null) => return Err(ApiError::invalid("selector is required ({} pins everyone)")),
         Some(v) => selector_json(v)?,
     };
-    if body.version == 0 {
-        return Err(ApiError::invalid("version must be a version number (1, 2, 3, …)"));
-    }
-    let input = PinInput {
-        selector,
-        version: body.version,
-        reason: body.reason.unwrap_or_default(),
-        expires_at: body.expires_at,
-    };
+    let version = VersionNumber::new(body.version).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let input = PinInput { selector, version, reason: body.reason.unwrap_or_default(), expires_at: body.expires_at };
     Ok(Json(imprint.pin(&caller, topic.as_str(), input).await?))
 }
 

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use imprint_domain::RolloutAction;
+use imprint_domain::{RolloutAction, VersionNumber};
 use imprint_service::Imprint;
 use imprint_service::{PlanChoice, RolloutInfo};
 use serde::{Deserialize, Serialize};
@@ -63,15 +63,13 @@ pub async fn start_rollout(
     TopicPath(topic): TopicPath,
     ApiJson(body): ApiJson<RolloutBody>,
 ) -> ApiResult<Response> {
-    if body.version == 0 {
-        return Err(ApiError::invalid("version must be a version number (1, 2, 3, …)"));
-    }
+    let version = VersionNumber::new(body.version).map_err(|e| ApiError::invalid(e.to_string()))?;
     let choice = match (body.stages.filter(|s| !s.is_null()), body.plan) {
         (Some(stages), None) => PlanChoice::Inline(parse_plan(&json!({"stages": stages}))?),
         (None, Some(name)) => PlanChoice::Named(name),
         _ => return Err(ApiError::invalid("give either stages or the name of a plan")),
     };
-    let info = imprint.start_rollout(&caller, topic.as_str(), body.version, choice).await?;
+    let info = imprint.start_rollout(&caller, topic.as_str(), version, choice).await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 

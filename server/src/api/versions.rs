@@ -207,7 +207,7 @@ pub async fn version_data(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let redirect = parse_bool(&q.redirect, "redirect")?;
-    let p = imprint.version_payload(&caller, topic.as_str(), n).await?;
+    let p = imprint.version_payload(&caller, topic.as_str(), n.get()).await?;
     let etag = format!("\"{}\"", p.sha256);
     crate::payload::payload_response(&imprint, p, &etag, None, &headers, redirect).await
 }
@@ -254,6 +254,6 @@ pub async fn add_scope(
     ApiJson(body): ApiJson<ScopeBody>,
 ) -> ApiResult<Response> {
     let selector = selector_json(&body.selector)?;
-    let (scope, added) = imprint.add_scope(&caller, topic.as_str(), n, selector).await?;
+    let (scope, added) = imprint.add_scope(&caller, topic.as_str(), n.get(), selector).await?;
     Ok((if added { StatusCode::CREATED } else { StatusCode::OK }, Json(scope)).into_response())
 }
