@@ -1,0 +1,233 @@
+//! The wire protocol, defined once: the JSON of `POST /api/v1/poll` (request, answer,
+//! updates, applied reports), the snapshot manifest, the error body, the versions list and
+//! the `data_url` format. The server, the Rust client and the CLI all use these types, so
+//! changing a field breaks their builds rather than their behaviour. Answers tolerate
+//! unknown fields (a server may add some); requests do not.
+#![forbid(unsafe_code)]
+use imprint_domain::Labels;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The longest a poll may be held open (`wait_ms`).
+pub const MAX_WAIT_MS: u64 = 60_000;
+
+/// Where one version's payload is downloaded from (relative to the server's base URL).
+pub fn data_url(topic: &str, version: u64) -> String {
+    format!("/api/v1/topics/{topic}/versions/{version}/data")
+}
+
+/// The topic and version a `data_url` names, when it is one of this server's (`None` for
+/// anything else, e.g. a presigned URL to the store).
+pub fn parse_data_url(url: &str) -> Option<(&str, u64)> {
+    let rest = url.strip_prefix("/api/v1/topics/")?;
+    let rest = rest.strip_suffix("/data")?;
+    let (topic, version) = rest.split_once("/versions/")?;
+    if topic.is_empty() || topic.contains('/') {
+        return None;
+    }
+    let version: u64 = version.parse().ok()?;
+    (version != 0).then_some((topic, version))
+}
+
+/// Who polls: its instance (one process or node) and its labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    pub instance: String,
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub labels: Labels,
+}
+
+/// The outcome of applying one version, reported on the next poll.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Applied {
+    pub version: u64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The body of `POST /api/v1/poll`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    pub consumer: Consumer,
+    /// Each subscribed topic and the version held (`null`: none yet).
+    pub topics: BTreeMap<String, Option<u64>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub applied: BTreeMap<String, Applied>,
+    /// Hold the request up to this long (0-60000 ms) until an update exists.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// One update of a poll answer: the version a consumer should hold now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Update {
+    pub version: u64,
+    #[serde(default)]
+    pub pinned: bool,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+    /// The payload, for small payloads (at most 64 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    /// Where to download the payload (see [`data_url`]).
+    #[serde(default)]
+    pub data_url: String,
+}
+
+/// The answer to a poll.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PollResponse {
+    #[serde(default)]
+    pub updates: BTreeMap<String, Update>,
+    /// Topics with nothing to give: `topic_not_found`, `no_version_in_scope`, `forbidden`.
+    #[serde(default)]
+    pub missing: BTreeMap<String, String>,
+    #[serde(default)]
+    pub poll_after_ms: u64,
+}
+
+/// Every error answer: `{"error": {"code": …, "message": …}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The stable `code` (what a program branches on) and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// A snapshot manifest, `snapshots/<topic>.json` in the payload store (`format` 1):
+/// what `*` (a node with no labels) resolves to. Exactly one of `data_base64` and
+/// `object` is set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub topic: String,
+    pub version: u64,
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    pub published_at: chrono::DateTime<chrono::Utc>,
+    pub written_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    /// The payload's key relative to the store's URL (`topics/<topic>/<n>/<sha256>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+}
+
+/// The manifest format this crate reads and writes.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// `GET /api/v1/topics/{topic}/versions`, as consumers read it (the fields they use).
+#[derive(Debug, Clone, Deserialize)]
+pub struct VersionList {
+    pub versions: Vec<VersionInfo>,
+}
+
+/// One version of the list.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub size: u64,
+    pub sha256: String,
+    #[serde(default)]
+    pub content_type: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub scopes: Vec<ScopeInfo>,
+    #[serde(default)]
+    pub purged: bool,
+}
+
+/// A scope of a version: the selector it was released to.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScopeInfo {
+    #[serde(default)]
+    pub selector: imprint_domain::Selector,
+}
+
+impl VersionInfo {
+    /// Was this version ever released to a consumer with `labels` (one of its scopes
+    /// matches them)? Pins are not considered.
+    pub fn released_to(&self, labels: &Labels) -> bool {
+        self.scopes.iter().any(|s| s.selector.matches(labels))
+    }
+
+    /// The update a consumer gets when it starts from this version (downloaded, never inline).
+    pub fn into_update(self, topic: &str) -> Update {
+        Update {
+            data_url: data_url(topic, self.version),
+            version: self.version,
+            pinned: false,
+            metadata: self.metadata,
+            content_type: self.content_type,
+            size: self.size,
+            sha256: self.sha256,
+            data_base64: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_match_labels_like_selectors() {
+        let v: VersionInfo = serde_json::from_str(
+            r#"{"version": 3, "size": 1, "sha256": "ab", "scopes": [{"selector": {"region": "eu", "app": "a"}}],
+                "extra": true}"#,
+        )
+        .expect("parses with unknown fields");
+        let labels = |pairs: &[(&str, &str)]| Labels::from_pairs(pairs.iter().copied()).expect("valid labels");
+        assert!(v.released_to(&labels(&[("region", "eu"), ("app", "a"), ("x", "y")])));
+        assert!(!v.released_to(&labels(&[("region", "eu")])));
+        let everyone: VersionInfo =
+            serde_json::from_str(r#"{"version": 1, "size": 1, "sha256": "ab", "scopes": [{"selector": {}}]}"#)
+                .expect("parses");
+        assert!(everyone.released_to(&Labels::default()));
+    }
+
+    #[test]
+    fn data_urls_are_built_and_read_back_one_way() {
+        let url = data_url("payments.model", 7);
+        assert_eq!(url, "/api/v1/topics/payments.model/versions/7/data");
+        assert_eq!(parse_data_url(&url), Some(("payments.model", 7)));
+        assert_eq!(parse_data_url("/api/v1/topics/t/versions/0/data"), None);
+        assert_eq!(parse_data_url("https://s3.example/x"), None);
+    }
+
+    #[test]
+    fn a_poll_request_round_trips_and_refuses_unknown_fields() {
+        let json = r#"{"consumer":{"instance":"n1","labels":{"region":"eu"}},"topics":{"a":null,"b":3},
+            "applied":{"b":{"version":3,"ok":false,"error":"bad"}},"wait_ms":100}"#;
+        let req: PollRequest = serde_json::from_str(json).expect("parses");
+        let again: PollRequest =
+            serde_json::from_str(&serde_json::to_string(&req).expect("serialises")).expect("parses");
+        assert_eq!(req, again);
+        assert!(serde_json::from_str::<PollRequest>(r#"{"consumer":{"instance":"n"},"topics":{},"x":1}"#).is_err());
+    }
+}
