@@ -3,7 +3,7 @@
 use crate::cache::Store;
 use crate::error::{Error, Result};
 use crate::subscription::{lock, ApplyFn, Data, KeepAlive, Kind, Payload, Shared, Slot, Source, Subscription};
-use crate::wire::Consumer;
+use imprint_protocol::Consumer;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -197,6 +197,8 @@ impl ClientBuilder {
                 false,
             ),
         };
+        let labels =
+            imprint_domain::Labels::from_pairs(self.labels).map_err(|e| Error::Config(format!("labels: {e}")))?;
         #[cfg(feature = "snapshots")]
         let snapshots = match &self.snapshot_store {
             Some(url) => Some(crate::snapshot::Snapshots::open(url)?),
@@ -211,7 +213,7 @@ impl ClientBuilder {
             http,
             base,
             token: self.token,
-            consumer: Consumer { instance, labels: self.labels },
+            consumer: Consumer { instance, labels },
             store,
             slots: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(0),
@@ -234,12 +236,9 @@ fn default_instance() -> String {
         .unwrap_or_else(|| "imprint-client".into())
 }
 
-/// `[a-z0-9][a-z0-9._-]{0,127}`, as the server checks it.
+/// A topic name as the server checks it (the domain's `TopicName`).
 pub(crate) fn valid_topic(t: &str) -> bool {
-    let mut c = t.chars();
-    matches!(c.next(), Some(f) if f.is_ascii_lowercase() || f.is_ascii_digit())
-        && t.len() <= 128
-        && c.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+    imprint_domain::TopicName::parse(t).is_ok()
 }
 
 pub(crate) struct Inner {
@@ -344,7 +343,7 @@ impl Client {
     }
 
     pub fn labels(&self) -> &BTreeMap<String, String> {
-        &self.inner.consumer.labels
+        self.inner.consumer.labels.pairs()
     }
 
     /// A JSON payload deserialized into `T`. A payload that does not parse is a failed

@@ -5,9 +5,9 @@
 use crate::client::Inner;
 use crate::error::{Error, Result};
 use crate::subscription::Kind;
-use crate::wire::Update;
 use base64::Engine;
 use futures::StreamExt;
+use imprint_protocol::Update;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest, Sha256};
@@ -73,10 +73,10 @@ pub(crate) async fn fetch(inner: &Inner, topic: &str, u: &Update, kind: Kind) ->
             }
         };
     }
-    let url = match &u.data_url {
-        Some(p) => inner.url(p),
-        None => return Err(Failure::Rejected("the update has neither data_base64 nor data_url".into())),
-    };
+    if u.data_url.is_empty() {
+        return Err(Failure::Rejected("the update has neither data_base64 nor data_url".into()));
+    }
+    let url = inner.url(&u.data_url);
     // A mismatch may be a transfer accident: one more download before giving up on it.
     let mut last = None;
     for _ in 0..2 {

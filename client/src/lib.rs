@@ -69,44 +69,16 @@ mod poller;
 #[cfg(feature = "snapshots")]
 mod snapshot;
 mod subscription;
-mod wire;
 
 pub use client::{Client, ClientBuilder};
 pub use error::{Error, Result};
 pub use subscription::{Changes, Current, Payload, Source, Subscription};
 
 /// Parses a selector or label string (`region=eu-west-1,app=checkout`, `*` or empty for
-/// none) into pairs, with the server's rules for keys and values.
+/// none) into pairs, with the server's rules for keys and values (the domain's: at most
+/// 32 pairs and 4096 bytes).
 pub fn parse_labels(s: &str) -> std::result::Result<std::collections::BTreeMap<String, String>, String> {
-    let s = s.trim();
-    let mut map = std::collections::BTreeMap::new();
-    if s.is_empty() || s == "*" {
-        return Ok(map);
-    }
-    for part in s.split(',') {
-        let part = part.trim();
-        let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?} is not of the form key=value"))?;
-        let (k, v) = (k.trim(), v.trim());
-        let mut kc = k.chars();
-        let key_ok = matches!(kc.next(), Some(c) if c.is_ascii_alphanumeric())
-            && k.len() <= 63
-            && kc.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
-        if !key_ok {
-            return Err(format!(
-                "label key {k:?} is invalid: keys start with a letter or digit and contain only letters, digits, '.', '_', '-' or '/'"
-            ));
-        }
-        if v.is_empty() || v.len() > 256 || v.chars().any(|c| c.is_whitespace() || c.is_control() || ",=*".contains(c))
-        {
-            return Err(format!(
-                "label value {v:?} for key {k:?} is invalid: values are 1 to 256 characters without ',', '=', '*' or whitespace"
-            ));
-        }
-        if map.insert(k.to_owned(), v.to_owned()).is_some() {
-            return Err(format!("label key {k:?} appears twice"));
-        }
-    }
-    Ok(map)
+    imprint_domain::Labels::parse(s).map(|l| l.pairs().clone()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -122,5 +94,7 @@ mod tests {
         assert!(super::parse_labels("a=1,a=2").is_err());
         assert!(super::parse_labels("a=x y").is_err());
         assert!(super::parse_labels("-a=1").is_err());
+        let many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+        assert!(super::parse_labels(&many.join(",")).is_err(), "at most 32 pairs, as the server says");
     }
 }

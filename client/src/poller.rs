@@ -7,7 +7,7 @@ use crate::client::Inner;
 use crate::error::{Error, Result};
 use crate::fetch::{fetch, Failure, Fetched};
 use crate::subscription::{Data, Payload, Slot, Source};
-use crate::wire::{AppliedReport, PollRequest, PollResponse, Update, VersionList};
+use imprint_protocol::{Applied as AppliedReport, PollRequest, PollResponse, Update, VersionList};
 use reqwest::Method;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

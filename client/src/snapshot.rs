@@ -9,34 +9,14 @@ use crate::client::Inner;
 use crate::error::{Error, Result};
 use crate::fetch::{Failure, Fetched};
 use crate::subscription::{Kind, Slot, Source};
-use crate::wire::Update;
 use base64::Engine;
 use futures::StreamExt;
+use imprint_protocol::{Manifest, Update, MANIFEST_FORMAT};
 use object_store::path::Path;
 use object_store::ObjectStore;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-
-/// A manifest's JSON (format 1), as the server writes it.
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    format: u32,
-    topic: String,
-    version: u64,
-    sha256: String,
-    size: u64,
-    #[serde(default)]
-    content_type: String,
-    #[serde(default)]
-    metadata: BTreeMap<String, String>,
-    #[serde(default)]
-    data_base64: Option<String>,
-    #[serde(default)]
-    object: Option<String>,
-}
 
 /// The store the snapshots are read from.
 pub(crate) struct Snapshots {
@@ -102,7 +82,7 @@ impl Snapshots {
         };
         let m: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Protocol(format!("snapshot manifest of {topic}: {e}")))?;
-        if m.format != 1 || m.topic != topic {
+        if m.format != MANIFEST_FORMAT || m.topic != topic {
             return Err(Error::Protocol(format!(
                 "snapshot manifest of {topic}: format {} for {:?}",
                 m.format, m.topic
@@ -135,7 +115,7 @@ pub(crate) async fn start_from_snapshot(inner: &Inner, snapshots: &Snapshots, sl
         size: m.size,
         sha256: m.sha256.clone(),
         data_base64: None,
-        data_url: None,
+        data_url: imprint_protocol::data_url(&topic, m.version),
     };
     let fetched = match payload(inner, snapshots, slot.kind(), &m).await {
         Ok(f) => f,

@@ -1,8 +1,8 @@
 //! A subscription: the latest good value of one topic, swapped atomically, with a stream
 //! of changes; and the type-erased `Slot` the background poller drives.
-use crate::wire::AppliedReport;
 use arc_swap::ArcSwap;
 use futures::Stream;
+use imprint_protocol::Applied as AppliedReport;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::pin::Pin;

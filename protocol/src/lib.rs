@@ -66,16 +66,20 @@ pub struct PollRequest {
     pub wait_ms: u64,
 }
 
-/// One update of a poll answer: the version a consumer should hold now.
+/// One update of a poll answer: the version a consumer should hold now. Readers default
+/// the fields a server always sends (the document says they are required).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Update {
     pub version: u64,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub pinned: bool,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub metadata: BTreeMap<String, String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub content_type: String,
     pub size: u64,
     pub sha256: String,
@@ -84,6 +88,7 @@ pub struct Update {
     pub data_base64: Option<String>,
     /// Where to download the payload (see [`data_url`]).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub data_url: String,
 }
 
@@ -92,11 +97,14 @@ pub struct Update {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PollResponse {
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub updates: BTreeMap<String, Update>,
     /// Topics with nothing to give: `topic_not_found`, `no_version_in_scope`, `forbidden`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub missing: BTreeMap<String, String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub poll_after_ms: u64,
 }
 
@@ -125,6 +133,7 @@ pub struct Manifest {
     pub version: u64,
     pub sha256: String,
     pub size: u64,
+    #[serde(default)]
     pub content_type: String,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,

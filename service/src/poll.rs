@@ -11,68 +11,67 @@ use std::sync::Arc;
 use std::time::Duration;
 use utoipa::ToSchema;
 
-pub const MAX_WAIT_MS: u64 = 60_000;
+pub use imprint_protocol::{Applied, Consumer, Update, MAX_WAIT_MS};
 const MAX_TOPICS_PER_POLL: usize = 2_000;
 /// Suggested pause before the next short poll.
 const SHORT_POLL_AFTER_MS: u64 = 30_000;
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Consumer {
-    pub instance: String,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub labels: Labels,
-}
-
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Applied {
-    pub version: u64,
-    pub ok: bool,
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+/// A poll as the service answers it: the wire request (`imprint_protocol::PollRequest`,
+/// whose fields it derefs to) and what the server adds from the connection. It reads and
+/// documents itself exactly as the wire request.
+#[derive(Debug, Clone)]
 pub struct PollRequest {
-    pub consumer: Consumer,
-    /// Each subscribed topic and the version held (`null`: none yet).
-    pub topics: BTreeMap<String, Option<u64>>,
-    #[serde(default)]
-    pub applied: BTreeMap<String, Applied>,
-    /// Hold the request up to this long (0-60000 ms) until an update exists.
-    #[serde(default)]
-    pub wait_ms: u64,
+    pub wire: imprint_protocol::PollRequest,
     /// The client's address (set by the server, never read from the body): an anonymous
     /// poller's new instances are counted against it in the audit.
-    #[serde(skip)]
     pub client: Option<std::net::IpAddr>,
     /// The SHA-256 of the bearer token the poll came with (set by the server): a parked
     /// poll whose token is revoked ends with 401.
-    #[serde(skip)]
     pub credential: Option<String>,
 }
 
-/// One update of a poll answer, as documented (the answer itself is written from the
-/// version's pre-serialised JSON, `UpdateRef`).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Update {
-    pub version: u64,
-    pub pinned: bool,
-    pub metadata: BTreeMap<String, String>,
-    pub content_type: String,
-    pub size: u64,
-    pub sha256: String,
-    /// The payload, for small payloads (at most 64 KiB).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_base64: Option<String>,
-    pub data_url: String,
+impl From<imprint_protocol::PollRequest> for PollRequest {
+    fn from(wire: imprint_protocol::PollRequest) -> Self {
+        PollRequest { wire, client: None, credential: None }
+    }
+}
+
+impl std::ops::Deref for PollRequest {
+    type Target = imprint_protocol::PollRequest;
+    fn deref(&self) -> &Self::Target {
+        &self.wire
+    }
+}
+
+impl std::ops::DerefMut for PollRequest {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.wire
+    }
+}
+
+impl<'de> Deserialize<'de> for PollRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        imprint_protocol::PollRequest::deserialize(d).map(PollRequest::from)
+    }
+}
+
+impl utoipa::PartialSchema for PollRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <imprint_protocol::PollRequest as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl ToSchema for PollRequest {
+    fn name() -> std::borrow::Cow<'static, str> {
+        <imprint_protocol::PollRequest as ToSchema>::name()
+    }
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        <imprint_protocol::PollRequest as ToSchema>::schemas(schemas)
+    }
 }
 
 /// An update in a poll answer: the served version and whether a pin chose it. It
-/// serialises as an `Update`, from JSON built once per version (`ServedVersion::update_json`)
+/// serialises as an `Update` (the wire type; a test reads it back as one), from JSON built once per version (`ServedVersion::update_json`)
 /// — not field by field, and without base64-encoding the payload again for every poll.
 #[derive(Debug, Clone)]
 pub struct UpdateRef {
@@ -364,5 +363,84 @@ impl Imprint {
             ));
         }
         caller.require_claimed_labels(claimed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pre-serialised answer is the wire type: it reads back as
+    /// `imprint_protocol::PollResponse` with every field as served.
+    #[test]
+    fn pre_serialised_answers_parse_as_the_wire_types() {
+        let topic = TopicName::parse("payments.model").expect("valid name");
+        let metadata = BTreeMap::from([("git".to_owned(), "abc".to_owned())]);
+        let small = Arc::new(ServedVersion::new(
+            topic.clone(),
+            3,
+            "application/json".into(),
+            2,
+            "ab".repeat(32),
+            metadata.clone(),
+            chrono::Utc::now(),
+            Some(bytes::Bytes::from_static(b"{}")),
+        ));
+        let big = Arc::new(ServedVersion::new(
+            topic,
+            4,
+            "application/octet-stream".into(),
+            1 << 20,
+            "cd".repeat(32),
+            BTreeMap::new(),
+            chrono::Utc::now(),
+            None,
+        ));
+        let answer = PollResponse {
+            updates: BTreeMap::from([
+                ("payments.model".to_owned(), UpdateRef { version: small, pinned: true }),
+                ("other".to_owned(), UpdateRef { version: big, pinned: false }),
+            ]),
+            missing: BTreeMap::from([("gone".to_owned(), "topic_not_found".to_owned())]),
+            poll_after_ms: 0,
+        };
+        let text = serde_json::to_string(&answer).expect("serialises");
+        let wire: imprint_protocol::PollResponse = serde_json::from_str(&text).expect("parses as the wire type");
+        let expected = imprint_protocol::PollResponse {
+            updates: BTreeMap::from([
+                (
+                    "payments.model".to_owned(),
+                    Update {
+                        version: 3,
+                        pinned: true,
+                        metadata,
+                        content_type: "application/json".into(),
+                        size: 2,
+                        sha256: "ab".repeat(32),
+                        data_base64: Some("e30=".into()),
+                        data_url: imprint_protocol::data_url("payments.model", 3),
+                    },
+                ),
+                (
+                    "other".to_owned(),
+                    Update {
+                        version: 4,
+                        pinned: false,
+                        metadata: BTreeMap::new(),
+                        content_type: "application/octet-stream".into(),
+                        size: 1 << 20,
+                        sha256: "cd".repeat(32),
+                        data_base64: None,
+                        data_url: imprint_protocol::data_url("payments.model", 4),
+                    },
+                ),
+            ]),
+            missing: answer.missing.clone(),
+            poll_after_ms: 0,
+        };
+        assert_eq!(wire, expected);
+        // And the wire type writes the same JSON back (no field lost or renamed).
+        let again: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(serde_json::to_value(&wire).expect("serialises"), again);
     }
 }

@@ -12,31 +12,14 @@ use crate::handle::Imprint;
 use crate::store;
 use base64::Engine;
 use imprint_domain::Labels;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Manifests written per pass at most (the next pass goes on).
 const MAX_WRITES_PER_PASS: usize = 500;
 
-/// The manifest's JSON (`format` 1). Exactly one of `data_base64` and `object` is set.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Manifest {
-    pub format: u32,
-    pub topic: String,
-    pub version: u64,
-    pub sha256: String,
-    pub size: u64,
-    pub content_type: String,
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-    pub published_at: chrono::DateTime<chrono::Utc>,
-    pub written_at: chrono::DateTime<chrono::Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_base64: Option<String>,
-    /// The payload's key relative to the store's URL (`topics/<topic>/<n>/<sha256>`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub object: Option<String>,
-}
+/// The manifest's JSON is the wire type (`format` 1; exactly one of `data_base64` and
+/// `object` is set).
+pub use imprint_protocol::{Manifest, MANIFEST_FORMAT};
 
 /// What a pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +75,7 @@ impl Imprint {
                         }
                     };
                     let manifest = Manifest {
-                        format: 1,
+                        format: MANIFEST_FORMAT,
                         topic: topic.name.to_string(),
                         version: v.version,
                         sha256: v.sha256.clone(),

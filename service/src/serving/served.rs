@@ -78,7 +78,7 @@ impl ServedVersion {
                 size: self.size,
                 sha256: &self.sha256,
                 data_base64: self.payload.as_ref().map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
-                data_url: format!("/api/v1/topics/{}/versions/{}/data", self.topic, self.version),
+                data_url: imprint_protocol::data_url(self.topic.as_str(), self.version),
             };
             let text = serde_json::to_string(&u).unwrap_or_else(|_| "null".into());
             serde_json::value::RawValue::from_string(text)
