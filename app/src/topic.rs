@@ -219,7 +219,10 @@ pub async fn add_scope(topic: String, version: u64, selector: String) -> Result<
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
     let result = match imprint_domain::Selector::parse(&selector) {
-        Ok(s) => imprint.add_scope(&caller, &topic, version, s).await.map(|_| ()),
+        Ok(s) => match imprint_domain::VersionNumber::new(version) {
+            Ok(v) => imprint.add_scope(&caller, &topic, v, s).await.map(|_| ()),
+            Err(e) => Err(imprint_service::Error::invalid(e.to_string())),
+        },
         Err(e) => Err(e.into()),
     };
     finish(result, None, Some("Scope added"))

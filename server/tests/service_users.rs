@@ -323,9 +323,10 @@ async fn operator_actions_are_audited_with_actor_and_details(pool: PgPool) {
     imp.publish(&erin, "payments.methods", text("[2]")).await.expect("publish");
 
     let eu = Selector::parse("region=eu").expect("selector");
-    let added = imp.add_scope(&erin, "payments.methods", 1, eu.clone()).await.expect("scope");
+    let added =
+        imp.add_scope(&erin, "payments.methods", VersionNumber::new(1).unwrap(), eu.clone()).await.expect("scope");
     assert!(added.1);
-    imp.add_scope(&erin, "payments.methods", 1, eu.clone()).await.expect("again");
+    imp.add_scope(&erin, "payments.methods", VersionNumber::new(1).unwrap(), eu.clone()).await.expect("again");
     let scopes = log(&imp, action("scope.add")).await;
     assert_eq!(scopes.len(), 1, "adding a scope the version has is not an action");
     assert_eq!(scopes[0].details, json!({"version": 1, "selector": "region=eu"}));

@@ -66,9 +66,10 @@ impl Imprint {
         &self,
         caller: &Caller,
         topic: &str,
-        version: u64,
+        version: VersionNumber,
         selector: Selector,
     ) -> Result<(Scope, bool)> {
+        let version = version.get();
         let mut tx = self.pool().begin().await?;
         let t = store::topics::require(&mut tx, topic, true).await?;
         caller.require_write(&t.name, &t.owner)?;

@@ -254,6 +254,6 @@ pub async fn add_scope(
     ApiJson(body): ApiJson<ScopeBody>,
 ) -> ApiResult<Response> {
     let selector = selector_json(&body.selector)?;
-    let (scope, added) = imprint.add_scope(&caller, topic.as_str(), n.get(), selector).await?;
+    let (scope, added) = imprint.add_scope(&caller, topic.as_str(), n, selector).await?;
     Ok((if added { StatusCode::CREATED } else { StatusCode::OK }, Json(scope)).into_response())
 }
