@@ -1,5 +1,4 @@
 //! The client's error type, and the reading of the server's `{"error": {...}}` answers.
-use serde::Deserialize;
 
 /// What can go wrong talking to Imprint or keeping a subscription.
 #[derive(Debug, thiserror::Error)]
@@ -48,17 +47,6 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Deserialize)]
-struct ErrorEnvelope {
-    error: ErrorBody,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    code: String,
-    message: String,
-}
-
 impl Error {
     pub(crate) fn http(url: &str, source: reqwest::Error) -> Self {
         Error::Http { url: url.to_owned(), source }
@@ -106,7 +94,7 @@ impl Error {
 
     /// As `from_response`, from a status and a body already read.
     pub fn from_parts(status: u16, body: &[u8]) -> Self {
-        match serde_json::from_slice::<ErrorEnvelope>(body) {
+        match serde_json::from_slice::<imprint_protocol::ErrorBody>(body) {
             Ok(e) => Error::Api { status, code: e.error.code, message: e.error.message },
             Err(_) => {
                 let text: String = String::from_utf8_lossy(body).chars().take(300).collect();

@@ -108,18 +108,20 @@ pub struct PollResponse {
     pub poll_after_ms: u64,
 }
 
-/// Every error answer: `{"error": {"code": …, "message": …}}`.
+/// The error body of every failed API request: `{"error": {"code": …, "message": …}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-/// The stable `code` (what a program branches on) and a message for people.
+/// What went wrong, for programs (`code`) and for people (`message`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
+    /// A stable, machine-readable code: `invalid_request`, `topic_not_found`, …
     pub code: String,
+    /// What went wrong, for people.
     pub message: String,
 }
 
