@@ -355,6 +355,7 @@ pub fn AdminPage() -> impl IntoView {
                                     <option value="admin">"admin: everything"</option>
                                     <option value="publisher">"publisher: its team's topics"</option>
                                     <option value="consumer">"consumer: read and poll only"</option>
+                                    <option value="relay">"relay: polls for downstream consumers (docs/agent.md)"</option>
                                 </select>
                                 <select name="team" aria-label="Token rights">
                                     <option value="">"no team"</option>

@@ -6,16 +6,12 @@ mod admin;
 mod audit;
 mod auth;
 mod common;
-mod consumers;
 mod live;
 mod overview;
-mod rollouts;
-mod settings;
 #[cfg(feature = "ssr")]
 pub mod ssr;
 mod topic;
 mod topics;
-mod version;
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
@@ -74,10 +70,10 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/topics/:name") view=topic::TopicPageView ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/publish") view=topic::PublishPage ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/matrix") view=topic::MatrixPage ssr=SsrMode::Async/>
-                    <Route path=path!("/topics/:name/rollouts") view=rollouts::RolloutsPageView ssr=SsrMode::Async/>
-                    <Route path=path!("/topics/:name/consumers") view=consumers::ConsumersPageView ssr=SsrMode::Async/>
-                    <Route path=path!("/topics/:name/settings") view=settings::SettingsPage ssr=SsrMode::Async/>
-                    <Route path=path!("/topics/:name/versions/:n") view=version::VersionPage ssr=SsrMode::Async/>
+                    <Route path=path!("/topics/:name/rollouts") view=topic::RolloutsPageView ssr=SsrMode::Async/>
+                    <Route path=path!("/topics/:name/consumers") view=topic::ConsumersPageView ssr=SsrMode::Async/>
+                    <Route path=path!("/topics/:name/settings") view=topic::SettingsPage ssr=SsrMode::Async/>
+                    <Route path=path!("/topics/:name/versions/:n") view=topic::VersionPage ssr=SsrMode::Async/>
                     <Route path=path!("/unused") view=topics::UnusedPage ssr=SsrMode::Async/>
                     <Route path=path!("/audit") view=audit::AuditPage ssr=SsrMode::Async/>
                     <Route path=path!("/admin") view=admin::AdminPage ssr=SsrMode::Async/>

@@ -75,7 +75,7 @@ pub async fn load_overview() -> Result<OverviewView, ServerFnError> {
                 expires_at: p.expires_at.map(|e| e.to_rfc3339()),
             })
             .collect(),
-        stale_pin_days: imprint_service::overview::STALE_PIN_DAYS,
+        stale_pin_days: imprint_domain::STALE_PIN_DAYS,
         unread: o.unread,
         unread_days: imprint_service::overview::UNREAD_DAYS,
     })

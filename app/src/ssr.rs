@@ -159,6 +159,12 @@ pub fn load<T>(result: Result<T, Error>) -> Result<T, ServerFnError> {
     result.map_err(|e| ServerFnError::new(refusal(&e, "console page").1))
 }
 
+/// A topic name from a page's path or a form, parsed once here (a bad one is the API's
+/// `invalid_topic_name`).
+pub fn topic_name(name: &str) -> Result<imprint_domain::TopicName, Error> {
+    Ok(imprint_domain::TopicName::parse(name)?)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

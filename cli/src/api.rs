@@ -96,6 +96,16 @@ impl Api {
         url
     }
 
+    /// Where version `n` of `topic` is downloaded: the protocol's `data_url` under this
+    /// server. A name the domain refuses (which needs escaping) goes as an escaped path
+    /// segment, and the server answers for it.
+    pub fn data_url(&self, topic: &str, n: u64) -> Url {
+        imprint_domain::TopicName::parse(topic)
+            .ok()
+            .and_then(|t| Url::parse(&format!("{}{}", self.base, imprint_protocol::data_url(t.as_str(), n))).ok())
+            .unwrap_or_else(|| self.url(&["topics", topic, "versions", &n.to_string(), "data"], &[]))
+    }
+
     pub fn request(&self, method: Method, url: Url) -> RequestBuilder {
         let r = self.http.request(method, url);
         match &self.token {
@@ -139,5 +149,18 @@ impl Api {
 
     pub async fn delete(&self, segments: &[&str], query: &[(&str, String)]) -> CliResult<Value> {
         self.json(self.request(Method::DELETE, self.url(segments, query))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_urls_are_the_protocols_under_the_base() {
+        let api = Api::new("http://h:1/prefix/", None).expect("api");
+        assert_eq!(api.data_url("a.b", 3).as_str(), "http://h:1/prefix/api/v1/topics/a.b/versions/3/data");
+        assert_eq!(api.data_url("a.b", 3), api.url(&["topics", "a.b", "versions", "3", "data"], &[]));
+        assert_eq!(api.data_url("A/b", 3).as_str(), "http://h:1/prefix/api/v1/topics/A%2Fb/versions/3/data");
     }
 }

@@ -1,5 +1,7 @@
-//! Output for people: aligned tables, sizes, times and selectors.
-use serde_json::Value;
+//! Output for people: aligned tables, sizes, times, durations and optional cells.
+//! (Selectors and labels print with the domain's `Display`: `region=eu,app=x`, `*`.)
+use chrono::{DateTime, Utc};
+use std::fmt::Display;
 
 /// Prints rows under headers, columns aligned (the last one is not padded).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
@@ -50,34 +52,19 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// An RFC 3339 time as `2026-01-31 12:00:05Z`; `-` for null.
-pub fn time(v: &Value) -> String {
-    match v.as_str() {
-        Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
-            Ok(t) => t.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M:%SZ").to_string(),
-            Err(_) => s.to_owned(),
-        },
+/// A time as `2026-01-31 12:00:05Z`; `-` for none.
+pub fn time(t: Option<DateTime<Utc>>) -> String {
+    match t {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%SZ").to_string(),
         None => "-".into(),
     }
 }
 
-/// A JSON selector object in its string form (`region=eu,app=x`, `*` for everyone).
-pub fn selector(v: &Value) -> String {
-    match v.as_object() {
-        Some(m) if m.is_empty() => "*".into(),
-        Some(m) => {
-            m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")
-        }
-        None => "-".into(),
-    }
-}
-
-/// A scalar for a table cell: strings bare, null as `-`.
-pub fn cell(v: &Value) -> String {
+/// An optional value for a table cell: `-` for none.
+pub fn opt<T: Display>(v: &Option<T>) -> String {
     match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Some(v) => v.to_string(),
+        None => "-".into(),
     }
 }
 
@@ -99,6 +86,7 @@ pub fn short(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use imprint_domain::Selector;
     use serde_json::json;
 
     #[test]
@@ -111,9 +99,13 @@ mod tests {
     fn formats() {
         assert_eq!(bytes(10), "10 B");
         assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(selector(&json!({})), "*");
-        assert_eq!(selector(&json!({"a": "1", "b": "2"})), "a=1,b=2");
-        assert_eq!(time(&json!("2026-01-31T12:00:05.123Z")), "2026-01-31 12:00:05Z");
+        let selector = |v| Selector::from_json(&v).expect("selector").to_string();
+        assert_eq!(selector(json!({})), "*");
+        assert_eq!(selector(json!({"a": "1", "b": "2"})), "a=1,b=2");
+        let t = |s| serde_json::from_value::<DateTime<Utc>>(json!(s)).expect("time");
+        assert_eq!(time(Some(t("2026-01-31T12:00:05.123Z"))), "2026-01-31 12:00:05Z");
+        assert_eq!(time(None), "-");
+        assert_eq!(opt(&None::<u64>), "-");
         assert_eq!(secs(270), "4m30s");
         assert_eq!(secs(3720), "1h02m");
     }

@@ -2,54 +2,23 @@
 //! `subscribe_*` calls that register topics with the background poller.
 use crate::cache::Store;
 use crate::error::{Error, Result};
+use crate::inner::{Inner, Settings, MAX_LONG_POLL};
 use crate::subscription::{lock, ApplyFn, Data, KeepAlive, Kind, Payload, Shared, Slot, Source, Subscription};
 use imprint_protocol::Consumer;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
-
-/// The longest a long poll may be held (the server refuses more than 60 s).
-const MAX_LONG_POLL: Duration = Duration::from_secs(60);
-
-/// Timings and limits of a client (see the builder's methods for each).
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub initial_wait: Duration,
-    pub long_poll: Duration,
-    pub request_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub min_backoff: Duration,
-    pub max_backoff: Duration,
-    pub client_error_retry: Duration,
-    pub startup_fallback: usize,
-    pub recheck_rejected: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            initial_wait: Duration::from_secs(5),
-            long_poll: Duration::from_secs(30),
-            request_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(30),
-            min_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(30),
-            client_error_retry: Duration::from_secs(60),
-            startup_fallback: 3,
-            recheck_rejected: Duration::from_secs(10),
-        }
-    }
-}
 
 /// Builds a [`Client`]: `Client::builder("http://imprint:3000")`.
 #[derive(Clone)]
 pub struct ClientBuilder {
     url: String,
+    fallback_urls: Vec<String>,
     token: Option<String>,
     instance: Option<String>,
     labels: BTreeMap<String, String>,
@@ -63,6 +32,7 @@ impl std::fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientBuilder")
             .field("url", &self.url)
+            .field("fallback_urls", &self.fallback_urls)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("instance", &self.instance)
             .field("labels", &self.labels)
@@ -73,6 +43,14 @@ impl std::fmt::Debug for ClientBuilder {
 }
 
 impl ClientBuilder {
+    /// More servers (of the same Imprint deployment), tried in order after the first one
+    /// when a poll fails with a network error, a timeout or a 5xx; the client stays on the
+    /// one that answers. Their payload links and the token go to whichever is current.
+    pub fn fallback_urls<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>) -> Self {
+        self.fallback_urls.extend(urls.into_iter().map(Into::into));
+        self
+    }
+
     /// A bearer token (a consumer token in production; see the server's README).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into()).filter(|t: &String| !t.is_empty());
@@ -169,10 +147,14 @@ impl ClientBuilder {
     }
 
     pub fn build(self) -> Result<Client> {
-        let base = self.url.trim().trim_end_matches('/').to_owned();
-        let parsed = reqwest::Url::parse(&base).map_err(|e| Error::Config(format!("server URL {base:?}: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(Error::Config(format!("server URL {base:?} must be http:// or https://")));
+        let mut bases = Vec::new();
+        for url in std::iter::once(&self.url).chain(&self.fallback_urls) {
+            let base = url.trim().trim_end_matches('/').to_owned();
+            let parsed = reqwest::Url::parse(&base).map_err(|e| Error::Config(format!("server URL {base:?}: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(Error::Config(format!("server URL {base:?} must be http:// or https://")));
+            }
+            bases.push(base);
         }
         let instance = self.instance.unwrap_or_else(default_instance);
         if instance.is_empty() || instance.len() > 256 || instance.chars().any(char::is_control) {
@@ -208,10 +190,11 @@ impl ClientBuilder {
         let inner = Arc::new(Inner {
             #[cfg(feature = "snapshots")]
             snapshots,
-            cache_warned: std::sync::atomic::AtomicBool::new(false),
+            cache_warned: AtomicBool::new(false),
             settings: self.settings,
             http,
-            base,
+            bases,
+            current: std::sync::atomic::AtomicUsize::new(0),
             token: self.token,
             consumer: Consumer { instance, labels },
             store,
@@ -241,70 +224,6 @@ pub(crate) fn valid_topic(t: &str) -> bool {
     imprint_domain::TopicName::parse(t).is_ok()
 }
 
-pub(crate) struct Inner {
-    pub settings: Settings,
-    /// Where snapshots are read when the server is unreachable.
-    #[cfg(feature = "snapshots")]
-    pub snapshots: Option<crate::snapshot::Snapshots>,
-    /// The disk cache could not be written (said once).
-    pub cache_warned: std::sync::atomic::AtomicBool,
-    pub http: reqwest::Client,
-    /// The server URL without a trailing slash; API paths are appended to it.
-    pub base: String,
-    pub token: Option<String>,
-    pub consumer: Consumer,
-    pub store: Store,
-    pub slots: Mutex<BTreeMap<String, Weak<dyn Slot>>>,
-    /// Bumped by every new subscription; the poller restarts its poll when it changes.
-    pub generation: AtomicU64,
-    pub wake: Notify,
-    pub stop: watch::Receiver<bool>,
-    pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Inner {
-    pub fn url(&self, path: &str) -> String {
-        if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_owned()
-        } else {
-            format!("{}{}", self.base, path)
-        }
-    }
-
-    pub fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, url);
-        // Only our own server gets the token (a `data_url` could point elsewhere).
-        match &self.token {
-            Some(t) if url.starts_with(&self.base) => r.bearer_auth(t),
-            _ => r,
-        }
-    }
-
-    /// The live, ready subscriptions (dropped ones are forgotten here).
-    pub fn live_slots(&self) -> Vec<Arc<dyn Slot>> {
-        let mut slots = lock(&self.slots);
-        slots.retain(|_, w| w.strong_count() > 0);
-        slots.values().filter_map(Weak::upgrade).filter(|s| s.state().ready).collect()
-    }
-
-    pub fn stopped(&self) -> bool {
-        *self.stop.borrow()
-    }
-
-    /// Returns when a subscription was added after `generation`.
-    pub async fn subscribed_since(&self, generation: u64) {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.generation.load(Ordering::SeqCst) != generation {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
 /// An Imprint consumer: one background task long-polls every subscription of this
 /// client in one request. Cheap to clone. Polling stops on [`Client::shutdown`] or when
 /// the client and all its subscriptions are dropped.
@@ -317,7 +236,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.inner.base)
+            .field("url", &self.inner.base())
             .field("instance", &self.inner.consumer.instance)
             .field("labels", &self.inner.consumer.labels)
             .finish_non_exhaustive()
@@ -328,6 +247,7 @@ impl Client {
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             url: url.into(),
+            fallback_urls: Vec::new(),
             token: None,
             instance: None,
             labels: BTreeMap::new(),
@@ -528,5 +448,17 @@ mod tests {
         let c = b.build().expect("builds");
         assert_eq!(c.inner.url("/api/v1/poll"), "http://imprint:3000/api/v1/poll");
         assert_eq!(c.instance(), "i-1");
+        // The token goes to the configured servers only, by whole origin.
+        assert!(c.inner.is_ours("http://imprint:3000/api/v1/topics/t/versions/1/data"));
+        assert!(!c.inner.is_ours("http://imprint:3000.evil.example/steal"));
+        assert!(!c.inner.is_ours("http://imprint:30000/x"));
+        let two = Client::builder("http://a:1").fallback_urls(["http://b:2/"]).build().expect("builds");
+        assert_eq!(two.inner.url("/x"), "http://a:1/x");
+        two.inner.fail_over();
+        assert_eq!(two.inner.url("/x"), "http://b:2/x");
+        assert!(two.inner.is_ours("http://a:1/y") && two.inner.is_ours("http://b:2/y"));
+        two.inner.fail_over();
+        assert_eq!(two.inner.url("/x"), "http://a:1/x", "wraps around");
+        assert!(matches!(Client::builder("http://a:1").fallback_urls(["nope"]).build(), Err(Error::Config(_))));
     }
 }

@@ -2,9 +2,9 @@
 //! (into memory, or into a temporary file in the cache directory that is renamed into
 //! place once complete), with its size and SHA-256 checked against the update. An
 //! interrupted download resumes with a `Range` request.
-use crate::client::Inner;
 use crate::error::{Error, Result};
-use crate::subscription::Kind;
+use crate::inner::Inner;
+use crate::subscription::{Fetched, Kind};
 use base64::Engine;
 use futures::StreamExt;
 use imprint_protocol::Update;
@@ -37,14 +37,6 @@ impl From<Error> for Failure {
             e => Failure::Transient(e),
         }
     }
-}
-
-/// A delivered payload.
-#[derive(Debug)]
-pub(crate) enum Fetched {
-    Memory(Vec<u8>),
-    /// In place in the topic's directory.
-    File(PathBuf),
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -63,8 +63,10 @@
 
 mod cache;
 mod client;
+mod deliver;
 mod error;
 mod fetch;
+mod inner;
 mod poller;
 #[cfg(feature = "snapshots")]
 mod snapshot;

@@ -5,13 +5,12 @@
 //! unreachable and the subscription has nothing better (no disk cache): the value then
 //! has `Source::Snapshot`, and the first poll that reaches the server confirms or
 //! replaces it.
-use crate::client::Inner;
+use crate::cache::Store;
 use crate::error::{Error, Result};
-use crate::fetch::{Failure, Fetched};
-use crate::subscription::{Kind, Slot, Source};
+use crate::subscription::{Fetched, Kind};
 use base64::Engine;
 use futures::StreamExt;
-use imprint_protocol::{Manifest, Update, MANIFEST_FORMAT};
+use imprint_protocol::{Manifest, MANIFEST_FORMAT};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use sha2::{Digest, Sha256};
@@ -72,8 +71,13 @@ impl Snapshots {
         Path::from_iter(parts)
     }
 
+    /// The store's URL, as configured.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// The manifest of `topic`, `None` when there is none.
-    async fn manifest(&self, topic: &str) -> Result<Option<Manifest>> {
+    pub async fn manifest(&self, topic: &str) -> Result<Option<Manifest>> {
         let key = self.key(&format!("snapshots/{topic}.json"));
         let bytes = match self.store.get(&key).await {
             Ok(r) => r.bytes().await.map_err(|e| Error::Protocol(format!("snapshot manifest: {e}")))?,
@@ -92,61 +96,13 @@ impl Snapshots {
     }
 }
 
-/// Starts a subscription from its topic's snapshot, if there is one that verifies and
-/// applies. Never fails: what went wrong is logged and the default stays.
-pub(crate) async fn start_from_snapshot(inner: &Inner, snapshots: &Snapshots, slot: &Arc<dyn Slot>) {
-    let topic = slot.topic().to_owned();
-    let m = match snapshots.manifest(&topic).await {
-        Ok(Some(m)) => m,
-        Ok(None) => {
-            tracing::info!(topic, store = %snapshots.url, "no snapshot of this topic in the object store");
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(topic, error = %e, "cannot read the topic's snapshot");
-            return;
-        }
-    };
-    let update = Update {
-        version: m.version,
-        pinned: false,
-        metadata: m.metadata.clone(),
-        content_type: m.content_type.clone(),
-        size: m.size,
-        sha256: m.sha256.clone(),
-        data_base64: None,
-        data_url: imprint_protocol::data_url(&topic, m.version),
-    };
-    let fetched = match payload(inner, snapshots, slot.kind(), &m).await {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(topic, version = m.version, error = %e, "the snapshot's payload does not verify; not using it");
-            return;
-        }
-    };
-    match crate::poller::apply_fetched(inner, slot, &update, fetched, Source::Snapshot).await {
-        Ok(()) => {
-            tracing::warn!(
-                topic,
-                version = m.version,
-                "the server is unreachable: started from the object-store snapshot"
-            )
-        }
-        Err(Failure::Rejected(e)) => {
-            tracing::warn!(topic, version = m.version, error = %e, "the snapshot does not apply; keeping the default")
-        }
-        Err(Failure::Transient(e)) => {
-            tracing::warn!(topic, version = m.version, error = %e, "the snapshot does not apply; keeping the default")
-        }
-    }
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The snapshot's payload, checked against its size and SHA-256.
-async fn payload(inner: &Inner, snapshots: &Snapshots, kind: Kind, m: &Manifest) -> Result<Fetched> {
+/// The snapshot's payload, checked against its size and SHA-256 (a file payload is
+/// placed in `store`).
+pub(crate) async fn payload(store: &Store, snapshots: &Snapshots, kind: Kind, m: &Manifest) -> Result<Fetched> {
     let bytes = match (&m.data_base64, &m.object) {
         (Some(b64), _) => base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
@@ -155,7 +111,7 @@ async fn payload(inner: &Inner, snapshots: &Snapshots, kind: Kind, m: &Manifest)
             if object.split('/').any(|p| p == ".." || p == ".") {
                 return Err(Error::Protocol(format!("snapshot object key {object:?}")));
             }
-            return stream_object(inner, snapshots, kind, m, &snapshots.key(object)).await;
+            return stream_object(store, snapshots, kind, m, &snapshots.key(object)).await;
         }
         (None, None) => return Err(Error::Protocol("the snapshot has neither data_base64 nor object".into())),
     };
@@ -169,7 +125,7 @@ async fn payload(inner: &Inner, snapshots: &Snapshots, kind: Kind, m: &Manifest)
     match kind {
         Kind::Memory => Ok(Fetched::Memory(bytes)),
         Kind::File => {
-            let store = inner.store.clone();
+            let store = store.clone();
             let (topic, version, sha) = (m.topic.clone(), m.version, m.sha256.clone());
             let path = tokio::task::spawn_blocking(move || store.write_payload(&topic, version, &sha, &bytes))
                 .await
@@ -181,7 +137,7 @@ async fn payload(inner: &Inner, snapshots: &Snapshots, kind: Kind, m: &Manifest)
 
 /// Streams an object payload into memory or a temporary file (renamed into place only
 /// once it verifies).
-async fn stream_object(inner: &Inner, snapshots: &Snapshots, kind: Kind, m: &Manifest, key: &Path) -> Result<Fetched> {
+async fn stream_object(store: &Store, snapshots: &Snapshots, kind: Kind, m: &Manifest, key: &Path) -> Result<Fetched> {
     let got = snapshots.store.get(key).await.map_err(|e| Error::Protocol(format!("snapshot object {key}: {e}")))?;
     let mut stream = got.into_stream();
     let mut hasher = Sha256::new();
@@ -189,8 +145,8 @@ async fn stream_object(inner: &Inner, snapshots: &Snapshots, kind: Kind, m: &Man
     let mut memory = Vec::new();
     let mut file = None;
     if kind == Kind::File {
-        inner.store.prepare(&m.topic)?;
-        let tmp = inner.store.temp_path(&m.topic);
+        store.prepare(&m.topic)?;
+        let tmp = store.temp_path(&m.topic);
         let f = tokio::fs::File::create(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
         file = Some((f, tmp));
     }
@@ -223,7 +179,7 @@ async fn stream_object(inner: &Inner, snapshots: &Snapshots, kind: Kind, m: &Man
     match (outcome, file) {
         (Ok(()), None) => Ok(Fetched::Memory(memory)),
         (Ok(()), Some((_, tmp))) => {
-            let store = inner.store.clone();
+            let store = store.clone();
             let (topic, version, sha) = (m.topic.clone(), m.version, m.sha256.clone());
             let path = tokio::task::spawn_blocking(move || store.adopt_file(&topic, version, &sha, &tmp))
                 .await

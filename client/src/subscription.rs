@@ -115,6 +115,14 @@ pub(crate) enum Kind {
     File,
 }
 
+/// A delivered payload (from the server or a snapshot), verified, before it is applied.
+#[derive(Debug)]
+pub(crate) enum Fetched {
+    Memory(Vec<u8>),
+    /// In place in the topic's directory.
+    File(std::path::PathBuf),
+}
+
 pub(crate) type ApplyFn<T> = Arc<dyn Fn(&Payload<'_>) -> Result<T, String> + Send + Sync>;
 
 /// The value and what is known about it, swapped as one.

@@ -8,52 +8,40 @@ pub enum DiffLine {
     Removed(String),
 }
 
-/// The LCS table of one diff has at most this many cells (4 bytes each) once the common
-/// prefix and suffix are trimmed: time and memory stay bounded whatever `max_lines` says.
+/// The work one diff may take, in the product of the changed lines' counts once the common
+/// prefix and suffix are trimmed: Myers' algorithm takes time proportional to (n+m)·D
+/// (D = the lines that differ), so this bounds time whatever `max_lines` says.
 pub const MAX_DIFF_CELLS: usize = 4_000_000;
 
-/// Longest-common-subsequence line diff of `old` → `new`. Quadratic, so inputs are
-/// capped at `max_lines` lines each and the table at `MAX_DIFF_CELLS`; beyond that the
-/// caller gets `None` (too large to diff).
+/// Line diff of `old` → `new` (Myers, from the `similar` crate; removed lines come before
+/// the added lines that replace them). Inputs are capped at `max_lines` lines each and the
+/// work at `MAX_DIFF_CELLS`; beyond that the caller gets `None` (too large to diff).
 pub fn diff_lines(old: &str, new: &str, max_lines: usize) -> Option<Vec<DiffLine>> {
     let a: Vec<&str> = old.lines().collect();
     let b: Vec<&str> = new.lines().collect();
     if a.len() > max_lines || b.len() > max_lines {
         return None;
     }
-    // Trim the common prefix and suffix first: most payload changes are local.
     let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     let suffix = a[prefix..].iter().rev().zip(b[prefix..].iter().rev()).take_while(|(x, y)| x == y).count();
-    let (ma, mb) = (&a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
-    let (n, m) = (ma.len(), mb.len());
+    let (n, m) = (a.len() - prefix - suffix, b.len() - prefix - suffix);
     if (n + 1).saturating_mul(m + 1) > MAX_DIFF_CELLS {
         return None;
     }
-    // lcs[i][j] = LCS length of ma[i..] and mb[j..]
-    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i][j] = if ma[i] == mb[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
-        }
-    }
-    let mut out: Vec<DiffLine> = a[..prefix].iter().map(|l| DiffLine::Same((*l).to_owned())).collect();
-    let (mut i, mut j) = (0, 0);
-    while i < n || j < m {
-        if i < n && j < m && ma[i] == mb[j] {
-            out.push(DiffLine::Same(ma[i].to_owned()));
-            i += 1;
-            j += 1;
-        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            // Removed lines come before the added lines that replace them.
-            out.push(DiffLine::Removed(ma[i].to_owned()));
-            i += 1;
-        } else {
-            out.push(DiffLine::Added(mb[j].to_owned()));
-            j += 1;
-        }
-    }
-    out.extend(a[a.len() - suffix..].iter().map(|l| DiffLine::Same((*l).to_owned())));
-    Some(out)
+    let ops = similar::capture_diff_slices(similar::Algorithm::Myers, &a, &b);
+    Some(
+        ops.iter()
+            .flat_map(|op| op.iter_changes(&a, &b))
+            .map(|c| {
+                let line = (*c.value()).to_owned();
+                match c.tag() {
+                    similar::ChangeTag::Equal => DiffLine::Same(line),
+                    similar::ChangeTag::Delete => DiffLine::Removed(line),
+                    similar::ChangeTag::Insert => DiffLine::Added(line),
+                }
+            })
+            .collect(),
+    )
 }
 
 /// How a payload is best shown to a human.

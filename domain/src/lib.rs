@@ -1,17 +1,20 @@
 //! Imprint's pure domain: validated names, selectors and labels, and the resolution
-//! rule of DESIGN.md. No I/O here, so it compiles to wasm and is tested in isolation.
+//! rule of docs/design.md. No I/O here, so it compiles to wasm and is tested in isolation.
 #![forbid(unsafe_code)]
 
 pub mod apollo;
 mod diff;
 mod names;
+mod pins;
 mod resolve;
 mod retention;
 mod rollout;
 mod selector;
+mod stage_text;
 
 pub use diff::{diff_lines, render_payload, DiffLine, Rendered};
 pub use names::{TopicName, TopicNameError, VersionNumber, VersionNumberError};
+pub use pins::{pin_is_stale, STALE_PIN_DAYS};
 pub use resolve::{is_update, CurrentIndex, PinEntry, Resolution, ScopeEntry, TopicHistory, VersionEntry};
 pub use retention::{retention_decisions, versions_to_purge, Kept, RetentionDecision, RetentionPolicy};
 pub use rollout::{
@@ -19,3 +22,4 @@ pub use rollout::{
     RolloutRecord, RolloutState, RolloutView, Stage, StageState, StageView,
 };
 pub use selector::{Labels, Selector, SelectorError};
+pub use stage_text::{format_stage, format_wait, parse_plan, parse_stage, parse_wait, StageTextError};

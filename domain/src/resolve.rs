@@ -1,4 +1,4 @@
-//! The resolution rule of DESIGN.md, at any point in time, plus a precomputed index
+//! The resolution rule of docs/design.md, at any point in time, plus a precomputed index
 //! for answering "now" quickly on the poll path.
 //!
 //! For a topic and consumer labels L at time t:

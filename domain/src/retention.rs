@@ -1,4 +1,4 @@
-//! The retention rule of DESIGN.md, as a pure function of a topic's history, its policy
+//! The retention rule of docs/design.md, as a pure function of a topic's history, its policy
 //! and the time:
 //!
 //! A topic keeps its newest `max_versions` versions and/or those younger than `max_age`.

@@ -1,4 +1,4 @@
-//! The incremental rollout of DESIGN.md: plans, and the state machine that widens a
+//! The incremental rollout of docs/design.md: plans, and the state machine that widens a
 //! version's release stage by stage as time passes or operators act.
 //!
 //! Pure: the current time and consumer health are parameters, and every operation returns
@@ -822,7 +822,7 @@ pub struct StageView {
     pub due_at: Option<DateTime<Utc>>,
 }
 
-/// A rollout as the API and console show it. Serializes to API.md's fields (`version`,
+/// A rollout as the API and console show it. Serializes to docs/api.md's fields (`version`,
 /// `state`, `current_stage`, `stages`) plus the extra ones below; the service flattens it
 /// beside `id`, `created_by` and `created_at`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -865,7 +865,7 @@ mod tests {
     fn plan(stages: Vec<Stage>) -> Plan {
         Plan::new(stages).expect("plan")
     }
-    /// DESIGN.md's example: `cluster=api-canary` wait 10m → `region=us-east-1` wait 30m → `*`.
+    /// docs/design.md's example: `cluster=api-canary` wait 10m → `region=us-east-1` wait 30m → `*`.
     fn example() -> Plan {
         plan(vec![stage("cluster=api-canary", 600), stage("region=us-east-1", 1800), stage("*", 0)])
     }

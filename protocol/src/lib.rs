@@ -202,6 +202,146 @@ impl VersionInfo {
     }
 }
 
+// ---- relays (docs/agent.md "Relay mode"): the batch poll and the batched reports ----
+
+/// The most groups one relay poll carries, and the most topics over all of its groups.
+pub const MAX_RELAY_GROUPS: usize = 1_000;
+pub const MAX_RELAY_TOPICS: usize = 20_000;
+/// The most reports one `POST /api/v1/relay/reports` carries.
+pub const MAX_RELAY_REPORTS: usize = 5_000;
+
+/// Who relays: the relay's own instance (shown as `relayed_by` in the consumer audit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RelayIdentity {
+    pub instance: String,
+}
+
+/// What a relay holds for one topic of a group: the resolution the server last gave it
+/// (`null` in the map: nothing yet, or the topic has nothing to give).
+pub use imprint_domain::Resolution;
+
+/// One group of a relay poll: downstream consumers with the same labels and the same
+/// credential, resolved by the server exactly as one consumer with those would be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RelayGroup {
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub labels: Labels,
+    /// The bearer token the downstream consumers presented (as they presented it), or
+    /// none: the group is authorized as that token, never as the relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Each topic and the resolution the relay holds for it (`null`: none).
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, Object>))]
+    pub topics: BTreeMap<String, Option<Resolution>>,
+}
+
+/// The body of `POST /api/v1/relay/poll`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RelayPollRequest {
+    pub relay: RelayIdentity,
+    pub groups: Vec<RelayGroup>,
+    /// Hold the request up to this long (0-60000 ms) until some group has a change.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// One group's answer (same position as in the request): every topic whose resolution
+/// differs from the one the relay holds (`updates`, with `pinned`), the topics with
+/// nothing to give (`missing`), or why the group's credential was refused (`error`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RelayGroupAnswer {
+    #[serde(default)]
+    pub updates: BTreeMap<String, Update>,
+    #[serde(default)]
+    pub missing: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RelayError>,
+}
+
+/// A refused group or report: the status the downstream consumer would have got, with
+/// the error's code and message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RelayError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+/// The answer to a relay poll.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RelayPollResponse {
+    #[serde(default)]
+    pub groups: Vec<RelayGroupAnswer>,
+    #[serde(default)]
+    pub poll_after_ms: u64,
+}
+
+/// One downstream consumer's report, as a relay forwards it: what its poll said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RelayReport {
+    pub consumer: Consumer,
+    /// The token the consumer polled with (it is authorized as that token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub topics: BTreeMap<String, Option<u64>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub applied: BTreeMap<String, Applied>,
+    /// The relay the consumer polls (set by the first relay; a relay that forwards a
+    /// downstream relay's batch keeps it). Absent: the caller's `relay.instance`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed_by: Option<String>,
+}
+
+/// The body of `POST /api/v1/relay/reports`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RelayReports {
+    pub relay: RelayIdentity,
+    pub reports: Vec<RelayReport>,
+}
+
+/// What the server did with a batch of reports: how many topic reports it recorded, and
+/// each refusal (the report's position, the topic if only that topic was refused).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RelayReportsAnswer {
+    pub recorded: u64,
+    #[serde(default)]
+    pub refused: Vec<RelayRefusal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RelayRefusal {
+    pub report: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    pub error: RelayError,
+}
+
+/// Where a relay downloads a version's payload for a group (`?labels=` the group's
+/// labels, header [`DOWNSTREAM_TOKEN_HEADER`] its token): the server serves it only if the
+/// group resolves to that version now.
+pub fn relay_data_url(topic: &str, version: u64) -> String {
+    format!("/api/v1/relay/topics/{topic}/versions/{version}/data")
+}
+
+/// The header carrying a group's downstream token on a relay's payload download.
+pub const DOWNSTREAM_TOKEN_HEADER: &str = "x-imprint-downstream-token";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,15 @@
-//! The one HTTP error type: a service error as API.md's `{"error": {"code", "message"}}`.
+//! The one HTTP error type: a service error as the protocol's `ErrorBody`,
+//! `{"error": {"code", "message"}}` (docs/api.md).
 //! Its status, code and message are the service error's own (`imprint_service::Error::
 //! status`, `code`, `public_message`), so the console answers the same failure alike;
 //! this file adds only the headers that go with a status.
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+/// The error body of every failed API request, the wire protocol's (one definition for
+/// the server, the client and the OpenAPI document).
+pub use imprint_protocol::{ErrorBody, ErrorDetail};
 use imprint_service::Error;
-use serde::Serialize;
-use utoipa::ToSchema;
 
 #[derive(Debug)]
 pub struct ApiError(pub Error);
@@ -16,20 +18,6 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         ApiError(e)
     }
-}
-
-/// The error body of every failed API request.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// A stable, machine-readable code: `invalid_request`, `topic_not_found`, …
-    pub code: String,
-    /// What went wrong, for people.
-    pub message: String,
 }
 
 impl ApiError {
@@ -75,7 +63,7 @@ mod tests {
     use axum::response::IntoResponse;
     use imprint_service::Error;
 
-    /// One error of every kind, with the status and code API.md gives it.
+    /// One error of every kind, with the status and code docs/api.md gives it.
     fn every_kind() -> Vec<(Error, u16, &'static str)> {
         let s = String::new;
         vec![

@@ -148,6 +148,10 @@ enum TokenCommand {
         /// Reads and polls only (restricted topics: its team's and the --topic ones).
         #[arg(long)]
         consumer: bool,
+        /// A relay's token (docs/agent.md): polls and reports for downstream consumers, each
+        /// as its own token; nothing of its own.
+        #[arg(long, conflicts_with_all = ["admin", "consumer", "team"])]
+        relay: bool,
         /// Acts on (a consumer token: reads) the topics this team owns.
         #[arg(long)]
         team: Option<String>,
@@ -199,16 +203,17 @@ async fn run(cli: Cli) -> Result<(), String> {
             let imprint = Imprint::connect_lazy(&url, Config::default()).map_err(|e| e.to_string())?;
             imprint.migrate().await.map_err(|e| format!("migration failed: {e}"))?;
             match command {
-                TokenCommand::Create { name, admin, consumer, team, labels, topics } => {
-                    if !admin && !consumer && team.is_none() {
+                TokenCommand::Create { name, admin, consumer, relay, team, labels, topics } => {
+                    if !admin && !consumer && !relay && team.is_none() {
                         return Err(
-                            "a token needs --admin, --consumer or --team <team> (the team whose topics it may write)"
+                            "a token needs --admin, --consumer, --relay or --team <team> (the team whose topics it may write)"
                                 .into(),
                         );
                     }
-                    let kind = match (admin, consumer) {
-                        (true, _) => auth::TokenKind::Admin,
-                        (_, true) => auth::TokenKind::Consumer,
+                    let kind = match (admin, consumer, relay) {
+                        (true, _, _) => auth::TokenKind::Admin,
+                        (_, true, _) => auth::TokenKind::Consumer,
+                        (_, _, true) => auth::TokenKind::Relay,
                         _ => auth::TokenKind::Publisher,
                     };
                     let labels = labels

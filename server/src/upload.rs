@@ -40,7 +40,9 @@ pub async fn console_download(
         return Redirect::to(&format!("/login?next={}", urlencoding::encode(&back))).into_response();
     };
     let answer = async {
-        let p = imprint.version_payload(&caller, &topic, n).await?;
+        // Parsed as the API parses `{topic}/versions/{n}` (the same 400s).
+        let name = imprint_domain::TopicName::parse(&topic).map_err(Error::from)?;
+        let p = imprint.version_payload(&caller, &name, crate::extract::parse_version(&n.to_string())?).await?;
         let etag = format!("\"{}\"", p.sha256);
         crate::payload::payload_response(&imprint, p, &etag, None, &headers, false).await
     }
@@ -82,7 +84,7 @@ pub async fn console_upload(
             return Err(ApiError::invalid("the upload is a multipart/form-data form with a file part"));
         }
         let input = publish_input(req, |_| Err(ApiError::invalid("not a form"))).await?;
-        let name = topic.clone();
+        let name = imprint_domain::TopicName::parse(&topic).map_err(Error::from)?;
         // Not cancelled by a client that goes away: the publish cleans up after itself.
         let task = tokio::spawn(async move { imprint.publish(&caller, &name, input).await });
         Ok(task.await.map_err(|e| Error::Internal(format!("publish task: {e}")))??)

@@ -10,6 +10,11 @@ use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+/// A topic name of a test (the service takes parsed names).
+fn topic_name(name: &str) -> imprint_domain::TopicName {
+    imprint_domain::TopicName::parse(name).expect("topic name")
+}
+
 const ADMIN_PASSWORD: &str = "admin-password-1";
 const PASSWORD: &str = "a-good-password";
 
@@ -192,15 +197,19 @@ async fn team_members_and_admins_may_write_others_may_not(pool: PgPool) {
     topic(&imp, "payments.methods", "payments").await;
     topic(&imp, "nobody.s", "").await;
 
-    let v = imp.publish(&erin, "payments.methods", text("one")).await.expect("a member publishes");
+    let v = imp.publish(&erin, &topic_name("payments.methods"), text("one")).await.expect("a member publishes");
     assert_eq!(v.version, 1);
     let before = audit_count(&pool).await;
-    assert_err(imp.publish(&frank, "payments.methods", text("two")).await, 403, "forbidden");
+    assert_err(imp.publish(&frank, &topic_name("payments.methods"), text("two")).await, 403, "forbidden");
     assert_eq!(audit_count(&pool).await, before, "a rejected publish writes no audit row");
-    assert_err(imp.publish(&Caller::Anonymous, "payments.methods", text("two")).await, 401, "unauthorized");
-    imp.publish(&admin, "payments.methods", text("two")).await.expect("an admin publishes");
-    assert_err(imp.publish(&erin, "nobody.s", text("x")).await, 403, "forbidden");
-    imp.publish(&admin, "nobody.s", text("x")).await.expect("admins own ownerless topics");
+    assert_err(
+        imp.publish(&Caller::Anonymous, &topic_name("payments.methods"), text("two")).await,
+        401,
+        "unauthorized",
+    );
+    imp.publish(&admin, &topic_name("payments.methods"), text("two")).await.expect("an admin publishes");
+    assert_err(imp.publish(&erin, &topic_name("nobody.s"), text("x")).await, 403, "forbidden");
+    imp.publish(&admin, &topic_name("nobody.s"), text("x")).await.expect("admins own ownerless topics");
 
     let pin = PinInput {
         selector: Selector::all(),
@@ -208,13 +217,13 @@ async fn team_members_and_admins_may_write_others_may_not(pool: PgPool) {
         reason: "test".into(),
         expires_at: None,
     };
-    assert_err(imp.pin(&frank, "payments.methods", pin).await, 403, "forbidden");
+    assert_err(imp.pin(&frank, &topic_name("payments.methods"), pin).await, 403, "forbidden");
     let patch: TopicPatch = serde_json::from_value(json!({"description": "x"})).expect("patch");
-    assert_err(imp.update_topic(&frank, "payments.methods", patch.clone()).await, 403, "forbidden");
-    imp.update_topic(&erin, "payments.methods", patch).await.expect("a member changes settings");
+    assert_err(imp.update_topic(&frank, &topic_name("payments.methods"), patch.clone()).await, 403, "forbidden");
+    imp.update_topic(&erin, &topic_name("payments.methods"), patch).await.expect("a member changes settings");
     // Handing the topic to a team erin is not in needs rights there too.
     let patch: TopicPatch = serde_json::from_value(json!({"owner": "search"})).expect("patch");
-    assert_err(imp.update_topic(&erin, "payments.methods", patch).await, 403, "forbidden");
+    assert_err(imp.update_topic(&erin, &topic_name("payments.methods"), patch).await, 403, "forbidden");
 
     // Creating: a user with one team owns what they create; nobody else's team.
     let t: NewTopic = serde_json::from_value(json!({"name": "payments.new"})).expect("topic");
@@ -226,7 +235,7 @@ async fn team_members_and_admins_may_write_others_may_not(pool: PgPool) {
     imp.set_team_member(&admin, "payments", "erin", false).await.expect("remove");
     let erin_id = imp.users(&admin).await.expect("users").into_iter().find(|u| u.username == "erin").expect("erin").id;
     let erin = imp.user_caller(erin_id).await.expect("lookup").expect("enabled").1;
-    assert_err(imp.publish(&erin, "payments.methods", text("three")).await, 403, "forbidden");
+    assert_err(imp.publish(&erin, &topic_name("payments.methods"), text("three")).await, 403, "forbidden");
 
     // Every signed-in user reads; anonymous callers do not read the audit log.
     assert!(imp.audit_log(&frank, &AuditFilter::default()).await.is_ok());
@@ -312,7 +321,7 @@ async fn operator_actions_are_audited_with_actor_and_details(pool: PgPool) {
     assert_eq!(created[0].details["owner"], "payments");
     assert_eq!(created[0].details["retention"], json!({"max_versions": 5, "max_age_days": null}));
 
-    let p = imp.publish(&erin, "payments.methods", text("[1]")).await.expect("publish");
+    let p = imp.publish(&erin, &topic_name("payments.methods"), text("[1]")).await.expect("publish");
     let e = &log(&imp, action("version.publish")).await[0];
     assert_eq!((e.actor.as_str(), e.topic.as_deref()), ("user:erin", Some("payments.methods")));
     assert_eq!(
@@ -320,13 +329,17 @@ async fn operator_actions_are_audited_with_actor_and_details(pool: PgPool) {
         json!({"version": 1, "size": 3, "sha256": p.sha256, "content_type": "application/json",
                "scopes": ["*"], "message": "publish [1]", "rollout": null, "storage": "inline"})
     );
-    imp.publish(&erin, "payments.methods", text("[2]")).await.expect("publish");
+    imp.publish(&erin, &topic_name("payments.methods"), text("[2]")).await.expect("publish");
 
     let eu = Selector::parse("region=eu").expect("selector");
-    let added =
-        imp.add_scope(&erin, "payments.methods", VersionNumber::new(1).unwrap(), eu.clone()).await.expect("scope");
+    let added = imp
+        .add_scope(&erin, &topic_name("payments.methods"), VersionNumber::new(1).unwrap(), eu.clone())
+        .await
+        .expect("scope");
     assert!(added.1);
-    imp.add_scope(&erin, "payments.methods", VersionNumber::new(1).unwrap(), eu.clone()).await.expect("again");
+    imp.add_scope(&erin, &topic_name("payments.methods"), VersionNumber::new(1).unwrap(), eu.clone())
+        .await
+        .expect("again");
     let scopes = log(&imp, action("scope.add")).await;
     assert_eq!(scopes.len(), 1, "adding a scope the version has is not an action");
     assert_eq!(scopes[0].details, json!({"version": 1, "selector": "region=eu"}));
@@ -337,10 +350,10 @@ async fn operator_actions_are_audited_with_actor_and_details(pool: PgPool) {
         reason: reason.into(),
         expires_at: None,
     };
-    imp.pin(&erin, "payments.methods", pin(1, "bad v2")).await.expect("pin");
-    imp.pin(&admin, "payments.methods", pin(2, "v2 is fine")).await.expect("re-pin");
-    imp.unpin(&erin, "payments.methods", &eu).await.expect("unpin");
-    assert_err(imp.unpin(&erin, "payments.methods", &eu).await, 404, "pin_not_found");
+    imp.pin(&erin, &topic_name("payments.methods"), pin(1, "bad v2")).await.expect("pin");
+    imp.pin(&admin, &topic_name("payments.methods"), pin(2, "v2 is fine")).await.expect("re-pin");
+    imp.unpin(&erin, &topic_name("payments.methods"), &eu).await.expect("unpin");
+    assert_err(imp.unpin(&erin, &topic_name("payments.methods"), &eu).await, 404, "pin_not_found");
     let pins = log(&imp, action("pin.")).await;
     let got: Vec<(&str, &str, &Value)> =
         pins.iter().map(|e| (e.action.as_str(), e.actor.as_str(), &e.details)).collect();
@@ -364,7 +377,7 @@ async fn operator_actions_are_audited_with_actor_and_details(pool: PgPool) {
     let patch: TopicPatch =
         serde_json::from_value(json!({"description": "after", "owner": "payments", "inline_limit_bytes": 2048}))
             .expect("patch");
-    imp.update_topic(&erin, "payments.methods", patch.clone()).await.expect("update");
+    imp.update_topic(&erin, &topic_name("payments.methods"), patch.clone()).await.expect("update");
     let updated = log(&imp, action("topic.update")).await;
     assert_eq!(updated.len(), 1);
     assert_eq!(
@@ -373,7 +386,7 @@ async fn operator_actions_are_audited_with_actor_and_details(pool: PgPool) {
                "inline_limit_bytes": {"from": 1048576, "to": 2048}}),
         "only what changed"
     );
-    imp.update_topic(&erin, "payments.methods", patch).await.expect("same again");
+    imp.update_topic(&erin, &topic_name("payments.methods"), patch).await.expect("same again");
     assert_eq!(log(&imp, action("topic.update")).await.len(), 1, "a patch that changes nothing is not recorded");
 
     let secret = imp.create_token(&admin, "ci", false, Some("payments")).await.expect("token");
@@ -409,7 +422,7 @@ async fn rollouts_are_audited(pool: PgPool) {
     let imp = imprint(pool.clone());
     let admin = admin(&imp).await;
     topic(&imp, "ab.config", "ab").await;
-    imp.publish(&admin, "ab.config", text("v1")).await.expect("v1");
+    imp.publish(&admin, &topic_name("ab.config"), text("v1")).await.expect("v1");
     let plan: Plan = serde_json::from_value(json!({"stages": [
         {"selector": {"cluster": "canary"}, "wait_s": 0},
         {"selector": {"region": "eu"}, "wait_s": 3600},
@@ -418,7 +431,7 @@ async fn rollouts_are_audited(pool: PgPool) {
     .expect("plan");
     let mut input = text("v2");
     input.rollout = RolloutRequest::Plan(PlanChoice::Inline(plan));
-    let p = imp.publish(&admin, "ab.config", input).await.expect("v2 with a rollout");
+    let p = imp.publish(&admin, &topic_name("ab.config"), input).await.expect("v2 with a rollout");
     let id = p.rollout.expect("a rollout").id;
 
     let publish = &log(&imp, action("version.publish")).await[0];
@@ -435,8 +448,8 @@ async fn rollouts_are_audited(pool: PgPool) {
         stages.iter().map(|e| (e.actor.as_str(), &e.details["stage"], &e.details["selector"])).collect();
     assert_eq!(got, [("system", &json!(2), &json!("region=eu")), ("user:admin", &json!(1), &json!("cluster=canary"))]);
 
-    imp.rollout_action(&admin, "ab.config", id, RolloutAction::Pause, false).await.expect("pause");
-    imp.rollout_action(&admin, "ab.config", id, RolloutAction::Cancel, true).await.expect("cancel");
+    imp.rollout_action(&admin, &topic_name("ab.config"), id, RolloutAction::Pause, false).await.expect("pause");
+    imp.rollout_action(&admin, &topic_name("ab.config"), id, RolloutAction::Cancel, true).await.expect("cancel");
     let cancel = &log(&imp, action("rollout.cancel")).await[0];
     assert_eq!(cancel.details, json!({"id": id, "version": 2, "rollback": true, "state": "cancelled", "reached": 2}));
     let paused = &log(&imp, action("rollout.pause")).await[0];
@@ -455,8 +468,8 @@ async fn rollouts_are_audited(pool: PgPool) {
     .expect("plan");
     let mut input = text("v3");
     input.rollout = RolloutRequest::Plan(PlanChoice::Inline(plan));
-    let r3 = imp.publish(&admin, "ab.config", input).await.expect("v3").rollout.expect("rollout").id;
-    imp.publish(&admin, "ab.config", text("v4")).await.expect("v4");
+    let r3 = imp.publish(&admin, &topic_name("ab.config"), input).await.expect("v3").rollout.expect("rollout").id;
+    imp.publish(&admin, &topic_name("ab.config"), text("v4")).await.expect("v4");
     let sup = &log(&imp, action("rollout.supersede")).await[0];
     assert_eq!(sup.details, json!({"id": r3, "version": 3, "by_version": 4, "state": "superseded"}));
 }
@@ -472,7 +485,8 @@ async fn a_failing_gate_pause_is_audited(pool: PgPool) {
     .expect("plan");
     let mut input = text("v1");
     input.rollout = RolloutRequest::Plan(PlanChoice::Inline(plan));
-    let id = imp.publish(&Caller::System, "ab.config", input).await.expect("v1").rollout.expect("rollout").id;
+    let id =
+        imp.publish(&Caller::System, &topic_name("ab.config"), input).await.expect("v1").rollout.expect("rollout").id;
     // Two canary nodes (polling with a token: gates trust them) report that applying v1 failed.
     sqlx::query(
         "INSERT INTO consumers (topic_id, instance, labels, first_seen, last_seen, last_applied_version, last_applied_ok, principal)
@@ -498,8 +512,8 @@ async fn audit_log_filters_pages_and_is_append_only(pool: PgPool) {
     topic(&imp, "a.one", "").await;
     topic(&imp, "b.two", "").await;
     for i in 0..3 {
-        imp.publish(&admin, "a.one", text(&format!("a{i}"))).await.expect("publish");
-        imp.publish(&Caller::System, "b.two", text(&format!("b{i}"))).await.expect("publish");
+        imp.publish(&admin, &topic_name("a.one"), text(&format!("a{i}"))).await.expect("publish");
+        imp.publish(&Caller::System, &topic_name("b.two"), text(&format!("b{i}"))).await.expect("publish");
     }
 
     let by_topic = log(&imp, AuditFilter { topic: Some("a.one".into()), ..AuditFilter::default() }).await;

@@ -137,7 +137,7 @@ impl Imprint {
         let r = t.index.resolve(&labels).ok_or_else(|| Error::NoVersionInScope(t.name.to_string()))?;
         let payload = match t.served.get(&r.version).and_then(|v| v.payload.clone()) {
             Some(p) => p,
-            None => self.version_data(&crate::auth::Caller::System, t.name.as_str(), r.version).await?.0,
+            None => self.version_data(&crate::auth::Caller::System, &t.name, Error::known_version(r.version)?).await?.0,
         };
         let bound = t.apollo.as_ref().map_or(namespace, |a| a.namespace.as_str());
         let configurations = configurations(bound, &payload)
@@ -159,8 +159,13 @@ impl Imprint {
         let Some(ip) = client.ip.as_deref().filter(|ip| !ip.is_empty() && ip.len() <= 200) else { return };
         let instance = format!("apollo:{ip}");
         let principal = signed.then(|| format!("apollo:{}", client.app_id));
-        let who =
-            Reporter { instance: &instance, labels: labels.pairs(), principal: principal.as_deref(), at: self.now() };
+        let who = Reporter {
+            instance: &instance,
+            labels: labels.pairs(),
+            principal: principal.as_deref(),
+            relayed_by: None,
+            at: self.now(),
+        };
         let seen = Seen {
             topic_id: t.id,
             version: Some(version),

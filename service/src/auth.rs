@@ -14,8 +14,10 @@ pub enum Caller {
     Token { name: String, admin: bool, team: Option<String> },
     /// A consumer token: reads and polls, never writes. `team` and `topics` (names or
     /// `prefix.*`) say which restricted topics it may read; every poll with it must claim
-    /// `labels`.
-    Consumer { name: String, team: Option<String>, labels: BTreeMap<String, String>, topics: Vec<String> },
+    /// `labels`. A `relay` token is one with nothing of its own (no team, labels or topics)
+    /// that may also call the relay endpoints (`relay.rs`): each downstream group is
+    /// authorized as the downstream's own credential, never as the relay.
+    Consumer { name: String, team: Option<String>, labels: BTreeMap<String, String>, topics: Vec<String>, relay: bool },
     /// A signed-in console user. Admins may do everything; others act on the topics of
     /// the teams they belong to (`teams`, read when the session was checked).
     User { id: i64, name: String, admin: bool, teams: Vec<String> },
@@ -191,6 +193,10 @@ pub enum TokenKind {
     Publisher,
     /// Reads and polls only (restricted topics: its team's and those it names).
     Consumer,
+    /// A relay (docs/agent.md): polls and reports for downstream consumers, each
+    /// authorized as the downstream's own token; by itself no more than a consumer token
+    /// without a team, labels or topics.
+    Relay,
 }
 
 impl TokenKind {
@@ -199,6 +205,7 @@ impl TokenKind {
             TokenKind::Admin => "admin",
             TokenKind::Publisher => "publisher",
             TokenKind::Consumer => "consumer",
+            TokenKind::Relay => "relay",
         }
     }
 
@@ -207,7 +214,8 @@ impl TokenKind {
             "admin" => Ok(TokenKind::Admin),
             "publisher" => Ok(TokenKind::Publisher),
             "consumer" => Ok(TokenKind::Consumer),
-            other => Err(Error::invalid(format!("a token kind is admin, publisher or consumer, not {other:?}"))),
+            "relay" => Ok(TokenKind::Relay),
+            other => Err(Error::invalid(format!("a token kind is admin, publisher, consumer or relay, not {other:?}"))),
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::handle::Imprint;
 use crate::model::{ConsumerFilter, ConsumerInfo, ConsumerList, Propagation};
 use crate::{cursor, store};
 use chrono::Duration;
-use imprint_domain::{Labels, Selector};
+use imprint_domain::{Labels, Selector, TopicName};
 use std::collections::BTreeMap;
 
 /// A consumer not seen for this long is "stale" (listed after the failing and lagging).
@@ -71,7 +71,7 @@ impl Imprint {
 
     /// How a version spread: for each node holding it, how long after the publish the
     /// audit first saw it there; `total` counts the nodes that hold or should hold it.
-    pub async fn propagation(&self, caller: &Caller, topic: &str, version: u64) -> Result<Propagation> {
+    pub async fn propagation(&self, caller: &Caller, topic: &TopicName, version: u64) -> Result<Propagation> {
         let t = self.readable_topic(caller, topic).await?;
         let created_at = store::versions::created_at(self.pool(), t.id, version as i64)
             .await?
@@ -103,7 +103,7 @@ impl Imprint {
     /// a page at a time (`by_version` and `total` count every match, not just the page).
     /// The page is sorted and cut in Postgres and the counts are aggregated there: a
     /// request reads at most a page of rows, however many consumers the topic has.
-    pub async fn consumers(&self, caller: &Caller, topic: &str, filter: &ConsumerFilter) -> Result<ConsumerList> {
+    pub async fn consumers(&self, caller: &Caller, topic: &TopicName, filter: &ConsumerFilter) -> Result<ConsumerList> {
         let limit = cursor::limit(Some(filter.limit.unwrap_or(500)))?;
         let start = match filter.cursor.as_deref().map(cursor::decode_any).transpose()? {
             None => store::consumers::PageStart::Offset(0),
@@ -119,13 +119,17 @@ impl Imprint {
             grace_ago: now - Duration::from_std(self.config().lag_grace).unwrap_or(Duration::seconds(60)),
             stale_before: now - Duration::minutes(STALE_AFTER_MINUTES),
         };
+        // The page and the counts from one snapshot: an audit flush between them must not
+        // answer a total that the page disagrees with.
+        let mut tx = self.pool().begin_with(store::serving::BEGIN_SNAPSHOT).await?;
         // One row more than the page says whether there is a next one.
-        let mut rows = store::consumers::page(self.pool(), t.id, &f, &start, limit + 1).await?;
+        let mut rows = store::consumers::page(&mut *tx, t.id, &f, &start, limit + 1).await?;
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let next = if more { rows.last().map(|r| cursor::encode_key(r.rank, r.last_seen, &r.instance)) } else { None };
-        let counts = store::consumers::counts(self.pool(), t.id, &f, filter.group_by.as_deref()).await?;
-        let label_keys = store::consumers::label_keys(self.pool(), t.id, f.labels.clone(), 200).await?;
+        let counts = store::consumers::counts(&mut *tx, t.id, &f, filter.group_by.as_deref()).await?;
+        let label_keys = store::consumers::label_keys(&mut *tx, t.id, f.labels.clone(), 200).await?;
+        tx.commit().await?;
         let serving = self.state().get(&t.name);
         let held = |v: Option<i64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
         let mut by_version = BTreeMap::new();
@@ -151,6 +155,7 @@ impl Imprint {
                 ConsumerInfo {
                     authenticated: r.principal.is_some(),
                     principal: r.principal,
+                    relayed_by: r.relayed_by,
                     instance: r.instance,
                     version: r.version.map(|v| v as u64),
                     expected_version: serving.as_ref().and_then(|s| s.index.resolve(&labels)).map(|r| r.version),
@@ -193,6 +198,7 @@ fn columns(entries: &[(Key, Observation)]) -> store::consumers::ObservationColum
         }));
         c.applied_at.push(o.applied.as_ref().map(|a| a.at));
         c.principals.push(o.principal.as_deref().map(str::to_owned));
+        c.relayed_by.push(o.relayed_by.as_deref().map(str::to_owned));
     }
     c
 }

@@ -87,6 +87,12 @@ impl Error {
         Error::InvalidRequest(msg.into())
     }
 
+    /// A version number the service itself holds (a row or the serving state), as the
+    /// newtype: never 0, so an internal error if it ever were.
+    pub fn known_version(n: u64) -> Result<imprint_domain::VersionNumber> {
+        imprint_domain::VersionNumber::new(n).map_err(|e| Error::Internal(format!("stored version {n}: {e}")))
+    }
+
     /// The HTTP status of this failure, the same for the API and the console.
     pub fn status(&self) -> http::StatusCode {
         use http::StatusCode as S;
@@ -242,7 +248,7 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         "versions_sha256_check" => invalid("sha256 must be 64 lowercase hex digits"),
         "versions_storage_check" | "versions_check" => invalid("a payload is stored inline or in the object store"),
         "rollouts_state_check" => invalid("not a rollout state"),
-        "api_tokens_kind_check" => invalid("a token kind is admin, publisher or consumer"),
+        "api_tokens_kind_check" => invalid("a token kind is admin, publisher, consumer or relay"),
         "topics_apollo_complete" => invalid("an Apollo binding has both an app_id and a namespace"),
         "topics_apollo_binding" => conflict("another topic is bound to this Apollo app and namespace"),
         "users_username_check" => invalid("not a valid username"),

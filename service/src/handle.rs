@@ -466,7 +466,7 @@ impl Imprint {
     pub(crate) async fn readable_topic(
         &self,
         caller: &crate::auth::Caller,
-        topic: &str,
+        topic: &imprint_domain::TopicName,
     ) -> Result<store::topics::TopicRef> {
         let mut conn = self.pool().acquire().await?;
         let t = store::topics::require(&mut conn, topic, false).await?;

@@ -8,7 +8,7 @@ use crate::handle::Imprint;
 use crate::serving::histories;
 use crate::store;
 use chrono::{DateTime, Utc};
-use imprint_domain::{retention_decisions, Kept, RetentionPolicy, TopicHistory};
+use imprint_domain::{retention_decisions, Kept, RetentionPolicy, TopicHistory, TopicName};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -118,7 +118,7 @@ impl Imprint {
 
     /// The live versions outside a topic's retention policy, oldest first, and what the
     /// janitor will do with each (the settings page shows it).
-    pub async fn retention_preview(&self, caller: &Caller, topic: &str) -> Result<Vec<RetentionItem>> {
+    pub async fn retention_preview(&self, caller: &Caller, topic: &TopicName) -> Result<Vec<RetentionItem>> {
         Ok(self.retention_preview_bounded(caller, topic).await?.0)
     }
 
@@ -126,9 +126,13 @@ impl Imprint {
     /// their scopes, active pins; not its whole history), at most
     /// `store::history::MAX_HISTORY_ROWS` versions. `true`: the topic has more live
     /// versions than that, and only the newest were considered.
-    pub async fn retention_preview_bounded(&self, caller: &Caller, topic: &str) -> Result<(Vec<RetentionItem>, bool)> {
+    pub async fn retention_preview_bounded(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+    ) -> Result<(Vec<RetentionItem>, bool)> {
         let t = self.readable_topic(caller, topic).await?;
-        let full = self.topic(caller, &t.name).await?;
+        let full = self.topic(caller, topic).await?;
         let policy = policy_of(
             full.retention.max_versions.map(|v| v.min(i32::MAX as u32) as i32),
             full.retention.max_age_days.map(|v| v.min(i32::MAX as u32) as i32),

@@ -6,8 +6,8 @@
 //! `error`, `clock`, `cursor`, `model`, `throttle`, `audit` (the buffer) are leaves;
 //! `store` holds every SQL statement; `serving`, `auth` and `handle` build on it; the
 //! feature modules (`rollouts` < `versions`, `topics`, `pins`, `users`, `teams`, `audit_log`,
-//! `consumers`, `tokens`, `matrix`, `poll`) build on those; `validation` sits below `versions`,
-//! `version_reads` beside it; `background` runs the loops on top.
+//! `consumers`, `tokens`, `matrix`, `poll`) build on those, `relay` on `poll`; `validation`
+//! sits below `versions`, `version_reads` beside it; `background` runs the loops on top.
 #![forbid(unsafe_code)]
 
 pub mod apollo;
@@ -29,6 +29,7 @@ pub mod overview;
 pub mod payloads;
 mod pins;
 pub mod poll;
+pub mod relay;
 pub mod rollouts;
 pub mod serving;
 pub mod snapshots;

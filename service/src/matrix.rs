@@ -78,11 +78,10 @@ pub fn scope_matrix(h: &TopicHistory, index: &CurrentIndex) -> ScopeMatrix {
 impl Imprint {
     /// The scope matrix of a topic the caller may read: its bounded present (not its
     /// whole history, `topic_present`) resolved against what this server serves now.
-    pub async fn scope_matrix(&self, caller: &Caller, topic: &str) -> Result<ScopeMatrix> {
+    pub async fn scope_matrix(&self, caller: &Caller, topic: &imprint_domain::TopicName) -> Result<ScopeMatrix> {
         let (present, _) = self.topic_present(caller, topic).await?;
-        let name = imprint_domain::TopicName::parse(topic)?;
         let serving =
-            self.state().get(name.as_str()).ok_or_else(|| Error::Busy("topic not loaded yet; try again".into()))?;
+            self.state().get(topic.as_str()).ok_or_else(|| Error::Busy("topic not loaded yet; try again".into()))?;
         Ok(scope_matrix(&present, &serving.index))
     }
 }

@@ -1,4 +1,4 @@
-//! The shapes operations return: they serialise to the JSON of API.md as they are.
+//! The shapes operations return: they serialise to the JSON of docs/api.md as they are.
 use chrono::{DateTime, Utc};
 use imprint_domain::{Plan, RolloutView, Selector};
 use serde::{Deserialize, Serialize};
@@ -141,6 +141,9 @@ pub struct ConsumerInfo {
     pub authenticated: bool,
     /// `token:<name>` of an authenticated consumer.
     pub principal: Option<String>,
+    /// The relay instance its last report came through (absent for a direct poll).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relayed_by: Option<String>,
     pub labels: BTreeMap<String, String>,
     /// The version the instance reported holding at its last poll.
     pub version: Option<u64>,

@@ -6,10 +6,9 @@ use crate::handle::Imprint;
 use crate::model::RolloutInfo;
 use crate::store;
 use chrono::{DateTime, Duration, Utc};
+use imprint_domain::STALE_PIN_DAYS;
 use serde::Serialize;
 
-/// Pins older than this without an expiry are flagged.
-pub const STALE_PIN_DAYS: i64 = 7;
 /// Topics not polled for this long count as unread.
 pub const UNREAD_DAYS: u32 = 7;
 
@@ -53,8 +52,10 @@ impl Imprint {
         let now = self.now();
         let mut rollouts = Vec::new();
         for (topic, id) in store::rollouts::active_all(self.pool()).await? {
+            // The serving state holds the parsed name of every topic.
+            let Some(t) = self.state().get(&topic) else { continue };
             if self.can_read(caller, &topic) {
-                rollouts.push(self.rollout(caller, &topic, id).await?);
+                rollouts.push(self.rollout(caller, &t.name, id).await?);
             }
         }
         let grace = Duration::from_std(self.config().lag_grace).unwrap_or(Duration::seconds(60));

@@ -10,6 +10,7 @@ use crate::versions::{verify_sha256, BodyStream, Received, MAX_VALIDATED_BYTES};
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use imprint_domain::{TopicName, VersionNumber};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, WriteMultipart};
 use sha2::{Digest, Sha256};
@@ -137,7 +138,7 @@ impl Imprint {
     pub(crate) async fn receive(
         &self,
         caller: &Caller,
-        topic: &str,
+        topic: &TopicName,
         mut body: BodyStream,
         len: Option<u64>,
         expected: Option<&str>,
@@ -227,7 +228,7 @@ impl Imprint {
     pub(crate) async fn inspect_registered(
         &self,
         caller: &Caller,
-        topic: &str,
+        topic: &TopicName,
         url: &str,
         expected: Option<&str>,
     ) -> Result<Received> {
@@ -300,7 +301,13 @@ impl Imprint {
     }
 
     /// Where a version's payload is (410 once purged).
-    pub async fn version_payload(&self, caller: &Caller, topic: &str, version: u64) -> Result<VersionPayload> {
+    pub async fn version_payload(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        version: VersionNumber,
+    ) -> Result<VersionPayload> {
+        let version = version.get();
         self.require_direct_reader(caller)?;
         let t = self.readable_topic(caller, topic).await?;
         let row = store::versions::data(self.pool(), t.id, version as i64)
@@ -342,7 +349,13 @@ impl Imprint {
 
     /// At most the first `max` bytes of a version's payload, and its whole size: what a
     /// page may show without loading a large payload.
-    pub async fn version_preview(&self, caller: &Caller, topic: &str, version: u64, max: u64) -> Result<(Bytes, u64)> {
+    pub async fn version_preview(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        version: VersionNumber,
+        max: u64,
+    ) -> Result<(Bytes, u64)> {
         let p = self.version_payload(caller, topic, version).await?;
         match p.body {
             PayloadBody::Inline(b) => Ok((b.slice(..(b.len()).min(max as usize)), p.size)),
@@ -359,7 +372,12 @@ impl Imprint {
 
     /// A whole payload in memory (with its content type and checksum); objects larger
     /// than `MAX_VALIDATED_BYTES` are refused — stream those with `version_payload`.
-    pub async fn version_data(&self, caller: &Caller, topic: &str, version: u64) -> Result<(Bytes, String, String)> {
+    pub async fn version_data(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        version: VersionNumber,
+    ) -> Result<(Bytes, String, String)> {
         let p = self.version_payload(caller, topic, version).await?;
         let bytes = match p.body {
             PayloadBody::Inline(b) => b,

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::model::{Page, Pin};
 use crate::{cursor, store};
-use imprint_domain::{Selector, VersionNumber};
+use imprint_domain::{Selector, TopicName, VersionNumber};
 use serde_json::json;
 
 pub struct PinInput {
@@ -32,7 +32,7 @@ fn pin_from_row(r: store::pins::PinRow) -> Result<Pin> {
 impl Imprint {
     /// Sets the pin on `selector`, replacing an active pin on the same selector.
     #[tracing::instrument(skip(self, input), fields(selector = %input.selector, version = input.version.get()))]
-    pub async fn pin(&self, caller: &Caller, topic: &str, input: PinInput) -> Result<Pin> {
+    pub async fn pin(&self, caller: &Caller, topic: &TopicName, input: PinInput) -> Result<Pin> {
         if input.reason.chars().count() > 1024 {
             return Err(Error::invalid("reason has at most 1024 characters"));
         }
@@ -109,7 +109,7 @@ impl Imprint {
     }
 
     #[tracing::instrument(skip(self))]
-    pub async fn unpin(&self, caller: &Caller, topic: &str, selector: &Selector) -> Result<()> {
+    pub async fn unpin(&self, caller: &Caller, topic: &TopicName, selector: &Selector) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         let t = store::topics::require(&mut tx, topic, true).await?;
         caller.require_write(&t.name, &t.owner)?;
@@ -131,7 +131,7 @@ impl Imprint {
     pub async fn pins(
         &self,
         caller: &Caller,
-        topic: &str,
+        topic: &TopicName,
         all: bool,
         limit: Option<u32>,
         cursor: Option<&str>,

@@ -305,26 +305,21 @@ impl Imprint {
             instance: &req.consumer.instance,
             labels: req.consumer.labels.pairs(),
             principal: principal.as_deref(),
+            relayed_by: None,
             at: now,
         };
         let seen = seen.into_iter().map(|(name, topic_id, expected, published_at)| crate::audit::Seen {
             topic_id,
             version: req.topics.get(name).copied().flatten(),
             expected,
-            applied: req.applied.get(name).map(|a| crate::audit::Applied {
-                version: a.version,
-                ok: a.ok,
-                error: a.error.as_ref().map(|e| e.chars().take(2000).collect()),
-                at: now,
-            }),
+            applied: req.applied.get(name).map(|a| crate::audit::Applied::from_report(a, now)),
             published_at,
         });
         self.audit().record_from(&who, req.client, seen);
     }
 
     /// The resolved version of one topic for `labels`, with its payload when in memory.
-    pub fn latest(&self, caller: &Caller, topic: &str, labels: &Labels) -> Result<(Arc<ServedVersion>, bool)> {
-        let name = TopicName::parse(topic)?;
+    pub fn latest(&self, caller: &Caller, name: &TopicName, labels: &Labels) -> Result<(Arc<ServedVersion>, bool)> {
         self.require_poller(caller, labels.pairs())?;
         let t = self.state().get(name.as_str()).ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         caller.require_read(name.as_str(), &t.owner, t.restricted)?;

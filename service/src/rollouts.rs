@@ -9,7 +9,7 @@ use crate::model::{Page, PlanChoice, RolloutInfo};
 use crate::store::rollouts::RolloutRow;
 use crate::{cursor, store};
 use chrono::{DateTime, Duration, Utc};
-use imprint_domain::{Effect, GateReading, Plan, Rollout, RolloutAction, RolloutState, Selector};
+use imprint_domain::{Effect, GateReading, Plan, Rollout, RolloutAction, RolloutState, Selector, TopicName};
 use serde_json::json;
 use sqlx::PgConnection;
 
@@ -151,7 +151,7 @@ impl Imprint {
     pub async fn start_rollout(
         &self,
         caller: &Caller,
-        topic: &str,
+        topic: &TopicName,
         version: imprint_domain::VersionNumber,
         choice: PlanChoice,
     ) -> Result<RolloutInfo> {
@@ -174,14 +174,14 @@ impl Imprint {
         store::notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
-        self.rollout(caller, &t.name, id).await
+        self.rollout(caller, topic, id).await
     }
 
     /// A topic's rollouts, newest first, a page at a time.
     pub async fn rollouts(
         &self,
         caller: &Caller,
-        topic: &str,
+        topic: &TopicName,
         limit: Option<u32>,
         cursor: Option<&str>,
     ) -> Result<Page<RolloutInfo>> {
@@ -196,7 +196,7 @@ impl Imprint {
         Ok(Page { items, next })
     }
 
-    pub async fn rollout(&self, caller: &Caller, topic: &str, id: i64) -> Result<RolloutInfo> {
+    pub async fn rollout(&self, caller: &Caller, topic: &TopicName, id: i64) -> Result<RolloutInfo> {
         let t = self.readable_topic(caller, topic).await?;
         let row = store::rollouts::get(self.pool(), t.id, id)
             .await?
@@ -208,7 +208,7 @@ impl Imprint {
     pub async fn stage_health(
         &self,
         caller: &Caller,
-        topic: &str,
+        topic: &TopicName,
         selector: &Selector,
         version: u64,
     ) -> Result<GateReading> {
@@ -221,7 +221,7 @@ impl Imprint {
     pub async fn rollout_action(
         &self,
         caller: &Caller,
-        topic: &str,
+        topic: &TopicName,
         id: i64,
         action: RolloutAction,
         rollback: bool,

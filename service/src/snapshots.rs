@@ -34,13 +34,18 @@ impl Imprint {
         let mut conn = self.pool().acquire().await?;
         let written: HashMap<i64, (i64, String)> =
             store::snapshots::all(&mut *conn).await?.into_iter().map(|r| (r.topic_id, (r.version, r.sha256))).collect();
+        // A topic this server's serving state has not caught up with yet (another server
+        // changed it a moment ago) is left for a later pass: acting on the stale state would
+        // delete or roll back a manifest a server that knows better has just written.
+        let current: HashMap<i64, i64> = store::serving::change_seqs(&mut conn).await?.into_iter().collect();
         let state = self.state();
         let nobody = Labels::default();
         let mut pass = SnapshotPass::default();
         let mut todo = Vec::new();
-        let mut seen = std::collections::HashSet::new();
         for topic in state.all_topics() {
-            seen.insert(topic.id);
+            if current.get(&topic.id).is_some_and(|seq| *seq > topic.change_seq) {
+                continue;
+            }
             let now = topic.index.resolve(&nobody).and_then(|r| topic.served.get(&r.version).cloned());
             match (now, written.get(&topic.id)) {
                 (Some(v), Some((n, sha))) if *n == v.version as i64 && *sha == v.sha256 => {}

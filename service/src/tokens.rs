@@ -17,6 +17,15 @@ impl Imprint {
                 team: t.team,
                 labels: serde_json::from_value(t.labels).unwrap_or_default(),
                 topics: t.topics,
+                relay: false,
+            }),
+            // A relay token has nothing of its own: its direct reads are a bare consumer's.
+            Some(t) if t.kind == "relay" => Ok(Caller::Consumer {
+                name: t.name,
+                team: None,
+                labels: Default::default(),
+                topics: Vec::new(),
+                relay: true,
             }),
             Some(t) => Ok(Caller::Token { name: t.name, admin: t.is_admin, team: t.team }),
             None => Err(Error::Unauthorized("unknown or revoked token".into())),
@@ -75,6 +84,9 @@ impl Imprint {
         if spec.kind != TokenKind::Consumer && (!spec.labels.is_empty() || !spec.topics.is_empty()) {
             return Err(Error::invalid("only consumer tokens are bound to labels or topics"));
         }
+        if spec.kind == TokenKind::Relay && spec.team.is_some() {
+            return Err(Error::invalid("a relay token has no team: it reads as each downstream consumer's own token"));
+        }
         imprint_domain::Labels::from_pairs(spec.labels.clone()).map_err(Error::from)?;
         if spec.topics.len() > 100 {
             return Err(Error::invalid("a consumer token names at most 100 topics"));
@@ -104,6 +116,9 @@ impl Imprint {
         }
         // Never the secret itself, nor its hash: the log is readable by every signed-in user.
         let mut details = json!({"name": name, "admin": spec.kind == TokenKind::Admin, "team": spec.team});
+        if spec.kind == TokenKind::Relay {
+            details["kind"] = json!("relay");
+        }
         if spec.kind == TokenKind::Consumer {
             details["kind"] = json!("consumer");
             details["labels"] = labels.clone();

@@ -278,14 +278,13 @@ impl Imprint {
         store::audit(&mut tx, now, &who, "topic.create", Some(name.as_str()), settings).await?;
         store::notify(&mut tx, id).await?;
         tx.commit().await?;
-        let topic = self.topic(caller, name.as_str()).await?;
+        let topic = self.topic(caller, &name).await?;
         self.refresh_topic(id).await;
         metrics::counter!("imprint_topics_created_total").increment(1);
         Ok(topic)
     }
 
-    pub async fn topic(&self, caller: &Caller, name: &str) -> Result<Topic> {
-        let name = TopicName::parse(name)?;
+    pub async fn topic(&self, caller: &Caller, name: &TopicName) -> Result<Topic> {
         let topic = store::topics::by_name(self.pool(), name.as_str())
             .await?
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
@@ -348,7 +347,7 @@ impl Imprint {
     }
 
     #[tracing::instrument(skip(self, patch))]
-    pub async fn update_topic(&self, caller: &Caller, name: &str, patch: TopicPatch) -> Result<Topic> {
+    pub async fn update_topic(&self, caller: &Caller, name: &TopicName, patch: TopicPatch) -> Result<Topic> {
         let mut tx = self.pool().begin().await?;
         // Locks the row, so `before` is what this update changes.
         let t = store::topics::require(&mut tx, name, true).await?;
@@ -423,7 +422,7 @@ impl Imprint {
         // Settings steer serving (restricted, the Apollo binding): this server applies
         // them at once, others on the notification.
         self.refresh_topic(t.id).await;
-        self.topic(caller, &t.name).await
+        self.topic(caller, name).await
     }
 }
 

@@ -7,14 +7,14 @@ use crate::model::{Page, Scope, Version};
 use crate::store::versions::VersionRow;
 use crate::{cursor, store};
 use chrono::{DateTime, Utc};
-use imprint_domain::{Labels, Resolution, Selector, VersionNumber};
+use imprint_domain::{Labels, Resolution, Selector, TopicName, VersionNumber};
 use serde_json::json;
 
 impl Imprint {
     pub async fn list_versions(
         &self,
         caller: &Caller,
-        topic: &str,
+        topic: &TopicName,
         limit: Option<u32>,
         cursor: Option<&str>,
     ) -> Result<Page<Version>> {
@@ -38,7 +38,7 @@ impl Imprint {
         Ok(Page { items, next })
     }
 
-    pub async fn version(&self, caller: &Caller, topic: &str, version: VersionNumber) -> Result<Version> {
+    pub async fn version(&self, caller: &Caller, topic: &TopicName, version: VersionNumber) -> Result<Version> {
         let version = version.get();
         self.require_direct_reader(caller)?;
         let t = self.readable_topic(caller, topic).await?;
@@ -65,7 +65,7 @@ impl Imprint {
     pub async fn add_scope(
         &self,
         caller: &Caller,
-        topic: &str,
+        topic: &TopicName,
         version: VersionNumber,
         selector: Selector,
     ) -> Result<(Scope, bool)> {
@@ -97,7 +97,7 @@ impl Imprint {
 
     /// A topic's whole resolution history (for the console's scope matrix), read from
     /// Postgres; the caller must be allowed to read the topic.
-    pub async fn topic_history(&self, caller: &Caller, topic: &str) -> Result<imprint_domain::TopicHistory> {
+    pub async fn topic_history(&self, caller: &Caller, topic: &TopicName) -> Result<imprint_domain::TopicHistory> {
         let t = self.readable_topic(caller, topic).await?;
         let mut conn = self.pool().acquire().await?;
         self.history_of(&mut conn, t.id).await
@@ -106,7 +106,11 @@ impl Imprint {
     /// A topic's present (live versions, their scopes, active pins), at most
     /// `MAX_HISTORY_ROWS` versions and pins of it — for the console's scope matrix, which
     /// must not read the whole history. `true`: rows were left out.
-    pub async fn topic_present(&self, caller: &Caller, topic: &str) -> Result<(imprint_domain::TopicHistory, bool)> {
+    pub async fn topic_present(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+    ) -> Result<(imprint_domain::TopicHistory, bool)> {
         let t = self.readable_topic(caller, topic).await?;
         let mut tx = self.pool().begin_with(store::serving::BEGIN_SNAPSHOT).await?;
         let (snap, truncated) = store::history::live(&mut tx, t.id, store::history::MAX_HISTORY_ROWS).await?;
@@ -120,11 +124,11 @@ impl Imprint {
     pub async fn resolve_bounded(
         &self,
         caller: &Caller,
-        topic: &str,
+        topic: &TopicName,
         labels: &Labels,
         at: Option<DateTime<Utc>>,
     ) -> Result<(Option<Resolution>, bool)> {
-        let name = imprint_domain::TopicName::parse(topic)?;
+        let name = topic;
         let t = self.state().get(name.as_str()).ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         caller.require_read(name.as_str(), &t.owner, t.restricted)?;
         self.require_poller(caller, labels.pairs())?;
@@ -145,7 +149,7 @@ impl Imprint {
     pub async fn resolve(
         &self,
         caller: &Caller,
-        topic: &str,
+        topic: &TopicName,
         labels: &Labels,
         at: Option<DateTime<Utc>>,
     ) -> Result<Option<Resolution>> {

@@ -10,7 +10,7 @@ use crate::store;
 use crate::topics::check_content_type;
 use crate::validation::Validation;
 use bytes::Bytes;
-use imprint_domain::Selector;
+use imprint_domain::{Selector, TopicName};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -124,7 +124,7 @@ pub(crate) fn verify_sha256(expected: Option<&str>, actual: &str) -> Result<()> 
 
 impl Imprint {
     #[tracing::instrument(skip(self, input), fields(size = input.payload.len()))]
-    pub async fn publish(&self, caller: &Caller, topic: &str, input: PublishInput) -> Result<Published> {
+    pub async fn publish(&self, caller: &Caller, topic: &TopicName, input: PublishInput) -> Result<Published> {
         let started = std::time::Instant::now();
         if matches!(caller, Caller::Anonymous) {
             return Err(Error::Unauthorized("publishing needs a bearer token".into()));
@@ -180,7 +180,7 @@ impl Imprint {
     async fn commit_publish(
         &self,
         caller: &Caller,
-        topic: &str,
+        topic: &TopicName,
         meta: PublishMeta,
         received: Received,
         started: std::time::Instant,
@@ -345,14 +345,14 @@ impl Imprint {
         };
         // A plain publish is applied in memory as it was written (no read-back); a
         // rollout's (its first stage) or one that raced another change is reloaded.
-        let applied = match (rollout_id, scopes.is_empty(), imprint_domain::TopicName::parse(&t.name)) {
-            (None, false, Ok(name)) => {
+        let applied = match (rollout_id, scopes.is_empty()) {
+            (None, false) => {
                 let payload = match &received {
                     Received::Inline(b) => Some(b.clone()),
                     Received::Object { .. } => None,
                 };
                 let served = crate::serving::ServedVersion::new(
-                    name,
+                    topic.clone(),
                     version as u64,
                     content_type.clone(),
                     size,
@@ -370,7 +370,7 @@ impl Imprint {
         }
         drop(own);
         let rollout = match rollout_id {
-            Some(id) => Some(self.rollout(caller, &t.name, id).await?),
+            Some(id) => Some(self.rollout(caller, topic, id).await?),
             None => None,
         };
         let mut scopes = scopes;

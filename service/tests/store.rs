@@ -10,6 +10,11 @@ use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// A topic name of a test (the service takes parsed names).
+fn topic_name(name: &str) -> imprint_domain::TopicName {
+    imprint_domain::TopicName::parse(name).expect("topic name")
+}
+
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn every_constraint_of_the_schema_is_mapped(pool: PgPool) {
     let names: Vec<String> = sqlx::query_scalar(
@@ -37,7 +42,7 @@ async fn a_unique_violation_is_a_conflict_not_an_internal_error(pool: PgPool) {
     let imp = Imprint::with_pool(pool.clone(), Config::default());
     let t: NewTopic = serde_json::from_value(json!({"name": "c", "owner": "o"})).expect("topic");
     imp.create_topic(&Caller::System, t).await.expect("create");
-    imp.publish(&Caller::System, "c", text("a")).await.expect("publish");
+    imp.publish(&Caller::System, &topic_name("c"), text("a")).await.expect("publish");
     let insert = "INSERT INTO pins (topic_id, selector, selector_key, version, created_at, created_by)
                   SELECT id, '{}'::jsonb, '*', 1, now(), 'test' FROM topics WHERE name = 'c'";
     sqlx::query(insert).execute(&pool).await.expect("first pin");
@@ -69,7 +74,7 @@ async fn rollouts_and_records_follow_the_clock(pool: PgPool) {
 
     let mut input = text("v1");
     input.scopes = Some(vec![]);
-    let published = imp.publish(&Caller::System, "clocked", input).await.expect("publish");
+    let published = imp.publish(&Caller::System, &topic_name("clocked"), input).await.expect("publish");
     assert_eq!(published.created_at, start, "a version is dated by the clock");
 
     let plan: Plan = serde_json::from_value(json!({"stages": [
@@ -78,7 +83,12 @@ async fn rollouts_and_records_follow_the_clock(pool: PgPool) {
     ]}))
     .expect("plan");
     let r = imp
-        .start_rollout(&Caller::System, "clocked", VersionNumber::new(1).unwrap(), PlanChoice::Inline(plan))
+        .start_rollout(
+            &Caller::System,
+            &topic_name("clocked"),
+            VersionNumber::new(1).unwrap(),
+            PlanChoice::Inline(plan),
+        )
         .await
         .expect("start");
     assert_eq!(r.view.reached, 1);
@@ -87,14 +97,18 @@ async fn rollouts_and_records_follow_the_clock(pool: PgPool) {
     clock.advance(Duration::seconds(599));
     assert_eq!(imp.tick_rollouts().await.expect("tick"), 0);
     let everyone = Selector::all().as_labels();
-    assert_eq!(imp.resolve(&Caller::System, "clocked", &everyone, None).await.expect("resolve"), None);
+    assert_eq!(imp.resolve(&Caller::System, &topic_name("clocked"), &everyone, None).await.expect("resolve"), None);
 
     clock.advance(Duration::seconds(1));
     assert_eq!(imp.tick_rollouts().await.expect("tick"), 1);
-    let r = imp.rollout(&Caller::System, "clocked", r.id).await.expect("rollout");
+    let r = imp.rollout(&Caller::System, &topic_name("clocked"), r.id).await.expect("rollout");
     assert_eq!(r.view.state.as_str(), "completed");
     assert_eq!(r.view.stages[1].reached_at, Some(start + Duration::seconds(600)));
-    let got = imp.resolve(&Caller::System, "clocked", &everyone, None).await.expect("resolve").expect("resolved");
+    let got = imp
+        .resolve(&Caller::System, &topic_name("clocked"), &everyone, None)
+        .await
+        .expect("resolve")
+        .expect("resolved");
     assert_eq!(got.version, 1);
 
     // The audit log carries the clock's time too.
@@ -110,7 +124,7 @@ async fn a_change_wakes_only_the_long_polls_waiting_on_that_topic(pool: PgPool) 
     for name in ["wake.a", "wake.b"] {
         let t: NewTopic = serde_json::from_value(json!({"name": name, "owner": "o"})).expect("topic");
         imp.create_topic(&Caller::System, t).await.expect("create");
-        imp.publish(&Caller::System, name, text("1")).await.expect("publish");
+        imp.publish(&Caller::System, &topic_name(name), text("1")).await.expect("publish");
     }
     let poll = |topic: &str| {
         let req: imprint_service::PollRequest = serde_json::from_value(json!({
@@ -124,14 +138,14 @@ async fn a_change_wakes_only_the_long_polls_waiting_on_that_topic(pool: PgPool) 
     let waiting: Vec<_> = (0..10).map(|_| poll("wake.a")).collect();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let before = imp.state().wakeups();
-    imp.publish(&Caller::System, "wake.b", text("2")).await.expect("publish b");
+    imp.publish(&Caller::System, &topic_name("wake.b"), text("2")).await.expect("publish b");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(imp.state().wakeups(), before, "a change to b woke polls waiting on a");
     assert!(waiting.iter().all(|w| !w.is_finished()));
     // The safety-net reload changes nothing, and wakes nobody.
     imp.state().reload(imp.pool(), None).await.expect("reload");
     assert_eq!(imp.state().wakeups(), before);
-    imp.publish(&Caller::System, "wake.a", text("2")).await.expect("publish a");
+    imp.publish(&Caller::System, &topic_name("wake.a"), text("2")).await.expect("publish a");
     for w in waiting {
         let answer = w.await.expect("task").expect("poll");
         assert_eq!(answer.updates["wake.a"].version.version, 2);
@@ -154,7 +168,7 @@ async fn the_serving_state_holds_the_present_and_history_comes_from_postgres(poo
         if v == 30 {
             input.scopes = Some(vec![Selector::parse("region=eu").expect("selector")]);
         }
-        let p = imp.publish(&Caller::System, "long.history", input).await.expect("publish");
+        let p = imp.publish(&Caller::System, &topic_name("long.history"), input).await.expect("publish");
         times.push(p.created_at);
     }
     // The publishes were applied in memory as written (no read-back): what a load from
@@ -184,7 +198,7 @@ async fn the_serving_state_holds_the_present_and_history_comes_from_postgres(poo
         reason: "hold us back".into(),
         expires_at: None,
     };
-    imp.pin(&Caller::System, "long.history", pin).await.expect("pin");
+    imp.pin(&Caller::System, &topic_name("long.history"), pin).await.expect("pin");
     // In memory: the versions resolution can return now (29 for everyone, 30 for eu, 3
     // pinned for us) — not the thirty published.
     let served = imp.state().get("long.history").expect("loaded");
@@ -194,7 +208,8 @@ async fn the_serving_state_holds_the_present_and_history_comes_from_postgres(poo
     assert!(served.served[&29].payload.is_some(), "small inline payloads are held");
     // The past is read from Postgres.
     let everyone = Selector::all().as_labels();
-    let then = imp.resolve(&Caller::System, "long.history", &everyone, Some(times[9])).await.expect("resolve");
+    let then =
+        imp.resolve(&Caller::System, &topic_name("long.history"), &everyone, Some(times[9])).await.expect("resolve");
     assert_eq!(then.map(|r| r.version), Some(10));
 
     // A change nobody announced (no NOTIFY) is found by the safety net, which reloads
@@ -210,10 +225,10 @@ async fn the_serving_state_holds_the_present_and_history_comes_from_postgres(poo
     .await
     .expect("change behind the server's back");
     let us = Selector::parse("region=us").expect("selector").as_labels();
-    let before = imp.resolve(&Caller::System, "long.history", &us, None).await.expect("resolve");
+    let before = imp.resolve(&Caller::System, &topic_name("long.history"), &us, None).await.expect("resolve");
     assert_eq!(before.map(|r| r.version), Some(3), "not seen yet");
     assert_eq!(imp.state().catch_up(imp.pool()).await.expect("catch up"), 1);
-    let after = imp.resolve(&Caller::System, "long.history", &us, None).await.expect("resolve");
+    let after = imp.resolve(&Caller::System, &topic_name("long.history"), &us, None).await.expect("resolve");
     assert_eq!(after.map(|r| r.version), Some(29));
 
     // Purged versions are passed over per selector: the next live version answers. The
@@ -230,7 +245,7 @@ async fn the_serving_state_holds_the_present_and_history_comes_from_postgres(poo
     assert_eq!(imp.state().catch_up(imp.pool()).await.expect("catch up"), 1);
     let eu = Selector::parse("region=eu").expect("selector").as_labels();
     for (labels, what) in [(&everyone, "everyone"), (&eu, "eu, whose only scope was purged"), (&us, "us")] {
-        let r = imp.resolve(&Caller::System, "long.history", labels, None).await.expect("resolve");
+        let r = imp.resolve(&Caller::System, &topic_name("long.history"), labels, None).await.expect("resolve");
         assert_eq!(r.map(|r| r.version), Some(28), "{what}");
     }
     let keys = |imp: &Imprint| {

@@ -1,15 +1,11 @@
 //! No crate of the workspace has a module-level import circle: a top-level module `y`
 //! whose source names `crate::x…` depends on `x` (and, among the submodules of a module
 //! directory such as `server/src/api/`, `y` naming `crate::api::x…` or `super::x…` depends
-//! on its sibling `x`), and no module may reach itself through such references. Read textually from the sources (as `service/tests/layering.rs` does
-//! for the service's finer rules), so a new `use crate::…` that closes a circle fails here.
+//! on its sibling `x`), and no module may reach itself through such references. Read
+//! textually from the sources (as `service/tests/layering.rs` does for the service's finer
+//! rules), so a new `use crate::…` that closes a circle fails here; there is no allow-list.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-
-/// Circles known when this test was written, each as (crate directory, its modules), being
-/// removed by issue 27 item 4 (delete an entry once its circle is gone); any other circle,
-/// or one reaching further, fails.
-const KNOWN_CIRCLES: &[(&str, &[&str])] = &[("client", &["client", "fetch", "poller", "snapshot"])];
 
 /// The modules (of `modules`) a source text names through `prefix` (`crate::`,
 /// `crate::api::`, `super::`): `prefix name…` and `prefix {a, b::c}`. Comment lines are
@@ -176,17 +172,15 @@ fn members(root: &Path) -> Vec<String> {
 }
 
 /// Every circle among the modules of `dir` and, recursively, of its module directories:
-/// (the module path, the circle's edges, whether it is a known one).
-fn circles_under(member: &str, dir: &Path, path: Vec<String>, found: &mut Vec<(String, Vec<String>, bool)>) {
+/// (the module path, the circle's edges).
+fn circles_under(member: &str, dir: &Path, path: Vec<String>, found: &mut Vec<(String, Vec<String>)>) {
     let modules = modules_in(dir, path.is_empty());
     let deps = graph(&modules, &path);
     for circle in circles(&deps) {
-        let known = path.is_empty()
-            && KNOWN_CIRCLES.iter().any(|(c, ms)| *c == member && circle.iter().all(|m| ms.contains(&m.as_str())));
         let edges =
             circle.iter().map(|m| format!("{m} -> {:?}", deps[m].intersection(&circle).collect::<Vec<_>>())).collect();
         let at = std::iter::once(format!("{member}/src")).chain(path.iter().cloned()).collect::<Vec<_>>().join("/");
-        found.push((at, edges, known));
+        found.push((at, edges));
     }
     for (name, m) in &modules {
         if let Some(sub) = &m.dir {
@@ -209,17 +203,11 @@ fn no_crate_has_an_import_circle() {
             circles_under(member, &src, Vec::new(), &mut found);
         }
     }
-    let mut unexpected = Vec::new();
-    for (at, edges, known) in &found {
-        println!("{at}: circle {edges:?}{}", if *known { " (known, issue 27)" } else { "" });
-        if !known {
-            unexpected.push(format!("{at}: {}", edges.join("; ")));
-        }
-    }
+    let found: Vec<String> = found.iter().map(|(at, edges)| format!("{at}: {}", edges.join("; "))).collect();
     assert!(
-        unexpected.is_empty(),
+        found.is_empty(),
         "module import circles (a module reaches itself through crate::/super:: paths):\n{}",
-        unexpected.join("\n")
+        found.join("\n")
     );
 }
 

@@ -88,7 +88,7 @@ pub async fn resolve(
 ) -> ApiResult<Json<Resolved>> {
     let labels = parse_labels(&q.labels)?;
     let at = q.at.as_deref().map(parse_time).transpose()?;
-    let (r, truncated) = imprint.resolve_bounded(&caller, topic.as_str(), &labels, at).await?;
+    let (r, truncated) = imprint.resolve_bounded(&caller, &topic, &labels, at).await?;
     Ok(Json(Resolved {
         topic: topic.to_string(),
         version: r.map(|r| r.version),
@@ -141,7 +141,7 @@ pub async fn latest(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let labels = parse_labels(&q.labels)?;
-    let (v, pinned) = imprint.latest(&caller, topic.as_str(), &labels)?;
+    let (v, pinned) = imprint.latest(&caller, &topic, &labels)?;
     let etag = format!("\"v{}\"", v.version);
     let inline = |body: Bytes| VersionPayload {
         version: v.version,
@@ -154,7 +154,7 @@ pub async fn latest(
         Some(p) => inline(p.clone()),
         // Not modified: no need to look the payload up (the answer is a 304 either way).
         None if crate::payload::if_none_match(&headers, &etag) => inline(Bytes::new()),
-        None => imprint.version_payload(&caller, topic.as_str(), v.version).await?,
+        None => imprint.version_payload(&caller, &topic, imprint_service::Error::known_version(v.version)?).await?,
     };
     crate::payload::payload_response(&imprint, p, &etag, Some(pinned), &headers, false).await
 }
@@ -184,7 +184,7 @@ pub async fn consumers(
     }
     let grouped = group_by.is_some();
     let filter = ConsumerFilter { labels, version, lagging_only, limit, cursor: q.cursor, group_by };
-    let list = imprint.consumers(&caller, topic.as_str(), &filter).await?;
+    let list = imprint.consumers(&caller, &topic, &filter).await?;
     Ok(Json(ConsumerList {
         consumers: list.consumers,
         by_version: list.by_version,

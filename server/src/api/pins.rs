@@ -70,7 +70,7 @@ pub async fn put_pin(
     };
     let version = VersionNumber::new(body.version).map_err(|e| ApiError::invalid(e.to_string()))?;
     let input = PinInput { selector, version, reason: body.reason.unwrap_or_default(), expires_at: body.expires_at };
-    Ok(Json(imprint.pin(&caller, topic.as_str(), input).await?))
+    Ok(Json(imprint.pin(&caller, &topic, input).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/topics/{topic}/pins", tag = "pins",
@@ -85,7 +85,7 @@ pub async fn delete_pin(
 ) -> ApiResult<StatusCode> {
     let selector = q.selector.ok_or_else(|| ApiError::invalid("?selector= is required (`*` for everyone)"))?;
     let selector = Selector::parse(&selector).map_err(Error::from)?;
-    imprint.unpin(&caller, topic.as_str(), &selector).await?;
+    imprint.unpin(&caller, &topic, &selector).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -100,6 +100,6 @@ pub async fn list_pins(
     ApiQuery(q): ApiQuery<AllQuery>,
 ) -> ApiResult<Json<PinList>> {
     let all = parse_bool(&q.all, "all")?;
-    let page = imprint.pins(&caller, topic.as_str(), all, parse_limit(&q.limit)?, q.cursor.as_deref()).await?;
+    let page = imprint.pins(&caller, &topic, all, parse_limit(&q.limit)?, q.cursor.as_deref()).await?;
     Ok(Json(PinList { pins: page.items, next: page.next }))
 }

@@ -69,7 +69,7 @@ pub async fn start_rollout(
         (None, Some(name)) => PlanChoice::Named(name),
         _ => return Err(ApiError::invalid("give either stages or the name of a plan")),
     };
-    let info = imprint.start_rollout(&caller, topic.as_str(), version, choice).await?;
+    let info = imprint.start_rollout(&caller, &topic, version, choice).await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
@@ -82,7 +82,7 @@ pub async fn list_rollouts(
     TopicPath(topic): TopicPath,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<RolloutList>> {
-    let page = imprint.rollouts(&caller, topic.as_str(), parse_limit(&q.limit)?, q.cursor.as_deref()).await?;
+    let page = imprint.rollouts(&caller, &topic, parse_limit(&q.limit)?, q.cursor.as_deref()).await?;
     Ok(Json(RolloutList { rollouts: page.items, next: page.next }))
 }
 
@@ -94,7 +94,7 @@ pub async fn get_rollout(
     Auth(caller): Auth,
     RolloutPath(topic, id): RolloutPath,
 ) -> ApiResult<Json<RolloutInfo>> {
-    Ok(Json(imprint.rollout(&caller, topic.as_str(), id).await?))
+    Ok(Json(imprint.rollout(&caller, &topic, id).await?))
 }
 
 /// `pause`, `resume`, `advance` (next stage now), `complete` (all stages now), `cancel`
@@ -113,22 +113,12 @@ pub async fn rollout_action(
     ActionPath(action): ActionPath,
     OptionalJson(body): OptionalJson<RolloutActionBody>,
 ) -> ApiResult<Json<RolloutInfo>> {
-    let action = match action.as_str() {
-        "pause" => RolloutAction::Pause,
-        "resume" => RolloutAction::Resume,
-        "advance" => RolloutAction::Advance,
-        "complete" => RolloutAction::Complete,
-        "cancel" => RolloutAction::Cancel,
-        other => {
-            return Err(ApiError::invalid(format!(
-                "unknown rollout action {other:?}: pause, resume, advance, complete or cancel"
-            )))
-        }
-    };
+    let action: RolloutAction =
+        action.parse().map_err(|e: imprint_domain::StageTextError| ApiError::invalid(e.to_string()))?;
     let rollback = match body.and_then(|b| b.rollback) {
         None => false,
         Some(b) if action == RolloutAction::Cancel => b,
         Some(_) => return Err(ApiError::invalid("rollback applies to cancel only")),
     };
-    Ok(Json(imprint.rollout_action(&caller, topic.as_str(), id, action, rollback).await?))
+    Ok(Json(imprint.rollout_action(&caller, &topic, id, action, rollback).await?))
 }

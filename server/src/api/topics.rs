@@ -74,7 +74,7 @@ pub async fn get_topic(
     Auth(caller): Auth,
     TopicPath(topic): TopicPath,
 ) -> ApiResult<Json<Topic>> {
-    Ok(Json(imprint.topic(&caller, topic.as_str()).await?))
+    Ok(Json(imprint.topic(&caller, &topic).await?))
 }
 
 #[utoipa::path(patch, path = "/api/v1/topics/{topic}", request_body = TopicPatch, tag = "topics",
@@ -87,5 +87,5 @@ pub async fn patch_topic(
     TopicPath(topic): TopicPath,
     ApiJson(patch): ApiJson<TopicPatch>,
 ) -> ApiResult<Json<Topic>> {
-    Ok(Json(imprint.update_topic(&caller, topic.as_str(), patch).await?))
+    Ok(Json(imprint.update_topic(&caller, &topic, patch).await?))
 }

@@ -147,7 +147,7 @@ pub async fn publish(
     let input = crate::payload::publish_input(req, |body| parse_json::<PublishBody>(body)?.into_input()).await?;
     // In its own task: a client that goes away mid-upload does not cancel the publish
     // half-way — it sees the body break off and cleans up (no version, no object).
-    let task = tokio::spawn(async move { imprint.publish(&caller, topic.as_str(), input).await });
+    let task = tokio::spawn(async move { imprint.publish(&caller, &topic, input).await });
     let published = task.await.map_err(|e| Error::Internal(format!("publish task: {e}")))??;
     Ok((StatusCode::CREATED, Json(published)).into_response())
 }
@@ -161,7 +161,7 @@ pub async fn list_versions(
     TopicPath(topic): TopicPath,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<VersionList>> {
-    let page = imprint.list_versions(&caller, topic.as_str(), parse_limit(&q.limit)?, q.cursor.as_deref()).await?;
+    let page = imprint.list_versions(&caller, &topic, parse_limit(&q.limit)?, q.cursor.as_deref()).await?;
     Ok(Json(VersionList { versions: page.items, next: page.next }))
 }
 
@@ -173,7 +173,7 @@ pub async fn get_version(
     Auth(caller): Auth,
     VersionPath(topic, n): VersionPath,
 ) -> ApiResult<Json<Version>> {
-    Ok(Json(imprint.version(&caller, topic.as_str(), n).await?))
+    Ok(Json(imprint.version(&caller, &topic, n).await?))
 }
 
 /// The payload bytes, as the version's own content type (the one it was published with;
@@ -207,7 +207,7 @@ pub async fn version_data(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let redirect = parse_bool(&q.redirect, "redirect")?;
-    let p = imprint.version_payload(&caller, topic.as_str(), n.get()).await?;
+    let p = imprint.version_payload(&caller, &topic, n).await?;
     let etag = format!("\"{}\"", p.sha256);
     crate::payload::payload_response(&imprint, p, &etag, None, &headers, redirect).await
 }
@@ -230,7 +230,7 @@ pub async fn retention(
     Auth(caller): Auth,
     TopicPath(topic): TopicPath,
 ) -> ApiResult<Json<RetentionList>> {
-    let (versions, truncated) = imprint.retention_preview_bounded(&caller, topic.as_str()).await?;
+    let (versions, truncated) = imprint.retention_preview_bounded(&caller, &topic).await?;
     Ok(Json(RetentionList { versions, truncated }))
 }
 
@@ -254,6 +254,6 @@ pub async fn add_scope(
     ApiJson(body): ApiJson<ScopeBody>,
 ) -> ApiResult<Response> {
     let selector = selector_json(&body.selector)?;
-    let (scope, added) = imprint.add_scope(&caller, topic.as_str(), n, selector).await?;
+    let (scope, added) = imprint.add_scope(&caller, &topic, n, selector).await?;
     Ok((if added { StatusCode::CREATED } else { StatusCode::OK }, Json(scope)).into_response())
 }

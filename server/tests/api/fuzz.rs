@@ -187,6 +187,9 @@ async fn random_requests_never_get_a_server_error(pool: sqlx::PgPool) {
         (Method::GET, "/api/v1/topics/f/rollouts/1"),
         (Method::POST, "/api/v1/topics/f/rollouts/1/cancel"),
         (Method::POST, "/api/v1/poll"),
+        (Method::POST, "/api/v1/relay/poll"),
+        (Method::POST, "/api/v1/relay/reports"),
+        (Method::GET, "/api/v1/relay/topics/f/versions/1/data"),
     ];
     let queries = [
         "",
@@ -203,6 +206,14 @@ async fn random_requests_never_get_a_server_error(pool: sqlx::PgPool) {
         "?version=0",
         "?lagging=2",
     ];
+    // The relay routes' bodies reach the relay code only with a relay token.
+    let relay_spec = imprint_service::auth::NewToken {
+        name: "fuzz-relay".into(),
+        kind: imprint_service::auth::TokenKind::Relay,
+        ..Default::default()
+    };
+    let relay_token =
+        app.imprint().create_token_with(&imprint_service::Caller::System, &relay_spec).await.expect("relay token");
     let mut seen_5xx = Vec::new();
     let mut unanswered = Vec::new();
     let mut raw_ok = 0;
@@ -225,7 +236,7 @@ async fn random_requests_never_get_a_server_error(pool: sqlx::PgPool) {
         }
         let mut req = app.req(method.clone(), &format!("{path}{q}"));
         if rng.below(3) > 0 {
-            req = req.bearer_auth(ADMIN_TOKEN);
+            req = req.bearer_auth(if path.contains("/relay/") { relay_token.as_str() } else { ADMIN_TOKEN });
         }
         req = match rng.below(4) {
             0 => {

@@ -11,6 +11,7 @@ mod objects;
 mod openapi;
 mod poll;
 mod publish;
+mod relay;
 mod resilience;
 mod rollouts;
 mod security;

@@ -25,7 +25,7 @@ pub struct ServedVersion {
     json: [std::sync::OnceLock<Box<serde_json::value::RawValue>>; 2],
 }
 
-/// The fields of a poll update (API.md), as serialised once per version.
+/// The fields of a poll update (docs/api.md), as serialised once per version.
 #[derive(serde::Serialize)]
 struct UpdateJson<'a> {
     version: u64,

@@ -78,6 +78,7 @@ pub(crate) struct ConsumerRow {
     pub last_error: Option<String>,
     pub last_applied_at: Option<DateTime<Utc>>,
     pub principal: Option<String>,
+    pub relayed_by: Option<String>,
     /// Trouble first: 0 failed to apply, 1 lagging, 2 not seen lately, 3 the rest.
     pub rank: i32,
     pub lagging: bool,
@@ -124,7 +125,7 @@ pub(crate) async fn page<'e>(
                   version_since AS "version_since: DateTime<Utc>",
                   first_seen AS "first_seen!: DateTime<Utc>", last_seen AS "last_seen!: DateTime<Utc>",
                   last_applied_version, last_applied_ok, last_error,
-                  last_applied_at AS "last_applied_at: DateTime<Utc>", principal,
+                  last_applied_at AS "last_applied_at: DateTime<Utc>", principal, relayed_by,
                   rank AS "rank!", lagging AS "lagging!"
            FROM (SELECT c.*, l.lagging,
                         CASE WHEN c.last_applied_ok = false THEN 0 WHEN l.lagging THEN 1
@@ -251,6 +252,7 @@ pub(crate) struct ObservationColumns {
     pub applied_error: Vec<Option<String>>,
     pub applied_at: Vec<Option<DateTime<Utc>>>,
     pub principals: Vec<Option<String>>,
+    pub relayed_by: Vec<Option<String>>,
 }
 
 /// Upserts a batch of observations. Several servers flush concurrently: every column
@@ -260,12 +262,12 @@ pub(crate) async fn upsert(pool: &sqlx::PgPool, c: &ObservationColumns) -> Resul
     sqlx::query!(
         "INSERT INTO consumers AS c (topic_id, instance, labels, version, version_since, expected_version, first_seen,
                                      last_seen, last_applied_version, last_applied_ok, last_error, last_applied_at,
-                                     principal)
+                                     principal, relayed_by)
          SELECT x.* FROM UNNEST($1::bigint[], $2::text[], $3::jsonb[], $4::bigint[], $5::timestamptz[], $6::bigint[],
                               $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bool[], $11::text[], $12::timestamptz[],
-                              $13::text[])
+                              $13::text[], $14::text[])
               AS x(topic_id, instance, labels, version, version_since, expected_version, first_seen, last_seen,
-                   last_applied_version, last_applied_ok, last_error, last_applied_at, principal)
+                   last_applied_version, last_applied_ok, last_error, last_applied_at, principal, relayed_by)
          WHERE EXISTS (SELECT 1 FROM topics t WHERE t.id = x.topic_id)
          -- a fixed row order: concurrent flushes from several servers cannot deadlock
          ORDER BY x.topic_id, x.instance
@@ -286,7 +288,8 @@ pub(crate) async fn upsert(pool: &sqlx::PgPool, c: &ObservationColumns) -> Resul
             last_error = CASE WHEN EXCLUDED.last_applied_at >= c.last_applied_at OR (c.last_applied_at IS NULL AND EXCLUDED.last_applied_at IS NOT NULL)
                 THEN NULLIF(EXCLUDED.last_error, '') ELSE c.last_error END,
             last_applied_at = GREATEST(c.last_applied_at, EXCLUDED.last_applied_at),
-            principal = COALESCE(EXCLUDED.principal, c.principal)
+            principal = COALESCE(EXCLUDED.principal, c.principal),
+            relayed_by = CASE WHEN EXCLUDED.last_seen >= c.last_seen THEN EXCLUDED.relayed_by ELSE c.relayed_by END
          -- an anonymous report never overwrites what an authenticated consumer said
          WHERE c.principal IS NULL OR EXCLUDED.principal IS NOT NULL",
         &c.topic_ids,
@@ -302,6 +305,7 @@ pub(crate) async fn upsert(pool: &sqlx::PgPool, c: &ObservationColumns) -> Resul
         &c.applied_error as &[Option<String>],
         &c.applied_at as _,
         &c.principals as &[Option<String>],
+        &c.relayed_by as &[Option<String>],
     )
     .execute(&mut *tx)
     .await?;

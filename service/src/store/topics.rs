@@ -2,7 +2,7 @@
 use crate::error::{Error, Result};
 use crate::model::{Retention, Topic};
 use chrono::{DateTime, Utc};
-use imprint_domain::Plan;
+use imprint_domain::{Plan, TopicName};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use std::collections::BTreeMap;
@@ -410,9 +410,8 @@ pub(crate) async fn unused<'e>(
     Ok(rows.into_iter().map(Topic::from).collect())
 }
 
-/// The topic named `name` (parsed as a topic name first), or `TopicNotFound`.
-pub(crate) async fn require(conn: &mut PgConnection, name: &str, lock: bool) -> Result<TopicRef> {
-    let name = imprint_domain::TopicName::parse(name)?;
+/// The topic named `name`, or `TopicNotFound`.
+pub(crate) async fn require(conn: &mut PgConnection, name: &TopicName, lock: bool) -> Result<TopicRef> {
     topic_ref(conn, name.as_str(), lock).await?.ok_or_else(|| Error::TopicNotFound(name.to_string()))
 }
 

@@ -1,0 +1,214 @@
+//! One version: its payload shown readably, and a diff against the previous or any version.
+use super::{TopicHead, TopicHeader, VersionRow};
+use crate::common::{error_text, human_size, short_time};
+use imprint_domain::{DiffLine, Rendered};
+use leptos::prelude::*;
+use leptos_router::hooks::{use_params_map, use_query_map};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionDetail {
+    pub head: TopicHead,
+    pub version: VersionRow,
+    pub rendered: Option<Rendered>,
+    /// The page shows at most the first `PREVIEW_BYTES` of a payload.
+    pub truncated: bool,
+    pub against: Option<u64>,
+    /// The diff against `against`; None when there is nothing to compare.
+    pub diff: Option<Result<Vec<DiffLine>, String>>,
+    pub others: Vec<u64>,
+}
+
+/// Above this many lines either side a diff is "too large" (the page offers downloads).
+#[cfg(feature = "ssr")]
+const MAX_DIFF_LINES: usize = 2000;
+/// A page never loads more of a payload than this (large ones are downloaded instead).
+pub const PREVIEW_BYTES: u64 = 64 * 1024;
+
+#[server(prefix = "/console/fn")]
+pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<VersionDetail, ServerFnError> {
+    use crate::ssr::{imprint, load, require_user, topic_name};
+    use imprint_domain::render_payload;
+    let (_, caller) = require_user().await?;
+    let imprint = imprint()?;
+    let name = load(topic_name(&name))?;
+    let topic = load(imprint.topic(&caller, &name).await)?;
+    let pins: Vec<super::PinView> = load(imprint.pins(&caller, &name, false, Some(500), None).await)?
+        .items
+        .into_iter()
+        .map(|p| super::pin_of(p, imprint.now()))
+        .collect();
+    let number = imprint_domain::VersionNumber::new(n).map_err(|e| ServerFnError::new(e.to_string()))?;
+    let v = load(imprint.version(&caller, &name, number).await)?;
+    let others: Vec<u64> = load(imprint.list_versions(&caller, &name, Some(500), None).await)?
+        .items
+        .iter()
+        .filter(|o| !o.purged && o.version != n)
+        .map(|o| o.version)
+        .collect();
+    // At most the first PREVIEW_BYTES of a payload: (rendered, whole payload shown).
+    let payload = |k: imprint_domain::VersionNumber| {
+        let imprint = imprint.clone();
+        let name = name.clone();
+        let caller = caller.clone();
+        async move {
+            imprint
+                .version_preview(&caller, &name, k, PREVIEW_BYTES)
+                .await
+                .map(|(bytes, size)| (render_payload(&bytes, 512), bytes.len() as u64 == size))
+        }
+    };
+    let (rendered, truncated) = if v.purged {
+        (None, false)
+    } else {
+        let (r, whole) = load(payload(number).await)?;
+        (Some(r), !whole)
+    };
+    // Default comparison: the previous live version.
+    let against = against.or_else(|| others.iter().copied().filter(|o| *o < n).max());
+    let diff = match (against, &rendered) {
+        (Some(_), Some(_)) if truncated => Some(Err(format!(
+            "payloads over {} are not compared in the console; download them",
+            human_size(PREVIEW_BYTES)
+        ))),
+        (Some(a), Some(r)) => Some(
+            match match imprint_domain::VersionNumber::new(a) {
+                Ok(a) => payload(a).await,
+                Err(e) => Err(imprint_service::Error::invalid(e.to_string())),
+            } {
+                Err(e) => Err(e.to_string()),
+                Ok((_, false)) => Err(format!(
+                    "payloads over {} are not compared in the console; download them",
+                    human_size(PREVIEW_BYTES)
+                )),
+                Ok((other, true)) => match (other.text(), r.text()) {
+                    (Some(old), Some(new)) => {
+                        // Quadratic work: on a blocking thread, never on the async workers.
+                        let (old, new) = (old.to_owned(), new.to_owned());
+                        load(imprint_service::consumers::diff_off_thread(old, new, MAX_DIFF_LINES).await)?
+                        .ok_or_else(|| {
+                            format!("too large to diff (more than {MAX_DIFF_LINES} lines, or too many changes); download them")
+                        })
+                    }
+                    _ => Err("binary payloads cannot be compared line by line".to_owned()),
+                },
+            },
+        ),
+        _ => None,
+    };
+    Ok(VersionDetail {
+        head: super::head_of(&topic, &caller),
+        version: super::version_of(v, &pins),
+        rendered,
+        truncated,
+        against,
+        diff,
+        others,
+    })
+}
+
+#[component]
+pub fn VersionPage() -> impl IntoView {
+    let params = use_params_map();
+    let query = use_query_map();
+    let page = Resource::new(
+        move || {
+            (
+                params.read().get("name").unwrap_or_default(),
+                params.read().get("n").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0),
+                query.read().get("against").and_then(|a| a.parse::<u64>().ok()),
+            )
+        },
+        |(name, n, against)| load_version(name, n, against),
+    );
+    view! {
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match page.await {
+                    Err(e) => view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any(),
+                    Ok(d) => {
+                        let v = d.version.clone();
+                        let base = format!("/topics/{}/versions/{}", d.head.name, v.version);
+                        view! {
+                            <TopicHeader head=d.head.clone() active="versions"/>
+                            <section class="card version-detail">
+                                <h2>{format!("Version {}", v.version)}
+                                    {v.purged.then(|| view! { <span class="badge purged">"purged"</span> })}
+                                    {v.pinned_by.iter().map(|s| view! { <span class="badge pin">{format!("pinned: {s}")}</span> }).collect_view()}
+                                </h2>
+                                <dl class="grid">
+                                    <dt>"Published"</dt><dd>{format!("{} by {}", short_time(&v.created_at), v.created_by)}</dd>
+                                    <dt>"Size"</dt><dd>{human_size(v.size)}</dd>
+                                    <dt>"Stored"</dt><dd class="storage">{match (v.storage.as_str(), v.object_url.clone()) {
+                                        ("object", Some(url)) => view! {
+                                            "in the object store" {v.object_registered.then_some(" (registered; Imprint never deletes it)")}
+                                            <br/><code class="small">{url}</code>
+                                        }.into_any(),
+                                        _ => view! { "inline (in Postgres)" }.into_any(),
+                                    }}</dd>
+                                    <dt>"Content type"</dt><dd>{v.content_type.clone()}</dd>
+                                    <dt>"SHA-256"</dt><dd><code class="small">{v.sha256.clone()}</code></dd>
+                                    <dt>"Message"</dt><dd>{if v.message.is_empty() { "—".to_owned() } else { v.message.clone() }}</dd>
+                                    <dt>"Metadata"</dt><dd>{if v.metadata.is_empty() { "—".to_owned() } else { v.metadata.iter().map(|(k, x)| format!("{k}={x}")).collect::<Vec<_>>().join(", ") }}</dd>
+                                    <dt>"Scopes"</dt><dd>{if v.scopes.is_empty() { "none".to_owned() } else { v.scopes.iter().map(|s| s.selector.clone()).collect::<Vec<_>>().join(", ") }}</dd>
+                                </dl>
+                            </section>
+                            <section class="card">
+                                <h2>"Payload"</h2>
+                                {(!v.purged).then(|| view! {
+                                    <p><a class="button" href=format!("/console/download/{}/{}", d.head.name, v.version) download="">
+                                        {format!("Download ({})", human_size(v.size))}</a></p>
+                                })}
+                                {d.truncated.then(|| view! {
+                                    <p class="muted small preview-note">{format!("Showing the first {} of {}.", human_size(PREVIEW_BYTES), human_size(v.size))}</p>
+                                })}
+                                {match d.rendered.clone() {
+                                    None => view! { <p class="muted">"The payload was deleted by retention."</p> }.into_any(),
+                                    Some(Rendered::Json(s)) => view! { <pre class="payload json">{s}</pre> }.into_any(),
+                                    Some(Rendered::Text(s)) => view! { <pre class="payload text">{s}</pre> }.into_any(),
+                                    Some(Rendered::Binary { size, hex_preview }) => view! {
+                                        <p class="muted">{format!("Binary, {}; first bytes:", human_size(size))}</p>
+                                        <pre class="payload hex">{hex_preview}</pre>
+                                    }.into_any(),
+                                }}
+                            </section>
+                            <section class="card diff-card">
+                                <h2>"Compare"</h2>
+                                <form method="get" action=base.clone() class="inline">
+                                    <label>"Against version"
+                                        <select name="against">
+                                            {d.others.iter().map(|o| view! { <option value=o.to_string() selected=Some(*o) == d.against>{format!("v{o}")}</option> }).collect_view()}
+                                        </select>
+                                    </label>
+                                    <button type="submit">"Show diff"</button>
+                                </form>
+                                {match (d.against, d.diff.clone()) {
+                                    (None, _) | (_, None) => view! { <p class="muted">"No other version to compare with."</p> }.into_any(),
+                                    (Some(a), Some(Err(e))) => view! {
+                                        <p class="muted diff-refused">{format!("v{a} → v{}: {e}", v.version)}</p>
+                                        <p class="diff-downloads">
+                                            <a class="button" href=format!("/console/download/{}/{a}", d.head.name) download="">{format!("Download v{a}")}</a>
+                                            " "
+                                            <a class="button" href=format!("/console/download/{}/{}", d.head.name, v.version) download="">{format!("Download v{}", v.version)}</a>
+                                        </p>
+                                    }.into_any(),
+                                    (Some(a), Some(Ok(lines))) => {
+                                        let changed = lines.iter().filter(|l| !matches!(l, DiffLine::Same(_))).count();
+                                        view! {
+                                            <p class="muted">{if changed == 0 { format!("v{a} → v{}: identical", v.version) } else { format!("v{a} → v{}: {changed} changed lines", v.version) }}</p>
+                                            <pre class="diff">{lines.into_iter().map(|l| match l {
+                                                DiffLine::Same(s) => view! { <span class="same">{format!("  {s}\n")}</span> }.into_any(),
+                                                DiffLine::Added(s) => view! { <ins class="added">{format!("+ {s}\n")}</ins> }.into_any(),
+                                                DiffLine::Removed(s) => view! { <del class="removed">{format!("- {s}\n")}</del> }.into_any(),
+                                            }).collect_view()}</pre>
+                                        }.into_any()
+                                    }
+                                }}
+                            </section>
+                        }.into_any()
+                    }
+                }
+            })}
+        </Transition>
+    }
+}

@@ -1,0 +1,245 @@
+//! `/topics/:name`: the version timeline (100 a page), the active pins, and the forms
+//! that pin a version and release one to more consumers.
+use super::{PinView, TopicHead, TopicHeader, VersionRow};
+use crate::common::{error_text, human_size, short_time, ActionResult};
+use imprint_domain::STALE_PIN_DAYS;
+use leptos::form::ActionForm;
+use leptos::prelude::*;
+use leptos_router::hooks::use_params_map;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopicPage {
+    pub head: TopicHead,
+    /// 100 versions, newest first: the newest ones, or those older than the cursor.
+    pub versions: Vec<VersionRow>,
+    /// The cursor of the next (older) page, if any.
+    pub next: Option<String>,
+    /// This page is not the first one.
+    pub paged: bool,
+    pub pins: Vec<PinView>,
+}
+
+#[server(prefix = "/console/fn")]
+pub async fn load_topic(name: String, cursor: Option<String>) -> Result<TopicPage, ServerFnError> {
+    use super::{head_of, pin_of, version_of};
+    use crate::ssr::{imprint, load, require_user, topic_name};
+    let (_, caller) = require_user().await?;
+    let imprint = imprint()?;
+    let name = load(topic_name(&name))?;
+    let topic = load(imprint.topic(&caller, &name).await)?;
+    let now = imprint.now();
+    let pins: Vec<PinView> = load(imprint.pins(&caller, &name, false, Some(500), None).await)?
+        .items
+        .into_iter()
+        .map(|p| pin_of(p, now))
+        .collect();
+    let cursor = cursor.filter(|c| !c.is_empty());
+    let versions = load(imprint.list_versions(&caller, &name, Some(100), cursor.as_deref()).await)?;
+    Ok(TopicPage {
+        head: head_of(&topic, &caller),
+        versions: versions.items.into_iter().map(|v| version_of(v, &pins)).collect(),
+        next: versions.next,
+        paged: cursor.is_some(),
+        pins,
+    })
+}
+
+#[server(prefix = "/console/fn")]
+pub async fn set_pin(
+    topic: String,
+    selector: String,
+    version: u64,
+    reason: String,
+    expires_in_hours: Option<String>,
+) -> Result<(), ServerFnError> {
+    use crate::ssr::{finish, imprint, require_user, topic_name};
+    let (_, caller) = require_user().await?;
+    let result = async {
+        let imprint = imprint().map_err(|e| imprint_service::Error::Internal(e.to_string()))?;
+        let selector = imprint_domain::Selector::parse(&selector)?;
+        let expires_at = match expires_in_hours.as_deref().map(str::trim).filter(|h| !h.is_empty()) {
+            None => None,
+            Some(h) => match h.parse::<f64>() {
+                Ok(h) if h > 0.0 && h <= 24.0 * 365.0 => {
+                    Some(imprint.now() + chrono::Duration::seconds((h * 3600.0).round() as i64))
+                }
+                _ => {
+                    return Err(imprint_service::Error::invalid(
+                        "expires in: a number of hours above 0 (at most a year), or empty for never",
+                    ))
+                }
+            },
+        };
+        let version =
+            imprint_domain::VersionNumber::new(version).map_err(|e| imprint_service::Error::invalid(e.to_string()))?;
+        imprint
+            .pin(&caller, &topic_name(&topic)?, imprint_service::PinInput { selector, version, reason, expires_at })
+            .await
+    }
+    .await;
+    finish(result.map(|_| ()), None, Some("Pinned"))
+}
+
+#[server(prefix = "/console/fn")]
+pub async fn remove_pin(topic: String, selector: String) -> Result<(), ServerFnError> {
+    use crate::ssr::{finish, imprint, require_user, topic_name};
+    let (_, caller) = require_user().await?;
+    let imprint = imprint()?;
+    let result = async {
+        let s = imprint_domain::Selector::parse(&selector)?;
+        imprint.unpin(&caller, &topic_name(&topic)?, &s).await
+    }
+    .await;
+    finish(result, None, Some("Pin removed"))
+}
+
+#[server(prefix = "/console/fn")]
+pub async fn add_scope(topic: String, version: u64, selector: String) -> Result<(), ServerFnError> {
+    use crate::ssr::{finish, imprint, require_user, topic_name};
+    let (_, caller) = require_user().await?;
+    let imprint = imprint()?;
+    let result = async {
+        let s = imprint_domain::Selector::parse(&selector)?;
+        let v =
+            imprint_domain::VersionNumber::new(version).map_err(|e| imprint_service::Error::invalid(e.to_string()))?;
+        imprint.add_scope(&caller, &topic_name(&topic)?, v, s).await.map(|_| ())
+    }
+    .await;
+    finish(result, None, Some("Scope added"))
+}
+
+/// `/topics/:name`: the version timeline and the active pins.
+#[component]
+pub fn TopicPageView() -> impl IntoView {
+    let params = use_params_map();
+    let name = move || params.read().get("name").unwrap_or_default();
+    let query = leptos_router::hooks::use_query_map();
+    let cursor = move || query.read().get("cursor");
+    let pin_action = ServerAction::<SetPin>::new();
+    let unpin_action = ServerAction::<RemovePin>::new();
+    let scope_action = ServerAction::<AddScope>::new();
+    let page = Resource::new(
+        move || {
+            (name(), cursor(), pin_action.version().get(), unpin_action.version().get(), scope_action.version().get())
+        },
+        |(n, c, ..)| load_topic(n, c),
+    );
+    view! {
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match page.await {
+                    Err(e) => view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any(),
+                    Ok(p) => {
+                        let topic = p.head.name.clone();
+                        let latest = p.head.latest_version;
+                        let (t_versions, t_pins, t_pin_form, t_scope_form) = (topic.clone(), topic.clone(), topic.clone(), topic);
+                        view! {
+                            <TopicHeader head=p.head.clone() active="versions"/>
+                            <ActionResult value=move || pin_action.value().get() ok="Pinned"/>
+                            <ActionResult value=move || unpin_action.value().get() ok="Pin removed"/>
+                            <ActionResult value=move || scope_action.value().get() ok="Scope added"/>
+                            <div class="columns">
+                                <section class="timeline" aria-label="Versions">
+                                    <h2>"Versions"</h2>
+                                    {p.paged.then(|| view! { <p class="pager"><a href=format!("/topics/{}", p.head.name) class="more">"← Newest versions"</a></p> })}
+                                    {if p.versions.is_empty() {
+                                        view! { <p class="empty">"Nothing published yet."</p> }.into_any()
+                                    } else {
+                                        view! { <ol class="versions">{p.versions.into_iter().map(move |v| view! { <VersionItem topic=t_versions.clone() v/> }).collect_view()}</ol> }.into_any()
+                                    }}
+                                    {p.next.clone().map(|c| view! {
+                                        <p class="pager"><a href=format!("/topics/{}?cursor={}", p.head.name, urlencoding::encode(&c)) class="more">"Older versions →"</a></p>
+                                    })}
+                                </section>
+                                <aside class="side">
+                                    <section class="card" aria-label="Active pins">
+                                        <h2>"Active pins"</h2>
+                                        {if p.pins.is_empty() {
+                                            view! { <p class="muted">"No active pins: every consumer gets the newest version released to it."</p> }.into_any()
+                                        } else {
+                                            view! {
+                                                <table class="pins">
+                                                    <thead><tr><th>"Selector"</th><th>"Version"</th><th>"Reason"</th><th></th></tr></thead>
+                                                    <tbody>
+                                                        {p.pins.into_iter().map(move |pin| { let topic = t_pins.clone(); view! {
+                                                            <tr>
+                                                                <td><code>{pin.selector.clone()}</code></td>
+                                                                <td>{format!("v{}", pin.version)}</td>
+                                                                <td>{pin.reason.clone()}
+                                                                    <div class="muted small">{format!("{} · {}", pin.created_by, short_time(&pin.created_at))}</div>
+                                                                    {pin.expires_at.clone().map(|e| view! { <div class="small pin-expiry">{format!("expires {}", short_time(&e))}</div> })}
+                                                                    {pin.stale.then(|| view! { <div class="badge stale" title="pinned long ago without an expiry: ask its owner whether it is still needed">{format!("set over {STALE_PIN_DAYS} days ago, no expiry")}</div> })}
+                                                                </td>
+                                                                <td>
+                                                                    <ActionForm action=unpin_action>
+                                                                        <input type="hidden" name="topic" value=topic/>
+                                                                        <input type="hidden" name="selector" value=pin.selector.clone()/>
+                                                                        <button type="submit" class="secondary">"Unpin"</button>
+                                                                    </ActionForm>
+                                                                </td>
+                                                            </tr>
+                                                        }}).collect_view()}
+                                                    </tbody>
+                                                </table>
+                                            }.into_any()
+                                        }}
+                                    </section>
+                                    <section class="card" aria-label="Pin a version">
+                                        <h2>"Pin a version"</h2>
+                                        <ActionForm action=pin_action attr:class="stack" attr:id="pin-form">
+                                            <input type="hidden" name="topic" value=t_pin_form/>
+                                            <label>"Selector" <input type="text" name="selector" placeholder="region=eu-west-1 (or * for everyone)" required/></label>
+                                            <label>"Version" <input type="number" name="version" min="1" value=latest.max(1).to_string() required/></label>
+                                            <label>"Reason" <input type="text" name="reason" placeholder="why consumers must stay on it"/></label>
+                                            <label>"Expires in (hours; empty: never)" <input type="number" name="expires_in_hours" step="any" placeholder="24"/></label>
+                                            <button type="submit">"Pin"</button>
+                                        </ActionForm>
+                                    </section>
+                                    <section class="card" aria-label="Add a scope">
+                                        <h2>"Release a version to more consumers"</h2>
+                                        <ActionForm action=scope_action attr:class="stack" attr:id="scope-form">
+                                            <input type="hidden" name="topic" value=t_scope_form/>
+                                            <label>"Version" <input type="number" name="version" min="1" value=latest.max(1).to_string() required/></label>
+                                            <label>"Selector" <input type="text" name="selector" placeholder="cluster=api-canary" required/></label>
+                                            <button type="submit">"Add scope"</button>
+                                        </ActionForm>
+                                    </section>
+                                </aside>
+                            </div>
+                        }.into_any()
+                    }
+                }
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn VersionItem(topic: String, v: VersionRow) -> impl IntoView {
+    let href = format!("/topics/{topic}/versions/{}", v.version);
+    let class = if v.purged { "version purged" } else { "version" };
+    view! {
+        <li class=class id=format!("v{}", v.version)>
+            <div class="version-head">
+                <a href=href class="vnum">{format!("v{}", v.version)}</a>
+                {v.pinned_by.iter().map(|s| view! { <span class="badge pin">{format!("pinned: {s}")}</span> }).collect_view()}
+                {v.purged.then(|| view! { <span class="badge purged">"purged"</span> })}
+                <span class="muted small">{format!("{} · {} · {}", short_time(&v.created_at), v.created_by, human_size(v.size))}</span>
+            </div>
+            {(!v.message.is_empty()).then(|| view! { <p class="message">{v.message.clone()}</p> })}
+            {(!v.metadata.is_empty()).then(|| view! {
+                <p class="meta">{v.metadata.iter().map(|(k, val)| view! { <span class="kv"><b>{k.clone()}</b>"="{val.clone()}</span> }).collect_view()}</p>
+            })}
+            <ul class="scopes">
+                {if v.scopes.is_empty() {
+                    view! { <li class="muted small">"released to nobody yet"</li> }.into_any()
+                } else {
+                    v.scopes.iter().map(|s| view! {
+                        <li><code>{s.selector.clone()}</code><span class="muted small">{format!(" {} · {}", short_time(&s.added_at), s.added_by)}</span></li>
+                    }).collect_view().into_any()
+                }}
+            </ul>
+        </li>
+    }
+}

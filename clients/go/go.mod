@@ -1,0 +1,3 @@
+module github.com/imprint/imprint-go
+
+go 1.19
