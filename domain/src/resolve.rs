@@ -127,13 +127,18 @@ impl CurrentIndex {
     }
 
     pub fn resolve(&self, labels: &Labels) -> Option<Resolution> {
-        if let Some((_, v)) = self.pins.iter().find(|(s, _)| s.matches(labels)) {
-            return Some(Resolution { version: *v, pinned: true });
+        self.resolve_matched(labels).map(|(r, _)| r)
+    }
+
+    /// The resolution and the selector that decided it (the pin's, or the scope's).
+    pub fn resolve_matched(&self, labels: &Labels) -> Option<(Resolution, &Selector)> {
+        if let Some((s, v)) = self.pins.iter().find(|(s, _)| s.matches(labels)) {
+            return Some((Resolution { version: *v, pinned: true }, s));
         }
         self.best_by_selector
             .iter()
             .find(|(s, _)| s.matches(labels))
-            .map(|(_, v)| Resolution { version: *v, pinned: false })
+            .map(|(s, v)| (Resolution { version: *v, pinned: false }, s))
     }
 
     pub fn active_pins(&self) -> usize {

@@ -484,6 +484,21 @@ test("settings are saved, and bad settings refused", async ({ page, request }) =
   const bound = await (await request.get(`/api/v1/topics/${rt}`)).json();
   expect(bound.apollo).toMatchObject({ app_id: `shop-${sfx}`, namespace: "application", secret_set: false });
   await shot(page, "settings-apollo");
+
+  // An OpenFeature binding: a flag key and the payload field that is the flag's value.
+  await page.goto(`/topics/${rt}/settings`);
+  await ready(page);
+  await page.getByLabel(/Serve as an OpenFeature flag/).check();
+  await page.getByLabel("Flag key").fill(`flag-${sfx}`);
+  await page.getByLabel("Payload field (optional)").fill("enabled");
+  await page.getByRole("button", { name: "Save settings" }).click();
+  await expect(page.getByRole("status").filter({ hasText: "Settings saved" })).toBeVisible();
+  const flagged = await (await request.get(`/api/v1/topics/${rt}`)).json();
+  expect(flagged.ofrep).toEqual({ flag_key: `flag-${sfx}`, field: "enabled" });
+  await page.goto(`/topics/${rt}/settings`);
+  await ready(page);
+  await expect(page.getByLabel(/Serve as an OpenFeature flag/)).toBeChecked();
+  await expect(page.getByLabel("Flag key")).toHaveValue(`flag-${sfx}`);
 });
 
 test("the audit log shows who did what", async ({ page }) => {

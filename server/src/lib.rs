@@ -10,6 +10,7 @@ pub mod extract;
 pub mod headers;
 mod listener;
 mod live;
+pub mod ofrep;
 pub mod payload;
 mod upload;
 
@@ -153,7 +154,7 @@ fn role_of(method: &axum::http::Method, path: &str) -> Option<&'static str> {
     if EVERYWHERE.contains(&path) {
         return None;
     }
-    if path.starts_with("/apollo/") || path == "/api/v1/poll" {
+    if path.starts_with("/apollo/") || path.starts_with("/ofrep/") || path == "/api/v1/poll" {
         return Some("api");
     }
     if path.starts_with("/api/") {

@@ -25,6 +25,7 @@ pub mod long_polls;
 pub mod matrix;
 pub mod model;
 pub mod objects;
+pub mod ofrep;
 pub mod overview;
 pub mod payloads;
 mod pins;

@@ -47,6 +47,8 @@ pub struct Topic {
     pub anonymous_reports: bool,
     /// Unchanged Apollo clients read this topic as this app's namespace (under `/apollo`).
     pub apollo: Option<ApolloBinding>,
+    /// OpenFeature (OFREP) providers evaluate this topic as a flag (under `/ofrep/v1`).
+    pub ofrep: Option<OfrepBinding>,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
 }
@@ -322,4 +324,23 @@ impl std::fmt::Debug for ApolloBindingInput {
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .finish()
     }
+}
+
+/// How OpenFeature (OFREP) providers address a topic: as flag `flag_key`, whose value is
+/// the resolved version's JSON payload or its top-level field `field`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct OfrepBinding {
+    pub flag_key: String,
+    /// The payload's top-level field that is the flag's value (absent: the whole payload).
+    pub field: Option<String>,
+}
+
+/// An OpenFeature binding to set: `flag_key` absent is the topic's name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfrepBindingInput {
+    #[serde(default)]
+    pub flag_key: Option<String>,
+    #[serde(default)]
+    pub field: Option<String>,
 }

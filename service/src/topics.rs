@@ -2,7 +2,7 @@
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
-use crate::model::{ApolloBindingInput, Page, Retention, Topic};
+use crate::model::{ApolloBindingInput, OfrepBindingInput, Page, Retention, Topic};
 use crate::{cursor, store};
 use imprint_domain::{Plan, TopicName};
 use serde::Deserialize;
@@ -49,6 +49,10 @@ pub struct NewTopic {
     /// Serve the topic to unchanged Apollo clients as this app's namespace.
     #[serde(default)]
     pub apollo: Option<ApolloBindingInput>,
+    /// Serve the topic to OpenFeature (OFREP) providers as a flag: `{}` names the flag
+    /// after the topic; `{"flag_key": "…", "field": "…"}` picks a key and a payload field.
+    #[serde(default)]
+    pub ofrep: Option<OfrepBindingInput>,
 }
 
 /// Settings to change; absent fields stay as they are, `null` clears the optional ones.
@@ -85,6 +89,9 @@ pub struct TopicPatch {
     /// `null` removes the Apollo binding.
     #[serde(default, deserialize_with = "double_option")]
     pub apollo: Option<Option<ApolloBindingInput>>,
+    /// `null` removes the OpenFeature binding.
+    #[serde(default, deserialize_with = "double_option")]
+    pub ofrep: Option<Option<OfrepBindingInput>>,
 }
 
 /// For `#[serde(default, deserialize_with = "double_option")]` on an `Option<Option<T>>`:
@@ -154,6 +161,29 @@ fn check_plans(plans: &BTreeMap<String, Plan>, default: Option<&str>) -> Result<
         }
     }
     Ok(())
+}
+
+/// The longest OpenFeature flag key and payload field name.
+pub const MAX_FLAG_KEY: usize = 128;
+pub const MAX_FLAG_FIELD: usize = 256;
+
+/// An OpenFeature binding, normalised: (flag key, field), the key defaulting to the
+/// topic's name. A key is what a provider puts in the path: letters, digits, '.', '_', '-'.
+pub fn check_ofrep(o: &OfrepBindingInput, topic: &str) -> Result<(String, Option<String>)> {
+    let key = o.flag_key.as_deref().map(str::trim).filter(|k| !k.is_empty()).unwrap_or(topic);
+    if key.len() > MAX_FLAG_KEY || !key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(Error::invalid(format!("ofrep.flag_key is 1-{MAX_FLAG_KEY} letters, digits, '.', '_' or '-'")));
+    }
+    let field = match o.field.as_deref() {
+        None => None,
+        Some(f) if f.is_empty() || f.len() > MAX_FLAG_FIELD || f.chars().any(char::is_control) => {
+            return Err(Error::invalid(format!(
+                "ofrep.field is a top-level JSON field name of 1-{MAX_FLAG_FIELD} bytes without control characters"
+            )))
+        }
+        Some(f) => Some(f.to_owned()),
+    };
+    Ok((key.to_owned(), field))
 }
 
 /// An Apollo binding, normalised: the namespace without a `.properties` suffix (as Apollo
@@ -250,6 +280,7 @@ impl Imprint {
         let plans = input.plans.clone().unwrap_or_default();
         check_plans(&plans, input.default_plan.as_deref())?;
         let apollo = input.apollo.as_ref().map(check_apollo).transpose()?;
+        let ofrep = input.ofrep.as_ref().map(|o| check_ofrep(o, name.as_str())).transpose()?;
         let who = caller.who();
         let now = self.now();
         let mut tx = self.pool().begin().await?;
@@ -267,6 +298,7 @@ impl Imprint {
             restricted: input.restricted.unwrap_or(false),
             anonymous_reports: input.anonymous_reports.unwrap_or(false),
             apollo: apollo.as_ref().map(|(a, n, s)| (a.as_str(), n.as_str(), s.as_deref().filter(|s| !s.is_empty()))),
+            ofrep: ofrep.as_ref().map(|(k, f)| (k.as_str(), f.as_deref())),
             created_by: &who,
             at: now,
         };
@@ -382,6 +414,11 @@ impl Imprint {
             Some(None) => Some(None),
             Some(Some(a)) => Some(Some(check_apollo(a)?)),
         };
+        let ofrep = match &patch.ofrep {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(o)) => Some(Some(check_ofrep(o, &t.name)?)),
+        };
         if patch.plans.is_some() || patch.default_plan.is_some() {
             let (current_plans, current_default) = store::topics::plans(&mut tx, t.id).await?;
             let plans = patch.plans.clone().unwrap_or(current_plans);
@@ -401,6 +438,7 @@ impl Imprint {
             restricted: patch.restricted,
             anonymous_reports: patch.anonymous_reports,
             apollo: apollo.as_ref().map(|b| b.as_ref().map(|(a, n, s)| (a.as_str(), n.as_str(), s.as_deref()))),
+            ofrep: ofrep.as_ref().map(|b| b.as_ref().map(|(k, f)| (k.as_str(), f.as_deref()))),
             at: self.now(),
         };
         store::topics::update(&mut tx, t.id, update).await?;

@@ -1,5 +1,6 @@
 //! Topic settings: description, owner, retention, inline limit, content type, JSON
-//! Schema, rollout plans, restricted access and whose reports gates trust.
+//! Schema, rollout plans, restricted access, whose reports gates trust, and the Apollo and
+//! OpenFeature bindings.
 use super::{TopicHead, TopicHeader};
 use crate::common::{error_text, ActionResult};
 use leptos::form::ActionForm;
@@ -30,6 +31,10 @@ pub struct Settings {
     pub apollo_secret_set: bool,
     /// Where Apollo clients point their config-service URL (this server + `/apollo`).
     pub apollo_url: String,
+    /// OpenFeature (OFREP) providers evaluate the topic as a flag.
+    pub ofrep: bool,
+    pub ofrep_flag_key: String,
+    pub ofrep_field: String,
     pub teams: Vec<String>,
 }
 
@@ -67,6 +72,9 @@ pub async fn load_settings(name: String) -> Result<Settings, ServerFnError> {
         apollo_namespace: t.apollo.as_ref().map(|a| a.namespace.clone()).unwrap_or_default(),
         apollo_secret_set: t.apollo.as_ref().is_some_and(|a| a.secret_set),
         apollo_url: apollo_url(),
+        ofrep: t.ofrep.is_some(),
+        ofrep_flag_key: t.ofrep.as_ref().map(|o| o.flag_key.clone()).unwrap_or_default(),
+        ofrep_field: t.ofrep.as_ref().and_then(|o| o.field.clone()).unwrap_or_default(),
         teams,
     })
 }
@@ -103,6 +111,9 @@ pub async fn save_settings(
     apollo_namespace: Option<String>,
     apollo_secret: Option<String>,
     apollo_secret_clear: Option<String>,
+    ofrep: Option<String>,
+    ofrep_flag_key: Option<String>,
+    ofrep_field: Option<String>,
 ) -> Result<(), ServerFnError> {
     use crate::ssr::{finish, imprint, require_user, topic_name};
     use imprint_service::model::Retention;
@@ -159,6 +170,15 @@ pub async fn save_settings(
                         secret: if clear { Some(String::new()) } else { secret },
                     }))
                 }
+            },
+            ofrep: if ofrep.is_some_and(|v| v == "on" || v == "true") {
+                let text = |s: Option<String>| s.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+                Some(Some(imprint_service::model::OfrepBindingInput {
+                    flag_key: text(ofrep_flag_key),
+                    field: text(ofrep_field),
+                }))
+            } else {
+                Some(None)
             },
         })
     })();
@@ -231,6 +251,18 @@ pub fn SettingsPage() -> impl IntoView {
                                 {(!s.apollo_app_id.is_empty()).then(|| view! {
                                     <p class="hint apollo-hint">"Connect an Apollo client: config service URL "<code>{s.apollo_url.clone()}</code>", app id "<code>{s.apollo_app_id.clone()}</code>", namespace "<code>{s.apollo_namespace.clone()}</code>"."</p>
                                 })}
+                            </fieldset>
+                            <fieldset class="stack" id="ofrep">
+                                <legend>"OpenFeature"</legend>
+                                <p class="muted">"OpenFeature providers (OFREP) evaluate this topic as a flag: its value is the resolved version's JSON payload (or one top-level field of it), the evaluation context's attributes are the consumer's labels and its targetingKey the instance."</p>
+                                <label class="check">
+                                    <input type="checkbox" name="ofrep" id="ofrep_enabled" checked=s.ofrep/>
+                                    " Serve as an OpenFeature flag"
+                                </label>
+                                <div class="row">
+                                    <label>"Flag key" <input type="text" name="ofrep_flag_key" placeholder={s.head.name.clone()} value=s.ofrep_flag_key.clone()/></label>
+                                    <label>"Payload field (optional)" <input type="text" name="ofrep_field" placeholder="the whole payload" value=s.ofrep_field.clone()/></label>
+                                </div>
                             </fieldset>
                             <button type="submit">"Save settings"</button>
                         </ActionForm>

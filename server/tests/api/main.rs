@@ -8,6 +8,7 @@ mod connection;
 mod consumers;
 mod fuzz;
 mod objects;
+mod ofrep;
 mod openapi;
 mod poll;
 mod publish;

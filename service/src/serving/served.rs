@@ -98,11 +98,21 @@ pub struct ServingTopic {
     pub restricted: bool,
     /// How Apollo clients address it, if they do.
     pub apollo: Option<ApolloServed>,
+    /// How OpenFeature (OFREP) providers address it, if they do.
+    pub ofrep: Option<OfrepServed>,
     /// Some version is not purged (Apollo notifies only topics with a release).
     pub has_live: bool,
     pub index: CurrentIndex,
     /// The versions that resolution can return now (pinned or best per selector).
     pub served: HashMap<u64, Arc<ServedVersion>>,
+}
+
+/// A topic's OpenFeature binding, as the `/ofrep` endpoints need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfrepServed {
+    pub flag_key: String,
+    /// The payload's top-level field that is the flag's value (None: the whole payload).
+    pub field: Option<String>,
 }
 
 /// A topic's Apollo binding, as the `/apollo` endpoint needs it.

@@ -82,6 +82,8 @@ pub struct ServingState {
     applied: std::sync::atomic::AtomicU64,
     /// (Apollo app id, namespace key) → topic name.
     apollo: RwLock<HashMap<(String, String), String>>,
+    /// OpenFeature flag key → topic name.
+    ofrep: RwLock<HashMap<String, String>>,
     loaded_once: watch::Sender<bool>,
     /// Every change, by topic name, for the console's live pages: serving changes
     /// (publishes, scopes, pins, rollout stages) and consumer reports written.
@@ -99,6 +101,7 @@ impl Default for ServingState {
             wakeups: std::sync::atomic::AtomicU64::new(0),
             applied: std::sync::atomic::AtomicU64::new(0),
             apollo: RwLock::new(HashMap::new()),
+            ofrep: RwLock::new(HashMap::new()),
             loaded_once: watch::channel(false).0,
             changes: tokio::sync::broadcast::channel(256).0,
         }
@@ -115,6 +118,22 @@ impl ServingState {
         let key = (app_id.to_owned(), imprint_domain::apollo::namespace_key(namespace));
         let name = self.apollo.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned()?;
         self.get(&name)
+    }
+
+    /// The topic bound to an OpenFeature flag key.
+    pub fn ofrep_topic(&self, flag_key: &str) -> Option<Arc<ServingTopic>> {
+        let name = self.ofrep.read().unwrap_or_else(|e| e.into_inner()).get(flag_key).cloned()?;
+        self.get(&name).filter(|t| t.ofrep.as_ref().is_some_and(|o| o.flag_key == flag_key))
+    }
+
+    /// Every topic bound to an OpenFeature flag key, by flag key.
+    pub fn ofrep_topics(&self) -> Vec<Arc<ServingTopic>> {
+        let names: Vec<String> = self.ofrep.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut out: Vec<Arc<ServingTopic>> =
+            names.iter().filter_map(|n| self.get(n)).filter(|t| t.ofrep.is_some()).collect();
+        out.sort_by(|a, b| a.ofrep.as_ref().map(|o| &o.flag_key).cmp(&b.ofrep.as_ref().map(|o| &o.flag_key)));
+        out.dedup_by_key(|t| t.id);
+        out
     }
 
     /// Every loaded topic (a snapshot of the map: changes after the call are not seen).
@@ -286,6 +305,15 @@ impl ServingState {
                     index.insert((a.app_id, imprint_domain::apollo::namespace_key(&a.namespace)), name.clone());
                 }
             }
+            drop(index);
+            // So does the OpenFeature index.
+            let mut flags = self.ofrep.write().unwrap_or_else(|e| e.into_inner());
+            flags.retain(|_, name| !changed_set.contains(name));
+            for name in &changed {
+                if let Some(o) = map.get(name).and_then(|t| t.ofrep.clone()) {
+                    flags.insert(o.flag_key, name.clone());
+                }
+            }
         }
         if full {
             self.loaded_once.send_replace(true);
@@ -318,6 +346,7 @@ impl ServingState {
                 owner: old.owner.clone(),
                 restricted: old.restricted,
                 apollo: old.apollo.clone(),
+                ofrep: old.ofrep.clone(),
                 has_live: true,
                 index,
                 served,

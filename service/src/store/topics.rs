@@ -34,6 +34,8 @@ pub(crate) struct TopicRow {
     pub apollo_app_id: Option<String>,
     pub apollo_namespace: Option<String>,
     pub apollo_secret_set: bool,
+    pub ofrep_flag_key: Option<String>,
+    pub ofrep_field: Option<String>,
 }
 
 impl From<TopicRow> for Topic {
@@ -68,6 +70,7 @@ impl From<TopicRow> for Topic {
                 }
                 _ => None,
             },
+            ofrep: r.ofrep_flag_key.map(|flag_key| crate::model::OfrepBinding { flag_key, field: r.ofrep_field }),
         }
     }
 }
@@ -130,6 +133,8 @@ pub(crate) struct NewTopicRow<'a> {
     pub anonymous_reports: bool,
     /// (app id, namespace, secret)
     pub apollo: Option<(&'a str, &'a str, Option<&'a str>)>,
+    /// (flag key, field)
+    pub ofrep: Option<(&'a str, Option<&'a str>)>,
     pub created_by: &'a str,
     pub at: DateTime<Utc>,
 }
@@ -141,8 +146,9 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Resul
         "INSERT INTO topics (name, description, owner, retention_max_versions, retention_max_age_days,
                              inline_limit_bytes, content_type, json_schema, created_by, plans, default_plan,
                              created_at, updated_at, restricted, anonymous_reports,
-                             apollo_app_id, apollo_namespace, apollo_secret, max_size_bytes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17, $18)
+                             apollo_app_id, apollo_namespace, apollo_secret, max_size_bytes,
+                             ofrep_flag_key, ofrep_field)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17, $18, $19, $20)
          ON CONFLICT (name) DO NOTHING RETURNING id",
         t.name,
         t.description,
@@ -162,6 +168,8 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Resul
         t.apollo.map(|a| a.1),
         t.apollo.and_then(|a| a.2),
         t.max_size as i64,
+        t.ofrep.map(|o| o.0),
+        t.ofrep.and_then(|o| o.1),
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -181,7 +189,9 @@ pub(crate) async fn settings_json(conn: &mut PgConnection, id: i64) -> Result<se
                 'app_id', apollo_app_id, 'namespace', apollo_namespace,
                 -- whether there is a secret, never the secret or a hash of it (a new
                 -- secret is noted by the update that sets it)
-                'secret_set', apollo_secret IS NOT NULL) END) AS "settings!"
+                'secret_set', apollo_secret IS NOT NULL) END,
+            'ofrep', CASE WHEN ofrep_flag_key IS NULL THEN NULL ELSE jsonb_build_object(
+                'flag_key', ofrep_flag_key, 'field', ofrep_field) END) AS "settings!"
          FROM topics WHERE id = $1"#,
         id
     )
@@ -252,6 +262,8 @@ pub(crate) struct TopicUpdate<'a> {
     /// `Some(None)` removes the binding; `Some(Some((app, ns, secret)))` sets it, where
     /// `secret` `None` keeps the current secret and `Some("")` removes it.
     pub apollo: Option<Option<(&'a str, &'a str, Option<&'a str>)>>,
+    /// `Some(None)` removes the binding; `Some(Some((flag key, field)))` sets it.
+    pub ofrep: Option<Option<(&'a str, Option<&'a str>)>>,
     pub at: DateTime<Utc>,
 }
 
@@ -278,7 +290,9 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
                                  WHEN $19::text IS NULL THEN NULL
                                  WHEN $21::text IS NULL THEN apollo_secret
                                  ELSE NULLIF($21, '') END,
-            max_size_bytes = COALESCE($22, max_size_bytes)
+            max_size_bytes = COALESCE($22, max_size_bytes),
+            ofrep_flag_key = CASE WHEN $23 THEN $24 ELSE ofrep_flag_key END,
+            ofrep_field = CASE WHEN $23 THEN $25 ELSE ofrep_field END
          WHERE id = $1",
         id,
         u.description,
@@ -302,6 +316,9 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
         u.apollo.flatten().map(|a| a.1),
         u.apollo.flatten().and_then(|a| a.2),
         u.max_size.map(|l| l as i64),
+        u.ofrep.is_some(),
+        u.ofrep.flatten().map(|o| o.0),
+        u.ofrep.flatten().and_then(|o| o.1),
     )
     .execute(&mut *conn)
     .await?;
@@ -337,7 +354,8 @@ pub(crate) async fn by_name<'e>(ex: impl PgExecutor<'e>, name: &str) -> Result<O
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
                   (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
                   t.restricted, t.anonymous_reports,
-                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!"
+                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
+                  t.ofrep_flag_key, t.ofrep_field
            FROM topics t WHERE t.name = $1"#,
         name
     )
@@ -365,7 +383,8 @@ pub(crate) async fn list<'e>(
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
                   (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
                   t.restricted, t.anonymous_reports,
-                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!"
+                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
+                  t.ofrep_flag_key, t.ofrep_field
            FROM topics t
            WHERE ($1::text IS NULL OR t.name ILIKE $1 OR t.description ILIKE $1 OR t.owner ILIKE $1)
              AND ($2::text IS NULL OR t.owner = $2)
@@ -397,7 +416,8 @@ pub(crate) async fn unused<'e>(
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
                   (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
                   t.restricted, t.anonymous_reports,
-                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!"
+                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
+                  t.ofrep_flag_key, t.ofrep_field
            FROM topics t
            WHERE t.last_polled_at IS NULL OR t.last_polled_at < $1
            ORDER BY t.last_polled_at NULLS FIRST, t.name OFFSET $2 LIMIT $3"#,
