@@ -108,7 +108,8 @@ pub fn api_router(imprint: Imprint) -> Router {
 }
 
 /// Refuses anonymous calls to the API's write endpoints (every method but GET and HEAD
-/// under `/api/v1/`, except the poll — a read — unless polls need a token) with 401 before
+/// under `/api/v1/`, except the poll — a read — unless polls need a token, and then the
+/// OpenFeature endpoints too) with 401 before
 /// anything reads their body: a client without a token cannot make the server wait for,
 /// or buffer, a body it would refuse anyway. Whether the token is valid is the handler's
 /// `Auth` to say (a malformed `Authorization` header is refused here too, as there).
@@ -121,7 +122,10 @@ async fn token_before_body(
     let path = req.uri().path();
     let write = path.starts_with("/api/v1/") && *req.method() != Method::GET && *req.method() != Method::HEAD;
     let exempt = path == "/api/v1/poll" && !imprint.config().poll_auth_required;
-    if !write || exempt {
+    // OpenFeature evaluations and their event stream are reads, like polls: refused here
+    // without a token only when polls need one.
+    let ofrep = path.starts_with("/ofrep/") && imprint.config().poll_auth_required;
+    if (!write || exempt) && !ofrep {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();

@@ -2,7 +2,7 @@
 //! topic setting, values and fields, reasons for scoped releases and pins, the bulk ETag
 //! and 304, the protocol's error shapes, auth and restricted topics, the consumer audit
 //! and the change event stream.
-use imprint_testkit::{assert_error, spawn_app, SendJson, TestApp};
+use imprint_testkit::{assert_error, spawn_app, spawn_app_configured, SendJson, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -409,4 +409,46 @@ async fn the_event_stream_announces_flag_changes_the_caller_may_see(pool: sqlx::
     assert!(next_event(&mut stream, Duration::from_secs(5)).await.is_some());
     let r = app.req(Method::GET, "/ofrep/v1/events").bearer_auth("not-a-token").send().await.unwrap();
     assert_error(r, 401, "unauthorized").await;
+}
+
+/// With `IMPRINT_POLL_AUTH=required`, anonymous evaluations and streams are refused (before
+/// the body is read) and tokens work as for polls.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_server_that_requires_tokens_to_poll_requires_them_here(pool: sqlx::PgPool) {
+    let app = spawn_app_configured(pool.clone(), pool, |c| c.poll_auth_required = true).await;
+    app.create_topic_with(json!({"name": "gated", "owner": "shop", "ofrep": {}})).await;
+    app.publish("gated", json!({"data": "1"})).await;
+    for (method, path) in [
+        (Method::POST, "/ofrep/v1/evaluate/flags/gated"),
+        (Method::POST, "/ofrep/v1/evaluate/flags"),
+        (Method::GET, "/ofrep/v1/events"),
+    ] {
+        let r = app.req(method.clone(), path).json(&json!({})).send().await.unwrap();
+        assert_error(r, 401, "unauthorized").await;
+    }
+    let token = app.consumer_token("any", None, &[], &[]).await;
+    let (status, e) = eval_with(&app, &token, "gated", json!({})).await;
+    assert_eq!((status, &e["value"]), (200, &json!(1)), "{e}");
+}
+
+/// Event streams are held among the server's open requests: past its cap a stream is
+/// refused at once with 503 and OFREP's `{"errorDetails"}` (and a Retry-After).
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn event_streams_are_bounded_by_the_open_request_caps(pool: sqlx::PgPool) {
+    let app = spawn_app_configured(pool.clone(), pool, |c| c.max_long_polls = 1).await;
+    let first = app.req(Method::GET, "/ofrep/v1/events").send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let r = app.req(Method::GET, "/ofrep/v1/events").send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert!(body["errorDetails"].as_str().unwrap().contains("event streams"), "{body}");
+    assert!(body.get("error").is_none(), "{body}");
+    // The place is given back when the stream ends.
+    drop(first);
+    imprint_testkit::eventually("a stream place to free up", || async {
+        let r = app.req(Method::GET, "/ofrep/v1/events").send().await.unwrap();
+        (r.status() == 200).then_some(())
+    })
+    .await;
 }
