@@ -452,3 +452,27 @@ async fn event_streams_are_bounded_by_the_open_request_caps(pool: sqlx::PgPool) 
     })
     .await;
 }
+
+/// A revoked token's event stream ends within seconds; another token's goes on.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn revoking_a_token_ends_its_event_stream(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_topic_with(json!({"name": "live.flag", "owner": "shop", "ofrep": {}})).await;
+    let doomed = app.consumer_token("soon-revoked", None, &[], &[]).await;
+    let kept = app.consumer_token("still-valid", None, &[], &[]).await;
+    let mut gone = app.req(Method::GET, "/ofrep/v1/events").bearer_auth(&doomed).send().await.unwrap();
+    let mut stays = app.req(Method::GET, "/ofrep/v1/events").bearer_auth(&kept).send().await.unwrap();
+    assert_eq!((gone.status().as_u16(), stays.status().as_u16()), (200, 200));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.imprint().revoke_token(&imprint_service::Caller::System, "soon-revoked").await.unwrap();
+    // The stream ends (its body finishes) rather than waiting for changes.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(c) = gone.chunk().await.unwrap() {
+            assert!(!String::from_utf8_lossy(&c).contains("data:"), "no event before the publish");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the revoked token's stream is still open");
+    app.publish("live.flag", json!({"data": "1"})).await;
+    assert!(next_event(&mut stays, Duration::from_secs(5)).await.is_some());
+}
