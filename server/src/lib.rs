@@ -11,6 +11,7 @@ pub mod headers;
 mod listener;
 mod live;
 pub mod payload;
+pub mod spring;
 mod upload;
 
 use axum::extract::{MatchedPath, Request};
@@ -153,7 +154,7 @@ fn role_of(method: &axum::http::Method, path: &str) -> Option<&'static str> {
     if EVERYWHERE.contains(&path) {
         return None;
     }
-    if path.starts_with("/apollo/") || path == "/api/v1/poll" {
+    if path.starts_with("/apollo/") || path.starts_with("/spring/") || path == "/api/v1/poll" {
         return Some("api");
     }
     if path.starts_with("/api/") {

@@ -251,6 +251,8 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         "api_tokens_kind_check" => invalid("a token kind is admin, publisher, consumer or relay"),
         "topics_apollo_complete" => invalid("an Apollo binding has both an app_id and a namespace"),
         "topics_apollo_binding" => conflict("another topic is bound to this Apollo app and namespace"),
+        "topics_spring_complete" => invalid("a Spring binding with a profile names its application"),
+        "topics_spring_binding" => conflict("another topic is bound to this Spring application and profile"),
         "users_username_check" => invalid("not a valid username"),
         "teams_name_check" => invalid("not a valid team name"),
         "versions_topic_id_fkey" | "pins_topic_id_fkey" | "consumers_topic_id_fkey" | "snapshots_topic_id_fkey" => {

@@ -47,6 +47,9 @@ pub struct Topic {
     pub anonymous_reports: bool,
     /// Unchanged Apollo clients read this topic as this app's namespace (under `/apollo`).
     pub apollo: Option<ApolloBinding>,
+    /// Unchanged Spring Cloud Config clients read this topic as a property source of this
+    /// application (and profile) under `/spring`.
+    pub spring: Option<SpringBinding>,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
 }
@@ -322,4 +325,15 @@ impl std::fmt::Debug for ApolloBindingInput {
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .finish()
     }
+}
+
+/// How Spring Cloud Config clients address a topic: a property source of `application`
+/// (`application`: of every application, as Spring's `application.yml`) for `profile`
+/// (absent: every profile, as `{application}.yml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpringBinding {
+    pub application: String,
+    #[serde(default)]
+    pub profile: Option<String>,
 }

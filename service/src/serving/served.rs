@@ -98,11 +98,20 @@ pub struct ServingTopic {
     pub restricted: bool,
     /// How Apollo clients address it, if they do.
     pub apollo: Option<ApolloServed>,
+    /// The Spring application and profile it is a property source of, if it is one.
+    pub spring: Option<SpringServed>,
     /// Some version is not purged (Apollo notifies only topics with a release).
     pub has_live: bool,
     pub index: CurrentIndex,
     /// The versions that resolution can return now (pinned or best per selector).
     pub served: HashMap<u64, Arc<ServedVersion>>,
+}
+
+/// A topic's Spring binding: application, and profile (`None`: every profile).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpringServed {
+    pub application: String,
+    pub profile: Option<String>,
 }
 
 /// A topic's Apollo binding, as the `/apollo` endpoint needs it.

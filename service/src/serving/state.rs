@@ -82,6 +82,8 @@ pub struct ServingState {
     applied: std::sync::atomic::AtomicU64,
     /// (Apollo app id, namespace key) → topic name.
     apollo: RwLock<HashMap<(String, String), String>>,
+    /// Spring application → the names of the topics bound to it.
+    spring: RwLock<HashMap<String, Vec<String>>>,
     loaded_once: watch::Sender<bool>,
     /// Every change, by topic name, for the console's live pages: serving changes
     /// (publishes, scopes, pins, rollout stages) and consumer reports written.
@@ -99,6 +101,7 @@ impl Default for ServingState {
             wakeups: std::sync::atomic::AtomicU64::new(0),
             applied: std::sync::atomic::AtomicU64::new(0),
             apollo: RwLock::new(HashMap::new()),
+            spring: RwLock::new(HashMap::new()),
             loaded_once: watch::channel(false).0,
             changes: tokio::sync::broadcast::channel(256).0,
         }
@@ -115,6 +118,12 @@ impl ServingState {
         let key = (app_id.to_owned(), imprint_domain::apollo::namespace_key(namespace));
         let name = self.apollo.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned()?;
         self.get(&name)
+    }
+
+    /// The topics bound to a Spring application (any profile), by name.
+    pub fn spring_topics(&self, application: &str) -> Vec<Arc<ServingTopic>> {
+        let names = self.spring.read().unwrap_or_else(|e| e.into_inner()).get(application).cloned().unwrap_or_default();
+        names.iter().filter_map(|n| self.get(n)).collect()
     }
 
     /// Every loaded topic (a snapshot of the map: changes after the call are not seen).
@@ -286,6 +295,18 @@ impl ServingState {
                     index.insert((a.app_id, imprint_domain::apollo::namespace_key(&a.namespace)), name.clone());
                 }
             }
+            drop(index);
+            // So does the Spring index.
+            let mut spring = self.spring.write().unwrap_or_else(|e| e.into_inner());
+            for names in spring.values_mut() {
+                names.retain(|n| !changed_set.contains(n));
+            }
+            spring.retain(|_, names| !names.is_empty());
+            for name in &changed {
+                if let Some(b) = map.get(name).and_then(|t| t.spring.as_ref()) {
+                    spring.entry(b.application.clone()).or_default().push(name.clone());
+                }
+            }
         }
         if full {
             self.loaded_once.send_replace(true);
@@ -318,6 +339,7 @@ impl ServingState {
                 owner: old.owner.clone(),
                 restricted: old.restricted,
                 apollo: old.apollo.clone(),
+                spring: old.spring.clone(),
                 has_live: true,
                 index,
                 served,

@@ -49,6 +49,8 @@ pub(crate) struct CurrentTopicRow {
     pub apollo_app_id: Option<String>,
     pub apollo_namespace: Option<String>,
     pub apollo_secret: Option<String>,
+    pub spring_application: Option<String>,
+    pub spring_profile: Option<String>,
     /// Some version is not purged.
     pub has_live: bool,
 }
@@ -71,6 +73,7 @@ pub(crate) async fn current(conn: &mut PgConnection, ids: Option<&[i64]>) -> Res
     let topics = sqlx::query_as!(
         CurrentTopicRow,
         r#"SELECT t.id, t.name, t.change_seq, t.owner, t.restricted, t.apollo_app_id, t.apollo_namespace, t.apollo_secret,
+                  t.spring_application, t.spring_profile,
                   EXISTS (SELECT 1 FROM versions v WHERE v.topic_id = t.id AND v.purged_at IS NULL) AS "has_live!"
            FROM topics t WHERE ($1::bigint[] IS NULL OR t.id = ANY($1))"#,
         ids as _

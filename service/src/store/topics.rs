@@ -34,6 +34,8 @@ pub(crate) struct TopicRow {
     pub apollo_app_id: Option<String>,
     pub apollo_namespace: Option<String>,
     pub apollo_secret_set: bool,
+    pub spring_application: Option<String>,
+    pub spring_profile: Option<String>,
 }
 
 impl From<TopicRow> for Topic {
@@ -68,6 +70,9 @@ impl From<TopicRow> for Topic {
                 }
                 _ => None,
             },
+            spring: r
+                .spring_application
+                .map(|application| crate::model::SpringBinding { application, profile: r.spring_profile }),
         }
     }
 }
@@ -86,6 +91,7 @@ pub(crate) struct TopicRef {
     pub restricted: bool,
     pub anonymous_reports: bool,
     pub apollo_namespace: Option<String>,
+    pub spring_application: Option<String>,
 }
 
 /// The settings of a topic by name; with `lock`, its row is locked until the transaction
@@ -95,7 +101,7 @@ pub(crate) async fn topic_ref(conn: &mut PgConnection, name: &str, lock: bool) -
         sqlx::query_as!(
             TopicRef,
             r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, max_size_bytes AS max_size, content_type, json_schema, default_plan,
-                      latest_version, restricted, anonymous_reports, apollo_namespace
+                      latest_version, restricted, anonymous_reports, apollo_namespace, spring_application
                FROM topics WHERE name = $1 FOR UPDATE"#,
             name
         )
@@ -105,7 +111,7 @@ pub(crate) async fn topic_ref(conn: &mut PgConnection, name: &str, lock: bool) -
         sqlx::query_as!(
             TopicRef,
             r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, max_size_bytes AS max_size, content_type, json_schema, default_plan,
-                      latest_version, restricted, anonymous_reports, apollo_namespace
+                      latest_version, restricted, anonymous_reports, apollo_namespace, spring_application
                FROM topics WHERE name = $1"#,
             name
         )
@@ -130,6 +136,8 @@ pub(crate) struct NewTopicRow<'a> {
     pub anonymous_reports: bool,
     /// (app id, namespace, secret)
     pub apollo: Option<(&'a str, &'a str, Option<&'a str>)>,
+    /// (application, profile)
+    pub spring: Option<(&'a str, Option<&'a str>)>,
     pub created_by: &'a str,
     pub at: DateTime<Utc>,
 }
@@ -141,8 +149,9 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Resul
         "INSERT INTO topics (name, description, owner, retention_max_versions, retention_max_age_days,
                              inline_limit_bytes, content_type, json_schema, created_by, plans, default_plan,
                              created_at, updated_at, restricted, anonymous_reports,
-                             apollo_app_id, apollo_namespace, apollo_secret, max_size_bytes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17, $18)
+                             apollo_app_id, apollo_namespace, apollo_secret, max_size_bytes,
+                             spring_application, spring_profile)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17, $18, $19, $20)
          ON CONFLICT (name) DO NOTHING RETURNING id",
         t.name,
         t.description,
@@ -162,6 +171,8 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Resul
         t.apollo.map(|a| a.1),
         t.apollo.and_then(|a| a.2),
         t.max_size as i64,
+        t.spring.map(|b| b.0),
+        t.spring.and_then(|b| b.1),
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -181,7 +192,9 @@ pub(crate) async fn settings_json(conn: &mut PgConnection, id: i64) -> Result<se
                 'app_id', apollo_app_id, 'namespace', apollo_namespace,
                 -- whether there is a secret, never the secret or a hash of it (a new
                 -- secret is noted by the update that sets it)
-                'secret_set', apollo_secret IS NOT NULL) END) AS "settings!"
+                'secret_set', apollo_secret IS NOT NULL) END,
+            'spring', CASE WHEN spring_application IS NULL THEN NULL ELSE jsonb_build_object(
+                'application', spring_application, 'profile', spring_profile) END) AS "settings!"
          FROM topics WHERE id = $1"#,
         id
     )
@@ -219,6 +232,35 @@ pub(crate) async fn apollo_app_other_team(
     Ok(other)
 }
 
+/// A topic's Spring application (if bound) and owner.
+pub(crate) async fn spring_app(conn: &mut PgConnection, id: i64) -> Result<(Option<String>, String)> {
+    let r =
+        sqlx::query!("SELECT spring_application, owner FROM topics WHERE id = $1", id).fetch_one(&mut *conn).await?;
+    Ok((r.spring_application, r.owner))
+}
+
+/// Another team than `owner` with a topic bound to Spring application `app` (other than
+/// topic `id`), if any, under a transaction-level lock on the application (two teams
+/// binding it at once are checked one after the other).
+pub(crate) async fn spring_app_other_team(
+    conn: &mut PgConnection,
+    app: &str,
+    id: i64,
+    owner: &str,
+) -> Result<Option<String>> {
+    sqlx::query!("SELECT pg_advisory_xact_lock(hashtextextended('imprint.spring_app:' || $1, 0))", app)
+        .execute(&mut *conn)
+        .await?;
+    Ok(sqlx::query_scalar!(
+        "SELECT owner FROM topics WHERE spring_application = $1 AND id <> $2 AND owner <> $3 ORDER BY id LIMIT 1",
+        app,
+        id,
+        owner
+    )
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
 /// A topic's named plans and its default plan.
 pub(crate) async fn plans(conn: &mut PgConnection, id: i64) -> Result<(BTreeMap<String, Plan>, Option<String>)> {
     let r = sqlx::query!(
@@ -252,6 +294,8 @@ pub(crate) struct TopicUpdate<'a> {
     /// `Some(None)` removes the binding; `Some(Some((app, ns, secret)))` sets it, where
     /// `secret` `None` keeps the current secret and `Some("")` removes it.
     pub apollo: Option<Option<(&'a str, &'a str, Option<&'a str>)>>,
+    /// `Some(None)` removes the Spring binding; `Some(Some((application, profile)))` sets it.
+    pub spring: Option<Option<(&'a str, Option<&'a str>)>>,
     pub at: DateTime<Utc>,
 }
 
@@ -278,7 +322,9 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
                                  WHEN $19::text IS NULL THEN NULL
                                  WHEN $21::text IS NULL THEN apollo_secret
                                  ELSE NULLIF($21, '') END,
-            max_size_bytes = COALESCE($22, max_size_bytes)
+            max_size_bytes = COALESCE($22, max_size_bytes),
+            spring_application = CASE WHEN $23 THEN $24 ELSE spring_application END,
+            spring_profile = CASE WHEN $23 THEN $25 ELSE spring_profile END
          WHERE id = $1",
         id,
         u.description,
@@ -302,6 +348,9 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
         u.apollo.flatten().map(|a| a.1),
         u.apollo.flatten().and_then(|a| a.2),
         u.max_size.map(|l| l as i64),
+        u.spring.is_some(),
+        u.spring.flatten().map(|b| b.0),
+        u.spring.flatten().and_then(|b| b.1),
     )
     .execute(&mut *conn)
     .await?;
@@ -337,7 +386,8 @@ pub(crate) async fn by_name<'e>(ex: impl PgExecutor<'e>, name: &str) -> Result<O
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
                   (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
                   t.restricted, t.anonymous_reports,
-                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!"
+                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
+                  t.spring_application, t.spring_profile
            FROM topics t WHERE t.name = $1"#,
         name
     )
@@ -365,7 +415,8 @@ pub(crate) async fn list<'e>(
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
                   (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
                   t.restricted, t.anonymous_reports,
-                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!"
+                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
+                  t.spring_application, t.spring_profile
            FROM topics t
            WHERE ($1::text IS NULL OR t.name ILIKE $1 OR t.description ILIKE $1 OR t.owner ILIKE $1)
              AND ($2::text IS NULL OR t.owner = $2)
@@ -397,7 +448,8 @@ pub(crate) async fn unused<'e>(
                   t.plans AS "plans: Json<BTreeMap<String, Plan>>", t.default_plan,
                   (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
                   t.restricted, t.anonymous_reports,
-                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!"
+                  t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
+                  t.spring_application, t.spring_profile
            FROM topics t
            WHERE t.last_polled_at IS NULL OR t.last_polled_at < $1
            ORDER BY t.last_polled_at NULLS FIRST, t.name OFFSET $2 LIMIT $3"#,
