@@ -230,7 +230,10 @@ async fn tokens_restricted_topics_and_who_may_bind(pool: sqlx::PgPool) {
     assert_eq!((status, names(&e)), (200, vec!["imprint:blue.cfg@1".to_owned()]));
 
     // Blue may not slip a source into red's application, nor into every application.
-    for binding in [json!({"application": "vault", "profile": "default"}), json!({"application": "application"})] {
+    for binding in [
+        json!({"application": "vault", "profile": "default"}),
+        json!({"application": "application", "profile": "blue"}),
+    ] {
         let r = app
             .req(Method::POST, "/api/v1/topics")
             .bearer_auth(&blue_ci)
