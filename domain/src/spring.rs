@@ -91,7 +91,7 @@ pub fn flatten(payload: &[u8]) -> Result<BTreeMap<String, Value>, SpringError> {
             yaml => {
                 return match crate::apollo::parse_properties(text) {
                     Ok(props) => Ok(props.into_iter().map(|(k, v)| (k, Value::String(v))).collect()),
-                    Err(e) => Err(SpringError::NotASource(match yaml {
+                    Err(crate::apollo::ConfigError::NotProperties(e)) => Err(SpringError::NotASource(match yaml {
                         Err(y) => format!("not JSON, not YAML ({y}) and not .properties ({e})"),
                         Ok(_) => format!("the YAML is not a mapping, and the text is not .properties ({e})"),
                     })),
