@@ -261,3 +261,15 @@ async fn tokens_restricted_topics_and_who_may_bind(pool: sqlx::PgPool) {
     let r = app.req(Method::GET, "/spring/blue-app/prod").bearer_auth(&prod).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn servers_that_require_tokens_to_poll_require_them_here(pool: sqlx::PgPool) {
+    let app = spawn_app_configured(pool.clone(), pool, |c| c.poll_auth_required = true).await;
+    app.create_topic_with(json!({"name": "open.cfg", "owner": "open", "spring": {"application": "open"}})).await;
+    app.publish_text("open.cfg", "k: v\n").await;
+    assert_error(get(&app, "/spring/open/default").await, 401, "unauthorized").await;
+    assert_error(get(&app, "/spring/open-default.yml").await, 401, "unauthorized").await;
+    let node = app.consumer_token("node", Some("open"), &[], &[]).await;
+    let r = app.req(Method::GET, "/spring/open/default").header("Authorization", basic(&node)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
