@@ -10,6 +10,7 @@ mod resolve;
 mod retention;
 mod rollout;
 mod selector;
+pub mod spring;
 mod stage_text;
 
 pub use diff::{diff_lines, render_payload, DiffLine, Rendered};

@@ -499,6 +499,20 @@ test("settings are saved, and bad settings refused", async ({ page, request }) =
   await ready(page);
   await expect(page.getByLabel(/Serve as an OpenFeature flag/)).toBeChecked();
   await expect(page.getByLabel("Flag key")).toHaveValue(`flag-${sfx}`);
+
+  // A Spring Cloud Config binding, with the hint for the team on Spring clients.
+  await page.goto(`/topics/${rt}/settings`);
+  await ready(page);
+  await page.getByLabel("Spring application").fill(`shop-${sfx}`);
+  await page.getByLabel("Spring profile").fill("prod");
+  await page.getByRole("button", { name: "Save settings" }).click();
+  await expect(page.getByRole("status").filter({ hasText: "Settings saved" })).toBeVisible();
+  await page.goto(`/topics/${rt}/settings`);
+  await expect(page.locator(".spring-hint")).toContainText("/spring");
+  await expect(page.locator(".spring-hint")).toContainText(`shop-${sfx}`);
+  const spring = await (await request.get(`/api/v1/topics/${rt}`)).json();
+  expect(spring.spring).toEqual({ application: `shop-${sfx}`, profile: "prod" });
+  expect(spring.apollo).toMatchObject({ app_id: `shop-${sfx}` });
 });
 
 test("the audit log shows who did what", async ({ page }) => {

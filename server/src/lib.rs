@@ -12,6 +12,7 @@ mod listener;
 mod live;
 pub mod ofrep;
 pub mod payload;
+pub mod spring;
 mod upload;
 
 use axum::extract::{MatchedPath, Request};
@@ -158,7 +159,11 @@ fn role_of(method: &axum::http::Method, path: &str) -> Option<&'static str> {
     if EVERYWHERE.contains(&path) {
         return None;
     }
-    if path.starts_with("/apollo/") || path.starts_with("/ofrep/") || path == "/api/v1/poll" {
+    if path.starts_with("/apollo/")
+        || path.starts_with("/ofrep/")
+        || path.starts_with("/spring/")
+        || path == "/api/v1/poll"
+    {
         return Some("api");
     }
     if path.starts_with("/api/") {

@@ -58,6 +58,10 @@ struct ServeArgs {
     /// of the object store.
     #[arg(long, env = "IMPRINT_REGISTER_AREA", default_value = imprint_service::DEFAULT_REGISTER_AREA)]
     register_area: String,
+    /// Spring Cloud Config requests: headers whose values become labels, as
+    /// `Header-Name=label,Other-Header=other` (e.g. `X-Imprint-Region=region`).
+    #[arg(long, env = "IMPRINT_SPRING_LABEL_HEADERS", default_value = "")]
+    spring_label_headers: String,
     /// `?redirect=true` downloads (and nothing else) answer 307 to a presigned S3 URL.
     #[arg(long, env = "IMPRINT_PRESIGN", default_value_t = false, action = clap::ArgAction::Set)]
     presign: bool,
@@ -308,6 +312,8 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
             imprint_service::check_register_area(&area).map_err(|e| format!("IMPRINT_REGISTER_AREA: {e}"))?;
             area
         },
+        spring_label_headers: imprint_service::spring::parse_label_headers(&args.spring_label_headers)
+            .map_err(|e| format!("IMPRINT_SPRING_LABEL_HEADERS: {e}"))?,
         ..Config::default()
     };
     let settings = Settings {

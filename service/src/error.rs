@@ -253,6 +253,8 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         "topics_apollo_binding" => conflict("another topic is bound to this Apollo app and namespace"),
         "topics_ofrep_complete" => invalid("an OpenFeature field needs a flag key"),
         "topics_ofrep_flag_key" => conflict("another topic is bound to this OpenFeature flag key"),
+        "topics_spring_complete" => invalid("a Spring binding with a profile names its application"),
+        "topics_spring_binding" => conflict("another topic is bound to this Spring application and profile"),
         "users_username_check" => invalid("not a valid username"),
         "teams_name_check" => invalid("not a valid team name"),
         "versions_topic_id_fkey" | "pins_topic_id_fkey" | "consumers_topic_id_fkey" | "snapshots_topic_id_fkey" => {

@@ -124,6 +124,10 @@ pub struct Config {
     pub max_consumers_per_topic: u64,
     /// How long an Apollo `/notifications/v2` is held before answering 304 (Apollo: 60 s).
     pub apollo_hold: Duration,
+    /// Request headers whose values become labels of Spring Cloud Config requests
+    /// (`IMPRINT_SPRING_LABEL_HEADERS`, e.g. `X-Imprint-Region=region`): (header name in
+    /// lower case, label key).
+    pub spring_label_headers: Vec<(String, String)>,
     /// Where payloads larger than a topic's inline limit go (`IMPRINT_OBJECT_STORE`).
     pub objects: crate::objects::Objects,
     /// How often the janitor applies retention and sweeps stray objects (`IMPRINT_JANITOR_SECS`).
@@ -156,6 +160,7 @@ impl Default for Config {
             max_long_polls_per_address: 1_000,
             max_consumers_per_topic: 100_000,
             apollo_hold: Duration::from_secs(60),
+            spring_label_headers: Vec::new(),
             objects: crate::objects::Objects::default(),
             janitor_every: Duration::from_secs(60),
             register_area: DEFAULT_REGISTER_AREA.to_owned(),

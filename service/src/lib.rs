@@ -34,6 +34,7 @@ pub mod relay;
 pub mod rollouts;
 pub mod serving;
 pub mod snapshots;
+pub mod spring;
 pub mod store;
 mod teams;
 mod throttle;

@@ -49,6 +49,9 @@ pub struct Topic {
     pub apollo: Option<ApolloBinding>,
     /// OpenFeature (OFREP) providers evaluate this topic as a flag (under `/ofrep/v1`).
     pub ofrep: Option<OfrepBinding>,
+    /// Unchanged Spring Cloud Config clients read this topic as a property source of this
+    /// application (and profile) under `/spring`.
+    pub spring: Option<SpringBinding>,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
 }
@@ -343,4 +346,15 @@ pub struct OfrepBindingInput {
     pub flag_key: Option<String>,
     #[serde(default)]
     pub field: Option<String>,
+}
+
+/// How Spring Cloud Config clients address a topic: a property source of `application`
+/// (`application`: of every application, as Spring's `application.yml`) for `profile`
+/// (absent: every profile, as `{application}.yml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpringBinding {
+    pub application: String,
+    #[serde(default)]
+    pub profile: Option<String>,
 }

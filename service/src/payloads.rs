@@ -26,7 +26,7 @@ const UPLOAD_GRACE: chrono::Duration = chrono::Duration::hours(1);
 /// What a payload may weigh on this topic, and whether it must be kept in memory for
 /// validation (JSON Schema or Apollo binding: then at most `MAX_VALIDATED_BYTES`).
 fn limits(t: &store::topics::TopicRef) -> (u64, bool) {
-    let keep = t.json_schema.is_some() || t.apollo_namespace.is_some();
+    let keep = t.json_schema.is_some() || t.apollo_namespace.is_some() || t.spring_application.is_some();
     let max = t.max_size as u64;
     (if keep { max.min(MAX_VALIDATED_BYTES) } else { max }, keep)
 }

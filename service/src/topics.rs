@@ -2,7 +2,7 @@
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
-use crate::model::{ApolloBindingInput, OfrepBindingInput, Page, Retention, Topic};
+use crate::model::{ApolloBindingInput, OfrepBindingInput, Page, Retention, SpringBinding, Topic};
 use crate::{cursor, store};
 use imprint_domain::{Plan, TopicName};
 use serde::Deserialize;
@@ -53,6 +53,10 @@ pub struct NewTopic {
     /// after the topic; `{"flag_key": "…", "field": "…"}` picks a key and a payload field.
     #[serde(default)]
     pub ofrep: Option<OfrepBindingInput>,
+    /// Serve the topic to unchanged Spring Cloud Config clients as a property source of
+    /// this application (and profile).
+    #[serde(default)]
+    pub spring: Option<SpringBinding>,
 }
 
 /// Settings to change; absent fields stay as they are, `null` clears the optional ones.
@@ -92,6 +96,9 @@ pub struct TopicPatch {
     /// `null` removes the OpenFeature binding.
     #[serde(default, deserialize_with = "double_option")]
     pub ofrep: Option<Option<OfrepBindingInput>>,
+    /// `null` removes the Spring binding.
+    #[serde(default, deserialize_with = "double_option")]
+    pub spring: Option<Option<SpringBinding>>,
 }
 
 /// For `#[serde(default, deserialize_with = "double_option")]` on an `Option<Option<T>>`:
@@ -232,6 +239,49 @@ async fn check_apollo_app(
     Ok(())
 }
 
+/// A Spring binding, normalised (names trimmed and checked).
+fn check_spring(b: &SpringBinding) -> Result<(String, Option<String>)> {
+    use imprint_domain::spring::check_name;
+    let application = b.application.trim();
+    check_name("spring.application", application).map_err(|e| Error::invalid(e.to_string()))?;
+    let profile = b.profile.as_deref().map(str::trim);
+    if let Some(p) = profile {
+        check_name("spring.profile", p).map_err(|e| Error::invalid(e.to_string()))?;
+    }
+    Ok((application.to_owned(), profile.map(str::to_owned)))
+}
+
+/// A Spring application belongs to one team, as an Apollo app does: binding a topic to an
+/// application another team's topic is bound to is refused unless an administrator does
+/// it (a team must not slip a property source into another team's applications). The
+/// shared application `application` reaches every application: only administrators bind
+/// topics to it. Checked after the write, in its transaction, when the binding or the
+/// owner changed.
+async fn check_spring_app(
+    conn: &mut sqlx::PgConnection,
+    caller: &Caller,
+    id: i64,
+    before: Option<&(Option<String>, String)>,
+) -> Result<()> {
+    let after = store::topics::spring_app(conn, id).await?;
+    let (Some(app), owner) = &after else { return Ok(()) };
+    if before == Some(&after) || caller.is_admin() {
+        return Ok(());
+    }
+    if app == imprint_domain::spring::SHARED_APPLICATION {
+        return Err(Error::Forbidden(
+            "Spring application \"application\" is shared by every application: only an administrator binds topics to it"
+                .into(),
+        ));
+    }
+    if store::topics::spring_app_other_team(conn, app, id, owner).await?.is_some() {
+        return Err(Error::Forbidden(format!(
+            "Spring application {app:?} belongs to another team (its topics are bound to it); an administrator may share it"
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_content_type(ct: &str) -> Result<()> {
     let ok = ct.len() <= 255 && ct.contains('/') && ct.chars().all(|c| c.is_ascii_graphic() || c == ' ');
     if !ok {
@@ -281,6 +331,7 @@ impl Imprint {
         check_plans(&plans, input.default_plan.as_deref())?;
         let apollo = input.apollo.as_ref().map(check_apollo).transpose()?;
         let ofrep = input.ofrep.as_ref().map(|o| check_ofrep(o, name.as_str())).transpose()?;
+        let spring = input.spring.as_ref().map(check_spring).transpose()?;
         let who = caller.who();
         let now = self.now();
         let mut tx = self.pool().begin().await?;
@@ -299,6 +350,7 @@ impl Imprint {
             anonymous_reports: input.anonymous_reports.unwrap_or(false),
             apollo: apollo.as_ref().map(|(a, n, s)| (a.as_str(), n.as_str(), s.as_deref().filter(|s| !s.is_empty()))),
             ofrep: ofrep.as_ref().map(|(k, f)| (k.as_str(), f.as_deref())),
+            spring: spring.as_ref().map(|(a, p)| (a.as_str(), p.as_deref())),
             created_by: &who,
             at: now,
         };
@@ -306,6 +358,7 @@ impl Imprint {
             return Err(Error::TopicExists(name.to_string()));
         };
         check_apollo_app(&mut tx, caller, id, None).await?;
+        check_spring_app(&mut tx, caller, id, None).await?;
         let settings = store::topics::settings_json(&mut tx, id).await?;
         store::audit(&mut tx, now, &who, "topic.create", Some(name.as_str()), settings).await?;
         store::notify(&mut tx, id).await?;
@@ -386,6 +439,7 @@ impl Imprint {
         caller.require_write(&t.name, &t.owner)?;
         let before = store::topics::settings_json(&mut tx, t.id).await?;
         let app_before = store::topics::apollo_app(&mut tx, t.id).await?;
+        let spring_before = store::topics::spring_app(&mut tx, t.id).await?;
         if let Some(d) = &patch.description {
             check_text("description", d, 4096)?;
         }
@@ -419,6 +473,11 @@ impl Imprint {
             Some(None) => Some(None),
             Some(Some(o)) => Some(Some(check_ofrep(o, &t.name)?)),
         };
+        let spring = match &patch.spring {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(b)) => Some(Some(check_spring(b)?)),
+        };
         if patch.plans.is_some() || patch.default_plan.is_some() {
             let (current_plans, current_default) = store::topics::plans(&mut tx, t.id).await?;
             let plans = patch.plans.clone().unwrap_or(current_plans);
@@ -439,10 +498,12 @@ impl Imprint {
             anonymous_reports: patch.anonymous_reports,
             apollo: apollo.as_ref().map(|b| b.as_ref().map(|(a, n, s)| (a.as_str(), n.as_str(), s.as_deref()))),
             ofrep: ofrep.as_ref().map(|b| b.as_ref().map(|(k, f)| (k.as_str(), f.as_deref()))),
+            spring: spring.as_ref().map(|b| b.as_ref().map(|(a, p)| (a.as_str(), p.as_deref()))),
             at: self.now(),
         };
         store::topics::update(&mut tx, t.id, update).await?;
         check_apollo_app(&mut tx, caller, t.id, Some(&app_before)).await?;
+        check_spring_app(&mut tx, caller, t.id, Some(&spring_before)).await?;
         let after = store::topics::settings_json(&mut tx, t.id).await?;
         let mut changed = changes(&before, &after);
         // A new Apollo secret is noted as set, never shown (nor any hash of it).

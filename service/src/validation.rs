@@ -1,6 +1,6 @@
 //! What a topic's payloads must satisfy before a version of them commits: its JSON Schema
 //! (compiled once per topic and schema) and, for a topic bound to Apollo, a properties
-//! namespace Apollo clients can read.
+//! namespace Apollo clients can read; for a topic bound to Spring, a property source.
 use crate::error::{Error, Result};
 use crate::store;
 use sha2::{Digest, Sha256};
@@ -14,23 +14,26 @@ pub(crate) struct Validation {
     topic: String,
     schema: Option<(String, Arc<jsonschema::Validator>)>,
     apollo_namespace: Option<String>,
+    /// Bound to a Spring application: payloads must be property sources.
+    spring: bool,
 }
 
 impl Validation {
     pub(crate) fn of(t: &store::topics::TopicRef) -> Result<Option<Validation>> {
-        if t.json_schema.is_none() && t.apollo_namespace.is_none() {
+        if t.json_schema.is_none() && t.apollo_namespace.is_none() && t.spring_application.is_none() {
             return Ok(None);
         }
         Ok(Some(Validation {
             topic: t.name.clone(),
             schema: t.json_schema.as_ref().map(|s| compiled(t.id, s)).transpose()?,
             apollo_namespace: t.apollo_namespace.clone(),
+            spring: t.spring_application.is_some(),
         }))
     }
 
     /// Equal keys: the same rules (schema by its hash).
-    pub(crate) fn key(&self) -> (Option<&str>, Option<&str>) {
-        (self.schema.as_ref().map(|(h, _)| h.as_str()), self.apollo_namespace.as_deref())
+    pub(crate) fn key(&self) -> (Option<&str>, Option<&str>, bool) {
+        (self.schema.as_ref().map(|(h, _)| h.as_str()), self.apollo_namespace.as_deref(), self.spring)
     }
 
     pub(crate) fn validate(&self, bytes: &[u8]) -> Result<()> {
@@ -42,6 +45,11 @@ impl Validation {
             imprint_domain::apollo::configurations(ns, bytes).map_err(|e| {
                 Error::SchemaViolation(format!("{} is bound to Apollo namespace {ns:?}: {e}", self.topic))
             })?;
+        }
+        if self.spring {
+            // Spring clients read a property source: JSON, YAML or .properties mappings.
+            imprint_domain::spring::flatten(bytes)
+                .map_err(|e| Error::SchemaViolation(format!("{} is bound to a Spring application: {e}", self.topic)))?;
         }
         Ok(())
     }

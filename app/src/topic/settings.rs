@@ -1,6 +1,6 @@
 //! Topic settings: description, owner, retention, inline limit, content type, JSON
-//! Schema, rollout plans, restricted access, whose reports gates trust, and the Apollo and
-//! OpenFeature bindings.
+//! Schema, rollout plans, restricted access, whose reports gates trust, and the Apollo,
+//! OpenFeature and Spring Cloud Config bindings.
 use super::{TopicHead, TopicHeader};
 use crate::common::{error_text, ActionResult};
 use leptos::form::ActionForm;
@@ -35,6 +35,10 @@ pub struct Settings {
     pub ofrep: bool,
     pub ofrep_flag_key: String,
     pub ofrep_field: String,
+    pub spring_application: String,
+    pub spring_profile: String,
+    /// Where Spring Cloud Config clients point their config server URI (this server + `/spring`).
+    pub spring_url: String,
     pub teams: Vec<String>,
 }
 
@@ -71,24 +75,28 @@ pub async fn load_settings(name: String) -> Result<Settings, ServerFnError> {
         apollo_app_id: t.apollo.as_ref().map(|a| a.app_id.clone()).unwrap_or_default(),
         apollo_namespace: t.apollo.as_ref().map(|a| a.namespace.clone()).unwrap_or_default(),
         apollo_secret_set: t.apollo.as_ref().is_some_and(|a| a.secret_set),
-        apollo_url: apollo_url(),
         ofrep: t.ofrep.is_some(),
         ofrep_flag_key: t.ofrep.as_ref().map(|o| o.flag_key.clone()).unwrap_or_default(),
         ofrep_field: t.ofrep.as_ref().and_then(|o| o.field.clone()).unwrap_or_default(),
+        apollo_url: server_url("apollo"),
+        spring_application: t.spring.as_ref().map(|b| b.application.clone()).unwrap_or_default(),
+        spring_profile: t.spring.as_ref().and_then(|b| b.profile.clone()).unwrap_or_default(),
+        spring_url: server_url("spring"),
         teams,
     })
 }
 
-/// This server's Apollo config-service URL, as the browser reached it.
+/// This server's URL under `/{under}` (Apollo's config service, Spring's config server),
+/// as the browser reached it.
 #[cfg(feature = "ssr")]
-fn apollo_url() -> String {
+fn server_url(under: &str) -> String {
     let host = use_context::<http::request::Parts>()
         .and_then(|p| {
             let h = p.headers.get("x-forwarded-host").or_else(|| p.headers.get(http::header::HOST))?;
             h.to_str().ok().map(str::to_owned)
         })
         .unwrap_or_else(|| "imprint:3000".into());
-    format!("http://{host}/apollo")
+    format!("http://{host}/{under}")
 }
 
 #[server(prefix = "/console/fn")]
@@ -114,6 +122,8 @@ pub async fn save_settings(
     ofrep: Option<String>,
     ofrep_flag_key: Option<String>,
     ofrep_field: Option<String>,
+    spring_application: Option<String>,
+    spring_profile: Option<String>,
 ) -> Result<(), ServerFnError> {
     use crate::ssr::{finish, imprint, require_user, topic_name};
     use imprint_service::model::Retention;
@@ -179,6 +189,18 @@ pub async fn save_settings(
                 }))
             } else {
                 Some(None)
+            },
+            spring: {
+                let app = spring_application.as_deref().map(str::trim).unwrap_or("");
+                let profile = spring_profile.as_deref().map(str::trim).filter(|p| !p.is_empty());
+                if app.is_empty() && profile.is_none() {
+                    Some(None)
+                } else {
+                    Some(Some(imprint_service::model::SpringBinding {
+                        application: app.to_owned(),
+                        profile: profile.map(str::to_owned),
+                    }))
+                }
             },
         })
     })();
@@ -263,6 +285,17 @@ pub fn SettingsPage() -> impl IntoView {
                                     <label>"Flag key" <input type="text" name="ofrep_flag_key" placeholder={s.head.name.clone()} value=s.ofrep_flag_key.clone()/></label>
                                     <label>"Payload field (optional)" <input type="text" name="ofrep_field" placeholder="the whole payload" value=s.ofrep_field.clone()/></label>
                                 </div>
+                            </fieldset>
+                            <fieldset class="stack" id="spring">
+                                <legend>"Spring Cloud Config clients"</legend>
+                                <p class="muted">"Unchanged Spring Cloud Config clients read this topic as a property source of an application (application \"application\": of every application; no profile: of every profile). Their profile is the label profile, so scopes, pins and rollouts reach them as they reach native consumers. Leave both empty for none."</p>
+                                <div class="row">
+                                    <label>"Spring application" <input type="text" name="spring_application" value=s.spring_application.clone()/></label>
+                                    <label>"Spring profile" <input type="text" name="spring_profile" placeholder="every profile" value=s.spring_profile.clone()/></label>
+                                </div>
+                                {(!s.spring_application.is_empty()).then(|| view! {
+                                    <p class="hint spring-hint">"Connect a Spring Cloud Config client: config server URI "<code>{s.spring_url.clone()}</code>", spring.application.name "<code>{s.spring_application.clone()}</code>{(!s.spring_profile.is_empty()).then(|| view! { ", profile "<code>{s.spring_profile.clone()}</code> })}"; a token goes in as the password."</p>
+                                })}
                             </fieldset>
                             <button type="submit">"Save settings"</button>
                         </ActionForm>

@@ -32,6 +32,8 @@ pub fn routes_and_doc() -> (axum::Router<Imprint>, utoipa::openapi::OpenApi) {
         .merge(doc::routes())
         // OpenFeature's protocol (`/ofrep/v1`, server/src/ofrep.rs) is documented here too.
         .merge(crate::ofrep::routes())
+        // Spring Cloud Config's protocol (server/src/spring.rs), documented here too.
+        .merge(crate::spring::routes())
         .split_for_parts();
     let router = router
         .route("/api/v1/{*rest}", axum::routing::any(api_not_found))

@@ -16,5 +16,6 @@ mod relay;
 mod resilience;
 mod rollouts;
 mod security;
+mod spring;
 mod topics;
 mod trust;

@@ -1,7 +1,7 @@
 //! Reading from Postgres what the serving state holds: each topic's present (best live
 //! version per selector, active pins) with its servable versions and small payloads, and
 //! the resolution histories of a snapshot.
-use super::served::{ApolloServed, OfrepServed, ServedVersion, ServingTopic, INLINE_POLL_BYTES};
+use super::served::{ApolloServed, OfrepServed, ServedVersion, ServingTopic, SpringServed, INLINE_POLL_BYTES};
 use crate::store;
 use bytes::Bytes;
 use imprint_domain::{CurrentIndex, PinEntry, ScopeEntry, Selector, TopicHistory, TopicName, VersionEntry};
@@ -122,6 +122,7 @@ pub(super) async fn load(
             restricted: t.restricted,
             apollo,
             ofrep: t.ofrep_flag_key.map(|flag_key| OfrepServed { flag_key, field: t.ofrep_field }),
+            spring: t.spring_application.map(|application| SpringServed { application, profile: t.spring_profile }),
             has_live: t.has_live,
             index,
             served,

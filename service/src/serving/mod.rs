@@ -21,5 +21,5 @@ mod waiters;
 pub use crate::store::CHANGE_CHANNEL;
 pub use follow::follow_changes;
 pub(crate) use load::histories;
-pub use served::{ApolloServed, OfrepServed, ServedVersion, ServingTopic, INLINE_POLL_BYTES};
+pub use served::{ApolloServed, OfrepServed, ServedVersion, ServingTopic, SpringServed, INLINE_POLL_BYTES};
 pub use state::{ServingState, Waiter};

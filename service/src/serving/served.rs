@@ -100,6 +100,8 @@ pub struct ServingTopic {
     pub apollo: Option<ApolloServed>,
     /// How OpenFeature (OFREP) providers address it, if they do.
     pub ofrep: Option<OfrepServed>,
+    /// The Spring application and profile it is a property source of, if it is one.
+    pub spring: Option<SpringServed>,
     /// Some version is not purged (Apollo notifies only topics with a release).
     pub has_live: bool,
     pub index: CurrentIndex,
@@ -113,6 +115,13 @@ pub struct OfrepServed {
     pub flag_key: String,
     /// The payload's top-level field that is the flag's value (None: the whole payload).
     pub field: Option<String>,
+}
+
+/// A topic's Spring binding: application, and profile (`None`: every profile).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpringServed {
+    pub application: String,
+    pub profile: Option<String>,
 }
 
 /// A topic's Apollo binding, as the `/apollo` endpoint needs it.

@@ -84,6 +84,8 @@ pub struct ServingState {
     apollo: RwLock<HashMap<(String, String), String>>,
     /// OpenFeature flag key → topic name.
     ofrep: RwLock<HashMap<String, String>>,
+    /// Spring application → the names of the topics bound to it.
+    spring: RwLock<HashMap<String, Vec<String>>>,
     loaded_once: watch::Sender<bool>,
     /// Every change, by topic name, for the console's live pages: serving changes
     /// (publishes, scopes, pins, rollout stages) and consumer reports written.
@@ -102,6 +104,7 @@ impl Default for ServingState {
             applied: std::sync::atomic::AtomicU64::new(0),
             apollo: RwLock::new(HashMap::new()),
             ofrep: RwLock::new(HashMap::new()),
+            spring: RwLock::new(HashMap::new()),
             loaded_once: watch::channel(false).0,
             changes: tokio::sync::broadcast::channel(256).0,
         }
@@ -134,6 +137,12 @@ impl ServingState {
         out.sort_by(|a, b| a.ofrep.as_ref().map(|o| &o.flag_key).cmp(&b.ofrep.as_ref().map(|o| &o.flag_key)));
         out.dedup_by_key(|t| t.id);
         out
+    }
+
+    /// The topics bound to a Spring application (any profile), by name.
+    pub fn spring_topics(&self, application: &str) -> Vec<Arc<ServingTopic>> {
+        let names = self.spring.read().unwrap_or_else(|e| e.into_inner()).get(application).cloned().unwrap_or_default();
+        names.iter().filter_map(|n| self.get(n)).collect()
     }
 
     /// Every loaded topic (a snapshot of the map: changes after the call are not seen).
@@ -314,6 +323,18 @@ impl ServingState {
                     flags.insert(o.flag_key, name.clone());
                 }
             }
+            drop(flags);
+            // So does the Spring index.
+            let mut spring = self.spring.write().unwrap_or_else(|e| e.into_inner());
+            for names in spring.values_mut() {
+                names.retain(|n| !changed_set.contains(n));
+            }
+            spring.retain(|_, names| !names.is_empty());
+            for name in &changed {
+                if let Some(b) = map.get(name).and_then(|t| t.spring.as_ref()) {
+                    spring.entry(b.application.clone()).or_default().push(name.clone());
+                }
+            }
         }
         if full {
             self.loaded_once.send_replace(true);
@@ -347,6 +368,7 @@ impl ServingState {
                 restricted: old.restricted,
                 apollo: old.apollo.clone(),
                 ofrep: old.ofrep.clone(),
+                spring: old.spring.clone(),
                 has_live: true,
                 index,
                 served,

@@ -51,6 +51,8 @@ pub(crate) struct CurrentTopicRow {
     pub apollo_secret: Option<String>,
     pub ofrep_flag_key: Option<String>,
     pub ofrep_field: Option<String>,
+    pub spring_application: Option<String>,
+    pub spring_profile: Option<String>,
     /// Some version is not purged.
     pub has_live: bool,
 }
@@ -74,6 +76,7 @@ pub(crate) async fn current(conn: &mut PgConnection, ids: Option<&[i64]>) -> Res
         CurrentTopicRow,
         r#"SELECT t.id, t.name, t.change_seq, t.owner, t.restricted, t.apollo_app_id, t.apollo_namespace, t.apollo_secret,
                   t.ofrep_flag_key, t.ofrep_field,
+                  t.spring_application, t.spring_profile,
                   EXISTS (SELECT 1 FROM versions v WHERE v.topic_id = t.id AND v.purged_at IS NULL) AS "has_live!"
            FROM topics t WHERE ($1::bigint[] IS NULL OR t.id = ANY($1))"#,
         ids as _

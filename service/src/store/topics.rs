@@ -36,6 +36,8 @@ pub(crate) struct TopicRow {
     pub apollo_secret_set: bool,
     pub ofrep_flag_key: Option<String>,
     pub ofrep_field: Option<String>,
+    pub spring_application: Option<String>,
+    pub spring_profile: Option<String>,
 }
 
 impl From<TopicRow> for Topic {
@@ -71,6 +73,9 @@ impl From<TopicRow> for Topic {
                 _ => None,
             },
             ofrep: r.ofrep_flag_key.map(|flag_key| crate::model::OfrepBinding { flag_key, field: r.ofrep_field }),
+            spring: r
+                .spring_application
+                .map(|application| crate::model::SpringBinding { application, profile: r.spring_profile }),
         }
     }
 }
@@ -89,6 +94,7 @@ pub(crate) struct TopicRef {
     pub restricted: bool,
     pub anonymous_reports: bool,
     pub apollo_namespace: Option<String>,
+    pub spring_application: Option<String>,
 }
 
 /// The settings of a topic by name; with `lock`, its row is locked until the transaction
@@ -98,7 +104,7 @@ pub(crate) async fn topic_ref(conn: &mut PgConnection, name: &str, lock: bool) -
         sqlx::query_as!(
             TopicRef,
             r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, max_size_bytes AS max_size, content_type, json_schema, default_plan,
-                      latest_version, restricted, anonymous_reports, apollo_namespace
+                      latest_version, restricted, anonymous_reports, apollo_namespace, spring_application
                FROM topics WHERE name = $1 FOR UPDATE"#,
             name
         )
@@ -108,7 +114,7 @@ pub(crate) async fn topic_ref(conn: &mut PgConnection, name: &str, lock: bool) -
         sqlx::query_as!(
             TopicRef,
             r#"SELECT id, name, owner, inline_limit_bytes AS inline_limit, max_size_bytes AS max_size, content_type, json_schema, default_plan,
-                      latest_version, restricted, anonymous_reports, apollo_namespace
+                      latest_version, restricted, anonymous_reports, apollo_namespace, spring_application
                FROM topics WHERE name = $1"#,
             name
         )
@@ -135,6 +141,8 @@ pub(crate) struct NewTopicRow<'a> {
     pub apollo: Option<(&'a str, &'a str, Option<&'a str>)>,
     /// (flag key, field)
     pub ofrep: Option<(&'a str, Option<&'a str>)>,
+    /// (application, profile)
+    pub spring: Option<(&'a str, Option<&'a str>)>,
     pub created_by: &'a str,
     pub at: DateTime<Utc>,
 }
@@ -147,8 +155,8 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Resul
                              inline_limit_bytes, content_type, json_schema, created_by, plans, default_plan,
                              created_at, updated_at, restricted, anonymous_reports,
                              apollo_app_id, apollo_namespace, apollo_secret, max_size_bytes,
-                             ofrep_flag_key, ofrep_field)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                             ofrep_flag_key, ofrep_field, spring_application, spring_profile)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
          ON CONFLICT (name) DO NOTHING RETURNING id",
         t.name,
         t.description,
@@ -170,6 +178,8 @@ pub(crate) async fn insert(conn: &mut PgConnection, t: NewTopicRow<'_>) -> Resul
         t.max_size as i64,
         t.ofrep.map(|o| o.0),
         t.ofrep.and_then(|o| o.1),
+        t.spring.map(|b| b.0),
+        t.spring.and_then(|b| b.1),
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -191,7 +201,9 @@ pub(crate) async fn settings_json(conn: &mut PgConnection, id: i64) -> Result<se
                 -- secret is noted by the update that sets it)
                 'secret_set', apollo_secret IS NOT NULL) END,
             'ofrep', CASE WHEN ofrep_flag_key IS NULL THEN NULL ELSE jsonb_build_object(
-                'flag_key', ofrep_flag_key, 'field', ofrep_field) END) AS "settings!"
+                'flag_key', ofrep_flag_key, 'field', ofrep_field) END,
+            'spring', CASE WHEN spring_application IS NULL THEN NULL ELSE jsonb_build_object(
+                'application', spring_application, 'profile', spring_profile) END) AS "settings!"
          FROM topics WHERE id = $1"#,
         id
     )
@@ -229,6 +241,35 @@ pub(crate) async fn apollo_app_other_team(
     Ok(other)
 }
 
+/// A topic's Spring application (if bound) and owner.
+pub(crate) async fn spring_app(conn: &mut PgConnection, id: i64) -> Result<(Option<String>, String)> {
+    let r =
+        sqlx::query!("SELECT spring_application, owner FROM topics WHERE id = $1", id).fetch_one(&mut *conn).await?;
+    Ok((r.spring_application, r.owner))
+}
+
+/// Another team than `owner` with a topic bound to Spring application `app` (other than
+/// topic `id`), if any, under a transaction-level lock on the application (two teams
+/// binding it at once are checked one after the other).
+pub(crate) async fn spring_app_other_team(
+    conn: &mut PgConnection,
+    app: &str,
+    id: i64,
+    owner: &str,
+) -> Result<Option<String>> {
+    sqlx::query!("SELECT pg_advisory_xact_lock(hashtextextended('imprint.spring_app:' || $1, 0))", app)
+        .execute(&mut *conn)
+        .await?;
+    Ok(sqlx::query_scalar!(
+        "SELECT owner FROM topics WHERE spring_application = $1 AND id <> $2 AND owner <> $3 ORDER BY id LIMIT 1",
+        app,
+        id,
+        owner
+    )
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
 /// A topic's named plans and its default plan.
 pub(crate) async fn plans(conn: &mut PgConnection, id: i64) -> Result<(BTreeMap<String, Plan>, Option<String>)> {
     let r = sqlx::query!(
@@ -264,6 +305,8 @@ pub(crate) struct TopicUpdate<'a> {
     pub apollo: Option<Option<(&'a str, &'a str, Option<&'a str>)>>,
     /// `Some(None)` removes the binding; `Some(Some((flag key, field)))` sets it.
     pub ofrep: Option<Option<(&'a str, Option<&'a str>)>>,
+    /// `Some(None)` removes the Spring binding; `Some(Some((application, profile)))` sets it.
+    pub spring: Option<Option<(&'a str, Option<&'a str>)>>,
     pub at: DateTime<Utc>,
 }
 
@@ -292,7 +335,9 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
                                  ELSE NULLIF($21, '') END,
             max_size_bytes = COALESCE($22, max_size_bytes),
             ofrep_flag_key = CASE WHEN $23 THEN $24 ELSE ofrep_flag_key END,
-            ofrep_field = CASE WHEN $23 THEN $25 ELSE ofrep_field END
+            ofrep_field = CASE WHEN $23 THEN $25 ELSE ofrep_field END,
+            spring_application = CASE WHEN $26 THEN $27 ELSE spring_application END,
+            spring_profile = CASE WHEN $26 THEN $28 ELSE spring_profile END
          WHERE id = $1",
         id,
         u.description,
@@ -319,6 +364,9 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
         u.ofrep.is_some(),
         u.ofrep.flatten().map(|o| o.0),
         u.ofrep.flatten().and_then(|o| o.1),
+        u.spring.is_some(),
+        u.spring.flatten().map(|b| b.0),
+        u.spring.flatten().and_then(|b| b.1),
     )
     .execute(&mut *conn)
     .await?;
@@ -355,7 +403,8 @@ pub(crate) async fn by_name<'e>(ex: impl PgExecutor<'e>, name: &str) -> Result<O
                   (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
                   t.restricted, t.anonymous_reports,
                   t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
-                  t.ofrep_flag_key, t.ofrep_field
+                  t.ofrep_flag_key, t.ofrep_field,
+                  t.spring_application, t.spring_profile
            FROM topics t WHERE t.name = $1"#,
         name
     )
@@ -384,7 +433,8 @@ pub(crate) async fn list<'e>(
                   (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
                   t.restricted, t.anonymous_reports,
                   t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
-                  t.ofrep_flag_key, t.ofrep_field
+                  t.ofrep_flag_key, t.ofrep_field,
+                  t.spring_application, t.spring_profile
            FROM topics t
            WHERE ($1::text IS NULL OR t.name ILIKE $1 OR t.description ILIKE $1 OR t.owner ILIKE $1)
              AND ($2::text IS NULL OR t.owner = $2)
@@ -417,7 +467,8 @@ pub(crate) async fn unused<'e>(
                   (SELECT count(*) FROM consumers c WHERE c.topic_id = t.id) AS "consumers!", t.last_polled_at AS "last_polled_at: DateTime<Utc>",
                   t.restricted, t.anonymous_reports,
                   t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
-                  t.ofrep_flag_key, t.ofrep_field
+                  t.ofrep_flag_key, t.ofrep_field,
+                  t.spring_application, t.spring_profile
            FROM topics t
            WHERE t.last_polled_at IS NULL OR t.last_polled_at < $1
            ORDER BY t.last_polled_at NULLS FIRST, t.name OFFSET $2 LIMIT $3"#,
