@@ -246,12 +246,17 @@ async fn bad_input_gets_the_right_status_and_changes_nothing(pool: sqlx::PgPool)
     };
     let p = publish(&mut c, admin, h, payload.clone()).await.unwrap();
     assert_eq!((p.version, p.sha256.as_str(), p.size), (1, sha.as_str(), payload.len() as u64));
-    assert_eq!(p.scopes.iter().map(|s| s.selector.as_str()).collect::<Vec<_>>(), [""], "everyone");
+    assert_eq!(p.scopes.iter().map(|s| s.selector.as_str()).collect::<Vec<_>>(), ["*"], "everyone");
     let (status, http) = app.get_json("/api/v1/topics/cfg/versions/1").await;
     assert_eq!(status, 200);
     assert_eq!((http["message"].as_str(), http["metadata"]["git"].as_str()), (Some("first"), Some("abc")));
-    let h = pb::PublishHeader { size: 99, ..header("cfg") };
-    assert!(publish(&mut c, admin, h, payload).await.is_err(), "a payload of another size than announced fails");
+    // A payload of another size than its header announced, shorter or longer.
+    for size in [99, 3] {
+        let h = pb::PublishHeader { size, ..header("cfg") };
+        let s = publish(&mut c, admin, h, payload.clone()).await.unwrap_err();
+        assert_status(&s, Code::InvalidArgument, "invalid_request");
+        assert!(s.message().contains("announced"), "{s:?}");
+    }
     assert_eq!(app.versions_in_db("cfg").await, 1);
 
     // Poll and Watch: bad consumers and waits are refused as over HTTP.
@@ -473,7 +478,9 @@ async fn reads_answer_as_the_http_api(pool: sqlx::PgPool) {
     for i in 1..=3 {
         app.publish_text("cfg", &format!("v{i}")).await;
     }
-    app.post_json("/api/v1/topics/cfg/pins", &json!({"selector": {"region": "eu"}, "version": 2})).await;
+    let pin = json!({"selector": {"region": "eu"}, "version": 2});
+    let (status, body) = app.admin(reqwest::Method::PUT, "/api/v1/topics/cfg/pins").json(&pin).send_json().await;
+    assert!((200..300).contains(&status), "pin: {status} {body}");
     let mut c = client(&app).await;
     let eu = HashMap::from([("region".to_string(), "eu".to_string())]);
     let r = c.resolve(Request::new(pb::ResolveRequest { topic: "cfg".into(), labels: eu.clone() })).await.unwrap();
@@ -544,17 +551,18 @@ async fn health_and_reflection_are_served(pool: sqlx::PgPool) {
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn roles_gate_the_calls(pool: sqlx::PgPool) {
-    let api_only = spawn_app_configured(pool.clone(), pool.clone(), |c| c.roles.publish = false).await;
-    api_only.create_topic_with(json!({"name": "t", "owner": "payments"})).await;
+    let publish_only = spawn_app_configured(pool.clone(), pool.clone(), |c| c.roles.api = false).await;
+    publish_only.create_topic("t").await;
+    let api_only = spawn_app_configured(pool.clone(), pool, |c| c.roles.publish = false).await;
     let mut c = client(&api_only).await;
     let s = publish(&mut c, ADMIN_TOKEN, header("t"), b"x".to_vec()).await.unwrap_err();
     assert_status(&s, Code::NotFound, "not_found");
     assert!(s.message().contains("publish role"), "{s:?}");
-    let publish_only = spawn_app_configured(pool.clone(), pool, |c| c.roles.api = false).await;
     let mut c = client(&publish_only).await;
     let poll = pb::PollRequest { consumer: consumer("n", &[]), topics: topics(&[("t", 0)]), ..Default::default() };
     let s = c.poll(Request::new(poll)).await.unwrap_err();
     assert_status(&s, Code::NotFound, "not_found");
+    assert!(s.message().contains("api role"), "{s:?}");
     let p = publish(&mut c, ADMIN_TOKEN, header("t"), b"x".to_vec()).await.unwrap();
     assert_eq!(p.version, 1);
     // Reads are served by publish servers too.

@@ -10,6 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use imprint_domain::Selector;
 use imprint_service::payloads::PayloadBody;
 use imprint_service::{BodyStream, Caller, Error, Imprint, Payload, PlanChoice, PublishInput, RolloutRequest};
+use std::sync::{Arc, Mutex};
 use tonic::{Status, Streaming};
 
 pub type DownloadStream = BoxStream<'static, Result<pb::DownloadResponse, Status>>;
@@ -39,22 +40,44 @@ fn publish_input(h: pb::PublishHeader, body: BodyStream) -> Result<PublishInput,
 }
 
 /// The chunks after the header, as the body the service's publish reads; anything but a
-/// chunk, or a chunk over the limit, breaks the body off (nothing is stored).
-fn chunks(inbound: Streaming<pb::PublishRequest>) -> BodyStream {
-    inbound
-        .map(|m| match m {
-            Ok(pb::PublishRequest { kind: Some(pb::publish_request::Kind::Chunk(c)) })
-                if c.len() <= MAX_CHUNK_BYTES =>
-            {
-                Ok(c)
+/// chunk, a chunk over the limit, or a payload of another size than `announced` (0: not
+/// announced) breaks the body off (nothing is stored). A transport failure of the call (an
+/// oversized message, a reset) is kept in `broke`: the publish then answers with it rather
+/// than with the body's error.
+fn chunks(inbound: Streaming<pb::PublishRequest>, announced: u64, broke: Arc<Mutex<Option<Status>>>) -> BodyStream {
+    let other = |m: String| std::io::Error::other(m);
+    futures::stream::unfold((inbound, 0u64, false), move |(mut inbound, seen, done)| {
+        let broke = broke.clone();
+        async move {
+            if done {
+                return None;
             }
-            Ok(pb::PublishRequest { kind: Some(pb::publish_request::Kind::Chunk(c)) }) => Err(std::io::Error::other(
-                format!("a chunk has {} bytes; chunks have at most {MAX_CHUNK_BYTES}", c.len()),
-            )),
-            Ok(_) => Err(std::io::Error::other("after the header, a Publish sends only chunks")),
-            Err(status) => Err(std::io::Error::other(format!("the call broke off: {}", status.message()))),
-        })
-        .boxed()
+            let item = match inbound.next().await {
+                None if announced > 0 && seen != announced => {
+                    Err(other(format!("the payload has {seen} bytes, not the {announced} its header announced")))
+                }
+                None => return None,
+                Some(Ok(pb::PublishRequest { kind: Some(pb::publish_request::Kind::Chunk(c)) })) => {
+                    let seen = seen + c.len() as u64;
+                    if c.len() > MAX_CHUNK_BYTES {
+                        Err(other(format!("a chunk has {} bytes; chunks have at most {MAX_CHUNK_BYTES}", c.len())))
+                    } else if announced > 0 && seen > announced {
+                        Err(other(format!("the payload has more than the {announced} bytes its header announced")))
+                    } else {
+                        return Some((Ok(c), (inbound, seen, false)));
+                    }
+                }
+                Some(Ok(_)) => Err(other("after the header, a Publish sends only chunks".into())),
+                Some(Err(status)) => {
+                    let e = other(format!("the call broke off: {}", status.message()));
+                    *broke.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                    Err(e)
+                }
+            };
+            Some((item, (inbound, seen, true)))
+        }
+    })
+    .boxed()
 }
 
 pub(super) async fn publish(
@@ -71,12 +94,17 @@ pub(super) async fn publish(
         return Err(grpc_status(Error::invalid("a Publish must begin with a header message")));
     };
     let topic = topic_name(&header.topic)?;
-    let input = publish_input(header, chunks(inbound)).map_err(grpc_status)?;
+    let broke = Arc::new(Mutex::new(None));
+    let announced = header.size;
+    let input = publish_input(header, chunks(inbound, announced, broke.clone())).map_err(grpc_status)?;
     // In its own task, as over HTTP: a client that goes away mid-upload does not cancel
     // the publish half-way; the body breaks off and the publish cleans up.
     let task = tokio::spawn(async move { imprint.publish(&caller, &topic, input).await });
     let published = task.await.map_err(|e| grpc_status(Error::Internal(format!("publish task: {e}"))))?;
-    Ok(convert::published(published.map_err(grpc_status)?))
+    match published {
+        Ok(p) => Ok(convert::published(p)),
+        Err(e) => Err(broke.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_else(|| grpc_status(e))),
+    }
 }
 
 /// Splits a stream's chunks to at most `MAX_CHUNK_BYTES` (slices, not copies).
