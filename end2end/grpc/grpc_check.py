@@ -69,6 +69,7 @@ def check_publish_download(stub, base, token):
                                                         message="from python"))
         for i in range(0, len(payload), 1 << 20):
             yield pb.PublishRequest(chunk=payload[i:i + (1 << 20)])
+        yield pb.PublishRequest(end=pb.PublishEnd())
 
     p = stub.Publish(messages(), metadata=meta, timeout=60)
     assert p.version == 1 and p.sha256 == sha and p.size == len(payload), p
@@ -84,6 +85,7 @@ def check_publish_download(stub, base, token):
     def bad():
         yield pb.PublishRequest(header=pb.PublishHeader(topic=topic, sha256="0" * 64))
         yield pb.PublishRequest(chunk=b"not it")
+        yield pb.PublishRequest(end=pb.PublishEnd())
 
     try:
         stub.Publish(bad(), metadata=meta, timeout=30)

@@ -49,6 +49,10 @@ fn topics(t: &[(&str, u64)]) -> HashMap<String, u64> {
     t.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
+fn end() -> pb::PublishRequest {
+    pb::PublishRequest { kind: Some(pb::publish_request::Kind::End(pb::PublishEnd {})) }
+}
+
 fn header(topic: &str) -> pb::PublishHeader {
     pb::PublishHeader { topic: topic.into(), ..Default::default() }
 }
@@ -59,6 +63,7 @@ fn publish_messages(h: pb::PublishHeader, payload: Vec<u8>, chunk: usize) -> Vec
     for c in payload.chunks(chunk) {
         out.push(pb::PublishRequest { kind: Some(pb::publish_request::Kind::Chunk(bytes::Bytes::copy_from_slice(c))) });
     }
+    out.push(end());
     out
 }
 
@@ -228,7 +233,17 @@ async fn bad_input_gets_the_right_status_and_changes_nothing(pool: sqlx::PgPool)
     let s = c.publish(authed(admin, futures::stream::iter(vec![chunk]))).await.unwrap_err();
     assert_status(&s, Code::InvalidArgument, "invalid_request");
     let mut msgs = publish_messages(header("cfg"), b"abc".to_vec(), 1);
-    msgs.push(pb::PublishRequest { kind: Some(pb::publish_request::Kind::Header(header("cfg"))) });
+    msgs.insert(2, pb::PublishRequest { kind: Some(pb::publish_request::Kind::Header(header("cfg"))) });
+    let s = c.publish(authed(admin, futures::stream::iter(msgs))).await.unwrap_err();
+    assert_status(&s, Code::InvalidArgument, "invalid_request");
+    // Without its end message (a cancelled call looks like this), or with more after it.
+    let mut msgs = publish_messages(header("cfg"), b"abc".to_vec(), 1);
+    msgs.pop();
+    let s = c.publish(authed(admin, futures::stream::iter(msgs))).await.unwrap_err();
+    assert_status(&s, Code::InvalidArgument, "invalid_request");
+    assert!(s.message().contains("end message"), "{s:?}");
+    let mut msgs = publish_messages(header("cfg"), b"abc".to_vec(), 1);
+    msgs.push(end());
     let s = c.publish(authed(admin, futures::stream::iter(msgs))).await.unwrap_err();
     assert_status(&s, Code::InvalidArgument, "invalid_request");
     assert_eq!(app.versions_in_db("cfg").await, 0, "no bad publish stored anything");
@@ -426,8 +441,9 @@ async fn publish_and_download_200_mib_streamed_with_flat_memory(pool: sqlx::PgPo
     let baseline = rss_mib();
     let sampler = RssPeak::start();
     let h = pb::PublishHeader { sha256: sha.clone(), size: SIZE as u64, ..header("big") };
-    let msgs = futures::stream::iter(0..=SIZE / CHUNK).map(move |i| match i {
+    let msgs = futures::stream::iter(0..=SIZE / CHUNK + 1).map(move |i| match i {
         0 => pb::PublishRequest { kind: Some(pb::publish_request::Kind::Header(h.clone())) },
+        i if i > SIZE / CHUNK => end(),
         i => pb::PublishRequest { kind: Some(pb::publish_request::Kind::Chunk(chunk_of(i - 1))) },
     });
     let started = Instant::now();
@@ -568,4 +584,65 @@ async fn roles_gate_the_calls(pool: sqlx::PgPool) {
     // Reads are served by publish servers too.
     let v = c.get_version(Request::new(pb::GetVersionRequest { topic: "t".into(), version: 1 })).await.unwrap();
     assert_eq!(v.into_inner().version, 1);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_revoked_token_ends_its_watch_and_a_shutdown_ends_every_watch(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_topic("t").await;
+    let token = app.consumer_token("nodes", None, &[], &[]).await;
+    let mut c = client(&app).await;
+    let start = pb::WatchStart { consumer: consumer("a", &[]), topics: topics(&[("t", 0)]), ..Default::default() };
+    let (_tx, mut revoked) = watch(&mut c, Some(&token), start.clone()).await.unwrap();
+    next_answer(&mut revoked, Duration::from_secs(5)).await.expect("the first state");
+    let (_tx2, mut open) = watch(&mut c, None, pb::WatchStart { consumer: consumer("b", &[]), ..start }).await.unwrap();
+    next_answer(&mut open, Duration::from_secs(5)).await.expect("the first state");
+    app.imprint().revoke_token(&imprint_service::Caller::System, "nodes").await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), revoked.next()).await.expect("the Watch ends");
+    assert_status(&end.unwrap().unwrap_err(), Code::Unauthenticated, "unauthorized");
+    // A shutdown ends the other (OK), and does not wait for it.
+    let stopping = Instant::now();
+    let (down, end) = tokio::join!(app.shut_down(), tokio::time::timeout(Duration::from_secs(10), open.next()));
+    down.unwrap();
+    assert!(end.expect("the Watch ends at shutdown").is_none());
+    assert!(stopping.elapsed() < Duration::from_secs(10), "{:?}", stopping.elapsed());
+}
+
+/// Files under `dir` (the local object store), recursively.
+fn files_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum())
+        .unwrap_or(0)
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_publish_that_breaks_off_stores_nothing(pool: sqlx::PgPool) {
+    let dir = std::env::temp_dir().join("imprint-test-objects").join(format!("grpc-cut-{}", rand::random::<u64>()));
+    let objects = imprint_service::objects::Objects::local(&dir).unwrap();
+    let app = spawn_app_configured(pool.clone(), pool, |c| c.objects = objects).await;
+    app.create_topic("big").await;
+    let mut c = client(&app).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let call = {
+        let mut c = c.clone();
+        tokio::spawn(
+            async move { c.publish(authed(ADMIN_TOKEN, tokio_stream::wrappers::ReceiverStream::new(rx))).await },
+        )
+    };
+    tx.send(pb::PublishRequest { kind: Some(pb::publish_request::Kind::Header(header("big"))) }).await.unwrap();
+    for _ in 0..4 {
+        let chunk = bytes::Bytes::from(vec![1u8; 1 << 20]);
+        tx.send(pb::PublishRequest { kind: Some(pb::publish_request::Kind::Chunk(chunk)) }).await.unwrap();
+    }
+    // 4 MiB are on their way into an upload (past the inline limit); the client goes away.
+    eventually("the upload to begin", || async { (files_under(&dir) > 0).then_some(()) }).await;
+    // The client goes away: its call is dropped (the server sees the request end early).
+    call.abort();
+    drop(tx);
+    eventually("the upload to be discarded", || async { (files_under(&dir) == 0).then_some(()) }).await;
+    assert_eq!(app.versions_in_db("big").await, 0);
+    // And the server goes on: the next publish works.
+    let p = publish(&mut c, ADMIN_TOKEN, header("big"), b"whole".to_vec()).await.unwrap();
+    assert_eq!(p.version, 1);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -39,9 +39,11 @@ fn publish_input(h: pb::PublishHeader, body: BodyStream) -> Result<PublishInput,
     })
 }
 
-/// The chunks after the header, as the body the service's publish reads; anything but a
-/// chunk, a chunk over the limit, or a payload of another size than `announced` (0: not
-/// announced) breaks the body off (nothing is stored). A transport failure of the call (an
+/// The chunks after the header, as the body the service's publish reads, up to the `end`
+/// message; anything but chunks then `end`, a chunk over the limit, a payload of another
+/// size than `announced` (0: not announced), or a stream that stops without `end` (hyper
+/// turns a client's RST_STREAM CANCEL into a clean end of the request body) breaks the body
+/// off (nothing is stored). A transport failure of the call (an
 /// oversized message, a reset) is kept in `broke`: the publish then answers with it rather
 /// than with the body's error.
 fn chunks(inbound: Streaming<pb::PublishRequest>, announced: u64, broke: Arc<Mutex<Option<Status>>>) -> BodyStream {
@@ -53,10 +55,22 @@ fn chunks(inbound: Streaming<pb::PublishRequest>, announced: u64, broke: Arc<Mut
                 return None;
             }
             let item = match inbound.next().await {
-                None if announced > 0 && seen != announced => {
-                    Err(other(format!("the payload has {seen} bytes, not the {announced} its header announced")))
+                None => Err(other("the Publish stopped before its end message: the upload broke off".into())),
+                Some(Ok(pb::PublishRequest { kind: Some(pb::publish_request::Kind::End(_)) })) => {
+                    if announced > 0 && seen != announced {
+                        Err(other(format!("the payload has {seen} bytes, not the {announced} its header announced")))
+                    } else {
+                        match inbound.next().await {
+                            None => return None,
+                            Some(Err(status)) => {
+                                let e = other(format!("the call broke off: {}", status.message()));
+                                *broke.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                                Err(e)
+                            }
+                            Some(Ok(_)) => Err(other("a Publish sends nothing after its end message".into())),
+                        }
+                    }
                 }
-                None => return None,
                 Some(Ok(pb::PublishRequest { kind: Some(pb::publish_request::Kind::Chunk(c)) })) => {
                     let seen = seen + c.len() as u64;
                     if c.len() > MAX_CHUNK_BYTES {
@@ -67,7 +81,7 @@ fn chunks(inbound: Streaming<pb::PublishRequest>, announced: u64, broke: Arc<Mut
                         return Some((Ok(c), (inbound, seen, false)));
                     }
                 }
-                Some(Ok(_)) => Err(other("after the header, a Publish sends only chunks".into())),
+                Some(Ok(_)) => Err(other("after the header, a Publish sends chunks, then its end message".into())),
                 Some(Err(status)) => {
                     let e = other(format!("the call broke off: {}", status.message()));
                     *broke.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
