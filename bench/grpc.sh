@@ -10,7 +10,8 @@
 #
 # Uses the release server ($IMPRINT_SERVER_BIN, default target/release/imprint-server:
 # `cargo build --release -p imprint-server`) on a fresh database of the embedded Postgres
-# (bench/server.sh), roles api,publish,worker, IMPRINT_MAX_LONG_POLLS=20000, ulimit -n
+# (bench/server.sh), roles api,publish,worker, IMPRINT_MAX_LONG_POLLS=20000, no per-address
+# caps (IMPRINT_MAX_CONNS_PER_IP=0: the HTTP half opens one connection per poll), ulimit -n
 # 40000; the load generator bench/loadgen (built when missing, CARGO_TARGET_DIR=
 # $LOADGEN_TARGET_DIR, default /work/bench-target). Everything on loopback.
 # Knobs: WATCH_STREAMS (10000), WATCH_CONNECTIONS (20), ROUNDS (3), HTTP_POLLS
@@ -37,13 +38,13 @@ SCRATCH=${GRPC_SCRATCH:-/tmp/imprint-grpc-bench}
 if [[ ! -x $LOADGEN || bench/loadgen/src/watch.rs -nt $LOADGEN ]]; then
   CARGO_TARGET_DIR=$LOADGEN_TARGET_DIR cargo build --release --manifest-path bench/loadgen/Cargo.toml >&2
 fi
-ulimit -n 40000
+ulimit -n 40000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 rm -rf "$SCRATCH" && mkdir -p "$SCRATCH"
 # shellcheck source=bench/server.sh
 source bench/server.sh
 server=
 trap '[[ -n $server ]] && kill "$server" 2>/dev/null; wait 2>/dev/null || true' EXIT
-export IMPRINT_GRPC_ADDR=127.0.0.1:$GRPC_PORT IMPRINT_ROLES=api,publish,worker IMPRINT_MAX_LONG_POLLS=20000 \
+export IMPRINT_GRPC_ADDR=127.0.0.1:$GRPC_PORT IMPRINT_ROLES=api,publish,worker IMPRINT_MAX_LONG_POLLS=20000 IMPRINT_MAX_CONNS_PER_IP=0 \
   IMPRINT_MAX_LONG_POLLS_PER_ADDRESS=20000
 bench_server grpc "$PORT" "$SCRATCH/home"
 api() {
