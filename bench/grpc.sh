@@ -15,7 +15,9 @@
 # 40000; the load generator bench/loadgen (built when missing, CARGO_TARGET_DIR=
 # $LOADGEN_TARGET_DIR, default /work/bench-target). Everything on loopback.
 # Knobs: WATCH_STREAMS (10000), WATCH_CONNECTIONS (20), ROUNDS (3), HTTP_POLLS
-# (= WATCH_STREAMS; 0 skips the HTTP half), BENCH_PORT (3920), BENCH_GRPC_PORT (3921).
+# (= WATCH_STREAMS; 0 skips the HTTP half), FIRST (watch | http: which half runs first in a
+# round; the first round's RSS per stream is the clean one), BENCH_PORT (3920),
+# BENCH_GRPC_PORT (3921).
 {
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -53,25 +55,35 @@ api() {
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 kv() { grep "^$1=" "$2" | cut -d= -f2; }
 rows=()
-for r in $(seq 1 "$ROUNDS"); do
-  topic=bench.watch.$r
+watch_round() { # watch_round ROUND
+  local topic=bench.watch.$1 out=$SCRATCH/watch-$1.txt
   api POST /api/v1/topics "{\"name\": \"$topic\", \"owner\": \"bench\"}"
   api POST "/api/v1/topics/$topic/versions" '{"data": "v1"}'
-  out=$SCRATCH/watch-$r.txt
   "$LOADGEN" watch --url "$URL" --grpc "http://127.0.0.1:$GRPC_PORT" --topic "$topic" --streams "$STREAMS" \
     --connections "$CONNS" --token "$TOKEN" --pid "$server" >"$out"
   cat "$out" >&2
-  rows+=("| gRPC Watch, round $r | $(kv started "$out") | $(kv p50_ms "$out") | $(kv p99_ms "$out") | $(kv max_ms "$out") | $(kv rss_per_stream_bytes "$out") | $(kv unanswered "$out") |")
+  rows+=("| gRPC Watch, round $1 | $(kv started "$out") | $(kv p50_ms "$out") | $(kv p99_ms "$out") | $(kv max_ms "$out") | $(kv rss_per_stream_bytes "$out") | $(kv unanswered "$out") |")
   sleep 2
-  if [[ $HTTP_POLLS -gt 0 ]]; then
-    topic=bench.park.$r
-    api POST /api/v1/topics "{\"name\": \"$topic\", \"owner\": \"bench\"}"
-    api POST "/api/v1/topics/$topic/versions" '{"data": "v1"}'
-    out=$SCRATCH/park-$r.txt
-    "$LOADGEN" park --url "$URL" --topic "$topic" --polls "$HTTP_POLLS" --token "$TOKEN" --pid "$server" >"$out"
-    cat "$out" >&2
-    rows+=("| HTTP long poll, round $r | $(kv polls "$out") | $(kv p50_ms "$out") | $(kv p99_ms "$out") | $(kv max_ms "$out") | $(kv rss_per_poll_bytes "$out") | $(kv unanswered "$out") |")
-    sleep 2
+}
+http_round() { # http_round ROUND
+  [[ $HTTP_POLLS -gt 0 ]] || return 0
+  local topic=bench.park.$1 out=$SCRATCH/park-$1.txt
+  api POST /api/v1/topics "{\"name\": \"$topic\", \"owner\": \"bench\"}"
+  api POST "/api/v1/topics/$topic/versions" '{"data": "v1"}'
+  "$LOADGEN" park --url "$URL" --topic "$topic" --polls "$HTTP_POLLS" --token "$TOKEN" --pid "$server" >"$out"
+  cat "$out" >&2
+  rows+=("| HTTP long poll, round $1 | $(kv polls "$out") | $(kv p50_ms "$out") | $(kv p99_ms "$out") | $(kv max_ms "$out") | $(kv rss_per_poll_bytes "$out") | $(kv unanswered "$out") |")
+  sleep 2
+}
+# The RSS per stream/poll of the first round is the clean one (later rounds reuse memory the
+# allocator kept): FIRST=http runs the HTTP half first in every round.
+for r in $(seq 1 "$ROUNDS"); do
+  if [[ ${FIRST:-watch} == http ]]; then
+    http_round "$r"
+    watch_round "$r"
+  else
+    watch_round "$r"
+    http_round "$r"
   fi
 done
 echo "| what | held | p50 ms | p99 ms | max ms | server RSS per held stream/poll (bytes) | unanswered |"
