@@ -60,6 +60,9 @@ pub struct Settings {
     pub limits: ConnectionLimits,
     /// The console's site options; `None`: read from the environment cargo-leptos sets.
     pub leptos: Option<leptos::config::LeptosOptions>,
+    /// The gRPC API's listener (`IMPRINT_GRPC_ADDR`), served by the `api` and `publish`
+    /// roles.
+    pub grpc: crate::GrpcSettings,
 }
 
 impl Settings {
@@ -77,6 +80,7 @@ impl Settings {
             trusted: TrustedProxies::default(),
             limits: ConnectionLimits::default(),
             leptos: None,
+            grpc: crate::GrpcSettings::default(),
         }
     }
 }
@@ -99,6 +103,7 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     metrics: Option<(TcpListener, SocketAddr)>,
+    grpc: Option<(TcpListener, SocketAddr, crate::GrpcSettings)>,
     limits: ConnectionLimits,
     stop: watch::Sender<bool>,
 }
@@ -117,6 +122,7 @@ impl Application {
             trusted,
             mut limits,
             leptos,
+            grpc,
         } = settings;
         if metrics_addr.is_some() {
             service.metrics_on_public_listener = false;
@@ -163,9 +169,23 @@ impl Application {
             }
             None => None,
         };
+        let grpc = match grpc.addr {
+            Some(g) if roles.api || roles.publish => {
+                let l =
+                    TcpListener::bind(g).await.map_err(|e| format!("IMPRINT_GRPC_ADDR: cannot listen on {g}: {e}"))?;
+                let bound = l.local_addr().map_err(|e| format!("IMPRINT_GRPC_ADDR: {e}"))?;
+                tracing::info!("gRPC API on {bound} (h2c)");
+                Some((l, bound, grpc))
+            }
+            Some(_) => {
+                tracing::info!("IMPRINT_GRPC_ADDR is set, but the roles {roles} serve no gRPC (api or publish do)");
+                None
+            }
+            None => None,
+        };
         let router = full_router(imprint.clone(), leptos_options, sessions, trusted);
         tracing::info!(%roles, "Imprint listening on http://{addr}");
-        Ok(Application { imprint, router, listener, addr, metrics, limits, stop: watch::channel(false).0 })
+        Ok(Application { imprint, router, listener, addr, metrics, grpc, limits, stop: watch::channel(false).0 })
     }
 
     /// Where the console and the APIs listen.
@@ -176,6 +196,11 @@ impl Application {
     /// Where `/metrics` is served, when on its own listener.
     pub fn metrics_address(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(|(_, a)| *a)
+    }
+
+    /// Where the gRPC API listens, when it does (`IMPRINT_GRPC_ADDR`).
+    pub fn grpc_address(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|(_, a, _)| *a)
     }
 
     /// The service behind this server.
@@ -199,7 +224,14 @@ impl Application {
     /// the shutdown grace; then what the last polls reported is flushed, background work
     /// finishes its pass, and the pool is closed.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
-        let Application { imprint, router, listener, metrics, limits, stop: handle, .. } = self;
+        let Application { imprint, router, listener, metrics, grpc, limits, stop: handle, .. } = self;
+        let grpc_server = grpc.map(|(l, _, settings)| {
+            let mut draining = imprint.draining();
+            let stop = async move {
+                let _ = draining.wait_for(|d| *d).await;
+            };
+            tokio::spawn(crate::grpc::serve(imprint.clone(), l, settings, stop))
+        });
         if let Some((l, _)) = metrics {
             let mut draining = imprint.draining();
             let limits = limits.clone();
@@ -212,6 +244,7 @@ impl Application {
                 }
             });
         }
+        let grace = limits.shutdown_grace;
         let stopper = imprint.clone();
         let mut stopped = handle.subscribe();
         serve_with_limits(listener, router, limits, async move {
@@ -225,6 +258,14 @@ impl Application {
         })
         .await
         .map_err(|e| format!("server error: {e}"))?;
+        if let Some(g) = grpc_server {
+            // Watch streams end as the service drains; calls in flight get the grace.
+            match tokio::time::timeout(grace, g).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the gRPC listener stopped"),
+                Ok(_) => {}
+                Err(_) => tracing::warn!("gRPC calls were still open after the shutdown grace"),
+            }
+        }
         // No request is in flight any more: flush what the last polls reported, let the
         // scheduler finish its pass, and only then close the pool.
         tracing::info!("flushing the consumer audit and stopping background work");

@@ -57,6 +57,52 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// The trailing metadata entry a failed gRPC call carries the API's error code in (also in
+/// the status details as a `google.rpc.ErrorInfo` whose reason is the code).
+pub const GRPC_ERROR_CODE_KEY: &str = "imprint-error-code";
+/// The `google.rpc.ErrorInfo` domain of Imprint's gRPC errors.
+pub const GRPC_ERROR_DOMAIN: &str = "imprint";
+
+/// The gRPC status code of a service error, from its HTTP status (proto/imprint/v1/
+/// imprint.proto says which is which), with the few codes gRPC has a closer word for.
+pub fn grpc_code(e: &Error) -> tonic::Code {
+    use tonic::Code;
+    match e {
+        Error::TopicExists(_) | Error::UserExists(_) | Error::TeamExists(_) => return Code::AlreadyExists,
+        Error::ObjectNotFound(_) => return Code::FailedPrecondition,
+        _ => {}
+    }
+    match e.status().as_u16() {
+        400 | 422 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 | 410 => Code::NotFound,
+        409 => Code::FailedPrecondition,
+        413 | 429 => Code::ResourceExhausted,
+        416 => Code::OutOfRange,
+        503 => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
+/// A service error as a gRPC status: `grpc_code`, the API's message, and the API's error
+/// code in the `imprint-error-code` metadata and a `google.rpc.ErrorInfo` detail.
+pub fn grpc_status(e: Error) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    e.log("grpc");
+    let code = e.code();
+    let details = ErrorDetails::with_error_info(code, GRPC_ERROR_DOMAIN, std::collections::HashMap::new());
+    let mut status = tonic::Status::with_error_details(grpc_code(&e), e.public_message(), details);
+    status.metadata_mut().insert(GRPC_ERROR_CODE_KEY, tonic::metadata::MetadataValue::from_static(code));
+    status
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        grpc_status(e.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ApiError;
@@ -160,6 +206,37 @@ mod tests {
             let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
             let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
             assert_eq!(body, serde_json::json!({"error": {"code": code, "message": message}}));
+        }
+    }
+
+    /// Over gRPC every error carries the same code and message, and a status code that
+    /// follows its HTTP status.
+    #[test]
+    fn every_error_has_a_grpc_status_with_the_api_code() {
+        use tonic::Code;
+        use tonic_types::StatusExt;
+        for (e, http, code) in every_kind() {
+            let message = e.public_message();
+            let status = super::grpc_status(e);
+            let expected = match (http, code) {
+                (409, c) if c.ends_with("_exists") => Code::AlreadyExists,
+                (422, "object_not_found") => Code::FailedPrecondition,
+                (400 | 422, _) => Code::InvalidArgument,
+                (401, _) => Code::Unauthenticated,
+                (403, _) => Code::PermissionDenied,
+                (404 | 410, _) => Code::NotFound,
+                (409, _) => Code::FailedPrecondition,
+                (413 | 429, _) => Code::ResourceExhausted,
+                (416, _) => Code::OutOfRange,
+                (503, _) => Code::Unavailable,
+                _ => Code::Internal,
+            };
+            assert_eq!(status.code(), expected, "{code}");
+            assert_eq!(status.message(), message);
+            let meta = status.metadata().get(super::GRPC_ERROR_CODE_KEY).and_then(|v| v.to_str().ok());
+            assert_eq!(meta, Some(code));
+            let info = status.get_details_error_info().expect("an ErrorInfo detail");
+            assert_eq!((info.reason.as_str(), info.domain.as_str()), (code, super::GRPC_ERROR_DOMAIN));
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod apollo;
 mod application;
 pub mod error;
 pub mod extract;
+pub mod grpc;
 pub mod headers;
 mod listener;
 mod live;
@@ -24,6 +25,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
 pub use application::{AdminUser, Application, Database, Settings, ShutdownHandle, MIN_BOOTSTRAP_TOKEN_CHARS};
+pub use grpc::GrpcSettings;
 pub use listener::{serve_with_limits, ConnectionLimits};
 
 /// The process-wide Prometheus recorder (installed once, also when tests start many apps).

@@ -46,6 +46,13 @@ struct ServeArgs {
     /// monitoring network.
     #[arg(long, env = "IMPRINT_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// Serve the gRPC API (proto/imprint/v1/imprint.proto) on this address (h2c), with the
+    /// api and/or publish role. Unset: no gRPC.
+    #[arg(long, env = "IMPRINT_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// A gRPC Watch stream ends (OK; the client calls again) after this many seconds.
+    #[arg(long, env = "IMPRINT_GRPC_WATCH_MAX_SECS", default_value_t = 3600)]
+    grpc_watch_max_secs: u64,
     /// Embedded-default state directory (payload objects live under it by default).
     #[arg(long, env = "IMPRINT_HOME", default_value = "./.imprint")]
     home: Option<String>,
@@ -330,6 +337,10 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
             max_conns_per_ip: args.max_conns_per_ip,
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
             exempt: Default::default(),
+        },
+        grpc: imprint_server::GrpcSettings {
+            addr: args.grpc_addr,
+            watch_max: Duration::from_secs(args.grpc_watch_max_secs.max(1)),
         },
         ..Settings::new(Database::Url(url.to_owned()))
     };

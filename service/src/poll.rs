@@ -28,11 +28,14 @@ pub struct PollRequest {
     /// The SHA-256 of the bearer token the poll came with (set by the server): a parked
     /// poll whose token is revoked ends with 401.
     pub credential: Option<String>,
+    /// Set by a caller that holds a long-poll place for this request already (a gRPC
+    /// `Watch` holds one for its whole stream, `long_poll_place`): the poll takes none.
+    pub placed: bool,
 }
 
 impl From<imprint_protocol::PollRequest> for PollRequest {
     fn from(wire: imprint_protocol::PollRequest) -> Self {
-        PollRequest { wire, client: None, credential: None }
+        PollRequest { wire, client: None, credential: None, placed: false }
     }
 }
 
@@ -197,7 +200,7 @@ const BUSY_POLL_AFTER_MS: u64 = 5_000;
 
 /// About what a parked long poll holds in memory: its request (names, labels, held
 /// versions, reports) and the fixed cost of a parked task and its connection.
-fn parked_bytes(req: &PollRequest) -> usize {
+pub fn parked_bytes(req: &PollRequest) -> usize {
     const FIXED: usize = 4096;
     let labels: usize = req.consumer.labels.pairs().iter().map(|(k, v)| k.len() + v.len() + 64).sum();
     let topics: usize = req.topics.keys().map(|n| n.len() + 64).sum();
@@ -240,11 +243,12 @@ impl Imprint {
         // Counts this request among the requests held open until it answers (also if
         // dropped). Past a cap the poll degrades to a short one with a backoff.
         let anonymous = matches!(caller, Caller::Anonymous).then_some(req.client).flatten();
-        let open = if req.wait_ms > 0 { self.long_poll_place(parked_bytes(&req), anonymous) } else { None };
-        let busy = req.wait_ms > 0 && open.is_none();
+        let open =
+            if req.wait_ms > 0 && !req.placed { self.long_poll_place(parked_bytes(&req), anonymous) } else { None };
+        let busy = req.wait_ms > 0 && !req.placed && open.is_none();
         // Registered before the first look, so no change slips between look and wait; a
         // change to one of these topics (and only these) wakes this poll.
-        let waiter = open.is_some().then(|| state.waiter(req.topics.keys()));
+        let waiter = (open.is_some() || (req.placed && req.wait_ms > 0)).then(|| state.waiter(req.topics.keys()));
         let mut revoked = self.revocations();
         let wait_ms = if busy { 0 } else { req.wait_ms };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);

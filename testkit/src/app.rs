@@ -24,6 +24,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// Where `/metrics` is served when on its own listener (`Settings::metrics_addr`).
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the gRPC API listens (test servers always serve it, on a free port).
+    pub grpc_addr: Option<SocketAddr>,
     pub client: Client,
     /// Always reaches the database (tests use it to look behind the server's back), also
     /// when the server's own pool is cut.
@@ -112,6 +114,10 @@ fn test_settings(pool: PgPool) -> Settings {
     Settings {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         bootstrap_token: Some(ADMIN_TOKEN.into()),
+        grpc: imprint_server::GrpcSettings {
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..imprint_server::GrpcSettings::default()
+        },
         ..Settings::new(Database::Pool(pool))
     }
 }
@@ -130,10 +136,11 @@ async fn start(settings: Settings, admin_pool: PgPool) -> TestApp {
     });
     let addr = app.address();
     let metrics_addr = app.metrics_address();
+    let grpc_addr = app.grpc_address();
     let imprint = app.imprint().clone();
     let stop = app.shutdown_handle();
     let server = tokio::spawn(app.run_until_stopped(std::future::pending()));
-    TestApp { addr, metrics_addr, client: Client::new(), pool: admin_pool, imprint, polls, stop, server }
+    TestApp { addr, metrics_addr, grpc_addr, client: Client::new(), pool: admin_pool, imprint, polls, stop, server }
 }
 
 impl TestApp {
@@ -164,6 +171,11 @@ impl TestApp {
     /// `http://<addr>`: what a client is pointed at.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://<grpc addr>`: what a gRPC client is pointed at.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr.expect("this server serves gRPC"))
     }
 
     pub fn url(&self, path: &str) -> String {

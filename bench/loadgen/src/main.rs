@@ -16,6 +16,7 @@
 //! * `load`         — the request mix of bench/scale-poll.lua from this process, at a fixed
 //!   rate (or closed loop), with the server's CPU per request.
 //! * `stat`         — a process's RSS and CPU seconds.
+//! * `watch`        — N gRPC Watch streams (bench/grpc.sh): the `park` measure over gRPC.
 //!
 //! Build: `CARGO_TARGET_DIR=/work/bench-target cargo build --release --manifest-path bench/loadgen/Cargo.toml`
 //! (bench/scale.sh does it when the binary is missing). Examples:
@@ -39,6 +40,7 @@ mod polls;
 mod procfs;
 mod publish;
 mod stats;
+mod watch;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -68,6 +70,8 @@ enum Cmd {
     Load(load::LoadArgs),
     /// Print a process's RSS (kB) and CPU time (s).
     Stat(StatArgs),
+    /// N gRPC Watch streams, publish once, time every stream's answer; RSS per stream.
+    Watch(watch::WatchArgs),
 }
 
 #[derive(Args)]
@@ -92,6 +96,7 @@ fn main() -> Result<()> {
                 Cmd::BareServer(a) => bare::bare_server(a).await,
                 Cmd::PublishRate(a) => publish::publish_rate(a).await,
                 Cmd::Load(a) => load::load(a).await,
+                Cmd::Watch(a) => watch::watch(a).await,
                 Cmd::Cpu(_) | Cmd::Stat(_) => unreachable!(),
             }
         }),

@@ -62,7 +62,7 @@ pub(crate) struct ParkArgs {
     pub(crate) client: String,
 }
 
-async fn held_version(api: &Api, topic: &str) -> Result<Option<u64>> {
+pub(crate) async fn held_version(api: &Api, topic: &str) -> Result<Option<u64>> {
     let (status, body) = api.send("GET", &format!("/api/v1/topics/{topic}"), None).await?;
     if !status.is_success() {
         return Err(format!("GET topic {topic}: {status} {}", String::from_utf8_lossy(&body)).into());
@@ -71,7 +71,7 @@ async fn held_version(api: &Api, topic: &str) -> Result<Option<u64>> {
     Ok(v.get("latest_version").and_then(Value::as_u64).filter(|v| *v > 0))
 }
 
-async fn publish_one(api: &Api, topic: &str, note: &str) -> Result<()> {
+pub(crate) async fn publish_one(api: &Api, topic: &str, note: &str) -> Result<()> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
     let data = json!({"bench": note, "at_ms": now as u64}).to_string();
     let (status, body) =
