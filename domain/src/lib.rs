@@ -11,6 +11,7 @@ mod retention;
 mod rollout;
 mod selector;
 mod stage_text;
+pub mod webhooks;
 
 pub use diff::{diff_lines, render_payload, DiffLine, Rendered};
 pub use names::{TopicName, TopicNameError, VersionNumber, VersionNumberError};

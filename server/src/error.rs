@@ -74,6 +74,7 @@ mod tests {
             (Error::VersionPurged { topic: s(), version: 1 }, 410, "version_purged"),
             (Error::PinNotFound { topic: s(), selector: s() }, 404, "pin_not_found"),
             (Error::RolloutNotFound { topic: s(), id: 1 }, 404, "rollout_not_found"),
+            (Error::WebhookNotFound("webhook 1 does not exist".into()), 404, "webhook_not_found"),
             (Error::TopicExists(s()), 409, "topic_exists"),
             (Error::InvalidState(s()), 409, "invalid_state"),
             (Error::Conflict(s()), 409, "conflict"),

@@ -17,3 +17,4 @@ mod rollouts;
 mod security;
 mod topics;
 mod trust;
+mod webhooks;

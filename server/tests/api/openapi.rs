@@ -30,6 +30,11 @@ async fn every_route_is_documented_and_answers(pool: sqlx::PgPool) {
         "/api/v1/relay/poll",
         "/api/v1/relay/reports",
         "/api/v1/relay/topics/{topic}/versions/{n}/data",
+        "/api/v1/webhooks",
+        "/api/v1/webhooks/{id}",
+        "/api/v1/webhooks/{id}/rotate",
+        "/api/v1/webhooks/{id}/deliveries",
+        "/api/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
         "/api/v1/openapi.json",
         "/healthz",
         "/readyz",
@@ -77,8 +82,12 @@ async fn every_route_is_documented_and_answers(pool: sqlx::PgPool) {
     let mut operations = 0;
     let mut undocumented = Vec::new();
     for (path, item) in paths {
-        let concrete =
-            path.replace("{topic}", "t").replace("{n}", "1").replace("{id}", "1").replace("{action}", "pause");
+        let concrete = path
+            .replace("{topic}", "t")
+            .replace("{n}", "1")
+            .replace("{id}", "1")
+            .replace("{action}", "pause")
+            .replace("{delivery}", "1");
         for (method, op) in item.as_object().expect("path item") {
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
             operations += 1;
