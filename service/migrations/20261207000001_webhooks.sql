@@ -9,6 +9,11 @@ CREATE TABLE webhook_subscriptions (
     -- At most one of topic_id and team: neither is a global subscription (admins only).
     topic_id             BIGINT REFERENCES topics(id) ON DELETE CASCADE,
     team                 TEXT,
+    -- A topic subscription made by a non-admin gets the topic's events only while the topic
+    -- is owned by the team that owned it then (a topic given to another team, maybe
+    -- restricted, stops going to the old team's receiver).
+    topic_owner          TEXT,
+    by_admin             BOOLEAN NOT NULL DEFAULT false,
     -- Empty: every event type.
     event_types          TEXT[] NOT NULL DEFAULT '{}',
     -- `whsec_<base64>`; the previous one signs too until previous_expires_at (rotation).

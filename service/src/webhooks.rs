@@ -300,7 +300,7 @@ impl Imprint {
         check_description(&new.description)?;
         let event_types = check_event_types(&new.event_types)?;
         let mut tx = self.pool().begin().await?;
-        let (topic_id, topic_name, team) = match (&new.topic, &new.team) {
+        let (topic_id, topic_name, topic_owner, team) = match (&new.topic, &new.team) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid("give topic or team (or neither, for every topic), not both"))
             }
@@ -308,7 +308,7 @@ impl Imprint {
                 let name = TopicName::parse(t.trim())?;
                 let t = store::topics::require(&mut tx, &name, false).await?;
                 require_manage(caller, Some((&t.name, &t.owner)), None)?;
-                (Some(t.id), Some(t.name), None)
+                (Some(t.id), Some(t.name), Some(t.owner), None)
             }
             (None, Some(team)) => {
                 let team = team.trim().to_owned();
@@ -316,11 +316,11 @@ impl Imprint {
                 if store::users::team_id(&mut tx, &team).await?.is_none() {
                     return Err(Error::TeamNotFound(team));
                 }
-                (None, None, Some(team))
+                (None, None, None, Some(team))
             }
             (None, None) => {
                 require_manage(caller, None, None)?;
-                (None, None, None)
+                (None, None, None, None)
             }
         };
         if store::webhooks::count_subscriptions(&mut *tx).await? >= MAX_SUBSCRIPTIONS {
@@ -335,12 +335,14 @@ impl Imprint {
                 url: url.as_str(),
                 description: &new.description,
                 topic_id,
+                topic_owner: topic_owner.as_deref(),
                 team: team.as_deref(),
                 event_types: &event_types,
                 secret: &secret,
                 allow_private: new.allow_private,
                 enabled: new.enabled,
                 created_by: &who,
+                by_admin: caller.is_admin(),
             },
             now,
         )
@@ -552,6 +554,8 @@ impl Clients {
         let base = || {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // A proxy from the environment would connect instead of us, past the checks.
+                .no_proxy()
                 .connect_timeout(timeout.min(Duration::from_secs(5)))
                 .timeout(timeout)
                 .pool_max_idle_per_host(2)
@@ -708,7 +712,10 @@ impl Imprint {
                     continue;
                 }
                 _ = stop.changed() => {
-                    // An attempt cut short stays leased and is sent again later (at least once).
+                    // Attempts in flight get a moment to finish; one cut short stays leased
+                    // and is sent again later (at least once).
+                    let finish = async { while running.join_next().await.is_some() {} };
+                    let _ = tokio::time::timeout(Duration::from_secs(2), finish).await;
                     running.abort_all();
                     return;
                 }

@@ -273,10 +273,60 @@ async fn subscriptions_get_only_what_they_asked_for(pool: sqlx::PgPool) {
             ("io.imprint.pin.set".to_owned(), "blue.a".to_owned()),
         ]
     );
+    // A team's subscription to one of its topics stops when the topic goes to another team.
+    let blue = app.token("blue-pub", Some("blue")).await;
+    let mine = Receiver::start().await;
+    let r = app
+        .req(Method::POST, "/api/v1/webhooks")
+        .bearer_auth(&blue)
+        .json(&json!({"url": "https://hooks.example.com/blue", "topic": "blue.b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"].clone();
+    // (Its receiver is on loopback here: allowed behind the API's back, for the test only.)
+    sqlx::query("UPDATE webhook_subscriptions SET url = $1, allow_private = true WHERE id = $2")
+        .bind(&mine.url)
+        .bind(id.as_i64().unwrap())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.publish("blue.b", json!({"data": "b2"})).await;
+    eventually("blue's own topic event", || async { mine.accepted().len() == 1 }).await;
+    let r = app
+        .admin(Method::PATCH, "/api/v1/topics/blue.b")
+        .json(&json!({"owner": "red", "restricted": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    app.publish("blue.b", json!({"data": "b3"})).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(types(&mine.accepted()), ["version.published"], "nothing after the topic changed hands");
     assert_eq!(by_topic.accepted().len(), 1, "{:?}", by_topic.accepted());
     assert_eq!(by_topic.accepted()[0]["subject"], "blue.a");
     assert!(by_team.accepted().iter().all(|e| e["subject"] != "red.secret"));
+    let versions: Vec<&str> = by_team
+        .accepted()
+        .iter()
+        .filter(|e| e["subject"] == "blue.b" && e["type"] == "io.imprint.version.published")
+        .map(|e| {
+            e["data"]["version"]
+                .as_u64()
+                .map(|v| {
+                    if v == 1 {
+                        "b1"
+                    } else if v == 2 {
+                        "b2"
+                    } else {
+                        "b3"
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(versions, ["b1", "b2"], "the team's subscription follows the topic's owner");
 }
 
 /// An event is written in the change's transaction: a publish that fails after it

@@ -27,12 +27,15 @@ pub(crate) struct NewSubscription<'a> {
     pub url: &'a str,
     pub description: &'a str,
     pub topic_id: Option<i64>,
+    /// The topic's owner now (a topic subscription).
+    pub topic_owner: Option<&'a str>,
     pub team: Option<&'a str>,
     pub event_types: &'a [String],
     pub secret: &'a str,
     pub allow_private: bool,
     pub enabled: bool,
     pub created_by: &'a str,
+    pub by_admin: bool,
 }
 
 /// Writes one change event for every enabled subscription that wants it, in the
@@ -54,7 +57,7 @@ pub(crate) async fn enqueue(
                WHERE s.enabled
                  AND (cardinality(s.event_types) = 0 OR $2 = ANY(s.event_types))
                  AND ((s.topic_id IS NULL AND s.team IS NULL)
-                      OR s.topic_id = (SELECT id FROM t)
+                      OR (s.topic_id = (SELECT id FROM t) AND (s.by_admin OR s.topic_owner = (SELECT owner FROM t)))
                       OR (s.team IS NOT NULL AND s.team = (SELECT owner FROM t)))
            ),
            e AS (
@@ -82,17 +85,20 @@ pub(crate) async fn count_subscriptions(db: impl PgExecutor<'_>) -> Result<i64> 
 pub(crate) async fn insert(db: impl PgExecutor<'_>, s: &NewSubscription<'_>, now: DateTime<Utc>) -> Result<i64> {
     Ok(sqlx::query_scalar!(
         r#"INSERT INTO webhook_subscriptions
-               (url, description, topic_id, team, event_types, secret, allow_private, enabled, created_by, created_at, updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING id"#,
+               (url, description, topic_id, topic_owner, team, event_types, secret, allow_private, enabled,
+                created_by, by_admin, created_at, updated_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) RETURNING id"#,
         s.url,
         s.description,
         s.topic_id,
+        s.topic_owner,
         s.team,
         s.event_types,
         s.secret,
         s.allow_private,
         s.enabled,
         s.created_by,
+        s.by_admin,
         now as _
     )
     .fetch_one(db)
@@ -270,13 +276,13 @@ pub(crate) async fn redeliver(
 /// subscription's deliveries go out one at a time, in event order.
 pub(crate) async fn due_subscriptions(db: impl PgExecutor<'_>, now: DateTime<Utc>, limit: i64) -> Result<Vec<i64>> {
     Ok(sqlx::query_scalar!(
-        r#"SELECT h.subscription_id AS "subscription_id!" FROM (
-               SELECT DISTINCT ON (d.subscription_id) d.subscription_id, d.next_attempt_at, d.lease_until
-               FROM webhook_deliveries d JOIN webhook_subscriptions s ON s.id = d.subscription_id
-               WHERE d.state = 'pending' AND s.enabled
-               ORDER BY d.subscription_id, d.event_seq
+        r#"SELECT s.id FROM webhook_subscriptions s
+           CROSS JOIN LATERAL (
+               SELECT d.next_attempt_at, d.lease_until FROM webhook_deliveries d
+               WHERE d.subscription_id = s.id AND d.state = 'pending'
+               ORDER BY d.event_seq LIMIT 1
            ) h
-           WHERE h.next_attempt_at <= $1 AND (h.lease_until IS NULL OR h.lease_until < $1)
+           WHERE s.enabled AND h.next_attempt_at <= $1 AND (h.lease_until IS NULL OR h.lease_until < $1)
            ORDER BY h.next_attempt_at LIMIT $2"#,
         now as _,
         limit
