@@ -43,7 +43,9 @@ pub enum WebhookCmd {
 
 #[derive(Args)]
 pub struct CreateArgs {
-    url: String,
+    /// The receiver's URL (named `receiver`: `--url` is the Imprint server's).
+    #[arg(value_name = "URL")]
+    receiver: String,
     /// Only this topic's events.
     #[arg(long, conflicts_with = "team")]
     topic: Option<String>,
@@ -66,8 +68,9 @@ pub struct CreateArgs {
 #[derive(Args)]
 pub struct UpdateArgs {
     id: i64,
-    #[arg(long)]
-    url: Option<String>,
+    /// A new receiver URL.
+    #[arg(long, value_name = "URL")]
+    receiver: Option<String>,
     /// The event types (comma-separated; `all` for every type).
     #[arg(long = "events")]
     events: Option<String>,
@@ -163,7 +166,7 @@ pub async fn run(api: &Api, cmd: WebhookCmd, json_out: bool) -> CliResult<u8> {
             })
         }
         WebhookCmd::Create(a) => {
-            let body = json!({"url": a.url, "topic": a.topic, "team": a.team, "event_types": a.events,
+            let body = json!({"url": a.receiver, "topic": a.topic, "team": a.team, "event_types": a.events,
                               "description": a.description, "allow_private": a.allow_private, "enabled": !a.disabled});
             let v = api.send_json(Method::POST, &["webhooks"], &body).await?;
             show(v, json_out, |w: Webhook| print_one(&w))
@@ -173,7 +176,7 @@ pub async fn run(api: &Api, cmd: WebhookCmd, json_out: bool) -> CliResult<u8> {
         }
         WebhookCmd::Update(a) => {
             let mut body = serde_json::Map::new();
-            if let Some(u) = a.url {
+            if let Some(u) = a.receiver {
                 body.insert("url".into(), json!(u));
             }
             if let Some(e) = a.events {
