@@ -52,6 +52,8 @@ test.beforeAll(async ({}, testInfo) => {
 });
 
 test.afterAll(async () => {
+  // Imprint keeps idle connections to receivers: close them, or close() waits for them.
+  server.closeAllConnections();
   await new Promise((resolve) => server.close(resolve));
 });
 
@@ -96,6 +98,14 @@ test("create a webhook, see its delivery, redeliver it", async ({ page, request 
   await page.locator("table.webhooks tr", { hasText: receiverUrl }).getByRole("link", { name: "Deliveries" }).click();
   await ready(page);
   const delivery = page.locator("table.deliveries tbody tr").first();
+  // The attempt is recorded just after the receiver answered: reload until it is.
+  await expect
+    .poll(async () => {
+      await page.reload();
+      return (await delivery.textContent()) ?? "";
+    }, { timeout: 20_000 })
+    .toContain("delivered");
+  await ready(page);
   await expect(delivery).toContainText("version.published");
   await expect(delivery).toContainText("delivered");
   await expect(delivery).toContainText("200");

@@ -139,6 +139,7 @@ mod tests {
             Error::TooManyStreams(_) => 29,
             Error::Internal(_) => 30,
             Error::TooManyConnections => 31,
+            Error::WebhookNotFound(_) => 32,
         }
     }
 
@@ -147,7 +148,7 @@ mod tests {
         let cases = every_kind();
         let mut kinds: Vec<usize> = cases.iter().map(|(e, _, _)| kind(e)).collect();
         kinds.sort_unstable();
-        assert_eq!(kinds, (0..=31).collect::<Vec<_>>(), "every kind of error, once");
+        assert_eq!(kinds, (0..=32).collect::<Vec<_>>(), "every kind of error, once");
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
             let message = e.public_message();

@@ -137,6 +137,7 @@ pub(crate) async fn list(db: impl PgExecutor<'_>, after: Option<i64>, limit: i64
 }
 
 /// Stores a subscription's changeable settings.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn update(
     db: impl PgExecutor<'_>,
     id: i64,
