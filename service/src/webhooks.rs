@@ -690,6 +690,9 @@ impl Imprint {
     /// delivery gets a task that sends its deliveries in order until one fails or none is
     /// due; a slow receiver holds up only its own subscription.
     pub(crate) async fn webhook_loop(self) {
+        // Subscribed first, and waited for as a state (not a change): a shutdown that comes
+        // while the clients are still being built (loading the root certificates) is seen.
+        let mut stop = self.stopping();
         let clients = match Clients::new(self.config().webhook_timeout) {
             Ok(c) => Arc::new(c),
             Err(e) => {
@@ -697,7 +700,6 @@ impl Imprint {
                 return;
             }
         };
-        let mut stop = self.stopping();
         let mut tick = tokio::time::interval(self.config().webhook_tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut running: tokio::task::JoinSet<i64> = tokio::task::JoinSet::new();
@@ -711,7 +713,7 @@ impl Imprint {
                     busy.remove(&id);
                     continue;
                 }
-                _ = stop.changed() => {
+                _ = async { drop(stop.wait_for(|stopping| *stopping).await) } => {
                     // Attempts in flight get a moment to finish; one cut short stays leased
                     // and is sent again later (at least once).
                     let finish = async { while running.join_next().await.is_some() {} };
