@@ -12,6 +12,7 @@ mod overview;
 pub mod ssr;
 mod topic;
 mod topics;
+mod webhooks;
 
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
@@ -55,6 +56,7 @@ pub fn App() -> impl IntoView {
                     <A href="/">"Topics"</A>
                     <A href="/unused">"Unused"</A>
                     <A href="/audit">"Audit log"</A>
+                    <A href="/webhooks">"Webhooks"</A>
                     <A href="/admin">"Admin"</A>
                     <a href="/api/v1/openapi.json">"API"</a>
                 </nav>
@@ -77,6 +79,8 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/unused") view=topics::UnusedPage ssr=SsrMode::Async/>
                     <Route path=path!("/audit") view=audit::AuditPage ssr=SsrMode::Async/>
                     <Route path=path!("/admin") view=admin::AdminPage ssr=SsrMode::Async/>
+                    <Route path=path!("/webhooks") view=webhooks::WebhooksPage ssr=SsrMode::Async/>
+                    <Route path=path!("/webhooks/:id") view=webhooks::WebhookPage ssr=SsrMode::Async/>
                 </Routes>
             </main>
         </Router>

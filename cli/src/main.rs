@@ -1,5 +1,5 @@
 //! `imprint`: Imprint's command-line tool for pipelines and people — topics, publishing,
-//! scopes, pins, rollouts, the consumer audit, and `watch` (a consumer in a shell).
+//! scopes, pins, rollouts, the consumer audit, webhooks, and `watch` (a consumer in a shell).
 //! Tables for people, `--json` for scripts (the API's JSON as it is). This file holds the
 //! command line's entry and the dispatch; each command lives in `cmd/<feature>.rs`.
 #![forbid(unsafe_code)]
@@ -10,7 +10,7 @@ mod fmt;
 
 use api::{Api, CliResult};
 use clap::{Parser, Subcommand};
-use cmd::{consumers, diff, get, pins, publish, resolve, rollouts, topics, versions, watch};
+use cmd::{consumers, diff, get, pins, publish, resolve, rollouts, topics, versions, watch, webhooks};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -67,6 +67,9 @@ enum Cmd {
     Consumers(consumers::ConsumersArgs),
     /// Consume a topic from the shell: print each new version, or run a command.
     Watch(watch::WatchArgs),
+    /// Subscribe URLs to change events (signed CloudEvents), see their delivery log.
+    #[command(subcommand)]
+    Webhook(webhooks::WebhookCmd),
     /// Print a shell completion script, e.g. `imprint completions bash > /etc/bash_completion.d/imprint`.
     Completions {
         #[arg(value_enum)]
@@ -125,6 +128,7 @@ async fn run(cli: Cli) -> CliResult<u8> {
         Cmd::Rollout(cmd) => rollouts::run(&api, cmd, json).await,
         Cmd::Consumers(args) => consumers::run(&api, args, json).await,
         Cmd::Watch(args) => watch::run(&cli.url, cli.token, args).await,
+        Cmd::Webhook(cmd) => webhooks::run(&api, cmd, json).await,
         Cmd::Completions { shell } => completions(shell),
     }
 }

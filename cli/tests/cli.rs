@@ -337,3 +337,60 @@ async fn watch_runs_a_command_per_version_and_reports_its_status(pool: sqlx::PgP
     assert_eq!(listed["consumers"][0]["instance"], "w-1");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `imprint webhook …`: create (the secret shown once), list, update, rotate, the
+/// delivery log and redeliver, and a refusal with the server's message.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn webhooks_create_list_rotate_and_deliveries(pool: sqlx::PgPool) {
+    let server = spawn_app(pool).await;
+    server.create_topic("hooked.cli").await;
+    let out = imprint(
+        &server,
+        &[
+            "webhook",
+            "create",
+            "https://hooks.example.com/x",
+            "--topic",
+            "hooked.cli",
+            "--event",
+            "version.published,pin.set",
+        ],
+    )
+    .await
+    .ok();
+    assert!(out.stdout.contains("secret:  whsec_"), "{}", out.stdout);
+    let list = imprint(&server, &["--json", "webhook", "list"]).await.ok().json();
+    let id = list["webhooks"][0]["id"].as_i64().expect("id").to_string();
+    assert_eq!(list["webhooks"][0]["event_types"], serde_json::json!(["version.published", "pin.set"]));
+    let table = imprint(&server, &["webhook", "list"]).await.ok();
+    assert!(
+        table.stdout.contains("topic hooked.cli") && table.stdout.contains("version.published,pin.set"),
+        "{}",
+        table.stdout
+    );
+    let out = imprint(&server, &["webhook", "update", &id, "--events", "all", "--disable"]).await.ok();
+    assert!(out.stdout.contains("events:  all") && out.stdout.contains("enabled: false"), "{}", out.stdout);
+    let rotated = imprint(&server, &["--json", "webhook", "rotate", &id, "--keep", "2h"]).await.ok().json();
+    assert!(rotated["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")));
+    assert!(rotated["previous_secret_expires_at"].is_string());
+    imprint(&server, &["webhook", "update", &id, "--enable"]).await.ok();
+    server.publish_text("hooked.cli", "one").await;
+    // The receiver does not exist: the first attempt fails and the log says why.
+    let log = eventually("an attempt", || async {
+        let out = imprint(&server, &["--json", "webhook", "deliveries", &id]).await.ok().json();
+        out["deliveries"].as_array().and_then(|d| d.first()).filter(|d| d["attempts"] == 1).cloned()
+    })
+    .await;
+    assert_eq!(log["event_type"], "version.published");
+    let table = imprint(&server, &["webhook", "deliveries", &id]).await.ok();
+    assert!(table.stdout.contains("version.published") && table.stdout.contains("pending"), "{}", table.stdout);
+    let d = log["id"].as_i64().expect("delivery").to_string();
+    let out = imprint(&server, &["webhook", "redeliver", &id, &d]).await.ok();
+    assert!(out.stdout.contains("is pending again"), "{}", out.stdout);
+    let out = imprint(&server, &["webhook", "create", "http://127.0.0.1:9/"]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("loopback"), "{}", out.stderr);
+    imprint(&server, &["webhook", "delete", &id]).await.ok();
+    let out = imprint(&server, &["webhook", "show", &id]).await;
+    assert!(out.stderr.contains("webhook_not_found"), "{}", out.stderr);
+}

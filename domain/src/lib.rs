@@ -12,6 +12,7 @@ mod rollout;
 mod selector;
 pub mod spring;
 mod stage_text;
+pub mod webhooks;
 
 pub use diff::{diff_lines, render_payload, DiffLine, Rendered};
 pub use names::{TopicName, TopicNameError, VersionNumber, VersionNumberError};

@@ -120,6 +120,7 @@ mod tests {
             (Error::VersionPurged { topic: s(), version: 1 }, 410, "version_purged"),
             (Error::PinNotFound { topic: s(), selector: s() }, 404, "pin_not_found"),
             (Error::RolloutNotFound { topic: s(), id: 1 }, 404, "rollout_not_found"),
+            (Error::WebhookNotFound("webhook 1 does not exist".into()), 404, "webhook_not_found"),
             (Error::TopicExists(s()), 409, "topic_exists"),
             (Error::InvalidState(s()), 409, "invalid_state"),
             (Error::Conflict(s()), 409, "conflict"),
@@ -184,6 +185,7 @@ mod tests {
             Error::TooManyStreams(_) => 29,
             Error::Internal(_) => 30,
             Error::TooManyConnections => 31,
+            Error::WebhookNotFound(_) => 32,
         }
     }
 
@@ -192,7 +194,7 @@ mod tests {
         let cases = every_kind();
         let mut kinds: Vec<usize> = cases.iter().map(|(e, _, _)| kind(e)).collect();
         kinds.sort_unstable();
-        assert_eq!(kinds, (0..=31).collect::<Vec<_>>(), "every kind of error, once");
+        assert_eq!(kinds, (0..=32).collect::<Vec<_>>(), "every kind of error, once");
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
             let message = e.public_message();

@@ -79,6 +79,9 @@ struct ServeArgs {
     /// (`snapshots/<topic>.json`) up to date.
     #[arg(long, env = "IMPRINT_SNAPSHOT_SECS", default_value_t = 10)]
     snapshot_secs: u64,
+    /// Seconds one webhook delivery attempt may take, connecting included (1-60).
+    #[arg(long, env = "IMPRINT_WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
+    webhook_timeout_secs: u64,
     /// Milliseconds between rollout scheduler (and pin expiry) passes.
     #[arg(long, env = "IMPRINT_ROLLOUT_TICK_MS", default_value_t = 500)]
     rollout_tick_ms: u64,
@@ -313,6 +316,7 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
         },
         objects,
         janitor_every: Duration::from_secs(args.janitor_secs.max(1)),
+        webhook_timeout: Duration::from_secs(args.webhook_timeout_secs.clamp(1, 60)),
         metrics_on_public_listener: args.metrics_addr.is_none(),
         register_area: {
             let area = args.register_area.trim_matches('/').to_owned();

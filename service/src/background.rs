@@ -1,5 +1,6 @@
 //! The background work of a server: following changes into the serving state, flushing
-//! the consumer audit, the rollout scheduler and the janitor (retention, stray objects).
+//! the consumer audit, the rollout scheduler, the janitor (retention, stray objects) and
+//! webhook deliveries.
 use crate::error::Result;
 use crate::handle::Imprint;
 use crate::serving;
@@ -48,6 +49,8 @@ impl Imprint {
             }
             Ok(())
         });
+        // Webhook deliveries (the loop checks leadership itself: its tasks outlive a tick).
+        self.keep_task(tokio::spawn(self.clone().webhook_loop()));
         // Expired pins go as their time comes, at the scheduler's pace.
         self.every(self.config().rollout_tick_every, "pin expiry", false, true, |i| async move {
             i.expire_pins().await.map(|_| ())

@@ -61,6 +61,9 @@ pub enum Error {
     UserNotFound(String),
     #[error("team {0:?} does not exist")]
     TeamNotFound(String),
+    /// A webhook subscription (or one of its deliveries) is not there, or not the caller's.
+    #[error("{0}")]
+    WebhookNotFound(String),
     /// Sign-in throttling: too many failed attempts for this username or client.
     #[error("too many failed sign-in attempts; try again in {retry_after_s} s")]
     TooManyAttempts { retry_after_s: u64 },
@@ -107,6 +110,7 @@ impl Error {
             | Error::NoVersionInScope(_)
             | Error::UserNotFound(_)
             | Error::TeamNotFound(_)
+            | Error::WebhookNotFound(_)
             | Error::NotFound(_) => S::NOT_FOUND,
             Error::TopicExists(_)
             | Error::InvalidState(_)
@@ -144,6 +148,7 @@ impl Error {
             Error::NoVersionInScope(_) => "no_version_in_scope",
             Error::UserNotFound(_) => "user_not_found",
             Error::TeamNotFound(_) => "team_not_found",
+            Error::WebhookNotFound(_) => "webhook_not_found",
             Error::NotFound(_) => "not_found",
             Error::TopicExists(_) => "topic_exists",
             Error::InvalidState(_) => "invalid_state",

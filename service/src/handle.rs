@@ -20,8 +20,8 @@ use tokio::sync::watch;
 /// - `publish`: every other `/api/v1` call (topics, publishing, scopes, pins, rollouts)
 ///   and the reads too.
 /// - `console`: the web console.
-/// - `worker`: the rollout scheduler, the janitor, pin expiry, snapshot manifests and
-///   consumer expiry — run by the one worker holding the leader lock (a Postgres
+/// - `worker`: the rollout scheduler, the janitor, pin expiry, snapshot manifests,
+///   webhook deliveries and consumer expiry — run by the one worker holding the leader lock (a Postgres
 ///   advisory lock), so once across replicas; the others take over when it goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Roles {
@@ -140,6 +140,11 @@ pub struct Config {
     pub register_area: String,
     /// How often the worker brings the object-store snapshot manifests up to date.
     pub snapshot_every: Duration,
+    /// How long one webhook delivery attempt may take, connecting included
+    /// (`IMPRINT_WEBHOOK_TIMEOUT_SECS`, default 10 s).
+    pub webhook_timeout: Duration,
+    /// How often the worker looks for due webhook deliveries.
+    pub webhook_tick_every: Duration,
 }
 
 impl Default for Config {
@@ -166,6 +171,8 @@ impl Default for Config {
             register_area: DEFAULT_REGISTER_AREA.to_owned(),
             metrics_on_public_listener: true,
             snapshot_every: Duration::from_secs(10),
+            webhook_timeout: Duration::from_secs(10),
+            webhook_tick_every: Duration::from_millis(500),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! `error`, `clock`, `cursor`, `model`, `throttle`, `audit` (the buffer) are leaves;
 //! `store` holds every SQL statement; `serving`, `auth` and `handle` build on it; the
 //! feature modules (`rollouts` < `versions`, `topics`, `pins`, `users`, `teams`, `audit_log`,
-//! `consumers`, `tokens`, `matrix`, `poll`) build on those, `relay` on `poll`; `validation`
+//! `consumers`, `tokens`, `matrix`, `poll`) build on those, `relay` on `poll`, `webhooks` on `auth` and `store` (its events are written by `store::audit`); `validation`
 //! sits below `versions`, `version_reads` beside it; `background` runs the loops on top.
 #![forbid(unsafe_code)]
 
@@ -44,6 +44,7 @@ mod users;
 mod validation;
 mod version_reads;
 mod versions;
+pub mod webhooks;
 
 pub use auth::Caller;
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -58,6 +58,8 @@ async fn apply_effects(conn: &mut PgConnection, cx: &EffectCtx<'_>, effects: &[E
                     "id": rollout_id,
                     "version": version,
                     "stage": stage + 1,
+                    // the plan's stage count: `stage == of` is the last (webhooks' rollout.completed)
+                    "of": r.plan().stage_count(),
                     "selector": selector.to_string(),
                     // false: the version had this scope already (e.g. from its publish)
                     "scope_added": added > 0,

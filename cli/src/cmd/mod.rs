@@ -12,6 +12,7 @@ pub mod rollouts;
 pub mod topics;
 pub mod versions;
 pub mod watch;
+pub mod webhooks;
 
 use crate::api::{CliError, CliResult};
 use imprint_domain::{Labels, Selector};

@@ -1,5 +1,5 @@
 //! The `/api/v1` routes, one file per feature — `topics`, `versions`, `pins`, `rollouts`,
-//! `consumers` (poll, latest, resolve, the consumer audit), `relay` (what relays call), `ops` (health, readiness,
+//! `consumers` (poll, latest, resolve, the consumer audit), `relay` (what relays call), `webhooks` (change-event subscriptions), `ops` (health, readiness,
 //! metrics) and `doc` (the OpenAPI document) — each holding its handlers, its request and
 //! response types and its routes. Handlers take typed request parts (see `extract`), call
 //! the service and map the answer. Routes are registered through `utoipa_axum`, so every
@@ -13,6 +13,7 @@ pub mod relay;
 pub mod rollouts;
 pub mod topics;
 pub mod versions;
+pub mod webhooks;
 
 use crate::error::ApiError;
 use crate::extract::MAX_BODY_BYTES;
@@ -28,6 +29,7 @@ pub fn routes_and_doc() -> (axum::Router<Imprint>, utoipa::openapi::OpenApi) {
         .merge(rollouts::routes())
         .merge(consumers::routes())
         .merge(relay::routes())
+        .merge(webhooks::routes())
         .merge(ops::routes())
         .merge(doc::routes())
         // OpenFeature's protocol (`/ofrep/v1`, server/src/ofrep.rs) is documented here too.

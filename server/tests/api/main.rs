@@ -19,3 +19,4 @@ mod security;
 mod spring;
 mod topics;
 mod trust;
+mod webhooks;

@@ -30,6 +30,11 @@ async fn every_route_is_documented_and_answers(pool: sqlx::PgPool) {
         "/api/v1/relay/poll",
         "/api/v1/relay/reports",
         "/api/v1/relay/topics/{topic}/versions/{n}/data",
+        "/api/v1/webhooks",
+        "/api/v1/webhooks/{id}",
+        "/api/v1/webhooks/{id}/rotate",
+        "/api/v1/webhooks/{id}/deliveries",
+        "/api/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
         "/api/v1/openapi.json",
         "/ofrep/v1/evaluate/flags/{key}",
         "/ofrep/v1/evaluate/flags",
@@ -88,7 +93,8 @@ async fn every_route_is_documented_and_answers(pool: sqlx::PgPool) {
             .replace("{n}", "1")
             .replace("{id}", "1")
             .replace("{action}", "pause")
-            .replace("{key}", "k");
+            .replace("{key}", "k")
+            .replace("{delivery}", "1");
         for (method, op) in item.as_object().expect("path item") {
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
             operations += 1;

@@ -17,6 +17,7 @@ pub(crate) mod tokens;
 pub(crate) mod topics;
 pub(crate) mod users;
 pub(crate) mod versions;
+pub(crate) mod webhooks;
 
 /// The NOTIFY channel every change is announced on; the payload is the topic id.
 pub const CHANGE_CHANNEL: &str = "imprint_change";
@@ -60,9 +61,36 @@ pub(crate) async fn audit(
     topic: Option<&str>,
     details: serde_json::Value,
 ) -> Result<()> {
+    // The change events (webhooks) of this action go in the same transaction: a committed
+    // change always has its events, a rolled-back one never.
+    let events = imprint_domain::webhooks::events_of_action(action, &details);
+    if !events.is_empty() {
+        let mut data = match &details {
+            serde_json::Value::Object(m) => m.clone(),
+            other => serde_json::Map::from_iter([("details".to_owned(), other.clone())]),
+        };
+        data.insert("topic".into(), topic.map_or(serde_json::Value::Null, |t| t.into()));
+        data.insert("actor".into(), actor.into());
+        let data = serde_json::Value::Object(data);
+        for event_type in events {
+            let queued = webhooks::enqueue(conn, &new_event_id(), event_type, topic, at, &data).await?;
+            if queued > 0 {
+                metrics::counter!("imprint_webhook_deliveries_queued_total").increment(queued);
+            }
+        }
+    }
     audit_log::insert(conn, at, actor, action, topic, details).await?;
     metrics::counter!("imprint_audit_log_entries_total").increment(1);
     Ok(())
+}
+
+/// A change event's id (CloudEvents `id`, Standard Webhooks `webhook-id`): `evt_` and
+/// 128 random bits in hex.
+fn new_event_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    format!("evt_{}", hex::encode(b))
 }
 
 /// Takes a session-level advisory lock if no other session holds it (`false`: one
