@@ -342,9 +342,25 @@ pub fn relay_data_url(topic: &str, version: u64) -> String {
 /// The header carrying a group's downstream token on a relay's payload download.
 pub const DOWNSTREAM_TOKEN_HEADER: &str = "x-imprint-downstream-token";
 
+/// The token an `Authorization` value carries: `Bearer <token>` (or `bearer`), trimmed, not
+/// empty. `None` for anything else. How every surface reads a token (HTTP API, gRPC
+/// metadata, a relay's local endpoint).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim).filter(|t| !t.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_one_way() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        for bad in ["Bearer", "Bearer   ", "Basic abc", "abc", "BEARER abc", ""] {
+            assert_eq!(bearer_token(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn scopes_match_labels_like_selectors() {

@@ -55,9 +55,7 @@ pub(crate) fn bearer(parts: &Parts) -> Result<Option<String>, ApiError> {
     value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .and_then(imprint_protocol::bearer_token)
         .map(|t| Some(t.to_owned()))
         .ok_or_else(|| ApiError(Error::Unauthorized("the Authorization header must be `Bearer <token>`".into())))
 }

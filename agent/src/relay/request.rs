@@ -20,19 +20,9 @@ pub(super) fn refused(e: &RelayError) -> Response {
 
 pub(super) fn bearer(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
     let Some(v) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    v.to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| Some(t.to_owned()))
-        .ok_or_else(|| {
-            Box::new(error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the Authorization header must be `Bearer <token>`",
-            ))
-        })
+    v.to_str().ok().and_then(imprint_protocol::bearer_token).map(|t| Some(t.to_owned())).ok_or_else(|| {
+        Box::new(error(StatusCode::UNAUTHORIZED, "unauthorized", "the Authorization header must be `Bearer <token>`"))
+    })
 }
 
 pub(super) fn valid_instance(i: &str) -> bool {

@@ -81,9 +81,7 @@ fn bearer(meta: &tonic::metadata::MetadataMap) -> Result<Option<String>, Status>
     value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .and_then(imprint_protocol::bearer_token)
         .map(|t| Some(t.to_owned()))
         .ok_or_else(|| grpc_status(Error::Unauthorized("the authorization metadata must be `Bearer <token>`".into())))
 }
