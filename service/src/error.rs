@@ -270,6 +270,17 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         }
         "team_members_team_id_fkey" => conflict("the team does not exist (any more)"),
         "team_members_user_id_fkey" => conflict("the user does not exist (any more)"),
+        "webhook_subscriptions_pkey" | "webhook_events_pkey" | "webhook_events_id_key" | "webhook_deliveries_pkey" => {
+            conflict("the row was created concurrently; try again")
+        }
+        "webhook_deliveries_subscription_id_event_seq_key" => conflict("this event is queued for this webhook already"),
+        "webhook_subscriptions_url_check" => invalid("a webhook URL has 1 to 2048 characters"),
+        "webhook_subscriptions_description_check" => invalid("a webhook description has at most 1000 characters"),
+        "webhook_subscriptions_one_scope" => invalid("a webhook is for one topic, one team or everything, not several"),
+        "webhook_deliveries_state_check" => invalid("a delivery is pending, delivered or failed"),
+        "webhook_subscriptions_topic_id_fkey" => conflict("the topic does not exist (any more)"),
+        "webhook_deliveries_subscription_id_fkey" => conflict("the webhook does not exist (any more)"),
+        "webhook_deliveries_event_seq_fkey" => conflict("the event does not exist (any more)"),
         _ => {
             tracing::warn!(constraint, detail, "unmapped constraint violation");
             None
