@@ -1,4 +1,5 @@
 import * as http from "node:http";
+import * as path from "node:path";
 import { AddressInfo } from "node:net";
 import { expect, Page, test } from "@playwright/test";
 
@@ -19,6 +20,12 @@ let received: { headers: http.IncomingHttpHeaders; body: string }[] = [];
 let server: http.Server;
 let receiverUrl = "";
 let topic = "";
+
+const shots = path.join(__dirname, "..", "screenshots");
+
+async function shot(page: Page, name: string) {
+  await page.screenshot({ path: path.join(shots, `${test.info().project.name}-${name}.png`), fullPage: true });
+}
 
 async function ready(page: Page) {
   if (test.info().project.name === "hydrated") {
@@ -75,6 +82,7 @@ test("create a webhook, see its delivery, redeliver it", async ({ page, request 
   await expect(page.getByRole("status").filter({ hasText: "signing secret" })).toContainText("whsec_");
   const row = page.locator("table.webhooks tr", { hasText: receiverUrl });
   await expect(row).toContainText(`topic ${topic}`);
+  await shot(page, "webhooks");
 
   // A bad subscription is refused with the service's message, and nothing is added.
   await page.goto("/webhooks");
@@ -111,6 +119,7 @@ test("create a webhook, see its delivery, redeliver it", async ({ page, request 
   await expect(delivery).toContainText("200");
   await expect(delivery).toContainText("ok-from-receiver");
   await expect(delivery).toContainText(" ms");
+  await shot(page, "webhook-deliveries");
   await delivery.getByRole("button", { name: "Redeliver" }).click();
   await expect(page.getByRole("status").filter({ hasText: "Queued for redelivery" })).toBeVisible();
   await expect.poll(() => received.length, { timeout: 20_000 }).toBe(2);
