@@ -230,7 +230,7 @@ impl Application {
             let stop = async move {
                 let _ = draining.wait_for(|d| *d).await;
             };
-            tokio::spawn(crate::grpc::serve(imprint.clone(), l, settings, stop))
+            tokio::spawn(crate::grpc::serve(imprint.clone(), l, settings, limits.clone(), stop))
         });
         if let Some((l, _)) = metrics {
             let mut draining = imprint.draining();

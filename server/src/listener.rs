@@ -155,7 +155,7 @@ pub async fn serve_with_limits(
 }
 
 /// Errors of one incoming connection (the listener itself is fine).
-fn is_connection_error(e: &std::io::Error) -> bool {
+pub(crate) fn is_connection_error(e: &std::io::Error) -> bool {
     use std::io::ErrorKind;
     matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset)
 }
@@ -184,23 +184,23 @@ fn refuse(stream: tokio::net::TcpStream, peer: SocketAddr) {
 
 /// Open connections per client address.
 #[derive(Clone)]
-struct PerIp {
+pub(crate) struct PerIp {
     max: usize,
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 /// One connection's place in its address's count; given back when dropped.
-struct Slot {
+pub(crate) struct Slot {
     key: IpAddr,
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl PerIp {
-    fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         PerIp { max, open: Arc::default() }
     }
 
-    fn acquire(&self, ip: IpAddr) -> Option<Slot> {
+    pub(crate) fn acquire(&self, ip: IpAddr) -> Option<Slot> {
         if self.max == 0 {
             // No cap: a slot counted nowhere.
             return Some(Slot { key: ip, open: Arc::default() });

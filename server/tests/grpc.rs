@@ -646,3 +646,50 @@ async fn a_publish_that_breaks_off_stores_nothing(pool: sqlx::PgPool) {
     assert_eq!(p.version, 1);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn connections_from_one_address_are_capped_as_on_http(pool: sqlx::PgPool) {
+    // IMPRINT_MAX_CONNS_PER_IP bounds the gRPC listener too: one address cannot hold more
+    // connections open than that, however few streams each carries.
+    let limits = imprint_server::ConnectionLimits { max_conns_per_ip: 2, ..Default::default() };
+    let app = spawn_app_limited(pool, limits).await;
+    let addr = app.grpc_addr.expect("gRPC address");
+    let first = client(&app).await;
+    let second = client(&app).await;
+    // A third connection is closed before anything is spoken: reading it ends at once.
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("TCP connects");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut third, &mut buf))
+        .await
+        .expect("the refused connection is closed, not left open");
+    assert!(matches!(read, Ok(0) | Err(_)), "the third connection was served: {read:?}");
+    // A gRPC client on a third connection is not served either (the connection closes
+    // under it: UNAVAILABLE or CANCELLED), while the first two are.
+    let refused = Channel::from_shared(app.grpc_url()).unwrap().connect().await;
+    if let Ok(channel) = refused {
+        let mut c = ImprintClient::new(channel);
+        let r = c.list_versions(pb::ListVersionsRequest { topic: "nope".into(), ..Default::default() }).await;
+        let code = r.expect_err("refused").code();
+        assert!(matches!(code, Code::Unavailable | Code::Cancelled), "{code:?}");
+    }
+    for mut c in [first.clone(), second.clone()] {
+        let r = c.list_versions(pb::ListVersionsRequest { topic: "nope".into(), ..Default::default() }).await;
+        assert_eq!(r.expect_err("no such topic").code(), Code::NotFound, "an open connection is served");
+    }
+    // Closing one gives its place back.
+    drop(first);
+    drop(third);
+    let mut later = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(channel) = Channel::from_shared(app.grpc_url()).unwrap().connect().await {
+            let mut c = ImprintClient::new(channel);
+            let r = c.list_versions(pb::ListVersionsRequest { topic: "nope".into(), ..Default::default() }).await;
+            if r.as_ref().err().map(|s| s.code()) == Some(Code::NotFound) {
+                later = Some(());
+                break;
+            }
+        }
+    }
+    assert!(later.is_some(), "a place freed by a closed connection is given to a new one");
+}

@@ -3,6 +3,7 @@
 //! auth, roles, limits, consumer audit and error codes (`crate::error::grpc_status`), plus
 //! the standard health and reflection services. `watch` holds the Watch stream, `transfer`
 //! Publish and Download, `convert` the wire types.
+mod connections;
 mod convert;
 mod transfer;
 mod watch;
@@ -229,6 +230,7 @@ pub async fn serve(
     imprint: Imprint,
     listener: tokio::net::TcpListener,
     settings: GrpcSettings,
+    limits: crate::ConnectionLimits,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -248,7 +250,7 @@ pub async fn serve(
         health.set_not_serving::<pb::imprint_server::ImprintServer<GrpcApi>>().await;
         let _ = draining.wait_for(|d| *d).await;
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = connections::incoming(listener, limits.max_conns_per_ip, limits.exempt);
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
