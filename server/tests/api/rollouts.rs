@@ -84,7 +84,7 @@ async fn stages_are_added_when_due_until_completed(pool: sqlx::PgPool) {
     clock.advance(secs(1));
     let done = rollout_until(&app, "ro", &id, |r| r["state"] == "completed").await;
     assert!(done["stages"].as_array().unwrap().iter().all(|s| s["state"] == "reached"), "{done}");
-    assert_eq!(resolve(&app, "ro", "region=us").await["version"], 2);
+    eventually("region=us to see v2", || async { resolve(&app, "ro", "region=us").await["version"] == 2 }).await;
     // Each stage's scope was added once, by the rollout.
     let v: Value = app.req(Method::GET, "/api/v1/topics/ro/versions/2").json_body().await;
     let scopes = v["scopes"].as_array().unwrap();
