@@ -1,6 +1,6 @@
 //! Administration: users, teams, API tokens of each kind, and sign-in lockouts (admins
 //! only; the service checks).
-use crate::common::{error_text, short_time, ActionResult, Flash};
+use crate::common::{error_text, short_time, ActionResult, Flash, SecretResult, SecretShownOnce};
 use leptos::form::ActionForm;
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -241,18 +241,14 @@ pub fn AdminPage() -> impl IntoView {
         <ActionResult value=move || member.value().get() ok="Team updated"/>
         <ActionResult value=move || revoke.value().get() ok="Token revoked"/>
         <ActionResult value=move || unlock.value().get() ok="Lockout cleared (if there was one)"/>
-        {move || match create_token.value().get() {
-            Some(Ok(token)) => Some(view! { <p class="flash notice token" role="status">"New token (shown once, store it now): " <code class="secret">{token}</code></p> }.into_any()),
-            Some(Err(e)) => Some(view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any()),
-            None => None,
-        }}
+        <SecretResult value=move || create_token.value().get() what="New token"/>
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match data.await {
                     Err(e) => view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any(),
                     Ok(d) => { let (teams_select, teams_tokens) = (d.teams.clone(), d.teams.clone()); view! {
                         {d.new_token.clone().map(|(name, token)| view! {
-                            <p class="flash notice token" role="status">{format!("New token “{name}” (shown once, store it now): ")}<code class="secret">{token}</code></p>
+                            <SecretShownOnce what=format!("New token “{name}”") secret=token/>
                         })}
                         <section class="card" aria-label="Users">
                             <h2>"Users"</h2>

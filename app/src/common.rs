@@ -33,6 +33,27 @@ pub fn ActionResult<T: 'static, F: Fn() -> Option<Result<T, ServerFnError>> + Se
     }
 }
 
+/// A secret the server shows once (a new token, a webhook's signing secret); `what` names it.
+#[component]
+pub fn SecretShownOnce(what: String, secret: String) -> impl IntoView {
+    view! {
+        <p class="flash notice token" role="status">{format!("{what} (shown once, store it now): ")}<code class="secret">{secret}</code></p>
+    }
+}
+
+/// The outcome of an action in a hydrated page whose answer is a secret shown once.
+#[component]
+pub fn SecretResult<F: Fn() -> Option<Result<String, ServerFnError>> + Send + Sync + 'static>(
+    value: F,
+    what: &'static str,
+) -> impl IntoView {
+    move || match value() {
+        Some(Err(e)) => Some(view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any()),
+        Some(Ok(secret)) => Some(view! { <SecretShownOnce what=what.to_owned() secret/> }.into_any()),
+        None => None,
+    }
+}
+
 /// An RFC 3339 time shown compactly in UTC.
 pub fn short_time(t: &str) -> String {
     chrono::DateTime::parse_from_rfc3339(t)

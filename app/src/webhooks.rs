@@ -1,7 +1,7 @@
 //! Webhooks: the subscriptions the signed-in user may manage, a form to create one (its
 //! secret shown once), and each one's delivery log (status, latency, the receiver's
 //! answer) with a Redeliver button. The service checks every right.
-use crate::common::{error_text, short_time, ActionResult, Flash};
+use crate::common::{error_text, short_time, ActionResult, Flash, SecretResult, SecretShownOnce};
 use leptos::form::ActionForm;
 use leptos::prelude::*;
 use leptos_meta::Title;
@@ -186,18 +186,14 @@ pub fn WebhooksPage() -> impl IntoView {
         <Flash/>
         <ActionResult value=move || delete.value().get() ok="Webhook deleted"/>
         <ActionResult value=move || enable.value().get() ok="Webhook updated"/>
-        {move || match create.value().get() {
-            Some(Ok(secret)) => Some(view! { <p class="flash notice token" role="status">"Webhook created. Its signing secret (shown once, store it now): " <code class="secret">{secret}</code></p> }.into_any()),
-            Some(Err(e)) => Some(view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any()),
-            None => None,
-        }}
+        <SecretResult value=move || create.value().get() what="Webhook created. Its signing secret"/>
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match data.await {
                     Err(e) => view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any(),
                     Ok(d) => view! {
                         {d.new_secret.clone().map(|(id, secret)| view! {
-                            <p class="flash notice token" role="status">{format!("Webhook {id} created. Its signing secret (shown once, store it now): ")}<code class="secret">{secret}</code></p>
+                            <SecretShownOnce what=format!("Webhook {id} created. Its signing secret") secret/>
                         })}
                         <section class="card" aria-label="Subscriptions">
                             <h2>"Subscriptions"</h2>
