@@ -50,20 +50,30 @@ pub(crate) async fn fetch(inner: &Inner, topic: &str, u: &Update, kind: Kind) ->
             .decode(b64.trim())
             .map_err(|e| Failure::Rejected(format!("data_base64 is not valid base64: {e}")))?;
         let actual = sha256_hex(&bytes);
-        if actual != u.sha256 {
-            return Err(Error::Checksum { expected: u.sha256.clone(), actual }.into());
+        if actual == u.sha256 && bytes.len() as u64 == u.size {
+            return match kind {
+                Kind::Memory => Ok(Fetched::Memory(bytes)),
+                Kind::File => {
+                    let store = inner.store.clone();
+                    let (topic, version, sha) = (topic.to_owned(), u.version, u.sha256.clone());
+                    let path = tokio::task::spawn_blocking(move || store.write_payload(&topic, version, &sha, &bytes))
+                        .await
+                        .map_err(|e| Failure::Transient(Error::Protocol(format!("writing the payload: {e}"))))??;
+                    Ok(Fetched::File(path))
+                }
+            };
         }
-        return match kind {
-            Kind::Memory => Ok(Fetched::Memory(bytes)),
-            Kind::File => {
-                let store = inner.store.clone();
-                let (topic, version, sha) = (topic.to_owned(), u.version, u.sha256.clone());
-                let path = tokio::task::spawn_blocking(move || store.write_payload(&topic, version, &sha, &bytes))
-                    .await
-                    .map_err(|e| Failure::Transient(Error::Protocol(format!("writing the payload: {e}"))))??;
-                Ok(Fetched::File(path))
-            }
+        let e = if actual != u.sha256 {
+            Error::Checksum { expected: u.sha256.clone(), actual }
+        } else {
+            Error::Size { expected: u.size, actual: bytes.len() as u64 }
         };
+        // As every official client does (docs/protocol.md §3): a mismatch is downloaded once
+        // more, from data_url, before the version is given up.
+        if u.data_url.is_empty() {
+            return Err(e.into());
+        }
+        tracing::warn!(topic, version = u.version, error = %e, "the inline payload does not verify; downloading it");
     }
     if u.data_url.is_empty() {
         return Err(Failure::Rejected("the update has neither data_base64 nor data_url".into()));

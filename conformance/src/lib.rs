@@ -185,6 +185,9 @@ pub enum Fault {
     Reset { kind: RequestKind, count: u32 },
     /// Flip bytes in the body of the next `count` payload downloads (size unchanged).
     Corrupt { count: u32 },
+    /// Flip a byte of every inline payload (`data_base64`) in the next `count` poll answers
+    /// that carry one (size unchanged): the client must download it from `data_url` instead.
+    CorruptInline { count: u32 },
     /// Cut the next `count` payload downloads off after half their body.
     Truncate { count: u32 },
     /// Never answer the next `count` requests of `kind` (the server hangs; the proxy gives

@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
+use base64::Engine;
 use imprint_conformance::{Fault, RequestKind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -136,6 +137,7 @@ enum Action {
     Hang,
     PollAfter(u64),
     Corrupt,
+    CorruptInline,
     Truncate,
     Delay(u64),
 }
@@ -167,6 +169,10 @@ fn take_action(shared: &Shared, kind: RequestKind) -> Action {
         Fault::Corrupt { count } if *count > 0 && kind == RequestKind::Data => {
             *count -= 1;
             (Action::Corrupt, *count == 0)
+        }
+        Fault::CorruptInline { count } if *count > 0 && kind == RequestKind::Poll => {
+            // Counted down only by an answer that carries an inline payload (below).
+            (Action::CorruptInline, false)
         }
         Fault::Truncate { count } if *count > 0 && kind == RequestKind::Data => {
             *count -= 1;
@@ -260,6 +266,35 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 Err(_) => return unreachable(),
             };
             answer["poll_after_ms"] = serde_json::json!(ms);
+            rewritten = true;
+            Body::from(answer.to_string())
+        }
+        Action::CorruptInline if ok => {
+            let mut answer: serde_json::Value = match serde_json::from_slice(&bytes) {
+                Ok(v) => v,
+                Err(_) => return unreachable(),
+            };
+            let mut spoiled = false;
+            if let Some(updates) = answer["updates"].as_object_mut() {
+                for u in updates.values_mut() {
+                    let Some(inline) = u["data_base64"].as_str() else { continue };
+                    let Ok(mut data) = base64::engine::general_purpose::STANDARD.decode(inline) else { continue };
+                    if let Some(b) = data.get_mut(0) {
+                        *b ^= 0xff;
+                        u["data_base64"] = serde_json::json!(base64::engine::general_purpose::STANDARD.encode(&data));
+                        spoiled = true;
+                    }
+                }
+            }
+            if spoiled {
+                let mut fault = shared.fault.lock().expect("lock");
+                if let Fault::CorruptInline { count } = &mut *fault {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        *fault = Fault::Pass;
+                    }
+                }
+            }
             rewritten = true;
             Body::from(answer.to_string())
         }
