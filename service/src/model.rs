@@ -52,6 +52,8 @@ pub struct Topic {
     /// Unchanged Spring Cloud Config clients read this topic as a property source of this
     /// application (and profile) under `/spring`.
     pub spring: Option<SpringBinding>,
+    /// End-to-end encryption (docs/encryption.md): payloads are age files for these recipients.
+    pub encryption: Option<crate::encryption::Encryption>,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
 }
