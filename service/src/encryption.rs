@@ -7,7 +7,6 @@ use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::objects::store_error;
 use crate::store;
-use crate::versions::Received;
 use imprint_domain::encryption::{check_header, check_recipient, parse_header, MAX_HEADER_BYTES, MAX_RECIPIENTS};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -80,6 +79,12 @@ pub(crate) async fn apply_setting(
     Ok(())
 }
 
+/// Where a received payload is, for its header to be read.
+pub(crate) enum PayloadAt<'a> {
+    Inline(&'a bytes::Bytes),
+    Object { key: &'a object_store::path::Path, size: u64 },
+}
+
 impl Imprint {
     /// Refuses a payload for an end-to-end topic unless it is an age v1 file whose header
     /// fits the topic's recipients. Only the header is read: from memory for an inline
@@ -88,15 +93,15 @@ impl Imprint {
         &self,
         conn: &mut sqlx::PgConnection,
         topic_id: i64,
-        received: &Received,
+        received: PayloadAt<'_>,
     ) -> Result<()> {
         let Some(enc) = store::encryption::get(conn, topic_id).await? else { return Ok(()) };
         let (prefix, complete) = match received {
-            Received::Inline(b) => (b.clone(), true),
-            Received::Object { key, size, .. } => {
-                let n = (*size).min(MAX_HEADER_BYTES as u64);
+            PayloadAt::Inline(b) => (b.clone(), true),
+            PayloadAt::Object { key, size } => {
+                let n = size.min(MAX_HEADER_BYTES as u64);
                 let bytes = self.objects().store().get_range(key, 0..n).await.map_err(store_error)?;
-                (bytes, n == *size)
+                (bytes, n == size)
             }
         };
         let refused = |e: imprint_domain::encryption::HeaderError| Error::NotEncrypted(e.to_string());

@@ -241,7 +241,11 @@ impl Imprint {
         }
         // End-to-end topics take age files for their recipients only (under the lock: the
         // setting cannot change before this version commits).
-        self.check_encrypted_payload(&mut tx, t.id, &received).await?;
+        let at = match &received {
+            Received::Inline(b) => crate::encryption::PayloadAt::Inline(b),
+            Received::Object { key, size, .. } => crate::encryption::PayloadAt::Object { key, size: *size },
+        };
+        self.check_encrypted_payload(&mut tx, t.id, at).await?;
         // Validated above against the settings read then; only when they changed since (a
         // schema set in between) is the payload validated again, here under the lock.
         let now_rules = Validation::of(&t)?;
