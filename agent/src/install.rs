@@ -156,7 +156,8 @@ impl Installer {
             && self.sub.path.as_ref().is_none_or(|t| fs::metadata(t).is_ok_and(|m| m.len() == out_size));
         if !in_place {
             if let Some(target) = &self.sub.path {
-                swap_in(&output, target, &self.sub, next.decrypted).map_err(|e| format!("install {}: {e}", target.display()))?;
+                swap_in(&output, target, &self.sub, next.decrypted)
+                    .map_err(|e| format!("install {}: {e}", target.display()))?;
                 if let Some(reload) = &self.sub.reload {
                     if let Err(e) = command::run("reload", reload, target, self.sub.timeout) {
                         let back = match &previous {

@@ -76,10 +76,7 @@ async fn installs_the_plaintext_with_the_identity_and_nothing_without(pool: sqlx
     let top = format!("instance = \"node-1\"\nidentity_file = \"{}\"", key.display());
     let agent = Agent::start(&config(&dir, &app.base_url(), &top)).await;
     let target = dir.join("out").join("creds.json");
-    eventually("the decrypted file", || async {
-        std::fs::read_to_string(&target).ok().filter(|t| *t == creds)
-    })
-    .await;
+    eventually("the decrypted file", || async { std::fs::read_to_string(&target).ok().filter(|t| *t == creds) }).await;
     assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600, "0644 less group/other");
     // The state copy is plaintext too (0600); the client cache holds only ciphertext.
     for (p, b) in files(&dir.join("state")) {
@@ -90,7 +87,9 @@ async fn installs_the_plaintext_with_the_identity_and_nothing_without(pool: sqlx
             assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600, "{name}");
         }
     }
-    assert!(files(&dir.join("state")).iter().any(|(p, b)| p.display().to_string().contains("/cache/") && crypt::is_age(b)));
+    assert!(files(&dir.join("state"))
+        .iter()
+        .any(|(p, b)| p.display().to_string().contains("/cache/") && crypt::is_age(b)));
     // The local endpoint serves what it installed: the plaintext.
     let r = agent.get("/v1/topics/db.creds").await;
     assert_eq!(r.status(), 200);

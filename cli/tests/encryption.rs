@@ -97,10 +97,8 @@ async fn publish_encrypts_to_the_topic_and_get_decrypts_with_the_identity(pool: 
     let file = write(&dir, "creds.json", creds.as_bytes());
     let out = run(&server, &["publish", "db.creds", &file], None).await.ok();
     assert!(out.stderr.contains("encrypted for the topic's 2 recipient(s)"), "{}", out.stderr);
-    let inline: Vec<u8> = sqlx::query_scalar("SELECT inline_data FROM versions WHERE version = 1")
-        .fetch_one(&server.pool)
-        .await
-        .unwrap();
+    let inline: Vec<u8> =
+        sqlx::query_scalar("SELECT inline_data FROM versions WHERE version = 1").fetch_one(&server.pool).await.unwrap();
     assert!(crypt::is_age(&inline) && !contains(&inline, MARKER));
     // Each recipient's identity decrypts it, to a file (mode 0600) or standard output.
     let target = dir.join("out.json");
@@ -143,10 +141,13 @@ async fn publish_encrypts_to_the_topic_and_get_decrypts_with_the_identity(pool: 
     tampered[last] ^= 1;
     server.publish_raw("db.creds", tampered).await;
     let bad_out = dir.join("bad.json");
-    let out =
-        run(&server, &["get", "db.creds", "--version", "3", "--identity", &id1, "-o", &bad_out.to_string_lossy()], None)
-            .await
-            .failed();
+    let out = run(
+        &server,
+        &["get", "db.creds", "--version", "3", "--identity", &id1, "-o", &bad_out.to_string_lossy()],
+        None,
+    )
+    .await
+    .failed();
     assert!(out.stderr.contains("cannot decrypt the payload"), "{}", out.stderr);
     assert!(!bad_out.exists());
     let _ = std::fs::remove_dir_all(dir);

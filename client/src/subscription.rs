@@ -132,7 +132,9 @@ impl<'a> Payload<'a> {
         if !self.encrypted() {
             return Ok(raw);
         }
-        let ids = self.identities.ok_or_else(|| std::io::Error::other(crate::crypt::no_identity(self.topic, self.version)))?;
+        let ids = self
+            .identities
+            .ok_or_else(|| std::io::Error::other(crate::crypt::no_identity(self.topic, self.version)))?;
         Ok(Box::new(ids.decrypt_reader(raw).map_err(std::io::Error::other)?))
     }
 }

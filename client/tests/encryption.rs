@@ -63,7 +63,9 @@ async fn decrypts_with_the_identity_caches_ciphertext_and_rejects_without_it(poo
     let creds = format!("{{\"password\": \"{MARKER}\"}}");
     server.publish_raw("db.creds", crypt::encrypt(std::slice::from_ref(&public), creds.as_bytes()).unwrap()).await;
     let model = MARKER.repeat(20_000);
-    server.publish_raw("ml.secret-model", crypt::encrypt(std::slice::from_ref(&public), model.as_bytes()).unwrap()).await;
+    server
+        .publish_raw("ml.secret-model", crypt::encrypt(std::slice::from_ref(&public), model.as_bytes()).unwrap())
+        .await;
 
     let cache = scratch_dir("e2e-cache");
     let c = client(&server.base_url(), "i-1").cache_dir(&cache).identity_file(&identity).build().unwrap();

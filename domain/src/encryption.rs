@@ -193,7 +193,8 @@ mod tests {
         format!("age-encryption.org/v1\n{stanzas}--- {}\n", "A".repeat(43)).into_bytes()
     }
 
-    const X: &str = "-> X25519 TEiF0ypqr+bpvcqXNyCVJpL7OuwPdVwPL7KQEbFDOCc\nEmECAEcKN+n/Vs9SbWiV+Hu0r+E8R77DdWYyd83nw7U\n";
+    const X: &str =
+        "-> X25519 TEiF0ypqr+bpvcqXNyCVJpL7OuwPdVwPL7KQEbFDOCc\nEmECAEcKN+n/Vs9SbWiV+Hu0r+E8R77DdWYyd83nw7U\n";
 
     #[test]
     fn recipients_are_checked() {
@@ -232,11 +233,16 @@ mod tests {
         assert!(matches!(parse_header(&bad_body, true), Err(HeaderError::Malformed(_))));
         let junk = b"age-encryption.org/v1\nhello\n";
         assert!(matches!(parse_header(junk, true), Err(HeaderError::Malformed(_))));
-        let endless = [VERSION_LINE, "-> X25519 TEiF0ypqr+bpvcqXNyCVJpL7OuwPdVwPL7KQEbFDOCc\n".as_bytes(), &[b'A'; 64][..], b"\n"]
-            .concat()
-            .into_iter()
-            .chain(std::iter::repeat_n(b"A".repeat(64).into_iter().chain([b'\n']), 2000).flatten())
-            .collect::<Vec<u8>>();
+        let endless = [
+            VERSION_LINE,
+            "-> X25519 TEiF0ypqr+bpvcqXNyCVJpL7OuwPdVwPL7KQEbFDOCc\n".as_bytes(),
+            &[b'A'; 64][..],
+            b"\n",
+        ]
+        .concat()
+        .into_iter()
+        .chain(std::iter::repeat_n(b"A".repeat(64).into_iter().chain([b'\n']), 2000).flatten())
+        .collect::<Vec<u8>>();
         assert_eq!(parse_header(&endless, false), Err(HeaderError::TooLong));
     }
 }

@@ -3,8 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod apollo;
-pub mod encryption;
 mod diff;
+pub mod encryption;
 mod names;
 mod pins;
 mod resolve;

@@ -125,9 +125,7 @@ impl Error {
             Error::SchemaViolation(_)
             | Error::ChecksumMismatch { .. }
             | Error::ObjectNotFound(_)
-            | Error::NotEncrypted(_) => {
-                S::UNPROCESSABLE_ENTITY
-            }
+            | Error::NotEncrypted(_) => S::UNPROCESSABLE_ENTITY,
             Error::RangeNotSatisfiable { .. } => S::RANGE_NOT_SATISFIABLE,
             Error::TooManyAttempts { .. } | Error::TooManyConnections => S::TOO_MANY_REQUESTS,
             Error::Busy(_)

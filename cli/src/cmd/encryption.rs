@@ -23,7 +23,8 @@ pub fn check_schema(schema: &Path, payload: &Path) -> CliResult<()> {
         .map_err(|e| CliError::new(format!("the schema is not a valid JSON Schema: {e}")))?;
     let doc: serde_json::Value = serde_json::from_slice(&read(payload, MAX_CHECKED)?)
         .map_err(|e| CliError::new(format!("the payload {} is not JSON: {e}", payload.display())))?;
-    let errors: Vec<String> = validator.iter_errors(&doc).take(5).map(|e| format!("{}: {e}", e.instance_path)).collect();
+    let errors: Vec<String> =
+        validator.iter_errors(&doc).take(5).map(|e| format!("{}: {e}", e.instance_path)).collect();
     if !errors.is_empty() {
         return Err(CliError::new(format!("the payload does not satisfy the schema: {}", errors.join("; "))));
     }

@@ -276,7 +276,10 @@ async fn publish(api: &Api, req: PublishRequest) -> CliResult<Value> {
     }
     let content_type = content_type_for(&req.file, req.content_type.as_deref(), topic.content_type.as_deref());
     if encrypted.is_some() && req.progress {
-        eprintln!("encrypted for the topic's {} recipient(s)", topic.encryption.as_ref().map_or(0, |e| e.recipients.len()));
+        eprintln!(
+            "encrypted for the topic's {} recipient(s)",
+            topic.encryption.as_ref().map_or(0, |e| e.recipients.len())
+        );
     }
     let file = tokio::fs::File::open(&path).await.map_err(|e| CliError::new(format!("opening {}: {e}", req.file)))?;
     let body = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);

@@ -53,23 +53,20 @@ async fn the_setting_is_checked_and_refuses_server_side_plaintext_checks(pool: s
     assert!(body["error"]["message"].as_str().unwrap().contains("end_to_end"), "an unknown mode: {body}");
     let msg = bad(json!({"name": "s.a", "json_schema": {"type": "object"}, "encryption": e2e(json!([r1]))})).await;
     assert!(msg.contains("JSON Schema") && msg.contains("imprint publish --schema"), "{msg}");
-    let msg = bad(json!({"name": "s.a", "apollo": {"app_id": "a", "namespace": "n"}, "encryption": e2e(json!([r1]))})).await;
+    let msg =
+        bad(json!({"name": "s.a", "apollo": {"app_id": "a", "namespace": "n"}, "encryption": e2e(json!([r1]))})).await;
     assert!(msg.contains("Apollo"), "{msg}");
     assert_eq!(app.versions_in_db("s.a").await, 0);
     let (s, _) = app.get_json("/api/v1/topics/s.a").await;
     assert_eq!(s, 404, "nothing was created by a refused setting");
 
     // A good one: normalised (lowercase, duplicates gone), shown, audited.
-    let t = app
-        .create_topic_with(json!({"name": "s.a", "encryption": e2e(json!([r1.to_uppercase(), r1, r2]))}))
-        .await;
+    let t = app.create_topic_with(json!({"name": "s.a", "encryption": e2e(json!([r1.to_uppercase(), r1, r2]))})).await;
     assert_eq!(t["encryption"], e2e(json!([r1, r2])));
     // Binding it later is refused too, and so is a schema; the topic is unchanged.
-    for patch in [
-        json!({"spring": {"application": "shop"}}),
-        json!({"json_schema": {"type": "object"}}),
-        json!({"ofrep": {}}),
-    ] {
+    for patch in
+        [json!({"spring": {"application": "shop"}}), json!({"json_schema": {"type": "object"}}), json!({"ofrep": {}})]
+    {
         let r = app.admin(Method::PATCH, "/api/v1/topics/s.a").json(&patch).send().await.expect("send");
         let body = assert_error(r, 400, "invalid_request").await;
         assert!(body["error"]["message"].as_str().unwrap().contains("end-to-end"), "{body}");
@@ -115,7 +112,8 @@ async fn plaintext_and_headers_for_other_recipients_are_refused(pool: sqlx::PgPo
     }))
     .await;
     // Plaintext, in every form a publish takes.
-    let (s, body) = app.post_json("/api/v1/topics/secrets.db/versions", &json!({"data": format!("{{\"x\": \"{MARKER}\"}}")})).await;
+    let (s, body) =
+        app.post_json("/api/v1/topics/secrets.db/versions", &json!({"data": format!("{{\"x\": \"{MARKER}\"}}")})).await;
     assert_eq!(s, 422, "{body}");
     assert_eq!(body["error"]["code"], "not_encrypted");
     assert!(body["error"]["message"].as_str().unwrap().contains("not an age v1 file"), "{body}");
@@ -129,7 +127,10 @@ async fn plaintext_and_headers_for_other_recipients_are_refused(pool: sqlx::PgPo
     for size in [100, 200_000] {
         let one = crypt::encrypt(std::slice::from_ref(&r1), &vec![b'a'; size]).unwrap();
         let body = assert_error(raw(&app, "secrets.db", one).await, 422, "not_encrypted").await;
-        assert!(body["error"]["message"].as_str().unwrap().contains("to 1 X25519 recipient(s); this topic has 2"), "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("to 1 X25519 recipient(s); this topic has 2"),
+            "{body}"
+        );
     }
     // Three recipients for a topic of two: refused too (exactly the topic's count).
     let (_, r3) = crypt::generate();

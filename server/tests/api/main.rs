@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used)]
 mod apollo;
 mod connection;
-mod encryption;
 mod consumers;
+mod encryption;
 mod fuzz;
 mod objects;
 mod ofrep;

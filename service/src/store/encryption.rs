@@ -13,12 +13,9 @@ pub(crate) async fn set(conn: &mut PgConnection, id: i64, e: Option<&Encryption>
 
 /// A topic's encryption setting.
 pub(crate) async fn get(conn: &mut PgConnection, id: i64) -> Result<Option<Encryption>> {
-    let v = sqlx::query_scalar!(
-        r#"SELECT encryption AS "encryption: Json<Encryption>" FROM topics WHERE id = $1"#,
-        id
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+    let v = sqlx::query_scalar!(r#"SELECT encryption AS "encryption: Json<Encryption>" FROM topics WHERE id = $1"#, id)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(v.map(|j| j.0))
 }
 
