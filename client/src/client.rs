@@ -417,7 +417,7 @@ impl Client {
                 data,
                 identities: identities.as_ref(),
             };
-            Some(crate::crypt::apply_decrypted(slot.as_ref(), &payload).map(|()| meta.version))
+            Some(crate::subscription::apply_decrypted(slot.as_ref(), &payload).map(|()| meta.version))
         })
         .await;
         match outcome {

@@ -162,23 +162,6 @@ pub(crate) fn no_identity(topic: &str, version: u64) -> String {
     )
 }
 
-/// Applies a payload, decrypting in-memory bytes of an age file first (the plaintext
-/// stays in memory: what is cached is the ciphertext, saved after this).
-pub(crate) fn apply_decrypted(
-    slot: &dyn crate::subscription::Slot,
-    p: &crate::subscription::Payload<'_>,
-) -> Result<(), String> {
-    use crate::subscription::{Data, Payload};
-    let crate::subscription::Data::Bytes(b) = p.data else { return slot.try_apply(p) };
-    if !is_age(b) {
-        return slot.try_apply(p);
-    }
-    let ids = p.identities.ok_or_else(|| no_identity(p.topic, p.version))?;
-    let plain = ids.decrypt(b).map_err(|e| e.to_string())?;
-    let q = Payload { data: Data::Bytes(&plain), identities: None, ..*p };
-    slot.try_apply(&q)
-}
-
 /// A fresh identity and its recipient (for tests and `imprint keygen`): (secret, public).
 pub fn generate() -> (String, String) {
     use age::secrecy::ExposeSecret;

@@ -147,7 +147,7 @@ async fn apply_fetched(
             data,
             identities: identities.as_ref(),
         };
-        crate::crypt::apply_decrypted(applying.as_ref(), &payload).map(|()| fetched)
+        crate::subscription::apply_decrypted(applying.as_ref(), &payload).map(|()| fetched)
     })
     .await;
     let fetched = match applied {

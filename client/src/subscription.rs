@@ -423,3 +423,16 @@ impl<T> Stream for Changes<T> {
         self.inner.as_mut().poll_next(cx)
     }
 }
+
+/// Applies a payload, decrypting in-memory bytes of an age file first (the plaintext
+/// stays in memory: what is cached is the ciphertext, saved after this).
+pub(crate) fn apply_decrypted(slot: &dyn Slot, p: &Payload<'_>) -> Result<(), String> {
+    let Data::Bytes(b) = p.data else { return slot.try_apply(p) };
+    if !crate::crypt::is_age(b) {
+        return slot.try_apply(p);
+    }
+    let ids = p.identities.ok_or_else(|| crate::crypt::no_identity(p.topic, p.version))?;
+    let plain = ids.decrypt(b).map_err(|e| e.to_string())?;
+    let q = Payload { data: Data::Bytes(&plain), identities: None, ..*p };
+    slot.try_apply(&q)
+}

@@ -5,29 +5,10 @@
 //! the ciphertext's; the plaintext is authenticated by age.
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
+pub use crate::model::{Encryption, EncryptionMode};
 use crate::objects::store_error;
 use crate::store;
 use imprint_domain::encryption::{check_header, check_recipient, parse_header, MAX_HEADER_BYTES, MAX_RECIPIENTS};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-/// How a topic's payloads are encrypted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum EncryptionMode {
-    /// Payloads are age v1 files encrypted to `recipients`; the server never sees plaintext.
-    EndToEnd,
-}
-
-/// A topic's encryption: `{"mode": "end_to_end", "recipients": ["age1…"]}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Encryption {
-    pub mode: EncryptionMode,
-    /// age X25519 recipients (`age1…`): every payload is encrypted to each of them.
-    #[serde(default)]
-    pub recipients: Vec<String>,
-}
 
 /// A setting as given, checked and normalised (recipients lowercased, duplicates gone).
 pub(crate) fn check_encryption(e: &Encryption) -> Result<Encryption> {

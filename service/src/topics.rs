@@ -59,7 +59,7 @@ pub struct NewTopic {
     pub spring: Option<SpringBinding>,
     /// End-to-end encryption: `{"mode": "end_to_end", "recipients": ["age1…"]}` (docs/encryption.md).
     #[serde(default)]
-    pub encryption: Option<crate::encryption::Encryption>,
+    pub encryption: Option<crate::model::Encryption>,
 }
 
 /// Settings to change; absent fields stay as they are, `null` clears the optional ones.
@@ -104,7 +104,7 @@ pub struct TopicPatch {
     pub spring: Option<Option<SpringBinding>>,
     /// Replaces the encryption setting (later versions); `null` removes it.
     #[serde(default, deserialize_with = "double_option")]
-    pub encryption: Option<Option<crate::encryption::Encryption>>,
+    pub encryption: Option<Option<crate::model::Encryption>>,
 }
 
 /// For `#[serde(default, deserialize_with = "double_option")]` on an `Option<Option<T>>`:

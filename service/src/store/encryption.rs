@@ -1,6 +1,6 @@
 //! The `topics.encryption` column (docs/encryption.md).
-use crate::encryption::Encryption;
 use crate::error::{Error, Result};
+use crate::model::Encryption;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 

@@ -38,7 +38,7 @@ pub(crate) struct TopicRow {
     pub ofrep_field: Option<String>,
     pub spring_application: Option<String>,
     pub spring_profile: Option<String>,
-    pub encryption: Option<Json<crate::encryption::Encryption>>,
+    pub encryption: Option<Json<crate::model::Encryption>>,
 }
 
 impl From<TopicRow> for Topic {
@@ -408,7 +408,7 @@ pub(crate) async fn by_name<'e>(ex: impl PgExecutor<'e>, name: &str) -> Result<O
                   t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
                   t.ofrep_flag_key, t.ofrep_field,
                   t.spring_application, t.spring_profile,
-                  t.encryption AS "encryption: Json<crate::encryption::Encryption>"
+                  t.encryption AS "encryption: Json<crate::model::Encryption>"
            FROM topics t WHERE t.name = $1"#,
         name
     )
@@ -439,7 +439,7 @@ pub(crate) async fn list<'e>(
                   t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
                   t.ofrep_flag_key, t.ofrep_field,
                   t.spring_application, t.spring_profile,
-                  t.encryption AS "encryption: Json<crate::encryption::Encryption>"
+                  t.encryption AS "encryption: Json<crate::model::Encryption>"
            FROM topics t
            WHERE ($1::text IS NULL OR t.name ILIKE $1 OR t.description ILIKE $1 OR t.owner ILIKE $1)
              AND ($2::text IS NULL OR t.owner = $2)
@@ -474,7 +474,7 @@ pub(crate) async fn unused<'e>(
                   t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
                   t.ofrep_flag_key, t.ofrep_field,
                   t.spring_application, t.spring_profile,
-                  t.encryption AS "encryption: Json<crate::encryption::Encryption>"
+                  t.encryption AS "encryption: Json<crate::model::Encryption>"
            FROM topics t
            WHERE t.last_polled_at IS NULL OR t.last_polled_at < $1
            ORDER BY t.last_polled_at NULLS FIRST, t.name OFFSET $2 LIMIT $3"#,
