@@ -37,6 +37,10 @@ pub struct Installed {
     /// Installed from `failover_dir`, overriding what the server says.
     #[serde(default)]
     pub failover: bool,
+    /// Decrypted from an end-to-end encrypted topic (docs/encryption.md): the copy is
+    /// plaintext, so it and the installed file are readable by their owner only (0600).
+    #[serde(default)]
+    pub decrypted: bool,
 }
 
 /// Installs the versions of one subscription and publishes what it holds.
@@ -95,7 +99,13 @@ impl Installer {
         let short = p.sha256().get(..16).ok_or("the update has no SHA-256")?;
         let file = self.dir.join(format!("v{}-{short}", p.version()));
         let mut state = self.lock();
-        let size = copy_verified(|feed| feed_payload(p, feed), p.sha256(), &file)?;
+        // The client verified the ciphertext's SHA-256; age authenticates the plaintext.
+        let decrypted = p.encrypted();
+        let size = if decrypted {
+            copy_decrypted(p, &file)?
+        } else {
+            copy_verified(|feed| feed_payload(p, feed), p.sha256(), &file)?
+        };
         let offered = Installed {
             version: p.version(),
             sha256: p.sha256().to_owned(),
@@ -105,6 +115,7 @@ impl Installer {
             file,
             installed_at: now_secs(),
             failover: false,
+            decrypted,
         };
         if let Some(f) = self.failover.as_ref().filter(|f| f.is_file()) {
             // The client's start-up fallback offers older versions after a refusal: keep the
@@ -145,11 +156,12 @@ impl Installer {
             && self.sub.path.as_ref().is_none_or(|t| fs::metadata(t).is_ok_and(|m| m.len() == out_size));
         if !in_place {
             if let Some(target) = &self.sub.path {
-                swap_in(&output, target, &self.sub).map_err(|e| format!("install {}: {e}", target.display()))?;
+                swap_in(&output, target, &self.sub, next.decrypted)
+                    .map_err(|e| format!("install {}: {e}", target.display()))?;
                 if let Some(reload) = &self.sub.reload {
                     if let Err(e) = command::run("reload", reload, target, self.sub.timeout) {
                         let back = match &previous {
-                            Some(prev) => match swap_in(&self.output_of(prev), target, &self.sub) {
+                            Some(prev) => match swap_in(&self.output_of(prev), target, &self.sub, prev.decrypted) {
                                 Ok(()) => format!("; the previous file is back ({})", describe(prev)),
                                 Err(b) => format!("; putting the previous file back failed: {b}"),
                             },
@@ -192,6 +204,7 @@ impl Installer {
                     file,
                     installed_at: now_secs(),
                     failover: true,
+                    decrypted: false,
                 };
                 tracing::warn!(topic = %self.sub.topic, file = %path.display(), "failover file overrides the server");
                 self.install(next)
@@ -284,6 +297,30 @@ fn copy_hashed(source: impl FnOnce(Feed<'_>) -> io::Result<()>, to: &Path) -> Re
     Ok((size, hex::encode(hash.finalize())))
 }
 
+/// The plaintext of an encrypted payload into `to` through `to.part` (mode 0600), decrypted
+/// as it streams with the client's identities; a tampered chunk fails the copy.
+fn copy_decrypted(p: &Payload<'_>, to: &Path) -> Result<u64, String> {
+    let tmp = to.with_extension("part");
+    let copied = copy_hashed(
+        |feed| {
+            let mut r = p.open()?;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = r.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                feed(&buf[..n])?;
+            }
+        },
+        &tmp,
+    );
+    let (size, _) = copied.map_err(|e| format!("decrypting the payload: {e}"))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    fs::rename(&tmp, to).map_err(|e| format!("{}: {e}", to.display()))?;
+    Ok(size)
+}
+
 /// [`copy_hashed`] into `to` through `to.part`, renamed only when the copy matches `sha256`.
 fn copy_verified(source: impl FnOnce(Feed<'_>) -> io::Result<()>, sha256: &str, to: &Path) -> Result<u64, String> {
     let tmp = to.with_extension("part");
@@ -298,14 +335,16 @@ fn copy_verified(source: impl FnOnce(Feed<'_>) -> io::Result<()>, sha256: &str, 
 
 /// Makes `target` a copy of `from`, atomically: a temporary file beside `target` (same
 /// file system), mode and owner set, synced, renamed over it, and the directory synced.
-pub fn swap_in(from: &Path, target: &Path, sub: &Subscription) -> io::Result<()> {
+/// A decrypted payload keeps at most the owner's bits of `mode` (0600 for the default 0644).
+pub fn swap_in(from: &Path, target: &Path, sub: &Subscription, decrypted: bool) -> io::Result<()> {
     let dir = target.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
     fs::create_dir_all(dir)?;
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("payload");
     let tmp = dir.join(format!(".{name}.imprint-{}", std::process::id()));
     let result = (|| {
         fs::copy(from, &tmp)?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(sub.mode))?;
+        let mode = if decrypted { sub.mode & 0o700 } else { sub.mode };
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
         if let Some((uid, gid)) = sub.owner {
             std::os::unix::fs::chown(&tmp, uid, gid)?;
         }

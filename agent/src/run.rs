@@ -78,6 +78,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     if let Some(s) = &config.snapshot_store {
         builder = builder.snapshot_store(s);
     }
+    if let Some(f) = &config.identity_file {
+        builder = builder.identity_file(f);
+    }
     let client = builder.build().map_err(|e| format!("client: {e}"))?;
     let mut topics = BTreeMap::new();
     let mut installers = Vec::new();

@@ -15,6 +15,9 @@ pub struct TopicRow {
     pub active_pins: u64,
     pub consumers: u64,
     pub last_polled_at: Option<String>,
+    /// End-to-end encrypted (docs/encryption.md).
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,6 +48,7 @@ fn row_of(t: imprint_service::model::Topic) -> TopicRow {
         active_pins: t.active_pins,
         consumers: t.consumers,
         last_polled_at: t.last_polled_at.map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string()),
+        encrypted: t.encryption.is_some(),
     }
 }
 
@@ -113,6 +117,8 @@ fn TopicTable(rows: Vec<TopicRow>) -> impl IntoView {
                         <td class="num consumers">{t.consumers}</td>
                         <td>{(t.active_pins > 0).then(|| view! {
                             <span class="badge pin">{format!("{} pinned", t.active_pins)}</span>
+                        })}{t.encrypted.then(|| view! {
+                            " " <span class="badge encrypted" title="end-to-end encrypted: the server holds ciphertext only">"encrypted"</span>
                         })}</td>
                     </tr>
                 }).collect_view()}

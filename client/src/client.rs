@@ -26,6 +26,8 @@ pub struct ClientBuilder {
     snapshot_store: Option<String>,
     settings: Settings,
     http: Option<reqwest::Client>,
+    identities: Option<crate::crypt::Identities>,
+    identity_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -48,6 +50,20 @@ impl ClientBuilder {
     /// one that answers. Their payload links and the token go to whichever is current.
     pub fn fallback_urls<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>) -> Self {
         self.fallback_urls.extend(urls.into_iter().map(Into::into));
+        self
+    }
+
+    /// An age identity file (`AGE-SECRET-KEY-1…` lines, as `age-keygen` writes them), read
+    /// by `build`: payloads of end-to-end encrypted topics are decrypted with it after
+    /// their checksum (the ciphertext's) is verified. The disk cache keeps the ciphertext.
+    pub fn identity_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.identity_file = Some(path.into());
+        self
+    }
+
+    /// Identities given in memory, instead of (or besides) [`ClientBuilder::identity_file`].
+    pub fn identities(mut self, ids: crate::crypt::Identities) -> Self {
+        self.identities = Some(ids);
         self
     }
 
@@ -186,8 +202,19 @@ impl ClientBuilder {
             Some(url) => Some(crate::snapshot::Snapshots::open(url)?),
             None => None,
         };
+        let identities = match (&self.identity_file, self.identities) {
+            (Some(path), given) => {
+                let read = crate::crypt::Identities::from_file(path).map_err(|e| Error::Config(e.to_string()))?;
+                Some(match given {
+                    Some(g) => g.join(&read),
+                    None => read,
+                })
+            }
+            (None, given) => given,
+        };
         let (stop, _) = watch::channel(false);
         let inner = Arc::new(Inner {
+            identities,
             #[cfg(feature = "snapshots")]
             snapshots,
             cache_warned: AtomicBool::new(false),
@@ -255,6 +282,8 @@ impl Client {
             snapshot_store: None,
             settings: Settings::default(),
             http: None,
+            identities: None,
+            identity_file: None,
         }
     }
 
@@ -363,6 +392,7 @@ impl Client {
         }
         let slot = shared.clone();
         let topic = shared.topic().to_owned();
+        let identities = self.inner.identities.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let (meta, path) = store.load(&topic)?;
             let bytes = match slot.kind() {
@@ -385,8 +415,9 @@ impl Client {
                 pinned: false,
                 source: Source::Cache,
                 data,
+                identities: identities.as_ref(),
             };
-            Some(slot.try_apply(&payload).map(|()| meta.version))
+            Some(crate::subscription::apply_decrypted(slot.as_ref(), &payload).map(|()| meta.version))
         })
         .await;
         match outcome {

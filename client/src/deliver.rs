@@ -130,6 +130,7 @@ async fn apply_fetched(
     };
     let applying = slot.clone();
     let update = u.clone();
+    let identities = inner.identities.clone();
     let applied = tokio::task::spawn_blocking(move || {
         let data = match &fetched {
             Fetched::Memory(b) => Data::Bytes(b),
@@ -144,8 +145,9 @@ async fn apply_fetched(
             pinned: update.pinned,
             source,
             data,
+            identities: identities.as_ref(),
         };
-        applying.try_apply(&payload).map(|()| fetched)
+        crate::subscription::apply_decrypted(applying.as_ref(), &payload).map(|()| fetched)
     })
     .await;
     let fetched = match applied {

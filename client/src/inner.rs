@@ -47,6 +47,8 @@ impl Default for Settings {
 /// What the client handle and the poller share.
 pub(crate) struct Inner {
     pub settings: Settings,
+    /// age identities for end-to-end encrypted topics (`ClientBuilder::identity_file`).
+    pub identities: Option<crate::crypt::Identities>,
     /// Where snapshots are read when the server is unreachable.
     #[cfg(feature = "snapshots")]
     pub snapshots: Option<crate::snapshot::Snapshots>,

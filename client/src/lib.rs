@@ -63,6 +63,7 @@
 
 mod cache;
 mod client;
+pub mod crypt;
 mod deliver;
 mod error;
 mod fetch;

@@ -56,6 +56,8 @@ pub struct Payload<'a> {
     pub(crate) pinned: bool,
     pub(crate) source: Source,
     pub(crate) data: Data<'a>,
+    /// The client's identities, to decrypt a file payload of an end-to-end topic.
+    pub(crate) identities: Option<&'a crate::crypt::Identities>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -97,12 +99,43 @@ impl<'a> Payload<'a> {
         }
     }
     /// The file, for file subscriptions. It stays in place until two newer versions
-    /// have applied.
+    /// have applied. For an end-to-end encrypted topic it is the ciphertext (the cache
+    /// never holds plaintext): read the plaintext with [`Payload::open`].
     pub fn path(&self) -> Option<&'a Path> {
         match self.data {
             Data::File(p) => Some(p),
             Data::Bytes(_) => None,
         }
+    }
+
+    /// The payload is an age file (an end-to-end encrypted topic) still to be decrypted:
+    /// only a file payload can be (in-memory payloads are handed over decrypted).
+    pub fn encrypted(&self) -> bool {
+        match self.data {
+            Data::Bytes(b) => crate::crypt::is_age(b),
+            Data::File(p) => {
+                use std::io::Read;
+                let mut head = [0u8; crate::crypt::AGE_MAGIC.len()];
+                std::fs::File::open(p).and_then(|mut f| f.read_exact(&mut head)).is_ok() && crate::crypt::is_age(&head)
+            }
+        }
+    }
+
+    /// A reader of the payload's plaintext, streamed: the file or bytes as they are, or
+    /// for an encrypted payload decrypted with the client's identities (a read error
+    /// then means the ciphertext was altered).
+    pub fn open(&self) -> std::io::Result<Box<dyn std::io::Read + 'a>> {
+        let raw: Box<dyn std::io::Read + 'a> = match self.data {
+            Data::Bytes(b) => Box::new(b),
+            Data::File(p) => Box::new(std::fs::File::open(p)?),
+        };
+        if !self.encrypted() {
+            return Ok(raw);
+        }
+        let ids = self
+            .identities
+            .ok_or_else(|| std::io::Error::other(crate::crypt::no_identity(self.topic, self.version)))?;
+        Ok(Box::new(ids.decrypt_reader(raw).map_err(std::io::Error::other)?))
     }
 }
 
@@ -389,4 +422,17 @@ impl<T> Stream for Changes<T> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<T>>> {
         self.inner.as_mut().poll_next(cx)
     }
+}
+
+/// Applies a payload, decrypting in-memory bytes of an age file first (the plaintext
+/// stays in memory: what is cached is the ciphertext, saved after this).
+pub(crate) fn apply_decrypted(slot: &dyn Slot, p: &Payload<'_>) -> Result<(), String> {
+    let Data::Bytes(b) = p.data else { return slot.try_apply(p) };
+    if !crate::crypt::is_age(b) {
+        return slot.try_apply(p);
+    }
+    let ids = p.identities.ok_or_else(|| crate::crypt::no_identity(p.topic, p.version))?;
+    let plain = ids.decrypt(b).map_err(|e| e.to_string())?;
+    let q = Payload { data: Data::Bytes(&plain), identities: None, ..*p };
+    slot.try_apply(&q)
 }

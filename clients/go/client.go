@@ -26,6 +26,7 @@ type Client struct {
 	bases    []string
 	current  atomic.Int32
 	token    string
+	decrypt  DecryptFunc // Options.Decrypt (encryption.go)
 	instance string
 	labels   map[string]string
 	http     *http.Client
@@ -124,6 +125,7 @@ func New(opts Options) (*Client, error) {
 		store:      st,
 		snaps:      snaps,
 		metrics:    newMetrics(opts.MetricsHook, logf),
+		decrypt:    opts.Decrypt,
 		logf:       logf,
 		ctx:        ctx,
 		cancel:     cancel,

@@ -181,9 +181,16 @@ func (c *Client) fallback(ctx context.Context, sub slot, failed uint64) {
 // applyFetched runs the decoder on a verified payload; on success the value is swapped in
 // and the payload saved to the disk cache. A decoder failure is a rejection.
 func (c *Client) applyFetched(sub slot, u *update, f fetched, source Source) error {
+	data := f.data
+	if f.path == "" {
+		var err error
+		if data, err = c.decrypted(sub.topicName(), u.Version, f.data); err != nil {
+			return err
+		}
+	}
 	p := &Payload{
 		Topic: sub.topicName(), Version: u.Version, SHA256: u.SHA256, ContentType: u.ContentType,
-		Metadata: u.Metadata, Pinned: u.Pinned, Source: source, Data: f.data, Path: f.path,
+		Metadata: u.Metadata, Pinned: u.Pinned, Source: source, Data: data, Path: f.path,
 	}
 	if p.Metadata == nil {
 		p.Metadata = map[string]string{}

@@ -76,6 +76,11 @@ type Options struct {
 	// MetricsHook is called with every metric update (name, value, labels): feed it to
 	// Prometheus, expvar, StatsD... The values are also kept in Client.Metrics().
 	MetricsHook func(name string, value float64, labels map[string]string)
+	// Decrypt decrypts payloads of end-to-end encrypted topics (age v1 files) after their
+	// SHA-256 (the ciphertext's) is verified; the cache keeps the ciphertext. Go's
+	// standard library cannot decrypt age, so give AgeCommand(identityFile, 0) (Debian's
+	// `age` binary) or your own (filippo.io/age). Without it such versions are rejected.
+	Decrypt DecryptFunc
 }
 
 // String prints the options with the token redacted.

@@ -4,6 +4,7 @@
 
 pub mod apollo;
 mod diff;
+pub mod encryption;
 mod names;
 mod pins;
 mod resolve;

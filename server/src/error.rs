@@ -146,6 +146,7 @@ mod tests {
             (Error::TooManyStreams(s()), 503, "too_many_streams"),
             (Error::TooManyConnections, 429, "too_many_connections"),
             (Error::Internal("secret detail".into()), 500, "internal"),
+            (Error::NotEncrypted(s()), 422, "not_encrypted"),
         ]
     }
 
@@ -186,6 +187,7 @@ mod tests {
             Error::Internal(_) => 30,
             Error::TooManyConnections => 31,
             Error::WebhookNotFound(_) => 32,
+            Error::NotEncrypted(_) => 33,
         }
     }
 
@@ -194,7 +196,7 @@ mod tests {
         let cases = every_kind();
         let mut kinds: Vec<usize> = cases.iter().map(|(e, _, _)| kind(e)).collect();
         kinds.sort_unstable();
-        assert_eq!(kinds, (0..=32).collect::<Vec<_>>(), "every kind of error, once");
+        assert_eq!(kinds, (0..=33).collect::<Vec<_>>(), "every kind of error, once");
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
             let message = e.public_message();

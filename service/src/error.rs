@@ -31,6 +31,9 @@ pub enum Error {
     /// The payload is not what the topic accepts (its JSON Schema, its Apollo binding).
     #[error("{0}")]
     SchemaViolation(String),
+    /// A payload for an end-to-end encrypted topic is not an age file fit for its recipients.
+    #[error("{0}")]
+    NotEncrypted(String),
     /// Something other than a topic, version, pin or rollout is not there.
     #[error("{0}")]
     NotFound(String),
@@ -119,9 +122,10 @@ impl Error {
             | Error::TeamExists(_) => S::CONFLICT,
             Error::VersionPurged { .. } => S::GONE,
             Error::PayloadTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
-            Error::SchemaViolation(_) | Error::ChecksumMismatch { .. } | Error::ObjectNotFound(_) => {
-                S::UNPROCESSABLE_ENTITY
-            }
+            Error::SchemaViolation(_)
+            | Error::ChecksumMismatch { .. }
+            | Error::ObjectNotFound(_)
+            | Error::NotEncrypted(_) => S::UNPROCESSABLE_ENTITY,
             Error::RangeNotSatisfiable { .. } => S::RANGE_NOT_SATISFIABLE,
             Error::TooManyAttempts { .. } | Error::TooManyConnections => S::TOO_MANY_REQUESTS,
             Error::Busy(_)
@@ -158,6 +162,7 @@ impl Error {
             Error::VersionPurged { .. } => "version_purged",
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::SchemaViolation(_) => "schema_violation",
+            Error::NotEncrypted(_) => "not_encrypted",
             Error::ChecksumMismatch { .. } => "checksum_mismatch",
             Error::ObjectNotFound(_) => "object_not_found",
             Error::RangeNotSatisfiable { .. } => "invalid_range",

@@ -18,6 +18,7 @@ mod background;
 pub mod clock;
 pub mod consumers;
 pub mod cursor;
+pub mod encryption;
 pub mod error;
 mod handle;
 pub mod janitor;

@@ -52,6 +52,8 @@ pub struct Topic {
     /// Unchanged Spring Cloud Config clients read this topic as a property source of this
     /// application (and profile) under `/spring`.
     pub spring: Option<SpringBinding>,
+    /// End-to-end encryption (docs/encryption.md): payloads are age files for these recipients.
+    pub encryption: Option<Encryption>,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
 }
@@ -357,4 +359,22 @@ pub struct SpringBinding {
     pub application: String,
     #[serde(default)]
     pub profile: Option<String>,
+}
+
+/// How a topic's payloads are encrypted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EncryptionMode {
+    /// Payloads are age v1 files encrypted to `recipients`; the server never sees plaintext.
+    EndToEnd,
+}
+
+/// A topic's encryption: `{"mode": "end_to_end", "recipients": ["age1…"]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    pub mode: EncryptionMode,
+    /// age X25519 recipients (`age1…`): every payload is encrypted to each of them.
+    #[serde(default)]
+    pub recipients: Vec<String>,
 }

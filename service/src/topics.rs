@@ -57,6 +57,9 @@ pub struct NewTopic {
     /// this application (and profile).
     #[serde(default)]
     pub spring: Option<SpringBinding>,
+    /// End-to-end encryption: `{"mode": "end_to_end", "recipients": ["age1…"]}` (docs/encryption.md).
+    #[serde(default)]
+    pub encryption: Option<crate::model::Encryption>,
 }
 
 /// Settings to change; absent fields stay as they are, `null` clears the optional ones.
@@ -99,6 +102,9 @@ pub struct TopicPatch {
     /// `null` removes the Spring binding.
     #[serde(default, deserialize_with = "double_option")]
     pub spring: Option<Option<SpringBinding>>,
+    /// Replaces the encryption setting (later versions); `null` removes it.
+    #[serde(default, deserialize_with = "double_option")]
+    pub encryption: Option<Option<crate::model::Encryption>>,
 }
 
 /// For `#[serde(default, deserialize_with = "double_option")]` on an `Option<Option<T>>`:
@@ -332,6 +338,7 @@ impl Imprint {
         let apollo = input.apollo.as_ref().map(check_apollo).transpose()?;
         let ofrep = input.ofrep.as_ref().map(|o| check_ofrep(o, name.as_str())).transpose()?;
         let spring = input.spring.as_ref().map(check_spring).transpose()?;
+        let encryption = input.encryption.as_ref().map(crate::encryption::check_encryption).transpose()?;
         let who = caller.who();
         let now = self.now();
         let mut tx = self.pool().begin().await?;
@@ -359,6 +366,7 @@ impl Imprint {
         };
         check_apollo_app(&mut tx, caller, id, None).await?;
         check_spring_app(&mut tx, caller, id, None).await?;
+        crate::encryption::apply_setting(&mut tx, id, encryption.as_ref().map(Some)).await?;
         let settings = store::topics::settings_json(&mut tx, id).await?;
         store::audit(&mut tx, now, &who, "topic.create", Some(name.as_str()), settings).await?;
         store::notify(&mut tx, id).await?;
@@ -478,6 +486,11 @@ impl Imprint {
             Some(None) => Some(None),
             Some(Some(b)) => Some(Some(check_spring(b)?)),
         };
+        let encryption = match &patch.encryption {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(e)) => Some(Some(crate::encryption::check_encryption(e)?)),
+        };
         if patch.plans.is_some() || patch.default_plan.is_some() {
             let (current_plans, current_default) = store::topics::plans(&mut tx, t.id).await?;
             let plans = patch.plans.clone().unwrap_or(current_plans);
@@ -504,6 +517,7 @@ impl Imprint {
         store::topics::update(&mut tx, t.id, update).await?;
         check_apollo_app(&mut tx, caller, t.id, Some(&app_before)).await?;
         check_spring_app(&mut tx, caller, t.id, Some(&spring_before)).await?;
+        crate::encryption::apply_setting(&mut tx, t.id, encryption.as_ref().map(Option::as_ref)).await?;
         let after = store::topics::settings_json(&mut tx, t.id).await?;
         let mut changed = changes(&before, &after);
         // A new Apollo secret is noted as set, never shown (nor any hash of it).

@@ -239,6 +239,13 @@ impl Imprint {
         if size > t.max_size as u64 {
             return Err(Error::PayloadTooLarge { size, limit: t.max_size as u64 });
         }
+        // End-to-end topics take age files for their recipients only (under the lock: the
+        // setting cannot change before this version commits).
+        let at = match &received {
+            Received::Inline(b) => crate::encryption::PayloadAt::Inline(b),
+            Received::Object { key, size, .. } => crate::encryption::PayloadAt::Object { key, size: *size },
+        };
+        self.check_encrypted_payload(&mut tx, t.id, at).await?;
         // Validated above against the settings read then; only when they changed since (a
         // schema set in between) is the payload validated again, here under the lock.
         let now_rules = Validation::of(&t)?;

@@ -31,6 +31,9 @@ pub struct Config {
     pub listen: Listen,
     pub failover_dir: Option<PathBuf>,
     pub snapshot_store: Option<String>,
+    /// An age identity file: payloads of end-to-end encrypted topics are decrypted with it
+    /// (docs/encryption.md); the files written are plaintext, mode 0600.
+    pub identity_file: Option<PathBuf>,
     /// Set in the file; otherwise the id persisted in the state directory.
     pub instance: Option<String>,
     pub labels: BTreeMap<String, String>,

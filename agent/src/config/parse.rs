@@ -25,6 +25,7 @@ struct RawConfig {
     listen: Option<String>,
     failover_dir: Option<PathBuf>,
     snapshot_store: Option<String>,
+    identity_file: Option<PathBuf>,
     instance: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
@@ -70,6 +71,9 @@ impl Config {
         }
         if let Some(v) = env("IMPRINT_AGENT_LISTEN") {
             raw.listen = Some(v);
+        }
+        if let Some(v) = env("IMPRINT_AGENT_IDENTITY_FILE") {
+            raw.identity_file = Some(v.into());
         }
         if let Some(v) = env("IMPRINT_AGENT_INSTANCE") {
             raw.instance = Some(v);
@@ -147,6 +151,7 @@ impl RawConfig {
             listen,
             failover_dir: self.failover_dir,
             snapshot_store: self.snapshot_store,
+            identity_file: self.identity_file,
             instance: self.instance,
             labels: self.labels,
             subscriptions,

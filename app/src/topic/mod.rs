@@ -74,6 +74,9 @@ pub struct TopicHead {
     pub last_published_at: Option<String>,
     pub rollout_state: Option<String>,
     pub can_write: bool,
+    /// End-to-end encrypted for this many recipients (docs/encryption.md).
+    #[serde(default)]
+    pub encrypted_for: Option<usize>,
 }
 
 #[cfg(feature = "ssr")]
@@ -86,6 +89,7 @@ pub fn head_of(t: &imprint_service::model::Topic, caller: &imprint_service::Call
         last_published_at: t.last_published_at.map(|d| d.to_rfc3339()),
         rollout_state: t.rollout_state.clone(),
         can_write: caller.require_write(&t.name, &t.owner).is_ok(),
+        encrypted_for: t.encryption.as_ref().map(|e| e.recipients.len()),
     }
 }
 
@@ -168,6 +172,7 @@ pub fn TopicHeader(head: TopicHead, active: &'static str) -> impl IntoView {
                 <div><dt>"Latest"</dt><dd class="latest">{if head.latest_version == 0 { "—".into() } else { format!("v{}", head.latest_version) }}</dd></div>
                 <div><dt>"Last publish"</dt><dd>{head.last_published_at.as_deref().map(short_time).unwrap_or_else(|| "never".into())}</dd></div>
                 {head.rollout_state.clone().map(|s| view! { <div><dt>"Rollout"</dt><dd><span class=format!("badge rollout-{s}")>{s.clone()}</span></dd></div> })}
+                {head.encrypted_for.map(|n| view! { <div><dt>"Encryption"</dt><dd><span class="badge encrypted" title="payloads are age files the server cannot read; consumers decrypt them (docs/encryption.md)">{format!("end to end, {n} recipient{}", if n == 1 { "" } else { "s" })}</span></dd></div> })}
             </dl>
         </section>
         {(!head.can_write).then(|| view! {

@@ -202,6 +202,8 @@ pub async fn save_settings(
                     }))
                 }
             },
+            // Set through the API or the CLI (docs/encryption.md); the form keeps it.
+            encryption: None,
         })
     })();
     let result = match patch.and_then(|p| Ok((topic_name(&topic)?, p))) {

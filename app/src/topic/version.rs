@@ -17,6 +17,10 @@ pub struct VersionDetail {
     /// The diff against `against`; None when there is nothing to compare.
     pub diff: Option<Result<Vec<DiffLine>, String>>,
     pub others: Vec<u64>,
+    /// An end-to-end encrypted payload: (X25519 recipients, its age header as text). Never
+    /// previewed or compared: the server holds ciphertext only.
+    #[serde(default)]
+    pub encrypted: Option<(usize, String)>,
 }
 
 /// Above this many lines either side a diff is "too large" (the page offers downloads).
@@ -58,6 +62,29 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
                 .map(|(bytes, size)| (render_payload(&bytes, 512), bytes.len() as u64 == size))
         }
     };
+    // An end-to-end encrypted payload shows its header, never a preview or a diff.
+    let encrypted = if topic.encryption.is_some() && !v.purged {
+        let (bytes, size) = load(imprint.version_preview(&caller, &name, number, PREVIEW_BYTES).await)?;
+        let complete = bytes.len() as u64 == size;
+        match imprint_domain::encryption::parse_header(&bytes, complete) {
+            Ok(Some(h)) => Some((h.x25519, String::from_utf8_lossy(&bytes[..h.len]).into_owned())),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    if encrypted.is_some() {
+        return Ok(VersionDetail {
+            head: super::head_of(&topic, &caller),
+            version: super::version_of(v, &pins),
+            rendered: None,
+            truncated: false,
+            against: None,
+            diff: None,
+            others,
+            encrypted,
+        });
+    }
     let (rendered, truncated) = if v.purged {
         (None, false)
     } else {
@@ -104,6 +131,7 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
         against,
         diff,
         others,
+        encrypted: None,
     })
 }
 
@@ -162,11 +190,16 @@ pub fn VersionPage() -> impl IntoView {
                                 {d.truncated.then(|| view! {
                                     <p class="muted small preview-note">{format!("Showing the first {} of {}.", human_size(PREVIEW_BYTES), human_size(v.size))}</p>
                                 })}
-                                {match d.rendered.clone() {
-                                    None => view! { <p class="muted">"The payload was deleted by retention."</p> }.into_any(),
-                                    Some(Rendered::Json(s)) => view! { <pre class="payload json">{s}</pre> }.into_any(),
-                                    Some(Rendered::Text(s)) => view! { <pre class="payload text">{s}</pre> }.into_any(),
-                                    Some(Rendered::Binary { size, hex_preview }) => view! {
+                                {match (d.encrypted.clone(), d.rendered.clone()) {
+                                    (Some((n, header)), _) => view! {
+                                        <p class="encrypted-note">{format!("End-to-end encrypted for {n} recipient{} (age). The server holds only ciphertext: consumers decrypt it with their identity; there is no preview or diff.", if n == 1 { "" } else { "s" })}</p>
+                                        <p class="muted small">"Its age header:"</p>
+                                        <pre class="payload age-header">{header}</pre>
+                                    }.into_any(),
+                                    (None, None) => view! { <p class="muted">"The payload was deleted by retention."</p> }.into_any(),
+                                    (None, Some(Rendered::Json(s))) => view! { <pre class="payload json">{s}</pre> }.into_any(),
+                                    (None, Some(Rendered::Text(s))) => view! { <pre class="payload text">{s}</pre> }.into_any(),
+                                    (None, Some(Rendered::Binary { size, hex_preview })) => view! {
                                         <p class="muted">{format!("Binary, {}; first bytes:", human_size(size))}</p>
                                         <pre class="payload hex">{hex_preview}</pre>
                                     }.into_any(),
@@ -183,6 +216,7 @@ pub fn VersionPage() -> impl IntoView {
                                     <button type="submit">"Show diff"</button>
                                 </form>
                                 {match (d.against, d.diff.clone()) {
+                                    _ if d.encrypted.is_some() => view! { <p class="muted">"Encrypted payloads are not compared: the server cannot read them."</p> }.into_any(),
                                     (None, _) | (_, None) => view! { <p class="muted">"No other version to compare with."</p> }.into_any(),
                                     (Some(a), Some(Err(e))) => view! {
                                         <p class="muted diff-refused">{format!("v{a} → v{}: {e}", v.version)}</p>

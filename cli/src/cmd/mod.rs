@@ -4,6 +4,7 @@
 //! exists, else a small struct of the fields printed next to the command).
 pub mod consumers;
 pub mod diff;
+pub mod encryption;
 pub mod get;
 pub mod pins;
 pub mod publish;

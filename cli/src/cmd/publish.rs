@@ -46,6 +46,10 @@ pub struct PublishArgs {
     /// No progress line.
     #[arg(short, long)]
     quiet: bool,
+    /// Check the payload against this JSON Schema file before sending it (for an
+    /// end-to-end encrypted topic, whose server cannot check what it cannot read).
+    #[arg(long, value_name = "FILE")]
+    schema: Option<PathBuf>,
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -82,6 +86,7 @@ pub async fn run(api: &Api, a: PublishArgs, json_out: bool) -> CliResult<u8> {
         rollout,
         content_type: a.content_type,
         progress: !a.quiet && !json_out,
+        schema: a.schema,
     };
     show(publish(api, request).await?, json_out, |p: Published| {
         println!(
@@ -111,6 +116,7 @@ struct PublishRequest {
     rollout: Option<String>,
     content_type: Option<String>,
     progress: bool,
+    schema: Option<PathBuf>,
 }
 
 /// A temporary file removed when dropped.
@@ -214,11 +220,39 @@ async fn publish(api: &Api, req: PublishRequest) -> CliResult<Value> {
     } else {
         (PathBuf::from(&req.file), None)
     };
+    // An end-to-end topic gets the payload encrypted to its recipients (docs/encryption.md):
+    // into a temporary file, which is what is hashed and sent. Standard input goes
+    // straight into it, so no plaintext copy is spooled.
+    let recipients = topic.encryption.as_ref().map(|e| e.recipients.clone());
+    let encrypted = recipients.as_ref().map(|_| {
+        let tmp = std::env::temp_dir().join(format!("imprint-publish-{}-{}.age", std::process::id(), rand_suffix()));
+        Spooled(tmp)
+    });
+    let plain_path = path.clone();
+    let path = encrypted.as_ref().map_or(path, |s| s.0.clone());
+    if let Some(schema) = &req.schema {
+        if req.file == "-" {
+            return Err(CliError::new("--schema checks a payload FILE, not standard input"));
+        }
+        crate::cmd::encryption::check_schema(schema, &plain_path)?;
+    }
     let (sha256, size) = {
         let path = path.clone();
         let from_stdin = req.file == "-";
         tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
-            if from_stdin {
+            if let Some(r) = recipients {
+                let out = std::fs::File::create(&path)?;
+                let mut out = std::io::BufWriter::new(out);
+                let done = if from_stdin {
+                    imprint_client::crypt::encrypt_to(&r, std::io::stdin().lock(), &mut out)
+                } else {
+                    let f = std::io::BufReader::new(std::fs::File::open(&plain_path)?);
+                    imprint_client::crypt::encrypt_to(&r, f, &mut out)
+                };
+                done.map_err(std::io::Error::other)?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                hash_reader(std::fs::File::open(&path)?, None)
+            } else if from_stdin {
                 let mut out = std::fs::File::create(&path)?;
                 let r = hash_reader(std::io::stdin().lock(), Some(&mut out))?;
                 out.sync_all()?;
@@ -241,6 +275,12 @@ async fn publish(api: &Api, req: PublishRequest) -> CliResult<Value> {
         )));
     }
     let content_type = content_type_for(&req.file, req.content_type.as_deref(), topic.content_type.as_deref());
+    if encrypted.is_some() && req.progress {
+        eprintln!(
+            "encrypted for the topic's {} recipient(s)",
+            topic.encryption.as_ref().map_or(0, |e| e.recipients.len())
+        );
+    }
     let file = tokio::fs::File::open(&path).await.map_err(|e| CliError::new(format!("opening {}: {e}", req.file)))?;
     let body = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
     let show = req.progress && std::io::stderr().is_terminal();

@@ -71,6 +71,10 @@ pub struct TopicSettings {
     /// A JSON file of named rollout plans: {"canary-first": {"stages": [...]}}.
     #[arg(long)]
     plans: Option<String>,
+    /// End-to-end encryption: an age X25519 recipient (`age1…`), repeatable; the list
+    /// replaces the topic's. `none` removes the encryption (with `set`).
+    #[arg(long = "recipient", value_name = "AGE1…")]
+    recipients: Vec<String>,
 }
 
 /// A topic as `GET /api/v1/topics/{name}` (and each row of the list) answers: the fields
@@ -95,8 +99,19 @@ pub struct Topic {
     consumers: u64,
     last_polled_at: Option<DateTime<Utc>>,
     restricted: bool,
+    /// End-to-end encryption (docs/encryption.md).
+    #[serde(default)]
+    pub encryption: Option<Encryption>,
     created_at: DateTime<Utc>,
     created_by: String,
+}
+
+/// A topic's encryption setting as the API shows it.
+#[derive(Deserialize)]
+pub struct Encryption {
+    pub mode: String,
+    #[serde(default)]
+    pub recipients: Vec<String>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -224,6 +239,13 @@ fn print_topic(t: Topic) {
         ("plans", plans),
         ("default plan", fmt::opt(&t.default_plan)),
         ("restricted", t.restricted.to_string()),
+        (
+            "encryption",
+            match &t.encryption {
+                None => "none".into(),
+                Some(e) => format!("{} for {} recipient(s): {}", e.mode, e.recipients.len(), e.recipients.join(" ")),
+            },
+        ),
         ("created", format!("{} by {}", fmt::time(Some(t.created_at)), t.created_by)),
     ];
     for (k, val) in rows {
@@ -276,6 +298,15 @@ fn settings_json(s: &TopicSettings, current: Option<&Topic>) -> CliResult<Map<St
     }
     if let Some(path) = &s.plans {
         body.insert("plans".into(), read_json_file(path, "plans file")?);
+    }
+    match s.recipients.as_slice() {
+        [] => {}
+        [none] if none == "none" => {
+            body.insert("encryption".into(), Value::Null);
+        }
+        r => {
+            body.insert("encryption".into(), json!({"mode": "end_to_end", "recipients": r}));
+        }
     }
     Ok(body)
 }

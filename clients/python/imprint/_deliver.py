@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Union
 
+from . import _crypt
 from ._cache import CacheMeta, file_name
 from .errors import ApiError, ImprintError, NetworkError, Rejected, VerifyError, is_transient
 from .subscription import Held, Kind, Payload, Source, Subscription
@@ -127,7 +128,19 @@ def fetch(core: "Client", sub: Subscription[Any], u: Dict[str, Any]) -> Fetched:
 def apply_fetched(
     core: "Client", sub: Subscription[Any], u: Dict[str, Any], fetched: Fetched, source: Source
 ) -> None:
-    """Decodes a verified payload; on success swaps it in and caches it (else Rejected)."""
+    """Decodes a verified payload; on success swaps it in and caches it (else Rejected).
+    An age payload (an end-to-end encrypted topic) is decrypted in memory first: the cache
+    keeps the ciphertext. A file payload stays the ciphertext file (``Payload.encrypted``,
+    ``Payload.plaintext()`` decrypts it)."""
+    data = fetched if isinstance(fetched, bytes) else None
+    encrypted = (data is not None and _crypt.is_age(data)) or (isinstance(fetched, Path) and _crypt.file_is_age(fetched))
+    if encrypted and not core._identities:
+        raise Rejected(_crypt.no_identity(sub.topic, int(u["version"])))
+    if data is not None and encrypted:
+        try:
+            data = _crypt.decrypt(core._identities, data)
+        except _crypt.CryptError as e:
+            raise Rejected(str(e)) from e
     p = Payload(
         topic=sub.topic,
         version=int(u["version"]),
@@ -136,8 +149,9 @@ def apply_fetched(
         metadata=dict(u.get("metadata") or {}),
         pinned=bool(u.get("pinned", False)),
         source=source,
-        data=fetched if isinstance(fetched, bytes) else None,
+        data=data,
         path=fetched if isinstance(fetched, Path) else None,
+        identities=core._identities if isinstance(fetched, Path) and encrypted else None,
     )
     try:
         value = sub.decode(p)

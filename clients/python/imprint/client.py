@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, TypeVar, Union
 
 from . import _poller
 from ._cache import Store
+from ._crypt import load_identities
 from ._deliver import apply_fetched, flush_reports
 from ._http import Transport
 from ._snapshot import Snapshots
@@ -47,6 +48,7 @@ class Client:
         startup_fallback: int = 3,
         recheck_rejected: float = 10.0,
         metrics_hook: Optional[Hook] = None,
+        identity_file: Union[str, Path, None] = None,
     ):
         if not 0 <= long_poll <= 60:
             raise ValueError("long_poll must be within 0..60 s")
@@ -61,6 +63,9 @@ class Client:
         self.startup_fallback = startup_fallback
         self.recheck_rejected = recheck_rejected
         self.metrics = Metrics(metrics_hook)
+        # age identities for end-to-end encrypted topics (docs/encryption.md): read now, so
+        # a bad file is an error here, not a client that silently cannot decrypt.
+        self._identities = load_identities(identity_file) if identity_file is not None else []
         self._http = Transport(url, token)
         self._store = Store(Path(cache_dir) if cache_dir is not None else None)
         self._snapshots = Snapshots(snapshot_store) if snapshot_store else None

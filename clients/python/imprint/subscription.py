@@ -40,6 +40,25 @@ class Payload:
     source: Source
     data: Optional[bytes] = None
     path: Optional[Path] = None
+    # The client's identities, for a file payload of an end-to-end encrypted topic.
+    identities: Optional[List[Any]] = field(default=None, repr=False)
+
+    @property
+    def encrypted(self) -> bool:
+        """A file payload that is an age file still to be decrypted (``plaintext()``)."""
+        return self.identities is not None
+
+    def plaintext(self) -> bytes:
+        """The payload's plaintext: ``data``, or the file decrypted with the identities."""
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        raw = self.path.read_bytes()
+        if self.identities is None:
+            return raw
+        from ._crypt import decrypt
+
+        return decrypt(self.identities, raw)
 
 @dataclass(frozen=True)
 class Held(Generic[T]):

@@ -49,7 +49,18 @@ export interface ClientOptions {
   metrics?: MetricsHook;
   /** Where log messages go (default: stderr, levels from `IMPRINT_LOG`, default `warn`). */
   logger?: Logger;
+  /**
+   * Decrypts payloads of end-to-end encrypted topics (age v1 files; docs/encryption.md)
+   * after their SHA-256 (the ciphertext's) is verified; the cache keeps the ciphertext.
+   * The client bundles no cryptography: with npm `age-encryption` (ESM),
+   * `async (topic, ct) => { const d = new Decrypter(); d.addIdentity(identity); return d.decrypt(ct) }`.
+   * Without it such versions are rejected. File subscriptions get the ciphertext file.
+   */
+  decrypt?: DecryptFn;
 }
+
+/** Turns the verified ciphertext of a version of `topic` into its plaintext (a throw rejects the version). */
+export type DecryptFn = (topic: string, ciphertext: Uint8Array) => Promise<Uint8Array> | Uint8Array;
 
 export interface SubscribeOptions<T> {
   /** The value until a version applies (default `undefined`). */
@@ -111,6 +122,7 @@ const KNOWN = new Set([
   "recheckRejectedMs",
   "metrics",
   "logger",
+  "decrypt",
 ]);
 
 /**
@@ -168,6 +180,7 @@ export class Client {
       throw new ConfigError("cacheDir must be a directory path");
     }
     if (options.metrics !== undefined && typeof options.metrics !== "function") throw new ConfigError("metrics must be a function");
+    if (options.decrypt !== undefined && typeof options.decrypt !== "function") throw new ConfigError("decrypt must be a function");
     this.#log = options.logger ?? defaultLogger();
     this.#snapshots = options.snapshotStore !== undefined ? openSnapshotStore(options.snapshotStore) : undefined;
     this.#http = new Transport(bases, options.token, this.#log);
@@ -181,6 +194,7 @@ export class Client {
       snapshots: this.#snapshots,
       metrics: this.metrics,
       log: this.#log,
+      decrypt: options.decrypt,
       instance: this.instance,
       labels: this.labels,
       stopSignal: this.#stop.signal,

@@ -24,6 +24,8 @@ export interface Core {
   readonly snapshots: SnapshotStore | undefined;
   readonly metrics: Metrics;
   readonly log: Logger;
+  /** `ClientOptions.decrypt`, for end-to-end encrypted topics. */
+  readonly decrypt: ((topic: string, ciphertext: Uint8Array) => Promise<Uint8Array> | Uint8Array) | undefined;
   readonly instance: string;
   readonly labels: Readonly<Record<string, string>>;
   /** Aborted by close(): every request and download stops. */

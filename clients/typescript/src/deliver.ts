@@ -190,6 +190,7 @@ export async function fetchPayload(core: Core, sub: Sub, u: Update): Promise<Fet
 
 /** Decodes a verified payload; on success swaps it in and caches it (else Rejected). */
 export async function applyFetched(core: Core, sub: Sub, u: Update, fetched: Fetched, source: Exclude<Source, "default">): Promise<void> {
+  const data = fetched.data !== undefined ? await decrypted(core, sub.topic, u.version, fetched.data) : undefined;
   const p: Payload = Object.freeze({
     topic: sub.topic,
     version: u.version,
@@ -199,7 +200,7 @@ export async function applyFetched(core: Core, sub: Sub, u: Update, fetched: Fet
     metadata: Object.freeze({ ...(u.metadata ?? {}) }),
     pinned: Boolean(u.pinned),
     source,
-    ...(fetched.data !== undefined ? { data: fetched.data } : { path: fetched.path }),
+    ...(data !== undefined ? { data } : { path: fetched.path }),
   });
   let value: unknown;
   try {
@@ -218,6 +219,24 @@ export async function applyFetched(core: Core, sub: Sub, u: Update, fetched: Fet
   core.metrics.count("imprint_client_updates_applied_total", { topic: sub.topic });
   core.log.info(`imprint: ${sub.topic} v${u.version} applied (source ${source})`);
   await save(core, sub.topic, u, fetched);
+}
+
+/** The first line of every age v1 file (an end-to-end encrypted topic's payload). */
+export const AGE_MAGIC = Buffer.from("age-encryption.org/v1\n");
+
+/** An in-memory payload's plaintext: itself, or an age file decrypted with `decrypt` (docs/encryption.md). */
+async function decrypted(core: Core, topic: string, version: number, data: Buffer): Promise<Buffer> {
+  if (data.length < AGE_MAGIC.length || !data.subarray(0, AGE_MAGIC.length).equals(AGE_MAGIC)) return data;
+  if (core.decrypt === undefined) {
+    throw new Rejected(
+      `version ${version} of ${JSON.stringify(topic)} is end-to-end encrypted (age) and this client has no identity to decrypt it: give it the decrypt option`,
+    );
+  }
+  try {
+    return Buffer.from(await core.decrypt(topic, new Uint8Array(data)));
+  } catch (e) {
+    throw new Rejected(`cannot decrypt the payload: ${e instanceof Error ? e.message : String(e)}`);
+  }
 }
 
 /** Records the applied payload in the cache (failures are only logged: the value is in use). */

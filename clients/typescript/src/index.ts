@@ -5,7 +5,7 @@
  * value in and reports the outcome to the server. The protocol is docs/protocol.md of the
  * Imprint repository; the Rust `imprint-client` is the reference implementation.
  */
-export { Client, decoders, type ClientOptions, type SubscribeOptions } from "./client.js";
+export { Client, decoders, type ClientOptions, type DecryptFn, type SubscribeOptions } from "./client.js";
 export { Subscription, type ChangesOptions, type Decoder, type Held, type Payload, type Rejection, type Source } from "./subscription.js";
 export { ApiError, ClosedError, ConfigError, ImprintError, NetworkError, ProtocolError, TimeoutError, VerifyError } from "./errors.js";
 export { Metrics, type MetricSample, type MetricsHook } from "./metrics.js";

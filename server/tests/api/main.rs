@@ -6,6 +6,7 @@
 mod apollo;
 mod connection;
 mod consumers;
+mod encryption;
 mod fuzz;
 mod objects;
 mod ofrep;

@@ -7,6 +7,7 @@ use sqlx::PgConnection;
 
 pub(crate) mod audit_log;
 pub(crate) mod consumers;
+pub(crate) mod encryption;
 pub(crate) mod history;
 pub(crate) mod objects;
 pub(crate) mod pins;

@@ -38,6 +38,7 @@ pub(crate) struct TopicRow {
     pub ofrep_field: Option<String>,
     pub spring_application: Option<String>,
     pub spring_profile: Option<String>,
+    pub encryption: Option<Json<crate::model::Encryption>>,
 }
 
 impl From<TopicRow> for Topic {
@@ -76,6 +77,7 @@ impl From<TopicRow> for Topic {
             spring: r
                 .spring_application
                 .map(|application| crate::model::SpringBinding { application, profile: r.spring_profile }),
+            encryption: r.encryption.map(|e| e.0),
         }
     }
 }
@@ -203,7 +205,8 @@ pub(crate) async fn settings_json(conn: &mut PgConnection, id: i64) -> Result<se
             'ofrep', CASE WHEN ofrep_flag_key IS NULL THEN NULL ELSE jsonb_build_object(
                 'flag_key', ofrep_flag_key, 'field', ofrep_field) END,
             'spring', CASE WHEN spring_application IS NULL THEN NULL ELSE jsonb_build_object(
-                'application', spring_application, 'profile', spring_profile) END) AS "settings!"
+                'application', spring_application, 'profile', spring_profile) END,
+            'encryption', encryption) AS "settings!"
          FROM topics WHERE id = $1"#,
         id
     )
@@ -404,7 +407,8 @@ pub(crate) async fn by_name<'e>(ex: impl PgExecutor<'e>, name: &str) -> Result<O
                   t.restricted, t.anonymous_reports,
                   t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
                   t.ofrep_flag_key, t.ofrep_field,
-                  t.spring_application, t.spring_profile
+                  t.spring_application, t.spring_profile,
+                  t.encryption AS "encryption: Json<crate::model::Encryption>"
            FROM topics t WHERE t.name = $1"#,
         name
     )
@@ -434,7 +438,8 @@ pub(crate) async fn list<'e>(
                   t.restricted, t.anonymous_reports,
                   t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
                   t.ofrep_flag_key, t.ofrep_field,
-                  t.spring_application, t.spring_profile
+                  t.spring_application, t.spring_profile,
+                  t.encryption AS "encryption: Json<crate::model::Encryption>"
            FROM topics t
            WHERE ($1::text IS NULL OR t.name ILIKE $1 OR t.description ILIKE $1 OR t.owner ILIKE $1)
              AND ($2::text IS NULL OR t.owner = $2)
@@ -468,7 +473,8 @@ pub(crate) async fn unused<'e>(
                   t.restricted, t.anonymous_reports,
                   t.apollo_app_id, t.apollo_namespace, t.apollo_secret IS NOT NULL AS "apollo_secret_set!",
                   t.ofrep_flag_key, t.ofrep_field,
-                  t.spring_application, t.spring_profile
+                  t.spring_application, t.spring_profile,
+                  t.encryption AS "encryption: Json<crate::model::Encryption>"
            FROM topics t
            WHERE t.last_polled_at IS NULL OR t.last_polled_at < $1
            ORDER BY t.last_polled_at NULLS FIRST, t.name OFFSET $2 LIMIT $3"#,
