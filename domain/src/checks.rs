@@ -5,6 +5,8 @@
 //! turned into a [`CheckResult`] here too, so every result has one shape.
 use serde::{Deserialize, Serialize};
 
+/// How a stored secret is shown; sent back unchanged, it keeps the stored secret.
+pub const REDACTED: &str = "********";
 /// At most this many checks per topic.
 pub const MAX_CHECKS: usize = 16;
 /// The longest external-validator timeout.
@@ -61,6 +63,26 @@ pub enum OnTimeout {
     Accept,
 }
 
+/// What a rollout gate that fails (too many consumer failures) does: pause the rollout
+/// (the operator decides) or roll it back (cancel it and pin the previous version on
+/// every stage reached).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    #[default]
+    Pause,
+    Rollback,
+}
+
+/// A topic's validation settings, stored as one JSON document.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TopicChecks {
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
 /// One configured check. Which fields apply depends on `type`; [`Check::validate`] says
 /// which are missing or out of place.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,6 +108,10 @@ pub struct Check {
     /// `external`: the URL may be a private or loopback address (set by administrators only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_private: bool,
+    /// `external`: the Standard Webhooks signing secret (`whsec_` + base64) its requests
+    /// are signed with; shown as `********`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -130,20 +156,37 @@ impl Check {
             None if self.kind == CheckKind::ContentType => return err("allowed is required"),
             None => {}
         }
-        if !external && (self.url.is_some() || self.timeout_ms.is_some() || self.on_timeout.is_some() || self.allow_private)
+        if !external
+            && (self.url.is_some()
+                || self.timeout_ms.is_some()
+                || self.on_timeout.is_some()
+                || self.allow_private
+                || self.secret.is_some())
         {
-            return err("url, timeout_ms, on_timeout and allow_private apply to external only");
+            return err("url, timeout_ms, on_timeout, allow_private and secret apply to external only");
         }
         if external {
             let Some(url) = &self.url else { return err("url is required") };
             if url.len() > 2048 || !(url.starts_with("http://") || url.starts_with("https://")) {
                 return err("url is an http:// or https:// URL of at most 2048 characters");
             }
+            match self.secret.as_deref() {
+                None => return err("secret is required: a whsec_… Standard Webhooks secret the validator verifies"),
+                Some(s) if !s.starts_with("whsec_") || s.len() < 30 || s.len() > 200 => {
+                    return err("secret is whsec_ followed by at least 24 base64 characters")
+                }
+                _ => {}
+            }
             if self.timeout_ms.is_some_and(|t| t == 0 || t > MAX_TIMEOUT_MS) {
                 return err(&format!("timeout_ms is between 1 and {MAX_TIMEOUT_MS}"));
             }
         }
         Ok(())
+    }
+
+    /// The check as shown: a secret is `********`.
+    pub fn redacted(&self) -> Check {
+        Check { secret: self.secret.as_ref().map(|_| REDACTED.to_owned()), ..self.clone() }
     }
 
     pub fn timeout_ms(&self) -> u64 {
@@ -292,9 +335,7 @@ pub fn evaluate(index: usize, check: &Check, c: &Candidate<'_>, prev: Option<&Pr
                         pct_text(max)
                     ),
                 ),
-                Some(pct) => {
-                    r(Status::Passed, format!("record count varied by {} ({old} → {new})", pct_text(pct)))
-                }
+                Some(pct) => r(Status::Passed, format!("record count varied by {} ({old} → {new})", pct_text(pct))),
             }
         }
         CheckKind::NotEmpty => {
@@ -325,8 +366,12 @@ pub fn external_result(index: usize, check: &Check, outcome: ExternalOutcome) ->
         ExternalOutcome::Answered { accept: true, reason } => (Status::Passed, format!("accepted: {reason}")),
         ExternalOutcome::Answered { accept: false, reason } => (Status::Failed, format!("rejected: {reason}")),
         ExternalOutcome::TimedOut => match check.on_timeout.unwrap_or_default() {
-            OnTimeout::Accept => (Status::Passed, format!("no answer within {} ms; accepted (on_timeout)", check.timeout_ms())),
-            OnTimeout::Reject => (Status::Failed, format!("no answer within {} ms; rejected (on_timeout)", check.timeout_ms())),
+            OnTimeout::Accept => {
+                (Status::Passed, format!("no answer within {} ms; accepted (on_timeout)", check.timeout_ms()))
+            }
+            OnTimeout::Reject => {
+                (Status::Failed, format!("no answer within {} ms; rejected (on_timeout)", check.timeout_ms()))
+            }
         },
         ExternalOutcome::Unreachable(e) => (Status::Failed, format!("validator unreachable: {e}")),
     };
@@ -343,6 +388,8 @@ pub fn rejection(results: &[CheckResult]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
     fn check(json: serde_json::Value) -> Check {
         serde_json::from_value(json).expect("a check")
@@ -405,7 +452,9 @@ mod tests {
 
     #[test]
     fn external_outcomes_follow_the_timeout_policy() {
-        let mut c = check(serde_json::json!({"type": "external", "url": "https://v.example/x", "timeout_ms": 100}));
+        let mut c = check(
+            serde_json::json!({"type": "external", "url": "https://v.example/x", "timeout_ms": 100, "secret": SECRET}),
+        );
         assert!(external_result(0, &c, ExternalOutcome::TimedOut).rejects());
         c.on_timeout = Some(OnTimeout::Accept);
         assert_eq!(external_result(0, &c, ExternalOutcome::TimedOut).status, Status::Passed);
@@ -424,7 +473,9 @@ mod tests {
             serde_json::json!({"type": "content_type"}),
             serde_json::json!({"type": "external"}),
             serde_json::json!({"type": "external", "url": "ftp://x"}),
-            serde_json::json!({"type": "external", "url": "http://x", "timeout_ms": 0}),
+            serde_json::json!({"type": "external", "url": "http://x", "timeout_ms": 0, "secret": SECRET}),
+            serde_json::json!({"type": "external", "url": "http://x"}),
+            serde_json::json!({"type": "external", "url": "http://x", "secret": "short"}),
             serde_json::json!({"type": "not_empty", "url": "http://x"}),
         ];
         for b in bad {
@@ -433,7 +484,9 @@ mod tests {
         }
         assert!(serde_json::from_value::<Check>(serde_json::json!({"type": "nope"})).is_err());
         assert!(serde_json::from_value::<Check>(serde_json::json!({"type": "not_empty", "x": 1})).is_err());
-        let ok = check(serde_json::json!({"type": "external", "url": "https://v.example", "on_timeout": "accept"}));
+        let ok = check(
+            serde_json::json!({"type": "external", "url": "https://v.example", "on_timeout": "accept", "secret": SECRET}),
+        );
         assert!(Check::validate_all(&[ok]).is_ok());
         assert!(Check::validate_all(&vec![check(serde_json::json!({"type": "not_empty"})); 17]).is_err());
     }

@@ -57,6 +57,14 @@ pub struct NewTopic {
     /// this application (and profile).
     #[serde(default)]
     pub spring: Option<SpringBinding>,
+    /// Pre-release checks, in order (docs/validation.md); replaces the list.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub checks: Option<Vec<imprint_domain::checks::Check>>,
+    /// What a failing rollout gate does: `pause` (the default) or `rollback`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub on_failure: Option<imprint_domain::checks::OnFailure>,
 }
 
 /// Settings to change; absent fields stay as they are, `null` clears the optional ones.
@@ -99,6 +107,14 @@ pub struct TopicPatch {
     /// `null` removes the Spring binding.
     #[serde(default, deserialize_with = "double_option")]
     pub spring: Option<Option<SpringBinding>>,
+    /// Pre-release checks, in order (docs/validation.md); replaces the list.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub checks: Option<Vec<imprint_domain::checks::Check>>,
+    /// What a failing rollout gate does: `pause` (the default) or `rollback`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub on_failure: Option<imprint_domain::checks::OnFailure>,
 }
 
 /// For `#[serde(default, deserialize_with = "double_option")]` on an `Option<Option<T>>`:
@@ -332,6 +348,8 @@ impl Imprint {
         let apollo = input.apollo.as_ref().map(check_apollo).transpose()?;
         let ofrep = input.ofrep.as_ref().map(|o| check_ofrep(o, name.as_str())).transpose()?;
         let spring = input.spring.as_ref().map(check_spring).transpose()?;
+        let checks = crate::checks::checked(caller, input.checks.clone().unwrap_or_default(), &[])?;
+        let checks = imprint_domain::checks::TopicChecks { checks, on_failure: input.on_failure.unwrap_or_default() };
         let who = caller.who();
         let now = self.now();
         let mut tx = self.pool().begin().await?;
@@ -359,7 +377,12 @@ impl Imprint {
         };
         check_apollo_app(&mut tx, caller, id, None).await?;
         check_spring_app(&mut tx, caller, id, None).await?;
-        let settings = store::topics::settings_json(&mut tx, id).await?;
+        let mut settings = store::topics::settings_json(&mut tx, id).await?;
+        if checks != Default::default() {
+            store::checks::set_settings(&mut tx, id, &checks, now).await?;
+            settings["checks"] = serde_json::json!(checks.checks.iter().map(|c| c.redacted()).collect::<Vec<_>>());
+            settings["on_failure"] = serde_json::json!(checks.on_failure);
+        }
         store::audit(&mut tx, now, &who, "topic.create", Some(name.as_str()), settings).await?;
         store::notify(&mut tx, id).await?;
         tx.commit().await?;
@@ -370,10 +393,11 @@ impl Imprint {
     }
 
     pub async fn topic(&self, caller: &Caller, name: &TopicName) -> Result<Topic> {
-        let topic = store::topics::by_name(self.pool(), name.as_str())
+        let mut topic = store::topics::by_name(self.pool(), name.as_str())
             .await?
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         caller.require_read(&topic.name, &topic.owner, topic.restricted)?;
+        (topic.checks, topic.on_failure) = self.shown_checks(name.as_str()).await?;
         Ok(topic)
     }
 
@@ -502,10 +526,29 @@ impl Imprint {
             at: self.now(),
         };
         store::topics::update(&mut tx, t.id, update).await?;
+        let checks_before = store::checks::settings(&mut *tx, t.id).await?;
+        let mut checks_after = checks_before.clone();
+        if let Some(c) = patch.checks.clone() {
+            checks_after.checks = crate::checks::checked(caller, c, &checks_before.checks)?;
+        }
+        if let Some(f) = patch.on_failure {
+            checks_after.on_failure = f;
+        }
+        let checks_changed = checks_after != checks_before;
+        if checks_changed {
+            store::checks::set_settings(&mut tx, t.id, &checks_after, self.now()).await?;
+        }
         check_apollo_app(&mut tx, caller, t.id, Some(&app_before)).await?;
         check_spring_app(&mut tx, caller, t.id, Some(&spring_before)).await?;
         let after = store::topics::settings_json(&mut tx, t.id).await?;
         let mut changed = changes(&before, &after);
+        if checks_changed {
+            let shown = |c: &imprint_domain::checks::TopicChecks| serde_json::json!({"checks": c.checks.iter().map(|c| c.redacted()).collect::<Vec<_>>(), "on_failure": c.on_failure});
+            changed.insert(
+                "checks".into(),
+                serde_json::json!({"from": shown(&checks_before), "to": shown(&checks_after)}),
+            );
+        }
         // A new Apollo secret is noted as set, never shown (nor any hash of it).
         if let Some(Some((_, _, Some(secret)))) = &apollo {
             if !secret.is_empty() {
