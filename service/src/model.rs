@@ -256,6 +256,9 @@ pub struct RolloutInfo {
     pub view: RolloutView,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
+    /// Why the system ended it: an automatic rollback's evidence (docs/validation.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
 }
 
 /// How a rollout is asked for: an inline plan or the name of one of the topic's plans.

@@ -298,7 +298,8 @@ impl Imprint {
         // Checked above against the settings and the previous version as they were then:
         // changed settings mean checking again; a newer previous version (another publish
         // got in between) means the local checks again, here under the lock.
-        if store::checks::settings(&mut *tx, t.id).await? != checked.as_ref().map(|c| c.0.clone()).unwrap_or_default() {
+        let checks_now = store::checks::settings(&mut *tx, t.id).await?.checks;
+        if checks_now != checked.as_ref().map(|c| c.0.checks.clone()).unwrap_or_default() {
             return Err(Error::Conflict(
                 "the topic's checks changed while this version was being checked; publish again".into(),
             ));

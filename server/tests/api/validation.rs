@@ -313,3 +313,167 @@ async fn validator_timeouts_follow_the_policy_and_a_down_one_rejects(pool: sqlx:
     assert!(err["error"]["message"].as_str().unwrap().contains("validator unreachable"), "{err}");
     assert_eq!(app.versions_in_db("t-down").await, 0);
 }
+
+/// A server whose clock moves only when the test says, and whose consumer audit is
+/// written when the test says (`flush_audit`): what a gate reads is exactly what the test
+/// reported.
+async fn spawn_gated(pool: sqlx::PgPool) -> (TestApp, imprint_testkit::ManualClock) {
+    let clock = imprint_testkit::ManualClock::new(chrono::Utc::now());
+    let app = imprint_testkit::spawn_app_clocked(
+        pool.clone(),
+        pool,
+        |c| c.audit_flush_every = Duration::from_secs(3600),
+        Arc::new(clock.clone()),
+    )
+    .await;
+    (app, clock)
+}
+
+/// A canary polls, holding `held`, reporting how applying `version` went.
+async fn canary(app: &TestApp, topic: &str, instance: &str, held: u64, report: Option<(u64, bool)>) {
+    let mut body =
+        json!({"consumer": {"instance": instance, "labels": {"cluster": "canary"}}, "topics": {topic: held}});
+    if let Some((version, ok)) = report {
+        let mut r = json!({"version": version, "ok": ok});
+        if !ok {
+            r["error"] = json!("check command: 3 rows fail the contract");
+        }
+        body["applied"] = json!({topic: r});
+    }
+    app.poll(body).await;
+}
+
+async fn rollout_of(app: &TestApp, topic: &str, id: &Value) -> Value {
+    app.req(Method::GET, &format!("/api/v1/topics/{topic}/rollouts/{id}")).json_body().await
+}
+
+async fn start_rollout(app: &TestApp, topic: &str, version: u64, stages: Value) -> Value {
+    let (status, ro) = app
+        .admin(Method::POST, &format!("/api/v1/topics/{topic}/rollouts"))
+        .json(&json!({"version": version, "stages": stages}))
+        .send_json()
+        .await;
+    assert_eq!(status, 201, "{ro}");
+    ro["id"].clone()
+}
+
+/// Bake time: a stage whose gate passes must keep passing `bake_s` before the next one;
+/// `min_reporting` holds it until enough nodes reported.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn bake_time_and_min_reporting_hold_a_stage(pool: sqlx::PgPool) {
+    let (app, clock) = spawn_gated(pool).await;
+    app.create_topic_with(json!({"name": "baked", "owner": "payments", "anonymous_reports": true})).await;
+    app.publish("baked", json!({"data": "v1"})).await;
+    app.publish("baked", json!({"data": "v2", "scopes": []})).await;
+    let stages = json!([
+        {"selector": {"cluster": "canary"}, "wait_s": 0,
+         "gate": {"max_failure_ratio": 0.3, "min_reporting": 2, "bake_s": 60}},
+        {"selector": {}, "wait_s": 0}]);
+    let id = start_rollout(&app, "baked", 2, stages).await;
+    let tick = || async {
+        app.imprint().flush_audit().await.unwrap();
+        app.imprint().tick_rollouts().await.unwrap();
+        rollout_of(&app, "baked", &id).await
+    };
+    canary(&app, "baked", "c1", 2, Some((2, true))).await;
+    let r = tick().await;
+    assert_eq!((r["state"].clone(), r["current_stage"].clone()), (json!("running"), json!(0)), "1 of 2 reporting: {r}");
+    assert_eq!(r["healthy_since"], Value::Null);
+    canary(&app, "baked", "c2", 2, Some((2, true))).await;
+    let r = tick().await;
+    assert_eq!(r["current_stage"], 0, "healthy, baking: {r}");
+    assert!(r["healthy_since"].is_string(), "{r}");
+    clock.advance(chrono::Duration::seconds(59));
+    canary(&app, "baked", "c1", 2, None).await;
+    canary(&app, "baked", "c2", 2, None).await;
+    let r = tick().await;
+    assert_eq!(r["current_stage"], 0, "baked 59 s of 60: {r}");
+    clock.advance(chrono::Duration::seconds(1));
+    let r = tick().await;
+    assert_eq!(r["state"], "completed", "baked: {r}");
+}
+
+/// The case: a consumer check failing during the canary stage rolls the topic
+/// back on its own — exactly the canary selector is pinned to the previous version, the
+/// rest never saw the new one — audited with the evidence, announced as a webhook event.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_failing_canary_rolls_back_automatically(pool: sqlx::PgPool) {
+    let (app, clock) = spawn_gated(pool).await;
+    app.create_topic_with(
+        json!({"name": "auto", "owner": "payments", "anonymous_reports": true, "on_failure": "rollback"}),
+    )
+    .await;
+    let (status, hook) = app
+        .post_json(
+            "/api/v1/webhooks",
+            &json!({"url": format!("{}/hook", closed_port_url().await), "allow_private": true,
+                    "event_types": ["rollout.rolled_back"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    app.publish("auto", json!({"data": "v1"})).await;
+    // (The clock stands still: the rollout must start after v1, as it would.)
+    clock.advance(chrono::Duration::seconds(1));
+    app.publish("auto", json!({"data": "v2", "scopes": []})).await;
+    let stages = json!([
+        {"selector": {"cluster": "canary"}, "wait_s": 600, "gate": {"max_failure_ratio": 0.3}},
+        {"selector": {"region": "eu"}, "wait_s": 600},
+        {"selector": {}, "wait_s": 0}]);
+    let id = start_rollout(&app, "auto", 2, stages).await;
+    let app = &app;
+    let resolve = |labels: &'static str| async move {
+        let r: Value = app.req(Method::GET, &format!("/api/v1/topics/auto/resolve?labels={labels}")).json_body().await;
+        r["version"].clone()
+    };
+    assert_eq!(resolve("cluster=canary").await, 2);
+    canary(&app, "auto", "c1", 2, Some((2, false))).await;
+    canary(&app, "auto", "c2", 2, Some((2, false))).await;
+    canary(&app, "auto", "c3", 2, Some((2, true))).await;
+    app.imprint().flush_audit().await.unwrap();
+    app.imprint().tick_rollouts().await.unwrap();
+    let r = rollout_of(&app, "auto", &id).await;
+    assert_eq!((r["state"].clone(), r["rolled_back"].clone()), (json!("cancelled"), json!(true)), "{r}");
+    let why = r["end_reason"].as_str().unwrap();
+    assert!(why.contains("rolled back automatically") && why.contains("2 of 3 nodes"), "{why}");
+    assert_eq!(r["current_stage"], 0, "stage 2 was never reached");
+
+    assert_eq!(resolve("cluster=canary").await, 1, "the canary is back on v1");
+    assert_eq!(resolve("region=us").await, 1);
+    assert_eq!(resolve("region=eu").await, 1);
+    let pins: Value = app.req(Method::GET, "/api/v1/topics/auto/pins").json_body().await;
+    let pins = pins["pins"].as_array().unwrap();
+    assert_eq!(pins.len(), 1, "exactly the canary selector: {pins:?}");
+    assert_eq!((pins[0]["selector"].clone(), pins[0]["version"].clone()), (json!({"cluster": "canary"}), json!(1)));
+
+    let (action, details): (String, Value) =
+        sqlx::query_as("SELECT action, details FROM audit_log WHERE topic = 'auto' AND action LIKE 'rollout.auto%'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(action, "rollout.auto_rollback");
+    assert_eq!(details["reading"], json!({"matching": 3, "applied": 3, "failed": 2, "reporting": 3}), "{details}");
+    assert_eq!(details["pins"], json!([{"selector": {"cluster": "canary"}, "version": 1}]));
+    let (_, deliveries) = app.get_json(&format!("/api/v1/webhooks/{}/deliveries", hook["id"])).await;
+    let types: Vec<&str> =
+        deliveries["deliveries"].as_array().unwrap().iter().map(|d| d["event_type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["rollout.rolled_back"], "{deliveries}");
+}
+
+/// A plan may say `on_failure: pause` over the topic's `rollback` (and the reverse).
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn the_plan_decides_over_the_topic(pool: sqlx::PgPool) {
+    let (app, _clock) = spawn_gated(pool).await;
+    app.create_topic_with(json!({"name": "p", "owner": "payments", "anonymous_reports": true, "on_failure": "rollback",
+        "plans": {"careful": {"on_failure": "pause", "stages": [
+            {"selector": {"cluster": "canary"}, "wait_s": 600, "gate": {"max_failure_ratio": 0.3}}, {"selector": {}, "wait_s": 0}]}}}))
+    .await;
+    app.publish("p", json!({"data": "v1"})).await;
+    let published = app.publish("p", json!({"data": "v2", "rollout": "careful"})).await;
+    let id = published["rollout"]["id"].clone();
+    canary(&app, "p", "c1", 2, Some((2, false))).await;
+    app.imprint().flush_audit().await.unwrap();
+    app.imprint().tick_rollouts().await.unwrap();
+    let r = rollout_of(&app, "p", &id).await;
+    assert_eq!((r["state"].clone(), r["rolled_back"].clone()), (json!("paused"), json!(false)), "{r}");
+    assert!(r["pause_reason"].as_str().unwrap().contains("1 of 1 nodes"), "{r}");
+}
