@@ -7,7 +7,6 @@ use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::model::VersionChecks;
-use crate::payloads::{PayloadBody, VersionPayload};
 use crate::store;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -60,6 +59,11 @@ pub(crate) fn checked(caller: &Caller, checks: Vec<Check>, stored: &[Check]) -> 
     }
     Check::validate_all(&out).map_err(|e| Error::invalid(e.to_string()))?;
     Ok(out)
+}
+
+/// Only the scheme, host and port of a URL.
+pub(crate) fn origin_only(u: &str) -> String {
+    url::Url::parse(u).map(|u| u.origin().ascii_serialization()).unwrap_or_default()
 }
 
 /// The candidate a publish offers the checks.
@@ -222,33 +226,6 @@ impl Imprint {
             tracing::warn!(error = %e, "a validation candidate stays until it expires");
         }
         Ok(results)
-    }
-
-    /// A candidate's bytes for an external validator, by the token in its download URL
-    /// (404 once the checks are done or the URL expired; the token is the credential).
-    pub async fn validation_candidate(&self, token: &str) -> Result<VersionPayload> {
-        let gone = || Error::CandidateNotFound;
-        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(gone());
-        }
-        let token_sha256 = hex::encode(Sha256::digest(token.as_bytes()));
-        let row = store::checks::candidate(self.pool(), &token_sha256).await?.ok_or_else(gone)?;
-        if row.expires_at < self.now() {
-            return Err(gone());
-        }
-        let _ = row.topic_id;
-        let body = match (row.inline_data, row.object_key) {
-            (Some(b), _) => PayloadBody::Inline(Bytes::from(b)),
-            (None, Some(k)) => PayloadBody::Object(k),
-            (None, None) => return Err(gone()),
-        };
-        Ok(VersionPayload {
-            version: 0,
-            content_type: row.content_type,
-            sha256: row.sha256,
-            size: row.size as u64,
-            body,
-        })
     }
 }
 

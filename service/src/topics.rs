@@ -398,6 +398,13 @@ impl Imprint {
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         caller.require_read(&topic.name, &topic.owner, topic.restricted)?;
         (topic.checks, topic.on_failure) = self.shown_checks(name.as_str()).await?;
+        if caller.require_write(&topic.name, &topic.owner).is_err() {
+            // A validator URL's path or query may hold the receiver's own token: readers
+            // without rights on the topic see only its origin.
+            for c in &mut topic.checks {
+                c.url = c.url.as_deref().map(crate::checks::origin_only);
+            }
+        }
         Ok(topic)
     }
 

@@ -218,6 +218,10 @@ async fn checks_are_settings_with_clear_errors(pool: sqlx::PgPool) {
     assert_eq!(r.status(), 200);
     let (_, t) = app.get_json("/api/v1/topics/cfg").await;
     assert_eq!(t["checks"][0]["secret"], "********", "{t}");
+    // A reader without rights on the topic sees the validator's origin only.
+    let reader = app.consumer_token("reader", None, &[], &[]).await;
+    let (_, seen) = app.req(Method::GET, "/api/v1/topics/cfg").bearer_auth(&reader).send_json().await;
+    assert_eq!(seen["checks"][0]["url"], "http://127.0.0.1:9", "{seen}");
     assert_eq!(t["on_failure"], "pause");
     // Sent back as shown (the console's and a script's round trip), the secret stays.
     let mut shown = t["checks"].clone();
