@@ -147,11 +147,13 @@ impl Check {
             _ => {}
         }
         match &self.allowed {
-            Some(a) if self.kind == CheckKind::ContentType => {
-                if a.is_empty() || a.len() > 32 || a.iter().any(|t| t.is_empty() || t.len() > 255) {
-                    return err("allowed is 1-32 content types of 1-255 characters");
-                }
+            Some(a)
+                if self.kind == CheckKind::ContentType
+                    && (a.is_empty() || a.len() > 32 || a.iter().any(|t| t.is_empty() || t.len() > 255)) =>
+            {
+                return err("allowed is 1-32 content types of 1-255 characters")
             }
+            Some(_) if self.kind == CheckKind::ContentType => {}
             Some(_) => return err("allowed applies to content_type only"),
             None if self.kind == CheckKind::ContentType => return err("allowed is required"),
             None => {}

@@ -424,9 +424,10 @@ async fn a_failing_canary_rolls_back_automatically(pool: sqlx::PgPool) {
         {"selector": {"region": "eu"}, "wait_s": 600},
         {"selector": {}, "wait_s": 0}]);
     let id = start_rollout(&app, "auto", 2, stages).await;
-    let app = &app;
+    let shared = &app;
     let resolve = |labels: &'static str| async move {
-        let r: Value = app.req(Method::GET, &format!("/api/v1/topics/auto/resolve?labels={labels}")).json_body().await;
+        let r: Value =
+            shared.req(Method::GET, &format!("/api/v1/topics/auto/resolve?labels={labels}")).json_body().await;
         r["version"].clone()
     };
     assert_eq!(resolve("cluster=canary").await, 2);
