@@ -185,7 +185,7 @@ pub struct Imprint {
 
 pub(crate) struct Inner {
     /// This server's address as others reach it (`IMPRINT_PUBLIC_URL`, else the bound
-    /// listener): where external validators download candidates (`crate::checks`).
+    /// listener): where external validators download candidates (the checks module).
     pub public_url: std::sync::OnceLock<String>,
     pub pool: PgPool,
     pub state: Arc<ServingState>,

@@ -572,7 +572,7 @@ impl Clients {
 
 /// One outbound HTTP client under the delivery rules (no redirects, no proxy, bounded by
 /// `timeout`; without `allow_private`, names resolve to public addresses only): what
-/// external validators (`crate::checks`) are called with.
+/// external validators (the checks module) are called with.
 pub(crate) fn outbound_client(timeout: Duration, allow_private: bool) -> Result<reqwest::Client> {
     let b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

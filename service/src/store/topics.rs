@@ -76,7 +76,7 @@ impl From<TopicRow> for Topic {
             spring: r
                 .spring_application
                 .map(|application| crate::model::SpringBinding { application, profile: r.spring_profile }),
-            // Filled in by `Imprint::topic` (crate::checks) for a topic read on its own.
+            // Filled in by `Imprint::topic` (the checks module) for a topic read on its own.
             checks: Vec::new(),
             on_failure: Default::default(),
         }
