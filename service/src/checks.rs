@@ -191,8 +191,9 @@ impl Imprint {
                 content_type: c.content_type,
                 sha256: c.sha256,
                 size: c.size,
-                inline_data: c.bytes.map(|b| b.as_ref()),
-                object_key: if c.bytes.is_some() { None } else { c.object_key },
+                // An object is served from the store, not copied into Postgres.
+                inline_data: if c.object_key.is_some() { None } else { c.bytes.map(|b| b.as_ref()) },
+                object_key: c.object_key,
                 expires_at,
             },
             self.now(),
