@@ -394,3 +394,32 @@ async fn webhooks_create_list_rotate_and_deliveries(pool: sqlx::PgPool) {
     let out = imprint(&server, &["webhook", "show", &id]).await;
     assert!(out.stderr.contains("webhook_not_found"), "{}", out.stderr);
 }
+
+/// `imprint publish` on a topic with checks: a rejected payload fails with the checks'
+/// message, `--force --reason` publishes it (as a form for JSON, a raw body for text).
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn publish_with_checks_and_force(pool: sqlx::PgPool) {
+    let server = spawn_app(pool).await;
+    let dir = scratch_dir("cli-checks");
+    for name in ["cat.json", "cat.lines"] {
+        server
+            .create_topic_with(serde_json::json!({"name": name.replace('.', "-"), "owner": "payments",
+                "checks": [{"type": "record_count_change_pct", "max_pct": 20}]}))
+            .await;
+    }
+    for (topic, first, second) in [("cat-json", "c1.json", "c2.json"), ("cat-lines", "c1.txt", "c2.txt")] {
+        let (a, b): (&[u8], &[u8]) =
+            if topic == "cat-json" { (b"[1,2,3,4]", b"[1,2]") } else { (b"a\nb\nc\nd\n", b"a\nb\n") };
+        let v1 = write(&dir, first, a);
+        imprint(&server, &["publish", topic, &v1]).await.ok();
+        let v2 = write(&dir, second, b);
+        let out = imprint(&server, &["publish", topic, &v2]).await;
+        assert_ne!(out.code, 0, "{}", out.stdout);
+        assert!(out.stderr.contains("record count varied by 50% (4 → 2)"), "{}", out.stderr);
+        let out = imprint(&server, &["publish", topic, &v2, "--force"]).await;
+        assert_ne!(out.code, 0, "--force needs --reason");
+        let out =
+            imprint(&server, &["--json", "publish", topic, &v2, "--force", "--reason", "retired half"]).await.ok();
+        assert_eq!(out.json()["checks"]["force_reason"], "retired half", "{}", out.stdout);
+    }
+}

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apollo;
+pub mod checks;
 mod diff;
 pub mod encryption;
 mod names;

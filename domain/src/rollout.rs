@@ -26,8 +26,10 @@ const MAX_REASON_CHARS: usize = 1000;
 pub enum GateError {
     #[error("{field} must be a number between 0.0 and 1.0, got {value}")]
     RatioOutOfRange { field: &'static str, value: f64 },
-    #[error("a gate sets min_applied_ratio, max_failure_ratio or both")]
+    #[error("a gate sets min_applied_ratio, max_failure_ratio, bake_s or min_reporting")]
     Empty,
+    #[error("bake_s is at most 2592000 (30 days), got {0}")]
+    BakeTooLong(u64),
 }
 
 /// A health condition on a stage: the rollout moves past the stage only when enough of
@@ -39,6 +41,14 @@ pub struct Gate {
     min_applied_ratio: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_failure_ratio: Option<f64>,
+    /// Bake time: once the gate passes, it must keep passing this many seconds (without a
+    /// break) before the next stage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bake_s: Option<u64>,
+    /// At least this many of the stage's nodes must hold or have reported on the version
+    /// (`applied + failed`) before the gate passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_reporting: Option<u64>,
 }
 
 /// What the caller measured about the consumers of the rollout's topic whose labels match
@@ -49,6 +59,9 @@ pub struct GateReading {
     pub matching: u64,
     pub applied: u64,
     pub failed: u64,
+    /// How many hold the version or reported on applying it (a gate's `min_reporting`).
+    #[serde(default)]
+    pub reporting: u64,
 }
 
 /// What a gate says about a reading.
@@ -82,7 +95,40 @@ impl Gate {
         // default parser is not exact for 17-digit ones), so a stored plan reloads equal.
         // `+ 0.0` turns -0.0 into 0.0.
         let keep = |r: Option<f64>| r.map(|v| (v * 1e6).round() / 1e6 + 0.0);
-        Ok(Self { min_applied_ratio: keep(min_applied_ratio), max_failure_ratio: keep(max_failure_ratio) })
+        Ok(Self {
+            min_applied_ratio: keep(min_applied_ratio),
+            max_failure_ratio: keep(max_failure_ratio),
+            bake_s: None,
+            min_reporting: None,
+        })
+    }
+
+    /// A gate with a bake time and/or a minimum of reporting nodes (either alone is a
+    /// gate too: `min_applied_ratio` and `max_failure_ratio` may then be `None`).
+    pub fn with_bake(
+        min_applied_ratio: Option<f64>,
+        max_failure_ratio: Option<f64>,
+        bake_s: Option<u64>,
+        min_reporting: Option<u64>,
+    ) -> Result<Self, GateError> {
+        if let Some(b) = bake_s.filter(|b| *b > Plan::MAX_WAIT_S) {
+            return Err(GateError::BakeTooLong(b));
+        }
+        let g = match Gate::new(min_applied_ratio, max_failure_ratio) {
+            Err(GateError::Empty) if bake_s.is_some() || min_reporting.is_some() => {
+                Gate { min_applied_ratio: None, max_failure_ratio: None, bake_s: None, min_reporting: None }
+            }
+            other => other?,
+        };
+        Ok(Gate { bake_s, min_reporting, ..g })
+    }
+
+    pub fn bake_s(&self) -> Option<u64> {
+        self.bake_s
+    }
+
+    pub fn min_reporting(&self) -> Option<u64> {
+        self.min_reporting
     }
 
     pub fn min_applied_ratio(&self) -> Option<f64> {
@@ -114,6 +160,9 @@ impl Gate {
                 return Verdict::Hold;
             }
         }
+        if self.min_reporting.is_some_and(|min| r.reporting < min) {
+            return Verdict::Hold;
+        }
         Verdict::Pass
     }
 }
@@ -125,12 +174,17 @@ struct GateJson {
     min_applied_ratio: Option<f64>,
     #[serde(default)]
     max_failure_ratio: Option<f64>,
+    #[serde(default)]
+    bake_s: Option<u64>,
+    #[serde(default)]
+    min_reporting: Option<u64>,
 }
 
 impl<'de> Deserialize<'de> for Gate {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let g = GateJson::deserialize(d)?;
-        Gate::new(g.min_applied_ratio, g.max_failure_ratio).map_err(serde::de::Error::custom)
+        Gate::with_bake(g.min_applied_ratio, g.max_failure_ratio, g.bake_s, g.min_reporting)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -173,6 +227,9 @@ pub enum PlanError {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Plan {
     stages: Vec<Stage>,
+    /// What a failing gate does to a rollout of this plan; `None`: the topic's setting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_failure: Option<crate::checks::OnFailure>,
 }
 
 impl Plan {
@@ -189,7 +246,16 @@ impl Plan {
         if let Some((stage, s)) = stages.iter().enumerate().find(|(_, s)| s.wait_s > Self::MAX_WAIT_S) {
             return Err(PlanError::WaitTooLong { stage, wait_s: s.wait_s });
         }
-        Ok(Self { stages })
+        Ok(Self { stages, on_failure: None })
+    }
+
+    /// The plan, saying what a failing gate does (`None`: as the topic says).
+    pub fn with_on_failure(self, on_failure: Option<crate::checks::OnFailure>) -> Self {
+        Self { on_failure, ..self }
+    }
+
+    pub fn on_failure(&self) -> Option<crate::checks::OnFailure> {
+        self.on_failure
     }
 
     pub fn stages(&self) -> &[Stage] {
@@ -205,12 +271,14 @@ impl Plan {
 #[derive(Deserialize)]
 struct PlanJson {
     stages: Vec<Stage>,
+    #[serde(default)]
+    on_failure: Option<crate::checks::OnFailure>,
 }
 
 impl<'de> Deserialize<'de> for Plan {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let p = PlanJson::deserialize(d)?;
-        Plan::new(p.stages).map_err(serde::de::Error::custom)
+        Plan::new(p.stages).map(|plan| plan.with_on_failure(p.on_failure)).map_err(serde::de::Error::custom)
     }
 }
 
@@ -346,6 +414,8 @@ pub struct Rollout {
     pause_reason: Option<String>,
     ended_at: Option<DateTime<Utc>>,
     rolled_back: bool,
+    /// Bake time: since when the current stage's gate has passed without a break.
+    healthy_since: Option<DateTime<Utc>>,
 }
 
 /// The whole state of a rollout as plain data, one field per database column (`plan` as
@@ -363,6 +433,9 @@ pub struct RolloutRecord {
     pub pause_reason: Option<String>,
     pub ended_at: Option<DateTime<Utc>>,
     pub rolled_back: bool,
+    /// Bake time: since when the current stage's gate has passed without a break.
+    #[serde(default)]
+    pub healthy_since: Option<DateTime<Utc>>,
 }
 
 fn plus(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -411,6 +484,7 @@ impl Rollout {
             pause_reason: None,
             ended_at: None,
             rolled_back: false,
+            healthy_since: None,
         };
         let effect = r.reach_next(now.trunc_subsecs(6));
         (r, vec![effect])
@@ -467,6 +541,11 @@ impl Rollout {
         self.ended_at
     }
 
+    /// Since when the current stage's gate has passed without a break (bake time).
+    pub fn healthy_since(&self) -> Option<DateTime<Utc>> {
+        self.healthy_since
+    }
+
     /// Whether it was cancelled with rollback requested.
     pub fn rolled_back(&self) -> bool {
         self.rolled_back
@@ -508,6 +587,7 @@ impl Rollout {
         self.next_due = None;
         self.remaining = None;
         self.pause_reason = None;
+        self.healthy_since = None;
     }
 
     /// Adds the next stage at `now`. The new current stage's full wait starts now: as an
@@ -515,6 +595,7 @@ impl Rollout {
     fn reach_next(&mut self, now: DateTime<Utc>) -> Effect {
         let stage = self.reached_at.len();
         self.reached_at.push(now);
+        self.healthy_since = None;
         let effect =
             Effect::AddScope { stage, selector: self.plan.stages[stage].selector.clone(), version: self.version };
         if self.reached_at.len() == self.plan.stages.len() {
@@ -535,6 +616,8 @@ impl Rollout {
         self.next_due = None;
         self.pause_reason = clip_reason(reason);
         self.state = RolloutState::Paused;
+        // A pause breaks the bake: it starts again once the rollout runs and is healthy.
+        self.healthy_since = None;
     }
 
     /// The scheduler's step. On a running rollout: adds every stage that is due, in order,
@@ -567,10 +650,18 @@ impl Rollout {
             let cur = self.current_stage();
             let Some(due) = self.next_due else { break };
             let stage = &self.plan.stages[cur];
-            let ready = match stage.gate.map(|g| g.evaluate(health(cur))) {
-                None | Some(Verdict::Pass) => true,
-                Some(Verdict::Hold) => false,
-                Some(Verdict::Failing { failed, of, ratio, max }) => {
+            let ready = match stage.gate.map(|g| (g, g.evaluate(health(cur)))) {
+                None => true,
+                Some((g, Verdict::Pass)) => {
+                    // Bake time: healthy since the first passing reading, unbroken.
+                    let since = *self.healthy_since.get_or_insert(now);
+                    g.bake_s.is_none_or(|b| now - since >= Duration::seconds(b.min(Plan::MAX_WAIT_S) as i64))
+                }
+                Some((_, Verdict::Hold)) => {
+                    self.healthy_since = None;
+                    false
+                }
+                Some((_, Verdict::Failing { failed, of, ratio, max })) => {
                     let reason = format!(
                         "stage {} ({}): {failed} of {of} nodes ({}) failed to apply v{}; max {}",
                         cur + 1,
@@ -713,6 +804,7 @@ impl Rollout {
             started_at: self.started_at(),
             ended_at: self.ended_at,
             rolled_back: self.rolled_back,
+            healthy_since: self.healthy_since,
         }
     }
 
@@ -727,6 +819,7 @@ impl Rollout {
             pause_reason: self.pause_reason.clone(),
             ended_at: self.ended_at,
             rolled_back: self.rolled_back,
+            healthy_since: self.healthy_since,
         }
     }
 
@@ -768,6 +861,9 @@ impl Rollout {
         if r.rolled_back && r.state != Cancelled {
             return bad("only a cancelled rollout can be rolled back");
         }
+        if r.healthy_since.is_some() && r.state != Running {
+            return bad("only a running rollout bakes");
+        }
         Ok(Self {
             version: r.version,
             plan: r.plan,
@@ -778,6 +874,7 @@ impl Rollout {
             pause_reason: r.pause_reason,
             ended_at: r.ended_at,
             rolled_back: r.rolled_back,
+            healthy_since: r.healthy_since,
         })
     }
 }
@@ -840,6 +937,9 @@ pub struct RolloutView {
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub rolled_back: bool,
+    /// Bake time: since when the current stage's gate has passed without a break.
+    #[serde(default)]
+    pub healthy_since: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]
@@ -873,7 +973,7 @@ mod tests {
         None
     }
     fn reading(matching: u64, applied: u64, failed: u64) -> Option<GateReading> {
-        Some(GateReading { matching, applied, failed })
+        Some(GateReading { matching, applied, failed, reporting: (applied + failed).min(matching) })
     }
     fn added(effects: &[Effect]) -> Vec<usize> {
         effects
@@ -1414,6 +1514,60 @@ mod tests {
     }
 
     #[test]
+    fn bake_time_holds_a_stage_that_became_healthy_too_recently() {
+        let gate = Gate::with_bake(Some(0.5), Some(0.1), Some(300), None).expect("gate");
+        let p = plan(vec![Stage { selector: sel("cluster=canary"), wait_s: 60, gate: Some(gate) }, stage("*", 0)]);
+        let mut r = started(p);
+        // Not healthy yet at 100 s (due since 60 s): holds, no bake started.
+        assert_eq!(r.tick(t(100), |_| reading(10, 2, 0)), Ok(vec![]));
+        assert_eq!(r.healthy_since(), None);
+        // Healthy from 200 s: the bake starts, and holds the stage until 500 s.
+        assert_eq!(r.tick(t(200), |_| reading(10, 8, 0)), Ok(vec![]));
+        assert_eq!(r.healthy_since(), Some(t(200)));
+        assert_round_trips(&r);
+        assert_eq!(r.tick(t(499), |_| reading(10, 9, 0)), Ok(vec![]), "baked 299 s of 300");
+        // A break (below the threshold again) restarts the bake.
+        assert_eq!(r.tick(t(450), |_| reading(10, 3, 0)), Ok(vec![]));
+        assert_eq!(r.healthy_since(), None);
+        assert_eq!(r.tick(t(600), |_| reading(10, 9, 0)), Ok(vec![]));
+        assert_eq!(r.tick(t(899), |_| reading(10, 9, 0)), Ok(vec![]));
+        assert_eq!(added(&r.tick(t(900), |_| reading(10, 9, 0)).expect("tick")), vec![1]);
+        assert_eq!(r.state(), RolloutState::Completed);
+        // Failures during the bake pause the rollout as ever (and end the bake).
+        let gate = Gate::with_bake(None, Some(0.1), Some(300), None).expect("gate");
+        let mut r = started(plan(vec![Stage { selector: sel("a=1"), wait_s: 0, gate: Some(gate) }, stage("*", 0)]));
+        r.tick(t(10), |_| reading(10, 10, 0)).expect("tick");
+        r.tick(t(20), |_| reading(10, 5, 5)).expect("tick");
+        assert_eq!(r.state(), RolloutState::Paused);
+        assert_eq!(r.healthy_since(), None);
+    }
+
+    #[test]
+    fn min_reporting_holds_until_enough_nodes_reported() {
+        let gate = Gate::with_bake(None, Some(0.5), None, Some(3)).expect("gate");
+        let mut r = started(plan(vec![Stage { selector: sel("a=1"), wait_s: 0, gate: Some(gate) }, stage("*", 0)]));
+        assert_eq!(r.tick(t(1), |_| reading(10, 2, 0)), Ok(vec![]), "2 of 3 reporting");
+        assert_eq!(added(&r.tick(t(2), |_| reading(10, 2, 1)).expect("tick")), vec![1]);
+        assert!(Gate::with_bake(None, None, None, Some(1)).is_ok(), "min_reporting alone is a gate");
+        assert_eq!(Gate::with_bake(None, None, None, None), Err(GateError::Empty));
+        assert_eq!(
+            Gate::with_bake(None, None, Some(Plan::MAX_WAIT_S + 1), None),
+            Err(GateError::BakeTooLong(2_592_001))
+        );
+        let parsed: Gate =
+            serde_json::from_value(json!({"max_failure_ratio": 0.1, "bake_s": 60, "min_reporting": 2})).expect("gate");
+        assert_eq!((parsed.bake_s(), parsed.min_reporting()), (Some(60), Some(2)));
+        assert_eq!(
+            serde_json::to_value(parsed).expect("json"),
+            json!({"max_failure_ratio": 0.1, "bake_s": 60, "min_reporting": 2})
+        );
+        let p: Plan =
+            serde_json::from_value(json!({"stages": [{"selector": {}, "wait_s": 0}], "on_failure": "rollback"}))
+                .expect("plan");
+        assert_eq!(p.on_failure(), Some(crate::checks::OnFailure::Rollback));
+    }
+
+    #[test]
     fn failure_ratio_exactly_at_the_maximum_does_not_pause() {
         let mut r = started(plan(vec![gated("a=1", 60, None, Some(0.25)), stage("*", 0)]));
         assert_eq!(added(&r.tick(t(60), |_| reading(4, 3, 1)).expect("tick")), vec![1]);
@@ -1622,7 +1776,12 @@ mod tests {
                 let before = r.clone();
                 let result = match op {
                     Op::Tick { matching, applied, failed, known } => r.tick(now, |_| {
-                        known.then_some(GateReading { matching, applied: applied.min(matching), failed: failed.min(matching) })
+                        known.then_some(GateReading {
+                            matching,
+                            applied: applied.min(matching),
+                            failed: failed.min(matching),
+                            reporting: 0,
+                        })
                     }),
                     Op::Pause => r.pause(now, Some("op".into())),
                     Op::Resume => r.resume(now),

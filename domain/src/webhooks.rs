@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Every event type a subscription can ask for (the CloudEvents `type` is
 /// `io.imprint.<type>`).
-pub const EVENT_TYPES: [&str; 12] = [
+pub const EVENT_TYPES: [&str; 13] = [
     "version.published",
     "scope.added",
     "pin.set",
@@ -17,6 +17,7 @@ pub const EVENT_TYPES: [&str; 12] = [
     "rollout.resumed",
     "rollout.completed",
     "rollout.cancelled",
+    "rollout.rolled_back",
     "topic.created",
     "topic.changed",
 ];
@@ -53,6 +54,8 @@ pub fn events_of_action(action: &str, details: &serde_json::Value) -> Vec<&'stat
         "rollout.pause" | "rollout.auto_pause" => vec!["rollout.paused"],
         "rollout.resume" => vec!["rollout.resumed"],
         "rollout.cancel" | "rollout.supersede" => vec!["rollout.cancelled"],
+        // A failing gate rolled the rollout back on its own (docs/validation.md).
+        "rollout.auto_rollback" => vec!["rollout.cancelled", "rollout.rolled_back"],
         "topic.create" => vec!["topic.created"],
         "topic.update" => vec!["topic.changed"],
         _ => Vec::new(),
@@ -201,6 +204,7 @@ mod tests {
             ["rollout.advanced", "rollout.completed"]
         );
         assert!(events_of_action("rollout.complete", &none).is_empty(), "its stage entries say it");
+        assert_eq!(events_of_action("rollout.auto_rollback", &none), ["rollout.cancelled", "rollout.rolled_back"]);
         assert!(events_of_action("token.create", &none).is_empty());
         assert!(events_of_action("version.purge", &none).is_empty());
         for action in ["version.publish", "scope.add", "pin.set", "pin.remove", "rollout.start", "rollout.pause"] {

@@ -123,6 +123,11 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong, for people.
     pub message: String,
+    /// Structured details, for the errors that have them (`validation_failed`: every
+    /// check's result, `{"checks": [...]}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub details: Option<serde_json::Value>,
 }
 
 /// A snapshot manifest, `snapshots/<topic>.json` in the payload store (`format` 1):

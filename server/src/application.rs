@@ -147,6 +147,7 @@ impl Application {
 
         let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        imprint.set_public_url(public_url.clone().unwrap_or_else(|| format!("http://{addr}")));
         let mut leptos_options = match leptos {
             Some(options) => options,
             None => {

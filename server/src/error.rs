@@ -37,7 +37,9 @@ impl IntoResponse for ApiError {
         let e = self.0;
         e.log("api");
         let status = e.status();
-        let body = ErrorBody { error: ErrorDetail { code: e.code().to_owned(), message: e.public_message() } };
+        let body = ErrorBody {
+            error: ErrorDetail { code: e.code().to_owned(), message: e.public_message(), details: e.details() },
+        };
         let mut resp = (status, Json(body)).into_response();
         let headers = resp.headers_mut();
         if status == StatusCode::UNAUTHORIZED {
@@ -145,6 +147,8 @@ mod tests {
             (Error::RangeNotSatisfiable { size: 1 }, 416, "invalid_range"),
             (Error::TooManyStreams(s()), 503, "too_many_streams"),
             (Error::TooManyConnections, 429, "too_many_connections"),
+            (Error::ValidationFailed { message: s(), results: vec![] }, 422, "validation_failed"),
+            (Error::CandidateNotFound, 404, "candidate_not_found"),
             (Error::Internal("secret detail".into()), 500, "internal"),
             (Error::NotEncrypted(s()), 422, "not_encrypted"),
         ]
@@ -188,6 +192,8 @@ mod tests {
             Error::TooManyConnections => 31,
             Error::WebhookNotFound(_) => 32,
             Error::NotEncrypted(_) => 33,
+            Error::ValidationFailed { .. } => 34,
+            Error::CandidateNotFound => 35,
         }
     }
 
@@ -196,7 +202,7 @@ mod tests {
         let cases = every_kind();
         let mut kinds: Vec<usize> = cases.iter().map(|(e, _, _)| kind(e)).collect();
         kinds.sort_unstable();
-        assert_eq!(kinds, (0..=33).collect::<Vec<_>>(), "every kind of error, once");
+        assert_eq!(kinds, (0..=35).collect::<Vec<_>>(), "every kind of error, once");
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
             let message = e.public_message();
@@ -209,7 +215,11 @@ mod tests {
             assert_eq!(resp.status().as_u16(), status);
             let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.expect("body");
             let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
-            assert_eq!(body, serde_json::json!({"error": {"code": code, "message": message}}));
+            let mut expected = serde_json::json!({"error": {"code": code, "message": message}});
+            if code == "validation_failed" {
+                expected["error"]["details"] = serde_json::json!({"checks": []});
+            }
+            assert_eq!(body, expected);
         }
     }
 

@@ -53,13 +53,27 @@ struct Fields {
     rollout: Option<RolloutRequest>,
     content_type: Option<String>,
     sha256: Option<String>,
+    force: bool,
+    force_reason: Option<String>,
+}
+
+/// `force` and `force_reason` as the service takes them: the reason when forced; a reason
+/// without `force`, or `force` without a reason, is a mistake.
+pub fn force(force: bool, reason: Option<String>) -> ApiResult<Option<String>> {
+    match (force, reason.filter(|r| !r.trim().is_empty())) {
+        (true, Some(r)) => Ok(Some(r)),
+        (true, None) => Err(ApiError::invalid("force needs force_reason: why the checks are overridden")),
+        (false, Some(_)) => Err(ApiError::invalid("force_reason is given without force=true")),
+        (false, None) => Ok(None),
+    }
 }
 
 impl Fields {
     /// Takes one `name=value`; false when the name is not a publish field.
     fn take(&mut self, name: &str, value: String) -> ApiResult<bool> {
         let known =
-            matches!(name, "scope" | "message" | "rollout" | "content_type" | "sha256") || name.starts_with("meta.");
+            matches!(name, "scope" | "message" | "rollout" | "content_type" | "sha256" | "force" | "force_reason")
+                || name.starts_with("meta.");
         if known && value.trim().is_empty() {
             // An empty form field is an absent one (browsers send every field).
             return Ok(true);
@@ -80,14 +94,19 @@ impl Fields {
             self.content_type = Some(value).filter(|v| !v.trim().is_empty());
         } else if name == "sha256" {
             self.sha256 = Some(value).filter(|v| !v.trim().is_empty());
+        } else if name == "force" {
+            self.force = crate::extract::parse_bool(&Some(value), "force")?;
+        } else if name == "force_reason" {
+            self.force_reason = Some(value);
         } else {
             return Ok(false);
         }
         Ok(true)
     }
 
-    fn into_input(self, payload: Payload) -> PublishInput {
-        PublishInput {
+    fn into_input(self, payload: Payload) -> ApiResult<PublishInput> {
+        Ok(PublishInput {
+            force: force(self.force, self.force_reason)?,
             payload,
             content_type: self.content_type,
             metadata: self.metadata,
@@ -95,7 +114,7 @@ impl Fields {
             message: self.message,
             rollout: self.rollout.unwrap_or(RolloutRequest::TopicDefault),
             sha256: self.sha256,
-        }
+        })
     }
 }
 
@@ -110,7 +129,7 @@ fn raw_input(req: Request) -> ApiResult<PublishInput> {
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned() {
         if k == "content_type" || !fields.take(&k, v)? {
             return Err(ApiError::invalid(format!(
-                "unknown query parameter {k:?} (use scope=, meta.<key>=, message=, rollout=, sha256=)"
+                "unknown query parameter {k:?} (use scope=, meta.<key>=, message=, rollout=, sha256=, force=, force_reason=)"
             )));
         }
     }
@@ -126,7 +145,7 @@ fn raw_input(req: Request) -> ApiResult<PublishInput> {
         .filter(|c| !c.starts_with("application/x-www-form-urlencoded"))
         .map(str::to_owned);
     let len = declared_length(req.headers());
-    Ok(fields.into_input(Payload::Stream { body: body_stream(req.into_body()), len }))
+    fields.into_input(Payload::Stream { body: body_stream(req.into_body()), len })
 }
 
 /// A multipart form: text parts first (`message`, `scope`, `meta.<key>`,
@@ -156,7 +175,7 @@ async fn multipart_input(req: Request) -> ApiResult<PublishInput> {
                     .map(ToString::to_string)
                     .filter(|c| c != "application/octet-stream" && !c.is_empty());
             }
-            return Ok(fields.into_input(Payload::Stream { body: file_part(form, field), len: None }));
+            return fields.into_input(Payload::Stream { body: file_part(form, field), len: None });
         }
         let mut value = Vec::new();
         while let Some(chunk) = field.chunk().await.map_err(bad)? {
@@ -169,7 +188,7 @@ async fn multipart_input(req: Request) -> ApiResult<PublishInput> {
             String::from_utf8(value).map_err(|_| ApiError::invalid(format!("the form field {name:?} is not UTF-8")))?;
         if !fields.take(&name, value)? {
             return Err(ApiError::invalid(format!(
-                "unknown form field {name:?} (use file, message, scope, meta.<key>, content_type, rollout, sha256)"
+                "unknown form field {name:?} (use file, message, scope, meta.<key>, content_type, rollout, sha256, force, force_reason)"
             )));
         }
     }

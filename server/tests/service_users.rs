@@ -54,6 +54,7 @@ fn text(data: &str) -> PublishInput {
         message: format!("publish {data}"),
         rollout: RolloutRequest::None,
         sha256: None,
+        force: None,
     }
 }
 

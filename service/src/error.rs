@@ -84,6 +84,13 @@ pub enum Error {
     /// The client's address holds as many connections as it may (refused by the listener).
     #[error("too many connections from this address; retry later")]
     TooManyConnections,
+    /// A pre-release check with `on_fail: reject` failed (docs/validation.md): nothing was
+    /// stored; `results` is every check's result (the error's `details`).
+    #[error("the version was rejected by the topic's checks: {message}")]
+    ValidationFailed { message: String, results: Vec<imprint_domain::checks::CheckResult> },
+    /// No candidate at a validator's download URL: expired, its checks done, or never offered.
+    #[error("no candidate at this URL: it expired or its checks are done")]
+    CandidateNotFound,
     #[error("internal error")]
     Internal(String),
 }
@@ -114,6 +121,7 @@ impl Error {
             | Error::UserNotFound(_)
             | Error::TeamNotFound(_)
             | Error::WebhookNotFound(_)
+            | Error::CandidateNotFound
             | Error::NotFound(_) => S::NOT_FOUND,
             Error::TopicExists(_)
             | Error::InvalidState(_)
@@ -125,7 +133,8 @@ impl Error {
             Error::SchemaViolation(_)
             | Error::ChecksumMismatch { .. }
             | Error::ObjectNotFound(_)
-            | Error::NotEncrypted(_) => S::UNPROCESSABLE_ENTITY,
+            | Error::NotEncrypted(_)
+            | Error::ValidationFailed { .. } => S::UNPROCESSABLE_ENTITY,
             Error::RangeNotSatisfiable { .. } => S::RANGE_NOT_SATISFIABLE,
             Error::TooManyAttempts { .. } | Error::TooManyConnections => S::TOO_MANY_REQUESTS,
             Error::Busy(_)
@@ -163,6 +172,8 @@ impl Error {
             Error::PayloadTooLarge { .. } => "payload_too_large",
             Error::SchemaViolation(_) => "schema_violation",
             Error::NotEncrypted(_) => "not_encrypted",
+            Error::ValidationFailed { .. } => "validation_failed",
+            Error::CandidateNotFound => "candidate_not_found",
             Error::ChecksumMismatch { .. } => "checksum_mismatch",
             Error::ObjectNotFound(_) => "object_not_found",
             Error::RangeNotSatisfiable { .. } => "invalid_range",
@@ -183,6 +194,15 @@ impl Error {
         match self {
             Error::Internal(_) => "internal error; see the server log".to_owned(),
             e => e.to_string(),
+        }
+    }
+
+    /// Structured details shown with the message, for the errors that have them: a
+    /// rejected version's check results (`{"checks": [...]}`).
+    pub fn details(&self) -> Option<serde_json::Value> {
+        match self {
+            Error::ValidationFailed { results, .. } => Some(serde_json::json!({ "checks": results })),
+            _ => None,
         }
     }
 

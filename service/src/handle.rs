@@ -184,6 +184,9 @@ pub struct Imprint {
 }
 
 pub(crate) struct Inner {
+    /// This server's address as others reach it (`IMPRINT_PUBLIC_URL`, else the bound
+    /// listener): where external validators download candidates (the checks module).
+    pub public_url: std::sync::OnceLock<String>,
     pub pool: PgPool,
     pub state: Arc<ServingState>,
     pub audit: AuditBuffer,
@@ -247,6 +250,7 @@ impl Imprint {
         let audit = AuditBuffer::new(config.audit_max_entries);
         Self {
             inner: Arc::new(Inner {
+                public_url: std::sync::OnceLock::new(),
                 pool,
                 state: Arc::new(ServingState::default()),
                 audit,
@@ -268,6 +272,12 @@ impl Imprint {
                 unknown_tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         }
+    }
+
+    /// Where others reach this server (set once, at startup): the base of the download
+    /// URLs external validators get (docs/validation.md).
+    pub fn set_public_url(&self, url: String) {
+        let _ = self.inner.public_url.set(url);
     }
 
     pub fn pool(&self) -> &PgPool {

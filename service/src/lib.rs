@@ -15,6 +15,7 @@ pub mod audit;
 pub mod audit_log;
 pub mod auth;
 mod background;
+pub mod checks;
 pub mod clock;
 pub mod consumers;
 pub mod cursor;

@@ -56,6 +56,13 @@ pub struct Topic {
     pub encryption: Option<Encryption>,
     pub created_at: DateTime<Utc>,
     pub created_by: String,
+    /// Pre-release checks, in order (docs/validation.md); an external validator's
+    /// secret is shown as `********`.
+    #[schema(value_type = Vec<Object>)]
+    pub checks: Vec<imprint_domain::checks::Check>,
+    /// What a failing rollout gate does: `pause` (the default) or `rollback`.
+    #[schema(value_type = String)]
+    pub on_failure: imprint_domain::checks::OnFailure,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -87,6 +94,20 @@ pub struct Version {
     pub scopes: Vec<Scope>,
     pub purged: bool,
     pub purged_at: Option<DateTime<Utc>>,
+    /// Its pre-release check results, when the topic had checks (docs/validation.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<VersionChecks>,
+}
+
+/// Every pre-release check's result of a version, and who overrode a rejection.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct VersionChecks {
+    #[schema(value_type = Vec<Object>)]
+    pub results: Vec<imprint_domain::checks::CheckResult>,
+    /// A rejecting result was overridden (`force`) by this caller…
+    pub forced_by: Option<String>,
+    /// …for this reason.
+    pub force_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -102,6 +123,12 @@ pub struct Published {
     /// The rollout this publish started, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutInfo>,
+    /// The pre-release check results, when the topic has checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<VersionChecks>,
+    /// The failed `warn` checks' messages (also in `checks`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -231,6 +258,9 @@ pub struct RolloutInfo {
     pub view: RolloutView,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
+    /// Why the system ended it: an automatic rollback's evidence (docs/validation.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
 }
 
 /// How a rollout is asked for: an inline plan or the name of one of the topic's plans.

@@ -326,6 +326,33 @@ impl Imprint {
         Ok(VersionPayload { version, content_type: row.content_type, sha256: row.sha256, size: row.size as u64, body })
     }
 
+    /// A candidate's bytes for an external validator, by the token in its download URL
+    /// (404 once the checks are done or the URL expired; the token is the credential).
+    pub async fn validation_candidate(&self, token: &str) -> Result<VersionPayload> {
+        let gone = || Error::CandidateNotFound;
+        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(gone());
+        }
+        let token_sha256 = hex::encode(Sha256::digest(token.as_bytes()));
+        let row = store::checks::candidate(self.pool(), &token_sha256).await?.ok_or_else(gone)?;
+        if row.expires_at < self.now() {
+            return Err(gone());
+        }
+        let _ = row.topic_id;
+        let body = match (row.inline_data, row.object_key) {
+            (Some(b), _) => PayloadBody::Inline(Bytes::from(b)),
+            (None, Some(k)) => PayloadBody::Object(k),
+            (None, None) => return Err(gone()),
+        };
+        Ok(VersionPayload {
+            version: 0,
+            content_type: row.content_type,
+            sha256: row.sha256,
+            size: row.size as u64,
+            body,
+        })
+    }
+
     /// A stream of an object's bytes (a byte range of it, if given).
     pub async fn read_object(
         &self,

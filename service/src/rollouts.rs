@@ -10,7 +10,7 @@ use crate::store::rollouts::RolloutRow;
 use crate::{cursor, store};
 use chrono::{DateTime, Duration, Utc};
 use imprint_domain::{Effect, GateReading, Plan, Rollout, RolloutAction, RolloutState, Selector, TopicName};
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::PgConnection;
 
 /// Consumers seen within this window count for health gates.
@@ -23,6 +23,7 @@ fn info_of(topic: &str, r: &RolloutRow, rollout: &Rollout) -> RolloutInfo {
         view: rollout.view(),
         created_by: r.created_by.clone(),
         created_at: r.created_at,
+        end_reason: r.end_reason.clone(),
     }
 }
 
@@ -243,25 +244,7 @@ impl Imprint {
             RolloutAction::Resume => r.resume(now)?,
             RolloutAction::Advance => r.advance(now)?,
             RolloutAction::Complete => r.complete(now)?,
-            RolloutAction::Cancel => {
-                // What each selector resolved to just before the rollout started.
-                let history = self.history_of(&mut tx, t.id).await?;
-                let before = r.started_at() - Duration::microseconds(1);
-                let effects = r.cancel(now, rollback, |sel: &Selector| {
-                    history.resolve_at(&sel.as_labels(), before).map(|res| res.version)
-                })?;
-                // A rollback never pins consumers onto a payload retention has deleted.
-                for e in &effects {
-                    if let Effect::Pin { selector, version, .. } = e {
-                        if history.versions.get(version).is_none_or(|v| v.purged_at.is_some()) {
-                            return Err(Error::InvalidState(format!(
-                                "cannot roll back: {selector} held version {version} before the rollout, and it has been purged by retention; cancel without rollback, or pin a live version"
-                            )));
-                        }
-                    }
-                }
-                effects
-            }
+            RolloutAction::Cancel => self.cancel_effects(&mut tx, t.id, &mut r, now, rollback).await?,
             RolloutAction::Supersede => return Err(Error::invalid("supersede is not an operator action")),
         };
         let cx = EffectCtx { topic_id: t.id, topic: &t.name, rollout_id: id, who: &who, actor: &who, now };
@@ -280,6 +263,37 @@ impl Imprint {
         self.refresh_topic(t.id).await;
         metrics::counter!("imprint_rollout_actions_total", "action" => action.as_str()).increment(1);
         Ok(info_of(&t.name, &row, &r))
+    }
+
+    /// Cancels `r` (on a copy: `r` changes only if it works); with `rollback`, the pins
+    /// back onto what each reached selector resolved to just before the rollout started.
+    async fn cancel_effects(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        topic_id: i64,
+        r: &mut Rollout,
+        now: DateTime<Utc>,
+        rollback: bool,
+    ) -> Result<Vec<Effect>> {
+        let mut next = r.clone();
+        // What each selector resolved to just before the rollout started.
+        let history = self.history_of(tx, topic_id).await?;
+        let before = next.started_at() - Duration::microseconds(1);
+        let effects = next.cancel(now, rollback, |sel: &Selector| {
+            history.resolve_at(&sel.as_labels(), before).map(|res| res.version)
+        })?;
+        // A rollback never pins consumers onto a payload retention has deleted.
+        for e in &effects {
+            if let Effect::Pin { selector, version, .. } = e {
+                if history.versions.get(version).is_none_or(|v| v.purged_at.is_some()) {
+                    return Err(Error::InvalidState(format!(
+                        "cannot roll back: {selector} held version {version} before the rollout, and it has been purged by retention; cancel without rollback, or pin a live version"
+                    )));
+                }
+            }
+        }
+        *r = next;
+        Ok(effects)
     }
 
     /// One scheduler pass: every running rollout that is due (or has a health gate to
@@ -317,9 +331,30 @@ impl Imprint {
             None => None,
         };
         let before = r.clone();
-        let effects = r.tick(now, |stage| reading.as_ref().filter(|(s, _)| *s == stage).map(|(_, g)| *g))?;
+        let mut effects = r.tick(now, |stage| reading.as_ref().filter(|(s, _)| *s == stage).map(|(_, g)| *g))?;
         if r == before {
             return Ok(0);
+        }
+        // A failing gate pauses the rollout; if the plan (or else the topic) says
+        // `on_failure: rollback`, it is cancelled and rolled back instead (docs/validation.md).
+        let auto_paused = before.state() == RolloutState::Running && r.state() == RolloutState::Paused;
+        let mut rolled_back: Option<(String, Vec<Effect>)> = None;
+        if auto_paused {
+            let policy = match r.plan().on_failure() {
+                Some(p) => p,
+                None => store::checks::settings(&mut *tx, topic_id).await?.on_failure,
+            };
+            if policy == imprint_domain::checks::OnFailure::Rollback {
+                let reason = r.pause_reason().unwrap_or_default().to_owned();
+                match self.cancel_effects(&mut tx, topic_id, &mut r, now, true).await {
+                    Ok(pins) => {
+                        effects.extend(pins.iter().cloned());
+                        rolled_back = Some((reason, pins));
+                    }
+                    // It stays paused, with the failure's reason: an operator decides.
+                    Err(e) => tracing::warn!(rollout_id = id, error = %e, "automatic rollback refused; paused"),
+                }
+            }
         }
         let topic = store::topics::name_of(&mut tx, topic_id).await?;
         // Scopes say which rollout added them; the audit says the server did it.
@@ -328,7 +363,32 @@ impl Imprint {
         let cx = EffectCtx { topic_id, topic: &topic, rollout_id: id, who: &stamp, actor: &actor, now };
         apply_effects(&mut tx, &cx, &effects, &r).await?;
         store::rollouts::update(&mut tx, id, &r, now).await?;
-        if before.state() == RolloutState::Running && r.state() == RolloutState::Paused {
+        if let Some((reason, pins)) = &rolled_back {
+            let stage = before.current_stage().max(r.current_stage());
+            let pinned: Vec<Value> = pins
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Pin { selector, version, .. } => {
+                        Some(json!({"selector": selector.to_json(), "version": version}))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let details = json!({
+                "id": id,
+                "version": r.version(),
+                "stage": stage + 1,
+                "reason": reason,
+                "reading": reading.as_ref().map(|(_, g)| g),
+                "pins": pinned,
+                "rollback": true,
+                "state": r.state().as_str(),
+                "reached": r.reached(),
+            });
+            store::rollouts::set_end_reason(&mut tx, id, &format!("rolled back automatically: {reason}")).await?;
+            store::audit(&mut tx, now, &actor, "rollout.auto_rollback", Some(&topic), details).await?;
+            tracing::warn!(rollout_id = id, reason, "rollout rolled back automatically");
+        } else if before.state() == RolloutState::Running && r.state() == RolloutState::Paused {
             let details = json!({
                 "id": id,
                 "version": r.version(),
@@ -361,7 +421,12 @@ async fn gate_reading<'e, E: sqlx::PgExecutor<'e>>(
     count_anonymous: bool,
 ) -> Result<GateReading> {
     let since = now - Duration::seconds(GATE_WINDOW_SECS);
-    let (matching, applied, failed) =
+    let (matching, applied, failed, reporting) =
         store::consumers::gate_counts(ex, topic_id, selector.to_json(), version as i64, since, count_anonymous).await?;
-    Ok(GateReading { matching: matching as u64, applied: applied as u64, failed: failed as u64 })
+    Ok(GateReading {
+        matching: matching as u64,
+        applied: applied as u64,
+        failed: failed as u64,
+        reporting: reporting as u64,
+    })
 }

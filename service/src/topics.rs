@@ -60,6 +60,14 @@ pub struct NewTopic {
     /// End-to-end encryption: `{"mode": "end_to_end", "recipients": ["age1…"]}` (docs/encryption.md).
     #[serde(default)]
     pub encryption: Option<crate::model::Encryption>,
+    /// Pre-release checks, in order (docs/validation.md); replaces the list.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub checks: Option<Vec<imprint_domain::checks::Check>>,
+    /// What a failing rollout gate does: `pause` (the default) or `rollback`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub on_failure: Option<imprint_domain::checks::OnFailure>,
 }
 
 /// Settings to change; absent fields stay as they are, `null` clears the optional ones.
@@ -105,6 +113,14 @@ pub struct TopicPatch {
     /// Replaces the encryption setting (later versions); `null` removes it.
     #[serde(default, deserialize_with = "double_option")]
     pub encryption: Option<Option<crate::model::Encryption>>,
+    /// Pre-release checks, in order (docs/validation.md); replaces the list.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub checks: Option<Vec<imprint_domain::checks::Check>>,
+    /// What a failing rollout gate does: `pause` (the default) or `rollback`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub on_failure: Option<imprint_domain::checks::OnFailure>,
 }
 
 /// For `#[serde(default, deserialize_with = "double_option")]` on an `Option<Option<T>>`:
@@ -339,6 +355,8 @@ impl Imprint {
         let ofrep = input.ofrep.as_ref().map(|o| check_ofrep(o, name.as_str())).transpose()?;
         let spring = input.spring.as_ref().map(check_spring).transpose()?;
         let encryption = input.encryption.as_ref().map(crate::encryption::check_encryption).transpose()?;
+        let checks = crate::checks::checked(caller, input.checks.clone().unwrap_or_default(), &[])?;
+        let checks = imprint_domain::checks::TopicChecks { checks, on_failure: input.on_failure.unwrap_or_default() };
         let who = caller.who();
         let now = self.now();
         let mut tx = self.pool().begin().await?;
@@ -367,7 +385,12 @@ impl Imprint {
         check_apollo_app(&mut tx, caller, id, None).await?;
         check_spring_app(&mut tx, caller, id, None).await?;
         crate::encryption::apply_setting(&mut tx, id, encryption.as_ref().map(Some)).await?;
-        let settings = store::topics::settings_json(&mut tx, id).await?;
+        let mut settings = store::topics::settings_json(&mut tx, id).await?;
+        if checks != Default::default() {
+            store::checks::set_settings(&mut tx, id, &checks, now).await?;
+            settings["checks"] = serde_json::json!(checks.checks.iter().map(|c| c.redacted()).collect::<Vec<_>>());
+            settings["on_failure"] = serde_json::json!(checks.on_failure);
+        }
         store::audit(&mut tx, now, &who, "topic.create", Some(name.as_str()), settings).await?;
         store::notify(&mut tx, id).await?;
         tx.commit().await?;
@@ -378,10 +401,18 @@ impl Imprint {
     }
 
     pub async fn topic(&self, caller: &Caller, name: &TopicName) -> Result<Topic> {
-        let topic = store::topics::by_name(self.pool(), name.as_str())
+        let mut topic = store::topics::by_name(self.pool(), name.as_str())
             .await?
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         caller.require_read(&topic.name, &topic.owner, topic.restricted)?;
+        (topic.checks, topic.on_failure) = self.shown_checks(name.as_str()).await?;
+        if caller.require_write(&topic.name, &topic.owner).is_err() {
+            // A validator URL's path or query may hold the receiver's own token: readers
+            // without rights on the topic see only its origin.
+            for c in &mut topic.checks {
+                c.url = c.url.as_deref().map(crate::checks::origin_only);
+            }
+        }
         Ok(topic)
     }
 
@@ -515,11 +546,30 @@ impl Imprint {
             at: self.now(),
         };
         store::topics::update(&mut tx, t.id, update).await?;
+        let checks_before = store::checks::settings(&mut *tx, t.id).await?;
+        let mut checks_after = checks_before.clone();
+        if let Some(c) = patch.checks.clone() {
+            checks_after.checks = crate::checks::checked(caller, c, &checks_before.checks)?;
+        }
+        if let Some(f) = patch.on_failure {
+            checks_after.on_failure = f;
+        }
+        let checks_changed = checks_after != checks_before;
+        if checks_changed {
+            store::checks::set_settings(&mut tx, t.id, &checks_after, self.now()).await?;
+        }
         check_apollo_app(&mut tx, caller, t.id, Some(&app_before)).await?;
         check_spring_app(&mut tx, caller, t.id, Some(&spring_before)).await?;
         crate::encryption::apply_setting(&mut tx, t.id, encryption.as_ref().map(Option::as_ref)).await?;
         let after = store::topics::settings_json(&mut tx, t.id).await?;
         let mut changed = changes(&before, &after);
+        if checks_changed {
+            let shown = |c: &imprint_domain::checks::TopicChecks| serde_json::json!({"checks": c.checks.iter().map(|c| c.redacted()).collect::<Vec<_>>(), "on_failure": c.on_failure});
+            changed.insert(
+                "checks".into(),
+                serde_json::json!({"from": shown(&checks_before), "to": shown(&checks_after)}),
+            );
+        }
         // A new Apollo secret is noted as set, never shown (nor any hash of it).
         if let Some(Some((_, _, Some(secret)))) = &apollo {
             if !secret.is_empty() {

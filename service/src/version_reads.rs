@@ -28,11 +28,13 @@ impl Imprint {
         let next = if more { rows.last().map(|r| cursor::encode(r.version)) } else { None };
         let numbers: Vec<i64> = rows.iter().map(|r| r.version).collect();
         let mut scopes = self.scopes_of(t.id, &numbers).await?;
+        let mut checks = self.version_checks(t.id, &numbers).await?;
         let items = rows
             .into_iter()
             .map(|r| {
                 let s = scopes.remove(&r.version).unwrap_or_default();
-                version_from_row(self.objects(), &t.name, r, s)
+                let c = checks.remove(&r.version);
+                Version { checks: c, ..version_from_row(self.objects(), &t.name, r, s) }
             })
             .collect();
         Ok(Page { items, next })
@@ -46,7 +48,11 @@ impl Imprint {
             .await?
             .ok_or_else(|| Error::VersionNotFound { topic: t.name.clone(), version })?;
         let mut scopes = self.scopes_of(t.id, &[row.version]).await?;
-        Ok(version_from_row(self.objects(), &t.name, row, scopes.remove(&(version as i64)).unwrap_or_default()))
+        let mut checks = self.version_checks(t.id, &[row.version]).await?;
+        let mut v =
+            version_from_row(self.objects(), &t.name, row, scopes.remove(&(version as i64)).unwrap_or_default());
+        v.checks = checks.remove(&(version as i64));
+        Ok(v)
     }
 
     async fn scopes_of(&self, topic_id: i64, versions: &[i64]) -> Result<std::collections::HashMap<i64, Vec<Scope>>> {
@@ -174,5 +180,6 @@ fn version_from_row(objects: &crate::objects::Objects, topic: &str, r: VersionRo
         purged: r.purged_at.is_some(),
         purged_at: r.purged_at,
         scopes,
+        checks: None,
     }
 }

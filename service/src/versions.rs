@@ -25,6 +25,9 @@ pub struct PublishInput {
     pub rollout: RolloutRequest,
     /// The payload's SHA-256 as the publisher computed it: verified (422 `checksum_mismatch`).
     pub sha256: Option<String>,
+    /// `force` with its reason: publish even if a `reject` check fails (docs/validation.md;
+    /// who may publish may force; audited with the check results).
+    pub force: Option<String>,
 }
 
 /// A request body as it arrives: chunks, or an error when the client went away or sent
@@ -87,6 +90,7 @@ pub(crate) struct PublishMeta {
     scopes: Option<Vec<Selector>>,
     message: String,
     rollout: RolloutRequest,
+    force: Option<String>,
 }
 
 fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
@@ -137,6 +141,11 @@ impl Imprint {
             check_content_type(ct)?;
         }
         let expected = input.sha256.as_deref().map(check_sha256).transpose()?;
+        if let Some(reason) = &input.force {
+            if reason.trim().is_empty() || reason.chars().count() > 1000 {
+                return Err(Error::invalid("force needs a force_reason of 1-1000 characters"));
+            }
+        }
         let default_content_type = match &input.payload {
             Payload::Text(s) if serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok() => "application/json",
             Payload::Text(_) => "text/plain; charset=utf-8",
@@ -149,6 +158,7 @@ impl Imprint {
             scopes: input.scopes,
             message: input.message,
             rollout: input.rollout,
+            force: input.force,
         };
         let received = match input.payload {
             Payload::Text(s) => Received::Inline(Bytes::from(s)),
@@ -207,8 +217,41 @@ impl Imprint {
                     .await
                     .map_err(|e| Error::Internal(format!("validation did not finish: {e}")))??;
             }
-            rules
+            let checks = store::checks::settings(self.pool(), pre.id).await?;
+            let checked = if checks.checks.is_empty() {
+                None
+            } else {
+                let content_type = meta
+                    .content_type
+                    .clone()
+                    .or(pre.content_type.clone())
+                    .unwrap_or_else(|| meta.default_content_type.into());
+                let (sha256, object_key) = match &received {
+                    Received::Inline(b) => (hex::encode(Sha256::digest(b)), None),
+                    Received::Object { sha256, key, .. } => (sha256.clone(), Some(key.to_string())),
+                };
+                let who = caller.who();
+                let input = crate::checks::CandidateInput {
+                    topic_id: pre.id,
+                    topic: &pre.name,
+                    content_type: &content_type,
+                    size,
+                    sha256: &sha256,
+                    metadata: &meta.metadata,
+                    message: &meta.message,
+                    created_by: &who,
+                    bytes: content,
+                    object_key: object_key.as_deref(),
+                };
+                let c = self.run_checks(&checks, &input).await?;
+                if let (Some(why), None) = (imprint_domain::checks::rejection(&c.results), &meta.force) {
+                    return Err(Error::ValidationFailed { message: why, results: c.results });
+                }
+                Some((checks, c))
+            };
+            (rules, checked)
         };
+        let (validated, mut checked) = validated;
         let mut tx = self.pool().begin().await?;
         // The row lock taken here serialises publishers of this topic until commit, and
         // the settings read with it (owner, limits, schema) cannot change before then.
@@ -259,6 +302,49 @@ impl Imprint {
         }
         let content_type =
             meta.content_type.or(t.content_type.clone()).unwrap_or_else(|| meta.default_content_type.into());
+        // Checked above against the settings and the previous version as they were then:
+        // changed settings mean checking again; a newer previous version (another publish
+        // got in between) means the local checks again, here under the lock.
+        let checks_now = store::checks::settings(&mut *tx, t.id).await?.checks;
+        if checks_now != checked.as_ref().map(|c| c.0.checks.clone()).unwrap_or_default() {
+            return Err(Error::Conflict(
+                "the topic's checks changed while this version was being checked; publish again".into(),
+            ));
+        }
+        if let Some((settings, c)) = &mut checked {
+            let prev = crate::checks::previous(&mut tx, t.id).await?;
+            if prev.as_ref().map(|p| p.version) != c.previous {
+                let external: Vec<_> = c
+                    .results
+                    .iter()
+                    .filter(|r| r.kind == imprint_domain::checks::CheckKind::External)
+                    .cloned()
+                    .collect();
+                let bytes = match &received {
+                    Received::Inline(b) => Some(b),
+                    Received::Object { content, .. } => content.as_ref(),
+                };
+                let who = caller.who();
+                let input = crate::checks::CandidateInput {
+                    topic_id: t.id,
+                    topic: &t.name,
+                    content_type: &content_type,
+                    size,
+                    sha256: "",
+                    metadata: &meta.metadata,
+                    message: &meta.message,
+                    created_by: &who,
+                    bytes,
+                    object_key: None,
+                };
+                let local = crate::checks::local_results(&settings.checks, &input, prev.as_ref());
+                c.results = crate::checks::merged(local, &external);
+                c.previous = prev.map(|p| p.version);
+                if let (Some(why), None) = (imprint_domain::checks::rejection(&c.results), &meta.force) {
+                    return Err(Error::ValidationFailed { message: why, results: c.results.clone() });
+                }
+            }
+        }
 
         // Taken after the lock: a version is never dated before an older one committed.
         let created_at = self.now();
@@ -314,6 +400,20 @@ impl Imprint {
                 store::objects::unmark(&mut *tx, &claimed).await?;
             }
             store::versions::insert_scopes(&mut tx, t.id, version, &scopes, created_at, &who).await?;
+            if let Some((_, c)) = &checked {
+                let overridden = imprint_domain::checks::rejection(&c.results);
+                let forced = overridden.as_ref().and(meta.force.clone());
+                let vc = crate::model::VersionChecks {
+                    results: c.results.clone(),
+                    forced_by: forced.as_ref().map(|_| who.clone()),
+                    force_reason: forced.clone(),
+                };
+                store::checks::insert_results(&mut tx, t.id, version, &vc, c.records).await?;
+                if let (Some(why), Some(reason)) = (overridden, forced) {
+                    let details = json!({"version": version, "reason": reason, "rejected_by": why, "checks": c.results});
+                    store::audit(&mut tx, created_at, &who, "version.force", Some(&t.name), details).await?;
+                }
+            }
             // A newer version supersedes any rollout of an older one.
             supersede_active(&mut tx, t.id, &t.name, version as u64, created_at, &who).await?;
             let rollout_id = match plan {
@@ -331,6 +431,7 @@ impl Imprint {
                 "scopes": scope_keys,
                 "message": meta.message,
                 "rollout": rollout_id,
+                "checks": checked.as_ref().map(|(_, c)| &c.results),
                 "storage": if final_key.is_some() || matches!(received, Received::Object { .. }) { "object" } else { "inline" },
             });
             store::audit(&mut tx, created_at, &who, "version.publish", Some(&t.name), details).await?;
@@ -404,6 +505,15 @@ impl Imprint {
                 .collect(),
             storage: storage.into(),
             rollout,
+            warnings: checked.as_ref().map(|(_, c)| c.warnings()).unwrap_or_default(),
+            checks: checked.map(|(_, c)| {
+                let forced = imprint_domain::checks::rejection(&c.results).and(meta.force);
+                crate::model::VersionChecks {
+                    results: c.results,
+                    forced_by: forced.as_ref().map(|_| who.clone()),
+                    force_reason: forced,
+                }
+            }),
         })
     }
 }

@@ -210,7 +210,7 @@ pub fn cloudevent(
 /// Checks a subscription URL: http(s), a host, no credentials, not too long; without
 /// `allow_private`, no literal loopback, private or link-local address and no `localhost`
 /// (names are checked again on every delivery, after resolving them).
-fn check_url(raw: &str, allow_private: bool) -> Result<url::Url> {
+pub(crate) fn check_url(raw: &str, allow_private: bool) -> Result<url::Url> {
     let raw = raw.trim();
     if raw.is_empty() || raw.chars().count() > MAX_URL_CHARS {
         return Err(Error::invalid(format!("url must be 1 to {MAX_URL_CHARS} characters")));
@@ -568,6 +568,31 @@ impl Clients {
             timeout,
         })
     }
+}
+
+/// One outbound HTTP client under the delivery rules (no redirects, no proxy, bounded by
+/// `timeout`; without `allow_private`, names resolve to public addresses only): what
+/// external validators (the checks module) are called with.
+pub(crate) fn outbound_client(timeout: Duration, allow_private: bool) -> Result<reqwest::Client> {
+    let b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
+        .user_agent(concat!("Imprint-Webhooks/", env!("CARGO_PKG_VERSION")));
+    let b = if allow_private { b } else { b.dns_resolver(Arc::new(PublicOnly)) };
+    b.build().map_err(|e| Error::Internal(format!("outbound HTTP client: {e}")))
+}
+
+/// Why a request to `url` may not go out without `allow_private` (a literal private
+/// address; names are refused by `outbound_client`'s resolver), or `None`.
+pub(crate) fn refused_literal(url: &url::Url) -> Option<String> {
+    let ip = match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+        _ => return None,
+    };
+    forbidden_address(ip).map(|why| format!("refused: {ip} is a {why} address (allow_private is for administrators)"))
 }
 
 /// What one attempt found.

@@ -59,6 +59,7 @@ fn text(data: &str) -> PublishInput {
         message: String::new(),
         rollout: RolloutRequest::None,
         sha256: None,
+        force: None,
     }
 }
 

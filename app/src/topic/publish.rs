@@ -54,6 +54,7 @@ pub async fn publish_form(
                 name => RolloutRequest::Plan(imprint_service::PlanChoice::Named(name.to_owned())),
             },
             sha256: None,
+            force: None,
         })
     })();
     let result = async {

@@ -28,6 +28,8 @@ pub struct RolloutRow {
     pub pause_reason: Option<String>,
     pub remaining_wait_s: Option<u64>,
     pub rolled_back: bool,
+    /// Why the system rolled it back (an automatic rollback's evidence).
+    pub end_reason: Option<String>,
     pub created_by: String,
     pub created_at: String,
 }
@@ -81,6 +83,12 @@ pub async fn load_rollouts(name: String) -> Result<RolloutsPage, ServerFnError> 
                         if let Some(f) = g.max_failure_ratio() {
                             parts.push(format!("≤{:.0}% failed", f * 100.0));
                         }
+                        if let Some(n) = g.min_reporting() {
+                            parts.push(format!("≥{n} reporting"));
+                        }
+                        if let Some(b) = g.bake_s() {
+                            parts.push(format!("bake {}", imprint_domain::format_wait(b)));
+                        }
                         parts.join(", ")
                     }),
                     state: serde_json::to_value(s.state)
@@ -94,6 +102,7 @@ pub async fn load_rollouts(name: String) -> Result<RolloutsPage, ServerFnError> 
             pause_reason: r.view.pause_reason.clone(),
             remaining_wait_s: r.view.remaining_wait_s,
             rolled_back: r.view.rolled_back,
+            end_reason: r.end_reason.clone(),
             created_by: r.created_by,
             created_at: r.created_at.to_rfc3339(),
         });
@@ -233,6 +242,7 @@ fn RolloutCard(topic: String, r: RolloutRow, act: ServerAction<RolloutAct>) -> i
             </h2>
             <p class="muted small">{format!("started {} by {}", short_time(&r.created_at), r.created_by)}</p>
             {r.pause_reason.clone().map(|why| view! { <p class="flash readonly pause-reason">{why}</p> })}
+            {r.end_reason.clone().map(|why| view! { <p class="flash error rollback-reason" role="status">{why}</p> })}
             <ol class="pipeline">
                 {r.stages.iter().enumerate().map(|(i, s)| view! {
                     <li class=format!("stage {}", s.state)>

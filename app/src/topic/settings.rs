@@ -150,6 +150,9 @@ pub async fn save_settings(
             Some(v) => Some(serde_json::from_value(v).map_err(|e| Error::invalid(format!("plans: {e}")))?),
         };
         Ok(TopicPatch {
+            // Checks are set through the API (docs/validation.md); the form leaves them.
+            checks: None,
+            on_failure: None,
             description: Some(description.trim().to_owned()),
             owner: Some(owner.trim().to_owned()),
             retention: Some(Retention {

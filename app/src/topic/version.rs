@@ -21,6 +21,16 @@ pub struct VersionDetail {
     /// previewed or compared: the server holds ciphertext only.
     #[serde(default)]
     pub encrypted: Option<(usize, String)>,
+    /// Its pre-release check results (docs/validation.md), when the topic had checks.
+    pub checks: Option<ChecksView>,
+}
+
+/// A version's check results as the page shows them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChecksView {
+    pub results: Vec<imprint_domain::checks::CheckResult>,
+    pub forced_by: Option<String>,
+    pub force_reason: Option<String>,
 }
 
 /// Above this many lines either side a diff is "too large" (the page offers downloads).
@@ -44,6 +54,11 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
         .collect();
     let number = imprint_domain::VersionNumber::new(n).map_err(|e| ServerFnError::new(e.to_string()))?;
     let v = load(imprint.version(&caller, &name, number).await)?;
+    let checks = v.checks.clone().map(|c| ChecksView {
+        results: c.results,
+        forced_by: c.forced_by,
+        force_reason: c.force_reason,
+    });
     let others: Vec<u64> = load(imprint.list_versions(&caller, &name, Some(500), None).await)?
         .items
         .iter()
@@ -132,6 +147,7 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
         diff,
         others,
         encrypted: None,
+        checks,
     })
 }
 
@@ -181,6 +197,34 @@ pub fn VersionPage() -> impl IntoView {
                                     <dt>"Scopes"</dt><dd>{if v.scopes.is_empty() { "none".to_owned() } else { v.scopes.iter().map(|s| s.selector.clone()).collect::<Vec<_>>().join(", ") }}</dd>
                                 </dl>
                             </section>
+                            {d.checks.clone().map(|c| view! {
+                                <section class="card checks" aria-label="Checks">
+                                    <h2>"Checks"</h2>
+                                    {c.forced_by.clone().map(|who| view! {
+                                        <p class="flash error forced" role="status">
+                                            {format!("Published despite failing checks by {who}: {}", c.force_reason.clone().unwrap_or_default())}
+                                        </p>
+                                    })}
+                                    <table class="checks-table">
+                                        <thead><tr><th>"#"</th><th>"Check"</th><th>"Result"</th><th>"On failure"</th><th>"Detail"</th></tr></thead>
+                                        <tbody>
+                                            {c.results.iter().map(|r| {
+                                                let status = format!("{:?}", r.status).to_lowercase();
+                                                let on_fail = format!("{:?}", r.on_fail).to_lowercase();
+                                                view! {
+                                                    <tr class=format!("check check-{status}")>
+                                                        <td>{r.index + 1}</td>
+                                                        <td><code>{r.kind.as_str()}</code></td>
+                                                        <td><span class=format!("badge check-{status}")>{status.clone()}</span></td>
+                                                        <td>{on_fail}</td>
+                                                        <td>{r.message.clone()}</td>
+                                                    </tr>
+                                                }
+                                            }).collect_view()}
+                                        </tbody>
+                                    </table>
+                                </section>
+                            })}
                             <section class="card">
                                 <h2>"Payload"</h2>
                                 {(!v.purged).then(|| view! {

@@ -50,6 +50,12 @@ pub struct PublishArgs {
     /// end-to-end encrypted topic, whose server cannot check what it cannot read).
     #[arg(long, value_name = "FILE")]
     schema: Option<PathBuf>,
+    /// Publish even if a `reject` check of the topic fails (needs --reason; audited).
+    #[arg(long, requires = "reason")]
+    force: bool,
+    /// Why the checks are overridden (with --force).
+    #[arg(long, requires = "force", value_name = "TEXT")]
+    reason: Option<String>,
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -72,6 +78,9 @@ struct Published {
     #[serde(default)]
     scopes: Vec<imprint_protocol::ScopeInfo>,
     rollout: Option<Rollout>,
+    /// The failed `warn` checks.
+    #[serde(default)]
+    warnings: Vec<String>,
 }
 
 /// `imprint publish`: sends the payload, prints what was published.
@@ -87,6 +96,7 @@ pub async fn run(api: &Api, a: PublishArgs, json_out: bool) -> CliResult<u8> {
         content_type: a.content_type,
         progress: !a.quiet && !json_out,
         schema: a.schema,
+        force_reason: if a.force { a.reason } else { None },
     };
     show(publish(api, request).await?, json_out, |p: Published| {
         println!(
@@ -103,6 +113,9 @@ pub async fn run(api: &Api, a: PublishArgs, json_out: bool) -> CliResult<u8> {
         if let Some(r) = &p.rollout {
             println!("rollout {} started ({})", r.id, r.view.state.as_str());
         }
+        for w in &p.warnings {
+            println!("warning: {w}");
+        }
     })
 }
 
@@ -117,6 +130,8 @@ struct PublishRequest {
     content_type: Option<String>,
     progress: bool,
     schema: Option<PathBuf>,
+    /// `--force --reason`: override failing checks for this reason.
+    force_reason: Option<String>,
 }
 
 /// A temporary file removed when dropped.
@@ -305,6 +320,10 @@ async fn publish(api: &Api, req: PublishRequest) -> CliResult<Value> {
         if let Some(ct) = &content_type {
             head.push_str(&form_field(&boundary, "content_type", ct));
         }
+        if let Some(reason) = &req.force_reason {
+            head.push_str(&form_field(&boundary, "force", "true"));
+            head.push_str(&form_field(&boundary, "force_reason", reason));
+        }
         head.push_str(&format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"payload\"\r\nContent-Type: application/octet-stream\r\n\r\n"
         ));
@@ -332,6 +351,10 @@ async fn publish(api: &Api, req: PublishRequest) -> CliResult<Value> {
         }
         if let Some(r) = &req.rollout {
             query.push(("rollout", r.clone()));
+        }
+        if let Some(reason) = &req.force_reason {
+            query.push(("force", "true".into()));
+            query.push(("force_reason", reason.clone()));
         }
         let mut rb = api
             .request(Method::POST, api.url(&url_segments, &query))

@@ -62,6 +62,12 @@ pub struct PublishBody {
     #[serde(default, deserialize_with = "imprint_service::double_option")]
     #[schema(value_type = Option<Object>)]
     pub rollout: Option<Option<Value>>,
+    /// Publish even if a `reject` check fails (docs/validation.md); needs `force_reason`.
+    #[serde(default)]
+    pub force: Option<bool>,
+    /// Why the checks are overridden (audited with their results).
+    #[serde(default)]
+    pub force_reason: Option<String>,
 }
 
 /// An existing object published as a version's payload.
@@ -102,7 +108,9 @@ impl PublishBody {
                 return Err(ApiError::invalid("rollout must be a plan ({\"stages\": [...]}), a plan name, or null"))
             }
         };
+        let force = crate::payload::force(self.force.unwrap_or(false), self.force_reason)?;
         Ok(PublishInput {
+            force,
             payload,
             content_type: self.content_type,
             metadata: self.metadata.unwrap_or_default(),

@@ -36,6 +36,7 @@ fn publish_input(h: pb::PublishHeader, body: BodyStream) -> Result<PublishInput,
         message: h.message,
         rollout,
         sha256: Some(h.sha256).filter(|s| !s.trim().is_empty()),
+        force: None,
     })
 }
 

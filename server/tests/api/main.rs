@@ -20,4 +20,5 @@ mod security;
 mod spring;
 mod topics;
 mod trust;
+mod validation;
 mod webhooks;

@@ -36,6 +36,7 @@ async fn every_route_is_documented_and_answers(pool: sqlx::PgPool) {
         "/api/v1/webhooks/{id}/deliveries",
         "/api/v1/webhooks/{id}/deliveries/{delivery}/redeliver",
         "/api/v1/openapi.json",
+        "/api/v1/validation/candidates/{token}",
         "/ofrep/v1/evaluate/flags/{key}",
         "/ofrep/v1/evaluate/flags",
         "/ofrep/v1/events",
@@ -94,7 +95,8 @@ async fn every_route_is_documented_and_answers(pool: sqlx::PgPool) {
             .replace("{id}", "1")
             .replace("{action}", "pause")
             .replace("{key}", "k")
-            .replace("{delivery}", "1");
+            .replace("{delivery}", "1")
+            .replace("{token}", &"0".repeat(64));
         for (method, op) in item.as_object().expect("path item") {
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
             operations += 1;

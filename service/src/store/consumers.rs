@@ -14,11 +14,12 @@ pub(crate) async fn gate_counts<'e>(
     version: i64,
     since: DateTime<Utc>,
     count_anonymous: bool,
-) -> Result<(i64, i64, i64)> {
+) -> Result<(i64, i64, i64, i64)> {
     let r = sqlx::query!(
         r#"SELECT count(*) AS "matching!",
                   count(*) FILTER (WHERE version = $3 OR (last_applied_version = $3 AND last_applied_ok)) AS "applied!",
-                  count(*) FILTER (WHERE last_applied_version = $3 AND last_applied_ok = false) AS "failed!"
+                  count(*) FILTER (WHERE last_applied_version = $3 AND last_applied_ok = false) AS "failed!",
+                  count(*) FILTER (WHERE version = $3 OR last_applied_version = $3) AS "reporting!"
            FROM consumers WHERE topic_id = $1 AND labels @> $2 AND last_seen > $4
              AND (principal IS NOT NULL OR $5)"#,
         topic_id,
@@ -29,7 +30,7 @@ pub(crate) async fn gate_counts<'e>(
     )
     .fetch_one(ex)
     .await?;
-    Ok((r.matching, r.applied, r.failed))
+    Ok((r.matching, r.applied, r.failed, r.reporting))
 }
 
 /// Per topic, nodes seen since `since` that held another version than expected.

@@ -6,6 +6,7 @@ use crate::error::Result;
 use sqlx::PgConnection;
 
 pub(crate) mod audit_log;
+pub(crate) mod checks;
 pub(crate) mod consumers;
 pub(crate) mod encryption;
 pub(crate) mod history;

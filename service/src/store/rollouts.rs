@@ -19,6 +19,9 @@ pub(crate) struct RolloutRow {
     pub rolled_back: bool,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
+    pub healthy_since: Option<DateTime<Utc>>,
+    /// Why the system ended it (an automatic rollback's evidence).
+    pub end_reason: Option<String>,
 }
 
 impl RolloutRow {
@@ -34,6 +37,7 @@ impl RolloutRow {
             pause_reason: self.pause_reason.clone(),
             ended_at: self.ended_at,
             rolled_back: self.rolled_back,
+            healthy_since: self.healthy_since,
         };
         Rollout::from_record(record).map_err(|e| Error::Internal(format!("rollout {}: {e}", self.id)))
     }
@@ -51,8 +55,8 @@ pub(crate) async fn insert(
     let plan = serde_json::to_value(&rec.plan).map_err(|e| Error::Internal(format!("plan as JSON: {e}")))?;
     Ok(sqlx::query_scalar!(
         "INSERT INTO rollouts (topic_id, version, plan, state, reached_at, next_due, remaining_ms, pause_reason, ended_at,
-                               rolled_back, created_by, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) RETURNING id",
+                               rolled_back, created_by, created_at, updated_at, healthy_since)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13) RETURNING id",
         topic_id,
         rec.version as i64,
         plan,
@@ -64,7 +68,8 @@ pub(crate) async fn insert(
         rec.ended_at as _,
         rec.rolled_back,
         who,
-        at as _
+        at as _,
+        rec.healthy_since as _
     )
     .fetch_one(&mut *conn)
     .await?)
@@ -75,7 +80,7 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, r: &Rollout, at: Da
     let rec = r.to_record();
     sqlx::query!(
         "UPDATE rollouts SET state = $2, reached_at = $3, next_due = $4, remaining_ms = $5, pause_reason = $6,
-                ended_at = $7, rolled_back = $8, updated_at = $9 WHERE id = $1",
+                ended_at = $7, rolled_back = $8, updated_at = $9, healthy_since = $10 WHERE id = $1",
         id,
         rec.state.as_str(),
         &rec.reached_at as _,
@@ -84,10 +89,17 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, r: &Rollout, at: Da
         rec.pause_reason,
         rec.ended_at as _,
         rec.rolled_back,
-        at as _
+        at as _,
+        rec.healthy_since as _
     )
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// Records why the system ended a rollout (an automatic rollback's evidence).
+pub(crate) async fn set_end_reason(conn: &mut PgConnection, id: i64, reason: &str) -> Result<()> {
+    sqlx::query!("UPDATE rollouts SET end_reason = $2 WHERE id = $1", id, reason).execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -98,7 +110,7 @@ pub(crate) async fn active_for_update(conn: &mut PgConnection, topic_id: i64) ->
         r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state,
                   reached_at AS "reached_at: Vec<DateTime<Utc>>", next_due AS "next_due: DateTime<Utc>", remaining_ms,
                   pause_reason, ended_at AS "ended_at: DateTime<Utc>", rolled_back, created_by,
-                  created_at AS "created_at: DateTime<Utc>"
+                  created_at AS "created_at: DateTime<Utc>", healthy_since AS "healthy_since: DateTime<Utc>", end_reason
            FROM rollouts WHERE topic_id = $1 AND state IN ('running', 'paused') ORDER BY id FOR UPDATE"#,
         topic_id
     )
@@ -118,7 +130,7 @@ pub(crate) async fn list<'e>(
         r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state,
                   reached_at AS "reached_at: Vec<DateTime<Utc>>", next_due AS "next_due: DateTime<Utc>", remaining_ms,
                   pause_reason, ended_at AS "ended_at: DateTime<Utc>", rolled_back, created_by,
-                  created_at AS "created_at: DateTime<Utc>"
+                  created_at AS "created_at: DateTime<Utc>", healthy_since AS "healthy_since: DateTime<Utc>", end_reason
            FROM rollouts WHERE topic_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"#,
         topic_id,
         before,
@@ -134,7 +146,7 @@ pub(crate) async fn get<'e>(ex: impl PgExecutor<'e>, topic_id: i64, id: i64) -> 
         r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state,
                   reached_at AS "reached_at: Vec<DateTime<Utc>>", next_due AS "next_due: DateTime<Utc>", remaining_ms,
                   pause_reason, ended_at AS "ended_at: DateTime<Utc>", rolled_back, created_by,
-                  created_at AS "created_at: DateTime<Utc>"
+                  created_at AS "created_at: DateTime<Utc>", healthy_since AS "healthy_since: DateTime<Utc>", end_reason
            FROM rollouts WHERE topic_id = $1 AND id = $2"#,
         topic_id,
         id
@@ -149,7 +161,7 @@ pub(crate) async fn get_for_update(conn: &mut PgConnection, topic_id: i64, id: i
         r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state,
                   reached_at AS "reached_at: Vec<DateTime<Utc>>", next_due AS "next_due: DateTime<Utc>", remaining_ms,
                   pause_reason, ended_at AS "ended_at: DateTime<Utc>", rolled_back, created_by,
-                  created_at AS "created_at: DateTime<Utc>"
+                  created_at AS "created_at: DateTime<Utc>", healthy_since AS "healthy_since: DateTime<Utc>", end_reason
            FROM rollouts WHERE topic_id = $1 AND id = $2 FOR UPDATE"#,
         topic_id,
         id
@@ -166,7 +178,7 @@ pub(crate) async fn claim_running(conn: &mut PgConnection, id: i64) -> Result<Op
         r#"SELECT id, topic_id, version, plan AS "plan: Json<Plan>", state,
                   reached_at AS "reached_at: Vec<DateTime<Utc>>", next_due AS "next_due: DateTime<Utc>", remaining_ms,
                   pause_reason, ended_at AS "ended_at: DateTime<Utc>", rolled_back, created_by,
-                  created_at AS "created_at: DateTime<Utc>"
+                  created_at AS "created_at: DateTime<Utc>", healthy_since AS "healthy_since: DateTime<Utc>", end_reason
            FROM rollouts WHERE id = $1 AND state = 'running' FOR UPDATE SKIP LOCKED"#,
         id
     )

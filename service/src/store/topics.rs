@@ -78,6 +78,9 @@ impl From<TopicRow> for Topic {
                 .spring_application
                 .map(|application| crate::model::SpringBinding { application, profile: r.spring_profile }),
             encryption: r.encryption.map(|e| e.0),
+            // Filled in by `Imprint::topic` (the checks module) for a topic read on its own.
+            checks: Vec::new(),
+            on_failure: Default::default(),
         }
     }
 }
