@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apollo;
+pub mod freeze;
 mod diff;
 mod names;
 mod pins;
