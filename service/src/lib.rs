@@ -14,6 +14,7 @@ pub mod apollo;
 pub mod audit;
 pub mod audit_log;
 pub mod auth;
+pub mod change_control;
 mod background;
 pub mod clock;
 pub mod consumers;

@@ -2,6 +2,7 @@
 //! (`validation`), committing the version with its scopes and rollout. Reading versions
 //! back, widening scopes and resolving are in `version_reads`.
 use crate::auth::Caller;
+use crate::change_control::Control;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::model::{PlanChoice, Published, RolloutRequest, Scope};
@@ -89,7 +90,7 @@ pub(crate) struct PublishMeta {
     rollout: RolloutRequest,
 }
 
-fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
+pub(crate) fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
     if m.len() > 64 {
         return Err(Error::invalid("metadata has at most 64 entries"));
     }
@@ -107,7 +108,7 @@ fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
 }
 
 /// A given checksum, normalised (lowercase hex), or a clear error.
-fn check_sha256(s: &str) -> Result<String> {
+pub(crate) fn check_sha256(s: &str) -> Result<String> {
     let s = s.trim().to_ascii_lowercase();
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::invalid("sha256 must be 64 hexadecimal digits"));
@@ -125,6 +126,18 @@ pub(crate) fn verify_sha256(expected: Option<&str>, actual: &str) -> Result<()> 
 impl Imprint {
     #[tracing::instrument(skip(self, input), fields(size = input.payload.len()))]
     pub async fn publish(&self, caller: &Caller, topic: &TopicName, input: PublishInput) -> Result<Published> {
+        self.publish_with(caller, topic, input, Control::default()).await
+    }
+
+    /// `publish`, with what change control (`change_control.rs`) adds to its transaction:
+    /// the draft it releases, the request it applies, a break glass.
+    pub(crate) async fn publish_with(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        input: PublishInput,
+        control: Control,
+    ) -> Result<Published> {
         let started = std::time::Instant::now();
         if matches!(caller, Caller::Anonymous) {
             return Err(Error::Unauthorized("publishing needs a bearer token".into()));
@@ -163,7 +176,7 @@ impl Imprint {
             Received::Object { key, owned: true, .. } => Some(key.clone()),
             _ => None,
         };
-        let result = self.commit_publish(caller, topic, meta, received, started).await;
+        let result = self.commit_publish(caller, topic, meta, received, started, control).await;
         if let (Err(e), Some(key)) = (&result, staging) {
             // Nothing half-written stays: the upload goes (the sweep would otherwise) —
             // unless the commit's outcome is unknown: then the version may exist, and the
@@ -184,6 +197,7 @@ impl Imprint {
         meta: PublishMeta,
         received: Received,
         started: std::time::Instant,
+        control: Control,
     ) -> Result<Published> {
         // Validation (JSON Schema, Apollo) is CPU work that grows with the payload: done
         // first, off the async threads and before the topic's lock is taken, against the
@@ -252,6 +266,8 @@ impl Imprint {
         }
         let content_type =
             meta.content_type.or(t.content_type.clone()).unwrap_or_else(|| meta.default_content_type.into());
+        // Change control: a release inside a freeze, or unreviewed on a reviewed topic, stops here.
+        self.gate_release(&mut tx, &t, caller, &control, !scopes.is_empty() || plan.is_some()).await?;
 
         // Taken after the lock: a version is never dated before an older one committed.
         let created_at = self.now();
@@ -325,7 +341,11 @@ impl Imprint {
                 "message": meta.message,
                 "rollout": rollout_id,
                 "storage": if final_key.is_some() || matches!(received, Received::Object { .. }) { "object" } else { "inline" },
+                "draft": control.draft,
+                "change_request": control.request,
+                "break_glass": control.break_glass,
             });
+            self.finish_release(&mut tx, &t, &control, version, &who, created_at).await?;
             store::audit(&mut tx, created_at, &who, "version.publish", Some(&t.name), details).await?;
             let seq = store::notify(&mut tx, t.id).await?;
             // Applied below by this call: the notification need not reload it again here.
