@@ -236,6 +236,9 @@ mod tests {
             Schedule::recurring(&["caturday".into()], "00:00", "01:00", "UTC"),
             Err(FreezeError::BadDay("caturday".into()))
         );
-        assert_eq!(weekly(&["sat", "sun"], "00:00", "06:00", "Europe/Berlin").describe(), "sat, sun 00:00-06:00 Europe/Berlin");
+        assert_eq!(
+            weekly(&["sat", "sun"], "00:00", "06:00", "Europe/Berlin").describe(),
+            "sat, sun 00:00-06:00 Europe/Berlin"
+        );
     }
 }

@@ -3,8 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod apollo;
-pub mod freeze;
 mod diff;
+pub mod freeze;
 mod names;
 mod pins;
 mod resolve;

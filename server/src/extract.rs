@@ -129,7 +129,11 @@ impl<S: Send + Sync> FromRequestParts<S> for DraftPath {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let p = path_params(parts).await?;
         let id = param(&p, "id")?;
-        let id = id.parse::<i64>().ok().filter(|n| *n >= 1).ok_or_else(|| ApiError::invalid(format!("{id:?} is not a draft id")))?;
+        let id = id
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| ApiError::invalid(format!("{id:?} is not a draft id")))?;
         Ok(DraftPath(topic_of(&p)?, id))
     }
 }

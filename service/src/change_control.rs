@@ -504,8 +504,16 @@ impl Imprint {
         // Its open requests go with it.
         let open: Vec<i64> = st::open_requests_of_draft(&mut tx, id).await?;
         for r in open {
-            st::transition(&mut tx, r, &["pending", "approved"], "withdrawn", now, Some("the draft was discarded"), None)
-                .await?;
+            st::transition(
+                &mut tx,
+                r,
+                &["pending", "approved"],
+                "withdrawn",
+                now,
+                Some("the draft was discarded"),
+                None,
+            )
+            .await?;
             store::audit(&mut tx, now, &who, "change.withdraw", Some(&t.name), json!({"request": r, "draft": id}))
                 .await?;
         }
@@ -550,7 +558,8 @@ impl Imprint {
                             match row.inline_data {
                                 Some(b) => b,
                                 None => {
-                                    diff.note = Some("the live payload is in the object store: compare the checksums".into());
+                                    diff.note =
+                                        Some("the live payload is in the object store: compare the checksums".into());
                                     out.push(diff);
                                     continue;
                                 }
@@ -695,12 +704,10 @@ impl Imprint {
         let payload = match input.payload {
             Payload::Text(s) => Bytes::from(s),
             Payload::Binary(b) => b,
-            _ => {
-                return Err(Error::ReviewRequired(
-                    "drafts, reviewed and scheduled releases take the payload inline (the JSON form: data or data_base64)"
-                        .into(),
-                ))
-            }
+            _ => return Err(Error::ReviewRequired(
+                "drafts, reviewed and scheduled releases take the payload inline (the JSON form: data or data_base64)"
+                    .into(),
+            )),
         };
         let draft = self
             .create_draft(
@@ -1146,7 +1153,13 @@ impl Imprint {
         let t = self.readable_topic(caller, topic).await?;
         let now = self.now();
         let all = st::freezes(self.pool(), Some((t.id, &t.owner))).await?;
-        Ok(all.into_iter().map(|r| freeze_of(r, now)).collect::<Result<Vec<_>>>()?.into_iter().filter(|f| f.active).collect())
+        Ok(all
+            .into_iter()
+            .map(|r| freeze_of(r, now))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|f| f.active)
+            .collect())
     }
 
     /// Creates a freeze window: global ones by admins, a team's by its members or admins,
@@ -1168,7 +1181,9 @@ impl Imprint {
         .map_err(|e| Error::invalid(e.to_string()))?;
         let mut tx = self.pool().begin().await?;
         let topic_id = match (&f.team, &f.topic) {
-            (Some(_), Some(_)) => return Err(Error::invalid("a freeze is global, for a team or for a topic, not both")),
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid("a freeze is global, for a team or for a topic, not both"))
+            }
             (None, Some(topic)) => {
                 let name = TopicName::parse(topic).map_err(Error::from)?;
                 let t = store::topics::require(&mut tx, &name, false).await?;
@@ -1244,8 +1259,15 @@ impl Imprint {
         }
         st::delete_freeze(&mut tx, id).await?;
         let now = self.now();
-        store::audit(&mut tx, now, &caller.who(), "freeze.delete", f.topic.as_deref(), json!({"freeze": id, "name": f.name}))
-            .await?;
+        store::audit(
+            &mut tx,
+            now,
+            &caller.who(),
+            "freeze.delete",
+            f.topic.as_deref(),
+            json!({"freeze": id, "name": f.name}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -300,9 +300,10 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         "change_requests_kind" => invalid("not a change kind"),
         "change_requests_state" => invalid("not a change request state"),
         "freezes_one_scope" => invalid("a freeze is global, for a team or for a topic, not several"),
-        "drafts_topic_id_fkey" | "topic_reviews_topic_id_fkey" | "change_requests_topic_id_fkey" | "freezes_topic_id_fkey" => {
-            conflict("the topic does not exist (any more)")
-        }
+        "drafts_topic_id_fkey"
+        | "topic_reviews_topic_id_fkey"
+        | "change_requests_topic_id_fkey"
+        | "freezes_topic_id_fkey" => conflict("the topic does not exist (any more)"),
         "change_requests_draft_id_fkey" => conflict("the draft does not exist (any more)"),
         "change_approvals_request_id_fkey" => conflict("the change request does not exist (any more)"),
         _ => {

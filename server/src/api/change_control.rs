@@ -230,8 +230,7 @@ pub async fn release_draft(
     DraftPath(topic, id): DraftPath,
     ApiJson(body): ApiJson<ReleaseBody>,
 ) -> ApiResult<Response> {
-    let scopes =
-        body.scopes.map(|items| items.iter().map(selector_json).collect::<ApiResult<Vec<_>>>()).transpose()?;
+    let scopes = body.scopes.map(|items| items.iter().map(selector_json).collect::<ApiResult<Vec<_>>>()).transpose()?;
     let input = ReleaseInput {
         scopes,
         rollout: crate::api::versions::rollout_request(body.rollout)?,

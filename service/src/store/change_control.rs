@@ -71,11 +71,7 @@ pub(crate) async fn replace_draft(conn: &mut PgConnection, id: i64, d: NewDraft<
     Ok(done.rows_affected() == 1)
 }
 
-pub(crate) async fn draft<'e>(
-    ex: impl PgExecutor<'e>,
-    topic_id: i64,
-    id: i64,
-) -> Result<Option<DraftRow>> {
+pub(crate) async fn draft<'e>(ex: impl PgExecutor<'e>, topic_id: i64, id: i64) -> Result<Option<DraftRow>> {
     Ok(sqlx::query_as!(
         DraftRow,
         r#"SELECT id, state, created_at AS "created_at: DateTime<Utc>", created_by, updated_at AS "updated_at: DateTime<Utc>",
