@@ -442,7 +442,7 @@ impl Imprint {
         let t = self.writable_topic(caller, topic).await?;
         let row = st::draft(self.pool(), t.id, id)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("topic {:?} has no draft {id}", t.name)))?;
+            .ok_or_else(|| Error::DraftNotFound(format!("topic {:?} has no draft {id}", t.name)))?;
         Ok(draft_of(&t.name, row))
     }
 
@@ -487,7 +487,7 @@ impl Imprint {
     async fn not_open(&self, conn: &mut PgConnection, t: &store::topics::TopicRef, id: i64) -> Error {
         match st::draft(&mut *conn, t.id, id).await {
             Ok(Some(d)) => Error::InvalidState(format!("draft {id} is {}, not open", d.state)),
-            Ok(None) => Error::NotFound(format!("topic {:?} has no draft {id}", t.name)),
+            Ok(None) => Error::DraftNotFound(format!("topic {:?} has no draft {id}", t.name)),
             Err(e) => e,
         }
     }
@@ -886,7 +886,7 @@ impl Imprint {
         let mut conn = self.pool().acquire().await?;
         let r = st::request(&mut conn, id, false)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("no change request {id}")))?;
+            .ok_or_else(|| Error::ChangeRequestNotFound(format!("no change request {id}")))?;
         self.view_of(&mut conn, r).await
     }
 
@@ -968,7 +968,7 @@ impl Imprint {
         let r = st::request(&mut conn, id, false).await?;
         match r {
             Some(r) if self.may_see(&mut conn, caller, &r).await? => self.view_of(&mut conn, r).await,
-            _ => Err(Error::NotFound(format!("no change request {id}"))),
+            _ => Err(Error::ChangeRequestNotFound(format!("no change request {id}"))),
         }
     }
 
@@ -1010,7 +1010,7 @@ impl Imprint {
     async fn visible_request(&self, conn: &mut PgConnection, caller: &Caller, id: i64) -> Result<st::RequestRow> {
         match st::request(&mut *conn, id, true).await? {
             Some(r) if self.may_see(&mut *conn, caller, &r).await? => Ok(r),
-            _ => Err(Error::NotFound(format!("no change request {id}"))),
+            _ => Err(Error::ChangeRequestNotFound(format!("no change request {id}"))),
         }
     }
 
@@ -1235,7 +1235,7 @@ impl Imprint {
         let details = json!({"freeze": id, "name": name, "team": f.team, "window": schedule.describe()});
         store::audit(&mut tx, now, &who, "freeze.create", f.topic.as_deref(), details).await?;
         tx.commit().await?;
-        let row = st::freeze(self.pool(), id).await?.ok_or_else(|| Error::NotFound(format!("no freeze {id}")))?;
+        let row = st::freeze(self.pool(), id).await?.ok_or_else(|| Error::FreezeNotFound(format!("no freeze {id}")))?;
         freeze_of(row, now)
     }
 
@@ -1243,7 +1243,7 @@ impl Imprint {
         self.require_staff(caller)?;
         let mut tx = self.pool().begin().await?;
         let Some(f) = st::freeze(&mut *tx, id).await? else {
-            return Err(Error::NotFound(format!("no freeze {id}")));
+            return Err(Error::FreezeNotFound(format!("no freeze {id}")));
         };
         match (&f.team, &f.topic) {
             (Some(team), _) => caller.require_write("(team freeze)", team)?,

@@ -81,6 +81,13 @@ pub enum Error {
     /// The client's address holds as many connections as it may (refused by the listener).
     #[error("too many connections from this address; retry later")]
     TooManyConnections,
+    /// A draft, change request or freeze window is not there (or not the caller's to see).
+    #[error("{0}")]
+    DraftNotFound(String),
+    #[error("{0}")]
+    ChangeRequestNotFound(String),
+    #[error("{0}")]
+    FreezeNotFound(String),
     /// A release inside an active change-freeze window (the message names it).
     #[error("{0}")]
     ChangeFrozen(String),
@@ -136,6 +143,7 @@ impl Error {
             | Error::CommitUnknown(_)
             | Error::ObjectStoreUnavailable(_) => S::SERVICE_UNAVAILABLE,
             Error::ChangeFrozen(_) => S::LOCKED,
+            Error::DraftNotFound(_) | Error::ChangeRequestNotFound(_) | Error::FreezeNotFound(_) => S::NOT_FOUND,
             Error::ReviewRequired(_) => S::CONFLICT,
             Error::Internal(_) => S::INTERNAL_SERVER_ERROR,
         }
@@ -177,6 +185,9 @@ impl Error {
                 "storage_unavailable"
             }
             Error::ChangeFrozen(_) => "change_frozen",
+            Error::DraftNotFound(_) => "draft_not_found",
+            Error::ChangeRequestNotFound(_) => "change_request_not_found",
+            Error::FreezeNotFound(_) => "freeze_not_found",
             Error::ReviewRequired(_) => "review_required",
             Error::Internal(_) => "internal",
         }
