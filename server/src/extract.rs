@@ -293,3 +293,22 @@ pub fn selector_json(v: &Value) -> ApiResult<Selector> {
 pub fn parse_plan(v: &Value) -> ApiResult<Plan> {
     serde_json::from_value(v.clone()).map_err(|e| ApiError::invalid(format!("invalid rollout plan: {e}")))
 }
+
+/// A publish's (or a release's) `rollout`: absent, the topic's default; `null` or
+/// `"none"`, none; a plan name; an inline plan.
+pub fn rollout_request(v: Option<Option<Value>>) -> ApiResult<imprint_service::RolloutRequest> {
+    Ok(match v {
+        None => imprint_service::RolloutRequest::TopicDefault,
+        Some(None) => imprint_service::RolloutRequest::None,
+        Some(Some(Value::String(name))) if name == "none" => imprint_service::RolloutRequest::None,
+        Some(Some(Value::String(name))) => {
+            imprint_service::RolloutRequest::Plan(imprint_service::PlanChoice::Named(name))
+        }
+        Some(Some(plan @ Value::Object(_))) => {
+            imprint_service::RolloutRequest::Plan(imprint_service::PlanChoice::Inline(parse_plan(&plan)?))
+        }
+        Some(Some(_)) => {
+            return Err(ApiError::invalid("rollout must be a plan ({\"stages\": [...]}), a plan name, or null"))
+        }
+    })
+}

@@ -16,7 +16,7 @@ use crate::model::{PlanChoice, Published, RolloutRequest};
 use crate::store;
 use crate::store::change_control as st;
 use crate::validation::Validation;
-use crate::versions::{Payload, PublishInput};
+use crate::versions::{Control, Payload, PublishInput};
 use bytes::Bytes;
 use chrono::{DateTime, NaiveTime, Utc};
 use imprint_domain::freeze::Schedule;
@@ -220,14 +220,6 @@ pub struct NewFreeze {
     pub to: Option<DateTime<Utc>>,
     #[serde(default)]
     pub recurring: Option<RecurringWindow>,
-}
-
-/// What a publish transaction must also do (see `gate_release`, `finish_release`).
-#[derive(Default)]
-pub(crate) struct Control {
-    pub draft: Option<i64>,
-    pub request: Option<i64>,
-    pub break_glass: Option<String>,
 }
 
 fn draft_of(topic: &str, r: st::DraftRow) -> Draft {

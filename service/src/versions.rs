@@ -2,7 +2,6 @@
 //! (`validation`), committing the version with its scopes and rollout. Reading versions
 //! back, widening scopes and resolving are in `version_reads`.
 use crate::auth::Caller;
-use crate::change_control::Control;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::model::{PlanChoice, Published, RolloutRequest, Scope};
@@ -26,6 +25,16 @@ pub struct PublishInput {
     pub rollout: RolloutRequest,
     /// The payload's SHA-256 as the publisher computed it: verified (422 `checksum_mismatch`).
     pub sha256: Option<String>,
+}
+
+/// What change control (`change_control.rs`) adds to a publish's transaction (see
+/// `gate_release`, `finish_release` there): the draft it releases, the change request it
+/// applies, an admin's break-glass reason.
+#[derive(Default)]
+pub(crate) struct Control {
+    pub draft: Option<i64>,
+    pub request: Option<i64>,
+    pub break_glass: Option<String>,
 }
 
 /// A request body as it arrives: chunks, or an error when the client went away or sent

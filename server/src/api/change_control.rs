@@ -233,7 +233,7 @@ pub async fn release_draft(
     let scopes = body.scopes.map(|items| items.iter().map(selector_json).collect::<ApiResult<Vec<_>>>()).transpose()?;
     let input = ReleaseInput {
         scopes,
-        rollout: crate::api::versions::rollout_request(body.rollout)?,
+        rollout: crate::extract::rollout_request(body.rollout)?,
         message: body.message,
         at: body.at,
         break_glass: body.break_glass,

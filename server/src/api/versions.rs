@@ -2,8 +2,7 @@
 //! payload bytes, the retention preview, and adding a scope to a version.
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{
-    parse_bool, parse_json, parse_limit, parse_plan, selector_json, ApiJson, ApiQuery, Auth, PageQuery, TopicPath,
-    VersionPath,
+    parse_bool, parse_json, parse_limit, selector_json, ApiJson, ApiQuery, Auth, PageQuery, TopicPath, VersionPath,
 };
 use axum::extract::Request;
 use axum::extract::State;
@@ -15,7 +14,7 @@ use base64::Engine;
 use imprint_service::change_control::PublishControl;
 use imprint_service::model::{Published, Scope, Version};
 use imprint_service::{Error, Imprint};
-use imprint_service::{Payload, PlanChoice, PublishInput, RolloutRequest};
+use imprint_service::{Payload, PublishInput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -107,7 +106,7 @@ impl PublishBody {
         };
         let scopes =
             self.scopes.map(|items| items.iter().map(selector_json).collect::<ApiResult<Vec<_>>>()).transpose()?;
-        let rollout = rollout_request(self.rollout)?;
+        let rollout = crate::extract::rollout_request(self.rollout)?;
         Ok(PublishInput {
             payload,
             content_type: self.content_type,
@@ -118,21 +117,6 @@ impl PublishBody {
             sha256: self.sha256,
         })
     }
-}
-
-/// A publish's (or a release's) `rollout`: absent, the topic's default; `null` or
-/// `"none"`, none; a plan name; an inline plan.
-pub(crate) fn rollout_request(v: Option<Option<Value>>) -> ApiResult<RolloutRequest> {
-    Ok(match v {
-        None => RolloutRequest::TopicDefault,
-        Some(None) => RolloutRequest::None,
-        Some(Some(Value::String(name))) if name == "none" => RolloutRequest::None,
-        Some(Some(Value::String(name))) => RolloutRequest::Plan(PlanChoice::Named(name)),
-        Some(Some(plan @ Value::Object(_))) => RolloutRequest::Plan(PlanChoice::Inline(parse_plan(&plan)?)),
-        Some(Some(_)) => {
-            return Err(ApiError::invalid("rollout must be a plan ({\"stages\": [...]}), a plan name, or null"))
-        }
-    })
 }
 
 /// `POST …/versions/{n}/scopes`
