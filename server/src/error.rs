@@ -146,6 +146,11 @@ mod tests {
             (Error::TooManyStreams(s()), 503, "too_many_streams"),
             (Error::TooManyConnections, 429, "too_many_connections"),
             (Error::Internal("secret detail".into()), 500, "internal"),
+            (Error::DraftNotFound(s()), 404, "draft_not_found"),
+            (Error::ChangeRequestNotFound(s()), 404, "change_request_not_found"),
+            (Error::FreezeNotFound(s()), 404, "freeze_not_found"),
+            (Error::ChangeFrozen(s()), 423, "change_frozen"),
+            (Error::ReviewRequired(s()), 409, "review_required"),
         ]
     }
 
@@ -186,6 +191,11 @@ mod tests {
             Error::Internal(_) => 30,
             Error::TooManyConnections => 31,
             Error::WebhookNotFound(_) => 32,
+            Error::DraftNotFound(_) => 33,
+            Error::ChangeRequestNotFound(_) => 34,
+            Error::FreezeNotFound(_) => 35,
+            Error::ChangeFrozen(_) => 36,
+            Error::ReviewRequired(_) => 37,
         }
     }
 
@@ -194,7 +204,7 @@ mod tests {
         let cases = every_kind();
         let mut kinds: Vec<usize> = cases.iter().map(|(e, _, _)| kind(e)).collect();
         kinds.sort_unstable();
-        assert_eq!(kinds, (0..=32).collect::<Vec<_>>(), "every kind of error, once");
+        assert_eq!(kinds, (0..=37).collect::<Vec<_>>(), "every kind of error, once");
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
             let message = e.public_message();

@@ -111,7 +111,7 @@ pub enum FreezeCmd {
     /// Every freeze window, with whether it is in force now.
     List,
     /// A window: one-off (`--from`, `--to`) or weekly (`--days`, `--start`, `--end`, `--tz`).
-    Create(FreezeArgs),
+    Create(Box<FreezeArgs>),
     /// Delete a window.
     Delete { id: i64 },
 }

@@ -57,7 +57,7 @@ async fn a_draft_is_invisible_to_polls_and_becomes_version_n_only_when_released(
     let fleet = app.consumer_token("fleet", Some("payments"), &[], &[]).await;
     let other = app.token("other-team", Some("ops")).await;
     for path in [
-        format!("/api/v1/topics/cfg/drafts"),
+        "/api/v1/topics/cfg/drafts".to_string(),
         format!("/api/v1/topics/cfg/drafts/{id}"),
         format!("/api/v1/topics/cfg/drafts/{id}/diff"),
     ] {
@@ -438,7 +438,7 @@ async fn a_release_in_a_freeze_is_refused_a_break_glass_goes_through_flagged_and
     let audit = audit_actions(&pool, "fz").await;
     let glass = audit.iter().find(|(a, _)| a == "change.break_glass").expect("break glass audited");
     assert_eq!(glass.1["reason"], "INC-42 hotfix");
-    let publish = audit.iter().filter(|(a, _)| a == "version.publish").last().unwrap();
+    let publish = audit.iter().rfind(|(a, _)| a == "version.publish").unwrap();
     assert_eq!(publish.1["break_glass"], "INC-42 hotfix", "the version's publish is flagged");
     assert!(events(&pool).await.contains(&"change.break_glass".to_string()));
 
