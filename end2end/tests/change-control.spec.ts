@@ -58,7 +58,7 @@ test("draft, diff, request review, approve as a second user, released", async ({
   const teamForm = page.locator("#create-team");
   await teamForm.getByLabel("New team").fill(team);
   await teamForm.getByRole("button", { name: "Create team" }).click();
-  await expect(page.getByRole("status").filter({ hasText: "Team created" })).toBeVisible();
+  await expect(page.getByRole("status").filter({ hasText: "Team created" }).first()).toBeVisible();
   for (const user of [`ann-${sfx}`, `ben-${sfx}`]) {
     const f = page.locator("#create-user");
     await f.getByLabel("New username").fill(user);
@@ -89,10 +89,10 @@ test("draft, diff, request review, approve as a second user, released", async ({
   await ready(page);
   await page.getByLabel("Payload").fill('{"limit": 2, "mode": "safe"}');
   await page.getByLabel(/Save as draft/).check();
-  await page.getByRole("button", { name: "Publish" }).click();
+  await page.locator("#publish-form").getByRole("button", { name: "Publish" }).click();
   await expect(page).toHaveURL(new RegExp(`/topics/${topic.replace(".", "\\.")}/drafts`));
   await ready(page);
-  await expect(page.getByRole("status").filter({ hasText: /Saved draft #\d+/ })).toBeVisible();
+  await expect(page.getByRole("status").filter({ hasText: /Saved draft #\d+/ }).first()).toBeVisible();
   const draft = page.locator("section.draft").first();
   await expect(draft).toBeVisible();
   // The diff against what everyone gets now (v1).
@@ -107,7 +107,7 @@ test("draft, diff, request review, approve as a second user, released", async ({
   // Request review: a change request, pending.
   await draft.getByRole("button", { name: "Request review" }).click();
   await ready(page);
-  await expect(page.getByRole("status").filter({ hasText: /Change request #\d+ is pending/ })).toBeVisible();
+  await expect(page.getByRole("status").filter({ hasText: /Change request #\d+ is pending/ }).first()).toBeVisible();
   const req = page.locator("section.change-request").first();
   await expect(req).toContainText("pending");
   await expect(req).toContainText(`asked by user:ann-${sfx}`);
@@ -115,7 +115,7 @@ test("draft, diff, request review, approve as a second user, released", async ({
   // The author cannot approve their own change.
   await req.getByRole("button", { name: "Approve" }).click();
   await ready(page);
-  await expect(page.getByRole("alert").filter({ hasText: /author of a change cannot approve/ })).toBeVisible();
+  await expect(page.getByRole("alert").filter({ hasText: /author of a change cannot approve/ }).first()).toBeVisible();
   resolved = await (await request.get(`/api/v1/topics/${topic}/resolve?labels=region=eu`)).json();
   expect(resolved.version).toBe(1);
   await shot(page, "change-request-pending");
@@ -129,7 +129,7 @@ test("draft, diff, request review, approve as a second user, released", async ({
   await expect(pending).toContainText(`asked by user:ann-${sfx}`);
   await pending.getByRole("button", { name: "Approve" }).click();
   await ready(page);
-  await expect(page.getByRole("status").filter({ hasText: "Approved: released v2" })).toBeVisible();
+  await expect(page.getByRole("status").filter({ hasText: "Approved: released v2" }).first()).toBeVisible();
   await expect(page.locator("section.change-request").first()).toContainText("applied");
   await expect(page.locator("section.change-request").first()).toContainText("released as v2");
   await expect(page.locator("section.draft")).toHaveCount(0);
@@ -138,4 +138,33 @@ test("draft, diff, request review, approve as a second user, released", async ({
   const v2 = await (await request.get(`/api/v1/topics/${topic}/versions/2`, { headers: auth })).json();
   expect(v2.created_by).toBe(`user:ann-${sfx}`);
   await shot(page, "change-approved");
+});
+
+test("a freeze in force is shown on the overview and the topic, and refuses a release", async ({ page, request }) => {
+  // Without the review rule a release goes straight to the freeze check.
+  expect((await request.delete(`/api/v1/topics/${topic}/review`, { headers: auth })).status()).toBe(200);
+  // A window on this topic only (other tests' topics keep publishing).
+  const now = Date.now();
+  const created = await request.post("/api/v1/freezes", {
+    headers: auth,
+    data: { name: `incident ${sfx}`, topic, from: new Date(now - 60_000).toISOString(), to: new Date(now + 3_600_000).toISOString() },
+  });
+  expect(created.status(), await created.text()).toBe(201);
+  const freeze = await created.json();
+  try {
+    const refused = await request.post(`/api/v1/topics/${topic}/versions`, { headers: auth, data: { data: "{}" } });
+    expect(refused.status()).toBe(423);
+    expect((await refused.json()).error.code).toBe("change_frozen");
+    await signIn(page, "admin", adminPassword);
+    await page.goto("/");
+    await ready(page);
+    await expect(page.locator("#overview-freezes")).toContainText(`incident ${sfx}`);
+    await expect(page.locator("#overview-freezes")).toContainText(`topic ${topic}`);
+    await shot(page, "change-freeze-overview");
+    await page.goto(`/topics/${topic}/drafts`);
+    await ready(page);
+    await expect(page.locator(".freeze-banner")).toContainText(`incident ${sfx}`);
+  } finally {
+    expect((await request.delete(`/api/v1/freezes/${freeze.id}`, { headers: auth })).status()).toBe(204);
+  }
 });
