@@ -653,6 +653,14 @@ impl Imprint {
             tx.commit().await?;
             return Ok(Released::Requested(self.change_request_view(rid).await?));
         }
+        if break_glass.is_none() {
+            let mut conn = self.pool().acquire().await?;
+            if st::has_open_request(&mut conn, id).await? {
+                return Err(Error::InvalidState(format!(
+                    "draft {id} has an open change request: withdraw it first (or an admin breaks glass)"
+                )));
+            }
+        }
         let publish = PublishInput {
             payload: Payload::Binary(bytes),
             content_type: Some(d.content_type.clone()),
@@ -787,6 +795,17 @@ impl Imprint {
         if let Some(d) = control.draft {
             if !st::close_draft(&mut *conn, d, "released", Some(version)).await? {
                 return Err(Error::Conflict(format!("draft {d} was released or discarded meanwhile")));
+            }
+            // Released otherwise than by its request (a break glass): its open requests end.
+            for other in st::open_requests_of_draft(&mut *conn, d).await? {
+                if Some(other) == control.request {
+                    continue;
+                }
+                let reason = format!("draft {d} was released as version {version} directly");
+                st::transition(&mut *conn, other, &["pending", "approved"], "withdrawn", now, Some(&reason), None)
+                    .await?;
+                let details = json!({"request": other, "draft": d, "reason": reason});
+                store::audit(&mut *conn, now, who, "change.withdraw", Some(&t.name), details).await?;
             }
         }
         if let Some(r) = control.request {

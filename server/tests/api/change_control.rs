@@ -332,6 +332,15 @@ async fn a_scheduled_release_applies_at_its_time_and_survives_a_restart(pool: sq
     assert_eq!(s, 401, "{w}");
     let (s, w) = first.post_json(&format!("/api/v1/change-requests/{}/withdraw", cancelled["id"]), &json!({})).await;
     assert_eq!((s, w["state"].as_str()), (200, Some("withdrawn")));
+    // A draft waiting for its time is not released beside its request.
+    let draft = cr["draft_id"].clone();
+    let r = first
+        .admin(Method::POST, &format!("/api/v1/topics/sched/drafts/{draft}/release"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 409, "invalid_state").await;
 
     // The only server goes away before the time; the time passes; nothing applied it.
     first.imprint().finish_shutdown().await;

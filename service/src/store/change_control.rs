@@ -462,3 +462,13 @@ pub(crate) async fn topic_of_request(conn: &mut PgConnection, id: i64) -> Result
     .fetch_optional(&mut *conn)
     .await?)
 }
+
+/// Has the draft a pending or approved request?
+pub(crate) async fn has_open_request(conn: &mut PgConnection, draft_id: i64) -> Result<bool> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM change_requests WHERE draft_id = $1 AND state IN ('pending', 'approved')) AS "open!""#,
+        draft_id
+    )
+    .fetch_one(&mut *conn)
+    .await?)
+}
