@@ -684,6 +684,9 @@ impl Imprint {
         control: PublishControl,
     ) -> Result<Released> {
         let plain = !control.draft && control.at.is_none() && control.break_glass.is_none();
+        if matches!(caller, Caller::Anonymous) {
+            return Err(Error::Unauthorized("publishing needs a bearer token".into()));
+        }
         if plain {
             let t = self.writable_topic(caller, topic).await?;
             let reviewed = st::review(self.pool(), t.id).await?.is_some()

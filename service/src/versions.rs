@@ -350,10 +350,18 @@ impl Imprint {
                 "message": meta.message,
                 "rollout": rollout_id,
                 "storage": if final_key.is_some() || matches!(received, Received::Object { .. }) { "object" } else { "inline" },
-                "draft": control.draft,
-                "change_request": control.request,
-                "break_glass": control.break_glass,
             });
+            // Change control's marks, only when there are any (docs/change-control.md).
+            let mut details = details;
+            for (k, v) in [
+                ("draft", control.draft.map(|d| json!(d))),
+                ("change_request", control.request.map(|r| json!(r))),
+                ("break_glass", control.break_glass.as_ref().map(|r| json!(r))),
+            ] {
+                if let (Some(v), Some(map)) = (v, details.as_object_mut()) {
+                    map.insert(k.to_owned(), v);
+                }
+            }
             self.finish_release(&mut tx, &t, &control, version, &who, created_at).await?;
             store::audit(&mut tx, created_at, &who, "version.publish", Some(&t.name), details).await?;
             let seq = store::notify(&mut tx, t.id).await?;
