@@ -71,6 +71,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/account") view=auth::AccountPage ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name") view=topic::TopicPageView ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/publish") view=topic::PublishPage ssr=SsrMode::Async/>
+                    <Route path=path!("/topics/:name/drafts") view=topic::DraftsPageView ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/matrix") view=topic::MatrixPage ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/rollouts") view=topic::RolloutsPageView ssr=SsrMode::Async/>
                     <Route path=path!("/topics/:name/consumers") view=topic::ConsumersPageView ssr=SsrMode::Async/>

@@ -38,6 +38,8 @@ pub struct OverviewView {
     pub stale_pin_days: i64,
     pub unread: Vec<String>,
     pub unread_days: u32,
+    /// Change-freeze windows in force now (docs/change-control.md): name, scope, window.
+    pub freezes: Vec<String>,
 }
 
 #[server(prefix = "/console/fn")]
@@ -45,7 +47,20 @@ pub async fn load_overview() -> Result<OverviewView, ServerFnError> {
     use crate::ssr::{imprint, load, require_user};
     let (_, caller) = require_user().await?;
     let o = load(imprint()?.overview(&caller).await)?;
+    let freezes = load(imprint()?.freezes(&caller).await)?
+        .into_iter()
+        .filter(|f| f.active)
+        .map(|f| {
+            let scope = match (&f.team, &f.topic) {
+                (Some(t), _) => format!("team {t}"),
+                (_, Some(t)) => format!("topic {t}"),
+                _ => "all topics".to_owned(),
+            };
+            format!("{} — {scope}, {}", f.name, f.description)
+        })
+        .collect();
     Ok(OverviewView {
+        freezes,
         rollouts: o
             .rollouts
             .into_iter()
@@ -102,6 +117,13 @@ pub fn OverviewPanel() -> impl IntoView {
 fn Panels(o: OverviewView) -> impl IntoView {
     let none = |what: &'static str| view! { <p class="muted small">{what}</p> };
     view! {
+        {(!o.freezes.is_empty()).then(|| view! {
+            <div class="flash error freeze-banner" role="status" id="overview-freezes">
+                <strong>"Change freeze in force: "</strong>
+                {o.freezes.join("; ")}
+                " — releases are refused (admins may break glass); pins still work."
+            </div>
+        })}
         <section class="overview" aria-label="Overview">
             <div class="card" id="overview-rollouts">
                 <h2>"Rollouts in progress"</h2>

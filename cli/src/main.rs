@@ -10,7 +10,7 @@ mod fmt;
 
 use api::{Api, CliResult};
 use clap::{Parser, Subcommand};
-use cmd::{consumers, diff, get, pins, publish, resolve, rollouts, topics, versions, watch, webhooks};
+use cmd::{change_control, consumers, diff, get, pins, publish, resolve, rollouts, topics, versions, watch, webhooks};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -70,6 +70,15 @@ enum Cmd {
     /// Subscribe URLs to change events (signed CloudEvents), see their delivery log.
     #[command(subcommand)]
     Webhook(webhooks::WebhookCmd),
+    /// Drafts: save, diff against the live version, replace, discard, release (now, --at, --break-glass).
+    #[command(subcommand)]
+    Draft(change_control::DraftCmd),
+    /// Change requests of reviewed topics: list, approve, reject, withdraw; a topic's review rule.
+    #[command(subcommand)]
+    Review(change_control::ReviewCmd),
+    /// Change-freeze windows: list, create, delete.
+    #[command(subcommand)]
+    Freeze(change_control::FreezeCmd),
     /// Print a shell completion script, e.g. `imprint completions bash > /etc/bash_completion.d/imprint`.
     Completions {
         #[arg(value_enum)]
@@ -129,6 +138,9 @@ async fn run(cli: Cli) -> CliResult<u8> {
         Cmd::Consumers(args) => consumers::run(&api, args, json).await,
         Cmd::Watch(args) => watch::run(&cli.url, cli.token, args).await,
         Cmd::Webhook(cmd) => webhooks::run(&api, cmd, json).await,
+        Cmd::Draft(cmd) => change_control::draft(&api, cmd, json).await,
+        Cmd::Review(cmd) => change_control::review(&api, cmd, json).await,
+        Cmd::Freeze(cmd) => change_control::freeze(&api, cmd, json).await,
         Cmd::Completions { shell } => completions(shell),
     }
 }

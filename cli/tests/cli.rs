@@ -423,3 +423,86 @@ async fn publish_with_checks_and_force(pool: sqlx::PgPool) {
         assert_eq!(out.json()["checks"]["force_reason"], "retired half", "{}", out.stdout);
     }
 }
+
+/// `imprint draft|review|freeze` (docs/change-control.md): a draft diffed and released
+/// through a review by a second token, a freeze that refuses a release.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn drafts_reviews_and_freezes(pool: sqlx::PgPool) {
+    let server = spawn_app(pool).await;
+    let dir = scratch_dir("cli-change");
+    imprint(&server, &["topics", "create", "cc", "--owner", "sre"]).await.ok();
+    let v1 = write(&dir, "v1.json", br#"{"limit": 1}"#);
+    imprint(&server, &["publish", "cc", &v1]).await.ok();
+    let alice = server.token("alice", Some("sre")).await;
+    let bob = server.token("bob", Some("sre")).await;
+    imprint(&server, &["review", "require", "cc", "--approvals", "1", "--team", "sre"]).await.ok();
+
+    let v2 = write(&dir, "v2.json", br#"{"limit": 2}"#);
+    let url = server.base_url();
+    let out = run_with(&url, Some(&alice), &["--json", "draft", "create", "cc", &v2, "-m", "raise"], None).await.ok();
+    let id = out.json()["id"].as_i64().unwrap().to_string();
+    let out = run_with(&url, Some(&alice), &["draft", "list", "cc"], None).await.ok();
+    assert!(out.stdout.contains("raise"), "{}", out.stdout);
+    let out = run_with(&url, Some(&alice), &["draft", "diff", "cc", &id, "--scope", "region=eu"], None).await.ok();
+    assert!(out.stdout.contains("-  \"limit\": 1") && out.stdout.contains("+  \"limit\": 2"), "{}", out.stdout);
+
+    let out = run_with(&url, Some(&alice), &["draft", "release", "cc", &id], None).await.ok();
+    assert!(out.stdout.contains(": pending") && out.stdout.contains("approvals 0/1"), "{}", out.stdout);
+    let out = run_with(&url, Some(&alice), &["--json", "review", "list", "--state", "pending"], None).await.ok();
+    let req = out.json()["change_requests"][0]["id"].as_i64().unwrap().to_string();
+    let own = run_with(&url, Some(&alice), &["review", "approve", &req], None).await;
+    assert_ne!(own.code, 0, "the author cannot approve: {}", own.stdout);
+    assert!(own.stderr.contains("author"), "{}", own.stderr);
+    let out = run_with(&url, Some(&bob), &["review", "approve", &req], None).await.ok();
+    assert!(out.stdout.contains(": applied") && out.stdout.contains("applied as version 2"), "{}", out.stdout);
+
+    // A freeze refuses a release with the window's name; deleted, it is gone.
+    let out = imprint(
+        &server,
+        &[
+            "freeze",
+            "create",
+            "all week",
+            "--days",
+            "mon,tue,wed,thu,fri,sat,sun",
+            "--start",
+            "00:00",
+            "--end",
+            "00:00",
+        ],
+    )
+    .await;
+    assert_ne!(out.code, 0, "from and to must differ: {}", out.stdout);
+    let out = imprint(
+        &server,
+        &[
+            "--json",
+            "freeze",
+            "create",
+            "incident",
+            "--topic",
+            "cc",
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2100-01-01T00:00:00Z",
+        ],
+    )
+    .await
+    .ok();
+    let fid = out.json()["id"].as_i64().unwrap().to_string();
+    let out = imprint(&server, &["freeze", "list"]).await.ok();
+    assert!(out.stdout.contains("incident") && out.stdout.contains("ACTIVE"), "{}", out.stdout);
+    imprint(&server, &["review", "lift", "cc"]).await.ok();
+    let v3 = write(&dir, "v3.json", br#"{"limit": 3}"#);
+    let out = imprint(&server, &["--json", "draft", "create", "cc", &v3]).await.ok();
+    let id3 = out.json()["id"].as_i64().unwrap().to_string();
+    let refused = imprint(&server, &["draft", "release", "cc", &id3]).await;
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("incident"), "{}", refused.stderr);
+    let out = imprint(&server, &["draft", "release", "cc", &id3, "--break-glass", "INC-7"]).await.ok();
+    assert!(out.stdout.contains("released cc version 3"), "{}", out.stdout);
+    imprint(&server, &["freeze", "delete", &fid]).await.ok();
+    let out = imprint(&server, &["freeze", "list"]).await.ok();
+    assert!(!out.stdout.contains("incident"), "{}", out.stdout);
+}

@@ -6,6 +6,7 @@ pub mod apollo;
 pub mod checks;
 mod diff;
 pub mod encryption;
+pub mod freeze;
 mod names;
 mod pins;
 mod resolve;

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Every event type a subscription can ask for (the CloudEvents `type` is
 /// `io.imprint.<type>`).
-pub const EVENT_TYPES: [&str; 13] = [
+pub const EVENT_TYPES: [&str; 25] = [
     "version.published",
     "scope.added",
     "pin.set",
@@ -20,6 +20,18 @@ pub const EVENT_TYPES: [&str; 13] = [
     "rollout.rolled_back",
     "topic.created",
     "topic.changed",
+    "draft.created",
+    "draft.updated",
+    "draft.discarded",
+    "change.requested",
+    "change.approved",
+    "change.rejected",
+    "change.withdrawn",
+    "change.applied",
+    "change.expired",
+    "change.break_glass",
+    "freeze.created",
+    "freeze.deleted",
 ];
 
 /// The prefix of the CloudEvents `type` attribute.
@@ -58,6 +70,19 @@ pub fn events_of_action(action: &str, details: &serde_json::Value) -> Vec<&'stat
         "rollout.auto_rollback" => vec!["rollout.cancelled", "rollout.rolled_back"],
         "topic.create" => vec!["topic.created"],
         "topic.update" => vec!["topic.changed"],
+        // Change control (docs/change-control.md).
+        "draft.create" => vec!["draft.created"],
+        "draft.update" => vec!["draft.updated"],
+        "draft.discard" => vec!["draft.discarded"],
+        "change.request" => vec!["change.requested"],
+        "change.approve" => vec!["change.approved"],
+        "change.reject" => vec!["change.rejected"],
+        "change.withdraw" => vec!["change.withdrawn"],
+        "change.apply" => vec!["change.applied"],
+        "change.expire" => vec!["change.expired"],
+        "change.break_glass" => vec!["change.break_glass"],
+        "freeze.create" => vec!["freeze.created"],
+        "freeze.delete" => vec!["freeze.deleted"],
         _ => Vec::new(),
     }
 }

@@ -151,6 +151,11 @@ mod tests {
             (Error::CandidateNotFound, 404, "candidate_not_found"),
             (Error::Internal("secret detail".into()), 500, "internal"),
             (Error::NotEncrypted(s()), 422, "not_encrypted"),
+            (Error::DraftNotFound(s()), 404, "draft_not_found"),
+            (Error::ChangeRequestNotFound(s()), 404, "change_request_not_found"),
+            (Error::FreezeNotFound(s()), 404, "freeze_not_found"),
+            (Error::ChangeFrozen(s()), 423, "change_frozen"),
+            (Error::ReviewRequired(s()), 409, "review_required"),
         ]
     }
 
@@ -194,6 +199,11 @@ mod tests {
             Error::NotEncrypted(_) => 33,
             Error::ValidationFailed { .. } => 34,
             Error::CandidateNotFound => 35,
+            Error::DraftNotFound(_) => 36,
+            Error::ChangeRequestNotFound(_) => 37,
+            Error::FreezeNotFound(_) => 38,
+            Error::ChangeFrozen(_) => 39,
+            Error::ReviewRequired(_) => 40,
         }
     }
 
@@ -202,7 +212,7 @@ mod tests {
         let cases = every_kind();
         let mut kinds: Vec<usize> = cases.iter().map(|(e, _, _)| kind(e)).collect();
         kinds.sort_unstable();
-        assert_eq!(kinds, (0..=35).collect::<Vec<_>>(), "every kind of error, once");
+        assert_eq!(kinds, (0..=40).collect::<Vec<_>>(), "every kind of error, once");
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
             let message = e.public_message();

@@ -120,6 +120,24 @@ impl<S: Send + Sync> FromRequestParts<S> for RolloutPath {
     }
 }
 
+/// `{topic}/drafts/{id}`
+pub struct DraftPath(pub TopicName, pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for DraftPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let p = path_params(parts).await?;
+        let id = param(&p, "id")?;
+        let id = id
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| ApiError::invalid(format!("{id:?} is not a draft id")))?;
+        Ok(DraftPath(topic_of(&p)?, id))
+    }
+}
+
 /// The `{action}` of a rollout action path.
 pub struct ActionPath(pub String);
 
@@ -274,4 +292,23 @@ pub fn selector_json(v: &Value) -> ApiResult<Selector> {
 /// A rollout plan given as JSON (`{"stages": [...]}`).
 pub fn parse_plan(v: &Value) -> ApiResult<Plan> {
     serde_json::from_value(v.clone()).map_err(|e| ApiError::invalid(format!("invalid rollout plan: {e}")))
+}
+
+/// A publish's (or a release's) `rollout`: absent, the topic's default; `null` or
+/// `"none"`, none; a plan name; an inline plan.
+pub fn rollout_request(v: Option<Option<Value>>) -> ApiResult<imprint_service::RolloutRequest> {
+    Ok(match v {
+        None => imprint_service::RolloutRequest::TopicDefault,
+        Some(None) => imprint_service::RolloutRequest::None,
+        Some(Some(Value::String(name))) if name == "none" => imprint_service::RolloutRequest::None,
+        Some(Some(Value::String(name))) => {
+            imprint_service::RolloutRequest::Plan(imprint_service::PlanChoice::Named(name))
+        }
+        Some(Some(plan @ Value::Object(_))) => {
+            imprint_service::RolloutRequest::Plan(imprint_service::PlanChoice::Inline(parse_plan(&plan)?))
+        }
+        Some(Some(_)) => {
+            return Err(ApiError::invalid("rollout must be a plan ({\"stages\": [...]}), a plan name, or null"))
+        }
+    })
 }

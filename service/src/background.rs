@@ -49,6 +49,11 @@ impl Imprint {
             }
             Ok(())
         });
+        // Scheduled changes (change_control.rs): applied or expired at their time, by the
+        // leader (and once, whichever replica: the publish transaction moves the request).
+        self.every(self.config().rollout_tick_every, "change scheduler", false, true, |i| async move {
+            i.tick_changes().await.map(|_| ())
+        });
         // Webhook deliveries (the loop checks leadership itself: its tasks outlive a tick).
         self.keep_task(tokio::spawn(self.clone().webhook_loop()));
         // Expired pins go as their time comes, at the scheduler's pace.

@@ -91,6 +91,19 @@ pub enum Error {
     /// No candidate at a validator's download URL: expired, its checks done, or never offered.
     #[error("no candidate at this URL: it expired or its checks are done")]
     CandidateNotFound,
+    /// A draft, change request or freeze window is not there (or not the caller's to see).
+    #[error("{0}")]
+    DraftNotFound(String),
+    #[error("{0}")]
+    ChangeRequestNotFound(String),
+    #[error("{0}")]
+    FreezeNotFound(String),
+    /// A release inside an active change-freeze window (the message names it).
+    #[error("{0}")]
+    ChangeFrozen(String),
+    /// A release on a topic that requires review, not through a change request.
+    #[error("{0}")]
+    ReviewRequired(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -142,6 +155,9 @@ impl Error {
             | Error::StorageUnavailable(_)
             | Error::CommitUnknown(_)
             | Error::ObjectStoreUnavailable(_) => S::SERVICE_UNAVAILABLE,
+            Error::ChangeFrozen(_) => S::LOCKED,
+            Error::DraftNotFound(_) | Error::ChangeRequestNotFound(_) | Error::FreezeNotFound(_) => S::NOT_FOUND,
+            Error::ReviewRequired(_) => S::CONFLICT,
             Error::Internal(_) => S::INTERNAL_SERVER_ERROR,
         }
     }
@@ -184,6 +200,11 @@ impl Error {
             Error::StorageUnavailable(_) | Error::CommitUnknown(_) | Error::ObjectStoreUnavailable(_) => {
                 "storage_unavailable"
             }
+            Error::ChangeFrozen(_) => "change_frozen",
+            Error::DraftNotFound(_) => "draft_not_found",
+            Error::ChangeRequestNotFound(_) => "change_request_not_found",
+            Error::FreezeNotFound(_) => "freeze_not_found",
+            Error::ReviewRequired(_) => "review_required",
             Error::Internal(_) => "internal",
         }
     }
@@ -306,6 +327,21 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         "webhook_subscriptions_topic_id_fkey" => conflict("the topic does not exist (any more)"),
         "webhook_deliveries_subscription_id_fkey" => conflict("the webhook does not exist (any more)"),
         "webhook_deliveries_event_seq_fkey" => conflict("the event does not exist (any more)"),
+        "drafts_pkey" | "change_requests_pkey" | "freezes_pkey" | "topic_reviews_pkey" => {
+            conflict("the row was created concurrently; try again")
+        }
+        "change_approvals_pkey" => conflict("this approver approved the change already"),
+        "drafts_state" => invalid("a draft is open, released or discarded"),
+        "topic_reviews_approvals" => invalid("required_approvals is 1 to 10"),
+        "change_requests_kind" => invalid("not a change kind"),
+        "change_requests_state" => invalid("not a change request state"),
+        "freezes_one_scope" => invalid("a freeze is global, for a team or for a topic, not several"),
+        "drafts_topic_id_fkey"
+        | "topic_reviews_topic_id_fkey"
+        | "change_requests_topic_id_fkey"
+        | "freezes_topic_id_fkey" => conflict("the topic does not exist (any more)"),
+        "change_requests_draft_id_fkey" => conflict("the draft does not exist (any more)"),
+        "change_approvals_request_id_fkey" => conflict("the change request does not exist (any more)"),
         _ => {
             tracing::warn!(constraint, detail, "unmapped constraint violation");
             None

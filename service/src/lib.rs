@@ -16,6 +16,7 @@ pub mod audit_log;
 pub mod auth;
 mod background;
 pub mod checks;
+pub mod change_control;
 pub mod clock;
 pub mod consumers;
 pub mod cursor;

@@ -30,6 +30,16 @@ pub struct PublishInput {
     pub force: Option<String>,
 }
 
+/// What change control (`change_control.rs`) adds to a publish's transaction (see
+/// `gate_release`, `finish_release` there): the draft it releases, the change request it
+/// applies, an admin's break-glass reason.
+#[derive(Default)]
+pub(crate) struct Control {
+    pub draft: Option<i64>,
+    pub request: Option<i64>,
+    pub break_glass: Option<String>,
+}
+
 /// A request body as it arrives: chunks, or an error when the client went away or sent
 /// less than it announced.
 pub type BodyStream = futures::stream::BoxStream<'static, std::result::Result<Bytes, std::io::Error>>;
@@ -93,7 +103,7 @@ pub(crate) struct PublishMeta {
     force: Option<String>,
 }
 
-fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
+pub(crate) fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
     if m.len() > 64 {
         return Err(Error::invalid("metadata has at most 64 entries"));
     }
@@ -111,7 +121,7 @@ fn check_metadata(m: &BTreeMap<String, String>) -> Result<()> {
 }
 
 /// A given checksum, normalised (lowercase hex), or a clear error.
-fn check_sha256(s: &str) -> Result<String> {
+pub(crate) fn check_sha256(s: &str) -> Result<String> {
     let s = s.trim().to_ascii_lowercase();
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::invalid("sha256 must be 64 hexadecimal digits"));
@@ -129,6 +139,18 @@ pub(crate) fn verify_sha256(expected: Option<&str>, actual: &str) -> Result<()> 
 impl Imprint {
     #[tracing::instrument(skip(self, input), fields(size = input.payload.len()))]
     pub async fn publish(&self, caller: &Caller, topic: &TopicName, input: PublishInput) -> Result<Published> {
+        self.publish_with(caller, topic, input, Control::default()).await
+    }
+
+    /// `publish`, with what change control (`change_control.rs`) adds to its transaction:
+    /// the draft it releases, the request it applies, a break glass.
+    pub(crate) async fn publish_with(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        input: PublishInput,
+        control: Control,
+    ) -> Result<Published> {
         let started = std::time::Instant::now();
         if matches!(caller, Caller::Anonymous) {
             return Err(Error::Unauthorized("publishing needs a bearer token".into()));
@@ -173,7 +195,7 @@ impl Imprint {
             Received::Object { key, owned: true, .. } => Some(key.clone()),
             _ => None,
         };
-        let result = self.commit_publish(caller, topic, meta, received, started).await;
+        let result = self.commit_publish(caller, topic, meta, received, started, control).await;
         if let (Err(e), Some(key)) = (&result, staging) {
             // Nothing half-written stays: the upload goes (the sweep would otherwise) —
             // unless the commit's outcome is unknown: then the version may exist, and the
@@ -194,6 +216,7 @@ impl Imprint {
         meta: PublishMeta,
         received: Received,
         started: std::time::Instant,
+        control: Control,
     ) -> Result<Published> {
         // Validation (JSON Schema, Apollo) is CPU work that grows with the payload: done
         // first, off the async threads and before the topic's lock is taken, against the
@@ -345,6 +368,8 @@ impl Imprint {
                 }
             }
         }
+        // Change control: a release inside a freeze, or unreviewed on a reviewed topic, stops here.
+        self.gate_release(&mut tx, &t, caller, &control, !scopes.is_empty() || plan.is_some()).await?;
 
         // Taken after the lock: a version is never dated before an older one committed.
         let created_at = self.now();
@@ -434,6 +459,18 @@ impl Imprint {
                 "checks": checked.as_ref().map(|(_, c)| &c.results),
                 "storage": if final_key.is_some() || matches!(received, Received::Object { .. }) { "object" } else { "inline" },
             });
+            // Change control's marks, only when there are any (docs/change-control.md).
+            let mut details = details;
+            for (k, v) in [
+                ("draft", control.draft.map(|d| json!(d))),
+                ("change_request", control.request.map(|r| json!(r))),
+                ("break_glass", control.break_glass.as_ref().map(|r| json!(r))),
+            ] {
+                if let (Some(v), Some(map)) = (v, details.as_object_mut()) {
+                    map.insert(k.to_owned(), v);
+                }
+            }
+            self.finish_release(&mut tx, &t, &control, version, &who, created_at).await?;
             store::audit(&mut tx, created_at, &who, "version.publish", Some(&t.name), details).await?;
             let seq = store::notify(&mut tx, t.id).await?;
             // Applied below by this call: the notification need not reload it again here.

@@ -1,7 +1,7 @@
 //! The pages of one topic, one file each, and what they all share here: the header
 //! (`head_of`, `TopicHead`, `TopicHeader`, the tabs) and the view rows of versions and pins
 //! built from the service's model. Pages: `versions` (`/topics/:name`: the timeline, pins
-//! and scopes), `publish`, `matrix`, `rollouts`, `consumers`, `settings` and `version`
+//! and scopes), `publish`, `drafts` (change control), `matrix`, `rollouts`, `consumers`, `settings` and `version`
 //! (`/topics/:name/versions/:n`); their routes are in `lib.rs`.
 use crate::common::{short_time, Flash};
 use leptos::prelude::*;
@@ -9,6 +9,7 @@ use leptos_meta::Title;
 use serde::{Deserialize, Serialize};
 
 mod consumers;
+mod drafts;
 mod matrix;
 mod publish;
 mod rollouts;
@@ -17,6 +18,7 @@ mod version;
 mod versions;
 
 pub use consumers::ConsumersPageView;
+pub use drafts::DraftsPageView;
 pub use matrix::MatrixPage;
 pub use publish::PublishPage;
 pub use rollouts::RolloutsPageView;
@@ -141,6 +143,7 @@ pub fn TopicTabs(name: String, active: &'static str) -> impl IntoView {
     let tabs = [
         ("versions", ""),
         ("publish", "/publish"),
+        ("drafts", "/drafts"),
         ("matrix", "/matrix"),
         ("rollouts", "/rollouts"),
         ("consumers", "/consumers"),

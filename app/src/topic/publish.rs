@@ -7,6 +7,8 @@ use leptos::form::ActionForm;
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 
+// The form's fields, one argument each (a server function reads them by name).
+#[allow(clippy::too_many_arguments)]
 #[server(prefix = "/console/fn")]
 pub async fn publish_form(
     topic: String,
@@ -16,6 +18,7 @@ pub async fn publish_form(
     metadata: String,
     scopes: String,
     rollout: Option<String>,
+    draft: Option<String>,
 ) -> Result<u64, ServerFnError> {
     use crate::ssr::{finish, imprint, require_user, topic_name};
     use imprint_service::{Error, Payload, PublishInput, RolloutRequest};
@@ -57,13 +60,32 @@ pub async fn publish_form(
             force: None,
         })
     })();
+    // Change control (docs/change-control.md): "save as draft", and on a reviewed topic a
+    // release becomes a change request; both are then on the Drafts tab.
+    use imprint_service::change_control::{PublishControl, Released};
+    let control = PublishControl { draft: draft.is_some_and(|d| !d.is_empty()), ..Default::default() };
     let result = async {
         let input = parsed?;
-        imprint.publish(&caller, &topic_name(&topic)?, input).await.map(|p| p.version)
+        imprint.publish_controlled(&caller, &topic_name(&topic)?, input, control).await
     }
     .await;
-    let then = result.as_ref().ok().map(|v| format!("/topics/{topic}#v{v}"));
-    let notice = result.as_ref().ok().map(|v| format!("Published v{v}"));
+    let (then, notice) = match &result {
+        Ok(Released::Published(p)) => {
+            (Some(format!("/topics/{topic}#v{}", p.version)), Some(format!("Published v{}", p.version)))
+        }
+        Ok(Released::Draft(d)) => {
+            (Some(format!("/topics/{topic}/drafts#draft-{}", d.id)), Some(format!("Saved draft #{}", d.id)))
+        }
+        Ok(Released::Requested(r)) => (
+            Some(format!("/topics/{topic}/drafts#change-{}", r.id)),
+            Some(format!("Change request #{} awaits approval", r.id)),
+        ),
+        Err(_) => (None, None),
+    };
+    let result = result.map(|r| match r {
+        Released::Published(p) => p.version,
+        _ => 0,
+    });
     finish(result, then, notice.as_deref())
 }
 
@@ -114,6 +136,7 @@ pub fn PublishPage() -> impl IntoView {
                             <label>"Rollout plan (a plan name from the settings; empty: the topic's default plan; none: no rollout)"
                                 <input type="text" name="rollout" placeholder="canary-first"/>
                             </label>
+                            <label class="inline"><input type="checkbox" name="draft" value="true"/>" Save as draft (released to nobody; review and release it on the Drafts tab)"</label>
                             <button type="submit" disabled=move || json_error.get().is_some()>"Publish"</button>
                         </ActionForm>
                         <UploadForm topic=topic/>

@@ -2,6 +2,7 @@
 //! and how it prints the answer. What they share is here: `--json` prints the API's JSON
 //! as it is; tables read the answer into typed structs (the protocol crate's where one
 //! exists, else a small struct of the fields printed next to the command).
+pub mod change_control;
 pub mod consumers;
 pub mod diff;
 pub mod encryption;

@@ -6,6 +6,7 @@
 //! route is in the OpenAPI document by construction. To add an endpoint: a handler with
 //! its `#[utoipa::path]` in its feature's file, listed in that file's `routes()`.
 pub mod checks;
+pub mod change_control;
 pub mod consumers;
 pub mod doc;
 pub mod ops;
@@ -32,6 +33,7 @@ pub fn routes_and_doc() -> (axum::Router<Imprint>, utoipa::openapi::OpenApi) {
         .merge(relay::routes())
         .merge(webhooks::routes())
         .merge(checks::routes())
+        .merge(change_control::routes())
         .merge(ops::routes())
         .merge(doc::routes())
         // OpenFeature's protocol (`/ofrep/v1`, server/src/ofrep.rs) is documented here too.

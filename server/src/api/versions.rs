@@ -2,8 +2,7 @@
 //! payload bytes, the retention preview, and adding a scope to a version.
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{
-    parse_bool, parse_json, parse_limit, parse_plan, selector_json, ApiJson, ApiQuery, Auth, PageQuery, TopicPath,
-    VersionPath,
+    parse_bool, parse_json, parse_limit, selector_json, ApiJson, ApiQuery, Auth, PageQuery, TopicPath, VersionPath,
 };
 use axum::extract::Request;
 use axum::extract::State;
@@ -12,9 +11,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
+use imprint_service::change_control::PublishControl;
 use imprint_service::model::{Published, Scope, Version};
 use imprint_service::{Error, Imprint};
-use imprint_service::{Payload, PlanChoice, PublishInput, RolloutRequest};
+use imprint_service::{Payload, PublishInput};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -68,6 +68,15 @@ pub struct PublishBody {
     /// Why the checks are overridden (audited with their results).
     #[serde(default)]
     pub force_reason: Option<String>,
+    /// Change control (docs/change-control.md): save as a draft (201 with the draft), released to nobody.
+    #[serde(default)]
+    pub draft: Option<bool>,
+    /// Change control: release at this time (202 with the change request).
+    #[serde(default)]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Change control: admins only, a reason — released now past a review rule or a freeze.
+    #[serde(default)]
+    pub break_glass: Option<String>,
 }
 
 /// An existing object published as a version's payload.
@@ -79,7 +88,12 @@ pub struct ObjectRef {
 }
 
 impl PublishBody {
-    fn into_input(self) -> ApiResult<PublishInput> {
+    fn into_input(mut self, control: &mut PublishControl) -> ApiResult<PublishInput> {
+        *control = PublishControl {
+            draft: self.draft.take().unwrap_or(false),
+            at: self.at.take(),
+            break_glass: self.break_glass.take(),
+        };
         let payload = match (self.data, self.data_base64, self.object) {
             (Some(d), None, None) => Payload::Text(d),
             (None, None, Some(o)) => Payload::Object { url: o.url },
@@ -98,17 +112,8 @@ impl PublishBody {
         };
         let scopes =
             self.scopes.map(|items| items.iter().map(selector_json).collect::<ApiResult<Vec<_>>>()).transpose()?;
-        let rollout = match self.rollout {
-            None => RolloutRequest::TopicDefault,
-            Some(None) => RolloutRequest::None,
-            Some(Some(Value::String(name))) if name == "none" => RolloutRequest::None,
-            Some(Some(Value::String(name))) => RolloutRequest::Plan(PlanChoice::Named(name)),
-            Some(Some(plan @ Value::Object(_))) => RolloutRequest::Plan(PlanChoice::Inline(parse_plan(&plan)?)),
-            Some(Some(_)) => {
-                return Err(ApiError::invalid("rollout must be a plan ({\"stages\": [...]}), a plan name, or null"))
-            }
-        };
         let force = crate::payload::force(self.force.unwrap_or(false), self.force_reason)?;
+        let rollout = crate::extract::rollout_request(self.rollout)?;
         Ok(PublishInput {
             force,
             payload,
@@ -143,21 +148,26 @@ pub struct VersionList {
 #[utoipa::path(post, path = "/api/v1/topics/{topic}/versions", tag = "versions", params(("topic" = String, Path)),
     request_body(description = "JSON: a PublishBody (data, data_base64 or object). multipart/form-data: text parts message, scope (repeatable), meta.<key>, content_type, rollout, sha256, then the file part (last). Any other content type: the raw payload, streamed, with ?scope=, meta.<k>=, message=, rollout=, sha256= and the X-Imprint-Sha256 header",
         content((PublishBody = "application/json"), (Vec<u8> = "multipart/form-data"), (Vec<u8> = "application/octet-stream"))),
-    responses((status = 201, body = Published), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 201, body = Published, description = "published (with `draft: true`: the Draft)"),
+              (status = 202, body = imprint_service::change_control::ChangeRequest, description = "the topic requires review, or `at` was given: a change request"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 423, body = ErrorBody, description = "change_frozen: inside a change-freeze window"),
+              (status = 503, body = ErrorBody)))]
 pub async fn publish(
     State(imprint): State<Imprint>,
     Auth(caller): Auth,
     TopicPath(topic): TopicPath,
     req: Request,
 ) -> ApiResult<Response> {
-    let input = crate::payload::publish_input(req, |body| parse_json::<PublishBody>(body)?.into_input()).await?;
+    let mut control = PublishControl::default();
+    let input =
+        crate::payload::publish_input(req, |body| parse_json::<PublishBody>(body)?.into_input(&mut control)).await?;
     // In its own task: a client that goes away mid-upload does not cancel the publish
     // half-way — it sees the body break off and cleans up (no version, no object).
-    let task = tokio::spawn(async move { imprint.publish(&caller, &topic, input).await });
-    let published = task.await.map_err(|e| Error::Internal(format!("publish task: {e}")))??;
-    Ok((StatusCode::CREATED, Json(published)).into_response())
+    let task = tokio::spawn(async move { imprint.publish_controlled(&caller, &topic, input, control).await });
+    let released = task.await.map_err(|e| Error::Internal(format!("publish task: {e}")))??;
+    Ok(crate::api::change_control::released_response(released))
 }
 
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/versions", tag = "versions",

@@ -4,6 +4,7 @@
 // Helpers shared by the tests are not `#[test]` fns: a failed unwrap there fails a test.
 #![allow(clippy::unwrap_used)]
 mod apollo;
+mod change_control;
 mod connection;
 mod consumers;
 mod encryption;

@@ -7,6 +7,7 @@ use sqlx::PgConnection;
 
 pub(crate) mod audit_log;
 pub(crate) mod checks;
+pub(crate) mod change_control;
 pub(crate) mod consumers;
 pub(crate) mod encryption;
 pub(crate) mod history;

@@ -1,0 +1,170 @@
+import * as path from "node:path";
+import { expect, Page, test } from "@playwright/test";
+
+/**
+ * Change control in the console (docs/change-control.md): a user of the owning team saves a
+ * draft from the Publish tab, sees its diff against the live version, requests review (the
+ * topic requires one approval by the team), may not approve it themself; a second user of the
+ * team approves it and it is released. Runs hydrated and without JavaScript.
+ */
+
+test.describe.configure({ mode: "serial" });
+
+const token = process.env.IMPRINT_TOKEN ?? "";
+const adminPassword = process.env.IMPRINT_ADMIN_PASSWORD ?? "e2e-admin-password";
+const auth = { Authorization: `Bearer ${token}` };
+const userPassword = "correct-horse-battery";
+const shots = path.join(__dirname, "..", "screenshots");
+
+let sfx = "";
+let team = "";
+let topic = "";
+
+async function shot(page: Page, name: string) {
+  await page.screenshot({ path: path.join(shots, `${test.info().project.name}-${name}.png`), fullPage: true });
+}
+
+async function ready(page: Page) {
+  if (test.info().project.name === "hydrated") {
+    await expect(page.locator("body")).toHaveAttribute("data-hydrated", "true");
+  }
+}
+
+async function signIn(page: Page, user: string, password: string) {
+  await page.goto("/login");
+  await ready(page);
+  await page.getByLabel("Username").fill(user);
+  await page.getByLabel("Password").fill(password);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await expect(page).not.toHaveURL(/\/login/);
+}
+
+async function signOut(page: Page) {
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await expect(page).toHaveURL(/\/login/);
+}
+
+test.beforeAll(async ({}, testInfo) => {
+  sfx = `${testInfo.project.name.replace(/[^a-z]/g, "")}${Date.now().toString(36)}`;
+  team = `cc-${sfx}`;
+  topic = `change.${sfx}`;
+});
+
+test("draft, diff, request review, approve as a second user, released", async ({ page, request }) => {
+  // The admin makes a team of two users.
+  await signIn(page, "admin", adminPassword);
+  await page.goto("/admin");
+  await ready(page);
+  const teamForm = page.locator("#create-team");
+  await teamForm.getByLabel("New team").fill(team);
+  await teamForm.getByRole("button", { name: "Create team" }).click();
+  await expect(page.getByRole("status").filter({ hasText: "Team created" }).first()).toBeVisible();
+  for (const user of [`ann-${sfx}`, `ben-${sfx}`]) {
+    const f = page.locator("#create-user");
+    await f.getByLabel("New username").fill(user);
+    await f.getByLabel("New password").fill(userPassword);
+    await f.getByRole("button", { name: "Create user" }).click();
+    await expect(page.locator("table.users tbody tr", { hasText: user })).toBeVisible();
+    const add = page.locator("#add-member");
+    await add.getByLabel("Team").selectOption(team);
+    await add.getByLabel("Member username").fill(user);
+    await add.getByRole("button", { name: "Add member" }).click();
+    await expect(page.locator("table.teams tbody tr", { hasText: team })).toContainText(user);
+  }
+  await signOut(page);
+
+  // The topic, its live version 1, and its review rule: one approval by the team.
+  expect((await request.post("/api/v1/topics", { headers: auth, data: { name: topic, owner: team } })).status()).toBe(201);
+  const v1 = await request.post(`/api/v1/topics/${topic}/versions`, { headers: auth, data: { data: '{"limit": 1, "mode": "safe"}' } });
+  expect(v1.status(), await v1.text()).toBe(201);
+  const rule = await request.put(`/api/v1/topics/${topic}/review`, {
+    headers: auth,
+    data: { required_approvals: 1, approvers: { team } },
+  });
+  expect(rule.status(), await rule.text()).toBe(200);
+
+  // Ann saves a draft from the Publish tab.
+  await signIn(page, `ann-${sfx}`, userPassword);
+  await page.goto(`/topics/${topic}/publish`);
+  await ready(page);
+  await page.getByLabel("Payload").fill('{"limit": 2, "mode": "safe"}');
+  await page.getByLabel(/Save as draft/).check();
+  await page.locator("#publish-form").getByRole("button", { name: "Publish" }).click();
+  await expect(page).toHaveURL(new RegExp(`/topics/${topic.replace(".", "\\.")}/drafts`));
+  await ready(page);
+  await expect(page.getByRole("status").filter({ hasText: /Saved draft #\d+/ }).first()).toBeVisible();
+  const draft = page.locator("section.draft").first();
+  await expect(draft).toBeVisible();
+  // The diff against what everyone gets now (v1).
+  await expect(draft).toContainText("Diff against v1");
+  await expect(draft.locator(".diff-removed")).toContainText('"limit": 1');
+  await expect(draft.locator(".diff-added")).toContainText('"limit": 2');
+  // Nothing is released: consumers still get v1.
+  let resolved = await (await request.get(`/api/v1/topics/${topic}/resolve?labels=region=eu`)).json();
+  expect(resolved.version).toBe(1);
+  await shot(page, "change-draft-diff");
+
+  // Request review: a change request, pending.
+  await draft.getByRole("button", { name: "Request review" }).click();
+  await ready(page);
+  await expect(page.getByRole("status").filter({ hasText: /Change request #\d+ is pending/ }).first()).toBeVisible();
+  const req = page.locator("section.change-request").first();
+  await expect(req).toContainText("pending");
+  await expect(req).toContainText(`asked by user:ann-${sfx}`);
+  await expect(req).toContainText("approvals 0/1");
+  // The author cannot approve their own change.
+  await req.getByRole("button", { name: "Approve" }).click();
+  await ready(page);
+  await expect(page.getByRole("alert").filter({ hasText: /author of a change cannot approve/ }).first()).toBeVisible();
+  resolved = await (await request.get(`/api/v1/topics/${topic}/resolve?labels=region=eu`)).json();
+  expect(resolved.version).toBe(1);
+  await shot(page, "change-request-pending");
+  await signOut(page);
+
+  // Ben approves: released as version 2, as Ann's.
+  await signIn(page, `ben-${sfx}`, userPassword);
+  await page.goto(`/topics/${topic}/drafts`);
+  await ready(page);
+  const pending = page.locator("section.change-request.change-pending").first();
+  await expect(pending).toContainText(`asked by user:ann-${sfx}`);
+  await pending.getByRole("button", { name: "Approve" }).click();
+  await ready(page);
+  await expect(page.getByRole("status").filter({ hasText: "Approved: released v2" }).first()).toBeVisible();
+  await expect(page.locator("section.change-request").first()).toContainText("applied");
+  await expect(page.locator("section.change-request").first()).toContainText("released as v2");
+  await expect(page.locator("section.draft")).toHaveCount(0);
+  resolved = await (await request.get(`/api/v1/topics/${topic}/resolve?labels=region=eu`)).json();
+  expect(resolved.version).toBe(2);
+  const v2 = await (await request.get(`/api/v1/topics/${topic}/versions/2`, { headers: auth })).json();
+  expect(v2.created_by).toBe(`user:ann-${sfx}`);
+  await shot(page, "change-approved");
+});
+
+test("a freeze in force is shown on the overview and the topic, and refuses a release", async ({ page, request }) => {
+  // Without the review rule a release goes straight to the freeze check.
+  expect((await request.delete(`/api/v1/topics/${topic}/review`, { headers: auth })).status()).toBe(200);
+  // A window on this topic only (other tests' topics keep publishing).
+  const now = Date.now();
+  const created = await request.post("/api/v1/freezes", {
+    headers: auth,
+    data: { name: `incident ${sfx}`, topic, from: new Date(now - 60_000).toISOString(), to: new Date(now + 3_600_000).toISOString() },
+  });
+  expect(created.status(), await created.text()).toBe(201);
+  const freeze = await created.json();
+  try {
+    const refused = await request.post(`/api/v1/topics/${topic}/versions`, { headers: auth, data: { data: "{}" } });
+    expect(refused.status()).toBe(423);
+    expect((await refused.json()).error.code).toBe("change_frozen");
+    await signIn(page, "admin", adminPassword);
+    await page.goto("/");
+    await ready(page);
+    await expect(page.locator("#overview-freezes")).toContainText(`incident ${sfx}`);
+    await expect(page.locator("#overview-freezes")).toContainText(`topic ${topic}`);
+    await shot(page, "change-freeze-overview");
+    await page.goto(`/topics/${topic}/drafts`);
+    await ready(page);
+    await expect(page.locator(".freeze-banner")).toContainText(`incident ${sfx}`);
+  } finally {
+    expect((await request.delete(`/api/v1/freezes/${freeze.id}`, { headers: auth })).status()).toBe(204);
+  }
+});

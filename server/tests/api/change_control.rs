@@ -1,0 +1,481 @@
+//! Change control (docs/change-control.md) through the API and Postgres: drafts, four-eyes
+//! review, scheduled releases (and a restart before one), freezes and break glass.
+use imprint_service::Clock;
+use imprint_testkit::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn consumer(labels: Value, topics: Value) -> Value {
+    json!({"consumer": {"instance": "i-1", "labels": labels}, "topics": topics})
+}
+
+async fn resolve(app: &TestApp, topic: &str) -> Value {
+    app.req(Method::GET, &format!("/api/v1/topics/{topic}/resolve?labels=region=eu")).json_body().await
+}
+
+async fn audit_actions(pool: &sqlx::PgPool, topic: &str) -> Vec<(String, Value)> {
+    sqlx::query_as("SELECT action, details FROM audit_log WHERE topic = $1 ORDER BY id")
+        .bind(topic)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+async fn events(pool: &sqlx::PgPool) -> Vec<String> {
+    // The outbox holds events only for matching subscriptions: the tests subscribe first.
+    sqlx::query_scalar("SELECT type FROM webhook_events ORDER BY seq").fetch_all(pool).await.unwrap()
+}
+
+async fn subscribe_all(app: &TestApp) {
+    let (s, b) =
+        app.post_json("/api/v1/webhooks", &json!({"url": "http://127.0.0.1:9/hook", "allow_private": true})).await;
+    assert_eq!(s, 201, "{b}");
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_draft_is_invisible_to_polls_and_becomes_version_n_only_when_released(pool: sqlx::PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    app.create_topic("cfg").await;
+    app.publish("cfg", json!({"data": "{\"a\":1,\"b\":2}"})).await;
+    let (s, d) =
+        app.post_json("/api/v1/topics/cfg/drafts", &json!({"data": "{\"a\":1,\"b\":3}", "message": "b to 3"})).await;
+    assert_eq!(s, 201, "{d}");
+    let id = d["id"].as_i64().unwrap();
+    assert_eq!(d["state"], "open");
+    assert!(d["released_version"].is_null());
+    assert_eq!(d["size"], 13);
+
+    // Released to nobody: no version row, polls and resolve still give version 1.
+    assert_eq!(app.versions_in_db("cfg").await, 1);
+    let r = app.poll(consumer(json!({"region": "eu"}), json!({"cfg": null}))).await;
+    assert_eq!(r["updates"]["cfg"]["version"], 1, "{r}");
+    assert_eq!(resolve(&app, "cfg").await["version"], 1);
+    let list: Value = app.req(Method::GET, "/api/v1/topics/cfg/versions").json_body().await;
+    assert_eq!(list["versions"].as_array().unwrap().len(), 1);
+
+    // The attack: consumer and anonymous callers never see drafts, nor their diff.
+    let fleet = app.consumer_token("fleet", Some("payments"), &[], &[]).await;
+    let other = app.token("other-team", Some("ops")).await;
+    for path in [
+        "/api/v1/topics/cfg/drafts".to_string(),
+        format!("/api/v1/topics/cfg/drafts/{id}"),
+        format!("/api/v1/topics/cfg/drafts/{id}/diff"),
+    ] {
+        assert_error(app.req(Method::GET, &path).bearer_auth(&fleet).send().await.unwrap(), 403, "forbidden").await;
+        assert_error(app.req(Method::GET, &path).send().await.unwrap(), 401, "unauthorized").await;
+        assert_error(app.req(Method::GET, &path).bearer_auth(&other).send().await.unwrap(), 403, "forbidden").await;
+    }
+    let r = app
+        .req(Method::POST, &format!("/api/v1/topics/cfg/drafts/{id}/release"))
+        .bearer_auth(&fleet)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+
+    // The diff against what the scope gets now.
+    let (s, diff) = app.get_json(&format!("/api/v1/topics/cfg/drafts/{id}/diff?scope=region=eu")).await;
+    assert_eq!(s, 200, "{diff}");
+    let sd = &diff["scopes"][0];
+    assert_eq!(sd["live_version"], 1);
+    assert_eq!(sd["identical"], false);
+    let lines = sd["lines"].as_array().unwrap();
+    assert!(lines.contains(&json!({"op": "removed", "line": "  \"b\": 2"})), "{sd}");
+    assert!(lines.contains(&json!({"op": "added", "line": "  \"b\": 3"})), "{sd}");
+    let (s, bad) = app.get_json(&format!("/api/v1/topics/cfg/drafts/{id}/diff?scope=!!")).await;
+    assert_eq!((s, bad["error"]["code"].as_str()), (400, Some("invalid_selector")), "{bad}");
+
+    // Replace the payload; validation applies as to a version (a JSON Schema).
+    let (s, d2) = app
+        .admin(Method::PUT, &format!("/api/v1/topics/cfg/drafts/{id}"))
+        .json(&json!({"data": "{\"a\":1,\"b\":4}"}))
+        .send_json()
+        .await;
+    assert_eq!(s, 200, "{d2}");
+    assert_ne!(d2["sha256"], d["sha256"]);
+    let r = app
+        .admin(Method::PATCH, "/api/v1/topics/cfg")
+        .json(&json!({"json_schema": {"type": "object", "required": ["a"]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .admin(Method::PUT, &format!("/api/v1/topics/cfg/drafts/{id}"))
+        .json(&json!({"data": "{\"b\":5}"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 422, "schema_violation").await;
+    let r = app
+        .admin(Method::POST, "/api/v1/topics/cfg/drafts")
+        .json(&json!({"data": "{}", "data_base64": "e30="}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "invalid_request").await;
+    let r = app
+        .admin(Method::POST, "/api/v1/topics/cfg/drafts")
+        .json(&json!({"data": "{\"a\":1}", "sha256": "00".repeat(32)}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 422, "checksum_mismatch").await;
+    assert_eq!(app.versions_in_db("cfg").await, 1, "nothing of that became a version");
+
+    // Released: now version 2, polled with the draft's payload.
+    let (s, v) =
+        app.post_json(&format!("/api/v1/topics/cfg/drafts/{id}/release"), &json!({"scopes": [{"region": "eu"}]})).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["version"], 2);
+    assert_eq!(v["sha256"], d2["sha256"]);
+    let r = app.poll(consumer(json!({"region": "eu"}), json!({"cfg": 1}))).await;
+    assert_eq!(r["updates"]["cfg"]["version"], 2, "{r}");
+    let data = app.req(Method::GET, "/api/v1/topics/cfg/versions/2/data").send().await.unwrap().text().await.unwrap();
+    assert_eq!(data, "{\"a\":1,\"b\":4}");
+    let (_, d3) = app.get_json(&format!("/api/v1/topics/cfg/drafts/{id}")).await;
+    assert_eq!((d3["state"].as_str(), d3["released_version"].as_u64()), (Some("released"), Some(2)));
+    let r = app
+        .admin(Method::POST, &format!("/api/v1/topics/cfg/drafts/{id}/release"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 409, "invalid_state").await;
+
+    // `"draft": true` on a publish saves a draft; a discarded one cannot be released.
+    let (s, d4) = app.post_json("/api/v1/topics/cfg/versions", &json!({"data": "{\"a\":9}", "draft": true})).await;
+    assert_eq!(s, 201, "{d4}");
+    assert_eq!(d4["state"], "open");
+    assert_eq!(app.versions_in_db("cfg").await, 2);
+    let id4 = d4["id"].as_i64().unwrap();
+    let (_, drafts) = app.get_json("/api/v1/topics/cfg/drafts").await;
+    assert_eq!(drafts["drafts"].as_array().unwrap().len(), 1, "{drafts}");
+    let (s, gone) = app.admin(Method::DELETE, &format!("/api/v1/topics/cfg/drafts/{id4}")).send_json().await;
+    assert_eq!((s, gone["state"].as_str()), (200, Some("discarded")));
+    let r = app
+        .admin(Method::POST, &format!("/api/v1/topics/cfg/drafts/{id4}/release"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 409, "invalid_state").await;
+    let payload: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT data FROM drafts WHERE id = $1").bind(id4).fetch_one(&pool).await.unwrap();
+    assert!(payload.is_none(), "a discarded draft's payload is deleted");
+    let actions: Vec<String> = audit_actions(&pool, "cfg").await.into_iter().map(|(a, _)| a).collect();
+    for a in ["draft.create", "draft.update", "draft.discard"] {
+        assert!(actions.contains(&a.to_string()), "{a} audited: {actions:?}");
+    }
+}
+
+async fn reviewed_topic(app: &TestApp, topic: &str, n: u32) -> (String, String, String) {
+    app.create_topic_with(json!({"name": topic, "owner": "sre"})).await;
+    app.publish(topic, json!({"data": "v1"})).await;
+    let (s, r) = app
+        .admin(Method::PUT, &format!("/api/v1/topics/{topic}/review"))
+        .json(&json!({"required_approvals": n, "approvers": {"team": "sre"}}))
+        .send_json()
+        .await;
+    assert_eq!(s, 200, "{r}");
+    (app.token("alice", Some("sre")).await, app.token("bob", Some("sre")).await, app.token("carol", Some("sre")).await)
+}
+
+async fn request_release(app: &TestApp, token: &str, topic: &str, data: &str) -> Value {
+    let (s, cr) = app
+        .req(Method::POST, &format!("/api/v1/topics/{topic}/versions"))
+        .bearer_auth(token)
+        .json(&json!({"data": data, "message": "please"}))
+        .send_json()
+        .await;
+    assert_eq!(s, 202, "{cr}");
+    cr
+}
+
+async fn act(app: &TestApp, token: &str, id: &Value, action: &str, body: Value) -> (u16, Value) {
+    app.req(Method::POST, &format!("/api/v1/change-requests/{id}/{action}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send_json()
+        .await
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn two_approvals_release_one_does_not_and_the_author_never_approves(pool: sqlx::PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    subscribe_all(&app).await;
+    let (alice, bob, carol) = reviewed_topic(&app, "rev", 2).await;
+    let cr = request_release(&app, &alice, "rev", "v2").await;
+    assert_eq!(cr["state"], "pending");
+    assert_eq!(cr["author"], "token:alice");
+    assert_eq!(cr["required_approvals"], 2);
+    let id = cr["id"].clone();
+    assert_eq!(app.versions_in_db("rev").await, 1);
+
+    // Only approvers, never the author; consumers and other teams do not even see it.
+    let (s, e) = act(&app, &alice, &id, "approve", json!({})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (403, Some("forbidden")), "{e}");
+    let ops = app.token("ops-token", Some("ops")).await;
+    let (s, _) = act(&app, &ops, &id, "approve", json!({})).await;
+    assert_eq!(s, 404);
+    let fleet = app.consumer_token("fleet", Some("sre"), &[], &[]).await;
+    let (s, _) = act(&app, &fleet, &id, "approve", json!({})).await;
+    assert_eq!(s, 403);
+    let r = app.req(Method::GET, "/api/v1/change-requests").bearer_auth(&fleet).send().await.unwrap();
+    assert_error(r, 403, "forbidden").await;
+    let r = app.req(Method::GET, "/api/v1/change-requests").bearer_auth(&ops).send_json().await;
+    assert_eq!(r.1["change_requests"], json!([]), "another team sees none");
+
+    let (s, one) = act(&app, &bob, &id, "approve", json!({})).await;
+    assert_eq!((s, one["state"].as_str()), (200, Some("pending")), "{one}");
+    assert_eq!(one["approvals"].as_array().unwrap().len(), 1);
+    assert_eq!(app.versions_in_db("rev").await, 1, "one approval releases nothing");
+    assert_eq!(resolve(&app, "rev").await["version"], 1);
+    let (s, e) = act(&app, &bob, &id, "approve", json!({})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (409, Some("conflict")), "the same approver twice: {e}");
+
+    let (s, done) = act(&app, &carol, &id, "approve", json!({})).await;
+    assert_eq!((s, done["state"].as_str()), (200, Some("applied")), "{done}");
+    assert_eq!(done["applied_version"], 2);
+    let v: Value = app.req(Method::GET, "/api/v1/topics/rev/versions/2").json_body().await;
+    assert_eq!(v["created_by"], "token:alice", "applied as its author: {v}");
+    assert_eq!(resolve(&app, "rev").await["version"], 2);
+    let (s, _) = act(&app, &carol, &id, "approve", json!({})).await;
+    assert_eq!(s, 409);
+
+    let listed =
+        app.req(Method::GET, "/api/v1/change-requests?topic=rev&state=applied").bearer_auth(&bob).json_body().await;
+    assert_eq!(listed["change_requests"][0]["id"], id);
+    let actions: Vec<String> = audit_actions(&pool, "rev").await.into_iter().map(|(a, _)| a).collect();
+    for a in ["change.request", "change.approve", "change.apply", "version.publish"] {
+        assert!(actions.contains(&a.to_string()), "{a}: {actions:?}");
+    }
+    let ev = events(&pool).await;
+    for e in ["change.requested", "change.approved", "change.applied", "version.published"] {
+        assert!(ev.contains(&e.to_string()), "{e}: {ev:?}");
+    }
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_rejected_request_changes_nothing_and_a_withdrawn_one_neither(pool: sqlx::PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let (alice, bob, carol) = reviewed_topic(&app, "rej", 1).await;
+    let cr = request_release(&app, &alice, "rej", "bad").await;
+    let id = cr["id"].clone();
+    let (s, e) = act(&app, &bob, &id, "reject", json!({"reason": "  "})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_request")), "a reason is needed: {e}");
+    let (s, r) = act(&app, &bob, &id, "reject", json!({"reason": "breaks checkout"})).await;
+    assert_eq!((s, r["state"].as_str(), r["reason"].as_str()), (200, Some("rejected"), Some("breaks checkout")), "{r}");
+    let (s, _) = act(&app, &carol, &id, "approve", json!({})).await;
+    assert_eq!(s, 409, "a rejected request is closed");
+    assert_eq!(app.versions_in_db("rej").await, 1);
+    assert_eq!(resolve(&app, "rej").await["version"], 1);
+
+    let cr = request_release(&app, &alice, "rej", "again").await;
+    let id = cr["id"].clone();
+    let (s, _) = act(&app, &bob, &id, "withdraw", json!({})).await;
+    assert_eq!(s, 403, "only the author withdraws");
+    let (s, w) = act(&app, &alice, &id, "withdraw", json!({})).await;
+    assert_eq!((s, w["state"].as_str()), (200, Some("withdrawn")));
+    let (s, _) = act(&app, &bob, &id, "approve", json!({})).await;
+    assert_eq!(s, 409);
+    assert_eq!(app.versions_in_db("rej").await, 1);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn two_approvers_approving_at_once_apply_it_once(pool: sqlx::PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let (alice, bob, carol) = reviewed_topic(&app, "race", 1).await;
+    for round in 0..4 {
+        let cr = request_release(&app, &alice, "race", &format!("r{round}")).await;
+        let id = cr["id"].clone();
+        let (a, b) =
+            tokio::join!(act(&app, &bob, &id, "approve", json!({})), act(&app, &carol, &id, "approve", json!({})));
+        let ok: Vec<&(u16, Value)> = [&a, &b].into_iter().filter(|r| r.0 == 200).collect();
+        assert_eq!(ok.len(), 1, "one approval is the one that applies, the other finds it closed: {a:?} {b:?}");
+        assert!([a.0, b.0].contains(&409), "{a:?} {b:?}");
+        assert_eq!(ok[0].1["state"], "applied");
+        assert_eq!(app.versions_in_db("race").await, 2 + round, "applied exactly once");
+    }
+    // Two approvals needed, both at once: applied once.
+    sqlx::query("UPDATE topic_reviews SET required_approvals = 2").execute(&pool).await.unwrap();
+    let before = app.versions_in_db("race").await;
+    let cr = request_release(&app, &alice, "race", "both").await;
+    let id = cr["id"].clone();
+    let (a, b) = tokio::join!(act(&app, &bob, &id, "approve", json!({})), act(&app, &carol, &id, "approve", json!({})));
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    assert!([&a.1["state"], &b.1["state"]].contains(&&json!("applied")), "{a:?} {b:?}");
+    assert_eq!(app.versions_in_db("race").await, before + 1);
+    let applies: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'change.apply'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applies, 5);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_scheduled_release_applies_at_its_time_and_survives_a_restart(pool: sqlx::PgPool) {
+    let clock = ManualClock::new(chrono::Utc::now());
+    let first = spawn_app_clocked(pool.clone(), pool.clone(), |_| {}, std::sync::Arc::new(clock.clone())).await;
+    first.create_topic("sched").await;
+    first.publish("sched", json!({"data": "v1"})).await;
+    let at = clock.now() + chrono::Duration::hours(1);
+    let (s, cr) = first.post_json("/api/v1/topics/sched/versions", &json!({"data": "v2", "at": at})).await;
+    assert_eq!((s, cr["state"].as_str()), (202, Some("approved")), "no review: only the time is missing: {cr}");
+    let (s, e) =
+        first.post_json("/api/v1/topics/sched/versions", &json!({"data": "v2", "at": "2001-01-01T00:00:00Z"})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_request")), "{e}");
+    // A second one is cancelled before its time.
+    let (_, cancelled) = first.post_json("/api/v1/topics/sched/versions", &json!({"data": "never", "at": at})).await;
+    let (s, w) = act(&first, "e2e-unused", &cancelled["id"], "withdraw", json!({})).await;
+    assert_eq!(s, 401, "{w}");
+    let (s, w) = first.post_json(&format!("/api/v1/change-requests/{}/withdraw", cancelled["id"]), &json!({})).await;
+    assert_eq!((s, w["state"].as_str()), (200, Some("withdrawn")));
+    // A draft waiting for its time is not released beside its request.
+    let draft = cr["draft_id"].clone();
+    let r = first
+        .admin(Method::POST, &format!("/api/v1/topics/sched/drafts/{draft}/release"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 409, "invalid_state").await;
+
+    // The only server goes away before the time; the time passes; nothing applied it.
+    first.imprint().finish_shutdown().await;
+    clock.advance(chrono::Duration::minutes(61));
+    assert_eq!(first.versions_in_db("sched").await, 1);
+    // A new server applies it from Postgres, once.
+    let second = spawn_app_clocked(pool.clone(), pool.clone(), |_| {}, std::sync::Arc::new(clock.clone())).await;
+    let id = cr["id"].clone();
+    let done = eventually("the scheduled release is applied", || async {
+        let (_, r) = second.get_json(&format!("/api/v1/change-requests/{id}")).await;
+        (r["state"] == "applied").then_some(r)
+    })
+    .await;
+    assert_eq!(done["applied_version"], 2);
+    assert_eq!(second.versions_in_db("sched").await, 2, "the withdrawn one never ran");
+    assert_eq!(resolve(&second, "sched").await["version"], 2);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_scheduled_release_without_its_approvals_expires_and_says_so(pool: sqlx::PgPool) {
+    let clock = ManualClock::new(chrono::Utc::now());
+    let app = spawn_app_clocked(pool.clone(), pool.clone(), |_| {}, std::sync::Arc::new(clock.clone())).await;
+    let (alice, _bob, _carol) = reviewed_topic(&app, "late", 2).await;
+    let at = clock.now() + chrono::Duration::minutes(5);
+    let (s, cr) = app
+        .req(Method::POST, "/api/v1/topics/late/versions")
+        .bearer_auth(&alice)
+        .json(&json!({"data": "v2", "at": at}))
+        .send_json()
+        .await;
+    assert_eq!((s, cr["state"].as_str()), (202, Some("pending")), "{cr}");
+    clock.advance(chrono::Duration::minutes(6));
+    let id = cr["id"].clone();
+    let r = eventually("the request expires", || async {
+        let (_, r) = app.get_json(&format!("/api/v1/change-requests/{id}")).await;
+        (r["state"] == "expired").then_some(r)
+    })
+    .await;
+    assert!(r["reason"].as_str().unwrap().contains("before its approvals"), "{r}");
+    assert_eq!(app.versions_in_db("late").await, 1);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_release_in_a_freeze_is_refused_a_break_glass_goes_through_flagged_and_a_pin_works(pool: sqlx::PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    subscribe_all(&app).await;
+    app.create_topic("fz").await;
+    app.publish("fz", json!({"data": "v1"})).await;
+    let now = chrono::Utc::now();
+    let (s, f) = app
+        .post_json("/api/v1/freezes", &json!({"name": "year end", "from": now - chrono::Duration::hours(1), "to": now + chrono::Duration::hours(1)}))
+        .await;
+    assert_eq!(s, 201, "{f}");
+    assert_eq!((f["active"].as_bool(), f["scope"].as_str()), (Some(true), Some("global")));
+    // Bad windows are refused clearly.
+    for bad in [
+        json!({"name": "x", "from": now}),
+        json!({"name": "x", "recurring": {"days": [], "from": "00:00", "to": "01:00", "tz": "UTC"}}),
+        json!({"name": "x", "recurring": {"days": ["sat"], "from": "00:00", "to": "01:00", "tz": "Mars/Base"}}),
+        json!({"name": "", "from": now, "to": now + chrono::Duration::hours(1)}),
+    ] {
+        let (s, e) = app.post_json("/api/v1/freezes", &bad).await;
+        assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_request")), "{bad}: {e}");
+    }
+    let payments = app.token("pay", Some("payments")).await;
+    let r = app
+        .req(Method::POST, "/api/v1/freezes")
+        .bearer_auth(&payments)
+        .json(&json!({"name": "mine", "from": now, "to": now + chrono::Duration::hours(1)}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+
+    let r = app
+        .req(Method::POST, "/api/v1/topics/fz/versions")
+        .bearer_auth(&payments)
+        .json(&json!({"data": "v2"}))
+        .send()
+        .await
+        .unwrap();
+    let e = assert_error(r, 423, "change_frozen").await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("year end"), "names the window: {e}");
+    assert_eq!(app.versions_in_db("fz").await, 1);
+    // A publish released to nobody is no release: allowed.
+    let (s, _) =
+        app.post_json("/api/v1/topics/fz/versions", &json!({"data": "dark", "scopes": [], "rollout": null})).await;
+    assert_eq!(s, 201);
+    // Break glass: admins only, with a reason.
+    let r = app
+        .req(Method::POST, "/api/v1/topics/fz/versions")
+        .bearer_auth(&payments)
+        .json(&json!({"data": "v3", "break_glass": "outage"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+    let (s, e) = app.post_json("/api/v1/topics/fz/versions", &json!({"data": "v3", "break_glass": " "})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_request")));
+    let (s, v) =
+        app.post_json("/api/v1/topics/fz/versions", &json!({"data": "v3", "break_glass": "INC-42 hotfix"})).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["version"], 3);
+    let audit = audit_actions(&pool, "fz").await;
+    let glass = audit.iter().find(|(a, _)| a == "change.break_glass").expect("break glass audited");
+    assert_eq!(glass.1["reason"], "INC-42 hotfix");
+    let publish = audit.iter().rfind(|(a, _)| a == "version.publish").unwrap();
+    assert_eq!(publish.1["break_glass"], "INC-42 hotfix", "the version's publish is flagged");
+    assert!(events(&pool).await.contains(&"change.break_glass".to_string()));
+
+    // Pins and unpins are how incidents are mitigated: allowed during the freeze.
+    let r = app
+        .admin(Method::PUT, "/api/v1/topics/fz/pins")
+        .json(&json!({"selector": {"region": "eu"}, "version": 1, "reason": "roll back"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(resolve(&app, "fz").await["version"], 1);
+
+    // The overview's banner: the topic's active freezes.
+    let (s, active) = app.get_json("/api/v1/topics/fz/freezes").await;
+    assert_eq!(s, 200);
+    assert_eq!(active["freezes"][0]["name"], "year end");
+    // A team's window holds only that team's topics; deleted, releases go again.
+    let (s, _) = app.admin(Method::DELETE, &format!("/api/v1/freezes/{}", f["id"])).send_json().await;
+    assert_eq!(s, 204);
+    let (s, team) = app
+        .post_json("/api/v1/freezes", &json!({"name": "ops weekend", "team": "ops", "recurring": {"days": ["mon","tue","wed","thu","fri","sat","sun"], "from": "00:00", "to": "00:00", "tz": "UTC"}}))
+        .await;
+    assert_eq!(s, 400, "from and to differ: {team}");
+    let (s, team) = app
+        .post_json("/api/v1/freezes", &json!({"name": "ops always", "team": "ops", "recurring": {"days": ["mon","tue","wed","thu","fri","sat","sun"], "from": "00:00", "to": "23:59", "tz": "Europe/Berlin"}}))
+        .await;
+    assert_eq!(s, 201, "{team}");
+    let (s, _) = app.post_json("/api/v1/topics/fz/versions", &json!({"data": "v4"})).await;
+    assert_eq!(s, 201, "payments' topic is not in ops' freeze");
+}
