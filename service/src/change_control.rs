@@ -669,6 +669,9 @@ impl Imprint {
             message,
             rollout: input.rollout,
             sha256: Some(d.sha256.clone()),
+            // The topic's pre-release checks run on release like on any publish
+            // (docs/validation.md); a draft is not forced past them.
+            force: None,
         };
         let control = Control { draft: Some(id), request: None, break_glass };
         Ok(Released::Published(self.publish_with(caller, topic, publish, control).await?))
@@ -1104,6 +1107,7 @@ impl Imprint {
                 message: r.message.clone(),
                 rollout: rollout_of(r.change.get("rollout").unwrap_or(&Value::Null))?,
                 sha256: Some(d.sha256),
+                force: None,
             };
             let control = Control { draft: Some(draft_id), request: Some(id), break_glass: None };
             self.publish_with(&as_author, &topic, input, control).await

@@ -98,6 +98,7 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
             diff: None,
             others,
             encrypted,
+            checks,
         });
     }
     let (rendered, truncated) = if v.purged {
