@@ -57,6 +57,18 @@ pub(crate) async fn apply_setting(
             "an end-to-end encrypted topic cannot have {what}: the server never sees its plaintext"
         )));
     }
+    // Pre-release checks that read the payload's records (docs/validation.md) would count
+    // ciphertext; size, content type and external validators see what they would anyway.
+    use imprint_domain::checks::CheckKind;
+    let checks = store::checks::settings(&mut *conn, id).await?;
+    if let Some(c) =
+        checks.checks.iter().find(|c| matches!(c.kind, CheckKind::RecordCountChangePct | CheckKind::NotEmpty))
+    {
+        let what = if c.kind == CheckKind::NotEmpty { "not_empty" } else { "record_count_change_pct" };
+        return Err(Error::invalid(format!(
+            "an end-to-end encrypted topic cannot have a {what} check: the server never sees its plaintext"
+        )));
+    }
     Ok(())
 }
 

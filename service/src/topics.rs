@@ -384,10 +384,14 @@ impl Imprint {
         };
         check_apollo_app(&mut tx, caller, id, None).await?;
         check_spring_app(&mut tx, caller, id, None).await?;
+        let with_checks = checks != Default::default();
+        if with_checks {
+            store::checks::set_settings(&mut tx, id, &checks, now).await?;
+        }
+        // After the checks are stored: the setting refuses those that need plaintext.
         crate::encryption::apply_setting(&mut tx, id, encryption.as_ref().map(Some)).await?;
         let mut settings = store::topics::settings_json(&mut tx, id).await?;
-        if checks != Default::default() {
-            store::checks::set_settings(&mut tx, id, &checks, now).await?;
+        if with_checks {
             settings["checks"] = serde_json::json!(checks.checks.iter().map(|c| c.redacted()).collect::<Vec<_>>());
             settings["on_failure"] = serde_json::json!(checks.on_failure);
         }

@@ -56,6 +56,10 @@ async fn the_setting_is_checked_and_refuses_server_side_plaintext_checks(pool: s
     let msg =
         bad(json!({"name": "s.a", "apollo": {"app_id": "a", "namespace": "n"}, "encryption": e2e(json!([r1]))})).await;
     assert!(msg.contains("Apollo"), "{msg}");
+    // Pre-release checks that count records would count ciphertext (docs/validation.md).
+    let counted = json!([{"type": "record_count_change_pct", "max_pct": 20}]);
+    let msg = bad(json!({"name": "s.a", "checks": counted, "encryption": e2e(json!([r1]))})).await;
+    assert!(msg.contains("record_count_change_pct") && msg.contains("plaintext"), "{msg}");
     assert_eq!(app.versions_in_db("s.a").await, 0);
     let (s, _) = app.get_json("/api/v1/topics/s.a").await;
     assert_eq!(s, 404, "nothing was created by a refused setting");
@@ -64,9 +68,12 @@ async fn the_setting_is_checked_and_refuses_server_side_plaintext_checks(pool: s
     let t = app.create_topic_with(json!({"name": "s.a", "encryption": e2e(json!([r1.to_uppercase(), r1, r2]))})).await;
     assert_eq!(t["encryption"], e2e(json!([r1, r2])));
     // Binding it later is refused too, and so is a schema; the topic is unchanged.
-    for patch in
-        [json!({"spring": {"application": "shop"}}), json!({"json_schema": {"type": "object"}}), json!({"ofrep": {}})]
-    {
+    for patch in [
+        json!({"spring": {"application": "shop"}}),
+        json!({"json_schema": {"type": "object"}}),
+        json!({"ofrep": {}}),
+        json!({"checks": [{"type": "not_empty"}]}),
+    ] {
         let r = app.admin(Method::PATCH, "/api/v1/topics/s.a").json(&patch).send().await.expect("send");
         let body = assert_error(r, 400, "invalid_request").await;
         assert!(body["error"]["message"].as_str().unwrap().contains("end-to-end"), "{body}");
