@@ -4,6 +4,7 @@
 
 pub mod apollo;
 mod diff;
+pub mod fairness;
 mod names;
 mod pins;
 mod resolve;
