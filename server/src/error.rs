@@ -46,6 +46,9 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
+        if let Error::Overloaded { retry_after_s } = e {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+        }
         if let Error::RangeNotSatisfiable { size } = e {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 headers.insert(header::CONTENT_RANGE, v);
@@ -145,6 +148,7 @@ mod tests {
             (Error::RangeNotSatisfiable { size: 1 }, 416, "invalid_range"),
             (Error::TooManyStreams(s()), 503, "too_many_streams"),
             (Error::TooManyConnections, 429, "too_many_connections"),
+            (Error::Overloaded { retry_after_s: 1 }, 429, "overloaded"),
             (Error::Internal("secret detail".into()), 500, "internal"),
         ]
     }
@@ -186,6 +190,7 @@ mod tests {
             Error::Internal(_) => 30,
             Error::TooManyConnections => 31,
             Error::WebhookNotFound(_) => 32,
+            Error::Overloaded { .. } => 33,
         }
     }
 
@@ -194,7 +199,7 @@ mod tests {
         let cases = every_kind();
         let mut kinds: Vec<usize> = cases.iter().map(|(e, _, _)| kind(e)).collect();
         kinds.sort_unstable();
-        assert_eq!(kinds, (0..=32).collect::<Vec<_>>(), "every kind of error, once");
+        assert_eq!(kinds, (0..=33).collect::<Vec<_>>(), "every kind of error, once");
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
             let message = e.public_message();

@@ -273,6 +273,7 @@ pub struct ConsumerFilter {
     pub group_by: Option<String>,
 }
 
+#[derive(Clone)]
 pub struct ConsumerList {
     /// Trouble first: failed to apply, then lagging, then not seen lately, then the rest
     /// (each most recently seen first).
