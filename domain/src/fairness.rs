@@ -1,53 +1,49 @@
-//! An adaptive concurrency limit in the manner of Netflix's concurrency-limits `Gradient2`:
-//! the limit follows the ratio of a long-term latency average to the latest latency. While
-//! latency stays near its long-term level the limit grows (by about √limit per sample,
-//! smoothed); when requests take longer than `tolerance` times the long-term level — work
-//! is queueing — it shrinks, down to half per sample at most. A bucket that does not use
-//! half its limit keeps it (an idle application's limit does not drift). Pure: the server's
-//! fair-serving layer (server/src/fairness.rs) feeds it latencies and asks for the limit.
+//! An adaptive concurrency limit in the manner of Netflix's concurrency-limits `VegasLimit`
+//! (after TCP Vegas): from a request's latency and the bucket's no-load latency (the least
+//! it has seen), the requests queued are estimated as `limit × (1 − no_load / latency)`.
+//! Few queued (≤ α = 3·log10 limit): the limit grows by log10 limit; many (> β = 6·log10
+//! limit): it shrinks by as much. A bucket not using half its limit keeps it, and only then
+//! may its no-load latency drift up (slowly), so a sustained flood cannot teach the bucket
+//! that queueing is normal — the reason for Vegas over Gradient2 here: Gradient's long-term
+//! average catches up with a flood that lasts, and the limit climbs back.
+//! Pure: the server's fair-serving layer (server/src/fairness.rs) feeds it latencies.
 use std::time::Duration;
 
 /// The limit's parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct GradientParams {
+pub struct VegasParams {
     pub initial: usize,
     pub min: usize,
     pub max: usize,
-    /// How much slower than the long-term average a request may be before the limit
-    /// shrinks (Netflix's default: 1.5; 2.0 here, polls' latency is noisy).
-    pub tolerance: f64,
-    /// How far one sample moves the limit toward its target (0–1).
-    pub smoothing: f64,
-    /// Samples in the long-term average (an exponential moving average over about this many).
-    pub long_window: u32,
 }
 
-impl Default for GradientParams {
+impl Default for VegasParams {
     fn default() -> Self {
-        GradientParams { initial: 20, min: 4, max: 200, tolerance: 2.0, smoothing: 0.2, long_window: 100 }
+        VegasParams { initial: 20, min: 4, max: 200 }
     }
 }
 
-/// Latencies below this are taken as this: a sub-millisecond request says nothing about
-/// queueing, and the ratio of two tiny numbers is noise.
-const MIN_SAMPLE: Duration = Duration::from_micros(200);
+/// Latencies below this are taken as this: a sub-millisecond difference says nothing about
+/// queueing.
+const MIN_SAMPLE: Duration = Duration::from_micros(500);
+/// How fast an idle bucket's no-load latency may rise per sample (it follows a slower
+/// workload within some thousand requests).
+const NO_LOAD_DRIFT: f64 = 1.001;
 
 #[derive(Clone, Debug)]
-pub struct GradientLimit {
-    p: GradientParams,
+pub struct VegasLimit {
+    p: VegasParams,
     limit: f64,
-    /// The long-term latency (seconds), an EMA; None before the first sample.
-    long: Option<f64>,
-    /// Samples seen (for the EMA's warm-up).
-    samples: u32,
+    /// The no-load latency (seconds); None before the first sample.
+    no_load: Option<f64>,
 }
 
-impl GradientLimit {
-    pub fn new(p: GradientParams) -> Self {
+impl VegasLimit {
+    pub fn new(p: VegasParams) -> Self {
         let min = p.min.max(1);
         let max = p.max.max(min);
-        let p = GradientParams { min, max, initial: p.initial.clamp(min, max), ..p };
-        GradientLimit { p, limit: p.initial as f64, long: None, samples: 0 }
+        let p = VegasParams { min, max, initial: p.initial.clamp(min, max) };
+        VegasLimit { p, limit: p.initial as f64, no_load: None }
     }
 
     /// Requests allowed in flight now.
@@ -58,31 +54,31 @@ impl GradientLimit {
     /// One request took `rtt` (its working time, not time parked waiting for news), with
     /// `in_flight` requests of its bucket running when it ended (itself included).
     pub fn sample(&mut self, rtt: Duration, in_flight: usize) {
-        let short = rtt.max(MIN_SAMPLE).as_secs_f64();
-        self.samples = self.samples.saturating_add(1);
-        let n = f64::from(self.samples.min(self.p.long_window.max(1)));
-        let long = match self.long {
-            None => short,
-            Some(l) => l + (short - l) / n,
+        let rtt = rtt.max(MIN_SAMPLE).as_secs_f64();
+        let app_limited = (in_flight as f64) < self.limit / 2.0;
+        let no_load = match self.no_load {
+            None => rtt,
+            Some(n) if app_limited => rtt.min(n * NO_LOAD_DRIFT),
+            Some(n) => rtt.min(n),
         };
-        // A long-term average far above what requests take now is left from a past
-        // overload: let it come down faster (Gradient2 does the same).
-        let long = if long / short > 2.0 { long * 0.95 } else { long };
-        self.long = Some(long);
-        // Not using half its limit: the bucket is not what limits it; keep the limit.
-        if (in_flight as f64) < self.limit / 2.0 {
+        self.no_load = Some(no_load);
+        if app_limited {
             return;
         }
-        let gradient = (self.p.tolerance * long / short).clamp(0.5, 1.0);
-        let queue = self.limit.sqrt();
-        let target = self.limit * gradient + queue;
-        let next = self.limit * (1.0 - self.p.smoothing) + target * self.p.smoothing;
+        let log = self.limit.max(1.0).log10().max(1.0);
+        let queued = self.limit * (1.0 - no_load / rtt);
+        let next = if queued <= 3.0 * log {
+            self.limit + log
+        } else if queued > 6.0 * log {
+            self.limit - log
+        } else {
+            self.limit
+        };
         self.limit = next.clamp(self.p.min as f64, self.p.max as f64);
     }
 
-    /// A request of this bucket was refused (its wait in the queue ran out): the bucket is
-    /// asking for more than it gets; the limit is not raised by it, and shrinks a little
-    /// (the queue is a symptom of overload as much as slow answers are).
+    /// A request of this bucket was refused (its wait for a place ran out): the bucket asks
+    /// for more than it gets, a symptom of overload as much as slow answers are.
     pub fn refused(&mut self) {
         self.limit = (self.limit * 0.98).clamp(self.p.min as f64, self.p.max as f64);
     }
@@ -92,49 +88,66 @@ impl GradientLimit {
 mod tests {
     use super::*;
 
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
+    fn ms(n: f64) -> Duration {
+        Duration::from_secs_f64(n / 1e3)
+    }
+
+    /// A server with `cores` that takes `service_ms` per request: with `in_flight` requests
+    /// of the bucket running, each takes about this long.
+    fn loaded(service_ms: f64, cores: f64, in_flight: usize) -> Duration {
+        ms(service_ms * (in_flight as f64 / cores).max(1.0))
     }
 
     #[test]
-    fn steady_latency_at_full_use_grows_the_limit_to_its_max() {
-        let mut l = GradientLimit::new(GradientParams { initial: 10, max: 100, ..Default::default() });
-        for _ in 0..500 {
-            let in_flight = l.limit();
-            l.sample(ms(5), in_flight);
+    fn without_queueing_at_full_use_the_limit_grows_to_its_max() {
+        let mut l = VegasLimit::new(VegasParams { initial: 10, max: 100, ..Default::default() });
+        for _ in 0..2000 {
+            let f = l.limit();
+            l.sample(ms(5.0), f);
         }
         assert_eq!(l.limit(), 100);
     }
 
     #[test]
-    fn latency_rising_far_above_its_long_term_level_shrinks_the_limit() {
-        let mut l = GradientLimit::new(GradientParams { initial: 50, max: 100, ..Default::default() });
-        for _ in 0..200 {
+    fn a_flood_that_saturates_the_server_is_held_near_the_cores_it_has() {
+        // Two cores, 2 ms a request: every request in flight beyond two only queues.
+        let mut l = VegasLimit::new(VegasParams { initial: 20, min: 2, max: 200 });
+        l.sample(ms(2.0), 1); // once, unloaded
+        for _ in 0..5000 {
             let f = l.limit();
-            l.sample(ms(5), f);
+            l.sample(loaded(2.0, 2.0, f), f);
+        }
+        assert!(l.limit() <= 12, "a sustained flood does not climb back: {}", l.limit());
+        assert!(l.limit() >= 2);
+    }
+
+    #[test]
+    fn latency_rising_far_above_no_load_shrinks_the_limit() {
+        let mut l = VegasLimit::new(VegasParams { initial: 50, max: 100, ..Default::default() });
+        for _ in 0..100 {
+            let f = l.limit();
+            l.sample(ms(5.0), f);
         }
         let before = l.limit();
-        // Work queues: requests take ten times as long.
-        for _ in 0..30 {
+        for _ in 0..60 {
             let f = l.limit();
-            l.sample(ms(50), f);
+            l.sample(ms(50.0), f);
         }
         assert!(l.limit() < before / 2, "{} -> {}", before, l.limit());
-        assert!(l.limit() >= 4, "never below min");
     }
 
     #[test]
     fn an_idle_bucket_keeps_its_limit() {
-        let mut l = GradientLimit::new(GradientParams { initial: 40, ..Default::default() });
+        let mut l = VegasLimit::new(VegasParams { initial: 40, ..Default::default() });
         for _ in 0..100 {
-            l.sample(ms(100), 1);
+            l.sample(ms(100.0), 1);
         }
         assert_eq!(l.limit(), 40);
     }
 
     #[test]
     fn refusals_lower_the_limit_but_not_below_min() {
-        let mut l = GradientLimit::new(GradientParams { initial: 20, min: 4, ..Default::default() });
+        let mut l = VegasLimit::new(VegasParams { initial: 20, min: 4, ..Default::default() });
         l.refused();
         assert!(l.limit() < 20);
         for _ in 0..1000 {
@@ -145,7 +158,7 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_clamped() {
-        let l = GradientLimit::new(GradientParams { initial: 0, min: 0, max: 0, ..Default::default() });
+        let l = VegasLimit::new(VegasParams { initial: 0, min: 0, max: 0 });
         assert_eq!(l.limit(), 1);
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! A request's application (its bucket) is its bearer token (by the token's hash), else the
 //! `app` label of its `labels=` query, else its client address (behind trusted proxies, as
-//! the listener finds it). Each bucket has an `imprint_domain::fairness::GradientLimit`,
+//! the listener finds it). Each bucket has an `imprint_domain::fairness::VegasLimit`,
 //! fed with the working time of its requests: a long poll gives its place back when it parks
 //! (`imprint_service::fair::with_park_hook`), so waiting for news neither counts as work nor
 //! holds a place (parked polls stay under the long-poll caps). Buckets are bounded
@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use imprint_domain::fairness::{GradientLimit, GradientParams};
+use imprint_domain::fairness::{VegasLimit, VegasParams};
 use imprint_service::fair::FairConfig;
 use imprint_service::{Error, Imprint};
 use std::collections::{HashMap, HashSet};
@@ -53,7 +53,7 @@ impl BucketKey {
 }
 
 struct BucketState {
-    limit: GradientLimit,
+    limit: VegasLimit,
     in_flight: usize,
     waiting: usize,
     last_used: Instant,
@@ -68,11 +68,11 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(label: &str, params: GradientParams) -> Self {
+    fn new(label: &str, params: VegasParams) -> Self {
         let label = metric_label(label);
         Bucket {
             state: Mutex::new(BucketState {
-                limit: GradientLimit::new(params),
+                limit: VegasLimit::new(params),
                 in_flight: 0,
                 waiting: 0,
                 last_used: Instant::now(),
@@ -213,12 +213,12 @@ impl Fairness {
     }
 }
 
-fn params(c: &FairConfig) -> GradientParams {
-    GradientParams { initial: c.initial_limit, min: c.min_limit, max: c.max_limit, ..GradientParams::default() }
+fn params(c: &FairConfig) -> VegasParams {
+    VegasParams { initial: c.initial_limit, min: c.min_limit, max: c.max_limit }
 }
 
-/// The consumer and read paths: every GET and HEAD under `/api/v1/` but the operations
-/// endpoints (health, readiness, metrics, the OpenAPI document), and the poll.
+/// The consumer and read paths: every GET and HEAD under `/api/v1/` but the OpenAPI
+/// document, and the poll (`/healthz`, `/readyz`, `/metrics` are not under `/api/v1/`).
 fn limited(req: &Request) -> bool {
     use axum::http::Method;
     let path = req.uri().path();
@@ -227,7 +227,7 @@ fn limited(req: &Request) -> bool {
         return *req.method() == Method::POST;
     }
     let read = *req.method() == Method::GET || *req.method() == Method::HEAD;
-    read && !matches!(rest, "health" | "healthz" | "ready" | "readyz" | "metrics" | "openapi.json")
+    read && rest != "openapi.json"
 }
 
 /// Whose request it is: token, else `app` label, else address.

@@ -8,7 +8,9 @@
 //! against them after the shared load (`Imprint::coalesced`), exactly as the uncoalesced
 //! path checks them. Keys hold the topic's `change_seq` as this node's serving state knows
 //! it, so an entry is not used past a publish, scope, pin or rollout change the node has
-//! learnt of; an answer is at most `coalesce_ttl` older than the query it came from.
+//! learnt of (consumer lists also hold this node's audit-flush count); an answer is at most
+//! `coalesce_ttl` older than the query it came from. The read right is checked on both the
+//! loaded topic row and the topic as the serving state holds it now.
 use crate::auth::Caller;
 use crate::error::Result;
 use crate::Imprint;
@@ -114,6 +116,8 @@ pub(crate) struct Reads {
     queries: AtomicU64,
     /// Requests answered from another's query.
     hits: AtomicU64,
+    /// Moves when this node writes the consumer audit (part of consumer lists' keys).
+    audit_epoch: AtomicU64,
 }
 
 impl Reads {
@@ -126,7 +130,17 @@ impl Reads {
             payloads: Coalescer::new(ttl, max.min(64)),
             queries: AtomicU64::new(0),
             hits: AtomicU64::new(0),
+            audit_epoch: AtomicU64::new(0),
         }
+    }
+
+    /// This node wrote the consumer audit: consumer lists are loaded again.
+    pub fn audit_written(&self) {
+        self.audit_epoch.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn audit_epoch(&self) -> u64 {
+        self.audit_epoch.load(Ordering::Relaxed)
     }
 
     /// `n` queries were made by a coalesced load.
@@ -158,6 +172,11 @@ impl Imprint {
             metrics::counter!("imprint_coalesced_hits_total").increment(1);
         }
         caller.require_read(&g.name, &g.owner, g.restricted)?;
+        // And as the topic stands now, if its owner or restriction changed since the load
+        // (the serving state follows every change): the stricter of the two answers.
+        if let Some(now) = self.state().get(&g.name) {
+            caller.require_read(&g.name, &now.owner, now.restricted)?;
+        }
         Ok(g.value.clone())
     }
 

@@ -24,6 +24,7 @@ impl Imprint {
         let cols = columns(&entries);
         match store::consumers::upsert(self.pool(), &cols).await {
             Ok(()) => {
+                self.inner.coalesced.audit_written();
                 let mut topics = cols.topic_ids.clone();
                 topics.sort_unstable();
                 topics.dedup();
@@ -111,7 +112,12 @@ impl Imprint {
             Some(Ok((rank, last_seen, instance))) => store::consumers::PageStart::After { rank, last_seen, instance },
         };
         // Coalesced (crate::coalesce): identical concurrent lists share the four queries.
-        let key = format!("{}\u{0}{}\u{0}{filter:?}", topic.as_str(), self.change_seq(topic.as_str()));
+        let key = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{filter:?}",
+            topic.as_str(),
+            self.change_seq(topic.as_str()),
+            self.inner.coalesced.audit_epoch()
+        );
         self.coalesced(|r| &r.consumers, key, caller, || async {
             self.inner.coalesced.queried(5);
             let t = {

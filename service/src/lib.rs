@@ -13,6 +13,7 @@
 pub mod apollo;
 pub mod audit;
 pub mod audit_log;
+pub mod blobs;
 pub mod auth;
 mod background;
 pub mod clock;

@@ -5,6 +5,7 @@
 //! the service and map the answer. Routes are registered through `utoipa_axum`, so every
 //! route is in the OpenAPI document by construction. To add an endpoint: a handler with
 //! its `#[utoipa::path]` in its feature's file, listed in that file's `routes()`.
+pub mod blobs;
 pub mod consumers;
 pub mod doc;
 pub mod ops;
@@ -28,6 +29,7 @@ pub fn routes_and_doc() -> (axum::Router<Imprint>, utoipa::openapi::OpenApi) {
         .merge(pins::routes())
         .merge(rollouts::routes())
         .merge(consumers::routes())
+        .merge(blobs::routes())
         .merge(relay::routes())
         .merge(webhooks::routes())
         .merge(ops::routes())

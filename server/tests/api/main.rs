@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 mod apollo;
 mod connection;
+mod fairness;
 mod consumers;
 mod fuzz;
 mod objects;

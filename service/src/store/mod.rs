@@ -6,6 +6,7 @@ use crate::error::Result;
 use sqlx::PgConnection;
 
 pub(crate) mod audit_log;
+pub(crate) mod blobs;
 pub(crate) mod consumers;
 pub(crate) mod history;
 pub(crate) mod objects;
