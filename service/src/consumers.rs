@@ -118,16 +118,21 @@ impl Imprint {
             self.change_seq(topic.as_str()),
             self.inner.coalesced.audit_epoch()
         );
-        self.coalesced(|r| &r.consumers, key, caller, || async {
-            self.inner.coalesced.queried(5);
-            let t = {
-                let mut conn = self.pool().acquire().await?;
-                store::topics::require(&mut conn, topic, false).await?
-            };
-            let (name, owner, restricted) = (t.name.clone(), t.owner.clone(), t.restricted);
-            let value = self.consumers_of(t, filter, limit, start).await?;
-            Ok(crate::coalesce::Guarded { name, owner, restricted, value })
-        })
+        self.coalesced(
+            |r| &r.consumers,
+            key,
+            caller,
+            || async {
+                self.inner.coalesced.queried(5);
+                let t = {
+                    let mut conn = self.pool().acquire().await?;
+                    store::topics::require(&mut conn, topic, false).await?
+                };
+                let (name, owner, restricted) = (t.name.clone(), t.owner.clone(), t.restricted);
+                let value = self.consumers_of(t, filter, limit, start).await?;
+                Ok(crate::coalesce::Guarded { name, owner, restricted, value })
+            },
+        )
         .await
     }
 

@@ -128,7 +128,9 @@ impl Error {
                 S::UNPROCESSABLE_ENTITY
             }
             Error::RangeNotSatisfiable { .. } => S::RANGE_NOT_SATISFIABLE,
-            Error::TooManyAttempts { .. } | Error::TooManyConnections | Error::Overloaded { .. } => S::TOO_MANY_REQUESTS,
+            Error::TooManyAttempts { .. } | Error::TooManyConnections | Error::Overloaded { .. } => {
+                S::TOO_MANY_REQUESTS
+            }
             Error::Busy(_)
             | Error::TooManyStreams(_)
             | Error::StorageUnavailable(_)

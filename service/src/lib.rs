@@ -13,9 +13,9 @@
 pub mod apollo;
 pub mod audit;
 pub mod audit_log;
-pub mod blobs;
 pub mod auth;
 mod background;
+pub mod blobs;
 pub mod clock;
 pub mod coalesce;
 pub mod consumers;

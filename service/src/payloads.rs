@@ -313,26 +313,42 @@ impl Imprint {
         self.require_direct_reader(caller)?;
         // Coalesced (crate::coalesce): identical concurrent downloads share the two queries.
         let key = format!("{}\u{0}{}\u{0}{version}", topic.as_str(), self.change_seq(topic.as_str()));
-        self.coalesced(|r| &r.payloads, key, caller, || async {
-            let mut conn = self.pool().acquire().await?;
-            self.inner.coalesced.queried(2);
-            let t = store::topics::require(&mut conn, topic, false).await?;
-            let row = store::versions::data(&mut *conn, t.id, version as i64).await?;
-            let guard = |value| crate::coalesce::Guarded { name: t.name.clone(), owner: t.owner.clone(), restricted: t.restricted, value };
-            // A caller who may not read the topic is refused before learning anything of it.
-            let Some(row) = row else { return Ok(guard(Err(crate::coalesce::Missing::Version))) };
-            if row.purged_at.is_some() {
-                return Ok(guard(Err(crate::coalesce::Missing::Purged)));
-            }
-            let body = match (row.inline_data, row.object_key) {
-                (Some(data), _) => PayloadBody::Inline(Bytes::from(data)),
-                (None, Some(key)) => PayloadBody::Object(key),
-                (None, None) => {
-                    return Err(Error::Internal(format!("version {version} of {} has no stored payload", t.name)))
+        self.coalesced(
+            |r| &r.payloads,
+            key,
+            caller,
+            || async {
+                let mut conn = self.pool().acquire().await?;
+                self.inner.coalesced.queried(2);
+                let t = store::topics::require(&mut conn, topic, false).await?;
+                let row = store::versions::data(&mut *conn, t.id, version as i64).await?;
+                let guard = |value| crate::coalesce::Guarded {
+                    name: t.name.clone(),
+                    owner: t.owner.clone(),
+                    restricted: t.restricted,
+                    value,
+                };
+                // A caller who may not read the topic is refused before learning anything of it.
+                let Some(row) = row else { return Ok(guard(Err(crate::coalesce::Missing::Version))) };
+                if row.purged_at.is_some() {
+                    return Ok(guard(Err(crate::coalesce::Missing::Purged)));
                 }
-            };
-            Ok(guard(Ok(VersionPayload { version, content_type: row.content_type, sha256: row.sha256, size: row.size as u64, body })))
-        })
+                let body = match (row.inline_data, row.object_key) {
+                    (Some(data), _) => PayloadBody::Inline(Bytes::from(data)),
+                    (None, Some(key)) => PayloadBody::Object(key),
+                    (None, None) => {
+                        return Err(Error::Internal(format!("version {version} of {} has no stored payload", t.name)))
+                    }
+                };
+                Ok(guard(Ok(VersionPayload {
+                    version,
+                    content_type: row.content_type,
+                    sha256: row.sha256,
+                    size: row.size as u64,
+                    body,
+                })))
+            },
+        )
         .await?
         .map_err(|m| m.error(topic.as_str(), version))
     }

@@ -216,10 +216,20 @@ async fn coalesced_reads_never_give_a_restricted_topic_to_another_caller(pool: s
                     (r.status().as_u16(), r.text().await.unwrap())
                 }
             };
-            let (a, b) = if first_red { (Some(red.clone()), Some(blue.clone())) } else { (Some(blue.clone()), Some(red.clone())) };
+            let (a, b) = if first_red {
+                (Some(red.clone()), Some(blue.clone()))
+            } else {
+                (Some(blue.clone()), Some(red.clone()))
+            };
             let mut burst = vec![get(a.clone())];
             for i in 0..40 {
-                burst.push(get(if i % 3 == 0 { None } else if i % 2 == 0 { a.clone() } else { b.clone() }));
+                burst.push(get(if i % 3 == 0 {
+                    None
+                } else if i % 2 == 0 {
+                    a.clone()
+                } else {
+                    b.clone()
+                }));
             }
             let mut answers = join_all(burst).await;
             answers.push(get(b.clone()).await);

@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used)]
 mod apollo;
 mod connection;
-mod fairness;
 mod consumers;
+mod fairness;
 mod fuzz;
 mod objects;
 mod ofrep;
