@@ -222,7 +222,7 @@ pub(crate) struct Inner {
     /// When this worker last expired old consumers.
     pub last_consumer_expiry: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Identical concurrent reads share one query (service/src/coalesce.rs).
-    pub(crate) coalesced: crate::coalesce::Reads,
+    pub(crate) coalesced: crate::coalesce_reads::Reads,
 }
 
 /// How long a looked-up token is trusted without asking Postgres again.
@@ -250,7 +250,7 @@ impl Imprint {
     /// With another clock (tests move time instead of waiting).
     pub fn with_clock(pool: PgPool, config: Config, clock: SharedClock) -> Self {
         let audit = AuditBuffer::new(config.audit_max_entries);
-        let coalesced = crate::coalesce::Reads::new(config.fair.coalesce_ttl, config.fair.coalesce_entries);
+        let coalesced = crate::coalesce_reads::Reads::new(config.fair.coalesce_ttl, config.fair.coalesce_entries);
         Self {
             inner: Arc::new(Inner {
                 pool,

@@ -18,6 +18,7 @@ mod background;
 pub mod blobs;
 pub mod clock;
 pub mod coalesce;
+mod coalesce_reads;
 pub mod consumers;
 pub mod cursor;
 pub mod error;
