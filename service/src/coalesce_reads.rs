@@ -17,7 +17,7 @@ pub(crate) struct Reads {
     pub versions: Coalescer<String, Shared<crate::model::Page<crate::model::Version>>>,
     pub consumers: Coalescer<String, Shared<crate::model::ConsumerList>>,
     pub resolve_at: Coalescer<String, Shared<(Option<imprint_domain::Resolution>, bool)>>,
-    pub payloads: Coalescer<String, Shared<std::result::Result<crate::payloads::VersionPayload, Missing>>>,
+    pub payloads: Coalescer<String, Shared<std::result::Result<crate::model::VersionPayload, Missing>>>,
     /// Postgres queries these reads made (each store call counts one).
     queries: AtomicU64,
     /// Requests answered from another's query.

@@ -359,3 +359,21 @@ pub struct SpringBinding {
     #[serde(default)]
     pub profile: Option<String>,
 }
+
+/// Where a version's payload is, to send it.
+#[derive(Clone)]
+pub enum PayloadBody {
+    Inline(bytes::Bytes),
+    /// An object in the store (its key), streamed from there.
+    Object(String),
+}
+
+/// A version's payload as `…/data`, `/latest` and blobs send it.
+#[derive(Clone)]
+pub struct VersionPayload {
+    pub version: u64,
+    pub content_type: String,
+    pub sha256: String,
+    pub size: u64,
+    pub body: PayloadBody,
+}

@@ -62,22 +62,8 @@ impl Tally {
     }
 }
 
-/// Where a version's payload is, to send it.
-#[derive(Clone)]
-pub enum PayloadBody {
-    Inline(Bytes),
-    /// An object in the store (its key), streamed from there.
-    Object(String),
-}
-
-#[derive(Clone)]
-pub struct VersionPayload {
-    pub version: u64,
-    pub content_type: String,
-    pub sha256: String,
-    pub size: u64,
-    pub body: PayloadBody,
-}
+// A version's payload, to send it (defined with the other answers in crate::model).
+pub use crate::model::{PayloadBody, VersionPayload};
 
 /// A body that sends nothing for this long is given up on (the upload is discarded).
 const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(60);

@@ -153,21 +153,27 @@ pub(crate) async fn fair(a: FairArgs) -> Result<()> {
     let end = start + Duration::from_secs(a.seconds);
     let calm_conns = a.calm_conns.max(1);
     let interval = Duration::from_secs_f64(calm_conns as f64 / a.calm_rate.max(1) as f64);
-    let mut calm = Vec::new();
-    for i in 0..calm_conns {
-        let offset = Duration::from_millis(200) + interval.mul_f64(i as f64 / calm_conns as f64);
-        let body = poll_body(&format!("calm-{i}"), &a.topic);
-        calm.push(tokio::spawn(poller(
-            addr,
-            host.clone(),
-            a.calm_token.clone(),
-            body,
-            Some(interval),
-            offset,
-            end,
-            timeout,
-        )));
-    }
+    // The calm application on its own thread and runtime: its latency must not include
+    // waiting behind the flood's tasks in this process.
+    let (topic, calm_token) = (a.topic.clone(), a.calm_token.clone());
+    let calm_host = host.clone();
+    let calm = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for i in 0..calm_conns {
+                let offset = Duration::from_millis(200) + interval.mul_f64(i as f64 / calm_conns as f64);
+                let body = poll_body(&format!("calm-{i}"), &topic);
+                let (h, t) = (calm_host.clone(), calm_token.clone());
+                tasks.push(tokio::spawn(poller(addr, h, t, body, Some(interval), offset, end, timeout)));
+            }
+            let mut c = Tally::default();
+            for t in tasks {
+                c.add(t.await.unwrap_or_default());
+            }
+            c
+        })
+    });
     let mut flood = Vec::new();
     for i in 0..a.flood_conns {
         let body = poll_body(&format!("flood-{i}"), &a.topic);
@@ -175,12 +181,10 @@ pub(crate) async fn fair(a: FairArgs) -> Result<()> {
         flood.push(tokio::spawn(poller(addr, host.clone(), a.flood_token.clone(), body, None, offset, end, timeout)));
     }
     let (mut c, mut f) = (Tally::default(), Tally::default());
-    for t in calm {
-        c.add(t.await?);
-    }
     for t in flood {
         f.add(t.await?);
     }
+    c.add(tokio::task::spawn_blocking(move || calm.join()).await?.map_err(|_| "the calm thread panicked")?);
     c.lat_ms.sort_by(|x, y| x.total_cmp(y));
     let secs = a.seconds as f64;
     println!("calm_requests={}", c.lat_ms.len());
