@@ -188,18 +188,20 @@ impl Fairness {
                 break bucket.try_take();
             }
         };
-        let mut s = bucket.lock();
-        s.waiting -= 1;
+        {
+            let mut s = bucket.lock();
+            s.waiting -= 1;
+            if !got {
+                s.limit.refused();
+                bucket.limit_gauge.set(s.limit.limit() as f64);
+            }
+        }
         if !got {
-            s.limit.refused();
-            bucket.limit_gauge.set(s.limit.limit() as f64);
-            drop(s);
             bucket.rejected.increment(1);
             // Pass the wake-up on: this waiter did not use it.
             bucket.freed.notify_one();
             return Err(Error::Overloaded { retry_after_s: self.config.retry_after_s });
         }
-        drop(s);
         let permit = Permit { bucket, started: Instant::now() };
         // Through the runtime's queue once, on the permit's clock: a handler that never
         // waits (a poll answered from memory) takes microseconds however loaded the server
