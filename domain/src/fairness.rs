@@ -23,9 +23,10 @@ impl Default for VegasParams {
     }
 }
 
-/// Latencies below this are taken as this: a sub-millisecond difference says nothing about
-/// queueing.
-const MIN_SAMPLE: Duration = Duration::from_micros(500);
+/// Latencies below this are taken as this (timer noise). Low on purpose: a poll answered from
+/// memory takes tens of microseconds, and a floor near a millisecond hid the queueing of a
+/// flood (bench/fairness.sh: the flood's limit settled at 20-odd, not near 4).
+const MIN_SAMPLE: Duration = Duration::from_micros(20);
 /// How fast an idle bucket's no-load latency may rise per sample (it follows a slower
 /// workload within some thousand requests).
 const NO_LOAD_DRIFT: f64 = 1.001;
