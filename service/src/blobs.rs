@@ -39,9 +39,15 @@ impl Imprint {
         let public = !first.restricted;
         let readable = holders.iter().find(|h| caller.require_read(&h.topic, &h.owner, h.restricted).is_ok());
         let Some(h) = readable else {
-            // Refused as the topic itself refuses this caller.
-            caller.require_read(&first.topic, &first.owner, first.restricted)?;
-            return Err(not_found());
+            // Refused as the topic would refuse this caller (401 anonymous, 403 otherwise),
+            // without naming which topic holds the bytes.
+            return Err(match caller {
+                Caller::Anonymous => Error::Unauthorized(
+                    "this blob is held only by restricted topics: it is read with a token allowed on one of them"
+                        .into(),
+                ),
+                _ => Error::Forbidden(format!("{} may not read the restricted topics holding this blob", caller.who())),
+            });
         };
         let topic = TopicName::parse(&h.topic).map_err(|e| Error::Internal(format!("stored topic name: {e}")))?;
         let payload = self.version_payload(caller, &topic, Error::known_version(h.version as u64)?).await?;

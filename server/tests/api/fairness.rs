@@ -262,8 +262,12 @@ async fn a_restricted_blob_needs_the_topics_rights(pool: sqlx::PgPool) {
     let red = app.consumer_token("red-reader", Some("red"), &[], &[]).await;
     let blue = app.consumer_token("blue-reader", Some("blue"), &[], &[]).await;
     let path = format!("/api/v1/blobs/sha256/{}", sha256_hex(b"only-red"));
-    assert_error(app.req(Method::GET, &path).send().await.unwrap(), 401, "unauthorized").await;
-    assert_error(app.req(Method::GET, &path).bearer_auth(&blue).send().await.unwrap(), 403, "forbidden").await;
+    let anon = assert_error(app.req(Method::GET, &path).send().await.unwrap(), 401, "unauthorized").await;
+    let other =
+        assert_error(app.req(Method::GET, &path).bearer_auth(&blue).send().await.unwrap(), 403, "forbidden").await;
+    for refusal in [anon, other] {
+        assert!(!refusal.to_string().contains("red.vault"), "the refusal does not say which topic holds it: {refusal}");
+    }
     let r = app.req(Method::GET, &path).bearer_auth(&red).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["cache-control"], "private, max-age=31536000, immutable", "no shared cache keeps it");
