@@ -7,6 +7,7 @@ pub mod checks;
 mod diff;
 pub mod encryption;
 pub mod freeze;
+pub mod fairness;
 mod names;
 mod pins;
 mod resolve;

@@ -48,6 +48,9 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
+        if let Error::Overloaded { retry_after_s } = e {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+        }
         if let Error::RangeNotSatisfiable { size } = e {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                 headers.insert(header::CONTENT_RANGE, v);
@@ -149,6 +152,7 @@ mod tests {
             (Error::TooManyConnections, 429, "too_many_connections"),
             (Error::ValidationFailed { message: s(), results: vec![] }, 422, "validation_failed"),
             (Error::CandidateNotFound, 404, "candidate_not_found"),
+            (Error::Overloaded { retry_after_s: 1 }, 429, "overloaded"),
             (Error::Internal("secret detail".into()), 500, "internal"),
             (Error::NotEncrypted(s()), 422, "not_encrypted"),
             (Error::DraftNotFound(s()), 404, "draft_not_found"),
@@ -204,6 +208,7 @@ mod tests {
             Error::FreezeNotFound(_) => 38,
             Error::ChangeFrozen(_) => 39,
             Error::ReviewRequired(_) => 40,
+            Error::Overloaded { .. } => 41,
         }
     }
 
@@ -212,7 +217,7 @@ mod tests {
         let cases = every_kind();
         let mut kinds: Vec<usize> = cases.iter().map(|(e, _, _)| kind(e)).collect();
         kinds.sort_unstable();
-        assert_eq!(kinds, (0..=40).collect::<Vec<_>>(), "every kind of error, once");
+        assert_eq!(kinds, (0..=41).collect::<Vec<_>>(), "every kind of error, once");
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
             let message = e.public_message();

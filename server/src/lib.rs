@@ -7,6 +7,7 @@ pub mod apollo;
 mod application;
 pub mod error;
 pub mod extract;
+pub mod fairness;
 pub mod grpc;
 pub mod headers;
 mod listener;
@@ -101,9 +102,13 @@ async fn track(req: Request, next: Next) -> Response {
 /// monitoring talk to. Calls outside this process's roles are refused (`role_gate`).
 pub fn api_router(imprint: Imprint) -> Router {
     metrics_handle();
-    Router::new()
-        .merge(api::routes())
-        .merge(apollo::routes())
+    let router = Router::new().merge(api::routes()).merge(apollo::routes());
+    // Fair serving (server/src/fairness.rs): per-application adaptive limits on the reads.
+    let router = match fairness::layer(&imprint) {
+        Some(f) => router.layer(axum::middleware::from_fn_with_state(f, fairness::fair)),
+        None => router,
+    };
+    router
         .layer(axum::middleware::from_fn_with_state(imprint.clone(), token_before_body))
         .route_layer(axum::middleware::from_fn(track))
         .layer(axum::middleware::from_fn_with_state(imprint.clone(), role_gate))

@@ -142,6 +142,30 @@ struct ServeArgs {
     /// Seconds open connections get to finish on shutdown before they are dropped.
     #[arg(long, env = "IMPRINT_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
+    /// Fair serving (docs/fairness.md): an adaptive concurrency limit per application on
+    /// the consumer and read paths.
+    #[arg(long, env = "IMPRINT_FAIR_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    fair_enabled: bool,
+    /// How long a request over its application's limit waits before 429 (ms, at most 1000).
+    #[arg(long, env = "IMPRINT_FAIR_QUEUE_MS", default_value_t = 100)]
+    fair_queue_ms: u64,
+    #[arg(long, env = "IMPRINT_FAIR_INITIAL_LIMIT", default_value_t = 20)]
+    fair_initial_limit: usize,
+    #[arg(long, env = "IMPRINT_FAIR_MIN_LIMIT", default_value_t = 4)]
+    fair_min_limit: usize,
+    #[arg(long, env = "IMPRINT_FAIR_MAX_LIMIT", default_value_t = 200)]
+    fair_max_limit: usize,
+    /// Applications tracked at once; past it idle ones are forgotten, busy ones overflow.
+    #[arg(long, env = "IMPRINT_FAIR_MAX_BUCKETS", default_value_t = 1024)]
+    fair_max_buckets: usize,
+    #[arg(long, env = "IMPRINT_FAIR_RETRY_AFTER_SECS", default_value_t = 1)]
+    fair_retry_after_secs: u64,
+    /// How long a coalesced read's answer is reused (ms, at most 5000; 0: only requests in
+    /// flight together share a query).
+    #[arg(long, env = "IMPRINT_COALESCE_MS", default_value_t = 500)]
+    coalesce_ms: u64,
+    #[arg(long, env = "IMPRINT_COALESCE_ENTRIES", default_value_t = 10_000)]
+    coalesce_entries: usize,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -325,6 +349,17 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
         },
         spring_label_headers: imprint_service::spring::parse_label_headers(&args.spring_label_headers)
             .map_err(|e| format!("IMPRINT_SPRING_LABEL_HEADERS: {e}"))?,
+        fair: imprint_service::fair::FairConfig {
+            enabled: args.fair_enabled,
+            queue_wait: Duration::from_millis(args.fair_queue_ms.min(1000)),
+            initial_limit: args.fair_initial_limit.max(1),
+            min_limit: args.fair_min_limit.max(1),
+            max_limit: args.fair_max_limit.max(args.fair_min_limit.max(1)),
+            max_buckets: args.fair_max_buckets.max(1),
+            retry_after_s: args.fair_retry_after_secs.clamp(1, 3600),
+            coalesce_ttl: Duration::from_millis(args.coalesce_ms.min(5000)),
+            coalesce_entries: args.coalesce_entries.max(1),
+        },
         ..Config::default()
     };
     let settings = Settings {

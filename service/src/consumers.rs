@@ -24,6 +24,7 @@ impl Imprint {
         let cols = columns(&entries);
         match store::consumers::upsert(self.pool(), &cols).await {
             Ok(()) => {
+                self.inner.coalesced.audit_written();
                 let mut topics = cols.topic_ids.clone();
                 topics.sort_unstable();
                 topics.dedup();
@@ -110,7 +111,38 @@ impl Imprint {
             Some(Err(offset)) => store::consumers::PageStart::Offset(offset.max(0)),
             Some(Ok((rank, last_seen, instance))) => store::consumers::PageStart::After { rank, last_seen, instance },
         };
-        let t = self.readable_topic(caller, topic).await?;
+        // Coalesced (crate::coalesce): identical concurrent lists share the four queries.
+        let key = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{filter:?}",
+            topic.as_str(),
+            self.change_seq(topic.as_str()),
+            self.inner.coalesced.audit_epoch()
+        );
+        self.coalesced(
+            |r| &r.consumers,
+            key,
+            caller,
+            || async {
+                self.inner.coalesced.queried(5);
+                let t = {
+                    let mut conn = self.pool().acquire().await?;
+                    store::topics::require(&mut conn, topic, false).await?
+                };
+                let (name, owner, restricted) = (t.name.clone(), t.owner.clone(), t.restricted);
+                let value = self.consumers_of(t, filter, limit, start).await?;
+                Ok(crate::coalesce::Guarded { name, owner, restricted, value })
+            },
+        )
+        .await
+    }
+
+    async fn consumers_of(
+        &self,
+        t: store::topics::TopicRef,
+        filter: &ConsumerFilter,
+        limit: i64,
+        start: store::consumers::PageStart,
+    ) -> Result<ConsumerList> {
         let now = self.now();
         let f = store::consumers::ListFilter {
             labels: filter.labels.as_ref().map(Selector::to_json),

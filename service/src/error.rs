@@ -104,6 +104,11 @@ pub enum Error {
     /// A release on a topic that requires review, not through a change request.
     #[error("{0}")]
     ReviewRequired(String),
+    /// Fair serving (server/src/fairness.rs): the caller's application has as many
+    /// requests in flight as its adaptive limit allows, and its brief wait for a place ran
+    /// out. Answered 429 with `Retry-After`.
+    #[error("this application has too many requests in flight; retry in {retry_after_s} s")]
+    Overloaded { retry_after_s: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -149,7 +154,9 @@ impl Error {
             | Error::NotEncrypted(_)
             | Error::ValidationFailed { .. } => S::UNPROCESSABLE_ENTITY,
             Error::RangeNotSatisfiable { .. } => S::RANGE_NOT_SATISFIABLE,
-            Error::TooManyAttempts { .. } | Error::TooManyConnections => S::TOO_MANY_REQUESTS,
+            Error::TooManyAttempts { .. } | Error::TooManyConnections | Error::Overloaded { .. } => {
+                S::TOO_MANY_REQUESTS
+            }
             Error::Busy(_)
             | Error::TooManyStreams(_)
             | Error::StorageUnavailable(_)
@@ -197,6 +204,7 @@ impl Error {
             Error::Busy(_) => "busy",
             Error::TooManyStreams(_) => "too_many_streams",
             Error::TooManyConnections => "too_many_connections",
+            Error::Overloaded { .. } => "overloaded",
             Error::StorageUnavailable(_) | Error::CommitUnknown(_) | Error::ObjectStoreUnavailable(_) => {
                 "storage_unavailable"
             }

@@ -145,6 +145,8 @@ pub struct Config {
     pub webhook_timeout: Duration,
     /// How often the worker looks for due webhook deliveries.
     pub webhook_tick_every: Duration,
+    /// Fair serving under overload and read coalescing (docs/fairness.md, `IMPRINT_FAIR_*`).
+    pub fair: crate::fair::FairConfig,
 }
 
 impl Default for Config {
@@ -173,6 +175,7 @@ impl Default for Config {
             snapshot_every: Duration::from_secs(10),
             webhook_timeout: Duration::from_secs(10),
             webhook_tick_every: Duration::from_millis(500),
+            fair: crate::fair::FairConfig::default(),
         }
     }
 }
@@ -221,6 +224,8 @@ pub(crate) struct Inner {
     pub unknown_tokens: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// When this worker last expired old consumers.
     pub last_consumer_expiry: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Identical concurrent reads share one query (service/src/coalesce.rs).
+    pub(crate) coalesced: crate::coalesce_reads::Reads,
 }
 
 /// How long a looked-up token is trusted without asking Postgres again.
@@ -248,6 +253,7 @@ impl Imprint {
     /// With another clock (tests move time instead of waiting).
     pub fn with_clock(pool: PgPool, config: Config, clock: SharedClock) -> Self {
         let audit = AuditBuffer::new(config.audit_max_entries);
+        let coalesced = crate::coalesce_reads::Reads::new(config.fair.coalesce_ttl, config.fair.coalesce_entries);
         Self {
             inner: Arc::new(Inner {
                 public_url: std::sync::OnceLock::new(),
@@ -266,6 +272,7 @@ impl Imprint {
                 long_polls: Default::default(),
                 tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
                 last_consumer_expiry: std::sync::Mutex::new(None),
+                coalesced,
                 leader: watch::channel(false).0,
                 revocations: watch::channel(0).0,
                 revoked: std::sync::Mutex::new(std::collections::HashMap::new()),

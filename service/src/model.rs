@@ -305,6 +305,7 @@ pub struct ConsumerFilter {
     pub group_by: Option<String>,
 }
 
+#[derive(Clone)]
 pub struct ConsumerList {
     /// Trouble first: failed to apply, then lagging, then not seen lately, then the rest
     /// (each most recently seen first).
@@ -407,4 +408,22 @@ pub struct Encryption {
     /// age X25519 recipients (`age1…`): every payload is encrypted to each of them.
     #[serde(default)]
     pub recipients: Vec<String>,
+}
+
+/// Where a version's payload is, to send it.
+#[derive(Clone)]
+pub enum PayloadBody {
+    Inline(bytes::Bytes),
+    /// An object in the store (its key), streamed from there.
+    Object(String),
+}
+
+/// A version's payload as `…/data`, `/latest` and blobs send it.
+#[derive(Clone)]
+pub struct VersionPayload {
+    pub version: u64,
+    pub content_type: String,
+    pub sha256: String,
+    pub size: u64,
+    pub body: PayloadBody,
 }

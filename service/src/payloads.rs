@@ -62,20 +62,8 @@ impl Tally {
     }
 }
 
-/// Where a version's payload is, to send it.
-pub enum PayloadBody {
-    Inline(Bytes),
-    /// An object in the store (its key), streamed from there.
-    Object(String),
-}
-
-pub struct VersionPayload {
-    pub version: u64,
-    pub content_type: String,
-    pub sha256: String,
-    pub size: u64,
-    pub body: PayloadBody,
-}
+// A version's payload, to send it (defined with the other answers in crate::model).
+pub use crate::model::{PayloadBody, VersionPayload};
 
 /// A body that sends nothing for this long is given up on (the upload is discarded).
 const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -309,21 +297,46 @@ impl Imprint {
     ) -> Result<VersionPayload> {
         let version = version.get();
         self.require_direct_reader(caller)?;
-        let t = self.readable_topic(caller, topic).await?;
-        let row = store::versions::data(self.pool(), t.id, version as i64)
-            .await?
-            .ok_or_else(|| Error::VersionNotFound { topic: t.name.clone(), version })?;
-        if row.purged_at.is_some() {
-            return Err(Error::VersionPurged { topic: t.name, version });
-        }
-        let body = match (row.inline_data, row.object_key) {
-            (Some(data), _) => PayloadBody::Inline(Bytes::from(data)),
-            (None, Some(key)) => PayloadBody::Object(key),
-            (None, None) => {
-                return Err(Error::Internal(format!("version {version} of {} has no stored payload", t.name)))
-            }
-        };
-        Ok(VersionPayload { version, content_type: row.content_type, sha256: row.sha256, size: row.size as u64, body })
+        // Coalesced (crate::coalesce): identical concurrent downloads share the two queries.
+        let key = format!("{}\u{0}{}\u{0}{version}", topic.as_str(), self.change_seq(topic.as_str()));
+        self.coalesced(
+            |r| &r.payloads,
+            key,
+            caller,
+            || async {
+                let mut conn = self.pool().acquire().await?;
+                self.inner.coalesced.queried(2);
+                let t = store::topics::require(&mut conn, topic, false).await?;
+                let row = store::versions::data(&mut *conn, t.id, version as i64).await?;
+                let guard = |value| crate::coalesce::Guarded {
+                    name: t.name.clone(),
+                    owner: t.owner.clone(),
+                    restricted: t.restricted,
+                    value,
+                };
+                // A caller who may not read the topic is refused before learning anything of it.
+                let Some(row) = row else { return Ok(guard(Err(crate::coalesce::Missing::Version))) };
+                if row.purged_at.is_some() {
+                    return Ok(guard(Err(crate::coalesce::Missing::Purged)));
+                }
+                let body = match (row.inline_data, row.object_key) {
+                    (Some(data), _) => PayloadBody::Inline(Bytes::from(data)),
+                    (None, Some(key)) => PayloadBody::Object(key),
+                    (None, None) => {
+                        return Err(Error::Internal(format!("version {version} of {} has no stored payload", t.name)))
+                    }
+                };
+                Ok(guard(Ok(VersionPayload {
+                    version,
+                    content_type: row.content_type,
+                    sha256: row.sha256,
+                    size: row.size as u64,
+                    body,
+                })))
+            },
+        )
+        .await?
+        .map_err(|m| m.error(topic.as_str(), version))
     }
 
     /// A candidate's bytes for an external validator, by the token in its download URL

@@ -259,6 +259,9 @@ impl Imprint {
         }
         if updates.is_empty() && wait_ms > 0 && !*stopping.borrow() {
             if let Some(waiter) = &waiter {
+                // Parked: the poll's working part is over; it holds no fair-serving place
+                // while it waits (crate::fair), only its long-poll place.
+                crate::fair::parking();
                 loop {
                     let changed = tokio::select! {
                         c = waiter.changed() => c,

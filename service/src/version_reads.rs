@@ -21,23 +21,44 @@ impl Imprint {
         self.require_direct_reader(caller)?;
         let limit = cursor::limit(limit)?;
         let before = cursor.map(cursor::decode).transpose()?;
-        let t = self.readable_topic(caller, topic).await?;
-        let rows = store::versions::list(self.pool(), t.id, before, limit + 1).await?;
-        let more = rows.len() as i64 > limit;
-        let rows: Vec<VersionRow> = rows.into_iter().take(limit as usize).collect();
-        let next = if more { rows.last().map(|r| cursor::encode(r.version)) } else { None };
-        let numbers: Vec<i64> = rows.iter().map(|r| r.version).collect();
-        let mut scopes = self.scopes_of(t.id, &numbers).await?;
-        let mut checks = self.version_checks(t.id, &numbers).await?;
-        let items = rows
-            .into_iter()
-            .map(|r| {
-                let s = scopes.remove(&r.version).unwrap_or_default();
-                let c = checks.remove(&r.version);
-                Version { checks: c, ..version_from_row(self.objects(), &t.name, r, s) }
-            })
-            .collect();
-        Ok(Page { items, next })
+        // Coalesced (crate::coalesce): identical concurrent lists share the three queries.
+        let key = format!("{}\u{0}{}\u{0}{limit}\u{0}{before:?}", topic.as_str(), self.change_seq(topic.as_str()));
+        self.coalesced(
+            |r| &r.versions,
+            key,
+            caller,
+            || async {
+                self.inner.coalesced.queried(1);
+                let t = {
+                    let mut conn = self.pool().acquire().await?;
+                    store::topics::require(&mut conn, topic, false).await?
+                };
+                let guard = |value| crate::coalesce::Guarded {
+                    name: t.name.clone(),
+                    owner: t.owner.clone(),
+                    restricted: t.restricted,
+                    value,
+                };
+                self.inner.coalesced.queried(2);
+                let rows = store::versions::list(self.pool(), t.id, before, limit + 1).await?;
+                let more = rows.len() as i64 > limit;
+                let rows: Vec<VersionRow> = rows.into_iter().take(limit as usize).collect();
+                let next = if more { rows.last().map(|r| cursor::encode(r.version)) } else { None };
+                let numbers: Vec<i64> = rows.iter().map(|r| r.version).collect();
+                let mut scopes = self.scopes_of(t.id, &numbers).await?;
+                let mut checks = self.version_checks(t.id, &numbers).await?;
+                let items = rows
+                    .into_iter()
+                    .map(|r| {
+                        let s = scopes.remove(&r.version).unwrap_or_default();
+                        let c = checks.remove(&r.version);
+                        Version { checks: c, ..version_from_row(self.objects(), &t.name, r, s) }
+                    })
+                    .collect();
+                Ok(guard(Page { items, next }))
+            },
+        )
+        .await
     }
 
     pub async fn version(&self, caller: &Caller, topic: &TopicName, version: VersionNumber) -> Result<Version> {
@@ -141,11 +162,29 @@ impl Imprint {
         Ok(match at {
             None => (t.index.resolve(labels), false),
             Some(at) => {
-                let mut tx = self.pool().begin_with(store::serving::BEGIN_SNAPSHOT).await?;
-                let (snap, truncated) = store::history::at(&mut tx, t.id, at, store::history::MAX_HISTORY_ROWS).await?;
-                tx.commit().await?;
-                let h = crate::serving::histories(&snap).remove(&t.id).unwrap_or_default();
-                (h.resolve_at(labels, at), truncated)
+                // Coalesced (crate::coalesce); the read right was checked above, on the
+                // serving state, and is checked again on the shared answer.
+                let key = format!("{}\u{0}{}\u{0}{labels:?}\u{0}{at:?}", t.name, t.change_seq);
+                self.coalesced(
+                    |r| &r.resolve_at,
+                    key,
+                    caller,
+                    || async {
+                        self.inner.coalesced.queried(1);
+                        let mut tx = self.pool().begin_with(store::serving::BEGIN_SNAPSHOT).await?;
+                        let (snap, truncated) =
+                            store::history::at(&mut tx, t.id, at, store::history::MAX_HISTORY_ROWS).await?;
+                        tx.commit().await?;
+                        let h = crate::serving::histories(&snap).remove(&t.id).unwrap_or_default();
+                        Ok(crate::coalesce::Guarded {
+                            name: t.name.to_string(),
+                            owner: t.owner.clone(),
+                            restricted: t.restricted,
+                            value: (h.resolve_at(labels, at), truncated),
+                        })
+                    },
+                )
+                .await?
             }
         })
     }

@@ -45,6 +45,10 @@ pub fn test_config(configure: impl FnOnce(&mut Config)) -> Config {
         ..Config::default()
     };
     config.roles.console = false;
+    // Fair serving stays on, but a request over its application's limit queues up to 2 s
+    // before 429 (100 ms by default): tests send bursts from one client; the fairness
+    // tests (server/tests/api/fairness.rs) set their own.
+    config.fair.queue_wait = Duration::from_secs(2);
     configure(&mut config);
     config
 }

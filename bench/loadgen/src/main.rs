@@ -17,6 +17,8 @@
 //!   rate (or closed loop), with the server's CPU per request.
 //! * `stat`         — a process's RSS and CPU seconds.
 //! * `watch`        — N gRPC Watch streams (bench/grpc.sh): the `park` measure over gRPC.
+//! * `fair`, `burst` — fair serving under a flood, and coalesced identical reads
+//!   (bench/fairness.sh).
 //!
 //! Build: `CARGO_TARGET_DIR=/work/bench-target cargo build --release --manifest-path bench/loadgen/Cargo.toml`
 //! (bench/scale.sh does it when the binary is missing). Examples:
@@ -33,6 +35,7 @@
 //! ticks) and `stats` (percentiles).
 mod bare;
 mod cpu;
+mod fair;
 mod http;
 mod load;
 mod park;
@@ -72,6 +75,11 @@ enum Cmd {
     Stat(StatArgs),
     /// N gRPC Watch streams, publish once, time every stream's answer; RSS per stream.
     Watch(watch::WatchArgs),
+    /// One application floods with polls, another polls at a fixed rate: the calm one's
+    /// latency and the flood's answers by status (bench/fairness.sh).
+    Fair(fair::FairArgs),
+    /// N identical GETs at once: the Postgres queries the coalesced reads made for them.
+    Burst(fair::BurstArgs),
 }
 
 #[derive(Args)]
@@ -97,6 +105,8 @@ fn main() -> Result<()> {
                 Cmd::PublishRate(a) => publish::publish_rate(a).await,
                 Cmd::Load(a) => load::load(a).await,
                 Cmd::Watch(a) => watch::watch(a).await,
+                Cmd::Fair(a) => fair::fair(a).await,
+                Cmd::Burst(a) => fair::burst(a).await,
                 Cmd::Cpu(_) | Cmd::Stat(_) => unreachable!(),
             }
         }),

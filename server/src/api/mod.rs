@@ -7,6 +7,7 @@
 //! its `#[utoipa::path]` in its feature's file, listed in that file's `routes()`.
 pub mod change_control;
 pub mod checks;
+pub mod blobs;
 pub mod consumers;
 pub mod doc;
 pub mod ops;
@@ -30,6 +31,7 @@ pub fn routes_and_doc() -> (axum::Router<Imprint>, utoipa::openapi::OpenApi) {
         .merge(pins::routes())
         .merge(rollouts::routes())
         .merge(consumers::routes())
+        .merge(blobs::routes())
         .merge(relay::routes())
         .merge(webhooks::routes())
         .merge(checks::routes())

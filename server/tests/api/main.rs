@@ -8,6 +8,7 @@ mod change_control;
 mod connection;
 mod consumers;
 mod encryption;
+mod fairness;
 mod fuzz;
 mod objects;
 mod ofrep;

@@ -23,6 +23,7 @@ async fn every_route_is_documented_and_answers(pool: sqlx::PgPool) {
         "/api/v1/topics/{topic}/pins",
         "/api/v1/topics/{topic}/latest",
         "/api/v1/topics/{topic}/consumers",
+        "/api/v1/blobs/sha256/{hash}",
         "/api/v1/topics/{topic}/rollouts",
         "/api/v1/topics/{topic}/rollouts/{id}",
         "/api/v1/topics/{topic}/rollouts/{id}/{action}",
