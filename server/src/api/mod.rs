@@ -5,9 +5,9 @@
 //! the service and map the answer. Routes are registered through `utoipa_axum`, so every
 //! route is in the OpenAPI document by construction. To add an endpoint: a handler with
 //! its `#[utoipa::path]` in its feature's file, listed in that file's `routes()`.
+pub mod blobs;
 pub mod change_control;
 pub mod checks;
-pub mod blobs;
 pub mod consumers;
 pub mod doc;
 pub mod ops;

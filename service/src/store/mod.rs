@@ -6,9 +6,9 @@ use crate::error::Result;
 use sqlx::PgConnection;
 
 pub(crate) mod audit_log;
+pub(crate) mod blobs;
 pub(crate) mod change_control;
 pub(crate) mod checks;
-pub(crate) mod blobs;
 pub(crate) mod consumers;
 pub(crate) mod encryption;
 pub(crate) mod history;
