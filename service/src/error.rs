@@ -350,6 +350,15 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         | "freezes_topic_id_fkey" => conflict("the topic does not exist (any more)"),
         "change_requests_draft_id_fkey" => conflict("the draft does not exist (any more)"),
         "change_approvals_request_id_fkey" => conflict("the change request does not exist (any more)"),
+        // Pre-release checks (docs/validation.md).
+        "topic_validation_pkey" | "version_checks_pkey" | "validation_candidates_pkey" => {
+            conflict("the row was created concurrently; try again")
+        }
+        "validation_candidates_check" => invalid("a candidate is held inline or as an object, not both"),
+        "topic_validation_topic_id_fkey" | "validation_candidates_topic_id_fkey" => {
+            conflict("the topic does not exist (any more)")
+        }
+        "version_checks_topic_id_version_fkey" => conflict("the version does not exist (any more)"),
         _ => {
             tracing::warn!(constraint, detail, "unmapped constraint violation");
             None

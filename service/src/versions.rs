@@ -456,12 +456,13 @@ impl Imprint {
                 "scopes": scope_keys,
                 "message": meta.message,
                 "rollout": rollout_id,
-                "checks": checked.as_ref().map(|(_, c)| &c.results),
                 "storage": if final_key.is_some() || matches!(received, Received::Object { .. }) { "object" } else { "inline" },
             });
-            // Change control's marks, only when there are any (docs/change-control.md).
+            // The checks' results and change control's marks, only when there are any
+            // (docs/validation.md, docs/change-control.md).
             let mut details = details;
             for (k, v) in [
+                ("checks", checked.as_ref().map(|(_, c)| json!(c.results))),
                 ("draft", control.draft.map(|d| json!(d))),
                 ("change_request", control.request.map(|r| json!(r))),
                 ("break_glass", control.break_glass.as_ref().map(|r| json!(r))),
