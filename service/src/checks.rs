@@ -270,7 +270,7 @@ async fn call(check: &Check, body: &[u8], now: DateTime<Utc>) -> ExternalOutcome
     let attempt = async {
         let mut resp = match req.send().await {
             Err(e) if e.is_timeout() => return ExternalOutcome::TimedOut,
-            Err(e) => return ExternalOutcome::Unreachable(chain(&e)),
+            Err(e) => return ExternalOutcome::Unreachable(crate::webhooks::error_chain(&e)),
             Ok(r) => r,
         };
         let status = resp.status();
@@ -289,7 +289,7 @@ async fn call(check: &Check, body: &[u8], now: DateTime<Utc>) -> ExternalOutcome
                 }
                 Ok(None) => break,
                 Err(e) if e.is_timeout() => return ExternalOutcome::TimedOut,
-                Err(e) => return ExternalOutcome::Unreachable(chain(&e)),
+                Err(e) => return ExternalOutcome::Unreachable(crate::webhooks::error_chain(&e)),
             }
         }
         #[derive(serde::Deserialize)]
@@ -309,18 +309,4 @@ async fn call(check: &Check, body: &[u8], now: DateTime<Utc>) -> ExternalOutcome
         Ok(o) => o,
         Err(_) => ExternalOutcome::TimedOut,
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let more = inner.to_string();
-        if !s.contains(&more) {
-            s.push_str(": ");
-            s.push_str(&more);
-        }
-        source = inner.source();
-    }
-    s
 }

@@ -603,7 +603,9 @@ struct Outcome {
     error: Option<String>,
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An outbound request's error with its sources (reqwest hides the cause in them), each
+/// said once; webhook deliveries and external validators (`checks`) report it.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {
@@ -614,7 +616,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         }
         source = inner.source();
     }
-    s.chars().take(500).collect()
+    s
 }
 
 /// The first `RESPONSE_SNIPPET_BYTES` of an answer's body, as text.
@@ -677,7 +679,7 @@ async fn send(
     let attempt = async {
         match req.send().await {
             Err(e) if e.is_timeout() => failed(format!("no answer within {} ms", clients.timeout.as_millis())),
-            Err(e) => failed(error_chain(&e)),
+            Err(e) => failed(error_chain(&e).chars().take(500).collect()),
             Ok(resp) => {
                 let status = resp.status();
                 let location = resp.headers().get("location").and_then(|l| l.to_str().ok()).map(str::to_owned);
