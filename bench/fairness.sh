@@ -17,7 +17,10 @@
 # CARGO_TARGET_DIR=$LOADGEN_TARGET_DIR, default /work/bench-target). Everything on loopback:
 # the load generator shares the machine's cores with the server.
 # Knobs: FLOOD_CONNS (128), CALM_RATE (50 polls/s), CALM_CONNS (4), SECONDS_EACH (20),
-# BURST (1000), BENCH_PORT (3930).
+# BURST (1000), BENCH_PORT (3930), SERVER_CPUS (0) and LOADGEN_CPUS (1): on a machine of two
+# or more cores the server and the load generator are pinned to different cores (taskset), so
+# what the flood costs the calm application is the server's doing, not the load generator's
+# taking the server's core (`SERVER_CPUS= LOADGEN_CPUS=` shares every core, as before).
 {
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -32,6 +35,13 @@ CALM_CONNS=${CALM_CONNS:-4}
 SECONDS_EACH=${SECONDS_EACH:-20}
 BURST=${BURST:-1000}
 PORT=${BENCH_PORT:-3930}
+if (( $(nproc) >= 2 )) && command -v taskset >/dev/null; then
+  SERVER_CPUS=${SERVER_CPUS-0} LOADGEN_CPUS=${LOADGEN_CPUS-1}
+else
+  SERVER_CPUS='' LOADGEN_CPUS=''
+fi
+SERVER_WRAPPER=${SERVER_CPUS:+taskset -c $SERVER_CPUS}
+LOADGEN_WRAPPER=${LOADGEN_CPUS:+taskset -c $LOADGEN_CPUS}
 URL=http://127.0.0.1:$PORT
 TOKEN=fair-bench-token-0123456789abcdefghijk
 SCRATCH=${FAIR_SCRATCH:-/tmp/imprint-fair-bench}
@@ -51,7 +61,7 @@ api() {
   curl -fsS -X "$1" "$URL$2" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' --data "$3" >/dev/null
 }
 kv() { grep "^$1=" "$2" | cut -d= -f2; }
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB; load $(cut -d' ' -f1-3 /proc/loadavg); server on cpus ${SERVER_CPUS:-all}, load generator on cpus ${LOADGEN_CPUS:-all}" >&2
 rows=()
 
 # start_server NAME: a fresh server and database; topic fair.cfg with one version, two
@@ -67,7 +77,7 @@ start_server() {
 # measure LABEL FLOOD_CONNS
 measure() {
   local out=$SCRATCH/$1.txt
-  "$LOADGEN" fair --url "$URL" --topic fair.cfg --calm-token "$CALM" --flood-token "$FLOOD" \
+  $LOADGEN_WRAPPER "$LOADGEN" fair --url "$URL" --topic fair.cfg --calm-token "$CALM" --flood-token "$FLOOD" \
     --calm-rate "$CALM_RATE" --calm-conns "$CALM_CONNS" --flood-conns "$2" --seconds "$SECONDS_EACH" >"$out"
   sed "s/^/$1: /" "$out" >&2
   rows+=("| $1 | $(kv calm_requests "$out") | $(kv calm_p50_ms "$out") | $(kv calm_p99_ms "$out") | $(kv calm_max_ms "$out") | $(kv calm_timed_out_or_failed "$out") | $(kv flood_requests_per_s "$out") | $(kv flood_ok_per_s "$out") | $(kv flood_429 "$out") | $(kv flood_timed_out_or_failed "$out") |")
@@ -78,7 +88,7 @@ measure "fair serving on, calm alone" 0
 measure "fair serving on, with the flood" "$FLOOD_CONNS"
 measure "fair serving on, calm alone again" 0
 burst_out=$SCRATCH/burst.txt
-"$LOADGEN" burst --url "$URL" --path /api/v1/topics/fair.cfg/versions --requests "$BURST" >"$burst_out"
+$LOADGEN_WRAPPER "$LOADGEN" burst --url "$URL" --path /api/v1/topics/fair.cfg/versions --requests "$BURST" >"$burst_out"
 sed "s/^/burst: /" "$burst_out" >&2
 export IMPRINT_FAIR_ENABLED=false
 start_server unfair
@@ -86,6 +96,7 @@ measure "fair serving off, calm alone" 0
 measure "fair serving off, with the flood" "$FLOOD_CONNS"
 
 echo
+echo "Server on cpus ${SERVER_CPUS:-all}, load generator on cpus ${LOADGEN_CPUS:-all}."
 echo "Calm: $CALM_RATE polls/s over $CALM_CONNS connections; flood: $FLOOD_CONNS connections, closed loop, retrying at once; ${SECONDS_EACH} s each."
 echo
 echo "| run | calm polls | calm p50 ms | calm p99 ms | calm max ms | calm timed out | flood req/s | flood served/s | flood 429s | flood timed out |"

@@ -5,6 +5,7 @@
 #                                 IMPRINT_HOME=HOME and the admin token $TOKEN; sets
 #                                 `server` to its pid and waits until it is ready (log:
 #                                 HOME/../server.log). The caller's trap stops it.
+#                                 SERVER_WRAPPER (e.g. `taskset -c 0`) goes in front of it.
 bench_server() {
   local name=$1 port=$2 home=$3
   eval "$(./dev pg-start)"
@@ -15,7 +16,7 @@ bench_server() {
     -c "CREATE DATABASE imprint_bench_$name" >&2
   mkdir -p "$home"
   DATABASE_URL=$BENCH_DB IMPRINT_ADDR=127.0.0.1:$port IMPRINT_BOOTSTRAP_TOKEN=$TOKEN IMPRINT_HOME="$home" \
-    RUST_LOG=warn "$SERVER" serve >"$home/../server.log" 2>&1 &
+    RUST_LOG=warn ${SERVER_WRAPPER:-} "$SERVER" serve >"$home/../server.log" 2>&1 &
   server=$!
   for _ in $(seq 1 300); do
     curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
