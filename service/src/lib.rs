@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apollo;
+pub mod at_rest;
 pub mod audit;
 pub mod audit_log;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod error;
 pub mod fair;
 mod handle;
 pub mod janitor;
+pub mod keys;
 pub mod long_polls;
 pub mod matrix;
 pub mod model;
