@@ -30,6 +30,31 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage the local keyring of at-rest encryption (docs/encryption.md); needs no database.
+    Keys {
+        /// The keyring file. Default: `$IMPRINT_HOME/keyring.json`.
+        #[arg(long, env = "IMPRINT_KEYRING")]
+        keyring: Option<std::path::PathBuf>,
+        /// Embedded-default state directory.
+        #[arg(long, env = "IMPRINT_HOME", default_value = "./.imprint")]
+        home: std::path::PathBuf,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key-encryption key (version 1) with this id.
+    Create { id: String },
+    /// Add a new primary version of a key: new data keys are wrapped by it, the old
+    /// versions stay to unwrap the existing ones.
+    Rotate { id: String },
+    /// Remove an old (not primary) version of a key. Data keys still wrapped by it can no
+    /// longer be unwrapped.
+    Retire { id: String, version: u32 },
+    /// List the keys with their primary and kept versions (never the key material).
+    List,
 }
 
 #[derive(clap::Args, Default)]
@@ -225,10 +250,13 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    let command = cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::parse_from_env()));
+    if let Command::Keys { keyring, home, command } = command {
+        return keys(keyring.unwrap_or_else(|| home.join("keyring.json")), command);
+    }
     let url = cli.database_url.ok_or(
         "DATABASE_URL is not set: start Imprint with `./dev run` (it runs a private Postgres) or point DATABASE_URL at a Postgres",
     )?;
-    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::parse_from_env()));
     match command {
         Command::Serve(args) => serve(&url, args).await,
         Command::Migrate => {
@@ -290,7 +318,38 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Keys { .. } => unreachable!("answered above, without a database"),
     }
+}
+
+/// `imprint-server keys …` on the local keyring file.
+fn keys(path: std::path::PathBuf, command: KeysCommand) -> Result<(), String> {
+    use imprint_service::keys::Keyring;
+    let mut ring = Keyring::load(&path)?;
+    match command {
+        KeysCommand::Create { id } => {
+            ring.create(&id)?;
+            ring.save(&path)?;
+            println!("key {id:?} created (version 1) in {}", path.display());
+        }
+        KeysCommand::Rotate { id } => {
+            let v = ring.rotate(&id)?;
+            ring.save(&path)?;
+            println!("key {id:?} rotated: version {v} is the primary");
+        }
+        KeysCommand::Retire { id, version } => {
+            ring.retire(&id, version)?;
+            ring.save(&path)?;
+            println!("version {version} of key {id:?} retired");
+        }
+        KeysCommand::List => {
+            for k in ring.list() {
+                let versions: Vec<String> = k.versions.iter().map(u32::to_string).collect();
+                println!("{}\tprimary {}\tversions {}", k.id, k.primary, versions.join(","));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ServeArgs {
