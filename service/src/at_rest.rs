@@ -2,7 +2,7 @@
 //! payload. A fresh random 256-bit data key per payload encrypts it with AES-256-GCM in
 //! 64 KiB chunks (the STREAM construction, big-endian 32-bit counter, last-chunk flag: a
 //! chunk altered, moved, dropped or cut off fails to open); the data key is wrapped by a
-//! key-encryption key of a key provider (`crate::keys`) and travels in a small header:
+//! key-encryption key of a key provider (the `keys` module) and travels in a small header:
 //!
 //! ```text
 //! "IMPRAR" 0x01                  magic and format version (7 bytes)

@@ -298,6 +298,62 @@ impl KeyProvider for LocalKeyring {
     }
 }
 
+/// A sealed payload's bytes as they stream from the store, opened: the header is read, its
+/// data key unwrapped by `provider`, and the chunks decrypted as they come (about one chunk
+/// in memory). A failure — the provider, or a chunk that does not authenticate — ends the
+/// stream with an error, never with unauthenticated bytes.
+pub fn open_stream(
+    provider: std::sync::Arc<dyn KeyProvider>,
+    sealed: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+) -> futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>> {
+    use crate::at_rest::{Header, Opener, SealError};
+    use futures::StreamExt;
+    enum At {
+        Header(bytes::BytesMut),
+        Body(Box<Opener>),
+        Done,
+    }
+    let invalid = |e: SealError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let state = (sealed, At::Header(bytes::BytesMut::new()), provider);
+    futures::stream::try_unfold(state, move |(mut s, mut at, p)| async move {
+        loop {
+            match at {
+                At::Done => return Ok(None),
+                At::Header(mut buf) => {
+                    match s.next().await.transpose()? {
+                        None => return Err(invalid(SealError::Truncated)),
+                        Some(b) => buf.extend_from_slice(&b),
+                    }
+                    match Header::parse(&buf).map_err(invalid)? {
+                        None => at = At::Header(buf),
+                        Some((h, start)) => {
+                            let key =
+                                p.unwrap(&h.key_id, h.key_version, &h.wrapped).await.map_err(std::io::Error::other)?;
+                            let mut o = Box::new(Opener::new(&key, &h));
+                            let out = o.push(&buf[start..]).map_err(invalid)?;
+                            at = At::Body(o);
+                            if !out.is_empty() {
+                                return Ok(Some((out, (s, at, p))));
+                            }
+                        }
+                    }
+                }
+                At::Body(mut o) => match s.next().await.transpose()? {
+                    Some(b) => {
+                        let out = o.push(&b).map_err(invalid)?;
+                        at = At::Body(o);
+                        if !out.is_empty() {
+                            return Ok(Some((out, (s, at, p))));
+                        }
+                    }
+                    None => return Ok(Some(((*o).finish().map_err(invalid)?, (s, At::Done, p)))),
+                },
+            }
+        }
+    })
+    .boxed()
+}
+
 /// AWS KMS as a key provider, over its JSON protocol (`X-Amz-Target: TrentService.…`)
 /// signed with SigV4 on the workspace's `hmac`/`sha2` (no AWS SDK: it brings aws-lc-sys).
 /// Data keys come from `GenerateDataKey`, unwrap with `Decrypt`, rewrap with `ReEncrypt`;
@@ -634,6 +690,37 @@ mod tests {
         assert!(matches!(block(p.generate("nope")), Err(KeyError::UnknownKey(_))));
         assert!(ring.create("bad id").is_err());
     }
+    #[test]
+    fn open_stream_decrypts_as_bytes_come_and_fails_on_a_flipped_byte() {
+        use futures::StreamExt;
+        let path = temp_path("stream");
+        let mut ring = Keyring::load(&path).unwrap();
+        ring.create("s").unwrap();
+        ring.save(&path).unwrap();
+        let p: std::sync::Arc<dyn KeyProvider> = std::sync::Arc::new(LocalKeyring::open(&path).unwrap());
+        let plain: Vec<u8> = (0..3 * at_rest::CHUNK + 999).map(|i| (i % 253) as u8).collect();
+        let dk = block(p.generate("s")).unwrap();
+        let sealed = at_rest::seal(&dk.key, &at_rest::Header::new("s", dk.key_version, dk.wrapped), &plain).to_vec();
+        let read = |bytes: Vec<u8>| {
+            let pieces: Vec<std::io::Result<bytes::Bytes>> =
+                bytes.chunks(1000).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+            let s = open_stream(p.clone(), futures::stream::iter(pieces).boxed());
+            block(s.collect::<Vec<_>>())
+        };
+        let got: Vec<u8> = read(sealed.clone()).into_iter().map(Result::unwrap).flat_map(|b| b.to_vec()).collect();
+        assert_eq!(got, plain);
+        let mut tampered = sealed.clone();
+        let n = tampered.len();
+        tampered[n - 70_000] ^= 0x80;
+        let parts = read(tampered);
+        let err = parts.iter().find_map(|r| r.as_ref().err()).expect("a tampered chunk fails");
+        assert!(err.to_string().contains("altered"), "{err}");
+        // what came out before the error is only the chunks that authenticated
+        let before: usize = parts.iter().filter_map(|r| r.as_ref().ok()).map(|b| b.len()).sum();
+        assert!(before < plain.len() && before.is_multiple_of(at_rest::CHUNK));
+        assert!(read(sealed[..20].to_vec()).iter().any(Result::is_err), "cut inside the header");
+    }
+
     /// moto's KMS (`eval "$(./dev s3-start)"`: the same endpoint as its S3).
     fn moto() -> Option<AwsKms> {
         let Ok(endpoint) = std::env::var("IMPRINT_TEST_S3_ENDPOINT") else {

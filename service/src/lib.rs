@@ -7,7 +7,8 @@
 //! `store` holds every SQL statement; `serving`, `auth` and `handle` build on it; the
 //! feature modules (`rollouts` < `versions`, `topics`, `pins`, `users`, `teams`, `audit_log`,
 //! `consumers`, `tokens`, `matrix`, `poll`) build on those, `relay` on `poll`, `webhooks` on `auth` and `store` (its events are written by `store::audit`); `validation`
-//! sits below `versions`, `version_reads` beside it; `background` runs the loops on top.
+//! sits below `versions`, `version_reads` beside it; `background` runs the loops on top;
+//! `at_rest` (the sealed format of at-rest encryption) is a leaf, `keys` (its key providers) builds on it.
 #![forbid(unsafe_code)]
 
 pub mod apollo;
