@@ -298,6 +298,157 @@ impl KeyProvider for LocalKeyring {
     }
 }
 
+/// How many unwrapped data keys `Keys` keeps, and for how long (`IMPRINT_KEY_CACHE_ENTRIES`,
+/// `IMPRINT_KEY_CACHE_SECS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyCacheLimits {
+    pub max_entries: usize,
+    pub ttl: std::time::Duration,
+}
+
+impl Default for KeyCacheLimits {
+    fn default() -> Self {
+        Self { max_entries: 1024, ttl: std::time::Duration::from_secs(300) }
+    }
+}
+
+type CacheKey = (String, u32, Vec<u8>);
+
+struct KeyCache {
+    entries: std::collections::HashMap<CacheKey, (chrono::DateTime<chrono::Utc>, [u8; 32])>,
+    /// Insertion order, oldest first: what goes when the cache is full.
+    order: std::collections::VecDeque<CacheKey>,
+}
+
+/// The server's key provider (`IMPRINT_KEY_PROVIDER`), with a bounded, short-lived cache of
+/// unwrapped data keys in front of its `unwrap`: reading a version again (a poll's serving
+/// load, a download) does not call a KMS each time. At most `max_entries` keys, each for at
+/// most `ttl` after it was unwrapped (or generated); failures are never cached; `wrap`,
+/// `generate` and `rewrap` always reach the provider. The cache lives in this process'
+/// memory only (never written anywhere). Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Keys {
+    provider: std::sync::Arc<dyn KeyProvider>,
+    limits: KeyCacheLimits,
+    clock: crate::clock::SharedClock,
+    cache: std::sync::Arc<std::sync::Mutex<KeyCache>>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").field("provider", &self.provider.kind()).field("limits", &self.limits).finish()
+    }
+}
+
+impl Keys {
+    pub fn new(provider: std::sync::Arc<dyn KeyProvider>, limits: KeyCacheLimits) -> Self {
+        Self::with_clock(provider, limits, std::sync::Arc::new(crate::clock::SystemClock))
+    }
+
+    /// `new` with the time taken from `clock` (tests move it instead of waiting).
+    pub fn with_clock(
+        provider: std::sync::Arc<dyn KeyProvider>,
+        limits: KeyCacheLimits,
+        clock: crate::clock::SharedClock,
+    ) -> Self {
+        let cache = KeyCache { entries: Default::default(), order: Default::default() };
+        Self { provider, limits, clock, cache: std::sync::Arc::new(std::sync::Mutex::new(cache)) }
+    }
+
+    /// The provider's kind (`local`, `aws-kms`).
+    pub fn kind(&self) -> &'static str {
+        self.provider.kind()
+    }
+
+    pub fn limits(&self) -> KeyCacheLimits {
+        self.limits
+    }
+
+    /// Unwrapped data keys held now (expired ones included until they are next looked up
+    /// or pushed out).
+    pub fn cached(&self) -> usize {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).entries.len()
+    }
+
+    fn lookup(&self, k: &CacheKey) -> Option<[u8; 32]> {
+        let now = self.clock.now();
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, key) = *c.entries.get(k)?;
+        let ttl = chrono::Duration::from_std(self.limits.ttl).unwrap_or(chrono::Duration::MAX);
+        if now.signed_duration_since(at) < ttl {
+            return Some(key);
+        }
+        if let Some(mut gone) = c.entries.remove(k) {
+            gone.1.fill(0);
+        }
+        c.order.retain(|o| o != k);
+        None
+    }
+
+    fn remember(&self, k: CacheKey, key: [u8; 32]) {
+        if self.limits.max_entries == 0 || self.limits.ttl.is_zero() {
+            return;
+        }
+        let now = self.clock.now();
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if c.entries.insert(k.clone(), (now, key)).is_none() {
+            c.order.push_back(k);
+        }
+        while c.entries.len() > self.limits.max_entries {
+            let Some(oldest) = c.order.pop_front() else { break };
+            if let Some(mut gone) = c.entries.remove(&oldest) {
+                gone.1.fill(0);
+            }
+        }
+    }
+}
+
+impl KeyProvider for Keys {
+    fn kind(&self) -> &'static str {
+        self.provider.kind()
+    }
+
+    fn wrap<'a>(&'a self, key_id: &'a str, key: &'a [u8; 32]) -> BoxFuture<'a, Result<(u32, Vec<u8>), KeyError>> {
+        self.provider.wrap(key_id, key)
+    }
+
+    fn unwrap<'a>(
+        &'a self,
+        key_id: &'a str,
+        key_version: u32,
+        wrapped: &'a [u8],
+    ) -> BoxFuture<'a, Result<[u8; 32], KeyError>> {
+        Box::pin(async move {
+            let k = (key_id.to_owned(), key_version, wrapped.to_vec());
+            if let Some(key) = self.lookup(&k) {
+                metrics::counter!("imprint_key_cache_hits_total").increment(1);
+                return Ok(key);
+            }
+            metrics::counter!("imprint_key_cache_misses_total").increment(1);
+            let key = self.provider.unwrap(key_id, key_version, wrapped).await?;
+            self.remember(k, key);
+            Ok(key)
+        })
+    }
+
+    fn generate<'a>(&'a self, key_id: &'a str) -> BoxFuture<'a, Result<DataKey, KeyError>> {
+        Box::pin(async move {
+            let dk = self.provider.generate(key_id).await?;
+            self.remember((key_id.to_owned(), dk.key_version, dk.wrapped.clone()), dk.key);
+            Ok(dk)
+        })
+    }
+
+    fn rewrap<'a>(
+        &'a self,
+        key_id: &'a str,
+        key_version: u32,
+        wrapped: &'a [u8],
+    ) -> BoxFuture<'a, Result<(u32, Vec<u8>), KeyError>> {
+        self.provider.rewrap(key_id, key_version, wrapped)
+    }
+}
+
 /// A sealed payload's bytes as they stream from the store, opened: the header is read, its
 /// data key unwrapped by `provider`, and the chunks decrypted as they come (about one chunk
 /// in memory). A failure — the provider, or a chunk that does not authenticate — ends the
@@ -764,5 +915,79 @@ mod tests {
         let e = kms.generate("alias/any").await.err().expect("no KMS there");
         assert!(matches!(e, KeyError::Unavailable(_)), "{e:?}");
         assert!(e.to_string().contains("unavailable"));
+    }
+
+    /// Counts the unwraps that reach it.
+    struct Counting(LocalKeyring, std::sync::atomic::AtomicUsize);
+
+    impl KeyProvider for Counting {
+        fn kind(&self) -> &'static str {
+            "counting"
+        }
+        fn wrap<'a>(&'a self, id: &'a str, key: &'a [u8; 32]) -> BoxFuture<'a, Result<(u32, Vec<u8>), KeyError>> {
+            self.0.wrap(id, key)
+        }
+        fn unwrap<'a>(&'a self, id: &'a str, v: u32, w: &'a [u8]) -> BoxFuture<'a, Result<[u8; 32], KeyError>> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.unwrap(id, v, w)
+        }
+    }
+
+    #[test]
+    fn the_key_cache_is_bounded_expires_and_never_caches_failures() {
+        let path = temp_path("cache");
+        let mut ring = Keyring::load(&path).unwrap();
+        ring.create("k").unwrap();
+        ring.save(&path).unwrap();
+        let inner = std::sync::Arc::new(Counting(LocalKeyring::open(&path).unwrap(), Default::default()));
+        let calls = || inner.1.load(std::sync::atomic::Ordering::SeqCst);
+        let clock = crate::clock::ManualClock::new(chrono::Utc::now());
+        let limits = KeyCacheLimits { max_entries: 2, ttl: std::time::Duration::from_secs(60) };
+        let keys = Keys::with_clock(inner.clone(), limits, std::sync::Arc::new(clock.clone()));
+        // wrapped by the provider itself: not cached yet
+        let wrapped: Vec<(u32, Vec<u8>, [u8; 32])> = (0..3)
+            .map(|_| {
+                let k = random_key();
+                let (v, w) = block(inner.wrap("k", &k)).unwrap();
+                (v, w, k)
+            })
+            .collect();
+        let (v0, w0, k0) = &wrapped[0];
+        assert_eq!(block(keys.unwrap("k", *v0, w0)).unwrap(), *k0);
+        assert_eq!(block(keys.unwrap("k", *v0, w0)).unwrap(), *k0);
+        assert_eq!(calls(), 1, "the second unwrap came from the cache");
+        // the bound: a third key pushes out the oldest
+        for (v, w, k) in &wrapped[1..] {
+            assert_eq!(block(keys.unwrap("k", *v, w)).unwrap(), *k);
+        }
+        assert_eq!((calls(), keys.cached()), (3, 2));
+        assert_eq!(block(keys.unwrap("k", *v0, w0)).unwrap(), *k0);
+        assert_eq!(calls(), 4, "the oldest key had been pushed out");
+        // the time limit
+        let (v2, w2, k2) = &wrapped[2];
+        block(keys.unwrap("k", *v2, w2)).unwrap();
+        assert_eq!(calls(), 4);
+        clock.advance(chrono::Duration::seconds(61));
+        assert_eq!(block(keys.unwrap("k", *v2, w2)).unwrap(), *k2);
+        assert_eq!(calls(), 5, "an expired key is unwrapped again");
+        // a cached key answers only for its exact (id, version, wrapped bytes)
+        let mut altered = w2.clone();
+        altered[20] ^= 1;
+        assert!(matches!(block(keys.unwrap("k", *v2, &altered)), Err(KeyError::Refused(_))));
+        assert!(matches!(block(keys.unwrap("k", *v2, &altered)), Err(KeyError::Refused(_))));
+        assert_eq!(calls(), 7, "failures are not cached");
+        assert!(block(keys.unwrap("other", *v2, w2)).is_err());
+        // generated keys are cached: reading back what was just sealed needs no unwrap
+        let dk = block(keys.generate("k")).unwrap();
+        let before = calls();
+        assert_eq!(block(keys.unwrap("k", dk.key_version, &dk.wrapped)).unwrap(), dk.key);
+        assert_eq!(calls(), before);
+        // a cache of 0 entries keeps nothing
+        let none = KeyCacheLimits { max_entries: 0, ..limits };
+        let uncached = Keys::with_clock(inner.clone(), none, std::sync::Arc::new(clock));
+        block(uncached.unwrap("k", *v0, w0)).unwrap();
+        block(uncached.unwrap("k", *v0, w0)).unwrap();
+        assert_eq!((calls(), uncached.cached()), (before + 2, 0));
+        assert!(format!("{keys:?}").contains("counting") && !format!("{keys:?}").contains(&hex::encode(k0)));
     }
 }
