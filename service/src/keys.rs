@@ -403,6 +403,50 @@ impl Keys {
     }
 }
 
+/// Why a sealed payload could not be opened (or rewrapped).
+#[derive(Debug, thiserror::Error)]
+pub enum AtRestError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Sealed(#[from] crate::at_rest::SealError),
+}
+
+impl Keys {
+    /// `plain` sealed under a fresh data key of `key_id` (one provider call: `generate`).
+    pub async fn seal(&self, key_id: &str, plain: &[u8]) -> Result<bytes::Bytes, KeyError> {
+        let dk = self.generate(key_id).await?;
+        let header = crate::at_rest::Header::new(key_id, dk.key_version, dk.wrapped);
+        Ok(crate::at_rest::seal(&dk.key, &header, plain))
+    }
+
+    /// Sealed bytes held whole (an inline payload) opened: the data key unwrapped (from
+    /// the cache when it is there), every chunk authenticated.
+    pub async fn open(&self, sealed: &[u8]) -> Result<bytes::Bytes, AtRestError> {
+        use crate::at_rest::{Header, SealError};
+        let (h, _) = Header::parse(sealed)?.ok_or(SealError::Truncated)?;
+        let key = self.unwrap(&h.key_id, h.key_version, &h.wrapped).await?;
+        Ok(crate::at_rest::open(&key, sealed)?)
+    }
+
+    /// A sealed object's stream opened as it comes (`open_stream` with this provider).
+    pub fn open_stream(
+        &self,
+        sealed: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+    ) -> futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>> {
+        open_stream(std::sync::Arc::new(self.clone()), sealed)
+    }
+
+    /// Sealed bytes with their data key rewrapped under the key's current primary version
+    /// (one provider call: `rewrap`); the chunks are kept byte for byte.
+    pub async fn rewrap_sealed(&self, sealed: &[u8]) -> Result<Vec<u8>, AtRestError> {
+        use crate::at_rest::{Header, SealError};
+        let (h, _) = Header::parse(sealed)?.ok_or(SealError::Truncated)?;
+        let (version, wrapped) = self.rewrap(&h.key_id, h.key_version, &h.wrapped).await?;
+        Ok(crate::at_rest::rewrapped(sealed, &h.key_id, version, wrapped)?)
+    }
+}
+
 impl KeyProvider for Keys {
     fn kind(&self) -> &'static str {
         self.provider.kind()
@@ -989,5 +1033,47 @@ mod tests {
         block(uncached.unwrap("k", *v0, w0)).unwrap();
         assert_eq!((calls(), uncached.cached()), (before + 2, 0));
         assert!(format!("{keys:?}").contains("counting") && !format!("{keys:?}").contains(&hex::encode(k0)));
+    }
+
+    #[tokio::test]
+    async fn keys_seal_open_and_rewrap_whole_payloads_and_refuse_altered_ones() {
+        let path = temp_path("seal");
+        let mut ring = Keyring::load(&path).unwrap();
+        ring.create("k").unwrap();
+        ring.save(&path).unwrap();
+        let keys = Keys::new(std::sync::Arc::new(LocalKeyring::open(&path).unwrap()), KeyCacheLimits::default());
+        let plain = b"MARKER-at-rest ".repeat(10_000);
+        let sealed = keys.seal("k", &plain).await.unwrap();
+        assert!(!sealed.windows(14).any(|w| w == b"MARKER-at-rest"), "the sealed bytes hold no plaintext");
+        assert_eq!(keys.open(&sealed).await.unwrap(), plain);
+        let streamed: Vec<u8> = {
+            use futures::StreamExt;
+            let chunks: Vec<std::io::Result<bytes::Bytes>> =
+                sealed.chunks(1000).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+            let opened: Vec<_> = keys.open_stream(futures::stream::iter(chunks).boxed()).collect().await;
+            opened.into_iter().map(Result::unwrap).flat_map(|b| b.to_vec()).collect()
+        };
+        assert_eq!(streamed, plain);
+        let mut altered = sealed.to_vec();
+        let last = altered.len() - 3;
+        altered[last] ^= 1;
+        let e = keys.open(&altered).await.unwrap_err();
+        assert!(matches!(e, AtRestError::Sealed(crate::at_rest::SealError::Altered(_))), "{e}");
+        assert!(matches!(keys.open(b"plain bytes").await, Err(AtRestError::Sealed(_))));
+        // rotate, rewrap: the new header names version 2, the chunks are the same bytes,
+        // and after version 1 is retired the rewrapped payload still opens
+        let mut ring = Keyring::load(&path).unwrap();
+        assert_eq!(ring.rotate("k").unwrap(), 2);
+        ring.save(&path).unwrap();
+        let rewrapped = keys.rewrap_sealed(&sealed).await.unwrap();
+        let (old, a) = crate::at_rest::Header::parse(&sealed).unwrap().unwrap();
+        let (new, b) = crate::at_rest::Header::parse(&rewrapped).unwrap().unwrap();
+        assert_eq!((old.key_version, new.key_version), (1, 2));
+        assert_eq!(sealed[a..], rewrapped[b..]);
+        ring.retire("k", 1).unwrap();
+        ring.save(&path).unwrap();
+        let fresh = Keys::new(std::sync::Arc::new(LocalKeyring::open(&path).unwrap()), KeyCacheLimits::default());
+        assert_eq!(fresh.open(&rewrapped).await.unwrap(), plain);
+        assert!(matches!(fresh.open(&sealed).await, Err(AtRestError::Key(_))), "version 1 is gone");
     }
 }
