@@ -30,6 +30,31 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage the local keyring of at-rest encryption (docs/encryption.md); needs no database.
+    Keys {
+        /// The keyring file. Default: `$IMPRINT_HOME/keyring.json`.
+        #[arg(long, env = "IMPRINT_KEYRING")]
+        keyring: Option<std::path::PathBuf>,
+        /// Embedded-default state directory.
+        #[arg(long, env = "IMPRINT_HOME", default_value = "./.imprint")]
+        home: std::path::PathBuf,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key-encryption key (version 1) with this id.
+    Create { id: String },
+    /// Add a new primary version of a key: new data keys are wrapped by it, the old
+    /// versions stay to unwrap the existing ones.
+    Rotate { id: String },
+    /// Remove an old (not primary) version of a key. Data keys still wrapped by it can no
+    /// longer be unwrapped.
+    Retire { id: String, version: u32 },
+    /// List the keys with their primary and kept versions (never the key material).
+    List,
 }
 
 #[derive(clap::Args, Default)]
@@ -69,6 +94,26 @@ struct ServeArgs {
     /// `Header-Name=label,Other-Header=other` (e.g. `X-Imprint-Region=region`).
     #[arg(long, env = "IMPRINT_SPRING_LABEL_HEADERS", default_value = "")]
     spring_label_headers: String,
+    /// The key provider of at-rest encryption: `keyring` (the local keyring file) or
+    /// `aws-kms` (docs/encryption.md).
+    #[arg(long, env = "IMPRINT_KEY_PROVIDER", default_value = "keyring")]
+    key_provider: String,
+    /// The local keyring file (`keyring` provider). Default: `$IMPRINT_HOME/keyring.json`.
+    #[arg(long, env = "IMPRINT_KEYRING")]
+    keyring: Option<std::path::PathBuf>,
+    /// The KMS endpoint (`aws-kms`). Default: `https://kms.<region>.amazonaws.com/`.
+    #[arg(long, env = "IMPRINT_KMS_ENDPOINT")]
+    kms_endpoint: Option<String>,
+    /// The KMS region (`aws-kms`). Default: `AWS_REGION`, else `AWS_DEFAULT_REGION`;
+    /// credentials: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
+    #[arg(long, env = "IMPRINT_KMS_REGION")]
+    kms_region: Option<String>,
+    /// Unwrapped data keys kept in memory at most (0: none).
+    #[arg(long, env = "IMPRINT_KEY_CACHE_ENTRIES", default_value_t = 1024)]
+    key_cache_entries: usize,
+    /// Seconds an unwrapped data key stays in memory at most (0: not kept).
+    #[arg(long, env = "IMPRINT_KEY_CACHE_SECS", default_value_t = 300)]
+    key_cache_secs: u64,
     /// `?redirect=true` downloads (and nothing else) answer 307 to a presigned S3 URL.
     #[arg(long, env = "IMPRINT_PRESIGN", default_value_t = false, action = clap::ArgAction::Set)]
     presign: bool,
@@ -225,10 +270,13 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    let command = cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::parse_from_env()));
+    if let Command::Keys { keyring, home, command } = command {
+        return keys(keyring.unwrap_or_else(|| home.join("keyring.json")), command);
+    }
     let url = cli.database_url.ok_or(
         "DATABASE_URL is not set: start Imprint with `./dev run` (it runs a private Postgres) or point DATABASE_URL at a Postgres",
     )?;
-    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::parse_from_env()));
     match command {
         Command::Serve(args) => serve(&url, args).await,
         Command::Migrate => {
@@ -290,7 +338,74 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Keys { .. } => unreachable!("answered above, without a database"),
     }
+}
+
+/// `imprint-server keys …` on the local keyring file.
+fn keys(path: std::path::PathBuf, command: KeysCommand) -> Result<(), String> {
+    use imprint_service::keys::Keyring;
+    let mut ring = Keyring::load(&path)?;
+    match command {
+        KeysCommand::Create { id } => {
+            ring.create(&id)?;
+            ring.save(&path)?;
+            println!("key {id:?} created (version 1) in {}", path.display());
+        }
+        KeysCommand::Rotate { id } => {
+            let v = ring.rotate(&id)?;
+            ring.save(&path)?;
+            println!("key {id:?} rotated: version {v} is the primary");
+        }
+        KeysCommand::Retire { id, version } => {
+            ring.retire(&id, version)?;
+            ring.save(&path)?;
+            println!("version {version} of key {id:?} retired");
+        }
+        KeysCommand::List => {
+            for k in ring.list() {
+                let versions: Vec<String> = k.versions.iter().map(u32::to_string).collect();
+                println!("{}\tprimary {}\tversions {}", k.id, k.primary, versions.join(","));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The key provider of at-rest encryption as configured (`IMPRINT_KEY_PROVIDER`), with
+/// its cache of unwrapped data keys. Nothing is called here: a KMS that is down at startup
+/// does not stop the server (publishing to an at-rest topic would answer 503 then).
+fn key_provider(
+    args: &ServeArgs,
+    home: &std::path::Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<imprint_service::keys::Keys, String> {
+    use imprint_service::keys::{AwsKms, KeyCacheLimits, KeyProvider, Keys, LocalKeyring};
+    let provider: std::sync::Arc<dyn KeyProvider> = match args.key_provider.as_str() {
+        "keyring" | "local" => {
+            let path = args.keyring.clone().unwrap_or_else(|| home.join("keyring.json"));
+            std::sync::Arc::new(LocalKeyring::open(path).map_err(|e| format!("IMPRINT_KEYRING: {e}"))?)
+        }
+        "aws-kms" => {
+            let region = args
+                .kms_region
+                .clone()
+                .or_else(|| env("AWS_REGION"))
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+                .ok_or("IMPRINT_KEY_PROVIDER=aws-kms needs IMPRINT_KMS_REGION (or AWS_REGION)")?;
+            let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) else {
+                return Err("IMPRINT_KEY_PROVIDER=aws-kms needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into());
+            };
+            let token = env("AWS_SESSION_TOKEN");
+            let kms = AwsKms::new(args.kms_endpoint.as_deref(), &region, &id, &secret, token.as_deref())
+                .map_err(|e| format!("IMPRINT_KMS_ENDPOINT: {e}"))?;
+            std::sync::Arc::new(kms)
+        }
+        other => return Err(format!("IMPRINT_KEY_PROVIDER: {other:?} is not `keyring` or `aws-kms`")),
+    };
+    let limits = KeyCacheLimits { max_entries: args.key_cache_entries, ttl: Duration::from_secs(args.key_cache_secs) };
+    tracing::info!(provider = provider.kind(), cache_entries = limits.max_entries, "at-rest key provider");
+    Ok(Keys::new(provider, limits))
 }
 
 impl ServeArgs {
@@ -360,6 +475,7 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
             coalesce_ttl: Duration::from_millis(args.coalesce_ms.min(5000)),
             coalesce_entries: args.coalesce_entries.max(1),
         },
+        keys: Some(key_provider(&args, &home, |name| std::env::var(name).ok())?),
         ..Config::default()
     };
     let settings = Settings {
@@ -423,4 +539,51 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let mut argv = vec!["imprint-server"];
+        argv.extend_from_slice(extra);
+        Only::parse_from(argv).args
+    }
+
+    #[test]
+    fn the_key_provider_is_the_keyring_by_default_or_aws_kms_when_fully_configured() {
+        let home = std::env::temp_dir().join(format!("imprint-keyprovider-{}", std::process::id()));
+        let none = |_: &str| None;
+        let keys = key_provider(&args(&[]), &home, none).unwrap();
+        assert_eq!((keys.kind(), keys.limits().max_entries), ("local", 1024));
+        let keys = key_provider(&args(&["--key-cache-entries", "7", "--key-cache-secs", "9"]), &home, none).unwrap();
+        assert_eq!((keys.limits().max_entries, keys.limits().ttl), (7, Duration::from_secs(9)));
+
+        let kms = args(&["--key-provider", "aws-kms"]);
+        let e = key_provider(&kms, &home, none).unwrap_err();
+        assert!(e.contains("IMPRINT_KMS_REGION"), "{e}");
+        let region_only = |n: &str| (n == "AWS_REGION").then(|| "eu-west-1".to_owned());
+        let e = key_provider(&kms, &home, region_only).unwrap_err();
+        assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
+        let all = |n: &str| Some(if n == "AWS_REGION" { "eu-west-1".to_owned() } else { "x".to_owned() });
+        assert_eq!(key_provider(&kms, &home, all).unwrap().kind(), "aws-kms");
+        let bad = args(&["--key-provider", "aws-kms", "--kms-endpoint", "not a url"]);
+        assert!(key_provider(&bad, &home, all).unwrap_err().contains("IMPRINT_KMS_ENDPOINT"));
+
+        let e = key_provider(&args(&["--key-provider", "vault"]), &home, none).unwrap_err();
+        assert!(e.contains("vault"), "{e}");
+        // a keyring file that is not one stops the start
+        std::fs::create_dir_all(&home).unwrap();
+        let broken = home.join("broken.json");
+        std::fs::write(&broken, "{").unwrap();
+        let e = key_provider(&args(&["--keyring", broken.to_str().unwrap()]), &home, none).unwrap_err();
+        assert!(e.contains("IMPRINT_KEYRING"), "{e}");
+        let _ = std::fs::remove_dir_all(&home);
+    }
 }

@@ -147,6 +147,10 @@ pub struct Config {
     pub webhook_tick_every: Duration,
     /// Fair serving under overload and read coalescing (docs/fairness.md, `IMPRINT_FAIR_*`).
     pub fair: crate::fair::FairConfig,
+    /// The key provider of at-rest encryption, with its cache of unwrapped data keys
+    /// (`IMPRINT_KEY_PROVIDER`, docs/encryption.md). `None`: none configured. Not used by
+    /// publishing or serving yet (docs/encryption.md, "Not built yet").
+    pub keys: Option<crate::keys::Keys>,
 }
 
 impl Default for Config {
@@ -176,6 +180,7 @@ impl Default for Config {
             webhook_timeout: Duration::from_secs(10),
             webhook_tick_every: Duration::from_millis(500),
             fair: crate::fair::FairConfig::default(),
+            keys: None,
         }
     }
 }

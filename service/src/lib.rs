@@ -7,10 +7,12 @@
 //! `store` holds every SQL statement; `serving`, `auth` and `handle` build on it; the
 //! feature modules (`rollouts` < `versions`, `topics`, `pins`, `users`, `teams`, `audit_log`,
 //! `consumers`, `tokens`, `matrix`, `poll`) build on those, `relay` on `poll`, `webhooks` on `auth` and `store` (its events are written by `store::audit`); `validation`
-//! sits below `versions`, `version_reads` beside it; `background` runs the loops on top.
+//! sits below `versions`, `version_reads` beside it; `background` runs the loops on top;
+//! `at_rest` (the sealed format of at-rest encryption) is a leaf, `keys` (its key providers) builds on it.
 #![forbid(unsafe_code)]
 
 pub mod apollo;
+pub mod at_rest;
 pub mod audit;
 pub mod audit_log;
 pub mod auth;
@@ -28,6 +30,7 @@ pub mod error;
 pub mod fair;
 mod handle;
 pub mod janitor;
+pub mod keys;
 pub mod long_polls;
 pub mod matrix;
 pub mod model;
