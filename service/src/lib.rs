@@ -37,6 +37,7 @@ pub mod overview;
 pub mod payloads;
 mod pins;
 pub mod poll;
+mod region_copies;
 pub mod regions;
 pub mod relay;
 pub mod rollouts;
