@@ -230,6 +230,7 @@ impl ClientBuilder {
             wake: Notify::new(),
             stop: stop.subscribe(),
             task: Mutex::new(None),
+            served_regions: Mutex::new(Default::default()),
         });
         Ok(Client { inner, keep: Arc::new(KeepAlive { stop }) })
     }
@@ -285,6 +286,12 @@ impl Client {
             identities: None,
             identity_file: None,
         }
+    }
+
+    /// The region whose copy of `topic`'s payload was downloaded last (servers with
+    /// several regions, docs/regions.md); None before any such download.
+    pub fn served_region(&self, topic: &str) -> Option<String> {
+        self.inner.served_regions.lock().unwrap_or_else(|e| e.into_inner()).get(topic).cloned()
     }
 
     pub fn instance(&self) -> &str {

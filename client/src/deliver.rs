@@ -252,6 +252,7 @@ pub(crate) async fn start_from_snapshot(inner: &Inner, snapshots: &crate::snapsh
         sha256: m.sha256.clone(),
         data_base64: None,
         data_url: imprint_protocol::data_url(&topic, m.version),
+        data_urls: Vec::new(),
     };
     let fetched = match crate::snapshot::payload(&inner.store, snapshots, slot.kind(), &m).await {
         Ok(f) => f,

@@ -78,6 +78,10 @@ pub(crate) async fn fetch(inner: &Inner, topic: &str, u: &Update, kind: Kind) ->
     if u.data_url.is_empty() {
         return Err(Failure::Rejected("the update has neither data_base64 nor data_url".into()));
     }
+    let urls = u.download_urls();
+    if urls.len() > 1 {
+        return fetch_failover(inner, topic, u, kind, &urls).await;
+    }
     let url = inner.url(&u.data_url);
     // A mismatch may be a transfer accident: one more download before giving up on it.
     let mut last = None;
@@ -92,6 +96,50 @@ pub(crate) async fn fetch(inner: &Inner, topic: &str, u: &Update, kind: Kind) ->
         }
     }
     Err(Failure::Rejected(last.map(|e| e.to_string()).unwrap_or_default()))
+}
+
+/// Several regions (`data_urls`, docs/protocol.md §3): each URL in order; a connect
+/// error, a 5xx or a payload that does not verify moves on to the next. The version is
+/// given up (rejected) only when every region's copy failed to verify; if some region was
+/// unreachable, it is a transient failure (retried with backoff).
+async fn fetch_failover(
+    inner: &Inner,
+    topic: &str,
+    u: &Update,
+    kind: Kind,
+    urls: &[(Option<&str>, &str)],
+) -> Result<Fetched, Failure> {
+    let mut unreachable = None;
+    let mut mismatch = None;
+    for (region, url) in urls {
+        let region = region.unwrap_or_default();
+        match download(inner, topic, &inner.url(url), u, kind).await {
+            Ok(f) => {
+                inner
+                    .served_regions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(topic.to_owned(), region.to_owned());
+                metrics::counter!("imprint_client_region_downloads_total", "region" => region.to_owned()).increment(1);
+                return Ok(f);
+            }
+            Err(e @ (Error::Checksum { .. } | Error::Size { .. })) => {
+                tracing::warn!(topic, version = u.version, region, error = %e, "this region's copy does not verify; trying the next region");
+                metrics::counter!("imprint_client_region_failovers_total", "region" => region.to_owned()).increment(1);
+                mismatch = Some(e);
+            }
+            Err(e @ (Error::Http { .. } | Error::Api { status: 500..=599, .. })) => {
+                tracing::warn!(topic, version = u.version, region, error = %e, "this region failed; trying the next region");
+                metrics::counter!("imprint_client_region_failovers_total", "region" => region.to_owned()).increment(1);
+                unreachable = Some(e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match (unreachable, mismatch) {
+        (Some(e), _) => Err(e.into()),
+        (None, e) => Err(Failure::Rejected(e.map(|e| e.to_string()).unwrap_or_default())),
+    }
 }
 
 enum Sink {

@@ -68,6 +68,9 @@ pub(crate) struct Inner {
     pub wake: Notify,
     pub stop: watch::Receiver<bool>,
     pub task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Topic → the region whose copy of its payload was downloaded last (several regions:
+    /// docs/regions.md).
+    pub served_regions: Mutex<BTreeMap<String, String>>,
 }
 
 impl Inner {

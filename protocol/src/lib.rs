@@ -90,6 +90,32 @@ pub struct Update {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub data_url: String,
+    /// Where each region's copy of the payload is, the consumer's own region first, then
+    /// the server's preference order (docs/regions.md); `data_url` is the first of them.
+    /// Absent with one region (and for inline payloads): use `data_url`. A client tries
+    /// them in order, moving to the next on a connect error, a 5xx or a checksum mismatch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_urls: Vec<DataUrl>,
+}
+
+/// One region's copy of a payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DataUrl {
+    pub region: String,
+    pub url: String,
+}
+
+impl Update {
+    /// The URLs to download the payload from, in the order to try them (`data_urls`, or
+    /// `data_url` alone as region `None`).
+    pub fn download_urls(&self) -> Vec<(Option<&str>, &str)> {
+        if self.data_urls.is_empty() {
+            vec![(None, self.data_url.as_str())]
+        } else {
+            self.data_urls.iter().map(|d| (Some(d.region.as_str()), d.url.as_str())).collect()
+        }
+    }
 }
 
 /// The answer to a poll.
@@ -203,6 +229,7 @@ impl VersionInfo {
             size: self.size,
             sha256: self.sha256,
             data_base64: None,
+            data_urls: Vec::new(),
         }
     }
 }

@@ -86,6 +86,14 @@ struct ServeArgs {
     /// Default: `$IMPRINT_HOME/objects`.
     #[arg(long, env = "IMPRINT_OBJECT_STORE")]
     object_store: Option<String>,
+    /// Several object stores, one per region (docs/regions.md):
+    /// `eu=s3://bucket-eu/prefix?endpoint=…&secret_access_key_env=EU_SECRET,us=s3://…`; the
+    /// first is the home region. Replaces `IMPRINT_OBJECT_STORE`.
+    #[arg(long, env = "IMPRINT_OBJECT_STORES")]
+    object_stores: Option<String>,
+    /// The order consumers are sent to the regions in after their own (`eu,us`).
+    #[arg(long, env = "IMPRINT_REGION_PREFERENCE", default_value = "")]
+    region_preference: String,
     /// Registered objects (published as pointers) must live under `<area>/<owning team>/`
     /// of the object store.
     #[arg(long, env = "IMPRINT_REGISTER_AREA", default_value = imprint_service::DEFAULT_REGISTER_AREA)]
@@ -425,12 +433,31 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
     let roles = imprint_service::Roles::parse(args.roles.as_deref().unwrap_or("all"))
         .map_err(|e| format!("IMPRINT_ROLES: {e}"))?;
     let home = std::path::PathBuf::from(args.home.clone().unwrap_or_else(|| "./.imprint".into()));
-    let objects = match &args.object_store {
-        Some(url) => imprint_service::objects::Objects::open(url, &[], args.presign),
-        None if args.presign => Err("IMPRINT_PRESIGN needs an S3 object store (IMPRINT_OBJECT_STORE=s3://…)".into()),
-        None => imprint_service::objects::Objects::local(&home.join("objects")),
-    }
-    .map_err(|e| format!("IMPRINT_OBJECT_STORE: {e}"))?;
+    let preference: Vec<String> =
+        args.region_preference.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    let (objects, regions) = match (&args.object_stores, &args.object_store) {
+        (Some(_), Some(_)) => return Err("set IMPRINT_OBJECT_STORES or IMPRINT_OBJECT_STORE, not both".into()),
+        (Some(spec), None) => imprint_service::regions::Regions::open(spec, &preference, args.presign)
+            .map_err(|e| format!("IMPRINT_OBJECT_STORES: {e}"))?,
+        (None, single) => {
+            let objects = match single {
+                Some(url) => imprint_service::objects::Objects::open(url, &[], args.presign),
+                None if args.presign => {
+                    Err("IMPRINT_PRESIGN needs an S3 object store (IMPRINT_OBJECT_STORE=s3://…)".into())
+                }
+                None => imprint_service::objects::Objects::local(&home.join("objects")),
+            }
+            .map_err(|e| format!("IMPRINT_OBJECT_STORE: {e}"))?;
+            let regions = imprint_service::regions::Regions::new(
+                imprint_service::regions::DEFAULT_REGION.into(),
+                Vec::new(),
+                &preference,
+            )
+            .map_err(|e| format!("IMPRINT_REGION_PREFERENCE: {e}"))?;
+            (objects, regions)
+        }
+    };
+    tracing::info!(regions = ?regions.names(), "object store regions");
     tracing::info!(store = objects.url(), presign = objects.presigns(), "payload object store");
     tracing::debug!(home = ?args.home, "state directory");
     let trusted = imprint_server::TrustedProxies::parse(&args.trusted_proxies)
@@ -454,6 +481,7 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
             args.max_long_polls_per_address
         },
         objects,
+        regions,
         janitor_every: Duration::from_secs(args.janitor_secs.max(1)),
         webhook_timeout: Duration::from_secs(args.webhook_timeout_secs.clamp(1, 60)),
         metrics_on_public_listener: args.metrics_addr.is_none(),

@@ -242,7 +242,7 @@ pub async fn payload_response(
         return Ok(builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).unwrap_or_default());
     }
     if let (true, PayloadBody::Object(key)) = (redirect, &p.body) {
-        if let Some(url) = imprint.presigned_url(key).await? {
+        if let Some(url) = imprint.presigned_url_in(p.region.as_deref(), key).await? {
             return Ok(builder
                 .status(StatusCode::TEMPORARY_REDIRECT)
                 .header(header::LOCATION, url)
@@ -277,7 +277,7 @@ pub async fn payload_response(
         (PayloadBody::Inline(data), Some((start, end))) => Body::from(data.slice(start as usize..=end as usize)),
         (PayloadBody::Inline(data), None) => Body::from(data),
         (PayloadBody::Object(key), range) => {
-            let stream = imprint.read_object(&key, range.map(|(s, e)| s..e + 1)).await?;
+            let stream = imprint.read_object_in(p.region.as_deref(), &key, range.map(|(s, e)| s..e + 1)).await?;
             Body::from_stream(stream)
         }
     };

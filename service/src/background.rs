@@ -41,6 +41,16 @@ impl Imprint {
             }
             Ok(())
         });
+        // Copies of new objects to the other regions (regions.rs), retried with backoff.
+        if self.config().regions.several() {
+            self.every(self.config().rollout_tick_every, "region copies", true, true, |i| async move {
+                let n = i.copy_pass().await?;
+                if n > 0 {
+                    tracing::debug!(copied = n, "region copy pass");
+                }
+                Ok(())
+            });
+        }
         // The object-store snapshot manifests (clients' last resort at start-up).
         self.every(self.config().snapshot_every, "snapshots", true, true, |i| async move {
             let p = i.snapshot_pass().await?;

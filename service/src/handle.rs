@@ -130,6 +130,9 @@ pub struct Config {
     pub spring_label_headers: Vec<(String, String)>,
     /// Where payloads larger than a topic's inline limit go (`IMPRINT_OBJECT_STORE`).
     pub objects: crate::objects::Objects,
+    /// The regions besides the home one (`objects`), and the order consumers are sent
+    /// to them in (`IMPRINT_OBJECT_STORES`, `IMPRINT_REGION_PREFERENCE`; docs/regions.md).
+    pub regions: crate::regions::Regions,
     /// How often the janitor applies retention and sweeps stray objects (`IMPRINT_JANITOR_SECS`).
     pub janitor_every: Duration,
     /// `/metrics` is answered on the public listener (false: `IMPRINT_METRICS_ADDR` is
@@ -173,6 +176,7 @@ impl Default for Config {
             apollo_hold: Duration::from_secs(60),
             spring_label_headers: Vec::new(),
             objects: crate::objects::Objects::default(),
+            regions: crate::regions::Regions::default(),
             janitor_every: Duration::from_secs(60),
             register_area: DEFAULT_REGISTER_AREA.to_owned(),
             metrics_on_public_listener: true,
@@ -263,7 +267,7 @@ impl Imprint {
             inner: Arc::new(Inner {
                 public_url: std::sync::OnceLock::new(),
                 pool,
-                state: Arc::new(ServingState::default()),
+                state: Arc::new(ServingState::default().with_regions(&config.regions)),
                 audit,
                 config,
                 clock,

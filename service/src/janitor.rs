@@ -98,6 +98,13 @@ impl Imprint {
             if let (true, Some(key)) = (r.object_owned, &r.object_key) {
                 // Deleted by the sweep right after the commit (and retried if the store is down).
                 store::objects::mark(&mut *tx, key, now, "purge").await?;
+                // Every other region's copy too (pending ones as well: a copy finishing
+                // after this finds its version purged and queues its key itself).
+                for (c, key) in store::copies::of_version(&mut *tx, id, r.version).await? {
+                    if c.region != self.config().regions.home() {
+                        store::objects::mark_in(&mut *tx, &c.region, &key, now, "purge").await?;
+                    }
+                }
             }
             let details = json!({
                 "version": r.version,

@@ -40,6 +40,8 @@ pub mod overview;
 pub mod payloads;
 mod pins;
 pub mod poll;
+mod region_copies;
+pub mod regions;
 pub mod relay;
 pub mod rollouts;
 pub mod serving;

@@ -418,6 +418,19 @@ pub enum PayloadBody {
     Object(String),
 }
 
+/// One region's copy of a version's object (docs/regions.md).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ObjectCopy {
+    pub region: String,
+    /// The home region: publishes stream there; it holds the object from the commit on.
+    pub home: bool,
+    /// `done` (the region holds it) or `pending` (the worker is still to copy it).
+    pub state: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// A version's payload as `…/data`, `/latest` and blobs send it.
 #[derive(Clone)]
 pub struct VersionPayload {
@@ -426,4 +439,6 @@ pub struct VersionPayload {
     pub sha256: String,
     pub size: u64,
     pub body: PayloadBody,
+    /// The region whose store holds `body`'s object key (None: the home region).
+    pub region: Option<String>,
 }

@@ -145,7 +145,19 @@ impl Objects {
             }
             "s3" | "s3a" => {
                 let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url);
-                for (k, v) in options {
+                // Imprint's own keys: how long a failing region is retried before the
+                // request fails (a region that is down should fail fast: consumers fail over).
+                let mut retry = object_store::RetryConfig::default();
+                let mut options = options.to_vec();
+                options.retain(|(k, v)| match k.as_str() {
+                    "max_retries" => v.parse().map(|n| retry.max_retries = n).is_err(),
+                    "retry_timeout_secs" => {
+                        v.parse().map(|n| retry.retry_timeout = std::time::Duration::from_secs(n)).is_err()
+                    }
+                    _ => true,
+                });
+                b = b.with_retry(retry);
+                for (k, v) in &options {
                     let key = k.parse().map_err(|e| format!("S3 option {k:?}: {e}"))?;
                     b = b.with_config(key, v);
                 }
@@ -198,6 +210,11 @@ impl Objects {
         let mut parts: Vec<String> = self.inner.prefix.parts().map(|p| p.as_ref().to_owned()).collect();
         parts.extend(rest.split('/').map(str::to_owned));
         Path::from_iter(parts)
+    }
+
+    /// `rest` (a key relative to the store's URL) under this store's prefix.
+    pub(crate) fn key_under_prefix(&self, rest: &str) -> Path {
+        self.under_prefix(rest)
     }
 
     /// A fresh key for an upload in progress.

@@ -116,6 +116,10 @@ fn cut_off(e: std::io::Error) -> Error {
     Error::invalid(format!("the request body ended before it was complete ({e}); nothing was stored"))
 }
 
+fn unknown_region(region: Option<&str>) -> Error {
+    Error::invalid(format!("{:?} is not a configured region", region.unwrap_or_default()))
+}
+
 fn parse_key(key: &str) -> Result<Path> {
     Path::parse(key).map_err(|e| Error::Internal(format!("stored object key {key:?}: {e}")))
 }
@@ -268,24 +272,38 @@ impl Imprint {
     pub async fn sweep_stray_objects(&self, limit: i64) -> Result<usize> {
         let mut tx = self.pool().begin().await?;
         let keys = store::objects::due(&mut tx, self.now(), limit).await?;
-        let mut done = Vec::new();
-        for key in keys {
-            if !store::objects::in_use(&mut *tx, &key).await? {
+        // Per region ("" is home): a region that is down keeps its rows for the next sweep.
+        let mut done: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (region, key) in keys {
+            let used = if region.is_empty() {
+                store::objects::in_use(&mut *tx, &key).await?
+            } else {
+                store::objects::in_use_in(&mut *tx, &region, &key).await?
+            };
+            if !used {
+                let Some(objects) = self.region_objects(&region) else {
+                    tracing::warn!(region, key, "a stray object of a region that is not configured waits until it is");
+                    continue;
+                };
                 let path = parse_key(&key)?;
-                if let Err(e) = self.objects().delete(&path).await {
-                    tracing::warn!(error = %e, key, "deleting a stray object failed; retrying on the next sweep");
+                if let Err(e) = objects.delete(&path).await {
+                    tracing::warn!(error = %e, region, key, "deleting a stray object failed; retrying on the next sweep");
                     continue;
                 }
             }
-            done.push(key);
+            done.entry(region).or_default().push(key);
         }
-        store::objects::unmark(&mut *tx, &done).await?;
+        let mut n = 0;
+        for (region, keys) in &done {
+            store::objects::unmark_in(&mut *tx, region, keys).await?;
+            n += keys.len();
+        }
         tx.commit().await?;
-        if !done.is_empty() {
-            metrics::counter!("imprint_stray_objects_deleted_total").increment(done.len() as u64);
-            tracing::info!(deleted = done.len(), "stray objects deleted");
+        if n > 0 {
+            metrics::counter!("imprint_stray_objects_deleted_total").increment(n as u64);
+            tracing::info!(deleted = n, "stray objects deleted");
         }
-        Ok(done.len())
+        Ok(n)
     }
 
     /// Where a version's payload is (410 once purged).
@@ -332,6 +350,7 @@ impl Imprint {
                     sha256: row.sha256,
                     size: row.size as u64,
                     body,
+                    region: None,
                 })))
             },
         )
@@ -363,6 +382,7 @@ impl Imprint {
             sha256: row.sha256,
             size: row.size as u64,
             body,
+            region: None,
         })
     }
 
@@ -385,6 +405,83 @@ impl Imprint {
     /// A presigned download URL of an object (S3 with `IMPRINT_PRESIGN=true`), else None.
     pub async fn presigned_url(&self, key: &str) -> Result<Option<String>> {
         self.objects().presigned(parse_key(key)?.as_ref()).await
+    }
+
+    /// `presigned_url` in a region's store (None: home).
+    pub async fn presigned_url_in(&self, region: Option<&str>, key: &str) -> Result<Option<String>> {
+        let objects = self.region_objects(region.unwrap_or_default()).ok_or_else(|| unknown_region(region))?;
+        objects.presigned(parse_key(key)?.as_ref()).await
+    }
+
+    /// `read_object` from a region's store (None: home).
+    pub async fn read_object_in(
+        &self,
+        region: Option<&str>,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, std::result::Result<Bytes, std::io::Error>>> {
+        let Some(region) = region.filter(|r| *r != self.config().regions.home()) else {
+            return self.read_object(key, range).await;
+        };
+        let objects = self.region_objects(region).ok_or_else(|| unknown_region(Some(region)))?;
+        let options = GetOptions { range: range.map(GetRange::Bounded), ..GetOptions::default() };
+        let got = objects.store().get_opts(&parse_key(key)?, options).await.map_err(store_error)?;
+        Ok(got.into_stream().map(|r| r.map_err(std::io::Error::other)).boxed())
+    }
+
+    /// `version_payload` from one region's copy (`?region=`): 400 for a region that is not
+    /// configured, 404 when that region holds no copy (yet). Inline payloads are the same
+    /// everywhere.
+    pub async fn version_payload_in(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        version: VersionNumber,
+        region: &str,
+    ) -> Result<VersionPayload> {
+        if !self.config().regions.is_configured(region) {
+            return Err(unknown_region(Some(region)));
+        }
+        let mut p = self.version_payload(caller, topic, version).await?;
+        let PayloadBody::Object(home_key) = &p.body else { return Ok(p) };
+        if region == self.config().regions.home() {
+            p.region = Some(region.to_owned());
+            return Ok(p);
+        }
+        let mut conn = self.pool().acquire().await?;
+        let t = store::topics::require(&mut conn, topic, false).await?;
+        let key = store::copies::done_key(&mut *conn, t.id, version.get() as i64, region).await?.ok_or_else(|| {
+            Error::NotFound(format!("version {} of {} has no copy in region {region} (yet)", version.get(), t.name))
+        })?;
+        let _ = home_key;
+        p.body = PayloadBody::Object(key);
+        p.region = Some(region.to_owned());
+        Ok(p)
+    }
+
+    /// Where a version's object is: each region that holds it or is still to get it.
+    pub async fn version_copies(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        version: VersionNumber,
+    ) -> Result<Vec<crate::model::ObjectCopy>> {
+        let t = self.readable_topic(caller, topic).await?;
+        let rows = store::copies::of_version(self.pool(), t.id, version.get() as i64).await?;
+        let home = self.config().regions.home();
+        let mut out: Vec<crate::model::ObjectCopy> = rows
+            .into_iter()
+            .map(|(c, _)| crate::model::ObjectCopy {
+                home: c.region == home,
+                region: c.region,
+                state: c.state,
+                attempts: c.attempts.max(0) as u32,
+                last_error: c.last_error,
+                updated_at: c.updated_at,
+            })
+            .collect();
+        out.sort_by_key(|c| (!c.home, c.region.clone()));
+        Ok(out)
     }
 
     /// At most the first `max` bytes of a version's payload, and its whole size: what a

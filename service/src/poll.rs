@@ -80,11 +80,13 @@ impl ToSchema for PollRequest {
 pub struct UpdateRef {
     pub version: Arc<ServedVersion>,
     pub pinned: bool,
+    /// The consumer's region among those holding the object (`ServedVersion::region_slot`).
+    pub slot: usize,
 }
 
 impl Serialize for UpdateRef {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.version.update_json(self.pinned).serialize(s)
+        self.version.update_json(self.pinned, self.slot).serialize(s)
     }
 }
 
@@ -163,7 +165,8 @@ fn compute_some<'a>(
             }
             Some(r) if is_update(*held, r) => {
                 if let Some(v) = topic.served.get(&r.version) {
-                    updates.insert(name.clone(), UpdateRef { version: v.clone(), pinned: r.pinned });
+                    let slot = v.region_slot(req.consumer.labels.get("region"));
+                    updates.insert(name.clone(), UpdateRef { version: v.clone(), pinned: r.pinned, slot });
                 }
             }
             Some(_) => {}
@@ -400,8 +403,8 @@ mod tests {
         ));
         let answer = PollResponse {
             updates: BTreeMap::from([
-                ("payments.model".to_owned(), UpdateRef { version: small, pinned: true }),
-                ("other".to_owned(), UpdateRef { version: big, pinned: false }),
+                ("payments.model".to_owned(), UpdateRef { version: small, pinned: true, slot: 0 }),
+                ("other".to_owned(), UpdateRef { version: big, pinned: false, slot: 0 }),
             ]),
             missing: BTreeMap::from([("gone".to_owned(), "topic_not_found".to_owned())]),
             poll_after_ms: 0,
@@ -421,6 +424,7 @@ mod tests {
                         sha256: "ab".repeat(32),
                         data_base64: Some("e30=".into()),
                         data_url: imprint_protocol::data_url("payments.model", 3),
+                        data_urls: vec![],
                     },
                 ),
                 (
@@ -434,6 +438,7 @@ mod tests {
                         sha256: "cd".repeat(32),
                         data_base64: None,
                         data_url: imprint_protocol::data_url("payments.model", 4),
+                        data_urls: vec![],
                     },
                 ),
             ]),

@@ -98,7 +98,7 @@ fn answer_group(state: &ServingState, caller: &Caller, group: &RelayGroup, answe
             }
             Some(r) if *held != Some(r) => {
                 if let Some(v) = topic.served.get(&r.version) {
-                    answer.updates.insert(name.clone(), UpdateRef { version: v.clone(), pinned: r.pinned });
+                    answer.updates.insert(name.clone(), UpdateRef { version: v.clone(), pinned: r.pinned, slot: 0 });
                     changed = true;
                 }
             }

@@ -76,6 +76,12 @@ pub struct NewTopic {
 pub struct TopicPatch {
     #[serde(default)]
     pub description: Option<String>,
+    /// The configured regions its objects go to (`null`: all; docs/regions.md).
+    #[serde(default, deserialize_with = "double_option")]
+    pub regions: Option<Option<Vec<String>>>,
+    /// How many of its regions hold an object before a version commits (`null`: all of them).
+    #[serde(default, deserialize_with = "double_option")]
+    pub min_regions: Option<Option<u32>>,
     #[serde(default)]
     pub owner: Option<String>,
     #[serde(default)]
@@ -550,6 +556,16 @@ impl Imprint {
             at: self.now(),
         };
         store::topics::update(&mut tx, t.id, update).await?;
+        if patch.regions.is_some() || patch.min_regions.is_some() {
+            let (list_now, min_now) = store::copies::topic_settings(&mut tx, t.id).await?;
+            let list = patch.regions.clone().unwrap_or(list_now);
+            let min = patch.min_regions.unwrap_or(min_now.map(|m| m.max(0) as u32));
+            crate::regions::check_topic_regions(&self.config().regions, list.as_deref(), min)?;
+            let min = min.map(|m| m.min(i32::MAX as u32) as i32);
+            store::copies::set_topic_settings(&mut tx, t.id, list.as_deref(), min).await?;
+            let details = serde_json::json!({"regions": list, "min_regions": min});
+            store::audit(&mut tx, self.now(), &caller.who(), "topic.regions", Some(&t.name), details).await?;
+        }
         let checks_before = store::checks::settings(&mut *tx, t.id).await?;
         let mut checks_after = checks_before.clone();
         if let Some(c) = patch.checks.clone() {

@@ -395,6 +395,20 @@ impl Imprint {
                 (sha256.clone(), None)
             }
         };
+        // Several regions (docs/regions.md): the object is in the home region now; the
+        // first `min_regions - 1` other regions get their copy here, before the commit,
+        // the rest are queued for the worker.
+        let copies = match &received {
+            Received::Object { key, owned: true, .. } if self.config().regions.several() => {
+                let home_key = final_key.as_ref().unwrap_or(key);
+                self.copy_before_commit(&mut tx, t.id, home_key, &sha256, created_at).await?
+            }
+            Received::Object { key, .. } if self.config().regions.several() => {
+                let home = self.config().regions.home().to_owned();
+                vec![(home, final_key.as_ref().unwrap_or(key).to_string(), true)]
+            }
+            _ => Vec::new(),
+        };
         let stored = match &received {
             Received::Inline(b) => store::versions::StoredAt::Inline(b.as_ref()),
             Received::Object { key, owned, .. } => {
@@ -423,6 +437,14 @@ impl Imprint {
                 let mut claimed = vec![key.to_string()];
                 claimed.extend(final_key.as_ref().map(ToString::to_string));
                 store::objects::unmark(&mut *tx, &claimed).await?;
+            }
+            if !copies.is_empty() {
+                store::copies::insert(&mut tx, t.id, version, &copies, created_at).await?;
+                for (region, key, done) in &copies {
+                    if *done && region != self.config().regions.home() {
+                        store::objects::unmark_in(&mut *tx, region, std::slice::from_ref(key)).await?;
+                    }
+                }
             }
             store::versions::insert_scopes(&mut tx, t.id, version, &scopes, created_at, &who).await?;
             if let Some((_, c)) = &checked {
@@ -506,7 +528,11 @@ impl Imprint {
                     meta.metadata.clone(),
                     created_at,
                     payload,
-                );
+                )
+                .with_regions({
+                    let held: Vec<String> = copies.iter().filter(|c| c.2).map(|c| c.0.clone()).collect();
+                    crate::regions::order_for(self.state().regions(), &held, None)
+                });
                 self.state().apply_publish(t.name.as_str(), seq, served, &scopes)
             }
             _ => false,
@@ -561,5 +587,44 @@ fn received_content(r: &Received) -> (u64, Option<&Bytes>) {
     match r {
         Received::Inline(b) => (b.len() as u64, Some(b)),
         Received::Object { size, content, .. } => (*size, content.as_ref()),
+    }
+}
+
+impl Imprint {
+    /// Copies a new version's object from the home region to the other regions its
+    /// topic needs before the version may commit (`min_regions`), verifying each copy;
+    /// returns every region the object goes to, with its key and whether it holds it now.
+    async fn copy_before_commit(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        topic_id: i64,
+        home_key: &object_store::path::Path,
+        sha256: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(String, String, bool)>> {
+        let regions = &self.config().regions;
+        let (list, min) = store::copies::topic_settings(&mut *tx, topic_id).await?;
+        let (list, min) = crate::regions::topic_regions(regions, list.as_deref(), min);
+        let mut out = vec![(regions.home().to_owned(), home_key.to_string(), true)];
+        // The others in preference order: the preferred ones are the required ones.
+        let others: Vec<&String> =
+            regions.ranked().iter().filter(|r| *r != regions.home() && list.contains(r)).collect();
+        for (i, region) in others.into_iter().enumerate() {
+            let Some(to) = regions.other(region) else { continue };
+            let key = crate::regions::key_in(self.objects(), to, home_key.as_ref());
+            let now_needed = i + 1 < min;
+            if now_needed {
+                // Recorded first: if the commit does not happen, the sweep deletes it.
+                let later = now + chrono::Duration::hours(1);
+                store::objects::mark_in(self.pool(), region, key.as_ref(), later, "publish").await?;
+                crate::regions::copy_verified(self.objects(), home_key, to, &key, sha256).await.map_err(|e| {
+                    Error::ObjectStoreUnavailable(format!(
+                        "region {region} must hold the object before the version commits (min_regions {min}): {e}"
+                    ))
+                })?;
+            }
+            out.push((region.clone(), key.to_string(), now_needed));
+        }
+        Ok(out)
     }
 }

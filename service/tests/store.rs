@@ -189,7 +189,7 @@ async fn the_serving_state_holds_the_present_and_history_comes_from_postgres(poo
             (&b.sha256, b.size, &b.content_type, &b.metadata, b.created_at, &b.payload),
             "version {v}"
         );
-        assert_eq!(a.update_json(false).get(), b.update_json(false).get());
+        assert_eq!(a.update_json(false, 0).get(), b.update_json(false, 0).get());
     }
     assert_eq!(loaded.served.len(), 2);
 

@@ -153,6 +153,9 @@ pub async fn save_settings(
             // Checks are set through the API (docs/validation.md); the form leaves them.
             checks: None,
             on_failure: None,
+            // Regions are set through the API (docs/regions.md); the form leaves them.
+            regions: None,
+            min_regions: None,
             description: Some(description.trim().to_owned()),
             owner: Some(owner.trim().to_owned()),
             retention: Some(Retention {

@@ -149,6 +149,7 @@ pub async fn latest(
         sha256: v.sha256.clone(),
         size: body.len() as u64,
         body: PayloadBody::Inline(body),
+        region: None,
     };
     let p = match &v.payload {
         Some(p) => inline(p.clone()),

@@ -27,6 +27,7 @@ pub fn routes() -> OpenApiRouter<Imprint> {
         .routes(routes!(publish, list_versions))
         .routes(routes!(get_version))
         .routes(routes!(version_data))
+        .routes(routes!(version_regions))
         .routes(routes!(retention))
         .routes(routes!(add_scope))
 }
@@ -194,6 +195,27 @@ pub async fn get_version(
     Ok(Json(imprint.version(&caller, &topic, n).await?))
 }
 
+/// Where a version's object is (docs/regions.md): one row per region that holds it or
+/// is still to get it (none for inline payloads and for versions from before regions).
+#[derive(Serialize, ToSchema)]
+pub struct VersionRegions {
+    pub copies: Vec<imprint_service::model::ObjectCopy>,
+}
+
+#[utoipa::path(get, path = "/api/v1/topics/{topic}/versions/{n}/regions", tag = "versions",
+    params(("topic" = String, Path), ("n" = u64, Path)),
+    responses((status = 200, body = VersionRegions), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn version_regions(
+    State(imprint): State<Imprint>,
+    Auth(caller): Auth,
+    VersionPath(topic, n): VersionPath,
+) -> ApiResult<Json<VersionRegions>> {
+    // The version's own read rights (404 for a version that does not exist).
+    imprint.version(&caller, &topic, n).await?;
+    Ok(Json(VersionRegions { copies: imprint.version_copies(&caller, &topic, n).await? }))
+}
+
 /// The payload bytes, as the version's own content type (the one it was published with;
 /// `application/octet-stream` when none was given), with `ETag: "<sha256>"`, a single
 /// `Range` and `If-None-Match`. Payloads are served inert (`nosniff`, a sandboxing CSP,
@@ -201,6 +223,7 @@ pub async fn get_version(
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/versions/{n}/data", tag = "versions",
     params(("topic" = String, Path), ("n" = u64, Path),
            ("redirect" = Option<bool>, Query, description = "true: 307 to a presigned URL (S3 store with IMPRINT_PRESIGN=true)"),
+           ("region" = Option<String>, Query, description = "the region whose copy to send (400: not configured; 404: no copy there yet)"),
            ("Range" = Option<String>, Header, description = "one byte range: bytes=a-b, bytes=a- or bytes=-n"),
            ("If-None-Match" = Option<String>, Header, description = "the ETag held: 304 if it is this payload's")),
     responses((status = 200, description = "the payload, in the version's own content type", body = Vec<u8>, content_type = "*/*",
@@ -225,9 +248,16 @@ pub async fn version_data(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let redirect = parse_bool(&q.redirect, "redirect")?;
-    let p = imprint.version_payload(&caller, &topic, n).await?;
+    let p = match q.region.as_deref() {
+        Some(region) => imprint.version_payload_in(&caller, &topic, n, region).await?,
+        None => imprint.version_payload(&caller, &topic, n).await?,
+    };
     let etag = format!("\"{}\"", p.sha256);
-    crate::payload::payload_response(&imprint, p, &etag, None, &headers, redirect).await
+    let mut resp = crate::payload::payload_response(&imprint, p.clone(), &etag, None, &headers, redirect).await?;
+    if let Some(r) = p.region.as_deref().and_then(|r| axum::http::HeaderValue::from_str(r).ok()) {
+        resp.headers_mut().insert("X-Imprint-Region", r);
+    }
+    Ok(resp)
 }
 
 /// What the retention policy will purge next: the live versions outside the policy,
@@ -258,6 +288,9 @@ pub async fn retention(
 pub struct DataQuery {
     #[serde(default)]
     pub redirect: Option<String>,
+    /// Which region's copy to send (docs/regions.md); default: the home region's.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/topics/{topic}/versions/{n}/scopes", tag = "versions",

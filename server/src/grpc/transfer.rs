@@ -156,6 +156,7 @@ pub(super) async fn download(
                 sha256: v.sha256.clone(),
                 size: bytes.len() as u64,
                 body: PayloadBody::Inline(bytes.clone()),
+                region: None,
             },
             None => imprint
                 .version_payload(caller, &topic, Error::known_version(v.version).map_err(grpc_status)?)

@@ -15,6 +15,7 @@ mod ofrep;
 mod openapi;
 mod poll;
 mod publish;
+mod regions;
 mod relay;
 mod resilience;
 mod rollouts;

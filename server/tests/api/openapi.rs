@@ -18,6 +18,7 @@ async fn every_route_is_documented_and_answers(pool: sqlx::PgPool) {
         "/api/v1/topics/{topic}/versions/{n}",
         "/api/v1/topics/{topic}/versions/{n}/data",
         "/api/v1/topics/{topic}/versions/{n}/scopes",
+        "/api/v1/topics/{topic}/versions/{n}/regions",
         "/api/v1/topics/{topic}/resolve",
         "/api/v1/topics/{topic}/retention",
         "/api/v1/topics/{topic}/pins",

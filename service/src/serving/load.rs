@@ -47,6 +47,7 @@ pub(super) async fn load(
     conn: &mut PgConnection,
     ids: Option<&[i64]>,
     cache: &HashMap<(i64, u64), Bytes>,
+    regions: &[String],
 ) -> crate::Result<Vec<ServingTopic>> {
     let now = store::serving::current(conn, ids).await?;
     // Per topic, a history of just the present: each selector's best live version and
@@ -87,6 +88,16 @@ pub(super) async fn load(
         payloads.extend(rows.into_iter().map(|(t, v, d)| ((t, v as u64), Bytes::from(d))));
     }
 
+    // With several regions: which regions hold each version's object (docs/regions.md).
+    let mut holding: HashMap<(i64, u64), Vec<String>> = HashMap::new();
+    if !regions.is_empty() {
+        for chunk in (0..tids.len()).step_by(10_000) {
+            let end = (chunk + 10_000).min(tids.len());
+            for (t, v, r) in store::copies::holding(conn, &tids[chunk..end], &vs[chunk..end]).await? {
+                holding.entry((t, v as u64)).or_default().push(r);
+            }
+        }
+    }
     let mut out = Vec::with_capacity(now.topics.len());
     let mut indexes = indexes;
     for t in now.topics {
@@ -98,16 +109,24 @@ pub(super) async fn load(
             let payload = cache.get(&(t.id, v)).cloned().or_else(|| payloads.remove(&(t.id, v)));
             served.insert(
                 v,
-                Arc::new(ServedVersion::new(
-                    name.clone(),
-                    v,
-                    row.content_type,
-                    row.size as u64,
-                    row.sha256,
-                    row.metadata.0,
-                    row.created_at,
-                    payload,
-                )),
+                Arc::new(
+                    ServedVersion::new(
+                        name.clone(),
+                        v,
+                        row.content_type,
+                        row.size as u64,
+                        row.sha256,
+                        row.metadata.0,
+                        row.created_at,
+                        payload,
+                    )
+                    .with_regions(
+                        holding
+                            .remove(&(t.id, v))
+                            .map(|h| crate::regions::order_for(regions, &h, None))
+                            .unwrap_or_default(),
+                    ),
+                ),
             );
         }
         let apollo = match (t.apollo_app_id, t.apollo_namespace) {

@@ -20,9 +20,13 @@ pub struct ServedVersion {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Present for small inline payloads of versions some consumer can resolve to now.
     pub payload: Option<Bytes>,
-    /// The poll answer's JSON for this version (unpinned, pinned), built once on first use
-    /// and shared by every poll that gets it.
-    json: [std::sync::OnceLock<Box<serde_json::value::RawValue>>; 2],
+    /// The regions holding a copy of its object, most preferred first (empty: one
+    /// region only, or an inline payload; docs/regions.md).
+    pub regions: Vec<String>,
+    /// The poll answer's JSON for this version, per (pinned, consumer's region slot: 0 for
+    /// none, 1 + its index in `regions`), built once on first use and shared by every poll
+    /// that gets it.
+    json: Box<[std::sync::OnceLock<Box<serde_json::value::RawValue>>]>,
 }
 
 /// The fields of a poll update (docs/api.md), as serialised once per version.
@@ -37,6 +41,8 @@ struct UpdateJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     data_base64: Option<String>,
     data_url: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    data_urls: Vec<imprint_protocol::DataUrl>,
 }
 
 impl ServedVersion {
@@ -62,14 +68,39 @@ impl ServedVersion {
             metadata,
             created_at,
             payload,
-            json: Default::default(),
+            regions: Vec::new(),
+            json: (0..2).map(|_| Default::default()).collect(),
         }
     }
 
-    /// The update's JSON, pre-serialised (built at most once per version and flag).
-    pub fn update_json(&self, pinned: bool) -> &serde_json::value::RawValue {
-        self.json[usize::from(pinned)].get_or_init(|| {
+    /// The regions holding its object, most preferred first (several regions configured).
+    pub fn with_regions(mut self, regions: Vec<String>) -> Self {
+        self.json = (0..2 * (regions.len() + 1)).map(|_| Default::default()).collect();
+        self.regions = regions;
+        self
+    }
+
+    /// The slot of a consumer's `region` label for `update_json` (0: none of the holding regions).
+    pub fn region_slot(&self, own: Option<&str>) -> usize {
+        own.and_then(|o| self.regions.iter().position(|r| r == o)).map_or(0, |i| i + 1)
+    }
+
+    /// The update's JSON, pre-serialised (built at most once per version, flag and region slot).
+    pub fn update_json(&self, pinned: bool, slot: usize) -> &serde_json::value::RawValue {
+        let slot = if slot > self.regions.len() { 0 } else { slot };
+        self.json[2 * slot + usize::from(pinned)].get_or_init(|| {
             use base64::Engine;
+            let base = imprint_protocol::data_url(self.topic.as_str(), self.version);
+            // Its own region first, then the preference order (`regions` is in that order).
+            let mut order: Vec<&String> = Vec::with_capacity(self.regions.len());
+            if slot > 0 {
+                order.push(&self.regions[slot - 1]);
+            }
+            order.extend(self.regions.iter().enumerate().filter(|(i, _)| *i + 1 != slot).map(|(_, r)| r));
+            let data_urls: Vec<imprint_protocol::DataUrl> = order
+                .into_iter()
+                .map(|r| imprint_protocol::DataUrl { region: r.clone(), url: format!("{base}?region={r}") })
+                .collect();
             let u = UpdateJson {
                 version: self.version,
                 pinned,
@@ -78,7 +109,8 @@ impl ServedVersion {
                 size: self.size,
                 sha256: &self.sha256,
                 data_base64: self.payload.as_ref().map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
-                data_url: imprint_protocol::data_url(self.topic.as_str(), self.version),
+                data_url: data_urls.first().map_or(base.clone(), |d| d.url.clone()),
+                data_urls,
             };
             let text = serde_json::to_string(&u).unwrap_or_else(|_| "null".into());
             serde_json::value::RawValue::from_string(text)

@@ -90,11 +90,28 @@ pub struct ServingState {
     /// Every change, by topic name, for the console's live pages: serving changes
     /// (publishes, scopes, pins, rollout stages) and consumer reports written.
     changes: tokio::sync::broadcast::Sender<Arc<[String]>>,
+    /// Every region, most preferred first, when several are configured (empty: one):
+    /// the order of a served version's `data_urls`.
+    regions: Vec<String>,
+}
+
+impl ServingState {
+    /// Serving with the configured regions (docs/regions.md).
+    pub(crate) fn with_regions(mut self, regions: &crate::regions::Regions) -> Self {
+        self.regions = if regions.several() { regions.ranked().to_vec() } else { Vec::new() };
+        self
+    }
+
+    /// Every region, most preferred first (empty: one region configured).
+    pub fn regions(&self) -> &[String] {
+        &self.regions
+    }
 }
 
 impl Default for ServingState {
     fn default() -> Self {
         Self {
+            regions: Vec::new(),
             topics: RwLock::new(HashMap::new()),
             own: std::sync::Mutex::new(HashMap::new()),
             seqs: RwLock::new(HashMap::new()),
@@ -404,7 +421,7 @@ impl ServingState {
         let cache = self.cached_payloads(ids);
         // One consistent snapshot across the tables (in the BEGIN: one round trip less).
         let mut tx = pool.begin_with(store::serving::BEGIN_SNAPSHOT).await?;
-        let loaded = load(&mut tx, ids, &cache).await?;
+        let loaded = load(&mut tx, ids, &cache, &self.regions).await?;
         tx.commit().await?;
         self.install(loaded, ids.is_none());
         let kind = match ids {

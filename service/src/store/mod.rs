@@ -10,6 +10,7 @@ pub(crate) mod blobs;
 pub(crate) mod change_control;
 pub(crate) mod checks;
 pub(crate) mod consumers;
+pub(crate) mod copies;
 pub(crate) mod encryption;
 pub(crate) mod history;
 pub(crate) mod objects;

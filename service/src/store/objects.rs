@@ -3,16 +3,28 @@ use crate::error::Result;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
-/// Records that `key` must be deleted after `delete_after` unless claimed first.
+/// Records that `key` (of the home region) must be deleted after `delete_after` unless claimed first.
 pub(crate) async fn mark<'e>(
     ex: impl PgExecutor<'e>,
     key: &str,
     delete_after: DateTime<Utc>,
     reason: &str,
 ) -> Result<()> {
+    mark_in(ex, "", key, delete_after, reason).await
+}
+
+/// `mark` in a region (`""`: the home region).
+pub(crate) async fn mark_in<'e>(
+    ex: impl PgExecutor<'e>,
+    region: &str,
+    key: &str,
+    delete_after: DateTime<Utc>,
+    reason: &str,
+) -> Result<()> {
     sqlx::query!(
-        "INSERT INTO stray_objects (key, delete_after, reason) VALUES ($1, $2, $3)
-         ON CONFLICT (key) DO UPDATE SET delete_after = LEAST(stray_objects.delete_after, EXCLUDED.delete_after)",
+        "INSERT INTO stray_objects (region, key, delete_after, reason) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (region, key) DO UPDATE SET delete_after = LEAST(stray_objects.delete_after, EXCLUDED.delete_after)",
+        region,
         key,
         delete_after as _,
         reason
@@ -22,22 +34,42 @@ pub(crate) async fn mark<'e>(
     Ok(())
 }
 
-/// Claims keys: they are no longer stray (a version points at them, or they are gone).
+/// Claims keys of the home region: they are no longer stray (a version points at them, or they are gone).
 pub(crate) async fn unmark<'e>(ex: impl PgExecutor<'e>, keys: &[String]) -> Result<()> {
-    sqlx::query!("DELETE FROM stray_objects WHERE key = ANY($1)", keys).execute(ex).await?;
+    sqlx::query!("DELETE FROM stray_objects WHERE region = '' AND key = ANY($1)", keys).execute(ex).await?;
+    Ok(())
+}
+
+/// Forgets stray rows of one region.
+pub(crate) async fn unmark_in<'e>(ex: impl PgExecutor<'e>, region: &str, keys: &[String]) -> Result<()> {
+    sqlx::query!("DELETE FROM stray_objects WHERE region = $1 AND key = ANY($2)", region, keys).execute(ex).await?;
     Ok(())
 }
 
 /// Up to `limit` stray objects that are due, locked for this transaction (another sweeper
 /// skips them).
-pub(crate) async fn due(conn: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>> {
-    Ok(sqlx::query_scalar!(
-        "SELECT key FROM stray_objects WHERE delete_after <= $1 ORDER BY delete_after
+/// Returns (region, key); region `""` is the home region.
+pub(crate) async fn due(conn: &mut PgConnection, now: DateTime<Utc>, limit: i64) -> Result<Vec<(String, String)>> {
+    let rows = sqlx::query!(
+        "SELECT region, key FROM stray_objects WHERE delete_after <= $1 ORDER BY delete_after
          LIMIT $2 FOR UPDATE SKIP LOCKED",
         now as _,
         limit
     )
     .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.region, r.key)).collect())
+}
+
+/// Is `key` of a region other than home the copy of a version that is not purged?
+pub(crate) async fn in_use_in<'e>(ex: impl PgExecutor<'e>, region: &str, key: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM object_copies c JOIN versions v USING (topic_id, version)
+                  WHERE c.region = $1 AND c.key = $2 AND v.purged_at IS NULL) AS "e!""#,
+        region,
+        key
+    )
+    .fetch_one(ex)
     .await?)
 }
 

@@ -1,0 +1,287 @@
+//! Several object stores, one per region (docs/regions.md), against two real S3 servers:
+//! each test starts two moto processes of its own (`IMPRINT_TEST_MOTO_SERVER`, exported
+//! by `./dev s3-start` / `./dev test`), so it can stop one of them.
+use imprint_service::objects::Objects;
+use imprint_service::regions::{Region, Regions};
+use imprint_testkit::*;
+use object_store::path::Path;
+use reqwest::Method;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+const BUCKET: &str = "imprint-regions";
+
+/// A moto process on a free port, stopped (killed) when dropped.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Moto {
+    async fn start(port: Option<u16>) -> Option<Moto> {
+        let Ok(bin) = std::env::var("IMPRINT_TEST_MOTO_SERVER") else {
+            assert!(std::env::var("CI").is_err(), "CI runs the regions tests: IMPRINT_TEST_MOTO_SERVER is not set");
+            eprintln!("IMPRINT_TEST_MOTO_SERVER is not set: skipping (eval \"$(./dev s3-start)\" to run it)");
+            return None;
+        };
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+        });
+        let child = std::process::Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto starts");
+        let m = Moto { child, port };
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}/{BUCKET}");
+        eventually("moto answers and makes the bucket", || async {
+            http.put(&url).send().await.is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        Some(m)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn store(endpoint: &str, prefix: &str) -> Objects {
+    let options: Vec<(String, String)> = [
+        ("aws_endpoint", endpoint),
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", "test"),
+        ("aws_region", "us-east-1"),
+        ("aws_allow_http", "true"),
+        // A stopped region fails fast instead of after the default retries.
+        ("retry_timeout_secs", "1"),
+        ("max_retries", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Objects::open(&format!("s3://{BUCKET}/{prefix}"), &options, false).expect("S3 store")
+}
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn payload(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed)).collect()
+}
+
+struct TwoRegions {
+    eu: Moto,
+    _us: Moto,
+    eu_store: Objects,
+    us_store: Objects,
+    app: TestApp,
+}
+
+async fn two_regions(pool: &sqlx::PgPool) -> Option<TwoRegions> {
+    let eu = Moto::start(None).await?;
+    let us = Moto::start(None).await?;
+    let (eu_store, us_store) = (store(&eu.endpoint(), "eu"), store(&us.endpoint(), "us"));
+    let regions = Regions::new(
+        "eu".into(),
+        vec![Region { name: "us".into(), objects: us_store.clone() }],
+        &["eu".to_owned(), "us".to_owned()],
+    )
+    .expect("regions");
+    let home = eu_store.clone();
+    let app = spawn_app_configured(pool.clone(), pool.clone(), move |c| {
+        c.objects = home;
+        c.regions = regions;
+        // Passes run when the test calls them (janitor) or often (copies).
+        c.janitor_every = Duration::from_secs(3600);
+        c.rollout_tick_every = Duration::from_millis(100);
+    })
+    .await;
+    Some(TwoRegions { eu, _us: us, eu_store, us_store, app })
+}
+
+async fn publish(app: &TestApp, topic: &str, body: Vec<u8>) -> Value {
+    let r = app
+        .admin(Method::POST, &format!("/api/v1/topics/{topic}/versions"))
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 201);
+    r.json().await.expect("json")
+}
+
+async fn exists(objects: &Objects, key: &str) -> bool {
+    objects.store().head(&Path::from(key)).await.is_ok()
+}
+
+fn key(prefix: &str, topic: &str, v: u64, digest: &str) -> String {
+    format!("{prefix}/topics/{topic}/{v}/{digest}")
+}
+
+async fn copies(app: &TestApp, topic: &str, v: u64) -> Vec<(String, String)> {
+    let r: Value = app.admin(Method::GET, &format!("/api/v1/topics/{topic}/versions/{v}/regions")).json_body().await;
+    r["copies"]
+        .as_array()
+        .expect("copies")
+        .iter()
+        .map(|c| (c["region"].as_str().unwrap_or("").to_owned(), c["state"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_publish_lands_in_every_region_and_consumers_get_their_own_first(pool: sqlx::PgPool) {
+    let Some(t) = two_regions(&pool).await else { return };
+    let app = &t.app;
+    app.create_topic_with(json!({"name": "models.ranker", "owner": "ml", "inline_limit_bytes": 1024})).await;
+    let data = payload(300_000, 1);
+    let digest = sha(&data);
+    let p = publish(app, "models.ranker", data.clone()).await;
+    assert_eq!(p["storage"], "object", "{p}");
+    // min_regions defaults to all: both hold it at commit.
+    assert!(exists(&t.eu_store, &key("eu", "models.ranker", 1, &digest)).await);
+    assert!(exists(&t.us_store, &key("us", "models.ranker", 1, &digest)).await);
+    assert_eq!(copies(app, "models.ranker", 1).await, [("eu".into(), "done".into()), ("us".into(), "done".into())]);
+
+    // The consumer's own region first, then the preference order (eu, us).
+    for (own, first) in [("us", "us"), ("eu", "eu"), ("ap", "eu")] {
+        let polled = app
+            .poll(
+                json!({"consumer": {"instance": "i-1", "labels": {"region": own}}, "topics": {"models.ranker": null}}),
+            )
+            .await;
+        let u = &polled["updates"]["models.ranker"];
+        let urls = u["data_urls"].as_array().expect("data_urls");
+        assert_eq!(urls.len(), 2, "{polled}");
+        assert_eq!(urls[0]["region"], first, "{polled}");
+        assert_eq!(u["data_url"], urls[0]["url"], "{polled}");
+        // Each URL sends that region's copy.
+        for d in urls {
+            let r = app.admin(Method::GET, d["url"].as_str().unwrap()).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["x-imprint-region"], d["region"].as_str().unwrap());
+            assert_eq!(sha(&r.bytes().await.unwrap()), digest);
+        }
+    }
+    // A region that is not configured is a bad request.
+    let r = app.admin(Method::GET, "/api/v1/topics/models.ranker/versions/1/data?region=mars").send().await.unwrap();
+    assert_error(r, 400, "invalid_request").await;
+
+    // A topic's regions are checked against the configuration.
+    let r = app
+        .admin(Method::PATCH, "/api/v1/topics/models.ranker")
+        .json(&json!({"regions": ["eu", "mars"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "invalid_request").await;
+    let r =
+        app.admin(Method::PATCH, "/api/v1/topics/models.ranker").json(&json!({"min_regions": 3})).send().await.unwrap();
+    assert_error(r, 400, "invalid_request").await;
+
+    // min_regions 1: the version commits with the home copy; the worker copies the rest.
+    let r =
+        app.admin(Method::PATCH, "/api/v1/topics/models.ranker").json(&json!({"min_regions": 1})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let data2 = payload(200_000, 2);
+    let digest2 = sha(&data2);
+    publish(app, "models.ranker", data2).await;
+    eventually("the worker copies version 2 to us", || async {
+        copies(app, "models.ranker", 2).await == [("eu".to_owned(), "done".to_owned()), ("us".into(), "done".into())]
+    })
+    .await;
+    assert!(exists(&t.us_store, &key("us", "models.ranker", 2, &digest2)).await);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn with_eu_down_the_client_downloads_from_us_and_a_corrupt_copy_is_skipped(pool: sqlx::PgPool) {
+    let Some(mut t) = two_regions(&pool).await else { return };
+    let app = &t.app;
+    app.create_topic_with(json!({"name": "models.a", "owner": "ml", "inline_limit_bytes": 1024})).await;
+    app.create_topic_with(json!({"name": "models.b", "owner": "ml", "inline_limit_bytes": 1024})).await;
+    let a = payload(150_000, 3);
+    publish(app, "models.a", a.clone()).await;
+    let b = payload(150_000, 4);
+    publish(app, "models.b", b.clone()).await;
+
+    // A corrupted copy in eu: an eu client skips it and takes us's.
+    t.eu_store
+        .store()
+        .put(&Path::from(key("eu", "models.a", 1, &sha(&a))), payload(150_000, 99).into())
+        .await
+        .expect("corrupt the eu copy");
+    let client = |instance: &str| {
+        imprint_client::Client::builder(app.url(""))
+            .instance(instance)
+            .label("region", "eu")
+            .backoff(Duration::from_millis(50), Duration::from_millis(300))
+            .build()
+            .expect("client")
+    };
+    let c = client("i-corrupt");
+    let sub = c.subscribe_bytes("models.a").await.expect("subscribe");
+    eventually("the eu client holds models.a", || async { sub.get().as_ref() == a.as_slice() }).await;
+    assert_eq!(c.served_region("models.a").as_deref(), Some("us"));
+
+    // eu stopped: the client still gets its payload, from us, and says so.
+    t.eu.stop();
+    let c = client("i-failover");
+    let sub = c.subscribe_bytes("models.b").await.expect("subscribe");
+    eventually("the eu client holds models.b with eu down", || async { sub.get().as_ref() == b.as_slice() }).await;
+    assert_eq!(c.served_region("models.b").as_deref(), Some("us"));
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn retention_deletes_every_region_and_a_region_that_was_down_once_it_is_back(pool: sqlx::PgPool) {
+    let Some(mut t) = two_regions(&pool).await else { return };
+    let app = &t.app;
+    app.create_topic_with(
+        json!({"name": "models.r", "owner": "ml", "inline_limit_bytes": 1024, "retention": {"max_versions": 1}}),
+    )
+    .await;
+    let v1 = payload(100_000, 5);
+    publish(app, "models.r", v1.clone()).await;
+    publish(app, "models.r", payload(100_000, 6)).await;
+    let (eu1, us1) = (key("eu", "models.r", 1, &sha(&v1)), key("us", "models.r", 1, &sha(&v1)));
+    app.imprint().janitor_pass().await.expect("janitor");
+    assert!(!exists(&t.eu_store, &eu1).await, "eu copy of the purged version deleted");
+    assert!(!exists(&t.us_store, &us1).await, "us copy of the purged version deleted");
+
+    // eu down while version 2 is purged: its deletion waits in Postgres.
+    let v3 = payload(100_000, 7);
+    let v2 = payload(100_000, 6);
+    publish(app, "models.r", v3).await;
+    let port = t.eu.port;
+    t.eu.stop();
+    app.imprint().janitor_pass().await.expect("janitor");
+    let us2 = key("us", "models.r", 2, &sha(&v2));
+    let eu2 = key("eu", "models.r", 2, &sha(&v2));
+    assert!(!exists(&t.us_store, &us2).await, "us copy deleted while eu is down");
+    let pending: Vec<(String, String)> =
+        sqlx::query_as("SELECT region, key FROM stray_objects ORDER BY region").fetch_all(&app.pool).await.unwrap();
+    assert!(pending.iter().any(|(r, k)| (r.as_str(), k.as_str()) == ("", eu2.as_str())), "{pending:?}");
+
+    // eu back (on its port, holding the object again): the next pass deletes it there.
+    t.eu = Moto::start(Some(port)).await.expect("moto again");
+    t.eu_store.store().put(&Path::from(eu2.clone()), v2.clone().into()).await.expect("put");
+    app.imprint().janitor_pass().await.expect("janitor");
+    assert!(!exists(&t.eu_store, &eu2).await, "eu copy deleted once eu is back");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM stray_objects").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(left, 0);
+}

@@ -1,0 +1,69 @@
+//! The worker's copies of committed objects from the home region (where publishes stream
+//! to) to the other regions (docs/regions.md), claimed from `object_copies`.
+use crate::error::{Error, Result};
+use crate::handle::Imprint;
+use crate::objects::Objects;
+use crate::regions::{backoff, copy_verified};
+use crate::store;
+use object_store::path::Path;
+
+/// Copies claimed per worker pass.
+const COPY_BATCH: i64 = 16;
+
+impl Imprint {
+    /// The store of a region (home or other).
+    pub fn region_objects(&self, region: &str) -> Option<&Objects> {
+        if region == self.config().regions.home() || region.is_empty() {
+            Some(self.objects())
+        } else {
+            self.config().regions.other(region)
+        }
+    }
+
+    /// One copy pass: up to `COPY_BATCH` due copies, each claimed with SKIP LOCKED for
+    /// the time it takes (another worker takes others), retried with backoff until done.
+    pub async fn copy_pass(&self) -> Result<usize> {
+        if !self.config().regions.several() {
+            return Ok(0);
+        }
+        let mut done = 0;
+        for _ in 0..COPY_BATCH {
+            let mut tx = self.pool().begin().await?;
+            let Some(c) = store::copies::claim_due(&mut tx, self.now()).await? else { break };
+            let Some(to) = self.config().regions.other(&c.region).cloned() else {
+                // A region no longer configured: it waits (never lost) until it is again.
+                store::copies::failed(&mut tx, &c, self.now() + backoff(10), "the region is not configured").await?;
+                tx.commit().await?;
+                continue;
+            };
+            let from_key = Path::parse(&c.home_key).map_err(|e| Error::Internal(format!("stored key: {e}")))?;
+            let to_key = Path::parse(&c.key).map_err(|e| Error::Internal(format!("stored key: {e}")))?;
+            let copied = copy_verified(self.objects(), &from_key, &to, &to_key, &c.sha256).await;
+            match copied {
+                Ok(bytes) => {
+                    if store::copies::done(&mut tx, &c, self.now()).await? {
+                        store::notify(&mut tx, c.topic_id).await?;
+                        done += 1;
+                        metrics::counter!("imprint_region_copies_total", "region" => c.region.clone()).increment(1);
+                        metrics::counter!("imprint_region_copy_bytes_total", "region" => c.region.clone())
+                            .increment(bytes);
+                    } else {
+                        // Purged while copying: the janitor queued this region's key already,
+                        // or does so now; delete what was just written either way.
+                        store::objects::mark_in(&mut *tx, &c.region, &c.key, self.now(), "purge").await?;
+                    }
+                    tx.commit().await?;
+                    self.refresh_topic(c.topic_id).await;
+                }
+                Err(e) => {
+                    let msg: String = e.to_string().chars().take(500).collect();
+                    tracing::warn!(error = %msg, region = c.region, topic_id = c.topic_id, version = c.version, "copying an object to a region failed; retried with backoff");
+                    store::copies::failed(&mut tx, &c, self.now() + backoff(c.attempts), &msg).await?;
+                    tx.commit().await?;
+                    metrics::counter!("imprint_region_copy_failures_total", "region" => c.region.clone()).increment(1);
+                }
+            }
+        }
+        Ok(done)
+    }
+}
