@@ -2,6 +2,7 @@
 //! rule of docs/design.md. No I/O here, so it compiles to wasm and is tested in isolation.
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod apollo;
 pub mod checks;
 mod diff;
