@@ -37,6 +37,7 @@ pub mod overview;
 pub mod payloads;
 mod pins;
 pub mod poll;
+pub mod prometheus;
 pub mod relay;
 pub mod rollouts;
 pub mod serving;
