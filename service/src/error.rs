@@ -359,6 +359,9 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
             conflict("the topic does not exist (any more)")
         }
         "version_checks_topic_id_version_fkey" => conflict("the version does not exist (any more)"),
+        // Rollout analyses (docs/validation.md).
+        "analysis_measurements_pkey" => conflict("the row was created concurrently; try again"),
+        "analysis_measurements_rollout_id_fkey" => conflict("the rollout does not exist (any more)"),
         _ => {
             tracing::warn!(constraint, detail, "unmapped constraint violation");
             None

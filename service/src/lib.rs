@@ -10,6 +10,7 @@
 //! sits below `versions`, `version_reads` beside it; `background` runs the loops on top.
 #![forbid(unsafe_code)]
 
+mod analysis;
 pub mod apollo;
 pub mod audit;
 pub mod audit_log;
