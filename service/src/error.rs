@@ -370,3 +370,20 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An outbound request's error with its sources (reqwest hides the cause in them), each
+/// said once; webhook deliveries, external validators (`checks`)
+/// and Prometheus analyses (`prometheus`) report it.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let more = inner.to_string();
+        if !s.contains(&more) {
+            s.push_str(": ");
+            s.push_str(&more);
+        }
+        source = inner.source();
+    }
+    s
+}

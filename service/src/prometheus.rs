@@ -72,7 +72,7 @@ impl PrometheusClient {
             .query(&[("query", promql)])
             .send()
             .await
-            .map_err(|e| NoValue(format!("Prometheus unreachable: {}", crate::webhooks::error_chain(&e))))?;
+            .map_err(|e| NoValue(format!("Prometheus unreachable: {}", crate::error::error_chain(&e))))?;
         let status = resp.status();
         let mut body = Vec::new();
         loop {
@@ -85,7 +85,7 @@ impl PrometheusClient {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    return Err(NoValue(format!("Prometheus answer broke off: {}", crate::webhooks::error_chain(&e))))
+                    return Err(NoValue(format!("Prometheus answer broke off: {}", crate::error::error_chain(&e))))
                 }
             }
         }

@@ -327,12 +327,23 @@ impl Imprint {
         let mut tx = self.pool().begin().await?;
         let Some(row) = store::rollouts::claim_running(&mut tx, id).await? else { return Ok(0) };
         let topic_id = row.topic_id;
-        if !store::topics::try_lock(&mut tx, topic_id).await? {
-            // A publish or an operator is changing the topic: next pass.
-            return Ok(0);
-        }
         let mut r = row.rollout()?;
         let now = self.now();
+        // The current stage's analyses: measured when due, under this row's lock (before
+        // the topic's: a slow Prometheus holds up this rollout, not the topic's publishes
+        // and pins).
+        let topic = store::topics::name_of(&mut tx, topic_id).await?;
+        let analysis =
+            crate::analysis::measure_stage(&mut tx, self.config().prometheus.as_ref(), id, &topic, &r, now).await?;
+        let measured = analysis.as_ref().is_some_and(|a| a.measured);
+        if !store::topics::try_lock(&mut tx, topic_id).await? {
+            // A publish or an operator is changing the topic: next pass (keeping what was
+            // measured).
+            if measured {
+                tx.commit().await?;
+            }
+            return Ok(0);
+        }
         let reading = match r.gated_stage() {
             Some(stage) => {
                 let selector = r.plan().stages()[stage].selector.clone();
@@ -341,10 +352,6 @@ impl Imprint {
             }
             None => None,
         };
-        // The current stage's analyses: measured when due, under this row's lock.
-        let topic = store::topics::name_of(&mut tx, topic_id).await?;
-        let analysis =
-            crate::analysis::measure_stage(&mut tx, self.config().prometheus.as_ref(), id, &topic, &r, now).await?;
         let analysis_stage = r.current_stage();
         let before = r.clone();
         let mut effects = r.tick_analysed(
@@ -364,7 +371,7 @@ impl Imprint {
             }
         }
         if r == before {
-            if analysis.as_ref().is_some_and(|a| a.measured) {
+            if measured {
                 tx.commit().await?;
             }
             return Ok(0);
