@@ -192,6 +192,22 @@ async fn analyses_need_a_prometheus_and_a_valid_spec(pool: sqlx::PgPool) {
     bad["success"] = json!("result <");
     let stages = json!([{"selector": {}, "wait_s": 0, "analyses": [bad]}]);
     assert_error(post(stages).await.unwrap(), 400, "invalid_request").await;
+    // More analyses than a stage may run (each one a query every second): refused.
+    let many: Vec<Value> = (0..9)
+        .map(|i| {
+            let mut a = errors_analysis(2);
+            a["name"] = json!(format!("a{i}"));
+            a
+        })
+        .collect();
+    let stages = json!([{"selector": {}, "wait_s": 0, "analyses": many}]);
+    let body = assert_error(post(stages).await.unwrap(), 400, "invalid_request").await;
+    assert!(body.to_string().contains("at most 8"), "{body}");
+    // A named plan with an analysis is refused too, as the topic's settings.
+    let plan = json!({"stages": [{"selector": {}, "wait_s": 0, "analyses": [errors_analysis(2)]}]});
+    let r = app.admin(Method::PATCH, "/api/v1/topics/nop").json(&json!({"plans": {"canary": plan}})).send();
+    let body = assert_error(r.await.unwrap(), 400, "invalid_request").await;
+    assert!(body.to_string().contains("IMPRINT_PROMETHEUS_URL"), "{body}");
     let rollouts: Value = app.req(Method::GET, "/api/v1/topics/nop/rollouts").json_body().await;
     assert_eq!(rollouts["rollouts"], json!([]), "{rollouts}");
 }
