@@ -2,6 +2,7 @@
 //! rule of docs/design.md. No I/O here, so it compiles to wasm and is tested in isolation.
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod apollo;
 pub mod checks;
 mod diff;
@@ -24,8 +25,8 @@ pub use pins::{pin_is_stale, STALE_PIN_DAYS};
 pub use resolve::{is_update, CurrentIndex, PinEntry, Resolution, ScopeEntry, TopicHistory, VersionEntry};
 pub use retention::{retention_decisions, versions_to_purge, Kept, RetentionDecision, RetentionPolicy};
 pub use rollout::{
-    Effect, Gate, GateError, GateReading, Plan, PlanError, RecordError, Rollout, RolloutAction, RolloutError,
-    RolloutRecord, RolloutState, RolloutView, Stage, StageState, StageView,
+    AnalysisGate, Effect, Gate, GateError, GateReading, Plan, PlanError, RecordError, Rollout, RolloutAction,
+    RolloutError, RolloutRecord, RolloutState, RolloutView, Stage, StageState, StageView,
 };
 pub use selector::{Labels, Selector, SelectorError};
 pub use stage_text::{format_stage, format_wait, parse_plan, parse_stage, parse_wait, StageTextError};

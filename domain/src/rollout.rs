@@ -10,6 +10,7 @@
 //!
 //! Stage indices are 0-based everywhere in code and JSON; human-readable texts (errors,
 //! pause reasons) count stages from 1, as the console does.
+use crate::analysis::{validate_analyses, Analysis, AnalysisError};
 use crate::Selector;
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -199,6 +200,22 @@ pub struct Stage {
     pub wait_s: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<Gate>,
+    /// Prometheus analyses that must each succeed before the next stage, besides the wait
+    /// and the gate (docs/validation.md). Absent in JSON: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analyses: Vec<Analysis>,
+}
+
+/// What a stage's analyses say to [`Rollout::tick_analysed`] (the service measures them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnalysisGate {
+    /// Every analysis run succeeded: the stage may advance (when its wait and gate allow).
+    Successful,
+    /// Still measuring (or waiting to): the stage holds.
+    Running,
+    /// A run failed (or was inconclusive under `inconclusive: fail`): the rollout pauses
+    /// with this reason, and the failure policy applies.
+    Failed(String),
 }
 
 impl Stage {
@@ -217,6 +234,8 @@ pub enum PlanError {
     /// `stage` is the 0-based index; the message counts from 1.
     #[error("stage {}: wait_s is at most 2592000 (30 days), got {wait_s}", .stage + 1)]
     WaitTooLong { stage: usize, wait_s: u64 },
+    #[error("stage {}: {error}", .stage + 1)]
+    Analysis { stage: usize, error: AnalysisError },
 }
 
 /// An ordered, non-empty list of at most [`Plan::MAX_STAGES`] stages, each waiting at most
@@ -246,6 +265,9 @@ impl Plan {
         if let Some((stage, s)) = stages.iter().enumerate().find(|(_, s)| s.wait_s > Self::MAX_WAIT_S) {
             return Err(PlanError::WaitTooLong { stage, wait_s: s.wait_s });
         }
+        for (stage, s) in stages.iter().enumerate() {
+            validate_analyses(&s.analyses).map_err(|error| PlanError::Analysis { stage, error })?;
+        }
         Ok(Self { stages, on_failure: None })
     }
 
@@ -265,6 +287,11 @@ impl Plan {
     /// Number of stages (at least 1).
     pub fn stage_count(&self) -> usize {
         self.stages.len()
+    }
+
+    /// Whether any stage names an analysis (the server then needs a Prometheus).
+    pub fn has_analyses(&self) -> bool {
+        self.stages.iter().any(|s| !s.analyses.is_empty())
     }
 }
 
@@ -639,7 +666,20 @@ impl Rollout {
     pub fn tick(
         &mut self,
         now: DateTime<Utc>,
+        health: impl FnMut(usize) -> Option<GateReading>,
+    ) -> Result<Vec<Effect>, RolloutError> {
+        self.tick_analysed(now, health, |_| None)
+    }
+
+    /// [`Rollout::tick`] with the stages' analyses: `analysis(stage index)` says what the
+    /// analyses of a stage that has some say (`None`: not measured, the stage holds). A
+    /// failed analysis pauses the rollout with its reason, like a failing gate; a stage
+    /// advances only when its wait is over, its gate passes and its analyses succeeded.
+    pub fn tick_analysed(
+        &mut self,
+        now: DateTime<Utc>,
         mut health: impl FnMut(usize) -> Option<GateReading>,
+        mut analysis: impl FnMut(usize) -> Option<AnalysisGate>,
     ) -> Result<Vec<Effect>, RolloutError> {
         let mut effects = Vec::new();
         if self.state != RolloutState::Running {
@@ -674,7 +714,20 @@ impl Rollout {
                     break;
                 }
             };
-            if !ready || now < due {
+            let analysed = if stage.analyses.is_empty() {
+                true
+            } else {
+                match analysis(cur) {
+                    Some(AnalysisGate::Successful) => true,
+                    None | Some(AnalysisGate::Running) => false,
+                    Some(AnalysisGate::Failed(why)) => {
+                        let reason = format!("stage {} ({}): {why}", cur + 1, stage.selector);
+                        self.freeze(now, Some(reason));
+                        break;
+                    }
+                }
+            };
+            if !ready || !analysed || now < due {
                 break;
             }
             effects.push(self.reach_next(now));
@@ -787,7 +840,15 @@ impl Rollout {
                 } else {
                     (StageState::Skipped, None, None)
                 };
-                StageView { selector: s.selector.clone(), wait_s: s.wait_s, gate: s.gate, state, reached_at, due_at }
+                StageView {
+                    selector: s.selector.clone(),
+                    wait_s: s.wait_s,
+                    gate: s.gate,
+                    analyses: s.analyses.clone(),
+                    state,
+                    reached_at,
+                    due_at,
+                }
             })
             .collect();
         RolloutView {
@@ -910,6 +971,8 @@ pub struct StageView {
     pub selector: Selector,
     pub wait_s: u64,
     pub gate: Option<Gate>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analyses: Vec<Analysis>,
     pub state: StageState,
     /// Set for reached stages.
     pub reached_at: Option<DateTime<Utc>>,
@@ -957,10 +1020,10 @@ mod tests {
         Selector::parse(s).expect("selector")
     }
     fn stage(s: &str, wait_s: u64) -> Stage {
-        Stage { selector: sel(s), wait_s, gate: None }
+        Stage { selector: sel(s), wait_s, gate: None, analyses: vec![] }
     }
     fn gated(s: &str, wait_s: u64, min: Option<f64>, max: Option<f64>) -> Stage {
-        Stage { selector: sel(s), wait_s, gate: Some(Gate::new(min, max).expect("gate")) }
+        Stage { selector: sel(s), wait_s, gate: Some(Gate::new(min, max).expect("gate")), analyses: vec![] }
     }
     fn plan(stages: Vec<Stage>) -> Plan {
         Plan::new(stages).expect("plan")
@@ -986,6 +1049,43 @@ mod tests {
     }
     fn started(p: Plan) -> Rollout {
         Rollout::start(7, p, t(0)).0
+    }
+
+    fn analysed_plan() -> Plan {
+        let a: Analysis = serde_json::from_value(
+            json!({"name": "e", "query": "up", "interval_s": 1, "count": 1, "success": "result < 1"}),
+        )
+        .expect("analysis");
+        plan(vec![Stage { selector: sel("a=1"), wait_s: 10, gate: None, analyses: vec![a] }, stage("*", 0)])
+    }
+
+    #[test]
+    fn analyses_hold_a_stage_until_they_succeed_and_a_failed_one_pauses() {
+        let mut r = started(analysed_plan());
+        assert_eq!(r.tick(t(20), |_| None), Ok(vec![]), "not measured: the stage holds");
+        assert_eq!(r.tick_analysed(t(20), |_| None, |_| Some(AnalysisGate::Running)), Ok(vec![]));
+        assert_eq!(r.tick_analysed(t(5), |_| None, |_| Some(AnalysisGate::Successful)), Ok(vec![]), "wait not over");
+        let e = r.tick_analysed(t(20), |_| None, |_| Some(AnalysisGate::Successful)).expect("tick");
+        assert_eq!((added(&e), r.state()), (vec![1], RolloutState::Completed));
+
+        let mut r = started(analysed_plan());
+        // A failure pauses at once, before the wait is over.
+        let e = r.tick_analysed(t(1), |_| None, |_| Some(AnalysisGate::Failed("analysis e failed".into())));
+        assert_eq!(e, Ok(vec![]));
+        assert_eq!(r.state(), RolloutState::Paused);
+        assert_eq!(r.pause_reason(), Some("stage 1 (a=1): analysis e failed"));
+    }
+
+    #[test]
+    fn plans_check_their_analyses() {
+        let bad = json!({"stages": [{"selector": {}, "wait_s": 0, "analyses": [
+            {"name": "e", "query": "up", "interval_s": 0, "count": 1, "success": "result < 1"}]}]});
+        let e = serde_json::from_value::<Plan>(bad).expect_err("interval 0");
+        assert!(e.to_string().contains("stage 1: analysis \"e\": interval_s"), "{e}");
+        let old = json!({"stages": [{"selector": {}, "wait_s": 0}]});
+        let p: Plan = serde_json::from_value(old.clone()).expect("a plan without analyses");
+        assert_eq!(serde_json::to_value(&p).expect("json"), old, "no analyses: the JSON is as before");
+        assert!(analysed_plan().has_analyses() && !p.has_analyses());
     }
     /// Stored and reloaded, through JSON and through the record: must be the same rollout.
     fn assert_round_trips(r: &Rollout) {
@@ -1516,7 +1616,10 @@ mod tests {
     #[test]
     fn bake_time_holds_a_stage_that_became_healthy_too_recently() {
         let gate = Gate::with_bake(Some(0.5), Some(0.1), Some(300), None).expect("gate");
-        let p = plan(vec![Stage { selector: sel("cluster=canary"), wait_s: 60, gate: Some(gate) }, stage("*", 0)]);
+        let p = plan(vec![
+            Stage { selector: sel("cluster=canary"), wait_s: 60, gate: Some(gate), analyses: vec![] },
+            stage("*", 0),
+        ]);
         let mut r = started(p);
         // Not healthy yet at 100 s (due since 60 s): holds, no bake started.
         assert_eq!(r.tick(t(100), |_| reading(10, 2, 0)), Ok(vec![]));
@@ -1535,7 +1638,10 @@ mod tests {
         assert_eq!(r.state(), RolloutState::Completed);
         // Failures during the bake pause the rollout as ever (and end the bake).
         let gate = Gate::with_bake(None, Some(0.1), Some(300), None).expect("gate");
-        let mut r = started(plan(vec![Stage { selector: sel("a=1"), wait_s: 0, gate: Some(gate) }, stage("*", 0)]));
+        let mut r = started(plan(vec![
+            Stage { selector: sel("a=1"), wait_s: 0, gate: Some(gate), analyses: vec![] },
+            stage("*", 0),
+        ]));
         r.tick(t(10), |_| reading(10, 10, 0)).expect("tick");
         r.tick(t(20), |_| reading(10, 5, 5)).expect("tick");
         assert_eq!(r.state(), RolloutState::Paused);
@@ -1545,7 +1651,10 @@ mod tests {
     #[test]
     fn min_reporting_holds_until_enough_nodes_reported() {
         let gate = Gate::with_bake(None, Some(0.5), None, Some(3)).expect("gate");
-        let mut r = started(plan(vec![Stage { selector: sel("a=1"), wait_s: 0, gate: Some(gate) }, stage("*", 0)]));
+        let mut r = started(plan(vec![
+            Stage { selector: sel("a=1"), wait_s: 0, gate: Some(gate), analyses: vec![] },
+            stage("*", 0),
+        ]));
         assert_eq!(r.tick(t(1), |_| reading(10, 2, 0)), Ok(vec![]), "2 of 3 reporting");
         assert_eq!(added(&r.tick(t(2), |_| reading(10, 2, 1)).expect("tick")), vec![1]);
         assert!(Gate::with_bake(None, None, None, Some(1)).is_ok(), "min_reporting alone is a gate");
@@ -1739,7 +1848,7 @@ mod tests {
                 .prop_map(|(a, f)| Gate::new(a, f).ok()),
         ];
         (0..SELECTORS.len(), prop_oneof![Just(0u64), Just(1), Just(60), Just(600)], gate)
-            .prop_map(|(s, wait_s, gate)| Stage { selector: sel(SELECTORS[s]), wait_s, gate })
+            .prop_map(|(s, wait_s, gate)| Stage { selector: sel(SELECTORS[s]), wait_s, gate, analyses: vec![] })
     }
 
     proptest! {

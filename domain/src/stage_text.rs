@@ -103,7 +103,7 @@ pub fn parse_stage(line: &str) -> Result<Stage, StageTextError> {
         (None, None) => None,
         (a, f) => Some(Gate::new(a, f)?),
     };
-    Ok(Stage { selector, wait_s, gate })
+    Ok(Stage { selector, wait_s, gate, analyses: Vec::new() })
 }
 
 /// Parses a plan: one stage per non-empty line, checked as a whole by [`Plan::new`].
@@ -244,7 +244,7 @@ mod tests {
                 (None, None) => None,
                 (a, f) => Some(Gate::new(a.map(|x| f64::from(x) / 100.0), f.map(|x| f64::from(x) / 100.0)).unwrap()),
             };
-            let stage = Stage { selector: Selector::from_pairs(pairs).unwrap(), wait_s, gate };
+            let stage = Stage { selector: Selector::from_pairs(pairs).unwrap(), wait_s, gate, analyses: Vec::new() };
             let line = format_stage(&stage);
             prop_assert_eq!(parse_stage(&line).unwrap(), stage, "{}", line);
         }

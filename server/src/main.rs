@@ -135,6 +135,10 @@ struct ServeArgs {
     /// Seconds one webhook delivery attempt may take, connecting included (1-60).
     #[arg(long, env = "IMPRINT_WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
     webhook_timeout_secs: u64,
+    /// The Prometheus that rollout analyses query (`http://prometheus:9090`); unset: plans
+    /// naming an analysis are refused.
+    #[arg(long, env = "IMPRINT_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
     /// Milliseconds between rollout scheduler (and pin expiry) passes.
     #[arg(long, env = "IMPRINT_ROLLOUT_TICK_MS", default_value_t = 500)]
     rollout_tick_ms: u64,
@@ -484,6 +488,13 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
         regions,
         janitor_every: Duration::from_secs(args.janitor_secs.max(1)),
         webhook_timeout: Duration::from_secs(args.webhook_timeout_secs.clamp(1, 60)),
+        prometheus: match args.prometheus_url.as_deref().filter(|u| !u.is_empty()) {
+            None => None,
+            Some(url) => Some(
+                imprint_service::prometheus::PrometheusClient::new(url, imprint_service::prometheus::DEFAULT_TIMEOUT)
+                    .map_err(|e| e.to_string())?,
+            ),
+        },
         metrics_on_public_listener: args.metrics_addr.is_none(),
         register_area: {
             let area = args.register_area.trim_matches('/').to_owned();

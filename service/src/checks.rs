@@ -270,7 +270,7 @@ async fn call(check: &Check, body: &[u8], now: DateTime<Utc>) -> ExternalOutcome
     let attempt = async {
         let mut resp = match req.send().await {
             Err(e) if e.is_timeout() => return ExternalOutcome::TimedOut,
-            Err(e) => return ExternalOutcome::Unreachable(crate::webhooks::error_chain(&e)),
+            Err(e) => return ExternalOutcome::Unreachable(crate::error::error_chain(&e)),
             Ok(r) => r,
         };
         let status = resp.status();
@@ -289,7 +289,7 @@ async fn call(check: &Check, body: &[u8], now: DateTime<Utc>) -> ExternalOutcome
                 }
                 Ok(None) => break,
                 Err(e) if e.is_timeout() => return ExternalOutcome::TimedOut,
-                Err(e) => return ExternalOutcome::Unreachable(crate::webhooks::error_chain(&e)),
+                Err(e) => return ExternalOutcome::Unreachable(crate::error::error_chain(&e)),
             }
         }
         #[derive(serde::Deserialize)]

@@ -363,6 +363,9 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
             conflict("the topic does not exist (any more)")
         }
         "version_checks_topic_id_version_fkey" => conflict("the version does not exist (any more)"),
+        // Rollout analyses (docs/validation.md).
+        "analysis_measurements_pkey" => conflict("the row was created concurrently; try again"),
+        "analysis_measurements_rollout_id_fkey" => conflict("the rollout does not exist (any more)"),
         _ => {
             tracing::warn!(constraint, detail, "unmapped constraint violation");
             None
@@ -371,3 +374,20 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An outbound request's error with its sources (reqwest hides the cause in them), each
+/// said once; webhook deliveries, external validators (`checks`)
+/// and Prometheus analyses (`prometheus`) report it.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let more = inner.to_string();
+        if !s.contains(&more) {
+            s.push_str(": ");
+            s.push_str(&more);
+        }
+        source = inner.source();
+    }
+    s
+}

@@ -146,6 +146,9 @@ pub struct Config {
     /// How long one webhook delivery attempt may take, connecting included
     /// (`IMPRINT_WEBHOOK_TIMEOUT_SECS`, default 10 s).
     pub webhook_timeout: Duration,
+    /// The Prometheus that rollout analyses query (`IMPRINT_PROMETHEUS_URL`); `None`: a plan
+    /// naming an analysis is refused.
+    pub prometheus: Option<crate::prometheus::PrometheusClient>,
     /// How often the worker looks for due webhook deliveries.
     pub webhook_tick_every: Duration,
     /// Fair serving under overload and read coalescing (docs/fairness.md, `IMPRINT_FAIR_*`).
@@ -182,6 +185,7 @@ impl Default for Config {
             metrics_on_public_listener: true,
             snapshot_every: Duration::from_secs(10),
             webhook_timeout: Duration::from_secs(10),
+            prometheus: None,
             webhook_tick_every: Duration::from_millis(500),
             fair: crate::fair::FairConfig::default(),
             keys: None,

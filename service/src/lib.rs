@@ -11,6 +11,7 @@
 //! `at_rest` (the sealed format of at-rest encryption) is a leaf, `keys` (its key providers) builds on it.
 #![forbid(unsafe_code)]
 
+mod analysis;
 pub mod apollo;
 pub mod at_rest;
 pub mod audit;
@@ -40,6 +41,7 @@ pub mod overview;
 pub mod payloads;
 mod pins;
 pub mod poll;
+pub mod prometheus;
 mod region_copies;
 pub mod regions;
 pub mod relay;

@@ -261,6 +261,33 @@ pub struct RolloutInfo {
     /// Why the system ended it: an automatic rollback's evidence (docs/validation.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+    /// The stages' Prometheus analyses measured so far (docs/validation.md).
+    pub analysis: Vec<AnalysisRun>,
+}
+
+/// One analysis of one stage of a rollout: its run's verdict and measurements.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AnalysisRun {
+    /// 0-based index of the stage (as `current_stage`).
+    pub stage: usize,
+    pub name: String,
+    /// `running`, `successful`, `failed` or `inconclusive`.
+    #[schema(value_type = String)]
+    pub verdict: imprint_domain::analysis::RunVerdict,
+    pub measurements: Vec<AnalysisMeasurement>,
+}
+
+/// One measurement of an analysis.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AnalysisMeasurement {
+    pub at: DateTime<Utc>,
+    /// The query's number; `null` when there was none (see `reason`) or it was NaN.
+    pub value: Option<f64>,
+    /// `successful`, `failed` or `inconclusive`.
+    #[schema(value_type = String)]
+    pub verdict: imprint_domain::analysis::Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// How a rollout is asked for: an inline plan or the name of one of the topic's plans.

@@ -6,6 +6,7 @@ use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::model::{Page, PlanChoice, RolloutInfo};
+use crate::store::analysis::MeasurementRow;
 use crate::store::rollouts::RolloutRow;
 use crate::{cursor, store};
 use chrono::{DateTime, Duration, Utc};
@@ -16,8 +17,10 @@ use sqlx::PgConnection;
 /// Consumers seen within this window count for health gates.
 const GATE_WINDOW_SECS: i64 = 300;
 
-fn info_of(topic: &str, r: &RolloutRow, rollout: &Rollout) -> RolloutInfo {
+fn info_of(topic: &str, r: &RolloutRow, rollout: &Rollout, measurements: &[MeasurementRow]) -> RolloutInfo {
+    let mine: Vec<&MeasurementRow> = measurements.iter().filter(|m| m.rollout_id == r.id).collect();
     RolloutInfo {
+        analysis: crate::analysis::runs_of(rollout.plan(), &mine),
         id: r.id,
         topic: topic.to_owned(),
         view: rollout.view(),
@@ -134,8 +137,10 @@ pub(crate) async fn start_tx(
     choice: PlanChoice,
     who: &str,
     now: DateTime<Utc>,
+    has_prometheus: bool,
 ) -> Result<i64> {
     let plan = plan_for(conn, topic_id, choice).await?;
+    crate::analysis::require_prometheus(has_prometheus, &plan)?;
     supersede_active(conn, topic_id, topic, version, now, who).await?;
     let stages = serde_json::to_value(plan.stages()).map_err(|e| Error::Internal(format!("plan as JSON: {e}")))?;
     let (rollout, effects) = Rollout::start(version, plan, now);
@@ -173,7 +178,8 @@ impl Imprint {
             return Err(Error::InvalidState(format!("version {version} of {} is being rolled out already", t.name)));
         }
         let now = self.now();
-        let id = start_tx(&mut tx, t.id, &t.name, version, choice, &caller.who(), now).await?;
+        let has_prometheus = self.config().prometheus.is_some();
+        let id = start_tx(&mut tx, t.id, &t.name, version, choice, &caller.who(), now, has_prometheus).await?;
         store::notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
@@ -195,7 +201,10 @@ impl Imprint {
         let more = rows.len() as i64 > limit;
         let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
         let next = if more { rows.last().map(|r| cursor::encode(r.id)) } else { None };
-        let items = rows.iter().map(|r| Ok(info_of(&t.name, r, &r.rollout()?))).collect::<Result<_>>()?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let measurements = store::analysis::of_rollouts(self.pool(), &ids).await?;
+        let items =
+            rows.iter().map(|r| Ok(info_of(&t.name, r, &r.rollout()?, &measurements))).collect::<Result<_>>()?;
         Ok(Page { items, next })
     }
 
@@ -204,7 +213,8 @@ impl Imprint {
         let row = store::rollouts::get(self.pool(), t.id, id)
             .await?
             .ok_or_else(|| Error::RolloutNotFound { topic: t.name.clone(), id })?;
-        Ok(info_of(&t.name, &row, &row.rollout()?))
+        let measurements = store::analysis::of_rollouts(self.pool(), &[id]).await?;
+        Ok(info_of(&t.name, &row, &row.rollout()?, &measurements))
     }
 
     /// How the consumers matching a stage are doing with a version (what its gate reads).
@@ -262,7 +272,8 @@ impl Imprint {
         tx.commit().await?;
         self.refresh_topic(t.id).await;
         metrics::counter!("imprint_rollout_actions_total", "action" => action.as_str()).increment(1);
-        Ok(info_of(&t.name, &row, &r))
+        let measurements = store::analysis::of_rollouts(self.pool(), &[id]).await?;
+        Ok(info_of(&t.name, &row, &r, &measurements))
     }
 
     /// Cancels `r` (on a copy: `r` changes only if it works); with `rollback`, the pins
@@ -316,12 +327,23 @@ impl Imprint {
         let mut tx = self.pool().begin().await?;
         let Some(row) = store::rollouts::claim_running(&mut tx, id).await? else { return Ok(0) };
         let topic_id = row.topic_id;
-        if !store::topics::try_lock(&mut tx, topic_id).await? {
-            // A publish or an operator is changing the topic: next pass.
-            return Ok(0);
-        }
         let mut r = row.rollout()?;
         let now = self.now();
+        // The current stage's analyses: measured when due, under this row's lock (before
+        // the topic's: a slow Prometheus holds up this rollout, not the topic's publishes
+        // and pins).
+        let topic = store::topics::name_of(&mut tx, topic_id).await?;
+        let analysis =
+            crate::analysis::measure_stage(&mut tx, self.config().prometheus.as_ref(), id, &topic, &r, now).await?;
+        let measured = analysis.as_ref().is_some_and(|a| a.measured);
+        if !store::topics::try_lock(&mut tx, topic_id).await? {
+            // A publish or an operator is changing the topic: next pass (keeping what was
+            // measured).
+            if measured {
+                tx.commit().await?;
+            }
+            return Ok(0);
+        }
         let reading = match r.gated_stage() {
             Some(stage) => {
                 let selector = r.plan().stages()[stage].selector.clone();
@@ -330,14 +352,34 @@ impl Imprint {
             }
             None => None,
         };
+        let analysis_stage = r.current_stage();
         let before = r.clone();
-        let mut effects = r.tick(now, |stage| reading.as_ref().filter(|(s, _)| *s == stage).map(|(_, g)| *g))?;
+        let mut effects = r.tick_analysed(
+            now,
+            |stage| reading.as_ref().filter(|(s, _)| *s == stage).map(|(_, g)| *g),
+            |stage| analysis.as_ref().filter(|_| stage == analysis_stage).map(|a| a.gate.clone()),
+        )?;
+        // An inconclusive analysis under `inconclusive: pause` pauses the stage with its
+        // reason; no failure policy applies to it (an operator decides).
+        let mut inconclusive_pause = false;
+        if let Some(why) = analysis.as_ref().and_then(|a| a.pause.clone()) {
+            if r.state() == RolloutState::Running && r.current_stage() == analysis_stage {
+                let stage = &r.plan().stages()[analysis_stage];
+                let reason = format!("stage {} ({}): {why}", analysis_stage + 1, stage.selector);
+                effects.extend(r.pause(now, Some(reason))?);
+                inconclusive_pause = true;
+            }
+        }
         if r == before {
+            if measured {
+                tx.commit().await?;
+            }
             return Ok(0);
         }
         // A failing gate pauses the rollout; if the plan (or else the topic) says
         // `on_failure: rollback`, it is cancelled and rolled back instead (docs/validation.md).
-        let auto_paused = before.state() == RolloutState::Running && r.state() == RolloutState::Paused;
+        let auto_paused =
+            before.state() == RolloutState::Running && r.state() == RolloutState::Paused && !inconclusive_pause;
         let mut rolled_back: Option<(String, Vec<Effect>)> = None;
         if auto_paused {
             let policy = match r.plan().on_failure() {
@@ -356,7 +398,6 @@ impl Imprint {
                 }
             }
         }
-        let topic = store::topics::name_of(&mut tx, topic_id).await?;
         // Scopes say which rollout added them; the audit says the server did it.
         let stamp = format!("rollout #{id}");
         let actor = Caller::System.who();
@@ -380,6 +421,7 @@ impl Imprint {
                 "stage": stage + 1,
                 "reason": reason,
                 "reading": reading.as_ref().map(|(_, g)| g),
+                "analysis": analysis.as_ref().map(|a| &a.evidence),
                 "pins": pinned,
                 "rollback": true,
                 "state": r.state().as_str(),
@@ -394,6 +436,7 @@ impl Imprint {
                 "version": r.version(),
                 "stage": r.current_stage() + 1,
                 "reason": r.pause_reason(),
+                "analysis": analysis.as_ref().map(|a| &a.evidence),
                 "state": r.state().as_str(),
             });
             store::audit(&mut tx, now, &actor, "rollout.auto_pause", Some(&topic), details).await?;

@@ -357,6 +357,9 @@ impl Imprint {
         }
         let plans = input.plans.clone().unwrap_or_default();
         check_plans(&plans, input.default_plan.as_deref())?;
+        for p in plans.values() {
+            crate::analysis::require_prometheus(self.config().prometheus.is_some(), p)?;
+        }
         let apollo = input.apollo.as_ref().map(check_apollo).transpose()?;
         let ofrep = input.ofrep.as_ref().map(|o| check_ofrep(o, name.as_str())).transpose()?;
         let spring = input.spring.as_ref().map(check_spring).transpose()?;
@@ -537,6 +540,9 @@ impl Imprint {
             let plans = patch.plans.clone().unwrap_or(current_plans);
             let default = patch.default_plan.clone().unwrap_or(current_default);
             check_plans(&plans, default.as_deref())?;
+            for p in plans.values() {
+                crate::analysis::require_prometheus(self.config().prometheus.is_some(), p)?;
+            }
         }
         let update = store::topics::TopicUpdate {
             description: patch.description.as_deref(),

@@ -465,7 +465,8 @@ impl Imprint {
             supersede_active(&mut tx, t.id, &t.name, version as u64, created_at, &who).await?;
             let rollout_id = match plan {
                 Some(p) => Some(
-                    crate::rollouts::start_tx(&mut tx, t.id, &t.name, version as u64, p, &who, created_at).await?,
+                    crate::rollouts::start_tx(&mut tx, t.id, &t.name, version as u64, p, &who, created_at, self.config().prometheus.is_some())
+                        .await?,
                 ),
                 None => None,
             };

@@ -6,7 +6,7 @@
 //! backoff (`imprint_domain::webhooks::retry_after`) for more than a day and then marks
 //! the delivery `failed`. Publishing never waits for a receiver: it only writes rows.
 use crate::auth::Caller;
-use crate::error::{Error, Result};
+use crate::error::{error_chain, Error, Result};
 use crate::handle::Imprint;
 use crate::model::Page;
 use crate::{cursor, store};
@@ -601,22 +601,6 @@ struct Outcome {
     status: Option<i32>,
     response: Option<String>,
     error: Option<String>,
-}
-
-/// An outbound request's error with its sources (reqwest hides the cause in them), each
-/// said once; webhook deliveries and external validators (`checks`) report it.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let more = inner.to_string();
-        if !s.contains(&more) {
-            s.push_str(": ");
-            s.push_str(&more);
-        }
-        source = inner.source();
-    }
-    s
 }
 
 /// The first `RESPONSE_SNIPPET_BYTES` of an answer's body, as text.

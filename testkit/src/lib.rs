@@ -9,6 +9,7 @@
 mod app;
 mod fixtures;
 mod http;
+mod prometheus;
 
 pub use app::{
     spawn_app, spawn_app_clocked, spawn_app_configured, spawn_app_limited, spawn_app_with, spawn_app_with_settings,
@@ -17,3 +18,4 @@ pub use app::{
 pub use fixtures::{bytes_of, closed_port_url, scratch_dir};
 pub use http::{assert_error, eventually, Outcome, SendJson, HANG_GUARD};
 pub use imprint_service::ManualClock;
+pub use prometheus::{Exporter, Prometheus, PROMETHEUS_BIN};

@@ -3,6 +3,7 @@
 //! it over HTTP like any client would.
 // Helpers shared by the tests are not `#[test]` fns: a failed unwrap there fails a test.
 #![allow(clippy::unwrap_used)]
+mod analysis;
 mod apollo;
 mod change_control;
 mod connection;

@@ -5,6 +5,7 @@
 use crate::error::Result;
 use sqlx::PgConnection;
 
+pub(crate) mod analysis;
 pub(crate) mod audit_log;
 pub(crate) mod blobs;
 pub(crate) mod change_control;

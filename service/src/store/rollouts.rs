@@ -186,11 +186,13 @@ pub(crate) async fn claim_running(conn: &mut PgConnection, id: i64) -> Result<Op
     .await?)
 }
 
-/// Running rollouts that are due at `now` or have a health gate to watch.
+/// Running rollouts that are due at `now`, or have a health gate to watch or analyses to
+/// measure.
 pub(crate) async fn due<'e>(ex: impl PgExecutor<'e>, now: DateTime<Utc>) -> Result<Vec<i64>> {
     Ok(sqlx::query_scalar!(
         "SELECT id FROM rollouts WHERE state = 'running'
-           AND (next_due <= $1 OR jsonb_path_exists(plan, '$.stages[*].gate ? (@ != null)'))
+           AND (next_due <= $1 OR jsonb_path_exists(plan, '$.stages[*].gate ? (@ != null)')
+                OR jsonb_path_exists(plan, '$.stages[*].analyses[*]'))
          ORDER BY next_due LIMIT 1000",
         now as _
     )
