@@ -4,15 +4,17 @@
 //! transaction also closes the draft and, for a change request, moves the request to
 //! `applied` — so an approved change is applied exactly once, atomically, as its author.
 //! The freeze and review gates sit in that same transaction, under the topic's lock
-//! (`gate_release`), so every publishing path (API, console, gRPC) honours them.
+//! (`release_gate::check`), so every publishing path (API, console, gRPC) honours them; scope
+//! adds, rollout starts and pins call the same gate in their own transactions, and become
+//! change requests of kinds `scope`, `rollout` and `pin` here (`unpin` only when scheduled).
 //!
-//! Pins and unpins are not gated: they are how incidents are mitigated (rolling a fleet back
-//! to a known version), so neither a freeze nor a review rule holds them up; they are audited
-//! as always.
+//! Freezes do not hold pins and unpins: they are how incidents are mitigated (rolling a fleet
+//! back to a known version). A review rule holds a pin, but an admin's break glass pins now.
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::model::{PlanChoice, Published, RolloutRequest};
+use crate::release_gate::{check_reason, schedule_of, Gate};
 use crate::store;
 use crate::store::change_control as st;
 use crate::validation::Validation;
@@ -239,20 +241,6 @@ fn draft_of(topic: &str, r: st::DraftRow) -> Draft {
     }
 }
 
-fn schedule_of(r: &st::FreezeRow) -> Result<Schedule> {
-    match (&r.starts_at, &r.ends_at, &r.days) {
-        (Some(from), Some(to), _) => Ok(Schedule::once(*from, *to).map_err(|e| Error::Internal(e.to_string()))?),
-        (_, _, Some(days)) => Schedule::recurring(
-            days,
-            r.local_from.as_deref().unwrap_or_default(),
-            r.local_to.as_deref().unwrap_or_default(),
-            r.tz.as_deref().unwrap_or_default(),
-        )
-        .map_err(|e| Error::Internal(format!("stored freeze {}: {e}", r.id))),
-        _ => Err(Error::Internal(format!("stored freeze {} has no schedule", r.id))),
-    }
-}
-
 fn freeze_of(r: st::FreezeRow, now: DateTime<Utc>) -> Result<Freeze> {
     let s = schedule_of(&r)?;
     let scope = match (&r.team, &r.topic) {
@@ -299,17 +287,6 @@ fn may_approve(rule: &st::ReviewRow, caller: &Caller) -> bool {
         (None, Caller::User { name, .. }) => rule.approver_users.contains(name),
         _ => false,
     }
-}
-
-fn check_reason(reason: &str, what: &str) -> Result<String> {
-    let r = reason.trim();
-    if r.is_empty() {
-        return Err(Error::invalid(format!("{what} needs a reason")));
-    }
-    if r.chars().count() > 1000 {
-        return Err(Error::invalid(format!("a {what} reason has at most 1000 characters")));
-    }
-    Ok(r.to_owned())
 }
 
 fn rollout_json(r: &RolloutRequest) -> Value {
@@ -741,51 +718,7 @@ impl Imprint {
         self.release_draft(caller, topic, draft.id, release).await
     }
 
-    // ---- the publish transaction's gates ----
-
-    /// Under the topic's lock, before a version is written: a release inside an active
-    /// freeze window is refused (423), one on a topic that requires review and is not an
-    /// approved request is refused (409) — unless an admin breaks glass with a reason.
-    pub(crate) async fn gate_release(
-        &self,
-        conn: &mut PgConnection,
-        t: &store::topics::TopicRef,
-        caller: &Caller,
-        control: &Control,
-        release: bool,
-    ) -> Result<()> {
-        if !release {
-            return Ok(());
-        }
-        if control.break_glass.is_some() {
-            if !caller.is_admin() {
-                return Err(Error::Forbidden("only admins may break glass".into()));
-            }
-            return Ok(());
-        }
-        let now = self.now();
-        for f in st::freezes(&mut *conn, Some((t.id, &t.owner))).await? {
-            let s = schedule_of(&f)?;
-            if s.active_at(now) {
-                return Err(Error::ChangeFrozen(format!(
-                    "releases of topic {:?} are frozen by change freeze {:?} (id {}, {}); an admin may break glass with a reason",
-                    t.name,
-                    f.name,
-                    f.id,
-                    s.describe()
-                )));
-            }
-        }
-        if control.request.is_none() {
-            if let Some(r) = st::review(&mut *conn, t.id).await? {
-                return Err(Error::ReviewRequired(format!(
-                    "topic {:?} requires {} approval(s) for releases: publish through the API's JSON form (it becomes a change request) or release a draft",
-                    t.name, r.required_approvals
-                )));
-            }
-        }
-        Ok(())
-    }
+    // ---- the publish transaction's end (its gate is `release_gate::check`) ----
 
     /// In the publish transaction, once version `version` is written: closes the draft,
     /// applies the request (exactly once: only an `approved` one moves), audits a break glass.
@@ -814,17 +747,9 @@ impl Imprint {
                 store::audit(&mut *conn, now, who, "change.withdraw", Some(&t.name), details).await?;
             }
         }
-        if let Some(r) = control.request {
-            if !st::transition(&mut *conn, r, &["approved"], "applied", now, None, Some(version)).await? {
-                return Err(Error::Conflict(format!("change request {r} was applied or closed meanwhile")));
-            }
-            let details = json!({"request": r, "draft": control.draft, "version": version});
-            store::audit(&mut *conn, now, who, "change.apply", Some(&t.name), details).await?;
-        }
-        if let Some(reason) = &control.break_glass {
-            let details = json!({"reason": reason, "version": version, "draft": control.draft});
-            store::audit(&mut *conn, now, who, "change.break_glass", Some(&t.name), details).await?;
-        }
+        let gate = Gate { request: control.request, break_glass: control.break_glass.clone() };
+        let details = json!({"draft": control.draft});
+        crate::release_gate::finish(&mut *conn, &t.name, &gate, "release", Some(version), who, now, details).await?;
         Ok(())
     }
 

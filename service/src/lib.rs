@@ -38,6 +38,7 @@ pub mod payloads;
 mod pins;
 pub mod poll;
 pub mod relay;
+pub mod release_gate;
 pub mod rollouts;
 pub mod serving;
 pub mod snapshots;
