@@ -190,7 +190,7 @@ pub enum Changed<T> {
     /// Done now.
     Done(T),
     /// Became a change request (the topic requires review, or `at`).
-    Requested(ChangeRequest),
+    Requested(Box<ChangeRequest>),
 }
 
 /// Change-control options of a scope add, rollout start, pin or unpin.
@@ -846,7 +846,7 @@ impl Imprint {
         let break_glass = break_glass_reason(caller, opts.break_glass.as_deref())?;
         let change = json!({"version": version.get(), "scopes": [selector.to_json()]});
         if let Some(cr) = self.held_change(caller, topic, "scope", change, Some(version), true, "", &opts).await? {
-            return Ok(Changed::Requested(cr));
+            return Ok(Changed::Requested(Box::new(cr)));
         }
         let gate = Gate { request: None, break_glass };
         Ok(Changed::Done(self.add_scope_gated(caller, topic, version, selector, gate).await?))
@@ -866,7 +866,7 @@ impl Imprint {
         let rollout = rollout_json(&RolloutRequest::Plan(choice.clone()));
         let change = json!({"version": version.get(), "rollout": rollout});
         if let Some(cr) = self.held_change(caller, topic, "rollout", change, Some(version), true, "", &opts).await? {
-            return Ok(Changed::Requested(cr));
+            return Ok(Changed::Requested(Box::new(cr)));
         }
         let gate = Gate { request: None, break_glass };
         Ok(Changed::Done(self.start_rollout_gated(caller, topic, version, choice, gate).await?))
@@ -896,7 +896,7 @@ impl Imprint {
         if let Some(cr) =
             self.held_change(caller, topic, "pin", change, Some(input.version), true, &reason, &opts).await?
         {
-            return Ok(Changed::Requested(cr));
+            return Ok(Changed::Requested(Box::new(cr)));
         }
         let gate = Gate { request: None, break_glass };
         Ok(Changed::Done(self.pin_gated(caller, topic, input, gate).await?))
@@ -916,7 +916,7 @@ impl Imprint {
         }
         let change = json!({"selector": selector.to_json()});
         if let Some(cr) = self.held_change(caller, topic, "unpin", change, None, false, "", &opts).await? {
-            return Ok(Changed::Requested(cr));
+            return Ok(Changed::Requested(Box::new(cr)));
         }
         Ok(Changed::Done(self.unpin_gated(caller, topic, selector, Gate::default()).await?))
     }
