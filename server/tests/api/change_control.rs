@@ -823,3 +823,28 @@ async fn scheduled_scope_adds_pins_and_unpins_apply_at_their_time(pool: sqlx::Pg
         .unwrap();
     assert_eq!(applies, 3, "each once");
 }
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_scheduled_pin_on_a_reviewed_topic_needs_its_approvals_before_its_time(pool: sqlx::PgPool) {
+    let clock = ManualClock::new(chrono::Utc::now());
+    let app = spawn_app_clocked(pool.clone(), pool.clone(), |_| {}, std::sync::Arc::new(clock.clone())).await;
+    let (alice, bob, _carol) = reviewed_topic(&app, "latepin", 2).await;
+    let at = clock.now() + chrono::Duration::minutes(5);
+    let (s, cr) = app
+        .req(Method::PUT, "/api/v1/topics/latepin/pins")
+        .bearer_auth(&alice)
+        .json(&json!({"selector": {"region": "eu"}, "version": 1, "reason": "hold", "at": at}))
+        .send_json()
+        .await;
+    assert_eq!((s, cr["state"].as_str(), cr["kind"].as_str()), (202, Some("pending"), Some("pin")), "{cr}");
+    let id = cr["id"].clone();
+    assert_eq!(act(&app, &bob, &id, "approve", json!({})).await.1["state"], "pending");
+    clock.advance(chrono::Duration::minutes(6));
+    let r = eventually("the pin request expires", || async {
+        let (_, r) = app.get_json(&format!("/api/v1/change-requests/{id}")).await;
+        (r["state"] == "expired").then_some(r)
+    })
+    .await;
+    assert!(r["reason"].as_str().unwrap().contains("before its approvals"), "{r}");
+    assert_eq!(resolve_for(&app, "latepin", "region=eu").await["pinned"], false, "it did not run");
+}
