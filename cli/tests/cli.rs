@@ -194,6 +194,23 @@ async fn scopes_pins_and_resolve(pool: sqlx::PgPool) {
     let out = imprint(&server, &["pin", "ab.config", "region", "1", "--reason", "x"]).await;
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("invalid selector"), "{}", out.stderr);
+
+    // --at: a change request the scheduler applies then (docs/change-control.md).
+    let at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let out = imprint(&server, &["scope", "add", "ab.config", "2", "region=us", "--at", &at]).await.ok();
+    assert!(out.stdout.contains("add scope region=us to v2"), "{}", out.stdout);
+    assert!(out.stdout.contains(": approved"), "{}", out.stdout);
+    let out = imprint(&server, &["--json", "pin", "ab.config", "region=ap", "1", "--reason", "later", "--at", &at])
+        .await
+        .ok()
+        .json();
+    assert_eq!((out["kind"].as_str(), out["state"].as_str()), (Some("pin"), Some("approved")), "{out}");
+    let out = imprint(&server, &["unpin", "ab.config", "region=ap", "--at", &at]).await.ok();
+    assert!(out.stdout.contains("unpin region=ap"), "{}", out.stdout);
+    assert_eq!(imprint(&server, &["resolve", "ab.config", "--labels", "region=us"]).await.ok().stdout.trim(), "1");
+    let out = imprint(&server, &["scope", "add", "ab.config", "2", "region=us", "--at", "tomorrow"]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("RFC 3339"), "{}", out.stderr);
 }
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]

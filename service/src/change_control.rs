@@ -4,15 +4,18 @@
 //! transaction also closes the draft and, for a change request, moves the request to
 //! `applied` — so an approved change is applied exactly once, atomically, as its author.
 //! The freeze and review gates sit in that same transaction, under the topic's lock
-//! (`gate_release`), so every publishing path (API, console, gRPC) honours them.
+//! (`release_gate::check`), so every publishing path (API, console, gRPC) honours them; scope
+//! adds, rollout starts and pins call the same gate in their own transactions, and become
+//! change requests of kinds `scope`, `rollout` and `pin` here (`unpin` only when scheduled).
 //!
-//! Pins and unpins are not gated: they are how incidents are mitigated (rolling a fleet back
-//! to a known version), so neither a freeze nor a review rule holds them up; they are audited
-//! as always.
+//! Freezes do not hold pins and unpins: they are how incidents are mitigated (rolling a fleet
+//! back to a known version). A review rule holds a pin, but an admin's break glass pins now.
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
-use crate::model::{PlanChoice, Published, RolloutRequest};
+use crate::model::{Pin, PlanChoice, Published, RolloutInfo, RolloutRequest, Scope};
+use crate::pins::PinInput;
+use crate::release_gate::{break_glass_reason, check_reason, schedule_of, Gate};
 use crate::store;
 use crate::store::change_control as st;
 use crate::validation::Validation;
@@ -20,7 +23,7 @@ use crate::versions::{Control, Payload, PublishInput};
 use bytes::Bytes;
 use chrono::{DateTime, NaiveTime, Utc};
 use imprint_domain::freeze::Schedule;
-use imprint_domain::{DiffLine, Selector, TopicName};
+use imprint_domain::{DiffLine, Selector, TopicName, VersionNumber};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -116,8 +119,19 @@ pub struct Approval {
 pub struct ChangeRequest {
     pub id: i64,
     pub topic: String,
-    /// `release`: the draft's payload released to `scopes` (with `rollout`).
+    /// `release`: the draft's payload released to `scopes` (with `rollout`); `scope`: `scopes`
+    /// added to `version`; `rollout`: a rollout of `version` with `rollout`'s plan; `pin`:
+    /// `selector` pinned to `version`; `unpin`: `selector`'s pin removed (only scheduled).
     pub kind: String,
+    /// What the change is, in words ("add scope region=eu to v4", "pin region=eu to v3").
+    pub summary: String,
+    /// The version a `scope`, `rollout` or `pin` request is about (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The selector of a `pin` or `unpin` request (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub selector: Option<Value>,
     /// `pending` (approvals missing), `approved` (waits for `at`, if given), `applied`,
     /// `rejected`, `withdrawn`, `expired` (`at` came before the approvals), `failed`.
     pub state: String,
@@ -169,6 +183,46 @@ pub struct PublishControl {
     pub draft: bool,
     pub at: Option<DateTime<Utc>>,
     pub break_glass: Option<String>,
+}
+
+/// What a scope add, rollout start, pin or unpin came to.
+pub enum Changed<T> {
+    /// Done now.
+    Done(T),
+    /// Became a change request (the topic requires review, or `at`).
+    Requested(Box<ChangeRequest>),
+}
+
+/// Change-control options of a scope add, rollout start, pin or unpin.
+#[derive(Clone, Debug, Default)]
+pub struct ChangeOptions {
+    /// Apply it then (a change request the scheduler applies).
+    pub at: Option<DateTime<Utc>>,
+    /// An admin's reason to do it now past a review rule and a freeze.
+    pub break_glass: Option<String>,
+}
+
+/// A change request's change in words.
+fn summary_of(kind: &str, draft: Option<i64>, change: &Value) -> String {
+    let sel = |v: Option<&Value>| {
+        v.and_then(|v| Selector::from_json(v).ok()).map_or_else(|| "?".to_owned(), |s| s.to_string())
+    };
+    let version = change.get("version").and_then(Value::as_u64).unwrap_or_default();
+    let scopes = || match change.get("scopes") {
+        Some(Value::Array(items)) if items.is_empty() => "nobody".to_owned(),
+        Some(Value::Array(items)) => items.iter().map(|v| sel(Some(v))).collect::<Vec<_>>().join(", "),
+        _ => "*".to_owned(),
+    };
+    match kind {
+        "scope" => format!("add scope {} to v{version}", scopes()),
+        "rollout" => match change.pointer("/rollout/name").and_then(Value::as_str) {
+            Some(plan) => format!("start rollout of v{version} (plan {plan})"),
+            None => format!("start rollout of v{version}"),
+        },
+        "pin" => format!("pin {} to v{version}", sel(change.get("selector"))),
+        "unpin" => format!("unpin {}", sel(change.get("selector"))),
+        _ => format!("release draft #{} to {}", draft.unwrap_or_default(), scopes()),
+    }
 }
 
 /// A change-freeze window.
@@ -239,20 +293,6 @@ fn draft_of(topic: &str, r: st::DraftRow) -> Draft {
     }
 }
 
-fn schedule_of(r: &st::FreezeRow) -> Result<Schedule> {
-    match (&r.starts_at, &r.ends_at, &r.days) {
-        (Some(from), Some(to), _) => Ok(Schedule::once(*from, *to).map_err(|e| Error::Internal(e.to_string()))?),
-        (_, _, Some(days)) => Schedule::recurring(
-            days,
-            r.local_from.as_deref().unwrap_or_default(),
-            r.local_to.as_deref().unwrap_or_default(),
-            r.tz.as_deref().unwrap_or_default(),
-        )
-        .map_err(|e| Error::Internal(format!("stored freeze {}: {e}", r.id))),
-        _ => Err(Error::Internal(format!("stored freeze {} has no schedule", r.id))),
-    }
-}
-
 fn freeze_of(r: st::FreezeRow, now: DateTime<Utc>) -> Result<Freeze> {
     let s = schedule_of(&r)?;
     let scope = match (&r.team, &r.topic) {
@@ -299,17 +339,6 @@ fn may_approve(rule: &st::ReviewRow, caller: &Caller) -> bool {
         (None, Caller::User { name, .. }) => rule.approver_users.contains(name),
         _ => false,
     }
-}
-
-fn check_reason(reason: &str, what: &str) -> Result<String> {
-    let r = reason.trim();
-    if r.is_empty() {
-        return Err(Error::invalid(format!("{what} needs a reason")));
-    }
-    if r.chars().count() > 1000 {
-        return Err(Error::invalid(format!("a {what} reason has at most 1000 characters")));
-    }
-    Ok(r.to_owned())
 }
 
 fn rollout_json(r: &RolloutRequest) -> Value {
@@ -635,7 +664,8 @@ impl Imprint {
                 &mut tx,
                 st::NewRequest {
                     topic_id: t.id,
-                    draft_id: id,
+                    kind: "release",
+                    draft_id: Some(id),
                     change: change.clone(),
                     author: &who,
                     author_admin: caller.is_admin(),
@@ -741,51 +771,157 @@ impl Imprint {
         self.release_draft(caller, topic, draft.id, release).await
     }
 
-    // ---- the publish transaction's gates ----
+    // ---- scope adds, rollout starts, pins and unpins under change control ----
 
-    /// Under the topic's lock, before a version is written: a release inside an active
-    /// freeze window is refused (423), one on a topic that requires review and is not an
-    /// approved request is refused (409) — unless an admin breaks glass with a reason.
-    pub(crate) async fn gate_release(
+    /// Makes a change request of `kind` when the change waits: for `at`, or (`reviewed`) for
+    /// the topic's review rule. `None`: nothing holds it, do it now. Refuses a break glass
+    /// with `at` (a break glass acts now).
+    #[allow(clippy::too_many_arguments)]
+    async fn held_change(
         &self,
-        conn: &mut PgConnection,
-        t: &store::topics::TopicRef,
         caller: &Caller,
-        control: &Control,
-        release: bool,
-    ) -> Result<()> {
-        if !release {
-            return Ok(());
-        }
-        if control.break_glass.is_some() {
-            if !caller.is_admin() {
-                return Err(Error::Forbidden("only admins may break glass".into()));
-            }
-            return Ok(());
-        }
+        topic: &TopicName,
+        kind: &str,
+        change: Value,
+        version: Option<VersionNumber>,
+        reviewed: bool,
+        message: &str,
+        opts: &ChangeOptions,
+    ) -> Result<Option<ChangeRequest>> {
         let now = self.now();
-        for f in st::freezes(&mut *conn, Some((t.id, &t.owner))).await? {
-            let s = schedule_of(&f)?;
-            if s.active_at(now) {
-                return Err(Error::ChangeFrozen(format!(
-                    "releases of topic {:?} are frozen by change freeze {:?} (id {}, {}); an admin may break glass with a reason",
-                    t.name,
-                    f.name,
-                    f.id,
-                    s.describe()
-                )));
+        check_at(opts.at, now)?;
+        if opts.break_glass.is_some() {
+            if opts.at.is_some() {
+                return Err(Error::invalid("a break glass acts now: it takes no at"));
             }
+            return Ok(None);
         }
-        if control.request.is_none() {
-            if let Some(r) = st::review(&mut *conn, t.id).await? {
-                return Err(Error::ReviewRequired(format!(
-                    "topic {:?} requires {} approval(s) for releases: publish through the API's JSON form (it becomes a change request) or release a draft",
-                    t.name, r.required_approvals
-                )));
-            }
+        let mut tx = self.pool().begin().await?;
+        let t = store::topics::require(&mut tx, topic, true).await?;
+        caller.require_write(&t.name, &t.owner)?;
+        let review = if reviewed { st::review(&mut *tx, t.id).await? } else { None };
+        if opts.at.is_none() && review.is_none() {
+            return Ok(None);
         }
-        Ok(())
+        // What it is about exists now (a request for a missing version is refused at once).
+        if let Some(v) = version {
+            store::versions::require_live(&mut tx, &t, v.get()).await?;
+        }
+        let required = review.as_ref().map(|r| r.required_approvals).unwrap_or(0);
+        let who = caller.who();
+        let rid = st::insert_request(
+            &mut tx,
+            st::NewRequest {
+                topic_id: t.id,
+                kind,
+                draft_id: None,
+                change: change.clone(),
+                author: &who,
+                author_admin: caller.is_admin(),
+                message,
+                required_approvals: required,
+                state: if required == 0 { "approved" } else { "pending" },
+                at: opts.at,
+                now,
+            },
+        )
+        .await?;
+        let details = json!({"request": rid, "kind": kind, "required_approvals": required, "at": opts.at,
+                             "change": change});
+        store::audit(&mut tx, now, &who, "change.request", Some(&t.name), details).await?;
+        tx.commit().await?;
+        Ok(Some(self.change_request_view(rid).await?))
     }
+
+    /// Adds a scope to a version now, or as a change request (`scope`) on a reviewed topic
+    /// or with `at`; a freeze refuses it (423) unless an admin breaks glass.
+    pub async fn add_scope_controlled(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        version: VersionNumber,
+        selector: Selector,
+        opts: ChangeOptions,
+    ) -> Result<Changed<(Scope, bool)>> {
+        let break_glass = break_glass_reason(caller, opts.break_glass.as_deref())?;
+        let change = json!({"version": version.get(), "scopes": [selector.to_json()]});
+        if let Some(cr) = self.held_change(caller, topic, "scope", change, Some(version), true, "", &opts).await? {
+            return Ok(Changed::Requested(Box::new(cr)));
+        }
+        let gate = Gate { request: None, break_glass };
+        Ok(Changed::Done(self.add_scope_gated(caller, topic, version, selector, gate).await?))
+    }
+
+    /// Starts a rollout now, or as a change request (`rollout`) on a reviewed topic or with
+    /// `at`; a freeze refuses it (423) unless an admin breaks glass.
+    pub async fn start_rollout_controlled(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        version: VersionNumber,
+        choice: PlanChoice,
+        opts: ChangeOptions,
+    ) -> Result<Changed<RolloutInfo>> {
+        let break_glass = break_glass_reason(caller, opts.break_glass.as_deref())?;
+        let rollout = rollout_json(&RolloutRequest::Plan(choice.clone()));
+        let change = json!({"version": version.get(), "rollout": rollout});
+        if let Some(cr) = self.held_change(caller, topic, "rollout", change, Some(version), true, "", &opts).await? {
+            return Ok(Changed::Requested(Box::new(cr)));
+        }
+        let gate = Gate { request: None, break_glass };
+        Ok(Changed::Done(self.start_rollout_gated(caller, topic, version, choice, gate).await?))
+    }
+
+    /// Pins now, or as a change request (`pin`) on a reviewed topic or with `at`. Freezes
+    /// never hold a pin; an admin's break glass pins now past a review rule (incidents).
+    pub async fn pin_controlled(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        input: PinInput,
+        opts: ChangeOptions,
+    ) -> Result<Changed<Pin>> {
+        let break_glass = break_glass_reason(caller, opts.break_glass.as_deref())?;
+        if let (Some(at), Some(exp)) = (opts.at, input.expires_at) {
+            if exp <= at {
+                return Err(Error::invalid("expires_at must be after at"));
+            }
+        }
+        if input.reason.chars().count() > 1024 {
+            return Err(Error::invalid("reason has at most 1024 characters"));
+        }
+        let change = json!({"selector": input.selector.to_json(), "version": input.version.get(),
+                            "reason": input.reason, "expires_at": input.expires_at});
+        let reason = input.reason.clone();
+        if let Some(cr) =
+            self.held_change(caller, topic, "pin", change, Some(input.version), true, &reason, &opts).await?
+        {
+            return Ok(Changed::Requested(Box::new(cr)));
+        }
+        let gate = Gate { request: None, break_glass };
+        Ok(Changed::Done(self.pin_gated(caller, topic, input, gate).await?))
+    }
+
+    /// Unpins now, or at `at` (a change request the scheduler applies; no review holds an
+    /// unpin, and it needs no break glass).
+    pub async fn unpin_controlled(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        selector: &Selector,
+        opts: ChangeOptions,
+    ) -> Result<Changed<()>> {
+        if opts.break_glass.is_some() {
+            return Err(Error::invalid("an unpin is never held: it takes no break_glass"));
+        }
+        let change = json!({"selector": selector.to_json()});
+        if let Some(cr) = self.held_change(caller, topic, "unpin", change, None, false, "", &opts).await? {
+            return Ok(Changed::Requested(Box::new(cr)));
+        }
+        Ok(Changed::Done(self.unpin_gated(caller, topic, selector, Gate::default()).await?))
+    }
+
+    // ---- the publish transaction's end (its gate is `release_gate::check`) ----
 
     /// In the publish transaction, once version `version` is written: closes the draft,
     /// applies the request (exactly once: only an `approved` one moves), audits a break glass.
@@ -814,17 +950,9 @@ impl Imprint {
                 store::audit(&mut *conn, now, who, "change.withdraw", Some(&t.name), details).await?;
             }
         }
-        if let Some(r) = control.request {
-            if !st::transition(&mut *conn, r, &["approved"], "applied", now, None, Some(version)).await? {
-                return Err(Error::Conflict(format!("change request {r} was applied or closed meanwhile")));
-            }
-            let details = json!({"request": r, "draft": control.draft, "version": version});
-            store::audit(&mut *conn, now, who, "change.apply", Some(&t.name), details).await?;
-        }
-        if let Some(reason) = &control.break_glass {
-            let details = json!({"reason": reason, "version": version, "draft": control.draft});
-            store::audit(&mut *conn, now, who, "change.break_glass", Some(&t.name), details).await?;
-        }
+        let gate = Gate { request: control.request, break_glass: control.break_glass.clone() };
+        let details = json!({"draft": control.draft});
+        crate::release_gate::finish(&mut *conn, &t.name, &gate, "release", Some(version), who, now, details).await?;
         Ok(())
     }
 
@@ -920,6 +1048,12 @@ impl Imprint {
         Ok(ChangeRequest {
             id: r.id,
             topic: r.topic,
+            summary: summary_of(&r.kind, r.draft_id, &r.change),
+            version: match r.kind.as_str() {
+                "release" => None,
+                _ => r.change.get("version").and_then(Value::as_u64),
+            },
+            selector: r.change.get("selector").cloned(),
             kind: r.kind,
             state: r.state,
             draft_id: r.draft_id,
@@ -1082,37 +1216,11 @@ impl Imprint {
         }
         let topic = TopicName::parse(&r.topic).map_err(|e| Error::Internal(e.to_string()))?;
         let as_author = acting_as(&r.author, r.author_admin, &r.owner);
-        let outcome = async {
-            let draft_id = r.draft_id.ok_or_else(|| Error::InvalidState("the request has no draft".into()))?;
-            let data = st::draft_data(self.pool(), draft_id)
-                .await?
-                .ok_or_else(|| Error::InvalidState(format!("draft {draft_id} is no longer open")))?;
-            let d = st::draft(self.pool(), r.topic_id, draft_id)
-                .await?
-                .ok_or_else(|| Error::InvalidState(format!("draft {draft_id} is gone")))?;
-            let scopes = match r.change.get("scopes") {
-                Some(Value::Array(items)) => Some(
-                    items
-                        .iter()
-                        .map(|v| Selector::from_json(v).map_err(|e| Error::Internal(e.to_string())))
-                        .collect::<Result<Vec<_>>>()?,
-                ),
-                _ => None,
-            };
-            let input = PublishInput {
-                payload: Payload::Binary(Bytes::from(data)),
-                content_type: Some(d.content_type),
-                metadata: d.metadata.0,
-                scopes,
-                message: r.message.clone(),
-                rollout: rollout_of(r.change.get("rollout").unwrap_or(&Value::Null))?,
-                sha256: Some(d.sha256),
-                force: None,
-            };
-            let control = Control { draft: Some(draft_id), request: Some(id), break_glass: None };
-            self.publish_with(&as_author, &topic, input, control).await
-        }
-        .await;
+        let gate = Gate { request: Some(id), break_glass: None };
+        let outcome = match r.kind.as_str() {
+            "release" => self.apply_release(&r, &as_author, &topic).await,
+            kind => self.apply_other(kind, &r.change, &as_author, &topic, gate).await,
+        };
         match outcome {
             Ok(_) => Ok(()),
             // Applied by someone else meanwhile, or storage trouble: the state says which.
@@ -1131,6 +1239,86 @@ impl Imprint {
                 tx.commit().await?;
                 Ok(())
             }
+        }
+    }
+
+    /// Applies a `release` request: its draft published as the author.
+    async fn apply_release(&self, r: &st::RequestRow, as_author: &Caller, topic: &TopicName) -> Result<()> {
+        let id = r.id;
+        let draft_id = r.draft_id.ok_or_else(|| Error::InvalidState("the request has no draft".into()))?;
+        let data = st::draft_data(self.pool(), draft_id)
+            .await?
+            .ok_or_else(|| Error::InvalidState(format!("draft {draft_id} is no longer open")))?;
+        let d = st::draft(self.pool(), r.topic_id, draft_id)
+            .await?
+            .ok_or_else(|| Error::InvalidState(format!("draft {draft_id} is gone")))?;
+        let scopes = match r.change.get("scopes") {
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|v| Selector::from_json(v).map_err(|e| Error::Internal(e.to_string())))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            _ => None,
+        };
+        let input = PublishInput {
+            payload: Payload::Binary(Bytes::from(data)),
+            content_type: Some(d.content_type),
+            metadata: d.metadata.0,
+            scopes,
+            message: r.message.clone(),
+            rollout: rollout_of(r.change.get("rollout").unwrap_or(&Value::Null))?,
+            sha256: Some(d.sha256),
+            force: None,
+        };
+        let control = Control { draft: Some(draft_id), request: Some(id), break_glass: None };
+        self.publish_with(as_author, topic, input, control).await.map(|_| ())
+    }
+
+    /// Applies a `scope`, `rollout`, `pin` or `unpin` request as the author, through the
+    /// gate that moves it to `applied` in the change's transaction.
+    async fn apply_other(
+        &self,
+        kind: &str,
+        change: &Value,
+        as_author: &Caller,
+        topic: &TopicName,
+        gate: Gate,
+    ) -> Result<()> {
+        let bad = |what: &str| Error::Internal(format!("stored {kind} change has no valid {what}"));
+        let version = || {
+            change
+                .get("version")
+                .and_then(Value::as_u64)
+                .and_then(|v| VersionNumber::new(v).ok())
+                .ok_or_else(|| bad("version"))
+        };
+        let selector = |v: Option<&Value>| v.and_then(|v| Selector::from_json(v).ok()).ok_or_else(|| bad("selector"));
+        match kind {
+            "scope" => {
+                let sel = selector(change.pointer("/scopes/0"))?;
+                self.add_scope_gated(as_author, topic, version()?, sel, gate).await.map(|_| ())
+            }
+            "rollout" => {
+                let RolloutRequest::Plan(choice) = rollout_of(change.get("rollout").unwrap_or(&Value::Null))? else {
+                    return Err(bad("plan"));
+                };
+                self.start_rollout_gated(as_author, topic, version()?, choice, gate).await.map(|_| ())
+            }
+            "pin" => {
+                let input = PinInput {
+                    selector: selector(change.get("selector"))?,
+                    version: version()?,
+                    reason: change.get("reason").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    expires_at: change
+                        .get("expires_at")
+                        .and_then(|v| serde_json::from_value::<Option<DateTime<Utc>>>(v.clone()).ok())
+                        .flatten(),
+                };
+                self.pin_gated(as_author, topic, input, gate).await.map(|_| ())
+            }
+            "unpin" => self.unpin_gated(as_author, topic, &selector(change.get("selector"))?, gate).await,
+            other => Err(Error::Internal(format!("unknown change request kind {other:?}"))),
         }
     }
 

@@ -45,6 +45,7 @@ pub mod prometheus;
 mod region_copies;
 pub mod regions;
 pub mod relay;
+pub mod release_gate;
 pub mod rollouts;
 pub mod serving;
 pub mod snapshots;

@@ -3,6 +3,7 @@ use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::model::{Page, Pin};
+use crate::release_gate::{self, Gate, Holds};
 use crate::{cursor, store};
 use imprint_domain::{Selector, TopicName, VersionNumber};
 use serde_json::json;
@@ -33,6 +34,18 @@ impl Imprint {
     /// Sets the pin on `selector`, replacing an active pin on the same selector.
     #[tracing::instrument(skip(self, input), fields(selector = %input.selector, version = input.version.get()))]
     pub async fn pin(&self, caller: &Caller, topic: &TopicName, input: PinInput) -> Result<Pin> {
+        self.pin_gated(caller, topic, input, Gate::default()).await
+    }
+
+    /// `pin` through the release gate: a review rule holds it (a freeze does not: pins are
+    /// how incidents are mitigated); applies the change request `gate.request` or breaks glass.
+    pub(crate) async fn pin_gated(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        input: PinInput,
+        gate: Gate,
+    ) -> Result<Pin> {
         if input.reason.chars().count() > 1024 {
             return Err(Error::invalid("reason has at most 1024 characters"));
         }
@@ -47,6 +60,7 @@ impl Imprint {
         if input.expires_at.is_some_and(|e| e <= now) {
             return Err(Error::invalid("expires_at must be in the future"));
         }
+        release_gate::check(&mut tx, t.id, &t.name, &t.owner, caller, &gate, Holds::ReviewOnly, now).await?;
         let replaced = store::pins::replace(
             &mut tx,
             t.id,
@@ -58,14 +72,23 @@ impl Imprint {
             input.expires_at,
         )
         .await?;
-        let details = json!({
+        let mut details = json!({
             "selector": input.selector.to_string(),
             "version": input.version,
             "reason": input.reason,
             "replaced": replaced,
             "expires_at": input.expires_at,
         });
+        if let (Some(map), Some(r)) = (details.as_object_mut(), &gate.break_glass) {
+            map.insert("break_glass".into(), json!(r));
+        }
+        if let (Some(map), Some(r)) = (details.as_object_mut(), gate.request) {
+            map.insert("change_request".into(), json!(r));
+        }
         store::audit(&mut tx, now, &who, "pin.set", Some(&t.name), details).await?;
+        let marks = json!({"selector": input.selector.to_string()});
+        let v = Some(input.version.get() as i64);
+        release_gate::finish(&mut tx, &t.name, &gate, "pin", v, &who, now, marks).await?;
         store::notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;
@@ -110,6 +133,17 @@ impl Imprint {
 
     #[tracing::instrument(skip(self))]
     pub async fn unpin(&self, caller: &Caller, topic: &TopicName, selector: &Selector) -> Result<()> {
+        self.unpin_gated(caller, topic, selector, Gate::default()).await
+    }
+
+    /// `unpin`, applying the (scheduled) change request `gate.request`: nothing holds an unpin.
+    pub(crate) async fn unpin_gated(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        selector: &Selector,
+        gate: Gate,
+    ) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         let t = store::topics::require(&mut tx, topic, true).await?;
         caller.require_write(&t.name, &t.owner)?;
@@ -120,6 +154,8 @@ impl Imprint {
         };
         let details = json!({"selector": selector.to_string(), "version": version});
         store::audit(&mut tx, now, &who, "pin.remove", Some(&t.name), details).await?;
+        let marks = json!({"selector": selector.to_string()});
+        release_gate::finish(&mut tx, &t.name, &gate, "unpin", Some(version), &who, now, marks).await?;
         store::notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;

@@ -6,6 +6,7 @@ use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::model::{Page, PlanChoice, RolloutInfo};
+use crate::release_gate::{self, Gate, Holds};
 use crate::store::analysis::MeasurementRow;
 use crate::store::rollouts::RolloutRow;
 use crate::{cursor, store};
@@ -163,6 +164,19 @@ impl Imprint {
         version: imprint_domain::VersionNumber,
         choice: PlanChoice,
     ) -> Result<RolloutInfo> {
+        self.start_rollout_gated(caller, topic, version, choice, Gate::default()).await
+    }
+
+    /// `start_rollout` through the release gate (a freeze or a review rule holds it),
+    /// applying the change request `gate.request` or breaking glass.
+    pub(crate) async fn start_rollout_gated(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        version: imprint_domain::VersionNumber,
+        choice: PlanChoice,
+        gate: Gate,
+    ) -> Result<RolloutInfo> {
         let version = version.get();
         let mut tx = self.pool().begin().await?;
         let t = store::topics::require(&mut tx, topic, true).await?;
@@ -178,8 +192,12 @@ impl Imprint {
             return Err(Error::InvalidState(format!("version {version} of {} is being rolled out already", t.name)));
         }
         let now = self.now();
+        release_gate::check(&mut tx, t.id, &t.name, &t.owner, caller, &gate, Holds::FreezeAndReview, now).await?;
+        let who = caller.who();
         let has_prometheus = self.config().prometheus.is_some();
-        let id = start_tx(&mut tx, t.id, &t.name, version, choice, &caller.who(), now, has_prometheus).await?;
+        let id = start_tx(&mut tx, t.id, &t.name, version, choice, &who, now, has_prometheus).await?;
+        let marks = json!({"rollout": id});
+        release_gate::finish(&mut tx, &t.name, &gate, "rollout", Some(version as i64), &who, now, marks).await?;
         store::notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;

@@ -4,6 +4,7 @@ use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::model::{Page, Scope, Version};
+use crate::release_gate::{self, Gate, Holds};
 use crate::store::versions::VersionRow;
 use crate::{cursor, store};
 use chrono::{DateTime, Utc};
@@ -96,25 +97,53 @@ impl Imprint {
         version: VersionNumber,
         selector: Selector,
     ) -> Result<(Scope, bool)> {
+        self.add_scope_gated(caller, topic, version, selector, Gate::default()).await
+    }
+
+    /// `add_scope` through the release gate (a freeze or a review rule holds it), applying
+    /// the change request `gate.request` or breaking glass.
+    pub(crate) async fn add_scope_gated(
+        &self,
+        caller: &Caller,
+        topic: &TopicName,
+        version: VersionNumber,
+        selector: Selector,
+        gate: Gate,
+    ) -> Result<(Scope, bool)> {
         let version = version.get();
         let mut tx = self.pool().begin().await?;
         let t = store::topics::require(&mut tx, topic, true).await?;
         caller.require_write(&t.name, &t.owner)?;
         store::versions::require_live(&mut tx, &t, version).await?;
         let now = self.now();
+        release_gate::check(&mut tx, t.id, &t.name, &t.owner, caller, &gate, Holds::FreezeAndReview, now).await?;
         let who = caller.who();
         let added =
             store::versions::insert_scopes(&mut tx, t.id, version as i64, std::slice::from_ref(&selector), now, &who)
                 .await?;
+        let marks = json!({"selector": selector.to_string(), "added": added > 0});
         if added == 0 {
-            tx.rollback().await?;
+            if gate.request.is_some() {
+                // The request is applied (the version has the scope): it must not run again.
+                release_gate::finish(&mut tx, &t.name, &gate, "scope", Some(version as i64), &who, now, marks).await?;
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
             let (added_at, added_by) = store::versions::scope(self.pool(), t.id, version as i64, &selector.to_string())
                 .await?
                 .ok_or_else(|| Error::Conflict("the scope was added and is gone again; try again".into()))?;
             return Ok((Scope { selector, added_at, added_by }, false));
         }
-        let details = json!({"version": version, "selector": selector.to_string()});
+        let mut details = json!({"version": version, "selector": selector.to_string()});
+        if let (Some(map), Some(r)) = (details.as_object_mut(), &gate.break_glass) {
+            map.insert("break_glass".into(), json!(r));
+        }
+        if let (Some(map), Some(r)) = (details.as_object_mut(), gate.request) {
+            map.insert("change_request".into(), json!(r));
+        }
         store::audit(&mut tx, now, &who, "scope.add", Some(&t.name), details).await?;
+        release_gate::finish(&mut tx, &t.name, &gate, "scope", Some(version as i64), &who, now, marks).await?;
         store::notify(&mut tx, t.id).await?;
         tx.commit().await?;
         self.refresh_topic(t.id).await;

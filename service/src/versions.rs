@@ -5,6 +5,7 @@ use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::model::{PlanChoice, Published, RolloutRequest, Scope};
+use crate::release_gate::{self, Gate, Holds};
 use crate::rollouts::supersede_active;
 use crate::store;
 use crate::topics::check_content_type;
@@ -30,8 +31,8 @@ pub struct PublishInput {
     pub force: Option<String>,
 }
 
-/// What change control (`change_control.rs`) adds to a publish's transaction (see
-/// `gate_release`, `finish_release` there): the draft it releases, the change request it
+/// What change control adds to a publish's transaction (`release_gate::check`, and
+/// `finish_release` in `change_control.rs`): the draft it releases, the change request it
 /// applies, an admin's break-glass reason.
 #[derive(Default)]
 pub(crate) struct Control {
@@ -369,7 +370,9 @@ impl Imprint {
             }
         }
         // Change control: a release inside a freeze, or unreviewed on a reviewed topic, stops here.
-        self.gate_release(&mut tx, &t, caller, &control, !scopes.is_empty() || plan.is_some()).await?;
+        let holds = if !scopes.is_empty() || plan.is_some() { Holds::FreezeAndReview } else { Holds::Nothing };
+        let gate = Gate { request: control.request, break_glass: control.break_glass.clone() };
+        release_gate::check(&mut tx, t.id, &t.name, &t.owner, caller, &gate, holds, self.now()).await?;
 
         // Taken after the lock: a version is never dated before an older one committed.
         let created_at = self.now();

@@ -34,6 +34,8 @@ pub struct DraftRow {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RequestRow {
     pub id: i64,
+    /// What the change is: "release draft #3 to *", "add scope region=eu to v4", "pin …".
+    pub summary: String,
     pub state: String,
     pub author: String,
     pub approvals: Vec<String>,
@@ -116,6 +118,7 @@ pub async fn load_drafts(name: String) -> Result<DraftsPage, ServerFnError> {
             .take(50)
             .map(|r| RequestRow {
                 id: r.id,
+                summary: r.summary,
                 state: r.state,
                 author: r.author,
                 approvals: r.approvals.into_iter().map(|a| a.approver).collect(),
@@ -310,12 +313,14 @@ fn RequestCard(topic: String, r: RequestRow, act: ServerAction<ChangeAct>) -> im
     view! {
         <section class=format!("card change-request change-{}", r.state) id=format!("change-{}", r.id) aria-label=format!("Change request {}", r.id)>
             <h3>{format!("Change request #{}", r.id)} " " <span class=format!("badge change-{}", r.state)>{r.state.clone()}</span></h3>
-            <p class="small">{format!("asked by {} · draft #{} · approvals {}/{}{}", r.author, r.draft_id.unwrap_or_default(),
+            <p class="change-summary"><strong>{r.summary.clone()}</strong></p>
+            <p class="small">{format!("asked by {}{} · approvals {}/{}{}", r.author,
+                r.draft_id.map(|d| format!(" · draft #{d}")).unwrap_or_default(),
                 r.approvals.len(), r.required, if r.approvals.is_empty() { String::new() } else { format!(": {}", r.approvals.join(", ")) })}</p>
             {r.draft_sha256.clone().map(|s| view! { <p class="muted small">{format!("payload sha256 {s} (validated when saved)")}</p> })}
             {r.at.clone().map(|t| view! { <p class="small">{format!("scheduled for {}", short_time(&t))}</p> })}
             {r.reason.clone().map(|why| view! { <p class="small reason">{format!("reason: {why}")}</p> })}
-            {r.applied_version.map(|v| view! { <p class="small">{format!("released as v{v}")}</p> })}
+            {r.applied_version.filter(|_| r.draft_id.is_some()).map(|v| view! { <p class="small">{format!("released as v{v}")}</p> })}
             {open.then(|| { let (t1, t2, t3, i1, i2, i3) = (topic.clone(), topic.clone(), topic.clone(), id.clone(), id.clone(), id.clone()); view! {
                 <div class="actions">
                     <ActionForm action=act>

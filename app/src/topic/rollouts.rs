@@ -126,10 +126,16 @@ pub async fn start_rollout(topic: String, version: u64, stages: String) -> Resul
         let v =
             imprint_domain::VersionNumber::new(version).map_err(|e| imprint_service::Error::invalid(e.to_string()))?;
         let choice = imprint_service::PlanChoice::Inline(plan);
-        imprint.start_rollout(&caller, &topic_name(&topic)?, v, choice).await.map(|_| ())
+        imprint.start_rollout_controlled(&caller, &topic_name(&topic)?, v, choice, Default::default()).await
     }
     .await;
-    finish(result, None, Some("Rollout started"))
+    let notice = match &result {
+        Ok(imprint_service::change_control::Changed::Requested(cr)) => {
+            format!("Change request #{} asked for: {} (approve it on the Drafts tab)", cr.id, cr.summary)
+        }
+        _ => "Rollout started".to_owned(),
+    };
+    finish(result.map(|_| ()), None, Some(&notice))
 }
 
 #[server(prefix = "/console/fn")]

@@ -73,12 +73,17 @@ pub async fn set_pin(
         };
         let version =
             imprint_domain::VersionNumber::new(version).map_err(|e| imprint_service::Error::invalid(e.to_string()))?;
-        imprint
-            .pin(&caller, &topic_name(&topic)?, imprint_service::PinInput { selector, version, reason, expires_at })
-            .await
+        let input = imprint_service::PinInput { selector, version, reason, expires_at };
+        imprint.pin_controlled(&caller, &topic_name(&topic)?, input, Default::default()).await
     }
     .await;
-    finish(result.map(|_| ()), None, Some("Pinned"))
+    let notice = match &result {
+        Ok(imprint_service::change_control::Changed::Requested(cr)) => {
+            format!("Change request #{} asked for: {} (approve it on the Drafts tab)", cr.id, cr.summary)
+        }
+        _ => "Pinned".to_owned(),
+    };
+    finish(result.map(|_| ()), None, Some(&notice))
 }
 
 #[server(prefix = "/console/fn")]
@@ -103,10 +108,16 @@ pub async fn add_scope(topic: String, version: u64, selector: String) -> Result<
         let s = imprint_domain::Selector::parse(&selector)?;
         let v =
             imprint_domain::VersionNumber::new(version).map_err(|e| imprint_service::Error::invalid(e.to_string()))?;
-        imprint.add_scope(&caller, &topic_name(&topic)?, v, s).await.map(|_| ())
+        imprint.add_scope_controlled(&caller, &topic_name(&topic)?, v, s, Default::default()).await
     }
     .await;
-    finish(result, None, Some("Scope added"))
+    let notice = match &result {
+        Ok(imprint_service::change_control::Changed::Requested(cr)) => {
+            format!("Change request #{} asked for: {} (approve it on the Drafts tab)", cr.id, cr.summary)
+        }
+        _ => "Scope added".to_owned(),
+    };
+    finish(result.map(|_| ()), None, Some(&notice))
 }
 
 /// `/topics/:name`: the version timeline and the active pins.

@@ -192,6 +192,8 @@ struct Approval {
 struct Request {
     id: i64,
     topic: String,
+    #[serde(default)]
+    summary: String,
     state: String,
     author: String,
     required_approvals: u32,
@@ -269,7 +271,13 @@ fn print_draft(d: &Draft) {
 fn print_request(r: &Request) {
     let who: Vec<&str> = r.approvals.iter().map(|a| a.approver.as_str()).collect();
     println!("change request {} on {}: {}", r.id, r.topic, r.state);
-    println!("  asked by {} (draft {})", r.author, r.draft_id.map(|d| d.to_string()).unwrap_or_default());
+    if !r.summary.is_empty() {
+        println!("  {}", r.summary);
+    }
+    match r.draft_id {
+        Some(d) => println!("  asked by {} (draft {d})", r.author),
+        None => println!("  asked by {}", r.author),
+    }
     println!("  approvals {}/{}: {}", r.approvals.len(), r.required_approvals, who.join(", "));
     if let Some(at) = r.at {
         println!("  scheduled at {}", fmt::time(Some(at)));
@@ -282,11 +290,25 @@ fn print_request(r: &Request) {
     }
 }
 
+/// A change's answer when it became a change request (202: review, `--at`): printed, and
+/// `Some(exit code)`; `None` for any other answer (the change was done).
+pub fn print_if_requested(v: &Value, json_out: bool) -> Option<CliResult<u8>> {
+    v.get("required_approvals")?;
+    if json_out {
+        print_json(v);
+        return Some(Ok(0));
+    }
+    Some(crate::cmd::read(v.clone()).map(|r: Request| {
+        print_request(&r);
+        0
+    }))
+}
+
 /// A release's answer: a version (201) or a change request (202).
 fn print_released(v: Value, json_out: bool) -> CliResult<u8> {
     if json_out {
         print_json(&v);
-    } else if v.get("version").is_some() {
+    } else if v.get("required_approvals").is_none() {
         println!("released {} version {}", v["topic"].as_str().unwrap_or_default(), v["version"]);
     } else {
         print_request(&crate::cmd::read(v)?);
@@ -398,6 +420,7 @@ pub async fn review(api: &Api, cmd: ReviewCmd, json_out: bool) -> CliResult<u8> 
                         vec![
                             r.id.to_string(),
                             r.topic.clone(),
+                            r.summary.clone(),
                             r.state.clone(),
                             r.author.clone(),
                             format!("{}/{}", r.approvals.len(), r.required_approvals),
@@ -405,7 +428,7 @@ pub async fn review(api: &Api, cmd: ReviewCmd, json_out: bool) -> CliResult<u8> 
                         ]
                     })
                     .collect();
-                fmt::table(&["ID", "TOPIC", "STATE", "AUTHOR", "APPROVALS", "AT"], &rows);
+                fmt::table(&["ID", "TOPIC", "CHANGE", "STATE", "AUTHOR", "APPROVALS", "AT"], &rows);
             })
         }
         ReviewCmd::Show { id } => {

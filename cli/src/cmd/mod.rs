@@ -21,6 +21,15 @@ use imprint_domain::{Labels, Selector};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+/// `--at`: an RFC 3339 time, as the API takes it.
+pub fn at_time(s: &str) -> CliResult<String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .map_err(|e| {
+            crate::api::CliError::new(format!("--at {s:?} is not an RFC 3339 time (2026-12-24T06:00:00Z): {e}"))
+        })
+}
+
 pub fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
 }

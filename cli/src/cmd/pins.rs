@@ -1,7 +1,8 @@
 //! `imprint pin`, `unpin` and `pins`: pin consumers matching a selector to a version (with
 //! a reason and an optional expiry), remove the pin, list pins.
 use crate::api::{Api, CliError, CliResult};
-use crate::cmd::{print_json, selector_arg, show};
+use crate::cmd::change_control::print_if_requested;
+use crate::cmd::{at_time, print_json, selector_arg, show};
 use crate::fmt;
 use chrono::{DateTime, Utc};
 use clap::Args;
@@ -20,12 +21,21 @@ pub struct PinArgs {
     /// When the pin stops applying: an RFC 3339 time, or a duration from now (2h, 7d).
     #[arg(long)]
     expires_at: Option<String>,
+    /// Do it at this time (RFC 3339): a change request the server's scheduler applies then.
+    #[arg(long)]
+    at: Option<String>,
+    /// Admins: do it now past the topic's review rule (freezes never hold pins), with this reason (audited).
+    #[arg(long, value_name = "REASON")]
+    break_glass: Option<String>,
 }
 
 #[derive(Args)]
 pub struct UnpinArgs {
     topic: String,
     selector: String,
+    /// Do it at this time (RFC 3339): a change request the server's scheduler applies then.
+    #[arg(long)]
+    at: Option<String>,
 }
 
 #[derive(Args)]
@@ -70,12 +80,21 @@ fn expiry_time(s: &str) -> CliResult<String> {
 }
 
 pub async fn pin(api: &Api, args: PinArgs, json_out: bool) -> CliResult<u8> {
-    let PinArgs { topic, selector, version, reason, expires_at } = args;
+    let PinArgs { topic, selector, version, reason, expires_at, at, break_glass } = args;
     let mut body = json!({"selector": selector_arg(&selector)?, "version": version, "reason": reason});
     if let Some(t) = expires_at {
         body["expires_at"] = json!(expiry_time(&t)?);
     }
+    if let Some(t) = at {
+        body["at"] = json!(at_time(&t)?);
+    }
+    if let Some(r) = break_glass {
+        body["break_glass"] = json!(r);
+    }
     let v = api.send_json(Method::PUT, &["topics", &topic, "pins"], &body).await?;
+    if let Some(done) = print_if_requested(&v, json_out) {
+        return done;
+    }
     show(v, json_out, |p: Pin| {
         let until = p.expires_at.map(|t| format!(" until {}", fmt::time(Some(t)))).unwrap_or_default();
         println!("pinned {} of {topic} to version {}{until}", p.selector, p.version);
@@ -83,9 +102,16 @@ pub async fn pin(api: &Api, args: PinArgs, json_out: bool) -> CliResult<u8> {
 }
 
 pub async fn unpin(api: &Api, args: UnpinArgs, json_out: bool) -> CliResult<u8> {
-    let UnpinArgs { topic, selector } = args;
+    let UnpinArgs { topic, selector, at } = args;
     selector_arg(&selector)?;
-    api.delete(&["topics", &topic, "pins"], &[("selector", selector.clone())]).await?;
+    let mut q = vec![("selector", selector.clone())];
+    if let Some(t) = at {
+        q.push(("at", at_time(&t)?));
+    }
+    let v = api.delete(&["topics", &topic, "pins"], &q).await?;
+    if let Some(done) = print_if_requested(&v, json_out) {
+        return done;
+    }
     if json_out {
         print_json(&json!({"unpinned": selector}));
     } else {

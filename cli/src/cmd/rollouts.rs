@@ -2,7 +2,8 @@
 //! version out stage by stage and steer it. Stages are written in the domain's one stage
 //! syntax (`imprint_domain::parse_stage`); answers are read as the domain's `RolloutView`.
 use crate::api::{chain, Api, CliError, CliResult};
-use crate::cmd::{read, show};
+use crate::cmd::change_control::print_if_requested;
+use crate::cmd::{at_time, read, show};
 use crate::fmt;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
@@ -25,6 +26,12 @@ pub enum RolloutCmd {
         /// Use this plan of the topic instead of --stage.
         #[arg(long, conflicts_with = "stages")]
         plan: Option<String>,
+        /// Start it at this time (RFC 3339): a change request the server's scheduler applies then.
+        #[arg(long)]
+        at: Option<String>,
+        /// Admins: start it now past a review rule and a change freeze, with this reason (audited).
+        #[arg(long, value_name = "REASON")]
+        break_glass: Option<String>,
     },
     /// A topic's rollouts, newest first.
     List {
@@ -159,14 +166,23 @@ fn print_rollout(r: Rollout) {
 
 pub async fn run(api: &Api, cmd: RolloutCmd, json_out: bool) -> CliResult<u8> {
     let (topic, id, action, body) = match cmd {
-        RolloutCmd::Start { topic, version, stages, plan } => {
-            let body = match plan {
+        RolloutCmd::Start { topic, version, stages, plan, at, break_glass } => {
+            let mut body = match plan {
                 Some(p) => json!({"version": version, "plan": p}),
                 None => {
                     json!({"version": version, "stages": stages.iter().map(|s| stage_arg(s)).collect::<CliResult<Vec<_>>>()?})
                 }
             };
+            if let Some(t) = at {
+                body["at"] = json!(at_time(&t)?);
+            }
+            if let Some(r) = break_glass {
+                body["break_glass"] = json!(r);
+            }
             let r = api.send_json(Method::POST, &["topics", &topic, "rollouts"], &body).await?;
+            if let Some(done) = print_if_requested(&r, json_out) {
+                return done;
+            }
             return show(r, json_out, print_rollout);
         }
         RolloutCmd::List { topic } => {

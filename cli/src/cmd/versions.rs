@@ -1,7 +1,8 @@
 //! `imprint versions` (a topic's versions, newest first) and `imprint scope add` (release a
 //! version to more consumers).
 use crate::api::{Api, CliResult};
-use crate::cmd::{selector_arg, show};
+use crate::cmd::change_control::print_if_requested;
+use crate::cmd::{at_time, selector_arg, show};
 use crate::fmt;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
@@ -21,7 +22,17 @@ pub struct VersionsArgs {
 #[derive(Subcommand)]
 pub enum ScopeCmd {
     /// Add a scope to a version: `imprint scope add TOPIC N region=eu-west-1`.
-    Add { topic: String, version: u64, selector: String },
+    Add {
+        topic: String,
+        version: u64,
+        selector: String,
+        /// Add it at this time (RFC 3339): a change request the server's scheduler applies then.
+        #[arg(long)]
+        at: Option<String>,
+        /// Admins: add it now past a review rule and a change freeze, with this reason (audited).
+        #[arg(long, value_name = "REASON")]
+        break_glass: Option<String>,
+    },
 }
 
 /// `GET …/versions`: the protocol's version list, with what the table shows besides.
@@ -70,8 +81,17 @@ pub async fn list(api: &Api, args: VersionsArgs, json_out: bool) -> CliResult<u8
 }
 
 pub async fn scope(api: &Api, cmd: ScopeCmd, json_out: bool) -> CliResult<u8> {
-    let ScopeCmd::Add { topic, version, selector } = cmd;
-    let body = json!({"selector": selector_arg(&selector)?});
+    let ScopeCmd::Add { topic, version, selector, at, break_glass } = cmd;
+    let mut body = json!({"selector": selector_arg(&selector)?});
+    if let Some(t) = at {
+        body["at"] = json!(at_time(&t)?);
+    }
+    if let Some(r) = break_glass {
+        body["break_glass"] = json!(r);
+    }
     let v = api.send_json(Method::POST, &["topics", &topic, "versions", &version.to_string(), "scopes"], &body).await?;
+    if let Some(done) = print_if_requested(&v, json_out) {
+        return done;
+    }
     show(v, json_out, |s: Scope| println!("version {version} of {topic} is released to {}", s.selector))
 }

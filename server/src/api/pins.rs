@@ -3,9 +3,11 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{parse_bool, parse_limit, selector_json, ApiJson, ApiQuery, Auth, TopicPath};
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use imprint_domain::{Selector, VersionNumber};
+use imprint_service::change_control::{ChangeOptions, ChangeRequest, Changed};
 use imprint_service::model::Pin;
 use imprint_service::PinInput;
 use imprint_service::{Error, Imprint};
@@ -33,11 +35,20 @@ pub struct PinBody {
     /// RFC 3339: the pin stops applying then (removed by `expiry`, audited).
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
+    /// RFC 3339: pin then (202, a change request the scheduler applies; docs/change-control.md).
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
+    /// Admins: pin now past the topic's review rule, with this reason (audited). Freezes never
+    /// hold pins.
+    #[serde(default)]
+    pub break_glass: Option<String>,
 }
 
 #[derive(Deserialize)]
 pub struct SelectorQuery {
     selector: Option<String>,
+    /// RFC 3339: unpin then (a change request the scheduler applies).
+    at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -55,7 +66,9 @@ pub struct PinList {
 
 #[utoipa::path(put, path = "/api/v1/topics/{topic}/pins", tag = "pins", params(("topic" = String, Path)),
     request_body = PinBody,
-    responses((status = 200, body = Pin), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = Pin),
+              (status = 202, body = ChangeRequest, description = "the topic requires review, or `at` was given: a change request"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
               (status = 410, body = ErrorBody)))]
 pub async fn put_pin(
@@ -63,30 +76,46 @@ pub async fn put_pin(
     Auth(caller): Auth,
     TopicPath(topic): TopicPath,
     ApiJson(body): ApiJson<PinBody>,
-) -> ApiResult<Json<Pin>> {
+) -> ApiResult<Response> {
     let selector = match &body.selector {
         None | Some(Value::Null) => return Err(ApiError::invalid("selector is required ({} pins everyone)")),
         Some(v) => selector_json(v)?,
     };
     let version = VersionNumber::new(body.version).map_err(|e| ApiError::invalid(e.to_string()))?;
     let input = PinInput { selector, version, reason: body.reason.unwrap_or_default(), expires_at: body.expires_at };
-    Ok(Json(imprint.pin(&caller, &topic, input).await?))
+    let opts = ChangeOptions { at: body.at, break_glass: body.break_glass };
+    match imprint.pin_controlled(&caller, &topic, input, opts).await? {
+        Changed::Done(pin) => Ok(Json(pin).into_response()),
+        Changed::Requested(cr) => Ok((StatusCode::ACCEPTED, Json(cr)).into_response()),
+    }
 }
 
 #[utoipa::path(delete, path = "/api/v1/topics/{topic}/pins", tag = "pins",
-    params(("topic" = String, Path), ("selector" = String, Query, description = "the pin's selector, `*` for everyone")),
-    responses((status = 204, description = "removed"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    params(("topic" = String, Path), ("selector" = String, Query, description = "the pin's selector, `*` for everyone"),
+           ("at" = Option<String>, Query, description = "RFC 3339: unpin then (202, a change request)")),
+    responses((status = 204, description = "removed"),
+              (status = 202, body = ChangeRequest, description = "`at` was given: a change request"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete_pin(
     State(imprint): State<Imprint>,
     Auth(caller): Auth,
     TopicPath(topic): TopicPath,
     ApiQuery(q): ApiQuery<SelectorQuery>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     let selector = q.selector.ok_or_else(|| ApiError::invalid("?selector= is required (`*` for everyone)"))?;
     let selector = Selector::parse(&selector).map_err(Error::from)?;
-    imprint.unpin(&caller, &topic, &selector).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let at = match q.at.as_deref() {
+        None => None,
+        Some(t) => Some(
+            DateTime::parse_from_rfc3339(t)
+                .map_err(|e| ApiError::invalid(format!("at is an RFC 3339 time: {e}")))?
+                .with_timezone(&Utc),
+        ),
+    };
+    match imprint.unpin_controlled(&caller, &topic, &selector, ChangeOptions { at, break_glass: None }).await? {
+        Changed::Done(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Changed::Requested(cr) => Ok((StatusCode::ACCEPTED, Json(cr)).into_response()),
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/pins", tag = "pins",

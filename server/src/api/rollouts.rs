@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use imprint_domain::{RolloutAction, VersionNumber};
+use imprint_service::change_control::{ChangeOptions, ChangeRequest, Changed};
 use imprint_service::Imprint;
 use imprint_service::{PlanChoice, RolloutInfo};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,12 @@ pub struct RolloutBody {
     pub stages: Option<Value>,
     #[serde(default)]
     pub plan: Option<String>,
+    /// RFC 3339: start it then (202, a change request the scheduler applies; docs/change-control.md).
+    #[serde(default)]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Admins: start it now past a review rule and a change freeze, with this reason (audited).
+    #[serde(default)]
+    pub break_glass: Option<String>,
 }
 
 /// `POST …/rollouts/{id}/{action}` (optional body).
@@ -55,8 +62,11 @@ pub struct RolloutList {
 /// Starts a rollout of the topic's newest version. Stage 1's scope is added at once.
 #[utoipa::path(post, path = "/api/v1/topics/{topic}/rollouts", tag = "rollouts", params(("topic" = String, Path)),
     request_body = RolloutBody,
-    responses((status = 201, body = RolloutInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = RolloutInfo),
+              (status = 202, body = ChangeRequest, description = "the topic requires review, or `at` was given: a change request"),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 423, body = ErrorBody, description = "a change freeze is in force")))]
 pub async fn start_rollout(
     State(imprint): State<Imprint>,
     Auth(caller): Auth,
@@ -69,8 +79,11 @@ pub async fn start_rollout(
         (None, Some(name)) => PlanChoice::Named(name),
         _ => return Err(ApiError::invalid("give either stages or the name of a plan")),
     };
-    let info = imprint.start_rollout(&caller, &topic, version, choice).await?;
-    Ok((StatusCode::CREATED, Json(info)).into_response())
+    let opts = ChangeOptions { at: body.at, break_glass: body.break_glass };
+    match imprint.start_rollout_controlled(&caller, &topic, version, choice, opts).await? {
+        Changed::Done(info) => Ok((StatusCode::CREATED, Json(info)).into_response()),
+        Changed::Requested(cr) => Ok((StatusCode::ACCEPTED, Json(cr)).into_response()),
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/topics/{topic}/rollouts", tag = "rollouts",

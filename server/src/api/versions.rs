@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
-use imprint_service::change_control::PublishControl;
+use imprint_service::change_control::{ChangeOptions, ChangeRequest, Changed, PublishControl};
 use imprint_service::model::{Published, Scope, Version};
 use imprint_service::{Error, Imprint};
 use imprint_service::{Payload, PublishInput};
@@ -135,6 +135,12 @@ pub struct ScopeBody {
     /// `{"region": "eu-west-1"}`; `{}` is everyone.
     #[schema(value_type = Object)]
     pub selector: Value,
+    /// RFC 3339: add it then (202, a change request the scheduler applies; docs/change-control.md).
+    #[serde(default)]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Admins: add it now past a review rule and a change freeze, with this reason (audited).
+    #[serde(default)]
+    pub break_glass: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -296,8 +302,10 @@ pub struct DataQuery {
 #[utoipa::path(post, path = "/api/v1/topics/{topic}/versions/{n}/scopes", tag = "versions",
     params(("topic" = String, Path), ("n" = u64, Path)), request_body = ScopeBody,
     responses((status = 201, body = Scope), (status = 200, body = Scope, description = "the version had this scope already"),
+              (status = 202, body = ChangeRequest, description = "the topic requires review, or `at` was given: a change request"),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody),
+              (status = 423, body = ErrorBody, description = "a change freeze is in force")))]
 pub async fn add_scope(
     State(imprint): State<Imprint>,
     Auth(caller): Auth,
@@ -305,6 +313,11 @@ pub async fn add_scope(
     ApiJson(body): ApiJson<ScopeBody>,
 ) -> ApiResult<Response> {
     let selector = selector_json(&body.selector)?;
-    let (scope, added) = imprint.add_scope(&caller, &topic, n, selector).await?;
-    Ok((if added { StatusCode::CREATED } else { StatusCode::OK }, Json(scope)).into_response())
+    let opts = ChangeOptions { at: body.at, break_glass: body.break_glass };
+    match imprint.add_scope_controlled(&caller, &topic, n, selector, opts).await? {
+        Changed::Done((scope, added)) => {
+            Ok((if added { StatusCode::CREATED } else { StatusCode::OK }, Json(scope)).into_response())
+        }
+        Changed::Requested(cr) => Ok((StatusCode::ACCEPTED, Json(cr)).into_response()),
+    }
 }

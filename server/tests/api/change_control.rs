@@ -479,3 +479,372 @@ async fn a_release_in_a_freeze_is_refused_a_break_glass_goes_through_flagged_and
     let (s, _) = app.post_json("/api/v1/topics/fz/versions", &json!({"data": "v4"})).await;
     assert_eq!(s, 201, "payments' topic is not in ops' freeze");
 }
+
+async fn resolve_for(app: &TestApp, topic: &str, labels: &str) -> Value {
+    app.req(Method::GET, &format!("/api/v1/topics/{topic}/resolve?labels={labels}")).json_body().await
+}
+
+fn one_stage(selector: Value) -> Value {
+    json!([{"selector": selector, "wait_s": 600}])
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_freeze_holds_scope_adds_and_rollout_starts_a_break_glass_passes_flagged_and_pins_work(pool: sqlx::PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    subscribe_all(&app).await;
+    app.create_topic("fzs").await;
+    app.publish("fzs", json!({"data": "v1"})).await;
+    let (s, _) =
+        app.post_json("/api/v1/topics/fzs/versions", &json!({"data": "v2", "scopes": [], "rollout": null})).await;
+    assert_eq!(s, 201);
+    let now = chrono::Utc::now();
+    let (s, f) = app
+        .post_json("/api/v1/freezes", &json!({"name": "launch week", "from": now - chrono::Duration::hours(1), "to": now + chrono::Duration::hours(1)}))
+        .await;
+    assert_eq!(s, 201, "{f}");
+    let payments = app.token("pay", Some("payments")).await;
+
+    // A scope add and a rollout start are releases: refused, naming the window; nothing changes.
+    let r = app
+        .req(Method::POST, "/api/v1/topics/fzs/versions/2/scopes")
+        .bearer_auth(&payments)
+        .json(&json!({"selector": {"region": "eu"}}))
+        .send()
+        .await
+        .unwrap();
+    let e = assert_error(r, 423, "change_frozen").await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("launch week"), "{e}");
+    let r = app
+        .req(Method::POST, "/api/v1/topics/fzs/rollouts")
+        .bearer_auth(&payments)
+        .json(&json!({"version": 2, "stages": one_stage(json!({"region": "eu"}))}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 423, "change_frozen").await;
+    assert_eq!(resolve_for(&app, "fzs", "region=eu").await["version"], 1);
+    let (_, rollouts) = app.get_json("/api/v1/topics/fzs/rollouts").await;
+    assert_eq!(rollouts["rollouts"], json!([]), "no rollout started: {rollouts}");
+
+    // Break glass: admins only, with a reason.
+    let r = app
+        .req(Method::POST, "/api/v1/topics/fzs/versions/2/scopes")
+        .bearer_auth(&payments)
+        .json(&json!({"selector": {"region": "eu"}, "break_glass": "INC-9"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+    let (s, e) = app
+        .post_json("/api/v1/topics/fzs/versions/2/scopes", &json!({"selector": {"region": "eu"}, "break_glass": " "}))
+        .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_request")), "{e}");
+    let (s, scope) = app
+        .post_json(
+            "/api/v1/topics/fzs/versions/2/scopes",
+            &json!({"selector": {"region": "eu"}, "break_glass": "INC-9"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{scope}");
+    assert_eq!(resolve_for(&app, "fzs", "region=eu").await["version"], 2);
+    let (s, _) =
+        app.post_json("/api/v1/topics/fzs/versions", &json!({"data": "v3", "scopes": [], "rollout": null})).await;
+    assert_eq!(s, 201);
+    let (s, ro) = app
+        .post_json(
+            "/api/v1/topics/fzs/rollouts",
+            &json!({"version": 3, "stages": one_stage(json!({"region": "us"})), "break_glass": "INC-10"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{ro}");
+    assert_eq!(resolve_for(&app, "fzs", "region=us").await["version"], 3, "stage 1 added at once");
+
+    let audit = audit_actions(&pool, "fzs").await;
+    let glass: Vec<&Value> = audit.iter().filter(|(a, _)| a == "change.break_glass").map(|(_, d)| d).collect();
+    assert_eq!(glass.len(), 2, "{audit:?}");
+    assert_eq!((glass[0]["kind"].as_str(), glass[0]["reason"].as_str()), (Some("scope"), Some("INC-9")));
+    assert_eq!((glass[1]["kind"].as_str(), glass[1]["reason"].as_str()), (Some("rollout"), Some("INC-10")));
+    let added = audit.iter().find(|(a, _)| a == "scope.add").expect("scope.add audited");
+    assert_eq!(added.1["break_glass"], "INC-9", "the scope add is flagged: {added:?}");
+    let ev = events(&pool).await;
+    assert_eq!(ev.iter().filter(|e| *e == "change.break_glass").count(), 2, "{ev:?}");
+
+    // Pins and unpins are how incidents are mitigated: never held by a freeze.
+    let r = app
+        .req(Method::PUT, "/api/v1/topics/fzs/pins")
+        .bearer_auth(&payments)
+        .json(&json!({"selector": {"region": "eu"}, "version": 1, "reason": "roll back"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(resolve_for(&app, "fzs", "region=eu").await["version"], 1);
+    let r = app
+        .req(Method::DELETE, "/api/v1/topics/fzs/pins?selector=region=eu")
+        .bearer_auth(&payments)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(resolve_for(&app, "fzs", "region=eu").await["version"], 2);
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn on_a_reviewed_topic_scope_adds_rollout_starts_and_pins_are_change_requests(pool: sqlx::PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    subscribe_all(&app).await;
+    let (alice, bob, carol) = reviewed_topic(&app, "revs", 2).await;
+    // Released to nobody is not a release: no review.
+    let (s, v) = app
+        .req(Method::POST, "/api/v1/topics/revs/versions")
+        .bearer_auth(&alice)
+        .json(&json!({"data": "v2", "scopes": [], "rollout": null}))
+        .send_json()
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    // A scope add: a request; one approval does not apply it, the author never approves.
+    let (s, cr) = app
+        .req(Method::POST, "/api/v1/topics/revs/versions/2/scopes")
+        .bearer_auth(&alice)
+        .json(&json!({"selector": {"region": "eu"}}))
+        .send_json()
+        .await;
+    assert_eq!(s, 202, "{cr}");
+    assert_eq!((cr["kind"].as_str(), cr["state"].as_str()), (Some("scope"), Some("pending")), "{cr}");
+    assert_eq!(cr["summary"], "add scope region=eu to v2");
+    assert_eq!(cr["version"], 2);
+    assert!(cr["draft_id"].is_null());
+    let id = cr["id"].clone();
+    let (s, e) = act(&app, &alice, &id, "approve", json!({})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (403, Some("forbidden")), "{e}");
+    let (s, one) = act(&app, &bob, &id, "approve", json!({})).await;
+    assert_eq!((s, one["state"].as_str()), (200, Some("pending")), "{one}");
+    assert_eq!(resolve_for(&app, "revs", "region=eu").await["version"], 1, "one approval adds nothing");
+    let (s, done) = act(&app, &carol, &id, "approve", json!({})).await;
+    assert_eq!(
+        (s, done["state"].as_str(), done["applied_version"].as_u64()),
+        (200, Some("applied"), Some(2)),
+        "{done}"
+    );
+    assert_eq!(resolve_for(&app, "revs", "region=eu").await["version"], 2);
+    let v2: Value = app.req(Method::GET, "/api/v1/topics/revs/versions/2").json_body().await;
+    let eu = v2["scopes"].as_array().unwrap().iter().find(|s| s["selector"] == json!({"region": "eu"})).cloned();
+    assert_eq!(eu.unwrap()["added_by"], "token:alice", "applied as its author: {v2}");
+    let (s, _) = act(&app, &carol, &id, "approve", json!({})).await;
+    assert_eq!(s, 409);
+    // A request about a version that does not exist is refused at once and stores nothing.
+    let r = app
+        .req(Method::POST, "/api/v1/topics/revs/versions/99/scopes")
+        .bearer_auth(&alice)
+        .json(&json!({"selector": {"region": "us"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A rollout start: a request; applied on the second approval.
+    let (s, cr) = app
+        .req(Method::POST, "/api/v1/topics/revs/rollouts")
+        .bearer_auth(&alice)
+        .json(&json!({"version": 2, "stages": one_stage(json!({"cluster": "canary"}))}))
+        .send_json()
+        .await;
+    assert_eq!(s, 202, "{cr}");
+    assert_eq!((cr["kind"].as_str(), cr["summary"].as_str()), (Some("rollout"), Some("start rollout of v2")));
+    let id = cr["id"].clone();
+    let (_, rollouts) = app.get_json("/api/v1/topics/revs/rollouts").await;
+    assert_eq!(rollouts["rollouts"], json!([]));
+    assert_eq!(act(&app, &bob, &id, "approve", json!({})).await.1["state"], "pending");
+    assert_eq!(resolve_for(&app, "revs", "cluster=canary").await["version"], 1);
+    let (s, done) = act(&app, &carol, &id, "approve", json!({})).await;
+    assert_eq!((s, done["state"].as_str()), (200, Some("applied")), "{done}");
+    let (_, rollouts) = app.get_json("/api/v1/topics/revs/rollouts").await;
+    assert_eq!(rollouts["rollouts"].as_array().unwrap().len(), 1, "{rollouts}");
+    assert_eq!(resolve_for(&app, "revs", "cluster=canary").await["version"], 2, "stage 1 added");
+
+    // A pin: a request too (a reviewed release) …
+    let (s, cr) = app
+        .req(Method::PUT, "/api/v1/topics/revs/pins")
+        .bearer_auth(&alice)
+        .json(&json!({"selector": {"region": "eu"}, "version": 1, "reason": "v2 breaks eu"}))
+        .send_json()
+        .await;
+    assert_eq!(s, 202, "{cr}");
+    assert_eq!((cr["kind"].as_str(), cr["summary"].as_str()), (Some("pin"), Some("pin region=eu to v1")));
+    assert_eq!(cr["selector"], json!({"region": "eu"}));
+    let id = cr["id"].clone();
+    assert_eq!(act(&app, &bob, &id, "approve", json!({})).await.1["state"], "pending");
+    assert_eq!(resolve_for(&app, "revs", "region=eu").await["version"], 2);
+    assert_eq!(act(&app, &carol, &id, "approve", json!({})).await.1["state"], "applied");
+    let r = resolve_for(&app, "revs", "region=eu").await;
+    assert_eq!((r["version"].as_u64(), r["pinned"].as_bool()), (Some(1), Some(true)), "{r}");
+    // … but an admin's break glass pins now (incidents), and only an admin's.
+    let r = app
+        .req(Method::PUT, "/api/v1/topics/revs/pins")
+        .bearer_auth(&alice)
+        .json(&json!({"selector": {"region": "us"}, "version": 1, "reason": "x", "break_glass": "INC-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "forbidden").await;
+    let (s, pin) = app
+        .admin(Method::PUT, "/api/v1/topics/revs/pins")
+        .json(&json!({"selector": {"region": "us"}, "version": 1, "reason": "rollback", "break_glass": "INC-1"}))
+        .send_json()
+        .await;
+    assert_eq!(s, 200, "{pin}");
+    assert_eq!(resolve_for(&app, "revs", "region=us").await["pinned"], true);
+    // An unpin is no release: done at once.
+    let r = app
+        .req(Method::DELETE, "/api/v1/topics/revs/pins?selector=region=eu")
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(resolve_for(&app, "revs", "region=eu").await["version"], 2);
+
+    let audit = audit_actions(&pool, "revs").await;
+    let applies: Vec<&str> =
+        audit.iter().filter(|(a, _)| a == "change.apply").filter_map(|(_, d)| d["kind"].as_str()).collect();
+    assert_eq!(applies, ["scope", "rollout", "pin"], "each applied once: {audit:?}");
+    let glass = audit.iter().find(|(a, _)| a == "change.break_glass").expect("the pin's break glass");
+    assert_eq!(glass.1["kind"], "pin");
+    let listed = app.req(Method::GET, "/api/v1/change-requests?topic=revs").bearer_auth(&bob).json_body().await;
+    let kinds: Vec<&str> =
+        listed["change_requests"].as_array().unwrap().iter().filter_map(|r| r["kind"].as_str()).collect();
+    assert_eq!(kinds, ["pin", "rollout", "scope"], "{listed}");
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn scheduled_scope_adds_pins_and_unpins_apply_at_their_time(pool: sqlx::PgPool) {
+    let clock = ManualClock::new(chrono::Utc::now());
+    let app = spawn_app_clocked(pool.clone(), pool.clone(), |_| {}, std::sync::Arc::new(clock.clone())).await;
+    app.create_topic("sch").await;
+    app.publish("sch", json!({"data": "v1"})).await;
+    let (s, _) =
+        app.post_json("/api/v1/topics/sch/versions", &json!({"data": "v2", "scopes": [], "rollout": null})).await;
+    assert_eq!(s, 201);
+    let at = clock.now() + chrono::Duration::hours(1);
+    let later = at + chrono::Duration::hours(1);
+
+    let (s, scope) =
+        app.post_json("/api/v1/topics/sch/versions/2/scopes", &json!({"selector": {"region": "eu"}, "at": at})).await;
+    assert_eq!((s, scope["state"].as_str(), scope["kind"].as_str()), (202, Some("approved"), Some("scope")), "{scope}");
+    let (s, pin) = app
+        .admin(Method::PUT, "/api/v1/topics/sch/pins")
+        .json(&json!({"selector": {"region": "us"}, "version": 2, "reason": "early us", "at": at}))
+        .send_json()
+        .await;
+    assert_eq!((s, pin["kind"].as_str()), (202, Some("pin")), "{pin}");
+    let (s, never) = app
+        .admin(Method::PUT, "/api/v1/topics/sch/pins")
+        .json(&json!({"selector": {"region": "cn"}, "version": 2, "reason": "no", "at": at}))
+        .send_json()
+        .await;
+    assert_eq!(s, 202, "{never}");
+    let (s, w) = app.post_json(&format!("/api/v1/change-requests/{}/withdraw", never["id"]), &json!({})).await;
+    assert_eq!((s, w["state"].as_str()), (200, Some("withdrawn")), "cancellable until its time");
+    // An unpin at a later time, of a pin set now.
+    let (s, _) = app
+        .admin(Method::PUT, "/api/v1/topics/sch/pins")
+        .json(&json!({"selector": {"region": "ap"}, "version": 1, "reason": "hold ap"}))
+        .send_json()
+        .await;
+    assert_eq!(s, 200);
+    let r = app
+        .admin(
+            Method::DELETE,
+            &format!(
+                "/api/v1/topics/sch/pins?selector=region=ap&at={}",
+                later.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let unpin: Value = r.json().await.unwrap();
+    assert_eq!((unpin["kind"].as_str(), unpin["summary"].as_str()), (Some("unpin"), Some("unpin region=ap")));
+    // Bad times and a break glass with a time are refused, storing nothing.
+    let (s, e) = app
+        .post_json(
+            "/api/v1/topics/sch/versions/2/scopes",
+            &json!({"selector": {"region": "xx"}, "at": "2001-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_request")), "{e}");
+    let (s, e) = app
+        .post_json(
+            "/api/v1/topics/sch/rollouts",
+            &json!({"version": 2, "stages": one_stage(json!({"region": "xx"})), "at": at, "break_glass": "now"}),
+        )
+        .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_request")), "{e}");
+    let r = app.admin(Method::DELETE, "/api/v1/topics/sch/pins?selector=region=ap&at=tomorrow").send().await.unwrap();
+    assert_error(r, 400, "invalid_request").await;
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM change_requests WHERE state IN ('pending', 'approved')")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(open, 3, "scope, pin, unpin");
+    assert_eq!(resolve_for(&app, "sch", "region=eu").await["version"], 1, "not before its time");
+
+    clock.advance(chrono::Duration::minutes(61));
+    for (what, r) in [("scope", &scope), ("pin", &pin)] {
+        let id = r["id"].clone();
+        eventually(&format!("the scheduled {what} is applied"), || async {
+            let (_, r) = app.get_json(&format!("/api/v1/change-requests/{id}")).await;
+            (r["state"] == "applied").then_some(r)
+        })
+        .await;
+    }
+    assert_eq!(resolve_for(&app, "sch", "region=eu").await["version"], 2);
+    let us = resolve_for(&app, "sch", "region=us").await;
+    assert_eq!((us["version"].as_u64(), us["pinned"].as_bool()), (Some(2), Some(true)), "{us}");
+    assert_eq!(resolve_for(&app, "sch", "region=cn").await["version"], 1, "the withdrawn pin never ran");
+    let (_, u) = app.get_json(&format!("/api/v1/change-requests/{}", unpin["id"])).await;
+    assert_eq!(u["state"], "approved", "its time has not come: {u}");
+    assert_eq!(resolve_for(&app, "sch", "region=ap").await["pinned"], true);
+
+    clock.advance(chrono::Duration::minutes(61));
+    let id = unpin["id"].clone();
+    eventually("the scheduled unpin is applied", || async {
+        let (_, r) = app.get_json(&format!("/api/v1/change-requests/{id}")).await;
+        (r["state"] == "applied").then_some(r)
+    })
+    .await;
+    let ap = resolve_for(&app, "sch", "region=ap").await;
+    assert_eq!((ap["version"].as_u64(), ap["pinned"].as_bool()), (Some(1), Some(false)), "{ap}");
+    let applies: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'change.apply'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applies, 3, "each once");
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_scheduled_pin_on_a_reviewed_topic_needs_its_approvals_before_its_time(pool: sqlx::PgPool) {
+    let clock = ManualClock::new(chrono::Utc::now());
+    let app = spawn_app_clocked(pool.clone(), pool.clone(), |_| {}, std::sync::Arc::new(clock.clone())).await;
+    let (alice, bob, _carol) = reviewed_topic(&app, "latepin", 2).await;
+    let at = clock.now() + chrono::Duration::minutes(5);
+    let (s, cr) = app
+        .req(Method::PUT, "/api/v1/topics/latepin/pins")
+        .bearer_auth(&alice)
+        .json(&json!({"selector": {"region": "eu"}, "version": 1, "reason": "hold", "at": at}))
+        .send_json()
+        .await;
+    assert_eq!((s, cr["state"].as_str(), cr["kind"].as_str()), (202, Some("pending"), Some("pin")), "{cr}");
+    let id = cr["id"].clone();
+    assert_eq!(act(&app, &bob, &id, "approve", json!({})).await.1["state"], "pending");
+    clock.advance(chrono::Duration::minutes(6));
+    let r = eventually("the pin request expires", || async {
+        let (_, r) = app.get_json(&format!("/api/v1/change-requests/{id}")).await;
+        (r["state"] == "expired").then_some(r)
+    })
+    .await;
+    assert!(r["reason"].as_str().unwrap().contains("before its approvals"), "{r}");
+    assert_eq!(resolve_for(&app, "latepin", "region=eu").await["pinned"], false, "it did not run");
+}

@@ -183,7 +183,10 @@ pub(crate) struct RequestRow {
 
 pub(crate) struct NewRequest<'a> {
     pub topic_id: i64,
-    pub draft_id: i64,
+    /// `release`, `scope`, `rollout`, `pin` or `unpin`.
+    pub kind: &'a str,
+    /// The draft a `release` releases.
+    pub draft_id: Option<i64>,
     pub change: serde_json::Value,
     pub author: &'a str,
     pub author_admin: bool,
@@ -198,7 +201,7 @@ pub(crate) async fn insert_request(conn: &mut PgConnection, r: NewRequest<'_>) -
     Ok(sqlx::query_scalar!(
         "INSERT INTO change_requests (topic_id, kind, draft_id, change, author, author_admin, message, required_approvals,
                                       state, at, created_at, updated_at)
-         VALUES ($1, 'release', $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING id",
+         VALUES ($1, $11, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING id",
         r.topic_id,
         r.draft_id,
         r.change,
@@ -209,6 +212,7 @@ pub(crate) async fn insert_request(conn: &mut PgConnection, r: NewRequest<'_>) -
         r.state,
         r.at as _,
         r.now as _,
+        r.kind,
     )
     .fetch_one(&mut *conn)
     .await?)
