@@ -168,3 +168,31 @@ test("a freeze in force is shown on the overview and the topic, and refuses a re
     expect((await request.delete(`/api/v1/freezes/${freeze.id}`, { headers: auth })).status()).toBe(204);
   }
 });
+
+test("a scheduled pin is listed on the Versions tab and withdrawn there", async ({ page, request }) => {
+  // A pin an hour from now: a change request (approved: no review rule since the test above).
+  const at = new Date(Date.now() + 3_600_000).toISOString();
+  const asked = await request.put(`/api/v1/topics/${topic}/pins`, {
+    headers: auth,
+    data: { selector: "region=eu", version: 1, reason: "scheduled rollback", at },
+  });
+  expect(asked.status(), await asked.text()).toBe(202);
+  const cr = await asked.json();
+  await signIn(page, "admin", adminPassword);
+  await page.goto(`/topics/${topic}`);
+  await ready(page);
+  const item = page.locator(`#scheduled-${cr.id}`);
+  await expect(item).toContainText(`Scheduled: ${cr.summary} at`);
+  await expect(item).toContainText(`(change request #${cr.id}, ${cr.state})`);
+  await shot(page, "change-scheduled-versions");
+  await item.getByRole("button", { name: "Withdraw" }).click();
+  await ready(page);
+  await expect(page).toHaveURL(new RegExp(`/topics/${topic.replace(".", "\\.")}(\\?|$)`));
+  await expect(page.getByRole("status").filter({ hasText: "Withdrawn" }).first()).toBeVisible();
+  await expect(page.locator(`#scheduled-${cr.id}`)).toHaveCount(0);
+  const after = await (await request.get(`/api/v1/change-requests/${cr.id}`, { headers: auth })).json();
+  expect(after.state).toBe("withdrawn");
+  // Nothing was pinned.
+  const resolved = await (await request.get(`/api/v1/topics/${topic}/resolve?labels=region=eu`)).json();
+  expect(resolved.version).toBe(2);
+});

@@ -176,9 +176,17 @@ pub async fn release_draft_form(topic: String, id: i64, scopes: String, at: Stri
     finish(result.map(|_| ()), Some(format!("/topics/{topic}/drafts")), notice.as_deref())
 }
 
-/// Approve, reject (with a reason), withdraw a change request, or discard a draft.
+/// Approve, reject (with a reason), withdraw a change request, or discard a draft. Back on
+/// the Drafts tab afterwards, or on the Versions tab with `back` = "versions" (its list of
+/// scheduled changes withdraws through here too).
 #[server(prefix = "/console/fn")]
-pub async fn change_act(topic: String, id: i64, action: String, reason: Option<String>) -> Result<(), ServerFnError> {
+pub async fn change_act(
+    topic: String,
+    id: i64,
+    action: String,
+    reason: Option<String>,
+    back: Option<String>,
+) -> Result<(), ServerFnError> {
     use crate::ssr::{finish, imprint, require_user, topic_name};
     use imprint_service::Error;
     let (_, caller) = require_user().await?;
@@ -210,7 +218,12 @@ pub async fn change_act(topic: String, id: i64, action: String, reason: Option<S
     }
     .await;
     let notice = result.as_ref().ok().cloned();
-    finish(result.map(|_| ()), Some(format!("/topics/{topic}/drafts")), notice.as_deref())
+    // Only the two tabs of this topic: `back` never names an address.
+    let then = match back.as_deref() {
+        Some("versions") => format!("/topics/{topic}"),
+        _ => format!("/topics/{topic}/drafts"),
+    };
+    finish(result.map(|_| ()), Some(then), notice.as_deref())
 }
 
 #[component]

@@ -1,5 +1,6 @@
 //! `/topics/:name`: the version timeline (100 a page), the active pins, and the forms
 //! that pin a version and release one to more consumers.
+use super::drafts::ChangeAct;
 use super::{PinView, TopicHead, TopicHeader, VersionRow};
 use crate::common::{error_text, human_size, short_time, ActionResult};
 use imprint_domain::STALE_PIN_DAYS;
@@ -18,6 +19,20 @@ pub struct TopicPage {
     /// This page is not the first one.
     pub paged: bool,
     pub pins: Vec<PinView>,
+    /// The topic's scheduled changes (open change requests with a time), soonest first.
+    #[serde(default)]
+    pub scheduled: Vec<ScheduledRow>,
+}
+
+/// An open (pending or approved) change request of the topic that waits for its time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledRow {
+    pub id: i64,
+    pub summary: String,
+    pub state: String,
+    pub at: String,
+    /// The caller is its author or an admin: the Withdraw button is shown.
+    pub can_withdraw: bool,
 }
 
 #[server(prefix = "/console/fn")]
@@ -36,12 +51,29 @@ pub async fn load_topic(name: String, cursor: Option<String>) -> Result<TopicPag
         .collect();
     let cursor = cursor.filter(|c| !c.is_empty());
     let versions = load(imprint.list_versions(&caller, &name, Some(100), cursor.as_deref()).await)?;
+    let open = vec!["pending".to_owned(), "approved".to_owned()];
+    let mut scheduled: Vec<ScheduledRow> = load(imprint.change_requests(&caller, Some(&name), open).await)?
+        .into_iter()
+        .filter_map(|r| {
+            let at = r.at?;
+            Some((at, r))
+        })
+        .map(|(at, r)| ScheduledRow {
+            id: r.id,
+            can_withdraw: r.author == caller.who() || caller.is_admin(),
+            summary: r.summary,
+            state: r.state,
+            at: at.to_rfc3339(),
+        })
+        .collect();
+    scheduled.sort_by(|a, b| a.at.cmp(&b.at));
     Ok(TopicPage {
         head: head_of(&topic, &caller),
         versions: versions.items.into_iter().map(|v| version_of(v, &pins)).collect(),
         next: versions.next,
         paged: cursor.is_some(),
         pins,
+        scheduled,
     })
 }
 
@@ -130,9 +162,17 @@ pub fn TopicPageView() -> impl IntoView {
     let pin_action = ServerAction::<SetPin>::new();
     let unpin_action = ServerAction::<RemovePin>::new();
     let scope_action = ServerAction::<AddScope>::new();
+    let act = ServerAction::<ChangeAct>::new();
     let page = Resource::new(
         move || {
-            (name(), cursor(), pin_action.version().get(), unpin_action.version().get(), scope_action.version().get())
+            (
+                name(),
+                cursor(),
+                pin_action.version().get(),
+                unpin_action.version().get(),
+                scope_action.version().get(),
+                act.version().get(),
+            )
         },
         |(n, c, ..)| load_topic(n, c),
     );
@@ -144,15 +184,21 @@ pub fn TopicPageView() -> impl IntoView {
                     Ok(p) => {
                         let topic = p.head.name.clone();
                         let latest = p.head.latest_version;
-                        let (t_versions, t_pins, t_pin_form, t_scope_form) = (topic.clone(), topic.clone(), topic.clone(), topic);
+                        let (t_versions, t_pins, t_pin_form, t_scope_form, t_scheduled) = (topic.clone(), topic.clone(), topic.clone(), topic.clone(), topic);
                         view! {
                             <TopicHeader head=p.head.clone() active="versions"/>
                             <ActionResult value=move || pin_action.value().get() ok="Pinned"/>
                             <ActionResult value=move || unpin_action.value().get() ok="Pin removed"/>
                             <ActionResult value=move || scope_action.value().get() ok="Scope added"/>
+                            <ActionResult value=move || act.value().get() ok="Withdrawn"/>
                             <div class="columns">
                                 <section class="timeline" aria-label="Versions">
                                     <h2>"Versions"</h2>
+                                    {(!p.scheduled.is_empty()).then(|| { let topic = t_scheduled.clone(); view! {
+                                        <ul class="scheduled" aria-label="Scheduled changes">
+                                            {p.scheduled.iter().cloned().map(move |r| view! { <ScheduledItem topic=topic.clone() r act/> }).collect_view()}
+                                        </ul>
+                                    }})}
                                     {p.paged.then(|| view! { <p class="pager"><a href=format!("/topics/{}", p.head.name) class="more">"← Newest versions"</a></p> })}
                                     {if p.versions.is_empty() {
                                         view! { <p class="empty">"Nothing published yet."</p> }.into_any()
@@ -223,6 +269,29 @@ pub fn TopicPageView() -> impl IntoView {
                 }
             })}
         </Transition>
+    }
+}
+
+/// "Scheduled: <summary> at <time> (change request #N, <state>)", with Withdraw (the Drafts
+/// tab's `change_act`, back here) for its author and admins.
+#[component]
+fn ScheduledItem(topic: String, r: ScheduledRow, act: ServerAction<ChangeAct>) -> impl IntoView {
+    let id = r.id.to_string();
+    view! {
+        <li class=format!("scheduled-change change-{}", r.state) id=format!("scheduled-{}", r.id)>
+            <span class="badge scheduled">"scheduled"</span>
+            " "
+            <span class="scheduled-text">{format!("Scheduled: {} at {} (change request #{}, {})", r.summary, short_time(&r.at), r.id, r.state)}</span>
+            {r.can_withdraw.then(|| view! {
+                <ActionForm action=act attr:class="inline">
+                    <input type="hidden" name="topic" value=topic/>
+                    <input type="hidden" name="id" value=id/>
+                    <input type="hidden" name="action" value="withdraw"/>
+                    <input type="hidden" name="back" value="versions"/>
+                    <button type="submit" class="secondary">"Withdraw"</button>
+                </ActionForm>
+            })}
+        </li>
     }
 }
 
