@@ -174,7 +174,7 @@ test("a scheduled pin is listed on the Versions tab and withdrawn there", async 
   const at = new Date(Date.now() + 3_600_000).toISOString();
   const asked = await request.put(`/api/v1/topics/${topic}/pins`, {
     headers: auth,
-    data: { selector: "region=eu", version: 1, reason: "scheduled rollback", at },
+    data: { selector: { region: "eu" }, version: 1, reason: "scheduled rollback", at },
   });
   expect(asked.status(), await asked.text()).toBe(202);
   const cr = await asked.json();
