@@ -119,6 +119,17 @@ pub fn with_param(path: &str, key: &str, value: &str) -> String {
 /// Ends a server function. Errors become a readable message: returned to a hydrated page,
 /// or, for a plain form post, shown on the page it came from (`?error=`). On success a
 /// plain form post goes to `then` (with a `notice`), or back where it came from.
+/// A console form's optional "At (RFC 3339)" field: empty is now, else the time the change
+/// request is applied (docs/change-control.md "Scheduled releases").
+pub fn scheduled_at(at: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, Error> {
+    match at.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| Some(t.with_timezone(&chrono::Utc)))
+            .map_err(|e| Error::invalid(format!("the time is not RFC 3339 (2026-12-24T06:00:00Z): {e}"))),
+    }
+}
+
 pub fn finish<T>(result: Result<T, Error>, then: Option<String>, notice: Option<&str>) -> Result<T, ServerFnError> {
     match result {
         Ok(v) => {

@@ -193,6 +193,27 @@ test("a scheduled pin is listed on the Versions tab and withdrawn there", async 
   const after = await (await request.get(`/api/v1/change-requests/${cr.id}`, { headers: auth })).json();
   expect(after.state).toBe("withdrawn");
   // Nothing was pinned.
-  const resolved = await (await request.get(`/api/v1/topics/${topic}/resolve?labels=region=eu`)).json();
+  let resolved = await (await request.get(`/api/v1/topics/${topic}/resolve?labels=region=eu`)).json();
   expect(resolved.version).toBe(2);
+
+  // The pin form's "At" field: a bad time is a readable refusal that pins nothing ...
+  const pinForm = page.locator("#pin-form");
+  await pinForm.getByLabel("Selector").fill("region=eu");
+  await pinForm.getByLabel("Version").fill("1");
+  await pinForm.getByLabel(/^At/).fill("tomorrow");
+  await pinForm.getByRole("button", { name: "Pin" }).click();
+  await ready(page);
+  await expect(page.getByRole("alert").filter({ hasText: /not RFC 3339/ }).first()).toBeVisible();
+  // ... and a good one schedules the pin: listed, not in force.
+  await pinForm.getByLabel("Selector").fill("region=eu");
+  await pinForm.getByLabel("Version").fill("1");
+  await pinForm.getByLabel(/^At/).fill(at);
+  await pinForm.getByRole("button", { name: "Pin" }).click();
+  await ready(page);
+  await expect(page.locator("li.scheduled-change", { hasText: "pin region=eu to v1" })).toBeVisible();
+  resolved = await (await request.get(`/api/v1/topics/${topic}/resolve?labels=region=eu`)).json();
+  expect(resolved.version).toBe(2);
+  await page.locator("li.scheduled-change").first().getByRole("button", { name: "Withdraw" }).click();
+  await ready(page);
+  await expect(page.locator("li.scheduled-change")).toHaveCount(0);
 });

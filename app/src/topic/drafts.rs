@@ -140,7 +140,6 @@ pub async fn load_drafts(name: String) -> Result<DraftsPage, ServerFnError> {
 pub async fn release_draft_form(topic: String, id: i64, scopes: String, at: String) -> Result<(), ServerFnError> {
     use crate::ssr::{finish, imprint, require_user, topic_name};
     use imprint_service::change_control::{ReleaseInput, Released};
-    use imprint_service::Error;
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
     let result = async {
@@ -150,14 +149,7 @@ pub async fn release_draft_form(topic: String, id: i64, scopes: String, at: Stri
         } else {
             Some(lines.iter().map(|l| imprint_domain::Selector::parse(l)).collect::<Result<Vec<_>, _>>()?)
         };
-        let at = match at.trim() {
-            "" => None,
-            t => Some(
-                chrono::DateTime::parse_from_rfc3339(t)
-                    .map_err(|e| Error::invalid(format!("the time is not RFC 3339 (2026-12-24T06:00:00Z): {e}")))?
-                    .with_timezone(&chrono::Utc),
-            ),
-        };
+        let at = crate::ssr::scheduled_at(Some(&at))?;
         let input = ReleaseInput {
             scopes,
             rollout: imprint_service::RolloutRequest::TopicDefault,

@@ -117,7 +117,12 @@ fn parse_stages(text: &str) -> Result<imprint_domain::Plan, imprint_service::Err
 }
 
 #[server(prefix = "/console/fn")]
-pub async fn start_rollout(topic: String, version: u64, stages: String) -> Result<(), ServerFnError> {
+pub async fn start_rollout(
+    topic: String,
+    version: u64,
+    stages: String,
+    at: Option<String>,
+) -> Result<(), ServerFnError> {
     use crate::ssr::{finish, imprint, require_user, topic_name};
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
@@ -126,7 +131,11 @@ pub async fn start_rollout(topic: String, version: u64, stages: String) -> Resul
         let v =
             imprint_domain::VersionNumber::new(version).map_err(|e| imprint_service::Error::invalid(e.to_string()))?;
         let choice = imprint_service::PlanChoice::Inline(plan);
-        imprint.start_rollout_controlled(&caller, &topic_name(&topic)?, v, choice, Default::default()).await
+        let opts = imprint_service::change_control::ChangeOptions {
+            at: crate::ssr::scheduled_at(at.as_deref())?,
+            break_glass: None,
+        };
+        imprint.start_rollout_controlled(&caller, &topic_name(&topic)?, v, choice, opts).await
     }
     .await;
     let notice = match &result {
@@ -206,6 +215,7 @@ pub fn RolloutsPageView() -> impl IntoView {
                                         <textarea name="stages" rows="4" class="mono" required
                                             placeholder="cluster=api-canary 10m min_applied=0.9 max_failure=0.05\nregion=us-east-1 30m\n*"></textarea>
                                     </label>
+                                    <label>"At (RFC 3339, optional: scheduled)" <input type="text" name="at" placeholder="2026-12-24T06:00:00Z"/></label>
                                     <button type="submit">"Start rollout"</button>
                                 </ActionForm>
                             </section>

@@ -84,6 +84,7 @@ pub async fn set_pin(
     version: u64,
     reason: String,
     expires_in_hours: Option<String>,
+    at: Option<String>,
 ) -> Result<(), ServerFnError> {
     use crate::ssr::{finish, imprint, require_user, topic_name};
     let (_, caller) = require_user().await?;
@@ -106,7 +107,11 @@ pub async fn set_pin(
         let version =
             imprint_domain::VersionNumber::new(version).map_err(|e| imprint_service::Error::invalid(e.to_string()))?;
         let input = imprint_service::PinInput { selector, version, reason, expires_at };
-        imprint.pin_controlled(&caller, &topic_name(&topic)?, input, Default::default()).await
+        let opts = imprint_service::change_control::ChangeOptions {
+            at: crate::ssr::scheduled_at(at.as_deref())?,
+            break_glass: None,
+        };
+        imprint.pin_controlled(&caller, &topic_name(&topic)?, input, opts).await
     }
     .await;
     let notice = match &result {
@@ -132,7 +137,7 @@ pub async fn remove_pin(topic: String, selector: String) -> Result<(), ServerFnE
 }
 
 #[server(prefix = "/console/fn")]
-pub async fn add_scope(topic: String, version: u64, selector: String) -> Result<(), ServerFnError> {
+pub async fn add_scope(topic: String, version: u64, selector: String, at: Option<String>) -> Result<(), ServerFnError> {
     use crate::ssr::{finish, imprint, require_user, topic_name};
     let (_, caller) = require_user().await?;
     let imprint = imprint()?;
@@ -140,7 +145,11 @@ pub async fn add_scope(topic: String, version: u64, selector: String) -> Result<
         let s = imprint_domain::Selector::parse(&selector)?;
         let v =
             imprint_domain::VersionNumber::new(version).map_err(|e| imprint_service::Error::invalid(e.to_string()))?;
-        imprint.add_scope_controlled(&caller, &topic_name(&topic)?, v, s, Default::default()).await
+        let opts = imprint_service::change_control::ChangeOptions {
+            at: crate::ssr::scheduled_at(at.as_deref())?,
+            break_glass: None,
+        };
+        imprint.add_scope_controlled(&caller, &topic_name(&topic)?, v, s, opts).await
     }
     .await;
     let notice = match &result {
@@ -250,6 +259,7 @@ pub fn TopicPageView() -> impl IntoView {
                                             <label>"Version" <input type="number" name="version" min="1" value=latest.max(1).to_string() required/></label>
                                             <label>"Reason" <input type="text" name="reason" placeholder="why consumers must stay on it"/></label>
                                             <label>"Expires in (hours; empty: never)" <input type="number" name="expires_in_hours" step="any" placeholder="24"/></label>
+                                            <label>"At (RFC 3339, optional: scheduled)" <input type="text" name="at" placeholder="2026-12-24T06:00:00Z"/></label>
                                             <button type="submit">"Pin"</button>
                                         </ActionForm>
                                     </section>
@@ -259,6 +269,7 @@ pub fn TopicPageView() -> impl IntoView {
                                             <input type="hidden" name="topic" value=t_scope_form/>
                                             <label>"Version" <input type="number" name="version" min="1" value=latest.max(1).to_string() required/></label>
                                             <label>"Selector" <input type="text" name="selector" placeholder="cluster=api-canary" required/></label>
+                                            <label>"At (RFC 3339, optional: scheduled)" <input type="text" name="at" placeholder="2026-12-24T06:00:00Z"/></label>
                                             <button type="submit">"Add scope"</button>
                                         </ActionForm>
                                     </section>
