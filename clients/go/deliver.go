@@ -40,12 +40,37 @@ type update struct {
 	SHA256      string            `json:"sha256"`
 	DataBase64  *string           `json:"data_base64"`
 	DataURL     string            `json:"data_url"`
+	// DataURLs is each region's copy in the order to try them (several regions,
+	// docs/regions.md); empty with one region: DataURL alone.
+	DataURLs []dataURL `json:"data_urls"`
 }
 
-// fetched is a verified payload: in memory, or a file in place in the topic's directory.
+// dataURL is one region's copy of a payload.
+type dataURL struct {
+	Region string `json:"region"`
+	URL    string `json:"url"`
+}
+
+// downloadURLs is the URLs to try in order: DataURLs, else DataURL alone (no region).
+func (u *update) downloadURLs() []dataURL {
+	var out []dataURL
+	for _, d := range u.DataURLs {
+		if d.URL != "" {
+			out = append(out, d)
+		}
+	}
+	if len(out) == 0 {
+		return []dataURL{{URL: u.DataURL}}
+	}
+	return out
+}
+
+// fetched is a verified payload: in memory, or a file in place in the topic's directory;
+// region is the region whose copy it is ("" inline, with one region, cache, snapshot).
 type fetched struct {
-	data []byte
-	path string
+	data   []byte
+	path   string
+	region string
 }
 
 // handleUpdate delivers u to sub and records the outcome; at start-up it falls back to
@@ -190,7 +215,7 @@ func (c *Client) applyFetched(sub slot, u *update, f fetched, source Source) err
 	}
 	p := &Payload{
 		Topic: sub.topicName(), Version: u.Version, SHA256: u.SHA256, ContentType: u.ContentType,
-		Metadata: u.Metadata, Pinned: u.Pinned, Source: source, Data: data, Path: f.path,
+		Metadata: u.Metadata, Pinned: u.Pinned, Source: source, Data: data, Path: f.path, Region: f.region,
 	}
 	if p.Metadata == nil {
 		p.Metadata = map[string]string{}
@@ -273,14 +298,21 @@ func (c *Client) fetch(ctx context.Context, sub slot, u *update) (fetched, error
 	if u.DataURL == "" {
 		return fetched{}, reject("the update has neither data_base64 nor data_url")
 	}
-	target := c.url(u.DataURL)
-	if _, err := url.Parse(target); err != nil {
-		return fetched{}, reject("data_url %q: %v", u.DataURL, err)
+	urls := u.downloadURLs()
+	for _, d := range urls {
+		if _, err := url.Parse(c.url(d.URL)); err != nil {
+			return fetched{}, reject("data_url %q: %v", d.URL, err)
+		}
 	}
+	if len(urls) > 1 {
+		return c.fetchFailover(ctx, sub, u, urls)
+	}
+	target := c.url(urls[0].URL)
 	var last error
 	for i := 0; i < 2; i++ {
 		f, err := c.download(ctx, sub, target, u)
 		if err == nil {
+			f.region = urls[0].Region
 			return f, nil
 		}
 		var verr *VerifyError
@@ -296,6 +328,45 @@ func (c *Client) fetch(ctx context.Context, sub slot, u *update) (fetched, error
 		return fetched{}, err
 	}
 	return fetched{}, reject("%s", last.Error())
+}
+
+// fetchFailover tries each region's URL in order: a connect error (or timeout), a 5xx or
+// a payload that does not verify moves on to the next region. The version is rejected
+// only when every region's copy was reachable and none verified; if a region was
+// unreachable the failure is transient (retried with backoff), as the Rust client does.
+func (c *Client) fetchFailover(ctx context.Context, sub slot, u *update, urls []dataURL) (fetched, error) {
+	var unreachable, mismatch error
+	for _, d := range urls {
+		f, err := c.download(ctx, sub, c.url(d.URL), u)
+		if err == nil {
+			c.metrics.count(MetricRegionDownloads, map[string]string{"region": d.Region})
+			f.region = d.Region
+			return f, nil
+		}
+		if ctx.Err() != nil {
+			return fetched{}, err
+		}
+		var verr *VerifyError
+		var api *APIError
+		var nerr *NetworkError
+		switch {
+		case errors.As(err, &verr):
+			c.logf(LevelWarn, fmt.Sprintf("imprint: the %s copy of %s v%d does not verify (%v); trying the next region", d.Region, sub.topicName(), u.Version, err))
+			mismatch = err
+		case errors.As(err, &api) && api.Status >= 500, errors.As(err, &nerr):
+			c.logf(LevelWarn, fmt.Sprintf("imprint: region %s failed for %s v%d (%v); trying the next region", d.Region, sub.topicName(), u.Version, err))
+			unreachable = err
+		case errors.As(err, &api) && !api.Transient():
+			return fetched{}, reject("%s", err.Error())
+		default:
+			return fetched{}, err
+		}
+		c.metrics.count(MetricRegionFailovers, map[string]string{"region": d.Region})
+	}
+	if unreachable != nil {
+		return fetched{}, unreachable
+	}
+	return fetched{}, reject("%s", mismatch.Error())
 }
 
 func sha256Hex(b []byte) string {

@@ -52,10 +52,12 @@ type fake struct {
 	onPoll func(p gotPoll) reply
 	// cutAfter: the next n downloads of a path break off after this many bytes
 	cut map[string]int
+	// status: a path with query answered with this error status (a region that is down)
+	status map[string]int
 }
 
 func newFake(t *testing.T) *fake {
-	f := &fake{t: t, files: map[string][]byte{}, other: map[string]any{}, cut: map[string]int{}}
+	f := &fake{t: t, files: map[string][]byte{}, other: map[string]any{}, cut: map[string]int{}, status: map[string]int{}}
 	f.onPoll = func(gotPoll) reply { return answer(nil, nil, 0) }
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
@@ -89,7 +91,11 @@ func (f *fake) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.mu.Lock()
-	data, isFile := f.files[r.URL.Path]
+	data, isFile := f.files[r.URL.RequestURI()] // a region's copy (?region=), else by path
+	if !isFile {
+		data, isFile = f.files[r.URL.Path]
+	}
+	status := f.status[r.URL.RequestURI()]
 	other, isOther := f.other[r.URL.RequestURI()]
 	cut := f.cut[r.URL.Path]
 	if cut > 0 {
@@ -97,6 +103,10 @@ func (f *fake) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Unlock()
 	switch {
+	case status != 0:
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_, _ = io.WriteString(w, `{"error":{"code":"object_store_unavailable","message":"down"}}`)
 	case isOther:
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(other)

@@ -13,12 +13,16 @@ import (
 //   - imprint_client_apply_failures_total{topic}: counter
 //   - imprint_client_poll_errors_total{kind}: counter; kind is network, server, client or download
 //   - imprint_client_updates_applied_total{topic}: counter
+//   - imprint_client_region_downloads_total{region}: counter, downloads from each region
+//   - imprint_client_region_failovers_total{region}: counter, regions skipped (down, 5xx, corrupt)
 const (
 	MetricVersion         = "imprint_client_version"
 	MetricLastPollSuccess = "imprint_client_last_poll_success_seconds"
 	MetricApplyFailures   = "imprint_client_apply_failures_total"
 	MetricPollErrors      = "imprint_client_poll_errors_total"
 	MetricUpdatesApplied  = "imprint_client_updates_applied_total"
+	MetricRegionDownloads = "imprint_client_region_downloads_total"
+	MetricRegionFailovers = "imprint_client_region_failovers_total"
 )
 
 // Metrics keeps the client's counters and gauges in memory and hands every update to the

@@ -37,6 +37,9 @@ type Payload struct {
 	// Path of the payload file (SubscribeFile). It stays in place until two newer
 	// versions have applied.
 	Path string
+	// Region is the region whose copy was downloaded (a server with several regions,
+	// docs/regions.md); "" for inline payloads, one region, the cache and the snapshot.
+	Region string
 }
 
 // Current is a subscription's value and what is known about it, read together.
@@ -48,6 +51,9 @@ type Current[T any] struct {
 	Source     Source
 	SHA256     string
 	Pinned     bool
+	// ServedRegion is the region whose copy of the held version was downloaded
+	// (Payload.Region); "" when none was.
+	ServedRegion string
 }
 
 type kind int
@@ -146,6 +152,10 @@ func (s *Subscription[T]) Version() (version uint64, ok bool) {
 // Source says where the current value came from.
 func (s *Subscription[T]) Source() Source { return s.cur.Load().Source }
 
+// ServedRegion is the region whose copy of the held version was downloaded (several
+// regions, docs/regions.md); "" while none was.
+func (s *Subscription[T]) ServedRegion() string { return s.cur.Load().ServedRegion }
+
 // OnChange calls fn with each value swapped in from now on, on the client's poller
 // goroutine (keep it short; a panic is logged and ignored). It returns a function that
 // removes the listener.
@@ -242,7 +252,7 @@ func (s *Subscription[T]) tryApply(p *Payload) (err error) {
 	if err != nil {
 		return err
 	}
-	s.cur.Store(&Current[T]{Value: value, Version: p.Version, HasVersion: true, Source: p.Source, SHA256: p.SHA256, Pinned: p.Pinned})
+	s.cur.Store(&Current[T]{Value: value, Version: p.Version, HasVersion: true, Source: p.Source, SHA256: p.SHA256, Pinned: p.Pinned, ServedRegion: p.Region})
 	s.notify(value)
 	return nil
 }

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from . import _crypt
 from ._cache import CacheMeta, file_name
@@ -71,12 +71,12 @@ def _check(size: int, sha: str, n: int, actual: str) -> None:
         raise VerifyError(f"checksum mismatch: expected {sha}, got {actual}")
 
 
-def _download_chunks(core: "Client", u: Dict[str, Any]) -> Iterable[bytes]:
-    """The payload of ``data_url``, resuming an interrupted transfer with ``Range``."""
+def _download_chunks(core: "Client", url: str) -> Iterable[bytes]:
+    """The payload at ``url``, resuming an interrupted transfer with ``Range``."""
     have = 0
     for attempt in range(MAX_ATTEMPTS):
         headers = {"Range": f"bytes={have}-"} if have else {}
-        resp = core._http.request("GET", u["data_url"], headers=headers, timeout=core.request_timeout)
+        resp = core._http.request("GET", url, headers=headers, timeout=core.request_timeout)
         if have and resp.status != 206:
             resp.close()
             raise _Restart()
@@ -88,31 +88,48 @@ def _download_chunks(core: "Client", u: Dict[str, Any]) -> Iterable[bytes]:
         except NetworkError:
             if attempt + 1 == MAX_ATTEMPTS:
                 raise
-            log.info("imprint: download of %s broke off at %d bytes; resuming", u["data_url"], have)
+            log.info("imprint: download of %s broke off at %d bytes; resuming", url, have)
+
+
+def download_urls(u: Dict[str, Any]) -> List[Tuple[Optional[str], str]]:
+    """The URLs to try in order, each with its region: ``data_urls`` (several regions,
+    docs/regions.md), else ``data_url`` alone (region None)."""
+    urls = [
+        (str(d.get("region") or ""), str(d["url"]))
+        for d in u.get("data_urls") or []
+        if isinstance(d, dict) and d.get("url")
+    ]
+    return urls or [(None, str(u["data_url"]))]
 
 
 class _Restart(ImprintError):
     """The server sent the whole payload again instead of the range: start over."""
 
 
-def fetch(core: "Client", sub: Subscription[Any], u: Dict[str, Any]) -> Fetched:
+def fetch(core: "Client", sub: Subscription[Any], u: Dict[str, Any]) -> Tuple[Fetched, Optional[str]]:
+    """The verified payload of ``u`` and the region it was downloaded from (None: inline,
+    or a server with one region)."""
     if u.get("data_base64") is not None:
         try:
             data = base64.b64decode(str(u["data_base64"]).strip(), validate=True)
         except ValueError as e:
             raise Rejected(f"data_base64 is not valid base64: {e}") from e
         try:
-            return _sink(core, sub, u, [data])
+            return _sink(core, sub, u, [data]), None
         except VerifyError as e:
             if not u.get("data_url"):
                 raise Rejected(str(e)) from e
             log.warning("imprint: inline payload of %s v%s does not verify; downloading it", sub.topic, u["version"])
     if not u.get("data_url"):
         raise Rejected("the update has neither data_base64 nor data_url")
+    urls = download_urls(u)
+    if len(urls) > 1:
+        return _fetch_failover(core, sub, u, urls)
+    region, url = urls[0]
     last: Optional[Exception] = None
     for _ in range(2):  # a mismatch may be a transfer accident: once more, then reject
         try:
-            return _sink(core, sub, u, _download_chunks(core, u))
+            return _sink(core, sub, u, _download_chunks(core, url)), region
         except _Restart:
             continue
         except VerifyError as e:
@@ -125,8 +142,46 @@ def fetch(core: "Client", sub: Subscription[Any], u: Dict[str, Any]) -> Fetched:
     raise Rejected(str(last) if last else "download restarted twice")
 
 
+def _fetch_failover(
+    core: "Client", sub: Subscription[Any], u: Dict[str, Any], urls: List[Tuple[Optional[str], str]]
+) -> Tuple[Fetched, Optional[str]]:
+    """Several regions: each URL in order; a connect error, a 5xx or a payload that does
+    not verify moves on to the next region. The version is rejected only when every
+    region's copy was reachable and none verified; if a region was unreachable the failure
+    is transient (retried with backoff), as the Rust client does."""
+    unreachable: Optional[ImprintError] = None
+    mismatch: Optional[VerifyError] = None
+    for region, url in urls:
+        try:
+            fetched = _sink(core, sub, u, _download_chunks(core, url))
+        except VerifyError as e:
+            log.warning("imprint: the %s copy of %s v%s does not verify (%s); trying the next region",
+                        region, sub.topic, u["version"], e)
+            mismatch = e
+        except (NetworkError, _Restart) as e:
+            log.warning("imprint: region %s failed for %s v%s (%s); trying the next region",
+                        region, sub.topic, u["version"], e)
+            unreachable = e if isinstance(e, NetworkError) else NetworkError(f"{url}: the range was not honoured")
+        except ApiError as e:
+            if e.status < 500:
+                if e.transient:
+                    raise
+                raise Rejected(str(e)) from e
+            log.warning("imprint: region %s failed for %s v%s (%s); trying the next region",
+                        region, sub.topic, u["version"], e)
+            unreachable = e
+        else:
+            core.metrics.count("imprint_client_region_downloads_total", region=region or "")
+            return fetched, region
+        core.metrics.count("imprint_client_region_failovers_total", region=region or "")
+    if unreachable is not None:
+        raise unreachable
+    raise Rejected(str(mismatch) if mismatch else "no region to download from")
+
+
 def apply_fetched(
-    core: "Client", sub: Subscription[Any], u: Dict[str, Any], fetched: Fetched, source: Source
+    core: "Client", sub: Subscription[Any], u: Dict[str, Any], fetched: Fetched, source: Source,
+    region: Optional[str] = None,
 ) -> None:
     """Decodes a verified payload; on success swaps it in and caches it (else Rejected).
     An age payload (an end-to-end encrypted topic) is decrypted in memory first: the cache
@@ -152,6 +207,7 @@ def apply_fetched(
         data=data,
         path=fetched if isinstance(fetched, Path) else None,
         identities=core._identities if isinstance(fetched, Path) and encrypted else None,
+        region=region,
     )
     try:
         value = sub.decode(p)
@@ -159,7 +215,7 @@ def apply_fetched(
         if isinstance(fetched, Path) and fetched.name != file_name(sub.version or 0, sub.current().sha256 or ""):
             fetched.unlink(missing_ok=True)
         raise Rejected(f"decode failed: {type(e).__name__}: {e}") from e
-    sub.swap(Held(value, p.version, source, p.sha256, p.pinned))
+    sub.swap(Held(value, p.version, source, p.sha256, p.pinned, region))
     core.metrics.gauge("imprint_client_version", p.version, topic=sub.topic)
     core.metrics.count("imprint_client_updates_applied_total", topic=sub.topic)
     log.info("imprint: %s v%d applied (source %s)", sub.topic, p.version, source.value)
@@ -202,7 +258,8 @@ def handle_update(core: "Client", sub: Subscription[Any], u: Dict[str, Any]) -> 
         st.stuck = False
     first = sub.source is not Source.SERVER
     try:
-        apply_fetched(core, sub, u, fetch(core, sub, u), Source.SERVER)
+        fetched, region = fetch(core, sub, u)
+        apply_fetched(core, sub, u, fetched, Source.SERVER, region)
     except Rejected as e:
         msg = str(e)[:ERROR_MAX]
         log.warning("imprint: %s v%d rejected, keeping the current value: %s", sub.topic, key[0], msg)
@@ -248,7 +305,8 @@ def _fallback(core: "Client", sub: Subscription[Any], failed: int) -> None:
             "data_url": f"/api/v1/topics/{sub.topic}/versions/{int(v['version'])}/data",
         }
         try:
-            apply_fetched(core, sub, u, fetch(core, sub, u), Source.SERVER)
+            fetched, region = fetch(core, sub, u)
+            apply_fetched(core, sub, u, fetched, Source.SERVER, region)
             log.warning("imprint: %s started from v%d: the newest (v%d) does not apply", sub.topic, u["version"], failed)
             return
         except Rejected as e:

@@ -30,10 +30,25 @@ class Transport:
         self._lock = threading.Lock()
         self._open: Dict[int, Tuple[http.client.HTTPConnection, bool]] = {}
 
-    def _connect(self, timeout: float) -> http.client.HTTPConnection:
-        if self.scheme == "https":
-            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout)
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+    def _target(self, path: str) -> Tuple[str, str, Optional[int], str, bool]:
+        """Scheme, host, port and request path of ``path`` (relative to the server URL, or
+        an absolute ``http(s)://`` URL such as a region's ``data_url``), and whether it is
+        our own server (only that one gets the token)."""
+        if not path.startswith(("http://", "https://")):
+            return self.scheme, self.host, self.port, self.base_path + path, True
+        p = urllib.parse.urlsplit(path)
+        if not p.hostname:
+            raise NetworkError(f"{path}: not a URL with a host")
+        rest = (p.path or "/") + (f"?{p.query}" if p.query else "")
+        ours = (p.scheme, p.hostname, p.port) == (self.scheme, self.host, self.port) and rest.startswith(
+            self.base_path + "/"
+        )
+        return p.scheme, p.hostname, p.port, rest, ours
+
+    def _connect(self, scheme: str, host: str, port: Optional[int], timeout: float) -> http.client.HTTPConnection:
+        if scheme == "https":
+            return http.client.HTTPSConnection(host, port, timeout=timeout)
+        return http.client.HTTPConnection(host, port, timeout=timeout)
 
     def abort(self, polls_only: bool) -> None:
         """Breaks the polls (or every request) in flight: they fail with NetworkError."""
@@ -60,22 +75,23 @@ class Transport:
         """Sends one request; the answer's status is checked (errors raise ApiError).
         ``abort_if`` marks a poll: ``abort(polls_only=True)`` breaks it, and it is not
         sent when ``abort_if()`` is already true once connected."""
+        scheme, host, port, target, ours = self._target(path)
         h = {"User-Agent": USER_AGENT, "Accept": "application/json, */*"}
-        if self.token:
+        if self.token and ours:
             h["Authorization"] = f"Bearer {self.token}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             h["Content-Type"] = "application/json"
         h.update(headers or {})
-        conn = self._connect(timeout)
+        conn = self._connect(scheme, host, port, timeout)
         try:
             conn.connect()  # before registering: abort() needs the socket
             with self._lock:
                 self._open[id(conn)] = (conn, abort_if is not None)
             if abort_if is not None and abort_if():
                 raise ConnectionAbortedError("aborted")
-            conn.request(method, self.base_path + path, body=data, headers=h)
+            conn.request(method, target, body=data, headers=h)
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             self._forget(conn)

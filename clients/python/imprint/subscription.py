@@ -42,6 +42,9 @@ class Payload:
     path: Optional[Path] = None
     # The client's identities, for a file payload of an end-to-end encrypted topic.
     identities: Optional[List[Any]] = field(default=None, repr=False)
+    # The region whose copy was downloaded (``data_urls``, docs/regions.md); None for an
+    # inline payload, a server with one region, the cache and the snapshot.
+    region: Optional[str] = None
 
     @property
     def encrypted(self) -> bool:
@@ -62,13 +65,14 @@ class Payload:
 
 @dataclass(frozen=True)
 class Held(Generic[T]):
-    """Value, version, source, checksum and pinned flag, read together."""
+    """Value, version, source, checksum, pinned flag and served region, read together."""
 
     value: T
     version: Optional[int]
     source: Source
     sha256: Optional[str] = None
     pinned: bool = False
+    region: Optional[str] = None
 
 @dataclass
 class _State:
@@ -110,6 +114,12 @@ class Subscription(Generic[T]):
     @property
     def source(self) -> Source:
         return self._held.source
+
+    @property
+    def served_region(self) -> Optional[str]:
+        """The region whose copy of the held version was downloaded (docs/regions.md):
+        None while nothing was downloaded from a server with several regions."""
+        return self._held.region
 
     # ---------------------------------------------------------- listening ----
     def on_change(self, fn: Callable[[T], None]) -> Callable[[], None]:
@@ -170,7 +180,7 @@ class Subscription(Generic[T]):
         """The server says what we hold is current: its source becomes the server."""
         h = self._held
         if h.version is not None and h.source is not Source.SERVER:
-            self._held = Held(h.value, h.version, Source.SERVER, h.sha256, h.pinned)
+            self._held = Held(h.value, h.version, Source.SERVER, h.sha256, h.pinned, h.region)
 
 def _resolve(fut: "asyncio.Future[Any]", value: Any) -> None:
     if not fut.done():

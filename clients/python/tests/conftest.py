@@ -186,6 +186,7 @@ class Fake:
         self.polls: List[Dict[str, Any]] = []
         self.requests: List[Tuple[str, str, Dict[str, str]]] = []
         self.files: Dict[str, bytes] = {}
+        self.statuses: Dict[str, int] = {}  # a path answered with this error status
         self.on_poll: Callable[[Dict[str, Any]], Tuple[int, Any, Dict[str, str]]] = \
             lambda body: (200, {"updates": {}, "missing": {}, "poll_after_ms": 0}, {})
         self.lock = threading.Lock()
@@ -218,6 +219,9 @@ class Fake:
                 with fake.lock:
                     fake.requests.append(("GET", self.path, dict(self.headers)))
                 data = fake.files.get(self.path)
+                if self.path in fake.statuses:
+                    self._send(fake.statuses[self.path], b'{"error":{"code":"object_store_unavailable","message":"down"}}', {})
+                    return
                 if data is None:
                     self._send(404, b'{"error":{"code":"not_found","message":"no"}}', {})
                     return

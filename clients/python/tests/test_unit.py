@@ -215,3 +215,67 @@ def test_close_sends_pending_reports_and_get_keeps_working(fake: Fake) -> None:
     assert any(p.get("applied", {}).get("t.a") == {"version": 1, "ok": True} for p in fake.polls)
     with pytest.raises(RuntimeError):
         c.subscribe_json("t.b", None)
+
+
+def regions(u: Dict[str, Any], *urls: Any) -> Dict[str, Any]:
+    """``u`` with ``data_urls`` for several regions: (region, url) pairs in order."""
+    u["data_urls"] = [{"region": r, "url": url} for r, url in urls]
+    u["data_url"] = u["data_urls"][0]["url"]
+    return u
+
+
+def test_failover_past_a_refused_connection_a_5xx_and_a_corrupt_copy(fake: Fake) -> None:
+    data = b"the payload of several regions"
+    base = "/api/v1/topics/t.a/versions/4/data?region="
+    u = regions(update(4, data, inline=False), ("eu", dead_url() + base + "eu"), ("ap", base + "ap"),
+                ("sa", base + "sa"), ("us", base + "us"))
+    fake.statuses[base + "ap"] = 503
+    fake.files[base + "sa"] = b"the payload of several regionZ"  # same size, another hash
+    fake.files[base + "us"] = data
+    fake.on_poll = lambda body: answer({"t.a": u} if body["topics"]["t.a"] is None else {})
+    with Client(fake.url, long_poll=0.1, token="tok") as c:
+        sub = c.subscribe_bytes("t.a", b"")
+        assert sub.get() == data and sub.version == 4
+        assert sub.served_region == "us" and sub.current().region == "us"
+        assert c.metrics.get("imprint_client_region_downloads_total", region="us") == 1
+        assert c.metrics.get("imprint_client_region_failovers_total", region="eu") == 1
+        assert c.metrics.get("imprint_client_region_failovers_total", region="sa") == 1
+    asked = [r[1] for r in fake.requests if r[0] == "GET"]
+    assert asked == [base + "ap", base + "sa", base + "us"], "each region once, in order"
+
+
+def test_the_first_region_serves_when_it_works_and_a_single_url_has_no_region(fake: Fake) -> None:
+    data, other = b"eu first", b"one region"
+    base = "/api/v1/topics/t.a/versions/1/data?region="
+    u = regions(update(1, data, inline=False), ("eu", base + "eu"), ("us", base + "us"))
+    fake.files[base + "eu"] = data
+    v = update(1, other, inline=False, topic="t.b")
+    fake.files[v["data_url"]] = other
+    fake.on_poll = lambda body: answer({t: x for t, x in (("t.a", u), ("t.b", v)) if body["topics"].get(t) is None})
+    with Client(fake.url, long_poll=0.1) as c:
+        a, b = c.subscribe_bytes("t.a", b""), c.subscribe_bytes("t.b", b"")
+        assert a.get() == data and a.served_region == "eu"
+        assert b.get() == other and b.served_region is None
+    assert not [r for r in fake.requests if r[1] == base + "us"]
+
+
+def test_every_region_corrupt_rejects_but_an_unreachable_one_is_transient(fake: Fake) -> None:
+    data = b"payload"
+    base = "/api/v1/topics/t.a/versions/2/data?region="
+    bad = regions(update(2, data, inline=False, sha="0" * 64), ("eu", base + "eu"), ("us", base + "us"))
+    fake.files[base + "eu"] = fake.files[base + "us"] = data
+    fake.on_poll = lambda body: answer({"t.a": bad})
+    with Client(fake.url, long_poll=0.1, startup_fallback=0) as c:
+        sub = c.subscribe_bytes("t.a", b"default")
+        failed = eventually(lambda: [p["applied"]["t.a"] for p in fake.polls
+                                     if p.get("applied", {}).get("t.a", {}).get("ok") is False], what="a failure report")
+        assert "checksum mismatch" in failed[0]["error"] and sub.get() == b"default"
+    # eu is down, us corrupt: not the version's fault, so retried and never reported failed
+    fake.polls.clear()
+    down = regions(update(3, data, inline=False, sha="0" * 64), ("eu", dead_url() + base + "eu"), ("us", base + "us"))
+    fake.on_poll = lambda body: answer({"t.a": down})
+    with Client(fake.url, long_poll=0.1, startup_fallback=0, backoff=(0.05, 0.1)) as c:
+        sub = c.subscribe_bytes("t.a", b"default")
+        eventually(lambda: len([r for r in fake.requests if r[1] == base + "us"]) >= 4, what="retries")
+        assert sub.get() == b"default"
+    assert not any("t.a" in p.get("applied", {}) for p in fake.polls)

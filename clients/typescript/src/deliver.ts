@@ -43,9 +43,24 @@ export interface Update {
   sha256: string;
   data_base64?: string | null;
   data_url: string;
+  /** Each region's copy, in the order to try them (several regions, docs/regions.md). */
+  data_urls?: DataUrl[];
 }
 
-export type Fetched = { data: Buffer; path?: undefined } | { path: string; data?: undefined };
+/** One region's copy of a payload. */
+export interface DataUrl {
+  region: string;
+  url: string;
+}
+
+/** A verified payload, and the region whose copy it is (downloads from several regions). */
+export type Fetched = ({ data: Buffer; path?: undefined } | { path: string; data?: undefined }) & { region?: string };
+
+/** The URLs to try in order: `data_urls`, else `data_url` alone (no region). */
+export function downloadUrls(u: Update): { region: string | undefined; url: string }[] {
+  const urls = (u.data_urls ?? []).filter((d) => d.url);
+  return urls.length > 0 ? urls.map((d) => ({ region: d.region, url: d.url })) : [{ region: undefined, url: u.data_url }];
+}
 
 type Sub = Subscription<unknown>;
 
@@ -118,13 +133,13 @@ function rangeStart(v: string | null): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
-/** Streams `u.data_url` into `sink`, resuming an interrupted transfer with `Range`. */
-async function download(core: Core, u: Update, sink: Sink): Promise<void> {
+/** Streams `url` (one of `u`'s) into `sink`, resuming an interrupted transfer with `Range`. */
+async function download(core: Core, url: string, sink: Sink): Promise<void> {
   const timeoutMs = core.settings.requestTimeoutMs;
   for (let attempt = 1; ; attempt++) {
     const headers: Record<string, string> = { "accept-encoding": "identity" };
     if (sink.n > 0) headers.range = `bytes=${sink.n}-`;
-    const ans = await core.http.request("GET", u.data_url, { headers, timeoutMs, signal: core.stopSignal });
+    const ans = await core.http.request("GET", url, { headers, timeoutMs, signal: core.stopSignal });
     try {
       if (sink.n > 0 && !(ans.status === 206 && rangeStart(ans.headers.get("content-range")) === sink.n)) {
         await sink.reset(); // the server sent everything again (or another range): start over
@@ -133,7 +148,7 @@ async function download(core: Core, u: Update, sink: Sink): Promise<void> {
       return;
     } catch (e) {
       if (!(e instanceof NetworkError) || attempt >= MAX_ATTEMPTS) throw e;
-      core.log.info(`imprint: download of ${u.data_url} broke off at ${sink.n} bytes (${describe(e)}); resuming`);
+      core.log.info(`imprint: download of ${url} broke off at ${sink.n} bytes (${describe(e)}); resuming`);
     } finally {
       ans.close();
     }
@@ -169,11 +184,15 @@ export async function fetchPayload(core: Core, sub: Sub, u: Update): Promise<Fet
     }
   }
   if (!u.data_url) throw new Rejected("the update has neither data_base64 nor data_url");
+  const urls = downloadUrls(u);
+  if (urls.length > 1) return fetchFailover(core, sub, u, urls);
+  const { region, url } = urls[0];
   let last: VerifyError | undefined;
   for (let i = 0; i < 2; i++) {
     // a mismatch may be a transfer accident: once more, then reject
     try {
-      return await sinkAll(core, sub, u, (s) => download(core, u, s));
+      const f = await sinkAll(core, sub, u, (s) => download(core, url, s));
+      return region === undefined ? f : { ...f, region };
     } catch (e) {
       if (e instanceof VerifyError) {
         core.log.warn(`imprint: the downloaded payload of ${sub.topic} v${u.version} does not verify: ${e.message}`);
@@ -188,6 +207,41 @@ export async function fetchPayload(core: Core, sub: Sub, u: Update): Promise<Fet
   throw new Rejected(last?.message ?? "the download did not verify");
 }
 
+/**
+ * Several regions: each URL in order; a connect error (or timeout), a 5xx or a payload
+ * that does not verify moves on to the next region. The version is rejected only when
+ * every region's copy was reachable and none verified; if a region was unreachable the
+ * failure is transient (retried with backoff), as the Rust client does.
+ */
+async function fetchFailover(core: Core, sub: Sub, u: Update, urls: { region: string | undefined; url: string }[]): Promise<Fetched> {
+  let unreachable: unknown;
+  let mismatch: VerifyError | undefined;
+  for (const { region, url } of urls) {
+    try {
+      const f = await sinkAll(core, sub, u, (s) => download(core, url, s));
+      core.metrics.count("imprint_client_region_downloads_total", { region: region ?? "" });
+      return { ...f, region };
+    } catch (e) {
+      if (e instanceof VerifyError) {
+        core.log.warn(`imprint: the ${region} copy of ${sub.topic} v${u.version} does not verify (${e.message}); trying the next region`);
+        mismatch = e;
+      } else if (e instanceof NetworkError || (e instanceof ApiError && e.status >= 500)) {
+        core.log.warn(`imprint: region ${region} failed for ${sub.topic} v${u.version} (${describe(e)}); trying the next region`);
+        unreachable = e;
+      } else if (e instanceof ApiError && !e.transient) {
+        throw new Rejected(e.message);
+      } else if (e instanceof ProtocolError) {
+        throw new Rejected(e.message);
+      } else {
+        throw e;
+      }
+      core.metrics.count("imprint_client_region_failovers_total", { region: region ?? "" });
+    }
+  }
+  if (unreachable !== undefined) throw unreachable;
+  throw new Rejected(mismatch?.message ?? "no region to download from");
+}
+
 /** Decodes a verified payload; on success swaps it in and caches it (else Rejected). */
 export async function applyFetched(core: Core, sub: Sub, u: Update, fetched: Fetched, source: Exclude<Source, "default">): Promise<void> {
   const data = fetched.data !== undefined ? await decrypted(core, sub.topic, u.version, fetched.data) : undefined;
@@ -200,6 +254,7 @@ export async function applyFetched(core: Core, sub: Sub, u: Update, fetched: Fet
     metadata: Object.freeze({ ...(u.metadata ?? {}) }),
     pinned: Boolean(u.pinned),
     source,
+    region: fetched.region ?? null,
     ...(data !== undefined ? { data } : { path: fetched.path }),
   });
   let value: unknown;
@@ -214,7 +269,7 @@ export async function applyFetched(core: Core, sub: Sub, u: Update, fetched: Fet
     const what = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
     throw new Rejected(`decode failed: ${what}`);
   }
-  sub.swap({ value, version: u.version, source, sha256: u.sha256, pinned: Boolean(u.pinned) });
+  sub.swap({ value, version: u.version, source, sha256: u.sha256, pinned: Boolean(u.pinned), region: fetched.region ?? null });
   core.metrics.gauge("imprint_client_version", u.version, { topic: sub.topic });
   core.metrics.count("imprint_client_updates_applied_total", { topic: sub.topic });
   core.log.info(`imprint: ${sub.topic} v${u.version} applied (source ${source})`);

@@ -5,7 +5,7 @@
  * unreachable, subscriptions with nothing to start from read their object-store snapshot.
  */
 import type { Core } from "./core.js";
-import { handleUpdate, startFromSnapshot, type Update } from "./deliver.js";
+import { handleUpdate, startFromSnapshot, type DataUrl, type Update } from "./deliver.js";
 import { Aborted, ApiError, ProtocolError, describe, isTransient } from "./errors.js";
 import type { Report, Subscription } from "./subscription.js";
 
@@ -73,6 +73,16 @@ export function parseAnswer(raw: unknown): PollAnswer {
   };
   const updates: Record<string, Update> = {};
   for (const [topic, v] of Object.entries(obj(r.updates, "updates"))) {
+    const dataUrls = (list: unknown): DataUrl[] => {
+      if (!Array.isArray(list)) throw bad(`the data_urls of ${topic} is not a list`);
+      return list.map((d) => {
+        const e = obj(d, `a data_urls entry of ${topic}`);
+        if (typeof e.region !== "string" || typeof e.url !== "string" || !e.url) {
+          throw bad(`a data_urls entry of ${topic} has no region and url`);
+        }
+        return { region: e.region, url: e.url };
+      });
+    };
     const u = obj(v, `the update of ${topic}`);
     const version = u.version;
     const size = u.size;
@@ -93,6 +103,7 @@ export function parseAnswer(raw: unknown): PollAnswer {
       sha256: u.sha256,
       data_base64: (u.data_base64 as string | null | undefined) ?? null,
       data_url: typeof u.data_url === "string" ? u.data_url : "",
+      ...(u.data_urls === undefined || u.data_urls === null ? {} : { data_urls: dataUrls(u.data_urls) }),
     };
   }
   const missing: Record<string, string> = {};

@@ -10,7 +10,7 @@ import type { Logger } from "./log.js";
 /** Where the value being served came from. */
 export type Source = "server" | "cache" | "snapshot" | "default";
 
-/** Value, version, source, checksum and pinned flag of one moment, read together. */
+/** Value, version, source, checksum, pinned flag and served region of one moment, read together. */
 export interface Held<T> {
   readonly value: T;
   /** The version held (whatever its source); `null` while serving the default. */
@@ -18,6 +18,11 @@ export interface Held<T> {
   readonly source: Source;
   readonly sha256: string | null;
   readonly pinned: boolean;
+  /**
+   * The region whose copy was downloaded (a server with several regions, docs/regions.md);
+   * `null` for inline payloads, one region, the cache, the snapshot and the default.
+   */
+  readonly region: string | null;
 }
 
 /** One verified version, as a decoder sees it. */
@@ -30,6 +35,8 @@ export interface Payload {
   readonly metadata: Readonly<Record<string, string>>;
   readonly pinned: boolean;
   readonly source: Exclude<Source, "default">;
+  /** The region whose copy was downloaded (see `Held.region`), else `null`. */
+  readonly region: string | null;
   /** The bytes (memory subscriptions). */
   readonly data?: Buffer;
   /** The verified file in the cache directory (`file: true` subscriptions). */
@@ -114,7 +121,7 @@ export class Subscription<T> extends EventEmitter {
     this.setMaxListeners(0); // every iterator and nextChange() listens; each removes itself
     this.topic = topic;
     this.kind = kind;
-    this.#held = Object.freeze({ value: initial, version: null, source: "default", sha256: null, pinned: false });
+    this.#held = Object.freeze({ value: initial, version: null, source: "default", sha256: null, pinned: false, region: null });
     this.#decode = decode;
     this.#log = log;
     this.settledPromise = new Promise((resolve) => (this.#settle = resolve));
@@ -141,6 +148,11 @@ export class Subscription<T> extends EventEmitter {
 
   get pinned(): boolean {
     return this.#held.pinned;
+  }
+
+  /** The region whose copy of the held version was downloaded (`Held.region`). */
+  get servedRegion(): string | null {
+    return this.#held.region;
   }
 
   /** True once the client is closed: no more changes will come. */

@@ -553,3 +553,79 @@ test("a pinned older version is applied: the server decides, the client never re
   await c.close();
   for (const it of listeners) assert.equal((await it.next()).done, true);
 });
+
+/** `u` with `data_urls` for several regions: [region, url] pairs in order. */
+const regions = (u, ...urls) => {
+  u.data_urls = urls.map(([region, url]) => ({ region, url }));
+  u.data_url = u.data_urls[0].url;
+  return u;
+};
+
+test("failover past a refused connection, a 5xx and a corrupt copy; the served region is reported", async () => {
+  const data = Buffer.from("the payload of several regions");
+  const base = "/api/v1/topics/t.a/versions/4/data?region=";
+  const u = regions(update(4, data, { inline: false }), ["eu", (await deadUrl()) + base + "eu"], ["ap", base + "ap"], ["sa", base + "sa"], ["us", base + "us"]);
+  fake.files.set(base + "sa", Buffer.from("the payload of several regionZ")); // same size, another hash
+  fake.files.set(base + "us", data);
+  fake.onGet = (req, res) => {
+    if (req.url !== base + "ap") return false;
+    res.writeHead(503, { "content-type": "application/json" });
+    res.end(JSON.stringify({ error: { code: "object_store_unavailable", message: "down" } }));
+    return true;
+  };
+  fake.onPoll = (body) => answer(body.topics["t.a"] === null ? { "t.a": u } : {});
+  const seen = [];
+  const c = mk({ url: fake.url, longPollMs: 100, metrics: (name, value, labels) => seen.push([name, value, labels]), ...quiet });
+  const payloads = [];
+  const sub = await c.subscribe("t.a", { default: "", decoder: (p) => (payloads.push(p), p.data.toString()) });
+  assert.equal(sub.get(), data.toString());
+  assert.equal(sub.servedRegion, "us");
+  assert.equal(sub.current().region, "us");
+  assert.equal(payloads[0].region, "us");
+  assert.deepEqual(fake.requests.filter((r) => r.method === "GET").map((r) => r.path), [base + "ap", base + "sa", base + "us"]);
+  assert.ok(seen.some((s) => s[0] === "imprint_client_region_downloads_total" && s[2].region === "us"));
+  for (const r of ["eu", "ap", "sa"]) {
+    assert.ok(seen.some((s) => s[0] === "imprint_client_region_failovers_total" && s[2].region === r), r);
+  }
+});
+
+test("the first region serves when it works; a single data_url has no region", async () => {
+  const base = "/api/v1/topics/t.a/versions/1/data?region=";
+  const u = regions(update(1, "eu first", { inline: false }), ["eu", base + "eu"], ["us", base + "us"]);
+  fake.files.set(base + "eu", Buffer.from("eu first"));
+  const v = update(1, "one region", { inline: false, topic: "t.b" });
+  fake.files.set(v.data_url, Buffer.from("one region"));
+  fake.onPoll = (body) => answer(Object.fromEntries([["t.a", u], ["t.b", v]].filter(([t]) => body.topics[t] === null)));
+  const c = mk({ url: fake.url, longPollMs: 100, ...quiet });
+  const a = await c.subscribe("t.a", { default: "", decoder: (p) => p.data.toString() });
+  const b = await c.subscribe("t.b", { default: "", decoder: (p) => p.data.toString() });
+  assert.equal(a.get(), "eu first");
+  assert.equal(a.servedRegion, "eu");
+  assert.equal(b.get(), "one region");
+  assert.equal(b.servedRegion, null);
+  assert.ok(!fake.requests.some((r) => r.path === base + "us"));
+});
+
+test("every region corrupt rejects the version; an unreachable region makes it transient", async () => {
+  const base = "/api/v1/topics/t.a/versions/2/data?region=";
+  const bad = regions(update(2, "payload", { inline: false, sha: "0".repeat(64) }), ["eu", base + "eu"], ["us", base + "us"]);
+  fake.files.set(base + "eu", Buffer.from("payload"));
+  fake.files.set(base + "us", Buffer.from("payload"));
+  fake.onPoll = () => answer({ "t.a": bad });
+  const c = mk({ url: fake.url, longPollMs: 100, startupFallback: 0, ...quiet });
+  const sub = await c.subscribe("t.a", { default: "default", decoder: (p) => p.data.toString() });
+  await eventually(() => fake.reportsFor("t.a").some((r) => r.ok === false), { what: "the failure report" });
+  assert.match(fake.reportsFor("t.a").find((r) => !r.ok).error, /checksum mismatch/);
+  assert.equal(sub.get(), "default");
+  await c.close();
+  // eu down, us corrupt: not the version's fault, so retried and never reported failed
+  fake.polls.length = 0;
+  const down = regions(update(3, "payload", { inline: false, sha: "0".repeat(64) }), ["eu", (await deadUrl()) + base + "eu"], ["us", base + "us"]);
+  fake.onPoll = () => answer({ "t.a": down });
+  const d = mk({ url: fake.url, longPollMs: 100, startupFallback: 0, backoffMinMs: 50, backoffMaxMs: 100, ...quiet });
+  const sub2 = await d.subscribe("t.a", { default: "default", decoder: (p) => p.data.toString() });
+  await eventually(() => fake.requests.filter((r) => r.path === base + "us").length >= 6, { what: "retries" });
+  assert.equal(sub2.get(), "default");
+  await d.close();
+  assert.ok(!fake.polls.some((p) => p.applied && "t.a" in p.applied));
+});
