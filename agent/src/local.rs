@@ -4,7 +4,8 @@
 //! - `GET /v1/topics/{topic}` → the current payload, `ETag: "<sha256>"`, `X-Imprint-Version`,
 //!   `X-Imprint-Source`; `If-None-Match` with the current ETag → 304; with `?wait=30s` (at most
 //!   60 s) a request whose `If-None-Match` is current waits for a newer version first.
-//! - `GET /v1/topics/{topic}/meta` → what is held, as JSON.
+//! - `GET /v1/topics/{topic}/meta` → what is held, as JSON (with `served_region`: the region
+//!   whose copy was downloaded, when the server has several; docs/regions.md).
 //! - `GET /v1/events` → Server-Sent Events: one `version` event per topic with what it
 //!   holds now, then one on every change.
 //! - `GET /applications/{app}/environments/{env}/configurations/{profile}` → the payload of
@@ -50,6 +51,8 @@ pub struct Topic {
     pub sub: Subscription<Option<Installed>>,
     pub required: bool,
     pub appconfig: Option<(String, String, String)>,
+    /// The client, which knows the region whose copy it downloaded (docs/regions.md).
+    pub client: imprint_client::Client,
 }
 
 impl Topic {
@@ -59,6 +62,12 @@ impl Topic {
         } else {
             self.sub.source().as_str()
         }
+    }
+
+    /// The region whose copy of the held server version was downloaded (several regions):
+    /// none for a failover file, the cache, a snapshot, an inline payload or one region.
+    fn served_region(&self, name: &str, held: &Installed) -> Option<String> {
+        (self.source(held) == "server").then(|| self.client.served_region(name)).flatten()
     }
 }
 
@@ -222,6 +231,7 @@ async fn meta(State(local): State<Local>, Path(name): Path<String>) -> Response 
         "content_type": held.as_ref().map(|i| i.content_type.clone()),
         "pinned": held.as_ref().map(|i| i.pinned),
         "installed_at": held.as_ref().map(|i| i.installed_at),
+        "served_region": held.as_ref().and_then(|i| topic.served_region(&name, i)),
     }))
     .into_response()
 }

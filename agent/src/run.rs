@@ -113,7 +113,13 @@ pub async fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("subscribe {}: {e}", sub.topic))?;
         topics.insert(
             sub.topic.clone(),
-            Topic { held, sub: subscription, required: sub.required, appconfig: sub.appconfig.clone() },
+            Topic {
+                held,
+                sub: subscription,
+                required: sub.required,
+                appconfig: sub.appconfig.clone(),
+                client: client.clone(),
+            },
         );
         installers.push(installer);
     }

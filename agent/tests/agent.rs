@@ -346,3 +346,56 @@ fn check_config_names_the_first_bad_key_and_its_line() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 subscription(s))"));
 }
+
+/// Several regions (docs/regions.md): with the eu S3 server stopped, an eu agent's download
+/// comes from us, and the agent, its metrics and the consumer audit say so.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn with_the_eu_store_stopped_the_agent_downloads_from_us_and_reports_it(pool: sqlx::PgPool) {
+    let Some(mut eu) = imprint_testkit::Moto::start().await else { return };
+    let Some(us) = imprint_testkit::Moto::start().await else { return };
+    let (home, regions) = imprint_testkit::two_regions(&eu, &us);
+    let app = imprint_testkit::spawn_app_configured(pool.clone(), pool, move |c| {
+        c.objects = home;
+        c.regions = regions;
+    })
+    .await;
+    app.create_topic_with(json!({"name": "agent.regions", "owner": "payments", "inline_limit_bytes": 1024})).await;
+    let body = payload(7);
+    app.publish_raw("agent.regions", body.clone().into_bytes()).await;
+    eu.stop();
+
+    let dir = scratch_dir("agent-regions");
+    let file = dir.join("agent.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "server = \"{}\"\nstate_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n\n[labels]\nregion = \"eu\"\n\n\
+             [[subscription]]\ntopic = \"agent.regions\"\npath = \"{}\"\n",
+            app.base_url(),
+            dir.join("state").display(),
+            dir.join("out").join("data.txt").display(),
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&file).await;
+    let target = dir.join("out").join("data.txt");
+    eventually("the payload on disk, from us", || async {
+        std::fs::read_to_string(&target).ok().filter(|t| *t == body)
+    })
+    .await;
+    let meta: Value = agent.get("/v1/topics/agent.regions/meta").await.json().await.unwrap();
+    assert_eq!((meta["source"].as_str(), meta["served_region"].as_str()), (Some("server"), Some("us")), "{meta}");
+    let metrics = agent.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("imprint_client_region_downloads_total{region=\"us\"} 1")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("imprint_client_region_failovers_total{region=\"eu\"}"), "{metrics}");
+    // The poll's applied report carries the region into the consumer audit.
+    eventually("the audit says us served the agent", || async {
+        let (_, list) = app.get_json("/api/v1/topics/agent.regions/consumers").await;
+        list["consumers"][0]["served_region"] == "us"
+    })
+    .await;
+    agent.stop().await;
+}

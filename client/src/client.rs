@@ -291,7 +291,7 @@ impl Client {
     /// The region whose copy of `topic`'s payload was downloaded last (servers with
     /// several regions, docs/regions.md); None before any such download.
     pub fn served_region(&self, topic: &str) -> Option<String> {
-        self.inner.served_regions.lock().unwrap_or_else(|e| e.into_inner()).get(topic).cloned()
+        self.inner.served_region(topic)
     }
 
     pub fn instance(&self) -> &str {

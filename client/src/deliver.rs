@@ -33,7 +33,8 @@ pub(crate) async fn handle_update(inner: &Inner, slot: &Arc<dyn Slot>, u: &Updat
         Ok(()) => {
             let mut st = slot.state();
             st.rejected = None;
-            st.report = Some(AppliedReport { version: u.version, ok: true, error: None });
+            st.report =
+                Some(AppliedReport { version: u.version, ok: true, error: None, region: inner.served_region(topic) });
             Ok(())
         }
         Err(Failure::Transient(e)) => Err(e),
@@ -45,7 +46,7 @@ pub(crate) async fn handle_update(inner: &Inner, slot: &Arc<dyn Slot>, u: &Updat
                 st.rejected = Some(key);
                 st.stuck = true;
                 let error: String = msg.chars().take(2000).collect();
-                st.report = Some(AppliedReport { version: u.version, ok: false, error: Some(error) });
+                st.report = Some(AppliedReport { version: u.version, ok: false, error: Some(error), region: None });
             }
             if first && inner.settings.startup_fallback > 0 {
                 fallback(inner, slot, u.version).instrument(span).await;

@@ -51,6 +51,7 @@ pub(crate) async fn fetch(inner: &Inner, topic: &str, u: &Update, kind: Kind) ->
             .map_err(|e| Failure::Rejected(format!("data_base64 is not valid base64: {e}")))?;
         let actual = sha256_hex(&bytes);
         if actual == u.sha256 && bytes.len() as u64 == u.size {
+            inner.set_served_region(topic, None);
             return match kind {
                 Kind::Memory => Ok(Fetched::Memory(bytes)),
                 Kind::File => {
@@ -82,12 +83,15 @@ pub(crate) async fn fetch(inner: &Inner, topic: &str, u: &Update, kind: Kind) ->
     if urls.len() > 1 {
         return fetch_failover(inner, topic, u, kind, &urls).await;
     }
-    let url = inner.url(&u.data_url);
+    let (region, url) = (urls[0].0, inner.url(urls[0].1));
     // A mismatch may be a transfer accident: one more download before giving up on it.
     let mut last = None;
     for _ in 0..2 {
         match download(inner, topic, &url, u, kind).await {
-            Ok(f) => return Ok(f),
+            Ok(f) => {
+                inner.set_served_region(topic, region);
+                return Ok(f);
+            }
             Err(e @ (Error::Checksum { .. } | Error::Size { .. })) => {
                 tracing::warn!(topic, version = u.version, error = %e, "downloaded payload does not verify");
                 last = Some(e);
@@ -115,11 +119,7 @@ async fn fetch_failover(
         let region = region.unwrap_or_default();
         match download(inner, topic, &inner.url(url), u, kind).await {
             Ok(f) => {
-                inner
-                    .served_regions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(topic.to_owned(), region.to_owned());
+                inner.set_served_region(topic, Some(region));
                 metrics::counter!("imprint_client_region_downloads_total", "region" => region.to_owned()).increment(1);
                 return Ok(f);
             }

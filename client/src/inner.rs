@@ -97,6 +97,20 @@ impl Inner {
         })
     }
 
+    /// The region whose copy of `topic`'s payload was downloaded last (docs/regions.md).
+    pub fn served_region(&self, topic: &str) -> Option<String> {
+        self.served_regions.lock().unwrap_or_else(|e| e.into_inner()).get(topic).cloned()
+    }
+
+    /// Records where `topic`'s payload came from (`None`: inline, or one region).
+    pub fn set_served_region(&self, topic: &str, region: Option<&str>) {
+        let mut m = self.served_regions.lock().unwrap_or_else(|e| e.into_inner());
+        match region {
+            Some(r) => m.insert(topic.to_owned(), r.to_owned()),
+            None => m.remove(topic),
+        };
+    }
+
     pub fn url(&self, path: &str) -> String {
         if path.starts_with("http://") || path.starts_with("https://") {
             path.to_owned()

@@ -89,11 +89,11 @@ func (c *Client) handleUpdate(ctx context.Context, sub slot, u *update) error {
 	st.mu.Unlock()
 	_, _, source, _ := sub.held()
 	first := source != SourceServer
-	err := c.deliver(ctx, sub, u, SourceServer)
+	region, err := c.deliver(ctx, sub, u, SourceServer)
 	if err == nil {
 		st.mu.Lock()
 		st.rejected = nil
-		st.report = &report{Version: u.Version, OK: true}
+		st.report = &report{Version: u.Version, OK: true, Region: region}
 		st.mu.Unlock()
 		return nil
 	}
@@ -114,13 +114,14 @@ func (c *Client) handleUpdate(ctx context.Context, sub slot, u *update) error {
 	return nil
 }
 
-// deliver fetches, verifies and applies u (a failure that is not transient is a *rejected).
-func (c *Client) deliver(ctx context.Context, sub slot, u *update, source Source) error {
+// deliver fetches, verifies and applies u (a failure that is not transient is a
+// *rejected); on success it says which region's copy was used ("" for none).
+func (c *Client) deliver(ctx context.Context, sub slot, u *update, source Source) (string, error) {
 	f, err := c.fetch(ctx, sub, u)
 	if err != nil {
-		return err
+		return "", err
 	}
-	return c.applyFetched(sub, u, f, source)
+	return f.region, c.applyFetched(sub, u, f, source)
 }
 
 // versionInfo is one entry of GET /api/v1/topics/{t}/versions (the fields used here).
@@ -188,7 +189,7 @@ func (c *Client) fallback(ctx context.Context, sub slot, failed uint64) {
 			Version: v.Version, Metadata: v.Metadata, ContentType: v.ContentType, Size: v.Size, SHA256: v.SHA256,
 			DataURL: fmt.Sprintf("/api/v1/topics/%s/versions/%d/data", topic, v.Version),
 		}
-		err := c.deliver(ctx, sub, u, SourceServer)
+		_, err := c.deliver(ctx, sub, u, SourceServer)
 		if err == nil {
 			c.logf(LevelWarn, fmt.Sprintf("imprint: %s started from v%d: the newest (v%d) does not apply", topic, v.Version, failed))
 			return

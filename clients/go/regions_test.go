@@ -67,6 +67,19 @@ func TestFailoverPastARefusedConnectionA5xxAndACorruptCopy(t *testing.T) {
 	if sub.Get() != string(data) || sub.ServedRegion() != "us" || sub.Current().ServedRegion != "us" || payloadRegion != "us" {
 		t.Fatalf("got %q from %q (payload %q)", sub.Get(), sub.ServedRegion(), payloadRegion)
 	}
+	var applied report
+	eventually(t, "the applied report", 10*time.Second, func() bool {
+		for _, p := range f.pollsSeen() {
+			if r, ok := p.Applied["t.a"]; ok {
+				applied = r
+				return true
+			}
+		}
+		return false
+	})
+	if applied != (report{Version: 4, OK: true, Region: "us"}) {
+		t.Fatalf("applied report %+v", applied)
+	}
 	var gets []string
 	for _, r := range f.requests() {
 		if r.Method == "GET" {

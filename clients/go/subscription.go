@@ -68,6 +68,8 @@ type report struct {
 	Version uint64 `json:"version"`
 	OK      bool   `json:"ok"`
 	Error   string `json:"error,omitempty"`
+	// Region is the region whose copy was downloaded (docs/regions.md).
+	Region string `json:"region,omitempty"`
 }
 
 type versionKey struct {

@@ -30,7 +30,7 @@ from imprint import Client, Subscription  # noqa: E402
 
 NAME = "python"
 CAPABILITIES = ["json", "bytes", "file", "cache", "corrupt_cache", "snapshot", "startup_fallback", "token",
-                "shutdown", "listener", "subscribe"]
+                "shutdown", "listener", "subscribe", "regions"]
 CLIENT_FIELDS = {"url", "token", "instance", "labels", "cache_dir", "snapshot_store", "topics", "settings"}
 TOPIC_FIELDS = {"name", "decoder", "default"}
 SETTINGS = {"long_poll_ms", "initial_wait_ms", "request_timeout_ms", "backoff_min_ms", "backoff_max_ms",
@@ -69,7 +69,8 @@ class Watched:
         with self.lock:
             changes, last = self.changes, self.last
         return {"value": self.read(h.value), "version": h.version, "source": h.source.value,
-                "pinned": bool(h.pinned), "changes": changes, "last_change": last}
+                "pinned": bool(h.pinned), "changes": changes, "last_change": last,
+                "served_region": h.region}
 
 
 class Entry:

@@ -11,7 +11,7 @@ import { createServer } from "node:http";
 import { join } from "node:path";
 import { Client, ConfigError, ImprintError, decoders } from "./dist/esm/index.js";
 
-const CAPABILITIES = ["json", "bytes", "file", "cache", "corrupt_cache", "snapshot", "startup_fallback", "token", "shutdown", "listener", "subscribe"];
+const CAPABILITIES = ["json", "bytes", "file", "cache", "corrupt_cache", "snapshot", "startup_fallback", "token", "shutdown", "listener", "subscribe", "regions"];
 const CLIENT_FIELDS = new Set(["url", "token", "instance", "labels", "cache_dir", "snapshot_store", "topics", "settings"]);
 const TOPIC_FIELDS = new Set(["name", "decoder", "default"]);
 const SETTINGS = {
@@ -139,7 +139,7 @@ function observe(id, topic) {
   if (!sub) throw new Refused(404, `client ${id} has no topic ${topic}`);
   const h = sub.current();
   const s = e.seen.get(topic);
-  return { value: h.value ?? null, version: h.version, source: h.source, pinned: h.pinned, changes: s.changes, last_change: s.last };
+  return { value: h.value ?? null, version: h.version, source: h.source, pinned: h.pinned, changes: s.changes, last_change: s.last, served_region: h.region };
 }
 
 /** The Rust client's cache layout: every `<dir>/<topic>/*.bin` gets its bytes flipped (same length). */

@@ -49,6 +49,10 @@ pub struct Applied {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The region whose copy the client downloaded (one of the update's `data_urls`,
+    /// docs/regions.md); absent for inline payloads, one region, or a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// The body of `POST /api/v1/poll`.

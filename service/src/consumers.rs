@@ -200,6 +200,7 @@ impl Imprint {
                     last_applied_ok: r.last_applied_ok,
                     last_error: r.last_error,
                     last_applied_at: r.last_applied_at,
+                    served_region: r.served_region,
                 }
             })
             .collect();
@@ -229,6 +230,7 @@ fn columns(entries: &[(Key, Observation)]) -> store::consumers::ObservationColum
             }
         }));
         c.applied_at.push(o.applied.as_ref().map(|a| a.at));
+        c.applied_region.push(o.applied.as_ref().and_then(|a| a.region.clone()));
         c.principals.push(o.principal.as_deref().map(str::to_owned));
         c.relayed_by.push(o.relayed_by.as_deref().map(str::to_owned));
     }

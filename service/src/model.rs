@@ -193,6 +193,10 @@ pub struct ConsumerInfo {
     /// Message of the last failed apply; null after a success.
     pub last_error: Option<String>,
     pub last_applied_at: Option<DateTime<Utc>>,
+    /// The region whose copy served the last applied download, as the client reported it
+    /// (docs/regions.md); null for inline payloads, one region, a failure, or a client
+    /// that does not report it.
+    pub served_region: Option<String>,
 }
 
 /// A console user. The password hash never leaves the service.

@@ -431,7 +431,9 @@ impl Imprint {
 
     /// `version_payload` from one region's copy (`?region=`): 400 for a region that is not
     /// configured, 404 when that region holds no copy (yet). Inline payloads are the same
-    /// everywhere.
+    /// everywhere. The caller's rights come first: a caller who may not read the topic is
+    /// refused as every other read refuses it, whatever the region says. The key read is
+    /// the one the server recorded for that region's copy, never built from the request.
     pub async fn version_payload_in(
         &self,
         caller: &Caller,
@@ -439,10 +441,10 @@ impl Imprint {
         version: VersionNumber,
         region: &str,
     ) -> Result<VersionPayload> {
+        let mut p = self.version_payload(caller, topic, version).await?;
         if !self.config().regions.is_configured(region) {
             return Err(unknown_region(Some(region)));
         }
-        let mut p = self.version_payload(caller, topic, version).await?;
         let PayloadBody::Object(home_key) = &p.body else { return Ok(p) };
         if region == self.config().regions.home() {
             p.region = Some(region.to_owned());

@@ -114,6 +114,9 @@ impl PollRequest {
         if self.topics.values().any(|v| *v == Some(0)) {
             return Err(Error::invalid("versions start at 1; send null for a topic you hold no version of"));
         }
+        for (topic, a) in &self.applied {
+            crate::regions::check_report(topic, a)?;
+        }
         Ok(())
     }
 }
@@ -207,7 +210,11 @@ pub fn parked_bytes(req: &PollRequest) -> usize {
     const FIXED: usize = 4096;
     let labels: usize = req.consumer.labels.pairs().iter().map(|(k, v)| k.len() + v.len() + 64).sum();
     let topics: usize = req.topics.keys().map(|n| n.len() + 64).sum();
-    let applied: usize = req.applied.iter().map(|(n, a)| n.len() + a.error.as_ref().map_or(0, String::len) + 64).sum();
+    let applied: usize = req
+        .applied
+        .iter()
+        .map(|(n, a)| n.len() + a.error.as_ref().map_or(0, String::len) + a.region.as_ref().map_or(0, String::len) + 64)
+        .sum();
     FIXED + req.consumer.instance.len() + labels + topics + applied
 }
 

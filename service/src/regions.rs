@@ -17,6 +17,15 @@ pub(crate) fn backoff(attempts: i32) -> chrono::Duration {
     chrono::Duration::seconds(secs)
 }
 
+/// Refuses a client's `applied` report whose `region` is not a region name (the poll and
+/// the relay's reports check it alike).
+pub(crate) fn check_report(topic: &str, a: &imprint_protocol::Applied) -> Result<()> {
+    match &a.region {
+        Some(region) => check_region_name(region).map_err(|e| Error::invalid(format!("applied.{topic}.region: {e}"))),
+        None => Ok(()),
+    }
+}
+
 /// A region's name: `[a-z0-9][a-z0-9-]{0,62}`.
 pub fn check_region_name(name: &str) -> std::result::Result<(), String> {
     let ok = !name.is_empty()

@@ -274,6 +274,10 @@ impl Imprint {
                     refuse(&mut answer, Some(name), &Error::invalid("versions start at 1"));
                     continue;
                 }
+                if let Some(Err(e)) = r.applied.get(name).map(|a| crate::regions::check_report(name, a)) {
+                    refuse(&mut answer, Some(name), &e);
+                    continue;
+                }
                 let expected = topic.index.resolve(&r.consumer.labels).map(|x| x.version);
                 let published_at = held.and_then(|h| topic.served.get(&h)).map(|v| v.created_at);
                 seen.push(crate::audit::Seen {

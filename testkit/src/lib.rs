@@ -9,6 +9,7 @@
 mod app;
 mod fixtures;
 mod http;
+mod moto;
 mod prometheus;
 
 pub use app::{
@@ -18,4 +19,5 @@ pub use app::{
 pub use fixtures::{bytes_of, closed_port_url, scratch_dir};
 pub use http::{assert_error, eventually, Outcome, SendJson, HANG_GUARD};
 pub use imprint_service::ManualClock;
+pub use moto::{two_regions, Moto, MOTO_BUCKET};
 pub use prometheus::{Exporter, Prometheus, PROMETHEUS_BIN};

@@ -273,6 +273,8 @@ def handle_update(core: "Client", sub: Subscription[Any], u: Dict[str, Any]) -> 
     with st.lock:
         st.rejected = None
         st.report = {"version": key[0], "ok": True}
+        if sub.served_region is not None:
+            st.report["region"] = sub.served_region
 
 
 def _fallback(core: "Client", sub: Subscription[Any], failed: int) -> None:

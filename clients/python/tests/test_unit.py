@@ -237,6 +237,9 @@ def test_failover_past_a_refused_connection_a_5xx_and_a_corrupt_copy(fake: Fake)
         sub = c.subscribe_bytes("t.a", b"")
         assert sub.get() == data and sub.version == 4
         assert sub.served_region == "us" and sub.current().region == "us"
+        reports = eventually(lambda: [p["applied"]["t.a"] for p in fake.polls if "t.a" in p.get("applied", {})],
+                             what="the applied report")
+        assert reports[0] == {"version": 4, "ok": True, "region": "us"}
         assert c.metrics.get("imprint_client_region_downloads_total", region="us") == 1
         assert c.metrics.get("imprint_client_region_failovers_total", region="eu") == 1
         assert c.metrics.get("imprint_client_region_failovers_total", region="sa") == 1

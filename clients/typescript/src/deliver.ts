@@ -351,7 +351,8 @@ export async function handleUpdate(core: Core, sub: Sub, u: Update): Promise<voi
     return;
   }
   st.rejected = undefined;
-  st.report = { version: u.version, ok: true };
+  const region = sub.servedRegion;
+  st.report = region === null ? { version: u.version, ok: true } : { version: u.version, ok: true, region };
 }
 
 interface VersionInfo {

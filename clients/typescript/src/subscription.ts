@@ -65,6 +65,8 @@ export interface Report {
   version: number;
   ok: boolean;
   error?: string;
+  /** The region whose copy was downloaded (docs/regions.md). */
+  region?: string;
 }
 
 /** @internal The poller's view of a subscription. */

@@ -582,6 +582,8 @@ test("failover past a refused connection, a 5xx and a corrupt copy; the served r
   assert.equal(sub.servedRegion, "us");
   assert.equal(sub.current().region, "us");
   assert.equal(payloads[0].region, "us");
+  const reports = await eventually(() => fake.reportsFor("t.a"), { what: "the applied report" });
+  assert.deepEqual(reports[0], { version: 4, ok: true, region: "us" });
   assert.deepEqual(fake.requests.filter((r) => r.method === "GET").map((r) => r.path), [base + "ap", base + "sa", base + "us"]);
   assert.ok(seen.some((s) => s[0] === "imprint_client_region_downloads_total" && s[2].region === "us"));
   for (const r of ["eu", "ap", "sa"]) {

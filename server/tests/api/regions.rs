@@ -2,80 +2,12 @@
 //! each test starts two moto processes of its own (`IMPRINT_TEST_MOTO_SERVER`, exported
 //! by `./dev s3-start` / `./dev test`), so it can stop one of them.
 use imprint_service::objects::Objects;
-use imprint_service::regions::{Region, Regions};
 use imprint_testkit::*;
 use object_store::path::Path;
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
-
-const BUCKET: &str = "imprint-regions";
-
-/// A moto process on a free port, stopped (killed) when dropped.
-struct Moto {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Moto {
-    async fn start(port: Option<u16>) -> Option<Moto> {
-        let Ok(bin) = std::env::var("IMPRINT_TEST_MOTO_SERVER") else {
-            assert!(std::env::var("CI").is_err(), "CI runs the regions tests: IMPRINT_TEST_MOTO_SERVER is not set");
-            eprintln!("IMPRINT_TEST_MOTO_SERVER is not set: skipping (eval \"$(./dev s3-start)\" to run it)");
-            return None;
-        };
-        let port = port.unwrap_or_else(|| {
-            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-        });
-        let child = std::process::Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("moto starts");
-        let m = Moto { child, port };
-        let http = reqwest::Client::new();
-        let url = format!("http://127.0.0.1:{port}/{BUCKET}");
-        eventually("moto answers and makes the bucket", || async {
-            http.put(&url).send().await.is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        Some(m)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn store(endpoint: &str, prefix: &str) -> Objects {
-    let options: Vec<(String, String)> = [
-        ("aws_endpoint", endpoint),
-        ("aws_access_key_id", "test"),
-        ("aws_secret_access_key", "test"),
-        ("aws_region", "us-east-1"),
-        ("aws_allow_http", "true"),
-        // A stopped region fails fast instead of after the default retries.
-        ("retry_timeout_secs", "1"),
-        ("max_retries", "0"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    Objects::open(&format!("s3://{BUCKET}/{prefix}"), &options, false).expect("S3 store")
-}
 
 fn sha(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
@@ -94,16 +26,10 @@ struct TwoRegions {
 }
 
 async fn two_regions(pool: &sqlx::PgPool) -> Option<TwoRegions> {
-    let eu = Moto::start(None).await?;
-    let us = Moto::start(None).await?;
-    let (eu_store, us_store) = (store(&eu.endpoint(), "eu"), store(&us.endpoint(), "us"));
-    let regions = Regions::new(
-        "eu".into(),
-        vec![Region { name: "us".into(), objects: us_store.clone() }],
-        &["eu".to_owned(), "us".to_owned()],
-    )
-    .expect("regions");
-    let home = eu_store.clone();
+    let eu = Moto::start().await?;
+    let us = Moto::start().await?;
+    let (eu_store, us_store) = (eu.objects("eu"), us.objects("us"));
+    let (home, regions) = imprint_testkit::two_regions(&eu, &us);
     let app = spawn_app_configured(pool.clone(), pool.clone(), move |c| {
         c.objects = home;
         c.regions = regions;
@@ -267,7 +193,7 @@ async fn retention_deletes_every_region_and_a_region_that_was_down_once_it_is_ba
     let v3 = payload(100_000, 7);
     let v2 = payload(100_000, 6);
     publish(app, "models.r", v3).await;
-    let port = t.eu.port;
+    let port = t.eu.port();
     t.eu.stop();
     app.imprint().janitor_pass().await.expect("janitor");
     let us2 = key("us", "models.r", 2, &sha(&v2));
@@ -278,10 +204,86 @@ async fn retention_deletes_every_region_and_a_region_that_was_down_once_it_is_ba
     assert!(pending.iter().any(|(r, k)| (r.as_str(), k.as_str()) == ("", eu2.as_str())), "{pending:?}");
 
     // eu back (on its port, holding the object again): the next pass deletes it there.
-    t.eu = Moto::start(Some(port)).await.expect("moto again");
+    t.eu = Moto::start_on(Some(port)).await.expect("moto again");
     t.eu_store.store().put(&Path::from(eu2.clone()), v2.clone().into()).await.expect("put");
     app.imprint().janitor_pass().await.expect("janitor");
     assert!(!exists(&t.eu_store, &eu2).await, "eu copy deleted once eu is back");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM stray_objects").fetch_one(&app.pool).await.unwrap();
     assert_eq!(left, 0);
+}
+
+/// The region endpoints of a restricted topic: without rights they are refused exactly as
+/// the topic's other reads are (whatever `?region=` says); a region that is not configured
+/// is a clear 400; no `?region=` value makes the server read outside the topic's keys.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn region_endpoints_of_a_restricted_topic_need_its_read_rights(pool: sqlx::PgPool) {
+    let Some(t) = two_regions(&pool).await else { return };
+    let app = &t.app;
+    app.create_topic_with(json!({"name": "red.vault", "owner": "red", "restricted": true, "inline_limit_bytes": 1024}))
+        .await;
+    app.create_topic_with(json!({"name": "blue.open", "owner": "blue", "inline_limit_bytes": 1024})).await;
+    let secret = payload(50_000, 11);
+    publish(app, "red.vault", secret.clone()).await;
+    publish(app, "blue.open", payload(50_000, 12)).await;
+    let red = app.consumer_token("red-reader", Some("red"), &[], &[]).await;
+    let blue = app.consumer_token("blue-reader", Some("blue"), &[], &[]).await;
+    let get = |path: String, token: Option<&str>| {
+        let r = app.req(Method::GET, &path);
+        let r = match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        };
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            let body = r.bytes().await.unwrap();
+            (status, serde_json::from_slice::<Value>(&body).ok().map(|b| b["error"]["code"].clone()), body)
+        }
+    };
+    let v = "/api/v1/topics/red.vault/versions/1";
+    for token in [Some(blue.as_str()), None] {
+        // The reference: how the topic's other reads refuse this caller.
+        let (status, code, _) = get(v.to_owned(), token).await;
+        assert!(status == 401 || status == 403 || status == 404, "{token:?}: {status}");
+        for path in [
+            format!("{v}/regions"),
+            format!("{v}/data"),
+            format!("{v}/data?region=us"),
+            format!("{v}/data?region=eu"),
+            format!("{v}/data?region=mars"),
+            format!("{v}/data?region=..%2F..%2Fblue"),
+            format!("{v}/data?region=us&redirect=true"),
+        ] {
+            let (s, c, body) = get(path.clone(), token).await;
+            assert_eq!((s, &c), (status, &code), "{path} as {token:?}: {}", String::from_utf8_lossy(&body));
+            assert!(!body.windows(64).any(|w| secret.windows(64).next() == Some(w)), "{path}: no payload bytes");
+        }
+    }
+    // With the rights: each region's copy, and the copies listed.
+    let (s, _, body) = get(format!("{v}/data?region=us"), Some(&red)).await;
+    assert_eq!((s, sha(&body)), (200, sha(&secret)));
+    let (s, _, body) = get(format!("{v}/regions"), Some(&red)).await;
+    let listed: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(s, 200, "{listed}");
+    assert_eq!(listed["copies"].as_array().map(Vec::len), Some(2), "{listed}");
+    // A region that is not configured, or that is no region name at all, is a clear 400
+    // (no path games: the key read is the one recorded for the region's copy).
+    for bad in ["mars", "..%2F..%2Fblue", "us%2F..%2Feu", "US", "eu%00", "", &"a".repeat(200)] {
+        let r = app.req(Method::GET, &format!("{v}/data?region={bad}")).bearer_auth(&red).send().await.unwrap();
+        let body = assert_error(r, 400, "invalid_request").await;
+        assert!(body["error"]["message"].as_str().unwrap_or("").contains("region"), "{bad}: {body}");
+    }
+    // A report naming a region that is no region name is refused, and changes nothing.
+    let r = app
+        .req(Method::POST, "/api/v1/poll")
+        .bearer_auth(&red)
+        .json(&json!({"consumer": {"instance": "i-bad-region"}, "topics": {"red.vault": 1},
+                      "applied": {"red.vault": {"version": 1, "ok": true, "region": "../us"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "invalid_request").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, list) = app.get_json("/api/v1/topics/red.vault/consumers").await;
+    assert_eq!(list["consumers"].as_array().map(Vec::len), Some(0), "{list}");
 }

@@ -15,6 +15,8 @@ pub struct Applied {
     pub version: u64,
     pub ok: bool,
     pub error: Option<String>,
+    /// The region that served the download (docs/regions.md), as the client reported it.
+    pub region: Option<String>,
     pub at: DateTime<Utc>,
 }
 
@@ -28,6 +30,7 @@ impl Applied {
             version: a.version,
             ok: a.ok,
             error: a.error.as_ref().map(|e| e.chars().take(MAX_ERROR_CHARS).collect()),
+            region: a.region.clone(),
             at,
         }
     }
@@ -115,7 +118,9 @@ impl Observation {
             && self.principal.as_deref() == who.principal
             && self.relayed_by.as_deref() == who.relayed_by
             && s.applied.as_ref().is_none_or(|a| {
-                self.applied.as_ref().is_some_and(|b| (b.version, b.ok, &b.error) == (a.version, a.ok, &a.error))
+                self.applied
+                    .as_ref()
+                    .is_some_and(|b| (b.version, b.ok, &b.error, &b.region) == (a.version, a.ok, &a.error, &a.region))
             })
             && *self.labels == *who.labels
     }
@@ -162,6 +167,7 @@ pub(super) mod tests {
                 version: v,
                 ok,
                 error: (!ok).then(|| "boom".into()),
+                region: None,
                 at: t(at),
             }),
             published_at: None,

@@ -80,6 +80,7 @@ pub(crate) struct ConsumerRow {
     pub last_applied_at: Option<DateTime<Utc>>,
     pub principal: Option<String>,
     pub relayed_by: Option<String>,
+    pub served_region: Option<String>,
     /// Trouble first: 0 failed to apply, 1 lagging, 2 not seen lately, 3 the rest.
     pub rank: i32,
     pub lagging: bool,
@@ -126,7 +127,7 @@ pub(crate) async fn page<'e>(
                   version_since AS "version_since: DateTime<Utc>",
                   first_seen AS "first_seen!: DateTime<Utc>", last_seen AS "last_seen!: DateTime<Utc>",
                   last_applied_version, last_applied_ok, last_error,
-                  last_applied_at AS "last_applied_at: DateTime<Utc>", principal, relayed_by,
+                  last_applied_at AS "last_applied_at: DateTime<Utc>", principal, relayed_by, served_region,
                   rank AS "rank!", lagging AS "lagging!"
            FROM (SELECT c.*, l.lagging,
                         CASE WHEN c.last_applied_ok = false THEN 0 WHEN l.lagging THEN 1
@@ -252,6 +253,7 @@ pub(crate) struct ObservationColumns {
     pub applied_ok: Vec<Option<bool>>,
     pub applied_error: Vec<Option<String>>,
     pub applied_at: Vec<Option<DateTime<Utc>>>,
+    pub applied_region: Vec<Option<String>>,
     pub principals: Vec<Option<String>>,
     pub relayed_by: Vec<Option<String>>,
 }
@@ -263,12 +265,12 @@ pub(crate) async fn upsert(pool: &sqlx::PgPool, c: &ObservationColumns) -> Resul
     sqlx::query!(
         "INSERT INTO consumers AS c (topic_id, instance, labels, version, version_since, expected_version, first_seen,
                                      last_seen, last_applied_version, last_applied_ok, last_error, last_applied_at,
-                                     principal, relayed_by)
+                                     principal, relayed_by, served_region)
          SELECT x.* FROM UNNEST($1::bigint[], $2::text[], $3::jsonb[], $4::bigint[], $5::timestamptz[], $6::bigint[],
                               $7::timestamptz[], $8::timestamptz[], $9::bigint[], $10::bool[], $11::text[], $12::timestamptz[],
-                              $13::text[], $14::text[])
+                              $13::text[], $14::text[], $15::text[])
               AS x(topic_id, instance, labels, version, version_since, expected_version, first_seen, last_seen,
-                   last_applied_version, last_applied_ok, last_error, last_applied_at, principal, relayed_by)
+                   last_applied_version, last_applied_ok, last_error, last_applied_at, principal, relayed_by, served_region)
          WHERE EXISTS (SELECT 1 FROM topics t WHERE t.id = x.topic_id)
          -- a fixed row order: concurrent flushes from several servers cannot deadlock
          ORDER BY x.topic_id, x.instance
@@ -288,6 +290,9 @@ pub(crate) async fn upsert(pool: &sqlx::PgPool, c: &ObservationColumns) -> Resul
                 THEN COALESCE(EXCLUDED.last_applied_ok, c.last_applied_ok) ELSE c.last_applied_ok END,
             last_error = CASE WHEN EXCLUDED.last_applied_at >= c.last_applied_at OR (c.last_applied_at IS NULL AND EXCLUDED.last_applied_at IS NOT NULL)
                 THEN NULLIF(EXCLUDED.last_error, '') ELSE c.last_error END,
+            -- the region of the newest applied report (null: inline, one region, failed)
+            served_region = CASE WHEN EXCLUDED.last_applied_at >= c.last_applied_at OR (c.last_applied_at IS NULL AND EXCLUDED.last_applied_at IS NOT NULL)
+                THEN EXCLUDED.served_region ELSE c.served_region END,
             last_applied_at = GREATEST(c.last_applied_at, EXCLUDED.last_applied_at),
             principal = COALESCE(EXCLUDED.principal, c.principal),
             relayed_by = CASE WHEN EXCLUDED.last_seen >= c.last_seen THEN EXCLUDED.relayed_by ELSE c.relayed_by END
@@ -307,6 +312,7 @@ pub(crate) async fn upsert(pool: &sqlx::PgPool, c: &ObservationColumns) -> Resul
         &c.applied_at as _,
         &c.principals as &[Option<String>],
         &c.relayed_by as &[Option<String>],
+        &c.applied_region as &[Option<String>],
     )
     .execute(&mut *tx)
     .await?;

@@ -133,7 +133,7 @@ func (a *adapter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.URL.Path == "/" && r.Method == http.MethodGet:
 		out = map[string]any{"name": "go", "capabilities": []string{
 			"json", "bytes", "file", "cache", "corrupt_cache", "snapshot", "startup_fallback", "token", "shutdown", "listener",
-			"subscribe",
+			"subscribe", "regions",
 		}}
 	case r.URL.Path == "/clients" && r.Method == http.MethodPost:
 		out, err = a.create(r)
@@ -381,7 +381,7 @@ func (a *adapter) observe(id, topic string) (any, error) {
 	w.mu.Unlock()
 	return map[string]any{
 		"value": c.Value, "version": version, "source": string(c.Source), "pinned": c.Pinned,
-		"changes": changes, "last_change": last,
+		"changes": changes, "last_change": last, "served_region": servedRegion(c.ServedRegion),
 	}, nil
 }
 
@@ -449,4 +449,12 @@ func (a *adapter) corrupt(r *http.Request) error {
 		}
 	}
 	return nil
+}
+
+// servedRegion is the region as the adapter protocol reads it: null when none served.
+func servedRegion(r string) any {
+	if r == "" {
+		return nil
+	}
+	return r
 }
