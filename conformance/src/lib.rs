@@ -92,6 +92,10 @@ pub mod adapter {
         /// Capability `listener`: the value the listener received last (`null`: none yet).
         #[serde(default)]
         pub last_change: Value,
+        /// Capability `regions`: the region whose copy of the held version the client
+        /// downloaded (`null`: none, e.g. an inline payload or one region).
+        #[serde(default)]
+        pub served_region: Option<String>,
     }
 
     /// The body of every failure answer: `{"error": "<message>"}`.
@@ -141,6 +145,11 @@ pub struct ServerSetup {
     /// A local object store with snapshots written only by the `snapshot_pass` step.
     #[serde(default)]
     pub snapshots: bool,
+    /// Two regions, `eu` (the home) and `us`, each an S3 server of its own (a moto
+    /// process the harness starts; docs/regions.md): payloads past the inline limit are in
+    /// both before a version commits. Needs `IMPRINT_TEST_MOTO_SERVER`.
+    #[serde(default)]
+    pub regions: bool,
 }
 
 /// A payload to publish: text, or `size` deterministic bytes from `seed`.
@@ -255,6 +264,16 @@ pub enum Step {
     ServerStop,
     /// Starts the server again on the same database (the proxy follows it).
     ServerStart,
+    /// `server.regions`: stops the S3 server of `region` (`eu` or `us`): that region is down.
+    RegionStop {
+        region: String,
+    },
+    /// `server.regions`: spoils every stored copy of `topic` in `region` (bytes flipped,
+    /// size kept), so a client must notice by its SHA-256.
+    CorruptRegion {
+        region: String,
+        topic: String,
+    },
     /// The fault proxy's new fault (`mode = …` and its fields).
     Proxy(Fault),
     /// Zeroes the proxy's request counters.
@@ -309,6 +328,9 @@ pub enum Step {
         /// The labels the row shows (`"region=eu,app=x"`; `""` for none).
         #[serde(default)]
         labels: Option<String>,
+        /// The region the row says served the instance's download (`served_region`).
+        #[serde(default)]
+        served_region: Option<String>,
     },
     /// `topic`'s consumer audit has no row for `instance` (checked after the audit's flush).
     ExpectNoAudit {
@@ -380,6 +402,9 @@ pub struct Expectation {
     /// Capability `listener`: how many times the change listener was called.
     #[serde(default)]
     pub changes: Option<u64>,
+    /// Capability `regions`: the region whose copy the client says it downloaded.
+    #[serde(default)]
+    pub served_region: Option<String>,
     /// `expect_stays` only (and required there): for how long it must hold.
     #[serde(default)]
     pub ms: Option<u64>,

@@ -117,6 +117,7 @@ async fn capabilities() -> Json<Capabilities> {
         "shutdown",
         "listener",
         "subscribe",
+        "regions",
     ];
     Json(Capabilities { name: "rust".into(), capabilities: caps.iter().map(|c| c.to_string()).collect() })
 }
@@ -232,6 +233,7 @@ async fn observe(
         pinned: c.pinned,
         changes,
         last_change,
+        served_region: e.client.served_region(&topic),
     }))
 }
 

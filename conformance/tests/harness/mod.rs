@@ -11,7 +11,7 @@ use adapter::Adapter;
 use futures::StreamExt;
 use imprint_conformance::adapter::{CorruptCache, NewClient, Observed, Settings, TopicSpec};
 use imprint_conformance::{ClientStep, Expectation, Scenario, Step};
-use imprint_testkit::{bytes_of, scratch_dir, spawn_app_configured, TestApp};
+use imprint_testkit::{bytes_of, scratch_dir, spawn_app_configured, Moto, TestApp};
 use proxy::Proxy;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
@@ -69,7 +69,7 @@ pub async fn run_suite(pool: PgPool, spec: &AdapterSpec) {
     // writes where every client looks.
     let store = Arc::new(scratch_dir("conformance-store"));
     // A first server bootstraps the admin token alone, before servers start side by side.
-    spawn(&pool, &store).await.shut_down().await.expect("the first server stops");
+    spawn(&pool, &store, None).await.shut_down().await.expect("the first server stops");
     let started = Instant::now();
     let mut results: Vec<(String, Verdict, Duration)> = futures::stream::iter(scenarios.into_iter().map(|s| {
         let (pool, adapter, store) = (pool.clone(), adapter.clone(), store.clone());
@@ -125,6 +125,12 @@ pub async fn run_suite(pool: PgPool, spec: &AdapterSpec) {
 async fn judge(s: Scenario, pool: PgPool, adapter: Arc<Adapter>, store: Arc<PathBuf>) -> Verdict {
     if let Some(missing) = s.requires.iter().find(|c| !adapter.capabilities.contains(c)) {
         return Verdict::Skipped(format!("the adapter lacks `{missing}`"));
+    }
+    if s.server.regions && std::env::var("IMPRINT_TEST_MOTO_SERVER").is_err() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            return Verdict::Failed("`server.regions` needs IMPRINT_TEST_MOTO_SERVER under CI=true".into());
+        }
+        return Verdict::Skipped("`server.regions` needs IMPRINT_TEST_MOTO_SERVER (eval \"$(./dev s3-start)\")".into());
     }
     let known = s.known_failing.get(&adapter.name).cloned();
     let at = Arc::new(AtomicUsize::new(0));
@@ -195,22 +201,79 @@ struct Run {
     proxy: Proxy,
     store: Arc<PathBuf>,
     snapshots: bool,
+    /// `server.regions`: the S3 server of each region, `eu` (the home) and `us`.
+    regions: Option<TwoRegions>,
     clients: HashMap<String, String>,
     tokens: HashMap<String, String>,
     caches: HashMap<String, PathBuf>,
 }
 
+/// `server.regions`: a moto process per region (docs/regions.md).
+struct TwoRegions {
+    eu: Moto,
+    us: Moto,
+}
+
+impl TwoRegions {
+    fn get(&mut self, region: &str) -> Result<&mut Moto, String> {
+        match region {
+            "eu" => Ok(&mut self.eu),
+            "us" => Ok(&mut self.us),
+            r => Err(format!("no region `{r}`: `eu` or `us`")),
+        }
+    }
+
+    /// Eu (the home) and us, each with its own store, consumers sent to their own first.
+    fn config(&self) -> (imprint_service::objects::Objects, imprint_service::regions::Regions) {
+        imprint_testkit::two_regions(&self.eu, &self.us)
+    }
+
+    /// Flips every byte of each object of `topic` in `region` (size kept), through that
+    /// region's store.
+    async fn corrupt(&mut self, region: &str, topic: &str) -> Result<(), String> {
+        use object_store::{path::Path, ObjectStore};
+        let objects = self.get(region)?.objects(region);
+        let store: &std::sync::Arc<dyn ObjectStore> = objects.store();
+        let prefix = Path::from(format!("{region}/topics/{topic}"));
+        let keys: Vec<Path> = store
+            .list(Some(&prefix))
+            .map(|m| m.map(|m| m.location))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("listing {region}: {e}"))?;
+        if keys.is_empty() {
+            return Err(format!("no object of {topic} in {region}"));
+        }
+        for key in keys {
+            let body = store.get(&key).await.map_err(|e| e.to_string())?.bytes().await.map_err(|e| e.to_string())?;
+            let spoiled: Vec<u8> = body.iter().map(|b| b ^ 0xff).collect();
+            store.put(&key, spoiled.into()).await.map_err(|e| format!("spoiling {key}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// A server on the test's database with a pool of its own (a server's shutdown closes its
-/// pool; the test's pool stays open for the other scenarios) and the run's payload store.
-async fn spawn(pool: &PgPool, store: &std::path::Path) -> TestApp {
+/// pool; the test's pool stays open for the other scenarios) and the run's payload store
+/// (or, with `server.regions`, one store per region).
+async fn spawn(pool: &PgPool, store: &std::path::Path, regions: Option<&TwoRegions>) -> TestApp {
     let own = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(10))
         .connect_lazy_with((*pool.connect_options()).clone());
     let store = store.to_owned();
+    let regions = regions.map(TwoRegions::config);
     let _one_at_a_time = SERVER_STARTS.lock().await;
     spawn_app_configured(own, pool.clone(), move |c| {
-        c.objects = imprint_service::objects::Objects::local(&store).expect("a local object store");
+        match regions {
+            Some((home, regions)) => {
+                c.objects = home;
+                c.regions = regions;
+            }
+            None => c.objects = imprint_service::objects::Objects::local(&store).expect("a local object store"),
+        }
         // Snapshots are written by the `snapshot_pass` step only.
         c.snapshot_every = Duration::from_secs(3600);
     })
@@ -244,7 +307,14 @@ fn encode(s: &str) -> String {
 
 impl Run {
     async fn start(s: &Scenario, pool: PgPool, adapter: Arc<Adapter>, store: Arc<PathBuf>) -> Run {
-        let server = spawn(&pool, &store).await;
+        let regions = match s.server.regions {
+            true => Some(TwoRegions {
+                eu: Moto::start().await.expect("IMPRINT_TEST_MOTO_SERVER"),
+                us: Moto::start().await.expect("IMPRINT_TEST_MOTO_SERVER"),
+            }),
+            false => None,
+        };
+        let server = spawn(&pool, &store, regions.as_ref()).await;
         let proxy = Proxy::start(server.base_url()).await;
         let prefix = s
             .name
@@ -260,6 +330,7 @@ impl Run {
             proxy,
             store,
             snapshots: s.server.snapshots,
+            regions,
             clients: HashMap::new(),
             tokens: HashMap::new(),
             caches: HashMap::new(),
@@ -356,9 +427,20 @@ impl Run {
                 if self.server.is_some() {
                     return Err("the server runs already".into());
                 }
-                let server = spawn(&self.pool, &self.store).await;
+                let server = spawn(&self.pool, &self.store, self.regions.as_ref()).await;
                 self.proxy.retarget(server.base_url());
                 self.server = Some(server);
+            }
+            Step::RegionStop { region } => {
+                self.regions.as_mut().ok_or("`region_stop` needs `server.regions = true`")?.get(region)?.stop();
+            }
+            Step::CorruptRegion { region, topic } => {
+                let topic = self.topic(topic);
+                self.regions
+                    .as_mut()
+                    .ok_or("`corrupt_region` needs `server.regions = true`")?
+                    .corrupt(region, &topic)
+                    .await?;
             }
             Step::Proxy(fault) => self.proxy.set(fault.clone()),
             Step::ResetCounts => self.proxy.reset_counts(),
@@ -409,7 +491,16 @@ impl Run {
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
             }
-            Step::ExpectAudit { topic, instance, version, expected_version, ok, error_contains, labels } => {
+            Step::ExpectAudit {
+                topic,
+                instance,
+                version,
+                expected_version,
+                ok,
+                error_contains,
+                labels,
+                served_region,
+            } => {
                 let path = format!("/api/v1/topics/{}/consumers", self.topic(topic));
                 let labels = match labels {
                     Some(l) => Some(serde_json::to_value(imprint_client::parse_labels(l)?).map_err(|e| e.to_string())?),
@@ -429,7 +520,8 @@ impl Run {
                                 || error_contains
                                     .as_ref()
                                     .is_some_and(|s| !err.is_some_and(|e| e.contains(s.as_str())))
-                                || labels.as_ref().is_some_and(|l| r["labels"] != *l);
+                                || labels.as_ref().is_some_and(|l| r["labels"] != *l)
+                                || served_region.as_ref().is_some_and(|g| r["served_region"] != *g);
                             if !bad {
                                 break;
                             }
@@ -528,7 +620,8 @@ impl Run {
             && e.source.as_ref().is_none_or(|s| *s == got.source)
             && e.pinned.is_none_or(|p| p == got.pinned)
             && e.last_change.as_ref().is_none_or(|v| *v == got.last_change)
-            && e.changes.is_none_or(|n| n == got.changes);
+            && e.changes.is_none_or(|n| n == got.changes)
+            && e.served_region.as_ref().is_none_or(|r| Some(r) == got.served_region.as_ref());
         if ok {
             Ok(())
         } else {
@@ -537,8 +630,8 @@ impl Run {
                 v => v.clone(),
             };
             Err(format!(
-                "{}/{} shows value {shown}, version {:?}, source {}, pinned {}, changes {}, last_change {}",
-                e.client, e.topic, got.version, got.source, got.pinned, got.changes, got.last_change
+                "{}/{} shows value {shown}, version {:?}, source {}, pinned {}, changes {}, last_change {}, served_region {:?}",
+                e.client, e.topic, got.version, got.source, got.pinned, got.changes, got.last_change, got.served_region
             ))
         }
     }
