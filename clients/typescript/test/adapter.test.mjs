@@ -46,7 +46,7 @@ test("capabilities", async () => {
   const [status, caps] = await call("GET", "/");
   assert.equal(status, 200);
   assert.equal(caps.name, "node");
-  for (const c of ["json", "bytes", "file", "cache", "corrupt_cache", "snapshot", "startup_fallback", "token", "shutdown", "listener", "subscribe"]) {
+  for (const c of ["json", "bytes", "file", "cache", "corrupt_cache", "snapshot", "startup_fallback", "token", "shutdown", "listener", "subscribe", "regions"]) {
     assert.ok(caps.capabilities.includes(c), c);
   }
 });
@@ -73,7 +73,7 @@ test("a client is built, observed, corrupted, shut down and forgotten", async ()
     assert.equal(status, 200, JSON.stringify(made));
     const id = made.id;
     let [, seen] = await call("GET", `/clients/${id}/topics/t.json`);
-    assert.deepEqual(seen, { value: { v: 1 }, version: 1, source: "server", pinned: false, changes: 0, last_change: null });
+    assert.deepEqual(seen, { value: { v: 1 }, version: 1, source: "server", pinned: false, changes: 0, last_change: null, served_region: null });
     [, seen] = await call("GET", `/clients/${id}/topics/t.bytes`);
     assert.equal(seen.value, "hi\uFFFD");
     [, seen] = await call("GET", `/clients/${id}/topics/t.file`);
