@@ -335,7 +335,7 @@ async fn watch_sends_the_state_then_each_release_to_matching_labels_only(pool: s
     assert_eq!(next_answer(&mut eu, Duration::from_secs(2)).await.unwrap().updates["fleet"].version, 3);
 
     // A report on the same call reaches the consumer audit.
-    let applied = pb::Applied { version: 3, ok: false, error: "disk full".into() };
+    let applied = pb::Applied { version: 3, ok: false, error: "disk full".into(), region: String::new() };
     eu_tx
         .send(pb::WatchRequest {
             kind: Some(pb::watch_request::Kind::Report(pb::WatchReport {
@@ -351,11 +351,19 @@ async fn watch_sends_the_state_then_each_release_to_matching_labels_only(pool: s
     let report = pb::ReportRequest {
         consumer: consumer("eu-1", &[("region", "eu")]),
         topics: topics(&[("fleet", 3)]),
-        applied: HashMap::from([("fleet".to_string(), pb::Applied { version: 3, ok: true, error: String::new() })]),
+        applied: HashMap::from([(
+            "fleet".to_string(),
+            pb::Applied { version: 3, ok: true, error: String::new(), region: "us".into() },
+        )]),
     };
-    c.report(Request::new(report)).await.unwrap();
+    c.report(Request::new(report.clone())).await.unwrap();
     let row = app.consumer_where("fleet", "eu-1", |c| c["last_applied_ok"] == true).await;
-    assert_eq!(row["version"], 3);
+    assert_eq!((&row["version"], &row["served_region"]), (&json!(3), &json!("us")), "{row}");
+    // A region that is no region name is refused.
+    let mut bad = report;
+    bad.applied.get_mut("fleet").unwrap().region = "../us".into();
+    let s = c.report(Request::new(bad)).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     // The Watch lives on after reports.
     app.publish_text("fleet", "v4").await;
     assert_eq!(next_answer(&mut eu, Duration::from_secs(2)).await.unwrap().updates["fleet"].version, 4);

@@ -37,7 +37,8 @@ pub(super) fn applied_reports(applied: HashMap<String, pb::Applied>) -> BTreeMap
         .into_iter()
         .map(|(t, a)| {
             let error = Some(a.error).filter(|e| !e.is_empty());
-            (t, imprint_protocol::Applied { version: a.version, ok: a.ok, error, region: None })
+            let region = Some(a.region).filter(|r| !r.is_empty());
+            (t, imprint_protocol::Applied { version: a.version, ok: a.ok, error, region })
         })
         .collect()
 }

@@ -90,6 +90,7 @@ async fn run(
                         Some(Err(e)) => return Err(e),
                         Some(Ok(pb::WatchRequest { kind: Some(pb::watch_request::Kind::Report(r)) })) => {
                             req.applied = convert::applied_reports(r.applied);
+                            req.validate().map_err(grpc_status)?;
                         }
                         Some(Ok(_)) => {
                             return Err(grpc_status(Error::invalid(
