@@ -20,6 +20,9 @@ pub struct NodeRow {
     pub authenticated: bool,
     /// The relay it polls, when it reaches the server through one (docs/agent.md).
     pub relayed_by: Option<String>,
+    /// The region whose copy served its last applied download (docs/regions.md).
+    #[serde(default)]
+    pub served_region: Option<String>,
 }
 
 /// Nodes shown per page of the node list.
@@ -129,6 +132,7 @@ pub async fn load_consumers(
                 last_error: c.last_error,
                 authenticated: c.authenticated,
                 relayed_by: c.relayed_by,
+                served_region: c.served_region,
             })
             .collect(),
     })
@@ -190,7 +194,7 @@ pub fn ConsumersPageView() -> impl IntoView {
                                     <tr class=if n.failed { "failed" } else if n.lagging { "lagging" } else { "" }>
                                         <td>{n.instance.clone()}{n.failed.then(|| view! { " " <span class="badge failed">"failed"</span> })}{n.lagging.then(|| view! { " " <span class="badge lag">"lagging"</span> })}{(!n.authenticated).then(|| view! { " " <span class="badge anon" title="polled without a token: its reports do not count for rollout gates">"anonymous"</span> })}{n.relayed_by.clone().map(|r| view! { " " <span class="badge relay" title=format!("reports through the relay {r}")>{format!("via {r}")}</span> })}</td>
                                         <td><code class="small">{n.labels.clone()}</code></td>
-                                        <td class="held">{v(n.version)}</td>
+                                        <td class="held">{v(n.version)}{n.served_region.clone().map(|r| view! { " " <span class="badge region" title=format!("its last download came from the {r} region's copy")>{format!("from {r}")}</span> })}</td>
                                         <td>{v(n.expected)}</td>
                                         <td class="nowrap">{short_time(&n.last_seen)}</td>
                                         <td class="error-text">{n.last_error.clone().unwrap_or_default()}</td>

@@ -9,6 +9,7 @@ use leptos_meta::Title;
 use serde::{Deserialize, Serialize};
 
 mod consumers;
+mod copies;
 mod drafts;
 mod matrix;
 mod publish;

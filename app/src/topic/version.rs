@@ -1,4 +1,5 @@
 //! One version: its payload shown readably, and a diff against the previous or any version.
+use super::copies::{CopyView, VersionCopies};
 use super::{TopicHead, TopicHeader, VersionRow};
 use crate::common::{error_text, human_size, short_time};
 use imprint_domain::{DiffLine, Rendered};
@@ -23,6 +24,9 @@ pub struct VersionDetail {
     pub encrypted: Option<(usize, String)>,
     /// Its pre-release check results (docs/validation.md), when the topic had checks.
     pub checks: Option<ChecksView>,
+    /// Where its object is, region by region (docs/regions.md; `copies.rs`).
+    #[serde(default)]
+    pub copies: Vec<CopyView>,
 }
 
 /// A version's check results as the page shows them.
@@ -54,6 +58,7 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
         .collect();
     let number = imprint_domain::VersionNumber::new(n).map_err(|e| ServerFnError::new(e.to_string()))?;
     let v = load(imprint.version(&caller, &name, number).await)?;
+    let copies = load(super::copies::copies_of(&imprint, &caller, &name, number).await)?;
     let checks = v.checks.clone().map(|c| ChecksView {
         results: c.results,
         forced_by: c.forced_by,
@@ -99,6 +104,7 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
             others,
             encrypted,
             checks,
+            copies,
         });
     }
     let (rendered, truncated) = if v.purged {
@@ -149,6 +155,7 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
         others,
         encrypted: None,
         checks,
+        copies,
     })
 }
 
@@ -198,6 +205,7 @@ pub fn VersionPage() -> impl IntoView {
                                     <dt>"Scopes"</dt><dd>{if v.scopes.is_empty() { "none".to_owned() } else { v.scopes.iter().map(|s| s.selector.clone()).collect::<Vec<_>>().join(", ") }}</dd>
                                 </dl>
                             </section>
+                            <VersionCopies rows=d.copies.clone()/>
                             {d.checks.clone().map(|c| view! {
                                 <section class="card checks" aria-label="Checks">
                                     <h2>"Checks"</h2>
