@@ -356,7 +356,10 @@ async fn a_scheduled_release_applies_at_its_time_and_survives_a_restart(pool: sq
     .await;
     assert_eq!(done["applied_version"], 2);
     assert_eq!(second.versions_in_db("sched").await, 2, "the withdrawn one never ran");
-    assert_eq!(resolve(&second, "sched").await["version"], 2);
+    eventually("the scheduled release is served", || async {
+        (resolve(&second, "sched").await["version"] == 2).then_some(())
+    })
+    .await;
 }
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
@@ -482,6 +485,16 @@ async fn a_release_in_a_freeze_is_refused_a_break_glass_goes_through_flagged_and
 
 async fn resolve_for(app: &TestApp, topic: &str, labels: &str) -> Value {
     app.req(Method::GET, &format!("/api/v1/topics/{topic}/resolve?labels={labels}")).json_body().await
+}
+
+/// The resolution once it satisfies `ok`: the serving state follows a change applied by the
+/// scheduler shortly after the change request is marked applied, not in the same instant.
+async fn resolve_when(app: &TestApp, topic: &str, labels: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    eventually(&format!("{topic} resolves as expected for {labels}"), || async {
+        let r = resolve_for(app, topic, labels).await;
+        ok(&r).then_some(r)
+    })
+    .await
 }
 
 fn one_stage(selector: Value) -> Value {
@@ -800,8 +813,8 @@ async fn scheduled_scope_adds_pins_and_unpins_apply_at_their_time(pool: sqlx::Pg
         })
         .await;
     }
-    assert_eq!(resolve_for(&app, "sch", "region=eu").await["version"], 2);
-    let us = resolve_for(&app, "sch", "region=us").await;
+    resolve_when(&app, "sch", "region=eu", |r| r["version"] == 2).await;
+    let us = resolve_when(&app, "sch", "region=us", |r| r["pinned"] == true).await;
     assert_eq!((us["version"].as_u64(), us["pinned"].as_bool()), (Some(2), Some(true)), "{us}");
     assert_eq!(resolve_for(&app, "sch", "region=cn").await["version"], 1, "the withdrawn pin never ran");
     let (_, u) = app.get_json(&format!("/api/v1/change-requests/{}", unpin["id"])).await;
@@ -815,7 +828,7 @@ async fn scheduled_scope_adds_pins_and_unpins_apply_at_their_time(pool: sqlx::Pg
         (r["state"] == "applied").then_some(r)
     })
     .await;
-    let ap = resolve_for(&app, "sch", "region=ap").await;
+    let ap = resolve_when(&app, "sch", "region=ap", |r| r["pinned"] == false).await;
     assert_eq!((ap["version"].as_u64(), ap["pinned"].as_bool()), (Some(1), Some(false)), "{ap}");
     let applies: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'change.apply'")
         .fetch_one(&pool)
