@@ -271,7 +271,7 @@ impl Imprint {
             inner: Arc::new(Inner {
                 public_url: std::sync::OnceLock::new(),
                 pool,
-                state: Arc::new(ServingState::default().with_regions(&config.regions)),
+                state: Arc::new(ServingState::default().with_regions(&config.regions).with_keys(config.keys.clone())),
                 audit,
                 config,
                 clock,

@@ -47,6 +47,7 @@ pub mod regions;
 pub mod relay;
 pub mod release_gate;
 pub mod rollouts;
+pub mod sealed;
 pub mod serving;
 pub mod snapshots;
 pub mod spring;

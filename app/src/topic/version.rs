@@ -78,7 +78,7 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
         }
     };
     // An end-to-end encrypted payload shows its header, never a preview or a diff.
-    let encrypted = if topic.encryption.is_some() && !v.purged {
+    let encrypted = if topic.encryption.as_ref().is_some_and(|e| e.end_to_end()) && !v.purged {
         let (bytes, size) = load(imprint.version_preview(&caller, &name, number, PREVIEW_BYTES).await)?;
         let complete = bytes.len() as u64 == size;
         match imprint_domain::encryption::parse_header(&bytes, complete) {

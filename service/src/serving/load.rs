@@ -48,6 +48,7 @@ pub(super) async fn load(
     ids: Option<&[i64]>,
     cache: &HashMap<(i64, u64), Bytes>,
     regions: &[String],
+    keys: Option<&crate::keys::Keys>,
 ) -> crate::Result<Vec<ServingTopic>> {
     let now = store::serving::current(conn, ids).await?;
     // Per topic, a history of just the present: each selector's best live version and
@@ -84,8 +85,26 @@ pub(super) async fn load(
     let mut payloads: HashMap<(i64, u64), Bytes> = HashMap::new();
     for chunk in wanted.chunks(10_000) {
         let (t, v): (Vec<i64>, Vec<i64>) = chunk.iter().copied().unzip();
-        let rows = store::serving::inline_payloads(conn, &t, &v).await?;
-        payloads.extend(rows.into_iter().map(|(t, v, d)| ((t, v as u64), Bytes::from(d))));
+        for (t, v, d, sealed) in store::serving::inline_payloads(conn, &t, &v).await? {
+            // At rest: opened once here and held in memory as plaintext, so polls keep
+            // serving while the key provider is down. One that cannot be opened now is
+            // left out (polls point to the download, which answers why).
+            let d = Bytes::from(d);
+            let plain = match (sealed, keys) {
+                (false, _) => Some(d),
+                (true, Some(keys)) => match keys.open(&d).await {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!(topic_id = t, version = v, error = %e, "a sealed payload is not held: it did not open");
+                        None
+                    }
+                },
+                (true, None) => None,
+            };
+            if let Some(p) = plain {
+                payloads.insert((t, v as u64), p);
+            }
+        }
     }
 
     // With several regions: which regions hold each version's object (docs/regions.md).
