@@ -466,6 +466,9 @@ pub enum PayloadBody {
     /// A sealed object (an at-rest topic's, docs/encryption.md): streamed from the store
     /// and opened chunk by chunk on the way out (never presigned, no byte ranges).
     Sealed(String),
+    /// Sealed inline bytes, not opened yet: `version_payload` opens them once the caller's
+    /// rights are checked (so a caller without rights never makes the provider work).
+    SealedInline(bytes::Bytes),
 }
 
 /// One region's copy of a version's object (docs/regions.md).

@@ -338,48 +338,59 @@ impl Imprint {
         self.require_direct_reader(caller)?;
         // Coalesced (crate::coalesce): identical concurrent downloads share the two queries.
         let key = format!("{}\u{0}{}\u{0}{version}", topic.as_str(), self.change_seq(topic.as_str()));
-        self.coalesced(
-            |r| &r.payloads,
-            key,
-            caller,
-            || async {
-                let mut conn = self.pool().acquire().await?;
-                self.inner.coalesced.queried(2);
-                let t = store::topics::require(&mut conn, topic, false).await?;
-                let row = store::versions::data(&mut *conn, t.id, version as i64).await?;
-                let guard = |value| crate::coalesce::Guarded {
-                    name: t.name.clone(),
-                    owner: t.owner.clone(),
-                    restricted: t.restricted,
-                    value,
-                };
-                // A caller who may not read the topic is refused before learning anything of it.
-                let Some(row) = row else { return Ok(guard(Err(crate::coalesce::Missing::Version))) };
-                if row.purged_at.is_some() {
-                    return Ok(guard(Err(crate::coalesce::Missing::Purged)));
-                }
-                // Sealed at rest (docs/encryption.md): inline bytes are opened here (the
-                // data key usually comes from the key cache), an object as it streams out.
-                let body = match (row.inline_data, row.object_key) {
-                    (Some(data), _) => PayloadBody::Inline(self.open_bytes(Bytes::from(data), row.sealed).await?),
-                    (None, Some(key)) if row.sealed => PayloadBody::Sealed(key),
-                    (None, Some(key)) => PayloadBody::Object(key),
-                    (None, None) => {
-                        return Err(Error::Internal(format!("version {version} of {} has no stored payload", t.name)))
+        let p = self
+            .coalesced(
+                |r| &r.payloads,
+                key,
+                caller,
+                || async {
+                    let mut conn = self.pool().acquire().await?;
+                    self.inner.coalesced.queried(2);
+                    let t = store::topics::require(&mut conn, topic, false).await?;
+                    let row = store::versions::data(&mut *conn, t.id, version as i64).await?;
+                    let guard = |value| crate::coalesce::Guarded {
+                        name: t.name.clone(),
+                        owner: t.owner.clone(),
+                        restricted: t.restricted,
+                        value,
+                    };
+                    // A caller who may not read the topic is refused before learning anything of it.
+                    let Some(row) = row else { return Ok(guard(Err(crate::coalesce::Missing::Version))) };
+                    if row.purged_at.is_some() {
+                        return Ok(guard(Err(crate::coalesce::Missing::Purged)));
                     }
-                };
-                Ok(guard(Ok(VersionPayload {
-                    version,
-                    content_type: row.content_type,
-                    sha256: row.sha256,
-                    size: row.size as u64,
-                    body,
-                    region: None,
-                })))
-            },
-        )
-        .await?
-        .map_err(|m| m.error(topic.as_str(), version))
+                    // Sealed at rest (docs/encryption.md): inline bytes are opened here (the
+                    // data key usually comes from the key cache), an object as it streams out.
+                    let body = match (row.inline_data, row.object_key) {
+                        (Some(data), _) if row.sealed => PayloadBody::SealedInline(Bytes::from(data)),
+                        (Some(data), _) => PayloadBody::Inline(Bytes::from(data)),
+                        (None, Some(key)) if row.sealed => PayloadBody::Sealed(key),
+                        (None, Some(key)) => PayloadBody::Object(key),
+                        (None, None) => {
+                            return Err(Error::Internal(format!(
+                                "version {version} of {} has no stored payload",
+                                t.name
+                            )))
+                        }
+                    };
+                    Ok(guard(Ok(VersionPayload {
+                        version,
+                        content_type: row.content_type,
+                        sha256: row.sha256,
+                        size: row.size as u64,
+                        body,
+                        region: None,
+                    })))
+                },
+            )
+            .await?
+            .map_err(|m| m.error(topic.as_str(), version))?;
+        // The caller may read the topic (checked above): sealed inline bytes are opened now.
+        let mut p = p;
+        if let PayloadBody::SealedInline(b) = p.body {
+            p.body = PayloadBody::Inline(self.open_bytes(b, true).await?);
+        }
+        Ok(p)
     }
 
     /// A candidate's bytes for an external validator, by the token in its download URL
@@ -438,14 +449,16 @@ impl Imprint {
         region: Option<&str>,
         range: Option<Range<u64>>,
     ) -> Result<BoxStream<'static, std::result::Result<Bytes, std::io::Error>>> {
+        let inline = |b: Bytes| {
+            let b = match range.clone() {
+                Some(r) => b.slice((r.start as usize).min(b.len())..(r.end as usize).min(b.len())),
+                None => b,
+            };
+            futures::stream::once(async move { Ok(b) }).boxed()
+        };
         match body {
-            PayloadBody::Inline(b) => {
-                let b = match range {
-                    Some(r) => b.slice(r.start as usize..(r.end as usize).min(b.len())),
-                    None => b,
-                };
-                Ok(futures::stream::once(async move { Ok(b) }).boxed())
-            }
+            PayloadBody::Inline(b) => Ok(inline(b)),
+            PayloadBody::SealedInline(b) => Ok(inline(self.open_bytes(b, true).await?)),
             PayloadBody::Object(key) => self.read_object_in(region, &key, range).await,
             PayloadBody::Sealed(_) if range.is_some() => {
                 Err(Error::Internal("a byte range of a sealed object was asked for".into()))
@@ -547,6 +560,10 @@ impl Imprint {
     ) -> Result<(Bytes, u64)> {
         let p = self.version_payload(caller, topic, version).await?;
         match p.body {
+            PayloadBody::SealedInline(b) => {
+                let b = self.open_bytes(b, true).await?;
+                Ok((b.slice(..(b.len()).min(max as usize)), p.size))
+            }
             PayloadBody::Inline(b) => Ok((b.slice(..(b.len()).min(max as usize)), p.size)),
             PayloadBody::Object(key) => {
                 let n = p.size.min(max);
@@ -583,6 +600,7 @@ impl Imprint {
         let p = self.version_payload(caller, topic, version).await?;
         let bytes = match p.body {
             PayloadBody::Inline(b) => b,
+            PayloadBody::SealedInline(b) => self.open_bytes(b, true).await?,
             PayloadBody::Object(_) | PayloadBody::Sealed(_) if p.size > MAX_VALIDATED_BYTES => {
                 return Err(Error::PayloadTooLarge { size: p.size, limit: MAX_VALIDATED_BYTES })
             }

@@ -50,7 +50,9 @@ impl Imprint {
     pub(crate) async fn check_at_rest_key(&self, key_id: &str) -> Result<()> {
         crate::at_rest::check_key_id(key_id).map_err(|e| Error::invalid(format!("encryption.key: {e}")))?;
         let keys = self.config().keys.as_ref().ok_or_else(|| {
-            Error::invalid("this server has no key provider configured (IMPRINT_KEY_PROVIDER): at_rest is not available")
+            Error::invalid(
+                "this server has no key provider configured (IMPRINT_KEY_PROVIDER): at_rest is not available",
+            )
         })?;
         keys.generate(key_id).await.map(|_| ()).map_err(|e| key_error(key_id, e))
     }
@@ -237,7 +239,8 @@ impl Imprint {
         if h.key_id != key_id {
             return Ok(false);
         }
-        let (version, wrapped) = keys.rewrap(&h.key_id, h.key_version, &h.wrapped).await.map_err(|e| key_error(key_id, e))?;
+        let (version, wrapped) =
+            keys.rewrap(&h.key_id, h.key_version, &h.wrapped).await.map_err(|e| key_error(key_id, e))?;
         let header = Header { key_id: h.key_id.clone(), key_version: version, wrapped, nonce_prefix: h.nonce_prefix };
         // The chunks as they are, streamed from the old object into the new one.
         let opts = object_store::GetOptions {

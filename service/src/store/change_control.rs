@@ -488,9 +488,10 @@ pub(crate) async fn has_open_request(conn: &mut PgConnection, draft_id: i64) -> 
 
 /// Open drafts whose payload is sealed at rest (id, stored bytes), for a rewrap.
 pub(crate) async fn sealed_drafts<'e>(ex: impl PgExecutor<'e>) -> Result<Vec<(i64, Vec<u8>)>> {
-    let rows = sqlx::query!(r#"SELECT id, data AS "data!" FROM drafts WHERE sealed AND state = 'open' AND data IS NOT NULL"#)
-        .fetch_all(ex)
-        .await?;
+    let rows =
+        sqlx::query!(r#"SELECT id, data AS "data!" FROM drafts WHERE sealed AND state = 'open' AND data IS NOT NULL"#)
+            .fetch_all(ex)
+            .await?;
     Ok(rows.into_iter().map(|r| (r.id, r.data)).collect())
 }
 

@@ -307,11 +307,7 @@ pub(crate) struct SealedRow {
 }
 
 /// The sealed, not purged versions after `(topic_id, version)`, in that order.
-pub(crate) async fn sealed_after<'e>(
-    ex: impl PgExecutor<'e>,
-    after: (i64, i64),
-    limit: i64,
-) -> Result<Vec<SealedRow>> {
+pub(crate) async fn sealed_after<'e>(ex: impl PgExecutor<'e>, after: (i64, i64), limit: i64) -> Result<Vec<SealedRow>> {
     Ok(sqlx::query_as!(
         SealedRow,
         r#"SELECT topic_id, version, inline_data, object_key FROM versions
