@@ -385,8 +385,14 @@ impl Imprint {
             )
             .await?
             .map_err(|m| m.error(topic.as_str(), version))?;
-        // The caller may read the topic (checked above): sealed inline bytes are opened now.
+        // The caller may read the topic (checked above): sealed inline bytes are opened now,
+        // and the plaintext read is counted (docs/encryption.md).
         let mut p = p;
+        if matches!(p.body, PayloadBody::SealedInline(_) | PayloadBody::Sealed(_)) {
+            if let Some(t) = self.state().get(topic.as_str()) {
+                self.plaintext_reads().record(t.id, version, caller, self.now());
+            }
+        }
         if let PayloadBody::SealedInline(b) = p.body {
             p.body = PayloadBody::Inline(self.open_bytes(b, true).await?);
         }

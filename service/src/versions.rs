@@ -564,6 +564,7 @@ impl Imprint {
                     created_at,
                     payload,
                 )
+                .with_sealed(sealed)
                 .with_regions({
                     let held: Vec<String> = copies.iter().filter(|c| c.2).map(|c| c.0.clone()).collect();
                     crate::regions::order_for(self.state().regions(), &held, None)

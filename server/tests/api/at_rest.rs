@@ -555,3 +555,55 @@ async fn a_reader_without_rights_gets_nothing_of_a_restricted_at_rest_topic(pool
     let r = app.admin(Method::GET, "/api/v1/topics/red.secret/versions/1/data").send().await.unwrap();
     assert_error(r, 500, "payload_altered").await;
 }
+
+/// Every plaintext read of an at-rest version is counted per reader and version — polls
+/// answered with the payload, `/latest`, downloads — batched and shown to the topic's
+/// writers; reads of other topics are not counted, and readers cannot see the audit.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn plaintext_reads_are_audited_per_reader_and_version(pool: sqlx::PgPool) {
+    let (_, keys) = keyring(&["orders"]);
+    let app = app_with(&pool, file_store(), Some(keys)).await;
+    app.create_topic_with(json!({"name": "sealed", "encryption": at_rest("orders")})).await;
+    app.create_topic("plain").await;
+    app.publish("sealed", json!({"data": "{\"v\": 1}"})).await;
+    app.publish("plain", json!({"data": "{\"v\": 1}"})).await;
+    let fleet = app.consumer_token("fleet", None, &[], &[]).await;
+    let as_fleet = |m: Method, path: &str| app.req(m, path).bearer_auth(&fleet);
+    let r = as_fleet(Method::POST, "/api/v1/poll")
+        .json(&json!({"consumer": {"instance": "i-1", "labels": {}}, "topics": {"sealed": null, "plain": null}}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert!(body["updates"]["sealed"]["data_base64"].is_string(), "{body}");
+    for path in [
+        "/api/v1/topics/sealed/versions/1/data",
+        "/api/v1/topics/sealed/versions/1/data",
+        "/api/v1/topics/sealed/latest",
+        "/api/v1/topics/plain/versions/1/data",
+    ] {
+        assert_eq!(as_fleet(Method::GET, path).send().await.unwrap().status(), 200, "{path}");
+    }
+    assert_eq!(download(&app, "sealed", 1).await.0, 200);
+
+    let (s, audit) = app.get_json("/api/v1/topics/sealed/plaintext-reads").await;
+    assert_eq!(s, 200, "{audit}");
+    let reads = audit["reads"].as_array().unwrap();
+    let of = |reader: &str| reads.iter().find(|r| r["reader"] == reader).cloned();
+    let f = of("token:fleet").unwrap_or_else(|| panic!("{audit}"));
+    assert_eq!(
+        (f["version"].as_u64(), f["reads"].as_u64()),
+        (Some(1), Some(4)),
+        "poll + 2 downloads + latest: {audit}"
+    );
+    assert!(f["first_at"].as_str() <= f["last_at"].as_str());
+    assert_eq!(reads.len(), 2, "fleet and the admin: {audit}");
+    let stored: i64 =
+        sqlx::query_scalar("SELECT sum(reads)::bigint FROM plaintext_reads").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(stored, 5, "written to Postgres; nothing of the plain topic");
+    let (_, plain) = app.get_json("/api/v1/topics/plain/plaintext-reads").await;
+    assert_eq!(plain["reads"], json!([]));
+    // A reader does not see who else read.
+    let r = as_fleet(Method::GET, "/api/v1/topics/sealed/plaintext-reads").send().await.unwrap();
+    assert_error(r, 403, "forbidden").await;
+}

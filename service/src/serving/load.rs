@@ -46,7 +46,7 @@ fn add_pins(histories: &mut HashMap<i64, TopicHistory>, pins: &[store::serving::
 pub(super) async fn load(
     conn: &mut PgConnection,
     ids: Option<&[i64]>,
-    cache: &HashMap<(i64, u64), Bytes>,
+    cache: &HashMap<(i64, u64), (Bytes, bool)>,
     regions: &[String],
     keys: Option<&crate::keys::Keys>,
 ) -> crate::Result<Vec<ServingTopic>> {
@@ -82,7 +82,7 @@ pub(super) async fn load(
         })
         .map(|r| (r.topic_id, r.version))
         .collect();
-    let mut payloads: HashMap<(i64, u64), Bytes> = HashMap::new();
+    let mut payloads: HashMap<(i64, u64), (Bytes, bool)> = HashMap::new();
     for chunk in wanted.chunks(10_000) {
         let (t, v): (Vec<i64>, Vec<i64>) = chunk.iter().copied().unzip();
         for (t, v, d, sealed) in store::serving::inline_payloads(conn, &t, &v).await? {
@@ -102,7 +102,7 @@ pub(super) async fn load(
                 (true, None) => None,
             };
             if let Some(p) = plain {
-                payloads.insert((t, v as u64), p);
+                payloads.insert((t, v as u64), (p, sealed));
             }
         }
     }
@@ -126,6 +126,8 @@ pub(super) async fn load(
         for v in index.versions() {
             let Some(row) = meta.remove(&(t.id, v)) else { continue };
             let payload = cache.get(&(t.id, v)).cloned().or_else(|| payloads.remove(&(t.id, v)));
+            let sealed = payload.as_ref().is_some_and(|p| p.1);
+            let payload = payload.map(|p| p.0);
             served.insert(
                 v,
                 Arc::new(
@@ -139,6 +141,7 @@ pub(super) async fn load(
                         row.created_at,
                         payload,
                     )
+                    .with_sealed(sealed)
                     .with_regions(
                         holding
                             .remove(&(t.id, v))

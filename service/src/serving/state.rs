@@ -408,11 +408,13 @@ impl ServingState {
 
     /// Payloads already in memory (of the given topics, or of all), so a reload fetches
     /// only new ones.
-    fn cached_payloads(&self, ids: Option<&[i64]>) -> HashMap<(i64, u64), Bytes> {
+    fn cached_payloads(&self, ids: Option<&[i64]>) -> HashMap<(i64, u64), (Bytes, bool)> {
         let map = self.topics.read().unwrap_or_else(|e| e.into_inner());
         map.values()
             .filter(|t| ids.is_none_or(|ids| ids.contains(&t.id)))
-            .flat_map(|t| t.served.values().filter_map(move |v| v.payload.clone().map(|p| ((t.id, v.version), p))))
+            .flat_map(|t| {
+                t.served.values().filter_map(move |v| v.payload.clone().map(|p| ((t.id, v.version), (p, v.sealed))))
+            })
             .collect()
     }
 
