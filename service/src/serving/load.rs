@@ -83,6 +83,9 @@ pub(super) async fn load(
         .map(|r| (r.topic_id, r.version))
         .collect();
     let mut payloads: HashMap<(i64, u64), (Bytes, bool)> = HashMap::new();
+    // Once the key provider is found down, this load asks it nothing more (each call could
+    // wait for its timeout): the rest of the sealed payloads stay unheld until a later load.
+    let mut provider_down = false;
     for chunk in wanted.chunks(10_000) {
         let (t, v): (Vec<i64>, Vec<i64>) = chunk.iter().copied().unzip();
         for (t, v, d, sealed) in store::serving::inline_payloads(conn, &t, &v).await? {
@@ -92,9 +95,14 @@ pub(super) async fn load(
             let d = Bytes::from(d);
             let plain = match (sealed, keys) {
                 (false, _) => Some(d),
+                (true, Some(_)) if provider_down => None,
                 (true, Some(keys)) => match keys.open(&d).await {
                     Ok(p) => Some(p),
                     Err(e) => {
+                        provider_down = matches!(
+                            e,
+                            crate::keys::AtRestError::Key(crate::keys::KeyError::Unavailable(_))
+                        );
                         tracing::warn!(topic_id = t, version = v, error = %e, "a sealed payload is not held: it did not open");
                         None
                     }
