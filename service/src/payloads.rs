@@ -469,7 +469,17 @@ impl Imprint {
             PayloadBody::Sealed(_) if range.is_some() => {
                 Err(Error::Internal("a byte range of a sealed object was asked for".into()))
             }
-            PayloadBody::Sealed(key) => self.open_object_stream(self.read_object_in(region, &key, None).await?),
+            PayloadBody::Sealed(key) => {
+                // The first piece is awaited here: the data key's unwrap and the first
+                // chunks' authentication then fail as a clear error (503 `key_unavailable`,
+                // 500 `payload_altered`) before any response is started.
+                let mut s = self.open_object_stream(self.read_object_in(region, &key, None).await?)?;
+                match s.next().await {
+                    None => Ok(futures::stream::empty().boxed()),
+                    Some(Err(e)) => Err(self.opened_stream_error(e)),
+                    Some(Ok(first)) => Ok(futures::stream::once(async move { Ok(first) }).chain(s).boxed()),
+                }
+            }
         }
     }
 

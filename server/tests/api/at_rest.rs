@@ -327,6 +327,9 @@ async fn with_the_kms_down_publishing_answers_503_while_polls_keep_serving(pool:
     app.publish("cfg", json!({"data": v1})).await;
     let poll = || app.poll(json!({"consumer": {"instance": "i-1", "labels": {}}, "topics": {"cfg": null}}));
     assert_eq!(poll().await["updates"]["cfg"]["version"], 1);
+    app.create_topic_with(json!({"name": "big", "inline_limit_bytes": 4096, "encryption": at_rest(&key_id)})).await;
+    let big = vec![3u8; 200_000];
+    assert_eq!(raw(&app, "big", big.clone()).await.status(), 201);
 
     proxy.cut();
     let r = app.admin(Method::POST, "/api/v1/topics/cfg/versions").json(&json!({"data": "{\"v\": 2}"})).send().await;
@@ -335,7 +338,7 @@ async fn with_the_kms_down_publishing_answers_503_while_polls_keep_serving(pool:
     let r = raw(&app, "cfg", vec![7u8; 300_000]).await;
     assert_error(r, 503, "key_unavailable").await;
     assert_eq!(app.versions_in_db("cfg").await, 1, "nothing stored");
-    assert!(store_keys(&store).await.is_empty(), "no object was written");
+    assert_eq!(store_keys(&store).await.len(), 1, "no object was written but big's");
 
     // Polls serve from memory, also after the state is reloaded from Postgres.
     app.imprint().state().reload(&app.pool, None).await.unwrap();
@@ -351,11 +354,17 @@ async fn with_the_kms_down_publishing_answers_503_while_polls_keep_serving(pool:
     let cold = app_with(&pool, store.clone(), Some(keys_on(Arc::new(kms)))).await;
     let r = cold.admin(Method::GET, "/api/v1/topics/cfg/versions/1/data").send().await.unwrap();
     assert_error(r, 503, "key_unavailable").await;
+    // Also for an object: the data key is unwrapped before the answer starts.
+    let r = cold.admin(Method::GET, "/api/v1/topics/big/versions/1/data").send().await.unwrap();
+    assert_error(r, 503, "key_unavailable").await;
+    // The server that sealed it still has the data key in its cache.
+    assert_eq!(download(&app, "big", 1).await, (200, big.clone()));
 
     proxy.restore();
     let p = app.publish("cfg", json!({"data": "{\"v\": 2}"})).await;
     assert_eq!(p["version"], 2);
     assert_eq!(download(&cold, "cfg", 1).await, (200, v1.into_bytes()));
+    assert_eq!(download(&cold, "big", 1).await, (200, big));
 }
 
 /// `keys rotate --rewrap`: after a rotation every stored data key is rewrapped under the
@@ -453,26 +462,37 @@ async fn a_tampered_chunk_fails_the_download_with_a_clear_error(pool: sqlx::PgPo
     let file = dir.join(&key);
     let mut sealed = std::fs::read(&file).unwrap();
     let (_, start) = imprint_service::at_rest::Header::parse(&sealed).unwrap().unwrap();
-    // A byte inside the third chunk.
-    let at = start + 2 * (imprint_service::at_rest::CHUNK + imprint_service::at_rest::TAG) + 100;
-    sealed[at] ^= 0x01;
+    let chunk = imprint_service::at_rest::CHUNK + imprint_service::at_rest::TAG;
+    let original = sealed.clone();
+    // A byte inside the first chunk: found before the answer starts, a clear error.
+    sealed[start + 100] ^= 0x01;
     std::fs::write(&file, &sealed).unwrap();
     let r = app.admin(Method::GET, "/api/v1/topics/cfg/versions/1/data").send().await.unwrap();
+    let e = assert_error(r, 500, "payload_altered").await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("failed authentication at chunk 0"), "{e}");
+
+    // A byte inside the fifth chunk, read after the answer started: the download stops
+    // before it (only chunks that authenticated went out) and fails.
+    let mut sealed = original;
+    sealed[start + 4 * chunk + 100] ^= 0x01;
+    std::fs::write(&file, &sealed).unwrap();
     let mut got = Vec::new();
     let mut failed = false;
-    let mut r = r;
-    loop {
-        match r.chunk().await {
-            Ok(Some(c)) => got.extend_from_slice(&c),
-            Ok(None) => break,
-            Err(_) => {
-                failed = true;
-                break;
+    match app.admin(Method::GET, "/api/v1/topics/cfg/versions/1/data").send().await {
+        Err(_) => failed = true,
+        Ok(mut r) => loop {
+            match r.chunk().await {
+                Ok(Some(c)) => got.extend_from_slice(&c),
+                Ok(None) => break,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
             }
-        }
+        },
     }
     assert!(failed, "the download fails rather than ending as if complete");
-    assert!(got.len() <= 2 * imprint_service::at_rest::CHUNK, "nothing from the altered chunk on: {}", got.len());
+    assert!(got.len() <= 4 * imprint_service::at_rest::CHUNK, "nothing from the altered chunk on: {}", got.len());
     assert_eq!(&plain[..got.len()], &got[..], "only authenticated plaintext went out");
     // Reading it whole (the console's preview, a binding) says so plainly.
     let name = imprint_domain::TopicName::parse("cfg").unwrap();

@@ -99,10 +99,8 @@ pub(super) async fn load(
                 (true, Some(keys)) => match keys.open(&d).await {
                     Ok(p) => Some(p),
                     Err(e) => {
-                        provider_down = matches!(
-                            e,
-                            crate::keys::AtRestError::Key(crate::keys::KeyError::Unavailable(_))
-                        );
+                        provider_down =
+                            matches!(e, crate::keys::AtRestError::Key(crate::keys::KeyError::Unavailable(_)));
                         tracing::warn!(topic_id = t, version = v, error = %e, "a sealed payload is not held: it did not open");
                         None
                     }
