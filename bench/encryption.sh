@@ -31,7 +31,7 @@ recipient=$(age-keygen -y "$SCRATCH/key.txt")
 
 server=
 trap 'kill ${server:-} 2>/dev/null || true' EXIT
-"$SERVER" keys create bench --home "$SCRATCH/home" >/dev/null
+"$SERVER" keys --home "$SCRATCH/home" create bench >/dev/null
 bench_server encryption "$PORT" "$SCRATCH/home"
 export IMPRINT_URL=http://127.0.0.1:$PORT IMPRINT_TOKEN=$TOKEN
 "$CLI" topics create bench.plain --max-size 20GiB >/dev/null
