@@ -91,6 +91,9 @@ pub struct Version {
     pub object_url: Option<String>,
     /// The object was registered (published as a pointer): Imprint never deletes it.
     pub object_registered: bool,
+    /// The stored payload is sealed at rest (docs/encryption.md); `size` and `sha256` are
+    /// the plaintext's.
+    pub sealed: bool,
     pub scopes: Vec<Scope>,
     pub purged: bool,
     pub purged_at: Option<DateTime<Utc>>,

@@ -65,6 +65,9 @@ pub struct VersionRow {
     pub object_url: Option<String>,
     /// Published as a pointer to an existing object (never deleted by Imprint).
     pub object_registered: bool,
+    /// Sealed at rest in storage (docs/encryption.md).
+    #[serde(default)]
+    pub sealed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -138,6 +141,7 @@ pub fn version_of(v: imprint_service::model::Version, pins: &[PinView]) -> Versi
         storage: v.storage,
         object_url: v.object_url,
         object_registered: v.object_registered,
+        sealed: v.sealed,
     }
 }
 

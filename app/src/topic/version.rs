@@ -190,7 +190,7 @@ pub fn VersionPage() -> impl IntoView {
                                             <br/><code class="small">{url}</code>
                                         }.into_any(),
                                         _ => view! { "inline (in Postgres)" }.into_any(),
-                                    }}</dd>
+                                    }}{v.sealed.then_some(", sealed at rest (this view is counted in the plaintext-read audit)")}</dd>
                                     <dt>"Content type"</dt><dd>{v.content_type.clone()}</dd>
                                     <dt>"SHA-256"</dt><dd><code class="small">{v.sha256.clone()}</code></dd>
                                     <dt>"Message"</dt><dd>{if v.message.is_empty() { "—".to_owned() } else { v.message.clone() }}</dd>

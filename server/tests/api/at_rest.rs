@@ -146,6 +146,9 @@ async fn the_at_rest_setting_is_checked_with_the_key_provider(pool: sqlx::PgPool
     let patch = |body: Value| app.admin(Method::PATCH, "/api/v1/topics/s.a").json(&body).send_json();
     let (s, t) = patch(json!({"encryption": null})).await;
     assert_eq!((s, t["encryption"].clone()), (200, Value::Null), "{t}");
+    // Later versions are stored in the clear (and say so).
+    app.publish("s.a", json!({"data": "{}"})).await;
+    assert_eq!(app.get_json("/api/v1/topics/s.a/versions/1").await.1["sealed"], false);
     let (s, t) = patch(json!({"encryption": at_rest("orders")})).await;
     assert_eq!((s, t["encryption"].clone()), (200, at_rest("orders")), "{t}");
 
@@ -218,6 +221,8 @@ async fn payload_bytes_of_an_at_rest_topic_never_reach_postgres_or_the_store(poo
         let (s, d) = app.post_json(&format!("/api/v1/topics/{small}/drafts"), &json!({"data": draft_plain})).await;
         assert_eq!(s, 201, "{d}");
         assert_eq!(d["size"], draft_plain.len(), "a draft's size is the plaintext's");
+        let (_, v) = app.get_json(&format!("/api/v1/topics/{big}/versions/1")).await;
+        assert_eq!((v["sealed"].as_bool(), v["size"].as_u64()), (Some(true), Some(big_plain.len() as u64)), "{v}");
 
         // Postgres: the BYTEA columns hold the sealed format, nothing anywhere the plaintext.
         let stored: Vec<(Vec<u8>, bool)> = sqlx::query_as(
