@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The cost of end-to-end encryption (docs/encryption.md): publish and download of one
-# payload through the CLI, plain vs encrypted (age, one X25519 recipient).
+# The cost of encryption (docs/encryption.md): publish and download of one payload through
+# the CLI, plain vs end-to-end encrypted (age, one X25519 recipient) vs encrypted at rest by
+# the server (AES-256-GCM chunks under a data key of the local keyring).
 #
 #   bench/encryption.sh [size in MiB, default 1024]
 #
@@ -30,10 +31,13 @@ recipient=$(age-keygen -y "$SCRATCH/key.txt")
 
 server=
 trap 'kill ${server:-} 2>/dev/null || true' EXIT
+"$SERVER" keys --home "$SCRATCH/home" create bench >/dev/null
 bench_server encryption "$PORT" "$SCRATCH/home"
 export IMPRINT_URL=http://127.0.0.1:$PORT IMPRINT_TOKEN=$TOKEN
 "$CLI" topics create bench.plain --max-size 20GiB >/dev/null
 "$CLI" topics create bench.e2e --max-size 20GiB --recipient "$recipient" >/dev/null
+curl -fsS -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' "$IMPRINT_URL/api/v1/topics" \
+  -d '{"name": "bench.at_rest", "max_size_bytes": 21474836480, "encryption": {"mode": "at_rest", "key": "bench"}}' >/dev/null
 
 seconds() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
 rate() { echo "scale=1; $MIB / $1" | bc; }
@@ -42,11 +46,16 @@ pub_plain=$(seconds "$CLI" publish bench.plain "$file" -q)
 pub_e2e=$(seconds "$CLI" publish bench.e2e "$file" -q)
 get_plain=$(seconds "$CLI" get bench.plain --version 1 -o "$SCRATCH/out.plain")
 get_e2e=$(seconds "$CLI" get bench.e2e --version 1 --identity "$SCRATCH/key.txt" -o "$SCRATCH/out.e2e")
-cmp -s "$file" "$SCRATCH/out.plain" && cmp -s "$file" "$SCRATCH/out.e2e" || { echo "a download differs from the payload" >&2; exit 1; }
+pub_rest=$(seconds "$CLI" publish bench.at_rest "$file" -q)
+get_rest=$(seconds "$CLI" get bench.at_rest --version 1 -o "$SCRATCH/out.rest")
+for out in plain e2e rest; do
+  cmp -s "$file" "$SCRATCH/out.$out" || { echo "the $out download differs from the payload" >&2; exit 1; }
+done
 
 echo "| ${MIB} MiB through the CLI (local object store) | publish s (MiB/s) | download s (MiB/s) |"
 echo "|---|---|---|"
 printf '| plain | %.1f (%s) | %.1f (%s) |\n' "$pub_plain" "$(rate "$pub_plain")" "$get_plain" "$(rate "$get_plain")"
 printf '| end-to-end (age, 1 recipient) | %.1f (%s) | %.1f (%s) |\n' "$pub_e2e" "$(rate "$pub_e2e")" "$get_e2e" "$(rate "$get_e2e")"
+printf '| at rest (AES-256-GCM, local keyring) | %.1f (%s) | %.1f (%s) |\n' "$pub_rest" "$(rate "$pub_rest")" "$get_rest" "$(rate "$get_rest")"
 echo
 echo "machine: $(nproc) cores, $(uname -m); $("$CLI" --version 2>/dev/null || echo imprint)"

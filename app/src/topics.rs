@@ -18,6 +18,9 @@ pub struct TopicRow {
     /// End-to-end encrypted (docs/encryption.md).
     #[serde(default)]
     pub encrypted: bool,
+    /// Encrypted at rest by the server (docs/encryption.md).
+    #[serde(default)]
+    pub at_rest: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,7 +51,8 @@ fn row_of(t: imprint_service::model::Topic) -> TopicRow {
         active_pins: t.active_pins,
         consumers: t.consumers,
         last_polled_at: t.last_polled_at.map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string()),
-        encrypted: t.encryption.is_some(),
+        encrypted: t.encryption.as_ref().is_some_and(|e| e.end_to_end()),
+        at_rest: t.encryption.as_ref().is_some_and(|e| e.at_rest_key().is_some()),
     }
 }
 
@@ -119,6 +123,8 @@ fn TopicTable(rows: Vec<TopicRow>) -> impl IntoView {
                             <span class="badge pin">{format!("{} pinned", t.active_pins)}</span>
                         })}{t.encrypted.then(|| view! {
                             " " <span class="badge encrypted" title="end-to-end encrypted: the server holds ciphertext only">"encrypted"</span>
+                        })}{t.at_rest.then(|| view! {
+                            " " <span class="badge encrypted" title="encrypted at rest: Postgres and the object store hold sealed bytes; allowed readers get plaintext">"at rest"</span>
                         })}</td>
                     </tr>
                 }).collect_view()}

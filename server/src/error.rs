@@ -160,6 +160,8 @@ mod tests {
             (Error::FreezeNotFound(s()), 404, "freeze_not_found"),
             (Error::ChangeFrozen(s()), 423, "change_frozen"),
             (Error::ReviewRequired(s()), 409, "review_required"),
+            (Error::KeyUnavailable(s()), 503, "key_unavailable"),
+            (Error::PayloadAltered(s()), 500, "payload_altered"),
         ]
     }
 
@@ -209,6 +211,8 @@ mod tests {
             Error::ChangeFrozen(_) => 39,
             Error::ReviewRequired(_) => 40,
             Error::Overloaded { .. } => 41,
+            Error::KeyUnavailable(_) => 42,
+            Error::PayloadAltered(_) => 43,
         }
     }
 
@@ -217,7 +221,7 @@ mod tests {
         let cases = every_kind();
         let mut kinds: Vec<usize> = cases.iter().map(|(e, _, _)| kind(e)).collect();
         kinds.sort_unstable();
-        assert_eq!(kinds, (0..=41).collect::<Vec<_>>(), "every kind of error, once");
+        assert_eq!(kinds, (0..=43).collect::<Vec<_>>(), "every kind of error, once");
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
             let message = e.public_message();

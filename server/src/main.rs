@@ -48,8 +48,19 @@ enum KeysCommand {
     /// Create a key-encryption key (version 1) with this id.
     Create { id: String },
     /// Add a new primary version of a key: new data keys are wrapped by it, the old
-    /// versions stay to unwrap the existing ones.
-    Rotate { id: String },
+    /// versions stay to unwrap the existing ones. With `--rewrap`, then rewrap the data
+    /// keys of every stored payload sealed under it (as `keys rewrap`).
+    Rotate {
+        id: String,
+        /// Also rewrap every stored data key of this key (needs DATABASE_URL and the
+        /// server's object store and key provider settings).
+        #[arg(long)]
+        rewrap: bool,
+    },
+    /// Rewrap the data keys of every stored payload sealed under this key with its current
+    /// primary version (headers only; the encrypted chunks are kept byte for byte). For
+    /// AWS KMS after its own rotation; needs DATABASE_URL and the server's settings.
+    Rewrap { id: String },
     /// Remove an old (not primary) version of a key. Data keys still wrapped by it can no
     /// longer be unwrapped.
     Retire { id: String, version: u32 },
@@ -284,7 +295,16 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<(), String> {
     let command = cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::parse_from_env()));
     if let Command::Keys { keyring, home, command } = command {
-        return keys(keyring.unwrap_or_else(|| home.join("keyring.json")), command);
+        let rewrap = match &command {
+            KeysCommand::Rotate { id, rewrap: true } | KeysCommand::Rewrap { id } => Some(id.clone()),
+            _ => None,
+        };
+        if !matches!(command, KeysCommand::Rewrap { .. }) {
+            keys(keyring.unwrap_or_else(|| home.join("keyring.json")), command)?;
+        }
+        let Some(id) = rewrap else { return Ok(()) };
+        let url = cli.database_url.ok_or("rewrapping stored data keys needs DATABASE_URL")?;
+        return rewrap_keys(&url, &id).await;
     }
     let url = cli.database_url.ok_or(
         "DATABASE_URL is not set: start Imprint with `./dev run` (it runs a private Postgres) or point DATABASE_URL at a Postgres",
@@ -364,7 +384,8 @@ fn keys(path: std::path::PathBuf, command: KeysCommand) -> Result<(), String> {
             ring.save(&path)?;
             println!("key {id:?} created (version 1) in {}", path.display());
         }
-        KeysCommand::Rotate { id } => {
+        KeysCommand::Rewrap { .. } => {}
+        KeysCommand::Rotate { id, .. } => {
             let v = ring.rotate(&id)?;
             ring.save(&path)?;
             println!("key {id:?} rotated: version {v} is the primary");
@@ -431,15 +452,32 @@ impl ServeArgs {
     }
 }
 
-/// Turns the arguments into `Settings` and runs the one startup path until a signal.
-async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
-    let addr = args.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)));
-    let roles = imprint_service::Roles::parse(args.roles.as_deref().unwrap_or("all"))
-        .map_err(|e| format!("IMPRINT_ROLES: {e}"))?;
+/// `keys rewrap ID` (and `keys rotate ID --rewrap`): with the server's object store and
+/// key provider as configured (the `serve` environment), every stored data key of `id`
+/// rewrapped under its primary version.
+async fn rewrap_keys(url: &str, id: &str) -> Result<(), String> {
+    let args = ServeArgs::parse_from_env();
     let home = std::path::PathBuf::from(args.home.clone().unwrap_or_else(|| "./.imprint".into()));
+    let (objects, regions) = object_stores(&args, &home)?;
+    let keys = key_provider(&args, &home, |name| std::env::var(name).ok())?;
+    let config = Config { objects, regions, keys: Some(keys), ..Config::default() };
+    let imprint = Imprint::connect_lazy(url, config).map_err(|e| e.to_string())?;
+    let done = imprint.rewrap_at_rest(id).await.map_err(|e| e.public_message())?;
+    println!(
+        "key {id:?}: rewrapped {} inline payload(s), {} object(s), {} draft(s); {} sealed under other keys left alone",
+        done.inline, done.objects, done.drafts, done.other_keys
+    );
+    Ok(())
+}
+
+/// The payload object store(s) as configured (`IMPRINT_OBJECT_STORE(S)`).
+fn object_stores(
+    args: &ServeArgs,
+    home: &std::path::Path,
+) -> Result<(imprint_service::objects::Objects, imprint_service::regions::Regions), String> {
     let preference: Vec<String> =
         args.region_preference.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
-    let (objects, regions) = match (&args.object_stores, &args.object_store) {
+    Ok(match (&args.object_stores, &args.object_store) {
         (Some(_), Some(_)) => return Err("set IMPRINT_OBJECT_STORES or IMPRINT_OBJECT_STORE, not both".into()),
         (Some(spec), None) => imprint_service::regions::Regions::open(spec, &preference, args.presign)
             .map_err(|e| format!("IMPRINT_OBJECT_STORES: {e}"))?,
@@ -460,7 +498,16 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("IMPRINT_REGION_PREFERENCE: {e}"))?;
             (objects, regions)
         }
-    };
+    })
+}
+
+/// Turns the arguments into `Settings` and runs the one startup path until a signal.
+async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
+    let addr = args.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)));
+    let roles = imprint_service::Roles::parse(args.roles.as_deref().unwrap_or("all"))
+        .map_err(|e| format!("IMPRINT_ROLES: {e}"))?;
+    let home = std::path::PathBuf::from(args.home.clone().unwrap_or_else(|| "./.imprint".into()));
+    let (objects, regions) = object_stores(&args, &home)?;
     tracing::info!(regions = ?regions.names(), "object store regions");
     tracing::info!(store = objects.url(), presign = objects.presigns(), "payload object store");
     tracing::debug!(home = ?args.home, "state directory");

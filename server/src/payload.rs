@@ -258,7 +258,14 @@ pub async fn payload_response(
         crate::headers::inert_payload(h, &p.content_type);
     }
     let len = p.size;
+    // A sealed object (an at-rest topic, docs/encryption.md) is opened from its first
+    // chunk on: a Range is answered with the whole payload (200, as RFC 9110 allows).
+    let sealed = matches!(p.body, PayloadBody::Sealed(_));
+    if let (true, Some(h)) = (sealed, builder.headers_mut()) {
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+    }
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        _ if sealed => None,
         None => None,
         Some(r) => match parse_range(r, len) {
             Some(r) => Some(r),
@@ -276,8 +283,8 @@ pub async fn payload_response(
     let body = match (p.body, range) {
         (PayloadBody::Inline(data), Some((start, end))) => Body::from(data.slice(start as usize..=end as usize)),
         (PayloadBody::Inline(data), None) => Body::from(data),
-        (PayloadBody::Object(key), range) => {
-            let stream = imprint.read_object_in(p.region.as_deref(), &key, range.map(|(s, e)| s..e + 1)).await?;
+        (body, range) => {
+            let stream = imprint.payload_stream(body, p.region.as_deref(), range.map(|(s, e)| s..e + 1)).await?;
             Body::from_stream(stream)
         }
     };

@@ -220,6 +220,9 @@ impl Imprint {
             if let Err(e) = self.flush_audit().await {
                 tracing::warn!(error = %e, buffered = self.audit().len(), "audit flush failed; keeping observations for the next try");
             }
+            if let Err(e) = self.flush_plaintext_reads().await {
+                tracing::warn!(error = %e, "plaintext-read audit flush failed; keeping the counts for the next try");
+            }
             if stopping {
                 return;
             }

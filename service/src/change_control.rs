@@ -437,6 +437,12 @@ impl Imprint {
         caller.require_write(&t.name, &t.owner)?;
         let now = self.now();
         let who = caller.who();
+        // At rest (docs/encryption.md): a draft's bytes are sealed like a version's.
+        let at_rest = crate::sealed::at_rest_key(&mut tx, t.id).await?;
+        let stored = match &at_rest {
+            Some(k) => self.seal_bytes(k, &input.payload).await?,
+            None => input.payload.clone(),
+        };
         let new = st::NewDraft {
             topic_id: t.id,
             at: now,
@@ -445,7 +451,9 @@ impl Imprint {
             metadata: &input.metadata,
             content_type: &ct,
             sha256: &sha256,
-            data: &input.payload,
+            data: &stored,
+            size: input.payload.len() as u64,
+            sealed: at_rest.is_some(),
         };
         let id = st::insert_draft(&mut tx, new).await?;
         let details = json!({"draft": id, "size": input.payload.len(), "sha256": sha256, "message": input.message});
@@ -470,10 +478,10 @@ impl Imprint {
     /// An open draft's payload bytes.
     pub async fn draft_payload(&self, caller: &Caller, topic: &TopicName, id: i64) -> Result<(Draft, Bytes)> {
         let d = self.draft(caller, topic, id).await?;
-        let data = st::draft_data(self.pool(), id)
+        let (data, sealed) = st::draft_data(self.pool(), id)
             .await?
             .ok_or_else(|| Error::InvalidState(format!("draft {id} is {}: its payload is gone", d.state)))?;
-        Ok((d, Bytes::from(data)))
+        Ok((d, self.open_bytes(Bytes::from(data), sealed).await?))
     }
 
     pub async fn replace_draft(&self, caller: &Caller, topic: &TopicName, id: i64, input: DraftInput) -> Result<Draft> {
@@ -484,6 +492,12 @@ impl Imprint {
         caller.require_write(&t.name, &t.owner)?;
         let now = self.now();
         let who = caller.who();
+        // At rest (docs/encryption.md): a draft's bytes are sealed like a version's.
+        let at_rest = crate::sealed::at_rest_key(&mut tx, t.id).await?;
+        let stored = match &at_rest {
+            Some(k) => self.seal_bytes(k, &input.payload).await?,
+            None => input.payload.clone(),
+        };
         let new = st::NewDraft {
             topic_id: t.id,
             at: now,
@@ -492,7 +506,9 @@ impl Imprint {
             metadata: &input.metadata,
             content_type: &ct,
             sha256: &sha256,
-            data: &input.payload,
+            data: &stored,
+            size: input.payload.len() as u64,
+            sealed: at_rest.is_some(),
         };
         if !st::replace_draft(&mut tx, id, new).await? {
             return Err(self.not_open(&mut tx, &t, id).await);
@@ -577,7 +593,7 @@ impl Imprint {
                             diff.live_sha256 = Some(row.sha256.clone());
                             diff.identical = row.sha256 == d.sha256;
                             match row.inline_data {
-                                Some(b) => b,
+                                Some(b) => self.open_bytes(Bytes::from(b), row.sealed).await?.to_vec(),
                                 None => {
                                     diff.note =
                                         Some("the live payload is in the object store: compare the checksums".into());
@@ -1246,9 +1262,10 @@ impl Imprint {
     async fn apply_release(&self, r: &st::RequestRow, as_author: &Caller, topic: &TopicName) -> Result<()> {
         let id = r.id;
         let draft_id = r.draft_id.ok_or_else(|| Error::InvalidState("the request has no draft".into()))?;
-        let data = st::draft_data(self.pool(), draft_id)
+        let (data, sealed) = st::draft_data(self.pool(), draft_id)
             .await?
             .ok_or_else(|| Error::InvalidState(format!("draft {draft_id} is no longer open")))?;
+        let data = self.open_bytes(Bytes::from(data), sealed).await?;
         let d = st::draft(self.pool(), r.topic_id, draft_id)
             .await?
             .ok_or_else(|| Error::InvalidState(format!("draft {draft_id} is gone")))?;
@@ -1262,7 +1279,7 @@ impl Imprint {
             _ => None,
         };
         let input = PublishInput {
-            payload: Payload::Binary(Bytes::from(data)),
+            payload: Payload::Binary(data),
             content_type: Some(d.content_type),
             metadata: d.metadata.0,
             scopes,

@@ -80,6 +80,10 @@ pub(crate) struct CandidateInput<'a> {
     pub bytes: Option<&'a Bytes>,
     /// Where the bytes are otherwise (an upload's staging key or a registered object).
     pub object_key: Option<&'a str>,
+    /// That object was written sealed (an at-rest upload).
+    pub object_sealed: bool,
+    /// The key an at-rest topic seals under: bytes kept for validators are sealed too.
+    pub at_rest: Option<&'a str>,
 }
 
 /// What the checks found: every result (in the topic's order), the candidate's record
@@ -97,9 +101,17 @@ impl Checked {
 }
 
 /// The previous version as the local checks need it.
-pub(crate) async fn previous(conn: &mut sqlx::PgConnection, topic_id: i64) -> Result<Option<Previous>> {
+pub(crate) async fn previous(
+    imprint: &Imprint,
+    conn: &mut sqlx::PgConnection,
+    topic_id: i64,
+) -> Result<Option<Previous>> {
     let Some(p) = store::checks::previous(conn, topic_id).await? else { return Ok(None) };
-    let records = match (p.records, p.inline_data) {
+    let inline = match p.inline_data {
+        Some(b) => Some(imprint.open_bytes(Bytes::from(b), p.sealed).await?),
+        None => None,
+    };
+    let records = match (p.records, inline) {
         (Some(r), _) => Some(r as u64),
         (None, Some(bytes)) => tokio::task::spawn_blocking(move || rules::record_count(&bytes))
             .await
@@ -143,7 +155,7 @@ impl Imprint {
     pub(crate) async fn run_checks(&self, settings: &TopicChecks, c: &CandidateInput<'_>) -> Result<Checked> {
         let prev = {
             let mut conn = self.pool().acquire().await?;
-            previous(&mut conn, c.topic_id).await?
+            previous(self, &mut conn, c.topic_id).await?
         };
         let records = match c.bytes {
             Some(b) => {
@@ -183,6 +195,14 @@ impl Imprint {
             hex::encode(b)
         };
         let token_sha256 = hex::encode(Sha256::digest(token.as_bytes()));
+        // An object is served from the store, not copied into Postgres; bytes kept in
+        // Postgres for an at-rest topic are sealed like its versions.
+        let inline = match (c.object_key, c.bytes, c.at_rest) {
+            (Some(_), _, _) | (None, None, _) => None,
+            (None, Some(b), None) => Some(b.clone()),
+            (None, Some(b), Some(k)) => Some(self.seal_bytes(k, b).await?),
+        };
+        let sealed = if c.object_key.is_some() { c.object_sealed } else { c.at_rest.is_some() };
         store::checks::insert_candidate(
             self.pool(),
             store::checks::NewCandidate {
@@ -191,9 +211,9 @@ impl Imprint {
                 content_type: c.content_type,
                 sha256: c.sha256,
                 size: c.size,
-                // An object is served from the store, not copied into Postgres.
-                inline_data: if c.object_key.is_some() { None } else { c.bytes.map(|b| b.as_ref()) },
+                inline_data: inline.as_deref(),
                 object_key: c.object_key,
+                sealed,
                 expires_at,
             },
             self.now(),

@@ -10,10 +10,30 @@ use crate::objects::store_error;
 use crate::store;
 use imprint_domain::encryption::{check_header, check_recipient, parse_header, MAX_HEADER_BYTES, MAX_RECIPIENTS};
 
-/// A setting as given, checked and normalised (recipients lowercased, duplicates gone).
-pub(crate) fn check_encryption(e: &Encryption) -> Result<Encryption> {
+/// A setting as given, checked and normalised (recipients lowercased, duplicates gone);
+/// an at-rest key is checked with the server's key provider (400 for a key it does not
+/// have, 503 `key_unavailable` when it cannot be reached).
+pub(crate) async fn check_encryption(imprint: &Imprint, e: &Encryption) -> Result<Encryption> {
     match e.mode {
+        EncryptionMode::AtRest => {
+            if !e.recipients.is_empty() {
+                return Err(Error::invalid("encryption.recipients is for end_to_end; at_rest takes a key"));
+            }
+            let Some(key) = e.key.as_deref().map(str::trim).filter(|k| !k.is_empty()) else {
+                return Err(Error::invalid("encryption at_rest needs a key: the key provider's key id"));
+            };
+            if imprint.config().regions.several() {
+                return Err(Error::invalid(
+                    "at_rest encryption is not available on a server with several regions yet (docs/encryption.md)",
+                ));
+            }
+            imprint.check_at_rest_key(key).await?;
+            Ok(Encryption { mode: e.mode, recipients: vec![], key: Some(key.to_owned()) })
+        }
         EncryptionMode::EndToEnd => {
+            if e.key.is_some() {
+                return Err(Error::invalid("encryption.key is for at_rest; end_to_end takes recipients"));
+            }
             let mut recipients = Vec::with_capacity(e.recipients.len());
             for r in &e.recipients {
                 let r = check_recipient(r).map_err(Error::invalid)?;
@@ -26,7 +46,7 @@ pub(crate) fn check_encryption(e: &Encryption) -> Result<Encryption> {
                     "encryption.recipients lists 1-{MAX_RECIPIENTS} age X25519 recipients (age1…)"
                 )));
             }
-            Ok(Encryption { mode: e.mode, recipients })
+            Ok(Encryption { mode: e.mode, recipients, key: None })
         }
     }
 }
@@ -43,7 +63,8 @@ pub(crate) async fn apply_setting(
         store::encryption::set(conn, id, e).await?;
     }
     let c = store::encryption::combination(conn, id).await?;
-    if c.encryption.is_none() {
+    // At rest the server reads plaintext: every setting goes with it.
+    if !c.encryption.as_ref().is_some_and(|e| e.end_to_end()) {
         return Ok(());
     }
     let clash = [
@@ -88,7 +109,9 @@ impl Imprint {
         topic_id: i64,
         received: PayloadAt<'_>,
     ) -> Result<()> {
-        let Some(enc) = store::encryption::get(conn, topic_id).await? else { return Ok(()) };
+        let Some(enc) = store::encryption::get(conn, topic_id).await?.filter(Encryption::end_to_end) else {
+            return Ok(());
+        };
         let (prefix, complete) = match received {
             PayloadAt::Inline(b) => (b.clone(), true),
             PayloadAt::Object { key, size } => {

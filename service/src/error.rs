@@ -109,6 +109,14 @@ pub enum Error {
     /// out. Answered 429 with `Retry-After`.
     #[error("this application has too many requests in flight; retry in {retry_after_s} s")]
     Overloaded { retry_after_s: u64 },
+    /// The key provider of at-rest encryption cannot be reached (a KMS that is down):
+    /// nothing was stored; try again later.
+    #[error("{0}")]
+    KeyUnavailable(String),
+    /// A sealed payload in storage did not authenticate (altered or truncated): nothing of
+    /// it is served.
+    #[error("{0}")]
+    PayloadAltered(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -161,7 +169,9 @@ impl Error {
             | Error::TooManyStreams(_)
             | Error::StorageUnavailable(_)
             | Error::CommitUnknown(_)
-            | Error::ObjectStoreUnavailable(_) => S::SERVICE_UNAVAILABLE,
+            | Error::ObjectStoreUnavailable(_)
+            | Error::KeyUnavailable(_) => S::SERVICE_UNAVAILABLE,
+            Error::PayloadAltered(_) => S::INTERNAL_SERVER_ERROR,
             Error::ChangeFrozen(_) => S::LOCKED,
             Error::DraftNotFound(_) | Error::ChangeRequestNotFound(_) | Error::FreezeNotFound(_) => S::NOT_FOUND,
             Error::ReviewRequired(_) => S::CONFLICT,
@@ -213,6 +223,8 @@ impl Error {
             Error::ChangeRequestNotFound(_) => "change_request_not_found",
             Error::FreezeNotFound(_) => "freeze_not_found",
             Error::ReviewRequired(_) => "review_required",
+            Error::KeyUnavailable(_) => "key_unavailable",
+            Error::PayloadAltered(_) => "payload_altered",
             Error::Internal(_) => "internal",
         }
     }

@@ -235,6 +235,8 @@ pub(crate) struct Inner {
     /// Bearer tokens recently found unknown (hash → when): a flood of made-up tokens
     /// costs no query each.
     pub unknown_tokens: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Plaintext reads of at-rest topics waiting for the audit flusher.
+    pub plaintext_reads: crate::plaintext_reads::PlaintextReads,
     /// When this worker last expired old consumers.
     pub last_consumer_expiry: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Identical concurrent reads share one query (service/src/coalesce.rs).
@@ -271,7 +273,7 @@ impl Imprint {
             inner: Arc::new(Inner {
                 public_url: std::sync::OnceLock::new(),
                 pool,
-                state: Arc::new(ServingState::default().with_regions(&config.regions)),
+                state: Arc::new(ServingState::default().with_regions(&config.regions).with_keys(config.keys.clone())),
                 audit,
                 config,
                 clock,
@@ -290,6 +292,7 @@ impl Imprint {
                 revocations: watch::channel(0).0,
                 revoked: std::sync::Mutex::new(std::collections::HashMap::new()),
                 unknown_tokens: std::sync::Mutex::new(std::collections::HashMap::new()),
+                plaintext_reads: Default::default(),
             }),
         }
     }

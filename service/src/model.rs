@@ -91,6 +91,9 @@ pub struct Version {
     pub object_url: Option<String>,
     /// The object was registered (published as a pointer): Imprint never deletes it.
     pub object_registered: bool,
+    /// The stored payload is sealed at rest (docs/encryption.md); `size` and `sha256` are
+    /// the plaintext's.
+    pub sealed: bool,
     pub scopes: Vec<Scope>,
     pub purged: bool,
     pub purged_at: Option<DateTime<Utc>>,
@@ -429,16 +432,36 @@ pub struct SpringBinding {
 pub enum EncryptionMode {
     /// Payloads are age v1 files encrypted to `recipients`; the server never sees plaintext.
     EndToEnd,
+    /// The server seals what it stores (envelope encryption under `key` of its key
+    /// provider) and serves plaintext to allowed readers.
+    AtRest,
 }
 
-/// A topic's encryption: `{"mode": "end_to_end", "recipients": ["age1…"]}`.
+/// A topic's encryption: `{"mode": "end_to_end", "recipients": ["age1…"]}` or
+/// `{"mode": "at_rest", "key": "<key id>"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Encryption {
     pub mode: EncryptionMode,
-    /// age X25519 recipients (`age1…`): every payload is encrypted to each of them.
-    #[serde(default)]
+    /// age X25519 recipients (`age1…`): every payload is encrypted to each of them
+    /// (end to end only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<String>,
+    /// The key provider's key id that wraps the data keys (at rest only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl Encryption {
+    /// End to end: the server holds only ciphertext and never reads plaintext.
+    pub fn end_to_end(&self) -> bool {
+        self.mode == EncryptionMode::EndToEnd
+    }
+
+    /// At rest: the key id payloads are sealed under.
+    pub fn at_rest_key(&self) -> Option<&str> {
+        (self.mode == EncryptionMode::AtRest).then_some(self.key.as_deref()).flatten()
+    }
 }
 
 /// Where a version's payload is, to send it.
@@ -447,6 +470,12 @@ pub enum PayloadBody {
     Inline(bytes::Bytes),
     /// An object in the store (its key), streamed from there.
     Object(String),
+    /// A sealed object (an at-rest topic's, docs/encryption.md): streamed from the store
+    /// and opened chunk by chunk on the way out (never presigned, no byte ranges).
+    Sealed(String),
+    /// Sealed inline bytes, not opened yet: `version_payload` opens them once the caller's
+    /// rights are checked (so a caller without rights never makes the provider work).
+    SealedInline(bytes::Bytes),
 }
 
 /// One region's copy of a version's object (docs/regions.md).

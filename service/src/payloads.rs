@@ -145,6 +145,9 @@ impl Imprint {
         if let Some(n) = len.filter(|n| *n > limit) {
             return Err(Error::PayloadTooLarge { size: n, limit });
         }
+        // At rest (docs/encryption.md): the data key is made before a byte is read, so a
+        // key provider that is down refuses the publish (503) with nothing stored.
+        let at_rest = crate::sealed::at_rest_key(&mut *self.pool().acquire().await?, t.id).await?;
         let inline_limit = t.inline_limit as u64;
         let mut head = BytesMut::new();
         while head.len() as u64 <= inline_limit {
@@ -156,14 +159,19 @@ impl Imprint {
                 return Err(Error::PayloadTooLarge { size: head.len() as u64, limit });
             }
         }
+        let sealer = match &at_rest {
+            Some(k) => Some(self.sealer(k).await?),
+            None => None,
+        };
+        let sealed = sealer.is_some();
         let key = self.objects().staging_key();
         store::objects::mark(self.pool(), key.as_ref(), self.now() + UPLOAD_GRACE, "upload").await?;
-        let uploaded = match self.upload(&key, head.freeze(), body, limit, keep).await {
+        let uploaded = match self.upload(&key, head.freeze(), body, limit, keep, sealer).await {
             Ok((size, sha256, content)) => verify_sha256(expected, &sha256).map(|()| (size, sha256, content)),
             Err(e) => Err(e),
         };
         match uploaded {
-            Ok((size, sha256, content)) => Ok(Received::Object { key, owned: true, size, sha256, content }),
+            Ok((size, sha256, content)) => Ok(Received::Object { key, owned: true, size, sha256, content, sealed }),
             Err(e) => {
                 self.discard_upload(&key).await;
                 Err(e)
@@ -171,7 +179,9 @@ impl Imprint {
         }
     }
 
-    /// Streams `first` and the rest of `body` into a multipart upload at `key`.
+    /// Streams `first` and the rest of `body` into a multipart upload at `key`; with a
+    /// `sealer` (an at-rest topic) the bytes written are sealed as they go (about one
+    /// 64 KiB chunk held), while size, checksum and kept content are the plaintext's.
     async fn upload(
         &self,
         key: &Path,
@@ -179,6 +189,7 @@ impl Imprint {
         mut body: BodyStream,
         limit: u64,
         keep: bool,
+        mut sealer: Option<crate::at_rest::Sealer>,
     ) -> Result<(u64, String, Option<Bytes>)> {
         let upload = self.objects().store().put_multipart(key).await.map_err(store_error)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
@@ -194,13 +205,22 @@ impl Imprint {
                     },
                 };
                 tally.add(&chunk)?;
-                writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(store_error)?;
-                writer.put(chunk);
+                let chunk = match &mut sealer {
+                    Some(s) => s.push(&chunk),
+                    None => chunk,
+                };
+                if !chunk.is_empty() {
+                    writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(store_error)?;
+                    writer.put(chunk);
+                }
             }
         }
         .await;
         match streamed {
             Ok(()) => {
+                if let Some(s) = sealer {
+                    writer.put(s.finish());
+                }
                 writer.finish().await.map_err(store_error)?;
                 let done = tally.finish();
                 metrics::counter!("imprint_object_bytes_written_total").increment(done.0);
@@ -229,6 +249,7 @@ impl Imprint {
             store::topics::require(&mut conn, topic, false).await?
         };
         caller.require_write(&t.name, &t.owner)?;
+        Self::refuse_registered_at_rest(&mut *self.pool().acquire().await?, t.id).await?;
         let area = &self.config().register_area;
         let key = self.objects().key_of_url(url, area, &t.owner)?;
         let missing = |e: Error| match e {
@@ -251,7 +272,7 @@ impl Imprint {
         }
         let (read, sha256, content) = tally.finish();
         verify_sha256(expected, &sha256)?;
-        Ok(Received::Object { key, owned: false, size: read, sha256, content })
+        Ok(Received::Object { key, owned: false, size: read, sha256, content, sealed: false })
     }
 
     /// Deletes an upload that will not be committed, and forgets it. Failures are left
@@ -317,45 +338,65 @@ impl Imprint {
         self.require_direct_reader(caller)?;
         // Coalesced (crate::coalesce): identical concurrent downloads share the two queries.
         let key = format!("{}\u{0}{}\u{0}{version}", topic.as_str(), self.change_seq(topic.as_str()));
-        self.coalesced(
-            |r| &r.payloads,
-            key,
-            caller,
-            || async {
-                let mut conn = self.pool().acquire().await?;
-                self.inner.coalesced.queried(2);
-                let t = store::topics::require(&mut conn, topic, false).await?;
-                let row = store::versions::data(&mut *conn, t.id, version as i64).await?;
-                let guard = |value| crate::coalesce::Guarded {
-                    name: t.name.clone(),
-                    owner: t.owner.clone(),
-                    restricted: t.restricted,
-                    value,
-                };
-                // A caller who may not read the topic is refused before learning anything of it.
-                let Some(row) = row else { return Ok(guard(Err(crate::coalesce::Missing::Version))) };
-                if row.purged_at.is_some() {
-                    return Ok(guard(Err(crate::coalesce::Missing::Purged)));
-                }
-                let body = match (row.inline_data, row.object_key) {
-                    (Some(data), _) => PayloadBody::Inline(Bytes::from(data)),
-                    (None, Some(key)) => PayloadBody::Object(key),
-                    (None, None) => {
-                        return Err(Error::Internal(format!("version {version} of {} has no stored payload", t.name)))
+        let p = self
+            .coalesced(
+                |r| &r.payloads,
+                key,
+                caller,
+                || async {
+                    let mut conn = self.pool().acquire().await?;
+                    self.inner.coalesced.queried(2);
+                    let t = store::topics::require(&mut conn, topic, false).await?;
+                    let row = store::versions::data(&mut *conn, t.id, version as i64).await?;
+                    let guard = |value| crate::coalesce::Guarded {
+                        name: t.name.clone(),
+                        owner: t.owner.clone(),
+                        restricted: t.restricted,
+                        value,
+                    };
+                    // A caller who may not read the topic is refused before learning anything of it.
+                    let Some(row) = row else { return Ok(guard(Err(crate::coalesce::Missing::Version))) };
+                    if row.purged_at.is_some() {
+                        return Ok(guard(Err(crate::coalesce::Missing::Purged)));
                     }
-                };
-                Ok(guard(Ok(VersionPayload {
-                    version,
-                    content_type: row.content_type,
-                    sha256: row.sha256,
-                    size: row.size as u64,
-                    body,
-                    region: None,
-                })))
-            },
-        )
-        .await?
-        .map_err(|m| m.error(topic.as_str(), version))
+                    // Sealed at rest (docs/encryption.md): inline bytes are opened here (the
+                    // data key usually comes from the key cache), an object as it streams out.
+                    let body = match (row.inline_data, row.object_key) {
+                        (Some(data), _) if row.sealed => PayloadBody::SealedInline(Bytes::from(data)),
+                        (Some(data), _) => PayloadBody::Inline(Bytes::from(data)),
+                        (None, Some(key)) if row.sealed => PayloadBody::Sealed(key),
+                        (None, Some(key)) => PayloadBody::Object(key),
+                        (None, None) => {
+                            return Err(Error::Internal(format!(
+                                "version {version} of {} has no stored payload",
+                                t.name
+                            )))
+                        }
+                    };
+                    Ok(guard(Ok(VersionPayload {
+                        version,
+                        content_type: row.content_type,
+                        sha256: row.sha256,
+                        size: row.size as u64,
+                        body,
+                        region: None,
+                    })))
+                },
+            )
+            .await?
+            .map_err(|m| m.error(topic.as_str(), version))?;
+        // The caller may read the topic (checked above): sealed inline bytes are opened now,
+        // and the plaintext read is counted (docs/encryption.md).
+        let mut p = p;
+        if matches!(p.body, PayloadBody::SealedInline(_) | PayloadBody::Sealed(_)) {
+            if let Some(t) = self.state().get(topic.as_str()) {
+                self.plaintext_reads().record(t.id, version, caller, self.now());
+            }
+        }
+        if let PayloadBody::SealedInline(b) = p.body {
+            p.body = PayloadBody::Inline(self.open_bytes(b, true).await?);
+        }
+        Ok(p)
     }
 
     /// A candidate's bytes for an external validator, by the token in its download URL
@@ -372,7 +413,8 @@ impl Imprint {
         }
         let _ = row.topic_id;
         let body = match (row.inline_data, row.object_key) {
-            (Some(b), _) => PayloadBody::Inline(Bytes::from(b)),
+            (Some(b), _) => PayloadBody::Inline(self.open_bytes(Bytes::from(b), row.sealed).await?),
+            (None, Some(k)) if row.sealed => PayloadBody::Sealed(k),
             (None, Some(k)) => PayloadBody::Object(k),
             (None, None) => return Err(gone()),
         };
@@ -399,6 +441,45 @@ impl Imprint {
             // stream reads 8 KiB at a time, a blocking task each: ~5× slower than `cp`).
             object_store::GetResultPayload::File(file, _) => Ok(file_stream(file, got.range).await?),
             object_store::GetResultPayload::Stream(s) => Ok(s.map(|r| r.map_err(std::io::Error::other)).boxed()),
+        }
+    }
+
+    /// A payload's bytes as a stream: inline bytes as they are, an object read from the
+    /// store (`range` of it, if given), a sealed object opened chunk by chunk — whole:
+    /// byte ranges of sealed objects are not served (`range` must be None for them).
+    /// A sealed chunk that does not authenticate ends the stream with an error, so a
+    /// download is cut short (and fails its checksum) rather than given altered bytes.
+    pub async fn payload_stream(
+        &self,
+        body: PayloadBody,
+        region: Option<&str>,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, std::result::Result<Bytes, std::io::Error>>> {
+        let inline = |b: Bytes| {
+            let b = match range.clone() {
+                Some(r) => b.slice((r.start as usize).min(b.len())..(r.end as usize).min(b.len())),
+                None => b,
+            };
+            futures::stream::once(async move { Ok(b) }).boxed()
+        };
+        match body {
+            PayloadBody::Inline(b) => Ok(inline(b)),
+            PayloadBody::SealedInline(b) => Ok(inline(self.open_bytes(b, true).await?)),
+            PayloadBody::Object(key) => self.read_object_in(region, &key, range).await,
+            PayloadBody::Sealed(_) if range.is_some() => {
+                Err(Error::Internal("a byte range of a sealed object was asked for".into()))
+            }
+            PayloadBody::Sealed(key) => {
+                // The first piece is awaited here: the data key's unwrap and the first
+                // chunks' authentication then fail as a clear error (503 `key_unavailable`,
+                // 500 `payload_altered`) before any response is started.
+                let mut s = self.open_object_stream(self.read_object_in(region, &key, None).await?)?;
+                match s.next().await {
+                    None => Ok(futures::stream::empty().boxed()),
+                    Some(Err(e)) => Err(self.opened_stream_error(e)),
+                    Some(Ok(first)) => Ok(futures::stream::once(async move { Ok(first) }).chain(s).boxed()),
+                }
+            }
         }
     }
 
@@ -497,6 +578,10 @@ impl Imprint {
     ) -> Result<(Bytes, u64)> {
         let p = self.version_payload(caller, topic, version).await?;
         match p.body {
+            PayloadBody::SealedInline(b) => {
+                let b = self.open_bytes(b, true).await?;
+                Ok((b.slice(..(b.len()).min(max as usize)), p.size))
+            }
             PayloadBody::Inline(b) => Ok((b.slice(..(b.len()).min(max as usize)), p.size)),
             PayloadBody::Object(key) => {
                 let n = p.size.min(max);
@@ -505,6 +590,19 @@ impl Imprint {
                 }
                 let bytes = self.objects().store().get_range(&parse_key(&key)?, 0..n).await.map_err(store_error)?;
                 Ok((bytes, p.size))
+            }
+            PayloadBody::Sealed(key) => {
+                // The first chunks opened, the rest of the stream dropped unread.
+                let mut s = self.open_object_stream(self.read_object(&key, None).await?)?;
+                let mut out = BytesMut::new();
+                while (out.len() as u64) < max {
+                    match s.next().await {
+                        Some(chunk) => out.extend_from_slice(&chunk.map_err(|e| self.opened_stream_error(e))?),
+                        None => break,
+                    }
+                }
+                out.truncate(max as usize);
+                Ok((out.freeze(), p.size))
             }
         }
     }
@@ -520,9 +618,11 @@ impl Imprint {
         let p = self.version_payload(caller, topic, version).await?;
         let bytes = match p.body {
             PayloadBody::Inline(b) => b,
-            PayloadBody::Object(_) if p.size > MAX_VALIDATED_BYTES => {
+            PayloadBody::SealedInline(b) => self.open_bytes(b, true).await?,
+            PayloadBody::Object(_) | PayloadBody::Sealed(_) if p.size > MAX_VALIDATED_BYTES => {
                 return Err(Error::PayloadTooLarge { size: p.size, limit: MAX_VALIDATED_BYTES })
             }
+            PayloadBody::Sealed(key) => self.open_object_whole(&key, None, MAX_VALIDATED_BYTES).await?,
             PayloadBody::Object(key) => self
                 .objects()
                 .store()

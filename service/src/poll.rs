@@ -299,6 +299,12 @@ impl Imprint {
                 }
             }
         }
+        // At rest: payloads handed out in the answer are plaintext reads (audited).
+        for u in updates.values().filter(|u| u.version.sealed && u.version.payload.is_some()) {
+            if let Some(t) = state.get(u.version.topic.as_str()) {
+                self.plaintext_reads().record(t.id, u.version.version, caller, self.now());
+            }
+        }
         let m = poll_metrics(wait_ms > 0);
         m.polls.increment(1);
         m.updates.increment(updates.len() as u64);
@@ -343,6 +349,10 @@ impl Imprint {
         let r = t.index.resolve(labels).ok_or_else(|| Error::NoVersionInScope(name.to_string()))?;
         let v =
             t.served.get(&r.version).cloned().ok_or_else(|| Error::Internal("resolved version not loaded".into()))?;
+        if v.sealed && v.payload.is_some() {
+            // Answered from memory with the plaintext (a download records its own read).
+            self.plaintext_reads().record(t.id, v.version, caller, self.now());
+        }
         Ok((v, r.pinned))
     }
 

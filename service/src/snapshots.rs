@@ -68,13 +68,26 @@ impl Imprint {
                     if row.purged_at.is_some() {
                         continue;
                     }
+                    if row.sealed {
+                        // At rest (docs/encryption.md): a manifest is read from the store
+                        // by clients that hold no key, so none is written for a sealed
+                        // version (and an older one is removed): the bytes stay sealed.
+                        // The row records that this version was dealt with, so later
+                        // passes do not come back to it.
+                        if written.contains_key(&topic.id) {
+                            self.objects().delete(&key).await?;
+                            pass.removed += 1;
+                        }
+                        store::snapshots::upsert(&mut *conn, topic.id, v.version as i64, &v.sha256, self.now()).await?;
+                        continue;
+                    }
                     let (data_base64, object) = match row.object_key.as_deref() {
                         Some(k) => (None, Some(self.objects().relative(k))),
                         None => {
                             let bytes = store::serving::inline_payloads(&mut conn, &[topic.id], &[v.version as i64])
                                 .await?
                                 .pop()
-                                .map(|(_, _, d)| d)
+                                .map(|(_, _, d, _)| d)
                                 .unwrap_or_default();
                             (Some(base64::engine::general_purpose::STANDARD.encode(bytes)), None)
                         }

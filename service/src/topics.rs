@@ -363,7 +363,10 @@ impl Imprint {
         let apollo = input.apollo.as_ref().map(check_apollo).transpose()?;
         let ofrep = input.ofrep.as_ref().map(|o| check_ofrep(o, name.as_str())).transpose()?;
         let spring = input.spring.as_ref().map(check_spring).transpose()?;
-        let encryption = input.encryption.as_ref().map(crate::encryption::check_encryption).transpose()?;
+        let encryption = match &input.encryption {
+            Some(e) => Some(crate::encryption::check_encryption(self, e).await?),
+            None => None,
+        };
         let checks = crate::checks::checked(caller, input.checks.clone().unwrap_or_default(), &[])?;
         let checks = imprint_domain::checks::TopicChecks { checks, on_failure: input.on_failure.unwrap_or_default() };
         let who = caller.who();
@@ -533,7 +536,7 @@ impl Imprint {
         let encryption = match &patch.encryption {
             None => None,
             Some(None) => Some(None),
-            Some(Some(e)) => Some(Some(crate::encryption::check_encryption(e)?)),
+            Some(Some(e)) => Some(Some(crate::encryption::check_encryption(self, e).await?)),
         };
         if patch.plans.is_some() || patch.default_plan.is_some() {
             let (current_plans, current_default) = store::topics::plans(&mut tx, t.id).await?;

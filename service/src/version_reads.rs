@@ -245,6 +245,7 @@ fn version_from_row(objects: &crate::objects::Objects, topic: &str, r: VersionRo
         storage: r.storage,
         object_url: r.object_key.as_deref().map(|k| objects.url_of(k)),
         object_registered: r.object_key.is_some() && !r.object_owned,
+        sealed: r.sealed,
         purged: r.purged_at.is_some(),
         purged_at: r.purged_at,
         scopes,

@@ -86,6 +86,8 @@ pub(crate) enum Received {
         sha256: String,
         /// The whole payload, when it was small enough to keep for validation.
         content: Option<Bytes>,
+        /// Written sealed (an at-rest topic's upload, docs/encryption.md).
+        sealed: bool,
     },
 }
 
@@ -250,10 +252,11 @@ impl Imprint {
                     .clone()
                     .or(pre.content_type.clone())
                     .unwrap_or_else(|| meta.default_content_type.into());
-                let (sha256, object_key) = match &received {
-                    Received::Inline(b) => (hex::encode(Sha256::digest(b)), None),
-                    Received::Object { sha256, key, .. } => (sha256.clone(), Some(key.to_string())),
+                let (sha256, object_key, sealed) = match &received {
+                    Received::Inline(b) => (hex::encode(Sha256::digest(b)), None, false),
+                    Received::Object { sha256, key, sealed, .. } => (sha256.clone(), Some(key.to_string()), *sealed),
                 };
+                let at_rest = crate::sealed::at_rest_key(&mut *self.pool().acquire().await?, pre.id).await?;
                 let who = caller.who();
                 let input = crate::checks::CandidateInput {
                     topic_id: pre.id,
@@ -266,6 +269,8 @@ impl Imprint {
                     created_by: &who,
                     bytes: content,
                     object_key: object_key.as_deref(),
+                    object_sealed: sealed,
+                    at_rest: at_rest.as_deref(),
                 };
                 let c = self.run_checks(&checks, &input).await?;
                 if let (Some(why), None) = (imprint_domain::checks::rejection(&c.results), &meta.force) {
@@ -313,6 +318,25 @@ impl Imprint {
             Received::Object { key, size, .. } => crate::encryption::PayloadAt::Object { key, size: *size },
         };
         self.check_encrypted_payload(&mut tx, t.id, at).await?;
+        // At rest (under the lock: the setting cannot change before this version commits):
+        // an upload was sealed as it streamed, and must have been sealed exactly when the
+        // topic is at rest now; an inline payload is sealed here.
+        let at_rest = crate::sealed::at_rest_key(&mut tx, t.id).await?;
+        match &received {
+            Received::Object { owned: false, .. } if at_rest.is_some() => {
+                Self::refuse_registered_at_rest(&mut tx, t.id).await?;
+            }
+            Received::Object { sealed, owned: true, .. } if *sealed != at_rest.is_some() => {
+                return Err(Error::Conflict(
+                    "the topic's encryption changed while this payload was uploaded; publish again".into(),
+                ));
+            }
+            _ => {}
+        }
+        let sealed_inline = match (&received, &at_rest) {
+            (Received::Inline(b), Some(k)) => Some(self.seal_bytes(k, b).await?),
+            _ => None,
+        };
         // Validated above against the settings read then; only when they changed since (a
         // schema set in between) is the payload validated again, here under the lock.
         let now_rules = Validation::of(&t)?;
@@ -336,7 +360,7 @@ impl Imprint {
             ));
         }
         if let Some((settings, c)) = &mut checked {
-            let prev = crate::checks::previous(&mut tx, t.id).await?;
+            let prev = crate::checks::previous(self, &mut tx, t.id).await?;
             if prev.as_ref().map(|p| p.version) != c.previous {
                 let external: Vec<_> = c
                     .results
@@ -360,6 +384,8 @@ impl Imprint {
                     created_by: &who,
                     bytes,
                     object_key: None,
+                    object_sealed: false,
+                    at_rest: None,
                 };
                 let local = crate::checks::local_results(&settings.checks, &input, prev.as_ref());
                 c.results = crate::checks::merged(local, &external);
@@ -413,11 +439,12 @@ impl Imprint {
             _ => Vec::new(),
         };
         let stored = match &received {
-            Received::Inline(b) => store::versions::StoredAt::Inline(b.as_ref()),
+            Received::Inline(b) => store::versions::StoredAt::Inline(sealed_inline.as_deref().unwrap_or(b.as_ref())),
             Received::Object { key, owned, .. } => {
                 store::versions::StoredAt::Object { key: final_key.as_ref().unwrap_or(key).as_ref(), owned: *owned }
             }
         };
+        let sealed = at_rest.is_some();
         let committed = async {
             store::versions::insert(
                 &mut tx,
@@ -432,6 +459,7 @@ impl Imprint {
                     sha256: &sha256,
                     size,
                     stored,
+                    sealed,
                 },
             )
             .await?;
@@ -484,9 +512,12 @@ impl Imprint {
                 "rollout": rollout_id,
                 "storage": if final_key.is_some() || matches!(received, Received::Object { .. }) { "object" } else { "inline" },
             });
+            let mut details = details;
+            if let (Some(k), Some(map)) = (&at_rest, details.as_object_mut()) {
+                map.insert("sealed_with".into(), json!(k));
+            }
             // The checks' results and change control's marks, only when there are any
             // (docs/validation.md, docs/change-control.md).
-            let mut details = details;
             for (k, v) in [
                 ("checks", checked.as_ref().map(|(_, c)| json!(c.results))),
                 ("draft", control.draft.map(|d| json!(d))),
@@ -533,6 +564,7 @@ impl Imprint {
                     created_at,
                     payload,
                 )
+                .with_sealed(sealed)
                 .with_regions({
                     let held: Vec<String> = copies.iter().filter(|c| c.2).map(|c| c.0.clone()).collect();
                     crate::regions::order_for(self.state().regions(), &held, None)

@@ -66,6 +66,9 @@ pub struct VersionRow {
     pub object_url: Option<String>,
     /// Published as a pointer to an existing object (never deleted by Imprint).
     pub object_registered: bool,
+    /// Sealed at rest in storage (docs/encryption.md).
+    #[serde(default)]
+    pub sealed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,6 +83,9 @@ pub struct TopicHead {
     /// End-to-end encrypted for this many recipients (docs/encryption.md).
     #[serde(default)]
     pub encrypted_for: Option<usize>,
+    /// Encrypted at rest under this key id of the server's key provider.
+    #[serde(default)]
+    pub at_rest_key: Option<String>,
 }
 
 #[cfg(feature = "ssr")]
@@ -92,7 +98,8 @@ pub fn head_of(t: &imprint_service::model::Topic, caller: &imprint_service::Call
         last_published_at: t.last_published_at.map(|d| d.to_rfc3339()),
         rollout_state: t.rollout_state.clone(),
         can_write: caller.require_write(&t.name, &t.owner).is_ok(),
-        encrypted_for: t.encryption.as_ref().map(|e| e.recipients.len()),
+        encrypted_for: t.encryption.as_ref().filter(|e| e.end_to_end()).map(|e| e.recipients.len()),
+        at_rest_key: t.encryption.as_ref().and_then(|e| e.at_rest_key().map(str::to_owned)),
     }
 }
 
@@ -135,6 +142,7 @@ pub fn version_of(v: imprint_service::model::Version, pins: &[PinView]) -> Versi
         storage: v.storage,
         object_url: v.object_url,
         object_registered: v.object_registered,
+        sealed: v.sealed,
     }
 }
 
@@ -177,6 +185,7 @@ pub fn TopicHeader(head: TopicHead, active: &'static str) -> impl IntoView {
                 <div><dt>"Last publish"</dt><dd>{head.last_published_at.as_deref().map(short_time).unwrap_or_else(|| "never".into())}</dd></div>
                 {head.rollout_state.clone().map(|s| view! { <div><dt>"Rollout"</dt><dd><span class=format!("badge rollout-{s}")>{s.clone()}</span></dd></div> })}
                 {head.encrypted_for.map(|n| view! { <div><dt>"Encryption"</dt><dd><span class="badge encrypted" title="payloads are age files the server cannot read; consumers decrypt them (docs/encryption.md)">{format!("end to end, {n} recipient{}", if n == 1 { "" } else { "s" })}</span></dd></div> })}
+                {head.at_rest_key.clone().map(|k| view! { <div><dt>"Encryption"</dt><dd><span class="badge encrypted" title="the server seals what it stores under this key of its key provider and serves plaintext to allowed readers; views of payloads are audited (docs/encryption.md)">{format!("at rest, key {k}")}</span></dd></div> })}
             </dl>
         </section>
         {(!head.can_write).then(|| view! {

@@ -83,7 +83,7 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
         }
     };
     // An end-to-end encrypted payload shows its header, never a preview or a diff.
-    let encrypted = if topic.encryption.is_some() && !v.purged {
+    let encrypted = if topic.encryption.as_ref().is_some_and(|e| e.end_to_end()) && !v.purged {
         let (bytes, size) = load(imprint.version_preview(&caller, &name, number, PREVIEW_BYTES).await)?;
         let complete = bytes.len() as u64 == size;
         match imprint_domain::encryption::parse_header(&bytes, complete) {
@@ -197,7 +197,7 @@ pub fn VersionPage() -> impl IntoView {
                                             <br/><code class="small">{url}</code>
                                         }.into_any(),
                                         _ => view! { "inline (in Postgres)" }.into_any(),
-                                    }}</dd>
+                                    }}{v.sealed.then_some(", sealed at rest (this view is counted in the plaintext-read audit)")}</dd>
                                     <dt>"Content type"</dt><dd>{v.content_type.clone()}</dd>
                                     <dt>"SHA-256"</dt><dd><code class="small">{v.sha256.clone()}</code></dd>
                                     <dt>"Message"</dt><dd>{if v.message.is_empty() { "—".to_owned() } else { v.message.clone() }}</dd>

@@ -238,7 +238,8 @@ async fn publish(api: &Api, req: PublishRequest) -> CliResult<Value> {
     // An end-to-end topic gets the payload encrypted to its recipients (docs/encryption.md):
     // into a temporary file, which is what is hashed and sent. Standard input goes
     // straight into it, so no plaintext copy is spooled.
-    let recipients = topic.encryption.as_ref().map(|e| e.recipients.clone());
+    // (At rest the server seals: the CLI sends plaintext.)
+    let recipients = topic.encryption.as_ref().filter(|e| e.mode == "end_to_end").map(|e| e.recipients.clone());
     let encrypted = recipients.as_ref().map(|_| {
         let tmp = std::env::temp_dir().join(format!("imprint-publish-{}-{}.age", std::process::id(), rand_suffix()));
         Spooled(tmp)

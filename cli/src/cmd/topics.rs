@@ -112,6 +112,9 @@ pub struct Encryption {
     pub mode: String,
     #[serde(default)]
     pub recipients: Vec<String>,
+    /// At rest: the server's key id (the server seals; the CLI sends plaintext).
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -243,6 +246,7 @@ fn print_topic(t: Topic) {
             "encryption",
             match &t.encryption {
                 None => "none".into(),
+                Some(e) if e.mode == "at_rest" => format!("at_rest, key {}", e.key.as_deref().unwrap_or("?")),
                 Some(e) => format!("{} for {} recipient(s): {}", e.mode, e.recipients.len(), e.recipients.join(" ")),
             },
         ),

@@ -5,6 +5,7 @@
 //! the service and map the answer. Routes are registered through `utoipa_axum`, so every
 //! route is in the OpenAPI document by construction. To add an endpoint: a handler with
 //! its `#[utoipa::path]` in its feature's file, listed in that file's `routes()`.
+pub mod at_rest;
 pub mod blobs;
 pub mod change_control;
 pub mod checks;
@@ -36,6 +37,7 @@ pub fn routes_and_doc() -> (axum::Router<Imprint>, utoipa::openapi::OpenApi) {
         .merge(webhooks::routes())
         .merge(checks::routes())
         .merge(change_control::routes())
+        .merge(at_rest::routes())
         .merge(ops::routes())
         .merge(doc::routes())
         // OpenFeature's protocol (`/ofrep/v1`, server/src/ofrep.rs) is documented here too.

@@ -174,10 +174,8 @@ pub(super) async fn download(
             pinned,
         })),
     };
-    let body: BoxStream<'static, Result<Bytes, std::io::Error>> = match payload.body {
-        PayloadBody::Inline(b) => futures::stream::once(async move { Ok(b) }).boxed(),
-        PayloadBody::Object(key) => imprint.read_object(&key, None).await.map_err(grpc_status)?,
-    };
+    let body: BoxStream<'static, Result<Bytes, std::io::Error>> =
+        imprint.payload_stream(payload.body, None, None).await.map_err(grpc_status)?;
     let chunks = body
         .map_ok(|c| split(c).map(Ok::<_, std::io::Error>))
         .try_flatten()

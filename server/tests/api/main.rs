@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 mod analysis;
 mod apollo;
+mod at_rest;
 mod change_control;
 mod connection;
 mod consumers;

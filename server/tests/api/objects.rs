@@ -70,7 +70,7 @@ async fn app_on(pool: &sqlx::PgPool, store: &Store) -> TestApp {
 }
 
 /// Every key in the store (under its prefix).
-async fn keys(objects: &Objects) -> Vec<String> {
+pub(crate) async fn keys(objects: &Objects) -> Vec<String> {
     let prefix = objects.url().strip_prefix("s3://").and_then(|r| r.split_once('/')).map(|(_, p)| Path::from(p));
     let list: Vec<_> = objects.store().list(prefix.as_ref()).try_collect().await.expect("list");
     let mut out: Vec<String> = list.into_iter().map(|m| m.location.to_string()).collect();

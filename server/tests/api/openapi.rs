@@ -43,6 +43,7 @@ async fn every_route_is_documented_and_answers(pool: sqlx::PgPool) {
         "/api/v1/topics/{topic}/drafts/{id}/release",
         "/api/v1/topics/{topic}/review",
         "/api/v1/topics/{topic}/freezes",
+        "/api/v1/topics/{topic}/plaintext-reads",
         "/api/v1/change-requests",
         "/api/v1/change-requests/{id}",
         "/api/v1/change-requests/{id}/approve",

@@ -8,16 +8,16 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
-/// Forwards connections to Postgres while `up`; `cut()` drops every connection and
+/// Forwards connections (to Postgres, to moto's KMS) while `up`; `cut()` drops every connection and
 /// refuses new ones until `restore()`.
-struct Proxy {
-    port: u16,
+pub(crate) struct Proxy {
+    pub(crate) port: u16,
     up: Arc<AtomicBool>,
     kill: broadcast::Sender<()>,
 }
 
 impl Proxy {
-    async fn start(target: String) -> Proxy {
+    pub(crate) async fn start(target: String) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
@@ -44,12 +44,12 @@ impl Proxy {
         Proxy { port, up, kill }
     }
 
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         let _ = self.kill.send(());
     }
 
-    fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
 }

@@ -19,7 +19,7 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// How a test validator answers.
 #[derive(Clone, Debug, PartialEq)]
-enum Mode {
+pub(crate) enum Mode {
     Accept,
     Reject(String),
     /// Answers after this long.
@@ -28,22 +28,22 @@ enum Mode {
 
 /// What a validator saw of one request.
 #[derive(Clone, Debug)]
-struct Seen {
-    body: Value,
+pub(crate) struct Seen {
+    pub(crate) body: Value,
     signed: bool,
     /// What its download URL gave (status, bytes).
-    download: (u16, Vec<u8>),
+    pub(crate) download: (u16, Vec<u8>),
 }
 
 #[derive(Clone)]
-struct Validator {
+pub(crate) struct Validator {
     mode: Arc<Mutex<Mode>>,
     seen: Arc<Mutex<Vec<Seen>>>,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Validator {
-    async fn start(mode: Mode) -> Self {
+    pub(crate) async fn start(mode: Mode) -> Self {
         let v = Validator { mode: Arc::new(Mutex::new(mode)), seen: Arc::default(), url: String::new() };
         let app = axum::Router::new().fallback(validate).with_state(v.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -52,7 +52,7 @@ impl Validator {
         Validator { url: format!("http://{addr}/validate"), ..v }
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -92,7 +92,7 @@ async fn publish(app: &TestApp, token: Option<&str>, topic: &str, body: Value) -
     req.json(&body).send().await.unwrap()
 }
 
-fn external(url: &str, extra: Value) -> Value {
+pub(crate) fn external(url: &str, extra: Value) -> Value {
     let mut c = json!({"type": "external", "url": url, "secret": SECRET, "allow_private": true, "timeout_ms": 2000});
     c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     c

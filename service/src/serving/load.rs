@@ -46,8 +46,9 @@ fn add_pins(histories: &mut HashMap<i64, TopicHistory>, pins: &[store::serving::
 pub(super) async fn load(
     conn: &mut PgConnection,
     ids: Option<&[i64]>,
-    cache: &HashMap<(i64, u64), Bytes>,
+    cache: &HashMap<(i64, u64), (Bytes, bool)>,
     regions: &[String],
+    keys: Option<&crate::keys::Keys>,
 ) -> crate::Result<Vec<ServingTopic>> {
     let now = store::serving::current(conn, ids).await?;
     // Per topic, a history of just the present: each selector's best live version and
@@ -81,11 +82,35 @@ pub(super) async fn load(
         })
         .map(|r| (r.topic_id, r.version))
         .collect();
-    let mut payloads: HashMap<(i64, u64), Bytes> = HashMap::new();
+    let mut payloads: HashMap<(i64, u64), (Bytes, bool)> = HashMap::new();
+    // Once the key provider is found down, this load asks it nothing more (each call could
+    // wait for its timeout): the rest of the sealed payloads stay unheld until a later load.
+    let mut provider_down = false;
     for chunk in wanted.chunks(10_000) {
         let (t, v): (Vec<i64>, Vec<i64>) = chunk.iter().copied().unzip();
-        let rows = store::serving::inline_payloads(conn, &t, &v).await?;
-        payloads.extend(rows.into_iter().map(|(t, v, d)| ((t, v as u64), Bytes::from(d))));
+        for (t, v, d, sealed) in store::serving::inline_payloads(conn, &t, &v).await? {
+            // At rest: opened once here and held in memory as plaintext, so polls keep
+            // serving while the key provider is down. One that cannot be opened now is
+            // left out (polls point to the download, which answers why).
+            let d = Bytes::from(d);
+            let plain = match (sealed, keys) {
+                (false, _) => Some(d),
+                (true, Some(_)) if provider_down => None,
+                (true, Some(keys)) => match keys.open(&d).await {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        provider_down =
+                            matches!(e, crate::keys::AtRestError::Key(crate::keys::KeyError::Unavailable(_)));
+                        tracing::warn!(topic_id = t, version = v, error = %e, "a sealed payload is not held: it did not open");
+                        None
+                    }
+                },
+                (true, None) => None,
+            };
+            if let Some(p) = plain {
+                payloads.insert((t, v as u64), (p, sealed));
+            }
+        }
     }
 
     // With several regions: which regions hold each version's object (docs/regions.md).
@@ -107,6 +132,8 @@ pub(super) async fn load(
         for v in index.versions() {
             let Some(row) = meta.remove(&(t.id, v)) else { continue };
             let payload = cache.get(&(t.id, v)).cloned().or_else(|| payloads.remove(&(t.id, v)));
+            let sealed = payload.as_ref().is_some_and(|p| p.1);
+            let payload = payload.map(|p| p.0);
             served.insert(
                 v,
                 Arc::new(
@@ -120,6 +147,7 @@ pub(super) async fn load(
                         row.created_at,
                         payload,
                     )
+                    .with_sealed(sealed)
                     .with_regions(
                         holding
                             .remove(&(t.id, v))

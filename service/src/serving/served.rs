@@ -20,6 +20,9 @@ pub struct ServedVersion {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// Present for small inline payloads of versions some consumer can resolve to now.
     pub payload: Option<Bytes>,
+    /// The payload is sealed at rest in storage (held here opened): reads of it are
+    /// counted in the plaintext-read audit.
+    pub sealed: bool,
     /// The regions holding a copy of its object, most preferred first (empty: one
     /// region only, or an inline payload; docs/regions.md).
     pub regions: Vec<String>,
@@ -68,6 +71,7 @@ impl ServedVersion {
             metadata,
             created_at,
             payload,
+            sealed: false,
             regions: Vec::new(),
             json: (0..2).map(|_| Default::default()).collect(),
         }
@@ -77,6 +81,12 @@ impl ServedVersion {
     pub fn with_regions(mut self, regions: Vec<String>) -> Self {
         self.json = (0..2 * (regions.len() + 1)).map(|_| Default::default()).collect();
         self.regions = regions;
+        self
+    }
+
+    /// Marks a version sealed at rest (its plaintext reads are audited).
+    pub(crate) fn with_sealed(mut self, sealed: bool) -> Self {
+        self.sealed = sealed;
         self
     }
 

@@ -93,12 +93,20 @@ pub struct ServingState {
     /// Every region, most preferred first, when several are configured (empty: one):
     /// the order of a served version's `data_urls`.
     regions: Vec<String>,
+    /// The key provider that opens at-rest payloads as they are loaded (docs/encryption.md).
+    keys: Option<crate::keys::Keys>,
 }
 
 impl ServingState {
     /// Serving with the configured regions (docs/regions.md).
     pub(crate) fn with_regions(mut self, regions: &crate::regions::Regions) -> Self {
         self.regions = if regions.several() { regions.ranked().to_vec() } else { Vec::new() };
+        self
+    }
+
+    /// Serving that opens at-rest payloads with `keys`.
+    pub(crate) fn with_keys(mut self, keys: Option<crate::keys::Keys>) -> Self {
+        self.keys = keys;
         self
     }
 
@@ -112,6 +120,7 @@ impl Default for ServingState {
     fn default() -> Self {
         Self {
             regions: Vec::new(),
+            keys: None,
             topics: RwLock::new(HashMap::new()),
             own: std::sync::Mutex::new(HashMap::new()),
             seqs: RwLock::new(HashMap::new()),
@@ -399,11 +408,13 @@ impl ServingState {
 
     /// Payloads already in memory (of the given topics, or of all), so a reload fetches
     /// only new ones.
-    fn cached_payloads(&self, ids: Option<&[i64]>) -> HashMap<(i64, u64), Bytes> {
+    fn cached_payloads(&self, ids: Option<&[i64]>) -> HashMap<(i64, u64), (Bytes, bool)> {
         let map = self.topics.read().unwrap_or_else(|e| e.into_inner());
         map.values()
             .filter(|t| ids.is_none_or(|ids| ids.contains(&t.id)))
-            .flat_map(|t| t.served.values().filter_map(move |v| v.payload.clone().map(|p| ((t.id, v.version), p))))
+            .flat_map(|t| {
+                t.served.values().filter_map(move |v| v.payload.clone().map(|p| ((t.id, v.version), (p, v.sealed))))
+            })
             .collect()
     }
 
@@ -421,7 +432,7 @@ impl ServingState {
         let cache = self.cached_payloads(ids);
         // One consistent snapshot across the tables (in the BEGIN: one round trip less).
         let mut tx = pool.begin_with(store::serving::BEGIN_SNAPSHOT).await?;
-        let loaded = load(&mut tx, ids, &cache, &self.regions).await?;
+        let loaded = load(&mut tx, ids, &cache, &self.regions, self.keys.as_ref()).await?;
         tx.commit().await?;
         self.install(loaded, ids.is_none());
         let kind = match ids {

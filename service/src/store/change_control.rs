@@ -28,23 +28,28 @@ pub(crate) struct NewDraft<'a> {
     pub metadata: &'a BTreeMap<String, String>,
     pub content_type: &'a str,
     pub sha256: &'a str,
+    /// As stored: sealed when `sealed` (an at-rest topic's draft).
     pub data: &'a [u8],
+    /// The plaintext's size.
+    pub size: u64,
+    pub sealed: bool,
 }
 
 pub(crate) async fn insert_draft(conn: &mut PgConnection, d: NewDraft<'_>) -> Result<i64> {
     let metadata = serde_json::to_value(d.metadata).unwrap_or_default();
     Ok(sqlx::query_scalar!(
-        "INSERT INTO drafts (topic_id, created_at, created_by, updated_at, message, metadata, content_type, size, sha256, data)
-         VALUES ($1, $2, $3, $2, $4, $5, $6, $7, $8, $9) RETURNING id",
+        "INSERT INTO drafts (topic_id, created_at, created_by, updated_at, message, metadata, content_type, size, sha256, data, sealed)
+         VALUES ($1, $2, $3, $2, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
         d.topic_id,
         d.at as _,
         d.by,
         d.message,
         metadata,
         d.content_type,
-        d.data.len() as i64,
+        d.size as i64,
         d.sha256,
         d.data,
+        d.sealed,
     )
     .fetch_one(&mut *conn)
     .await?)
@@ -54,17 +59,19 @@ pub(crate) async fn insert_draft(conn: &mut PgConnection, d: NewDraft<'_>) -> Re
 pub(crate) async fn replace_draft(conn: &mut PgConnection, id: i64, d: NewDraft<'_>) -> Result<bool> {
     let metadata = serde_json::to_value(d.metadata).unwrap_or_default();
     let done = sqlx::query!(
-        "UPDATE drafts SET updated_at = $2, message = $3, metadata = $4, content_type = $5, size = $6, sha256 = $7, data = $8
+        "UPDATE drafts SET updated_at = $2, message = $3, metadata = $4, content_type = $5, size = $6, sha256 = $7, data = $8,
+                           sealed = $10
          WHERE id = $1 AND topic_id = $9 AND state = 'open'",
         id,
         d.at as _,
         d.message,
         metadata,
         d.content_type,
-        d.data.len() as i64,
+        d.size as i64,
         d.sha256,
         d.data,
         d.topic_id,
+        d.sealed,
     )
     .execute(&mut *conn)
     .await?;
@@ -84,8 +91,10 @@ pub(crate) async fn draft<'e>(ex: impl PgExecutor<'e>, topic_id: i64, id: i64) -
     .await?)
 }
 
-pub(crate) async fn draft_data<'e>(ex: impl PgExecutor<'e>, id: i64) -> Result<Option<Vec<u8>>> {
-    Ok(sqlx::query_scalar!("SELECT data FROM drafts WHERE id = $1", id).fetch_optional(ex).await?.flatten())
+/// An open draft's stored payload, and whether it is sealed at rest.
+pub(crate) async fn draft_data<'e>(ex: impl PgExecutor<'e>, id: i64) -> Result<Option<(Vec<u8>, bool)>> {
+    let row = sqlx::query!("SELECT data, sealed FROM drafts WHERE id = $1", id).fetch_optional(ex).await?;
+    Ok(row.and_then(|r| r.data.map(|d| (d, r.sealed))))
 }
 
 /// A topic's open drafts, newest first (at most 200).
@@ -475,4 +484,26 @@ pub(crate) async fn has_open_request(conn: &mut PgConnection, draft_id: i64) -> 
     )
     .fetch_one(&mut *conn)
     .await?)
+}
+
+/// Open drafts whose payload is sealed at rest (id, stored bytes), for a rewrap.
+pub(crate) async fn sealed_drafts<'e>(ex: impl PgExecutor<'e>) -> Result<Vec<(i64, Vec<u8>)>> {
+    let rows =
+        sqlx::query!(r#"SELECT id, data AS "data!" FROM drafts WHERE sealed AND state = 'open' AND data IS NOT NULL"#)
+            .fetch_all(ex)
+            .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.data)).collect())
+}
+
+/// Replaces a sealed draft payload with its rewrapped form, if it is still `old`.
+pub(crate) async fn replace_sealed_draft<'e>(ex: impl PgExecutor<'e>, id: i64, old: &[u8], new: &[u8]) -> Result<bool> {
+    let done = sqlx::query!(
+        "UPDATE drafts SET data = $3 WHERE id = $1 AND sealed AND state = 'open' AND data = $2",
+        id,
+        old,
+        new
+    )
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

@@ -58,13 +58,15 @@ pub(crate) struct PreviousRow {
     pub records: Option<i64>,
     /// Its inline bytes, only when no record count was stored (to count them).
     pub inline_data: Option<Vec<u8>>,
+    /// Those bytes are sealed at rest.
+    pub sealed: bool,
 }
 
 pub(crate) async fn previous(conn: &mut PgConnection, topic_id: i64) -> Result<Option<PreviousRow>> {
     Ok(sqlx::query_as!(
         PreviousRow,
         r#"SELECT v.version, v.size, c.records AS "records?",
-                  CASE WHEN c.records IS NULL THEN v.inline_data END AS inline_data
+                  CASE WHEN c.records IS NULL THEN v.inline_data END AS inline_data, v.sealed
            FROM versions v LEFT JOIN version_checks c ON c.topic_id = v.topic_id AND c.version = v.version
            WHERE v.topic_id = $1 AND v.purged_at IS NULL
            ORDER BY v.version DESC LIMIT 1"#,
@@ -127,6 +129,8 @@ pub(crate) struct CandidateRow {
     pub size: i64,
     pub inline_data: Option<Vec<u8>>,
     pub object_key: Option<String>,
+    /// Its bytes (inline or the object) are sealed at rest.
+    pub sealed: bool,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -138,6 +142,7 @@ pub(crate) struct NewCandidate<'a> {
     pub size: u64,
     pub inline_data: Option<&'a [u8]>,
     pub object_key: Option<&'a str>,
+    pub sealed: bool,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -149,8 +154,8 @@ pub(crate) async fn insert_candidate<'e>(
 ) -> Result<()> {
     sqlx::query!(
         "WITH gone AS (DELETE FROM validation_candidates WHERE expires_at < $9)
-         INSERT INTO validation_candidates (token_sha256, topic_id, content_type, sha256, size, inline_data, object_key, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         INSERT INTO validation_candidates (token_sha256, topic_id, content_type, sha256, size, inline_data, object_key, expires_at, sealed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10)",
         c.token_sha256,
         c.topic_id,
         c.content_type,
@@ -159,7 +164,8 @@ pub(crate) async fn insert_candidate<'e>(
         c.inline_data,
         c.object_key,
         c.expires_at as _,
-        now as _
+        now as _,
+        c.sealed
     )
     .execute(ex)
     .await?;
@@ -169,7 +175,7 @@ pub(crate) async fn insert_candidate<'e>(
 pub(crate) async fn candidate<'e>(ex: impl PgExecutor<'e>, token_sha256: &str) -> Result<Option<CandidateRow>> {
     Ok(sqlx::query_as!(
         CandidateRow,
-        r#"SELECT topic_id, content_type, sha256, size, inline_data, object_key, expires_at AS "expires_at: DateTime<Utc>"
+        r#"SELECT topic_id, content_type, sha256, size, inline_data, object_key, sealed, expires_at AS "expires_at: DateTime<Utc>"
            FROM validation_candidates WHERE token_sha256 = $1"#,
         token_sha256
     )

@@ -16,6 +16,7 @@ pub(crate) mod encryption;
 pub(crate) mod history;
 pub(crate) mod objects;
 pub(crate) mod pins;
+pub(crate) mod plaintext_reads;
 pub(crate) mod rollouts;
 pub(crate) mod serving;
 pub(crate) mod snapshots;

@@ -208,14 +208,15 @@ pub(crate) async fn snapshot(conn: &mut PgConnection, topic_id: Option<i64>) -> 
     Ok(Snapshot { topics, versions, scopes, pins })
 }
 
-/// The inline payloads of the given (topic, version) pairs.
+/// The inline payloads of the given (topic, version) pairs, each with whether it is
+/// sealed at rest.
 pub(crate) async fn inline_payloads(
     conn: &mut PgConnection,
     topic_ids: &[i64],
     versions: &[i64],
-) -> Result<Vec<(i64, i64, Vec<u8>)>> {
+) -> Result<Vec<(i64, i64, Vec<u8>, bool)>> {
     let rows = sqlx::query!(
-        r#"SELECT v.topic_id, v.version, v.inline_data AS "inline_data!" FROM versions v
+        r#"SELECT v.topic_id, v.version, v.inline_data AS "inline_data!", v.sealed FROM versions v
            JOIN UNNEST($1::bigint[], $2::bigint[]) AS w(topic_id, version) USING (topic_id, version)
            WHERE v.storage = 'inline' AND v.inline_data IS NOT NULL"#,
         topic_ids,
@@ -223,5 +224,5 @@ pub(crate) async fn inline_payloads(
     )
     .fetch_all(&mut *conn)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.topic_id, r.version, r.inline_data)).collect())
+    Ok(rows.into_iter().map(|r| (r.topic_id, r.version, r.inline_data, r.sealed)).collect())
 }

@@ -19,6 +19,8 @@ pub(crate) struct VersionRow {
     pub object_key: Option<String>,
     pub object_owned: bool,
     pub purged_at: Option<DateTime<Utc>>,
+    /// The stored payload is sealed at rest (docs/encryption.md).
+    pub sealed: bool,
 }
 
 pub(crate) struct NewVersion<'a> {
@@ -32,6 +34,8 @@ pub(crate) struct NewVersion<'a> {
     pub sha256: &'a str,
     pub size: u64,
     pub stored: StoredAt<'a>,
+    /// The stored bytes (inline or the object) are sealed at rest.
+    pub sealed: bool,
 }
 
 /// Where a new version's payload is.
@@ -53,8 +57,8 @@ pub(crate) async fn insert(conn: &mut PgConnection, v: NewVersion<'_>) -> Result
     };
     sqlx::query!(
         "INSERT INTO versions (topic_id, version, created_at, created_by, message, metadata, content_type, size, sha256,
-                               storage, inline_data, object_key, object_owned)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                               storage, inline_data, object_key, object_owned, sealed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         v.topic_id,
         v.version,
         v.created_at as _,
@@ -68,6 +72,7 @@ pub(crate) async fn insert(conn: &mut PgConnection, v: NewVersion<'_>) -> Result
         inline,
         key,
         owned,
+        v.sealed,
     )
     .execute(&mut *conn)
     .await?;
@@ -84,7 +89,7 @@ pub(crate) async fn list<'e>(
     Ok(sqlx::query_as!(
         VersionRow,
         r#"SELECT version, created_at AS "created_at: DateTime<Utc>", created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
-                  content_type, size, sha256, storage, object_key, object_owned, purged_at AS "purged_at: DateTime<Utc>"
+                  content_type, size, sha256, storage, object_key, object_owned, purged_at AS "purged_at: DateTime<Utc>", sealed
            FROM versions WHERE topic_id = $1 AND ($2::bigint IS NULL OR version < $2)
            ORDER BY version DESC LIMIT $3"#,
         topic_id,
@@ -99,7 +104,7 @@ pub(crate) async fn get<'e>(ex: impl PgExecutor<'e>, topic_id: i64, version: i64
     Ok(sqlx::query_as!(
         VersionRow,
         r#"SELECT version, created_at AS "created_at: DateTime<Utc>", created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
-                  content_type, size, sha256, storage, object_key, object_owned, purged_at AS "purged_at: DateTime<Utc>"
+                  content_type, size, sha256, storage, object_key, object_owned, purged_at AS "purged_at: DateTime<Utc>", sealed
            FROM versions WHERE topic_id = $1 AND version = $2"#,
         topic_id,
         version
@@ -126,6 +131,7 @@ pub(crate) async fn purged_at(
 
 pub(crate) struct DataRow {
     pub inline_data: Option<Vec<u8>>,
+    pub sealed: bool,
     pub object_key: Option<String>,
     pub size: i64,
     pub content_type: String,
@@ -136,7 +142,7 @@ pub(crate) struct DataRow {
 pub(crate) async fn data<'e>(ex: impl PgExecutor<'e>, topic_id: i64, version: i64) -> Result<Option<DataRow>> {
     Ok(sqlx::query_as!(
         DataRow,
-        r#"SELECT inline_data, object_key, size, content_type, sha256, purged_at AS "purged_at: DateTime<Utc>" FROM versions
+        r#"SELECT inline_data, sealed, object_key, size, content_type, sha256, purged_at AS "purged_at: DateTime<Utc>" FROM versions
            WHERE topic_id = $1 AND version = $2"#,
         topic_id,
         version
@@ -290,4 +296,48 @@ pub(crate) async fn sizes<'e>(ex: impl PgExecutor<'e>, topic_id: i64) -> Result<
         .fetch_all(ex)
         .await?;
     Ok(rows.into_iter().map(|r| (r.version, r.size)).collect())
+}
+
+/// A sealed version's stored payload, for a rewrap (`keys rotate --rewrap`).
+pub(crate) struct SealedRow {
+    pub topic_id: i64,
+    pub version: i64,
+    pub inline_data: Option<Vec<u8>>,
+    pub object_key: Option<String>,
+}
+
+/// The sealed, not purged versions after `(topic_id, version)`, in that order.
+pub(crate) async fn sealed_after<'e>(ex: impl PgExecutor<'e>, after: (i64, i64), limit: i64) -> Result<Vec<SealedRow>> {
+    Ok(sqlx::query_as!(
+        SealedRow,
+        r#"SELECT topic_id, version, inline_data, object_key FROM versions
+           WHERE sealed AND purged_at IS NULL AND (topic_id, version) > ($1, $2)
+           ORDER BY topic_id, version LIMIT $3"#,
+        after.0,
+        after.1,
+        limit
+    )
+    .fetch_all(ex)
+    .await?)
+}
+
+/// Replaces a sealed inline payload with its rewrapped form, if it is still `old`.
+pub(crate) async fn replace_sealed_inline<'e>(
+    ex: impl PgExecutor<'e>,
+    topic_id: i64,
+    version: i64,
+    old: &[u8],
+    new: &[u8],
+) -> Result<bool> {
+    let done = sqlx::query!(
+        "UPDATE versions SET inline_data = $4
+         WHERE topic_id = $1 AND version = $2 AND sealed AND purged_at IS NULL AND inline_data = $3",
+        topic_id,
+        version,
+        old,
+        new
+    )
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
