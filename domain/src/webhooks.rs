@@ -6,8 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Every event type a subscription can ask for (the CloudEvents `type` is
 /// `io.imprint.<type>`).
-pub const EVENT_TYPES: [&str; 25] = [
+pub const EVENT_TYPES: [&str; 26] = [
     "version.published",
+    "version.rejected",
     "scope.added",
     "pin.set",
     "pin.removed",
@@ -50,6 +51,8 @@ pub fn is_event_type(t: &str) -> bool {
 pub fn events_of_action(action: &str, details: &serde_json::Value) -> Vec<&'static str> {
     match action {
         "version.publish" => vec!["version.published"],
+        // Rejected by the checks and kept unreleased (`keep_rejected`, docs/validation.md).
+        "version.reject" => vec!["version.rejected"],
         "scope.add" => vec!["scope.added"],
         "pin.set" => vec!["pin.set"],
         "pin.remove" | "pin.expire" => vec!["pin.removed"],

@@ -337,6 +337,10 @@ impl Imprint {
                 if row.purged_at.is_some() {
                     return Ok(guard(Err(crate::coalesce::Missing::Purged)));
                 }
+                // keep_rejected (docs/validation.md): kept for its owner's eyes, never served.
+                if row.rejected {
+                    return Ok(guard(Err(crate::coalesce::Missing::Rejected)));
+                }
                 let body = match (row.inline_data, row.object_key) {
                     (Some(data), _) => PayloadBody::Inline(Bytes::from(data)),
                     (None, Some(key)) => PayloadBody::Object(key),

@@ -8,6 +8,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use serde::{Deserialize, Serialize};
 
+mod checks;
 mod consumers;
 mod drafts;
 mod matrix;
@@ -65,6 +66,10 @@ pub struct VersionRow {
     pub object_url: Option<String>,
     /// Published as a pointer to an existing object (never deleted by Imprint).
     pub object_registered: bool,
+    /// Rejected by the topic's checks and kept unreleased (`keep_rejected`): each failed
+    /// check as `type: message`.
+    #[serde(default)]
+    pub rejected: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +139,7 @@ pub fn version_of(v: imprint_service::model::Version, pins: &[PinView]) -> Versi
         storage: v.storage,
         object_url: v.object_url,
         object_registered: v.object_registered,
+        rejected: v.rejected.map(|r| r.reasons),
     }
 }
 
