@@ -221,6 +221,7 @@ mod tests {
     fn actions_map_to_their_events() {
         let none = json!({});
         assert_eq!(events_of_action("version.publish", &none), ["version.published"]);
+        assert_eq!(events_of_action("version.reject", &none), ["version.rejected"]);
         assert_eq!(events_of_action("pin.expire", &none), ["pin.removed"]);
         assert_eq!(events_of_action("rollout.supersede", &none), ["rollout.cancelled"]);
         assert_eq!(
@@ -235,7 +236,15 @@ mod tests {
         assert_eq!(events_of_action("rollout.auto_rollback", &none), ["rollout.cancelled", "rollout.rolled_back"]);
         assert!(events_of_action("token.create", &none).is_empty());
         assert!(events_of_action("version.purge", &none).is_empty());
-        for action in ["version.publish", "scope.add", "pin.set", "pin.remove", "rollout.start", "rollout.pause"] {
+        for action in [
+            "version.publish",
+            "version.reject",
+            "scope.add",
+            "pin.set",
+            "pin.remove",
+            "rollout.start",
+            "rollout.pause",
+        ] {
             for t in events_of_action(action, &none) {
                 assert!(is_event_type(t), "{t}");
             }

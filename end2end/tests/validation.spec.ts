@@ -73,7 +73,7 @@ test("a rejected version, forced, shows its checks", async ({ page, request }) =
   await signIn(page);
   await page.goto(`/topics/${topic}/versions/2`);
   await ready(page);
-  const checks = page.getByRole("region", { name: "Checks" });
+  const checks = page.getByRole("region", { name: "Checks", exact: true });
   await expect(checks).toBeVisible();
   await expect(checks.locator(".forced")).toContainText("the catalogue was halved on purpose");
   await expect(checks.locator("tr.check-failed")).toContainText("record count varied by 50% (4 → 2) vs v1");
@@ -178,7 +178,7 @@ test("a rejected version is kept unreleased and its page explains why", async ({
   await expect(banner).toBeVisible();
   await expect(banner.locator(".rejected-reasons li")).toHaveCount(1);
   await expect(banner.locator(".rejected-reasons")).toContainText("record count varied by 50% (4 → 2) vs v1");
-  const checks = page.getByRole("region", { name: "Checks" });
+  const checks = page.getByRole("region", { name: "Checks", exact: true });
   await expect(checks.locator("tr.check-failed")).toHaveCount(2);
   await expect(checks.locator("tr.check-passed")).toContainText("not_empty");
   await expect(page.locator(".rejected-payload")).toContainText("never served");

@@ -236,6 +236,9 @@ mod tests {
             if code == "validation_failed" {
                 expected["error"]["details"] = serde_json::json!({"checks": []});
             }
+            if code == "version_rejected" {
+                expected["error"]["details"] = serde_json::json!({"version": 1});
+            }
             assert_eq!(body, expected);
         }
     }

@@ -107,7 +107,9 @@ pub async fn evidence_of(
                 at: e.at.to_rfc3339(),
                 stage: d["stage"].as_u64(),
                 reason: d["reason"].as_str().unwrap_or_default().to_owned(),
-                reading: r.is_object().then(|| (n(&r["matching"]), n(&r["applied"]), n(&r["failed"]), n(&r["reporting"]))),
+                reading: r
+                    .is_object()
+                    .then(|| (n(&r["matching"]), n(&r["applied"]), n(&r["failed"]), n(&r["reporting"]))),
                 analyses: d["analysis"]
                     .as_array()
                     .into_iter()
@@ -151,7 +153,7 @@ fn number(v: f64) -> String {
 #[component]
 pub fn RejectedBanner(reasons: Vec<String>) -> impl IntoView {
     view! {
-        <section class="card rejected-banner" role="alert" aria-label="Rejected">
+        <section class="card rejected-banner" aria-label="Rejected">
             <h2>"Rejected by the topic's checks"</h2>
             <p>"This version was refused when it was published and kept for you to look at (the topic's "
                 <code>"keep_rejected"</code>" setting). It is never released: no consumer polls, resolves or downloads it, "
@@ -259,8 +261,14 @@ fn AnalysisChart(points: Vec<PointView>) -> impl IntoView {
         <svg class="analysis-chart" viewBox=format!("0 0 {CHART_W} {CHART_H}") width=CHART_W.to_string() height=CHART_H.to_string()
             role="img" aria-label=label>
             <line class="axis" x1=PAD.to_string() y1=(CHART_H - PAD).to_string() x2=(CHART_W - PAD).to_string() y2=(CHART_H - PAD).to_string()/>
-            <text class="tick" x="2" y="10">{number(hi)}</text>
-            <text class="tick" x="2" y=(CHART_H - 1.0).to_string()>{number(lo)}</text>
+            {if hi > lo {
+                view! {
+                    <text class="tick" x="2" y="10">{number(hi)}</text>
+                    <text class="tick" x="2" y=(CHART_H - 1.0).to_string()>{number(lo)}</text>
+                }.into_any()
+            } else {
+                view! { <text class="tick" x="2" y=(CHART_H / 2.0 - 6.0).to_string()>{number(hi)}</text> }.into_any()
+            }}
             <polyline class="series" points=line.join(" ")/>
             {points.iter().enumerate().filter_map(|(i, p)| p.value.filter(|v| v.is_finite()).map(|v| view! {
                 <circle class=format!("dot m-{}", p.verdict) cx=format!("{:.1}", x(i)) cy=format!("{:.1}", y(v)) r="3.5">

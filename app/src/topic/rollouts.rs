@@ -72,7 +72,8 @@ pub(crate) async fn rollout_rows(
         .into_iter()
         .filter(|r| version.is_none_or(|v| r.view.version == v))
         .collect();
-    let ids: Vec<i64> = items.iter().filter(|r| r.view.pause_reason.is_some() || r.end_reason.is_some()).map(|r| r.id).collect();
+    let ids: Vec<i64> =
+        items.iter().filter(|r| r.view.pause_reason.is_some() || r.end_reason.is_some()).map(|r| r.id).collect();
     let mut evidence = load(super::checks::evidence_of(imprint, caller, name.as_str(), &ids).await)?;
     for r in items {
         let active = r.view.state.is_active();

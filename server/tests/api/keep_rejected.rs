@@ -82,7 +82,8 @@ async fn a_rejected_version_is_kept_unreleased_and_never_served(pool: sqlx::PgPo
     // Never released: a scope, a pin, a rollout, a scheduled scope — each refused, nothing changes.
     let r = app.admin(Method::POST, "/api/v1/topics/prices/versions/2/scopes").json(&json!({"selector": {}})).send();
     assert_error(r.await.unwrap(), 409, "version_rejected").await;
-    let r = app.admin(Method::PUT, "/api/v1/topics/prices/pins").json(&json!({"selector": {"region": "eu"}, "version": 2}));
+    let r =
+        app.admin(Method::PUT, "/api/v1/topics/prices/pins").json(&json!({"selector": {"region": "eu"}, "version": 2}));
     assert_error(r.send().await.unwrap(), 409, "version_rejected").await;
     let stages = json!([{"selector": {"cluster": "canary"}, "wait_s": 60}, {"selector": {}, "wait_s": 0}]);
     let r = app.admin(Method::POST, "/api/v1/topics/prices/rollouts").json(&json!({"version": 2, "stages": stages}));
@@ -180,7 +181,7 @@ async fn a_restricted_topics_rejected_version_is_invisible_without_rights(pool: 
     let app = spawn_app(pool).await;
     app.create_topic_with(json!({"name": "red.secret", "owner": "red", "restricted": true, "keep_rejected": true,
         "checks": [{"type": "not_empty"}]}))
-    .await;
+        .await;
     app.publish("red.secret", json!({"data": "[1]"})).await;
     let err = assert_error(publish(&app, "red.secret", json!({"data": "[]"})).await, 422, "validation_failed").await;
     assert_eq!(err["error"]["details"]["version"], 2);
@@ -188,9 +189,11 @@ async fn a_restricted_topics_rejected_version_is_invisible_without_rights(pool: 
     let blue = app.consumer_token("blue-fleet", Some("blue"), &[], &[]).await;
     let blue_pub = app.token("blue-publisher", Some("blue")).await;
     let red = app.consumer_token("red-fleet", Some("red"), &[], &[]).await;
-    for path in
-        ["/api/v1/topics/red.secret/versions/2", "/api/v1/topics/red.secret/versions/2/data", "/api/v1/topics/red.secret/versions"]
-    {
+    for path in [
+        "/api/v1/topics/red.secret/versions/2",
+        "/api/v1/topics/red.secret/versions/2/data",
+        "/api/v1/topics/red.secret/versions",
+    ] {
         assert_eq!(status(app.req(Method::GET, path)).await, 401, "anonymous {path}");
         for token in [&blue, &blue_pub] {
             let r = app.req(Method::GET, path).bearer_auth(token).send().await.unwrap();
@@ -228,7 +231,7 @@ async fn retention_purges_rejected_versions(pool: sqlx::PgPool) {
     let app = spawn_app(pool).await;
     app.create_topic_with(json!({"name": "ret", "owner": "payments", "keep_rejected": true,
         "retention": {"max_versions": 1}, "checks": [{"type": "not_empty"}]}))
-    .await;
+        .await;
     app.publish("ret", json!({"data": "[1]"})).await;
     assert_error(publish(&app, "ret", json!({"data": "[]"})).await, 422, "validation_failed").await;
     // Inside the policy (the newest version): kept.
