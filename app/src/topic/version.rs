@@ -211,134 +211,134 @@ pub fn VersionPage() -> impl IntoView {
         |(name, n, against)| load_version(name, n, against),
     );
     view! {
-            <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
-                {move || Suspend::new(async move {
-                    match page.await {
-                        Err(e) => view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any(),
-                        Ok(d) => {
-                            let v = d.version.clone();
-                            let base = format!("/topics/{}/versions/{}", d.head.name, v.version);
-                            view! {
-                                <TopicHeader head=d.head.clone() active="versions"/>
-                                <section class="card version-detail">
-                                    <h2>{format!("Version {}", v.version)}
-                                        {v.purged.then(|| view! { <span class="badge purged">"purged"</span> })}
-                                        {v.rejected.is_some().then(|| view! { " " <span class="badge rejected">"rejected"</span> })}
-                                        {v.pinned_by.iter().map(|s| view! { <span class="badge pin">{format!("pinned: {s}")}</span> }).collect_view()}
-                                    </h2>
-                                    <dl class="grid">
-                                        <dt>"Published"</dt><dd>{format!("{} by {}", short_time(&v.created_at), v.created_by)}</dd>
-                                        <dt>"Size"</dt><dd>{human_size(v.size)}</dd>
-                                        <dt>"Stored"</dt><dd class="storage">{match (v.storage.as_str(), v.object_url.clone()) {
-                                            ("object", Some(url)) => view! {
-                                                "in the object store" {v.object_registered.then_some(" (registered; Imprint never deletes it)")}
-                                                <br/><code class="small">{url}</code>
-                                            }.into_any(),
-                                            _ => view! { "inline (in Postgres)" }.into_any(),
-                                        }}</dd>
-                                        <dt>"Content type"</dt><dd>{v.content_type.clone()}</dd>
-                                        <dt>"SHA-256"</dt><dd><code class="small">{v.sha256.clone()}</code></dd>
-                                        <dt>"Message"</dt><dd>{if v.message.is_empty() { "—".to_owned() } else { v.message.clone() }}</dd>
-                                        <dt>"Metadata"</dt><dd>{if v.metadata.is_empty() { "—".to_owned() } else { v.metadata.iter().map(|(k, x)| format!("{k}={x}")).collect::<Vec<_>>().join(", ") }}</dd>
-                                        <dt>"Scopes"</dt><dd>{if v.scopes.is_empty() { "none".to_owned() } else { v.scopes.iter().map(|s| s.selector.clone()).collect::<Vec<_>>().join(", ") }}</dd>
-                                    </dl>
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match page.await {
+                    Err(e) => view! { <p class="flash error" role="alert">{error_text(&e)}</p> }.into_any(),
+                    Ok(d) => {
+                        let v = d.version.clone();
+                        let base = format!("/topics/{}/versions/{}", d.head.name, v.version);
+                        view! {
+                            <TopicHeader head=d.head.clone() active="versions"/>
+                            <section class="card version-detail">
+                                <h2>{format!("Version {}", v.version)}
+                                    {v.purged.then(|| view! { <span class="badge purged">"purged"</span> })}
+                                    {v.rejected.is_some().then(|| view! { " " <span class="badge rejected">"rejected"</span> })}
+                                    {v.pinned_by.iter().map(|s| view! { <span class="badge pin">{format!("pinned: {s}")}</span> }).collect_view()}
+                                </h2>
+                                <dl class="grid">
+                                    <dt>"Published"</dt><dd>{format!("{} by {}", short_time(&v.created_at), v.created_by)}</dd>
+                                    <dt>"Size"</dt><dd>{human_size(v.size)}</dd>
+                                    <dt>"Stored"</dt><dd class="storage">{match (v.storage.as_str(), v.object_url.clone()) {
+                                        ("object", Some(url)) => view! {
+                                            "in the object store" {v.object_registered.then_some(" (registered; Imprint never deletes it)")}
+                                            <br/><code class="small">{url}</code>
+                                        }.into_any(),
+                                        _ => view! { "inline (in Postgres)" }.into_any(),
+                                    }}</dd>
+                                    <dt>"Content type"</dt><dd>{v.content_type.clone()}</dd>
+                                    <dt>"SHA-256"</dt><dd><code class="small">{v.sha256.clone()}</code></dd>
+                                    <dt>"Message"</dt><dd>{if v.message.is_empty() { "—".to_owned() } else { v.message.clone() }}</dd>
+                                    <dt>"Metadata"</dt><dd>{if v.metadata.is_empty() { "—".to_owned() } else { v.metadata.iter().map(|(k, x)| format!("{k}={x}")).collect::<Vec<_>>().join(", ") }}</dd>
+                                    <dt>"Scopes"</dt><dd>{if v.scopes.is_empty() { "none".to_owned() } else { v.scopes.iter().map(|s| s.selector.clone()).collect::<Vec<_>>().join(", ") }}</dd>
+                                </dl>
+                            </section>
+                            {v.rejected.clone().map(|reasons| view! { <super::checks::RejectedBanner reasons/> })}
+                            {d.checks.clone().map(|c| view! {
+                                <section class="card checks" aria-label="Checks">
+                                    <h2>"Checks before release"</h2>
+                                    {c.forced_by.clone().map(|who| view! {
+                                        <p class="flash error forced" role="status">
+                                            {format!("Published despite failing checks by {who}: {}", c.force_reason.clone().unwrap_or_default())}
+                                        </p>
+                                    })}
+                                    <table class="checks-table">
+                                        <thead><tr><th>"#"</th><th>"Check"</th><th>"Result"</th><th>"On failure"</th><th>"Detail"</th></tr></thead>
+                                        <tbody>
+                                            {c.results.iter().map(|r| {
+                                                let status = format!("{:?}", r.status).to_lowercase();
+                                                let on_fail = format!("{:?}", r.on_fail).to_lowercase();
+                                                view! {
+                                                    <tr class=format!("check check-{status}")>
+                                                        <td>{r.index + 1}</td>
+                                                        <td><code>{r.kind.as_str()}</code></td>
+                                                        <td><span class=format!("badge check-{status}")>{status.clone()}</span></td>
+                                                        <td>{on_fail}</td>
+                                                        <td>{r.message.clone()}</td>
+                                                    </tr>
+                                                }
+                                            }).collect_view()}
+                                        </tbody>
+                                    </table>
                                 </section>
-                                {v.rejected.clone().map(|reasons| view! { <super::checks::RejectedBanner reasons/> })}
-                                {d.checks.clone().map(|c| view! {
-                                    <section class="card checks" aria-label="Checks">
-                                        <h2>"Checks before release"</h2>
-                                        {c.forced_by.clone().map(|who| view! {
-                                            <p class="flash error forced" role="status">
-                                                {format!("Published despite failing checks by {who}: {}", c.force_reason.clone().unwrap_or_default())}
-                                            </p>
-                                        })}
-                                        <table class="checks-table">
-                                            <thead><tr><th>"#"</th><th>"Check"</th><th>"Result"</th><th>"On failure"</th><th>"Detail"</th></tr></thead>
-                                            <tbody>
-                                                {c.results.iter().map(|r| {
-                                                    let status = format!("{:?}", r.status).to_lowercase();
-                                                    let on_fail = format!("{:?}", r.on_fail).to_lowercase();
-                                                    view! {
-                                                        <tr class=format!("check check-{status}")>
-                                                            <td>{r.index + 1}</td>
-                                                            <td><code>{r.kind.as_str()}</code></td>
-                                                            <td><span class=format!("badge check-{status}")>{status.clone()}</span></td>
-                                                            <td>{on_fail}</td>
-                                                            <td>{r.message.clone()}</td>
-                                                        </tr>
-                                                    }
-                                                }).collect_view()}
-                                            </tbody>
-                                        </table>
-                                    </section>
+                            })}
+                            <super::checks::VersionRolloutChecks topic=d.head.name.clone() rollouts=d.rollouts.clone()/>
+                            <section class="card">
+                                <h2>"Payload"</h2>
+                                {(!v.purged && v.rejected.is_none()).then(|| view! {
+                                    <p><a class="button" href=format!("/console/download/{}/{}", d.head.name, v.version) download="">
+                                        {format!("Download ({})", human_size(v.size))}</a></p>
                                 })}
-                                <super::checks::VersionRolloutChecks topic=d.head.name.clone() rollouts=d.rollouts.clone()/>
-                                <section class="card">
-                                    <h2>"Payload"</h2>
-                                    {(!v.purged && v.rejected.is_none()).then(|| view! {
-                                        <p><a class="button" href=format!("/console/download/{}/{}", d.head.name, v.version) download="">
-                                            {format!("Download ({})", human_size(v.size))}</a></p>
-                                    })}
-                                    {d.truncated.then(|| view! {
-                                        <p class="muted small preview-note">{format!("Showing the first {} of {}.", human_size(PREVIEW_BYTES), human_size(v.size))}</p>
-                                    })}
-                                    {match (d.encrypted.clone(), d.rendered.clone()) {
-                                        (Some((n, header)), _) => view! {
-                                            <p class="encrypted-note">{format!("End-to-end encrypted for {n} recipient{} (age). The server holds only ciphertext: consumers decrypt it with their identity; there is no preview or diff.", if n == 1 { "" } else { "s" })}</p>
-                                            <p class="muted small">"Its age header:"</p>
-                                            <pre class="payload age-header">{header}</pre>
-                                        }.into_any(),
-                                        (None, None) if v.rejected.is_some() && !v.purged => view! { <p class="muted rejected-payload">{format!("Kept but never served: a rejected version's payload is not shown or downloadable ({}, SHA-256 above).", human_size(v.size))}</p> }.into_any(),
-                                        (None, None) => view! { <p class="muted">"The payload was deleted by retention."</p> }.into_any(),
-                                        (None, Some(Rendered::Json(s))) => view! { <pre class="payload json">{s}</pre> }.into_any(),
-                                        (None, Some(Rendered::Text(s))) => view! { <pre class="payload text">{s}</pre> }.into_any(),
-                                        (None, Some(Rendered::Binary { size, hex_preview })) => view! {
-                                            <p class="muted">{format!("Binary, {}; first bytes:", human_size(size))}</p>
-                                            <pre class="payload hex">{hex_preview}</pre>
-                                        }.into_any(),
-                                    }}
-                                </section>
-                                <section class="card diff-card">
-                                    <h2>"Compare"</h2>
-    {v.rejected.is_none().then(|| view! {
-                                    <form method="get" action=base.clone() class="inline">
-                                        <label>"Against version"
-                                            <select name="against">
-                                                {d.others.iter().map(|o| view! { <option value=o.to_string() selected=Some(*o) == d.against>{format!("v{o}")}</option> }).collect_view()}
-                                            </select>
-                                        </label>
-                                        <button type="submit">"Show diff"</button>
-                                    </form>
-                                    })}
-                                    {match (d.against, d.diff.clone()) {
-                                        _ if d.encrypted.is_some() => view! { <p class="muted">"Encrypted payloads are not compared: the server cannot read them."</p> }.into_any(),
-                                        _ if v.rejected.is_some() => view! { <p class="muted">"A rejected version is not compared: it is never served."</p> }.into_any(),
-                                        (None, _) | (_, None) => view! { <p class="muted">"No other version to compare with."</p> }.into_any(),
-                                        (Some(a), Some(Err(e))) => view! {
-                                            <p class="muted diff-refused">{format!("v{a} → v{}: {e}", v.version)}</p>
-                                            <p class="diff-downloads">
-                                                <a class="button" href=format!("/console/download/{}/{a}", d.head.name) download="">{format!("Download v{a}")}</a>
-                                                " "
-                                                <a class="button" href=format!("/console/download/{}/{}", d.head.name, v.version) download="">{format!("Download v{}", v.version)}</a>
-                                            </p>
-                                        }.into_any(),
-                                        (Some(a), Some(Ok(lines))) => {
-                                            let changed = lines.iter().filter(|l| !matches!(l, DiffLine::Same(_))).count();
-                                            view! {
-                                                <p class="muted">{if changed == 0 { format!("v{a} → v{}: identical", v.version) } else { format!("v{a} → v{}: {changed} changed lines", v.version) }}</p>
-                                                <pre class="diff">{lines.into_iter().map(|l| match l {
-                                                    DiffLine::Same(s) => view! { <span class="same">{format!("  {s}\n")}</span> }.into_any(),
-                                                    DiffLine::Added(s) => view! { <ins class="added">{format!("+ {s}\n")}</ins> }.into_any(),
-                                                    DiffLine::Removed(s) => view! { <del class="removed">{format!("- {s}\n")}</del> }.into_any(),
-                                                }).collect_view()}</pre>
-                                            }.into_any()
-                                        }
-                                    }}
-                                </section>
-                            }.into_any()
-                        }
+                                {d.truncated.then(|| view! {
+                                    <p class="muted small preview-note">{format!("Showing the first {} of {}.", human_size(PREVIEW_BYTES), human_size(v.size))}</p>
+                                })}
+                                {match (d.encrypted.clone(), d.rendered.clone()) {
+                                    (Some((n, header)), _) => view! {
+                                        <p class="encrypted-note">{format!("End-to-end encrypted for {n} recipient{} (age). The server holds only ciphertext: consumers decrypt it with their identity; there is no preview or diff.", if n == 1 { "" } else { "s" })}</p>
+                                        <p class="muted small">"Its age header:"</p>
+                                        <pre class="payload age-header">{header}</pre>
+                                    }.into_any(),
+                                    (None, None) if v.rejected.is_some() && !v.purged => view! { <p class="muted rejected-payload">{format!("Kept but never served: a rejected version's payload is not shown or downloadable ({}, SHA-256 above).", human_size(v.size))}</p> }.into_any(),
+                                    (None, None) => view! { <p class="muted">"The payload was deleted by retention."</p> }.into_any(),
+                                    (None, Some(Rendered::Json(s))) => view! { <pre class="payload json">{s}</pre> }.into_any(),
+                                    (None, Some(Rendered::Text(s))) => view! { <pre class="payload text">{s}</pre> }.into_any(),
+                                    (None, Some(Rendered::Binary { size, hex_preview })) => view! {
+                                        <p class="muted">{format!("Binary, {}; first bytes:", human_size(size))}</p>
+                                        <pre class="payload hex">{hex_preview}</pre>
+                                    }.into_any(),
+                                }}
+                            </section>
+                            <section class="card diff-card">
+                                <h2>"Compare"</h2>
+                                {v.rejected.is_none().then(|| view! {
+                                <form method="get" action=base.clone() class="inline">
+                                    <label>"Against version"
+                                        <select name="against">
+                                            {d.others.iter().map(|o| view! { <option value=o.to_string() selected=Some(*o) == d.against>{format!("v{o}")}</option> }).collect_view()}
+                                        </select>
+                                    </label>
+                                    <button type="submit">"Show diff"</button>
+                                </form>
+                                })}
+                                {match (d.against, d.diff.clone()) {
+                                    _ if d.encrypted.is_some() => view! { <p class="muted">"Encrypted payloads are not compared: the server cannot read them."</p> }.into_any(),
+                                    _ if v.rejected.is_some() => view! { <p class="muted">"A rejected version is not compared: it is never served."</p> }.into_any(),
+                                    (None, _) | (_, None) => view! { <p class="muted">"No other version to compare with."</p> }.into_any(),
+                                    (Some(a), Some(Err(e))) => view! {
+                                        <p class="muted diff-refused">{format!("v{a} → v{}: {e}", v.version)}</p>
+                                        <p class="diff-downloads">
+                                            <a class="button" href=format!("/console/download/{}/{a}", d.head.name) download="">{format!("Download v{a}")}</a>
+                                            " "
+                                            <a class="button" href=format!("/console/download/{}/{}", d.head.name, v.version) download="">{format!("Download v{}", v.version)}</a>
+                                        </p>
+                                    }.into_any(),
+                                    (Some(a), Some(Ok(lines))) => {
+                                        let changed = lines.iter().filter(|l| !matches!(l, DiffLine::Same(_))).count();
+                                        view! {
+                                            <p class="muted">{if changed == 0 { format!("v{a} → v{}: identical", v.version) } else { format!("v{a} → v{}: {changed} changed lines", v.version) }}</p>
+                                            <pre class="diff">{lines.into_iter().map(|l| match l {
+                                                DiffLine::Same(s) => view! { <span class="same">{format!("  {s}\n")}</span> }.into_any(),
+                                                DiffLine::Added(s) => view! { <ins class="added">{format!("+ {s}\n")}</ins> }.into_any(),
+                                                DiffLine::Removed(s) => view! { <del class="removed">{format!("- {s}\n")}</del> }.into_any(),
+                                            }).collect_view()}</pre>
+                                        }.into_any()
+                                    }
+                                }}
+                            </section>
+                        }.into_any()
                     }
-                })}
-            </Transition>
-        }
+                }
+            })}
+        </Transition>
+    }
 }

@@ -70,6 +70,9 @@ async fn a_rejected_version_is_kept_unreleased_and_never_served(pool: sqlx::PgPo
     assert_eq!(r.text().await.unwrap(), "[1,2,3,4]");
     let (_, r) = app.get_json("/api/v1/topics/prices/resolve?labels=region=eu").await;
     assert_eq!(r["version"], 1, "{r}");
+    let now = chrono::Utc::now().to_rfc3339().replace('+', "%2B");
+    let (_, r) = app.get_json(&format!("/api/v1/topics/prices/resolve?labels=region=eu&at={now}")).await;
+    assert_eq!(r["version"], 1, "time travel never finds it either: {r}");
     let r = app.admin(Method::GET, "/api/v1/topics/prices/versions/2/data").send().await.unwrap();
     let err = assert_error(r, 409, "version_rejected").await;
     assert_eq!(err["error"]["details"]["version"], 2);
