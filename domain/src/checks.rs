@@ -81,6 +81,11 @@ pub struct TopicChecks {
     pub checks: Vec<Check>,
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// A publish the checks reject is stored unreleased, marked rejected with every
+    /// result, for its owner to look at (it is never released, pinned, rolled out or
+    /// served); otherwise nothing is stored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_rejected: bool,
 }
 
 /// One configured check. Which fields apply depends on `type`; [`Check::validate`] says
@@ -382,9 +387,13 @@ pub fn external_result(index: usize, check: &Check, outcome: ExternalOutcome) ->
 
 /// Whether the results reject the candidate, and a one-line summary of why.
 pub fn rejection(results: &[CheckResult]) -> Option<String> {
-    let failed: Vec<String> =
-        results.iter().filter(|r| r.rejects()).map(|r| format!("{}: {}", r.kind.as_str(), r.message)).collect();
+    let failed = rejection_reasons(results);
     (!failed.is_empty()).then(|| failed.join("; "))
+}
+
+/// Each rejecting result as `type: message`, in the topic's order.
+pub fn rejection_reasons(results: &[CheckResult]) -> Vec<String> {
+    results.iter().filter(|r| r.rejects()).map(|r| format!("{}: {}", r.kind.as_str(), r.message)).collect()
 }
 
 #[cfg(test)]

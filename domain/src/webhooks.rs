@@ -6,8 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Every event type a subscription can ask for (the CloudEvents `type` is
 /// `io.imprint.<type>`).
-pub const EVENT_TYPES: [&str; 25] = [
+pub const EVENT_TYPES: [&str; 26] = [
     "version.published",
+    "version.rejected",
     "scope.added",
     "pin.set",
     "pin.removed",
@@ -50,6 +51,8 @@ pub fn is_event_type(t: &str) -> bool {
 pub fn events_of_action(action: &str, details: &serde_json::Value) -> Vec<&'static str> {
     match action {
         "version.publish" => vec!["version.published"],
+        // Rejected by the checks and kept unreleased (`keep_rejected`, docs/validation.md).
+        "version.reject" => vec!["version.rejected"],
         "scope.add" => vec!["scope.added"],
         "pin.set" => vec!["pin.set"],
         "pin.remove" | "pin.expire" => vec!["pin.removed"],
@@ -218,6 +221,7 @@ mod tests {
     fn actions_map_to_their_events() {
         let none = json!({});
         assert_eq!(events_of_action("version.publish", &none), ["version.published"]);
+        assert_eq!(events_of_action("version.reject", &none), ["version.rejected"]);
         assert_eq!(events_of_action("pin.expire", &none), ["pin.removed"]);
         assert_eq!(events_of_action("rollout.supersede", &none), ["rollout.cancelled"]);
         assert_eq!(
@@ -232,7 +236,15 @@ mod tests {
         assert_eq!(events_of_action("rollout.auto_rollback", &none), ["rollout.cancelled", "rollout.rolled_back"]);
         assert!(events_of_action("token.create", &none).is_empty());
         assert!(events_of_action("version.purge", &none).is_empty());
-        for action in ["version.publish", "scope.add", "pin.set", "pin.remove", "rollout.start", "rollout.pause"] {
+        for action in [
+            "version.publish",
+            "version.reject",
+            "scope.add",
+            "pin.set",
+            "pin.remove",
+            "rollout.start",
+            "rollout.pause",
+        ] {
             for t in events_of_action(action, &none) {
                 assert!(is_event_type(t), "{t}");
             }

@@ -150,7 +150,8 @@ mod tests {
             (Error::RangeNotSatisfiable { size: 1 }, 416, "invalid_range"),
             (Error::TooManyStreams(s()), 503, "too_many_streams"),
             (Error::TooManyConnections, 429, "too_many_connections"),
-            (Error::ValidationFailed { message: s(), results: vec![] }, 422, "validation_failed"),
+            (Error::ValidationFailed { message: s(), results: vec![], stored: None }, 422, "validation_failed"),
+            (Error::VersionRejected { topic: s(), version: 1 }, 409, "version_rejected"),
             (Error::CandidateNotFound, 404, "candidate_not_found"),
             (Error::Overloaded { retry_after_s: 1 }, 429, "overloaded"),
             (Error::Internal("secret detail".into()), 500, "internal"),
@@ -213,6 +214,7 @@ mod tests {
             Error::Overloaded { .. } => 41,
             Error::KeyUnavailable(_) => 42,
             Error::PayloadAltered(_) => 43,
+            Error::VersionRejected { .. } => 44,
         }
     }
 
@@ -221,7 +223,7 @@ mod tests {
         let cases = every_kind();
         let mut kinds: Vec<usize> = cases.iter().map(|(e, _, _)| kind(e)).collect();
         kinds.sort_unstable();
-        assert_eq!(kinds, (0..=43).collect::<Vec<_>>(), "every kind of error, once");
+        assert_eq!(kinds, (0..=44).collect::<Vec<_>>(), "every kind of error, once");
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
             let message = e.public_message();
@@ -237,6 +239,9 @@ mod tests {
             let mut expected = serde_json::json!({"error": {"code": code, "message": message}});
             if code == "validation_failed" {
                 expected["error"]["details"] = serde_json::json!({"checks": []});
+            }
+            if code == "version_rejected" {
+                expected["error"]["details"] = serde_json::json!({"version": 1});
             }
             assert_eq!(body, expected);
         }

@@ -701,3 +701,35 @@ async fn connections_from_one_address_are_capped_as_on_http(pool: sqlx::PgPool) 
     }
     assert!(later.is_some(), "a place freed by a closed connection is given to a new one");
 }
+
+/// keep_rejected over gRPC (docs/validation.md): a rejected version's record says so and
+/// why; downloading it by number is refused as over HTTP (409 version_rejected), and
+/// downloading what labels resolve to gets the accepted version.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_rejected_version_is_marked_and_never_downloaded(pool: sqlx::PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_topic_with(json!({"name": "cfg", "owner": "payments", "keep_rejected": true,
+        "checks": [{"type": "not_empty"}]}))
+        .await;
+    app.publish_text("cfg", "[1]").await;
+    let (status, err) = app.post_json("/api/v1/topics/cfg/versions", &json!({"data": "[]"})).await;
+    assert_eq!((status, &err["error"]["details"]["version"]), (422, &json!(2)), "{err}");
+    let mut c = client(&app).await;
+    let v = c.get_version(Request::new(pb::GetVersionRequest { topic: "cfg".into(), version: 2 })).await.unwrap();
+    let v = v.into_inner();
+    assert!(v.rejected);
+    assert_eq!(v.rejected_reasons.len(), 1);
+    assert!(v.rejected_reasons[0].starts_with("not_empty: "), "{:?}", v.rejected_reasons);
+    let v1 = c.get_version(Request::new(pb::GetVersionRequest { topic: "cfg".into(), version: 1 })).await.unwrap();
+    assert!(!v1.get_ref().rejected && v1.get_ref().rejected_reasons.is_empty());
+    let d = pb::DownloadRequest { topic: "cfg".into(), version: 2, labels: HashMap::new() };
+    let refused = match c.download(Request::new(d)).await {
+        Err(s) => s,
+        Ok(r) => r.into_inner().next().await.expect("an answer").expect_err("refused"),
+    };
+    assert_status(&refused, Code::FailedPrecondition, "version_rejected");
+    let d = pb::DownloadRequest { topic: "cfg".into(), version: 0, labels: HashMap::new() };
+    let mut s = c.download(Request::new(d)).await.unwrap().into_inner();
+    let Some(pb::download_response::Kind::Header(h)) = s.next().await.unwrap().unwrap().kind else { panic!() };
+    assert_eq!(h.version, 1);
+}

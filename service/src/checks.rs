@@ -136,9 +136,9 @@ pub(crate) fn merged(mut local: Vec<CheckResult>, external: &[CheckResult]) -> V
 
 impl Imprint {
     /// A topic's checks settings, secrets redacted (what a topic's page shows).
-    pub(crate) async fn shown_checks(&self, topic: &str) -> Result<(Vec<Check>, OnFailure)> {
+    pub(crate) async fn shown_checks(&self, topic: &str) -> Result<(Vec<Check>, OnFailure, bool)> {
         let s = store::checks::settings_by_name(self.pool(), topic).await?;
-        Ok((s.checks.iter().map(Check::redacted).collect(), s.on_failure))
+        Ok((s.checks.iter().map(Check::redacted).collect(), s.on_failure, s.keep_rejected))
     }
 
     /// The check results of some versions of a topic.

@@ -33,6 +33,7 @@ pub(crate) struct Guarded<T> {
 pub(crate) enum Missing {
     Version,
     Purged,
+    Rejected,
 }
 
 impl Missing {
@@ -40,6 +41,7 @@ impl Missing {
         match self {
             Missing::Version => crate::Error::VersionNotFound { topic: topic.to_owned(), version },
             Missing::Purged => crate::Error::VersionPurged { topic: topic.to_owned(), version },
+            Missing::Rejected => crate::Error::VersionRejected { topic: topic.to_owned(), version },
         }
     }
 }

@@ -86,8 +86,14 @@ pub enum Error {
     TooManyConnections,
     /// A pre-release check with `on_fail: reject` failed (docs/validation.md): nothing was
     /// stored; `results` is every check's result (the error's `details`).
-    #[error("the version was rejected by the topic's checks: {message}")]
-    ValidationFailed { message: String, results: Vec<imprint_domain::checks::CheckResult> },
+    /// With the topic's `keep_rejected`, `stored` is the number of the rejected version
+    /// kept for its owner to look at (never released).
+    #[error("the version was rejected by the topic's checks: {message}{}", stored.map(|v| format!(" (kept unreleased as rejected version {v})")).unwrap_or_default())]
+    ValidationFailed { message: String, results: Vec<imprint_domain::checks::CheckResult>, stored: Option<u64> },
+    /// The version was rejected by its topic's checks and kept (`keep_rejected`): it is
+    /// never released, pinned, rolled out, served or downloaded.
+    #[error("version {version} of topic {topic:?} was rejected by the topic's checks: it is never released, pinned, rolled out or served")]
+    VersionRejected { topic: String, version: u64 },
     /// No candidate at a validator's download URL: expired, its checks done, or never offered.
     #[error("no candidate at this URL: it expired or its checks are done")]
     CandidateNotFound,
@@ -175,6 +181,7 @@ impl Error {
             Error::ChangeFrozen(_) => S::LOCKED,
             Error::DraftNotFound(_) | Error::ChangeRequestNotFound(_) | Error::FreezeNotFound(_) => S::NOT_FOUND,
             Error::ReviewRequired(_) => S::CONFLICT,
+            Error::VersionRejected { .. } => S::CONFLICT,
             Error::Internal(_) => S::INTERNAL_SERVER_ERROR,
         }
     }
@@ -225,6 +232,7 @@ impl Error {
             Error::ReviewRequired(_) => "review_required",
             Error::KeyUnavailable(_) => "key_unavailable",
             Error::PayloadAltered(_) => "payload_altered",
+            Error::VersionRejected { .. } => "version_rejected",
             Error::Internal(_) => "internal",
         }
     }
@@ -242,7 +250,11 @@ impl Error {
     /// rejected version's check results (`{"checks": [...]}`).
     pub fn details(&self) -> Option<serde_json::Value> {
         match self {
-            Error::ValidationFailed { results, .. } => Some(serde_json::json!({ "checks": results })),
+            Error::ValidationFailed { results, stored: None, .. } => Some(serde_json::json!({ "checks": results })),
+            Error::ValidationFailed { results, stored: Some(v), .. } => {
+                Some(serde_json::json!({ "checks": results, "version": v }))
+            }
+            Error::VersionRejected { version, .. } => Some(serde_json::json!({ "version": version })),
             _ => None,
         }
     }
@@ -378,6 +390,10 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         // Rollout analyses (docs/validation.md).
         "analysis_measurements_pkey" => conflict("the row was created concurrently; try again"),
         "analysis_measurements_rollout_id_fkey" => conflict("the rollout does not exist (any more)"),
+        // keep_rejected: the triggers behind the service's own refusal (409 version_rejected).
+        "versions_not_rejected" => Some(Error::InvalidState(
+            "the version was rejected by its topic's checks: it is never released, pinned or rolled out".into(),
+        )),
         _ => {
             tracing::warn!(constraint, detail, "unmapped constraint violation");
             None

@@ -63,6 +63,8 @@ pub struct Topic {
     /// What a failing rollout gate does: `pause` (the default) or `rollback`.
     #[schema(value_type = String)]
     pub on_failure: imprint_domain::checks::OnFailure,
+    /// A publish the checks reject is kept unreleased, marked rejected (docs/validation.md).
+    pub keep_rejected: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -100,6 +102,16 @@ pub struct Version {
     /// Its pre-release check results, when the topic had checks (docs/validation.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checks: Option<VersionChecks>,
+    /// Rejected by the topic's checks and kept unreleased (`keep_rejected`): why. Such a
+    /// version is never released, pinned, rolled out, served or downloaded. `null`: not rejected.
+    pub rejected: Option<Rejection>,
+}
+
+/// Why a kept version was rejected: each `reject` check that failed, as `type: message`
+/// (the whole results are in `checks`).
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct Rejection {
+    pub reasons: Vec<String>,
 }
 
 /// Every pre-release check's result of a version, and who overrode a rejection.

@@ -359,6 +359,10 @@ impl Imprint {
                     if row.purged_at.is_some() {
                         return Ok(guard(Err(crate::coalesce::Missing::Purged)));
                     }
+                    // keep_rejected (docs/validation.md): kept for its owner's eyes, never served.
+                    if row.rejected {
+                        return Ok(guard(Err(crate::coalesce::Missing::Rejected)));
+                    }
                     // Sealed at rest (docs/encryption.md): inline bytes are opened here (the
                     // data key usually comes from the key cache), an object as it streams out.
                     let body = match (row.inline_data, row.object_key) {

@@ -68,6 +68,9 @@ pub struct NewTopic {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub on_failure: Option<imprint_domain::checks::OnFailure>,
+    /// Keep a publish the checks reject, unreleased and marked rejected (docs/validation.md).
+    #[serde(default)]
+    pub keep_rejected: Option<bool>,
 }
 
 /// Settings to change; absent fields stay as they are, `null` clears the optional ones.
@@ -127,6 +130,9 @@ pub struct TopicPatch {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub on_failure: Option<imprint_domain::checks::OnFailure>,
+    /// Keep a publish the checks reject, unreleased and marked rejected (docs/validation.md).
+    #[serde(default)]
+    pub keep_rejected: Option<bool>,
 }
 
 /// For `#[serde(default, deserialize_with = "double_option")]` on an `Option<Option<T>>`:
@@ -368,7 +374,11 @@ impl Imprint {
             None => None,
         };
         let checks = crate::checks::checked(caller, input.checks.clone().unwrap_or_default(), &[])?;
-        let checks = imprint_domain::checks::TopicChecks { checks, on_failure: input.on_failure.unwrap_or_default() };
+        let checks = imprint_domain::checks::TopicChecks {
+            checks,
+            on_failure: input.on_failure.unwrap_or_default(),
+            keep_rejected: input.keep_rejected.unwrap_or(false),
+        };
         let who = caller.who();
         let now = self.now();
         let mut tx = self.pool().begin().await?;
@@ -406,6 +416,7 @@ impl Imprint {
         if with_checks {
             settings["checks"] = serde_json::json!(checks.checks.iter().map(|c| c.redacted()).collect::<Vec<_>>());
             settings["on_failure"] = serde_json::json!(checks.on_failure);
+            settings["keep_rejected"] = serde_json::json!(checks.keep_rejected);
         }
         store::audit(&mut tx, now, &who, "topic.create", Some(name.as_str()), settings).await?;
         store::notify(&mut tx, id).await?;
@@ -421,7 +432,7 @@ impl Imprint {
             .await?
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         caller.require_read(&topic.name, &topic.owner, topic.restricted)?;
-        (topic.checks, topic.on_failure) = self.shown_checks(name.as_str()).await?;
+        (topic.checks, topic.on_failure, topic.keep_rejected) = self.shown_checks(name.as_str()).await?;
         if caller.require_write(&topic.name, &topic.owner).is_err() {
             // A validator URL's path or query may hold the receiver's own token: readers
             // without rights on the topic see only its origin.
@@ -583,6 +594,9 @@ impl Imprint {
         if let Some(f) = patch.on_failure {
             checks_after.on_failure = f;
         }
+        if let Some(k) = patch.keep_rejected {
+            checks_after.keep_rejected = k;
+        }
         let checks_changed = checks_after != checks_before;
         if checks_changed {
             store::checks::set_settings(&mut tx, t.id, &checks_after, self.now()).await?;
@@ -593,7 +607,7 @@ impl Imprint {
         let after = store::topics::settings_json(&mut tx, t.id).await?;
         let mut changed = changes(&before, &after);
         if checks_changed {
-            let shown = |c: &imprint_domain::checks::TopicChecks| serde_json::json!({"checks": c.checks.iter().map(|c| c.redacted()).collect::<Vec<_>>(), "on_failure": c.on_failure});
+            let shown = |c: &imprint_domain::checks::TopicChecks| serde_json::json!({"checks": c.checks.iter().map(|c| c.redacted()).collect::<Vec<_>>(), "on_failure": c.on_failure, "keep_rejected": c.keep_rejected});
             changed.insert(
                 "checks".into(),
                 serde_json::json!({"from": shown(&checks_before), "to": shown(&checks_after)}),

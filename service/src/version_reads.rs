@@ -53,7 +53,7 @@ impl Imprint {
                     .map(|r| {
                         let s = scopes.remove(&r.version).unwrap_or_default();
                         let c = checks.remove(&r.version);
-                        Version { checks: c, ..version_from_row(self.objects(), &t.name, r, s) }
+                        with_checks(version_from_row(self.objects(), &t.name, r, s), c)
                     })
                     .collect();
                 Ok(guard(Page { items, next }))
@@ -71,10 +71,8 @@ impl Imprint {
             .ok_or_else(|| Error::VersionNotFound { topic: t.name.clone(), version })?;
         let mut scopes = self.scopes_of(t.id, &[row.version]).await?;
         let mut checks = self.version_checks(t.id, &[row.version]).await?;
-        let mut v =
-            version_from_row(self.objects(), &t.name, row, scopes.remove(&(version as i64)).unwrap_or_default());
-        v.checks = checks.remove(&(version as i64));
-        Ok(v)
+        let v = version_from_row(self.objects(), &t.name, row, scopes.remove(&(version as i64)).unwrap_or_default());
+        Ok(with_checks(v, checks.remove(&(version as i64))))
     }
 
     async fn scopes_of(&self, topic_id: i64, versions: &[i64]) -> Result<std::collections::HashMap<i64, Vec<Scope>>> {
@@ -231,6 +229,15 @@ impl Imprint {
     }
 }
 
+/// A version with its check results, and (when it was rejected and kept) why.
+fn with_checks(mut v: Version, checks: Option<crate::model::VersionChecks>) -> Version {
+    if let Some(r) = &mut v.rejected {
+        r.reasons = checks.as_ref().map(|c| imprint_domain::checks::rejection_reasons(&c.results)).unwrap_or_default();
+    }
+    v.checks = checks;
+    v
+}
+
 fn version_from_row(objects: &crate::objects::Objects, topic: &str, r: VersionRow, scopes: Vec<Scope>) -> Version {
     Version {
         topic: topic.to_owned(),
@@ -250,5 +257,6 @@ fn version_from_row(objects: &crate::objects::Objects, topic: &str, r: VersionRo
         purged_at: r.purged_at,
         scopes,
         checks: None,
+        rejected: r.rejected.then(|| crate::model::Rejection { reasons: Vec::new() }),
     }
 }

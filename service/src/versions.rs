@@ -41,6 +41,13 @@ pub(crate) struct Control {
     pub break_glass: Option<String>,
 }
 
+impl Control {
+    /// A publish of its own (not a draft's release, a change request or a break glass).
+    fn is_plain(&self) -> bool {
+        self.draft.is_none() && self.request.is_none() && self.break_glass.is_none()
+    }
+}
+
 /// A request body as it arrives: chunks, or an error when the client went away or sent
 /// less than it announced.
 pub type BodyStream = futures::stream::BoxStream<'static, std::result::Result<Bytes, std::io::Error>>;
@@ -202,8 +209,9 @@ impl Imprint {
         if let (Err(e), Some(key)) = (&result, staging) {
             // Nothing half-written stays: the upload goes (the sweep would otherwise) —
             // unless the commit's outcome is unknown: then the version may exist, and the
-            // sweep (which never deletes what a version points at) decides.
-            if !matches!(e, Error::CommitUnknown(_)) {
+            // sweep (which never deletes what a version points at) decides; or it was
+            // kept as a rejected version (`keep_rejected`), which may hold that key.
+            if !matches!(e, Error::CommitUnknown(_) | Error::ValidationFailed { stored: Some(_), .. }) {
                 self.discard_upload(&key).await;
             }
         }
@@ -274,7 +282,11 @@ impl Imprint {
                 };
                 let c = self.run_checks(&checks, &input).await?;
                 if let (Some(why), None) = (imprint_domain::checks::rejection(&c.results), &meta.force) {
-                    return Err(Error::ValidationFailed { message: why, results: c.results });
+                    // Kept for its owner (`keep_rejected`) on a plain publish only: a
+                    // draft's release or a change request leaves its draft to look at.
+                    if !(checks.keep_rejected && control.is_plain()) {
+                        return Err(Error::ValidationFailed { message: why, results: c.results, stored: None });
+                    }
                 }
                 Some((checks, c))
             };
@@ -353,8 +365,9 @@ impl Imprint {
         // Checked above against the settings and the previous version as they were then:
         // changed settings mean checking again; a newer previous version (another publish
         // got in between) means the local checks again, here under the lock.
-        let checks_now = store::checks::settings(&mut *tx, t.id).await?.checks;
-        if checks_now != checked.as_ref().map(|c| c.0.checks.clone()).unwrap_or_default() {
+        let settings_now = store::checks::settings(&mut *tx, t.id).await?;
+        let keep_rejected = settings_now.keep_rejected && control.is_plain();
+        if settings_now.checks != checked.as_ref().map(|c| c.0.checks.clone()).unwrap_or_default() {
             return Err(Error::Conflict(
                 "the topic's checks changed while this version was being checked; publish again".into(),
             ));
@@ -390,11 +403,18 @@ impl Imprint {
                 let local = crate::checks::local_results(&settings.checks, &input, prev.as_ref());
                 c.results = crate::checks::merged(local, &external);
                 c.previous = prev.map(|p| p.version);
-                if let (Some(why), None) = (imprint_domain::checks::rejection(&c.results), &meta.force) {
-                    return Err(Error::ValidationFailed { message: why, results: c.results.clone() });
-                }
             }
         }
+        // Rejected (and not forced): refused, or kept unreleased with `keep_rejected`.
+        let rejected = match &checked {
+            Some((_, c)) if meta.force.is_none() => imprint_domain::checks::rejection(&c.results),
+            _ => None,
+        };
+        if let (Some(why), false, Some((_, c))) = (&rejected, keep_rejected, &checked) {
+            return Err(Error::ValidationFailed { message: why.clone(), results: c.results.clone(), stored: None });
+        }
+        // A rejected version is released to nobody, whatever the publish asked.
+        let (scopes, plan) = if rejected.is_some() { (Vec::new(), None) } else { (scopes, plan) };
         // Change control: a release inside a freeze, or unreviewed on a reviewed topic, stops here.
         let holds = if !scopes.is_empty() || plan.is_some() { Holds::FreezeAndReview } else { Holds::Nothing };
         let gate = Gate { request: control.request, break_glass: control.break_glass.clone() };
@@ -402,7 +422,11 @@ impl Imprint {
 
         // Taken after the lock: a version is never dated before an older one committed.
         let created_at = self.now();
-        let version = store::topics::next_version(&mut tx, t.id, created_at).await?;
+        let version = if rejected.is_some() {
+            store::topics::next_rejected_version(&mut tx, t.id).await?
+        } else {
+            store::topics::next_version(&mut tx, t.id, created_at).await?
+        };
         let who = caller.who();
         let (sha256, final_key) = match &received {
             Received::Inline(b) => (hex::encode(Sha256::digest(b)), None),
@@ -460,6 +484,7 @@ impl Imprint {
                     size,
                     stored,
                     sealed,
+                    rejected: rejected.is_some(),
                 },
             )
             .await?;
@@ -476,6 +501,19 @@ impl Imprint {
                         store::objects::unmark_in(&mut *tx, region, std::slice::from_ref(key)).await?;
                     }
                 }
+            }
+            if let (Some(why), Some((_, c))) = (&rejected, &checked) {
+                // Kept unreleased for its owner (`keep_rejected`): its results, an audit
+                // entry (`version.reject`, the `version.rejected` event), nothing else —
+                // no scope, no rollout, and no rollout of an older version superseded.
+                let vc = crate::model::VersionChecks { results: c.results.clone(), forced_by: None, force_reason: None };
+                store::checks::insert_results(&mut tx, t.id, version, &vc, c.records).await?;
+                let details = json!({"version": version, "size": size, "sha256": sha256, "content_type": content_type,
+                                     "message": meta.message, "rejected_by": why, "checks": c.results});
+                store::audit(&mut tx, created_at, &who, "version.reject", Some(&t.name), details).await?;
+                store::notify(&mut tx, t.id).await?;
+                tx.commit().await.map_err(Error::CommitUnknown)?;
+                return Ok(None);
             }
             store::versions::insert_scopes(&mut tx, t.id, version, &scopes, created_at, &who).await?;
             if let Some((_, c)) = &checked {
@@ -534,11 +572,20 @@ impl Imprint {
             // Applied below by this call: the notification need not reload it again here.
             let own = self.state().own_change(t.id, seq);
             tx.commit().await.map_err(Error::CommitUnknown)?;
-            Ok::<_, Error>((rollout_id, own, seq))
+            Ok::<_, Error>(Some((rollout_id, own, seq)))
         }
         .await;
         let (rollout_id, own, seq) = match committed {
-            Ok(x) => x,
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                // Stored as rejected: the publish still fails, naming the kept version.
+                self.refresh_topic(t.id).await;
+                metrics::counter!("imprint_versions_rejected_kept_total").increment(1);
+                tracing::info!(topic = %t.name, version, "rejected by its checks; kept unreleased");
+                let results = checked.map(|(_, c)| c.results).unwrap_or_default();
+                let message = rejected.unwrap_or_default();
+                return Err(Error::ValidationFailed { message, results, stored: Some(version as u64) });
+            }
             Err(e) => {
                 if let (Some(to), false) = (&final_key, matches!(e, Error::CommitUnknown(_))) {
                     self.discard_upload(to).await;

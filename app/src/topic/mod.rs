@@ -8,6 +8,7 @@ use leptos::prelude::*;
 use leptos_meta::Title;
 use serde::{Deserialize, Serialize};
 
+mod checks;
 mod consumers;
 mod copies;
 mod drafts;
@@ -69,6 +70,10 @@ pub struct VersionRow {
     /// Sealed at rest in storage (docs/encryption.md).
     #[serde(default)]
     pub sealed: bool,
+    /// Rejected by the topic's checks and kept unreleased (`keep_rejected`): each failed
+    /// check as `type: message`.
+    #[serde(default)]
+    pub rejected: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -143,6 +148,7 @@ pub fn version_of(v: imprint_service::model::Version, pins: &[PinView]) -> Versi
         object_url: v.object_url,
         object_registered: v.object_registered,
         sealed: v.sealed,
+        rejected: v.rejected.map(|r| r.reasons),
     }
 }
 

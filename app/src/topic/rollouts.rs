@@ -30,6 +30,10 @@ pub struct RolloutRow {
     pub rolled_back: bool,
     /// Why the system rolled it back (an automatic rollback's evidence).
     pub end_reason: Option<String>,
+    /// Its stages' Prometheus analyses, measured so far (`checks.rs` shows them).
+    pub analysis: Vec<super::checks::AnalysisView>,
+    /// What the system recorded when it paused or rolled it back on its own.
+    pub evidence: Option<super::checks::Evidence>,
     pub created_by: String,
     pub created_at: String,
 }
@@ -47,14 +51,36 @@ pub async fn load_rollouts(name: String) -> Result<RolloutsPage, ServerFnError> 
     let imprint = imprint()?;
     let name = load(topic_name(&name))?;
     let topic = load(imprint.topic(&caller, &name).await)?;
+    let rollouts = rollout_rows(&imprint, &caller, &name, None).await?;
+    Ok(RolloutsPage { head: super::head_of(&topic, &caller), rollouts })
+}
+
+/// The topic's rollouts as the console shows them (only those of `version`, if given):
+/// stages with their gates and the current one's reading, analyses, automatic evidence.
+#[cfg(feature = "ssr")]
+pub(crate) async fn rollout_rows(
+    imprint: &imprint_service::Imprint,
+    caller: &imprint_service::Caller,
+    name: &imprint_domain::TopicName,
+    version: Option<u64>,
+) -> Result<Vec<RolloutRow>, ServerFnError> {
+    use crate::ssr::load;
     let now = imprint.now();
     let mut rollouts: Vec<RolloutRow> = Vec::new();
-    for r in load(imprint.rollouts(&caller, &name, Some(500), None).await)?.items {
+    let items: Vec<_> = load(imprint.rollouts(caller, name, Some(500), None).await)?
+        .items
+        .into_iter()
+        .filter(|r| version.is_none_or(|v| r.view.version == v))
+        .collect();
+    let ids: Vec<i64> =
+        items.iter().filter(|r| r.view.pause_reason.is_some() || r.end_reason.is_some()).map(|r| r.id).collect();
+    let mut evidence = load(super::checks::evidence_of(imprint, caller, name.as_str(), &ids).await)?;
+    for r in items {
         let active = r.view.state.is_active();
         let current = r.view.current_stage;
         let health = match r.view.stages.get(current) {
             Some(s) if active => {
-                let g = load(imprint.stage_health(&caller, &name, &s.selector, r.view.version).await)?;
+                let g = load(imprint.stage_health(caller, name, &s.selector, r.view.version).await)?;
                 Some(format!(
                     "{} of {} matching nodes applied v{}, {} failed",
                     g.applied, g.matching, r.view.version, g.failed
@@ -103,11 +129,17 @@ pub async fn load_rollouts(name: String) -> Result<RolloutsPage, ServerFnError> 
             remaining_wait_s: r.view.remaining_wait_s,
             rolled_back: r.view.rolled_back,
             end_reason: r.end_reason.clone(),
+            analysis: super::checks::analysis_of(&r.analysis),
+            // Only the evidence of why it stands as it does now (not of an earlier pause).
+            evidence: evidence.remove(&r.id).filter(|e| {
+                r.view.pause_reason.as_deref() == Some(e.reason.as_str())
+                    || r.end_reason.as_deref().is_some_and(|end| end.contains(e.reason.as_str()))
+            }),
             created_by: r.created_by,
             created_at: r.created_at.to_rfc3339(),
         });
     }
-    Ok(RolloutsPage { head: super::head_of(&topic, &caller), rollouts })
+    Ok(rollouts)
 }
 
 /// Reads the form's stage lines in the one stage syntax (`imprint_domain::parse_plan`).
@@ -259,6 +291,7 @@ fn RolloutCard(topic: String, r: RolloutRow, act: ServerAction<RolloutAct>) -> i
             <p class="muted small">{format!("started {} by {}", short_time(&r.created_at), r.created_by)}</p>
             {r.pause_reason.clone().map(|why| view! { <p class="flash readonly pause-reason">{why}</p> })}
             {r.end_reason.clone().map(|why| view! { <p class="flash error rollback-reason" role="status">{why}</p> })}
+            {r.evidence.clone().map(|e| view! { <super::checks::EvidenceBanner e show_reason=false/> })}
             <ol class="pipeline">
                 {r.stages.iter().enumerate().map(|(i, s)| view! {
                     <li class=format!("stage {}", s.state)>
@@ -280,6 +313,7 @@ fn RolloutCard(topic: String, r: RolloutRow, act: ServerAction<RolloutAct>) -> i
                     </li>
                 }).collect_view()}
             </ol>
+            <super::checks::AnalysisRuns runs=r.analysis.clone() stages=r.stages.iter().map(|s| s.selector.clone()).collect()/>
             {r.remaining_wait_s.map(|s| view! { <p class="muted small">{format!("Paused with {s}s left before the next stage.")}</p> })}
             {active.then(|| view! {
                 <div class="actions">

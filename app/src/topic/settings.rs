@@ -153,6 +153,7 @@ pub async fn save_settings(
             // Checks are set through the API (docs/validation.md); the form leaves them.
             checks: None,
             on_failure: None,
+            keep_rejected: None,
             // Regions are set through the API (docs/regions.md); the form leaves them.
             regions: None,
             min_regions: None,

@@ -27,6 +27,9 @@ pub struct VersionDetail {
     /// Where its object is, region by region (docs/regions.md; `copies.rs`).
     #[serde(default)]
     pub copies: Vec<CopyView>,
+    /// Its rollouts' consumer gates, analyses and automatic evidence (`checks.rs`).
+    #[serde(default)]
+    pub rollouts: Vec<super::checks::RolloutChecks>,
 }
 
 /// A version's check results as the page shows them.
@@ -67,7 +70,7 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
     let others: Vec<u64> = load(imprint.list_versions(&caller, &name, Some(500), None).await)?
         .items
         .iter()
-        .filter(|o| !o.purged && o.version != n)
+        .filter(|o| !o.purged && o.rejected.is_none() && o.version != n)
         .map(|o| o.version)
         .collect();
     // At most the first PREVIEW_BYTES of a payload: (rendered, whole payload shown).
@@ -93,6 +96,46 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
     } else {
         None
     };
+    // Rejected and kept (`keep_rejected`): never served, so neither previewed nor compared;
+    // the page explains the rejection.
+    if v.rejected.is_some() {
+        return Ok(VersionDetail {
+            head: super::head_of(&topic, &caller),
+            version: super::version_of(v, &pins),
+            rendered: None,
+            truncated: false,
+            against: None,
+            diff: None,
+            others,
+            encrypted: None,
+            checks,
+            copies,
+            rollouts: Vec::new(),
+        });
+    }
+    let rollouts = super::rollouts::rollout_rows(&imprint, &caller, &name, Some(n))
+        .await?
+        .into_iter()
+        .map(|r| super::checks::RolloutChecks {
+            id: r.id,
+            state: r.state,
+            rolled_back: r.rolled_back,
+            pause_reason: r.pause_reason,
+            end_reason: r.end_reason,
+            stages: r
+                .stages
+                .into_iter()
+                .map(|s| super::checks::StageCheck {
+                    selector: s.selector,
+                    state: s.state,
+                    gate: s.gate,
+                    health: s.health,
+                })
+                .collect(),
+            analysis: r.analysis,
+            evidence: r.evidence,
+        })
+        .collect();
     if encrypted.is_some() {
         return Ok(VersionDetail {
             head: super::head_of(&topic, &caller),
@@ -105,6 +148,7 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
             encrypted,
             checks,
             copies,
+            rollouts,
         });
     }
     let (rendered, truncated) = if v.purged {
@@ -156,6 +200,7 @@ pub async fn load_version(name: String, n: u64, against: Option<u64>) -> Result<
         encrypted: None,
         checks,
         copies,
+        rollouts,
     })
 }
 
@@ -186,6 +231,7 @@ pub fn VersionPage() -> impl IntoView {
                             <section class="card version-detail">
                                 <h2>{format!("Version {}", v.version)}
                                     {v.purged.then(|| view! { <span class="badge purged">"purged"</span> })}
+                                    {v.rejected.is_some().then(|| view! { " " <span class="badge rejected">"rejected"</span> })}
                                     {v.pinned_by.iter().map(|s| view! { <span class="badge pin">{format!("pinned: {s}")}</span> }).collect_view()}
                                 </h2>
                                 <dl class="grid">
@@ -205,10 +251,11 @@ pub fn VersionPage() -> impl IntoView {
                                     <dt>"Scopes"</dt><dd>{if v.scopes.is_empty() { "none".to_owned() } else { v.scopes.iter().map(|s| s.selector.clone()).collect::<Vec<_>>().join(", ") }}</dd>
                                 </dl>
                             </section>
+                            {v.rejected.clone().map(|reasons| view! { <super::checks::RejectedBanner reasons/> })}
                             <VersionCopies rows=d.copies.clone()/>
                             {d.checks.clone().map(|c| view! {
                                 <section class="card checks" aria-label="Checks">
-                                    <h2>"Checks"</h2>
+                                    <h2>"Checks before release"</h2>
                                     {c.forced_by.clone().map(|who| view! {
                                         <p class="flash error forced" role="status">
                                             {format!("Published despite failing checks by {who}: {}", c.force_reason.clone().unwrap_or_default())}
@@ -234,9 +281,10 @@ pub fn VersionPage() -> impl IntoView {
                                     </table>
                                 </section>
                             })}
+                            <super::checks::VersionRolloutChecks topic=d.head.name.clone() rollouts=d.rollouts.clone()/>
                             <section class="card">
                                 <h2>"Payload"</h2>
-                                {(!v.purged).then(|| view! {
+                                {(!v.purged && v.rejected.is_none()).then(|| view! {
                                     <p><a class="button" href=format!("/console/download/{}/{}", d.head.name, v.version) download="">
                                         {format!("Download ({})", human_size(v.size))}</a></p>
                                 })}
@@ -249,6 +297,7 @@ pub fn VersionPage() -> impl IntoView {
                                         <p class="muted small">"Its age header:"</p>
                                         <pre class="payload age-header">{header}</pre>
                                     }.into_any(),
+                                    (None, None) if v.rejected.is_some() && !v.purged => view! { <p class="muted rejected-payload">{format!("Kept but never served: a rejected version's payload is not shown or downloadable ({}, SHA-256 above).", human_size(v.size))}</p> }.into_any(),
                                     (None, None) => view! { <p class="muted">"The payload was deleted by retention."</p> }.into_any(),
                                     (None, Some(Rendered::Json(s))) => view! { <pre class="payload json">{s}</pre> }.into_any(),
                                     (None, Some(Rendered::Text(s))) => view! { <pre class="payload text">{s}</pre> }.into_any(),
@@ -260,6 +309,7 @@ pub fn VersionPage() -> impl IntoView {
                             </section>
                             <section class="card diff-card">
                                 <h2>"Compare"</h2>
+                                {v.rejected.is_none().then(|| view! {
                                 <form method="get" action=base.clone() class="inline">
                                     <label>"Against version"
                                         <select name="against">
@@ -268,8 +318,10 @@ pub fn VersionPage() -> impl IntoView {
                                     </label>
                                     <button type="submit">"Show diff"</button>
                                 </form>
+                                })}
                                 {match (d.against, d.diff.clone()) {
                                     _ if d.encrypted.is_some() => view! { <p class="muted">"Encrypted payloads are not compared: the server cannot read them."</p> }.into_any(),
+                                    _ if v.rejected.is_some() => view! { <p class="muted">"A rejected version is not compared: it is never served."</p> }.into_any(),
                                     (None, _) | (_, None) => view! { <p class="muted">"No other version to compare with."</p> }.into_any(),
                                     (Some(a), Some(Err(e))) => view! {
                                         <p class="muted diff-refused">{format!("v{a} → v{}: {e}", v.version)}</p>

@@ -309,13 +309,18 @@ fn ScheduledItem(topic: String, r: ScheduledRow, act: ServerAction<ChangeAct>) -
 #[component]
 fn VersionItem(topic: String, v: VersionRow) -> impl IntoView {
     let href = format!("/topics/{topic}/versions/{}", v.version);
-    let class = if v.purged { "version purged" } else { "version" };
+    let class = match (v.purged, v.rejected.is_some()) {
+        (true, _) => "version purged",
+        (false, true) => "version rejected",
+        _ => "version",
+    };
     view! {
         <li class=class id=format!("v{}", v.version)>
             <div class="version-head">
                 <a href=href class="vnum">{format!("v{}", v.version)}</a>
                 {v.pinned_by.iter().map(|s| view! { <span class="badge pin">{format!("pinned: {s}")}</span> }).collect_view()}
                 {v.purged.then(|| view! { <span class="badge purged">"purged"</span> })}
+                {v.rejected.is_some().then(|| view! { <span class="badge rejected">"rejected"</span> })}
                 <span class="muted small">{format!("{} · {} · {}", short_time(&v.created_at), v.created_by, human_size(v.size))}</span>
             </div>
             {(!v.message.is_empty()).then(|| view! { <p class="message">{v.message.clone()}</p> })}
@@ -323,7 +328,9 @@ fn VersionItem(topic: String, v: VersionRow) -> impl IntoView {
                 <p class="meta">{v.metadata.iter().map(|(k, val)| view! { <span class="kv"><b>{k.clone()}</b>"="{val.clone()}</span> }).collect_view()}</p>
             })}
             <ul class="scopes">
-                {if v.scopes.is_empty() {
+                {if let Some(reasons) = &v.rejected {
+                    view! { <li class="muted small rejected-why">{format!("rejected by the checks, never released: {}", reasons.join("; "))}</li> }.into_any()
+                } else if v.scopes.is_empty() {
                     view! { <li class="muted small">"released to nobody yet"</li> }.into_any()
                 } else {
                     v.scopes.iter().map(|s| view! {

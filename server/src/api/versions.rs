@@ -243,6 +243,7 @@ pub async fn version_regions(
                headers(("Location" = String))),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "version_rejected: the topic's checks rejected it (kept unreleased, never served)"),
               (status = 410, body = ErrorBody, description = "version_purged: retention purged the version's payload"),
               (status = 416, body = ErrorBody, description = "invalid_range; Content-Range: bytes */<size>"),
               (status = 503, body = ErrorBody)))]

@@ -83,6 +83,8 @@ pub(super) fn version(v: Version) -> pb::Version {
         purged: v.purged,
         purged_at: v.purged_at.map(rfc3339).unwrap_or_default(),
         scopes: v.scopes.into_iter().map(scope).collect(),
+        rejected: v.rejected.is_some(),
+        rejected_reasons: v.rejected.map(|r| r.reasons).unwrap_or_default(),
     }
 }
 

@@ -12,6 +12,7 @@ mod consumers;
 mod encryption;
 mod fairness;
 mod fuzz;
+mod keep_rejected;
 mod objects;
 mod ofrep;
 mod openapi;

@@ -1,4 +1,4 @@
-//! Which live versions hold a payload, by its SHA-256 (content-addressed blob URLs).
+//! Which live (not rejected) versions hold a payload, by its SHA-256 (content-addressed blob URLs).
 use crate::error::Result;
 use sqlx::PgExecutor;
 
@@ -15,7 +15,7 @@ pub(crate) async fn holders<'e>(ex: impl PgExecutor<'e>, sha256: &str, limit: i6
         Holder,
         r#"SELECT t.name AS topic, t.owner, t.restricted, v.version
            FROM versions v JOIN topics t ON t.id = v.topic_id
-           WHERE v.sha256 = $1 AND v.purged_at IS NULL
+           WHERE v.sha256 = $1 AND v.purged_at IS NULL AND NOT v.rejected
            ORDER BY t.restricted, t.id, v.version DESC
            LIMIT $2"#,
         sha256,

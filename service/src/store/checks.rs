@@ -68,7 +68,7 @@ pub(crate) async fn previous(conn: &mut PgConnection, topic_id: i64) -> Result<O
         r#"SELECT v.version, v.size, c.records AS "records?",
                   CASE WHEN c.records IS NULL THEN v.inline_data END AS inline_data, v.sealed
            FROM versions v LEFT JOIN version_checks c ON c.topic_id = v.topic_id AND c.version = v.version
-           WHERE v.topic_id = $1 AND v.purged_at IS NULL
+           WHERE v.topic_id = $1 AND v.purged_at IS NULL AND NOT v.rejected
            ORDER BY v.version DESC LIMIT 1"#,
         topic_id
     )

@@ -81,6 +81,7 @@ impl From<TopicRow> for Topic {
             // Filled in by `Imprint::topic` (the checks module) for a topic read on its own.
             checks: Vec::new(),
             on_failure: Default::default(),
+            keep_rejected: false,
         }
     }
 }
@@ -379,11 +380,27 @@ pub(crate) async fn update(conn: &mut PgConnection, id: i64, u: TopicUpdate<'_>)
     Ok(())
 }
 
+/// The number a rejected version kept by `keep_rejected` takes: the next one, without
+/// making it the topic's `latest_version` (the caller holds the topic's row lock).
+pub(crate) async fn next_rejected_version(conn: &mut PgConnection, id: i64) -> Result<i64> {
+    let v = sqlx::query_scalar!(
+        r#"SELECT GREATEST(t.latest_version, (SELECT COALESCE(max(version), 0) FROM versions WHERE topic_id = $1)) + 1 AS "v!"
+           FROM topics t WHERE t.id = $1"#,
+        id
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(v)
+}
+
 /// Takes the next version number of a topic (the caller holds its row lock; a rollback
-/// gives the number back, so numbers have no gaps).
+/// gives the number back, so numbers have no gaps). It comes after any rejected version
+/// kept (`keep_rejected`), which `latest_version` does not count.
 pub(crate) async fn next_version(conn: &mut PgConnection, id: i64, at: DateTime<Utc>) -> Result<i64> {
     let v = sqlx::query_scalar!(
-        "UPDATE topics SET latest_version = latest_version + 1, last_published_at = $2, updated_at = $2
+        "UPDATE topics SET latest_version = GREATEST(latest_version,
+                               (SELECT COALESCE(max(version), 0) FROM versions WHERE topic_id = $1)) + 1,
+                           last_published_at = $2, updated_at = $2
          WHERE id = $1 RETURNING latest_version",
         id,
         at as _

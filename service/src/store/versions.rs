@@ -21,6 +21,8 @@ pub(crate) struct VersionRow {
     pub purged_at: Option<DateTime<Utc>>,
     /// The stored payload is sealed at rest (docs/encryption.md).
     pub sealed: bool,
+    /// Rejected by the topic's checks and kept unreleased (`keep_rejected`).
+    pub rejected: bool,
 }
 
 pub(crate) struct NewVersion<'a> {
@@ -36,6 +38,8 @@ pub(crate) struct NewVersion<'a> {
     pub stored: StoredAt<'a>,
     /// The stored bytes (inline or the object) are sealed at rest.
     pub sealed: bool,
+    /// Kept unreleased as rejected by the topic's checks (`keep_rejected`).
+    pub rejected: bool,
 }
 
 /// Where a new version's payload is.
@@ -57,8 +61,8 @@ pub(crate) async fn insert(conn: &mut PgConnection, v: NewVersion<'_>) -> Result
     };
     sqlx::query!(
         "INSERT INTO versions (topic_id, version, created_at, created_by, message, metadata, content_type, size, sha256,
-                               storage, inline_data, object_key, object_owned, sealed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                               storage, inline_data, object_key, object_owned, sealed, rejected)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         v.topic_id,
         v.version,
         v.created_at as _,
@@ -73,6 +77,7 @@ pub(crate) async fn insert(conn: &mut PgConnection, v: NewVersion<'_>) -> Result
         key,
         owned,
         v.sealed,
+        v.rejected,
     )
     .execute(&mut *conn)
     .await?;
@@ -89,7 +94,7 @@ pub(crate) async fn list<'e>(
     Ok(sqlx::query_as!(
         VersionRow,
         r#"SELECT version, created_at AS "created_at: DateTime<Utc>", created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
-                  content_type, size, sha256, storage, object_key, object_owned, purged_at AS "purged_at: DateTime<Utc>", sealed
+                  content_type, size, sha256, storage, object_key, object_owned, purged_at AS "purged_at: DateTime<Utc>", sealed, rejected
            FROM versions WHERE topic_id = $1 AND ($2::bigint IS NULL OR version < $2)
            ORDER BY version DESC LIMIT $3"#,
         topic_id,
@@ -104,29 +109,13 @@ pub(crate) async fn get<'e>(ex: impl PgExecutor<'e>, topic_id: i64, version: i64
     Ok(sqlx::query_as!(
         VersionRow,
         r#"SELECT version, created_at AS "created_at: DateTime<Utc>", created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
-                  content_type, size, sha256, storage, object_key, object_owned, purged_at AS "purged_at: DateTime<Utc>", sealed
+                  content_type, size, sha256, storage, object_key, object_owned, purged_at AS "purged_at: DateTime<Utc>", sealed, rejected
            FROM versions WHERE topic_id = $1 AND version = $2"#,
         topic_id,
         version
     )
     .fetch_optional(ex)
     .await?)
-}
-
-/// `None`: no such version; `Some(Some(t))`: purged at `t`; `Some(None)`: live.
-pub(crate) async fn purged_at(
-    conn: &mut PgConnection,
-    topic_id: i64,
-    version: i64,
-) -> Result<Option<Option<DateTime<Utc>>>> {
-    let r = sqlx::query_scalar!(
-        r#"SELECT purged_at AS "purged_at: DateTime<Utc>" FROM versions WHERE topic_id = $1 AND version = $2"#,
-        topic_id,
-        version
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(r)
 }
 
 pub(crate) struct DataRow {
@@ -137,12 +126,13 @@ pub(crate) struct DataRow {
     pub content_type: String,
     pub sha256: String,
     pub purged_at: Option<DateTime<Utc>>,
+    pub rejected: bool,
 }
 
 pub(crate) async fn data<'e>(ex: impl PgExecutor<'e>, topic_id: i64, version: i64) -> Result<Option<DataRow>> {
     Ok(sqlx::query_as!(
         DataRow,
-        r#"SELECT inline_data, sealed, object_key, size, content_type, sha256, purged_at AS "purged_at: DateTime<Utc>" FROM versions
+        r#"SELECT inline_data, sealed, object_key, size, content_type, sha256, purged_at AS "purged_at: DateTime<Utc>", rejected FROM versions
            WHERE topic_id = $1 AND version = $2"#,
         topic_id,
         version
@@ -234,12 +224,22 @@ pub(crate) async fn scope<'e>(
     Ok(r.map(|r| (r.added_at, r.added_by)))
 }
 
-/// The version exists and its payload has not been purged; otherwise the matching error.
+/// The version exists, its payload has not been purged and it was not rejected by the
+/// topic's checks (`keep_rejected`); otherwise the matching error. Everything that
+/// releases a version (a scope, a pin, a rollout, a change request for one) asks this.
 pub(crate) async fn require_live(conn: &mut PgConnection, t: &super::topics::TopicRef, version: u64) -> Result<()> {
-    match purged_at(conn, t.id, version as i64).await? {
+    let r = sqlx::query!(
+        r#"SELECT purged_at AS "purged_at: DateTime<Utc>", rejected FROM versions WHERE topic_id = $1 AND version = $2"#,
+        t.id,
+        version as i64
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    match r {
         None => Err(crate::error::Error::VersionNotFound { topic: t.name.clone(), version }),
-        Some(Some(_)) => Err(crate::error::Error::VersionPurged { topic: t.name.clone(), version }),
-        Some(None) => Ok(()),
+        Some(r) if r.purged_at.is_some() => Err(crate::error::Error::VersionPurged { topic: t.name.clone(), version }),
+        Some(r) if r.rejected => Err(crate::error::Error::VersionRejected { topic: t.name.clone(), version }),
+        Some(_) => Ok(()),
     }
 }
 
