@@ -312,6 +312,7 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         "scopes_pkey" => conflict("the version has this scope already"),
         "team_members_pkey" => conflict("the user is in the team already"),
         "consumers_pkey" => conflict("the consumer was recorded concurrently; try again"),
+        "plaintext_reads_pkey" => conflict("the read was counted concurrently; try again"),
         "pins_one_active" => conflict("another pin on this selector was set at the same time; try again"),
         "rollouts_one_active" => conflict("another rollout of this topic is active"),
         "api_tokens_active_name" => conflict("an active token with this name exists already"),
@@ -344,9 +345,11 @@ pub(crate) fn constraint_error(constraint: &str, detail: &str) -> Option<Error> 
         "topics_spring_binding" => conflict("another topic is bound to this Spring application and profile"),
         "users_username_check" => invalid("not a valid username"),
         "teams_name_check" => invalid("not a valid team name"),
-        "versions_topic_id_fkey" | "pins_topic_id_fkey" | "consumers_topic_id_fkey" | "snapshots_topic_id_fkey" => {
-            conflict("the topic does not exist (any more)")
-        }
+        "versions_topic_id_fkey"
+        | "pins_topic_id_fkey"
+        | "consumers_topic_id_fkey"
+        | "snapshots_topic_id_fkey"
+        | "plaintext_reads_topic_id_fkey" => conflict("the topic does not exist (any more)"),
         "scopes_topic_id_version_fkey" | "pins_topic_id_version_fkey" | "rollouts_topic_id_version_fkey" => {
             conflict("the version does not exist (any more)")
         }

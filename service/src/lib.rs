@@ -40,6 +40,7 @@ pub mod ofrep;
 pub mod overview;
 pub mod payloads;
 mod pins;
+pub mod plaintext_audit;
 pub mod plaintext_reads;
 pub mod poll;
 pub mod prometheus;

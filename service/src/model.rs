@@ -514,3 +514,14 @@ pub struct VersionPayload {
     /// The region whose store holds `body`'s object key (None: the home region).
     pub region: Option<String>,
 }
+
+/// One row of the audit as the API shows it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PlaintextRead {
+    pub version: u64,
+    /// `token:<name>`, `user:<name>` or `anonymous`.
+    pub reader: String,
+    pub reads: u64,
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+}

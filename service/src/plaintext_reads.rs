@@ -5,6 +5,8 @@
 //! (`plaintext_reads` table), keeping what it could not write for the next try. Bounded:
 //! at most `MAX_ENTRIES` distinct keys wait; reads beyond are counted as dropped.
 use crate::auth::Caller;
+pub use crate::model::PlaintextRead;
+pub(crate) use crate::store::plaintext_reads::Count;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
@@ -12,13 +14,6 @@ use std::collections::HashMap;
 pub const MAX_ENTRIES: usize = 100_000;
 
 type Key = (i64, i64, String);
-
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Count {
-    pub reads: u64,
-    pub first_at: DateTime<Utc>,
-    pub last_at: DateTime<Utc>,
-}
 
 #[derive(Default)]
 pub struct PlaintextReads {
@@ -76,54 +71,5 @@ impl PlaintextReads {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// One row of the audit as the API shows it.
-#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct PlaintextRead {
-    pub version: u64,
-    /// `token:<name>`, `user:<name>` or `anonymous`.
-    pub reader: String,
-    pub reads: u64,
-    pub first_at: DateTime<Utc>,
-    pub last_at: DateTime<Utc>,
-}
-
-impl crate::handle::Imprint {
-    /// Writes the waiting plaintext-read counts in one batch (kept for the next try when
-    /// Postgres says no). Returns how many keys were written.
-    pub async fn flush_plaintext_reads(&self) -> crate::Result<usize> {
-        let entries = self.inner.plaintext_reads.drain();
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        match crate::store::plaintext_reads::upsert(self.pool(), &entries).await {
-            Ok(()) => Ok(entries.len()),
-            Err(e) => {
-                self.inner.plaintext_reads.restore(entries);
-                Err(e)
-            }
-        }
-    }
-
-    pub(crate) fn plaintext_reads(&self) -> &PlaintextReads {
-        &self.inner.plaintext_reads
-    }
-
-    /// The plaintext reads of an at-rest topic, newest first (at most 1000): for the
-    /// topic's publishers and admins (readers do not see who else read).
-    pub async fn plaintext_read_audit(
-        &self,
-        caller: &Caller,
-        topic: &imprint_domain::TopicName,
-    ) -> crate::Result<Vec<PlaintextRead>> {
-        let t = {
-            let mut conn = self.pool().acquire().await?;
-            crate::store::topics::require(&mut conn, topic, false).await?
-        };
-        caller.require_write(&t.name, &t.owner)?;
-        self.flush_plaintext_reads().await?;
-        crate::store::plaintext_reads::of_topic(self.pool(), t.id).await
     }
 }

@@ -1,8 +1,16 @@
 //! The `plaintext_reads` table (docs/encryption.md): counted reads of at-rest plaintext.
 use crate::error::Result;
-use crate::plaintext_reads::{Count, PlaintextRead};
+use crate::model::PlaintextRead;
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
+
+/// Reads counted in memory for one (topic, version, reader), waiting for the flusher.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Count {
+    pub reads: u64,
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+}
 
 /// Adds the counts (one statement for the whole batch).
 pub(crate) async fn upsert<'e>(ex: impl PgExecutor<'e>, entries: &[((i64, i64, String), Count)]) -> Result<()> {
