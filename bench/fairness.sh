@@ -77,6 +77,10 @@ start_server() {
 # measure LABEL FLOOD_CONNS
 measure() {
   local out=$SCRATCH/$1.txt
+  # Halfway through a flood: the buckets' limits and requests in flight, from /metrics.
+  if (( $2 > 0 )); then
+    (sleep "$((SECONDS_EACH / 2))"; curl -fsS "$URL/metrics" | grep -E '^imprint_fair_(limit|in_flight|runtime)' | sed "s/^/$1: halfway: /" >&2 || true) &
+  fi
   $LOADGEN_WRAPPER "$LOADGEN" fair --url "$URL" --topic fair.cfg --calm-token "$CALM" --flood-token "$FLOOD" \
     --calm-rate "$CALM_RATE" --calm-conns "$CALM_CONNS" --flood-conns "$2" --seconds "$SECONDS_EACH" >"$out"
   sed "s/^/$1: /" "$out" >&2

@@ -217,6 +217,17 @@ struct ServeArgs {
     /// How long a request over its application's limit waits before 429 (ms, at most 1000).
     #[arg(long, env = "IMPRINT_FAIR_QUEUE_MS", default_value_t = 100)]
     fair_queue_ms: u64,
+    /// Refusals of one application per second at most; a request past that rate waits its
+    /// turn, up to IMPRINT_FAIR_MAX_WAIT_MS in all (0: no pacing).
+    #[arg(long, env = "IMPRINT_FAIR_REFUSALS_PER_S", default_value_t = 200)]
+    fair_refusals_per_s: u32,
+    /// The longest a request over its application's limit waits before 429 (ms, at most 10000).
+    #[arg(long, env = "IMPRINT_FAIR_MAX_WAIT_MS", default_value_t = 2000)]
+    fair_max_wait_ms: u64,
+    /// The runtime queue delay fair serving aims under (µs); above it, applications with
+    /// requests waiting hand their freed places on later (0: at once).
+    #[arg(long, env = "IMPRINT_FAIR_TARGET_DELAY_US", default_value_t = 250)]
+    fair_target_delay_us: u64,
     #[arg(long, env = "IMPRINT_FAIR_INITIAL_LIMIT", default_value_t = 20)]
     fair_initial_limit: usize,
     #[arg(long, env = "IMPRINT_FAIR_MIN_LIMIT", default_value_t = 4)]
@@ -553,6 +564,9 @@ async fn serve(url: &str, args: ServeArgs) -> Result<(), String> {
         fair: imprint_service::fair::FairConfig {
             enabled: args.fair_enabled,
             queue_wait: Duration::from_millis(args.fair_queue_ms.min(1000)),
+            refusals_per_s: args.fair_refusals_per_s,
+            target_delay: Duration::from_micros(args.fair_target_delay_us.min(1_000_000)),
+            max_wait: Duration::from_millis(args.fair_max_wait_ms.clamp(args.fair_queue_ms.min(1000), 10_000)),
             initial_limit: args.fair_initial_limit.max(1),
             min_limit: args.fair_min_limit.max(1),
             max_limit: args.fair_max_limit.max(args.fair_min_limit.max(1)),

@@ -733,3 +733,62 @@ async fn a_rejected_version_is_marked_and_never_downloaded(pool: sqlx::PgPool) {
     let Some(pb::download_response::Kind::Header(h)) = s.next().await.unwrap().unwrap().kind else { panic!() };
     assert_eq!(h.version, 1);
 }
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn calls_share_their_applications_fair_serving_limit_with_http(pool: sqlx::PgPool) {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_configured(pool.clone(), pool, |c| {
+        c.fair.initial_limit = 2;
+        c.fair.min_limit = 2;
+        c.fair.max_limit = 2;
+        c.fair.queue_wait = Duration::from_millis(50);
+    })
+    .await;
+    app.create_topic("cfg").await;
+    app.publish_text("cfg", "v1").await;
+    let flood = app.consumer_token("flood", None, &[], &[]).await;
+    let calm = app.consumer_token("calm", None, &[], &[]).await;
+    let mut c = client(&app).await;
+    // Long polls of one token, parked over gRPC, hold no place: the token's reads go on.
+    let parked: Vec<_> = (0..4)
+        .map(|i| {
+            let mut c = c.clone();
+            let calm = calm.clone();
+            tokio::spawn(async move {
+                let poll = pb::PollRequest {
+                    consumer: consumer(&format!("p{i}"), &[]),
+                    topics: topics(&[("cfg", 1)]),
+                    wait_ms: 20_000,
+                    ..Default::default()
+                };
+                c.poll(authed(&calm, poll)).await
+            })
+        })
+        .collect();
+    eventually("the polls are parked", || async { app.imprint().state().waiter_entries().0 >= 4 }).await;
+    let resolve = || pb::ResolveRequest { topic: "cfg".into(), labels: HashMap::new() };
+    assert_eq!(c.resolve(authed(&calm, resolve())).await.unwrap().get_ref().version, 1);
+    // Two HTTP polls of the flooding token whose bodies never come hold its two places…
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /api/v1/poll HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {flood}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // …so its gRPC reads and polls queue, then RESOURCE_EXHAUSTED `overloaded`, while the
+    // calm token's are answered.
+    let e = c.resolve(authed(&flood, resolve())).await.unwrap_err();
+    assert_status(&e, Code::ResourceExhausted, "overloaded");
+    let poll = pb::PollRequest { consumer: consumer("f", &[]), topics: topics(&[("cfg", 0)]), ..Default::default() };
+    let e = c.poll(authed(&flood, poll.clone())).await.unwrap_err();
+    assert_status(&e, Code::ResourceExhausted, "overloaded");
+    assert_eq!(c.poll(authed(&calm, poll)).await.unwrap().get_ref().updates["cfg"].version, 1);
+    drop(held);
+    for p in parked {
+        p.abort();
+    }
+}

@@ -228,6 +228,8 @@ impl Imprint {
             if !out.is_empty() || *draining.borrow() {
                 return Ok(out);
             }
+            // Waiting for news is not work: the fair-serving place goes back (once).
+            crate::fair::parking();
             tokio::select! {
                 _ = waiter.changed() => {},
                 _ = tokio::time::sleep_until(deadline) => return Ok(out),

@@ -12,6 +12,21 @@ pub struct FairConfig {
     /// How long a request over its application's limit waits for a place before 429
     /// (`IMPRINT_FAIR_QUEUE_MS`, default 100).
     pub queue_wait: Duration,
+    /// Refusals of one application per second at most (`IMPRINT_FAIR_REFUSALS_PER_S`,
+    /// default 200): a request that would be refused past that rate keeps waiting for a
+    /// place — and is refused in its turn — so an application that ignores `Retry-After` and
+    /// retries at once is slowed to this rate instead of spending the server's CPU on
+    /// refusals. 0: no pacing.
+    pub refusals_per_s: u32,
+    /// The longest a request waits in all before it is refused, however many are refused
+    /// before it (`IMPRINT_FAIR_MAX_WAIT_MS`, default 2000, at least the queue wait).
+    pub max_wait: Duration,
+    /// The delay through the runtime's queue of ready tasks the server aims to stay under
+    /// (`IMPRINT_FAIR_TARGET_DELAY_US`, default 250 µs): above it, an application with
+    /// requests waiting hands each freed place on a little later, so a flood cannot keep
+    /// the CPU saturated and every other application's requests queued behind its tasks.
+    /// 0: places are handed on at once.
+    pub target_delay: Duration,
     /// Each application's limit starts here (`IMPRINT_FAIR_INITIAL_LIMIT`, default 20)…
     pub initial_limit: usize,
     /// …and moves between these (`IMPRINT_FAIR_MIN_LIMIT` 4, `IMPRINT_FAIR_MAX_LIMIT` 200).
@@ -34,6 +49,9 @@ impl Default for FairConfig {
         FairConfig {
             enabled: true,
             queue_wait: Duration::from_millis(100),
+            refusals_per_s: 200,
+            max_wait: Duration::from_millis(2000),
+            target_delay: Duration::from_micros(250),
             initial_limit: 20,
             min_limit: 4,
             max_limit: 200,

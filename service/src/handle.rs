@@ -203,6 +203,8 @@ pub(crate) struct Inner {
     /// This server's address as others reach it (`IMPRINT_PUBLIC_URL`, else the bound
     /// listener): where external validators download candidates (the checks module).
     pub public_url: std::sync::OnceLock<String>,
+    /// The server's fair-serving limiter (its type is the server's: `fair_limiter`).
+    pub fair_limiter: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
     pub pool: PgPool,
     pub state: Arc<ServingState>,
     pub audit: AuditBuffer,
@@ -272,6 +274,7 @@ impl Imprint {
         Self {
             inner: Arc::new(Inner {
                 public_url: std::sync::OnceLock::new(),
+                fair_limiter: std::sync::OnceLock::new(),
                 pool,
                 state: Arc::new(ServingState::default().with_regions(&config.regions).with_keys(config.keys.clone())),
                 audit,
@@ -314,6 +317,14 @@ impl Imprint {
 
     pub fn state(&self) -> &Arc<ServingState> {
         &self.inner.state
+    }
+
+    /// The fair-serving limiter of this handle, made by `init` on first use: one per
+    /// server, so an application's requests share one bucket whichever listener (HTTP,
+    /// gRPC) they come by. The type is the server's (server/src/fairness.rs); `None` if a
+    /// limiter of another type was made first.
+    pub fn fair_limiter<T: std::any::Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<Arc<T>> {
+        self.inner.fair_limiter.get_or_init(|| Arc::new(init())).clone().downcast::<T>().ok()
     }
 
     pub fn config(&self) -> &Config {

@@ -54,6 +54,8 @@ impl Default for GrpcSettings {
 pub struct GrpcApi {
     imprint: Imprint,
     watch_max: Duration,
+    /// The server's fair-serving limiter (shared with its HTTP API), if enabled.
+    fairness: Option<std::sync::Arc<crate::fairness::Fairness>>,
 }
 
 /// Which of the server's roles serves a call.
@@ -89,7 +91,26 @@ fn bearer(meta: &tonic::metadata::MetadataMap) -> Result<Option<String>, Status>
 
 impl GrpcApi {
     pub fn new(imprint: Imprint, watch_max: Duration) -> Self {
-        GrpcApi { imprint, watch_max }
+        let fairness = crate::fairness::layer(&imprint);
+        GrpcApi { imprint, watch_max, fairness }
+    }
+
+    /// Runs a consumer or read call's work in its application's fair-serving place — the
+    /// token's bucket, else the address's, shared with the HTTP API (docs/fairness.md) —
+    /// or refuses it with RESOURCE_EXHAUSTED (`overloaded`). Watch streams are capped as
+    /// streams, not here.
+    async fn fair<T>(
+        &self,
+        who: &Who,
+        work: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        use crate::fairness::BucketKey;
+        let Some(f) = &self.fairness else { return work.await };
+        let key = match &who.credential {
+            Some(hash) => BucketKey::Token(hash.clone()),
+            None => BucketKey::Address(who.client.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))),
+        };
+        f.run(key, work).await.map_err(grpc_status)?
     }
 
     /// Refuses a call this server's roles do not serve (as the HTTP role gate does).
@@ -143,8 +164,8 @@ impl pb::imprint_server::Imprint for GrpcApi {
         let r = req.into_inner();
         let mut poll = convert::poll_request(r.consumer, r.topics, r.applied, r.wait_ms)?;
         poll.client = who.client;
-        poll.credential = who.credential;
-        let answer = self.imprint.poll(&who.caller, poll).await.map_err(grpc_status)?;
+        poll.credential = who.credential.clone();
+        let answer = self.fair(&who, async { self.imprint.poll(&who.caller, poll).await.map_err(grpc_status) }).await?;
         Ok(Response::new(pb::PollResponse {
             updates: convert::updates(answer.updates),
             missing: answer.missing.into_iter().collect(),
@@ -167,8 +188,8 @@ impl pb::imprint_server::Imprint for GrpcApi {
         let r = req.into_inner();
         let mut poll = convert::poll_request(r.consumer, r.topics, r.applied, 0)?;
         poll.client = who.client;
-        poll.credential = who.credential;
-        self.imprint.poll(&who.caller, poll).await.map_err(grpc_status)?;
+        poll.credential = who.credential.clone();
+        self.fair(&who, async { self.imprint.poll(&who.caller, poll).await.map_err(grpc_status) }).await?;
         Ok(Response::new(pb::ReportResponse {}))
     }
 
@@ -177,7 +198,9 @@ impl pb::imprint_server::Imprint for GrpcApi {
         let r = req.into_inner();
         let topic = topic_name(&r.topic)?;
         let labels = labels_of(&r.labels)?;
-        let resolved = self.imprint.resolve(&who.caller, &topic, &labels, None).await.map_err(grpc_status)?;
+        let resolved = self
+            .fair(&who, async { self.imprint.resolve(&who.caller, &topic, &labels, None).await.map_err(grpc_status) })
+            .await?;
         Ok(Response::new(pb::ResolveResponse {
             topic: topic.to_string(),
             version: resolved.map_or(0, |r| r.version),
@@ -189,7 +212,9 @@ impl pb::imprint_server::Imprint for GrpcApi {
         let who = self.who(&req, Role::Read, "GetVersion", false).await?;
         let r = req.into_inner();
         let topic = topic_name(&r.topic)?;
-        let v = self.imprint.version(&who.caller, &topic, version_number(r.version)?).await.map_err(grpc_status)?;
+        let n = version_number(r.version)?;
+        let v =
+            self.fair(&who, async { self.imprint.version(&who.caller, &topic, n).await.map_err(grpc_status) }).await?;
         Ok(Response::new(convert::version(v)))
     }
 
@@ -202,7 +227,11 @@ impl pb::imprint_server::Imprint for GrpcApi {
         let topic = topic_name(&r.topic)?;
         let limit = (r.limit > 0).then_some(r.limit);
         let cursor = Some(r.cursor.as_str()).filter(|c| !c.is_empty());
-        let page = self.imprint.list_versions(&who.caller, &topic, limit, cursor).await.map_err(grpc_status)?;
+        let page = self
+            .fair(&who, async {
+                self.imprint.list_versions(&who.caller, &topic, limit, cursor).await.map_err(grpc_status)
+            })
+            .await?;
         Ok(Response::new(pb::ListVersionsResponse {
             versions: page.items.into_iter().map(convert::version).collect(),
             next: page.next.unwrap_or_default(),
@@ -213,7 +242,8 @@ impl pb::imprint_server::Imprint for GrpcApi {
 
     async fn download(&self, req: Request<pb::DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
         let who = self.who(&req, Role::Read, "Download", true).await?;
-        transfer::download(&self.imprint, &who.caller, req.into_inner()).await.map(Response::new)
+        let r = req.into_inner();
+        self.fair(&who, transfer::download(&self.imprint, &who.caller, r)).await.map(Response::new)
     }
 
     async fn publish(

@@ -115,6 +115,57 @@ async fn anonymous_callers_are_bucketed_by_app_label_then_by_address(pool: sqlx:
 }
 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn the_other_protocols_reads_share_their_applications_limit(pool: sqlx::PgPool) {
+    use base64::Engine;
+    let app = spawn_app_configured(pool.clone(), pool, |c| {
+        two_each(c);
+        c.apollo_hold = Duration::from_secs(30);
+    })
+    .await;
+    app.create_topic_with(
+        json!({"name": "shop.app", "owner": "shop", "apollo": {"app_id": "shop", "namespace": "application"}}),
+    )
+    .await;
+    app.publish("shop.app", json!({"data": "{\"timeout\": \"100\"}"})).await;
+    let flood = app.consumer_token("flood", None, &[], &[]).await;
+    let calm = app.consumer_token("calm", None, &[], &[]).await;
+    let apollo = "/apollo/configs/shop/default/application";
+    // Apollo's appId is its application: parked notification long polls of `shop` hold no
+    // place (they gave it back when they parked)…
+    let notify = "/apollo/notifications/v2?appId=shop&cluster=default&notifications=%5B%7B%22namespaceName%22%3A%22application%22%2C%22notificationId%22%3A999999%7D%5D";
+    let parked: Vec<_> = (0..4).map(|_| app.req(Method::GET, notify).send()).collect();
+    let parked = tokio::spawn(join_all(parked));
+    eventually("the notifications are parked", || async { app.imprint().state().waiter_entries().0 >= 4 }).await;
+    assert_eq!(app.req(Method::GET, apollo).send().await.unwrap().status(), 200);
+    // …while two working requests of the application `shop` (polls labelled app=shop) fill
+    // its bucket: Apollo's config reads of appId shop queue, then 429.
+    let q = "?labels=app%3Dshop";
+    let held = [stuck_poll(&app, q, "").await, stuck_poll(&app, q, "").await];
+    settle().await;
+    assert_overloaded(app.req(Method::GET, apollo).send().await.unwrap()).await;
+    drop(held);
+    // A token's bucket covers OpenFeature's evaluations and Spring's files (Basic password).
+    let auth = format!("authorization: Bearer {flood}\r\n");
+    let _held = [stuck_poll(&app, "", &auth).await, stuck_poll(&app, "", &auth).await];
+    settle().await;
+    let ofrep = |token: &str| {
+        app.req(Method::POST, "/ofrep/v1/evaluate/flags")
+            .bearer_auth(token)
+            .json(&json!({"context": {"targetingKey": "n1"}}))
+            .send()
+    };
+    assert_overloaded(ofrep(&flood).await.unwrap()).await;
+    assert_ne!(ofrep(&calm).await.unwrap().status(), 429);
+    let basic =
+        |token: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("u:{token}")));
+    let spring =
+        |token: &str| app.req(Method::GET, "/spring/shop/default").header("authorization", basic(token)).send();
+    assert_overloaded(spring(&flood).await.unwrap()).await;
+    assert_ne!(spring(&calm).await.unwrap().status(), 429);
+    parked.abort();
+}
+
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn a_parked_long_poll_holds_no_place(pool: sqlx::PgPool) {
     let app = spawn_app_configured(pool.clone(), pool, two_each).await;
     app.create_topic("cfg").await;
