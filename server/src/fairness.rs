@@ -127,20 +127,23 @@ const MAX_HANDOFF_S: f64 = 0.05;
 /// tasks (`Fairness::acquire`), averaged — the server-wide sign of saturation. A poll
 /// arriving now waits about this long before it is even read.
 struct Saturation {
-    delay_s: Mutex<f64>,
+    /// The average, seconds as `f64` bits: read and written by every limited request, so
+    /// an atomic rather than a lock on the poll path (a lost update among racing requests
+    /// only shifts an average).
+    delay_s: std::sync::atomic::AtomicU64,
     target_s: f64,
     gauge: metrics::Gauge,
 }
 
 impl Saturation {
     fn record(&self, trip: std::time::Duration) {
-        let mut d = self.delay_s.lock().unwrap_or_else(|e| e.into_inner());
-        *d = *d * 0.95 + trip.as_secs_f64() * 0.05;
-        self.gauge.set(*d);
+        let d = self.delay_s() * 0.95 + trip.as_secs_f64() * 0.05;
+        self.delay_s.store(d.to_bits(), std::sync::atomic::Ordering::Relaxed);
+        self.gauge.set(d);
     }
 
     fn delay_s(&self) -> f64 {
-        *self.delay_s.lock().unwrap_or_else(|e| e.into_inner())
+        f64::from_bits(self.delay_s.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -164,31 +167,27 @@ impl Drop for Permit {
         // again once the runtime keeps up (below half the target) or nobody waits: its
         // rate comes down until the CPU has room for everyone else's requests. A bucket
         // without waiters — an application within its limit — is never held back.
-        let target = self.saturation.target_s;
+        let (target, behind) = (self.saturation.target_s, self.saturation.delay_s());
         let waiters = s.waiting > 0;
-        if target > 0.0 && waiters && self.saturation.delay_s() > target {
+        if target > 0.0 && waiters && behind > target {
             s.handoff_s = (s.handoff_s * 1.01).clamp(MIN_HANDOFF_S, MAX_HANDOFF_S);
-        } else if !waiters || self.saturation.delay_s() < target / 2.0 {
+        } else if !waiters || behind < target / 2.0 {
             s.handoff_s *= 0.99;
             if s.handoff_s < MIN_HANDOFF_S {
                 s.handoff_s = 0.0;
             }
         }
         let handoff = if waiters { s.handoff_s } else { 0.0 };
-        let runtime = tokio::runtime::Handle::try_current();
-        match runtime {
+        drop(s);
+        match tokio::runtime::Handle::try_current() {
             Ok(rt) if handoff > 0.0 => {
-                drop(s);
                 let bucket = self.bucket.clone();
                 rt.spawn(async move {
                     tokio::time::sleep(std::time::Duration::from_secs_f64(handoff)).await;
                     release(&bucket);
                 });
             }
-            _ => {
-                drop(s);
-                release(&self.bucket);
-            }
+            _ => release(&self.bucket),
         }
     }
 }
@@ -214,7 +213,7 @@ impl Fairness {
     pub fn new(config: FairConfig) -> Self {
         let params = params(&config);
         let saturation = Arc::new(Saturation {
-            delay_s: Mutex::new(0.0),
+            delay_s: std::sync::atomic::AtomicU64::new(0.0f64.to_bits()),
             target_s: config.target_delay.as_secs_f64(),
             gauge: metrics::gauge!("imprint_fair_runtime_delay_seconds"),
         });
