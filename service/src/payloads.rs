@@ -4,7 +4,7 @@
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
-use crate::objects::store_error;
+use crate::objects::{store_error, Objects};
 use crate::store;
 use crate::versions::{verify_sha256, BodyStream, Received, MAX_VALIDATED_BYTES};
 use bytes::{Bytes, BytesMut};
@@ -14,6 +14,7 @@ use imprint_domain::{TopicName, VersionNumber};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, WriteMultipart};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// Upload part size (S3 wants ≥ 5 MiB) and parts in flight: at most ~24 MiB of a body
@@ -171,7 +172,9 @@ impl Imprint {
             Err(e) => Err(e),
         };
         match uploaded {
-            Ok((size, sha256, content)) => Ok(Received::Object { key, owned: true, size, sha256, content, sealed }),
+            Ok((size, sha256, content)) => {
+                Ok(Received::Object { key, owned: true, size, sha256, content, sealed, located: Vec::new() })
+            }
             Err(e) => {
                 self.discard_upload(&key).await;
                 Err(e)
@@ -236,12 +239,14 @@ impl Imprint {
     }
 
     /// Checks a registered object (inside the store, present, within limits) and reads it
-    /// once to know its checksum.
+    /// once to know its checksum; with several regions, also its `locations` in other
+    /// regions' stores, each checked the same way and holding the same bytes.
     pub(crate) async fn inspect_registered(
         &self,
         caller: &Caller,
         topic: &TopicName,
         url: &str,
+        locations: &BTreeMap<String, String>,
         expected: Option<&str>,
     ) -> Result<Received> {
         let t = {
@@ -250,29 +255,69 @@ impl Imprint {
         };
         caller.require_write(&t.name, &t.owner)?;
         Self::refuse_registered_at_rest(&mut *self.pool().acquire().await?, t.id).await?;
+        // The regions named are checked before any store is read.
+        let regions = &self.config().regions;
+        let (topic_regions, _) = {
+            let mut conn = self.pool().acquire().await?;
+            let (list, min) = store::copies::topic_settings(&mut conn, t.id).await?;
+            crate::regions::topic_regions(regions, list.as_deref(), min)
+        };
+        for region in locations.keys() {
+            crate::regions::check_location_region(regions, &topic_regions, region)?;
+        }
+        let (limit, keep) = limits(&t);
+        let (key, read, sha256, content) = self.registered_in(self.objects(), None, url, &t, limit, keep).await?;
+        verify_sha256(expected, &sha256)?;
+        let mut located = Vec::with_capacity(locations.len());
+        for (region, url) in locations {
+            let objects = regions.other(region).ok_or_else(|| unknown_region(Some(region)))?;
+            let (key, size, got, _) = self.registered_in(objects, Some(region), url, &t, limit, false).await?;
+            // The same object everywhere: a consumer gets these bytes whichever region serves it.
+            if (size, got.as_str()) != (read, sha256.as_str()) {
+                return Err(Error::ChecksumMismatch { expected: sha256, actual: got });
+            }
+            located.push((region.clone(), key.to_string()));
+        }
+        Ok(Received::Object { key, owned: false, size: read, sha256, content, sealed: false, located })
+    }
+
+    /// One registered object in one region's store (`region` None: home): its key (inside
+    /// that store, in the owner team's folder of the registration area, not a link out of
+    /// it, not another topic's payload there), size, SHA-256 and (with `keep`) its bytes.
+    async fn registered_in(
+        &self,
+        objects: &Objects,
+        region: Option<&str>,
+        url: &str,
+        t: &store::topics::TopicRef,
+        limit: u64,
+        keep: bool,
+    ) -> Result<(Path, u64, String, Option<Bytes>)> {
         let area = &self.config().register_area;
-        let key = self.objects().key_of_url(url, area, &t.owner)?;
+        let key = objects.key_of_url(url, area, &t.owner)?;
         let missing = |e: Error| match e {
             Error::ObjectNotFound(_) => Error::ObjectNotFound(url.to_owned()),
             e => e,
         };
-        self.objects().check_registered_target(&key, area, &t.owner).await.map_err(missing)?;
-        if store::objects::used_by_another_topic(self.pool(), key.as_ref(), t.id).await? {
+        objects.check_registered_target(&key, area, &t.owner).await.map_err(missing)?;
+        let used = match region {
+            None => store::objects::used_by_another_topic(self.pool(), key.as_ref(), t.id).await?,
+            Some(r) => store::objects::used_by_another_topic_in(self.pool(), r, key.as_ref(), t.id).await?,
+        };
+        if used {
             return Err(Error::Forbidden(format!("{url:?} is the payload of another topic's version")));
         }
-        let size = self.objects().size(&key).await.map_err(missing)?;
-        let (limit, keep) = limits(&t);
+        let size = objects.size(&key).await.map_err(missing)?;
         if size > limit {
             return Err(Error::PayloadTooLarge { size, limit });
         }
-        let mut stream = self.objects().store().get(&key).await.map_err(store_error).map_err(missing)?.into_stream();
+        let mut stream = objects.store().get(&key).await.map_err(store_error).map_err(missing)?.into_stream();
         let mut tally = Tally::new(limit, keep);
         while let Some(chunk) = stream.next().await {
             tally.add(&chunk.map_err(store_error)?)?;
         }
         let (read, sha256, content) = tally.finish();
-        verify_sha256(expected, &sha256)?;
-        Ok(Received::Object { key, owned: false, size: read, sha256, content, sealed: false })
+        Ok((key, read, sha256, content))
     }
 
     /// Deletes an upload that will not be committed, and forgets it. Failures are left
@@ -558,7 +603,8 @@ impl Imprint {
         let home = self.config().regions.home();
         let mut out: Vec<crate::model::ObjectCopy> = rows
             .into_iter()
-            .map(|(c, _)| crate::model::ObjectCopy {
+            .map(|(c, key)| crate::model::ObjectCopy {
+                url: c.registered.then(|| self.region_objects(&c.region).map(|o| o.url_of(&key))).flatten(),
                 home: c.region == home,
                 region: c.region,
                 state: c.state,

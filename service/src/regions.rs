@@ -214,6 +214,28 @@ pub(crate) fn check_topic_regions(regions: &Regions, list: Option<&[String]>, mi
     Ok(())
 }
 
+/// A region a registered object's `locations` names: configured, not the home region (its
+/// URL is the object's `url`), one of the topic's regions.
+pub(crate) fn check_location_region(regions: &Regions, topic_regions: &[String], region: &str) -> Result<()> {
+    check_region_name(region).map_err(|e| Error::invalid(format!("locations: {e}")))?;
+    if !regions.is_configured(region) {
+        return Err(Error::invalid(format!(
+            "locations: {region:?} is not a configured region (configured: {})",
+            regions.names().join(", ")
+        )));
+    }
+    if region == regions.home() {
+        return Err(Error::invalid(format!("locations: {region:?} is the home region, whose URL is the object's url")));
+    }
+    if !topic_regions.iter().any(|r| r == region) {
+        return Err(Error::invalid(format!(
+            "locations: {region:?} is not one of the topic's regions ({})",
+            topic_regions.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// `regions` holding a copy, ordered for a consumer in `own` (its `region` label): its own
 /// region first, then the preference order.
 pub fn order_for(ranked: &[String], holding: &[String], own: Option<&str>) -> Vec<String> {

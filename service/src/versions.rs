@@ -64,9 +64,11 @@ pub enum Payload {
         body: BodyStream,
         len: Option<u64>,
     },
-    /// A pointer to an object that already exists in the configured store.
+    /// A pointer to an object that already exists in the configured store, and (several
+    /// regions) the same object's URL in other regions' stores, by region.
     Object {
         url: String,
+        locations: BTreeMap<String, String>,
     },
 }
 
@@ -95,6 +97,9 @@ pub(crate) enum Received {
         content: Option<Bytes>,
         /// Written sealed (an at-rest topic's upload, docs/encryption.md).
         sealed: bool,
+        /// Registered with `locations` (several regions): the same object's key in other
+        /// regions' stores, by region, each checked (`inspect_registered`).
+        located: Vec<(String, String)>,
     },
 }
 
@@ -196,7 +201,9 @@ impl Imprint {
             Payload::Text(s) => Received::Inline(Bytes::from(s)),
             Payload::Binary(b) => Received::Inline(b),
             Payload::Stream { body, len } => self.receive(caller, topic, body, len, expected.as_deref()).await?,
-            Payload::Object { url } => self.inspect_registered(caller, topic, &url, expected.as_deref()).await?,
+            Payload::Object { url, locations } => {
+                self.inspect_registered(caller, topic, &url, &locations, expected.as_deref()).await?
+            }
         };
         if let Received::Inline(b) = &received {
             verify_sha256(expected.as_deref(), &hex::encode(Sha256::digest(b)))?;
@@ -456,9 +463,18 @@ impl Imprint {
                 let home_key = final_key.as_ref().unwrap_or(key);
                 self.copy_before_commit(&mut tx, t.id, home_key, &sha256, created_at).await?
             }
-            Received::Object { key, .. } if self.config().regions.several() => {
+            Received::Object { key, located, .. } if self.config().regions.several() => {
+                // A registered object: home, and the regions its publish named it in (each
+                // still one of the topic's regions, read under the lock).
+                let (list, min) = store::copies::topic_settings(&mut tx, t.id).await?;
+                let (list, _) = crate::regions::topic_regions(&self.config().regions, list.as_deref(), min);
                 let home = self.config().regions.home().to_owned();
-                vec![(home, final_key.as_ref().unwrap_or(key).to_string(), true)]
+                let mut rows = vec![(home, final_key.as_ref().unwrap_or(key).to_string(), true)];
+                for (region, key) in located {
+                    crate::regions::check_location_region(&self.config().regions, &list, region)?;
+                    rows.push((region.clone(), key.clone(), true));
+                }
+                rows
             }
             _ => Vec::new(),
         };

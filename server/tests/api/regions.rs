@@ -287,3 +287,198 @@ async fn region_endpoints_of_a_restricted_topic_need_its_read_rights(pool: sqlx:
     let (_, list) = app.get_json("/api/v1/topics/red.vault/consumers").await;
     assert_eq!(list["consumers"].as_array().map(Vec::len), Some(0), "{list}");
 }
+
+async fn register(app: &TestApp, topic: &str, object: Value) -> reqwest::Response {
+    app.admin(Method::POST, &format!("/api/v1/topics/{topic}/versions"))
+        .json(&json!({"object": object}))
+        .send()
+        .await
+        .expect("send")
+}
+
+async fn version_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM versions").fetch_one(&app.pool).await.unwrap()
+}
+
+/// A registered object may name its URL per region (`locations`). Each is checked as the
+/// home `url` is — inside that region's store, in the owner team's folder, not another
+/// topic's payload, the same bytes — and nothing a caller sends makes the server read (or
+/// serve) anything outside that; once published, each region serves its own object.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn registered_objects_name_a_url_per_region_each_checked_like_the_home_one(pool: sqlx::PgPool) {
+    let Some(mut t) = two_regions(&pool).await else { return };
+    let app = &t.app;
+    app.create_topic_with(json!({"name": "models.reg", "owner": "ml", "inline_limit_bytes": 1024})).await;
+    app.create_topic_with(json!({"name": "models.other", "owner": "ml", "inline_limit_bytes": 1024})).await;
+    let data = payload(120_000, 21);
+    let digest = sha(&data);
+    let put = |objects: &Objects, key: &str, bytes: Vec<u8>| {
+        let (objects, key) = (objects.clone(), key.to_owned());
+        async move { objects.store().put(&Path::from(key), bytes.into()).await.expect("put") }
+    };
+    put(&t.eu_store, "eu/external/ml/a.bin", data.clone()).await;
+    put(&t.us_store, "us/external/ml/a.bin", data.clone()).await;
+    put(&t.us_store, "us/external/ml/shared.bin", data.clone()).await;
+    put(&t.eu_store, "eu/external/ml/shared.bin", data.clone()).await;
+    put(&t.us_store, "us/external/red/a.bin", data.clone()).await;
+    put(&t.us_store, "us/external/ml/other.bin", payload(120_000, 22)).await;
+    put(&t.us_store, "us/external/ml/short.bin", data[..1000].to_vec()).await;
+    // Another topic's version holds shared.bin in us (registered there, with its eu twin).
+    let eu_url = |k: &str| format!("s3://imprint-regions/eu/external/ml/{k}");
+    let us_url = |k: &str| format!("s3://imprint-regions/us/{k}");
+    let r = register(
+        app,
+        "models.other",
+        json!({"url": eu_url("shared.bin"), "locations": {"us": us_url("external/ml/shared.bin")}}),
+    )
+    .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    // An object published through Imprint to models.other: its us copy is Imprint's own.
+    publish(app, "models.other", data.clone()).await;
+    assert_eq!(version_count(app).await, 2);
+
+    let home = eu_url("a.bin");
+    for (us, status, code) in [
+        // The eu store's object named as us's: outside the us store.
+        ("s3://imprint-regions/eu/external/ml/a.bin".to_owned(), 403, "forbidden"),
+        // Imprint's own keys in us: another topic's copy, an upload, the bucket's root.
+        (us_url(&format!("topics/models.other/2/{digest}")), 403, "forbidden"),
+        (us_url("uploads/x"), 403, "forbidden"),
+        ("s3://imprint-regions/a.bin".to_owned(), 403, "forbidden"),
+        // Another team's folder, in any spelling.
+        (us_url("external/red/a.bin"), 403, "forbidden"),
+        (us_url("external/ml/../red/a.bin"), 400, "invalid_request"),
+        (us_url("external/ml/%2e%2e/red/a.bin"), 400, "invalid_request"),
+        (us_url("external/ml//a.bin"), 400, "invalid_request"),
+        (us_url("external/ml/a.bin?versionId=1"), 400, "invalid_request"),
+        // Another topic's version's object in us.
+        (us_url("external/ml/shared.bin"), 403, "forbidden"),
+        // Other bytes than the home object, fewer bytes, none at all.
+        (us_url("external/ml/other.bin"), 422, "checksum_mismatch"),
+        (us_url("external/ml/short.bin"), 422, "checksum_mismatch"),
+        (us_url("external/ml/missing.bin"), 422, "object_not_found"),
+    ] {
+        let r = register(app, "models.reg", json!({"url": home, "locations": {"us": us}})).await;
+        let body = assert_error(r, status, code).await;
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        assert!(!message.contains("127.0.0.1"), "{us}: the store's location is not told: {body}");
+    }
+    // Region names: not configured, the home region (its URL is `url`), not a region name.
+    for region in ["mars", "eu", "US", "../us", ""] {
+        let r =
+            register(app, "models.reg", json!({"url": home, "locations": {region: us_url("external/ml/a.bin")}})).await;
+        let body = assert_error(r, 400, "invalid_request").await;
+        assert!(body["error"]["message"].as_str().unwrap_or("").contains("locations"), "{region}: {body}");
+    }
+    // A region the topic leaves out.
+    let r =
+        app.admin(Method::PATCH, "/api/v1/topics/models.reg").json(&json!({"regions": ["eu"]})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = register(app, "models.reg", json!({"url": home, "locations": {"us": us_url("external/ml/a.bin")}})).await;
+    assert_error(r, 400, "invalid_request").await;
+    let r = app.admin(Method::PATCH, "/api/v1/topics/models.reg").json(&json!({"regions": null})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Unknown fields stay refused.
+    let r = register(app, "models.reg", json!({"url": home, "location": {"us": us_url("external/ml/a.bin")}})).await;
+    assert_eq!(r.status(), 400);
+    // Nothing was stored by any of these.
+    assert_eq!(version_count(app).await, 2);
+    let copies_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM object_copies").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(copies_rows, 4);
+
+    // The real thing: each region holds the publisher's object from the commit on.
+    let r = register(app, "models.reg", json!({"url": home, "locations": {"us": us_url("external/ml/a.bin")}})).await;
+    let p: Value = r.json().await.unwrap();
+    assert_eq!((p["storage"].as_str(), p["sha256"].as_str()), (Some("object"), Some(digest.as_str())), "{p}");
+    let listed: Value = app.admin(Method::GET, "/api/v1/topics/models.reg/versions/1/regions").json_body().await;
+    let rows: Vec<(String, String, String)> = listed["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["region"].as_str().unwrap().into(),
+                c["state"].as_str().unwrap().into(),
+                c["url"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [("eu".into(), "done".into(), home.clone()), ("us".into(), "done".into(), us_url("external/ml/a.bin"))],
+        "{listed}"
+    );
+    // Objects Imprint stored show no URL.
+    let listed: Value = app.admin(Method::GET, "/api/v1/topics/models.other/versions/2/regions").json_body().await;
+    assert!(listed["copies"].as_array().unwrap().iter().all(|c| c["url"].is_null()), "{listed}");
+    // Consumers get their own region's object first; each URL sends that region's object.
+    let polled = app
+        .poll(json!({"consumer": {"instance": "i-us", "labels": {"region": "us"}}, "topics": {"models.reg": null}}))
+        .await;
+    let urls = polled["updates"]["models.reg"]["data_urls"].as_array().expect("data_urls").clone();
+    assert_eq!(urls.iter().map(|d| d["region"].as_str().unwrap()).collect::<Vec<_>>(), ["us", "eu"], "{polled}");
+    for d in &urls {
+        let r = app.admin(Method::GET, d["url"].as_str().unwrap()).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-imprint-region"], d["region"].as_str().unwrap());
+        assert_eq!(sha(&r.bytes().await.unwrap()), digest);
+    }
+    // The us object is the one served for us: spoiled there, the us URL sends other bytes
+    // (and a client skips it, below).
+    put(&t.us_store, "us/external/ml/a.bin", payload(120_000, 23)).await;
+    let r = app.admin(Method::GET, "/api/v1/topics/models.reg/versions/1/data?region=us").send().await.unwrap();
+    assert_ne!(sha(&r.bytes().await.unwrap()), digest);
+    let client = |instance: &str, region: &str| {
+        imprint_client::Client::builder(app.url(""))
+            .instance(instance)
+            .label("region", region)
+            .backoff(Duration::from_millis(50), Duration::from_millis(300))
+            .build()
+            .expect("client")
+    };
+    let c = client("i-us-spoiled", "us");
+    let sub = c.subscribe_bytes("models.reg").await.expect("subscribe");
+    eventually("the us client skips the spoiled us object", || async { sub.get().as_ref() == data.as_slice() }).await;
+    assert_eq!(c.served_region("models.reg").as_deref(), Some("eu"));
+    put(&t.us_store, "us/external/ml/a.bin", data.clone()).await;
+
+    // Registered objects are never deleted, in any region, and nothing copies them.
+    app.imprint().copy_pass().await.expect("copy pass");
+    let r = app
+        .admin(Method::PATCH, "/api/v1/topics/models.reg")
+        .json(&json!({"retention": {"max_versions": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    publish(app, "models.reg", payload(50_000, 24)).await;
+    app.imprint().janitor_pass().await.expect("janitor");
+    let v1: Value = app.admin(Method::GET, "/api/v1/topics/models.reg/versions/1").json_body().await;
+    assert_eq!(v1["purged"], true, "{v1}");
+    assert!(exists(&t.eu_store, "eu/external/ml/a.bin").await && exists(&t.us_store, "us/external/ml/a.bin").await);
+
+    // A fresh registration, and eu stopped: an eu client fails over to the us object.
+    let r = register(app, "models.other", json!({"url": eu_url("b.bin"), "locations": {}})).await;
+    assert_error(r, 422, "object_not_found").await;
+    put(&t.eu_store, "eu/external/ml/b.bin", data.clone()).await;
+    put(&t.us_store, "us/external/ml/b.bin", data.clone()).await;
+    let r = app
+        .admin(Method::PATCH, "/api/v1/topics/models.reg")
+        .json(&json!({"retention": {"max_versions": null}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r =
+        register(app, "models.reg", json!({"url": eu_url("b.bin"), "locations": {"us": us_url("external/ml/b.bin")}}))
+            .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    t.eu.stop();
+    let c = client("i-eu-down", "eu");
+    let sub = c.subscribe_bytes("models.reg").await.expect("subscribe");
+    eventually("the eu client holds the registered object with eu down", || async {
+        sub.get().as_ref() == data.as_slice()
+    })
+    .await;
+    assert_eq!(c.served_region("models.reg").as_deref(), Some("us"));
+}

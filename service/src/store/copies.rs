@@ -25,6 +25,8 @@ pub(crate) struct CopyRow {
     pub attempts: i32,
     pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// The version's object is a registered one (its copies are the publisher's objects).
+    pub registered: bool,
 }
 
 /// Records the regions a new version's object goes to: `done` ones hold it already.
@@ -107,8 +109,10 @@ pub(crate) async fn of_version<'e>(
     version: i64,
 ) -> Result<Vec<(CopyRow, String)>> {
     let rows = sqlx::query!(
-        r#"SELECT region, key, state, attempts, last_error, updated_at AS "updated_at: DateTime<Utc>"
-           FROM object_copies WHERE topic_id = $1 AND version = $2 ORDER BY region"#,
+        r#"SELECT c.region, c.key, c.state, c.attempts, c.last_error, c.updated_at AS "updated_at: DateTime<Utc>",
+                  NOT v.object_owned AS "registered!"
+           FROM object_copies c JOIN versions v USING (topic_id, version)
+           WHERE c.topic_id = $1 AND c.version = $2 ORDER BY c.region"#,
         topic_id,
         version
     )
@@ -123,6 +127,7 @@ pub(crate) async fn of_version<'e>(
                 attempts: r.attempts,
                 last_error: r.last_error,
                 updated_at: r.updated_at,
+                registered: r.registered,
             };
             (row, r.key)
         })

@@ -93,3 +93,21 @@ pub(crate) async fn used_by_another_topic<'e>(ex: impl PgExecutor<'e>, key: &str
     .fetch_one(ex)
     .await?)
 }
+
+/// `used_by_another_topic` for a key of a region other than home: does a copy of another
+/// topic's version (purged or not) name `key` in `region`?
+pub(crate) async fn used_by_another_topic_in<'e>(
+    ex: impl PgExecutor<'e>,
+    region: &str,
+    key: &str,
+    topic_id: i64,
+) -> Result<bool> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM object_copies WHERE region = $1 AND key = $2 AND topic_id <> $3) AS "e!""#,
+        region,
+        key,
+        topic_id
+    )
+    .fetch_one(ex)
+    .await?)
+}
