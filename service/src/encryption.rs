@@ -96,7 +96,12 @@ pub(crate) async fn apply_setting(
 /// Where a received payload is, for its header to be read.
 pub(crate) enum PayloadAt<'a> {
     Inline(&'a bytes::Bytes),
-    Object { key: &'a object_store::path::Path, size: u64 },
+    /// `objects`: the store of the region it was written to.
+    Object {
+        key: &'a object_store::path::Path,
+        size: u64,
+        objects: &'a crate::objects::Objects,
+    },
 }
 
 impl Imprint {
@@ -114,9 +119,9 @@ impl Imprint {
         };
         let (prefix, complete) = match received {
             PayloadAt::Inline(b) => (b.clone(), true),
-            PayloadAt::Object { key, size } => {
+            PayloadAt::Object { key, size, objects } => {
                 let n = size.min(MAX_HEADER_BYTES as u64);
-                let bytes = self.objects().store().get_range(key, 0..n).await.map_err(store_error)?;
+                let bytes = objects.store().get_range(key, 0..n).await.map_err(store_error)?;
                 (bytes, n == size)
             }
         };

@@ -11,7 +11,27 @@ use object_store::path::Path;
 const COPY_BATCH: i64 = 16;
 
 impl Imprint {
-    /// The store of a region (home or other).
+    /// The region a topic's publishes stream to now (`regions::primary_region`; None: home)
+    /// and its store.
+    pub(crate) async fn upload_region(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        topic_id: i64,
+    ) -> Result<(Option<String>, Objects)> {
+        if !self.config().regions.several() {
+            return Ok((None, self.objects().clone()));
+        }
+        let (list, min) = store::copies::topic_settings(conn, topic_id).await?;
+        let (list, _) = crate::regions::topic_regions(&self.config().regions, list.as_deref(), min);
+        let region = crate::regions::primary_region(&self.config().regions, &list);
+        let objects = self
+            .region_objects(region.as_deref().unwrap_or_default())
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("region {region:?} is not configured")))?;
+        Ok((region, objects))
+    }
+
+    /// The store of a region (home or other; `""`: home).
     pub fn region_objects(&self, region: &str) -> Option<&Objects> {
         if region == self.config().regions.home() || region.is_empty() {
             Some(self.objects())
@@ -38,7 +58,13 @@ impl Imprint {
             };
             let from_key = Path::parse(&c.home_key).map_err(|e| Error::Internal(format!("stored key: {e}")))?;
             let to_key = Path::parse(&c.key).map_err(|e| Error::Internal(format!("stored key: {e}")))?;
-            let copied = copy_verified(self.objects(), &from_key, &to, &to_key, &c.sha256).await;
+            let Some(from) = self.region_objects(c.from_region.as_deref().unwrap_or_default()).cloned() else {
+                store::copies::failed(&mut tx, &c, self.now() + backoff(10), "the source region is not configured")
+                    .await?;
+                tx.commit().await?;
+                continue;
+            };
+            let copied = copy_verified(&from, &from_key, &to, &to_key, &c.sha256).await;
             match copied {
                 Ok(bytes) => {
                     if store::copies::done(&mut tx, &c, self.now()).await? {

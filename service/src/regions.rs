@@ -184,6 +184,15 @@ pub(crate) fn topic_regions(regions: &Regions, topic: Option<&[String]>, min: Op
     (list, min.max(1))
 }
 
+/// The region a topic's publishes stream to (its objects' own region): home when the
+/// topic's regions (`topic_regions`) include it, else the most preferred of them. None: home.
+pub(crate) fn primary_region(regions: &Regions, list: &[String]) -> Option<String> {
+    if list.iter().any(|r| r == regions.home()) {
+        return None;
+    }
+    regions.ranked().iter().find(|r| list.contains(r)).cloned()
+}
+
 /// Checks a topic's `regions` and `min_regions` settings against the configuration (400 otherwise).
 pub(crate) fn check_topic_regions(regions: &Regions, list: Option<&[String]>, min: Option<u32>) -> Result<()> {
     if let Some(list) = list {
@@ -197,12 +206,6 @@ pub(crate) fn check_topic_regions(regions: &Regions, list: Option<&[String]>, mi
                     regions.names().join(", ")
                 )));
             }
-        }
-        if !list.iter().any(|r| r == regions.home()) {
-            return Err(Error::invalid(format!(
-                "regions must include the home region {:?}: publishes stream there first (not built yet: topics outside it)",
-                regions.home()
-            )));
         }
     }
     if let Some(m) = min {
@@ -339,6 +342,10 @@ mod tests {
         assert!(check_topic_regions(&r, None, Some(3)).is_err());
         assert!(check_topic_regions(&r, None, Some(0)).is_err());
         assert!(check_topic_regions(&r, None, Some(2)).is_ok());
+        // Topics may leave out the home region: they stream to the most preferred of theirs.
+        assert!(check_topic_regions(&r, Some(&["us".to_owned()]), Some(1)).is_ok());
+        assert_eq!(primary_region(&r, &["us".to_owned()]), Some("us".to_owned()));
+        assert_eq!(primary_region(&r, &["eu".to_owned(), "us".to_owned()]), None);
         assert!(Regions::new("eu".into(), vec![], &["us".to_owned()]).is_err());
         assert!(Regions::new("EU".into(), vec![], &[]).is_err());
     }

@@ -482,3 +482,125 @@ async fn registered_objects_name_a_url_per_region_each_checked_like_the_home_one
     .await;
     assert_eq!(c.served_region("models.reg").as_deref(), Some("us"));
 }
+
+/// A topic whose regions leave out the home region: publishes stream to the most preferred
+/// of its regions, the worker copies the rest from there, and serving, copies, failover and
+/// retention never assume the home region holds the object. Three regions: eu (home, on the
+/// eu moto), us (the us moto) and ap (a prefix of the eu moto's bucket).
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_topic_outside_the_home_region_streams_to_its_own_and_never_touches_home(pool: sqlx::PgPool) {
+    use imprint_service::regions::{Region, Regions};
+    let Some(eu) = Moto::start().await else { return };
+    let Some(mut us) = Moto::start().await else { return };
+    let (eu_store, us_store, ap_store) = (eu.objects("eu"), us.objects("us"), eu.objects("ap"));
+    let others = vec![
+        Region { name: "us".into(), objects: us_store.clone() },
+        Region { name: "ap".into(), objects: ap_store.clone() },
+    ];
+    let regions = Regions::new("eu".into(), others, &["eu".to_owned(), "us".to_owned(), "ap".to_owned()]).unwrap();
+    let home = eu_store.clone();
+    let app = spawn_app_configured(pool.clone(), pool.clone(), move |c| {
+        c.objects = home;
+        c.regions = regions;
+        c.janitor_every = Duration::from_secs(3600);
+        c.rollout_tick_every = Duration::from_millis(100);
+    })
+    .await;
+    let app = &app;
+    app.create_topic_with(
+        json!({"name": "models.apac", "owner": "ml", "inline_limit_bytes": 1024, "retention": {"max_versions": 1}}),
+    )
+    .await;
+    // Leaving out home is allowed now; names must still be configured.
+    let r = app
+        .admin(Method::PATCH, "/api/v1/topics/models.apac")
+        .json(&json!({"regions": ["us", "ap"], "min_regions": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let data = payload(200_000, 31);
+    let digest = sha(&data);
+    let p = publish(app, "models.apac", data.clone()).await;
+    assert_eq!(p["storage"], "object", "{p}");
+    // Streamed to us (the most preferred of its regions), never written to home.
+    assert!(exists(&us_store, &key("us", "models.apac", 1, &digest)).await);
+    assert!(!exists(&eu_store, &key("eu", "models.apac", 1, &digest)).await);
+    use futures::StreamExt;
+    let in_eu = eu_store.store().list(Some(&Path::from("eu"))).collect::<Vec<_>>().await;
+    assert!(in_eu.is_empty(), "nothing of this topic in the home store: {in_eu:?}");
+    // The worker copies it to ap, from us.
+    eventually("the worker copies version 1 to ap", || async {
+        copies(app, "models.apac", 1).await == [("ap".to_owned(), "done".to_owned()), ("us".into(), "done".into())]
+    })
+    .await;
+    assert!(exists(&ap_store, &key("ap", "models.apac", 1, &digest)).await);
+    let listed: Value = app.admin(Method::GET, "/api/v1/topics/models.apac/versions/1/regions").json_body().await;
+    assert!(listed["copies"].as_array().unwrap().iter().all(|c| c["home"] == false), "{listed}");
+    let v: Value = app.admin(Method::GET, "/api/v1/topics/models.apac/versions/1").json_body().await;
+    assert_eq!(v["object_url"], format!("s3://imprint-regions/us/topics/models.apac/1/{digest}"), "{v}");
+
+    // Serving: without ?region= the object's own region (us); home has none (404); an eu
+    // consumer is sent to us then ap.
+    let r = app.admin(Method::GET, "/api/v1/topics/models.apac/versions/1/data").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-imprint-region"], "us");
+    assert_eq!(sha(&r.bytes().await.unwrap()), digest);
+    let r = app.admin(Method::GET, "/api/v1/topics/models.apac/versions/1/data?region=eu").send().await.unwrap();
+    assert_error(r, 404, "not_found").await;
+    let r = app.admin(Method::GET, "/api/v1/topics/models.apac/versions/1/data?region=ap").send().await.unwrap();
+    assert_eq!(sha(&r.bytes().await.unwrap()), digest);
+    eventually("polls list us and ap", || async {
+        let polled = app
+            .poll(
+                json!({"consumer": {"instance": "i-eu", "labels": {"region": "eu"}}, "topics": {"models.apac": null}}),
+            )
+            .await;
+        let urls = polled["updates"]["models.apac"]["data_urls"].as_array().cloned().unwrap_or_default();
+        urls.iter().map(|d| d["region"].as_str().unwrap_or("").to_owned()).collect::<Vec<_>>() == ["us", "ap"]
+    })
+    .await;
+    // Registered objects name their url in the home store: refused for this topic.
+    let r = register(app, "models.apac", json!({"url": "s3://imprint-regions/eu/external/ml/a.bin"})).await;
+    let body = assert_error(r, 400, "invalid_request").await;
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("home region"), "{body}");
+
+    // us stopped: an eu client gets the ap copy.
+    us.stop();
+    let client = imprint_client::Client::builder(app.url(""))
+        .instance("i-us-down")
+        .label("region", "eu")
+        .backoff(Duration::from_millis(50), Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let sub = client.subscribe_bytes("models.apac").await.expect("subscribe");
+    eventually("the eu client holds models.apac from ap", || async { sub.get().as_ref() == data.as_slice() }).await;
+    assert_eq!(client.served_region("models.apac").as_deref(), Some("ap"));
+    // A publish with us down fails cleanly (its region is where it streams), storing nothing.
+    let r = app
+        .admin(Method::POST, "/api/v1/topics/models.apac/versions")
+        .header("content-type", "application/octet-stream")
+        .body(payload(200_000, 32))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 503, "storage_unavailable").await;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM versions").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(n, 1);
+
+    // us back (empty: a fresh moto on its port): version 2 is published; retention purges
+    // version 1 in every region that has a copy row, and home is never asked for it.
+    let port = us.port();
+    us = Moto::start_on(Some(port)).await.expect("moto again");
+    let _ = &us;
+    us_store.store().put(&Path::from(key("us", "models.apac", 1, &digest)), data.clone().into()).await.expect("put");
+    publish(app, "models.apac", payload(150_000, 33)).await;
+    app.imprint().janitor_pass().await.expect("janitor");
+    assert!(!exists(&us_store, &key("us", "models.apac", 1, &digest)).await, "us copy of the purged version deleted");
+    assert!(!exists(&ap_store, &key("ap", "models.apac", 1, &digest)).await, "ap copy of the purged version deleted");
+    let left: Vec<(String, String)> = sqlx::query_as("SELECT region, key FROM stray_objects WHERE reason = 'purge'")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -11,8 +11,10 @@ pub(crate) struct DueCopy {
     pub region: String,
     /// The key in the target region.
     pub key: String,
-    /// The key in the home region (the version's `object_key`).
+    /// The key in the version's own region (its `object_key`), the copy's source.
     pub home_key: String,
+    /// The region `home_key` is in (None: home).
+    pub from_region: Option<String>,
     pub sha256: String,
     pub attempts: i32,
 }
@@ -59,7 +61,7 @@ pub(crate) async fn insert(
 pub(crate) async fn claim_due(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Option<DueCopy>> {
     Ok(sqlx::query_as!(
         DueCopy,
-        r#"SELECT c.topic_id, c.version, c.region, c.key, v.object_key AS "home_key!", v.sha256, c.attempts
+        r#"SELECT c.topic_id, c.version, c.region, c.key, v.object_key AS "home_key!", v.object_region AS from_region, v.sha256, c.attempts
            FROM object_copies c JOIN versions v USING (topic_id, version)
            WHERE c.state = 'pending' AND c.next_attempt <= $1 AND v.purged_at IS NULL AND v.object_key IS NOT NULL
            ORDER BY c.next_attempt LIMIT 1 FOR UPDATE OF c SKIP LOCKED"#,
