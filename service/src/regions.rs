@@ -52,13 +52,19 @@ pub struct Regions {
     inner: Arc<RegionsInner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct RegionsInner {
     home: String,
     others: Vec<Region>,
     /// Every region, most preferred first (`IMPRINT_REGION_PREFERENCE`, then configuration order).
     ranked: Vec<String>,
+    /// The public base URL of each region's servers (`IMPRINT_REGION_URLS`): `data_urls`
+    /// entries of these regions are absolute. Regions left out get this server's path.
+    public_urls: PublicUrls,
 }
+
+/// Region → public base URL (no trailing slash).
+pub type PublicUrls = Arc<std::collections::BTreeMap<String, String>>;
 
 impl Default for Regions {
     fn default() -> Self {
@@ -88,7 +94,43 @@ impl Regions {
             }
         }
         ranked.extend(all.into_iter().filter(|r| !preference.contains(r)));
-        Ok(Self { inner: Arc::new(RegionsInner { home, others, ranked }) })
+        Ok(Self { inner: Arc::new(RegionsInner { home, others, ranked, public_urls: Default::default() }) })
+    }
+
+    /// Sets the public base URL of regions' servers from `IMPRINT_REGION_URLS`
+    /// (`eu=https://eu.imprint.example,us=https://us.imprint.example`): each a configured
+    /// region, an absolute `http(s)` URL without query or fragment.
+    pub fn with_public_urls(mut self, spec: &str) -> std::result::Result<Self, String> {
+        let mut urls = std::collections::BTreeMap::new();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, url) =
+                item.split_once('=').ok_or_else(|| format!("{item:?}: write each as <region>=<https://…>"))?;
+            if !self.is_configured(name) {
+                return Err(format!("{name:?} is not a configured region"));
+            }
+            let parsed = url::Url::parse(url).map_err(|e| format!("region {name}: {url:?} is not a URL: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https")
+                || parsed.host_str().is_none()
+                || parsed.query().is_some()
+                || parsed.fragment().is_some()
+                || !parsed.username().is_empty()
+                || parsed.password().is_some()
+            {
+                return Err(format!(
+                    "region {name}: {url:?} must be an http(s) base URL without credentials, query or fragment"
+                ));
+            }
+            if urls.insert(name.to_owned(), url.trim_end_matches('/').to_owned()).is_some() {
+                return Err(format!("region {name:?} is named twice"));
+            }
+        }
+        Arc::make_mut(&mut self.inner).public_urls = Arc::new(urls);
+        Ok(self)
+    }
+
+    /// The public base URL of each region that has one (`IMPRINT_REGION_URLS`).
+    pub fn public_urls(&self) -> &PublicUrls {
+        &self.inner.public_urls
     }
 
     /// Parses `IMPRINT_OBJECT_STORES` (`eu=s3://bucket/prefix?endpoint=…&access_key_id_env=EU_KEY,us=…`)
@@ -348,5 +390,19 @@ mod tests {
         assert_eq!(primary_region(&r, &["eu".to_owned(), "us".to_owned()]), None);
         assert!(Regions::new("eu".into(), vec![], &["us".to_owned()]).is_err());
         assert!(Regions::new("EU".into(), vec![], &[]).is_err());
+        let urls = r.clone().with_public_urls("eu=https://eu.imprint.example/, us=http://10.0.0.2:3000").unwrap();
+        assert_eq!(urls.public_urls().get("eu").map(String::as_str), Some("https://eu.imprint.example"));
+        assert_eq!(urls.public_urls().get("us").map(String::as_str), Some("http://10.0.0.2:3000"));
+        for bad in [
+            "mars=https://m.example",
+            "eu",
+            "eu=ftp://x",
+            "eu=https://x/?a=1",
+            "eu=https://u:p@x",
+            "eu=/relative",
+            "eu=https://a,eu=https://b",
+        ] {
+            assert!(r.clone().with_public_urls(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -664,10 +664,13 @@ impl Imprint {
                     payload,
                 )
                 .with_sealed(sealed)
-                .with_regions({
-                    let held: Vec<String> = copies.iter().filter(|c| c.2).map(|c| c.0.clone()).collect();
-                    crate::regions::order_for(self.state().regions(), &held, None)
-                });
+                .with_regions(
+                    {
+                        let held: Vec<String> = copies.iter().filter(|c| c.2).map(|c| c.0.clone()).collect();
+                        crate::regions::order_for(self.state().regions(), &held, None)
+                    },
+                    self.state().region_urls().clone(),
+                );
                 self.state().apply_publish(t.name.as_str(), seq, served, &scopes)
             }
             _ => false,

@@ -604,3 +604,75 @@ async fn a_topic_outside_the_home_region_streams_to_its_own_and_never_touches_ho
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Per-region public base URLs (`IMPRINT_REGION_URLS`): `data_urls` entries are absolute per
+/// region, so a consumer that cannot reach one region's servers (a dead address for eu here)
+/// moves on to the next region's servers (a second real server for us, on the same Postgres
+/// and stores).
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn region_base_urls_make_data_urls_absolute_and_a_dead_region_server_fails_over(pool: sqlx::PgPool) {
+    let Some(eu) = Moto::start().await else { return };
+    let Some(us) = Moto::start().await else { return };
+    let (home, regions) = imprint_testkit::two_regions(&eu, &us);
+    let (home2, regions2) = (home.clone(), regions.clone());
+    // us's own server: no public URLs of its own (its data_urls stay relative).
+    let us_server = spawn_app_configured(pool.clone(), pool.clone(), move |c| {
+        c.objects = home2;
+        c.regions = regions2;
+    })
+    .await;
+    // A port nothing listens on: eu's servers are down.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let spec = format!("eu=http://127.0.0.1:{dead}/,us={}", us_server.url(""));
+    let regions = regions.with_public_urls(&spec).expect("urls");
+    let app = spawn_app_configured(pool.clone(), pool.clone(), move |c| {
+        c.objects = home;
+        c.regions = regions;
+    })
+    .await;
+    let app = &app;
+    app.create_topic_with(json!({"name": "models.far", "owner": "ml", "inline_limit_bytes": 1024})).await;
+    let data = payload(100_000, 41);
+    publish(app, "models.far", data.clone()).await;
+    let polled = app
+        .poll(json!({"consumer": {"instance": "i-eu", "labels": {"region": "eu"}}, "topics": {"models.far": null}}))
+        .await;
+    let u = &polled["updates"]["models.far"];
+    let urls: Vec<(String, String)> = u["data_urls"]
+        .as_array()
+        .expect("data_urls")
+        .iter()
+        .map(|d| (d["region"].as_str().unwrap().to_owned(), d["url"].as_str().unwrap().to_owned()))
+        .collect();
+    let path = "/api/v1/topics/models.far/versions/1/data";
+    assert_eq!(
+        urls,
+        [
+            ("eu".to_owned(), format!("http://127.0.0.1:{dead}{path}?region=eu")),
+            ("us".to_owned(), us_server.url(&format!("{path}?region=us"))),
+        ],
+        "{polled}"
+    );
+    assert_eq!(u["data_url"], urls[0].1.as_str());
+    // The us server answers its URL.
+    let r = reqwest::get(&urls[1].1).await.unwrap();
+    assert_eq!(r.headers()["x-imprint-region"], "us");
+    assert_eq!(sha(&r.bytes().await.unwrap()), sha(&data));
+    // The us server's own polls stay relative.
+    let polled = us_server
+        .poll(json!({"consumer": {"instance": "i-us", "labels": {"region": "us"}}, "topics": {"models.far": null}}))
+        .await;
+    assert_eq!(polled["updates"]["models.far"]["data_url"], format!("{path}?region=us"), "{polled}");
+
+    // An eu client: eu's server refuses the connection, us's serves it.
+    let client = imprint_client::Client::builder(app.url(""))
+        .instance("i-eu-client")
+        .label("region", "eu")
+        .backoff(Duration::from_millis(50), Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let sub = client.subscribe_bytes("models.far").await.expect("subscribe");
+    eventually("the eu client holds models.far from us's server", || async { sub.get().as_ref() == data.as_slice() })
+        .await;
+    assert_eq!(client.served_region("models.far").as_deref(), Some("us"));
+}
