@@ -182,7 +182,9 @@ async fn run_scenario(
     }
     // A dropped TestApp would keep serving until the test ends: stop it, so the servers
     // (and their database connections) of finished scenarios do not pile up.
-    if let Some(server) = run.server.take() {
+    // (us's own server of `server.region_urls` too.)
+    let us_server = run.regions.as_mut().and_then(|r| r.public_urls.take()).map(|(_, app)| app);
+    for server in run.server.take().into_iter().chain(us_server) {
         match tokio::time::timeout(Duration::from_secs(20), server.shut_down()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => eprintln!("{}: the server did not stop cleanly: {e}", s.name),
