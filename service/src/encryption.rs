@@ -22,11 +22,6 @@ pub(crate) async fn check_encryption(imprint: &Imprint, e: &Encryption) -> Resul
             let Some(key) = e.key.as_deref().map(str::trim).filter(|k| !k.is_empty()) else {
                 return Err(Error::invalid("encryption at_rest needs a key: the key provider's key id"));
             };
-            if imprint.config().regions.several() {
-                return Err(Error::invalid(
-                    "at_rest encryption is not available on a server with several regions yet (docs/encryption.md)",
-                ));
-            }
             imprint.check_at_rest_key(key).await?;
             Ok(Encryption { mode: e.mode, recipients: vec![], key: Some(key.to_owned()) })
         }

@@ -592,7 +592,7 @@ impl Imprint {
         if !self.config().regions.is_configured(region) {
             return Err(unknown_region(Some(region)));
         }
-        if !matches!(p.body, PayloadBody::Object(_)) {
+        if !matches!(p.body, PayloadBody::Object(_) | PayloadBody::Sealed(_)) {
             return Ok(p);
         }
         // The object's own region (home unless its topic leaves it out) needs no lookup.
@@ -605,7 +605,10 @@ impl Imprint {
         let key = store::copies::done_key(&mut *conn, t.id, version.get() as i64, region).await?.ok_or_else(|| {
             Error::NotFound(format!("version {} of {} has no copy in region {region} (yet)", version.get(), t.name))
         })?;
-        p.body = PayloadBody::Object(key);
+        p.body = match p.body {
+            PayloadBody::Sealed(_) => PayloadBody::Sealed(key),
+            _ => PayloadBody::Object(key),
+        };
         p.region = Some(region.to_owned());
         Ok(p)
     }

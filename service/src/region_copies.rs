@@ -5,7 +5,9 @@ use crate::handle::Imprint;
 use crate::objects::Objects;
 use crate::regions::{backoff, copy_verified};
 use crate::store;
+use futures::StreamExt;
 use object_store::path::Path;
+use sha2::{Digest, Sha256};
 
 /// Copies claimed per worker pass.
 const COPY_BATCH: i64 = 16;
@@ -40,6 +42,47 @@ impl Imprint {
         }
     }
 
+    /// Copies an object to another region and checks the copy against the version's
+    /// SHA-256: as it streams for a plain object; for an object sealed at rest (whose
+    /// SHA-256 is the plaintext's) by opening the copy just written and hashing the
+    /// plaintext, so every chunk of the copy authenticates and decrypts to the version's
+    /// bytes (docs/encryption.md, "Several regions"). A copy that does not check is deleted.
+    pub(crate) async fn copy_checked(
+        &self,
+        from: &Objects,
+        from_key: &Path,
+        to: &Objects,
+        to_key: &Path,
+        sha256: &str,
+        sealed: bool,
+    ) -> Result<u64> {
+        if !sealed {
+            return copy_verified(from, from_key, to, to_key, Some(sha256)).await;
+        }
+        let bytes = copy_verified(from, from_key, to, to_key, None).await?;
+        let checked: Result<()> = async {
+            let raw = to.store().get(to_key).await.map_err(crate::objects::store_error)?.into_stream();
+            let mut opened = self.open_object_stream(raw.map(|r| r.map_err(std::io::Error::other)).boxed())?;
+            let mut hash = Sha256::new();
+            while let Some(chunk) = opened.next().await {
+                hash.update(&chunk.map_err(|e| self.opened_stream_error(e))?);
+            }
+            let got = hex::encode(hash.finalize());
+            if got != sha256 {
+                return Err(Error::ObjectStoreUnavailable(format!(
+                    "the sealed copy {to_key} opens to SHA-256 {got}, not the version's {sha256}: not kept"
+                )));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = checked {
+            let _ = to.delete(to_key).await;
+            return Err(e);
+        }
+        Ok(bytes)
+    }
+
     /// One copy pass: up to `COPY_BATCH` due copies, each claimed with SKIP LOCKED for
     /// the time it takes (another worker takes others), retried with backoff until done.
     pub async fn copy_pass(&self) -> Result<usize> {
@@ -64,7 +107,7 @@ impl Imprint {
                 tx.commit().await?;
                 continue;
             };
-            let copied = copy_verified(&from, &from_key, &to, &to_key, &c.sha256).await;
+            let copied = self.copy_checked(&from, &from_key, &to, &to_key, &c.sha256, c.sealed).await;
             match copied {
                 Ok(bytes) => {
                     if store::copies::done(&mut tx, &c, self.now()).await? {

@@ -491,7 +491,8 @@ impl Imprint {
         let copies = match &received {
             Received::Object { key, owned: true, region, .. } if self.config().regions.several() => {
                 let own_key = final_key.as_ref().unwrap_or(key);
-                self.copy_before_commit(&mut tx, t.id, region.as_deref(), own_key, &sha256, created_at).await?
+                let sealed = at_rest.is_some();
+                self.copy_before_commit(&mut tx, t.id, region.as_deref(), own_key, &sha256, sealed, created_at).await?
             }
             Received::Object { key, located, .. } if self.config().regions.several() => {
                 // A registered object: home, and the regions its publish named it in (each
@@ -733,6 +734,7 @@ impl Imprint {
     /// None: home) to the other regions its topic needs before the version may commit
     /// (`min_regions`), verifying each copy; returns every region the object goes to, with
     /// its key and whether it holds it now.
+    #[allow(clippy::too_many_arguments)]
     async fn copy_before_commit(
         &self,
         tx: &mut sqlx::PgConnection,
@@ -740,6 +742,7 @@ impl Imprint {
         from: Option<&str>,
         home_key: &object_store::path::Path,
         sha256: &str,
+        sealed: bool,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<(String, String, bool)>> {
         let regions = &self.config().regions;
@@ -761,7 +764,7 @@ impl Imprint {
                 let later = now + chrono::Duration::hours(1);
                 // (Home is never a target: a topic that has it streams there.)
                 store::objects::mark_in(self.pool(), region, key.as_ref(), later, "publish").await?;
-                crate::regions::copy_verified(source, home_key, to, &key, sha256).await.map_err(|e| {
+                self.copy_checked(source, home_key, to, &key, sha256, sealed).await.map_err(|e| {
                     Error::ObjectStoreUnavailable(format!(
                         "region {region} must hold the object before the version commits (min_regions {min}): {e}"
                     ))

@@ -676,3 +676,114 @@ async fn region_base_urls_make_data_urls_absolute_and_a_dead_region_server_fails
         .await;
     assert_eq!(client.served_region("models.far").as_deref(), Some("us"));
 }
+
+/// Encryption at rest on a server with several regions (docs/encryption.md, "Several
+/// regions"): every region's copy is the sealed bytes; a copy is checked by opening it (its
+/// SHA-256 is the plaintext's), so a spoiled source is never kept as a copy; each region
+/// serves the plaintext to a reader; a rewrap rewrites every region's copy.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn at_rest_copies_are_sealed_in_every_region_and_checked_by_opening_them(pool: sqlx::PgPool) {
+    use imprint_service::keys::{Keyring, LocalKeyring};
+    let Some(eu) = Moto::start().await else { return };
+    let Some(us) = Moto::start().await else { return };
+    let (path, keys) = crate::at_rest::keyring(&["orders"]);
+    let (eu_store, us_store) = (eu.objects("eu"), us.objects("us"));
+    let spawn = |keys: imprint_service::keys::Keys| {
+        let (home, regions) = imprint_testkit::two_regions(&eu, &us);
+        spawn_app_configured(pool.clone(), pool.clone(), move |c| {
+            c.objects = home;
+            c.regions = regions;
+            c.keys = Some(keys);
+            c.janitor_every = Duration::from_secs(3600);
+        })
+    };
+    let app = spawn(keys).await;
+    let app = &app;
+    app.create_topic_with(json!({"name": "vault.cfg", "owner": "ml", "inline_limit_bytes": 1024,
+                                 "encryption": {"mode": "at_rest", "key": "orders"}}))
+        .await;
+    let marker = b"PLAINTEXT-MARKER-0123456789".repeat(6_000);
+    let digest = sha(&marker);
+    publish(app, "vault.cfg", marker.clone()).await;
+    let (eu1, us1) = (key("eu", "vault.cfg", 1, &digest), key("us", "vault.cfg", 1, &digest));
+    let stored = |objects: &Objects, k: &str| {
+        let (objects, k) = (objects.clone(), k.to_owned());
+        async move { objects.store().get(&Path::from(k)).await.expect("get").bytes().await.expect("bytes").to_vec() }
+    };
+    // Sealed in both regions: neither store holds the plaintext.
+    for (objects, k) in [(&eu_store, &eu1), (&us_store, &us1)] {
+        let raw = stored(objects, k).await;
+        assert!(!raw.windows(27).any(|w| w == b"PLAINTEXT-MARKER-0123456789"), "{k} is sealed");
+        assert_ne!(sha(&raw), digest);
+    }
+    assert_eq!(copies(app, "vault.cfg", 1).await, [("eu".into(), "done".into()), ("us".into(), "done".into())]);
+    // Each region's copy opens to the plaintext for a reader.
+    for region in ["eu", "us"] {
+        let r = app
+            .admin(Method::GET, &format!("/api/v1/topics/vault.cfg/versions/1/data?region={region}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-imprint-region"], region);
+        assert_eq!(sha(&r.bytes().await.unwrap()), digest, "{region}");
+    }
+
+    // The worker's copy is checked by opening it: with the eu source spoiled (one byte of a
+    // later chunk flipped), the us copy is refused, retried, and not kept.
+    let r = app.admin(Method::PATCH, "/api/v1/topics/vault.cfg").json(&json!({"min_regions": 1})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v2 = b"SECOND-VERSION-PLAINTEXT".repeat(8_000);
+    let d2 = sha(&v2);
+    publish(app, "vault.cfg", v2.clone()).await;
+    eventually("the worker copies the sealed version 2 to us", || async {
+        copies(app, "vault.cfg", 2).await == [("eu".to_owned(), "done".to_owned()), ("us".into(), "done".into())]
+    })
+    .await;
+    let (eu2, us2) = (key("eu", "vault.cfg", 2, &d2), key("us", "vault.cfg", 2, &d2));
+    let r = app.admin(Method::GET, "/api/v1/topics/vault.cfg/versions/2/data?region=us").send().await.unwrap();
+    assert_eq!(sha(&r.bytes().await.unwrap()), d2);
+    let mut spoiled = stored(&eu_store, &eu2).await;
+    let at = spoiled.len() - 100;
+    spoiled[at] ^= 0x01;
+    eu_store.store().put(&Path::from(eu2.clone()), spoiled.into()).await.unwrap();
+    us_store.store().delete(&Path::from(us2.clone())).await.unwrap();
+    sqlx::query("UPDATE object_copies SET state = 'pending', next_attempt = now() WHERE version = 2 AND region = 'us'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    eventually("the spoiled copy is refused", || async {
+        let r: Value = app.admin(Method::GET, "/api/v1/topics/vault.cfg/versions/2/regions").json_body().await;
+        r["copies"].as_array().unwrap().iter().any(|c| {
+            c["region"] == "us"
+                && c["state"] == "pending"
+                && c["attempts"].as_u64() >= Some(2)
+                && !c["last_error"].is_null()
+        })
+    })
+    .await;
+    assert!(!exists(&us_store, &us2).await, "a copy that does not open to the version's bytes is not kept");
+
+    // A rewrap rewrites every region's copy; after the old key version is retired, a fresh
+    // server opens each region's copy.
+    let header = |b: &[u8]| imprint_service::at_rest::Header::parse(b).unwrap().unwrap().0;
+    let mut ring = Keyring::load(&path).unwrap();
+    assert_eq!(ring.rotate("orders").unwrap(), 2);
+    ring.save(&path).unwrap();
+    app.imprint().rewrap_at_rest("orders").await.expect("rewrap");
+    assert_eq!(header(&stored(&eu_store, &eu1).await).key_version, 2);
+    assert_eq!(header(&stored(&us_store, &us1).await).key_version, 2);
+    let mut ring = Keyring::load(&path).unwrap();
+    ring.retire("orders", 1).unwrap();
+    ring.save(&path).unwrap();
+    let fresh = spawn(crate::at_rest::keys_on(std::sync::Arc::new(LocalKeyring::open(&path).unwrap()))).await;
+    for region in ["eu", "us"] {
+        let r = fresh
+            .admin(Method::GET, &format!("/api/v1/topics/vault.cfg/versions/1/data?region={region}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{region}");
+        assert_eq!(sha(&r.bytes().await.unwrap()), digest, "{region}");
+    }
+}

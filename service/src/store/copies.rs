@@ -16,6 +16,8 @@ pub(crate) struct DueCopy {
     /// The region `home_key` is in (None: home).
     pub from_region: Option<String>,
     pub sha256: String,
+    /// The object is sealed at rest (its `sha256` is the plaintext's).
+    pub sealed: bool,
     pub attempts: i32,
 }
 
@@ -61,7 +63,7 @@ pub(crate) async fn insert(
 pub(crate) async fn claim_due(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Option<DueCopy>> {
     Ok(sqlx::query_as!(
         DueCopy,
-        r#"SELECT c.topic_id, c.version, c.region, c.key, v.object_key AS "home_key!", v.object_region AS from_region, v.sha256, c.attempts
+        r#"SELECT c.topic_id, c.version, c.region, c.key, v.object_key AS "home_key!", v.object_region AS from_region, v.sha256, v.sealed, c.attempts
            FROM object_copies c JOIN versions v USING (topic_id, version)
            WHERE c.state = 'pending' AND c.next_attempt <= $1 AND v.purged_at IS NULL AND v.object_key IS NOT NULL
            ORDER BY c.next_attempt LIMIT 1 FOR UPDATE OF c SKIP LOCKED"#,

@@ -312,13 +312,15 @@ pub(crate) struct SealedRow {
     pub version: i64,
     pub inline_data: Option<Vec<u8>>,
     pub object_key: Option<String>,
+    /// The region `object_key` is in (None: home).
+    pub object_region: Option<String>,
 }
 
 /// The sealed, not purged versions after `(topic_id, version)`, in that order.
 pub(crate) async fn sealed_after<'e>(ex: impl PgExecutor<'e>, after: (i64, i64), limit: i64) -> Result<Vec<SealedRow>> {
     Ok(sqlx::query_as!(
         SealedRow,
-        r#"SELECT topic_id, version, inline_data, object_key FROM versions
+        r#"SELECT topic_id, version, inline_data, object_key, object_region FROM versions
            WHERE sealed AND purged_at IS NULL AND (topic_id, version) > ($1, $2)
            ORDER BY topic_id, version LIMIT $3"#,
         after.0,
