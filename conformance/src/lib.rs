@@ -150,6 +150,11 @@ pub struct ServerSetup {
     /// both before a version commits. Needs `IMPRINT_TEST_MOTO_SERVER`.
     #[serde(default)]
     pub regions: bool,
+    /// With `regions`: per-region public base URLs (`IMPRINT_REGION_URLS`, docs/regions.md):
+    /// us's servers are a second server on the same database and stores, eu's an address
+    /// nothing listens on, so `data_urls` are absolute and eu's refuses the connection.
+    #[serde(default)]
+    pub region_urls: bool,
 }
 
 /// A payload to publish: text, or `size` deterministic bytes from `seed`.

@@ -105,6 +105,11 @@ struct ServeArgs {
     /// The order consumers are sent to the regions in after their own (`eu,us`).
     #[arg(long, env = "IMPRINT_REGION_PREFERENCE", default_value = "")]
     region_preference: String,
+    /// The public base URL of each region's servers (`eu=https://eu.imprint.example,us=…`):
+    /// `data_urls` entries of those regions are absolute, so a consumer that cannot reach
+    /// one region's servers moves on to the next (docs/regions.md).
+    #[arg(long, env = "IMPRINT_REGION_URLS", default_value = "")]
+    region_urls: String,
     /// Registered objects (published as pointers) must live under `<area>/<owning team>/`
     /// of the object store.
     #[arg(long, env = "IMPRINT_REGISTER_AREA", default_value = imprint_service::DEFAULT_REGISTER_AREA)]
@@ -488,7 +493,7 @@ fn object_stores(
 ) -> Result<(imprint_service::objects::Objects, imprint_service::regions::Regions), String> {
     let preference: Vec<String> =
         args.region_preference.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
-    Ok(match (&args.object_stores, &args.object_store) {
+    let (objects, regions) = match (&args.object_stores, &args.object_store) {
         (Some(_), Some(_)) => return Err("set IMPRINT_OBJECT_STORES or IMPRINT_OBJECT_STORE, not both".into()),
         (Some(spec), None) => imprint_service::regions::Regions::open(spec, &preference, args.presign)
             .map_err(|e| format!("IMPRINT_OBJECT_STORES: {e}"))?,
@@ -509,7 +514,9 @@ fn object_stores(
             .map_err(|e| format!("IMPRINT_REGION_PREFERENCE: {e}"))?;
             (objects, regions)
         }
-    })
+    };
+    let regions = regions.with_public_urls(&args.region_urls).map_err(|e| format!("IMPRINT_REGION_URLS: {e}"))?;
+    Ok((objects, regions))
 }
 
 /// Turns the arguments into `Settings` and runs the one startup path until a signal.

@@ -80,6 +80,8 @@ pub(crate) struct CandidateInput<'a> {
     pub bytes: Option<&'a Bytes>,
     /// Where the bytes are otherwise (an upload's staging key or a registered object).
     pub object_key: Option<&'a str>,
+    /// The region `object_key` is in (None: home).
+    pub object_region: Option<&'a str>,
     /// That object was written sealed (an at-rest upload).
     pub object_sealed: bool,
     /// The key an at-rest topic seals under: bytes kept for validators are sealed too.
@@ -213,6 +215,7 @@ impl Imprint {
                 size: c.size,
                 inline_data: inline.as_deref(),
                 object_key: c.object_key,
+                object_region: c.object_region,
                 sealed,
                 expires_at,
             },

@@ -22,11 +22,6 @@ pub(crate) async fn check_encryption(imprint: &Imprint, e: &Encryption) -> Resul
             let Some(key) = e.key.as_deref().map(str::trim).filter(|k| !k.is_empty()) else {
                 return Err(Error::invalid("encryption at_rest needs a key: the key provider's key id"));
             };
-            if imprint.config().regions.several() {
-                return Err(Error::invalid(
-                    "at_rest encryption is not available on a server with several regions yet (docs/encryption.md)",
-                ));
-            }
             imprint.check_at_rest_key(key).await?;
             Ok(Encryption { mode: e.mode, recipients: vec![], key: Some(key.to_owned()) })
         }
@@ -96,7 +91,12 @@ pub(crate) async fn apply_setting(
 /// Where a received payload is, for its header to be read.
 pub(crate) enum PayloadAt<'a> {
     Inline(&'a bytes::Bytes),
-    Object { key: &'a object_store::path::Path, size: u64 },
+    /// `objects`: the store of the region it was written to.
+    Object {
+        key: &'a object_store::path::Path,
+        size: u64,
+        objects: &'a crate::objects::Objects,
+    },
 }
 
 impl Imprint {
@@ -114,9 +114,9 @@ impl Imprint {
         };
         let (prefix, complete) = match received {
             PayloadAt::Inline(b) => (b.clone(), true),
-            PayloadAt::Object { key, size } => {
+            PayloadAt::Object { key, size, objects } => {
                 let n = size.min(MAX_HEADER_BYTES as u64);
-                let bytes = self.objects().store().get_range(key, 0..n).await.map_err(store_error)?;
+                let bytes = objects.store().get_range(key, 0..n).await.map_err(store_error)?;
                 (bytes, n == size)
             }
         };

@@ -96,14 +96,16 @@ impl Imprint {
         let purged = store::versions::purge(&mut tx, id, &victims, now).await?;
         for r in &purged {
             if let (true, Some(key)) = (r.object_owned, &r.object_key) {
-                // Deleted by the sweep right after the commit (and retried if the store is down).
-                store::objects::mark(&mut *tx, key, now, "purge").await?;
+                // Deleted by the sweep right after the commit (and retried if the store is
+                // down), in the region the object is in ("": home).
+                store::objects::mark_in(&mut *tx, r.object_region.as_deref().unwrap_or_default(), key, now, "purge")
+                    .await?;
                 // Every other region's copy too (pending ones as well: a copy finishing
-                // after this finds its version purged and queues its key itself).
+                // after this finds its version purged and queues its key itself). Home
+                // need not hold one (a topic whose regions leave it out).
                 for (c, key) in store::copies::of_version(&mut *tx, id, r.version).await? {
-                    if c.region != self.config().regions.home() {
-                        store::objects::mark_in(&mut *tx, &c.region, &key, now, "purge").await?;
-                    }
+                    let region = if c.region == self.config().regions.home() { "" } else { c.region.as_str() };
+                    store::objects::mark_in(&mut *tx, region, &key, now, "purge").await?;
                 }
             }
             let details = json!({

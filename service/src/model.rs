@@ -501,6 +501,9 @@ pub struct ObjectCopy {
     pub attempts: u32,
     pub last_error: Option<String>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// A registered object's URL in this region (the publisher's object; docs/regions.md);
+    /// None for objects Imprint stored.
+    pub url: Option<String>,
 }
 
 /// A version's payload as `…/data`, `/latest` and blobs send it.

@@ -4,7 +4,7 @@
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
-use crate::objects::store_error;
+use crate::objects::{store_error, Objects};
 use crate::store;
 use crate::versions::{verify_sha256, BodyStream, Received, MAX_VALIDATED_BYTES};
 use bytes::{Bytes, BytesMut};
@@ -14,6 +14,7 @@ use imprint_domain::{TopicName, VersionNumber};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, WriteMultipart};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// Upload part size (S3 wants ≥ 5 MiB) and parts in flight: at most ~24 MiB of a body
@@ -164,16 +165,21 @@ impl Imprint {
             None => None,
         };
         let sealed = sealer.is_some();
-        let key = self.objects().staging_key();
-        store::objects::mark(self.pool(), key.as_ref(), self.now() + UPLOAD_GRACE, "upload").await?;
-        let uploaded = match self.upload(&key, head.freeze(), body, limit, keep, sealer).await {
+        // The topic's own region (home, unless its regions leave it out; docs/regions.md).
+        let (region, objects) = self.upload_region(&mut *self.pool().acquire().await?, t.id).await?;
+        let key = objects.staging_key();
+        let stray_region = region.as_deref().unwrap_or_default();
+        store::objects::mark_in(self.pool(), stray_region, key.as_ref(), self.now() + UPLOAD_GRACE, "upload").await?;
+        let uploaded = match self.upload(&objects, &key, head.freeze(), body, limit, keep, sealer).await {
             Ok((size, sha256, content)) => verify_sha256(expected, &sha256).map(|()| (size, sha256, content)),
             Err(e) => Err(e),
         };
         match uploaded {
-            Ok((size, sha256, content)) => Ok(Received::Object { key, owned: true, size, sha256, content, sealed }),
+            Ok((size, sha256, content)) => {
+                Ok(Received::Object { key, owned: true, size, sha256, content, sealed, located: Vec::new(), region })
+            }
             Err(e) => {
-                self.discard_upload(&key).await;
+                self.discard_upload_in(region.as_deref(), &key).await;
                 Err(e)
             }
         }
@@ -182,8 +188,10 @@ impl Imprint {
     /// Streams `first` and the rest of `body` into a multipart upload at `key`; with a
     /// `sealer` (an at-rest topic) the bytes written are sealed as they go (about one
     /// 64 KiB chunk held), while size, checksum and kept content are the plaintext's.
+    #[allow(clippy::too_many_arguments)]
     async fn upload(
         &self,
+        objects: &Objects,
         key: &Path,
         first: Bytes,
         mut body: BodyStream,
@@ -191,7 +199,7 @@ impl Imprint {
         keep: bool,
         mut sealer: Option<crate::at_rest::Sealer>,
     ) -> Result<(u64, String, Option<Bytes>)> {
-        let upload = self.objects().store().put_multipart(key).await.map_err(store_error)?;
+        let upload = objects.store().put_multipart(key).await.map_err(store_error)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         let mut tally = Tally::new(limit, keep);
         let mut next = Some(first);
@@ -236,12 +244,14 @@ impl Imprint {
     }
 
     /// Checks a registered object (inside the store, present, within limits) and reads it
-    /// once to know its checksum.
+    /// once to know its checksum; with several regions, also its `locations` in other
+    /// regions' stores, each checked the same way and holding the same bytes.
     pub(crate) async fn inspect_registered(
         &self,
         caller: &Caller,
         topic: &TopicName,
         url: &str,
+        locations: &BTreeMap<String, String>,
         expected: Option<&str>,
     ) -> Result<Received> {
         let t = {
@@ -250,37 +260,88 @@ impl Imprint {
         };
         caller.require_write(&t.name, &t.owner)?;
         Self::refuse_registered_at_rest(&mut *self.pool().acquire().await?, t.id).await?;
+        // The regions named are checked before any store is read.
+        let regions = &self.config().regions;
+        let (topic_regions, _) = {
+            let mut conn = self.pool().acquire().await?;
+            let (list, min) = store::copies::topic_settings(&mut conn, t.id).await?;
+            crate::regions::topic_regions(regions, list.as_deref(), min)
+        };
+        if crate::regions::primary_region(regions, &topic_regions).is_some() {
+            return Err(Error::invalid(format!(
+                "this topic's regions ({}) leave out the home region {:?}, where registered objects' url is: \
+                 upload the payload instead (docs/regions.md)",
+                topic_regions.join(", "),
+                regions.home()
+            )));
+        }
+        for region in locations.keys() {
+            crate::regions::check_location_region(regions, &topic_regions, region)?;
+        }
+        let (limit, keep) = limits(&t);
+        let (key, read, sha256, content) = self.registered_in(self.objects(), None, url, &t, limit, keep).await?;
+        verify_sha256(expected, &sha256)?;
+        let mut located = Vec::with_capacity(locations.len());
+        for (region, url) in locations {
+            let objects = regions.other(region).ok_or_else(|| unknown_region(Some(region)))?;
+            let (key, size, got, _) = self.registered_in(objects, Some(region), url, &t, limit, false).await?;
+            // The same object everywhere: a consumer gets these bytes whichever region serves it.
+            if (size, got.as_str()) != (read, sha256.as_str()) {
+                return Err(Error::ChecksumMismatch { expected: sha256, actual: got });
+            }
+            located.push((region.clone(), key.to_string()));
+        }
+        Ok(Received::Object { key, owned: false, size: read, sha256, content, sealed: false, located, region: None })
+    }
+
+    /// One registered object in one region's store (`region` None: home): its key (inside
+    /// that store, in the owner team's folder of the registration area, not a link out of
+    /// it, not another topic's payload there), size, SHA-256 and (with `keep`) its bytes.
+    async fn registered_in(
+        &self,
+        objects: &Objects,
+        region: Option<&str>,
+        url: &str,
+        t: &store::topics::TopicRef,
+        limit: u64,
+        keep: bool,
+    ) -> Result<(Path, u64, String, Option<Bytes>)> {
         let area = &self.config().register_area;
-        let key = self.objects().key_of_url(url, area, &t.owner)?;
+        let key = objects.key_of_url(url, area, &t.owner)?;
         let missing = |e: Error| match e {
             Error::ObjectNotFound(_) => Error::ObjectNotFound(url.to_owned()),
             e => e,
         };
-        self.objects().check_registered_target(&key, area, &t.owner).await.map_err(missing)?;
-        if store::objects::used_by_another_topic(self.pool(), key.as_ref(), t.id).await? {
+        objects.check_registered_target(&key, area, &t.owner).await.map_err(missing)?;
+        let used = match region {
+            None => store::objects::used_by_another_topic(self.pool(), key.as_ref(), t.id).await?,
+            Some(r) => store::objects::used_by_another_topic_in(self.pool(), r, key.as_ref(), t.id).await?,
+        };
+        if used {
             return Err(Error::Forbidden(format!("{url:?} is the payload of another topic's version")));
         }
-        let size = self.objects().size(&key).await.map_err(missing)?;
-        let (limit, keep) = limits(&t);
+        let size = objects.size(&key).await.map_err(missing)?;
         if size > limit {
             return Err(Error::PayloadTooLarge { size, limit });
         }
-        let mut stream = self.objects().store().get(&key).await.map_err(store_error).map_err(missing)?.into_stream();
+        let mut stream = objects.store().get(&key).await.map_err(store_error).map_err(missing)?.into_stream();
         let mut tally = Tally::new(limit, keep);
         while let Some(chunk) = stream.next().await {
             tally.add(&chunk.map_err(store_error)?)?;
         }
         let (read, sha256, content) = tally.finish();
-        verify_sha256(expected, &sha256)?;
-        Ok(Received::Object { key, owned: false, size: read, sha256, content, sealed: false })
+        Ok((key, read, sha256, content))
     }
 
     /// Deletes an upload that will not be committed, and forgets it. Failures are left
     /// to the sweep (the stray row stays).
-    pub(crate) async fn discard_upload(&self, key: &Path) {
-        match self.objects().delete(key).await {
+    /// In a region's store (None: home).
+    pub(crate) async fn discard_upload_in(&self, region: Option<&str>, key: &Path) {
+        let Some(objects) = self.region_objects(region.unwrap_or_default()) else { return };
+        match objects.delete(key).await {
             Ok(()) => {
-                if let Err(e) = store::objects::unmark(self.pool(), &[key.to_string()]).await {
+                let stray_region = region.unwrap_or_default();
+                if let Err(e) = store::objects::unmark_in(self.pool(), stray_region, &[key.to_string()]).await {
                     tracing::debug!(error = %e, %key, "stray row left for the sweep");
                 }
             }
@@ -383,7 +444,8 @@ impl Imprint {
                         sha256: row.sha256,
                         size: row.size as u64,
                         body,
-                        region: None,
+                        // The object's own region, when it is not home (docs/regions.md).
+                        region: row.object_region,
                     })))
                 },
             )
@@ -428,7 +490,7 @@ impl Imprint {
             sha256: row.sha256,
             size: row.size as u64,
             body,
-            region: None,
+            region: row.object_region,
         })
     }
 
@@ -530,8 +592,11 @@ impl Imprint {
         if !self.config().regions.is_configured(region) {
             return Err(unknown_region(Some(region)));
         }
-        let PayloadBody::Object(home_key) = &p.body else { return Ok(p) };
-        if region == self.config().regions.home() {
+        if !matches!(p.body, PayloadBody::Object(_) | PayloadBody::Sealed(_)) {
+            return Ok(p);
+        }
+        // The object's own region (home unless its topic leaves it out) needs no lookup.
+        if region == p.region.as_deref().unwrap_or(self.config().regions.home()) {
             p.region = Some(region.to_owned());
             return Ok(p);
         }
@@ -540,8 +605,10 @@ impl Imprint {
         let key = store::copies::done_key(&mut *conn, t.id, version.get() as i64, region).await?.ok_or_else(|| {
             Error::NotFound(format!("version {} of {} has no copy in region {region} (yet)", version.get(), t.name))
         })?;
-        let _ = home_key;
-        p.body = PayloadBody::Object(key);
+        p.body = match p.body {
+            PayloadBody::Sealed(_) => PayloadBody::Sealed(key),
+            _ => PayloadBody::Object(key),
+        };
         p.region = Some(region.to_owned());
         Ok(p)
     }
@@ -558,7 +625,8 @@ impl Imprint {
         let home = self.config().regions.home();
         let mut out: Vec<crate::model::ObjectCopy> = rows
             .into_iter()
-            .map(|(c, _)| crate::model::ObjectCopy {
+            .map(|(c, key)| crate::model::ObjectCopy {
+                url: c.registered.then(|| self.region_objects(&c.region).map(|o| o.url_of(&key))).flatten(),
                 home: c.region == home,
                 region: c.region,
                 state: c.state,
@@ -592,12 +660,13 @@ impl Imprint {
                 if n == 0 {
                     return Ok((Bytes::new(), p.size));
                 }
-                let bytes = self.objects().store().get_range(&parse_key(&key)?, 0..n).await.map_err(store_error)?;
+                let objects = self.region_objects(p.region.as_deref().unwrap_or_default()).unwrap_or(self.objects());
+                let bytes = objects.store().get_range(&parse_key(&key)?, 0..n).await.map_err(store_error)?;
                 Ok((bytes, p.size))
             }
             PayloadBody::Sealed(key) => {
                 // The first chunks opened, the rest of the stream dropped unread.
-                let mut s = self.open_object_stream(self.read_object(&key, None).await?)?;
+                let mut s = self.open_object_stream(self.read_object_in(p.region.as_deref(), &key, None).await?)?;
                 let mut out = BytesMut::new();
                 while (out.len() as u64) < max {
                     match s.next().await {
@@ -626,9 +695,10 @@ impl Imprint {
             PayloadBody::Object(_) | PayloadBody::Sealed(_) if p.size > MAX_VALIDATED_BYTES => {
                 return Err(Error::PayloadTooLarge { size: p.size, limit: MAX_VALIDATED_BYTES })
             }
-            PayloadBody::Sealed(key) => self.open_object_whole(&key, None, MAX_VALIDATED_BYTES).await?,
+            PayloadBody::Sealed(key) => self.open_object_whole(&key, p.region.as_deref(), MAX_VALIDATED_BYTES).await?,
             PayloadBody::Object(key) => self
-                .objects()
+                .region_objects(p.region.as_deref().unwrap_or_default())
+                .unwrap_or(self.objects())
                 .store()
                 .get(&parse_key(&key)?)
                 .await

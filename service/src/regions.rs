@@ -52,13 +52,19 @@ pub struct Regions {
     inner: Arc<RegionsInner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct RegionsInner {
     home: String,
     others: Vec<Region>,
     /// Every region, most preferred first (`IMPRINT_REGION_PREFERENCE`, then configuration order).
     ranked: Vec<String>,
+    /// The public base URL of each region's servers (`IMPRINT_REGION_URLS`): `data_urls`
+    /// entries of these regions are absolute. Regions left out get this server's path.
+    public_urls: PublicUrls,
 }
+
+/// Region → public base URL (no trailing slash).
+pub type PublicUrls = Arc<std::collections::BTreeMap<String, String>>;
 
 impl Default for Regions {
     fn default() -> Self {
@@ -88,7 +94,43 @@ impl Regions {
             }
         }
         ranked.extend(all.into_iter().filter(|r| !preference.contains(r)));
-        Ok(Self { inner: Arc::new(RegionsInner { home, others, ranked }) })
+        Ok(Self { inner: Arc::new(RegionsInner { home, others, ranked, public_urls: Default::default() }) })
+    }
+
+    /// Sets the public base URL of regions' servers from `IMPRINT_REGION_URLS`
+    /// (`eu=https://eu.imprint.example,us=https://us.imprint.example`): each a configured
+    /// region, an absolute `http(s)` URL without query or fragment.
+    pub fn with_public_urls(mut self, spec: &str) -> std::result::Result<Self, String> {
+        let mut urls = std::collections::BTreeMap::new();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (name, url) =
+                item.split_once('=').ok_or_else(|| format!("{item:?}: write each as <region>=<https://…>"))?;
+            if !self.is_configured(name) {
+                return Err(format!("{name:?} is not a configured region"));
+            }
+            let parsed = url::Url::parse(url).map_err(|e| format!("region {name}: {url:?} is not a URL: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https")
+                || parsed.host_str().is_none()
+                || parsed.query().is_some()
+                || parsed.fragment().is_some()
+                || !parsed.username().is_empty()
+                || parsed.password().is_some()
+            {
+                return Err(format!(
+                    "region {name}: {url:?} must be an http(s) base URL without credentials, query or fragment"
+                ));
+            }
+            if urls.insert(name.to_owned(), url.trim_end_matches('/').to_owned()).is_some() {
+                return Err(format!("region {name:?} is named twice"));
+            }
+        }
+        Arc::make_mut(&mut self.inner).public_urls = Arc::new(urls);
+        Ok(self)
+    }
+
+    /// The public base URL of each region that has one (`IMPRINT_REGION_URLS`).
+    pub fn public_urls(&self) -> &PublicUrls {
+        &self.inner.public_urls
     }
 
     /// Parses `IMPRINT_OBJECT_STORES` (`eu=s3://bucket/prefix?endpoint=…&access_key_id_env=EU_KEY,us=…`)
@@ -184,6 +226,15 @@ pub(crate) fn topic_regions(regions: &Regions, topic: Option<&[String]>, min: Op
     (list, min.max(1))
 }
 
+/// The region a topic's publishes stream to (its objects' own region): home when the
+/// topic's regions (`topic_regions`) include it, else the most preferred of them. None: home.
+pub(crate) fn primary_region(regions: &Regions, list: &[String]) -> Option<String> {
+    if list.iter().any(|r| r == regions.home()) {
+        return None;
+    }
+    regions.ranked().iter().find(|r| list.contains(r)).cloned()
+}
+
 /// Checks a topic's `regions` and `min_regions` settings against the configuration (400 otherwise).
 pub(crate) fn check_topic_regions(regions: &Regions, list: Option<&[String]>, min: Option<u32>) -> Result<()> {
     if let Some(list) = list {
@@ -198,18 +249,34 @@ pub(crate) fn check_topic_regions(regions: &Regions, list: Option<&[String]>, mi
                 )));
             }
         }
-        if !list.iter().any(|r| r == regions.home()) {
-            return Err(Error::invalid(format!(
-                "regions must include the home region {:?}: publishes stream there first (not built yet: topics outside it)",
-                regions.home()
-            )));
-        }
     }
     if let Some(m) = min {
         let n = list.map_or(regions.names().len(), <[String]>::len);
         if m == 0 || m as usize > n {
             return Err(Error::invalid(format!("min_regions must be between 1 and the topic's {n} regions, not {m}")));
         }
+    }
+    Ok(())
+}
+
+/// A region a registered object's `locations` names: configured, not the home region (its
+/// URL is the object's `url`), one of the topic's regions.
+pub(crate) fn check_location_region(regions: &Regions, topic_regions: &[String], region: &str) -> Result<()> {
+    check_region_name(region).map_err(|e| Error::invalid(format!("locations: {e}")))?;
+    if !regions.is_configured(region) {
+        return Err(Error::invalid(format!(
+            "locations: {region:?} is not a configured region (configured: {})",
+            regions.names().join(", ")
+        )));
+    }
+    if region == regions.home() {
+        return Err(Error::invalid(format!("locations: {region:?} is the home region, whose URL is the object's url")));
+    }
+    if !topic_regions.iter().any(|r| r == region) {
+        return Err(Error::invalid(format!(
+            "locations: {region:?} is not one of the topic's regions ({})",
+            topic_regions.join(", ")
+        )));
     }
     Ok(())
 }
@@ -235,13 +302,15 @@ pub(crate) fn key_in(home: &Objects, to: &Objects, home_key: &str) -> Path {
 }
 
 /// Copies `from_key` of `from` to `to_key` of `to`, streaming, and checks the bytes
-/// against `sha256`; a mismatch deletes the copy and fails.
+/// against `sha256`; a mismatch deletes the copy and fails. `sha256: None`: copied as they
+/// are (a sealed object, whose checksum is the plaintext's: `Imprint::copy_checked` opens
+/// the copy to check it).
 pub(crate) async fn copy_verified(
     from: &Objects,
     from_key: &Path,
     to: &Objects,
     to_key: &Path,
-    sha256: &str,
+    sha256: Option<&str>,
 ) -> Result<u64> {
     let mut stream = from.store().get(from_key).await.map_err(store_error)?.into_stream();
     let upload = to.store().put_multipart(to_key).await.map_err(store_error)?;
@@ -264,7 +333,7 @@ pub(crate) async fn copy_verified(
         return Err(e);
     }
     let got = hex::encode(hash.finalize());
-    if got != sha256 {
+    if let Some(sha256) = sha256.filter(|s| *s != got) {
         let _ = writer.abort().await;
         return Err(Error::ObjectStoreUnavailable(format!(
             "the source object {from_key} has SHA-256 {got}, not the version's {sha256}: not copied"
@@ -317,7 +386,25 @@ mod tests {
         assert!(check_topic_regions(&r, None, Some(3)).is_err());
         assert!(check_topic_regions(&r, None, Some(0)).is_err());
         assert!(check_topic_regions(&r, None, Some(2)).is_ok());
+        // Topics may leave out the home region: they stream to the most preferred of theirs.
+        assert!(check_topic_regions(&r, Some(&["us".to_owned()]), Some(1)).is_ok());
+        assert_eq!(primary_region(&r, &["us".to_owned()]), Some("us".to_owned()));
+        assert_eq!(primary_region(&r, &["eu".to_owned(), "us".to_owned()]), None);
         assert!(Regions::new("eu".into(), vec![], &["us".to_owned()]).is_err());
         assert!(Regions::new("EU".into(), vec![], &[]).is_err());
+        let urls = r.clone().with_public_urls("eu=https://eu.imprint.example/, us=http://10.0.0.2:3000").unwrap();
+        assert_eq!(urls.public_urls().get("eu").map(String::as_str), Some("https://eu.imprint.example"));
+        assert_eq!(urls.public_urls().get("us").map(String::as_str), Some("http://10.0.0.2:3000"));
+        for bad in [
+            "mars=https://m.example",
+            "eu",
+            "eu=ftp://x",
+            "eu=https://x/?a=1",
+            "eu=https://u:p@x",
+            "eu=/relative",
+            "eu=https://a,eu=https://b",
+        ] {
+            assert!(r.clone().with_public_urls(bad).is_err(), "{bad}");
+        }
     }
 }

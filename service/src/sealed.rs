@@ -200,7 +200,24 @@ impl Imprint {
                         }
                     }
                     (None, Some(key)) => {
-                        if self.rewrap_object(&keys, key_id, &key).await? {
+                        // The object in its own region, and (several regions) every
+                        // region's copy, each rewritten in its store (docs/regions.md).
+                        let own = row.object_region.as_deref().unwrap_or_default();
+                        let mut stores = vec![(own.to_owned(), key)];
+                        let home = self.config().regions.home();
+                        let copies = crate::store::copies::of_version(self.pool(), row.topic_id, row.version).await?;
+                        stores.extend(
+                            copies
+                                .into_iter()
+                                .filter(|(c, _)| c.state == "done" && c.region != home && c.region != own)
+                                .map(|(c, k)| (c.region, k)),
+                        );
+                        let mut rewrapped = false;
+                        for (region, key) in stores {
+                            let Some(objects) = self.region_objects(&region).cloned() else { continue };
+                            rewrapped |= self.rewrap_object(&objects, &keys, key_id, &key).await?;
+                        }
+                        if rewrapped {
                             done.objects += 1;
                         } else {
                             done.other_keys += 1;
@@ -226,12 +243,18 @@ impl Imprint {
     }
 
     /// One sealed object rewritten with a rewrapped header (false: another key's).
-    async fn rewrap_object(&self, keys: &Keys, key_id: &str, key: &str) -> Result<bool> {
+    async fn rewrap_object(
+        &self,
+        objects: &crate::objects::Objects,
+        keys: &Keys,
+        key_id: &str,
+        key: &str,
+    ) -> Result<bool> {
         use crate::at_rest::Header;
         use object_store::{path::Path, WriteMultipart};
         let path = Path::parse(key).map_err(|e| Error::Internal(format!("stored object key {key:?}: {e}")))?;
-        let store = self.objects().store();
-        let size = self.objects().size(&path).await?;
+        let store = objects.store();
+        let size = objects.size(&path).await?;
         let head = store.get_range(&path, 0..size.min(MAX_HEADER)).await.map_err(crate::objects::store_error)?;
         let (h, start) = Header::parse(&head)
             .map_err(|e| Error::PayloadAltered(format!("object {key}: {e}")))?
@@ -268,7 +291,7 @@ impl Imprint {
                 return Err(e);
             }
         }
-        self.objects().sync(&path).await?;
+        objects.sync(&path).await?;
         Ok(true)
     }
 }

@@ -68,10 +68,13 @@ impl Imprint {
                     if row.purged_at.is_some() {
                         continue;
                     }
-                    if row.sealed {
+                    if row.sealed || row.object_region.is_some() {
                         // At rest (docs/encryption.md): a manifest is read from the store
                         // by clients that hold no key, so none is written for a sealed
                         // version (and an older one is removed): the bytes stay sealed.
+                        // An object outside the home region (a topic whose regions leave
+                        // it out, docs/regions.md) is not in the store manifests are read
+                        // with: none either.
                         // The row records that this version was dealt with, so later
                         // passes do not come back to it.
                         if written.contains_key(&topic.id) {

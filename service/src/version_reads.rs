@@ -53,7 +53,7 @@ impl Imprint {
                     .map(|r| {
                         let s = scopes.remove(&r.version).unwrap_or_default();
                         let c = checks.remove(&r.version);
-                        with_checks(version_from_row(self.objects(), &t.name, r, s), c)
+                        with_checks(version_from_row(self, &t.name, r, s), c)
                     })
                     .collect();
                 Ok(guard(Page { items, next }))
@@ -71,7 +71,7 @@ impl Imprint {
             .ok_or_else(|| Error::VersionNotFound { topic: t.name.clone(), version })?;
         let mut scopes = self.scopes_of(t.id, &[row.version]).await?;
         let mut checks = self.version_checks(t.id, &[row.version]).await?;
-        let v = version_from_row(self.objects(), &t.name, row, scopes.remove(&(version as i64)).unwrap_or_default());
+        let v = version_from_row(self, &t.name, row, scopes.remove(&(version as i64)).unwrap_or_default());
         Ok(with_checks(v, checks.remove(&(version as i64))))
     }
 
@@ -238,7 +238,9 @@ fn with_checks(mut v: Version, checks: Option<crate::model::VersionChecks>) -> V
     v
 }
 
-fn version_from_row(objects: &crate::objects::Objects, topic: &str, r: VersionRow, scopes: Vec<Scope>) -> Version {
+fn version_from_row(imprint: &Imprint, topic: &str, r: VersionRow, scopes: Vec<Scope>) -> Version {
+    // The URL in the store of the object's own region (home unless its topic leaves it out).
+    let objects = imprint.region_objects(r.object_region.as_deref().unwrap_or_default()).unwrap_or(imprint.objects());
     Version {
         topic: topic.to_owned(),
         version: r.version as u64,

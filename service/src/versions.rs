@@ -64,9 +64,11 @@ pub enum Payload {
         body: BodyStream,
         len: Option<u64>,
     },
-    /// A pointer to an object that already exists in the configured store.
+    /// A pointer to an object that already exists in the configured store, and (several
+    /// regions) the same object's URL in other regions' stores, by region.
     Object {
         url: String,
+        locations: BTreeMap<String, String>,
     },
 }
 
@@ -95,6 +97,12 @@ pub(crate) enum Received {
         content: Option<Bytes>,
         /// Written sealed (an at-rest topic's upload, docs/encryption.md).
         sealed: bool,
+        /// Registered with `locations` (several regions): the same object's key in other
+        /// regions' stores, by region, each checked (`inspect_registered`).
+        located: Vec<(String, String)>,
+        /// The region whose store `key` is in (None: home): an upload goes to its topic's
+        /// own region (`regions::primary_region`).
+        region: Option<String>,
     },
 }
 
@@ -196,23 +204,25 @@ impl Imprint {
             Payload::Text(s) => Received::Inline(Bytes::from(s)),
             Payload::Binary(b) => Received::Inline(b),
             Payload::Stream { body, len } => self.receive(caller, topic, body, len, expected.as_deref()).await?,
-            Payload::Object { url } => self.inspect_registered(caller, topic, &url, expected.as_deref()).await?,
+            Payload::Object { url, locations } => {
+                self.inspect_registered(caller, topic, &url, &locations, expected.as_deref()).await?
+            }
         };
         if let Received::Inline(b) = &received {
             verify_sha256(expected.as_deref(), &hex::encode(Sha256::digest(b)))?;
         }
         let staging = match &received {
-            Received::Object { key, owned: true, .. } => Some(key.clone()),
+            Received::Object { key, owned: true, region, .. } => Some((region.clone(), key.clone())),
             _ => None,
         };
         let result = self.commit_publish(caller, topic, meta, received, started, control).await;
-        if let (Err(e), Some(key)) = (&result, staging) {
+        if let (Err(e), Some((region, key))) = (&result, staging) {
             // Nothing half-written stays: the upload goes (the sweep would otherwise) —
             // unless the commit's outcome is unknown: then the version may exist, and the
             // sweep (which never deletes what a version points at) decides; or it was
             // kept as a rejected version (`keep_rejected`), which may hold that key.
             if !matches!(e, Error::CommitUnknown(_) | Error::ValidationFailed { stored: Some(_), .. }) {
-                self.discard_upload(&key).await;
+                self.discard_upload_in(region.as_deref(), &key).await;
             }
         }
         result
@@ -260,9 +270,11 @@ impl Imprint {
                     .clone()
                     .or(pre.content_type.clone())
                     .unwrap_or_else(|| meta.default_content_type.into());
-                let (sha256, object_key, sealed) = match &received {
-                    Received::Inline(b) => (hex::encode(Sha256::digest(b)), None, false),
-                    Received::Object { sha256, key, sealed, .. } => (sha256.clone(), Some(key.to_string()), *sealed),
+                let (sha256, object_key, sealed, object_region) = match &received {
+                    Received::Inline(b) => (hex::encode(Sha256::digest(b)), None, false, None),
+                    Received::Object { sha256, key, sealed, region, .. } => {
+                        (sha256.clone(), Some(key.to_string()), *sealed, region.clone())
+                    }
                 };
                 let at_rest = crate::sealed::at_rest_key(&mut *self.pool().acquire().await?, pre.id).await?;
                 let who = caller.who();
@@ -277,6 +289,7 @@ impl Imprint {
                     created_by: &who,
                     bytes: content,
                     object_key: object_key.as_deref(),
+                    object_region: object_region.as_deref(),
                     object_sealed: sealed,
                     at_rest: at_rest.as_deref(),
                 };
@@ -323,11 +336,27 @@ impl Imprint {
         if size > t.max_size as u64 {
             return Err(Error::PayloadTooLarge { size, limit: t.max_size as u64 });
         }
+        // An upload went to the topic's own region as it was then: it must still be (under
+        // the lock: the topic's regions cannot change before this version commits).
+        let objects = match &received {
+            Received::Object { owned: true, region, .. } => {
+                let (now, objects) = self.upload_region(&mut tx, t.id).await?;
+                if now != *region {
+                    return Err(Error::Conflict(
+                        "the topic's regions changed while this payload was uploaded; publish again".into(),
+                    ));
+                }
+                objects
+            }
+            _ => self.objects().clone(),
+        };
         // End-to-end topics take age files for their recipients only (under the lock: the
         // setting cannot change before this version commits).
         let at = match &received {
             Received::Inline(b) => crate::encryption::PayloadAt::Inline(b),
-            Received::Object { key, size, .. } => crate::encryption::PayloadAt::Object { key, size: *size },
+            Received::Object { key, size, .. } => {
+                crate::encryption::PayloadAt::Object { key, size: *size, objects: &objects }
+            }
         };
         self.check_encrypted_payload(&mut tx, t.id, at).await?;
         // At rest (under the lock: the setting cannot change before this version commits):
@@ -397,6 +426,7 @@ impl Imprint {
                     created_by: &who,
                     bytes,
                     object_key: None,
+                    object_region: None,
                     object_sealed: false,
                     at_rest: None,
                 };
@@ -430,20 +460,27 @@ impl Imprint {
         let who = caller.who();
         let (sha256, final_key) = match &received {
             Received::Inline(b) => (hex::encode(Sha256::digest(b)), None),
-            Received::Object { key, owned: true, sha256, size, .. } if self.objects().can_move(*size) => {
-                let to = self.objects().version_key(&t.name, version as u64, sha256);
+            Received::Object { key, owned: true, sha256, size, region, .. } if objects.can_move(*size) => {
+                let to = objects.version_key(&t.name, version as u64, sha256);
                 // Recorded before the move and claimed by this transaction: if the commit
                 // does not happen, the sweep deletes the object.
                 let later = created_at + chrono::Duration::hours(1);
-                store::objects::mark(self.pool(), to.as_ref(), later, "publish").await?;
-                self.objects().claim(key, &to).await?;
+                store::objects::mark_in(
+                    self.pool(),
+                    region.as_deref().unwrap_or_default(),
+                    to.as_ref(),
+                    later,
+                    "publish",
+                )
+                .await?;
+                objects.claim(key, &to).await?;
                 // Durable before the version that names it commits.
-                self.objects().sync(&to).await?;
+                objects.sync(&to).await?;
                 (sha256.clone(), Some(to))
             }
             Received::Object { key, sha256, owned, .. } => {
                 if *owned {
-                    self.objects().sync(key).await?;
+                    objects.sync(key).await?;
                 }
                 (sha256.clone(), None)
             }
@@ -452,21 +489,33 @@ impl Imprint {
         // first `min_regions - 1` other regions get their copy here, before the commit,
         // the rest are queued for the worker.
         let copies = match &received {
-            Received::Object { key, owned: true, .. } if self.config().regions.several() => {
-                let home_key = final_key.as_ref().unwrap_or(key);
-                self.copy_before_commit(&mut tx, t.id, home_key, &sha256, created_at).await?
+            Received::Object { key, owned: true, region, .. } if self.config().regions.several() => {
+                let own_key = final_key.as_ref().unwrap_or(key);
+                let sealed = at_rest.is_some();
+                self.copy_before_commit(&mut tx, t.id, region.as_deref(), own_key, &sha256, sealed, created_at).await?
             }
-            Received::Object { key, .. } if self.config().regions.several() => {
+            Received::Object { key, located, .. } if self.config().regions.several() => {
+                // A registered object: home, and the regions its publish named it in (each
+                // still one of the topic's regions, read under the lock).
+                let (list, min) = store::copies::topic_settings(&mut tx, t.id).await?;
+                let (list, _) = crate::regions::topic_regions(&self.config().regions, list.as_deref(), min);
                 let home = self.config().regions.home().to_owned();
-                vec![(home, final_key.as_ref().unwrap_or(key).to_string(), true)]
+                let mut rows = vec![(home, final_key.as_ref().unwrap_or(key).to_string(), true)];
+                for (region, key) in located {
+                    crate::regions::check_location_region(&self.config().regions, &list, region)?;
+                    rows.push((region.clone(), key.clone(), true));
+                }
+                rows
             }
             _ => Vec::new(),
         };
         let stored = match &received {
             Received::Inline(b) => store::versions::StoredAt::Inline(sealed_inline.as_deref().unwrap_or(b.as_ref())),
-            Received::Object { key, owned, .. } => {
-                store::versions::StoredAt::Object { key: final_key.as_ref().unwrap_or(key).as_ref(), owned: *owned }
-            }
+            Received::Object { key, owned, region, .. } => store::versions::StoredAt::Object {
+                key: final_key.as_ref().unwrap_or(key).as_ref(),
+                owned: *owned,
+                region: region.as_deref(),
+            },
         };
         let sealed = at_rest.is_some();
         let committed = async {
@@ -488,11 +537,11 @@ impl Imprint {
                 },
             )
             .await?;
-            if let Received::Object { key, owned: true, .. } = &received {
+            if let Received::Object { key, owned: true, region, .. } = &received {
                 // The upload (and its final key) belong to this version now.
                 let mut claimed = vec![key.to_string()];
                 claimed.extend(final_key.as_ref().map(ToString::to_string));
-                store::objects::unmark(&mut *tx, &claimed).await?;
+                store::objects::unmark_in(&mut *tx, region.as_deref().unwrap_or_default(), &claimed).await?;
             }
             if !copies.is_empty() {
                 store::copies::insert(&mut tx, t.id, version, &copies, created_at).await?;
@@ -588,7 +637,11 @@ impl Imprint {
             }
             Err(e) => {
                 if let (Some(to), false) = (&final_key, matches!(e, Error::CommitUnknown(_))) {
-                    self.discard_upload(to).await;
+                    let region = match &received {
+                        Received::Object { region, .. } => region.as_deref(),
+                        Received::Inline(_) => None,
+                    };
+                    self.discard_upload_in(region, to).await;
                 }
                 return Err(e);
             }
@@ -612,10 +665,13 @@ impl Imprint {
                     payload,
                 )
                 .with_sealed(sealed)
-                .with_regions({
-                    let held: Vec<String> = copies.iter().filter(|c| c.2).map(|c| c.0.clone()).collect();
-                    crate::regions::order_for(self.state().regions(), &held, None)
-                });
+                .with_regions(
+                    {
+                        let held: Vec<String> = copies.iter().filter(|c| c.2).map(|c| c.0.clone()).collect();
+                        crate::regions::order_for(self.state().regions(), &held, None)
+                    },
+                    self.state().region_urls().clone(),
+                );
                 self.state().apply_publish(t.name.as_str(), seq, served, &scopes)
             }
             _ => false,
@@ -674,33 +730,41 @@ fn received_content(r: &Received) -> (u64, Option<&Bytes>) {
 }
 
 impl Imprint {
-    /// Copies a new version's object from the home region to the other regions its
-    /// topic needs before the version may commit (`min_regions`), verifying each copy;
-    /// returns every region the object goes to, with its key and whether it holds it now.
+    /// Copies a new version's object from its own region (`from`: where it was uploaded;
+    /// None: home) to the other regions its topic needs before the version may commit
+    /// (`min_regions`), verifying each copy; returns every region the object goes to, with
+    /// its key and whether it holds it now.
+    #[allow(clippy::too_many_arguments)]
     async fn copy_before_commit(
         &self,
         tx: &mut sqlx::PgConnection,
         topic_id: i64,
+        from: Option<&str>,
         home_key: &object_store::path::Path,
         sha256: &str,
+        sealed: bool,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<(String, String, bool)>> {
         let regions = &self.config().regions;
         let (list, min) = store::copies::topic_settings(&mut *tx, topic_id).await?;
         let (list, min) = crate::regions::topic_regions(regions, list.as_deref(), min);
-        let mut out = vec![(regions.home().to_owned(), home_key.to_string(), true)];
+        let own = from.unwrap_or(regions.home()).to_owned();
+        let source = self
+            .region_objects(from.unwrap_or_default())
+            .ok_or_else(|| Error::Internal(format!("region {own:?} is not configured")))?;
+        let mut out = vec![(own.clone(), home_key.to_string(), true)];
         // The others in preference order: the preferred ones are the required ones.
-        let others: Vec<&String> =
-            regions.ranked().iter().filter(|r| *r != regions.home() && list.contains(r)).collect();
+        let others: Vec<&String> = regions.ranked().iter().filter(|r| **r != own && list.contains(r)).collect();
         for (i, region) in others.into_iter().enumerate() {
-            let Some(to) = regions.other(region) else { continue };
-            let key = crate::regions::key_in(self.objects(), to, home_key.as_ref());
+            let Some(to) = self.region_objects(region) else { continue };
+            let key = crate::regions::key_in(source, to, home_key.as_ref());
             let now_needed = i + 1 < min;
             if now_needed {
                 // Recorded first: if the commit does not happen, the sweep deletes it.
                 let later = now + chrono::Duration::hours(1);
+                // (Home is never a target: a topic that has it streams there.)
                 store::objects::mark_in(self.pool(), region, key.as_ref(), later, "publish").await?;
-                crate::regions::copy_verified(self.objects(), home_key, to, &key, sha256).await.map_err(|e| {
+                self.copy_checked(source, home_key, to, &key, sha256, sealed).await.map_err(|e| {
                     Error::ObjectStoreUnavailable(format!(
                         "region {region} must hold the object before the version commits (min_regions {min}): {e}"
                     ))

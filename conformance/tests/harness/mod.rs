@@ -182,7 +182,9 @@ async fn run_scenario(
     }
     // A dropped TestApp would keep serving until the test ends: stop it, so the servers
     // (and their database connections) of finished scenarios do not pile up.
-    if let Some(server) = run.server.take() {
+    // (us's own server of `server.region_urls` too.)
+    let us_server = run.regions.as_mut().and_then(|r| r.public_urls.take()).map(|(_, app)| app);
+    for server in run.server.take().into_iter().chain(us_server) {
         match tokio::time::timeout(Duration::from_secs(20), server.shut_down()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => eprintln!("{}: the server did not stop cleanly: {e}", s.name),
@@ -212,6 +214,9 @@ struct Run {
 struct TwoRegions {
     eu: Moto,
     us: Moto,
+    /// `server.region_urls`: the `IMPRINT_REGION_URLS` of the scenario's server, and us's
+    /// own server (kept running for the scenario).
+    public_urls: Option<(String, TestApp)>,
 }
 
 impl TwoRegions {
@@ -225,7 +230,11 @@ impl TwoRegions {
 
     /// Eu (the home) and us, each with its own store, consumers sent to their own first.
     fn config(&self) -> (imprint_service::objects::Objects, imprint_service::regions::Regions) {
-        imprint_testkit::two_regions(&self.eu, &self.us)
+        let (home, regions) = imprint_testkit::two_regions(&self.eu, &self.us);
+        match &self.public_urls {
+            Some((spec, _)) => (home, regions.with_public_urls(spec).expect("IMPRINT_REGION_URLS")),
+            None => (home, regions),
+        }
     }
 
     /// Flips every byte of each object of `topic` in `region` (size kept), through that
@@ -308,10 +317,25 @@ fn encode(s: &str) -> String {
 impl Run {
     async fn start(s: &Scenario, pool: PgPool, adapter: Arc<Adapter>, store: Arc<PathBuf>) -> Run {
         let regions = match s.server.regions {
-            true => Some(TwoRegions {
-                eu: Moto::start().await.expect("IMPRINT_TEST_MOTO_SERVER"),
-                us: Moto::start().await.expect("IMPRINT_TEST_MOTO_SERVER"),
-            }),
+            true => {
+                let mut two = TwoRegions {
+                    eu: Moto::start().await.expect("IMPRINT_TEST_MOTO_SERVER"),
+                    us: Moto::start().await.expect("IMPRINT_TEST_MOTO_SERVER"),
+                    public_urls: None,
+                };
+                if s.server.region_urls {
+                    // us's servers: one more on the same database and stores; eu's: a port
+                    // nothing listens on.
+                    let us_server = spawn(&pool, &store, Some(&two)).await;
+                    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+                        .and_then(|l| l.local_addr())
+                        .map(|a| a.port())
+                        .expect("a free port");
+                    let spec = format!("eu=http://127.0.0.1:{dead},us={}", us_server.url(""));
+                    two.public_urls = Some((spec, us_server));
+                }
+                Some(two)
+            }
             false => None,
         };
         let server = spawn(&pool, &store, regions.as_ref()).await;

@@ -84,8 +84,14 @@ pub struct PublishBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectRef {
-    /// `s3://bucket/key`, `file:///path`, … inside the configured object store.
+    /// `s3://bucket/key`, `file:///path`, … inside the configured object store (the home
+    /// region's, with several regions).
     pub url: String,
+    /// Several regions (docs/regions.md): the same object's URL in other regions' stores,
+    /// by region name (`{"us": "s3://imprint-us/external/ml/a.bin"}`). Each is checked as
+    /// `url` is (inside that region's store, in the owner team's folder, the same bytes).
+    #[serde(default)]
+    pub locations: Option<BTreeMap<String, String>>,
 }
 
 impl PublishBody {
@@ -97,7 +103,7 @@ impl PublishBody {
         };
         let payload = match (self.data, self.data_base64, self.object) {
             (Some(d), None, None) => Payload::Text(d),
-            (None, None, Some(o)) => Payload::Object { url: o.url },
+            (None, None, Some(o)) => Payload::Object { url: o.url, locations: o.locations.unwrap_or_default() },
             (None, Some(b), None) => Payload::Binary(
                 base64::engine::general_purpose::STANDARD
                     .decode(b.trim())

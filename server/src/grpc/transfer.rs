@@ -175,7 +175,7 @@ pub(super) async fn download(
         })),
     };
     let body: BoxStream<'static, Result<Bytes, std::io::Error>> =
-        imprint.payload_stream(payload.body, None, None).await.map_err(grpc_status)?;
+        imprint.payload_stream(payload.body, payload.region.as_deref(), None).await.map_err(grpc_status)?;
     let chunks = body
         .map_ok(|c| split(c).map(Ok::<_, std::io::Error>))
         .try_flatten()

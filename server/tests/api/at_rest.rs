@@ -28,7 +28,7 @@ fn sha(b: &[u8]) -> String {
 }
 
 /// A keyring file holding `ids`, and the server's provider on it.
-fn keyring(ids: &[&str]) -> (std::path::PathBuf, Keys) {
+pub(crate) fn keyring(ids: &[&str]) -> (std::path::PathBuf, Keys) {
     let path = scratch_dir("keyring").join("keyring.json");
     let mut ring = Keyring::load(&path).unwrap();
     for id in ids {
@@ -38,7 +38,7 @@ fn keyring(ids: &[&str]) -> (std::path::PathBuf, Keys) {
     (path.clone(), keys_on(Arc::new(LocalKeyring::open(path).unwrap())))
 }
 
-fn keys_on(p: Arc<dyn KeyProvider>) -> Keys {
+pub(crate) fn keys_on(p: Arc<dyn KeyProvider>) -> Keys {
     Keys::new(p, KeyCacheLimits::default())
 }
 

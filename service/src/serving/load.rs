@@ -47,7 +47,7 @@ pub(super) async fn load(
     conn: &mut PgConnection,
     ids: Option<&[i64]>,
     cache: &HashMap<(i64, u64), (Bytes, bool)>,
-    regions: &[String],
+    (regions, region_urls): (&[String], &crate::regions::PublicUrls),
     keys: Option<&crate::keys::Keys>,
 ) -> crate::Result<Vec<ServingTopic>> {
     let now = store::serving::current(conn, ids).await?;
@@ -153,6 +153,7 @@ pub(super) async fn load(
                             .remove(&(t.id, v))
                             .map(|h| crate::regions::order_for(regions, &h, None))
                             .unwrap_or_default(),
+                        region_urls.clone(),
                     ),
                 ),
             );

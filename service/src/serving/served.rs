@@ -26,6 +26,9 @@ pub struct ServedVersion {
     /// The regions holding a copy of its object, most preferred first (empty: one
     /// region only, or an inline payload; docs/regions.md).
     pub regions: Vec<String>,
+    /// The public base URL of regions' servers (`IMPRINT_REGION_URLS`): their `data_urls`
+    /// entries are absolute.
+    region_urls: crate::regions::PublicUrls,
     /// The poll answer's JSON for this version, per (pinned, consumer's region slot: 0 for
     /// none, 1 + its index in `regions`), built once on first use and shared by every poll
     /// that gets it.
@@ -73,14 +76,16 @@ impl ServedVersion {
             payload,
             sealed: false,
             regions: Vec::new(),
+            region_urls: Default::default(),
             json: (0..2).map(|_| Default::default()).collect(),
         }
     }
 
     /// The regions holding its object, most preferred first (several regions configured).
-    pub fn with_regions(mut self, regions: Vec<String>) -> Self {
+    pub fn with_regions(mut self, regions: Vec<String>, urls: crate::regions::PublicUrls) -> Self {
         self.json = (0..2 * (regions.len() + 1)).map(|_| Default::default()).collect();
         self.regions = regions;
+        self.region_urls = urls;
         self
     }
 
@@ -109,7 +114,12 @@ impl ServedVersion {
             order.extend(self.regions.iter().enumerate().filter(|(i, _)| *i + 1 != slot).map(|(_, r)| r));
             let data_urls: Vec<imprint_protocol::DataUrl> = order
                 .into_iter()
-                .map(|r| imprint_protocol::DataUrl { region: r.clone(), url: format!("{base}?region={r}") })
+                .map(|r| {
+                    // Absolute when the region's servers have a public URL: a consumer that
+                    // cannot reach them moves on to the next region.
+                    let host = self.region_urls.get(r).map_or("", String::as_str);
+                    imprint_protocol::DataUrl { region: r.clone(), url: format!("{host}{base}?region={r}") }
+                })
                 .collect();
             let u = UpdateJson {
                 version: self.version,

@@ -93,6 +93,8 @@ pub struct ServingState {
     /// Every region, most preferred first, when several are configured (empty: one):
     /// the order of a served version's `data_urls`.
     regions: Vec<String>,
+    /// The public base URL of regions' servers (`IMPRINT_REGION_URLS`).
+    region_urls: crate::regions::PublicUrls,
     /// The key provider that opens at-rest payloads as they are loaded (docs/encryption.md).
     keys: Option<crate::keys::Keys>,
 }
@@ -101,6 +103,7 @@ impl ServingState {
     /// Serving with the configured regions (docs/regions.md).
     pub(crate) fn with_regions(mut self, regions: &crate::regions::Regions) -> Self {
         self.regions = if regions.several() { regions.ranked().to_vec() } else { Vec::new() };
+        self.region_urls = regions.public_urls().clone();
         self
     }
 
@@ -114,12 +117,18 @@ impl ServingState {
     pub fn regions(&self) -> &[String] {
         &self.regions
     }
+
+    /// The public base URL of regions' servers (`IMPRINT_REGION_URLS`).
+    pub fn region_urls(&self) -> &crate::regions::PublicUrls {
+        &self.region_urls
+    }
 }
 
 impl Default for ServingState {
     fn default() -> Self {
         Self {
             regions: Vec::new(),
+            region_urls: Default::default(),
             keys: None,
             topics: RwLock::new(HashMap::new()),
             own: std::sync::Mutex::new(HashMap::new()),
@@ -432,7 +441,7 @@ impl ServingState {
         let cache = self.cached_payloads(ids);
         // One consistent snapshot across the tables (in the BEGIN: one round trip less).
         let mut tx = pool.begin_with(store::serving::BEGIN_SNAPSHOT).await?;
-        let loaded = load(&mut tx, ids, &cache, &self.regions, self.keys.as_ref()).await?;
+        let loaded = load(&mut tx, ids, &cache, (&self.regions, &self.region_urls), self.keys.as_ref()).await?;
         tx.commit().await?;
         self.install(loaded, ids.is_none());
         let kind = match ids {

@@ -129,6 +129,8 @@ pub(crate) struct CandidateRow {
     pub size: i64,
     pub inline_data: Option<Vec<u8>>,
     pub object_key: Option<String>,
+    /// The region `object_key` is in (None: home).
+    pub object_region: Option<String>,
     /// Its bytes (inline or the object) are sealed at rest.
     pub sealed: bool,
     pub expires_at: DateTime<Utc>,
@@ -142,6 +144,7 @@ pub(crate) struct NewCandidate<'a> {
     pub size: u64,
     pub inline_data: Option<&'a [u8]>,
     pub object_key: Option<&'a str>,
+    pub object_region: Option<&'a str>,
     pub sealed: bool,
     pub expires_at: DateTime<Utc>,
 }
@@ -154,8 +157,8 @@ pub(crate) async fn insert_candidate<'e>(
 ) -> Result<()> {
     sqlx::query!(
         "WITH gone AS (DELETE FROM validation_candidates WHERE expires_at < $9)
-         INSERT INTO validation_candidates (token_sha256, topic_id, content_type, sha256, size, inline_data, object_key, expires_at, sealed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10)",
+         INSERT INTO validation_candidates (token_sha256, topic_id, content_type, sha256, size, inline_data, object_key, expires_at, sealed, object_region)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $11)",
         c.token_sha256,
         c.topic_id,
         c.content_type,
@@ -165,7 +168,8 @@ pub(crate) async fn insert_candidate<'e>(
         c.object_key,
         c.expires_at as _,
         now as _,
-        c.sealed
+        c.sealed,
+        c.object_region
     )
     .execute(ex)
     .await?;
@@ -175,7 +179,7 @@ pub(crate) async fn insert_candidate<'e>(
 pub(crate) async fn candidate<'e>(ex: impl PgExecutor<'e>, token_sha256: &str) -> Result<Option<CandidateRow>> {
     Ok(sqlx::query_as!(
         CandidateRow,
-        r#"SELECT topic_id, content_type, sha256, size, inline_data, object_key, sealed, expires_at AS "expires_at: DateTime<Utc>"
+        r#"SELECT topic_id, content_type, sha256, size, inline_data, object_key, object_region, sealed, expires_at AS "expires_at: DateTime<Utc>"
            FROM validation_candidates WHERE token_sha256 = $1"#,
         token_sha256
     )

@@ -11,9 +11,13 @@ pub(crate) struct DueCopy {
     pub region: String,
     /// The key in the target region.
     pub key: String,
-    /// The key in the home region (the version's `object_key`).
+    /// The key in the version's own region (its `object_key`), the copy's source.
     pub home_key: String,
+    /// The region `home_key` is in (None: home).
+    pub from_region: Option<String>,
     pub sha256: String,
+    /// The object is sealed at rest (its `sha256` is the plaintext's).
+    pub sealed: bool,
     pub attempts: i32,
 }
 
@@ -25,6 +29,8 @@ pub(crate) struct CopyRow {
     pub attempts: i32,
     pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// The version's object is a registered one (its copies are the publisher's objects).
+    pub registered: bool,
 }
 
 /// Records the regions a new version's object goes to: `done` ones hold it already.
@@ -57,7 +63,7 @@ pub(crate) async fn insert(
 pub(crate) async fn claim_due(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Option<DueCopy>> {
     Ok(sqlx::query_as!(
         DueCopy,
-        r#"SELECT c.topic_id, c.version, c.region, c.key, v.object_key AS "home_key!", v.sha256, c.attempts
+        r#"SELECT c.topic_id, c.version, c.region, c.key, v.object_key AS "home_key!", v.object_region AS from_region, v.sha256, v.sealed, c.attempts
            FROM object_copies c JOIN versions v USING (topic_id, version)
            WHERE c.state = 'pending' AND c.next_attempt <= $1 AND v.purged_at IS NULL AND v.object_key IS NOT NULL
            ORDER BY c.next_attempt LIMIT 1 FOR UPDATE OF c SKIP LOCKED"#,
@@ -107,8 +113,10 @@ pub(crate) async fn of_version<'e>(
     version: i64,
 ) -> Result<Vec<(CopyRow, String)>> {
     let rows = sqlx::query!(
-        r#"SELECT region, key, state, attempts, last_error, updated_at AS "updated_at: DateTime<Utc>"
-           FROM object_copies WHERE topic_id = $1 AND version = $2 ORDER BY region"#,
+        r#"SELECT c.region, c.key, c.state, c.attempts, c.last_error, c.updated_at AS "updated_at: DateTime<Utc>",
+                  NOT v.object_owned AS "registered!"
+           FROM object_copies c JOIN versions v USING (topic_id, version)
+           WHERE c.topic_id = $1 AND c.version = $2 ORDER BY c.region"#,
         topic_id,
         version
     )
@@ -123,6 +131,7 @@ pub(crate) async fn of_version<'e>(
                 attempts: r.attempts,
                 last_error: r.last_error,
                 updated_at: r.updated_at,
+                registered: r.registered,
             };
             (row, r.key)
         })

@@ -3,17 +3,8 @@ use crate::error::Result;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 
-/// Records that `key` (of the home region) must be deleted after `delete_after` unless claimed first.
-pub(crate) async fn mark<'e>(
-    ex: impl PgExecutor<'e>,
-    key: &str,
-    delete_after: DateTime<Utc>,
-    reason: &str,
-) -> Result<()> {
-    mark_in(ex, "", key, delete_after, reason).await
-}
-
-/// `mark` in a region (`""`: the home region).
+/// Records that `key` of a region (`""`: the home region) must be deleted after `delete_after`
+/// unless claimed first.
 pub(crate) async fn mark_in<'e>(
     ex: impl PgExecutor<'e>,
     region: &str,
@@ -34,13 +25,7 @@ pub(crate) async fn mark_in<'e>(
     Ok(())
 }
 
-/// Claims keys of the home region: they are no longer stray (a version points at them, or they are gone).
-pub(crate) async fn unmark<'e>(ex: impl PgExecutor<'e>, keys: &[String]) -> Result<()> {
-    sqlx::query!("DELETE FROM stray_objects WHERE region = '' AND key = ANY($1)", keys).execute(ex).await?;
-    Ok(())
-}
-
-/// Forgets stray rows of one region.
+/// Forgets stray rows of one region (a version claims them, or they are gone).
 pub(crate) async fn unmark_in<'e>(ex: impl PgExecutor<'e>, region: &str, keys: &[String]) -> Result<()> {
     sqlx::query!("DELETE FROM stray_objects WHERE region = $1 AND key = ANY($2)", region, keys).execute(ex).await?;
     Ok(())
@@ -87,6 +72,24 @@ pub(crate) async fn in_use<'e>(ex: impl PgExecutor<'e>, key: &str) -> Result<boo
 pub(crate) async fn used_by_another_topic<'e>(ex: impl PgExecutor<'e>, key: &str, topic_id: i64) -> Result<bool> {
     Ok(sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM versions WHERE object_key = $1 AND topic_id <> $2) AS "e!""#,
+        key,
+        topic_id
+    )
+    .fetch_one(ex)
+    .await?)
+}
+
+/// `used_by_another_topic` for a key of a region other than home: does a copy of another
+/// topic's version (purged or not) name `key` in `region`?
+pub(crate) async fn used_by_another_topic_in<'e>(
+    ex: impl PgExecutor<'e>,
+    region: &str,
+    key: &str,
+    topic_id: i64,
+) -> Result<bool> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM object_copies WHERE region = $1 AND key = $2 AND topic_id <> $3) AS "e!""#,
+        region,
         key,
         topic_id
     )

@@ -18,6 +18,8 @@ pub(crate) struct VersionRow {
     pub storage: String,
     pub object_key: Option<String>,
     pub object_owned: bool,
+    /// The region `object_key` is in (None: home; docs/regions.md).
+    pub object_region: Option<String>,
     pub purged_at: Option<DateTime<Utc>>,
     /// The stored payload is sealed at rest (docs/encryption.md).
     pub sealed: bool,
@@ -46,23 +48,25 @@ pub(crate) struct NewVersion<'a> {
 pub(crate) enum StoredAt<'a> {
     Inline(&'a [u8]),
     /// An object; `owned`: Imprint wrote it (and deletes it when the version is purged).
+    /// `region`: the region whose store holds `key` (None: home).
     Object {
         key: &'a str,
         owned: bool,
+        region: Option<&'a str>,
     },
 }
 
 /// Stores a version row.
 pub(crate) async fn insert(conn: &mut PgConnection, v: NewVersion<'_>) -> Result<()> {
     let metadata = serde_json::to_value(v.metadata).unwrap_or_default();
-    let (storage, inline, key, owned) = match v.stored {
-        StoredAt::Inline(b) => ("inline", Some(b), None, false),
-        StoredAt::Object { key, owned } => ("object", None, Some(key), owned),
+    let (storage, inline, key, owned, region) = match v.stored {
+        StoredAt::Inline(b) => ("inline", Some(b), None, false, None),
+        StoredAt::Object { key, owned, region } => ("object", None, Some(key), owned, region),
     };
     sqlx::query!(
         "INSERT INTO versions (topic_id, version, created_at, created_by, message, metadata, content_type, size, sha256,
-                               storage, inline_data, object_key, object_owned, sealed, rejected)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                               storage, inline_data, object_key, object_owned, sealed, rejected, object_region)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         v.topic_id,
         v.version,
         v.created_at as _,
@@ -78,6 +82,7 @@ pub(crate) async fn insert(conn: &mut PgConnection, v: NewVersion<'_>) -> Result
         owned,
         v.sealed,
         v.rejected,
+        region,
     )
     .execute(&mut *conn)
     .await?;
@@ -94,7 +99,7 @@ pub(crate) async fn list<'e>(
     Ok(sqlx::query_as!(
         VersionRow,
         r#"SELECT version, created_at AS "created_at: DateTime<Utc>", created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
-                  content_type, size, sha256, storage, object_key, object_owned, purged_at AS "purged_at: DateTime<Utc>", sealed, rejected
+                  content_type, size, sha256, storage, object_key, object_owned, object_region, purged_at AS "purged_at: DateTime<Utc>", sealed, rejected
            FROM versions WHERE topic_id = $1 AND ($2::bigint IS NULL OR version < $2)
            ORDER BY version DESC LIMIT $3"#,
         topic_id,
@@ -109,7 +114,7 @@ pub(crate) async fn get<'e>(ex: impl PgExecutor<'e>, topic_id: i64, version: i64
     Ok(sqlx::query_as!(
         VersionRow,
         r#"SELECT version, created_at AS "created_at: DateTime<Utc>", created_by, message, metadata AS "metadata: Json<BTreeMap<String, String>>",
-                  content_type, size, sha256, storage, object_key, object_owned, purged_at AS "purged_at: DateTime<Utc>", sealed, rejected
+                  content_type, size, sha256, storage, object_key, object_owned, object_region, purged_at AS "purged_at: DateTime<Utc>", sealed, rejected
            FROM versions WHERE topic_id = $1 AND version = $2"#,
         topic_id,
         version
@@ -122,6 +127,8 @@ pub(crate) struct DataRow {
     pub inline_data: Option<Vec<u8>>,
     pub sealed: bool,
     pub object_key: Option<String>,
+    /// The region `object_key` is in (None: home).
+    pub object_region: Option<String>,
     pub size: i64,
     pub content_type: String,
     pub sha256: String,
@@ -132,7 +139,7 @@ pub(crate) struct DataRow {
 pub(crate) async fn data<'e>(ex: impl PgExecutor<'e>, topic_id: i64, version: i64) -> Result<Option<DataRow>> {
     Ok(sqlx::query_as!(
         DataRow,
-        r#"SELECT inline_data, sealed, object_key, size, content_type, sha256, purged_at AS "purged_at: DateTime<Utc>", rejected FROM versions
+        r#"SELECT inline_data, sealed, object_key, object_region, size, content_type, sha256, purged_at AS "purged_at: DateTime<Utc>", rejected FROM versions
            WHERE topic_id = $1 AND version = $2"#,
         topic_id,
         version
@@ -267,6 +274,7 @@ pub(crate) struct PurgedRow {
     pub storage: String,
     pub object_key: Option<String>,
     pub object_owned: bool,
+    pub object_region: Option<String>,
 }
 
 /// Purges versions that are not purged yet: the payload goes, the row stays as a
@@ -281,7 +289,7 @@ pub(crate) async fn purge(
         PurgedRow,
         "UPDATE versions SET purged_at = $3, inline_data = NULL
          WHERE topic_id = $1 AND version = ANY($2) AND purged_at IS NULL
-         RETURNING version, size, storage, object_key, object_owned",
+         RETURNING version, size, storage, object_key, object_owned, object_region",
         topic_id,
         versions,
         at as _
@@ -304,13 +312,15 @@ pub(crate) struct SealedRow {
     pub version: i64,
     pub inline_data: Option<Vec<u8>>,
     pub object_key: Option<String>,
+    /// The region `object_key` is in (None: home).
+    pub object_region: Option<String>,
 }
 
 /// The sealed, not purged versions after `(topic_id, version)`, in that order.
 pub(crate) async fn sealed_after<'e>(ex: impl PgExecutor<'e>, after: (i64, i64), limit: i64) -> Result<Vec<SealedRow>> {
     Ok(sqlx::query_as!(
         SealedRow,
-        r#"SELECT topic_id, version, inline_data, object_key FROM versions
+        r#"SELECT topic_id, version, inline_data, object_key, object_region FROM versions
            WHERE sealed AND purged_at IS NULL AND (topic_id, version) > ($1, $2)
            ORDER BY topic_id, version LIMIT $3"#,
         after.0,
