@@ -74,6 +74,10 @@ mod snapshot;
 mod subscription;
 
 pub use client::{Client, ClientBuilder};
+/// The sealed format and key providers (`LocalKeyring`, `AwsKms`, the `KeyProvider` trait)
+/// for opening snapshots of topics encrypted at rest (`ClientBuilder::snapshot_key_provider`).
+#[cfg(feature = "snapshots")]
+pub use imprint_seal as seal;
 pub use error::{Error, Result};
 pub use subscription::{Changes, Current, Payload, Source, Subscription};
 

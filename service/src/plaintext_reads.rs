@@ -27,7 +27,13 @@ impl PlaintextReads {
         if matches!(caller, Caller::System) {
             return;
         }
-        let key = (topic_id, version as i64, caller.who());
+        self.record_as(topic_id, version, caller.who(), at);
+    }
+
+    /// Counts one plaintext read by a reader that is not a `Caller` (an Apollo client,
+    /// known by its app id: `apollo:<app id>`).
+    pub(crate) fn record_as(&self, topic_id: i64, version: u64, reader: String, at: DateTime<Utc>) {
+        let key = (topic_id, version as i64, reader);
         let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = w.get_mut(&key) {
             c.reads += 1;

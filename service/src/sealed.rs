@@ -9,7 +9,7 @@ use crate::handle::Imprint;
 use crate::keys::{AtRestError, KeyError, KeyProvider, Keys};
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 /// What a key provider failure means to a caller.
 pub(crate) fn key_error(key_id: &str, e: KeyError) -> Error {
@@ -152,6 +152,8 @@ pub struct Rewrapped {
     /// Objects rewritten with the new header and their chunks byte for byte.
     pub objects: u64,
     pub drafts: u64,
+    /// Sealed snapshot manifests (`snapshots/<topic>.json`) rewritten with the new header.
+    pub manifests: u64,
     /// Sealed under another key id: left alone.
     pub other_keys: u64,
 }
@@ -221,8 +223,57 @@ impl Imprint {
                 done.drafts += 1;
             }
         }
+        done.manifests = self.rewrap_manifests(&keys, key_id).await?;
         tracing::info!(key_id, ?done, "at-rest data keys rewrapped");
         Ok(done)
+    }
+
+    /// Sealed snapshot manifests under `key_id` rewritten with a rewrapped header (the
+    /// worker rewrites a manifest only when its version changes).
+    async fn rewrap_manifests(&self, keys: &Keys, key_id: &str) -> Result<u64> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        // Listed from the store: `keys rewrap` runs without the serving state.
+        let prefix = self.objects().key_under_prefix("snapshots");
+        let listed: Vec<object_store::ObjectMeta> = self
+            .objects()
+            .store()
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(crate::objects::store_error)?;
+        let mut done = 0;
+        for meta in listed {
+            let (path, name) = (meta.location.clone(), meta.location.to_string());
+            let body = match self.objects().store().get(&path).await {
+                Ok(r) => r.bytes().await.map_err(crate::objects::store_error)?,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(crate::objects::store_error(e)),
+            };
+            let Ok(mut m) = serde_json::from_slice::<imprint_protocol::SealedManifest>(&body) else { continue };
+            if m.key != key_id {
+                continue;
+            }
+            let old = b64.decode(&m.sealed).map_err(|e| Error::PayloadAltered(format!("manifest of {name}: {e}")))?;
+            m.sealed = b64.encode(keys.rewrap_sealed(&old).await.map_err(open_error)?);
+            let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::Internal(e.to_string()))?;
+            self.objects().put(&path, json.into()).await?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// The header at the start of a sealed object, and its length.
+    pub(crate) async fn sealed_object_header(&self, key: &str) -> Result<(crate::at_rest::Header, usize)> {
+        use crate::at_rest::Header;
+        let path = object_store::path::Path::parse(key)
+            .map_err(|e| Error::Internal(format!("stored object key {key:?}: {e}")))?;
+        let size = self.objects().size(&path).await?;
+        let head =
+            self.objects().store().get_range(&path, 0..size.min(MAX_HEADER)).await.map_err(crate::objects::store_error)?;
+        Header::parse(&head)
+            .map_err(|e| Error::PayloadAltered(format!("object {key}: {e}")))?
+            .ok_or_else(|| Error::PayloadAltered(format!("object {key} ends inside its sealed header")))
     }
 
     /// One sealed object rewritten with a rewrapped header (false: another key's).
@@ -231,11 +282,7 @@ impl Imprint {
         use object_store::{path::Path, WriteMultipart};
         let path = Path::parse(key).map_err(|e| Error::Internal(format!("stored object key {key:?}: {e}")))?;
         let store = self.objects().store();
-        let size = self.objects().size(&path).await?;
-        let head = store.get_range(&path, 0..size.min(MAX_HEADER)).await.map_err(crate::objects::store_error)?;
-        let (h, start) = Header::parse(&head)
-            .map_err(|e| Error::PayloadAltered(format!("object {key}: {e}")))?
-            .ok_or_else(|| Error::PayloadAltered(format!("object {key} ends inside its sealed header")))?;
+        let (h, start) = self.sealed_object_header(key).await?;
         if h.key_id != key_id {
             return Ok(false);
         }
