@@ -77,11 +77,11 @@ mod snapshot;
 mod subscription;
 
 pub use client::{Client, ClientBuilder};
+pub use error::{Error, Result};
 /// The sealed format and key providers (`LocalKeyring`, `AwsKms`, the `KeyProvider` trait)
 /// for opening snapshots of topics encrypted at rest (`ClientBuilder::snapshot_key_provider`).
 #[cfg(feature = "snapshots")]
 pub use imprint_seal as seal;
-pub use error::{Error, Result};
 pub use subscription::{Changes, Current, Payload, Source, Subscription};
 
 /// Parses a selector or label string (`region=eu-west-1,app=checkout`, `*` or empty for

@@ -162,7 +162,8 @@ impl Snapshots {
                 sealed.key
             )));
         };
-        let raw = base64::engine::general_purpose::STANDARD.decode(sealed.sealed.trim()).map_err(|e| bad(e.to_string()))?;
+        let raw =
+            base64::engine::general_purpose::STANDARD.decode(sealed.sealed.trim()).map_err(|e| bad(e.to_string()))?;
         let (h, _) = imprint_seal::format::Header::parse(&raw)
             .map_err(|e| bad(e.to_string()))?
             .ok_or_else(|| bad("the sealed manifest ends inside its header".into()))?;

@@ -14,7 +14,9 @@
 //! which opens sealed snapshots); this module adds the server's bounded cache of unwrapped
 //! data keys (`Keys`) and re-exports the rest.
 use futures::future::BoxFuture;
-pub use imprint_seal::{open_stream, random_key, AwsKms, DataKey, KeyEntry, KeyError, KeyInfo, KeyProvider, Keyring, LocalKeyring};
+pub use imprint_seal::{
+    open_stream, random_key, AwsKms, DataKey, KeyEntry, KeyError, KeyInfo, KeyProvider, Keyring, LocalKeyring,
+};
 
 /// How many unwrapped data keys `Keys` keeps, and for how long (`IMPRINT_KEY_CACHE_ENTRIES`,
 /// `IMPRINT_KEY_CACHE_SECS`).

@@ -235,13 +235,8 @@ impl Imprint {
         let b64 = base64::engine::general_purpose::STANDARD;
         // Listed from the store: `keys rewrap` runs without the serving state.
         let prefix = self.objects().key_under_prefix("snapshots");
-        let listed: Vec<object_store::ObjectMeta> = self
-            .objects()
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(crate::objects::store_error)?;
+        let listed: Vec<object_store::ObjectMeta> =
+            self.objects().store().list(Some(&prefix)).try_collect().await.map_err(crate::objects::store_error)?;
         let mut done = 0;
         for meta in listed {
             let (path, name) = (meta.location.clone(), meta.location.to_string());
@@ -269,8 +264,12 @@ impl Imprint {
         let path = object_store::path::Path::parse(key)
             .map_err(|e| Error::Internal(format!("stored object key {key:?}: {e}")))?;
         let size = self.objects().size(&path).await?;
-        let head =
-            self.objects().store().get_range(&path, 0..size.min(MAX_HEADER)).await.map_err(crate::objects::store_error)?;
+        let head = self
+            .objects()
+            .store()
+            .get_range(&path, 0..size.min(MAX_HEADER))
+            .await
+            .map_err(crate::objects::store_error)?;
         Header::parse(&head)
             .map_err(|e| Error::PayloadAltered(format!("object {key}: {e}")))?
             .ok_or_else(|| Error::PayloadAltered(format!("object {key} ends inside its sealed header")))

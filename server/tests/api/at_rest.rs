@@ -717,7 +717,9 @@ async fn a_client_with_the_key_starts_from_a_sealed_snapshot_and_one_without_doe
         let mut ring = Keyring::load(&other).unwrap();
         ring.create(&key_id).unwrap();
         ring.save(&other).unwrap();
-        for (what, b) in [("no key", builder("i-none")), ("another keyring", builder("i-other").snapshot_keyring(&other))] {
+        for (what, b) in
+            [("no key", builder("i-none")), ("another keyring", builder("i-other").snapshot_keyring(&other))]
+        {
             let c = b.build().expect("client");
             let s = c.subscribe_bytes(&small).await.expect("subscribe");
             let o = c.subscribe_bytes(&big).await.expect("subscribe");
@@ -809,7 +811,8 @@ async fn apollo_openfeature_and_spring_reads_are_counted_in_the_plaintext_audit(
     let env: Value = r.await.unwrap().json().await.unwrap();
     assert!(env.to_string().contains(MARKER), "{env}");
 
-    for (topic, reader, reads) in [("a.apollo", "apollo:vault", 2), ("a.flag", "token:fleet", 2), ("a.spring", "token:fleet", 1)]
+    for (topic, reader, reads) in
+        [("a.apollo", "apollo:vault", 2), ("a.flag", "token:fleet", 2), ("a.spring", "token:fleet", 1)]
     {
         let (s, audit) = app.get_json(&format!("/api/v1/topics/{topic}/plaintext-reads")).await;
         assert_eq!(s, 200, "{audit}");
