@@ -653,15 +653,20 @@ async fn plaintext_reads_are_audited_per_reader_and_version(pool: sqlx::PgPool) 
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn a_client_with_the_key_starts_from_a_sealed_snapshot_and_one_without_does_not(pool: sqlx::PgPool) {
     use imprint_client::{Client, Source};
-    let mut providers: Vec<(&str, Keys, String, Option<Arc<dyn KeyProvider>>, Option<std::path::PathBuf>)> = Vec::new();
+    /// How the client is given the key: a copy of the keyring file, or the KMS.
+    enum ClientKey {
+        Keyring(std::path::PathBuf),
+        Kms(Arc<dyn KeyProvider>),
+    }
+    let mut providers: Vec<(&str, Keys, String, ClientKey)> = Vec::new();
     let (path, keys) = keyring(&["orders"]);
-    providers.push(("keyring", keys, "orders".into(), None, Some(path.clone())));
+    providers.push(("keyring", keys, "orders".into(), ClientKey::Keyring(path.clone())));
     if let Some(e) = moto_endpoint() {
         let (kms, id) = moto_key(&e).await;
-        providers.push(("kms", keys_on(kms.clone()), id, Some(kms), None));
+        providers.push(("kms", keys_on(kms.clone()), id, ClientKey::Kms(kms)));
     }
     let down = closed_port_url().await;
-    for (tag, keys, key_id, kms, keyring_path) in providers {
+    for (tag, keys, key_id, client_key) in providers {
         let dir = scratch_dir(&format!("sealed-snapshots-{tag}"));
         let store = Objects::local(&dir).unwrap();
         let app = spawn_app_configured(pool.clone(), pool.clone(), {
@@ -697,10 +702,9 @@ async fn a_client_with_the_key_starts_from_a_sealed_snapshot_and_one_without_doe
                 .snapshot_store(&store_url)
                 .backoff(std::time::Duration::from_millis(50), std::time::Duration::from_millis(500))
         };
-        let with_key = |b: imprint_client::ClientBuilder| match (&keyring_path, &kms) {
-            (Some(p), _) => b.snapshot_keyring(p),
-            (None, Some(k)) => b.snapshot_key_provider(k.clone()),
-            (None, None) => unreachable!(),
+        let with_key = |b: imprint_client::ClientBuilder| match &client_key {
+            ClientKey::Keyring(p) => b.snapshot_keyring(p),
+            ClientKey::Kms(k) => b.snapshot_key_provider(k.clone()),
         };
         // With the key: both start from the snapshot, with the plaintext.
         let c = with_key(builder("i-key")).build().expect("client");
@@ -728,17 +732,17 @@ async fn a_client_with_the_key_starts_from_a_sealed_snapshot_and_one_without_doe
             c.shutdown().await;
         }
 
-        if tag == "keyring" {
+        if let ClientKey::Keyring(keyring_path) = &client_key {
             // A rotation with rewrap rewraps the manifests; with the old version retired,
             // the client (a fresh copy of the keyring) still opens them.
-            let mut ring = Keyring::load(keyring_path.as_ref().unwrap()).unwrap();
+            let mut ring = Keyring::load(keyring_path).unwrap();
             ring.rotate("orders").unwrap();
-            ring.save(keyring_path.as_ref().unwrap()).unwrap();
+            ring.save(keyring_path).unwrap();
             let done = app.imprint().rewrap_at_rest("orders").await.unwrap();
             assert_eq!(done.manifests, 2, "{done:?}");
-            let mut ring = Keyring::load(keyring_path.as_ref().unwrap()).unwrap();
+            let mut ring = Keyring::load(keyring_path).unwrap();
             ring.retire("orders", 1).unwrap();
-            ring.save(keyring_path.as_ref().unwrap()).unwrap();
+            ring.save(keyring_path).unwrap();
             let c = with_key(builder("i-rotated")).build().expect("client");
             let s = c.subscribe_bytes(&small).await.expect("subscribe");
             assert_eq!(s.source(), Source::Snapshot, "the rewrapped manifest opens");
