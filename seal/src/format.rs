@@ -243,6 +243,103 @@ impl Opener {
     }
 }
 
+/// Where a plaintext byte range of a sealed payload lies (HTTP `Range` on a sealed object):
+/// plaintext offset `p` is in chunk `p / CHUNK`, which starts at sealed offset
+/// `header + chunk × (CHUNK + TAG)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkSpan {
+    /// The first chunk the range touches.
+    pub first_chunk: u64,
+    /// The sealed bytes to read: whole chunks `first_chunk..=` the range's last one.
+    pub sealed: std::ops::Range<u64>,
+    /// Plaintext bytes of the first chunk before the range starts.
+    pub skip: u64,
+    /// Whether the range's last chunk is the payload's last (flagged) one.
+    pub ends_last: bool,
+}
+
+/// The chunks holding plaintext bytes `range` (non-empty, within `plain` bytes) of a payload
+/// sealed under a header of `header_len` bytes.
+pub fn chunk_span(header_len: usize, plain: u64, range: std::ops::Range<u64>) -> ChunkSpan {
+    let chunks = plain.div_ceil(CHUNK as u64).max(1);
+    let first = range.start / CHUNK as u64;
+    let last = (range.end.saturating_sub(1) / CHUNK as u64).min(chunks - 1);
+    let at = |c: u64| header_len as u64 + c * (CHUNK + TAG) as u64;
+    let end = if last == chunks - 1 { sealed_len(header_len, plain) } else { at(last + 1) };
+    ChunkSpan {
+        first_chunk: first,
+        sealed: at(first)..end,
+        skip: range.start - first * CHUNK as u64,
+        ends_last: last == chunks - 1,
+    }
+}
+
+/// Decrypts whole chunks of a sealed payload starting at chunk `span.first_chunk` (the
+/// STREAM positioned there): `push` the sealed bytes of `span.sealed` as they come, then
+/// `finish`. Like `Opener`, nothing unauthenticated is ever returned.
+pub struct RangeOpener {
+    stream: aes_gcm::aead::stream::StreamBE32<Aes256Gcm>,
+    aad: Vec<u8>,
+    buf: BytesMut,
+    chunk: u64,
+    ends_last: bool,
+    failed: bool,
+}
+
+impl RangeOpener {
+    pub fn new(data_key: &[u8; 32], header: &Header, span: &ChunkSpan) -> Self {
+        use aes_gcm::aead::stream::NewStream;
+        let aead = Aes256Gcm::new(GenericArray::from_slice(data_key));
+        let stream = aes_gcm::aead::stream::StreamBE32::from_aead(aead, GenericArray::from_slice(&header.nonce_prefix));
+        Self {
+            stream,
+            aad: header.aad(),
+            buf: BytesMut::new(),
+            chunk: span.first_chunk,
+            ends_last: span.ends_last,
+            failed: false,
+        }
+    }
+
+    fn open_chunk(&mut self, sealed: &[u8], last: bool) -> Result<Vec<u8>, SealError> {
+        use aes_gcm::aead::stream::StreamPrimitive;
+        let position = u32::try_from(self.chunk).map_err(|_| SealError::Altered(self.chunk))?;
+        let plain = self.stream.decrypt(position, last, Payload { msg: sealed, aad: &self.aad });
+        let Ok(plain) = plain else {
+            self.failed = true;
+            return Err(SealError::Altered(self.chunk));
+        };
+        self.chunk += 1;
+        Ok(plain)
+    }
+
+    pub fn push(&mut self, sealed: &[u8]) -> Result<Bytes, SealError> {
+        if self.failed {
+            return Err(SealError::Altered(self.chunk));
+        }
+        self.buf.extend_from_slice(sealed);
+        let mut out = BytesMut::new();
+        while self.buf.len() > CHUNK + TAG {
+            let chunk = self.buf.split_to(CHUNK + TAG);
+            out.extend_from_slice(&self.open_chunk(&chunk, false)?);
+        }
+        Ok(out.freeze())
+    }
+
+    /// The range's last chunk (flagged as the payload's last when it is).
+    pub fn finish(mut self) -> Result<Bytes, SealError> {
+        if self.failed {
+            return Err(SealError::Altered(self.chunk));
+        }
+        let rest = std::mem::take(&mut self.buf);
+        if rest.is_empty() && !self.ends_last {
+            return Ok(Bytes::new());
+        }
+        let last = self.ends_last;
+        self.open_chunk(&rest, last).map(Bytes::from)
+    }
+}
+
 /// Opens a whole sealed payload held in memory with its (unwrapped) data key.
 pub fn open(data_key: &[u8; 32], sealed: &[u8]) -> Result<Bytes, SealError> {
     let (header, at) = Header::parse(sealed)?.ok_or(SealError::Truncated)?;
@@ -359,6 +456,50 @@ mod tests {
         assert_eq!((nh.key_version, nh.wrapped.len()), (4, 80));
         assert_eq!(&r[at..], &s[h.encode().len()..]);
         assert_eq!(open(&key(6), &r).unwrap(), p);
+    }
+
+    #[test]
+    fn any_range_opens_from_its_own_chunks_only() {
+        let h = header();
+        let hl = h.encode().len();
+        let n = 3 * CHUNK + 500;
+        let p = plain(n);
+        let s = seal(&key(7), &h, &p);
+        let ranges = [
+            0..1,
+            10..20,
+            CHUNK as u64 - 3..CHUNK as u64 + 3,
+            0..n as u64,
+            n as u64 - 1..n as u64,
+            CHUNK as u64..2 * CHUNK as u64,
+        ];
+        for r in ranges {
+            let span = chunk_span(hl, n as u64, r.clone());
+            let mut o = RangeOpener::new(&key(7), &h, &span);
+            let mut out = Vec::new();
+            for piece in s[span.sealed.start as usize..span.sealed.end as usize].chunks(5000) {
+                out.extend_from_slice(&o.push(piece).unwrap());
+            }
+            out.extend_from_slice(&o.finish().unwrap());
+            let got = &out[span.skip as usize..span.skip as usize + (r.end - r.start) as usize];
+            assert_eq!(got, &p[r.start as usize..r.end as usize], "range {r:?}");
+        }
+        // A flipped byte inside the range's chunks fails; one outside does not matter.
+        let span = chunk_span(hl, n as u64, CHUNK as u64 + 5..CHUNK as u64 + 9);
+        let mut t = s.to_vec();
+        t[hl + 3] ^= 1; // chunk 0
+        let mut o = RangeOpener::new(&key(7), &h, &span);
+        let mut out = o.push(&t[span.sealed.start as usize..span.sealed.end as usize]).unwrap().to_vec();
+        out.extend_from_slice(&o.finish().unwrap());
+        assert_eq!(&out[5..9], &p[CHUNK + 5..CHUNK + 9]);
+        t[span.sealed.start as usize + 7] ^= 1; // chunk 1
+        let mut o = RangeOpener::new(&key(7), &h, &span);
+        let r = o.push(&t[span.sealed.start as usize..span.sealed.end as usize]).and_then(|_| o.finish());
+        assert_eq!(r, Err(SealError::Altered(1)));
+        // The last chunk must carry the last flag: a range ending there cut short fails.
+        let span = chunk_span(hl, n as u64, n as u64 - 10..n as u64);
+        let o = RangeOpener::new(&key(7), &h, &span);
+        assert!(o.finish().is_err(), "nothing of the flagged last chunk");
     }
 
     #[test]

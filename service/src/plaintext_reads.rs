@@ -18,6 +18,9 @@ type Key = (i64, i64, String);
 #[derive(Default)]
 pub struct PlaintextReads {
     waiting: std::sync::Mutex<HashMap<Key, Count>>,
+    /// Held by a flush from its drain to its write: a flush (the audit's read) waits for
+    /// one under way, so what was drained is in Postgres when it returns.
+    pub(crate) flushing: tokio::sync::Mutex<()>,
 }
 
 impl PlaintextReads {

@@ -111,6 +111,60 @@ impl Imprint {
         Ok(out.freeze())
     }
 
+    /// Plaintext bytes `range` (within the payload) of a sealed object: only the chunks
+    /// holding it are read and opened (the STREAM positioned at the first of them,
+    /// docs/encryption.md "Byte ranges"). The first bytes are awaited here, so a data key
+    /// that does not unwrap or an altered first chunk is a clear error before an answer.
+    pub(crate) async fn open_sealed_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
+        use crate::at_rest::{chunk_span, RangeOpener, CHUNK, TAG};
+        let path = object_store::path::Path::parse(key)
+            .map_err(|e| Error::Internal(format!("stored object key {key:?}: {e}")))?;
+        let size = self.objects().size(&path).await?;
+        let (h, header_len) = self.sealed_object_header(key).await?;
+        let body = size.saturating_sub(header_len as u64);
+        let chunks = body.div_ceil((CHUNK + TAG) as u64).max(1);
+        let plain = body.saturating_sub(chunks * TAG as u64);
+        if range.start >= range.end || range.end > plain {
+            return Err(Error::RangeNotSatisfiable { size: plain });
+        }
+        let span = chunk_span(header_len, plain, range.clone());
+        let data_key =
+            self.keys()?.unwrap(&h.key_id, h.key_version, &h.wrapped).await.map_err(|e| key_error(&h.key_id, e))?;
+        let raw = self.read_object_in(None, key, Some(span.sealed.clone())).await?;
+        let opener = RangeOpener::new(&data_key, &h, &span);
+        let invalid = |e: crate::at_rest::SealError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let opened = futures::stream::try_unfold((raw, Some(opener)), move |(mut raw, opener)| async move {
+            let Some(mut o) = opener else { return Ok(None) };
+            match raw.next().await.transpose()? {
+                Some(b) => Ok(Some((o.push(&b).map_err(invalid)?, (raw, Some(o))))),
+                None => Ok(Some((o.finish().map_err(invalid)?, (raw, None)))),
+            }
+        });
+        // Only the asked bytes: the first chunk's bytes before the range are dropped, and
+        // the stream ends with the range.
+        let (mut skip, mut want) = (span.skip as usize, range.end - range.start);
+        let mut trimmed = opened
+            .map_ok(move |mut b: Bytes| {
+                let drop = skip.min(b.len());
+                skip -= drop;
+                b = b.slice(drop..);
+                let keep = (want as usize).min(b.len());
+                want -= keep as u64;
+                b.slice(..keep)
+            })
+            .try_filter(|b| futures::future::ready(!b.is_empty()))
+            .boxed();
+        match trimmed.next().await {
+            None => Ok(futures::stream::empty().boxed()),
+            Some(Err(e)) => Err(self.opened_stream_error(e)),
+            Some(Ok(first)) => Ok(futures::stream::once(async move { Ok(first) }).chain(trimmed).boxed()),
+        }
+    }
+
     /// Why an opened stream failed: the provider (503) or the bytes (altered).
     pub(crate) fn opened_stream_error(&self, e: std::io::Error) -> Error {
         if let Some(KeyError::Unavailable(why)) = e.get_ref().and_then(|inner| inner.downcast_ref::<KeyError>()) {

@@ -276,9 +276,37 @@ async fn payload_bytes_of_an_at_rest_topic_never_reach_postgres_or_the_store(poo
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "{tag}: no redirect to the sealed object, a Range answered whole");
-        assert_eq!(r.headers()["accept-ranges"], "none");
-        assert_eq!(r.bytes().await.unwrap().to_vec(), big_plain);
+        assert_eq!(r.status(), 206, "{tag}: no redirect to the sealed object; the range opened from its chunk");
+        assert_eq!(r.headers()["accept-ranges"], "bytes");
+        assert_eq!(r.headers()["content-range"], format!("bytes 10-20/{}", big_plain.len()));
+        assert_eq!(r.bytes().await.unwrap().to_vec(), big_plain[10..=20].to_vec());
+        // Ranges across a chunk boundary, of the last chunk, open-ended; and the whole.
+        let n = big_plain.len();
+        for (asked, from, to) in [
+            ("bytes=65530-65545".to_string(), 65530, 65545),
+            (format!("bytes={}-", n - 7), n - 7, n - 1),
+            ("bytes=-100".to_string(), n - 100, n - 1),
+            (format!("bytes=70000-{}", 3 * 65536 + 3), 70000, 3 * 65536 + 3),
+        ] {
+            let r = no_redirects
+                .get(app.url(&format!("/api/v1/topics/{big}/versions/1/data")))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("range", &asked)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 206, "{tag}: {asked}");
+            assert_eq!(r.bytes().await.unwrap().to_vec(), big_plain[from..=to].to_vec(), "{tag}: {asked}");
+        }
+        assert_eq!(download(&app, &big, 1).await, (200, big_plain.clone()));
+        let r = no_redirects
+            .get(app.url(&format!("/api/v1/topics/{big}/versions/1/data")))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("range", format!("bytes={n}-"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 416, "{tag}: past the plaintext's end");
         let r = app.admin(Method::GET, &format!("/api/v1/topics/{small}/latest")).send().await.unwrap();
         assert_eq!(r.bytes().await.unwrap().to_vec(), small_plain.as_bytes());
         // The change-control diff opens the live inline payload.
