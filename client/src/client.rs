@@ -24,6 +24,10 @@ pub struct ClientBuilder {
     labels: BTreeMap<String, String>,
     cache_dir: Option<PathBuf>,
     snapshot_store: Option<String>,
+    #[cfg(feature = "snapshots")]
+    snapshot_keyring: Option<PathBuf>,
+    #[cfg(feature = "snapshots")]
+    snapshot_keys: Option<Arc<dyn imprint_seal::KeyProvider>>,
     settings: Settings,
     http: Option<reqwest::Client>,
     identities: Option<crate::crypt::Identities>,
@@ -100,8 +104,6 @@ impl ClientBuilder {
         self
     }
 
-    /// How long `subscribe_*` waits for the server's first answer before returning with
-    /// the cached or default value (default 5 s). Zero returns at once.
     /// The server's payload object store (its `IMPRINT_OBJECT_STORE`: `s3://bucket/prefix`,
     /// `file:///dir`, `gs://…`, `az://…`; S3 credentials from the `AWS_*` variables). When
     /// the server is unreachable and a subscription has no disk cache to start from, it
@@ -113,6 +115,27 @@ impl ClientBuilder {
         self
     }
 
+    /// A copy of the server's keyring file (`imprint-server keys …`), read by `build`:
+    /// snapshots of topics encrypted at rest are sealed under the topic's key, and open
+    /// with it (docs/encryption.md, "Snapshots"). Without a key provider a sealed snapshot
+    /// is not used (an error is logged; the subscription starts as with no snapshot).
+    #[cfg(feature = "snapshots")]
+    pub fn snapshot_keyring(mut self, path: impl Into<PathBuf>) -> Self {
+        self.snapshot_keyring = Some(path.into());
+        self
+    }
+
+    /// Any key provider (`imprint_client::seal::AwsKms` for a KMS key, or your own
+    /// `KeyProvider`) for opening sealed snapshots; used besides `snapshot_keyring` when
+    /// both are given (the keyring first).
+    #[cfg(feature = "snapshots")]
+    pub fn snapshot_key_provider(mut self, provider: Arc<dyn imprint_seal::KeyProvider>) -> Self {
+        self.snapshot_keys = Some(provider);
+        self
+    }
+
+    /// How long `subscribe_*` waits for the server's first answer before returning with
+    /// the cached or default value (default 5 s). Zero returns at once.
     pub fn initial_wait(mut self, wait: Duration) -> Self {
         self.settings.initial_wait = wait;
         self
@@ -199,7 +222,14 @@ impl ClientBuilder {
             imprint_domain::Labels::from_pairs(self.labels).map_err(|e| Error::Config(format!("labels: {e}")))?;
         #[cfg(feature = "snapshots")]
         let snapshots = match &self.snapshot_store {
-            Some(url) => Some(crate::snapshot::Snapshots::open(url)?),
+            Some(url) => {
+                let keyring: Option<Arc<dyn imprint_seal::KeyProvider>> = match &self.snapshot_keyring {
+                    Some(path) => Some(Arc::new(imprint_seal::LocalKeyring::open(path).map_err(Error::Config)?)),
+                    None => None,
+                };
+                let keys = crate::snapshot::Providers::of(keyring.into_iter().chain(self.snapshot_keys.clone()));
+                Some(crate::snapshot::Snapshots::open(url, keys)?)
+            }
             None => None,
         };
         let identities = match (&self.identity_file, self.identities) {
@@ -281,6 +311,10 @@ impl Client {
             labels: BTreeMap::new(),
             cache_dir: None,
             snapshot_store: None,
+            #[cfg(feature = "snapshots")]
+            snapshot_keyring: None,
+            #[cfg(feature = "snapshots")]
+            snapshot_keys: None,
             settings: Settings::default(),
             http: None,
             identities: None,

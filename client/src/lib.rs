@@ -59,6 +59,9 @@
 //!   unreachable (network errors, 5xx) and a subscription has no cached value, it starts
 //!   from that snapshot (verified against its SHA-256; `Source::Snapshot`); the first
 //!   poll that gets through confirms the version or replaces it with the node's own.
+//!   Topics encrypted at rest have sealed snapshots: they open with
+//!   `snapshot_keyring` (a copy of the server's keyring file) or `snapshot_key_provider`
+//!   ([`seal::AwsKms`], …); without the key the snapshot is not used (logged).
 #![forbid(unsafe_code)]
 
 mod cache;
@@ -75,6 +78,10 @@ mod subscription;
 
 pub use client::{Client, ClientBuilder};
 pub use error::{Error, Result};
+/// The sealed format and key providers (`LocalKeyring`, `AwsKms`, the `KeyProvider` trait)
+/// for opening snapshots of topics encrypted at rest (`ClientBuilder::snapshot_key_provider`).
+#[cfg(feature = "snapshots")]
+pub use imprint_seal as seal;
 pub use subscription::{Changes, Current, Payload, Source, Subscription};
 
 /// Parses a selector or label string (`region=eu-west-1,app=checkout`, `*` or empty for

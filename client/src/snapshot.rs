@@ -5,12 +5,19 @@
 //! unreachable and the subscription has nothing better (no disk cache): the value then
 //! has `Source::Snapshot`, and the first poll that reaches the server confirms or
 //! replaces it.
+//!
+//! A topic encrypted at rest has a sealed manifest (`SealedManifest`, docs/encryption.md
+//! "Snapshots"): it opens with the key provider(s) the client was given
+//! (`ClientBuilder::snapshot_keyring`, `snapshot_key_provider`), and the object it names is
+//! opened chunk by chunk as it streams; the plaintext is then checked against the size and
+//! SHA-256 the manifest names. Without the key it is an error (logged; not used).
 use crate::cache::Store;
 use crate::error::{Error, Result};
 use crate::subscription::{Fetched, Kind};
 use base64::Engine;
 use futures::StreamExt;
-use imprint_protocol::{Manifest, MANIFEST_FORMAT};
+use imprint_protocol::{Manifest, SealedManifest, MANIFEST_FORMAT};
+use imprint_seal::{KeyError, KeyProvider};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use sha2::{Digest, Sha256};
@@ -22,6 +29,50 @@ pub(crate) struct Snapshots {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
+    keys: Option<Arc<Providers>>,
+}
+
+/// The key providers a client opens sealed snapshots with, tried in order: the first one
+/// that knows the key id unwraps.
+pub(crate) struct Providers(Vec<Arc<dyn KeyProvider>>);
+
+impl Providers {
+    pub fn of(providers: impl IntoIterator<Item = Arc<dyn KeyProvider>>) -> Option<Arc<Self>> {
+        let all: Vec<_> = providers.into_iter().collect();
+        (!all.is_empty()).then(|| Arc::new(Self(all)))
+    }
+}
+
+impl KeyProvider for Providers {
+    fn kind(&self) -> &'static str {
+        "client"
+    }
+
+    fn wrap<'a>(
+        &'a self,
+        _key_id: &'a str,
+        _key: &'a [u8; 32],
+    ) -> futures::future::BoxFuture<'a, std::result::Result<(u32, Vec<u8>), KeyError>> {
+        Box::pin(async { Err(KeyError::Refused("a client only opens sealed snapshots".into())) })
+    }
+
+    fn unwrap<'a>(
+        &'a self,
+        key_id: &'a str,
+        key_version: u32,
+        wrapped: &'a [u8],
+    ) -> futures::future::BoxFuture<'a, std::result::Result<[u8; 32], KeyError>> {
+        Box::pin(async move {
+            let mut last = KeyError::UnknownKey(format!("no key provider knows key {key_id:?}"));
+            for p in &self.0 {
+                match p.unwrap(key_id, key_version, wrapped).await {
+                    Ok(k) => return Ok(k),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        })
+    }
 }
 
 impl std::fmt::Debug for Snapshots {
@@ -34,7 +85,7 @@ impl Snapshots {
     /// `file:///dir`, `s3://bucket/prefix` (credentials and endpoint from the standard
     /// `AWS_*` variables), `gs://bucket/prefix`, `az://container/prefix`: the server's
     /// `IMPRINT_OBJECT_STORE`.
-    pub fn open(url: &str) -> Result<Self> {
+    pub fn open(url: &str, keys: Option<Arc<Providers>>) -> Result<Self> {
         let bad = |e: String| Error::Config(format!("snapshot store {url:?}: {e}"));
         let parsed = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let prefix = Path::from(parsed.path().trim_matches('/'));
@@ -43,7 +94,7 @@ impl Snapshots {
                 let dir = parsed.to_file_path().map_err(|()| bad("not an absolute file URL".into()))?;
                 let local =
                     object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
-                return Ok(Self { store: Arc::new(local), prefix: Path::default(), url: url.to_owned() });
+                return Ok(Self { store: Arc::new(local), prefix: Path::default(), url: url.to_owned(), keys });
             }
             "s3" | "s3a" => Arc::new(
                 object_store::aws::AmazonS3Builder::from_env().with_url(url).build().map_err(|e| bad(e.to_string()))?,
@@ -62,7 +113,7 @@ impl Snapshots {
             ),
             other => return Err(bad(format!("unsupported scheme {other:?} (use file://, s3://, gs:// or az://)"))),
         };
-        Ok(Self { store, prefix, url: url.to_owned() })
+        Ok(Self { store, prefix, url: url.to_owned(), keys })
     }
 
     fn key(&self, rest: &str) -> Path {
@@ -84,8 +135,7 @@ impl Snapshots {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(Error::Protocol(format!("snapshot manifest: {e}"))),
         };
-        let m: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Protocol(format!("snapshot manifest of {topic}: {e}")))?;
+        let m = self.parse(topic, &bytes).await?;
         if m.format != MANIFEST_FORMAT || m.topic != topic {
             return Err(Error::Protocol(format!(
                 "snapshot manifest of {topic}: format {} for {:?}",
@@ -93,6 +143,37 @@ impl Snapshots {
             )));
         }
         Ok(Some(m))
+    }
+}
+
+impl Snapshots {
+    /// A manifest's JSON, opened first when it is sealed.
+    async fn parse(&self, topic: &str, bytes: &[u8]) -> Result<Manifest> {
+        let bad = |e: String| Error::Protocol(format!("snapshot manifest of {topic}: {e}"));
+        let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if json.get("sealed").is_none() {
+            return serde_json::from_value(json).map_err(|e| bad(e.to_string()));
+        }
+        let sealed: SealedManifest = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+        let Some(keys) = &self.keys else {
+            return Err(bad(format!(
+                "it is sealed at rest under key {:?} and this client has no key provider for it \
+                 (ClientBuilder::snapshot_keyring or snapshot_key_provider)",
+                sealed.key
+            )));
+        };
+        let raw =
+            base64::engine::general_purpose::STANDARD.decode(sealed.sealed.trim()).map_err(|e| bad(e.to_string()))?;
+        let (h, _) = imprint_seal::format::Header::parse(&raw)
+            .map_err(|e| bad(e.to_string()))?
+            .ok_or_else(|| bad("the sealed manifest ends inside its header".into()))?;
+        let key = keys
+            .unwrap(&h.key_id, h.key_version, &h.wrapped)
+            .await
+            .map_err(|e| bad(format!("its data key (key {:?}) did not unwrap: {e}", h.key_id)))?;
+        let plain = imprint_seal::format::open(&key, &raw).map_err(|e| bad(e.to_string()))?;
+        let m: Manifest = serde_json::from_slice(&plain).map_err(|e| bad(e.to_string()))?;
+        Ok(m)
     }
 }
 
@@ -139,7 +220,13 @@ pub(crate) async fn payload(store: &Store, snapshots: &Snapshots, kind: Kind, m:
 /// once it verifies).
 async fn stream_object(store: &Store, snapshots: &Snapshots, kind: Kind, m: &Manifest, key: &Path) -> Result<Fetched> {
     let got = snapshots.store.get(key).await.map_err(|e| Error::Protocol(format!("snapshot object {key}: {e}")))?;
-    let mut stream = got.into_stream();
+    let raw = got.into_stream().map(|r| r.map_err(std::io::Error::other)).boxed();
+    let mut stream = match (m.object_sealed, &snapshots.keys) {
+        (false, _) => raw,
+        // Opened as it streams; a chunk that does not authenticate ends it with an error.
+        (true, Some(keys)) => imprint_seal::open_stream(keys.clone(), raw),
+        (true, None) => return Err(Error::Protocol(format!("snapshot object {key} is sealed and there is no key"))),
+    };
     let mut hasher = Sha256::new();
     let mut len = 0u64;
     let mut memory = Vec::new();

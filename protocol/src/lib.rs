@@ -181,10 +181,32 @@ pub struct Manifest {
     /// The payload's key relative to the store's URL (`topics/<topic>/<n>/<sha256>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
+    /// The object is stored sealed at rest (docs/encryption.md, "At rest"): its bytes are
+    /// the sealed format and open with the topic's key; `size` and `sha256` are the
+    /// plaintext's. Only ever set inside a `SealedManifest`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub object_sealed: bool,
 }
 
 /// The manifest format this crate reads and writes.
 pub const MANIFEST_FORMAT: u32 = 1;
+
+/// The manifest of a topic encrypted at rest, in place of a `Manifest` at
+/// `snapshots/<topic>.json`: `sealed` is the base64 of the `Manifest`'s JSON in the sealed
+/// format (a fresh data key wrapped by the topic's key; docs/encryption.md), so the store
+/// never holds the payload, its metadata or its checksum in the clear. A node holding the
+/// key (a copy of the keyring, or KMS access) opens it; an inline payload is inside it,
+/// an object is named with `object_sealed` and is opened chunk by chunk as it streams.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SealedManifest {
+    pub format: u32,
+    pub topic: String,
+    /// The provider's key id the manifest's data key is wrapped by (also in the sealed
+    /// header; here so a node can say which key it lacks).
+    pub key: String,
+    pub sealed: String,
+}
 
 /// `GET /api/v1/topics/{topic}/versions`, as consumers read it (the fields they use).
 #[derive(Debug, Clone, Deserialize)]

@@ -480,8 +480,9 @@ async fn rewrap_keys(url: &str, id: &str) -> Result<(), String> {
     let imprint = Imprint::connect_lazy(url, config).map_err(|e| e.to_string())?;
     let done = imprint.rewrap_at_rest(id).await.map_err(|e| e.public_message())?;
     println!(
-        "key {id:?}: rewrapped {} inline payload(s), {} object(s), {} draft(s); {} sealed under other keys left alone",
-        done.inline, done.objects, done.drafts, done.other_keys
+        "key {id:?}: rewrapped {} inline payload(s), {} object(s), {} draft(s), {} snapshot manifest(s); {} sealed under \
+         other keys left alone",
+        done.inline, done.objects, done.drafts, done.manifests, done.other_keys
     );
     Ok(())
 }

@@ -257,15 +257,10 @@ pub async fn payload_response(
     if let Some(h) = builder.headers_mut() {
         crate::headers::inert_payload(h, &p.content_type);
     }
+    // A sealed object (an at-rest topic, docs/encryption.md) answers ranges of its
+    // plaintext: the service reads and opens only the chunks holding them.
     let len = p.size;
-    // A sealed object (an at-rest topic, docs/encryption.md) is opened from its first
-    // chunk on: a Range is answered with the whole payload (200, as RFC 9110 allows).
-    let sealed = matches!(p.body, PayloadBody::Sealed(_));
-    if let (true, Some(h)) = (sealed, builder.headers_mut()) {
-        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
-    }
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        _ if sealed => None,
         None => None,
         Some(r) => match parse_range(r, len) {
             Some(r) => Some(r),

@@ -143,6 +143,17 @@ impl Imprint {
         let configurations = configurations(bound, &payload)
             .map_err(|e| Error::SchemaViolation(format!("version {} of {}: {e}", r.version, t.name)))?;
         self.record_apollo(client, signed, &t, &labels, r.version);
+        if t.served.get(&r.version).is_some_and(|v| v.sealed) {
+            // At rest: the configuration handed out is plaintext (docs/encryption.md). An
+            // Apollo client has no token; it is known by its app id, and an unsigned one
+            // (an unrestricted topic whose binding has no secret) is marked so.
+            let reader = if signed {
+                format!("apollo:{}", client.app_id)
+            } else {
+                format!("apollo:{} (unsigned)", client.app_id)
+            };
+            self.plaintext_reads().record_as(t.id, r.version, reader, self.now());
+        }
         Ok(ApolloConfig {
             namespace: strip_properties(namespace).to_owned(),
             configurations,

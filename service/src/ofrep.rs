@@ -166,6 +166,7 @@ impl Imprint {
             return Ok(Err(not_found(key)));
         };
         let (result, seen) = self.evaluate_flag(&t, key, ctx, u64::MAX).await;
+        self.count_plaintext_flag(caller, &t, &result);
         self.record_ofrep(caller, client, ctx, seen.into_iter().collect());
         Ok(result)
     }
@@ -184,6 +185,7 @@ impl Imprint {
         for t in self.state().ofrep_topics().into_iter().filter(|t| readable(caller, t)).take(MAX_BULK_FLAGS) {
             let Some(key) = t.ofrep.as_ref().map(|o| o.flag_key.clone()) else { continue };
             let (result, seen) = self.evaluate_flag(&t, &key, ctx, budget).await;
+            self.count_plaintext_flag(caller, &t, &result);
             if let Ok(OfrepEvaluation { version: Some(v), .. }) = &result {
                 budget = budget.saturating_sub(t.served.get(v).map_or(0, |s| s.size));
             }
@@ -192,6 +194,16 @@ impl Imprint {
         }
         self.record_ofrep(caller, client, ctx, seen_all);
         Ok(out)
+    }
+
+    /// At rest: a flag value taken from a sealed version is a plaintext read by the
+    /// caller (docs/encryption.md), counted like a poll's.
+    fn count_plaintext_flag(&self, caller: &Caller, t: &ServingTopic, result: &OfrepResult) {
+        if let Ok(OfrepEvaluation { value: Some(_), version: Some(v), .. }) = result {
+            if t.served.get(v).is_some_and(|s| s.sealed) {
+                self.plaintext_reads().record(t.id, *v, caller, self.now());
+            }
+        }
     }
 
     /// May this caller follow flag changes (the event stream)? The same rule as polls,

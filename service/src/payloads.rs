@@ -117,7 +117,7 @@ fn cut_off(e: std::io::Error) -> Error {
     Error::invalid(format!("the request body ended before it was complete ({e}); nothing was stored"))
 }
 
-fn unknown_region(region: Option<&str>) -> Error {
+pub(crate) fn unknown_region(region: Option<&str>) -> Error {
     Error::invalid(format!("{:?} is not a configured region", region.unwrap_or_default()))
 }
 
@@ -511,8 +511,8 @@ impl Imprint {
     }
 
     /// A payload's bytes as a stream: inline bytes as they are, an object read from the
-    /// store (`range` of it, if given), a sealed object opened chunk by chunk — whole:
-    /// byte ranges of sealed objects are not served (`range` must be None for them).
+    /// store (`range` of it, if given), a sealed object opened chunk by chunk (for a
+    /// `range`, only the chunks holding it are read and opened).
     /// A sealed chunk that does not authenticate ends the stream with an error, so a
     /// download is cut short (and fails its checksum) rather than given altered bytes.
     pub async fn payload_stream(
@@ -532,8 +532,9 @@ impl Imprint {
             PayloadBody::Inline(b) => Ok(inline(b)),
             PayloadBody::SealedInline(b) => Ok(inline(self.open_bytes(b, true).await?)),
             PayloadBody::Object(key) => self.read_object_in(region, &key, range).await,
-            PayloadBody::Sealed(_) if range.is_some() => {
-                Err(Error::Internal("a byte range of a sealed object was asked for".into()))
+            PayloadBody::Sealed(key) if range.is_some() => {
+                let r = range.expect("a range");
+                self.open_sealed_range(region, &key, r).await
             }
             PayloadBody::Sealed(key) => {
                 // The first piece is awaited here: the data key's unwrap and the first

@@ -9,6 +9,7 @@ impl crate::handle::Imprint {
     /// Writes the waiting plaintext-read counts in one batch (kept for the next try when
     /// Postgres says no). Returns how many keys were written.
     pub async fn flush_plaintext_reads(&self) -> crate::Result<usize> {
+        let _flushing = self.inner.plaintext_reads.flushing.lock().await;
         let entries = self.inner.plaintext_reads.drain();
         if entries.is_empty() {
             return Ok(0);

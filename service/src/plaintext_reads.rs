@@ -18,6 +18,9 @@ type Key = (i64, i64, String);
 #[derive(Default)]
 pub struct PlaintextReads {
     waiting: std::sync::Mutex<HashMap<Key, Count>>,
+    /// Held by a flush from its drain to its write: a flush (the audit's read) waits for
+    /// one under way, so what was drained is in Postgres when it returns.
+    pub(crate) flushing: tokio::sync::Mutex<()>,
 }
 
 impl PlaintextReads {
@@ -27,7 +30,13 @@ impl PlaintextReads {
         if matches!(caller, Caller::System) {
             return;
         }
-        let key = (topic_id, version as i64, caller.who());
+        self.record_as(topic_id, version, caller.who(), at);
+    }
+
+    /// Counts one plaintext read by a reader that is not a `Caller` (an Apollo client,
+    /// known by its app id: `apollo:<app id>`).
+    pub(crate) fn record_as(&self, topic_id: i64, version: u64, reader: String, at: DateTime<Utc>) {
+        let key = (topic_id, version as i64, reader);
         let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = w.get_mut(&key) {
             c.reads += 1;

@@ -9,7 +9,7 @@ use crate::handle::Imprint;
 use crate::keys::{AtRestError, KeyError, KeyProvider, Keys};
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 /// What a key provider failure means to a caller.
 pub(crate) fn key_error(key_id: &str, e: KeyError) -> Error {
@@ -111,6 +111,63 @@ impl Imprint {
         Ok(out.freeze())
     }
 
+    /// Plaintext bytes `range` (within the payload) of a sealed object: only the chunks
+    /// holding it are read and opened (the STREAM positioned at the first of them,
+    /// docs/encryption.md "Byte ranges"). The first bytes are awaited here, so a data key
+    /// that does not unwrap or an altered first chunk is a clear error before an answer.
+    pub(crate) async fn open_sealed_range(
+        &self,
+        region: Option<&str>,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
+        use crate::at_rest::{chunk_span, RangeOpener, CHUNK, TAG};
+        let objects =
+            self.region_objects(region.unwrap_or_default()).ok_or_else(|| crate::payloads::unknown_region(region))?;
+        let path = object_store::path::Path::parse(key)
+            .map_err(|e| Error::Internal(format!("stored object key {key:?}: {e}")))?;
+        let size = objects.size(&path).await?;
+        let (h, header_len) = sealed_header(objects, key).await?;
+        let body = size.saturating_sub(header_len as u64);
+        let chunks = body.div_ceil((CHUNK + TAG) as u64).max(1);
+        let plain = body.saturating_sub(chunks * TAG as u64);
+        if range.start >= range.end || range.end > plain {
+            return Err(Error::RangeNotSatisfiable { size: plain });
+        }
+        let span = chunk_span(header_len, plain, range.clone());
+        let data_key =
+            self.keys()?.unwrap(&h.key_id, h.key_version, &h.wrapped).await.map_err(|e| key_error(&h.key_id, e))?;
+        let raw = self.read_object_in(region, key, Some(span.sealed.clone())).await?;
+        let opener = RangeOpener::new(&data_key, &h, &span);
+        let invalid = |e: crate::at_rest::SealError| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let opened = futures::stream::try_unfold((raw, Some(opener)), move |(mut raw, opener)| async move {
+            let Some(mut o) = opener else { return Ok(None) };
+            match raw.next().await.transpose()? {
+                Some(b) => Ok(Some((o.push(&b).map_err(invalid)?, (raw, Some(o))))),
+                None => Ok(Some((o.finish().map_err(invalid)?, (raw, None)))),
+            }
+        });
+        // Only the asked bytes: the first chunk's bytes before the range are dropped, and
+        // the stream ends with the range.
+        let (mut skip, mut want) = (span.skip as usize, range.end - range.start);
+        let mut trimmed = opened
+            .map_ok(move |mut b: Bytes| {
+                let drop = skip.min(b.len());
+                skip -= drop;
+                b = b.slice(drop..);
+                let keep = (want as usize).min(b.len());
+                want -= keep as u64;
+                b.slice(..keep)
+            })
+            .try_filter(|b| futures::future::ready(!b.is_empty()))
+            .boxed();
+        match trimmed.next().await {
+            None => Ok(futures::stream::empty().boxed()),
+            Some(Err(e)) => Err(self.opened_stream_error(e)),
+            Some(Ok(first)) => Ok(futures::stream::once(async move { Ok(first) }).chain(trimmed).boxed()),
+        }
+    }
+
     /// Why an opened stream failed: the provider (503) or the bytes (altered).
     pub(crate) fn opened_stream_error(&self, e: std::io::Error) -> Error {
         if let Some(KeyError::Unavailable(why)) = e.get_ref().and_then(|inner| inner.downcast_ref::<KeyError>()) {
@@ -152,6 +209,8 @@ pub struct Rewrapped {
     /// Objects rewritten with the new header and their chunks byte for byte.
     pub objects: u64,
     pub drafts: u64,
+    /// Sealed snapshot manifests (`snapshots/<topic>.json`) rewritten with the new header.
+    pub manifests: u64,
     /// Sealed under another key id: left alone.
     pub other_keys: u64,
 }
@@ -238,8 +297,44 @@ impl Imprint {
                 done.drafts += 1;
             }
         }
+        done.manifests = self.rewrap_manifests(&keys, key_id).await?;
         tracing::info!(key_id, ?done, "at-rest data keys rewrapped");
         Ok(done)
+    }
+
+    /// Sealed snapshot manifests under `key_id` rewritten with a rewrapped header (the
+    /// worker rewrites a manifest only when its version changes).
+    async fn rewrap_manifests(&self, keys: &Keys, key_id: &str) -> Result<u64> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        // Listed from the store: `keys rewrap` runs without the serving state.
+        let prefix = self.objects().key_under_prefix("snapshots");
+        let listed: Vec<object_store::ObjectMeta> =
+            self.objects().store().list(Some(&prefix)).try_collect().await.map_err(crate::objects::store_error)?;
+        let mut done = 0;
+        for meta in listed {
+            let (path, name) = (meta.location.clone(), meta.location.to_string());
+            let body = match self.objects().store().get(&path).await {
+                Ok(r) => r.bytes().await.map_err(crate::objects::store_error)?,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(crate::objects::store_error(e)),
+            };
+            let Ok(mut m) = serde_json::from_slice::<imprint_protocol::SealedManifest>(&body) else { continue };
+            if m.key != key_id {
+                continue;
+            }
+            let old = b64.decode(&m.sealed).map_err(|e| Error::PayloadAltered(format!("manifest of {name}: {e}")))?;
+            m.sealed = b64.encode(keys.rewrap_sealed(&old).await.map_err(open_error)?);
+            let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::Internal(e.to_string()))?;
+            self.objects().put(&path, json.into()).await?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// The header at the start of a sealed object in the home region's store, and its length.
+    pub(crate) async fn sealed_object_header(&self, key: &str) -> Result<(crate::at_rest::Header, usize)> {
+        sealed_header(self.objects(), key).await
     }
 
     /// One sealed object rewritten with a rewrapped header (false: another key's).
@@ -254,11 +349,7 @@ impl Imprint {
         use object_store::{path::Path, WriteMultipart};
         let path = Path::parse(key).map_err(|e| Error::Internal(format!("stored object key {key:?}: {e}")))?;
         let store = objects.store();
-        let size = objects.size(&path).await?;
-        let head = store.get_range(&path, 0..size.min(MAX_HEADER)).await.map_err(crate::objects::store_error)?;
-        let (h, start) = Header::parse(&head)
-            .map_err(|e| Error::PayloadAltered(format!("object {key}: {e}")))?
-            .ok_or_else(|| Error::PayloadAltered(format!("object {key} ends inside its sealed header")))?;
+        let (h, start) = sealed_header(objects, key).await?;
         if h.key_id != key_id {
             return Ok(false);
         }
@@ -294,4 +385,16 @@ impl Imprint {
         objects.sync(&path).await?;
         Ok(true)
     }
+}
+
+/// The header at the start of a sealed object in `objects`, and its length.
+async fn sealed_header(objects: &crate::objects::Objects, key: &str) -> Result<(crate::at_rest::Header, usize)> {
+    use crate::at_rest::Header;
+    let path =
+        object_store::path::Path::parse(key).map_err(|e| Error::Internal(format!("stored object key {key:?}: {e}")))?;
+    let size = objects.size(&path).await?;
+    let head = objects.store().get_range(&path, 0..size.min(MAX_HEADER)).await.map_err(crate::objects::store_error)?;
+    Header::parse(&head)
+        .map_err(|e| Error::PayloadAltered(format!("object {key}: {e}")))?
+        .ok_or_else(|| Error::PayloadAltered(format!("object {key} ends inside its sealed header")))
 }

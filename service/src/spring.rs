@@ -193,8 +193,15 @@ impl Imprint {
         match label {
             SpringLabel::Resolved => {
                 let Some(r) = t.index.resolve(labels) else { return Ok(None) };
-                let payload = match t.served.get(&r.version).and_then(|v| v.payload.clone()) {
-                    Some(p) => p,
+                let payload = match t.served.get(&r.version).filter(|v| v.payload.is_some()) {
+                    Some(v) => {
+                        if v.sealed {
+                            // At rest: plaintext handed out from memory is a counted read
+                            // (the version read below counts its own).
+                            self.plaintext_reads().record(t.id, r.version, caller, self.now());
+                        }
+                        v.payload.clone().expect("filtered")
+                    }
                     None => self.version_data(caller, &t.name, Error::known_version(r.version)?).await?.0,
                 };
                 Ok(Some((r.version, payload)))

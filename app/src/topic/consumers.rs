@@ -1,4 +1,5 @@
 //! The consumers of a topic: which node holds which version, who lags, who failed.
+use super::plaintext_reads::{PlaintextReadAudit, PlaintextReadView};
 use super::{TopicHead, TopicHeader};
 use crate::common::{error_text, short_time};
 use leptos::prelude::*;
@@ -57,6 +58,9 @@ pub struct ConsumersPage {
     /// The versions held across the groups (the matrix's columns), newest first.
     pub group_versions: Vec<String>,
     pub stale_minutes: i64,
+    /// The plaintext-read audit, for an at-rest topic's publishers and admins (`plaintext_reads.rs`).
+    #[serde(default)]
+    pub plaintext_reads: Option<Vec<PlaintextReadView>>,
 }
 
 #[server(prefix = "/console/fn")]
@@ -102,9 +106,12 @@ pub async fn load_consumers(
         .into_iter()
         .collect();
     group_versions.sort_by_key(|v| std::cmp::Reverse(v.parse::<u64>().unwrap_or(0)));
+    let head = super::head_of(&topic, &caller);
+    let plaintext_reads = load(super::plaintext_reads::plaintext_reads_of(&imprint, &caller, &name, &head).await)?;
     Ok(ConsumersPage {
         propagation,
-        head: super::head_of(&topic, &caller),
+        plaintext_reads,
+        head,
         total: list.total,
         page: page.unwrap_or(0),
         pages: list.total.div_ceil(NODES_PER_PAGE),
@@ -175,6 +182,7 @@ pub fn ConsumersPageView() -> impl IntoView {
                             }}
                         </section>
                         {p.propagation.clone().map(|pr| view! { <PropagationChart p=pr/> })}
+                        {p.plaintext_reads.clone().map(|rows| view! { <PlaintextReadAudit rows=rows/> })}
                         <form method="get" action=format!("/topics/{}/consumers", p.head.name) class="inline">
                             <label>"Labels" <input type="text" name="labels" placeholder="region=eu-west-1" value=move || q.read().get("labels")/></label>
                             <label class="check"><input type="checkbox" name="lagging" value="true" checked=move || q.read().get("lagging").is_some()/>" lagging only"</label>

@@ -13,6 +13,7 @@ mod consumers;
 mod copies;
 mod drafts;
 mod matrix;
+mod plaintext_reads;
 mod publish;
 mod rollouts;
 mod settings;

@@ -1,6 +1,7 @@
 //! Topics encrypted at rest (docs/encryption.md, "At rest"): the setting checked with the
-//! key provider, payload bytes sealed wherever they are stored (Postgres, the object store;
-//! no snapshot manifest) and opened for allowed readers, 503 `key_unavailable` while the
+//! key provider, payload bytes sealed wherever they are stored (Postgres, the object store,
+//! snapshot manifests; a client holding the key starts from a sealed snapshot, one without
+//! does not) and opened for allowed readers, 503 `key_unavailable` while the
 //! provider is down (polls keep serving from memory), rewrap after rotation, and a tampered
 //! chunk failing the download. The provider is the local keyring or moto's KMS (`eval
 //! "$(./dev s3-start)"`: the same endpoint as its S3).
@@ -241,13 +242,24 @@ async fn payload_bytes_of_an_at_rest_topic_never_reach_postgres_or_the_store(poo
             no_marker(&table_text(&app, table).await, table);
         }
 
-        // The object store: every object is sealed; no snapshot manifest is written.
+        // The object store: every object is sealed, the snapshot manifests too (sealed
+        // under the topic's key: the inline payload, its checksum and metadata are inside).
         app.imprint().snapshot_pass().await.expect("snapshots");
         let names = store_keys(&store).await;
-        assert!(!names.iter().any(|n| n.contains("snapshots/")), "{names:?}");
-        assert_eq!(names.len(), 1, "the one object: {names:?}");
-        let object = store.store().get(&Path::from(names[0].as_str())).await.unwrap().bytes().await.unwrap();
-        assert!(object.starts_with(b"IMPRAR") && !contains(&object, MARKER.as_bytes()), "{tag}: the object is sealed");
+        assert_eq!(names.len(), 3, "the one object and two manifests: {names:?}");
+        for name in &names {
+            let bytes = store.store().get(&Path::from(name.as_str())).await.unwrap().bytes().await.unwrap();
+            assert!(!contains(&bytes, MARKER.as_bytes()), "{tag}: {name} holds the plaintext");
+            if name.contains("snapshots/") {
+                let m: imprint_protocol::SealedManifest = serde_json::from_slice(&bytes).expect("a sealed manifest");
+                assert_eq!(m.key, key_id, "{tag}: {name}");
+                let sealed = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &m.sealed).unwrap();
+                assert!(sealed.starts_with(b"IMPRAR"), "{tag}: {name}");
+                assert!(!contains(&bytes, sha(small_plain.as_bytes()).as_bytes()), "{tag}: {name} shows a checksum");
+            } else {
+                assert!(bytes.starts_with(b"IMPRAR"), "{tag}: the object is sealed");
+            }
+        }
 
         // Readers get plaintext: polls (from memory), downloads (streamed open, never a
         // presigned redirect, a Range answered whole), /latest.
@@ -264,9 +276,37 @@ async fn payload_bytes_of_an_at_rest_topic_never_reach_postgres_or_the_store(poo
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200, "{tag}: no redirect to the sealed object, a Range answered whole");
-        assert_eq!(r.headers()["accept-ranges"], "none");
-        assert_eq!(r.bytes().await.unwrap().to_vec(), big_plain);
+        assert_eq!(r.status(), 206, "{tag}: no redirect to the sealed object; the range opened from its chunk");
+        assert_eq!(r.headers()["accept-ranges"], "bytes");
+        assert_eq!(r.headers()["content-range"], format!("bytes 10-20/{}", big_plain.len()));
+        assert_eq!(r.bytes().await.unwrap().to_vec(), big_plain[10..=20].to_vec());
+        // Ranges across a chunk boundary, of the last chunk, open-ended; and the whole.
+        let n = big_plain.len();
+        for (asked, from, to) in [
+            ("bytes=65530-65545".to_string(), 65530, 65545),
+            (format!("bytes={}-", n - 7), n - 7, n - 1),
+            ("bytes=-100".to_string(), n - 100, n - 1),
+            (format!("bytes=70000-{}", 3 * 65536 + 3), 70000, 3 * 65536 + 3),
+        ] {
+            let r = no_redirects
+                .get(app.url(&format!("/api/v1/topics/{big}/versions/1/data")))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("range", &asked)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 206, "{tag}: {asked}");
+            assert_eq!(r.bytes().await.unwrap().to_vec(), big_plain[from..=to].to_vec(), "{tag}: {asked}");
+        }
+        assert_eq!(download(&app, &big, 1).await, (200, big_plain.clone()));
+        let r = no_redirects
+            .get(app.url(&format!("/api/v1/topics/{big}/versions/1/data")))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("range", format!("bytes={n}-"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 416, "{tag}: past the plaintext's end");
         let r = app.admin(Method::GET, &format!("/api/v1/topics/{small}/latest")).send().await.unwrap();
         assert_eq!(r.bytes().await.unwrap().to_vec(), small_plain.as_bytes());
         // The change-control diff opens the live inline payload.
@@ -631,4 +671,185 @@ async fn plaintext_reads_are_audited_per_reader_and_version(pool: sqlx::PgPool) 
     // A reader does not see who else read.
     let r = as_fleet(Method::GET, "/api/v1/topics/sealed/plaintext-reads").send().await.unwrap();
     assert_error(r, 403, "forbidden").await;
+}
+
+/// A topic's snapshot is sealed under its key; a client given the key (a copy of the
+/// keyring, or access to the KMS key) starts from it with the server down — inline and
+/// object payloads, checked against the plaintext's checksum — while a client without the
+/// key, or with another keyring, does not use it (it logs why and starts from the default).
+/// A rewrap after a rotation rewraps the sealed manifests too.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_client_with_the_key_starts_from_a_sealed_snapshot_and_one_without_does_not(pool: sqlx::PgPool) {
+    use imprint_client::{Client, Source};
+    /// How the client is given the key: a copy of the keyring file, or the KMS.
+    enum ClientKey {
+        Keyring(std::path::PathBuf),
+        Kms(Arc<dyn KeyProvider>),
+    }
+    let mut providers: Vec<(&str, Keys, String, ClientKey)> = Vec::new();
+    let (path, keys) = keyring(&["orders"]);
+    providers.push(("keyring", keys, "orders".into(), ClientKey::Keyring(path.clone())));
+    if let Some(e) = moto_endpoint() {
+        let (kms, id) = moto_key(&e).await;
+        providers.push(("kms", keys_on(kms.clone()), id, ClientKey::Kms(kms)));
+    }
+    let down = closed_port_url().await;
+    for (tag, keys, key_id, client_key) in providers {
+        let dir = scratch_dir(&format!("sealed-snapshots-{tag}"));
+        let store = Objects::local(&dir).unwrap();
+        let app = spawn_app_configured(pool.clone(), pool.clone(), {
+            let store = store.clone();
+            move |c| {
+                c.objects = store;
+                c.keys = Some(keys);
+                c.snapshot_every = std::time::Duration::from_secs(3600);
+            }
+        })
+        .await;
+        let (small, big) = (format!("snap-small.{tag}"), format!("snap-big.{tag}"));
+        for (topic, limit) in [(&small, 1 << 20), (&big, 4096)] {
+            app.create_topic_with(json!({"name": topic, "inline_limit_bytes": limit, "encryption": at_rest(&key_id)}))
+                .await;
+        }
+        let small_plain = format!("{{\"password\": \"{MARKER}\"}}").into_bytes();
+        // Several chunks: the object is opened as it streams.
+        let big_plain = MARKER.repeat(9_000).into_bytes();
+        assert_eq!(raw(&app, &small, small_plain.clone()).await.status(), 201);
+        assert_eq!(raw(&app, &big, big_plain.clone()).await.status(), 201);
+        let pass = app.imprint().snapshot_pass().await.expect("snapshots");
+        assert_eq!(pass.written, 2, "{tag}: {pass:?}");
+        for name in store_keys(&store).await {
+            let bytes = std::fs::read(dir.join(&name)).unwrap();
+            assert!(!contains(&bytes, MARKER.as_bytes()), "{tag}: {name} holds the plaintext");
+        }
+
+        let store_url = format!("file://{}", dir.display());
+        let builder = |instance: &str| {
+            Client::builder(&down)
+                .instance(instance)
+                .snapshot_store(&store_url)
+                .backoff(std::time::Duration::from_millis(50), std::time::Duration::from_millis(500))
+        };
+        let with_key = |b: imprint_client::ClientBuilder| match &client_key {
+            ClientKey::Keyring(p) => b.snapshot_keyring(p),
+            ClientKey::Kms(k) => b.snapshot_key_provider(k.clone()),
+        };
+        // With the key: both start from the snapshot, with the plaintext.
+        let c = with_key(builder("i-key")).build().expect("client");
+        let s = c.subscribe_bytes(&small).await.expect("subscribe");
+        let b = c.subscribe_file(&big).await.expect("subscribe file");
+        assert_eq!((s.source(), s.version()), (Source::Snapshot, Some(1)), "{tag}");
+        assert_eq!(s.get().to_vec(), small_plain, "{tag}");
+        assert_eq!(b.source(), Source::Snapshot, "{tag}");
+        assert_eq!(std::fs::read(b.get().as_ref().as_ref().expect("a file")).unwrap(), big_plain, "{tag}");
+        c.shutdown().await;
+
+        // Without a key, or with another keyring holding a key of the same id: not used.
+        let other = scratch_dir(&format!("other-keyring-{tag}")).join("keyring.json");
+        let mut ring = Keyring::load(&other).unwrap();
+        ring.create(&key_id).unwrap();
+        ring.save(&other).unwrap();
+        for (what, b) in
+            [("no key", builder("i-none")), ("another keyring", builder("i-other").snapshot_keyring(&other))]
+        {
+            let c = b.build().expect("client");
+            let s = c.subscribe_bytes(&small).await.expect("subscribe");
+            let o = c.subscribe_bytes(&big).await.expect("subscribe");
+            assert_eq!((s.source(), o.source()), (Source::Default, Source::Default), "{tag}, {what}");
+            assert!(s.get().is_empty() && o.get().is_empty(), "{tag}, {what}");
+            c.shutdown().await;
+        }
+
+        if let ClientKey::Keyring(keyring_path) = &client_key {
+            // A rotation with rewrap rewraps the manifests; with the old version retired,
+            // the client (a fresh copy of the keyring) still opens them.
+            let mut ring = Keyring::load(keyring_path).unwrap();
+            ring.rotate("orders").unwrap();
+            ring.save(keyring_path).unwrap();
+            let done = app.imprint().rewrap_at_rest("orders").await.unwrap();
+            assert_eq!(done.manifests, 2, "{done:?}");
+            let mut ring = Keyring::load(keyring_path).unwrap();
+            ring.retire("orders", 1).unwrap();
+            ring.save(keyring_path).unwrap();
+            let c = with_key(builder("i-rotated")).build().expect("client");
+            let s = c.subscribe_bytes(&small).await.expect("subscribe");
+            assert_eq!(s.source(), Source::Snapshot, "the rewrapped manifest opens");
+            assert_eq!(s.get().to_vec(), small_plain);
+            c.shutdown().await;
+        }
+    }
+}
+
+/// Apollo, OpenFeature (OFREP) and Spring Cloud Config hand out an at-rest topic's
+/// plaintext too: each read is counted in the plaintext-read audit under the caller (the
+/// token's name; an Apollo client, which has no token, by its app id).
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn apollo_openfeature_and_spring_reads_are_counted_in_the_plaintext_audit(pool: sqlx::PgPool) {
+    use hmac::Mac;
+    let (_, keys) = keyring(&["orders"]);
+    let app = app_with(&pool, file_store(), Some(keys)).await;
+    let bindings = [
+        ("a.apollo", json!({"apollo": {"app_id": "vault", "namespace": "application", "secret": "s3cr3t"}})),
+        ("a.flag", json!({"ofrep": {"flag_key": "new-checkout", "field": "enabled"}})),
+        ("a.spring", json!({"spring": {"application": "shop"}})),
+    ];
+    for (name, binding) in &bindings {
+        let mut t = json!({"name": name, "owner": "shop", "encryption": at_rest("orders")});
+        t.as_object_mut().unwrap().extend(binding.as_object().unwrap().clone());
+        app.create_topic_with(t).await;
+        app.publish(name, json!({"data": format!("{{\"enabled\": true, \"secret\": \"{MARKER}\"}}")})).await;
+    }
+    let fleet = app.consumer_token("fleet", None, &[], &[]).await;
+
+    // Apollo: a signed config read (twice).
+    let path = "/apollo/configs/vault/default/application?ip=10.1.1.1";
+    for _ in 0..2 {
+        let ts = chrono::Utc::now().timestamp_millis().to_string();
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(b"s3cr3t").unwrap();
+        mac.update(format!("{ts}\n{path}").as_bytes());
+        let sig = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, mac.finalize().into_bytes());
+        let r = app
+            .req(Method::GET, path)
+            .header("Timestamp", &ts)
+            .header("Authorization", format!("Apollo vault:{sig}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let c: Value = r.json().await.unwrap();
+        assert_eq!(c["configurations"]["secret"], MARKER, "{c}");
+    }
+    // OFREP: one flag, then the bulk evaluation, with the fleet token.
+    let r = app
+        .req(Method::POST, "/ofrep/v1/evaluate/flags/new-checkout")
+        .bearer_auth(&fleet)
+        .json(&json!({"context": {}}))
+        .send()
+        .await
+        .unwrap();
+    let flag: Value = r.json().await.unwrap();
+    assert_eq!(flag["value"], true, "{flag}");
+    let r = app
+        .req(Method::POST, "/ofrep/v1/evaluate/flags")
+        .bearer_auth(&fleet)
+        .json(&json!({"context": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Spring: the environment, with the fleet token (Basic, as Spring clients send it).
+    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("app:{fleet}"));
+    let r = app.req(Method::GET, "/spring/shop/default").header("authorization", format!("Basic {basic}")).send();
+    let env: Value = r.await.unwrap().json().await.unwrap();
+    assert!(env.to_string().contains(MARKER), "{env}");
+
+    for (topic, reader, reads) in
+        [("a.apollo", "apollo:vault", 2), ("a.flag", "token:fleet", 2), ("a.spring", "token:fleet", 1)]
+    {
+        let (s, audit) = app.get_json(&format!("/api/v1/topics/{topic}/plaintext-reads")).await;
+        assert_eq!(s, 200, "{audit}");
+        let row = audit["reads"].as_array().unwrap().iter().find(|r| r["reader"] == reader).cloned();
+        let row = row.unwrap_or_else(|| panic!("{topic}: no read by {reader}: {audit}"));
+        assert_eq!((row["version"].as_u64(), row["reads"].as_u64()), (Some(1), Some(reads)), "{topic}: {audit}");
+    }
 }
