@@ -1,5 +1,5 @@
-import * as path from "node:path";
-import { expect, Page, test } from "@playwright/test";
+import { expect, test } from "@playwright/test";
+import { adminPassword, auth, ready, shot, signIn, signOut, userPassword } from "./kit";
 
 /**
  * Change control in the console (docs/change-control.md): a user of the owning team saves a
@@ -10,39 +10,9 @@ import { expect, Page, test } from "@playwright/test";
 
 test.describe.configure({ mode: "serial" });
 
-const token = process.env.IMPRINT_TOKEN ?? "";
-const adminPassword = process.env.IMPRINT_ADMIN_PASSWORD ?? "e2e-admin-password";
-const auth = { Authorization: `Bearer ${token}` };
-const userPassword = "correct-horse-battery";
-const shots = path.join(__dirname, "..", "screenshots");
-
 let sfx = "";
 let team = "";
 let topic = "";
-
-async function shot(page: Page, name: string) {
-  await page.screenshot({ path: path.join(shots, `${test.info().project.name}-${name}.png`), fullPage: true });
-}
-
-async function ready(page: Page) {
-  if (test.info().project.name === "hydrated") {
-    await expect(page.locator("body")).toHaveAttribute("data-hydrated", "true");
-  }
-}
-
-async function signIn(page: Page, user: string, password: string) {
-  await page.goto("/login");
-  await ready(page);
-  await page.getByLabel("Username").fill(user);
-  await page.getByLabel("Password").fill(password);
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await expect(page).not.toHaveURL(/\/login/);
-}
-
-async function signOut(page: Page) {
-  await page.getByRole("button", { name: "Sign out" }).click();
-  await expect(page).toHaveURL(/\/login/);
-}
 
 test.beforeAll(async ({}, testInfo) => {
   sfx = `${testInfo.project.name.replace(/[^a-z]/g, "")}${Date.now().toString(36)}`;

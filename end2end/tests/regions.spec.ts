@@ -1,26 +1,19 @@
+import * as fs from "node:fs";
 import * as path from "node:path";
-import { expect, Page, test } from "@playwright/test";
+import { expect, test } from "@playwright/test";
+import { auth, ready, shot, signIn } from "./kit";
 
 /**
  * Several regions (docs/regions.md) as an operator sees them: the e2e server runs with two
  * object stores (`eu`, the home, and `us`), so a payload past the inline limit is copied to
  * both before it commits, and its version page lists the copies (region, state, attempts,
- * last error); a node's reported region shows on the consumers tab. Hydrated and without
- * JavaScript; a screenshot of the version page.
+ * last error); a node's reported region shows on the consumers tab; a registered object
+ * named per region shows each region's URL. Hydrated and without JavaScript; screenshots of
+ * the version pages. IMPRINT_E2E_HOME is the server's home (its stores are `objects-eu` and
+ * `objects-us` there).
  */
 
 test.describe.configure({ mode: "serial" });
-
-const token = process.env.IMPRINT_TOKEN ?? "";
-const adminPassword = process.env.IMPRINT_ADMIN_PASSWORD ?? "e2e-admin-password";
-const auth = { Authorization: `Bearer ${token}` };
-const shots = path.join(__dirname, "..", "screenshots");
-
-async function ready(page: Page) {
-  if (test.info().project.name === "hydrated") {
-    await expect(page.locator("body")).toHaveAttribute("data-hydrated", "true");
-  }
-}
 
 test("a version's page lists its copy in every region", async ({ page, request }) => {
   const topic = `regions.${test.info().project.name.replace(/[^a-z]/g, "")}${Date.now().toString(36)}`;
@@ -42,12 +35,7 @@ test("a version's page lists its copy in every region", async ({ page, request }
     "us:done",
   ]);
 
-  await page.goto("/login");
-  await ready(page);
-  await page.getByLabel("Username").fill("admin");
-  await page.getByLabel("Password").fill(adminPassword);
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await expect(page).not.toHaveURL(/\/login/);
+  await signIn(page);
 
   await page.goto(`/topics/${topic}/versions/1`);
   await ready(page);
@@ -60,7 +48,7 @@ test("a version's page lists its copy in every region", async ({ page, request }
   await expect(card.locator('tr[data-region="us"] .badge.copy-done')).toHaveText("done");
   await expect(card.locator("thead")).toContainText("Attempts");
   await expect(card.locator("thead")).toContainText("Last error");
-  await page.screenshot({ path: path.join(shots, `${test.info().project.name}-version-copies.png`), fullPage: true });
+  await shot(page, "version-copies");
 
   // A node that reports which region served its download: the consumers tab says so.
   const instance = `e2e-region-${test.info().project.name}`;
@@ -89,4 +77,37 @@ test("a version's page lists its copy in every region", async ({ page, request }
   await ready(page);
   await expect(page.getByRole("heading", { name: "Version 2" })).toBeVisible();
   await expect(page.getByRole("region", { name: "Copies" })).toHaveCount(0);
+});
+
+test("a registered object's page shows the URL it named in each region", async ({ page, request }) => {
+  const home = process.env.IMPRINT_E2E_HOME ?? "";
+  test.skip(!home && !process.env.CI, "IMPRINT_E2E_HOME is not set (./dev test e2e sets it)");
+  expect(home, "CI runs this spec: IMPRINT_E2E_HOME is not set").toBeTruthy();
+  const topic = `registered.${test.info().project.name.replace(/[^a-z]/g, "")}${Date.now().toString(36)}`;
+  expect((await request.post("/api/v1/topics", { headers: auth, data: { name: topic, owner: "e2e" } })).status()).toBe(201);
+  // The publisher's own object, written into each region's store (the registration area,
+  // the owner team's folder).
+  const bytes = Buffer.from(JSON.stringify({ model: "m".repeat(3000) }));
+  const urls: Record<string, string> = {};
+  for (const region of ["eu", "us"]) {
+    const file = path.join(home, `objects-${region}`, "external", "e2e", `${topic}.bin`);
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, bytes);
+    urls[region] = `file://${file}`;
+  }
+  const published = await request.post(`/api/v1/topics/${topic}/versions`, {
+    headers: auth,
+    data: { object: { url: urls.eu, locations: { us: urls.us } } },
+  });
+  expect(published.status(), await published.text()).toBe(201);
+
+  await signIn(page);
+  await page.goto(`/topics/${topic}/versions/1`);
+  await ready(page);
+  const card = page.getByRole("region", { name: "Copies" });
+  await expect(card).toContainText("Held by 2 of 2 regions");
+  await expect(card).toContainText("registered object is the publisher's");
+  await expect(card.locator('tr[data-region="eu"] .copy-url')).toHaveText(urls.eu);
+  await expect(card.locator('tr[data-region="us"] .copy-url')).toHaveText(urls.us);
+  await shot(page, "registered-copies");
 });

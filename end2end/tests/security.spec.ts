@@ -1,14 +1,11 @@
 import { expect, test } from "@playwright/test";
+import { adminPassword, auth } from "./kit";
 
 /**
  * The security headers as a browser sees them (issue 19): console pages under a nonce
  * CSP that the hydrated console lives with (no violation, hydration completes), never
  * framed; a published HTML payload is a sandboxed download, not a page on this origin.
  */
-
-const token = process.env.IMPRINT_TOKEN ?? "";
-const adminPassword = process.env.IMPRINT_ADMIN_PASSWORD ?? "e2e-admin-password";
-const auth = { Authorization: `Bearer ${token}` };
 
 test("console pages carry a nonce CSP the console lives with", async ({ page }) => {
   const violations: string[] = [];

@@ -1,5 +1,6 @@
 import * as path from "node:path";
 import { expect, test } from "@playwright/test";
+import { auth, token } from "./kit";
 
 /**
  * A topic created and published through the API shows up in the console's
@@ -7,7 +8,6 @@ import { expect, test } from "@playwright/test";
  * "no-js") and hydrated without errors (project "hydrated").
  */
 
-const token = process.env.IMPRINT_TOKEN ?? "";
 const screenshotDir = path.join(__dirname, "..", "screenshots");
 
 function randomSuffix(): string {
@@ -19,8 +19,7 @@ test("a published topic is listed on the console's topic page", async ({
   request,
 }, testInfo) => {
   expect(token, "IMPRINT_TOKEN must hold an admin API token").not.toBe("");
-  const auth = { Authorization: `Bearer ${token}` };
-  const name = `e2e.${randomSuffix()}`;
+    const name = `e2e.${randomSuffix()}`;
   const hydrated = testInfo.project.name === "hydrated";
 
   // --- API: create the topic and publish version 1 -------------------------

@@ -1,7 +1,7 @@
 import * as http from "node:http";
-import * as path from "node:path";
 import { AddressInfo } from "node:net";
-import { expect, Page, test } from "@playwright/test";
+import { expect, test } from "@playwright/test";
+import { auth, ready, shot, signIn } from "./kit";
 
 /**
  * The Webhooks page as an operator uses it: create a subscription (its secret shown
@@ -12,35 +12,10 @@ import { expect, Page, test } from "@playwright/test";
 
 test.describe.configure({ mode: "serial" });
 
-const token = process.env.IMPRINT_TOKEN ?? "";
-const adminPassword = process.env.IMPRINT_ADMIN_PASSWORD ?? "e2e-admin-password";
-const auth = { Authorization: `Bearer ${token}` };
-
 let received: { headers: http.IncomingHttpHeaders; body: string }[] = [];
 let server: http.Server;
 let receiverUrl = "";
 let topic = "";
-
-const shots = path.join(__dirname, "..", "screenshots");
-
-async function shot(page: Page, name: string) {
-  await page.screenshot({ path: path.join(shots, `${test.info().project.name}-${name}.png`), fullPage: true });
-}
-
-async function ready(page: Page) {
-  if (test.info().project.name === "hydrated") {
-    await expect(page.locator("body")).toHaveAttribute("data-hydrated", "true");
-  }
-}
-
-async function signIn(page: Page) {
-  await page.goto("/login");
-  await ready(page);
-  await page.getByLabel("Username").fill("admin");
-  await page.getByLabel("Password").fill(adminPassword);
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await expect(page).not.toHaveURL(/\/login/);
-}
 
 test.beforeAll(async ({}, testInfo) => {
   received = [];
