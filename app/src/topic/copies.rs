@@ -16,6 +16,9 @@ pub struct CopyView {
     pub attempts: u32,
     pub last_error: Option<String>,
     pub updated_at: String,
+    /// A registered object's URL in this region (the publisher's object; stored copies
+    /// have none: their keys are Imprint's).
+    pub url: Option<String>,
 }
 
 /// The copies of version `n` of `name` (the same rights as the version): none for an
@@ -38,6 +41,7 @@ pub async fn copies_of(
             attempts: c.attempts,
             last_error: c.last_error,
             updated_at: c.updated_at.to_rfc3339(),
+            url: c.url,
         })
         .collect())
 }
@@ -51,10 +55,16 @@ pub fn VersionCopies(rows: Vec<CopyView>) -> impl IntoView {
     }
     let done = rows.iter().filter(|c| c.state == "done").count();
     let total = rows.len();
+    let registered = rows.iter().any(|c| c.url.is_some());
+    let note = if registered {
+        format!("Held by {done} of {total} regions. A registered object is the publisher's: each region's URL is the one it named, never copied.")
+    } else {
+        format!("Held by {done} of {total} regions. Pending copies are retried by the worker until done.")
+    };
     view! {
         <section class="card copies" aria-label="Copies">
             <h2>"Copies"</h2>
-            <p class="muted small">{format!("Held by {done} of {total} regions. Pending copies are retried by the worker until done.")}</p>
+            <p class="muted small">{note}</p>
             <table class="copies-table">
                 <thead><tr><th>"Region"</th><th>"State"</th><th>"Attempts"</th><th>"Last error"</th><th>"Updated"</th></tr></thead>
                 <tbody>
@@ -62,7 +72,10 @@ pub fn VersionCopies(rows: Vec<CopyView>) -> impl IntoView {
                         let error_class = if c.last_error.is_some() { "error-text" } else { "muted" };
                         view! {
                             <tr class=format!("copy copy-{}", c.state) data-region=c.region.clone()>
-                                <td><code>{c.region.clone()}</code>{c.home.then(|| view! { " " <span class="badge home">"home"</span> })}</td>
+                                <td>
+                                    <code>{c.region.clone()}</code>{c.home.then(|| view! { " " <span class="badge home">"home"</span> })}
+                                    {c.url.clone().map(|u| view! { <div class="copy-url small"><code>{u}</code></div> })}
+                                </td>
                                 <td><span class=format!("badge copy-{}", c.state)>{c.state.clone()}</span></td>
                                 <td>{c.attempts}</td>
                                 <td class=error_class>{c.last_error.clone().unwrap_or_else(|| "—".to_owned())}</td>
