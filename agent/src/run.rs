@@ -78,6 +78,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     if let Some(s) = &config.snapshot_store {
         builder = builder.snapshot_store(s);
     }
+    if let Some(k) = &config.snapshot_keyring {
+        builder = builder.snapshot_keyring(k);
+    }
     if let Some(f) = &config.identity_file {
         builder = builder.identity_file(f);
     }

@@ -284,6 +284,48 @@ async fn an_empty_state_dir_with_the_server_down_starts_from_the_snapshot(pool: 
     agent.stop().await;
 }
 
+/// A topic encrypted at rest has a sealed snapshot manifest: an agent given a copy of the
+/// server's keyring starts from it (the plaintext installed); one without does not.
+#[sqlx::test(migrator = "imprint_service::MIGRATOR")]
+async fn a_sealed_snapshot_starts_an_agent_given_the_keyring_and_no_other(pool: sqlx::PgPool) {
+    use imprint_service::keys::{KeyCacheLimits, Keyring, Keys, LocalKeyring};
+    let ring_path = scratch_dir("agent-sealed-keyring").join("keyring.json");
+    let mut ring = Keyring::load(&ring_path).unwrap();
+    ring.create("orders").unwrap();
+    ring.save(&ring_path).unwrap();
+    let keys = Keys::new(std::sync::Arc::new(LocalKeyring::open(&ring_path).unwrap()), KeyCacheLimits::default());
+    let store = scratch_dir("agent-sealed-store");
+    let objects = imprint_service::objects::Objects::local(&store).expect("local store");
+    let app = imprint_testkit::spawn_app_configured(pool.clone(), pool, |c| {
+        c.objects = objects;
+        c.keys = Some(keys);
+        c.snapshot_every = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    app.create_topic_with(json!({"name": "agent.sealed", "encryption": {"mode": "at_rest", "key": "orders"}})).await;
+    app.publish_text("agent.sealed", "sealed in the snapshot").await;
+    assert_eq!(app.imprint().snapshot_pass().await.expect("snapshot pass").written, 1);
+    let down = imprint_testkit::closed_port_url().await;
+    let store_line = format!("snapshot_store = \"file://{}\"\n", store.display());
+
+    let dir = scratch_dir("agent-sealed");
+    let top = format!("{store_line}snapshot_keyring = \"{}\"\n", ring_path.display());
+    let agent = Agent::start(&config_at(&dir, &down, &top, "agent.sealed", "")).await;
+    let r = agent.get("/v1/topics/agent.sealed").await;
+    assert_eq!((r.status().as_u16(), r.headers()["x-imprint-source"].to_str().unwrap()), (200, "snapshot"));
+    assert_eq!(r.text().await.unwrap(), "sealed in the snapshot");
+    assert_eq!(std::fs::read_to_string(dir.join("out").join("data.txt")).unwrap(), "sealed in the snapshot");
+    agent.stop().await;
+
+    // Without the keyring the sealed manifest is not used: nothing is installed.
+    let dir = scratch_dir("agent-sealed-nokey");
+    let agent = Agent::start(&config_at(&dir, &down, &store_line, "agent.sealed", "")).await;
+    let r = agent.get("/v1/topics/agent.sealed").await;
+    assert_ne!(r.status().as_u16(), 200, "{:?}", r.text().await);
+    assert!(!dir.join("out").join("data.txt").exists());
+    agent.stop().await;
+}
+
 #[sqlx::test(migrator = "imprint_service::MIGRATOR")]
 async fn a_template_renders_json_into_a_config_file_served_on_a_unix_socket(pool: sqlx::PgPool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -43,6 +43,10 @@ pub enum Error {
     /// The server answered something this client does not understand.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
+    /// The object-store snapshot (read when the server is unreachable) cannot be used: not
+    /// readable, not understood, sealed without a key for it, or not matching its manifest.
+    #[error("snapshot in the object store: {0}")]
+    Snapshot(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

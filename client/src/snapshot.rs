@@ -131,16 +131,13 @@ impl Snapshots {
     pub async fn manifest(&self, topic: &str) -> Result<Option<Manifest>> {
         let key = self.key(&format!("snapshots/{topic}.json"));
         let bytes = match self.store.get(&key).await {
-            Ok(r) => r.bytes().await.map_err(|e| Error::Protocol(format!("snapshot manifest: {e}")))?,
+            Ok(r) => r.bytes().await.map_err(|e| Error::Snapshot(format!("manifest: {e}")))?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(Error::Protocol(format!("snapshot manifest: {e}"))),
+            Err(e) => return Err(Error::Snapshot(format!("manifest: {e}"))),
         };
         let m = self.parse(topic, &bytes).await?;
         if m.format != MANIFEST_FORMAT || m.topic != topic {
-            return Err(Error::Protocol(format!(
-                "snapshot manifest of {topic}: format {} for {:?}",
-                m.format, m.topic
-            )));
+            return Err(Error::Snapshot(format!("manifest of {topic}: format {} for {:?}", m.format, m.topic)));
         }
         Ok(Some(m))
     }
@@ -149,7 +146,7 @@ impl Snapshots {
 impl Snapshots {
     /// A manifest's JSON, opened first when it is sealed.
     async fn parse(&self, topic: &str, bytes: &[u8]) -> Result<Manifest> {
-        let bad = |e: String| Error::Protocol(format!("snapshot manifest of {topic}: {e}"));
+        let bad = |e: String| Error::Snapshot(format!("manifest of {topic}: {e}"));
         let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         if json.get("sealed").is_none() {
             return serde_json::from_value(json).map_err(|e| bad(e.to_string()));
@@ -158,7 +155,7 @@ impl Snapshots {
         let Some(keys) = &self.keys else {
             return Err(bad(format!(
                 "it is sealed at rest under key {:?} and this client has no key provider for it \
-                 (ClientBuilder::snapshot_keyring or snapshot_key_provider)",
+                 (ClientBuilder::snapshot_keyring or snapshot_key_provider; the agent's snapshot_keyring)",
                 sealed.key
             )));
         };
@@ -187,14 +184,14 @@ pub(crate) async fn payload(store: &Store, snapshots: &Snapshots, kind: Kind, m:
     let bytes = match (&m.data_base64, &m.object) {
         (Some(b64), _) => base64::engine::general_purpose::STANDARD
             .decode(b64.trim())
-            .map_err(|e| Error::Protocol(format!("snapshot data_base64: {e}")))?,
+            .map_err(|e| Error::Snapshot(format!("data_base64: {e}")))?,
         (None, Some(object)) => {
             if object.split('/').any(|p| p == ".." || p == ".") {
-                return Err(Error::Protocol(format!("snapshot object key {object:?}")));
+                return Err(Error::Snapshot(format!("object key {object:?}")));
             }
             return stream_object(store, snapshots, kind, m, &snapshots.key(object)).await;
         }
-        (None, None) => return Err(Error::Protocol("the snapshot has neither data_base64 nor object".into())),
+        (None, None) => return Err(Error::Snapshot("the snapshot has neither data_base64 nor object".into())),
     };
     if bytes.len() as u64 != m.size {
         return Err(Error::Size { expected: m.size, actual: bytes.len() as u64 });
@@ -210,7 +207,7 @@ pub(crate) async fn payload(store: &Store, snapshots: &Snapshots, kind: Kind, m:
             let (topic, version, sha) = (m.topic.clone(), m.version, m.sha256.clone());
             let path = tokio::task::spawn_blocking(move || store.write_payload(&topic, version, &sha, &bytes))
                 .await
-                .map_err(|e| Error::Protocol(format!("writing the payload: {e}")))??;
+                .map_err(|e| Error::Snapshot(format!("writing the payload: {e}")))??;
             Ok(Fetched::File(path))
         }
     }
@@ -219,13 +216,13 @@ pub(crate) async fn payload(store: &Store, snapshots: &Snapshots, kind: Kind, m:
 /// Streams an object payload into memory or a temporary file (renamed into place only
 /// once it verifies).
 async fn stream_object(store: &Store, snapshots: &Snapshots, kind: Kind, m: &Manifest, key: &Path) -> Result<Fetched> {
-    let got = snapshots.store.get(key).await.map_err(|e| Error::Protocol(format!("snapshot object {key}: {e}")))?;
+    let got = snapshots.store.get(key).await.map_err(|e| Error::Snapshot(format!("object {key}: {e}")))?;
     let raw = got.into_stream().map(|r| r.map_err(std::io::Error::other)).boxed();
     let mut stream = match (m.object_sealed, &snapshots.keys) {
         (false, _) => raw,
         // Opened as it streams; a chunk that does not authenticate ends it with an error.
         (true, Some(keys)) => imprint_seal::open_stream(keys.clone(), raw),
-        (true, None) => return Err(Error::Protocol(format!("snapshot object {key} is sealed and there is no key"))),
+        (true, None) => return Err(Error::Snapshot(format!("object {key} is sealed and there is no key"))),
     };
     let mut hasher = Sha256::new();
     let mut len = 0u64;
@@ -239,7 +236,7 @@ async fn stream_object(store: &Store, snapshots: &Snapshots, kind: Kind, m: &Man
     }
     let outcome: Result<()> = async {
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Error::Protocol(format!("snapshot object {key}: {e}")))?;
+            let chunk = chunk.map_err(|e| Error::Snapshot(format!("object {key}: {e}")))?;
             len += chunk.len() as u64;
             if len > m.size {
                 return Err(Error::Size { expected: m.size, actual: len });
@@ -270,7 +267,7 @@ async fn stream_object(store: &Store, snapshots: &Snapshots, kind: Kind, m: &Man
             let (topic, version, sha) = (m.topic.clone(), m.version, m.sha256.clone());
             let path = tokio::task::spawn_blocking(move || store.adopt_file(&topic, version, &sha, &tmp))
                 .await
-                .map_err(|e| Error::Protocol(format!("moving the payload into place: {e}")))??;
+                .map_err(|e| Error::Snapshot(format!("moving the payload into place: {e}")))??;
             Ok(Fetched::File(path))
         }
         (Err(e), Some((_, tmp))) => {

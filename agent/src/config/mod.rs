@@ -31,6 +31,9 @@ pub struct Config {
     pub listen: Listen,
     pub failover_dir: Option<PathBuf>,
     pub snapshot_store: Option<String>,
+    /// A copy of the server's keyring file: snapshot manifests of topics encrypted at rest
+    /// are sealed, and open with it (docs/encryption.md, "At rest" → "Snapshots").
+    pub snapshot_keyring: Option<PathBuf>,
     /// An age identity file: payloads of end-to-end encrypted topics are decrypted with it
     /// (docs/encryption.md); the files written are plaintext, mode 0600.
     pub identity_file: Option<PathBuf>,

@@ -25,6 +25,7 @@ struct RawConfig {
     listen: Option<String>,
     failover_dir: Option<PathBuf>,
     snapshot_store: Option<String>,
+    snapshot_keyring: Option<PathBuf>,
     identity_file: Option<PathBuf>,
     instance: Option<String>,
     #[serde(default)]
@@ -71,6 +72,9 @@ impl Config {
         }
         if let Some(v) = env("IMPRINT_AGENT_LISTEN") {
             raw.listen = Some(v);
+        }
+        if let Some(v) = env("IMPRINT_AGENT_SNAPSHOT_KEYRING") {
+            raw.snapshot_keyring = Some(v.into());
         }
         if let Some(v) = env("IMPRINT_AGENT_IDENTITY_FILE") {
             raw.identity_file = Some(v.into());
@@ -135,6 +139,9 @@ impl RawConfig {
                 return Err(bad("instance", "must be 1 to 200 printable characters"));
             }
         }
+        if self.snapshot_keyring.is_some() && self.snapshot_store.is_none() {
+            return Err(bad("snapshot_keyring", "opens sealed snapshots: give snapshot_store too"));
+        }
         let subscriptions = subscription::validate_all(self.subscriptions)?;
         let relay = match self.relay {
             None => None,
@@ -151,6 +158,7 @@ impl RawConfig {
             listen,
             failover_dir: self.failover_dir,
             snapshot_store: self.snapshot_store,
+            snapshot_keyring: self.snapshot_keyring,
             identity_file: self.identity_file,
             instance: self.instance,
             labels: self.labels,

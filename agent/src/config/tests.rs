@@ -69,6 +69,12 @@ fn names_the_first_bad_key_and_its_line() {
     assert!(e.starts_with("listen:"), "{e}");
     let e = Config::parse(&EXAMPLE.replace("region =", "\"Region!\" ="), no_env).unwrap_err().0;
     assert!(e.starts_with("labels:"), "{e}");
+    let keyring = EXAMPLE.replace("listen =", "snapshot_keyring = \"/etc/imprint/keyring.json\"\nlisten =");
+    let e = Config::parse(&keyring, no_env).unwrap_err().0;
+    assert!(e.starts_with("snapshot_keyring:") && e.contains("snapshot_store"), "{e}");
+    let c =
+        Config::parse(&keyring.replace("listen =", "snapshot_store = \"file:///srv/s\"\nlisten ="), no_env).unwrap();
+    assert_eq!(c.snapshot_keyring, Some("/etc/imprint/keyring.json".into()));
     let twice = format!("{EXAMPLE}\n[[subscription]]\ntopic = \"payments.methods\"\n");
     assert!(Config::parse(&twice, no_env).unwrap_err().0.contains("subscribed twice"));
 }
