@@ -5,6 +5,7 @@ use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::handle::Imprint;
 use crate::objects::{store_error, Objects};
+use crate::regions::unknown_region;
 use crate::store;
 use crate::versions::{verify_sha256, BodyStream, Received, MAX_VALIDATED_BYTES};
 use bytes::{Bytes, BytesMut};
@@ -115,10 +116,6 @@ async fn file_stream(
 
 fn cut_off(e: std::io::Error) -> Error {
     Error::invalid(format!("the request body ended before it was complete ({e}); nothing was stored"))
-}
-
-pub(crate) fn unknown_region(region: Option<&str>) -> Error {
-    Error::invalid(format!("{:?} is not a configured region", region.unwrap_or_default()))
 }
 
 fn parse_key(key: &str) -> Result<Path> {

@@ -11,6 +11,11 @@ use std::sync::Arc;
 
 /// The region name of the one-store form (`IMPRINT_OBJECT_STORE`).
 pub const DEFAULT_REGION: &str = "default";
+/// A region named by a request (`?region=`, a report) that this server has no store for.
+pub(crate) fn unknown_region(region: Option<&str>) -> Error {
+    Error::invalid(format!("{:?} is not a configured region", region.unwrap_or_default()))
+}
+
 /// Backoff of a failed copy: 5 s doubling per attempt, at most an hour.
 pub(crate) fn backoff(attempts: i32) -> chrono::Duration {
     let secs = 5i64.saturating_mul(1i64 << attempts.clamp(0, 10)).min(3600);

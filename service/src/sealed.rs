@@ -123,7 +123,7 @@ impl Imprint {
     ) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
         use crate::at_rest::{chunk_span, RangeOpener, CHUNK, TAG};
         let objects =
-            self.region_objects(region.unwrap_or_default()).ok_or_else(|| crate::payloads::unknown_region(region))?;
+            self.region_objects(region.unwrap_or_default()).ok_or_else(|| crate::regions::unknown_region(region))?;
         let path = object_store::path::Path::parse(key)
             .map_err(|e| Error::Internal(format!("stored object key {key:?}: {e}")))?;
         let size = objects.size(&path).await?;
