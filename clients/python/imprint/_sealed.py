@@ -67,7 +67,10 @@ class Keyring:
     def __init__(self, path: Union[str, Path]):
         self._aesgcm = _aesgcm()
         self.path = Path(path)
-        bad = lambda why: ValueError(f"snapshot_keyring {str(self.path)!r} is not a valid keyring: {why}")  # noqa: E731
+
+        def bad(why: object) -> ValueError:
+            return ValueError(f"snapshot_keyring {str(self.path)!r} is not a valid keyring: {why}")
+
         try:
             text = self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:

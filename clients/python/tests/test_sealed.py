@@ -70,7 +70,7 @@ def test_the_inline_sealed_manifest_opens_to_its_bytes_and_metadata(tmp_path: Pa
         sub = c.subscribe_payload("orders.inline", None, lambda p: p)
         assert sub.source is Source.SNAPSHOT and sub.version == 3
         p = sub.get()
-        assert p.data == INLINE and p.sha256 == hashlib.sha256(INLINE).hexdigest()
+        assert p is not None and p.data == INLINE and p.sha256 == hashlib.sha256(INLINE).hexdigest()
         assert p.metadata == {"team": "payments"} and p.content_type == "application/json"
         assert c.subscribe_json("t.none", "d").source is Source.DEFAULT
 
@@ -96,7 +96,10 @@ def test_without_a_keyring_a_sealed_snapshot_is_not_used_and_says_why(tmp_path: 
 def test_another_keyring_with_the_same_ids_opens_nothing(tmp_path: Path, caplog: Any) -> None:
     caplog.set_level(logging.WARNING, logger="imprint")
     other = tmp_path / "other.json"
-    kek = lambda: base64.b64encode(os.urandom(32)).decode()  # noqa: E731
+
+    def kek() -> str:
+        return base64.b64encode(os.urandom(32)).decode()
+
     other.write_text(json.dumps({"format": 1, "keys": {"orders": {"primary": 2, "versions": {"1": kek(), "2": kek()}}}}))
     with client(tmp_path, store(tmp_path), keyring=other) as c:
         assert c.subscribe_bytes("orders.inline", b"d").get() == b"d"
