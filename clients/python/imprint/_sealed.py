@@ -105,7 +105,7 @@ class Keyring:
                     raise bad(f"key {key_id!r} version {v} is not 32 bytes")
                 self._keks[(key_id, version)] = kek
             primary = entry["primary"]
-            if not isinstance(primary, int) or (key_id, primary) not in self._keks:
+            if type(primary) is not int or (key_id, primary) not in self._keks:
                 raise bad(f"key {key_id!r} names primary version {primary!r} that it lacks")
 
     def unwrap(self, key_id: str, version: int, wrapped: bytes) -> bytes:

@@ -5,6 +5,7 @@ payload (key ``orders`` v1) and one naming a sealed three-chunk object (``orders
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -18,7 +19,7 @@ from typing import Any, Dict, Optional
 import pytest
 from conftest import REPO, dead_url
 
-from imprint import Client, Source
+from imprint import AsyncClient, Client, Source
 
 try:  # cryptography>=42 (./dev installs it, extra "at-rest"); missing under CI is a failure
     import cryptography  # noqa: F401
@@ -83,6 +84,17 @@ def test_the_sealed_object_opens_as_it_streams_into_memory_and_into_a_file(tmp_p
     with client(tmp_path / "f", store(tmp_path / "f")) as c:
         f = c.subscribe_file("orders.object")
         assert f.source is Source.SNAPSHOT and f.get().read_bytes() == PLAIN
+
+
+def test_the_asyncio_client_takes_the_keyring_too(tmp_path: Path) -> None:
+    async def run() -> bytes:
+        async with AsyncClient(dead_url(), snapshot_store=store(tmp_path), snapshot_keyring=FIXTURES / "keyring.json",
+                               cache_dir=tmp_path / "cache") as c:
+            sub = await c.subscribe_bytes("orders.object")
+            assert sub.source is Source.SNAPSHOT
+            return sub.get() or b""
+
+    assert asyncio.run(run()) == PLAIN
 
 
 def test_without_a_keyring_a_sealed_snapshot_is_not_used_and_says_why(tmp_path: Path, caplog: Any) -> None:
