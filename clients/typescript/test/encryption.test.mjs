@@ -2,7 +2,8 @@
 // `age-encryption` 0.3.1 behind the client's `decrypt` option: the value decrypts and the
 // cache holds ciphertext; without the option, or with a tampered chunk, the version is
 // rejected and the error reaches the server. Skipped like server.test.mjs when the server
-// or Postgres is not there (a failure under CI=true).
+// or Postgres is not there (a failure under CI=true). At rest: the server worker's sealed
+// snapshots open with a copy of its keyring (`snapshotKeyring`), and without it the log says why.
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { spawnSync } from "node:child_process";
