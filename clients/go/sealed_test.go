@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -331,5 +333,31 @@ func TestTheSnapshotKeyringIsCheckedWhenTheClientIsBuilt(t *testing.T) {
 	_ = c.Close()
 	if s := (Options{SnapshotKeyring: "/etc/imprint/ring.json"}).String(); !strings.Contains(s, `SnapshotKeyring: "/etc/imprint/ring.json"`) {
 		t.Errorf("String: %s", s)
+	}
+}
+
+func TestASealedObjectOpensFromAnHTTPSStore(t *testing.T) {
+	dir := t.TempDir()
+	for key, name := range map[string]string{"snapshots/orders.object.json": "object.json", "object.sealed": "object.sealed"} {
+		p := filepath.Join(dir, filepath.FromSlash(key))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, fixture(t, name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store := httptest.NewTLSServer(http.StripPrefix("/bucket/", http.FileServer(http.Dir(dir))))
+	defer store.Close()
+	logs := &logLines{}
+	c := newClient(t, Options{URL: deadURL(t), SnapshotStore: store.URL + "/bucket", SnapshotKeyring: ringPath(),
+		HTTPClient: store.Client(), Logger: logs.log})
+	c.snaps.http = store.Client()
+	sub, err := Subscribe(bg, c, "orders.object", Payload{}, rawPayload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.Source() != SourceSnapshot || !bytes.Equal(sub.Get().Data, fixture(t, "object.plain")) {
+		t.Fatalf("over https: %s, %d bytes\n%s", sub.Source(), len(sub.Get().Data), logs)
 	}
 }
