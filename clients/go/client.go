@@ -92,8 +92,15 @@ func New(opts Options) (*Client, error) {
 		if snaps, err = openSnapshots(opts.SnapshotStore, opts.SnapshotURL); err != nil {
 			return nil, err
 		}
+		if opts.SnapshotKeyring != "" {
+			if snaps.keyring, err = loadKeyring(opts.SnapshotKeyring); err != nil {
+				return nil, err
+			}
+		}
 	} else if opts.SnapshotURL != nil {
 		return nil, &ConfigError{Msg: "SnapshotURL needs an https:// SnapshotStore"}
+	} else if opts.SnapshotKeyring != "" {
+		return nil, &ConfigError{Msg: "SnapshotKeyring needs a SnapshotStore (it opens sealed snapshots)"}
 	}
 	st, err := newStore(opts.CacheDir)
 	if err != nil {

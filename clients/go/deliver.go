@@ -630,7 +630,7 @@ func (c *Client) snapshotPayload(ctx context.Context, sub slot, m *manifest) (fe
 		}
 		rc = io.NopCloser(strings.NewReader(string(data)))
 	case m.Object != nil && *m.Object != "":
-		r, err := c.snaps.open(ctx, *m.Object, c.s.requestTimeout)
+		r, err := c.snaps.openObject(ctx, m, c.s.requestTimeout)
 		if err != nil {
 			return fetched{}, err
 		}

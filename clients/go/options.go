@@ -43,6 +43,12 @@ type Options struct {
 	// ("snapshots/<topic>.json", or the key a manifest names) into the URL to GET, e.g. a
 	// presigned S3 URL. Without it, keys are appended to SnapshotStore's path.
 	SnapshotURL func(ctx context.Context, key string) (string, error)
+	// SnapshotKeyring: the path of a copy of the server's keyring file (IMPRINT_KEYRING),
+	// read by New, to open the sealed snapshot manifests (and sealed objects) of topics
+	// encrypted at rest (docs/encryption.md, "Snapshots"). It needs SnapshotStore. It holds
+	// key material: give a node a keyring with only the keys it needs. Without it, a sealed
+	// manifest is logged ("sealed at rest under key ...") and not used.
+	SnapshotKeyring string
 
 	// InitialWait: how long a Subscribe call waits for the server's first answer before
 	// returning with the cached or default value (default 5 s; negative: not at all). A
@@ -89,8 +95,8 @@ func (o Options) String() string {
 	if o.Token != "" {
 		tok = "<redacted>"
 	}
-	return fmt.Sprintf("imprint.Options{URL: %q, FallbackURLs: %q, Token: %q, Instance: %q, Labels: %v, CacheDir: %q, SnapshotStore: %q}",
-		o.URL, o.FallbackURLs, tok, o.Instance, o.Labels, o.CacheDir, o.SnapshotStore)
+	return fmt.Sprintf("imprint.Options{URL: %q, FallbackURLs: %q, Token: %q, Instance: %q, Labels: %v, CacheDir: %q, SnapshotStore: %q, SnapshotKeyring: %q}",
+		o.URL, o.FallbackURLs, tok, o.Instance, o.Labels, o.CacheDir, o.SnapshotStore, o.SnapshotKeyring)
 }
 
 // GoString is String, for %#v.

@@ -17,7 +17,8 @@ import (
 // Object-store snapshots: the server's worker keeps snapshots/<topic>.json in its
 // payload store, naming what "*" (a node without labels) resolves to, with the payload
 // inline or the key of its object in the same store. A subscription reads it when the
-// server is unreachable (network error, 5xx) and nothing is cached.
+// server is unreachable (network error, 5xx) and nothing is cached. A topic encrypted at
+// rest has a sealed manifest (and maybe a sealed object), opened with the keyring (sealed.go).
 
 const manifestFormat = 1
 
@@ -31,6 +32,9 @@ type manifest struct {
 	Metadata    map[string]string `json:"metadata"`
 	DataBase64  *string           `json:"data_base64"`
 	Object      *string           `json:"object"`
+	// ObjectSealed: the object's bytes are in the sealed format (size and sha256 are the
+	// plaintext's).
+	ObjectSealed bool `json:"object_sealed"`
 }
 
 type snapshots struct {
@@ -39,6 +43,7 @@ type snapshots struct {
 	base    *url.URL
 	presign func(ctx context.Context, key string) (string, error)
 	http    *http.Client
+	keyring *keyring // opens sealed manifests and objects (nil: none)
 }
 
 func openSnapshots(raw string, presign func(context.Context, string) (string, error)) (*snapshots, error) {
@@ -147,6 +152,23 @@ func (s *snapshots) manifest(ctx context.Context, topic string, timeout time.Dur
 	if err != nil {
 		return nil, fmt.Errorf("snapshot manifest of %s: %w", topic, err)
 	}
+	var outer struct {
+		Format int     `json:"format"`
+		Topic  string  `json:"topic"`
+		Key    string  `json:"key"`
+		Sealed *string `json:"sealed"`
+	}
+	if err := json.Unmarshal(data, &outer); err != nil {
+		return nil, fmt.Errorf("snapshot manifest of %s: %w", topic, err)
+	}
+	if outer.Sealed != nil {
+		if outer.Format != manifestFormat || outer.Topic != topic {
+			return nil, fmt.Errorf("snapshot manifest of %s: sealed manifest format %d for %q", topic, outer.Format, outer.Topic)
+		}
+		if data, err = openSealedManifest(s.keyring, outer.Key, *outer.Sealed); err != nil {
+			return nil, fmt.Errorf("snapshot manifest of %s: %w", topic, err)
+		}
+	}
 	var m manifest
 	if err := json.Unmarshal(data, &m); err != nil {
 		return nil, fmt.Errorf("snapshot manifest of %s: %w", topic, err)
@@ -155,4 +177,23 @@ func (s *snapshots) manifest(ctx context.Context, topic string, timeout time.Dur
 		return nil, fmt.Errorf("snapshot manifest of %s: format %d for %q", topic, m.Format, m.Topic)
 	}
 	return &m, nil
+}
+
+// openObject opens the object a manifest names (nil, nil when it does not exist), as its
+// plaintext when it is sealed.
+func (s *snapshots) openObject(ctx context.Context, m *manifest, timeout time.Duration) (io.ReadCloser, error) {
+	key := *m.Object
+	if m.ObjectSealed && s.keyring == nil {
+		return nil, fmt.Errorf("snapshot object %s is sealed and this client has no keyring (Options.SnapshotKeyring)", key)
+	}
+	rc, err := s.open(ctx, key, timeout)
+	if err != nil || rc == nil || !m.ObjectSealed {
+		return rc, err
+	}
+	plain, err := openSealed(s.keyring, rc)
+	if err != nil {
+		rc.Close()
+		return nil, fmt.Errorf("snapshot object %s: %w", key, err)
+	}
+	return sealedObject{Reader: plain, src: rc}, nil
 }

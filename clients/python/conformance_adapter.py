@@ -5,7 +5,8 @@ harness drives (the adapter protocol of conformance/README.md in the Imprint rep
 
 Listens on 127.0.0.1 (a free port by default) and prints ``listening on http://<addr>`` as
 its first line; logs go to stderr. Standard library only, on the client in ``imprint/``
-next to this file (no install needed).
+next to this file (no install needed; ``snapshot_keyring``, the capability
+``sealed_snapshots``, needs the ``cryptography`` package, as the client does).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from imprint import Client, Subscription  # noqa: E402
 
 NAME = "python"
 CAPABILITIES = ["json", "bytes", "file", "cache", "corrupt_cache", "snapshot", "startup_fallback", "token",
-                "shutdown", "listener", "subscribe", "regions"]
-CLIENT_FIELDS = {"url", "token", "instance", "labels", "cache_dir", "snapshot_store", "topics", "settings"}
+                "shutdown", "listener", "subscribe", "regions", "sealed_snapshots"]
+CLIENT_FIELDS = {"url", "token", "instance", "labels", "cache_dir", "snapshot_store", "snapshot_keyring", "topics",
+                 "settings"}
 TOPIC_FIELDS = {"name", "decoder", "default"}
 SETTINGS = {"long_poll_ms", "initial_wait_ms", "request_timeout_ms", "backoff_min_ms", "backoff_max_ms",
             "startup_fallback", "recheck_rejected_ms"}
@@ -154,7 +156,8 @@ class Adapter:
         try:
             client = Client(spec["url"], token=spec.get("token"), instance=spec["instance"],
                             labels=spec.get("labels") or {}, cache_dir=spec.get("cache_dir"),
-                            snapshot_store=spec.get("snapshot_store"), **kw)
+                            snapshot_store=spec.get("snapshot_store"),
+                            snapshot_keyring=spec.get("snapshot_keyring"), **kw)
         except (ValueError, TypeError) as e:
             raise Refused(400, f"the client does not build: {e}")
         entry = Entry(client)

@@ -11,8 +11,8 @@ import { createServer } from "node:http";
 import { join } from "node:path";
 import { Client, ConfigError, ImprintError, decoders } from "./dist/esm/index.js";
 
-const CAPABILITIES = ["json", "bytes", "file", "cache", "corrupt_cache", "snapshot", "startup_fallback", "token", "shutdown", "listener", "subscribe", "regions"];
-const CLIENT_FIELDS = new Set(["url", "token", "instance", "labels", "cache_dir", "snapshot_store", "topics", "settings"]);
+const CAPABILITIES = ["json", "bytes", "file", "cache", "corrupt_cache", "snapshot", "startup_fallback", "token", "shutdown", "listener", "subscribe", "regions", "sealed_snapshots"];
+const CLIENT_FIELDS = new Set(["url", "token", "instance", "labels", "cache_dir", "snapshot_store", "snapshot_keyring", "topics", "settings"]);
 const TOPIC_FIELDS = new Set(["name", "decoder", "default"]);
 const SETTINGS = {
   long_poll_ms: "longPollMs",
@@ -97,6 +97,7 @@ async function create(spec) {
   if (spec.token !== undefined && spec.token !== null) options.token = spec.token;
   if (spec.cache_dir !== undefined && spec.cache_dir !== null) options.cacheDir = spec.cache_dir;
   if (spec.snapshot_store !== undefined && spec.snapshot_store !== null) options.snapshotStore = spec.snapshot_store;
+  if (spec.snapshot_keyring !== undefined && spec.snapshot_keyring !== null) options.snapshotKeyring = spec.snapshot_keyring;
   if (spec.settings !== undefined && spec.settings !== null) {
     onlyKnown(spec.settings, new Set(Object.keys(SETTINGS)), "settings");
     for (const [k, v] of Object.entries(spec.settings)) if (v !== null && v !== undefined) options[SETTINGS[k]] = v;

@@ -36,6 +36,10 @@ pub mod adapter {
         pub cache_dir: Option<String>,
         #[serde(default)]
         pub snapshot_store: Option<String>,
+        /// A copy of the server's keyring file (capability `sealed_snapshots`): snapshot
+        /// manifests of topics encrypted at rest open with it. Absent unless given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub snapshot_keyring: Option<String>,
         pub topics: Vec<TopicSpec>,
         #[serde(default)]
         pub settings: Settings,
@@ -155,6 +159,11 @@ pub struct ServerSetup {
     /// nothing listens on, so `data_urls` are absolute and eu's refuses the connection.
     #[serde(default)]
     pub region_urls: bool,
+    /// A keyring with the key `conformance` (docs/encryption.md, "At rest"): topics may be
+    /// encrypted at rest (`create_topic` `at_rest = true`: payloads and snapshot manifests
+    /// sealed), and clients may get a copy of it (`client.snapshot_keyring = true`).
+    #[serde(default)]
+    pub keyring: bool,
 }
 
 /// A payload to publish: text, or `size` deterministic bytes from `seed`.
@@ -226,6 +235,9 @@ pub enum Step {
         /// Only tokens of its team or naming it may read it.
         #[serde(default)]
         restricted: Option<bool>,
+        /// Encrypted at rest under the key `conformance` (needs `server.keyring`).
+        #[serde(default)]
+        at_rest: Option<bool>,
     },
     /// A payload: `data` (text), or `size` deterministic bytes from `seed`.
     Publish {
@@ -370,6 +382,10 @@ pub struct ClientStep {
     /// Read the server's object-store snapshots when the server is unreachable.
     #[serde(default)]
     pub snapshot: bool,
+    /// Give the client a copy of the server's keyring for sealed snapshots (needs
+    /// `server.keyring` and `snapshot`; capability `sealed_snapshots`).
+    #[serde(default)]
+    pub snapshot_keyring: bool,
     pub topics: Vec<ClientTopic>,
     #[serde(default)]
     pub settings: adapter::Settings,

@@ -3,7 +3,8 @@ payload store, naming what ``*`` (a node without labels) resolves to, with the p
 inline or the key of its object in the same store. Read when the server is unreachable
 and a subscription has nothing cached. ``file://`` needs nothing; ``s3://`` needs boto3
 (the ``imprint-client[s3]`` extra; credentials and ``AWS_ENDPOINT_URL`` from the usual
-``AWS_*`` variables)."""
+``AWS_*`` variables). A topic encrypted at rest has a sealed manifest (and a sealed
+object): opened with the keyring given (``_sealed``), as it streams."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
+from ._sealed import Keyring, SealError, open_manifest, open_stream
 from .errors import ImprintError
 
 MANIFEST_FORMAT = 1
 
 
 class Snapshots:
-    def __init__(self, url: str):
+    def __init__(self, url: str, keyring: Optional[Keyring] = None):
         self.url = url
+        self.keyring = keyring
         parsed = urllib.parse.urlsplit(url)
         self.scheme = parsed.scheme
         if parsed.scheme == "file":
@@ -81,6 +84,11 @@ class Snapshots:
             m = json.loads(b"".join(chunks))
         except ValueError as e:
             raise ImprintError(f"snapshot manifest of {topic}: {e}") from e
+        if isinstance(m, dict) and "sealed" in m:
+            try:
+                m = open_manifest(self.keyring, topic, m)
+            except SealError as e:
+                raise SealError(f"snapshot manifest of {topic}: {e}") from e
         if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT or m.get("topic") != topic:
             raise ImprintError(f"snapshot manifest of {topic}: unknown format or topic")
         return m
@@ -100,4 +108,16 @@ class Snapshots:
         chunks = self._open(self._key(str(obj)))
         if chunks is None:
             raise ImprintError(f"snapshot object {obj} is missing")
+        if m.get("object_sealed") is True:
+            if self.keyring is None:
+                raise SealError(f"snapshot object {obj} is sealed and there is no keyring")
+            return _named(str(obj), open_stream(self.keyring, chunks))
         return chunks
+
+
+def _named(obj: str, plain: Iterator[bytes]) -> Iterator[bytes]:
+    """A sealed object's plaintext, its failures naming the object."""
+    try:
+        yield from plain
+    except SealError as e:
+        raise SealError(f"snapshot object {obj}: {e}") from e

@@ -16,6 +16,7 @@ from ._cache import Store
 from ._crypt import load_identities
 from ._deliver import apply_fetched, flush_reports
 from ._http import Transport
+from ._sealed import Keyring
 from ._snapshot import Snapshots
 from .errors import Rejected
 from .metrics import Hook, Metrics
@@ -49,6 +50,7 @@ class Client:
         recheck_rejected: float = 10.0,
         metrics_hook: Optional[Hook] = None,
         identity_file: Union[str, Path, None] = None,
+        snapshot_keyring: Union[str, Path, None] = None,
     ):
         if not 0 <= long_poll <= 60:
             raise ValueError("long_poll must be within 0..60 s")
@@ -68,7 +70,12 @@ class Client:
         self._identities = load_identities(identity_file) if identity_file is not None else []
         self._http = Transport(url, token)
         self._store = Store(Path(cache_dir) if cache_dir is not None else None)
-        self._snapshots = Snapshots(snapshot_store) if snapshot_store else None
+        # A copy of the server's keyring: opens the sealed snapshots of topics encrypted at
+        # rest (docs/encryption.md "Snapshots"). Read now, so a bad file is an error here.
+        if snapshot_keyring is not None and not snapshot_store:
+            raise ValueError("snapshot_keyring needs snapshot_store (the store the sealed snapshots are read from)")
+        keyring = Keyring(snapshot_keyring) if snapshot_keyring is not None else None
+        self._snapshots = Snapshots(snapshot_store, keyring) if snapshot_store else None
         self._cache_warned = False
         self._subs: Dict[str, Subscription[Any]] = {}
         self._cond = threading.Condition()

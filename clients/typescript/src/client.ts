@@ -12,6 +12,7 @@ import { Transport } from "./http.js";
 import { defaultLogger, type Logger } from "./log.js";
 import { Metrics, type MetricsHook } from "./metrics.js";
 import { flushReports, run } from "./poller.js";
+import { Keyring } from "./sealed.js";
 import { openSnapshotStore, type SnapshotStore } from "./snapshot.js";
 import { Subscription, type Decoder, type Payload } from "./subscription.js";
 import { checkInstance, checkLabels, checkMs, checkServerUrl, checkTopic } from "./validate.js";
@@ -32,6 +33,12 @@ export interface ClientOptions {
   cacheDir?: string;
   /** The server's payload store (`file:///dir`, or a `SnapshotStore`), read when the server is unreachable and nothing is cached. */
   snapshotStore?: string | SnapshotStore;
+  /**
+   * A copy of the server's local keyring file (path), to open the sealed snapshots of topics
+   * encrypted at rest (docs/encryption.md). Needs `snapshotStore`; read when the client is
+   * built. It is key material: give a node a keyring with the keys it needs only.
+   */
+  snapshotKeyring?: string;
   /** How long `subscribe` waits for the server's first answer (default 5000). */
   initialWaitMs?: number;
   /** How long the server may hold a poll (default 30000, at most 60000). */
@@ -113,6 +120,7 @@ const KNOWN = new Set([
   "labels",
   "cacheDir",
   "snapshotStore",
+  "snapshotKeyring",
   "initialWaitMs",
   "longPollMs",
   "requestTimeoutMs",
@@ -183,6 +191,12 @@ export class Client {
     if (options.decrypt !== undefined && typeof options.decrypt !== "function") throw new ConfigError("decrypt must be a function");
     this.#log = options.logger ?? defaultLogger();
     this.#snapshots = options.snapshotStore !== undefined ? openSnapshotStore(options.snapshotStore) : undefined;
+    let keyring: Keyring | undefined;
+    if (options.snapshotKeyring !== undefined) {
+      if (typeof options.snapshotKeyring !== "string" || !options.snapshotKeyring) throw new ConfigError("snapshotKeyring must be a file path");
+      if (!this.#snapshots) throw new ConfigError("snapshotKeyring needs snapshotStore (it opens sealed snapshots of that store)");
+      keyring = Keyring.load(options.snapshotKeyring);
+    }
     this.#http = new Transport(bases, options.token, this.#log);
     this.metrics = new Metrics(options.metrics, this.#log);
     this.#store = new Store(options.cacheDir);
@@ -192,6 +206,7 @@ export class Client {
       http: this.#http,
       store: this.#store,
       snapshots: this.#snapshots,
+      keyring,
       metrics: this.metrics,
       log: this.#log,
       decrypt: options.decrypt,

@@ -3,6 +3,7 @@ import type { Store } from "./cache.js";
 import type { Transport } from "./http.js";
 import type { Logger } from "./log.js";
 import type { Metrics } from "./metrics.js";
+import type { Keyring } from "./sealed.js";
 import type { SnapshotStore } from "./snapshot.js";
 import type { Subscription } from "./subscription.js";
 
@@ -22,6 +23,8 @@ export interface Core {
   readonly http: Transport;
   readonly store: Store;
   readonly snapshots: SnapshotStore | undefined;
+  /** `ClientOptions.snapshotKeyring`, read: opens sealed snapshots. */
+  readonly keyring: Keyring | undefined;
   readonly metrics: Metrics;
   readonly log: Logger;
   /** `ClientOptions.decrypt`, for end-to-end encrypted topics. */

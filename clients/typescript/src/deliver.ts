@@ -435,7 +435,7 @@ export async function startFromSnapshot(core: Core, sub: Sub): Promise<void> {
   if (!store) return;
   try {
     const ms = core.settings.requestTimeoutMs;
-    const m = await readManifest(store, sub.topic, ms);
+    const m = await readManifest(store, sub.topic, ms, core.keyring);
     if (!m) {
       core.log.info(`imprint: no snapshot of ${sub.topic} in ${store.description ?? "the snapshot store"}`);
       return;
@@ -449,7 +449,7 @@ export async function startFromSnapshot(core: Core, sub: Sub): Promise<void> {
       sha256: m.sha256,
       data_url: `/api/v1/topics/${sub.topic}/versions/${m.version}/data`,
     };
-    const body = await manifestPayload(store, m, ms);
+    const body = await manifestPayload(store, m, ms, core.keyring);
     const fetched = await sinkAll(core, sub, u, async (s) => {
       if (body instanceof Uint8Array) await s.write(body);
       else for await (const c of body) await s.write(c);

@@ -13,6 +13,7 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { ConfigError, ProtocolError, TimeoutError } from "./errors.js";
+import { openSealed, openStream, SealError, type Keyring } from "./sealed.js";
 
 /** Reads objects of the server's payload store by key (`snapshots/<topic>.json`, `topics/...`). */
 export interface SnapshotStore {
@@ -35,6 +36,18 @@ export interface Manifest {
   metadata?: Record<string, string>;
   data_base64?: string | null;
   object?: string | null;
+  /** The object's bytes are in the sealed format (a sealed manifest's object); size and sha256 are the plaintext's. */
+  object_sealed?: boolean;
+}
+
+/** `snapshots/<topic>.json` of a topic encrypted at rest: the plain manifest, sealed (docs/encryption.md). */
+export interface SealedManifest {
+  format: number;
+  topic: string;
+  /** The key id it is sealed under. */
+  key: string;
+  /** base64 of the sealed plain manifest's JSON. */
+  sealed: string;
 }
 
 /** A directory holding the store's objects under their keys. */
@@ -131,8 +144,8 @@ async function readAll(body: Uint8Array | AsyncIterable<Uint8Array>, limit: numb
   return Buffer.concat(parts);
 }
 
-/** The manifest of `topic`, `undefined` when there is none. */
-export async function readManifest(store: SnapshotStore, topic: string, ms: number): Promise<Manifest | undefined> {
+/** The manifest of `topic` (opened with `keyring` when it is sealed), `undefined` when there is none. */
+export async function readManifest(store: SnapshotStore, topic: string, ms: number, keyring?: Keyring): Promise<Manifest | undefined> {
   const body = await getObject(store, `snapshots/${topic}.json`, ms);
   if (body === null) return undefined;
   const raw = await readAll(body, 16 << 20, `snapshot manifest of ${topic}`, ms);
@@ -142,6 +155,7 @@ export async function readManifest(store: SnapshotStore, topic: string, ms: numb
   } catch (e) {
     throw new ProtocolError(`snapshot manifest of ${topic}: ${(e as Error).message}`);
   }
+  if (m && typeof m === "object" && "sealed" in m) m = unseal(m as unknown as SealedManifest, topic, keyring);
   if (!m || typeof m !== "object" || m.format !== MANIFEST_FORMAT || m.topic !== topic) {
     throw new ProtocolError(`snapshot manifest of ${topic}: format ${String(m?.format)} for ${JSON.stringify(m?.topic)}`);
   }
@@ -151,15 +165,52 @@ export async function readManifest(store: SnapshotStore, topic: string, ms: numb
   return m;
 }
 
-/** The manifest's payload as chunks (not verified here: the caller checks size and SHA-256). */
-export async function manifestPayload(store: SnapshotStore, m: Manifest, ms: number): Promise<AsyncIterable<Uint8Array> | Uint8Array> {
+/** A sealed manifest's plain manifest (checked by the caller like any manifest). */
+function unseal(s: SealedManifest, topic: string, keyring: Keyring | undefined): Manifest {
+  const what = `snapshot manifest of ${topic}`;
+  if (s.format !== MANIFEST_FORMAT || typeof s.sealed !== "string" || typeof s.key !== "string") {
+    throw new ProtocolError(`${what}: a sealed manifest of format ${String(s.format)} without a key or sealed text`);
+  }
+  if (!keyring) {
+    throw new SealError(`${what}: it is sealed at rest under key ${JSON.stringify(s.key)} and this client has no keyring for it (the snapshotKeyring option)`);
+  }
+  let plain: Buffer;
+  try {
+    plain = openSealed(keyring, decodeBase64(s.sealed, "sealed"));
+  } catch (e) {
+    throw new SealError(`${what} (sealed under key ${JSON.stringify(s.key)}): ${(e as Error).message}`);
+  }
+  try {
+    return JSON.parse(plain.toString("utf8"));
+  } catch (e) {
+    throw new ProtocolError(`${what}: the opened manifest is not JSON: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * The manifest's payload as chunks (not verified here: the caller checks size and SHA-256);
+ * a sealed object is opened as it streams, with `keyring`.
+ */
+export async function manifestPayload(store: SnapshotStore, m: Manifest, ms: number, keyring?: Keyring): Promise<AsyncIterable<Uint8Array> | Uint8Array> {
   if (typeof m.data_base64 === "string") return decodeBase64(m.data_base64, "snapshot data_base64");
   const obj = m.object;
   if (typeof obj !== "string" || !obj) throw new ProtocolError("the snapshot has neither data_base64 nor object");
   if (obj.split("/").some((p) => p === ".." || p === ".")) throw new ProtocolError(`snapshot object key ${JSON.stringify(obj)}`);
   const body = await getObject(store, obj.split("/").filter(Boolean).join("/"), ms);
   if (body === null) throw new ProtocolError(`snapshot object ${obj} is missing`);
-  return boundedChunks(body, ms, `snapshot object ${obj}`);
+  const chunks = boundedChunks(body, ms, `snapshot object ${obj}`);
+  if (m.object_sealed !== true) return chunks;
+  if (!keyring) throw new SealError(`snapshot object ${obj} is sealed and there is no keyring`);
+  return opened(openStream(keyring, chunks), obj);
+}
+
+/** A sealed object's plaintext, its failures naming the object. */
+async function* opened(chunks: AsyncIterable<Buffer>, obj: string): AsyncGenerator<Buffer> {
+  try {
+    yield* chunks;
+  } catch (e) {
+    throw e instanceof SealError ? new SealError(`snapshot object ${obj}: ${e.message}`) : e;
+  }
 }
 
 /** Strict base64 (Buffer.from alone skips characters that are not base64). */

@@ -3,11 +3,12 @@
 // shutdown and delete, refused unknown fields — and that it exits when its stdin ends.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { pathToFileURL } from "node:url";
 import { after, before, test } from "node:test";
-import { Fake, answer, eventually, removeDir, tempDir, update } from "./helpers.mjs";
+import { Fake, answer, deadUrl, eventually, removeDir, tempDir, update } from "./helpers.mjs";
 
 const ADAPTER = new URL("../conformance-adapter.mjs", import.meta.url).pathname;
 let proc;
@@ -46,7 +47,7 @@ test("capabilities", async () => {
   const [status, caps] = await call("GET", "/");
   assert.equal(status, 200);
   assert.equal(caps.name, "node");
-  for (const c of ["json", "bytes", "file", "cache", "corrupt_cache", "snapshot", "startup_fallback", "token", "shutdown", "listener", "subscribe", "regions"]) {
+  for (const c of ["json", "bytes", "file", "cache", "corrupt_cache", "snapshot", "startup_fallback", "token", "shutdown", "listener", "subscribe", "regions", "sealed_snapshots"]) {
     assert.ok(caps.capabilities.includes(c), c);
   }
 });
@@ -120,6 +121,30 @@ test("unknown fields and bad settings are refused with 400", async () => {
   assert.equal(status, 400);
   [status] = await call("GET", "/clients/nope/topics/x");
   assert.equal(status, 404);
+});
+
+test("snapshot_keyring opens a sealed snapshot; a keyring that does not parse is refused", async () => {
+  const sealed = new URL("../../testdata/sealed/", import.meta.url).pathname;
+  const store = tempDir();
+  try {
+    mkdirSync(join(store, "snapshots"));
+    copyFileSync(join(sealed, "inline.json"), join(store, "snapshots", "orders.inline.json"));
+    const spec = {
+      url: await deadUrl(), instance: "i-3", snapshot_store: pathToFileURL(store).href, snapshot_keyring: join(sealed, "keyring.json"),
+      topics: [{ name: "orders.inline", decoder: "json", default: "d" }], settings: { initial_wait_ms: 2000 },
+    };
+    let [status, made] = await call("POST", "/clients", spec);
+    assert.equal(status, 200, JSON.stringify(made));
+    const [, seen] = await call("GET", `/clients/${made.id}/topics/orders.inline`);
+    assert.deepEqual([seen.value, seen.version, seen.source], [{ password: "hunter2", rates: [1, 2, 3] }, 3, "snapshot"]);
+    assert.equal((await call("DELETE", `/clients/${made.id}`))[0], 204);
+    writeFileSync(join(store, "bad.json"), "{");
+    [status, made] = await call("POST", "/clients", { ...spec, snapshot_keyring: join(store, "bad.json") });
+    assert.equal(status, 400);
+    assert.match(made.error, /bad\.json/);
+  } finally {
+    removeDir(store);
+  }
 });
 
 test("the adapter exits when its stdin ends", async () => {

@@ -118,6 +118,7 @@ async fn capabilities() -> Json<Capabilities> {
         "listener",
         "subscribe",
         "regions",
+        "sealed_snapshots",
     ];
     Json(Capabilities { name: "rust".into(), capabilities: caps.iter().map(|c| c.to_string()).collect() })
 }
@@ -136,6 +137,9 @@ async fn create(
     }
     if let Some(d) = &spec.cache_dir {
         b = b.cache_dir(d);
+    }
+    if let Some(k) = &spec.snapshot_keyring {
+        b = b.snapshot_keyring(k);
     }
     if let Some(u) = &spec.snapshot_store {
         b = b.snapshot_store(u);

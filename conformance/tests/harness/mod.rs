@@ -203,6 +203,8 @@ struct Run {
     proxy: Proxy,
     store: Arc<PathBuf>,
     snapshots: bool,
+    /// `server.keyring`: the keyring file the server seals with (clients get this path).
+    keyring: Option<PathBuf>,
     /// `server.regions`: the S3 server of each region, `eu` (the home) and `us`.
     regions: Option<TwoRegions>,
     clients: HashMap<String, String>,
@@ -274,6 +276,12 @@ async fn spawn(pool: &PgPool, store: &std::path::Path, regions: Option<&TwoRegio
         .connect_lazy_with((*pool.connect_options()).clone());
     let store = store.to_owned();
     let regions = regions.map(TwoRegions::config);
+    // Every server of the run has the run's keyring: any server's snapshot pass writes
+    // every topic's manifest (at-rest ones sealed under the key their payload names).
+    let keys = {
+        use imprint_service::keys::{KeyCacheLimits, Keys, LocalKeyring};
+        Keys::new(Arc::new(LocalKeyring::open(run_keyring()).expect("the run's keyring")), KeyCacheLimits::default())
+    };
     let _one_at_a_time = SERVER_STARTS.lock().await;
     spawn_app_configured(own, pool.clone(), move |c| {
         match regions {
@@ -283,10 +291,27 @@ async fn spawn(pool: &PgPool, store: &std::path::Path, regions: Option<&TwoRegio
             }
             None => c.objects = imprint_service::objects::Objects::local(&store).expect("a local object store"),
         }
+        c.keys = Some(keys);
         // Snapshots are written by the `snapshot_pass` step only.
         c.snapshot_every = Duration::from_secs(3600);
     })
     .await
+}
+
+/// The key topics of `server.keyring` scenarios are encrypted at rest under.
+const KEY_ID: &str = "conformance";
+
+/// The run's keyring file (one for every server of the run), with the key `KEY_ID`.
+fn run_keyring() -> &'static std::path::Path {
+    static KEYRING: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KEYRING.get_or_init(|| {
+        use imprint_service::keys::Keyring;
+        let path = scratch_dir("conformance-keyring").join("keyring.json");
+        let mut ring = Keyring::load(&path).expect("a new keyring");
+        ring.create(KEY_ID).expect("the key");
+        ring.save(&path).expect("the keyring saved");
+        path
+    })
 }
 
 /// `region=eu,app=x` (or `*`) as a selector object.
@@ -354,6 +379,7 @@ impl Run {
             proxy,
             store,
             snapshots: s.server.snapshots,
+            keyring: s.server.keyring.then(|| run_keyring().to_owned()),
             regions,
             clients: HashMap::new(),
             tokens: HashMap::new(),
@@ -390,13 +416,19 @@ impl Run {
 
     async fn step(&mut self, step: &Step) -> Result<(), String> {
         match step {
-            Step::CreateTopic { topic, inline_limit_bytes, restricted } => {
+            Step::CreateTopic { topic, inline_limit_bytes, restricted, at_rest } => {
                 let mut body = json!({"name": self.topic(topic)});
                 if let Some(limit) = inline_limit_bytes {
                     body["inline_limit_bytes"] = json!(limit);
                 }
                 if let Some(r) = restricted {
                     body["restricted"] = json!(r);
+                }
+                if *at_rest == Some(true) {
+                    if self.keyring.is_none() {
+                        return Err("`at_rest = true` needs `server.keyring = true`".into());
+                    }
+                    body["encryption"] = json!({"mode": "at_rest", "key": KEY_ID});
                 }
                 self.send(Method::POST, "/api/v1/topics", Some(body), &[201]).await?;
             }
@@ -598,6 +630,12 @@ impl Run {
             (false, true) => return Err("`snapshot = true` needs `server.snapshots = true`".into()),
             _ => None,
         };
+        let snapshot_keyring = match (&self.keyring, c.snapshot_keyring && c.snapshot) {
+            (Some(path), true) => Some(path.display().to_string()),
+            (None, true) => return Err("`snapshot_keyring = true` needs `server.keyring = true`".into()),
+            (_, false) if c.snapshot_keyring => return Err("`snapshot_keyring = true` needs `snapshot = true`".into()),
+            _ => None,
+        };
         let s = &c.settings;
         // Short holds and backoffs keep the suite fast; a scenario may set its own.
         let settings = Settings {
@@ -616,6 +654,7 @@ impl Run {
             labels: imprint_client::parse_labels(c.labels.as_deref().unwrap_or(""))?,
             cache_dir,
             snapshot_store,
+            snapshot_keyring,
             topics: c
                 .topics
                 .iter()

@@ -45,14 +45,15 @@ type topicSpec struct {
 }
 
 type newClient struct {
-	URL           string            `json:"url"`
-	Token         *string           `json:"token"`
-	Instance      string            `json:"instance"`
-	Labels        map[string]string `json:"labels"`
-	CacheDir      *string           `json:"cache_dir"`
-	SnapshotStore *string           `json:"snapshot_store"`
-	Topics        []topicSpec       `json:"topics"`
-	Settings      settings          `json:"settings"`
+	URL             string            `json:"url"`
+	Token           *string           `json:"token"`
+	Instance        string            `json:"instance"`
+	Labels          map[string]string `json:"labels"`
+	CacheDir        *string           `json:"cache_dir"`
+	SnapshotStore   *string           `json:"snapshot_store"`
+	SnapshotKeyring *string           `json:"snapshot_keyring"`
+	Topics          []topicSpec       `json:"topics"`
+	Settings        settings          `json:"settings"`
 }
 
 type corruptCache struct {
@@ -133,7 +134,7 @@ func (a *adapter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.URL.Path == "/" && r.Method == http.MethodGet:
 		out = map[string]any{"name": "go", "capabilities": []string{
 			"json", "bytes", "file", "cache", "corrupt_cache", "snapshot", "startup_fallback", "token", "shutdown", "listener",
-			"subscribe", "regions",
+			"subscribe", "regions", "sealed_snapshots",
 		}}
 	case r.URL.Path == "/clients" && r.Method == http.MethodPost:
 		out, err = a.create(r)
@@ -223,6 +224,9 @@ func (a *adapter) create(r *http.Request) (any, error) {
 	}
 	if spec.SnapshotStore != nil {
 		opts.SnapshotStore = *spec.SnapshotStore
+	}
+	if spec.SnapshotKeyring != nil {
+		opts.SnapshotKeyring = *spec.SnapshotKeyring
 	}
 	if s.StartupFallback != nil {
 		opts.StartupFallback = *s.StartupFallback
