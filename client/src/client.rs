@@ -221,6 +221,17 @@ impl ClientBuilder {
         let labels =
             imprint_domain::Labels::from_pairs(self.labels).map_err(|e| Error::Config(format!("labels: {e}")))?;
         #[cfg(feature = "snapshots")]
+        if let Some(path) = &self.snapshot_keyring {
+            // As the other clients and the agent: a keyring is for snapshots, and must exist
+            // (the keyring loader reads a missing file as an empty keyring).
+            if self.snapshot_store.is_none() {
+                return Err(Error::Config("snapshot_keyring opens sealed snapshots: give snapshot_store too".into()));
+            }
+            if !path.is_file() {
+                return Err(Error::Config(format!("snapshot keyring {}: no such file", path.display())));
+            }
+        }
+        #[cfg(feature = "snapshots")]
         let snapshots = match &self.snapshot_store {
             Some(url) => {
                 let keyring: Option<Arc<dyn imprint_seal::KeyProvider>> = match &self.snapshot_keyring {
@@ -532,5 +543,24 @@ mod tests {
         two.inner.fail_over();
         assert_eq!(two.inner.url("/x"), "http://a:1/x", "wraps around");
         assert!(matches!(Client::builder("http://a:1").fallback_urls(["nope"]).build(), Err(Error::Config(_))));
+    }
+
+    #[cfg(feature = "snapshots")]
+    #[test]
+    fn a_snapshot_keyring_needs_a_store_and_an_existing_file() {
+        let dir = std::env::temp_dir().join(format!("imprint-client-keyring-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ring = dir.join("keyring.json");
+        std::fs::write(&ring, r#"{"format": 1, "keys": {}}"#).unwrap();
+        let store = format!("file://{}", dir.display());
+        let e = Client::builder("http://a:1").snapshot_keyring(&ring).build().err().expect("refused");
+        assert!(e.to_string().contains("snapshot_store"), "{e}");
+        let e = Client::builder("http://a:1").snapshot_store(&store).snapshot_keyring(dir.join("missing.json")).build();
+        assert!(e.err().expect("refused").to_string().contains("no such file"));
+        assert!(Client::builder("http://a:1").snapshot_store(&store).snapshot_keyring(&ring).build().is_ok());
+        std::fs::write(&ring, "not json").unwrap();
+        let e = Client::builder("http://a:1").snapshot_store(&store).snapshot_keyring(&ring).build();
+        assert!(matches!(e, Err(Error::Config(_))));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
